@@ -1,0 +1,63 @@
+"""One error hierarchy: every user-facing failure is an AsignError with a one-line
+message that names the file (or section) and the fix. The CLI turns these into exit 1."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class AsignError(Exception):
+    """Base class. ``str(err)`` is the one-line message shown to the user."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, path: str | Path | None = None, fix: str | None = None):
+        parts = [f"{path}: {message}" if path is not None else message]
+        if fix:
+            parts.append(f"Fix: {fix}")
+        super().__init__(" ".join(parts).replace("\n", " "))
+        self.path = None if path is None else str(path)
+        self.fix = fix
+
+
+class InputError(AsignError):
+    """Raw input (images, counts, spot tables, manifests) is missing or malformed."""
+
+
+class ImageError(InputError):
+    """An image is missing, unreadable, corrupt or inconsistent with its spots."""
+
+
+class CountsError(InputError):
+    """A counts table is malformed: NaN/negative/non-integer values, duplicate or unknown spot ids."""
+
+
+class AlignmentError(AsignError):
+    """Registration failed or produced an implausible transform."""
+
+
+class StoreError(AsignError):
+    """The feature store is unreadable, unwritable, inconsistent or of an unknown version."""
+
+
+class SchemaVersionError(StoreError):
+    """A store artefact was written by a newer (or unknown) schema version."""
+
+
+class WeightsError(AsignError):
+    """Encoder weights are unavailable or do not match the architecture."""
+
+
+class ConfigError(AsignError):
+    """An option or a combination of options is invalid."""
+
+
+class ValidationErrors(AsignError):
+    """Several problems found together; each is listed (spatialdata-style collection)."""
+
+    def __init__(self, problems: list[str], *, what: str = "validation"):
+        self.problems = list(problems)
+        head = f"{what} found {len(problems)} problem(s): " + "; ".join(problems[:5])
+        if len(problems) > 5:
+            head += f"; … and {len(problems) - 5} more"
+        super().__init__(head)

@@ -1,0 +1,176 @@
+"""Arrow schemas of every store table, and their version.
+
+Each Parquet file carries ``asign.table`` and ``asign.schema_version`` in its schema
+metadata; readers refuse a version newer than ``SCHEMA_VERSION`` (see store.parquet).
+Bump ``SCHEMA_VERSION`` whenever a column is removed or changes meaning."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+STORE_FORMAT = "asign-store"
+
+_str = pa.string()
+_f64 = pa.float64()
+_f32 = pa.float32()
+_i32 = pa.int32()
+
+
+def _schema(name: str, fields: list[pa.Field]) -> pa.Schema:
+    return pa.schema(fields, metadata={b"asign.table": name.encode(), b"asign.schema_version": str(SCHEMA_VERSION).encode()})
+
+
+SECTIONS = _schema("sections", [
+    pa.field("sample_id", _str, nullable=False),
+    pa.field("section_id", _str, nullable=False),
+    pa.field("z", _i32, nullable=False),
+    pa.field("image_path", _str),
+    pa.field("image_sha256", _str),
+    pa.field("width", _i32),
+    pa.field("height", _i32),
+    pa.field("um_per_px", _f64),
+    pa.field("spot_diameter_um", _f64, nullable=False),
+    pa.field("spot_pitch_um", _f64, nullable=False),
+    pa.field("n_spots", _i32, nullable=False),
+    pa.field("has_counts", pa.bool_(), nullable=False),
+    pa.field("has_image", pa.bool_(), nullable=False),
+    pa.field("counts_path", _str),
+    pa.field("counts_sha256", _str),
+    pa.field("format", _str, nullable=False),
+])
+
+SPOTS = _schema("spots", [
+    pa.field("sample_id", _str, nullable=False),
+    pa.field("section_id", _str, nullable=False),
+    pa.field("spot_id", _str, nullable=False),
+    pa.field("barcode", _str, nullable=False),
+    pa.field("z", _i32, nullable=False),
+    pa.field("array_x", _i32),
+    pa.field("array_y", _i32),
+    pa.field("px", _f64),
+    pa.field("py", _f64),
+    pa.field("x_um", _f64),
+    pa.field("y_um", _f64),
+    pa.field("is_virtual", pa.bool_(), nullable=False),
+])
+
+GENES = _schema("genes", [
+    pa.field("gene", _str, nullable=False),
+    pa.field("rank", _i32, nullable=False),
+    pa.field("mean_count", _f64),
+])
+
+LABELS = _schema("labels", [
+    pa.field("sample_id", _str, nullable=False),
+    pa.field("section_id", _str, nullable=False),
+    pa.field("spot_id", _str, nullable=False),
+    pa.field("total_count", pa.int64(), nullable=False),
+    pa.field("counts", pa.list_(_i32), nullable=False),
+    pa.field("value", pa.list_(_f32), nullable=False),
+])
+
+TRANSFORMS = _schema("transforms", [
+    pa.field("sample_id", _str, nullable=False),
+    pa.field("section_id", _str, nullable=False),
+    pa.field("reference_id", _str, nullable=False),
+    pa.field("method", _str, nullable=False),
+    pa.field("matrix", pa.list_(_f64, 9), nullable=False),
+    pa.field("pair", _str),
+    pa.field("ransac_inliers", _i32),
+    pa.field("overlap_before", _f64),
+    pa.field("overlap_after", _f64),
+    pa.field("rotation_deg", _f64),
+    pa.field("scale", _f64),
+    pa.field("shear", _f64),
+    pa.field("flipped", pa.bool_()),
+    pa.field("metric", _f64),
+])
+
+TILES = _schema("tiles", [
+    pa.field("sample_id", _str, nullable=False),
+    pa.field("section_id", _str, nullable=False),
+    pa.field("tile_id", _str, nullable=False),
+    pa.field("level", _str, nullable=False),
+    pa.field("x0", _i32, nullable=False),
+    pa.field("y0", _i32, nullable=False),
+    pa.field("size_px", _i32, nullable=False),
+])
+
+SPOT_TILES = _schema("spot_tiles", [
+    pa.field("sample_id", _str, nullable=False),
+    pa.field("section_id", _str, nullable=False),
+    pa.field("spot_id", _str, nullable=False),
+    pa.field("level", _str, nullable=False),
+    pa.field("tile_id", _str, nullable=False),
+    pa.field("rank", _i32, nullable=False),  # 0 = the tile containing the spot, 1.. = neighbours
+])
+
+EMBEDDINGS = _schema("embeddings", [
+    pa.field("sample_id", _str, nullable=False),
+    pa.field("section_id", _str, nullable=False),
+    pa.field("encoder", _str, nullable=False),
+    pa.field("level", _str, nullable=False),
+    pa.field("id", _str, nullable=False),
+])
+
+EDGES = _schema("edges", [
+    pa.field("sample_id", _str, nullable=False),
+    pa.field("src_spot_id", _str, nullable=False),
+    pa.field("dst_spot_id", _str, nullable=False),
+    pa.field("kind", _str, nullable=False),
+    pa.field("weight", _f32, nullable=False),
+    pa.field("distance_um", _f32),
+    pa.field("iou", _f32),
+    pa.field("cosine", _f32),
+])
+
+RUNS = _schema("runs", [
+    pa.field("run_id", _str, nullable=False),
+    pa.field("name", _str, nullable=False),
+    pa.field("model", _str, nullable=False),
+    pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    pa.field("status", _str, nullable=False),
+    pa.field("setting", _str, nullable=False),  # within_sample | cross_sample
+    pa.field("seed", pa.int64(), nullable=False),
+    pa.field("asign_version", _str, nullable=False),
+    pa.field("git_commit", _str),
+    pa.field("store_hash", _str),
+    pa.field("seconds", _f64),
+    pa.field("config", _str, nullable=False),  # resolved config as JSON
+])
+
+METRICS = _schema("metrics", [
+    pa.field("run_id", _str, nullable=False),
+    pa.field("fold", _i32, nullable=False),
+    pa.field("sample_id", _str, nullable=False),
+    pa.field("section_id", _str, nullable=False),
+    pa.field("setting", _str, nullable=False),
+    pa.field("metric", _str, nullable=False),
+    pa.field("value", _f64),
+])
+
+PREDICTIONS = _schema("predictions", [
+    pa.field("run_id", _str, nullable=False),
+    pa.field("fold", _i32, nullable=False),
+    pa.field("sample_id", _str, nullable=False),
+    pa.field("section_id", _str, nullable=False),
+    pa.field("spot_id", _str, nullable=False),
+    pa.field("gene", _str, nullable=False),
+    pa.field("value", _f32, nullable=False),
+])
+
+TABLES: dict[str, pa.Schema] = {
+    "sections": SECTIONS,
+    "spots": SPOTS,
+    "genes": GENES,
+    "labels": LABELS,
+    "transforms": TRANSFORMS,
+    "tiles": TILES,
+    "spot_tiles": SPOT_TILES,
+    "embeddings": EMBEDDINGS,
+    "edges": EDGES,
+    "runs": RUNS,
+    "metrics": METRICS,
+    "predictions": PREDICTIONS,
+}
