@@ -20,22 +20,22 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".svs", ".ndpi", ".m
 
 @dataclass(frozen=True)
 class Reader:
-    """One input layout. ``detect(path)`` is cheap (file names only); ``read(path, samples)``
-    parses and validates the samples whose id matches ``samples`` (None = all)."""
+    """One input layout. ``detect(path)`` is cheap (file names only); ``list_samples(path)``
+    names the samples without parsing them; ``read(path, samples)`` parses and validates
+    the samples whose id matches ``samples`` (None = all)."""
 
     name: str
     description: str
     detect: Callable[[Path], bool]
     read: Callable[[Path, str | None], list[SampleInput]]
+    list_samples: Callable[[Path], list[str]]
 
 
 def sample_matches(sample_id: str, pattern: str | None) -> bool:
     """``pattern`` is a sample name, a glob, or a comma-separated list of either."""
     if pattern is None:
         return True
-    return any(
-        fnmatch.fnmatchcase(sample_id, p.strip()) for p in pattern.split(",") if p.strip()
-    )
+    return any(fnmatch.fnmatchcase(sample_id, p.strip()) for p in pattern.split(",") if p.strip())
 
 
 def natural_key(name: str) -> tuple:
@@ -46,9 +46,7 @@ def natural_key(name: str) -> tuple:
 def find_images(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
-    return sorted(
-        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-    )
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def image_warning(section: SectionInput) -> str | None:

@@ -53,7 +53,9 @@ def _header(path: Path, error: type[InputError] = CountsError) -> tuple[list[str
         with _open_text(path) as fh:
             line = fh.readline().rstrip("\r\n")
     except (OSError, UnicodeDecodeError, EOFError) as err:
-        raise error(f"cannot read table ({err})", path=path, fix="check the file is a text or gzipped table") from err
+        raise error(
+            f"cannot read table ({err})", path=path, fix="check the file is a text or gzipped table"
+        ) from err
     if not line:
         raise error("table is empty", path=path, fix="write a header row and one row per spot")
     sep = "\t" if "\t" in line else ","
@@ -72,7 +74,9 @@ def check_unique(ids: Sequence[str], path: Path, what: str) -> None:
         )
 
 
-def check_values(values: np.ndarray, path: Path, rows: Sequence[str], cols: Sequence[str]) -> np.ndarray:
+def check_values(
+    values: np.ndarray, path: Path, rows: Sequence[str], cols: Sequence[str]
+) -> np.ndarray:
     """Validate a dense block of counts and return it as int32."""
 
     def where(mask: np.ndarray) -> str:
@@ -140,9 +144,15 @@ def read_counts_table(path: Path) -> CountsTable:
         try:
             df = pq.read_table(path).to_pandas()
         except (OSError, ValueError) as err:
-            raise CountsError(f"cannot read Parquet ({err})", path=path, fix="re-export the counts table") from err
+            raise CountsError(
+                f"cannot read Parquet ({err})", path=path, fix="re-export the counts table"
+            ) from err
         if df.shape[1] < 2:
-            raise CountsError("counts table has no gene columns", path=path, fix="first column spot id, then one column per gene")
+            raise CountsError(
+                "counts table has no gene columns",
+                path=path,
+                fix="first column spot id, then one column per gene",
+            )
         check_unique([str(c) for c in df.columns[1:]], path, "gene column")
         ids, blocks = _from_frame(df, path)
         genes = [str(c) for c in df.columns[1:]]
@@ -150,35 +160,60 @@ def read_counts_table(path: Path) -> CountsTable:
     else:
         names, sep = _header(path)
         if len(names) < 2:
-            raise CountsError("counts table has no gene columns", path=path, fix="first column spot id, then one column per gene (tab or comma separated)")
+            raise CountsError(
+                "counts table has no gene columns",
+                path=path,
+                fix="first column spot id, then one column per gene (tab or comma separated)",
+            )
         genes = names[1:]
         check_unique(genes, path, "gene column")
         cols = ["__spot_id__", *genes]
-        chunk = max(1, _CHUNK_VALUES // len(cols))
+        # A chunked read pays pandas' per-column cost once per chunk, so only chunk tables
+        # too large to hold densely (a gzipped "0\t" cell is far below one byte).
+        approx_values = path.stat().st_size * (8 if path.suffix == ".gz" else 0.5)
+        chunk = max(1, _CHUNK_VALUES // len(cols)) if approx_values > _CHUNK_VALUES else None
         ids, parts = [], []
         try:
             reader = pd.read_csv(
-                path, sep=sep, header=0, names=cols, dtype={"__spot_id__": str},
-                engine="c", chunksize=chunk, na_values=["", "NA", "NaN", "nan"],
+                path,
+                sep=sep,
+                header=0,
+                names=cols,
+                dtype={"__spot_id__": str},
+                engine="c",
+                chunksize=chunk,
+                na_values=["", "NA", "NaN", "nan"],
                 keep_default_na=False,
             )
-            for df in reader:
+            for df in [reader] if chunk is None else reader:
                 part_ids, part = _from_frame(df, path)
                 ids.extend(part_ids)
                 parts.append(part)
         except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError) as err:
             msg = str(err).splitlines()[0]
-            raise CountsError(f"cannot parse counts table ({msg})", path=path, fix="one row per spot with the same number of columns as the header") from err
-        matrix = sp.vstack(parts, format="csr") if parts else sp.csr_matrix((0, len(genes)), dtype=np.int32)
+            raise CountsError(
+                f"cannot parse counts table ({msg})",
+                path=path,
+                fix="one row per spot with the same number of columns as the header",
+            ) from err
+        matrix = (
+            sp.vstack(parts, format="csr")
+            if parts
+            else sp.csr_matrix((0, len(genes)), dtype=np.int32)
+        )
     if not ids:
         raise CountsError("counts table has no spots", path=path, fix="write one row per spot")
     check_unique(ids, path, "spot id")
     matrix = sp.csr_matrix(matrix, dtype=np.int32)
     total = np.asarray(matrix.sum(axis=1, dtype=np.int64)).ravel()
-    return CountsTable(path=path, spot_ids=tuple(ids), genes=tuple(genes), matrix=matrix, total=total)
+    return CountsTable(
+        path=path, spot_ids=tuple(ids), genes=tuple(genes), matrix=matrix, total=total
+    )
 
 
-def match_counts_to_spots(table: CountsTable, spot_ids: Sequence[str], spot_path: Path) -> np.ndarray:
+def match_counts_to_spots(
+    table: CountsTable, spot_ids: Sequence[str], spot_path: Path
+) -> np.ndarray:
     """Row of the spot table for every counts row; an unknown spot id is an error that names
     both files."""
     index = pd.Index(spot_ids)
@@ -206,6 +241,16 @@ def read_table(path: Path, what: str) -> pd.DataFrame:
             return pq.read_table(path).to_pandas()
         _, sep = _header(path, InputError)
         return pd.read_csv(path, sep=sep, engine="c")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, ValueError) as err:
+    except (
+        pd.errors.ParserError,
+        pd.errors.EmptyDataError,
+        UnicodeDecodeError,
+        OSError,
+        ValueError,
+    ) as err:
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise InputError(f"cannot parse {what} ({msg})", path=path, fix=f"write the {what} as CSV/TSV with a header row") from err
+        raise InputError(
+            f"cannot parse {what} ({msg})",
+            path=path,
+            fix=f"write the {what} as CSV/TSV with a header row",
+        ) from err

@@ -1,0 +1,230 @@
+"""The `asign` command line. Thin: parse options, build one typed config, call the stage.
+
+Exit codes: 0 success; 1 an AsignError (bad input, store problem, failed registration —
+one line on stderr naming the file and the fix); 2 a usage error (typer/click)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(
+    name="asign",
+    help="3D spatial transcriptomics from H&E stacks plus one measured ST section (ASIGN).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+StoreOpt = Annotated[Path, typer.Option("--store", "-s", help="Feature store directory.", envvar="ASIGN_STORE")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON summary on stdout.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (runs are deterministic).")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu or cuda.")]
+
+log = logging.getLogger("asign")
+
+
+@app.callback()
+def main(
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output (-vv for debug).")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors.")] = False,
+) -> None:
+    """Logging is configured once, here."""
+    level = logging.ERROR if quiet else (logging.INFO if verbose == 0 else logging.DEBUG)
+    if verbose == 0 and not quiet:
+        level = logging.INFO
+    from rich.logging import RichHandler
+
+    handler: logging.Handler
+    if sys.stderr.isatty():
+        handler = RichHandler(show_path=False, rich_tracebacks=False)
+        fmt = "%(message)s"
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        fmt = "%(asctime)s %(levelname)s %(message)s"
+    handler.setFormatter(logging.Formatter(fmt, datefmt="%H:%M:%S"))
+    root = logging.getLogger("asign")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def _fail(err: Exception) -> typer.Exit:
+    typer.echo(f"error: {err}", err=True)
+    return typer.Exit(getattr(err, "exit_code", 1))
+
+
+def _emit_json(payload: Any) -> None:
+    typer.echo(json.dumps(payload, indent=1, default=str))
+
+
+def _split(value: str | None) -> tuple[str, ...]:
+    return tuple(v.strip() for v in (value or "").split(",") if v.strip())
+
+
+@app.command()
+def ingest(
+    src: Annotated[list[Path], typer.Argument(help="Sample folder(s): her2st layout, Visium outs/, or a manifest (.toml/.csv).")],
+    store: StoreOpt,
+    fmt: Annotated[str, typer.Option("--format", help="auto|her2st|visium|manifest")] = "auto",
+    samples: Annotated[str | None, typer.Option("--samples", help="Sample name(s) or glob, comma-separated (e.g. C or 'C,B').")] = None,
+    extra_2d: Annotated[str | None, typer.Option("--extra-2d", help="Single-section samples to keep as extra 2D training data (e.g. B).")] = None,
+    steps: Annotated[str, typer.Option("--steps", help="Subset of register,align,patches,embed,graph.")] = "register,align,patches,embed,graph",
+    n_genes: Annotated[int, typer.Option("--n-genes", help="Gene panel size (top by mean count on training layers).")] = 250,
+    genes: Annotated[str | None, typer.Option("--genes", help="Explicit comma-separated gene panel.")] = None,
+    normalisation: Annotated[str, typer.Option("--normalisation", help="log_ratio (reference/paper scale) or log1p_cp10k (TRIPLEX/HEST).")] = "log_ratio",
+    panel_from: Annotated[str, typer.Option("--panel-from", help="Layer of each sample counted as training for the panel: first|middle|Z.")] = "first",
+    transform: Annotated[str, typer.Option("--transform", help="rigid or affine registration.")] = "rigid",
+    syn: Annotated[bool, typer.Option("--syn/--no-syn", help="Refine with ANTs SyN on grayscale.")] = False,
+    reference: Annotated[str | None, typer.Option("--reference", help="Reference section id (default: middle).")] = None,
+    init: Annotated[list[str] | None, typer.Option("--init", help="Initial guess for a pair: MOVING:FIXED:DEGREES[:flip], repeatable.")] = None,
+    encoder: Annotated[str, typer.Option("--encoder", help="Encoder from the registry (see `asign doctor`).")] = "resnet50-l3",
+    weights: Annotated[str, typer.Option("--weights", help="PATH to a torchvision state dict, 'imagenet' (hub cache or download) or 'random' (pipeline tests).")] = "imagenet",
+    device: DeviceOpt = "cpu",
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
+    cross_weight: Annotated[str, typer.Option("--cross-weight", help="product (IoU×cosine, the paper) or sum (reference code).")] = "product",
+    seed: SeedOpt = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Register, align, crop, embed and graph a sample into a feature store."""
+    from asign.errors import AsignError, ConfigError
+    from asign.ingest.config import STEPS, AlignOptions, IngestConfig
+
+    try:
+        step_list = _split(steps)
+        bad = [s for s in step_list if s not in STEPS]
+        if bad:
+            raise ConfigError(f"unknown step(s) {bad}", fix=f"use a subset of {','.join(STEPS)}")
+        cfg = IngestConfig(
+            sources=tuple(src), store=store, format=fmt, samples=samples, extra_2d=_split(extra_2d),
+            steps=step_list, n_genes=n_genes, genes=_split(genes), normalisation=normalisation,
+            panel_from=panel_from,
+            align=AlignOptions(transform=transform, syn=syn, reference=reference, init=_parse_init(init or [])),
+            encoder=encoder, weights=weights, device=device, batch_size=batch_size,
+            cross_weight=cross_weight, seed=seed,
+        )
+        from asign import ingest as ingest_stage
+
+        summary = ingest_stage.run(cfg)
+    except AsignError as err:
+        raise _fail(err) from None
+    if as_json:
+        _emit_json(summary)
+
+
+def _parse_init(items: list[str]) -> dict[str, tuple[float, bool]]:
+    from asign.errors import ConfigError
+
+    out: dict[str, tuple[float, bool]] = {}
+    for item in items:
+        parts = item.split(":")
+        try:
+            if len(parts) not in (3, 4) or (len(parts) == 4 and parts[3] not in ("flip", "noflip")):
+                raise ValueError
+            out[f"{parts[0]}:{parts[1]}"] = (float(parts[2]), len(parts) == 4 and parts[3] == "flip")
+        except ValueError:
+            raise ConfigError(f"--init {item!r} is malformed", fix="use MOVING:FIXED:DEGREES or MOVING:FIXED:DEGREES:flip, e.g. C4:C3:-12:flip") from None
+    return out
+
+
+@app.command()
+def query(
+    sql: Annotated[str, typer.Argument(help="SQL over the views sections, spots, genes, labels, transforms, tiles, spot_tiles, embeddings, edges, runs, metrics, predictions.")],
+    store: StoreOpt,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table|json|csv")] = "table",
+    as_json: JsonOpt = False,
+) -> None:
+    """Run SQL (DuckDB) over the store and its results."""
+    from asign.errors import AsignError, ConfigError
+    from asign.store import open_store
+
+    if as_json:
+        fmt = "json"
+    try:
+        if fmt not in ("table", "json", "csv"):
+            raise ConfigError(f"unknown --format {fmt!r}", fix="use table, json or csv")
+        result = open_store(store).query(sql)
+    except AsignError as err:
+        raise _fail(err) from None
+    _print_table(result, fmt)
+
+
+def _print_table(table: Any, fmt: str) -> None:
+    rows = table.to_pylist()
+    if fmt == "json":
+        _emit_json(rows)
+    elif fmt == "csv":
+        import csv
+
+        writer = csv.writer(sys.stdout)
+        writer.writerow(table.column_names)
+        for row in rows:
+            writer.writerow([row[c] for c in table.column_names])
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        out = Table(show_lines=False)
+        for name in table.column_names:
+            out.add_column(name)
+        for row in rows:
+            out.add_row(*[_cell(row[c]) for c in table.column_names])
+        Console(width=max(120, len(table.column_names) * 14)).print(out)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "" if value is None else str(value)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the synthetic sample and its store.")] = Path("asign-demo"),
+    layers: Annotated[int, typer.Option("--layers", help="Number of synthetic sections.")] = 4,
+    seed: SeedOpt = 0,
+    train_too: Annotated[bool, typer.Option("--train/--no-train", help="Also train and evaluate models on the demo store.")] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Generate a small synthetic 3D sample and run the pipeline on it (offline, seconds)."""
+    from asign.errors import AsignError
+
+    try:
+        from asign.demo import run_demo
+
+        summary = run_demo(out, layers=layers, seed=seed, train=train_too)
+    except AsignError as err:
+        raise _fail(err) from None
+    if as_json:
+        _emit_json(summary)
+
+
+@app.command()
+def doctor(as_json: JsonOpt = False) -> None:
+    """Preflight: check each native piece and the encoder weights; print the fix for each failure."""
+    from asign.doctor import run_checks
+
+    results = run_checks()
+    if as_json:
+        _emit_json([r.__dict__ for r in results])
+    else:
+        from rich.console import Console
+
+        con = Console()
+        for r in results:
+            mark = "[green]PASS[/]" if r.ok else ("[yellow]WARN[/]" if r.optional else "[red]FAIL[/]")
+            line = f"{mark} {r.name}: {r.detail}"
+            if not r.ok and r.fix:
+                line += f"\n      fix: {r.fix}"
+            con.print(line, highlight=False)
+    if any(not r.ok and not r.optional for r in results):
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    app()

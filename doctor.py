@@ -1,0 +1,131 @@
+"""`asign doctor`: a preflight of every native piece, each with its fix."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from asign.errors import AsignError
+
+log = logging.getLogger(__name__)
+
+_PIP = "pip install -c constraints.txt"
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    optional: bool = False
+
+
+def _module_version(name: str) -> str:
+    mod = importlib.import_module(name)
+    return str(getattr(mod, "__version__", getattr(mod, "version", "?")))
+
+
+def _try(name: str, probe: Callable[[], str], fix: str, optional: bool = False) -> Check:
+    try:
+        return Check(name, True, probe())
+    except AsignError as err:
+        return Check(name, False, str(err), err.fix or fix, optional)
+    except (ImportError, OSError, RuntimeError, AttributeError, ValueError) as err:
+        return Check(name, False, f"{type(err).__name__}: {err}".splitlines()[0], fix, optional)
+
+
+def _torch() -> str:
+    import torch
+
+    bf16 = "bf16 supported" if torch.backends.mkldnn.is_available() else "no mkldnn"
+    cuda = f"cuda {torch.version.cuda} ({torch.cuda.device_count()} GPU)" if torch.cuda.is_available() else "cpu only"
+    return f"torch {torch.__version__}, {cuda}, {bf16}, {torch.get_num_threads()} threads"
+
+
+def _dgl() -> str:
+    from asign.train.dgl_compat import import_dgl
+
+    dgl = import_dgl()
+    g = dgl.graph(([0, 1], [1, 2]))
+    return f"dgl {dgl.__version__} (graph ok: {g.num_edges()} edges)"
+
+
+def _pyg() -> str:
+    import torch_geometric
+
+    return f"torch-geometric {torch_geometric.__version__}"
+
+
+def _openslide() -> str:
+    import openslide
+
+    return f"openslide-python {openslide.__version__}, library {openslide.__library_version__}"
+
+
+def _ants() -> str:
+    import ants
+
+    img = ants.from_numpy(__import__("numpy").zeros((8, 8), dtype="float32"))
+    return f"antspyx {ants.__version__} (image ok: {img.shape})"
+
+
+def _cv2() -> str:
+    import cv2
+
+    cv2.SIFT_create()
+    return f"opencv {cv2.__version__} (SIFT ok)"
+
+
+def _lmdb() -> str:
+    import lmdb
+
+    return f"lmdb {lmdb.__version__}"
+
+
+def _duckdb() -> str:
+    import duckdb
+
+    return f"duckdb {duckdb.__version__} ({duckdb.sql('select 42').fetchone()[0]})"
+
+
+def _torchvision() -> str:
+    from asign.ingest.encoders import import_torchvision
+
+    tv = import_torchvision()
+    return f"torchvision {tv.__version__}"
+
+
+def _weights() -> str:
+    from asign.ingest.encoders import resolve_weights
+
+    src = resolve_weights("imagenet")
+    return f"ImageNet ResNet50 weights: {src}"
+
+
+def _registries() -> str:
+    from asign.ingest.encoders import ENCODERS
+    from asign.ingest.readers import READERS
+    from asign.train.config import MODELS
+
+    return f"readers {sorted(READERS)}; encoders {sorted(ENCODERS)}; models {list(MODELS)}"
+
+
+def run_checks() -> list[Check]:
+    return [
+        _try("torch", _torch, "pip install torch==2.13.0 (CPU wheel) before the other requirements"),
+        _try("dgl", _dgl, f"{_PIP} dgl==2.1.0"),
+        _try("torch-geometric", _pyg, f"{_PIP} torch-geometric", optional=True),
+        _try("openslide", _openslide, f"{_PIP} openslide-python openslide-bin"),
+        _try("antspyx", _ants, f"{_PIP} antspyx"),
+        _try("opencv", _cv2, f"{_PIP} opencv-python-headless"),
+        _try("lmdb", _lmdb, f"{_PIP} lmdb"),
+        _try("duckdb", _duckdb, f"{_PIP} duckdb"),
+        _try("torchvision", _torchvision, f"{_PIP} torchvision"),
+        _try("encoder weights", _weights,
+             "download resnet50-11ad3fa6.pth on a machine with internet into ~/.cache/torch/hub/checkpoints/ "
+             "or pass --weights PATH; --weights random runs the pipeline without them", optional=True),
+        _try("registries", _registries, "reinstall asign (pip install -e .)"),
+    ]

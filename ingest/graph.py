@@ -1,0 +1,362 @@
+"""The 3D spot graph of one sample (DESIGN §3.6): same-layer kNN edges and cross-layer
+edges weighted by disc overlap and feature similarity.
+
+Pure computation: arrays in, arrays out. Nodes are the spots (real or virtual) of one
+sample, indexed 0..N-1; ``layer`` holds each spot's integer z and ``xy_um`` its aligned
+in-plane centre. Candidate pairs come from KD-trees, so the cost is O(N log N) plus the
+number of candidate pairs; no N×N or per-layer-pair dense matrix is ever built.
+
+Direction: an edge ``src → dst`` carries a message from ``src`` to ``dst``. Every spot is
+the ``dst`` of its own neighbour lists (its k nearest same-layer spots and its top-k
+cross-layer spots), so in-degrees are bounded and the graph is not symmetric in general.
+
+Order: same-layer edges first, then cross-layer edges, each block sorted by (dst, src).
+The pair (dst, src) is unique within the graph, so the order is fully deterministic.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+from dataclasses import dataclass, fields
+from typing import Literal
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from asign.errors import ConfigError, InputError
+
+log = logging.getLogger(__name__)
+
+SAME_LAYER = np.uint8(0)
+CROSS_LAYER = np.uint8(1)
+EDGE_KINDS = ("same_layer", "cross_layer")  # indexed by the ``kind`` code
+
+#: Same-layer weight is 1/d; distances below this floor (µm) count as the floor, so
+#: duplicated or near-duplicated spot centres get a large finite weight instead of inf.
+MIN_DISTANCE_UM = 1.0
+
+Combine = Literal["product", "sum"]
+
+
+@dataclass(frozen=True)
+class Edges:
+    """A directed edge list; all arrays have one entry per edge."""
+
+    src: np.ndarray  # int64 node index (message sender)
+    dst: np.ndarray  # int64 node index (message receiver)
+    kind: np.ndarray  # uint8: 0 = same_layer, 1 = cross_layer
+    weight: np.ndarray  # float32
+    distance_um: np.ndarray  # float32, in-plane aligned distance
+    iou: np.ndarray  # float32, disc IoU (0 for same-layer)
+    cosine: np.ndarray  # float32, feature cosine (nan for same-layer)
+
+    def __len__(self) -> int:
+        return int(self.src.shape[0])
+
+
+def disc_iou(d: np.ndarray, r: float) -> np.ndarray:
+    """IoU of two discs of radius ``r`` whose centres are ``d`` apart (float64).
+
+    A(d) = 2r²·acos(d/2r) − (d/2)·√(4r² − d²) for d < 2r, else 0; IoU = A / (2πr² − A).
+    With x = d/2r this is f/(π − f), f = acos(x) − x√(1 − x²): r only sets the scale.
+    """
+    if not np.isfinite(r) or r <= 0:
+        raise ConfigError(f"disc radius must be a positive number of µm, got {r}")
+    x = np.clip(np.abs(np.asarray(d, dtype=np.float64)) / (2.0 * r), 0.0, 1.0)
+    lens = np.arccos(x) - x * np.sqrt(1.0 - x * x)  # A(d) / (2r²)
+    return lens / (np.pi - lens)
+
+
+def same_layer_edges(
+    xy_um: np.ndarray, layer: np.ndarray, k: int = 12, chunk: int = 65536
+) -> Edges:
+    """Each spot receives edges from its ``k`` nearest other spots of its own layer
+    (fewer when its layer has ≤ k spots); weight = 1 / max(d, ``MIN_DISTANCE_UM``)."""
+    xy, lay = _check_points(xy_um, layer)
+    if k < 1:
+        raise ConfigError(f"same-layer k must be at least 1, got {k}", fix="use k >= 1")
+    chunk = _check_chunk(chunk)
+    n = xy.shape[0]
+    per_node = np.zeros(n, dtype=np.int64)
+    blocks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (dst, src rows, d rows)
+    for z in np.unique(lay):
+        members = np.flatnonzero(lay == z)
+        kk = min(k, members.size - 1)
+        if kk < 1:
+            continue
+        tree = cKDTree(xy[members])
+        for start in range(0, members.size, chunk):
+            local = np.arange(start, min(start + chunk, members.size))
+            dist, nb = tree.query(xy[members[local]], k=kk + 1)
+            # Drop the query spot itself. Usually it is column 0, but exact duplicates tie
+            # at d = 0 and may push it anywhere, or out of the kk+1 columns altogether.
+            is_self = nb == local[:, None]
+            is_self[~is_self.any(axis=1), -1] = True
+            keep = ~is_self
+            src = members[nb[keep].reshape(-1, kk)]
+            dist = dist[keep].reshape(-1, kk)
+            order = np.argsort(src, axis=1, kind="stable")
+            blocks.append(
+                (
+                    members[local],
+                    np.take_along_axis(src, order, axis=1),
+                    np.take_along_axis(dist, order, axis=1),
+                )
+            )
+            per_node[members[local]] = kk
+    # Every dst owns one contiguous row of kk neighbours: scatter rows to their (dst)
+    # position instead of sorting all edges.
+    offsets = np.concatenate(([0], np.cumsum(per_node)))
+    n_edges = int(offsets[-1])
+    src_out = np.empty(n_edges, dtype=np.int64)
+    dist_out = np.empty(n_edges, dtype=np.float32)
+    for dst, src, dist in blocks:
+        pos = offsets[dst][:, None] + np.arange(src.shape[1])
+        src_out[pos] = src
+        dist_out[pos] = dist
+    del blocks
+    dst_out = np.repeat(np.arange(n, dtype=np.int64), per_node)
+    weight = (1.0 / np.maximum(dist_out, np.float32(MIN_DISTANCE_UM))).astype(np.float32)
+    return Edges(
+        src=src_out,
+        dst=dst_out,
+        kind=np.full(n_edges, SAME_LAYER, dtype=np.uint8),
+        weight=weight,
+        distance_um=dist_out,
+        iou=np.zeros(n_edges, dtype=np.float32),
+        cosine=np.full(n_edges, np.nan, dtype=np.float32),
+    )
+
+
+def default_search_radius(
+    xy_um: np.ndarray, layer: np.ndarray, radius_um: float, combine: Combine
+) -> float:
+    """Cross-layer candidate radius when none is given.
+
+    product: 2r — beyond it the IoU, hence the weight, is exactly 0, so nothing is lost.
+    sum: 2r + the lattice pitch (median same-layer nearest-neighbour distance). A pair
+    that does not overlap still scores its cosine, so some horizon is a modelling choice;
+    this one reaches the overlapping spot of every other layer and that spot's first ring
+    of lattice neighbours (pitch ≈ 4r on Visium and legacy ST, so about 6r).
+    """
+    if combine == "product":
+        return 2.0 * radius_um
+    return 2.0 * radius_um + lattice_pitch(xy_um, layer)
+
+
+def lattice_pitch(xy_um: np.ndarray, layer: np.ndarray) -> float:
+    """Median distance from a spot to its nearest same-layer spot (0 if no layer has two)."""
+    xy, lay = _check_points(xy_um, layer)
+    nearest = []
+    for z in np.unique(lay):
+        members = np.flatnonzero(lay == z)
+        if members.size >= 2:
+            d, _ = cKDTree(xy[members]).query(xy[members], k=2)
+            nearest.append(d[:, 1])
+    return float(np.median(np.concatenate(nearest))) if nearest else 0.0
+
+
+def cross_layer_edges(
+    xy_um: np.ndarray,
+    layer: np.ndarray,
+    features: np.ndarray,
+    radius_um: float,
+    top_k: int = 8,
+    combine: Combine = "product",
+    search_radius_um: float | None = None,
+    chunk: int = 16384,
+) -> Edges:
+    """Each spot receives edges from its ``top_k`` best spots on *other* layers.
+
+    Candidates are spots of other layers within ``search_radius_um`` in the aligned plane
+    (see ``default_search_radius``); weight = IoU(d) × cosine (``"product"``, the paper) or
+    IoU(d) + cosine (``"sum"``, the public reference code). Non-positive weights are dropped
+    in both modes: they carry no affinity and label propagation needs a_ij ≥ 0. Ties in
+    weight go to the lower src index.
+
+    ``features`` is (N, D) of any float dtype and may be an ``np.memmap``: it is read in
+    spatially compact blocks of about ``chunk`` spots, each feature row is cast to float32
+    about once, and pages of a read-only memmap are released after each block, so extra
+    memory is O(chunk·D + N·top_k) rather than O(N·D).
+    """
+    xy, lay = _check_points(xy_um, layer)
+    n = xy.shape[0]
+    if not np.isfinite(radius_um) or radius_um <= 0:
+        raise ConfigError(f"spot radius must be a positive number of µm, got {radius_um}")
+    if top_k < 1:
+        raise ConfigError(f"cross-layer top_k must be at least 1, got {top_k}")
+    if combine not in ("product", "sum"):
+        raise ConfigError(f"unknown cross-layer combine {combine!r}", fix="use product or sum")
+    chunk = _check_chunk(chunk)
+    if getattr(features, "ndim", 0) != 2 or features.shape[0] != n:
+        raise InputError(
+            f"features must be an (N, D) array with N = {n} spots, got shape "
+            f"{getattr(features, 'shape', None)}",
+            fix="pass one feature row per spot, in spot order",
+        )
+    radius_search = (
+        default_search_radius(xy, lay, radius_um, combine)
+        if search_radius_um is None
+        else float(search_radius_um)
+    )
+    if not np.isfinite(radius_search) or radius_search < 0:
+        raise ConfigError(f"search radius must be a non-negative µm value, got {radius_search}")
+
+    tree = cKDTree(xy)
+    parts: list[dict[str, np.ndarray]] = []
+    order = _spatial_order(xy, chunk)
+    for start in range(0, n, chunk):
+        query = order[start : start + chunk]
+        pairs = cKDTree(xy[query]).sparse_distance_matrix(
+            tree, radius_search, output_type="ndarray"
+        )
+        dst = query[pairs["i"]]
+        src = pairs["j"].astype(np.int64, copy=False)
+        dist = pairs["v"]
+        del pairs
+        keep = lay[dst] != lay[src]
+        iou = disc_iou(dist[keep], radius_um)
+        dst, src, dist = dst[keep], src[keep], dist[keep]
+        if combine == "product":  # IoU 0 means weight 0: skip its cosine
+            overlap = iou > 0
+            dst, src, dist, iou = dst[overlap], src[overlap], dist[overlap], iou[overlap]
+        cos = _pair_cosine(features, dst, src)
+        _release_mapped_pages(features)
+        weight = iou * cos if combine == "product" else iou + cos
+        best = _top_k_per_dst(dst, src, weight, top_k)
+        parts.append(
+            {
+                "src": src[best],
+                "dst": dst[best],
+                "weight": weight[best].astype(np.float32),
+                "distance_um": dist[best].astype(np.float32),
+                "iou": iou[best].astype(np.float32),
+                "cosine": cos[best],
+            }
+        )
+    cols = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+    del parts
+    final = np.argsort(cols["dst"] * np.int64(n) + cols["src"])
+    cols = {name: values[final] for name, values in cols.items()}
+    log.debug("cross-layer: %d edges for %d spots (radius %.1f µm)", final.size, n, radius_search)
+    return Edges(kind=np.full(final.size, CROSS_LAYER, dtype=np.uint8), **cols)
+
+
+def build_graph(
+    xy_um: np.ndarray,
+    layer: np.ndarray,
+    features: np.ndarray,
+    radius_um: float,
+    k_same: int = 12,
+    top_k_cross: int = 8,
+    combine: Combine = "product",
+    search_radius_um: float | None = None,
+) -> Edges:
+    """The whole 3D graph: same-layer kNN edges followed by cross-layer edges."""
+    same = same_layer_edges(xy_um, layer, k=k_same)
+    cross = cross_layer_edges(
+        xy_um, layer, features, radius_um, top_k_cross, combine, search_radius_um
+    )
+    return concat_edges([same, cross])
+
+
+def concat_edges(parts: list[Edges]) -> Edges:
+    """Concatenate edge lists field by field; ``parts`` is emptied so that each input
+    array can be freed as soon as it has been copied (peak ≈ inputs + one field)."""
+    columns = [{f.name: getattr(p, f.name) for f in fields(Edges)} for p in parts]
+    parts.clear()
+    out = {}
+    for f in fields(Edges):
+        out[f.name] = np.concatenate([c.pop(f.name) for c in columns])
+    return Edges(**out)
+
+
+def _pair_cosine(features: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """cosine(features[a], features[b]) per pair (float32), reading each row once."""
+    if a.size == 0:
+        return np.zeros(0, dtype=np.float32)
+    rows, inverse = np.unique(np.concatenate((a, b)), return_inverse=True)
+    block = np.asarray(features[rows], dtype=np.float32)
+    if not np.isfinite(block).all():
+        bad = int(rows[np.flatnonzero(~np.isfinite(block).all(axis=1))[0]])
+        raise InputError(
+            f"feature row of spot index {bad} contains NaN or inf",
+            fix="re-run the embed step for that section",
+        )
+    norm = np.sqrt(np.einsum("ij,ij->i", block, block))
+    # A zero vector has no direction: its cosine with anything is 0.
+    block *= (1.0 / np.maximum(norm, np.finfo(np.float32).tiny))[:, None]
+    ia, ib = inverse[: a.size], inverse[a.size :]
+    out = np.empty(a.size, dtype=np.float32)
+    step = max(1, (1 << 22) // block.shape[1])  # about 16 MiB of rows per side
+    for s in range(0, a.size, step):
+        e = s + step
+        out[s:e] = np.einsum(
+            "ij,ij->i", np.take(block, ia[s:e], axis=0), np.take(block, ib[s:e], axis=0)
+        )
+    return np.clip(out, -1.0, 1.0, out=out)
+
+
+def _top_k_per_dst(
+    dst: np.ndarray, src: np.ndarray, weight: np.ndarray, top_k: int
+) -> np.ndarray:
+    """Indices of the ``top_k`` highest positive weights per dst (ties: lower src)."""
+    positive = np.flatnonzero(weight > 0)
+    order = positive[np.lexsort((src[positive], -weight[positive], dst[positive]))]
+    sorted_dst = dst[order]
+    first = np.flatnonzero(np.r_[True, sorted_dst[1:] != sorted_dst[:-1]])
+    rank = np.arange(order.size) - np.repeat(first, np.diff(np.r_[first, order.size]))
+    return order[rank < top_k]
+
+
+def _spatial_order(xy: np.ndarray, chunk: int) -> np.ndarray:
+    """A permutation that walks the plane in square tiles of about ``chunk`` spots (all
+    layers together), so a block of queries and its candidates occupy one small region
+    and the feature rows a block needs are mostly its own."""
+    lo = xy.min(axis=0)
+    extent = np.maximum(xy.max(axis=0) - lo, 1e-9)
+    tiles = max(1.0, np.sqrt(xy.shape[0] / chunk))
+    tile = max(extent[0], extent[1]) / tiles
+    t = np.floor((xy - lo) / tile).astype(np.int64)
+    return np.lexsort((np.arange(xy.shape[0]), t[:, 0], t[:, 1]))
+
+
+def _release_mapped_pages(features: np.ndarray) -> None:
+    """Drop this process's resident pages of a read-only memmap. The OS page cache keeps
+    them, so re-reading is cheap, but the process's RSS stays at one block instead of
+    growing to the whole file. Copy-on-write or writable maps are left alone."""
+    if getattr(features, "mode", None) != "r" or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    base = getattr(features, "base", None)
+    while base is not None and not isinstance(base, mmap.mmap):
+        base = getattr(base, "base", None)
+    if isinstance(base, mmap.mmap):
+        base.madvise(mmap.MADV_DONTNEED)
+
+
+def _check_points(xy_um: np.ndarray, layer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    xy = np.asarray(xy_um, dtype=np.float64)
+    lay = np.asarray(layer)
+    if xy.ndim != 2 or xy.shape[1] != 2:
+        raise InputError(f"spot coordinates must be an (N, 2) array of µm, got {xy.shape}")
+    if lay.shape != (xy.shape[0],):
+        raise InputError(
+            f"layer must hold one z per spot: {lay.shape} for {xy.shape[0]} spots",
+            fix="pass the section z of every spot",
+        )
+    if not np.issubdtype(lay.dtype, np.integer):
+        raise InputError(f"layer must be integer z values, got dtype {lay.dtype}")
+    if xy.shape[0] == 0:
+        raise InputError("no spots to build a graph on", fix="check the sample has spots")
+    if not np.isfinite(xy).all():
+        raise InputError(
+            "spot coordinates contain NaN or inf", fix="re-run the align step for the sample"
+        )
+    return xy, lay
+
+
+def _check_chunk(chunk: int) -> int:
+    if chunk < 1:
+        raise ConfigError(f"chunk must be a positive number of spots, got {chunk}")
+    return int(chunk)

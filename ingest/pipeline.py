@@ -1,0 +1,146 @@
+"""Ingest orchestration: which step runs for which sample, and resumability.
+
+A step of a sample is skipped when the manifest records it finished under the same
+fingerprint (its parameters + the fingerprint of the step before it); the unit inside a
+step is one section (or one fixed batch of embeddings), so a crash loses at most that."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import Any
+
+from asign.ingest.config import STEPS, IngestConfig
+from asign.ingest.sample import SampleInput
+from asign.progress import Reporter, reporter
+from asign.store import Store, open_store
+from asign.store.manifest import fingerprint, mark_step, step_fingerprint
+
+log = logging.getLogger(__name__)
+
+
+def _read(cfg: IngestConfig) -> list[SampleInput]:
+    from asign.ingest.readers import read_samples
+
+    samples: list[SampleInput] = []
+    for src in cfg.sources:
+        samples += read_samples(src, cfg.format, cfg.samples)
+        if cfg.extra_2d:
+            samples += read_samples(src, cfg.format, ",".join(cfg.extra_2d), allow_single=True)
+    seen: dict[str, SampleInput] = {}
+    for s in samples:
+        seen.setdefault(s.sample_id, s)
+    return list(seen.values())
+
+
+def step_params(cfg: IngestConfig, step: str) -> dict[str, Any]:
+    if step == "align":
+        return {"align": cfg.align.__dict__}
+    if step == "patches":
+        return {"sizes": [cfg.spot_px, cfg.region_px, cfg.global_px]}
+    if step == "embed":
+        return {"encoder": cfg.encoder, "weights": cfg.weights, "precision": cfg.precision,
+                "batch_size": cfg.batch_size, "seed": cfg.seed}
+    if step == "graph":
+        return {"k_same": cfg.k_same, "top_k_cross": cfg.top_k_cross, "cross_weight": cfg.cross_weight}
+    return {}
+
+
+def run_pipeline(cfg: IngestConfig, rep: Reporter | None = None) -> dict[str, Any]:
+    from asign.ingest import step_register
+
+    t0 = time.perf_counter()
+    store = open_store(cfg.store, create=True)
+    manifest = store.manifest()
+    summary: dict[str, Any] = {"store": str(cfg.store), "samples": {}, "skipped": [], "ran": []}
+
+    with (reporter() if rep is None else contextlib.nullcontext(rep)) as rep:
+        if "register" in cfg.steps:
+            samples = _read(cfg)
+            hashes = step_register.input_hashes(samples)
+            fp_reg = step_register.register_fingerprint(cfg, samples, hashes)
+            if all(step_fingerprint(manifest, s.sample_id, "register") == fp_reg for s in samples):
+                summary["skipped"] += [f"{s.sample_id}:register" for s in samples]
+            else:
+                info = step_register.write_register(store, cfg, samples, hashes)
+                manifest["inputs"].update(hashes)
+                manifest["params"]["labels"] = info
+                for s in samples:
+                    mark_step(manifest, s.sample_id, "register", fp_reg)
+                store.save_manifest(manifest)
+                summary["ran"] += [f"{s.sample_id}:register" for s in samples]
+            sample_ids = [s.sample_id for s in samples]
+        else:
+            sample_ids = _stored_samples(store, cfg)
+
+        for step in STEPS[1:]:
+            if step not in cfg.steps:
+                continue
+            for sample_id in sample_ids:
+                upstream = step_fingerprint(manifest, sample_id, STEPS[STEPS.index(step) - 1])
+                if upstream is None:
+                    from asign.errors import StoreError
+
+                    raise StoreError(f"step {step} of sample {sample_id} needs step "
+                                     f"{STEPS[STEPS.index(step) - 1]} first", path=cfg.store,
+                                     fix=f"run `asign ingest ... --steps {','.join(STEPS[:STEPS.index(step) + 1])}`")
+                fp = fingerprint(step, upstream, step_params(cfg, step))
+                if step_fingerprint(manifest, sample_id, step) == fp:
+                    summary["skipped"].append(f"{sample_id}:{step}")
+                    continue
+                info = _STEP_FUNCS[step](store, cfg, sample_id, fp, rep)
+                manifest = store.manifest()  # steps may record params
+                mark_step(manifest, sample_id, step, fp, **(info or {}))
+                store.save_manifest(manifest)
+                summary["ran"].append(f"{sample_id}:{step}")
+                summary["samples"].setdefault(sample_id, {})[step] = info
+
+    summary["seconds"] = round(time.perf_counter() - t0, 2)
+    log.info("ingest finished in %.1f s (ran %d, skipped %d steps)", summary["seconds"],
+             len(summary["ran"]), len(summary["skipped"]))
+    return summary
+
+
+def _stored_samples(store: Store, cfg: IngestConfig) -> list[str]:
+    from asign.ingest.readers.base import sample_matches
+
+    if not store.has("sections"):
+        from asign.errors import StoreError
+
+        raise StoreError("store has no sections yet", path=cfg.store, fix="run the register step first (--steps register,...)")
+    ids = sorted(set(store.read("sections", columns=["sample_id"]).column("sample_id").to_pylist()))
+    wanted = [s for s in ids if sample_matches(s, cfg.samples) or s in cfg.extra_2d]
+    if not wanted:
+        from asign.errors import InputError
+
+        raise InputError(f"no stored sample matches {cfg.samples!r} (stored: {', '.join(ids)})",
+                         path=cfg.store, fix="pass --samples with a stored sample id")
+    return wanted
+
+
+def _align(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Reporter) -> dict[str, Any]:
+    from asign.ingest.step_align import run_align
+
+    return run_align(store, cfg, sample_id, rep)
+
+
+def _patches(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Reporter) -> dict[str, Any]:
+    from asign.ingest.step_features import run_patches
+
+    return run_patches(store, cfg, sample_id, fp, rep)
+
+
+def _embed(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Reporter) -> dict[str, Any]:
+    from asign.ingest.step_features import run_embed
+
+    return run_embed(store, cfg, sample_id, fp, rep)
+
+
+def _graph(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Reporter) -> dict[str, Any]:
+    from asign.ingest.step_graph import run_graph
+
+    return run_graph(store, cfg, sample_id, rep)
+
+
+_STEP_FUNCS = {"align": _align, "patches": _patches, "embed": _embed, "graph": _graph}

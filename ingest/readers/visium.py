@@ -1,0 +1,419 @@
+"""Reader for 10x Visium Space Ranger output, several sections of one block per sample.
+
+A *sample folder* holds one folder per section; each section folder is a Space Ranger
+``outs/`` folder or contains one::
+
+    SAMPLE/
+      sections.txt                optional: z order, one section per line, "NAME [IMAGE]"
+      SEC_A/outs/filtered_feature_bc_matrix.h5   (or filtered_feature_bc_matrix/ with mtx)
+      SEC_A/outs/spatial/tissue_positions.csv    (or tissue_positions_list.csv, no header)
+      SEC_A/outs/spatial/scalefactors_json.json
+      SEC_A/outs/spatial/tissue_hires_image.png
+      SEC_A/full_res_he.tif       optional: one full-resolution image beside outs/
+
+The source may also be a folder of sample folders (``--samples`` then picks among them).
+
+z order: the lines of ``sections.txt`` (z = 1, 2, … in line order; sections not listed are
+ignored with a warning), else the natural sort of the section folder names (S2 before S10).
+
+Image: the IMAGE column of ``sections.txt`` (relative to the sample folder), else a single
+image file in the section folder beside ``outs/``, both at full resolution; else
+``spatial/tissue_hires_image.png`` (spot pixels scaled by ``tissue_hires_scalef``), else
+the lowres image. µm/px of the chosen image comes from the spot lattice itself (100 µm
+centre to centre: one array_col step is 50 µm, one array_row step 100·√3/2 µm), via the
+affine fit of pixel position on array position, because ``spot_diameter_fullres`` is
+documented inconsistently (55 vs 65 µm); it falls back to 55 µm / spot_diameter_fullres.
+
+Only in-tissue spots are kept. Duplicate gene symbols are made unique as anndata does
+(``NAME``, ``NAME-1``, …), and only "Gene Expression" features are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from asign.errors import CountsError, ImageError, InputError
+from asign.ingest.images import verify_image
+from asign.ingest.readers.base import (
+    Reader,
+    find_images,
+    finish_sample,
+    natural_key,
+    sample_matches,
+)
+from asign.ingest.readers.tables import check_sparse, check_unique
+from asign.ingest.sample import SampleInput, SectionInput
+
+log = logging.getLogger(__name__)
+
+SPOT_DIAMETER_UM = 55.0
+SPOT_PITCH_UM = 100.0
+_COL_STEP_UM = SPOT_PITCH_UM / 2
+_ROW_STEP_UM = SPOT_PITCH_UM * np.sqrt(3) / 2
+_H5 = "filtered_feature_bc_matrix.h5"
+_MTX = "filtered_feature_bc_matrix"
+_POSITIONS = ("tissue_positions.csv", "tissue_positions_list.csv")
+_POS_COLS = [
+    "barcode",
+    "in_tissue",
+    "array_row",
+    "array_col",
+    "pxl_row_in_fullres",
+    "pxl_col_in_fullres",
+]
+ORDER_FILE = "sections.txt"
+
+
+def section_root(folder: Path) -> Path | None:
+    """The Space Ranger ``outs`` folder of a section folder, or None if it is not one."""
+    for d in (folder / "outs", folder):
+        if (d / "spatial").is_dir() and ((d / _H5).is_file() or (d / _MTX).is_dir()):
+            return d
+    return None
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted((p for p in folder.iterdir() if p.is_dir()), key=lambda p: natural_key(p.name))
+
+
+def _sample_folders(path: Path) -> dict[str, Path]:
+    """sample id → sample folder."""
+    path = Path(path)
+    if not path.is_dir():
+        return {}
+    if section_root(path) is not None:
+        return {path.name: path}  # a lone section: a one-section sample
+    if any(section_root(d) is not None for d in _subdirs(path)):
+        return {path.name: path}
+    return {
+        d.name: d for d in _subdirs(path) if any(section_root(c) is not None for c in _subdirs(d))
+    }
+
+
+def detect(path: Path) -> bool:
+    return bool(_sample_folders(Path(path)))
+
+
+def list_samples(path: Path) -> list[str]:
+    return sorted(_sample_folders(Path(path)))
+
+
+def _section_order(sample_dir: Path, warnings: list[str]) -> list[tuple[str, Path, Path | None]]:
+    """(name, section folder, full-res image or None) in z order."""
+    if section_root(sample_dir) is not None:
+        return [(sample_dir.name, sample_dir, None)]
+    found = {d.name: d for d in _subdirs(sample_dir) if section_root(d) is not None}
+    order_file = sample_dir / ORDER_FILE
+    if not order_file.is_file():
+        return [(name, found[name], None) for name in sorted(found, key=natural_key)]
+    out = []
+    for raw in order_file.read_text(encoding="utf-8").splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name, *rest = line.split()
+        if name not in found:
+            raise InputError(
+                f"lists section {name}, but there is no Space Ranger folder {sample_dir / name}",
+                path=order_file,
+                fix="list only section folders that contain outs/ (or fix the name)",
+            )
+        image = (sample_dir / rest[0]) if rest else None
+        out.append((name, found[name], image))
+    unlisted = sorted(set(found) - {n for n, _, _ in out}, key=natural_key)
+    if unlisted:
+        warnings.append(
+            f"{order_file}: sections {', '.join(unlisted)} are not listed and are ignored"
+        )
+    return out
+
+
+def _decode(arr: np.ndarray) -> list[str]:
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in arr]
+
+
+def _read_h5(path: Path) -> tuple[list[str], list[str], list[str], sp.csr_matrix]:
+    """barcodes, gene names, feature types, barcodes × features matrix."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            if "matrix" not in f:
+                raise CountsError(
+                    "not a Space Ranger ≥3 feature-barcode HDF5 (no 'matrix' group)",
+                    path=path,
+                    fix="use filtered_feature_bc_matrix/ (mtx) or re-run Space Ranger ≥3",
+                )
+            g = f["matrix"]
+            barcodes = _decode(g["barcodes"][:])
+            names = _decode(g["features/name"][:])
+            types = (
+                _decode(g["features/feature_type"][:])
+                if "feature_type" in g["features"]
+                else ["Gene Expression"] * len(names)
+            )
+            n_feat, n_bc = (int(v) for v in g["shape"][:])
+            # 10x stores features × barcodes as CSC, which is barcodes × features as CSR.
+            matrix = sp.csr_matrix(
+                (g["data"][:], g["indices"][:], g["indptr"][:]), shape=(n_bc, n_feat)
+            )
+    except (OSError, KeyError, ValueError) as err:
+        raise CountsError(
+            f"cannot read 10x HDF5 ({err})",
+            path=path,
+            fix="re-export filtered_feature_bc_matrix.h5",
+        ) from err
+    return barcodes, names, types, matrix
+
+
+def _read_mtx(folder: Path) -> tuple[list[str], list[str], list[str], sp.csr_matrix]:
+    import scipy.io
+
+    def pick(stem: str) -> Path:
+        for name in (f"{stem}.gz", stem):
+            if (folder / name).is_file():
+                return folder / name
+        if stem == "features.tsv" and (folder / "genes.tsv").is_file():
+            return folder / "genes.tsv"
+        raise CountsError(
+            f"missing {stem}(.gz)",
+            path=folder,
+            fix="copy the complete filtered_feature_bc_matrix/ folder",
+        )
+
+    mtx = pick("matrix.mtx")
+    try:
+        matrix = sp.csr_matrix(scipy.io.mmread(mtx).T)
+        barcodes = pd.read_csv(pick("barcodes.tsv"), sep="\t", header=None, dtype=str)[0].tolist()
+        feats = pd.read_csv(pick("features.tsv"), sep="\t", header=None, dtype=str)
+    except (OSError, ValueError, pd.errors.ParserError) as err:
+        raise CountsError(
+            f"cannot read Matrix Market counts ({err})",
+            path=mtx,
+            fix="re-export filtered_feature_bc_matrix/",
+        ) from err
+    names = feats[1].tolist() if feats.shape[1] > 1 else feats[0].tolist()
+    types = feats[2].tolist() if feats.shape[1] > 2 else ["Gene Expression"] * len(names)
+    if matrix.shape != (len(barcodes), len(names)):
+        raise CountsError(
+            f"matrix is {matrix.shape[1]}×{matrix.shape[0]} but there are {len(names)} features and {len(barcodes)} barcodes",
+            path=mtx,
+            fix="use matrix, barcodes and features files from the same Space Ranger run",
+        )
+    return barcodes, names, types, matrix
+
+
+def make_unique(names: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    taken = set(names)
+    out = []
+    for n in names:
+        if n not in seen:
+            seen[n] = 0
+            out.append(n)
+            continue
+        k = seen[n]
+        while True:
+            k += 1
+            cand = f"{n}-{k}"
+            if cand not in taken:
+                break
+        seen[n] = k
+        taken.add(cand)
+        out.append(cand)
+    return out
+
+
+def _read_positions(spatial: Path) -> tuple[pd.DataFrame, Path]:
+    for name in _POSITIONS:
+        path = spatial / name
+        if path.is_file():
+            break
+    else:
+        raise InputError(
+            "no tissue_positions.csv or tissue_positions_list.csv",
+            path=spatial,
+            fix="copy the complete spatial/ folder of Space Ranger",
+        )
+    try:
+        with open(path, encoding="utf-8") as fh:
+            has_header = fh.readline().startswith("barcode")
+        df = pd.read_csv(path, header=0 if has_header else None, dtype={0: str})
+    except (OSError, ValueError, pd.errors.ParserError) as err:
+        raise InputError(
+            f"cannot parse spot positions ({err})", path=path, fix="re-export tissue_positions.csv"
+        ) from err
+    if df.shape[1] != 6:
+        raise InputError(
+            f"expected 6 columns, found {df.shape[1]}",
+            path=path,
+            fix=f"columns must be {', '.join(_POS_COLS)}",
+        )
+    df.columns = _POS_COLS
+    df["barcode"] = df["barcode"].astype(str)
+    check_unique(df["barcode"].tolist(), path, "barcode")
+    return df, path
+
+
+def _um_per_px(pos: pd.DataFrame, scale: float, diameter_px: float | None, path: Path) -> float:
+    """µm per pixel of the chosen image (pixel coordinates already multiplied by scale)."""
+    design = np.c_[
+        pos["array_col"] * _COL_STEP_UM, pos["array_row"] * _ROW_STEP_UM, np.ones(len(pos))
+    ]
+    if len(pos) >= 3 and np.linalg.matrix_rank(design) == 3:
+        pix = np.c_[pos["pxl_col_in_fullres"], pos["pxl_row_in_fullres"]] * scale
+        coef, *_ = np.linalg.lstsq(design, pix, rcond=None)
+        px_per_um = float(np.sqrt(abs(np.linalg.det(coef[:2]))))
+        if px_per_um > 0:
+            return 1.0 / px_per_um
+    if diameter_px:
+        return SPOT_DIAMETER_UM / (diameter_px * scale)
+    raise InputError(
+        "cannot determine µm/px (too few spots, no spot_diameter_fullres)",
+        path=path,
+        fix="add scalefactors_json.json",
+    )
+
+
+def _pick_image(
+    folder: Path, root: Path, listed: Path | None, scalef: dict
+) -> tuple[Path | None, float]:
+    """(image, factor from full-res pixels to that image's pixels)."""
+    if listed is not None:
+        return listed, 1.0
+    beside = find_images(folder)
+    if len(beside) > 1:
+        raise ImageError(
+            f"{len(beside)} images beside outs/ ({', '.join(p.name for p in beside[:3])})",
+            path=folder,
+            fix=f"keep one full-resolution image per section, or name it in {ORDER_FILE}",
+        )
+    if beside:
+        return beside[0], 1.0
+    for name, key in (
+        ("tissue_hires_image.png", "tissue_hires_scalef"),
+        ("tissue_lowres_image.png", "tissue_lowres_scalef"),
+    ):
+        path = root / "spatial" / name
+        if path.is_file():
+            if key not in scalef:
+                raise InputError(
+                    f"scalefactors_json.json lacks {key}",
+                    path=root / "spatial",
+                    fix="copy the complete spatial/ folder",
+                )
+            return path, float(scalef[key])
+    return None, 1.0
+
+
+def read_section(
+    sample_id: str, name: str, folder: Path, z: int, listed: Path | None
+) -> SectionInput:
+    root = section_root(folder)
+    spatial = root / "spatial"
+    sf_path = spatial / "scalefactors_json.json"
+    try:
+        scalef = json.loads(sf_path.read_text(encoding="utf-8")) if sf_path.is_file() else {}
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputError(
+            f"cannot parse scale factors ({err})",
+            path=sf_path,
+            fix="re-export scalefactors_json.json",
+        ) from err
+    if (root / _H5).is_file():
+        counts_path = root / _H5
+        barcodes, names, types, matrix = _read_h5(counts_path)
+    else:
+        counts_path = root / _MTX
+        barcodes, names, types, matrix = _read_mtx(counts_path)
+    check_unique(barcodes, counts_path, "barcode")
+    matrix = check_sparse(matrix, counts_path)
+    keep_feat = np.array([t == "Gene Expression" for t in types])
+    matrix = matrix[:, keep_feat]
+    genes = make_unique([n for n, k in zip(names, keep_feat, strict=True) if k])
+
+    pos, pos_path = _read_positions(spatial)
+    row = pd.Index(pos["barcode"]).get_indexer(barcodes)
+    if (row < 0).any():
+        missing = [b for b, r in zip(barcodes, row, strict=True) if r < 0]
+        raise CountsError(
+            f"{len(missing)} barcode(s) in counts are absent from the spot table {pos_path} (e.g. {missing[0]})",
+            path=counts_path,
+            fix="use the spatial/ folder of the same Space Ranger run",
+        )
+    in_tissue = pos["in_tissue"].to_numpy()[row] == 1
+    if not in_tissue.all():
+        log.info(
+            "%s: dropping %d counted spots outside tissue", counts_path, int((~in_tissue).sum())
+        )
+    keep = np.flatnonzero(in_tissue)
+    pos = pos.iloc[row[keep]].reset_index(drop=True)
+    matrix = matrix[keep]
+
+    image, scale = _pick_image(folder, root, listed, scalef)
+    diameter = scalef.get("spot_diameter_fullres")
+    um_per_px = _um_per_px(pos, scale, diameter, pos_path)
+    spots = pd.DataFrame(
+        {
+            "spot_id": name + "/" + pos["barcode"],
+            "barcode": pos["barcode"],
+            "array_x": pos["array_col"].to_numpy(),
+            "array_y": pos["array_row"].to_numpy(),
+            "px": pos["pxl_col_in_fullres"].to_numpy(float) * scale,
+            "py": pos["pxl_row_in_fullres"].to_numpy(float) * scale,
+        }
+    )
+    if image is not None:
+        w, h = verify_image(image)
+        out = (spots["px"] < 0) | (spots["px"] >= w) | (spots["py"] < 0) | (spots["py"] >= h)
+        if out.any():
+            raise ImageError(
+                f"{int(out.sum())} spot centre(s) fall outside the {w}×{h} image",
+                path=image,
+                fix="a full-resolution image must be the one Space Ranger was run on",
+            )
+    return SectionInput(
+        sample_id=sample_id,
+        section_id=name,
+        z=z,
+        image_path=image,
+        um_per_px=um_per_px,
+        spot_diameter_um=SPOT_DIAMETER_UM,
+        spot_pitch_um=SPOT_PITCH_UM,
+        spots=spots,
+        genes=tuple(genes),
+        counts=matrix,
+        counts_path=counts_path,
+        total_counts=np.asarray(matrix.sum(axis=1, dtype=np.int64)).ravel(),
+    )
+
+
+def read(path: Path, samples: str | None = None) -> list[SampleInput]:
+    out = []
+    for sample_id, folder in sorted(_sample_folders(Path(path)).items()):
+        if not sample_matches(sample_id, samples):
+            continue
+        warnings: list[str] = []
+        order = _section_order(folder, warnings)
+        sections = [
+            read_section(sample_id, n, d, z, img) for z, (n, d, img) in enumerate(order, start=1)
+        ]
+        out.append(
+            finish_sample(sample_id, sections, fmt="visium", source=folder, warnings=warnings)
+        )
+    return out
+
+
+READER = Reader(
+    name="visium",
+    description="10x Visium: a sample folder of section folders, each a Space Ranger outs/ (or holding one)",
+    detect=detect,
+    read=read,
+    list_samples=list_samples,
+)

@@ -1,0 +1,158 @@
+"""Steps 3 and 4: crop patches/tiles and embed them with the frozen encoder.
+
+patches: per imaged section, 224-equivalent spot patches (stored compressed in LMDB, so a
+GPU trainer can fine-tune the spot encoder) and the region/global tile grids with the
+spot→tile map (Parquet). embed: spot patches (read back from LMDB) and the tiles any spot
+uses (cropped from the slide) → float16 vectors in LMDB. Both resume per section / per
+fixed batch: markers are written in the same LMDB transaction as the data."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from asign.ingest.config import IngestConfig
+from asign.progress import Reporter
+from asign.store import Store
+from asign.store.vectors import done_key, emb_key, patch_key
+
+log = logging.getLogger(__name__)
+
+LEVELS = ("spot", "region", "global")
+
+
+def _imaged(store: Store, sample_id: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    sections = store.read("sections").to_pandas()
+    sections = sections[(sections.sample_id == sample_id) & sections.has_image].sort_values("z")
+    spots = store.read("spots", key=sample_id).to_pandas()
+    spots = spots[spots.section_id.isin(sections.section_id) & spots.px.notna()]
+    return sections, spots
+
+
+def _sizes(cfg: IngestConfig, um_per_px: float) -> dict[str, int]:
+    from asign.ingest.patches import equivalent_px
+
+    return {"spot": equivalent_px(cfg.spot_px, um_per_px), "region": equivalent_px(cfg.region_px, um_per_px),
+            "global": equivalent_px(cfg.global_px, um_per_px)}
+
+
+def run_patches(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Reporter) -> dict[str, Any]:
+    from asign.ingest import patches
+
+    sections, spots = _imaged(store, sample_id)
+    tiles: dict[str, list] = {k: [] for k in ("sample_id", "section_id", "tile_id", "level", "x0", "y0", "size_px")}
+    links: list[pd.DataFrame] = []
+    task = rep.task(f"patches {sample_id}", total=len(spots))
+    with store.vectors(readonly=False) as vec:
+        for sec in sections.itertuples():
+            sp = spots[spots.section_id == sec.section_id]
+            size = _sizes(cfg, float(sec.um_per_px))
+            for level in ("region", "global"):
+                bbox = patches.points_bbox(sp.px.to_numpy(), sp.py.to_numpy(), size[level], sec.width, sec.height)
+                grid = patches.tile_grid(sec.width, sec.height, size[level], bbox=bbox, level=level)
+                s2t = patches.spot_to_tiles(sp.px.to_numpy(), sp.py.to_numpy(), grid)
+                used = patches.used_tiles(s2t)
+                corners = grid.corners()[used]
+                ids = grid.tile_ids(sec.section_id, used)
+                tiles["sample_id"] += [sample_id] * len(ids)
+                tiles["section_id"] += [sec.section_id] * len(ids)
+                tiles["tile_id"] += ids
+                tiles["level"] += [level] * len(ids)
+                tiles["x0"] += corners[:, 0].tolist()
+                tiles["y0"] += corners[:, 1].tolist()
+                tiles["size_px"] += [size[level]] * len(ids)
+                link = pd.DataFrame(patches.spot_tile_table(sp.spot_id.tolist(), s2t, grid, sec.section_id))
+                link.insert(0, "section_id", sec.section_id)
+                links.append(link)
+            marker = done_key("patches", fp, sec.section_id)
+            if vec.has(marker):
+                rep.advance(task, len(sp))
+                continue
+            boxes = patches.spot_patch_box(sp.px.to_numpy(), sp.py.to_numpy(), size["spot"])
+            items = []
+            for sid, (x0, y0) in zip(sp.spot_id, boxes.tolist(), strict=True):
+                arr = patches.crop(sec.image_path, x0, y0, size["spot"], cfg.spot_px)
+                items.append((patch_key(sid), patches.encode_patch(arr)))
+                rep.advance(task)
+            vec.put_many([*items, (marker, b"1")])  # one transaction per section
+    link_df = pd.concat(links, ignore_index=True) if links else pd.DataFrame(
+        columns=["section_id", "spot_id", "level", "tile_id", "rank"])
+    link_df.insert(0, "sample_id", sample_id)
+    store.write("tiles", tiles, key=sample_id)
+    store.write("spot_tiles", {c: link_df[c].tolist() for c in link_df.columns}, key=sample_id)
+    return {"n_patches": int(len(spots)), "n_tiles": len(tiles["tile_id"])}
+
+
+def _work(store: Store, sample_id: str, cfg: IngestConfig, vec: Any) -> list[tuple[str, str, str, list[tuple[str, Callable]]]]:
+    """(section, level, image, [(id, loader)]) in a fixed order."""
+    from asign.ingest.embed import crop_loader
+    from asign.ingest.patches import decode_patch
+
+    sections, spots = _imaged(store, sample_id)
+    tiles = store.read("tiles", key=sample_id).to_pandas()
+
+    def patch_loader(key: bytes) -> Callable[[], np.ndarray]:
+        def load() -> np.ndarray:
+            raw = vec.get(key)
+            if raw is None:
+                from asign.errors import StoreError
+
+                raise StoreError(f"patch {key.decode()} missing", path=store.layout.vectors,
+                                 fix="re-run `asign ingest --steps patches,embed`")
+            return decode_patch(raw)
+        return load
+
+    work = []
+    for sec in sections.itertuples():
+        sp = spots[spots.section_id == sec.section_id]
+        work.append((sec.section_id, "spot", sec.image_path,
+                     [(s, patch_loader(patch_key(s))) for s in sp.spot_id]))
+        for level in ("region", "global"):
+            t = tiles[(tiles.section_id == sec.section_id) & (tiles.level == level)]
+            work.append((sec.section_id, level, sec.image_path,
+                         [(r.tile_id, crop_loader(sec.image_path, r.x0, r.y0, r.size_px, cfg.spot_px))
+                          for r in t.itertuples()]))
+    return work
+
+
+def run_embed(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Reporter) -> dict[str, Any]:
+    from asign.ingest.embed import embed_batches
+    from asign.ingest.encoders import load_encoder
+
+    encoder = load_encoder(cfg.encoder, cfg.weights, device=cfg.device, seed=cfg.seed)
+    name = encoder.spec.name
+    index: dict[str, list] = {k: [] for k in ("sample_id", "section_id", "encoder", "level", "id")}
+    bs = cfg.batch_size
+    # One LMDB environment per process: the patch loaders read through the writer's handle.
+    with store.vectors(readonly=False) as vec:
+        work = _work(store, sample_id, cfg, vec)
+        total = sum(len(items) for *_, items in work)
+        task = rep.task(f"embed {sample_id}", total=total)
+        for section_id, level, _, items in work:
+            index["section_id"] += [section_id] * len(items)
+            index["level"] += [level] * len(items)
+            index["id"] += [i for i, _ in items]
+            # Fixed batch boundaries (chunk b = items[b*bs:(b+1)*bs]) make a resumed run
+            # produce bit-identical vectors: bf16 results depend on batch composition.
+            chunks = [items[i:i + bs] for i in range(0, len(items), bs)]
+            markers = [done_key("emb", fp, section_id, level, str(b)) for b in range(len(chunks))]
+            todo = [b for b, m in enumerate(markers) if not vec.has(m)]
+            rep.advance(task, sum(len(chunks[b]) for b in range(len(chunks)) if b not in todo))
+            pending = [it for b in todo for it in chunks[b]]
+            for b, batch in zip(todo, embed_batches(encoder, pending, batch_size=bs, precision=cfg.precision),
+                                strict=True):
+                puts = [(emb_key(name, level, k), v.tobytes()) for k, v in zip(batch.keys, batch.features, strict=True)]
+                vec.put_many([*puts, (markers[b], b"1")])
+                rep.advance(task, len(batch.keys))
+    index["sample_id"] = [sample_id] * len(index["id"])
+    index["encoder"] = [name] * len(index["id"])
+    store.write("embeddings", index, key=sample_id)
+    manifest = store.manifest()
+    manifest["params"]["embed"] = {**encoder.info, "dim": encoder.spec.dim, "spot_px": cfg.spot_px,
+                                   "region_px": cfg.region_px, "global_px": cfg.global_px}
+    store.save_manifest(manifest)
+    return {"n_vectors": total, "encoder": name, "weights": encoder.info.get("weights_sha256")}

@@ -1,0 +1,57 @@
+"""Step 5, graph: the sparse 3D spot graph of a sample (same-layer kNN + cross-layer disc
+IoU × embedding cosine), written as a Parquet edge list."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from asign.errors import StoreError
+from asign.ingest.config import IngestConfig
+from asign.progress import Reporter
+from asign.store import Store
+from asign.store.vectors import emb_key
+
+log = logging.getLogger(__name__)
+
+KINDS = ("same_layer", "cross_layer")
+
+
+def run_graph(store: Store, cfg: IngestConfig, sample_id: str, rep: Reporter) -> dict[str, Any]:
+    from asign.ingest.graph import build_graph
+
+    task = rep.task(f"graph {sample_id}", total=2)
+    sections = store.read("sections").to_pandas()
+    sections = sections[sections.sample_id == sample_id]
+    spots = store.read("spots", key=sample_id).to_pandas()
+    emb = store.read("embeddings", key=sample_id).to_pandas() if store.has("embeddings", sample_id) else None
+    embed_info = store.manifest()["params"].get("embed")
+    if emb is None or embed_info is None:
+        raise StoreError(f"sample {sample_id} has no embeddings", path=store.root,
+                         fix="run `asign ingest --steps embed` before the graph step")
+    have = set(emb.id[emb.level == "spot"])
+    nodes = spots[spots.x_um.notna() & spots.spot_id.isin(have)].reset_index(drop=True)
+    dropped = len(spots) - len(nodes)
+    if dropped:
+        log.warning("sample %s: %d spots without aligned coordinates or image features are not in the graph",
+                    sample_id, dropped)
+    with store.vectors(readonly=True) as vec:
+        feats = vec.get_vectors([emb_key(embed_info["encoder"], "spot", s) for s in nodes.spot_id],
+                                int(embed_info["dim"]))
+    rep.advance(task)
+    radius = float(sections.spot_diameter_um.median()) / 2.0
+    edges = build_graph(nodes[["x_um", "y_um"]].to_numpy(np.float64), nodes.z.to_numpy(np.int64), feats,
+                        radius_um=radius, k_same=cfg.k_same, top_k_cross=cfg.top_k_cross,
+                        combine=cfg.cross_weight)
+    ids = nodes.spot_id.to_numpy(dtype=object)
+    store.write("edges", {
+        "sample_id": np.full(len(edges.src), sample_id, dtype=object),
+        "src_spot_id": ids[edges.src], "dst_spot_id": ids[edges.dst],
+        "kind": np.asarray(KINDS, dtype=object)[edges.kind],
+        "weight": edges.weight, "distance_um": edges.distance_um, "iou": edges.iou, "cosine": edges.cosine,
+    }, key=sample_id)
+    rep.advance(task)
+    n_cross = int((edges.kind == 1).sum())
+    return {"n_nodes": int(len(nodes)), "n_edges": int(len(edges.src)), "n_cross": n_cross}

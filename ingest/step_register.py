@@ -1,0 +1,146 @@
+"""Step 1, register: read samples, record sections and spots, choose the gene panel on
+training layers only, normalise labels, and write them to the store."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from asign.errors import ConfigError, InputError
+from asign.ingest import labels as labels_mod
+from asign.ingest.config import IngestConfig
+from asign.ingest.images import verify_image
+from asign.ingest.sample import SampleInput, SectionInput
+from asign.store import Store
+from asign.store.manifest import file_sha256, fingerprint
+
+log = logging.getLogger(__name__)
+
+
+def pick_layer(sections: Sequence[SectionInput], which: str) -> SectionInput:
+    """The section named by first|middle|Z among the labelled sections of a sample."""
+    labelled = sorted((s for s in sections if s.has_counts), key=lambda s: s.z)
+    if not labelled:
+        raise InputError(f"sample {sections[0].sample_id} has no section with counts",
+                         fix="asign needs one measured ST section per sample")
+    if which == "first":
+        return labelled[0]
+    if which == "middle":
+        return labelled[len(labelled) // 2]
+    for s in labelled:
+        if str(s.z) == which or s.section_id == which:
+            return s
+    raise ConfigError(f"no labelled layer {which!r} in sample {sections[0].sample_id}",
+                      fix=f"use first, middle, or one of z={[s.z for s in labelled]} / {[s.section_id for s in labelled]}")
+
+
+def input_hashes(samples: Sequence[SampleInput]) -> dict[str, dict[str, str | None]]:
+    out: dict[str, dict[str, str | None]] = {}
+    for sample in samples:
+        for s in sample.sections:
+            out[s.section_id] = {
+                "image_sha256": file_sha256(s.image_path) if s.image_path else None,
+                "counts_sha256": file_sha256(s.counts_path) if s.counts_path else None,
+            }
+    return out
+
+
+def register_fingerprint(cfg: IngestConfig, samples: Sequence[SampleInput], hashes: dict[str, Any]) -> str:
+    return fingerprint("register", [s.sample_id for s in samples], hashes, cfg.n_genes, list(cfg.genes),
+                       cfg.normalisation, cfg.panel_from, list(cfg.extra_2d))
+
+
+def choose_panel(cfg: IngestConfig, samples: Sequence[SampleInput]) -> tuple[list[str], list[str], np.ndarray]:
+    """Panel genes, the training sections it was computed on, and their mean counts."""
+    train = [pick_layer(s.sections, cfg.panel_from) for s in samples if s.sample_id not in cfg.extra_2d]
+    train += [sec for s in samples if s.sample_id in cfg.extra_2d for sec in s.sections if sec.has_counts]
+    if cfg.genes:
+        panel = labels_mod.check_genes(list(cfg.genes), train)
+    else:
+        panel = labels_mod.select_panel(train, n_genes=cfg.n_genes)
+    means = labels_mod.mean_counts(train, panel)
+    return panel, [s.section_id for s in train], means
+
+
+def _section_row(s: SectionInput, fmt: str, hashes: dict[str, Any]) -> dict[str, Any]:
+    width = height = None
+    if s.image_path is not None:
+        width, height = verify_image(s.image_path)
+    return {
+        "sample_id": s.sample_id, "section_id": s.section_id, "z": s.z,
+        "image_path": str(s.image_path) if s.image_path else None,
+        "image_sha256": hashes[s.section_id]["image_sha256"],
+        "width": width, "height": height, "um_per_px": s.um_per_px,
+        "spot_diameter_um": s.spot_diameter_um, "spot_pitch_um": s.spot_pitch_um,
+        "n_spots": len(s.spots), "has_counts": s.has_counts, "has_image": s.has_image,
+        "counts_path": str(s.counts_path) if s.counts_path else None,
+        "counts_sha256": hashes[s.section_id]["counts_sha256"], "format": fmt,
+    }
+
+
+def spots_table(sample: SampleInput) -> dict[str, list]:
+    cols: dict[str, list] = {k: [] for k in ("sample_id", "section_id", "spot_id", "barcode", "z", "array_x",
+                                             "array_y", "px", "py", "x_um", "y_um", "is_virtual")}
+    for s in sample.sections:
+        df = s.spots
+        n = len(df)
+        cols["sample_id"] += [s.sample_id] * n
+        cols["section_id"] += [s.section_id] * n
+        cols["spot_id"] += df["spot_id"].astype(str).tolist()
+        cols["barcode"] += df["barcode"].astype(str).tolist()
+        cols["z"] += [s.z] * n
+        for c in ("array_x", "array_y"):
+            cols[c] += [None if v is None or v != v else int(v) for v in df[c]] if c in df else [None] * n
+        for c in ("px", "py", "x_um", "y_um"):
+            cols[c] += [None if v != v else float(v) for v in df[c]] if c in df else [None] * n
+        cols["is_virtual"] += [False] * n
+    return cols
+
+
+def labels_table(sample: SampleInput, panel: list[str], normalisation: str) -> pa.Table:
+    rows: dict[str, list] = {k: [] for k in ("sample_id", "section_id", "spot_id", "total_count", "counts", "value")}
+    for s in sample.sections:
+        if not s.has_counts:
+            continue
+        counts = labels_mod.panel_counts(s, panel)
+        totals = s.total_counts if s.total_counts is not None else np.asarray(s.counts.sum(axis=1)).ravel()
+        values = labels_mod.normalise(counts, totals, normalisation)
+        n = counts.shape[0]
+        rows["sample_id"] += [s.sample_id] * n
+        rows["section_id"] += [s.section_id] * n
+        rows["spot_id"] += s.spots["spot_id"].astype(str).tolist()
+        rows["total_count"] += [int(t) for t in totals]
+        rows["counts"] += [list(map(int, r)) for r in counts]
+        rows["value"] += [list(map(float, r)) for r in values.astype(np.float32)]
+    return rows  # type: ignore[return-value]
+
+
+def write_register(store: Store, cfg: IngestConfig, samples: Sequence[SampleInput],
+                   hashes: dict[str, Any]) -> dict[str, Any]:
+    """Write sections, spots, genes and labels of ``samples`` (replacing earlier versions)."""
+    if cfg.normalisation not in labels_mod.NORMALISATIONS:
+        raise ConfigError(f"unknown normalisation {cfg.normalisation!r}",
+                          fix=f"use one of {', '.join(labels_mod.NORMALISATIONS)}")
+    panel, train_sections, means = choose_panel(cfg, samples)
+    sample_ids = {s.sample_id for s in samples}
+    rows = [_section_row(s, smp.format, hashes) for smp in samples for s in smp.sections]
+    if store.has("sections"):
+        old = store.read("sections").to_pylist()
+        rows = [r for r in old if r["sample_id"] not in sample_ids] + rows
+    if store.has("genes") and len(rows) > sum(len(s.sections) for s in samples):
+        old_panel = store.read("genes").column("gene").to_pylist()
+        if old_panel != panel:
+            raise ConfigError("the gene panel differs from the one of the samples already in this store",
+                              path=store.root, fix="ingest all samples of a store in one call, or use a new --store")
+    for sample in samples:
+        store.write("spots", spots_table(sample), key=sample.sample_id)
+        store.write("labels", labels_table(sample, panel, cfg.normalisation), key=sample.sample_id)
+        for w in sample.warnings:
+            log.warning(w)
+    store.write("genes", {"gene": panel, "rank": list(range(len(panel))), "mean_count": means.tolist()})
+    store.write("sections", {k: [r[k] for r in rows] for k in rows[0]})
+    return {"panel_sections": train_sections, "n_genes": len(panel), "normalisation": cfg.normalisation}

@@ -1,0 +1,161 @@
+"""cli_block: propagation equals the harmonic solution, flags unreached spots, and trains."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from asign.errors import AsignError
+from asign.train.cli_block import CLIBlock, propagate
+
+
+def _chain(n: int, seed: int = 0):
+    """Undirected chain 0-1-…-(n-1) as directed edges both ways, random positive weights."""
+    rng = np.random.default_rng(seed)
+    left = np.arange(n - 1)
+    src = np.concatenate([left, left + 1])
+    dst = np.concatenate([left + 1, left])
+    a = np.tile(rng.uniform(0.2, 2.0, n - 1), 2)
+    return torch.from_numpy(src), torch.from_numpy(dst), torch.from_numpy(a).float()
+
+
+def _dense_in(src, dst, a, n) -> np.ndarray:
+    """A[i, j] = a_ji (in-edge weights of i)."""
+    mat = np.zeros((n, n))
+    np.add.at(mat, (dst.numpy(), src.numpy()), a.numpy().astype(np.float64))
+    return mat
+
+
+def test_converges_to_harmonic_solution():
+    n, g = 7, 3
+    src, dst, a = _chain(n)
+    rng = np.random.default_rng(1)
+    w = rng.uniform(0.5, 2.0, n)
+    y = rng.normal(size=(n, g))
+    known = np.zeros(n, bool)
+    known[[0, 4]] = True
+
+    # Harmonic: for unknown i, Σ_j A_ij w_j (y_i − y_j) = 0 with known y clamped.
+    coef = _dense_in(src, dst, a, n) * w[None, :]
+    unk = ~known
+    lhs = np.diag(coef[unk].sum(1)) - coef[np.ix_(unk, unk)]
+    rhs = coef[np.ix_(unk, known)] @ y[known]
+    expected = y.copy()
+    expected[unk] = np.linalg.solve(lhs, rhs)
+
+    y_t = torch.from_numpy(y).double()
+    y_t[unk] = 123.0  # unknown labels must never be read
+    out, reached = propagate(src, dst, a.double(), torch.from_numpy(w), y_t,
+                             torch.from_numpy(known), n_iter=2000)
+    assert reached.all()
+    np.testing.assert_allclose(out.numpy(), expected, atol=1e-8)
+
+
+def test_ten_steps_match_explicit_iteration():
+    n, g = 15, 4
+    src, dst, a = _chain(n, seed=3)
+    # a few extra directed edges that do not shorten the way from the known spots
+    src = torch.cat([src, torch.tensor([5, 13, 8])])
+    dst = torch.cat([dst, torch.tensor([3, 9, 6])])
+    a = torch.cat([a, torch.tensor([0.7, 1.3, 0.4])])
+    rng = np.random.default_rng(2)
+    w = rng.uniform(0.5, 2.0, n)
+    y = rng.normal(size=(n, g))
+    known = np.zeros(n, bool)
+    known[[0, 1]] = True
+
+    coef = _dense_in(src, dst, a, n) * w[None, :]
+    cur = np.where(known[:, None], y, 0.0)
+    reached = known.copy()
+    for _ in range(10):
+        masked = coef * reached[None, :]
+        num, den = masked @ cur, masked.sum(1)
+        got = den > 0
+        new = np.where(got[:, None], num / np.where(got, den, 1.0)[:, None], 0.0)
+        cur = np.where(known[:, None], y, new)
+        reached = known | got
+
+    out, got_reached = propagate(src, dst, a.double(), torch.from_numpy(w),
+                                 torch.from_numpy(y), torch.from_numpy(known), n_iter=10)
+    np.testing.assert_array_equal(got_reached.numpy(), reached)
+    np.testing.assert_allclose(out.numpy(), cur, atol=1e-10)
+    assert not reached.all()  # the chain is longer than 10 hops from the known spots
+
+
+def test_unreached_spots_are_flagged_and_zero():
+    src, dst, a = _chain(14)  # 0..13, known at 0: nodes ≥ 11 are more than 10 hops away
+    # plus a separate two-node component 14-15 with no known spot
+    src = torch.cat([src, torch.tensor([14, 15])])
+    dst = torch.cat([dst, torch.tensor([15, 14])])
+    a = torch.cat([a, torch.tensor([1.0, 1.0])])
+    n = 16
+    y = torch.ones(n, 2)
+    known = torch.zeros(n, dtype=torch.bool)
+    known[0] = True
+    out, reached = propagate(src, dst, a, torch.ones(n), y, known, n_iter=10)
+    assert reached[:11].all() and not reached[11:].any()
+    torch.testing.assert_close(out[:11], torch.ones(11, 2))  # constant labels propagate exactly
+    assert (out[11:] == 0).all()
+
+
+def test_direction_is_src_to_dst():
+    known = torch.tensor([True, False])
+    y = torch.tensor([[2.0], [0.0]])
+    out, reached = propagate(torch.tensor([1]), torch.tensor([0]), torch.tensor([1.0]),
+                             torch.ones(2), y, known)
+    assert not reached[1]  # edge 1 → 0 cannot carry the label of 0 to 1
+    out, reached = propagate(torch.tensor([0]), torch.tensor([1]), torch.tensor([1.0]),
+                             torch.ones(2), y, known)
+    assert reached[1] and out[1, 0] == 2.0
+
+
+def test_bad_inputs_raise():
+    with pytest.raises(AsignError, match="negative edge weights"):
+        propagate(torch.tensor([0]), torch.tensor([1]), torch.tensor([-1.0]), torch.ones(2),
+                  torch.zeros(2, 1), torch.tensor([True, False]))
+    with pytest.raises(AsignError, match="same 2 nodes"):
+        propagate(torch.tensor([0]), torch.tensor([1]), torch.tensor([1.0]), torch.ones(3),
+                  torch.zeros(2, 1), torch.tensor([True, False]))
+
+
+@pytest.mark.parametrize("per_node_gate", [False, True])
+def test_cli_block_blends_and_has_gradients(per_node_gate):
+    torch.manual_seed(0)
+    src, dst, a = _chain(14)
+    n, g, f = 14, 5, 8
+    feats = torch.randn(n, f)
+    y_model = torch.randn(n, g, requires_grad=True)
+    y_true = torch.randn(n, g)
+    known = torch.zeros(n, dtype=torch.bool)
+    known[:2] = True
+    block = CLIBlock(f, g, hidden=16, per_node_gate=per_node_gate)
+    out = block(feats, y_model, y_true, known, src, dst, a)
+
+    assert out.gate.shape == ((n, g) if per_node_gate else (g,))
+    hidden_reached = out.reached & ~known
+    assert hidden_reached.any() and not out.reached.all()
+    # known and unreached spots keep the model output; reached hidden spots blend
+    keep = ~hidden_reached
+    torch.testing.assert_close(out.spot[keep], y_model[keep])
+    expected = out.gate * out.y_prop + (1 - out.gate) * y_model
+    torch.testing.assert_close(out.spot[hidden_reached], expected[hidden_reached])
+    assert (out.node_weight > 0).all()
+
+    loss = (out.spot[~known] - y_true[~known]).square().mean()
+    loss.backward()
+    for name, p in block.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert y_model.grad[hidden_reached].abs().sum() > 0
+
+
+def test_gradient_to_w_matches_finite_difference():
+    src, dst, a = _chain(6)
+    n = 6
+    y = torch.randn(n, 2, dtype=torch.double)
+    known = torch.tensor([True, False, False, False, False, True])
+    w = torch.rand(n, dtype=torch.double) + 0.5
+    w.requires_grad_(True)
+    torch.autograd.gradcheck(
+        lambda w_: propagate(src, dst, a.double(), w_, y, known, n_iter=10)[0], (w,)
+    )

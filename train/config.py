@@ -1,0 +1,160 @@
+"""Typed configuration of one `asign train` invocation, and the registry of models.
+
+The CLI builds a :class:`TrainConfig` and calls ``asign.train.run(cfg)``; CLI choices,
+docs and ``asign doctor`` read :data:`MODELS`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from asign.errors import ConfigError
+
+SETTINGS = ("within_sample", "cross_sample")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULERS = ("cosine", "none")
+LOSS_PRESETS = ("paper", "reference")
+GNN_ENGINES = ("dgl", "pyg")
+DEVICES = ("cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a registered model needs: training or not, which graph, CLI or not."""
+
+    name: str
+    neural: bool
+    cross_layer: bool  # uses cross-layer edges of the 3D graph
+    cli: bool  # label propagation from the known layer
+    help: str
+
+
+MODELS: dict[str, ModelSpec] = {
+    "asign3d": ModelSpec("asign3d", True, True, True,
+                         "MSAGNet on the 3D graph + cross-layer imputation (the full method)"),
+    "asign2d": ModelSpec("asign2d", True, False, False,
+                         "MSAGNet on same-layer edges only, no CLI (the 2D model)"),
+    "mean": ModelSpec("mean", False, False, False,
+                      "known layer's mean profile for every hidden spot"),
+    "idw": ModelSpec("idw", False, False, False,
+                     "inverse-distance weighting of the 8 nearest known spots (aligned x, y)"),
+    "similarity": ModelSpec("similarity", False, False, False,
+                            "cosine kNN (k=20) on spot embeddings against the known layer"),
+    "cli": ModelSpec("cli", False, True, True,
+                     "label propagation alone over the 3D graph (unit node weights)"),
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    store: Path
+    model: str = "asign3d"
+    run: str = "run"
+    known: str = "first"  # first | middle | Z (the z index of a labelled section)
+    folds: int = 1  # 1 = within-sample imputation; K >= 2 = sample-level k-fold
+    samples: tuple[str, ...] = ()  # restrict to these sample ids (empty = all)
+    extra_2d: tuple[str, ...] = ()  # samples/sections trained as 2D sections, never scored
+    # optimisation (paper: SGD, momentum 0.9, cosine decay to 1% of the initial rate)
+    epochs: int = 60
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    optimizer: str = "sgd"
+    scheduler: str = "cosine"
+    lr_min_ratio: float = 0.01
+    grad_clip: float = 5.0
+    loss: str = "paper"
+    # model
+    hidden: int = 256
+    heads: int = 4
+    dropout: float = 0.1
+    gnn: str = "dgl"
+    cli_iters: int = 10
+    # training episodes (see protocol.py)
+    episode_known_fraction: float = 0.2
+    # baselines
+    idw_k: int = 8
+    idw_power: float = 1.0
+    similarity_k: int = 20
+    # runtime
+    device: str = "cpu"
+    seed: int = 0
+    resume: bool = False
+    finetune_spot_encoder: bool = False
+    save_predictions: bool = True
+    encoder: str | None = None  # embedding encoder in the store; default: the manifest's
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form, recorded in runs.config
+
+    @property
+    def spec(self) -> ModelSpec:
+        return MODELS[self.model]
+
+    @property
+    def setting(self) -> str:
+        return "within_sample" if self.folds == 1 else "cross_sample"
+
+    def to_json(self) -> dict[str, Any]:
+        return _jsonable(asdict(self))
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that decide the result: everything but how the run is executed."""
+        out = self.to_json()
+        for key in ("resume", "store", "save_predictions"):
+            out.pop(key, None)
+        if not self.spec.neural:  # optimiser settings cannot change a baseline
+            for key in ("epochs", "lr", "momentum", "weight_decay", "optimizer", "scheduler",
+                        "lr_min_ratio", "grad_clip", "loss", "hidden", "heads", "dropout",
+                        "gnn", "episode_known_fraction", "device", "finetune_spot_encoder"):
+                out.pop(key, None)
+        return out
+
+    def with_(self, **changes: Any) -> TrainConfig:
+        return replace(self, **changes)
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Collect every invalid option into one ConfigError."""
+    problems: list[str] = []
+
+    def choice(value: str, allowed: tuple[str, ...] | dict, flag: str) -> None:
+        if value not in allowed:
+            problems.append(f"{flag} {value!r} is not one of {', '.join(allowed)}")
+
+    choice(cfg.model, MODELS, "--model")
+    choice(cfg.optimizer, OPTIMIZERS, "--optimizer")
+    choice(cfg.scheduler, SCHEDULERS, "--scheduler")
+    choice(cfg.loss, LOSS_PRESETS, "--loss")
+    choice(cfg.gnn, GNN_ENGINES, "--gnn")
+    choice(cfg.device, DEVICES, "--device")
+    if str(cfg.known) not in ("first", "middle") and not str(cfg.known).lstrip("-").isdigit():
+        problems.append(f"--known {cfg.known!r} must be first, middle or a layer number z")
+    if cfg.folds < 1:
+        problems.append(f"--folds must be ≥ 1, got {cfg.folds}")
+    if cfg.epochs < 0:
+        problems.append(f"--epochs must be ≥ 0, got {cfg.epochs}")
+    if cfg.lr <= 0:
+        problems.append(f"--lr must be > 0, got {cfg.lr}")
+    if not 0.0 < cfg.episode_known_fraction < 1.0:
+        problems.append("episode_known_fraction must lie in (0, 1)")
+    if cfg.idw_k < 1 or cfg.similarity_k < 1:
+        problems.append("idw_k and similarity_k must be ≥ 1")
+    if not cfg.run or any(c in cfg.run for c in "/\\"):
+        problems.append(f"--run {cfg.run!r} must be a non-empty name without slashes")
+    if cfg.finetune_spot_encoder and cfg.device != "cuda":
+        problems.append("--finetune-spot-encoder needs --device cuda (on a CPU the frozen "
+                        "spot embedding is used)")
+    if cfg.device == "cuda" and cfg.gnn == "dgl" and cfg.spec.neural:
+        problems.append("the PyPI DGL wheel is CPU-only: use --gnn pyg with --device cuda")
+    if problems:
+        raise ConfigError("; ".join(problems), fix="see `asign train --help`")
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj

@@ -1,0 +1,225 @@
+"""Read one sample from the store into arrays: spots, labels, the whole-sample graph, and
+spot/region/global embeddings streamed from LMDB.
+
+Only imaged sections enter a sample (a section without an image has no embedding, so the
+model cannot place it; her2st C1 is such a section). Spots are ordered by section z, then
+as stored. ``labels`` holds the ground truth of every labelled spot: training code never
+reads it directly but goes through :func:`asign.train.protocol.visible_labels`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from asign.errors import StoreError
+from asign.store import Store
+from asign.store.vectors import emb_key
+
+log = logging.getLogger(__name__)
+
+LEVELS = ("region", "global")
+
+
+@dataclass
+class SampleData:
+    sample_id: str
+    genes: tuple[str, ...]
+    sections: tuple[str, ...]  # imaged sections, z order
+    section_z: np.ndarray  # (S,) int
+    spot_ids: np.ndarray  # (N,) object
+    section: np.ndarray  # (N,) int32 index into sections
+    xy: np.ndarray  # (N, 2) float64, aligned µm
+    is_virtual: np.ndarray  # (N,) bool
+    has_label: np.ndarray  # (N,) bool
+    labels: np.ndarray  # (N, G) float32 ground truth, 0 where unlabelled
+    spot_feat: np.ndarray  # (N, D) float16
+    tokens: dict[str, np.ndarray]  # level -> (N, R) int64 tile index, -1 pads
+    tile_feat: dict[str, np.ndarray]  # level -> (T, D) float16
+    src: np.ndarray  # (E,) int64, messages flow src -> dst
+    dst: np.ndarray  # (E,) int64
+    weight: np.ndarray  # (E,) float32
+    cross: np.ndarray  # (E,) bool: cross-layer edge
+
+    @property
+    def n_spots(self) -> int:
+        return len(self.spot_ids)
+
+    def section_index(self, section_ids: tuple[str, ...] | list[str]) -> list[int]:
+        return [self.sections.index(s) for s in section_ids if s in self.sections]
+
+    def in_sections(self, section_ids: tuple[str, ...] | list[str]) -> np.ndarray:
+        return np.isin(self.section, np.asarray(self.section_index(section_ids), dtype=np.int32))
+
+    def subset(self, keep: np.ndarray, *, drop_cross: bool = False) -> SampleData:
+        """The induced subgraph on ``keep`` spots (e.g. one 2D section)."""
+        keep = np.asarray(keep, dtype=bool)
+        new_idx = np.full(self.n_spots, -1, dtype=np.int64)
+        new_idx[keep] = np.arange(int(keep.sum()))
+        e = keep[self.src] & keep[self.dst]
+        if drop_cross:
+            e &= ~self.cross
+        used = np.unique(self.section[keep])
+        remap = np.full(len(self.sections), -1, dtype=np.int32)
+        remap[used] = np.arange(used.size, dtype=np.int32)
+        return SampleData(
+            sample_id=self.sample_id, genes=self.genes,
+            sections=tuple(self.sections[i] for i in used), section_z=self.section_z[used],
+            spot_ids=self.spot_ids[keep], section=remap[self.section[keep]], xy=self.xy[keep],
+            is_virtual=self.is_virtual[keep], has_label=self.has_label[keep],
+            labels=self.labels[keep], spot_feat=self.spot_feat[keep],
+            tokens={k: v[keep] for k, v in self.tokens.items()}, tile_feat=self.tile_feat,
+            src=new_idx[self.src[e]], dst=new_idx[self.dst[e]], weight=self.weight[e],
+            cross=self.cross[e])
+
+
+def embedding_params(store: Store, encoder: str | None = None) -> tuple[str, int]:
+    """(encoder name, embedding dim) recorded by ingest."""
+    embed: dict[str, Any] = store.manifest().get("params", {}).get("embed", {})
+    name = encoder or embed.get("encoder")
+    dim = embed.get("dim")
+    if not name or not dim:
+        raise StoreError("the store has no embeddings (manifest params.embed is empty)",
+                         path=store.layout.manifest,
+                         fix="run `asign ingest --steps patches,embed,graph` for this store")
+    return str(name), int(dim)
+
+
+def gene_panel(store: Store) -> tuple[str, ...]:
+    genes = store.read("genes").to_pandas().sort_values("rank")
+    return tuple(genes["gene"].astype(str))
+
+
+def load_sample(store: Store, sample_id: str, *, encoder: str | None = None) -> SampleData:
+    """Everything train needs about one sample, read from Parquet + LMDB."""
+    enc, dim = embedding_params(store, encoder)
+    genes = gene_panel(store)
+    sec = store.read("sections").to_pandas()
+    sec = sec[(sec["sample_id"] == sample_id) & sec["has_image"]].sort_values("z")
+    if sec.empty:
+        raise StoreError(f"sample {sample_id} has no imaged section in the store",
+                         path=store.root, fix="check --samples, or re-run `asign ingest`")
+    sections = tuple(sec["section_id"].astype(str))
+
+    spots = store.read("spots", key=sample_id).to_pandas()
+    spots = spots[spots["section_id"].isin(sections)]
+    order = {s: i for i, s in enumerate(sections)}
+    spots = spots.assign(_s=spots["section_id"].map(order)).sort_values("_s", kind="stable")
+    spot_ids = spots["spot_id"].to_numpy(dtype=object)
+    index = {s: i for i, s in enumerate(spot_ids)}
+    if len(index) != len(spot_ids):
+        raise StoreError(f"duplicate spot ids in sample {sample_id}",
+                         path=store.layout.table("spots", sample_id),
+                         fix="re-run `asign ingest --steps register` for this sample")
+    n = len(spot_ids)
+    section = spots["_s"].to_numpy(dtype=np.int32)
+    xy = spots[["x_um", "y_um"]].to_numpy(dtype=np.float64)
+    if not np.isfinite(xy).all():
+        raise StoreError(f"sample {sample_id} has spots without aligned coordinates",
+                         path=store.layout.table("spots", sample_id),
+                         fix="run `asign ingest --steps align` for this sample")
+
+    labels, has_label = _labels(store, sample_id, index, len(genes))
+    src, dst, weight, cross = _edges(store, sample_id, index, set(spots["spot_id"]))
+    with store.vectors(readonly=True) as vec:
+        spot_feat = vec.get_vectors([emb_key(enc, "spot", s) for s in spot_ids], dim)
+        tokens, tile_feat = _tiles(store, vec, sample_id, index, n, enc, dim)
+    log.debug("sample %s: %d spots, %d edges, %d sections", sample_id, n, len(src), len(sections))
+    return SampleData(
+        sample_id=sample_id, genes=genes, sections=sections,
+        section_z=sec["z"].to_numpy(dtype=np.int64), spot_ids=spot_ids, section=section, xy=xy,
+        is_virtual=spots["is_virtual"].to_numpy(dtype=bool), has_label=has_label, labels=labels,
+        spot_feat=spot_feat, tokens=tokens, tile_feat=tile_feat,
+        src=src, dst=dst, weight=weight, cross=cross)
+
+
+def _labels(
+    store: Store, sample_id: str, index: dict[str, int], n_genes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    n = len(index)
+    labels = np.zeros((n, n_genes), dtype=np.float32)
+    has = np.zeros(n, dtype=bool)
+    if not store.has("labels", sample_id):
+        return labels, has
+    tab = store.read("labels", key=sample_id, columns=["spot_id", "value"])
+    rows = np.array([index.get(s, -1) for s in tab.column("spot_id").to_pylist()], dtype=np.int64)
+    values = tab.column("value")
+    lengths = np.asarray(pc.list_value_length(values))
+    if len(lengths) and (lengths != n_genes).any():
+        raise StoreError(f"labels of sample {sample_id} have {int(lengths.max())} values per "
+                         f"spot, the gene panel has {n_genes}",
+                         path=store.layout.table("labels", sample_id),
+                         fix="re-run `asign ingest --steps register` so labels follow the panel")
+    flat = np.asarray(pc.list_flatten(values), dtype=np.float32).reshape(len(rows), n_genes)
+    ok = rows >= 0  # labels of sections outside the graph (no image) are not used
+    if not np.isfinite(flat[ok]).all():
+        raise StoreError(f"labels of sample {sample_id} contain NaN/inf",
+                         path=store.layout.table("labels", sample_id),
+                         fix="re-run `asign ingest --steps register`")
+    labels[rows[ok]] = flat[ok]
+    has[rows[ok]] = True
+    return labels, has
+
+
+def _edges(
+    store: Store, sample_id: str, index: dict[str, int], known_ids: set[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    if not store.has("edges", sample_id):
+        raise StoreError(f"sample {sample_id} has no graph", path=store.layout.table("edges", sample_id),
+                         fix="run `asign ingest --steps graph` for this sample")
+    tab = store.read("edges", key=sample_id, columns=["src_spot_id", "dst_spot_id", "kind", "weight"])
+    s_ids = tab.column("src_spot_id").to_pylist()
+    d_ids = tab.column("dst_spot_id").to_pylist()
+    src = np.array([index.get(s, -1) for s in s_ids], dtype=np.int64)
+    dst = np.array([index.get(s, -1) for s in d_ids], dtype=np.int64)
+    ok = (src >= 0) & (dst >= 0)
+    if not ok.all():
+        # Edges into sections left out of the graph (no image) are expected; others are not.
+        all_spots = set(store.read("spots", key=sample_id, columns=["spot_id"])
+                        .column("spot_id").to_pylist())
+        bad = [s for s, good in zip(s_ids + d_ids, np.concatenate([src >= 0, dst >= 0]),
+                                    strict=True) if not good and s not in all_spots]
+        if bad:
+            raise StoreError(f"edges of sample {sample_id} name unknown spots (e.g. {bad[0]})",
+                             path=store.layout.table("edges", sample_id),
+                             fix="re-run `asign ingest --steps graph` for this sample")
+    kind = np.asarray(tab.column("kind").to_pylist(), dtype=object)
+    weight = np.asarray(tab.column("weight"), dtype=np.float32)
+    return src[ok], dst[ok], weight[ok], (kind == "cross_layer")[ok]
+
+
+def _tiles(
+    store: Store, vec: Any, sample_id: str, index: dict[str, int], n: int, enc: str, dim: int
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    if not store.has("spot_tiles", sample_id):
+        raise StoreError(f"sample {sample_id} has no spot→tile map",
+                         path=store.layout.table("spot_tiles", sample_id),
+                         fix="run `asign ingest --steps patches,embed` for this sample")
+    tab = store.read("spot_tiles", key=sample_id, columns=["spot_id", "level", "tile_id", "rank"])
+    tokens: dict[str, np.ndarray] = {}
+    feats: dict[str, np.ndarray] = {}
+    for level in LEVELS:
+        part = tab.filter(pc.equal(tab.column("level"), pa.scalar(level)))
+        rows = np.array([index.get(s, -1) for s in part.column("spot_id").to_pylist()],
+                        dtype=np.int64)
+        rank = np.asarray(part.column("rank"), dtype=np.int64)
+        tile_ids = np.asarray(part.column("tile_id").to_pylist(), dtype=object)
+        ok = rows >= 0
+        rows, rank, tile_ids = rows[ok], rank[ok], tile_ids[ok]
+        uniq, inv = np.unique(tile_ids.astype(str), return_inverse=True)
+        n_tok = int(rank.max()) + 1 if rank.size else 1
+        tok = np.full((n, n_tok), -1, dtype=np.int64)
+        tok[rows, rank] = inv
+        if (tok[:, 0] < 0).any():
+            missing = int((tok[:, 0] < 0).sum())
+            raise StoreError(f"{missing} spots of sample {sample_id} have no {level} tile",
+                             path=store.layout.table("spot_tiles", sample_id),
+                             fix="re-run `asign ingest --steps patches,embed` for this sample")
+        tokens[level] = tok
+        feats[level] = vec.get_vectors([emb_key(enc, level, t) for t in uniq], dim)
+    return tokens, feats

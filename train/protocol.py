@@ -1,0 +1,237 @@
+"""Evaluation protocol: which labels training may see, which sections are scored, and the
+training episodes that hide layers as at test time.
+
+Roles (decided per fold from the ``sections`` table):
+
+- **target sample** — at least two imaged sections, at least one with counts, not named in
+  ``extra_2d``. Its *known layer* (``--known first|middle|Z`` among its labelled, imaged
+  sections) is the only section whose labels training may use; its other labelled
+  sections are *hidden* (ground truth for scoring only); its image-only sections (virtual
+  spots) get predictions but no scores.
+- **training sample** (``--folds K ≥ 2`` only) — a target sample outside the test fold:
+  every labelled layer is visible to training.
+- **2D training section** — a sample with a single imaged, labelled section (e.g. her2st
+  B4), or any sample/section named in ``extra_2d``: trained as its own single-section graph
+  (no cross-layer edges), never scored.
+
+Settings (one per run, recorded in ``runs.setting`` and ``metrics.setting`` so the two are
+never averaged together):
+
+- ``within_sample`` (``--folds 1``): one fold; every target sample is a test sample. The
+  model learns from the known layers (+ 2D sections) and imputes the hidden layers of the
+  same samples.
+- ``cross_sample`` (``--folds K``): sample-level K-fold over target samples. Fold ids come
+  from a DuckDB query over ``sections``: samples ordered by ``md5(sample_id || ':' || seed)``,
+  fold = row_number mod K. Test samples contribute only their known layer to training
+  (DESIGN §4, as in the paper).
+
+Training episodes (:func:`episode`), drawn afresh each epoch from a generator seeded by
+(seed, epoch, graph), so a resumed run replays them exactly:
+
+- a graph with ≥ 2 visible labelled sections (a training sample): one visible section is
+  drawn as the episode's known layer, the other visible sections are hidden — exactly the
+  test-time situation;
+- a graph with one visible labelled section (a test sample's known layer, a 2D section):
+  whole layers cannot be hidden without using hidden labels, so a random fraction
+  ``episode_known_fraction`` (default 0.2, the paper's "ratio of known labels") of that
+  layer's spots is drawn as known and the rest are hidden.
+
+The spot loss is computed on the episode's hidden spots only; CLI propagates from the
+episode's known spots. Labels outside the visible set are removed by :func:`visible_labels`
+before anything in training sees them (zeros plus a False mask), which the no-leakage test
+checks by perturbing hidden labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from asign.errors import ConfigError
+
+ROLES = ("test", "train", "train_2d")
+
+
+@dataclass(frozen=True)
+class SectionInfo:
+    sample_id: str
+    section_id: str
+    z: int
+    has_counts: bool
+    has_image: bool
+
+
+@dataclass(frozen=True)
+class SamplePlan:
+    """What one sample contributes to one fold."""
+
+    sample_id: str
+    role: str  # test | train | train_2d
+    sections: tuple[str, ...]  # the imaged sections in the graph, in z order
+    visible: tuple[str, ...]  # labelled sections whose labels training may use
+    known: str | None = None  # test samples: the known layer
+    scored: tuple[str, ...] = ()  # test samples: hidden labelled sections, scored
+
+    @property
+    def predicted(self) -> tuple[str, ...]:
+        """Sections that get predictions: every section but the known one (test only)."""
+        if self.role != "test":
+            return ()
+        return tuple(s for s in self.sections if s != self.known)
+
+
+@dataclass(frozen=True)
+class Fold:
+    fold: int
+    setting: str
+    samples: tuple[SamplePlan, ...]
+
+    @property
+    def test(self) -> tuple[SamplePlan, ...]:
+        return tuple(p for p in self.samples if p.role == "test")
+
+
+def resolve_known(sections: list[SectionInfo], known: str | int) -> str:
+    """The known layer of one sample: ``first`` = lowest z, ``middle`` = the median z
+    (the lower one for an even count), or the section at z = ``known``, among its labelled,
+    imaged sections."""
+    labelled = sorted((s for s in sections if s.has_counts and s.has_image), key=lambda s: s.z)
+    if not labelled:
+        sample = sections[0].sample_id if sections else "?"
+        raise ConfigError(f"sample {sample} has no imaged section with counts",
+                          fix="ingest at least one section with counts for this sample")
+    key = str(known)
+    if key == "first":
+        return labelled[0].section_id
+    if key == "middle":
+        return labelled[(len(labelled) - 1) // 2].section_id
+    z = int(key)
+    for s in labelled:
+        if s.z == z:
+            return s.section_id
+    zs = ", ".join(str(s.z) for s in labelled)
+    raise ConfigError(f"sample {labelled[0].sample_id} has no labelled, imaged section at z={z}",
+                      fix=f"use --known first|middle or one of z = {zs}")
+
+
+def is_extra_2d(sample_id: str, section_ids: list[str], extra_2d: tuple[str, ...]) -> bool:
+    return sample_id in extra_2d or any(s in extra_2d for s in section_ids)
+
+
+def fold_assignment(con: object, samples: list[str], folds: int, seed: int) -> dict[str, int]:
+    """Deterministic sample-level folds from a DuckDB query over ``sections``."""
+    if folds == 1:
+        return dict.fromkeys(samples, 0)
+    if folds > len(samples):
+        raise ConfigError(f"--folds {folds} needs at least {folds} target samples, "
+                          f"the store has {len(samples)} ({', '.join(samples)})",
+                          fix=f"use --folds {max(len(samples), 1)} or fewer, or --folds 1")
+    rows = con.execute(  # type: ignore[attr-defined]
+        """
+        WITH s AS (SELECT DISTINCT sample_id FROM sections WHERE list_contains(?, sample_id))
+        SELECT sample_id,
+               CAST((row_number() OVER (ORDER BY md5(sample_id || ':' || CAST(? AS VARCHAR)),
+                                        sample_id) - 1) % ? AS INTEGER) AS fold
+        FROM s ORDER BY sample_id
+        """,
+        [samples, seed, folds],
+    ).fetchall()
+    return {str(s): int(f) for s, f in rows}
+
+
+def plan_folds(
+    sections: list[SectionInfo],
+    *,
+    known: str | int = "first",
+    folds: int = 1,
+    fold_of: dict[str, int] | None = None,
+    samples: tuple[str, ...] = (),
+    extra_2d: tuple[str, ...] = (),
+) -> list[Fold]:
+    """Every fold's sample roles. ``fold_of`` maps target samples to folds (from
+    :func:`fold_assignment`); with ``folds == 1`` it is not needed."""
+    by_sample: dict[str, list[SectionInfo]] = {}
+    for s in sections:
+        if samples and s.sample_id not in samples and s.sample_id not in extra_2d:
+            continue
+        by_sample.setdefault(s.sample_id, []).append(s)
+    if samples:
+        missing = [s for s in samples if s not in by_sample]
+        if missing:
+            raise ConfigError(f"samples not in the store: {', '.join(missing)}",
+                              fix="check --samples against `asign query \"SELECT * FROM sections\"`")
+
+    targets: dict[str, tuple[tuple[str, ...], str, tuple[str, ...]]] = {}
+    two_d: list[SamplePlan] = []
+    for sample_id in sorted(by_sample):
+        secs = sorted(by_sample[sample_id], key=lambda s: s.z)
+        imaged = [s for s in secs if s.has_image]
+        labelled = [s.section_id for s in imaged if s.has_counts]
+        if not labelled:
+            continue  # nothing to learn from and nothing to propagate
+        if len(imaged) >= 2 and not is_extra_2d(sample_id, [s.section_id for s in secs], extra_2d):
+            k = resolve_known(secs, known)
+            hidden = tuple(s for s in labelled if s != k)
+            targets[sample_id] = (tuple(s.section_id for s in imaged), k, hidden)
+        else:
+            # Each labelled section is its own 2D graph, as a single slide would be.
+            for sec in labelled:
+                two_d.append(SamplePlan(sample_id, "train_2d", (sec,), (sec,)))
+    if not targets:
+        raise ConfigError("no sample to evaluate: a target sample needs ≥ 2 imaged sections, "
+                          "one of them with counts",
+                          fix="ingest a multi-section sample, or check --samples/--extra-2d")
+
+    fold_of = fold_of or dict.fromkeys(targets, 0)
+    n_folds = 1 if folds == 1 else folds
+    setting = "within_sample" if folds == 1 else "cross_sample"
+    out: list[Fold] = []
+    for f in range(n_folds):
+        plans: list[SamplePlan] = []
+        for sample_id, (secs, k, hidden) in targets.items():
+            if fold_of[sample_id] == f:
+                plans.append(SamplePlan(sample_id, "test", secs, (k,), k, hidden))
+            else:
+                plans.append(SamplePlan(sample_id, "train", secs, tuple((k, *hidden))))
+        out.append(Fold(f, setting, tuple(plans) + tuple(two_d)))
+    return out
+
+
+def visible_labels(
+    labels: np.ndarray, has_label: np.ndarray, section: np.ndarray, visible_idx: list[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(labels with everything outside the visible sections zeroed, visible mask).
+
+    This is the only door through which labels enter training; ``section`` holds each
+    spot's section index and ``visible_idx`` the indices of the visible sections."""
+    mask = has_label & np.isin(section, np.asarray(visible_idx, dtype=section.dtype))
+    out = np.where(mask[:, None], labels, 0.0).astype(np.float32)
+    return out, mask
+
+
+@dataclass(frozen=True)
+class Episode:
+    known: np.ndarray  # (N,) bool: labels clamped / propagated from
+    hidden: np.ndarray  # (N,) bool: spot loss computed here
+
+
+def episode(
+    visible: np.ndarray, section: np.ndarray, rng: np.random.Generator, known_fraction: float
+) -> Episode:
+    """One training episode over a graph's visible labelled spots (see module docstring)."""
+    layers = np.unique(section[visible])
+    if layers.size >= 2:
+        k = rng.choice(layers)
+        known = visible & (section == k)
+        return Episode(known, visible & ~known)
+    idx = np.flatnonzero(visible)
+    n_known = int(round(known_fraction * idx.size))
+    n_known = min(max(n_known, 1), max(idx.size - 1, 0))
+    known = np.zeros_like(visible)
+    known[rng.choice(idx, size=n_known, replace=False)] = True
+    return Episode(known, visible & ~known)
+
+
+def episode_rng(seed: int, epoch: int, graph: int) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch, graph, 0x5EED])
