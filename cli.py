@@ -133,6 +133,49 @@ def _parse_init(items: list[str]) -> dict[str, tuple[float, bool]]:
 
 
 @app.command()
+def train(
+    store: StoreOpt,
+    model: Annotated[str, typer.Option("--model", "-m", help="asign3d | asign2d | mean | idw | similarity | cli (see `asign doctor`).")] = "asign3d",
+    run: Annotated[str, typer.Option("--run", "-r", help="Run name (results are grouped by it).")] = "run",
+    known: Annotated[str, typer.Option("--known", help="Known (measured) layer: first | middle | Z.")] = "first",
+    folds: Annotated[int, typer.Option("--folds", help="1 = within-sample imputation; K>=2 = sample-level k-fold.")] = 1,
+    samples: Annotated[str | None, typer.Option("--samples", help="Restrict to these sample ids (comma-separated).")] = None,
+    extra_2d: Annotated[str | None, typer.Option("--extra-2d", help="Samples trained as 2D sections and never scored (e.g. B).")] = None,
+    epochs: Annotated[int, typer.Option("--epochs")] = 60,
+    lr: Annotated[float, typer.Option("--lr")] = 0.05,
+    optimizer: Annotated[str, typer.Option("--optimizer", help="sgd (paper, momentum 0.9) | adamw")] = "sgd",
+    scheduler: Annotated[str, typer.Option("--scheduler", help="cosine | none")] = "cosine",
+    loss: Annotated[str, typer.Option("--loss", help="Loss weights preset: paper | reference")] = "paper",
+    hidden: Annotated[int, typer.Option("--hidden")] = 256,
+    heads: Annotated[int, typer.Option("--heads")] = 4,
+    gnn: Annotated[str, typer.Option("--gnn", help="GAT engine: dgl (CPU default) | pyg (CUDA)")] = "dgl",
+    device: DeviceOpt = "cpu",
+    seed: SeedOpt = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its checkpoint.")] = False,
+    finetune_spot_encoder: Annotated[bool, typer.Option("--finetune-spot-encoder", help="Train the spot ResNet50 on stored patches (GPU).")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train and evaluate a model (or baseline) on a feature store; results go to the store."""
+    from asign.errors import AsignError
+    from asign.train.config import TrainConfig
+
+    try:
+        cfg = TrainConfig(
+            store=store, model=model, run=run, known=known, folds=folds, samples=_split(samples),
+            extra_2d=_split(extra_2d), epochs=epochs, lr=lr, optimizer=optimizer, scheduler=scheduler,
+            loss=loss, hidden=hidden, heads=heads, gnn=gnn, device=device, seed=seed, resume=resume,
+            finetune_spot_encoder=finetune_spot_encoder,
+        )
+        from asign import train as train_stage
+
+        result = train_stage.run(cfg)
+    except AsignError as err:
+        raise _fail(err) from None
+    if as_json:
+        _emit_json(result.summary() if hasattr(result, "summary") else result.__dict__)
+
+
+@app.command()
 def query(
     sql: Annotated[str, typer.Argument(help="SQL over the views sections, spots, genes, labels, transforms, tiles, spot_tiles, embeddings, edges, runs, metrics, predictions.")],
     store: StoreOpt,

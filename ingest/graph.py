@@ -78,13 +78,17 @@ def same_layer_edges(
         raise ConfigError(f"same-layer k must be at least 1, got {k}", fix="use k >= 1")
     chunk = _check_chunk(chunk)
     n = xy.shape[0]
-    per_node = np.zeros(n, dtype=np.int64)
-    blocks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (dst, src rows, d rows)
-    for z in np.unique(lay):
-        members = np.flatnonzero(lay == z)
-        kk = min(k, members.size - 1)
+    layers, lay_index, lay_count = np.unique(lay, return_inverse=True, return_counts=True)
+    per_layer_k = np.clip(lay_count - 1, 0, k)  # a layer of m spots gives m-1 at most
+    per_node = per_layer_k[lay_index].astype(np.int64)
+    offsets = np.concatenate(([0], np.cumsum(per_node)))  # dst-major edge positions
+    n_edges = int(offsets[-1])
+    src_out = np.empty(n_edges, dtype=np.int64)
+    dist_out = np.empty(n_edges, dtype=np.float32)
+    for li, kk in enumerate(per_layer_k.tolist()):
         if kk < 1:
             continue
+        members = np.flatnonzero(lay_index == li)
         tree = cKDTree(xy[members])
         for start in range(0, members.size, chunk):
             local = np.arange(start, min(start + chunk, members.size))
@@ -96,26 +100,11 @@ def same_layer_edges(
             keep = ~is_self
             src = members[nb[keep].reshape(-1, kk)]
             dist = dist[keep].reshape(-1, kk)
-            order = np.argsort(src, axis=1, kind="stable")
-            blocks.append(
-                (
-                    members[local],
-                    np.take_along_axis(src, order, axis=1),
-                    np.take_along_axis(dist, order, axis=1),
-                )
-            )
-            per_node[members[local]] = kk
-    # Every dst owns one contiguous row of kk neighbours: scatter rows to their (dst)
-    # position instead of sorting all edges.
-    offsets = np.concatenate(([0], np.cumsum(per_node)))
-    n_edges = int(offsets[-1])
-    src_out = np.empty(n_edges, dtype=np.int64)
-    dist_out = np.empty(n_edges, dtype=np.float32)
-    for dst, src, dist in blocks:
-        pos = offsets[dst][:, None] + np.arange(src.shape[1])
-        src_out[pos] = src
-        dist_out[pos] = dist
-    del blocks
+            order = np.argsort(src, axis=1, kind="stable")  # (dst, src) order
+            pos = offsets[members[local]][:, None] + np.arange(kk)
+            src_out[pos] = np.take_along_axis(src, order, axis=1)
+            dist_out[pos] = np.take_along_axis(dist, order, axis=1)
+    log.debug("same-layer: %d edges over %d layers", n_edges, layers.size)
     dst_out = np.repeat(np.arange(n, dtype=np.int64), per_node)
     weight = (1.0 / np.maximum(dist_out, np.float32(MIN_DISTANCE_UM))).astype(np.float32)
     return Edges(
@@ -189,7 +178,9 @@ def cross_layer_edges(
     if combine not in ("product", "sum"):
         raise ConfigError(f"unknown cross-layer combine {combine!r}", fix="use product or sum")
     chunk = _check_chunk(chunk)
-    if getattr(features, "ndim", 0) != 2 or features.shape[0] != n:
+    if not isinstance(features, np.ndarray):
+        features = np.asarray(features)
+    if features.ndim != 2 or features.shape[0] != n:
         raise InputError(
             f"features must be an (N, D) array with N = {n} spots, got shape "
             f"{getattr(features, 'shape', None)}",
@@ -205,7 +196,7 @@ def cross_layer_edges(
 
     tree = cKDTree(xy)
     parts: list[dict[str, np.ndarray]] = []
-    order = _spatial_order(xy, chunk)
+    order = _spatial_order(xy)
     for start in range(0, n, chunk):
         query = order[start : start + chunk]
         pairs = cKDTree(xy[query]).sparse_distance_matrix(
@@ -222,7 +213,6 @@ def cross_layer_edges(
             overlap = iou > 0
             dst, src, dist, iou = dst[overlap], src[overlap], dist[overlap], iou[overlap]
         cos = _pair_cosine(features, dst, src)
-        _release_mapped_pages(features)
         weight = iou * cos if combine == "product" else iou + cos
         best = _top_k_per_dst(dst, src, weight, top_k)
         parts.append(
@@ -235,10 +225,14 @@ def cross_layer_edges(
                 "cosine": cos[best],
             }
         )
-    cols = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
-    del parts
-    final = np.argsort(cols["dst"] * np.int64(n) + cols["src"])
-    cols = {name: values[final] for name, values in cols.items()}
+    names = list(parts[0])
+    final = np.argsort(
+        np.concatenate([p["dst"] for p in parts]) * np.int64(n)
+        + np.concatenate([p["src"] for p in parts])
+    )
+    cols = {}
+    for name in names:  # one field at a time, freeing the parts as they are copied
+        cols[name] = np.concatenate([p.pop(name) for p in parts])[final]
     log.debug("cross-layer: %d edges for %d spots (radius %.1f µm)", final.size, n, radius_search)
     return Edges(kind=np.full(final.size, CROSS_LAYER, dtype=np.uint8), **cols)
 
@@ -254,11 +248,15 @@ def build_graph(
     search_radius_um: float | None = None,
 ) -> Edges:
     """The whole 3D graph: same-layer kNN edges followed by cross-layer edges."""
-    same = same_layer_edges(xy_um, layer, k=k_same)
-    cross = cross_layer_edges(
-        xy_um, layer, features, radius_um, top_k_cross, combine, search_radius_um
+    # No local names for the parts: concat_edges frees each input field once copied.
+    return concat_edges(
+        [
+            same_layer_edges(xy_um, layer, k=k_same),
+            cross_layer_edges(
+                xy_um, layer, features, radius_um, top_k_cross, combine, search_radius_um
+            ),
+        ]
     )
-    return concat_edges([same, cross])
 
 
 def concat_edges(parts: list[Edges]) -> Edges:
@@ -277,7 +275,14 @@ def _pair_cosine(features: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarr
     if a.size == 0:
         return np.zeros(0, dtype=np.float32)
     rows, inverse = np.unique(np.concatenate((a, b)), return_inverse=True)
-    block = np.asarray(features[rows], dtype=np.float32)
+    block = np.empty((rows.size, features.shape[1]), dtype=np.float32)
+    # Read in small runs of sorted rows and release mapped pages after each: the kernel
+    # maps whole page-cache folios (up to MiBs) per touched row, so one big gather from a
+    # memmap would map many times the bytes it needs.
+    step = max(1, (1 << 22) // (features.shape[1] * features.dtype.itemsize))
+    for s in range(0, rows.size, step):
+        block[s : s + step] = features[rows[s : s + step]]
+        _release_mapped_pages(features)
     if not np.isfinite(block).all():
         bad = int(rows[np.flatnonzero(~np.isfinite(block).all(axis=1))[0]])
         raise InputError(
@@ -298,9 +303,7 @@ def _pair_cosine(features: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarr
     return np.clip(out, -1.0, 1.0, out=out)
 
 
-def _top_k_per_dst(
-    dst: np.ndarray, src: np.ndarray, weight: np.ndarray, top_k: int
-) -> np.ndarray:
+def _top_k_per_dst(dst: np.ndarray, src: np.ndarray, weight: np.ndarray, top_k: int) -> np.ndarray:
     """Indices of the ``top_k`` highest positive weights per dst (ties: lower src)."""
     positive = np.flatnonzero(weight > 0)
     order = positive[np.lexsort((src[positive], -weight[positive], dst[positive]))]
@@ -310,16 +313,24 @@ def _top_k_per_dst(
     return order[rank < top_k]
 
 
-def _spatial_order(xy: np.ndarray, chunk: int) -> np.ndarray:
-    """A permutation that walks the plane in square tiles of about ``chunk`` spots (all
-    layers together), so a block of queries and its candidates occupy one small region
-    and the feature rows a block needs are mostly its own."""
+def _spatial_order(xy: np.ndarray) -> np.ndarray:
+    """A permutation along a Z-order (Morton) curve over all layers together: any run of
+    consecutive spots covers a compact patch of the plane, so a block of queries and its
+    candidates (on every layer) are mostly the same spots and each feature row is read
+    about once. Ties keep the input order, so the permutation is deterministic."""
     lo = xy.min(axis=0)
-    extent = np.maximum(xy.max(axis=0) - lo, 1e-9)
-    tiles = max(1.0, np.sqrt(xy.shape[0] / chunk))
-    tile = max(extent[0], extent[1]) / tiles
-    t = np.floor((xy - lo) / tile).astype(np.int64)
-    return np.lexsort((np.arange(xy.shape[0]), t[:, 0], t[:, 1]))
+    span = max(float((xy.max(axis=0) - lo).max()), 1e-9)
+    cells = np.minimum((xy - lo) / span * 65536, 65535).astype(np.uint64)
+    code = _spread_bits(cells[:, 0]) | (_spread_bits(cells[:, 1]) << np.uint64(1))
+    return np.argsort(code, kind="stable")
+
+
+def _spread_bits(v: np.ndarray) -> np.ndarray:
+    """Insert a zero bit between the low 16 bits of ``v`` (for Morton interleaving)."""
+    v = v & np.uint64(0xFFFF)
+    for shift, mask in ((8, 0x00FF00FF), (4, 0x0F0F0F0F), (2, 0x33333333), (1, 0x55555555)):
+        v = (v | (v << np.uint64(shift))) & np.uint64(mask)
+    return v
 
 
 def _release_mapped_pages(features: np.ndarray) -> None:

@@ -22,8 +22,11 @@ log = logging.getLogger(__name__)
 
 
 def pick_layer(sections: Sequence[SectionInput], which: str) -> SectionInput:
-    """The section named by first|middle|Z among the labelled sections of a sample."""
-    labelled = sorted((s for s in sections if s.has_counts), key=lambda s: s.z)
+    """The section named by first|middle|Z among the labelled sections of a sample that
+    can join the 3D graph (an image or precomputed aligned coordinates): a labels-only
+    section such as her2st C1 cannot be the known layer, since nothing links it to the others."""
+    placed = [s for s in sections if s.has_counts and (s.has_image or s.has_aligned_coords)]
+    labelled = sorted(placed or (s for s in sections if s.has_counts), key=lambda s: s.z)
     if not labelled:
         raise InputError(f"sample {sections[0].sample_id} has no section with counts",
                          fix="asign needs one measured ST section per sample")
@@ -55,15 +58,17 @@ def register_fingerprint(cfg: IngestConfig, samples: Sequence[SampleInput], hash
 
 
 def choose_panel(cfg: IngestConfig, samples: Sequence[SampleInput]) -> tuple[list[str], list[str], np.ndarray]:
-    """Panel genes, the training sections it was computed on, and their mean counts."""
+    """Panel genes, the training sections it was computed on, and their mean counts there.
+
+    Training sections are the ``panel_from`` layer of each 3D sample plus every labelled
+    section of the extra 2D samples — never a layer that will be hidden and scored."""
     train = [pick_layer(s.sections, cfg.panel_from) for s in samples if s.sample_id not in cfg.extra_2d]
     train += [sec for s in samples if s.sample_id in cfg.extra_2d for sec in s.sections if sec.has_counts]
-    if cfg.genes:
-        panel = labels_mod.check_genes(list(cfg.genes), train)
-    else:
-        panel = labels_mod.select_panel(train, n_genes=cfg.n_genes)
-    means = labels_mod.mean_counts(train, panel)
-    return panel, [s.section_id for s in train], means
+    every = [sec for s in samples for sec in s.sections]
+    panel = labels_mod.select_panel(every, cfg.n_genes, train_sections=[s.section_id for s in train],
+                                    genes=list(cfg.genes) or None)
+    counts = np.concatenate([labels_mod.panel_counts(s, panel) for s in train])
+    return panel, [s.section_id for s in train], counts.mean(axis=0)
 
 
 def _section_row(s: SectionInput, fmt: str, hashes: dict[str, Any]) -> dict[str, Any]:
@@ -139,8 +144,6 @@ def write_register(store: Store, cfg: IngestConfig, samples: Sequence[SampleInpu
     for sample in samples:
         store.write("spots", spots_table(sample), key=sample.sample_id)
         store.write("labels", labels_table(sample, panel, cfg.normalisation), key=sample.sample_id)
-        for w in sample.warnings:
-            log.warning(w)
     store.write("genes", {"gene": panel, "rank": list(range(len(panel))), "mean_count": means.tolist()})
     store.write("sections", {k: [r[k] for r in rows] for k in rows[0]})
     return {"panel_sections": train_sections, "n_genes": len(panel), "normalisation": cfg.normalisation}

@@ -17,8 +17,15 @@ TOY_ENCODER = "toy"
 def _latent(xy: np.ndarray, z: float, phase: float) -> np.ndarray:
     """(N, 4) smooth field over the aligned frame; drifts slowly with z."""
     x, y = xy[:, 0] / 400.0, xy[:, 1] / 400.0
-    return np.stack([np.sin(x + 0.3 * z + phase), np.cos(y - 0.2 * z), np.sin(x + y + phase),
-                     np.cos(0.5 * x - y + 0.1 * z)], axis=1)
+    return np.stack(
+        [
+            np.sin(x + 0.3 * z + phase),
+            np.cos(y - 0.2 * z),
+            np.sin(x + y + phase),
+            np.cos(0.5 * x - y + 0.1 * z),
+        ],
+        axis=1,
+    )
 
 
 def _disc_iou(d: np.ndarray, r: float) -> np.ndarray:
@@ -85,26 +92,52 @@ def make_toy_store(
             ids = [f"{sec}/{i}" for i in range(len(xy))]
             emb = lat @ proj + 0.3 * rng.normal(size=(len(xy), dim))
             for i, sid in enumerate(ids):
-                spot_rows.append(dict(sample_id=sample_id, section_id=sec, spot_id=sid,
-                                      barcode=str(i), z=z, array_x=int(gx.ravel()[i]),
-                                      array_y=int(gy.ravel()[i]), px=float(xy[i, 0]),
-                                      py=float(xy[i, 1]), x_um=float(xy[i, 0]),
-                                      y_um=float(xy[i, 1]), is_virtual=not labelled))
+                spot_rows.append(
+                    dict(
+                        sample_id=sample_id,
+                        section_id=sec,
+                        spot_id=sid,
+                        barcode=str(i),
+                        z=z,
+                        array_x=int(gx.ravel()[i]),
+                        array_y=int(gy.ravel()[i]),
+                        px=float(xy[i, 0]),
+                        py=float(xy[i, 1]),
+                        x_um=float(xy[i, 0]),
+                        y_um=float(xy[i, 1]),
+                        is_virtual=not labelled,
+                    )
+                )
                 feats[sid] = emb[i]
                 layer_of[sid] = z
                 xy_of[sid] = xy[i]
-                vectors.append((emb_key(TOY_ENCODER, "spot", sid), emb[i].astype(np.float16).tobytes()))
-                emb_rows.append(dict(sample_id=sample_id, section_id=sec, encoder=TOY_ENCODER,
-                                     level="spot", id=sid))
+                vectors.append(
+                    (emb_key(TOY_ENCODER, "spot", sid), emb[i].astype(np.float16).tobytes())
+                )
+                emb_rows.append(
+                    dict(
+                        sample_id=sample_id,
+                        section_id=sec,
+                        encoder=TOY_ENCODER,
+                        level="spot",
+                        id=sid,
+                    )
+                )
             if labelled:
                 rate = np.exp(1.5 + lat @ mix * 0.8)
                 counts = rng.poisson(rate).astype(np.int32)
                 value = np.log((counts + 1) / (counts + 1).sum(axis=1, keepdims=True))
                 for i, sid in enumerate(ids):
-                    label_rows.append(dict(sample_id=sample_id, section_id=sec, spot_id=sid,
-                                           total_count=int(counts[i].sum()),
-                                           counts=counts[i].tolist(),
-                                           value=value[i].astype(np.float32).tolist()))
+                    label_rows.append(
+                        dict(
+                            sample_id=sample_id,
+                            section_id=sec,
+                            spot_id=sid,
+                            total_count=int(counts[i].sum()),
+                            counts=counts[i].tolist(),
+                            value=value[i].astype(np.float32).tolist(),
+                        )
+                    )
             # tiles: region = 3x3 spots (600 µm), global = whole section; rank 0 = own tile
             for level, size in (("region", 600.0), ("global", 4000.0)):
                 col = np.floor((xy[:, 0] + 100) / size).astype(int)
@@ -118,25 +151,66 @@ def make_toy_store(
                         base = emb[inside].mean(axis=0) if inside.any() else emb.mean(axis=0)
                         tv = base + 0.1 * rng.normal(size=dim)
                         tile_ids[(r, c)] = tid
-                        tiles_rows.append(dict(sample_id=sample_id, section_id=sec, tile_id=tid,
-                                               level=level, x0=int(c * size), y0=int(r * size),
-                                               size_px=int(size)))
-                        vectors.append((emb_key(TOY_ENCODER, level, tid), tv.astype(np.float16).tobytes()))
-                        emb_rows.append(dict(sample_id=sample_id, section_id=sec,
-                                             encoder=TOY_ENCODER, level=level, id=tid))
-                offsets = [(0, 0)] + [(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1)
-                                      if (dr, dc) != (0, 0)]
+                        tiles_rows.append(
+                            dict(
+                                sample_id=sample_id,
+                                section_id=sec,
+                                tile_id=tid,
+                                level=level,
+                                x0=int(c * size),
+                                y0=int(r * size),
+                                size_px=int(size),
+                            )
+                        )
+                        vectors.append(
+                            (emb_key(TOY_ENCODER, level, tid), tv.astype(np.float16).tobytes())
+                        )
+                        emb_rows.append(
+                            dict(
+                                sample_id=sample_id,
+                                section_id=sec,
+                                encoder=TOY_ENCODER,
+                                level=level,
+                                id=tid,
+                            )
+                        )
+                offsets = [(0, 0)] + [
+                    (dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if (dr, dc) != (0, 0)
+                ]
                 for i, sid in enumerate(ids):
                     for rank, (dr, dc) in enumerate(offsets):
                         key = (row[i] + dr, col[i] + dc)
                         if key in tile_ids:
-                            st_rows.append(dict(sample_id=sample_id, section_id=sec, spot_id=sid,
-                                                level=level, tile_id=tile_ids[key], rank=rank))
-            sections_rows.append(dict(
-                sample_id=sample_id, section_id=sec, z=z, image_path=None, image_sha256=None,
-                width=None, height=None, um_per_px=1.0, spot_diameter_um=diameter,
-                spot_pitch_um=pitch, n_spots=len(xy), has_counts=labelled, has_image=True,
-                counts_path=None, counts_sha256=None, format="toy"))
+                            st_rows.append(
+                                dict(
+                                    sample_id=sample_id,
+                                    section_id=sec,
+                                    spot_id=sid,
+                                    level=level,
+                                    tile_id=tile_ids[key],
+                                    rank=rank,
+                                )
+                            )
+            sections_rows.append(
+                dict(
+                    sample_id=sample_id,
+                    section_id=sec,
+                    z=z,
+                    image_path=None,
+                    image_sha256=None,
+                    width=None,
+                    height=None,
+                    um_per_px=1.0,
+                    spot_diameter_um=diameter,
+                    spot_pitch_um=pitch,
+                    n_spots=len(xy),
+                    has_counts=labelled,
+                    has_image=True,
+                    counts_path=None,
+                    counts_sha256=None,
+                    format="toy",
+                )
+            )
 
         # graph: same layer kNN (k=6, weight 1/d), cross layer top-4 by IoU × cosine
         ids_all = [r["spot_id"] for r in spot_rows]
@@ -144,14 +218,7 @@ def make_toy_store(
         z_all = np.array([layer_of[s] for s in ids_all])
         f_all = np.array([feats[s] for s in ids_all])
         fn = f_all / np.linalg.norm(f_all, axis=1, keepdims=True)
-        edges = {k: [] for k in ("sample_id", "src_spot_id", "dst_spot_id", "kind", "weight",
-                                 "distance_um", "iou", "cosine")}
-
-        def add(j: int, i: int, kind: str, w: float, d: float, iou: float | None, cos: float | None) -> None:
-            for key, v in (("sample_id", sample_id), ("src_spot_id", ids_all[j]),
-                           ("dst_spot_id", ids_all[i]), ("kind", kind), ("weight", w),
-                           ("distance_um", d), ("iou", iou), ("cosine", cos)):
-                edges[key].append(v)
+        erows: list[tuple] = []  # (src, dst, kind, weight, distance, iou, cosine)
 
         for z in np.unique(z_all):
             idx = np.flatnonzero(z_all == z)
@@ -159,7 +226,8 @@ def make_toy_store(
             d, nb = tree.query(xy_all[idx], k=min(7, len(idx)))
             for a, i in enumerate(idx):
                 for dd, b in zip(d[a, 1:], nb[a, 1:], strict=True):
-                    add(int(idx[b]), int(i), "same_layer", 1.0 / max(dd, 1e-6), float(dd), None, None)
+                    erows.append((ids_all[int(idx[b])], ids_all[int(i)], "same_layer",
+                                  1.0 / max(dd, 1e-6), float(dd), None, None))
             for z2 in np.unique(z_all):
                 if z2 == z:
                     continue
@@ -171,7 +239,8 @@ def make_toy_store(
                             j = int(other[b])
                             iou = float(_disc_iou(np.array([dd]), diameter / 2)[0])
                             cos = float(max(fn[i] @ fn[j], 0.0))
-                            add(j, int(i), "cross_layer", iou * cos, float(dd), iou, cos)
+                            erows.append((ids_all[j], ids_all[int(i)], "cross_layer",
+                                          iou * cos, float(dd), iou, cos))
 
         store.write("spots", _cols(spot_rows), key=sample_id)
         if label_rows:
@@ -179,11 +248,15 @@ def make_toy_store(
         store.write("tiles", _cols(tiles_rows), key=sample_id)
         store.write("spot_tiles", _cols(st_rows), key=sample_id)
         store.write("embeddings", _cols(emb_rows), key=sample_id)
+        names = ("src_spot_id", "dst_spot_id", "kind", "weight", "distance_um", "iou", "cosine")
+        edges = {n: [r[k] for r in erows] for k, n in enumerate(names)}
+        edges["sample_id"] = [sample_id] * len(erows)
         store.write("edges", edges, key=sample_id)
 
     store.write("sections", _cols(sections_rows))
-    store.write("genes", {"gene": genes, "rank": list(range(n_genes)),
-                          "mean_count": [1.0] * n_genes})
+    store.write(
+        "genes", {"gene": genes, "rank": list(range(n_genes)), "mean_count": [1.0] * n_genes}
+    )
     with store.vectors(readonly=False) as vec:
         vec.put_many(vectors)
     manifest = store.manifest()
@@ -210,3 +283,13 @@ def toy_store(_toy_store_master: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "store"
     shutil.copytree(_toy_store_master, dst)
     return dst
+
+
+@pytest.fixture
+def toy_store_factory(tmp_path: Path):
+    """``make_toy_store`` with a fresh directory per call: ``factory(name, **kwargs)``."""
+
+    def factory(name: str = "toy", **kwargs) -> Path:
+        return make_toy_store(tmp_path / name, **kwargs)
+
+    return factory

@@ -47,8 +47,9 @@ def test_similarity_picks_the_most_similar_known_spots():
 
 def test_similarity_of_constant_labels_is_constant():
     rng = np.random.default_rng(1)
-    out = baselines.similarity(rng.normal(size=(30, 8)), np.full((30, 4), 2.5),
-                               rng.normal(size=(10, 8)), k=20)
+    out = baselines.similarity(
+        rng.normal(size=(30, 8)), np.full((30, 4), 2.5), rng.normal(size=(10, 8)), k=20
+    )
     np.testing.assert_allclose(out, 2.5, rtol=1e-6)
 
 

@@ -34,7 +34,7 @@ def test_converges_to_harmonic_solution():
     w = rng.uniform(0.5, 2.0, n)
     y = rng.normal(size=(n, g))
     known = np.zeros(n, bool)
-    known[[0, 4]] = True
+    known[[0, 6]] = True
 
     # Harmonic: for unknown i, Σ_j A_ij w_j (y_i − y_j) = 0 with known y clamped.
     coef = _dense_in(src, dst, a, n) * w[None, :]
@@ -46,8 +46,9 @@ def test_converges_to_harmonic_solution():
 
     y_t = torch.from_numpy(y).double()
     y_t[unk] = 123.0  # unknown labels must never be read
-    out, reached = propagate(src, dst, a.double(), torch.from_numpy(w), y_t,
-                             torch.from_numpy(known), n_iter=2000)
+    out, reached = propagate(
+        src, dst, a.double(), torch.from_numpy(w), y_t, torch.from_numpy(known), n_iter=500
+    )
     assert reached.all()
     np.testing.assert_allclose(out.numpy(), expected, atol=1e-8)
 
@@ -76,8 +77,15 @@ def test_ten_steps_match_explicit_iteration():
         cur = np.where(known[:, None], y, new)
         reached = known | got
 
-    out, got_reached = propagate(src, dst, a.double(), torch.from_numpy(w),
-                                 torch.from_numpy(y), torch.from_numpy(known), n_iter=10)
+    out, got_reached = propagate(
+        src,
+        dst,
+        a.double(),
+        torch.from_numpy(w),
+        torch.from_numpy(y),
+        torch.from_numpy(known),
+        n_iter=10,
+    )
     np.testing.assert_array_equal(got_reached.numpy(), reached)
     np.testing.assert_allclose(out.numpy(), cur, atol=1e-10)
     assert not reached.all()  # the chain is longer than 10 hops from the known spots
@@ -102,21 +110,35 @@ def test_unreached_spots_are_flagged_and_zero():
 def test_direction_is_src_to_dst():
     known = torch.tensor([True, False])
     y = torch.tensor([[2.0], [0.0]])
-    out, reached = propagate(torch.tensor([1]), torch.tensor([0]), torch.tensor([1.0]),
-                             torch.ones(2), y, known)
+    out, reached = propagate(
+        torch.tensor([1]), torch.tensor([0]), torch.tensor([1.0]), torch.ones(2), y, known
+    )
     assert not reached[1]  # edge 1 → 0 cannot carry the label of 0 to 1
-    out, reached = propagate(torch.tensor([0]), torch.tensor([1]), torch.tensor([1.0]),
-                             torch.ones(2), y, known)
+    out, reached = propagate(
+        torch.tensor([0]), torch.tensor([1]), torch.tensor([1.0]), torch.ones(2), y, known
+    )
     assert reached[1] and out[1, 0] == 2.0
 
 
 def test_bad_inputs_raise():
     with pytest.raises(AsignError, match="negative edge weights"):
-        propagate(torch.tensor([0]), torch.tensor([1]), torch.tensor([-1.0]), torch.ones(2),
-                  torch.zeros(2, 1), torch.tensor([True, False]))
+        propagate(
+            torch.tensor([0]),
+            torch.tensor([1]),
+            torch.tensor([-1.0]),
+            torch.ones(2),
+            torch.zeros(2, 1),
+            torch.tensor([True, False]),
+        )
     with pytest.raises(AsignError, match="same 2 nodes"):
-        propagate(torch.tensor([0]), torch.tensor([1]), torch.tensor([1.0]), torch.ones(3),
-                  torch.zeros(2, 1), torch.tensor([True, False]))
+        propagate(
+            torch.tensor([0]),
+            torch.tensor([1]),
+            torch.tensor([1.0]),
+            torch.ones(3),
+            torch.zeros(2, 1),
+            torch.tensor([True, False]),
+        )
 
 
 @pytest.mark.parametrize("per_node_gate", [False, True])

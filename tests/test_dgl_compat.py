@@ -21,7 +21,11 @@ def _run(code: str, extra_path: Path | None = None) -> str:
         env["PYTHONPATH"] = os.pathsep.join([str(extra_path), env.get("PYTHONPATH", "")])
     done = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True, text=True, env=env, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
@@ -63,9 +67,7 @@ def _fake_dgl(root: Path, with_library: bool) -> None:
 
     pkg = root / "dgl"
     (pkg / "graphbolt").mkdir(parents=True)
-    (pkg / "__init__.py").write_text(
-        "import sys\nSTUBBED = 'dgl.graphbolt' in sys.modules\n"
-    )
+    (pkg / "__init__.py").write_text("import sys\nSTUBBED = 'dgl.graphbolt' in sys.modules\n")
     (pkg / "graphbolt" / "__init__.py").write_text("")
     if with_library:
         lib = dgl_compat.graphbolt_library_path(pkg, torch.__version__, sys.platform)

@@ -47,8 +47,9 @@ def test_engines_agree_with_shared_weights(in_dim, residual, bias):
     for layer in (dgl_layer, pyg_layer):
         layer.zero_grad()
         layer(h, graph).square().sum().backward()
-    for (name, p_d), (_, p_p) in zip(dgl_layer.named_parameters(), pyg_layer.named_parameters(),
-                                     strict=True):
+    for (name, p_d), (_, p_p) in zip(
+        dgl_layer.named_parameters(), pyg_layer.named_parameters(), strict=True
+    ):
         torch.testing.assert_close(p_p.grad, p_d.grad, atol=1e-4, rtol=1e-4, msg=name)
 
 

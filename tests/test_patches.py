@@ -104,9 +104,9 @@ def test_spot_patch_box_is_centred():
 
 def test_patch_codecs_round_trip():
     rng = np.random.default_rng(0)
-    smooth = np.clip(
-        np.cumsum(rng.integers(-3, 4, (64, 64, 3)), axis=1) + 128, 0, 255
-    ).astype(np.uint8)
+    smooth = np.clip(np.cumsum(rng.integers(-3, 4, (64, 64, 3)), axis=1) + 128, 0, 255).astype(
+        np.uint8
+    )
     png = P.encode_patch(smooth, "png")
     assert png == P.encode_patch(smooth, "png")  # deterministic bytes
     assert np.array_equal(P.decode_patch(png), smooth)  # lossless
@@ -136,7 +136,7 @@ def _c3():
 def test_real_spot_crop_from_c3_has_tissue():
     image, spots = _c3()
     size = P.equivalent_px(224, 0.69)
-    (x0, y0), = P.spot_patch_box(spots.pixel_x.values[:1], spots.pixel_y.values[:1], size)
+    ((x0, y0),) = P.spot_patch_box(spots.pixel_x.values[:1], spots.pixel_y.values[:1], size)
     patch = P.crop(image, x0, y0, size, 224)
     assert patch.shape == (224, 224, 3) and patch.dtype == np.uint8
     assert patch.std() > 10  # not blank

@@ -1,0 +1,264 @@
+"""`asign train`: read a feature store, train/evaluate one model or baseline, write results.
+
+``run(cfg)`` plans the folds (protocol.py), loads each sample once from the store
+(data.py), trains the neural models (loop.py) or computes a baseline (baselines.py),
+scores every hidden section (metrics.py) and writes the ``runs``, ``metrics`` and
+``predictions`` tables, one Parquet file per run (results.py). A per-epoch checkpoint makes
+``--resume`` continue an interrupted run; a finished run can be resumed to re-predict.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+
+from asign.train.config import MODELS, TrainConfig, validate
+from asign.train.results import RunResult
+
+__all__ = ["MODELS", "RunResult", "TrainConfig", "run"]
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: TrainConfig, *, reporter: Any = None, max_epochs: int | None = None) -> RunResult:
+    """Run one model on a store and record the results (see the module docstring).
+
+    ``reporter``: an ``asign.progress.Reporter`` (default: rich bars on a terminal, log
+    lines otherwise). ``max_epochs``: stop after this many epochs in this call; the run is
+    recorded as ``interrupted`` and ``resume=True`` continues it (time-boxed sessions).
+    """
+    from asign.progress import reporter as make_reporter
+    from asign.store import open_store
+    from asign.train import results as res
+    from asign.train.protocol import SectionInfo, fold_assignment, plan_folds
+
+    validate(cfg)
+    _check_device(cfg)
+    store = open_store(cfg.store)
+    created = dt.datetime.now(dt.timezone.utc)
+    t0 = time.perf_counter()
+    infos = [SectionInfo(str(r["sample_id"]), str(r["section_id"]), int(r["z"]),
+                         bool(r["has_counts"]), bool(r["has_image"]))
+             for r in store.read("sections").to_pylist()]
+    plan_args = dict(known=cfg.known, samples=cfg.samples, extra_2d=cfg.extra_2d)
+    fold_of = None
+    if cfg.folds >= 2:
+        targets = [p.sample_id for p in plan_folds(infos, folds=1, **plan_args)[0].test]
+        con = store.duckdb()
+        try:
+            fold_of = fold_assignment(con, targets, cfg.folds, cfg.seed)
+        finally:
+            con.close()
+    folds = plan_folds(infos, folds=cfg.folds, fold_of=fold_of, **plan_args)
+
+    store_fp = res.store_hash(store)
+    rid = res.run_id(cfg, store_fp)
+    commit = res.git_commit()
+    timings: dict[str, Any] = {}
+    row = dict(store_fp=store_fp, commit=commit, created_at=created, timings=timings)
+    res.write_run_row(store, rid, cfg, status="running", seconds=None, **row)
+    log.info("run %s: %s, %s, %d fold(s)", rid, cfg.model, cfg.setting, len(folds))
+    status = "failed"
+    try:
+        ctx = make_reporter() if reporter is None else contextlib.nullcontext(reporter)
+        with ctx as rep, _deterministic(cfg):
+            status, metric_rows, blocks, genes = _execute(
+                cfg, store, rid, folds, rep, timings, max_epochs)
+        if status == "done":
+            table = res.write_metrics(store, rid, metric_rows)
+            if cfg.save_predictions:
+                res.write_predictions(store, rid, genes, blocks)
+        else:
+            table = res.write_metrics(store, rid, [])
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        seconds = time.perf_counter() - t0
+        timings["total_s"] = round(seconds, 3)
+        res.write_run_row(store, rid, cfg, status=status, seconds=seconds, **row)
+    return RunResult(rid, cfg.run, cfg.model, cfg.setting, status, seconds, table, timings)
+
+
+def _execute(cfg: TrainConfig, store: Any, rid: str, folds: list, rep: Any,
+             timings: dict[str, Any], max_epochs: int | None
+             ) -> tuple[str, list[dict], list, tuple[str, ...]]:
+    from asign.train import loop
+    from asign.train.data import load_sample
+    from asign.train.metrics import evaluate
+    from asign.train.results import PredictionBlock, metric_rows
+
+    t = time.perf_counter()
+    needed = sorted({p.sample_id for f in folds for p in f.samples})
+    samples = {s: load_sample(store, s, encoder=cfg.encoder) for s in needed}
+    genes = next(iter(samples.values())).genes
+    timings["load_s"] = round(time.perf_counter() - t, 3)
+
+    spec = cfg.spec
+    ckpt_path = store.layout.checkpoint(rid)
+    ckpt = loop.load_checkpoint(ckpt_path) if cfg.resume and spec.neural else None
+    if ckpt is not None and ckpt.get("run_id") != rid:
+        ckpt = None
+    if cfg.resume and spec.neural and ckpt is None:
+        log.info("no checkpoint for run %s: starting from epoch 0", rid)
+    finished: dict[int, dict] = dict(ckpt["finished"]) if ckpt else {}
+    tasks: dict[tuple, loop.GraphTask] = {}
+    rows: list[dict] = []
+    blocks: list[PredictionBlock] = []
+    epoch_s: list[float] = []
+    budget = [max_epochs]
+    for fold in folds:
+        preds: dict[str, np.ndarray] = {}
+        t = time.perf_counter()
+        if spec.neural:
+            model = _fit_fold(cfg, fold, samples, tasks, rid, ckpt_path, ckpt, finished, rep,
+                              epoch_s, budget)
+            if model is None:
+                return "interrupted", [], [], genes
+            for plan in fold.test:
+                preds[plan.sample_id] = loop.predict(
+                    cfg, model, _task(tasks, samples[plan.sample_id], plan.visible, cfg))
+        else:
+            for plan in fold.test:
+                preds[plan.sample_id] = _baseline(cfg, samples[plan.sample_id], plan)
+        timings.setdefault("fold_s", []).append(round(time.perf_counter() - t, 3))
+        for plan in fold.test:
+            s, pred = samples[plan.sample_id], preds[plan.sample_id]
+            for sec in plan.scored:
+                idx = s.in_sections([sec]) & s.has_label
+                # The only place hidden labels are read: as ground truth for scoring.
+                values = evaluate(pred[idx], s.labels[idx])
+                rows += metric_rows(rid, fold.fold, plan.sample_id, sec, fold.setting, values)
+            out = s.in_sections(plan.predicted)
+            blocks.append(PredictionBlock(fold.fold, plan.sample_id,
+                                          np.asarray(s.sections, dtype=object)[s.section[out]],
+                                          s.spot_ids[out], pred[out]))
+    if epoch_s:
+        timings["epoch_s_mean"] = round(float(np.mean(epoch_s)), 4)
+        timings["epochs_run"] = len(epoch_s)
+    return "done", rows, blocks, genes
+
+
+def _fit_fold(cfg: TrainConfig, fold: Any, samples: dict, tasks: dict, rid: str,
+              path: Any, ckpt: dict | None, finished: dict, rep: Any, epoch_s: list[float],
+              budget: list[int | None]) -> Any:
+    """Train (or restore) the fold's model; None when the epoch budget ran out first."""
+    from asign.train import loop
+
+    any_sample = next(iter(samples.values()))
+    model = loop.build(cfg, any_sample.spot_feat.shape[1], len(any_sample.genes), fold.fold)
+    if fold.fold in finished:
+        model.load_state_dict(finished[fold.fold])
+        return model
+    train_tasks = []
+    for plan in fold.samples:
+        s = samples[plan.sample_id]
+        if plan.role == "train_2d":
+            key = (plan.sample_id, plan.sections, "2d")
+            if key not in tasks:
+                sub = s.subset(s.in_sections(plan.sections), drop_cross=True)
+                tasks[key] = loop.make_task(sub, plan.visible, cfg.device,
+                                            name=f"{plan.sample_id}/{plan.sections[0]}")
+            train_tasks.append(tasks[key])
+        else:
+            train_tasks.append(_task(tasks, s, plan.visible, cfg))
+    resume = None
+    if ckpt is not None and ckpt.get("fold") == fold.fold and ckpt.get("state"):
+        resume = loop.FitState(**ckpt["state"])
+    def save(state: loop.FitState) -> None:
+        loop.save_checkpoint(path, {"run_id": rid, "fold": fold.fold, "state": asdict(state),
+                                    "finished": finished})
+
+    task_id = rep.task(f"{cfg.model} fold {fold.fold}", total=cfg.epochs)
+    if resume is not None:
+        rep.advance(task_id, resume.epoch)
+
+    def on_epoch(epoch: int, loss: float, seconds: float) -> None:
+        epoch_s.append(seconds)
+        rep.advance(task_id, 1, loss=f"{loss:.4f}", epoch=epoch + 1)
+
+    stop = budget[0]
+    history = loop.fit(cfg, model, train_tasks, fold.fold, resume_from=resume,
+                       on_epoch=on_epoch, save=save, stop_after=stop)
+    rep.done(task_id)
+    if stop is not None:
+        ran = len(history) - (resume.epoch if resume else 0)
+        budget[0] = stop - ran
+    if len(history) < cfg.epochs:
+        return None
+    finished[fold.fold] = loop._cpu_state(model)
+    loop.save_checkpoint(path, {"run_id": rid, "fold": None, "state": None,
+                                "finished": finished})
+    return model
+
+
+def _task(tasks: dict, s: Any, visible: tuple[str, ...], cfg: TrainConfig) -> Any:
+    from asign.train import loop
+
+    key = (s.sample_id, visible, "3d")
+    if key not in tasks:
+        tasks[key] = loop.make_task(s, visible, cfg.device)
+    return tasks[key]
+
+
+def _baseline(cfg: TrainConfig, s: Any, plan: Any) -> np.ndarray:
+    """(N, G) baseline predictions for one test sample from its known layer only."""
+    from asign.train import baselines
+    from asign.train.protocol import visible_labels
+
+    y, known = visible_labels(s.labels, s.has_label, s.section, s.section_index([plan.known]))
+    yk = y[known]
+    if cfg.model == "mean":
+        return baselines.mean_profile(yk, s.n_spots)
+    if cfg.model == "idw":
+        return baselines.idw(s.xy[known], yk, s.xy, k=cfg.idw_k, power=cfg.idw_power)
+    if cfg.model == "similarity":
+        return baselines.similarity(s.spot_feat[known], yk, s.spot_feat, k=cfg.similarity_k)
+    if cfg.model == "cli":
+        import torch
+
+        from asign.train.model import scale_edge_weights
+
+        # Same edge weighting as the model's CLI, so the two differ only in what is learned.
+        w = scale_edge_weights(torch.as_tensor(s.weight), torch.as_tensor(s.cross.astype(np.int64)))
+        return baselines.cli_alone(s.src, s.dst, w.numpy(), y, known, n_iter=cfg.cli_iters)
+    raise AssertionError(f"unhandled baseline {cfg.model}")  # MODELS and this stay in step
+
+
+def _check_device(cfg: TrainConfig) -> None:
+    from asign.errors import ConfigError
+
+    if cfg.device == "cuda" and (cfg.spec.neural or cfg.model == "cli"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda asked for, but torch sees no CUDA device",
+                              fix="use --device cpu, or install a CUDA build of torch")
+    if cfg.finetune_spot_encoder:
+        raise ConfigError("--finetune-spot-encoder is not implemented in this version: "
+                          "the model trains on the frozen spot embeddings in the store",
+                          fix="drop --finetune-spot-encoder")
+
+
+@contextlib.contextmanager
+def _deterministic(cfg: TrainConfig) -> Iterator[None]:
+    """Deterministic torch kernels for the duration of a neural run, restored after."""
+    if not (cfg.spec.neural or cfg.model == "cli"):
+        yield
+        return
+    import torch
+
+    prev, warn = (torch.are_deterministic_algorithms_enabled(),
+                  torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev, warn_only=warn)

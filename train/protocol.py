@@ -235,3 +235,18 @@ def episode(
 
 def episode_rng(seed: int, epoch: int, graph: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, graph, 0x5EED])
+
+
+def tile_targets(own_tile: np.ndarray, y: np.ndarray, visible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Region/global targets: per spot, the mean visible label of the spots whose own tile
+    (rank 0) is its own tile; mask False where that tile holds no visible spot. Only the
+    visible labels enter, so a test sample's targets come from its known layer alone."""
+    own_tile = np.asarray(own_tile, dtype=np.int64)
+    n_tiles = int(own_tile.max()) + 1 if own_tile.size else 0
+    sums = np.zeros((n_tiles, y.shape[1]), dtype=np.float64)
+    counts = np.zeros(n_tiles, dtype=np.int64)
+    np.add.at(sums, own_tile[visible], y[visible])
+    np.add.at(counts, own_tile[visible], 1)
+    c = counts[own_tile]
+    target = sums[own_tile] / np.maximum(c, 1)[:, None]
+    return target.astype(np.float32), c > 0

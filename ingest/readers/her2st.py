@@ -11,6 +11,12 @@ number is z (sectioning order). The ST platform has 100 µm spots on a 200 µm g
 not shipped, so it is estimated from the spot table: a least-squares affine fit of pixel
 position on array position gives the pixels per array step (√|det|), and 200 µm / that is
 µm/px (≈0.69 for patient C).
+
+Spots of a counted section are the rows of its counts table, in file order; each must be in
+the spot file (spot-file rows without counts are dropped). A section with an image and a
+spot file but no counts keeps the spot-file rows with ``selected == 1``; one with an image
+only has no spots and takes µm/px from its siblings. A section whose ``ST-imgs`` folder is
+absent (C1) is kept for its labels, with a warning; a folder without an image is an error.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ CountsError that names the file."""
 from __future__ import annotations
 
 import gzip
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,15 +31,6 @@ class CountsTable:
     genes: tuple[str, ...]
     matrix: sp.csr_matrix  # int32
     total: np.ndarray  # int64 per spot, over all genes
-
-    def take(self, rows: np.ndarray) -> CountsTable:
-        return CountsTable(
-            path=self.path,
-            spot_ids=tuple(self.spot_ids[i] for i in rows),
-            genes=self.genes,
-            matrix=self.matrix[rows],
-            total=self.total[rows],
-        )
 
 
 def _open_text(path: Path):
@@ -132,6 +124,80 @@ def _from_frame(df: pd.DataFrame, path: Path) -> tuple[list[str], sp.csr_matrix]
     return ids, sp.csr_matrix(values)
 
 
+_NA = ["", "NA", "NaN", "nan"]
+
+
+def _parse_block(
+    bodies: list[str], ids: list[str], sep: str, genes: list[str], path: Path
+) -> sp.csr_matrix:
+    """Parse the value fields of a block of rows as ONE column: pandas' C parser then
+    builds one array instead of one Series per gene (3x faster for 15k genes).
+    A sentinel value keeps an empty last field from being swallowed as a trailing newline."""
+    text = "\n".join(bodies).replace(sep, "\n") + "\n0"
+    col = pd.read_csv(
+        io.StringIO(text),
+        header=None,
+        names=["v"],
+        engine="c",
+        na_values=_NA,
+        keep_default_na=False,
+        skip_blank_lines=False,
+    )["v"].to_numpy()[:-1]
+    values = check_values(col.reshape(len(bodies), len(genes)), path, ids, genes)
+    return sp.csr_matrix(values)
+
+
+def _read_delimited(path: Path) -> tuple[list[str], list[str], sp.csr_matrix]:
+    names, sep = _header(path)
+    ids: list[str] = []
+    parts: list[sp.csr_matrix] = []
+    bodies: list[str] = []
+    genes: list[str] | None = None
+    try:
+        with _open_text(path) as fh:
+            fh.readline()
+            for lineno, raw in enumerate(fh, start=2):
+                line = raw.rstrip("\r\n")
+                if not line.strip():
+                    continue
+                n_fields = line.count(sep) + 1
+                if genes is None:
+                    # R's write.table omits the row-name header cell: then every header
+                    # cell is a gene.
+                    genes = names if n_fields == len(names) + 1 else names[1:]
+                    if not genes:
+                        raise CountsError(
+                            "counts table has no gene columns",
+                            path=path,
+                            fix="first column spot id, then one column per gene",
+                        )
+                    check_unique(genes, path, "gene column")
+                    block_rows = max(1, _CHUNK_VALUES // len(genes))
+                if n_fields != len(genes) + 1:
+                    raise CountsError(
+                        f"line {lineno} has {n_fields} fields but the header names {len(genes)} genes",
+                        path=path,
+                        fix="every row needs a spot id and one value per gene",
+                    )
+                sid, _, body = line.partition(sep)
+                ids.append(sid.strip().strip('"'))
+                bodies.append(body)
+                if len(bodies) == block_rows:
+                    parts.append(_parse_block(bodies, ids[-len(bodies) :], sep, genes, path))
+                    bodies = []
+    except (UnicodeDecodeError, EOFError, OSError, pd.errors.ParserError) as err:
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CountsError(
+            f"cannot read counts table ({msg})", path=path, fix="re-export the counts table"
+        ) from err
+    if genes is None:
+        genes = names[1:]
+    if bodies:
+        parts.append(_parse_block(bodies, ids[-len(bodies) :], sep, genes, path))
+    matrix = sp.vstack(parts, format="csr") if parts else sp.csr_matrix((0, len(genes)))
+    return ids, genes, matrix
+
+
 def read_counts_table(path: Path) -> CountsTable:
     """Wide table, one row per spot: first column the spot id, then one column per gene.
     Delimited text (CSV/TSV, optionally gzipped) or Parquet."""
@@ -158,49 +224,7 @@ def read_counts_table(path: Path) -> CountsTable:
         genes = [str(c) for c in df.columns[1:]]
         matrix = blocks
     else:
-        names, sep = _header(path)
-        if len(names) < 2:
-            raise CountsError(
-                "counts table has no gene columns",
-                path=path,
-                fix="first column spot id, then one column per gene (tab or comma separated)",
-            )
-        genes = names[1:]
-        check_unique(genes, path, "gene column")
-        cols = ["__spot_id__", *genes]
-        # A chunked read pays pandas' per-column cost once per chunk, so only chunk tables
-        # too large to hold densely (a gzipped "0\t" cell is far below one byte).
-        approx_values = path.stat().st_size * (8 if path.suffix == ".gz" else 0.5)
-        chunk = max(1, _CHUNK_VALUES // len(cols)) if approx_values > _CHUNK_VALUES else None
-        ids, parts = [], []
-        try:
-            reader = pd.read_csv(
-                path,
-                sep=sep,
-                header=0,
-                names=cols,
-                dtype={"__spot_id__": str},
-                engine="c",
-                chunksize=chunk,
-                na_values=["", "NA", "NaN", "nan"],
-                keep_default_na=False,
-            )
-            for df in [reader] if chunk is None else reader:
-                part_ids, part = _from_frame(df, path)
-                ids.extend(part_ids)
-                parts.append(part)
-        except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError) as err:
-            msg = str(err).splitlines()[0]
-            raise CountsError(
-                f"cannot parse counts table ({msg})",
-                path=path,
-                fix="one row per spot with the same number of columns as the header",
-            ) from err
-        matrix = (
-            sp.vstack(parts, format="csr")
-            if parts
-            else sp.csr_matrix((0, len(genes)), dtype=np.int32)
-        )
+        ids, genes, matrix = _read_delimited(path)
     if not ids:
         raise CountsError("counts table has no spots", path=path, fix="write one row per spot")
     check_unique(ids, path, "spot id")

@@ -24,7 +24,7 @@ centre to centre: one array_col step is 50 µm, one array_row step 100·√3/2 �
 affine fit of pixel position on array position, because ``spot_diameter_fullres`` is
 documented inconsistently (55 vs 65 µm); it falls back to 55 µm / spot_diameter_fullres.
 
-Only in-tissue spots are kept. Duplicate gene symbols are made unique as anndata does
+Only in-tissue spots are kept; ``array_x, array_y`` are Space Ranger's array_col, array_row. Duplicate gene symbols are made unique as anndata does
 (``NAME``, ``NAME-1``, …), and only "Gene Expression" features are kept.
 """
 

@@ -1,0 +1,246 @@
+"""Encoder throughput against this machine's own matmul peak, and end-to-end spots/s.
+
+    .venv/bin/python bench/embed.py [--batch-size 32] [--repeats 3] [--json out.json]
+
+1. Machine: CPU model, cores, torch, native bf16.
+2. Peak: best-of-N 4096² matmuls in fp32 and bf16, measured before and after the encoder
+   runs (the larger value is used, so the ratio is never flattered by a slow peak run).
+3. Encoder (resnet50-l3, --weights random: same FLOPs as ImageNet weights) at 224 px:
+   fp32, fp32 channels-last, bf16 autocast channels-last, and the production path
+   (``ingest.embed``); FLOPs per image from torch's FlopCounterMode; achieved GFLOP/s and
+   the ratio to the matching matmul peak.
+4. End to end on her2st C3: cold start (the JPEG is decoded inside the timing), a
+   224-equivalent patch per spot cropped, PNG-compressed and encoded through
+   ``embed_batches``; then the section's region and global tiles as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from asign.ingest import embed as M
+from asign.ingest import encoders as E
+from asign.ingest import images
+from asign.ingest import patches as P
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "her2st"
+HER2ST_PITCH_UM = 200.0
+
+
+def cpu_info() -> dict:
+    model, flags = platform.processor() or "unknown", set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name") and model in ("unknown", ""):
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    model = model if model not in ("", "x86_64") else "unknown"
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "native_bf16": M.cpu_has_bf16(),
+        "isa_bf16": sorted(f for f in flags if "bf16" in f or f.startswith("amx")),
+        "loadavg_1min": os.getloadavg()[0],
+    }
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 4096, repeats: int = 5) -> float:
+    """Best-of GFLOP/s of an n×n×n matmul."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=gen).to(dtype)
+    b = torch.randn(n, n, generator=gen).to(dtype)
+    torch.mm(a, b)
+    best = 0.0
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def flops_per_image(module: torch.nn.Module, px: int) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        module(torch.zeros(1, 3, px, px))
+    return int(counter.get_total_flops())
+
+
+def time_batches(fn, batch: torch.Tensor | np.ndarray, repeats: int) -> float:
+    """Best-of images/s (one warm-up call first)."""
+    fn(batch)
+    best = 0.0
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn(batch)
+        best = max(best, len(batch) / (time.perf_counter() - t))
+    return best
+
+
+def encoder_variants(enc: E.LoadedEncoder, batch_size: int, repeats: int) -> dict[str, float]:
+    import copy
+
+    rng = np.random.default_rng(0)
+    u8 = rng.integers(0, 256, (batch_size, 224, 224, 3), dtype=np.uint8)
+    x = torch.randn(batch_size, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    nchw = copy.deepcopy(enc.module).to(memory_format=torch.contiguous_format)
+    cl = enc.module
+
+    def run(module, dtype=None, channels_last=False):
+        xin = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+        def fn(_):
+            with torch.inference_mode():
+                if dtype is None:
+                    return module(xin)
+                with torch.autocast("cpu", dtype=dtype):
+                    return module(xin)
+
+        return fn
+
+    out = {
+        "fp32": time_batches(run(nchw), x, repeats),
+        "fp32_channels_last": time_batches(run(cl, channels_last=True), x, repeats),
+    }
+    if M.cpu_has_bf16():
+        out["bf16_autocast_channels_last"] = time_batches(
+            run(cl, torch.bfloat16, True), x, repeats
+        )
+    forward = M._Forward(enc, "auto")
+    out[f"production_{forward.precision}"] = time_batches(forward, u8, repeats)
+    return out
+
+
+def her2st_c3(n_spots: int | None):
+    import pandas as pd
+
+    image = next((DATA / "ST-imgs" / "C" / "C3").glob("*.jpg"))
+    spots = pd.read_csv(DATA / "ST-spotfiles" / "C3_selection.tsv", sep="\t")
+    # µm/px from the array pitch: 200 µm per array step on the legacy ST slide.
+    slope = np.polyfit(spots.x.values, spots.pixel_x.values, 1)[0]
+    um_per_px = HER2ST_PITCH_UM / abs(slope)
+    if n_spots:
+        spots = spots.head(n_spots)
+    return image, spots, um_per_px
+
+
+def end_to_end(enc: E.LoadedEncoder, batch_size: int, n_spots: int | None) -> dict:
+    image, spots, um_per_px = her2st_c3(n_spots)
+    px, py = spots.pixel_x.values, spots.pixel_y.values
+    keys = [f"C3/{x}x{y}" for x, y in zip(spots.x, spots.y, strict=True)]
+    spot_px = P.equivalent_px(224, um_per_px)
+
+    def cold():
+        images.open_slide.cache_clear()
+        P._warm_paths.clear()
+
+    def run_spots(workers: int) -> tuple[float, int]:
+        cold()
+        items = M.crop_items(image, keys, P.spot_patch_box(px, py, spot_px), spot_px, 224)
+        t = time.perf_counter()
+        nbytes = 0
+        for batch in M.embed_batches(
+            enc, items, batch_size=batch_size, workers=workers, patch_codec="png"
+        ):
+            nbytes += sum(len(b) for b in batch.patches)
+        return time.perf_counter() - t, nbytes
+
+    # Loading alone (decode + crop + PNG), sequential, to show how much the overlap hides.
+    cold()
+    t = time.perf_counter()
+    for x0, y0 in P.spot_patch_box(px, py, spot_px):
+        P.encode_patch(P.crop(image, x0, y0, spot_px, 224))
+    load_s = time.perf_counter() - t
+
+    spots_s, nbytes = run_spots(workers=1)
+
+    # The whole section: spots plus every region/global tile any spot refers to.
+    width, height = images.image_size(image)
+    tiles = []
+    for level in P.TILE_LEVELS:
+        size = P.equivalent_px(P.LEVEL_SIZES_REF[level], um_per_px)
+        bbox = P.points_bbox(px, py, size, width, height)
+        grid = P.tile_grid(width, height, size, bbox=bbox, level=level)
+        used = P.used_tiles(P.spot_to_tiles(px, py, grid))
+        ids = grid.tile_ids("C3", used)
+        tiles += M.crop_items(image, ids, grid.corners()[used], size, 224)
+    cold()
+    t = time.perf_counter()
+    spot_items = M.crop_items(image, keys, P.spot_patch_box(px, py, spot_px), spot_px, 224)
+    for _ in M.embed_batches(enc, spot_items, batch_size=batch_size, patch_codec="png"):
+        pass
+    for _ in M.embed_batches(enc, tiles, batch_size=batch_size):
+        pass
+    section_s = time.perf_counter() - t
+    n = len(keys)
+    return {
+        "section": "C3",
+        "um_per_px": round(um_per_px, 4),
+        "spot_px": spot_px,
+        "spots": n,
+        "tiles": len(tiles),
+        "load_only_s": round(load_s, 2),
+        "spots_e2e_s": round(spots_s, 2),
+        "spots_per_s": round(n / spots_s, 1),
+        "png_kib_per_patch": round(nbytes / n / 1024, 1),
+        "section_e2e_s": round(section_s, 2),
+        "section_spots_per_s": round(n / section_s, 1),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch-size", type=int, default=M.DEFAULT_BATCH_SIZE)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--spots", type=int, default=None, help="limit the end-to-end spots")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+
+    report: dict = {"machine": cpu_info()}
+    print("machine:", json.dumps(report["machine"]))
+    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+
+    enc = E.load_encoder("resnet50-l3", "random", seed=0)
+    flops = flops_per_image(enc.module, 224)
+    variants = encoder_variants(enc, args.batch_size, args.repeats)
+
+    # Peak again after the encoder: contention from other processes hits both alike.
+    peaks = {k: max(v, matmul_peak(getattr(torch, {"fp32": "float32"}.get(k, "bfloat16"))))
+             for k, v in peaks.items()}
+    report["matmul_peak_gflops"] = {k: round(v, 1) for k, v in peaks.items()}
+    print(f"matmul peak 4096²: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
+    print(f"resnet50-l3: {flops / 1e9:.2f} GFLOP per 224-px image, batch {args.batch_size}")
+    report["gflop_per_image"] = round(flops / 1e9, 3)
+    report["encoder"] = {}
+    for name, ips in variants.items():
+        peak = peaks["bf16" if "bf16" in name else "fp32"]
+        gflops = ips * flops / 1e9
+        row = {"img_per_s": round(ips, 1), "gflops": round(gflops, 1),
+               "ratio_to_peak": round(gflops / peak, 3)}
+        report["encoder"][name] = row
+        print(f"  {name:32s} {ips:6.1f} img/s  {gflops:6.1f} GFLOP/s  "
+              f"{gflops / peak:.2f} of {'bf16' if 'bf16' in name else 'fp32'} peak")
+
+    if (DATA / "ST-imgs" / "C" / "C3").is_dir():
+        e2e = end_to_end(enc, args.batch_size, args.spots)
+        report["end_to_end"] = e2e
+        print("end to end (her2st C3, cold start, PNG patches):", json.dumps(e2e))
+    report["machine"]["loadavg_1min_end"] = os.getloadavg()[0]
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,243 @@
+"""Training and inference of the neural models (asign3d, asign2d) on whole-sample graphs.
+
+One optimiser step per training graph per epoch (graphs in a seeded random order); every
+step draws a fresh episode (protocol.episode): the CLI propagates from the episode's known
+spots and the spot loss is taken on its hidden spots. Randomness is keyed by
+(seed, fold, epoch, graph), and torch is re-seeded at the start of every epoch, so a run
+resumed from its per-epoch checkpoint replays exactly the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from asign.train.config import TrainConfig
+from asign.train.data import SampleData
+from asign.train.protocol import episode, episode_rng, tile_targets, visible_labels
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class GraphTask:
+    """One graph as the loop sees it: model inputs and the labels training may use."""
+
+    name: str
+    inputs: Any  # model.GraphInputs
+    section: np.ndarray  # (N,) section index
+    visible: np.ndarray  # (N,) bool: labels training may use
+    y: Any  # (N, G) tensor: visible labels, zeros elsewhere
+    region_target: Any
+    region_mask: Any
+    global_target: Any
+    global_mask: Any
+    cache: dict[str, Any] = field(default_factory=dict)
+
+
+def make_task(sample: SampleData, visible_sections: tuple[str, ...], device: str,
+              name: str | None = None) -> GraphTask:
+    """Tensors for one graph. Labels pass through ``visible_labels`` here and nowhere else."""
+    import torch
+
+    from asign.train.model import EDGE_KINDS, GraphInputs, TokenSet
+
+    y, visible = visible_labels(sample.labels, sample.has_label, sample.section,
+                                sample.section_index(visible_sections))
+
+    def tokens(level: str) -> TokenSet:
+        return TokenSet(torch.as_tensor(sample.tile_feat[level], dtype=torch.float32),
+                        torch.as_tensor(sample.tokens[level]))
+
+    kind = np.where(sample.cross, EDGE_KINDS["cross_layer"], EDGE_KINDS["same_layer"])
+    inputs = GraphInputs(
+        spot=torch.as_tensor(sample.spot_feat, dtype=torch.float32),
+        region=tokens("region"), global_=tokens("global"),
+        src=torch.as_tensor(sample.src), dst=torch.as_tensor(sample.dst),
+        edge_weight=torch.as_tensor(sample.weight), edge_kind=torch.as_tensor(kind))
+    rt, rm = tile_targets(sample.tokens["region"][:, 0], y, visible)
+    gt, gm = tile_targets(sample.tokens["global"][:, 0], y, visible)
+    t = torch.as_tensor
+    return GraphTask(
+        name=name or sample.sample_id, inputs=inputs.to(device), section=sample.section,
+        visible=visible, y=t(y).to(device), region_target=t(rt).to(device),
+        region_mask=t(rm).to(device), global_target=t(gt).to(device),
+        global_mask=t(gm).to(device))
+
+
+def model_overrides(cfg: TrainConfig, in_dim: int, n_genes: int) -> dict[str, Any]:
+    return dict(in_dim=in_dim, n_genes=n_genes, hidden_dim=cfg.hidden, n_heads=cfg.heads,
+                dropout=cfg.dropout, engine=cfg.gnn, cli_iters=cfg.cli_iters)
+
+
+def build(cfg: TrainConfig, in_dim: int, n_genes: int, fold: int) -> Any:
+    """A freshly initialised model, seeded by (seed, fold)."""
+    import torch
+
+    from asign.train.model import build_model
+
+    torch.manual_seed(_mix(cfg.seed, fold, 0xB11D))
+    return build_model(cfg.model, **model_overrides(cfg, in_dim, n_genes)).to(cfg.device)
+
+
+def make_optimizer(cfg: TrainConfig, model: Any) -> tuple[Any, Any]:
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                              weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.scheduler == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+            opt, T_max=max(cfg.epochs, 1), eta_min=cfg.lr * cfg.lr_min_ratio)
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    return opt, sched
+
+
+@dataclass
+class FitState:
+    """What a checkpoint holds for the fold in progress."""
+
+    epoch: int
+    model: dict[str, Any]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    history: list[float]
+
+
+EpochHook = Callable[[int, float, float], None]  # (epoch, mean loss, seconds)
+SaveHook = Callable[[FitState], None]
+
+
+def fit(
+    cfg: TrainConfig,
+    model: Any,
+    tasks: list[GraphTask],
+    fold: int,
+    *,
+    resume_from: FitState | None = None,
+    on_epoch: EpochHook | None = None,
+    save: SaveHook | None = None,
+    stop_after: int | None = None,
+) -> list[float]:
+    """Train ``model`` in place; returns the mean loss per epoch. ``stop_after`` ends the
+    call after that many epochs of this call (tests use it to simulate an interruption)."""
+    import torch
+
+    from asign.train.loss import LossWeights
+
+    weights = LossWeights.preset(cfg.loss)
+    opt, sched = make_optimizer(cfg, model)
+    history: list[float] = []
+    start = 0
+    if resume_from is not None:
+        model.load_state_dict(resume_from.model)
+        opt.load_state_dict(resume_from.optimizer)
+        sched.load_state_dict(resume_from.scheduler)
+        history = list(resume_from.history)
+        start = resume_from.epoch
+    use_cli = cfg.spec.cli
+    done_here = 0
+    for epoch in range(start, cfg.epochs):
+        if stop_after is not None and done_here >= stop_after:
+            break
+        t0 = time.perf_counter()
+        torch.manual_seed(_mix(cfg.seed, fold, epoch))
+        order = episode_rng(cfg.seed, epoch, _mix(fold, 0x0DE)).permutation(len(tasks))
+        model.train()
+        losses = []
+        for gi in order:
+            task = tasks[gi]
+            if not task.visible.any():
+                continue
+            ep = episode(task.visible, task.section,
+                         episode_rng(_mix(cfg.seed, fold), epoch, int(gi)),
+                         cfg.episode_known_fraction)
+            known = torch.as_tensor(ep.known, device=task.y.device)
+            if use_cli:
+                out = model(task.inputs, task.y, known)
+                target = torch.as_tensor(ep.hidden, device=task.y.device)
+            else:
+                # Without CLI no label is an input, so every visible label is a target.
+                out = model(task.inputs)
+                target = torch.as_tensor(task.visible, device=task.y.device)
+            loss = compute_loss(out, task, target, weights)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            losses.append(float(loss.detach()))
+        sched.step()
+        mean = float(np.mean(losses)) if losses else float("nan")
+        history.append(mean)
+        done_here += 1
+        if save is not None:
+            save(FitState(epoch + 1, _cpu_state(model), opt.state_dict(), sched.state_dict(),
+                          history))
+        if on_epoch is not None:
+            on_epoch(epoch, mean, time.perf_counter() - t0)
+    return history
+
+
+def compute_loss(out: Any, task: GraphTask, spot_mask: Any, weights: Any) -> Any:
+    """The hybrid loss of one graph: spot terms on ``spot_mask``, region/global terms where
+    the spot's own tile has visible labels, consistency on every spot."""
+    from asign.train.loss import LossTargets, hybrid_loss
+
+    targets = LossTargets(spot=task.y, spot_mask=spot_mask, region=task.region_target,
+                          region_mask=task.region_mask, global_=task.global_target,
+                          global_mask=task.global_mask)
+    total, _ = hybrid_loss(out, targets, weights)
+    return total
+
+
+def predict(cfg: TrainConfig, model: Any, task: GraphTask) -> np.ndarray:
+    """(N, G) predictions on the whole graph; CLI propagates from the task's visible spots
+    (at test time: the known layer)."""
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        if cfg.spec.cli:
+            known = torch.as_tensor(task.visible, device=task.y.device)
+            out = model(task.inputs, task.y, known)
+        else:
+            out = model(task.inputs)
+    return out.spot.float().cpu().numpy()
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    import torch
+
+    from asign.store.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any] | None:
+    import torch
+
+    if not path.exists():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _cpu_state(model: Any) -> dict[str, Any]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def _mix(*parts: int) -> int:
+    """A stable 63-bit seed from integers (independent of Python's hash randomisation)."""
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts])
+               .generate_state(2, dtype=np.uint32).view(np.uint64)[0] >> np.uint64(1))
