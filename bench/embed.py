@@ -115,9 +115,7 @@ def encoder_variants(enc: E.LoadedEncoder, batch_size: int, repeats: int) -> dic
         "fp32_channels_last": time_batches(run(cl, channels_last=True), x, repeats),
     }
     if M.cpu_has_bf16():
-        out["bf16_autocast_channels_last"] = time_batches(
-            run(cl, torch.bfloat16, True), x, repeats
-        )
+        out["bf16_autocast_channels_last"] = time_batches(run(cl, torch.bfloat16, True), x, repeats)
     forward = M._Forward(enc, "auto")
     out[f"production_{forward.precision}"] = time_batches(forward, u8, repeats)
     return out
@@ -217,8 +215,10 @@ def main() -> None:
     variants = encoder_variants(enc, args.batch_size, args.repeats)
 
     # Peak again after the encoder: contention from other processes hits both alike.
-    peaks = {k: max(v, matmul_peak(getattr(torch, {"fp32": "float32"}.get(k, "bfloat16"))))
-             for k, v in peaks.items()}
+    peaks = {
+        k: max(v, matmul_peak(getattr(torch, {"fp32": "float32"}.get(k, "bfloat16"))))
+        for k, v in peaks.items()
+    }
     report["matmul_peak_gflops"] = {k: round(v, 1) for k, v in peaks.items()}
     print(f"matmul peak 4096²: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
     print(f"resnet50-l3: {flops / 1e9:.2f} GFLOP per 224-px image, batch {args.batch_size}")
@@ -227,11 +227,16 @@ def main() -> None:
     for name, ips in variants.items():
         peak = peaks["bf16" if "bf16" in name else "fp32"]
         gflops = ips * flops / 1e9
-        row = {"img_per_s": round(ips, 1), "gflops": round(gflops, 1),
-               "ratio_to_peak": round(gflops / peak, 3)}
+        row = {
+            "img_per_s": round(ips, 1),
+            "gflops": round(gflops, 1),
+            "ratio_to_peak": round(gflops / peak, 3),
+        }
         report["encoder"][name] = row
-        print(f"  {name:32s} {ips:6.1f} img/s  {gflops:6.1f} GFLOP/s  "
-              f"{gflops / peak:.2f} of {'bf16' if 'bf16' in name else 'fp32'} peak")
+        print(
+            f"  {name:32s} {ips:6.1f} img/s  {gflops:6.1f} GFLOP/s  "
+            f"{gflops / peak:.2f} of {'bf16' if 'bf16' in name else 'fp32'} peak"
+        )
 
     if (DATA / "ST-imgs" / "C" / "C3").is_dir():
         e2e = end_to_end(enc, args.batch_size, args.spots)

@@ -48,7 +48,9 @@ def cpu_has_bf16() -> bool:
     """Native bf16 matmul on this CPU (AVX512-BF16 / AMX), as oneDNN sees it."""
     import torch
 
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return bool(
+        torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
 
 
 def resolve_precision(precision: str, device: str) -> str:
@@ -203,14 +205,18 @@ def embed_batches(
 
 
 def embed_arrays(
-    encoder: LoadedEncoder, images: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE,
+    encoder: LoadedEncoder,
+    images: np.ndarray,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     precision: str = "auto",
 ) -> np.ndarray:
     """(N, H, W, 3) uint8 already at the encoder's input size → (N, dim) float16."""
     images = np.asarray(images)
     px = encoder.spec.input_px
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (px, px, 3):
-        raise ConfigError(f"images must be (N, {px}, {px}, 3) uint8, got {images.shape} {images.dtype}")
+        raise ConfigError(
+            f"images must be (N, {px}, {px}, 3) uint8, got {images.shape} {images.dtype}"
+        )
     forward = _Forward(encoder, precision)
     out = [forward(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, encoder.spec.dim), np.float16)

@@ -204,7 +204,9 @@ def load_checked(
             "e.g. torchvision's resnet50-0676ba61.pth",
         )
     if unexpected:
-        log.warning("%s: ignoring %d unexpected key(s), e.g. %s", path, len(unexpected), unexpected[:3])
+        log.warning(
+            "%s: ignoring %d unexpected key(s), e.g. %s", path, len(unexpected), unexpected[:3]
+        )
     module.load_state_dict({k: state[k] for k in wanted}, strict=False)
 
 
@@ -426,7 +428,9 @@ def load_encoder(
     module.eval().requires_grad_(False)
     module = module.to(device=device, memory_format=torch.channels_last)
     if source.kind == "random":
-        log.warning("encoder %s uses RANDOM weights (seed %d): features are meaningless", name, seed)
+        log.warning(
+            "encoder %s uses RANDOM weights (seed %d): features are meaningless", name, seed
+        )
     info = {
         "encoder": spec.name,
         "dim": spec.dim,
