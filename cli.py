@@ -227,6 +227,28 @@ def _cell(value: Any) -> str:
 
 
 @app.command()
+def check(store: StoreOpt, as_json: JsonOpt = False) -> None:
+    """Verify a store: manifest and input hashes, schema versions, LMDB entries against the
+    tables, edge endpoints. Exits 1 with the full list of problems."""
+    from asign.errors import AsignError
+    from asign.store import open_store
+    from asign.store.check import check_store
+
+    try:
+        problems = check_store(open_store(store))
+    except AsignError as err:
+        raise _fail(err) from None
+    if as_json:
+        _emit_json({"store": str(store), "ok": not problems, "problems": problems})
+    else:
+        for p in problems:
+            typer.echo(f"problem: {p}", err=True)
+        typer.echo(f"{store}: {'ok' if not problems else f'{len(problems)} problem(s)'}")
+    if problems:
+        raise typer.Exit(1)
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Folder for the synthetic sample and its store.")] = Path("asign-demo"),
     layers: Annotated[int, typer.Option("--layers", help="Number of synthetic sections.")] = 4,

@@ -164,10 +164,11 @@ def cross_layer_edges(
     in both modes: they carry no affinity and label propagation needs a_ij ≥ 0. Ties in
     weight go to the lower src index.
 
-    ``features`` is (N, D) of any float dtype and may be an ``np.memmap``: it is read in
-    spatially compact blocks of about ``chunk`` spots, each feature row is cast to float32
-    about once, and pages of a read-only memmap are released after each block, so extra
-    memory is O(chunk·D + N·top_k) rather than O(N·D).
+    ``features`` is (N, D) of any float dtype and may be an ``np.memmap``. Queries run in
+    spatially compact blocks of ``chunk`` spots (a Z-order walk over all layers), so each
+    feature row is read and cast to float32 about once; a read-only memmap's pages are
+    released after every few MiB read. Extra memory is O(chunk·D + N·top_k), not O(N·D):
+    the default block is 16384 × D float32 (64 MiB at D = 1024).
     """
     xy, lay = _check_points(xy_um, layer)
     n = xy.shape[0]
@@ -182,8 +183,7 @@ def cross_layer_edges(
         features = np.asarray(features)
     if features.ndim != 2 or features.shape[0] != n:
         raise InputError(
-            f"features must be an (N, D) array with N = {n} spots, got shape "
-            f"{getattr(features, 'shape', None)}",
+            f"features must be an (N, D) array with N = {n} spots, got shape {features.shape}",
             fix="pass one feature row per spot, in spot order",
         )
     radius_search = (

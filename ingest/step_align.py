@@ -75,9 +75,12 @@ def run_align(store: Store, cfg: IngestConfig, sample_id: str, rep: Reporter) ->
     out = pd.concat([spots, virtual], ignore_index=True) if len(virtual) else spots
     store.write("spots", {c: out[c].tolist() for c in out.columns}, key=sample_id)
     store.write("transforms", _transform_rows(sample_id, transforms), key=sample_id)
+    for sid, thumb in thumbs.items():
+        store.write_qc_png(store.layout.thumbnail(sid), thumb)
     if len(thumbs) > 1:
         store.write_qc_png(store.layout.alignment_png(sample_id), align.render_overlay(thumbs, ds, transforms, um))
     return {"n_virtual": int(len(virtual)), "reference": transforms[0].reference_id,
+            "thumb_downsample": ds,
             "qc": {t.section_id: _qc_dict(t) for t in transforms if t.qc is not None}}
 
 

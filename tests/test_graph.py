@@ -184,6 +184,14 @@ def test_deterministic_and_order_invariant(tmp_path):
     assert np.allclose(from_memmap.weight, first.weight, atol=2e-3)  # float16 rounding
 
 
+def test_single_layer_has_no_cross_edges():
+    xy, _, feats = random_stack(40, 1, 300.0, 4, seed=8)
+    layer = np.zeros(len(xy), dtype=np.int64)
+    g = build_graph(xy, layer, feats, radius_um=50.0, k_same=5)
+    assert len(g) == 5 * len(xy) and (g.kind == SAME_LAYER).all()
+    assert len(cross_layer_edges(xy, layer, feats, 50.0, combine="sum")) == 0
+
+
 def test_invalid_inputs_raise_typed_errors():
     xy, layer, feats = random_stack(10, 2, 100.0, 4, seed=6)
     bad = xy.copy()

@@ -89,17 +89,19 @@ def propagate(src: Tensor, dst: Tensor, a: Tensor, w: Tensor, y: Tensor, known_m
     s = _csr(dst, src, a, n)    # s[i, j] = a_ji: row i gathers over in-edges
     s_t = _csr(src, dst, a, n)
     w = w.reshape(n, 1).to(y.dtype)
-    y_known = torch.where(known[:, None], y, torch.zeros((), dtype=y.dtype))
+    known_col = known[:, None]
+    y_known = torch.where(known_col, y, torch.zeros((), dtype=y.dtype))
+    one = torch.ones((), dtype=y.dtype)
     cur, reached = y_known, known
     for _ in range(n_iter):
         ww = w * reached.to(y.dtype)[:, None]            # unreached neighbours carry no mass
-        sums = _SpMM.apply(s, s_t, torch.cat([ww * cur, ww], dim=1))
-        num, den = sums[:, :-1], sums[:, -1:]
-        got = den[:, 0] > 0
-        # den is replaced where 0 so that no 0/0 enters the graph (it would poison gradients)
-        new = num / torch.where(got[:, None], den, torch.ones((), dtype=y.dtype))
-        cur = torch.where(known[:, None], y_known, torch.where(got[:, None], new, 0.0))
-        reached = known | got
+        num = _SpMM.apply(s, s_t, ww * cur)
+        den = _SpMM.apply(s, s_t, ww)
+        got = den > 0
+        # num is 0 wherever den is; den is replaced there so that no 0/0 enters the graph
+        # (it would poison the gradients even where masked out)
+        cur = torch.where(known_col, y_known, num / torch.where(got, den, one))
+        reached = known | got[:, 0]
     return cur, reached
 
 

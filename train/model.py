@@ -22,6 +22,7 @@ Data flow, with h = ``hidden_dim``:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -228,21 +229,47 @@ def _projection(d: int, h: int, dropout: float) -> nn.Sequential:
 
 
 class CrossAttentionFusion(nn.Module):
-    """Spot query attends over its (masked) token set; residual to the spot token."""
+    """Multi-head attention of the spot token (query) over its tile token set, with a residual.
+
+    Keys and values are projected once per *tile* and then gathered per spot: the same
+    result as projecting the gathered (N, R, h) tokens, at a fraction of the cost, since a
+    tile is shared by many spots. Token 0 (the spot's own tile) gets learned key/value
+    offsets so attention can tell it from the neighbours. Padding (index −1) is masked out.
+    """
 
     def __init__(self, h: int, heads: int, dropout: float):
         super().__init__()
-        self.own = nn.Parameter(torch.zeros(h))  # marks token 0, the spot's own tile
-        self.attn = nn.MultiheadAttention(h, heads, dropout=dropout, batch_first=True)
+        self.heads = heads
+        self.q, self.k, self.v, self.out = (nn.Linear(h, h) for _ in range(4))
+        self.own_k = nn.Parameter(torch.zeros(h))
+        self.own_v = nn.Parameter(torch.zeros(h))
+        self.attn_drop = nn.Dropout(dropout)
         self.drop = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(h)
 
+    def _per_head(self, table: Tensor, index: Tensor) -> Tensor:
+        """Tile rows (T, h) → per-spot tokens (H·N, R, dh), gathered straight into bmm layout."""
+        t, h = table.shape
+        by_head = table.view(t, self.heads, h // self.heads).transpose(0, 1)   # (H, T, dh)
+        return by_head[:, index.clamp(min=0)].flatten(0, 1)                   # (H·N, R, dh)
+
     def forward(self, query: Tensor, tile_h: Tensor, index: Tensor) -> Tensor:
-        tokens = tile_h[index.clamp(min=0)]                  # (N, R, h)
-        tokens = torch.cat([tokens[:, :1] + self.own, tokens[:, 1:]], dim=1)
-        fused, _ = self.attn(query.unsqueeze(1), tokens, tokens,
-                             key_padding_mask=index < 0, need_weights=False)
-        return self.norm(query + self.drop(fused.squeeze(1)))
+        n, h = query.shape
+        r, heads = index.shape[1], self.heads
+        dh = h // heads
+        q = self.q(query).view(n, heads, dh).transpose(0, 1)                  # (H, N, dh)
+        k = self._per_head(self.k(tile_h), index)
+        v = self._per_head(self.v(tile_h), index)
+        scores = torch.bmm(k, q.reshape(heads * n, dh, 1)).view(heads, n, r)
+        # own-tile key offset: <q, k_0 + own_k> = <q, k_0> + <q, own_k>
+        own = (q * self.own_k.view(heads, 1, dh)).sum(-1)                      # (H, N)
+        scores = torch.cat([scores[..., :1] + own.unsqueeze(-1), scores[..., 1:]], dim=-1)
+        scores = scores.masked_fill((index < 0).unsqueeze(0), float("-inf")) / math.sqrt(dh)
+        attn = self.attn_drop(torch.softmax(scores, dim=-1))                   # (H, N, R)
+        fused = torch.bmm(attn.view(heads * n, 1, r), v).view(heads, n, dh)
+        fused = fused + attn[..., :1] * self.own_v.view(heads, 1, dh)          # own value offset
+        fused = fused.transpose(0, 1).reshape(n, h)
+        return self.norm(query + self.drop(self.out(fused)))
 
 
 class MSAGNet(nn.Module):

@@ -1,0 +1,241 @@
+"""Training speed of the neural models: seconds per epoch, peak memory, achieved FLOP rate.
+
+    .venv/bin/python bench/train.py [--store DIR [--sample C]] [--epochs 3] [--json out.json]
+
+1. Machine: CPU, cores, torch threads, load average.
+2. Peak: best-of-N 4096² fp32 matmuls, measured before and after the runs (the larger is
+   used, so the ratio is never flattered by a slow peak run).
+3. Scenarios, each in its own spawned process so its peak RSS is its own:
+   (a) a real store sample (``--store``): the whole-sample graph as ``asign train`` builds
+       it, known layer = first labelled section (the her2st C setting);
+   (b) a synthetic 14k-spot, 6-layer sample built directly as arrays: D = 1024, G = 250,
+       9 region + 9 global tokens per spot, 12 same-layer + 8 cross-layer in-edges per spot.
+   For asign3d and asign2d: one warm-up epoch (it builds the DGL graph), then ``--epochs``
+   timed epochs of one training step on the whole graph (forward + backward + SGD).
+4. FLOPs per step: torch's FlopCounterMode over one forward+backward (dense ops), plus an
+   analytic estimate for the sparse parts it cannot see (GAT message passing ≈ 6·E·h per
+   layer forward+backward, propagation ≈ 3·2·E·(G+1) per iteration). A rough estimate,
+   stated as such; the ratio to the matmul peak says how far from dense-matmul speed
+   the epoch runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def cpu_info() -> dict[str, Any]:
+    import torch
+
+    model = platform.processor() or "unknown"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem = None
+    meminfo = Path("/proc/meminfo")
+    if meminfo.exists():
+        first = meminfo.read_text().splitlines()[0].split()
+        mem = round(int(first[1]) / 2**20, 1)
+    return {"cpu": model, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "ram_gib": mem, "loadavg_1min": os.getloadavg()[0],
+            "cuda": torch.cuda.is_available()}
+
+
+def matmul_peak(n: int = 4096, repeats: int = 5) -> float:
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
+    torch.mm(a, b)
+    best = 0.0
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def synthetic_sample(n_layers: int = 6, side: int = 49, dim: int = 1024, n_genes: int = 250,
+                     k_same: int = 12, k_cross: int = 8, seed: int = 0) -> Any:
+    """A Visium-like block: a side×side grid (100 µm pitch) per layer, ~side²·layers spots."""
+    from scipy.spatial import cKDTree
+
+    from asign.train.data import SampleData
+
+    rng = np.random.default_rng(seed)
+    gx, gy = np.meshgrid(np.arange(side), np.arange(side))
+    base = np.stack([gx.ravel(), gy.ravel()], 1) * 100.0
+    per = len(base)
+    n = per * n_layers
+    xy = np.concatenate([base + rng.normal(scale=10, size=base.shape) for _ in range(n_layers)])
+    section = np.repeat(np.arange(n_layers, dtype=np.int32), per)
+    src, dst, cross = [], [], []
+    for z in range(n_layers):
+        idx = np.flatnonzero(section == z)
+        _, nb = cKDTree(xy[idx]).query(xy[idx], k=k_same + 1)
+        src.append(idx[nb[:, 1:]].ravel())
+        dst.append(np.repeat(idx, k_same))
+        cross.append(np.zeros(idx.size * k_same, bool))
+        others = [o for o in (z - 1, z + 1) if 0 <= o < n_layers]
+        for o in others:  # k_cross in-edges split over the neighbouring layers
+            k = k_cross // len(others)
+            oidx = np.flatnonzero(section == o)
+            _, nb = cKDTree(xy[oidx]).query(xy[idx], k=k)
+            src.append(oidx[nb.reshape(-1, k)].ravel())
+            dst.append(np.repeat(idx, k))
+            cross.append(np.ones(idx.size * k, bool))
+    src_a, dst_a, cross_a = np.concatenate(src), np.concatenate(dst), np.concatenate(cross)
+    weight = np.where(cross_a, rng.uniform(0.1, 1.0, src_a.size),
+                      1.0 / np.linalg.norm(xy[src_a] - xy[dst_a], axis=1)).astype(np.float32)
+    tokens, feats = {}, {}
+    for level, size in (("region", 256.0), ("global", 512.0)):
+        cols = int(np.ceil(side * 100 / size)) + 1
+        col = np.floor(xy[:, 0] / size).astype(int).clip(0, cols - 1)
+        row = np.floor(xy[:, 1] / size).astype(int).clip(0, cols - 1)
+        own = section.astype(np.int64) * cols * cols + row * cols + col
+        tok = [own]
+        for dr in (-1, 0, 1):
+            for dc in (-1, 0, 1):
+                if dr or dc:
+                    r, c = row + dr, col + dc
+                    ok = (r >= 0) & (r < cols) & (c >= 0) & (c < cols)
+                    tok.append(np.where(ok, section.astype(np.int64) * cols * cols + r * cols + c, -1))
+        tokens[level] = np.stack(tok, 1)
+        feats[level] = rng.normal(size=(n_layers * cols * cols, dim)).astype(np.float16)
+    sections = tuple(f"L{z + 1}" for z in range(n_layers))
+    return SampleData(
+        sample_id="synthetic", genes=tuple(f"G{i}" for i in range(n_genes)), sections=sections,
+        section_z=np.arange(1, n_layers + 1), spot_ids=np.array([f"s{i}" for i in range(n)], object),
+        section=section, xy=xy, is_virtual=np.zeros(n, bool), has_label=np.ones(n, bool),
+        labels=rng.normal(size=(n, n_genes)).astype(np.float32),
+        spot_feat=rng.normal(size=(n, dim)).astype(np.float16), tokens=tokens, tile_feat=feats,
+        src=src_a, dst=dst_a, weight=weight, cross=cross_a)
+
+
+def _rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _scenario(kind: str, store: str | None, sample_id: str | None, model: str, epochs: int,
+              hidden: int, threads: int | None) -> dict[str, Any]:
+    """Runs in a fresh process: build the graph task, time epochs, count FLOPs."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from asign.train import loop
+    from asign.train.config import TrainConfig
+
+    rss0 = _rss_mib()
+    if kind == "store":
+        from asign.store import open_store
+        from asign.train.data import load_sample
+
+        st = open_store(Path(store))
+        s = load_sample(st, sample_id)
+        labelled = [sec for i, sec in enumerate(s.sections) if s.has_label[s.section == i].any()]
+        visible = (labelled[0],)
+        root = Path(store)
+    else:
+        s = synthetic_sample()
+        visible = (s.sections[0],)
+        root = Path(".")
+    cfg = TrainConfig(store=root, model=model, epochs=epochs + 1, hidden=hidden)
+    task = loop.make_task(s, visible, "cpu")
+    rss_data = _rss_mib()
+    net = loop.build(cfg, s.spot_feat.shape[1], len(s.genes), 0)
+    times: list[float] = []
+    loop.fit(cfg, net, [task], 0, on_epoch=lambda e, loss, sec: times.append(sec))
+
+    # FLOPs of one step (dense part), the same episode shape as training
+    ep_known = torch.as_tensor(task.visible & (np.random.default_rng(0).random(s.n_spots) < 0.2))
+    net.train()
+    with FlopCounterMode(display=False) as counter:
+        out = net(task.inputs, task.y, ep_known) if cfg.spec.cli else net(task.inputs)
+        (out.spot.square().mean() + out.region.mean() + out.global_.mean()).backward()
+    dense = counter.get_total_flops()
+    e_used = int(len(s.src) if cfg.spec.cross_layer else (~s.cross).sum())
+    g = len(s.genes)
+    sparse = 3 * 6 * e_used * hidden + (cfg.cli_iters * 3 * 2 * e_used * (g + 1) if cfg.spec.cli else 0)
+    return {
+        "scenario": kind if kind == "synthetic" else f"store:{sample_id}", "model": model,
+        "spots": s.n_spots, "edges": e_used, "layers": len(s.sections),
+        "dim": int(s.spot_feat.shape[1]), "genes": g, "hidden": hidden,
+        "first_epoch_s": round(times[0], 3), "epoch_s": round(float(np.median(times[1:])), 3),
+        "epoch_s_all": [round(t, 3) for t in times],
+        "gflop_per_epoch_dense": round(dense / 1e9, 2),
+        "gflop_per_epoch_sparse_est": round(sparse / 1e9, 2),
+        "rss_after_import_mib": round(rss0, 0), "rss_after_data_mib": round(rss_data, 0),
+        "peak_rss_mib": round(_rss_mib(), 0),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--store", type=str, default=None, help="a store to time (scenario a)")
+    ap.add_argument("--sample", type=str, default=None, help="sample of --store (default: first)")
+    ap.add_argument("--epochs", type=int, default=3, help="timed epochs after one warm-up")
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--models", default="asign3d,asign2d")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--no-synthetic", action="store_true")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+
+    report: dict[str, Any] = {"machine": cpu_info()}
+    print("machine:", json.dumps(report["machine"]))
+    peak = matmul_peak()
+    jobs = []
+    if args.store:
+        sample = args.sample
+        if sample is None:
+            from asign.store import open_store
+
+            sample = sorted(open_store(Path(args.store)).read("sections")
+                            .column("sample_id").to_pylist())[0]
+        jobs += [("store", args.store, sample, m) for m in args.models.split(",")]
+    if not args.no_synthetic:
+        jobs += [("synthetic", None, None, m) for m in args.models.split(",")]
+    ctx = mp.get_context("spawn")
+    rows = []
+    for kind, store, sample, model in jobs:
+        with ctx.Pool(1) as pool:
+            row = pool.apply(_scenario, (kind, store, sample, model, args.epochs, args.hidden,
+                                         args.threads))
+        rows.append(row)
+    peak = max(peak, matmul_peak())
+    report["matmul_peak_fp32_gflops"] = round(peak, 1)
+    print(f"matmul peak 4096² fp32: {peak:.0f} GFLOP/s")
+    for row in rows:
+        gflop = row["gflop_per_epoch_dense"] + row["gflop_per_epoch_sparse_est"]
+        row["achieved_gflops_est"] = round(gflop / row["epoch_s"], 1)
+        row["fraction_of_peak_est"] = round(gflop / row["epoch_s"] / peak, 3)
+        print(f"  {row['scenario']:>12s} {row['model']:8s} {row['spots']:6d} spots "
+              f"{row['edges']:7d} edges: {row['epoch_s']:7.3f} s/epoch "
+              f"(first {row['first_epoch_s']:.2f} s), ~{gflop:.1f} GFLOP/epoch → "
+              f"~{row['achieved_gflops_est']:.1f} GFLOP/s = {row['fraction_of_peak_est']:.1%} "
+              f"of peak; peak RSS {row['peak_rss_mib']:.0f} MiB "
+              f"(data {row['rss_after_data_mib']:.0f} MiB)")
+    report["runs"] = rows
+    report["machine"]["loadavg_1min_end"] = os.getloadavg()[0]
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
