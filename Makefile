@@ -20,6 +20,7 @@ demo: $(STAMP)
 	$(BIN)/asign demo --out asign-demo
 
 test: $(STAMP)
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium unavailable: the report screenshot test will be skipped"
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -m "not slow"; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$rc
 

@@ -249,6 +249,51 @@ def check(store: StoreOpt, as_json: JsonOpt = False) -> None:
 
 
 @app.command()
+def report(
+    store: StoreOpt,
+    run: Annotated[str, typer.Option("--run", "-r", help="Run name to report on.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (report.html + PNGs).")],
+    genes: Annotated[str | None, typer.Option("--genes", help="Genes to map, comma-separated (default: ERBB2, MDK + best/worst predicted).")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Run drawn on the maps (default: asign3d if present).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Spatial maps, metrics beside the mean baseline, 3D view: one self-contained report.html."""
+    from asign.errors import AsignError
+    from asign.report.cli_commands import report_command
+
+    try:
+        summary = report_command(store, run, out, genes=genes, model=model)
+    except AsignError as err:
+        raise _fail(err) from None
+    if as_json:
+        _emit_json(summary)
+    else:
+        typer.echo(summary["report"])
+
+
+@app.command()
+def export(
+    store: StoreOpt,
+    run: Annotated[str, typer.Option("--run", "-r", help="Run name to export.")],
+    h5ad: Annotated[Path, typer.Option("--h5ad", help="Output .h5ad file.")],
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Run exported (default: asign3d if present).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write the imputed volume as AnnData (.h5ad), scanpy/squidpy-ready."""
+    from asign.errors import AsignError
+    from asign.report.cli_commands import export_command
+
+    try:
+        summary = export_command(store, run, h5ad, model=model)
+    except AsignError as err:
+        raise _fail(err) from None
+    if as_json:
+        _emit_json(summary)
+    else:
+        typer.echo(summary["h5ad"])
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Folder for the synthetic sample and its store.")] = Path("asign-demo"),
     layers: Annotated[int, typer.Option("--layers", help="Number of synthetic sections.")] = 4,

@@ -400,6 +400,8 @@ class LoadedEncoder:
     weights: WeightsSource
     device: str
     info: dict[str, Any]
+    # Inference-optimised copies of ``module`` (built by ingest.embed), reused across calls.
+    compiled: dict[Any, Any] = field(default_factory=dict, repr=False)
 
 
 def load_encoder(

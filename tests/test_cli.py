@@ -16,7 +16,7 @@ from asign.store import open_store
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("cmd", [[], ["ingest"], ["train"], ["query"], ["demo"], ["doctor"]])
+@pytest.mark.parametrize("cmd", [[], ["ingest"], ["train"], ["query"], ["report"], ["export"], ["check"], ["demo"], ["doctor"]])
 def test_help_everywhere(cmd):
     result = runner.invoke(app, [*cmd, "--help"])
     assert result.exit_code == 0, result.output

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from asign.errors import AsignError
-from asign.train.cli_block import CLIBlock, propagate
+from asign.train.cli_block import CLIBlock, PropagationOperator, propagate
+from asign.train.gnn import EdgeGraph
 
 
 def _chain(n: int, seed: int = 0):
@@ -88,6 +89,11 @@ def test_ten_steps_match_explicit_iteration():
     )
     np.testing.assert_array_equal(got_reached.numpy(), reached)
     np.testing.assert_allclose(out.numpy(), cur, atol=1e-10)
+    # a prebuilt operator gives the same result; src/dst/a are then not read
+    op = PropagationOperator.build(src, dst, a.double(), n)
+    again, _ = propagate(src[:0], dst[:0], a[:0], torch.from_numpy(w), torch.from_numpy(y),
+                         torch.from_numpy(known), n_iter=10, operator=op)
+    torch.testing.assert_close(again, out)
     assert not reached.all()  # the chain is longer than 10 hops from the known spots
 
 
@@ -152,7 +158,7 @@ def test_cli_block_blends_and_has_gradients(per_node_gate):
     known = torch.zeros(n, dtype=torch.bool)
     known[:2] = True
     block = CLIBlock(f, g, hidden=16, per_node_gate=per_node_gate)
-    out = block(feats, y_model, y_true, known, src, dst, a)
+    out = block(feats, y_model, y_true, known, EdgeGraph(src, dst, a, n))
 
     assert out.gate.shape == ((n, g) if per_node_gate else (g,))
     hidden_reached = out.reached & ~known

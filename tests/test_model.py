@@ -205,3 +205,16 @@ def test_invalid_inputs_and_configs():
         model_config("asign4d")
     with pytest.raises(ConfigError, match="unknown model options"):
         model_config("asign3d", hiden_dim=8)
+
+
+def test_runs_under_bfloat16_autocast():
+    """GAT and propagation drop to float32 inside; the rest may run in bfloat16."""
+    inputs = _inputs()
+    model = _eval_model("asign3d")
+    known = torch.arange(30) < 8
+    y = torch.randn(30, G)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(inputs, y, known)
+    assert torch.isfinite(out.spot.float()).all()
+    ref = model(inputs, y, known)
+    torch.testing.assert_close(out.spot.float(), ref.spot, atol=0.1, rtol=0.1)

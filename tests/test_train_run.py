@@ -15,7 +15,7 @@ from asign.train import MODELS, TrainConfig, run
 
 pytest.importorskip("torch")
 
-SMALL = dict(epochs=3, hidden=16, heads=2)
+SMALL = dict(epochs=3, hidden=16, heads=2, threads=1)
 
 
 def _cfg(store, model, **kw) -> TrainConfig:
@@ -43,7 +43,10 @@ def test_every_model_writes_runs_metrics_predictions(toy_store):
     for r in runs:
         assert r["status"] == "done" and r["setting"] == "within_sample" and r["seed"] == 0
         assert r["asign_version"] and r["store_hash"] and r["seconds"] > 0
-        assert json.loads(r["config"])["model"] == r["model"]
+        config = json.loads(r["config"])
+        assert config["model"] == r["model"] and config["timings"]["total_s"] > 0
+        roles = {(p["sample_id"], p["role"]) for p in config["plan"]["0"]}
+        assert roles == {("S1", "test"), ("B", "train_2d")}
     preds = store.query("SELECT run_id, section_id, count(*) AS n FROM predictions "
                         "GROUP BY ALL").to_pylist()
     assert {p["section_id"] for p in preds} == {"S1_L2", "S1_L3", "S1_L4", "S1_L5"}

@@ -42,7 +42,7 @@ def run(cfg: TrainConfig, *, reporter: Any = None, max_epochs: int | None = None
     validate(cfg)
     _check_device(cfg)
     store = open_store(cfg.store)
-    created = dt.datetime.now(dt.timezone.utc)
+    created = dt.datetime.now(dt.UTC)
     t0 = time.perf_counter()
     infos = [SectionInfo(str(r["sample_id"]), str(r["section_id"]), int(r["z"]),
                          bool(r["has_counts"]), bool(r["has_image"]))
@@ -62,8 +62,11 @@ def run(cfg: TrainConfig, *, reporter: Any = None, max_epochs: int | None = None
     rid = res.run_id(cfg, store_fp)
     commit = res.git_commit()
     timings: dict[str, Any] = {}
-    row = dict(store_fp=store_fp, commit=commit, created_at=created, timings=timings)
+    row = dict(store_fp=store_fp, commit=commit, created_at=created, timings=timings,
+               plan=res.plan_summary(folds))
     res.write_run_row(store, rid, cfg, status="running", seconds=None, **row)
+    for name in ("metrics", "predictions"):  # results of an earlier run of this id are stale
+        store.remove(name, rid)
     log.info("run %s: %s, %s, %d fold(s)", rid, cfg.model, cfg.setting, len(folds))
     status = "failed"
     try:
@@ -76,7 +79,7 @@ def run(cfg: TrainConfig, *, reporter: Any = None, max_epochs: int | None = None
             if cfg.save_predictions:
                 res.write_predictions(store, rid, genes, blocks)
         else:
-            table = res.write_metrics(store, rid, [])
+            table = res.write_metrics(store, rid, [])  # interrupted: no scores yet
     except KeyboardInterrupt:
         status = "interrupted"
         raise
@@ -249,22 +252,31 @@ def _check_device(cfg: TrainConfig) -> None:
 
 @contextlib.contextmanager
 def _deterministic(cfg: TrainConfig) -> Iterator[None]:
-    """Deterministic kernels for a CUDA run, restored afterwards. On a CPU the kernels asign
-    uses (dense ops, DGL's CSR SpMM, torch sparse CSR) are already deterministic for a fixed
-    thread count — test_train_run checks identical metrics across runs — and switching the
-    flag on costs a ~5 s import of torch._inductor, so it is left alone there."""
-    if cfg.device != "cuda":
+    """Torch threads as configured, and deterministic kernels on CUDA; both restored after.
+
+    On a CPU the kernels asign uses (dense ops, DGL's CSR SpMM, torch sparse CSR) are
+    already deterministic for a fixed thread count (test_train_run checks identical metrics
+    across runs), and switching the flag on costs a ~5 s import of torch._inductor, so it
+    is left alone there."""
+    if not (cfg.spec.neural or cfg.model == "cli"):
         yield
         return
-    import os
-
     import torch
 
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    prev, warn = (torch.are_deterministic_algorithms_enabled(),
-                  torch.is_deterministic_algorithms_warn_only_enabled())
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    threads = torch.get_num_threads()
+    cuda = cfg.device == "cuda"
+    prev = (torch.are_deterministic_algorithms_enabled(),
+            torch.is_deterministic_algorithms_warn_only_enabled())
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cuda:
+        import os
+
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(prev, warn_only=warn)
+        if cuda:
+            torch.use_deterministic_algorithms(prev[0], warn_only=prev[1])
+        torch.set_num_threads(threads)

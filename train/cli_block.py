@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from asign.errors import AsignError
+from asign.train.gnn import EdgeGraph
 
 
 class _SpMM(torch.autograd.Function):
@@ -56,8 +57,36 @@ def _csr(rows: Tensor, cols: Tensor, values: Tensor, n: int) -> Tensor:
         return coo.coalesce().to_sparse_csr()
 
 
+@dataclass(frozen=True)
+class PropagationOperator:
+    """The sparse in-edge matrix S (S[i, j] = a_ji) and its transpose, built once per graph.
+
+    Building sorts the edges (O(E log E)); reuse one operator for every step on a graph.
+    """
+
+    s: Tensor
+    s_t: Tensor
+
+    @classmethod
+    def build(cls, src: Tensor, dst: Tensor, a: Tensor, n: int) -> PropagationOperator:
+        if a.numel() and bool((a < 0).any()):
+            raise AsignError("propagate: negative edge weights",
+                             fix="edge weights must be ≥ 0 (IoU × cosine, 1/distance)")
+        a = a.detach()
+        return cls(_csr(dst, src, a, n), _csr(src, dst, a, n))
+
+    @classmethod
+    def of(cls, graph: EdgeGraph) -> PropagationOperator:
+        """The operator of ``graph`` (edge weights as a), cached on the graph."""
+        if "propagation" not in graph._cache:
+            graph._cache["propagation"] = cls.build(graph.src, graph.dst, graph.weight,
+                                                    graph.num_nodes)
+        return graph._cache["propagation"]
+
+
 def propagate(src: Tensor, dst: Tensor, a: Tensor, w: Tensor, y: Tensor, known_mask: Tensor,
-              n_iter: int = 10) -> tuple[Tensor, Tensor]:
+              n_iter: int = 10, *,
+              operator: PropagationOperator | None = None) -> tuple[Tensor, Tensor]:
     """Weighted label propagation from known spots (see the module docstring).
 
     Args:
@@ -67,6 +96,8 @@ def propagate(src: Tensor, dst: Tensor, a: Tensor, w: Tensor, y: Tensor, known_m
         y: (N, G) labels; only rows where ``known_mask`` is True are read.
         known_mask: (N,) bool.
         n_iter: number of propagation steps.
+        operator: a prebuilt :class:`PropagationOperator` of (src, dst, a), to skip building
+            it; src, dst and a are then not read.
 
     Returns:
         ``(y_prop, reached)``: (N, G) values — known rows are their labels, unreached rows 0 —
@@ -81,14 +112,16 @@ def propagate(src: Tensor, dst: Tensor, a: Tensor, w: Tensor, y: Tensor, known_m
             f"w {tuple(w.shape)} do not describe the same {n} nodes",
             fix="pass y as (N, G), known_mask as (N,), w as (N,)",
         )
-    if a.numel() and bool((a < 0).any()):
-        raise AsignError("propagate: negative edge weights",
-                         fix="edge weights must be ≥ 0 (IoU × cosine, 1/distance)")
-    known = known_mask.to(torch.bool)
-    a = a.detach().to(y.dtype)
-    s = _csr(dst, src, a, n)    # s[i, j] = a_ji: row i gathers over in-edges
-    s_t = _csr(src, dst, a, n)
-    w = w.reshape(n, 1).to(y.dtype)
+    op = operator if operator is not None else PropagationOperator.build(src, dst, a, n)
+    # float32 at least, also under autocast: the sparse kernels have no bfloat16 version
+    dtype = y.dtype if y.dtype in (torch.float32, torch.float64) else torch.float32
+    with torch.autocast(y.device.type, enabled=False):
+        return _iterate(op.s.to(dtype), op.s_t.to(dtype), w.reshape(n, 1).to(dtype),
+                        y.to(dtype), known_mask.to(torch.bool), n_iter)
+
+
+def _iterate(s: Tensor, s_t: Tensor, w: Tensor, y: Tensor, known: Tensor,
+             n_iter: int) -> tuple[Tensor, Tensor]:
     known_col = known[:, None]
     y_known = torch.where(known_col, y, torch.zeros((), dtype=y.dtype))
     one = torch.ones((), dtype=y.dtype)
@@ -140,10 +173,14 @@ class CLIBlock(nn.Module):
                                        nn.Linear(hidden, 1)) if per_node_gate else None)
 
     def forward(self, node_features: Tensor, y_model: Tensor, y_known: Tensor,
-                known_mask: Tensor, src: Tensor, dst: Tensor, edge_weight: Tensor) -> CLIOutput:
-        """Blend propagated labels into ``y_model`` ((N, G)); ``y_known`` is read on known rows."""
+                known_mask: Tensor, graph: EdgeGraph) -> CLIOutput:
+        """Blend propagated labels into ``y_model`` ((N, G)); ``y_known`` is read on known rows.
+
+        ``graph``'s edge weights are the a of the propagation (its operator is cached on it).
+        """
         w = F.softplus(self.weight_mlp(node_features)).squeeze(-1) + self.eps
-        y_prop, reached = propagate(src, dst, edge_weight, w, y_known, known_mask, self.n_iter)
+        y_prop, reached = propagate(graph.src, graph.dst, graph.weight, w, y_known, known_mask,
+                                    self.n_iter, operator=PropagationOperator.of(graph))
         logit = self.gate_logit
         if self.gate_mlp is not None:
             logit = logit + self.gate_mlp(node_features)

@@ -79,6 +79,7 @@ class TrainConfig:
     similarity_k: int = 20
     # runtime
     device: str = "cpu"
+    threads: int | None = None  # torch intra-op threads during the run (None: torch default)
     seed: int = 0
     resume: bool = False
     finetune_spot_encoder: bool = False
@@ -100,7 +101,7 @@ class TrainConfig:
     def identity(self) -> dict[str, Any]:
         """The fields that decide the result: everything but how the run is executed."""
         out = self.to_json()
-        for key in ("resume", "store", "save_predictions"):
+        for key in ("resume", "store", "save_predictions", "threads"):
             out.pop(key, None)
         if not self.spec.neural:  # optimiser settings cannot change a baseline
             for key in ("epochs", "lr", "momentum", "weight_decay", "optimizer", "scheduler",
@@ -137,6 +138,8 @@ def validate(cfg: TrainConfig) -> None:
         problems.append(f"--lr must be > 0, got {cfg.lr}")
     if not 0.0 < cfg.episode_known_fraction < 1.0:
         problems.append("episode_known_fraction must lie in (0, 1)")
+    if cfg.threads is not None and cfg.threads < 1:
+        problems.append(f"--threads must be ≥ 1, got {cfg.threads}")
     if cfg.idw_k < 1 or cfg.similarity_k < 1:
         problems.append("idw_k and similarity_k must be ≥ 1")
     if not cfg.run or any(c in cfg.run for c in "/\\"):

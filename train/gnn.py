@@ -181,11 +181,18 @@ class GATLayer(nn.Module):
         self.activation = activation if activation is not None else nn.Identity()
 
     def forward(self, h: Tensor, graph: EdgeGraph) -> Tensor:
-        if self.engine == "dgl":
-            out = self.conv(graph.dgl(), h, edge_weight=graph.weight)
-        else:
-            out = self.conv(h, graph.edge_index(), graph.weight)
-        return self.activation(out.flatten(1))
+        # Always float32, also under autocast: DGL's sparse kernels need node and edge
+        # features of one dtype, and both engines should stay numerically identical.
+        with torch.autocast(h.device.type, enabled=False):
+            h, weight = h.float(), graph.weight.float()
+            if self.engine == "dgl":
+                if h.device.type != "cpu":
+                    raise ConfigError(f"the DGL GAT engine cannot run on {h.device.type}",
+                                      fix="use --gnn pyg (same math and weights) off the CPU")
+                out = self.conv(graph.dgl(), h, edge_weight=weight)
+            else:
+                out = self.conv(h, graph.edge_index(), weight)
+            return self.activation(out.flatten(1))
 
 
 GAT_ENGINES: dict[str, str] = {
@@ -194,9 +201,15 @@ GAT_ENGINES: dict[str, str] = {
 }
 
 
-def resolve_engine(engine: str, device: torch.device | str = "cpu") -> Engine:
-    """Map ``"auto"`` to DGL on CPU and PyG elsewhere; reject unknown names."""
+def resolve_engine(engine: str, device: torch.device | str | None = None) -> Engine:
+    """Map ``"auto"`` to DGL on CPU and PyG on an accelerator; reject unknown names.
+
+    Without ``device``, ``"auto"`` means PyG when CUDA is available (PyPI's DGL cannot run
+    there), else DGL. A model built with DGL runs on CPU only.
+    """
     if engine == "auto":
+        if device is None:
+            return "pyg" if torch.cuda.is_available() else "dgl"
         return "dgl" if torch.device(device).type == "cpu" else "pyg"
     if engine not in GAT_ENGINES:
         raise ConfigError(

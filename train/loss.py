@@ -113,6 +113,7 @@ def pcc_loss(pred: Tensor, target: Tensor, axis: PccAxis = "gene") -> Tensor:
 
 
 def _rows(t: Tensor, mask: Tensor | None) -> Tensor:
+    t = t.float()  # predictions may be bfloat16 under autocast; correlations need float32
     return t if mask is None else t[mask.to(torch.bool)]
 
 

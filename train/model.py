@@ -249,9 +249,10 @@ class CrossAttentionFusion(nn.Module):
 
     def _per_head(self, table: Tensor, index: Tensor) -> Tensor:
         """Tile rows (T, h) → per-spot tokens (H·N, R, dh), gathered straight into bmm layout."""
-        t, h = table.shape
-        by_head = table.view(t, self.heads, h // self.heads).transpose(0, 1)   # (H, T, dh)
-        return by_head[:, index.clamp(min=0)].flatten(0, 1)                   # (H·N, R, dh)
+        (t, h), (n, r) = table.shape, index.shape
+        by_head = table.view(t, self.heads, h // self.heads).transpose(0, 1).contiguous()
+        rows = by_head.index_select(1, index.clamp(min=0).flatten())         # (H, N·R, dh)
+        return rows.view(self.heads * n, r, -1)
 
     def forward(self, query: Tensor, tile_h: Tensor, index: Tensor) -> Tensor:
         n, h = query.shape
@@ -307,7 +308,8 @@ class MSAGNet(nn.Module):
         x = self.fuse(torch.cat([spot, region, glob], dim=-1))
         for gat, mixer in zip(self.gats, self.mixers, strict=True):
             seq = mixer(torch.stack([gat(x, graph), region, glob], dim=1))  # (N, 3, h)
-            x, region, glob = seq.unbind(dim=1)
+            # split, not unbind: one cat in backward instead of three zero-filled copies
+            x, region, glob = (t.squeeze(1) for t in seq.split(1, dim=1))
         y = self.head_spot(x)
         return ModelOutput(spot=y, region=self.head_region(region),
                            global_=self.head_global(glob), spot_model=y, embedding=x)
@@ -347,8 +349,7 @@ class ASIGNNet(nn.Module):
         out = self.net(inputs, graph)
         if self.cli is None or known_mask is None or y_known is None:
             return out
-        cli = self.cli(out.embedding, out.spot_model, y_known, known_mask, graph.src,
-                       graph.dst, graph.weight)
+        cli = self.cli(out.embedding, out.spot_model, y_known, known_mask, graph)
         return replace(out, spot=cli.spot, reached=cli.reached, gate=cli.gate)
 
 

@@ -75,25 +75,34 @@ class RunResult:
         out: dict[str, Any] = {"run_id": self.run_id, "name": self.name, "model": self.model,
                                "setting": self.setting, "status": self.status,
                                "seconds": round(self.seconds, 3)}
-        names = sorted(set(self.metrics.column("metric").to_pylist()))
-        out["metrics"] = {m: self.mean(m) for m in names}
+        names = set(self.metrics.column("metric").to_pylist())
+        out["metrics"] = {m: self.mean(m) for m in METRIC_NAMES if m in names}
         out["timings"] = self.timings
         return out
 
 
 def write_run_row(store: Store, rid: str, cfg: TrainConfig, *, status: str, seconds: float | None,
                   store_fp: str, commit: str | None, created_at: dt.datetime,
-                  timings: dict[str, Any]) -> None:
+                  timings: dict[str, Any], plan: dict[str, Any] | None = None) -> None:
     from asign import __version__
 
     config = dict(cfg.to_json())
-    config["timings"] = timings  # runs has no timings column; kept beside the config
+    # runs has no columns for these; they travel inside the config JSON
+    config["timings"] = timings
+    config["plan"] = plan or {}
     store.write("runs", {
         "run_id": [rid], "name": [cfg.run], "model": [cfg.model], "created_at": [created_at],
         "status": [status], "setting": [cfg.setting], "seed": [cfg.seed],
         "asign_version": [__version__], "git_commit": [commit], "store_hash": [store_fp],
         "seconds": [seconds], "config": [json.dumps(config, sort_keys=True)],
     }, key=rid)
+
+
+def plan_summary(folds: list[Any]) -> dict[str, Any]:
+    """Which sample played which role in which fold, with its known and scored layers."""
+    return {str(f.fold): [{"sample_id": p.sample_id, "role": p.role, "sections": list(p.sections),
+                           "visible": list(p.visible), "known": p.known,
+                           "scored": list(p.scored)} for p in f.samples] for f in folds}
 
 
 def metric_rows(rid: str, fold: int, sample_id: str, section_id: str, setting: str,

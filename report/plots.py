@@ -1,0 +1,372 @@
+"""The report's figures. Pure: arrays and frames in, one PNG out per function.
+
+matplotlib is used through its object API (``Figure`` + Agg), never ``pyplot``, so drawing
+a report changes no global state. Image conventions follow the H&E: origin upper left,
+y pointing down, axes in millimetres of the section's own image frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from asign.report.data import COMPUTED_MEAN
+
+CMAP = "viridis"
+DPI = 110
+METRIC_TITLES = {
+    "mse": "MSE (lower is better)",
+    "mae": "MAE (lower is better)",
+    "pcc_spot": "PCC per spot (higher is better)",
+    "pcc_gene": "PCC per gene (higher is better)",
+}
+BASELINE_COLOUR = "#9e9e9e"
+MODEL_COLOURS = {
+    "asign3d": "#1f77b4", "asign2d": "#17becf", "cli": "#2ca02c", "idw": "#ff7f0e",
+    "similarity": "#9467bd", "mean": BASELINE_COLOUR, COMPUTED_MEAN: BASELINE_COLOUR,
+}
+
+
+@dataclass(frozen=True)
+class SectionMap:
+    """One hidden section of one gene: spots in µm of the section's image frame."""
+
+    section_id: str
+    xy_um: np.ndarray  # (N, 2) spot centres, x right, y down
+    diameter_um: float
+    predicted: np.ndarray  # (N,)
+    measured: np.ndarray | None  # (N,) or None (virtual spots: nothing measured)
+    pcc: float | None
+    thumb: np.ndarray | None  # (H, W, 3) uint8 H&E thumbnail
+    thumb_um_per_px: float | None
+    frame: str = "image"  # "image" (µm of the image) or "aligned" (no image: aligned µm)
+
+
+@dataclass(frozen=True)
+class Layer3D:
+    section_id: str
+    z: int
+    xy_um: np.ndarray  # (N, 2) aligned frame
+    values: np.ndarray  # (N,)
+    kind: str  # "known" | "predicted" | "measured"
+
+
+def shared_limits(arrays: list[np.ndarray], lo: float = 2.0, hi: float = 98.0) -> tuple[float, float]:
+    """Colour limits from pooled percentiles, so measured and predicted share one scale and
+    a few outlier spots do not wash the map out."""
+    vals = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays if a is not None])
+    vals = vals[np.isfinite(vals)]
+    if vals.size == 0:
+        return 0.0, 1.0
+    vmin, vmax = np.percentile(vals, [lo, hi])
+    if vmax - vmin < 1e-9:
+        vmin, vmax = vmin - 0.5, vmax + 0.5
+    return float(vmin), float(vmax)
+
+
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=DPI)
+
+
+def _save(fig: Any, out: Path, palette: bool = False) -> Path:
+    """Write the PNG. ``palette``: an 8-bit palette of 128 colours fitted to the picture
+    (white and black included) plus 128 steps of the colour map, so the colour bar and spot colours stay smooth while
+    an H&E-backed map shrinks ~3x (every map is embedded in report.html)."""
+    import io
+
+    from matplotlib import colormaps
+    from PIL import Image
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not palette:
+        fig.savefig(out, format="png", dpi=DPI, facecolor="white")
+        return out
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, facecolor="white")
+    buf.seek(0)
+    with Image.open(buf) as im:
+        rgb = im.convert("RGB")
+    fitted = rgb.quantize(126, method=Image.Quantize.MEDIANCUT).getpalette()[: 126 * 3]
+    steps = (colormaps[CMAP](np.linspace(0, 1, 128))[:, :3] * 255).round().astype(int)
+    # pure white and black kept exact: median cut would tint the page and the text
+    palette = np.vstack([[255, 255, 255], [0, 0, 0], np.reshape(fitted, (-1, 3)), steps])
+    # exact nearest palette colour per distinct pixel colour (PIL's own palette mapping is
+    # approximate and shifts white to pink)
+    from scipy.spatial import cKDTree
+
+    arr = np.asarray(rgb, dtype=np.int32)
+    packed = (arr[..., 0] << 16) | (arr[..., 1] << 8) | arr[..., 2]
+    uniq, inverse = np.unique(packed.ravel(), return_inverse=True)
+    colours = np.column_stack([uniq >> 16, (uniq >> 8) & 255, uniq & 255])
+    nearest = cKDTree(palette).query(colours)[1]
+    index = Image.fromarray(nearest[inverse].reshape(packed.shape).astype(np.uint8), "P")
+    index.putpalette(palette.astype(np.uint8).ravel().tolist())
+    index.save(out, optimize=True)
+    return out
+
+
+def _discs(ax: Any, xy: np.ndarray, diameter: float, values: np.ndarray | None,
+           norm: Any = None, cmap: str = CMAP) -> Any:
+    """Spot discs of the true diameter in data units (µm); outlines only when no values."""
+    from matplotlib.collections import EllipseCollection
+
+    d = np.full(len(xy), diameter)
+    if values is None:
+        coll = EllipseCollection(d, d, np.zeros(len(xy)), units="xy", offsets=xy,
+                                 offset_transform=ax.transData, facecolors="none",
+                                 edgecolors=(0, 0, 0, 0.45), linewidths=0.5)
+    else:
+        coll = EllipseCollection(d, d, np.zeros(len(xy)), units="xy", offsets=xy,
+                                 offset_transform=ax.transData, cmap=cmap, norm=norm,
+                                 edgecolors="black", linewidths=0.3)
+        coll.set_array(np.asarray(values, dtype=np.float64))
+    ax.add_collection(coll)
+    return coll
+
+
+def _crop(m: SectionMap) -> tuple[float, float, float, float]:
+    """(x0, x1, y0, y1) in µm: the section's spots plus a margin of 1.5 spot diameters."""
+    margin = 1.5 * m.diameter_um
+    (x0, y0), (x1, y1) = m.xy_um.min(axis=0) - margin, m.xy_um.max(axis=0) + margin
+    return float(x0), float(x1), float(y0), float(y1)
+
+
+def _frame(ax: Any, m: SectionMap, fade: float = 0.0) -> None:
+    """Draw the H&E under the section's spots (blended towards white by ``fade`` so spot
+    colours read true), crop to the spots, y down, ticks in mm."""
+    from matplotlib.ticker import FuncFormatter
+
+    if m.thumb is not None and m.thumb_um_per_px:
+        h, w = m.thumb.shape[:2]
+        s = m.thumb_um_per_px
+        img = m.thumb if fade <= 0 else (m.thumb * (1 - fade) + 255 * fade).astype(np.uint8)
+        ax.imshow(img, extent=(0, w * s, h * s, 0), origin="upper", interpolation="lanczos")
+    x0, x1, y0, y1 = _crop(m)
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y1, y0)  # image convention: y grows downwards
+    ax.set_aspect("equal")
+    mm = FuncFormatter(lambda v, _: f"{v / 1000:g}")
+    ax.xaxis.set_major_formatter(mm)
+    ax.yaxis.set_major_formatter(mm)
+    ax.tick_params(labelsize=7)
+
+
+def spatial_maps(maps: list[SectionMap], gene: str, model: str, unit: str, title: str,
+                 out: Path) -> Path:
+    """One row per hidden section: H&E with spot outlines | measured | predicted, on one
+    colour scale shared by every measured and predicted panel of the gene."""
+    from matplotlib.colors import Normalize
+
+    vmin, vmax = shared_limits([m.predicted for m in maps] + [m.measured for m in maps])
+    norm = Normalize(vmin, vmax, clip=True)
+    n = len(maps)
+    aspects = []
+    for m in maps:
+        x0, x1, y0, y1 = _crop(m)
+        aspects.append(float(np.clip((y1 - y0) / max(x1 - x0, 1e-9), 0.3, 3.0)))
+    panel_w, head, foot = 3.9, 0.75, 0.55  # inches; 0.45 in per row for titles and ticks
+    height = head + foot + sum(panel_w * a + 0.45 for a in aspects)
+    fig = _figure(13.5, height)
+    grid = fig.add_gridspec(n, 4, width_ratios=[1, 1, 1, 0.05], height_ratios=aspects,
+                            wspace=0.1, hspace=0.45 * n / max(sum(aspects) * panel_w, 1e-9),
+                            left=0.06, right=0.92, top=1 - head / height, bottom=foot / height)
+    coll = None
+    for i, m in enumerate(maps):
+        ax_he, ax_me, ax_pr = (fig.add_subplot(grid[i, j]) for j in range(3))
+        if m.frame != "image":
+            he_title = "no image: aligned frame"
+        elif m.thumb is None:
+            he_title = "no H&E thumbnail in the store"
+        else:
+            he_title = "H&E"
+        ax_he.set_title(f"{m.section_id} · {he_title}", fontsize=9)
+        _frame(ax_he, m)
+        _discs(ax_he, m.xy_um, m.diameter_um, None)
+        _frame(ax_me, m, fade=0.55)
+        if m.measured is None:
+            ax_me.set_title(f"{m.section_id} · measured: none (virtual spots)", fontsize=9)
+            _discs(ax_me, m.xy_um, m.diameter_um, None)
+        else:
+            ax_me.set_title(f"{m.section_id} · measured {gene}", fontsize=9)
+            coll = _discs(ax_me, m.xy_um, m.diameter_um, m.measured, norm)
+        _frame(ax_pr, m, fade=0.55)
+        pcc = "" if m.pcc is None or not np.isfinite(m.pcc) else f" · PCC {m.pcc:.2f}"
+        ax_pr.set_title(f"{m.section_id} · predicted {gene} ({model}){pcc}", fontsize=9)
+        coll = _discs(ax_pr, m.xy_um, m.diameter_um, m.predicted, norm)
+        ax_he.set_ylabel("y (mm)", fontsize=8)
+        for ax in (ax_me, ax_pr):
+            ax.tick_params(labelleft=False)
+        if i == n - 1:
+            for ax in (ax_he, ax_me, ax_pr):
+                ax.set_xlabel("x (mm)", fontsize=8)
+    cax = fig.add_subplot(grid[:, 3])
+    cbar = fig.colorbar(coll, cax=cax)
+    cbar.set_label(f"{gene} expression, {unit}\n(colour limits: 2nd–98th percentile, "
+                   "shared by measured and predicted)", fontsize=8)
+    cbar.ax.tick_params(labelsize=7)
+    fig.suptitle(title, fontsize=11, y=1 - 0.25 / height)
+    return _save(fig, out, palette=True)
+
+
+def volume_3d(layers: list[Layer3D], gene: str, model: str, unit: str, title: str,
+              out: Path) -> Path:
+    """Two stacks in the aligned frame, one plane per layer, the first layer on top: left
+    the measurement of every labelled layer, right the known layer's measurement plus the
+    model's predictions on the hidden layers."""
+    from matplotlib.colors import Normalize
+    from matplotlib.ticker import MaxNLocator
+
+    vmin, vmax = shared_limits([lay.values for lay in layers])
+    norm = Normalize(vmin, vmax, clip=True)
+    zs = sorted({lay.z for lay in layers})
+    fig = _figure(13.0, 3.0 + 1.0 * len(zs))
+    xy = np.vstack([lay.xy_um for lay in layers]) / 1000
+    (x0, y0), (x1, y1) = xy.min(axis=0), xy.max(axis=0)
+    known = {lay.section_id for lay in layers if lay.kind == "known"}
+    stacks = [
+        ("measured (every labelled layer)",
+         [lay for lay in layers if lay.kind in ("known", "measured")]),
+        (f"imputed: known layer measured, hidden layers predicted by {model}",
+         [lay for lay in layers if lay.kind in ("known", "predicted")]),
+    ]
+    # marker area (pt²) of a ~100 µm spot: the axes box is ~5 in wide for the x range
+    span = max(x1 - x0, y1 - y0, 1e-3)
+    size = float(np.clip((0.1 / span * 5 * 72 * 0.55) ** 2, 2.0, 60.0))
+    sc = None
+    for i, (name, stack) in enumerate(stacks):
+        ax = fig.add_subplot(1, 2, i + 1, projection="3d", computed_zorder=False)
+        for lay in sorted(stack, key=lambda v: -v.z):  # deepest first, so upper layers cover
+            sc = ax.scatter(lay.xy_um[:, 0] / 1000, lay.xy_um[:, 1] / 1000, lay.z,
+                            c=lay.values, cmap=CMAP, norm=norm, s=size, depthshade=False,
+                            edgecolors="none", zorder=-lay.z)
+        drawn = {lay.z for lay in stack}
+        for sec, z in sorted({(lay.section_id, lay.z) for lay in layers}, key=lambda t: t[1]):
+            if sec in known:
+                what = "known, measured"
+            elif z not in drawn:
+                what = "not measured"
+            else:
+                what = "predicted" if i else "measured"
+            ax.text(x0, y1 + 0.08 * (y1 - y0), z, f"{sec} ({what})", fontsize=7, ha="right",
+                    zdir=None)
+        # a 3D axes' own title is drawn inside its zoomed box; put it above instead
+        fig.text(0.08 + 0.41 * i + 0.2, 0.9, name, ha="center", fontsize=9)
+        ax.set_xlabel("x (mm, aligned)", fontsize=8, labelpad=2)
+        ax.set_ylabel("y (mm, aligned)", fontsize=8, labelpad=2)
+        ax.set_zticks(zs)
+        ax.set_zticklabels([])
+        ax.set_xlim(x0, x1)
+        ax.set_ylim(y1, y0)  # y down, as on the slide
+        ax.set_zlim(max(zs) + 0.3, min(zs) - 0.3)  # first section on top
+        ax.set_box_aspect((1.0, (y1 - y0) / max(x1 - x0, 1e-3), 0.45 * len(zs)), zoom=1.05)
+        ax.view_init(elev=26, azim=-60)
+        ax.tick_params(labelsize=6, pad=0)
+        ax.xaxis.set_major_locator(MaxNLocator(4))
+        ax.yaxis.set_major_locator(MaxNLocator(4))
+    fig.subplots_adjust(left=0.08, right=0.9, top=0.95, bottom=0.0, wspace=0.12)
+    cbar = fig.colorbar(sc, ax=fig.axes, shrink=0.5, pad=0.03)
+    cbar.set_label(f"{gene} expression, {unit}", fontsize=8)
+    cbar.ax.tick_params(labelsize=7)
+    fig.suptitle(title, fontsize=11)
+    return _save(fig, out)
+
+
+def _colour(model: str) -> str:
+    return MODEL_COLOURS.get(model, "#8c564b")
+
+
+def _is_baseline(model: str) -> bool:
+    return model in ("mean", COMPUTED_MEAN)
+
+
+def metrics_bars(summary: pd.DataFrame, models: list[str], title: str, out: Path) -> Path:
+    """One panel per metric, one bar per model (mean over scored sections, error bar = SD
+    over sections); the mean-profile baseline is grey, hatched and drawn as a dashed line."""
+    metrics = [m for m in METRIC_TITLES if m in set(summary.metric)]
+    fig = _figure(3.4 * max(len(metrics), 1), 4.0)
+    axes = fig.subplots(1, max(len(metrics), 1), squeeze=False)[0]
+    x = np.arange(len(models))
+    for ax, metric in zip(axes, metrics, strict=False):
+        sub = summary[summary.metric == metric].set_index("model").reindex(models)
+        means = sub["mean"].to_numpy(dtype=float)
+        sds = sub["sd"].to_numpy(dtype=float)
+        top = np.nanmax(np.abs(means) + np.nan_to_num(sds)) if np.isfinite(means).any() else 1.0
+        for i, model in enumerate(models):
+            if not np.isfinite(means[i]):
+                ax.text(i, 0.02 * top, "n/a\n(constant\nper gene)" if metric == "pcc_gene"
+                        else "n/a", ha="center", va="bottom", fontsize=7, color="#555555", clip_on=True)
+                continue
+            base = _is_baseline(model)
+            sd = float(np.nan_to_num(sds[i]))
+            ax.bar(i, means[i], yerr=sd, color=_colour(model),
+                   hatch="//" if base else None, edgecolor="black", linewidth=0.5,
+                   capsize=3, error_kw={"elinewidth": 0.8})
+            # the value sits above the error bar, so the two never overlap
+            y = means[i] + sd if means[i] >= 0 else means[i] - sd
+            ax.text(i, y + 0.02 * top * np.sign(y or 1), f"{means[i]:.3f}", ha="center",
+                    va="bottom" if y >= 0 else "top", fontsize=7,
+                    rotation=90 if len(models) > 4 else 0)
+            if base:
+                ax.axhline(means[i], color="#555555", linestyle="--", linewidth=0.8)
+        ax.set_xticks(x, [m.replace(" (computed)", "\n(computed)") for m in models],
+                      rotation=45, ha="right", fontsize=8)
+        ax.set_xlim(-0.6, len(models) - 0.4)
+        ax.set_title(METRIC_TITLES[metric], fontsize=9)
+        ax.axhline(0, color="black", linewidth=0.6)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.margins(y=0.18)
+    fig.suptitle(title, fontsize=11)
+    fig.text(0.5, 0.015, "grey hatched bar: the known layer's mean expression profile predicted "
+             "for every hidden spot (baseline); dashed line: its level", ha="center",
+             fontsize=8, color="#444444")
+    fig.subplots_adjust(left=0.06, right=0.99, top=0.84, bottom=0.27, wspace=0.3)
+    return _save(fig, out)
+
+
+def pcc_distribution(table: pd.DataFrame, highlight: list[str], title: str, out: Path) -> Path:
+    """Per-gene PCC, one box + jittered points per model; genes in ``highlight`` are named."""
+    models = list(table.columns)
+    fig = _figure(max(6.0, 1.5 * len(models) + 2.5), 5.0)
+    ax = fig.add_subplot(1, 1, 1)
+    rng = np.random.default_rng(0)  # jitter only; fixed so the PNG is reproducible
+    for i, model in enumerate(models):
+        vals = table[model].to_numpy(dtype=float)
+        ok = np.isfinite(vals)
+        if not ok.any():
+            ax.text(i, 0.02, "undefined:\nconstant\nper gene", ha="center", va="bottom",
+                    fontsize=7, color="#555555")
+            continue
+        ax.boxplot(vals[ok], positions=[i], widths=0.5, showfliers=False,
+                   patch_artist=True, boxprops={"facecolor": _colour(model), "alpha": 0.35},
+                   medianprops={"color": "black"})
+        jitter = rng.uniform(-0.18, 0.18, ok.sum())
+        ax.scatter(i + jitter, vals[ok], s=6, color=_colour(model), alpha=0.7, linewidths=0)
+        ax.text(i, 1.02, f"median {np.median(vals[ok]):.2f}\nn = {ok.sum()}", ha="center",
+                va="bottom", fontsize=7)
+        for gene in highlight:
+            if gene in table.index and np.isfinite(table.at[gene, model]):
+                v = float(table.at[gene, model])
+                ax.scatter([i], [v], s=28, facecolors="none", edgecolors="red", linewidths=1)
+                ax.annotate(gene, (i, v), xytext=(16, 0), textcoords="offset points",
+                            fontsize=7, color="red", va="center",
+                            bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none",
+                                  "alpha": 0.8})
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.set_xticks(np.arange(len(models)), models, fontsize=8)
+    ax.set_xlim(-0.6, len(models) - 0.4)
+    finite = table.to_numpy(dtype=float)
+    finite = finite[np.isfinite(finite)]
+    low = min(-0.2, float(np.floor(finite.min() * 10) / 10) - 0.05) if finite.size else -1.0
+    ax.set_ylim(low, 1.15)
+    ax.set_ylabel("Pearson r across spots (per gene, mean over hidden sections)", fontsize=8)
+    ax.tick_params(axis="y", labelsize=7)
+    ax.set_title(title, fontsize=10)
+    fig.subplots_adjust(left=0.1, right=0.98, top=0.88, bottom=0.1)
+    return _save(fig, out)

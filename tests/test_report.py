@@ -1,0 +1,209 @@
+"""asign report: data resolution from the store, figures, and report.html rendered by
+headless Chromium.
+
+The store is the toy store of conftest (sample S1: four labelled layers + an image-only
+layer S1_L5; a 2D sample B) with synthetic H&E thumbnails, and real `asign train` runs of
+the fast baselines: run ``base`` = idw + cli (no mean run: the report computes the mean
+baseline), run ``full`` = idw + mean.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_toy_store
+
+from asign.errors import InputError
+from asign.report import write_report
+from asign.report.data import COMPUTED_MEAN, gene_pcc_table, load_run_data
+from asign.report.plots import shared_limits
+from asign.store import open_store
+
+NO_THUMB = "S1_L3"  # a section whose thumbnail is missing: maps are drawn without H&E
+DOWNSAMPLE = 4.0
+
+
+def _fake_he(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """Pink background with purple nuclei-like blobs: enough texture to see orientation."""
+    from scipy.ndimage import gaussian_filter
+
+    img = np.empty((h, w, 3), dtype=np.float64)
+    img[:] = (242, 214, 230)
+    nuclei = gaussian_filter(rng.random((h, w)), 2.0)
+    dark = nuclei > np.quantile(nuclei, 0.75)
+    img[dark] = (120, 70, 150)
+    img[: h // 5, : w // 5] = (60, 30, 90)  # a dark top-left corner marks the orientation
+    return img.astype(np.uint8)
+
+
+def build_report_store(base: Path) -> Path:
+    from asign.train import run
+    from asign.train.config import TrainConfig
+
+    root = make_toy_store(base, extra_2d="B", image_only_layer=True)
+    store = open_store(root)
+    rng = np.random.default_rng(1)
+    ds = {}
+    for sec in ("S1_L1", "S1_L2", "S1_L3", "S1_L4", "S1_L5"):
+        if sec == NO_THUMB:
+            continue
+        # toy images: 1 µm/px, spots within ~[-60, 1060] x [-60, 860] px
+        store.write_qc_png(store.layout.thumbnail(sec), _fake_he(250, 300, rng))
+        ds[sec] = DOWNSAMPLE
+    manifest = store.manifest()
+    manifest["steps"]["S1"]["align"] = {"fingerprint": "toy", "thumb_downsample": ds}
+    store.save_manifest(manifest)
+    for name, models in (("base", ("idw", "cli")), ("full", ("idw", "mean"))):
+        for model in models:
+            result = run(TrainConfig(store=root, model=model, run=name, extra_2d=("B",)))
+            assert result.status == "done"
+    return root
+
+
+@pytest.fixture(scope="module")
+def report_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_report_store(tmp_path_factory.mktemp("report"))
+
+
+@pytest.fixture(scope="module")
+def report_dir(report_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("report_out")
+    write_report(report_store, "base", out)
+    return out
+
+
+def test_known_hidden_and_scored_layers(report_store):
+    data = load_run_data(open_store(report_store), "base")
+    assert data.known == {"S1": "S1_L1"}
+    assert data.hidden == {"S1": ["S1_L2", "S1_L3", "S1_L4", "S1_L5"]}
+    assert data.scored == {"S1": ["S1_L2", "S1_L3", "S1_L4"]}
+    assert data.map_model == "cli"  # no asign3d/asign2d in this run name
+    assert set(data.runs) == {"idw", "cli"}
+    assert data.setting == "within_sample"
+    assert COMPUTED_MEAN in set(data.metrics.model)
+
+
+def test_computed_mean_equals_the_mean_run(report_store):
+    store = open_store(report_store)
+    computed = load_run_data(store, "base").metrics
+    stored = load_run_data(store, "full").metrics
+    a = computed[computed.model == COMPUTED_MEAN].set_index(["section_id", "metric"]).value
+    b = stored[stored.model == "mean"].set_index(["section_id", "metric"]).value
+    assert len(a) == len(b) == 3 * 4
+    a, b = a.sort_index(), b.sort_index()
+    assert list(a.index) == list(b.index)
+    # the mean profile is constant per gene: pcc_gene is undefined in both
+    np.testing.assert_allclose(a.to_numpy(), b.to_numpy(), rtol=1e-5, equal_nan=True)
+    assert np.isnan(a.loc[("S1_L2", "pcc_gene")])
+
+
+def test_per_gene_pcc_agrees_with_the_metrics_table(report_store):
+    data = load_run_data(open_store(report_store), "base")
+    table = gene_pcc_table(data)
+    for model in ("idw", "cli"):
+        metric = data.metrics[(data.metrics.model == model) & (data.metrics.metric == "pcc_gene")]
+        assert np.isfinite(table[model]).all()
+        assert table[model].mean() == pytest.approx(metric.value.mean(), abs=1e-5)
+    assert table[COMPUTED_MEAN].isna().all()
+
+
+def test_report_files(report_dir):
+    pngs = sorted(p.name for p in report_dir.glob("*.png"))
+    maps = [p for p in pngs if p.startswith("map_S1_")]
+    assert len(maps) == 2  # no ERBB2/MDK in the toy panel: best + worst predicted gene
+    assert "volume_S1_" + maps[0][len("map_S1_"):] in pngs
+    assert {"metrics.png", "pcc_per_gene.png"} <= set(pngs)
+    assert (report_dir / "metrics.csv").exists() and (report_dir / "gene_pcc.csv").exists()
+    page = (report_dir / "report.html").read_text()
+    imgs = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(imgs) == len(pngs)
+    from PIL import Image
+
+    for blob in imgs:
+        with Image.open(io.BytesIO(base64.b64decode(blob))) as im:
+            im.verify()
+            assert im.format == "PNG" and im.size[0] > 300
+    assert "<title>asign report — run base</title>" in page
+    assert "within_sample" in page and "mean-profile baseline" in page
+    assert "mean (computed)" in page
+    assert "src=\"http" not in page and "<script" not in page  # self-contained
+
+
+def test_explicit_genes_model_and_errors(report_store, tmp_path):
+    out = tmp_path / "r"
+    write_report(report_store, "full", out, genes=["G2"], model="idw")
+    assert sorted(p.name for p in out.glob("map_*.png")) == ["map_S1_G2.png"]
+    page = (out / "report.html").read_text()
+    assert "maps show idw" in page and "mean (computed)" not in page
+    with pytest.raises(InputError, match="not in the store's gene panel"):
+        write_report(report_store, "full", tmp_path / "x", genes=["NOPE"])
+    with pytest.raises(InputError, match="no 'asign3d' model"):
+        write_report(report_store, "full", tmp_path / "x", model="asign3d")
+    with pytest.raises(InputError, match="no run named 'nope'"):
+        write_report(report_store, "nope", tmp_path / "x")
+
+
+def test_cli_command_bodies(report_store, tmp_path):
+    from asign.report.cli_commands import export_command, report_command, split_genes
+
+    assert split_genes(" G1, G2 ,,") == ("G1", "G2") and split_genes("") is None
+    summary = report_command(report_store, "base", tmp_path / "r", genes="G1", model="idw")
+    assert Path(summary["report"]).name == "report.html"
+    assert "map_S1_G1.png" in summary["figures"]
+    assert export_command(report_store, "base", tmp_path / "b.h5ad")["h5ad"].endswith("b.h5ad")
+
+
+def test_shared_limits_pool_measured_and_predicted():
+    measured = np.linspace(0, 10, 101)
+    predicted = np.linspace(5, 20, 101)
+    lo, hi = shared_limits([measured, predicted, None])
+    pooled = np.concatenate([measured, predicted])
+    assert (lo, hi) == pytest.approx(tuple(np.percentile(pooled, [2, 98])))
+    assert shared_limits([np.full(4, 3.0)]) == (2.5, 3.5)  # constant: a visible range
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        if path := shutil.which(name):
+            return path
+    return None
+
+
+def test_report_renders_in_headless_chromium(report_dir, tmp_path):
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("headless Chromium not installed (apt-get install chromium); "
+                    "`make test` installs it")
+    shot = tmp_path / "shot.png"
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    try:
+        proc = subprocess.run(
+            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+             "--no-first-run", "--disable-background-networking", "--disable-component-update",
+             "--disable-sync", f"--user-data-dir={profile}", f"--screenshot={shot}",
+             "--window-size=1400,2400", (report_dir / "report.html").resolve().as_uri()],
+            capture_output=True, text=True, timeout=90, check=False)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+    assert proc.returncode == 0 and shot.exists(), proc.stderr[-2000:]
+    from PIL import Image
+
+    with Image.open(shot) as im:
+        px = np.asarray(im.convert("RGB"))
+    assert px.shape[:2] == (2400, 1400)
+    assert px.std() > 20  # not a blank page
+    non_white = (px < 235).any(axis=2).mean()
+    assert non_white > 0.1, f"only {non_white:.1%} of the page is drawn on"
+    # a page of text alone has a few hundred grey levels; embedded figures (H&E, colour map)
+    # bring thousands of colours, so this fails if the images did not render
+    packed = (px[..., 0].astype(np.int32) << 16) | (px[..., 1].astype(np.int32) << 8) | px[..., 2]
+    colours = np.unique(packed)
+    assert len(colours) > 2000, f"{len(colours)} colours: the figures did not render"
