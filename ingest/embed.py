@@ -38,6 +38,21 @@ FLOAT16_MAX = 65504.0
 
 Loader = Callable[[], np.ndarray]
 
+RUNTIMES = ("auto", "jit", "inductor", "eager")
+"""How the frozen encoder runs. ``jit``: BatchNorm folded into the convolutions, weights
+cast to the compute dtype, traced and frozen with oneDNN Graph fusion (conv+bias+add+ReLU
+in one kernel) — ~3x eager bf16 autocast on a CPU, ready in seconds. ``inductor``:
+torch.compile with freezing — about as fast, but needs a C++ compiler and ~30 s to
+compile. ``eager``: the module as is, under autocast. ``auto``: jit on a CPU, eager on CUDA."""
+
+
+def resolve_runtime(runtime: str, device: str) -> str:
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"unknown runtime {runtime!r}", fix=f"use one of {RUNTIMES}")
+    if runtime != "auto":
+        return runtime
+    return "eager" if device.startswith("cuda") else "jit"
+
 
 @dataclass
 class EmbeddedBatch:
@@ -106,22 +121,6 @@ def crop_items(
         (key, crop_loader(path, x, y, size_px, out_px))
         for key, (x, y) in zip(keys, corners.tolist(), strict=True)
     ]
-
-
-RUNTIMES = ("auto", "jit", "inductor", "eager")
-"""How the frozen encoder runs. ``jit``: BatchNorm folded into the convolutions, weights
-cast to the compute dtype, traced and frozen with oneDNN Graph fusion (conv+bias+add+ReLU
-in one kernel) — ~3x eager bf16 autocast on a CPU, ready in seconds. ``inductor``:
-torch.compile with freezing — about as fast, but needs a C++ compiler and ~30 s to
-compile. ``eager``: the module as is, under autocast. ``auto``: jit on a CPU, eager on CUDA."""
-
-
-def resolve_runtime(runtime: str, device: str) -> str:
-    if runtime not in RUNTIMES:
-        raise ConfigError(f"unknown runtime {runtime!r}", fix=f"use one of {RUNTIMES}")
-    if runtime != "auto":
-        return runtime
-    return "eager" if device.startswith("cuda") else "jit"
 
 
 @contextmanager
