@@ -27,6 +27,7 @@ def _sections(store: Store, sample_id: str) -> pd.DataFrame:
 def run_align(store: Store, cfg: IngestConfig, sample_id: str, rep: Reporter) -> dict[str, Any]:
     from asign.ingest import align
     from asign.ingest.images import read_thumbnail
+    from asign.ingest.overlay import render_overlay
 
     sections = _sections(store, sample_id)
     spots = store.read("spots", key=sample_id).to_pandas()
@@ -46,8 +47,10 @@ def run_align(store: Store, cfg: IngestConfig, sample_id: str, rep: Reporter) ->
     um: dict[str, float] = {}
     for row in imaged.itertuples():
         um[row.section_id] = float(row.um_per_px)
-        ds[row.section_id] = max(1.0, THUMB_UM_PER_PX / float(row.um_per_px))
-        thumbs[row.section_id] = read_thumbnail(row.image_path, ds[row.section_id])
+        thumb = read_thumbnail(row.image_path, max(1.0, THUMB_UM_PER_PX / float(row.um_per_px)))
+        thumbs[row.section_id] = thumb
+        # the thumbnail's size is rounded: use the exact ratio, not the requested one
+        ds[row.section_id] = float(row.width) / thumb.shape[1]
         rep.advance(task)
 
     if len(thumbs) == 1:
@@ -78,7 +81,7 @@ def run_align(store: Store, cfg: IngestConfig, sample_id: str, rep: Reporter) ->
     for sid, thumb in thumbs.items():
         store.write_qc_png(store.layout.thumbnail(sid), thumb)
     if len(thumbs) > 1:
-        store.write_qc_png(store.layout.alignment_png(sample_id), align.render_overlay(thumbs, ds, transforms, um))
+        store.write_qc_png(store.layout.alignment_png(sample_id), render_overlay(thumbs, ds, transforms, um))
     return {"n_virtual": int(len(virtual)), "reference": transforms[0].reference_id,
             "thumb_downsample": ds,
             "qc": {t.section_id: _qc_dict(t) for t in transforms if t.qc is not None}}

@@ -117,12 +117,13 @@ def _execute(cfg: TrainConfig, store: Any, rid: str, folds: list, rep: Any,
     blocks: list[PredictionBlock] = []
     epoch_s: list[float] = []
     budget = [max_epochs]
+    selection: dict[int, dict] = {}
     for fold in folds:
         preds: dict[str, np.ndarray] = {}
         t = time.perf_counter()
         if spec.neural:
             model = _fit_fold(cfg, fold, samples, tasks, rid, ckpt_path, ckpt, finished, rep,
-                              epoch_s, budget)
+                              epoch_s, budget, selection)
             if model is None:
                 return "interrupted", [], [], genes
             for plan in fold.test:
@@ -143,6 +144,8 @@ def _execute(cfg: TrainConfig, store: Any, rid: str, folds: list, rep: Any,
             blocks.append(PredictionBlock(fold.fold, plan.sample_id,
                                           np.asarray(s.sections, dtype=object)[s.section[out]],
                                           s.spot_ids[out], pred[out]))
+    if selection:
+        timings["selection"] = {str(k): v for k, v in selection.items()}
     if epoch_s:
         timings["epoch_s_mean"] = round(float(np.mean(epoch_s)), 4)
         timings["epochs_run"] = len(epoch_s)
@@ -151,7 +154,7 @@ def _execute(cfg: TrainConfig, store: Any, rid: str, folds: list, rep: Any,
 
 def _fit_fold(cfg: TrainConfig, fold: Any, samples: dict, tasks: dict, rid: str,
               path: Any, ckpt: dict | None, finished: dict, rep: Any, epoch_s: list[float],
-              budget: list[int | None]) -> Any:
+              budget: list[int | None], best: dict[int, dict]) -> Any:
     """Train (or restore) the fold's model; None when the epoch budget ran out first."""
     from asign.train import loop
 
@@ -168,13 +171,15 @@ def _fit_fold(cfg: TrainConfig, fold: Any, samples: dict, tasks: dict, rid: str,
             if key not in tasks:
                 sub = s.subset(s.in_sections(plan.sections), drop_cross=True)
                 tasks[key] = loop.make_task(sub, plan.visible, cfg.device,
-                                            name=f"{plan.sample_id}/{plan.sections[0]}")
+                                            name=f"{plan.sample_id}/{plan.sections[0]}",
+                                            val_fraction=cfg.val_fraction, seed=cfg.seed)
             train_tasks.append(tasks[key])
         else:
             train_tasks.append(_task(tasks, s, plan.visible, cfg))
     resume = None
     if ckpt is not None and ckpt.get("fold") == fold.fold and ckpt.get("state"):
         resume = loop.FitState(**ckpt["state"])
+
     def save(state: loop.FitState) -> None:
         loop.save_checkpoint(path, {"run_id": rid, "fold": fold.fold, "state": asdict(state),
                                     "finished": finished})
@@ -188,14 +193,16 @@ def _fit_fold(cfg: TrainConfig, fold: Any, samples: dict, tasks: dict, rid: str,
         rep.advance(task_id, 1, loss=f"{loss:.4f}", epoch=epoch + 1)
 
     stop = budget[0]
-    history = loop.fit(cfg, model, train_tasks, fold.fold, resume_from=resume,
-                       on_epoch=on_epoch, save=save, stop_after=stop)
+    start = resume.epoch if resume else 0
+    state = loop.fit(cfg, model, train_tasks, fold.fold, resume_from=resume,
+                     on_epoch=on_epoch, save=save, stop_after=stop)
     rep.done(task_id)
     if stop is not None:
-        ran = len(history) - (resume.epoch if resume else 0)
-        budget[0] = stop - ran
-    if len(history) < cfg.epochs:
+        budget[0] = stop - (state.epoch - start)
+    if state.epoch < cfg.epochs:
         return None
+    best[fold.fold] = {"best_epoch": state.best_epoch,
+                       "val_score": state.best_score if np.isfinite(state.best_score) else None}
     finished[fold.fold] = loop._cpu_state(model)
     loop.save_checkpoint(path, {"run_id": rid, "fold": None, "state": None,
                                 "finished": finished})
@@ -207,7 +214,8 @@ def _task(tasks: dict, s: Any, visible: tuple[str, ...], cfg: TrainConfig) -> An
 
     key = (s.sample_id, visible, "3d")
     if key not in tasks:
-        tasks[key] = loop.make_task(s, visible, cfg.device)
+        tasks[key] = loop.make_task(s, visible, cfg.device, val_fraction=cfg.val_fraction,
+                                    seed=cfg.seed)
     return tasks[key]
 
 

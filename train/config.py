@@ -71,8 +71,9 @@ class TrainConfig:
     dropout: float = 0.1
     gnn: str = "dgl"
     cli_iters: int = 10
-    # training episodes (see protocol.py)
+    # training episodes (see protocol.py) and model selection (see loop.py)
     episode_known_fraction: float = 0.2
+    val_fraction: float = 0.2
     # baselines
     idw_k: int = 8
     idw_power: float = 1.0
@@ -106,7 +107,8 @@ class TrainConfig:
         if not self.spec.neural:  # optimiser settings cannot change a baseline
             for key in ("epochs", "lr", "momentum", "weight_decay", "optimizer", "scheduler",
                         "lr_min_ratio", "grad_clip", "loss", "hidden", "heads", "dropout",
-                        "gnn", "episode_known_fraction", "device", "finetune_spot_encoder"):
+                        "gnn", "episode_known_fraction", "val_fraction", "device",
+                        "finetune_spot_encoder"):
                 out.pop(key, None)
         return out
 
@@ -138,6 +140,8 @@ def validate(cfg: TrainConfig) -> None:
         problems.append(f"--lr must be > 0, got {cfg.lr}")
     if not 0.0 < cfg.episode_known_fraction < 1.0:
         problems.append("episode_known_fraction must lie in (0, 1)")
+    if not 0.0 <= cfg.val_fraction < 1.0:
+        problems.append("val_fraction must lie in [0, 1)")
     if cfg.threads is not None and cfg.threads < 1:
         problems.append(f"--threads must be ≥ 1, got {cfg.threads}")
     if cfg.idw_k < 1 or cfg.similarity_k < 1:

@@ -5,12 +5,21 @@ step draws a fresh episode (protocol.episode): the CLI propagates from the episo
 spots and the spot loss is taken on its hidden spots. Randomness is keyed by
 (seed, fold, epoch, graph), and torch is re-seeded at the start of every epoch, so a run
 resumed from its per-epoch checkpoint replays exactly the uninterrupted run.
+
+Model selection without test labels: a seeded fraction (``val_fraction``) of every training
+graph's visible spots is set aside. Those spots never enter training — not as loss targets,
+not as CLI inputs, not in region/global targets. After each epoch the CLI propagates from
+all other visible spots and the spot loss on the set-aside spots is the validation score;
+the weights of the best epoch are the run's model. (With a few hundred labelled spots the
+network otherwise memorises the training spots' embeddings, and the last epoch is rarely
+the best.) At test time the set-aside spots are ordinary known spots again.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +41,9 @@ class GraphTask:
     name: str
     inputs: Any  # model.GraphInputs
     section: np.ndarray  # (N,) section index
-    visible: np.ndarray  # (N,) bool: labels training may use
+    visible: np.ndarray  # (N,) bool: labels training may use (CLI inputs at test time)
+    train: np.ndarray  # (N,) bool: visible and not set aside for validation
+    val: np.ndarray  # (N,) bool: set aside for model selection
     y: Any  # (N, G) tensor: visible labels, zeros elsewhere
     region_target: Any
     region_mask: Any
@@ -42,14 +53,17 @@ class GraphTask:
 
 
 def make_task(sample: SampleData, visible_sections: tuple[str, ...], device: str,
-              name: str | None = None) -> GraphTask:
+              name: str | None = None, *, val_fraction: float = 0.0, seed: int = 0) -> GraphTask:
     """Tensors for one graph. Labels pass through ``visible_labels`` here and nowhere else."""
     import torch
 
     from asign.train.model import EDGE_KINDS, GraphInputs, TokenSet
 
+    name = name or sample.sample_id
     y, visible = visible_labels(sample.labels, sample.has_label, sample.section,
                                 sample.section_index(visible_sections))
+    val = split_validation(visible, val_fraction, _mix(seed, zlib.crc32(name.encode())))
+    train = visible & ~val
 
     def tokens(level: str) -> TokenSet:
         return TokenSet(torch.as_tensor(sample.tile_feat[level], dtype=torch.float32),
@@ -61,14 +75,25 @@ def make_task(sample: SampleData, visible_sections: tuple[str, ...], device: str
         region=tokens("region"), global_=tokens("global"),
         src=torch.as_tensor(sample.src), dst=torch.as_tensor(sample.dst),
         edge_weight=torch.as_tensor(sample.weight), edge_kind=torch.as_tensor(kind))
-    rt, rm = tile_targets(sample.tokens["region"][:, 0], y, visible)
-    gt, gm = tile_targets(sample.tokens["global"][:, 0], y, visible)
+    rt, rm = tile_targets(sample.tokens["region"][:, 0], y, train)
+    gt, gm = tile_targets(sample.tokens["global"][:, 0], y, train)
     t = torch.as_tensor
     return GraphTask(
-        name=name or sample.sample_id, inputs=inputs.to(device), section=sample.section,
-        visible=visible, y=t(y).to(device), region_target=t(rt).to(device),
+        name=name, inputs=inputs.to(device), section=sample.section, visible=visible,
+        train=train, val=val, y=t(y).to(device), region_target=t(rt).to(device),
         region_mask=t(rm).to(device), global_target=t(gt).to(device),
         global_mask=t(gm).to(device))
+
+
+def split_validation(visible: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A seeded random ``fraction`` of the visible spots (none when fewer than 10)."""
+    idx = np.flatnonzero(visible)
+    n_val = int(round(fraction * idx.size))
+    val = np.zeros_like(visible)
+    if fraction <= 0 or idx.size < 10 or n_val < 1:
+        return val
+    val[np.random.default_rng(seed).choice(idx, size=n_val, replace=False)] = True
+    return val
 
 
 def model_overrides(cfg: TrainConfig, in_dim: int, n_genes: int) -> dict[str, Any]:
@@ -112,6 +137,10 @@ class FitState:
     optimizer: dict[str, Any]
     scheduler: dict[str, Any]
     history: list[float]
+    val_history: list[float] = field(default_factory=list)
+    best_epoch: int = -1
+    best_score: float = float("inf")
+    best_model: dict[str, Any] | None = None
 
 
 EpochHook = Callable[[int, float, float], None]  # (epoch, mean loss, seconds)
@@ -128,28 +157,27 @@ def fit(
     on_epoch: EpochHook | None = None,
     save: SaveHook | None = None,
     stop_after: int | None = None,
-) -> list[float]:
-    """Train ``model`` in place; returns the mean loss per epoch. ``stop_after`` ends the
-    call after that many epochs of this call (tests use it to simulate an interruption)."""
+) -> FitState:
+    """Train ``model`` in place and leave the best epoch's weights in it (the last epoch's
+    when no graph has validation spots). ``stop_after`` ends the call after that many
+    epochs of this call; the returned state's ``epoch`` then tells how far it got."""
     import torch
 
     from asign.train.loss import LossWeights
 
     weights = LossWeights.preset(cfg.loss)
     opt, sched = make_optimizer(cfg, model)
-    history: list[float] = []
-    start = 0
+    state = FitState(0, {}, {}, {}, [])
     if resume_from is not None:
         model.load_state_dict(resume_from.model)
         opt.load_state_dict(resume_from.optimizer)
         sched.load_state_dict(resume_from.scheduler)
-        history = list(resume_from.history)
-        start = resume_from.epoch
+        state = resume_from
     use_cli = cfg.spec.cli
     done_here = 0
-    for epoch in range(start, cfg.epochs):
+    for epoch in range(state.epoch, cfg.epochs):
         if stop_after is not None and done_here >= stop_after:
-            break
+            return state
         t0 = time.perf_counter()
         torch.manual_seed(_mix(cfg.seed, fold, epoch))
         order = episode_rng(cfg.seed, epoch, _mix(fold, 0x0DE)).permutation(len(tasks))
@@ -157,19 +185,18 @@ def fit(
         losses = []
         for gi in order:
             task = tasks[gi]
-            if not task.visible.any():
+            if task.train.sum() < 2:
                 continue
-            ep = episode(task.visible, task.section,
+            ep = episode(task.train, task.section,
                          episode_rng(_mix(cfg.seed, fold), epoch, int(gi)),
                          cfg.episode_known_fraction)
-            known = torch.as_tensor(ep.known, device=task.y.device)
             if use_cli:
-                out = model(task.inputs, task.y, known)
-                target = torch.as_tensor(ep.hidden, device=task.y.device)
+                out = model(task.inputs, task.y, _mask(ep.known, task))
+                target = _mask(ep.hidden, task)
             else:
-                # Without CLI no label is an input, so every visible label is a target.
+                # Without CLI no label is an input, so every training label is a target.
                 out = model(task.inputs)
-                target = torch.as_tensor(task.visible, device=task.y.device)
+                target = _mask(task.train, task)
             loss = compute_loss(out, task, target, weights)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -178,15 +205,55 @@ def fit(
             opt.step()
             losses.append(float(loss.detach()))
         sched.step()
-        mean = float(np.mean(losses)) if losses else float("nan")
-        history.append(mean)
         done_here += 1
+        score = validation_score(cfg, model, tasks, weights)
+        state.epoch = epoch + 1
+        state.history.append(float(np.mean(losses)) if losses else float("nan"))
+        state.val_history.append(score)
+        if np.isfinite(score) and score < state.best_score:
+            state.best_score, state.best_epoch = score, epoch + 1
+            state.best_model = _cpu_state(model)
+        state.model, state.optimizer, state.scheduler = (_cpu_state(model), opt.state_dict(),
+                                                         sched.state_dict())
         if save is not None:
-            save(FitState(epoch + 1, _cpu_state(model), opt.state_dict(), sched.state_dict(),
-                          history))
+            save(state)
         if on_epoch is not None:
-            on_epoch(epoch, mean, time.perf_counter() - t0)
-    return history
+            on_epoch(epoch, state.history[-1], time.perf_counter() - t0)
+    if state.best_model is not None:
+        model.load_state_dict(state.best_model)
+    return state
+
+
+def validation_score(cfg: TrainConfig, model: Any, tasks: list[GraphTask], weights: Any) -> float:
+    """Spot loss (the training loss's MSE and PCC terms) on the set-aside spots, the CLI
+    propagating from every other training spot; mean over graphs that have such spots."""
+    import torch
+
+    from asign.train.loss import pcc_loss
+
+    scores = []
+    model.eval()
+    with torch.no_grad():
+        for task in tasks:
+            if not task.val.any():
+                continue
+            if cfg.spec.cli:
+                out = model(task.inputs, task.y, _mask(task.train, task))
+            else:
+                out = model(task.inputs)
+            val = _mask(task.val, task)
+            pred, true = out.spot[val], task.y[val]
+            score = (weights.mse * (pred - true).square().mean()
+                     + weights.spot_pcc * pcc_loss(pred, true))
+            scores.append(float(score))
+    model.train()
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def _mask(mask: np.ndarray, task: GraphTask) -> Any:
+    import torch
+
+    return torch.as_tensor(mask, device=task.y.device)
 
 
 def compute_loss(out: Any, task: GraphTask, spot_mask: Any, weights: Any) -> Any:

@@ -1,0 +1,221 @@
+"""Alignment accuracy against the authors' independent alignment (DESIGN §3.3).
+
+    .venv/bin/python bench/alignment.py                    # patient C of ../shared/data/her2st
+    .venv/bin/python bench/alignment.py --check            # exit 1 when a goal is missed
+    .venv/bin/python bench/alignment.py --overlay /tmp/c.png --transform affine
+
+asign aligns the H&E thumbnails of C2–C6 (``align_sample``). The authors' rigid warp of
+every section into the frame of their first section (``ST-aligned/*-cluster-annotation``,
+columns ``warped_x/warped_y``) is read *here only*, to measure: it is fitted per section
+by least squares from pixel to warped coordinates. For each adjacent pair (A, B) every
+spot of A is mapped into B's pixel frame once through asign's transforms and once
+through the authors' warps; the error is the distance between the two, in µm.
+
+µm/px is estimated per section from the spot table by regressing pixel coordinates on
+array coordinates (200 µm per array step). Goals per pair: median ≤ 30 µm, p95 ≤ 60 µm.
+Extra rows (not goals) compare pairs two sections apart. Two columns judge both
+alignments independently of each other: "authDice" is the tissue-mask Dice that the
+authors' warp achieves (compare with "Dice", ours), and "expr ours/auth" is how well
+gene expression agrees across the pair under each alignment: the per-gene Pearson
+correlation, over A's spots, between A's expression and B's expression interpolated (IDW,
+4 nearest spots) at the mapped position, averaged over the 300 genes of highest mean
+(log1p CP10k). A better alignment gives a higher value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "her2st"
+PITCH_UM = 200.0
+GOAL_MEDIAN_UM = 30.0
+GOAL_P95_UM = 60.0
+
+
+def spot_table(data: Path, section: str) -> pd.DataFrame:
+    return pd.read_csv(data / "ST-spotfiles" / f"{section}_selection.tsv", sep="\t")
+
+
+def um_per_px(spots: pd.DataFrame) -> float:
+    """From the spot pitch: pixel = A·(array x, array y) + b, 200 µm per array step."""
+    design = np.c_[spots.x, spots.y, np.ones(len(spots))]
+    coef, *_ = np.linalg.lstsq(design, np.c_[spots.pixel_x, spots.pixel_y], rcond=None)
+    step_px = np.sqrt(np.abs(np.linalg.det(coef[:2])))
+    return PITCH_UM / float(step_px)
+
+
+def authors_warp(data: Path, section: str) -> np.ndarray:
+    """3×3 least-squares fit pixel → warped of the authors' alignment (rigid by construction)."""
+    a = pd.read_csv(data / "ST-aligned" / f"{section}-cluster-annotation.tsv.gz", sep="\t")
+    design = np.c_[a.pixel_x, a.pixel_y, np.ones(len(a))]
+    coef, *_ = np.linalg.lstsq(design, np.c_[a.warped_x, a.warped_y], rcond=None)
+    m = np.eye(3)
+    m[:2] = coef.T
+    return m
+
+
+def pair_errors(data: Path, a: str, b: str, matrix: dict[str, np.ndarray],
+                um: dict[str, float]) -> np.ndarray:
+    """µm distance, per spot of A, between its image in B through asign and through the authors."""
+    s = spot_table(data, a)
+    pts = np.c_[s.pixel_x, s.pixel_y, np.ones(len(s))].T
+    ours = np.linalg.inv(matrix[b]) @ matrix[a] @ pts
+    theirs = np.linalg.inv(authors_warp(data, b)) @ authors_warp(data, a) @ pts
+    return np.linalg.norm(ours[:2] - theirs[:2], axis=0) * um[b]
+
+
+def expression(data: Path, section: str, spots: pd.DataFrame) -> pd.DataFrame:
+    """log1p(1e4·c/Σc) per spot (rows: ``"{x}x{y}"`` ids that have a pixel position)."""
+    counts = pd.read_csv(data / "ST-cnts" / f"{section}.tsv.gz", sep="\t", index_col=0)
+    ids = pd.Index([f"{x}x{y}" for x, y in zip(spots.x, spots.y, strict=True)])
+    counts = counts.loc[counts.index.intersection(ids)]
+    return np.log1p(1e4 * counts.div(counts.sum(axis=1), axis=0))
+
+
+def expression_agreement(expr: dict[str, pd.DataFrame], spots: dict[str, pd.DataFrame], genes: list[str],
+                         a: str, b: str, a_to_b_px: np.ndarray, pitch_px: float) -> float:
+    from scipy.spatial import cKDTree
+
+    def xy(s: str) -> np.ndarray:
+        t = spots[s].set_index(pd.Index([f"{x}x{y}" for x, y in zip(spots[s].x, spots[s].y, strict=True)]))
+        t = t.loc[expr[s].index]
+        return np.c_[t.pixel_x, t.pixel_y]
+
+    pa = xy(a)
+    mapped = (a_to_b_px @ np.c_[pa, np.ones(len(pa))].T)[:2].T
+    dist, idx = cKDTree(xy(b)).query(mapped, k=4)
+    w = 1.0 / np.maximum(dist, 1.0)
+    w /= w.sum(axis=1, keepdims=True)
+    eb = expr[b][genes].to_numpy()
+    pred = (eb[idx] * w[..., None]).sum(axis=1)
+    ea = expr[a][genes].to_numpy()
+    near = dist[:, 0] < 1.5 * pitch_px
+    pcc = [np.corrcoef(pred[near, g], ea[near, g])[0, 1] for g in range(len(genes))
+           if ea[near, g].std() > 0 and pred[near, g].std() > 0]
+    return float(np.mean(pcc))
+
+
+def authors_dice(thumbs: dict[str, np.ndarray], ds: dict[str, float], data: Path, a: str, b: str) -> float:
+    import cv2
+
+    from asign.ingest.align import dice
+    from asign.ingest.tissue import tissue_mask
+
+    px = np.linalg.inv(authors_warp(data, b)) @ authors_warp(data, a)
+    s_a, s_b = np.diag([ds[a], ds[a], 1.0]), np.diag([1 / ds[b], 1 / ds[b], 1.0])
+    pix = s_b @ px @ s_a
+    ma, mb = tissue_mask(thumbs[a]), tissue_mask(thumbs[b])
+    warped = cv2.warpAffine(ma.astype(np.uint8), pix[:2], (mb.shape[1], mb.shape[0]), flags=cv2.INTER_NEAREST)
+    return dice(warped.astype(bool), mb)
+
+
+def machine() -> str:
+    cpu = platform.processor() or "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return f"{cpu}, {cores} usable cores, load {load:.1f}, {platform.python_version()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from asign.ingest.align import align_sample
+    from asign.ingest.images import read_thumbnail
+    from asign.ingest.overlay import render_overlay
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--sections", default="C2,C3,C4,C5,C6")
+    ap.add_argument("--thumb-um", type=float, default=11.0, help="thumbnail resolution, µm per pixel")
+    ap.add_argument("--transform", default="rigid", choices=["rigid", "affine"])
+    ap.add_argument("--reference", default=None)
+    ap.add_argument("--overlay", type=Path, default=None, help="write the aligned-outline PNG here")
+    ap.add_argument("--check", action="store_true", help="exit 1 when a pair misses a goal")
+    ap.add_argument("--no-expression", action="store_true", help="skip the expression-agreement column")
+    args = ap.parse_args(argv)
+
+    sections = args.sections.split(",")
+    um = {s: um_per_px(spot_table(args.data, s)) for s in sections}
+    ds, thumbs = {}, {}
+    t0 = time.perf_counter()
+    for s in sections:
+        image = next((args.data / "ST-imgs" / s[0] / s).glob("*.jpg"))
+        ds[s] = args.thumb_um / um[s]
+        thumbs[s] = read_thumbnail(image, ds[s])
+    t_read = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    transforms = align_sample(thumbs, ds, um, reference=args.reference, transform=args.transform)
+    t_align = time.perf_counter() - t0
+    matrix = {t.section_id: t.matrix for t in transforms}
+    qc = {t.section_id: t.qc for t in transforms}
+
+    print(f"machine: {machine()}")
+    print(f"data: {args.data}  sections: {','.join(sections)}  thumbnails {args.thumb_um:g} µm/px "
+          f"(read {t_read:.1f} s)  transform: {args.transform}  reference: {transforms[0].reference_id}")
+    print("µm/px from spot pitch: " + ", ".join(f"{s} {um[s]:.4f}" for s in sections))
+    print(f"align_sample: {t_align:.1f} s wall for {len(sections)} sections")
+    spots = {s: spot_table(args.data, s) for s in sections}
+    expr, genes = {}, []
+    if not args.no_expression:
+        expr = {s: expression(args.data, s, spots[s]) for s in sections}
+        shared = set.intersection(*(set(e.columns) for e in expr.values()))
+        means = pd.concat([e[sorted(shared)] for e in expr.values()]).mean()
+        genes = list(means.sort_values(ascending=False).index[:300])
+    head = (f"{'pair':8} {'n':>4} {'median':>7} {'p95':>6} {'max':>6}  {'goal':4}  {'rot°':>6} {'flip':>5} "
+            f"{'inl':>4} {'Dice0':>6} {'Dice':>6} {'authDice':>8}  {'expr ours/auth':>14}")
+    print(head)
+    print("-" * len(head))
+    failed = []
+    pairs = list(zip(sections, sections[1:], strict=False))
+    extra = list(zip(sections, sections[2:], strict=False))
+    for a, b in pairs + extra:
+        err = pair_errors(args.data, a, b, matrix, um)
+        med, p95 = float(np.median(err)), float(np.percentile(err, 95))
+        is_goal = (a, b) in pairs
+        ok = med <= GOAL_MEDIAN_UM and p95 <= GOAL_P95_UM
+        if is_goal and not ok:
+            failed.append(f"{a}-{b}")
+        # the QC of the registered pair that links these two, whichever way it was run
+        q = qc[a] if qc[a] is not None and qc[a].fixed == b else qc[b] if qc[b] is not None and qc[b].fixed == a else None
+        qtxt = (f"{q.rotation_deg:6.2f} {str(q.flipped):>5} {q.ransac_inliers:4d} {q.overlap_before:6.3f} "
+                f"{q.overlap_after:6.3f}") if q else f"{'':6} {'':5} {'':4} {'':6} {'':6}"
+        goal = ("ok" if ok else "MISS") if is_goal else "(x)"
+        etxt = ""
+        if expr:
+            pitch_px = PITCH_UM / um[b]
+            ours = expression_agreement(expr, spots, genes, a, b, np.linalg.inv(matrix[b]) @ matrix[a], pitch_px)
+            theirs = expression_agreement(expr, spots, genes, a, b, np.linalg.inv(authors_warp(args.data, b))
+                                          @ authors_warp(args.data, a), pitch_px)
+            etxt = f"  {ours:.3f}/{theirs:.3f}"
+        print(f"{a}-{b:5} {len(err):4d} {med:7.1f} {p95:6.1f} {err.max():6.1f}  {goal:4}  {qtxt} "
+              f"{authors_dice(thumbs, ds, args.data, a, b):8.3f}{etxt:>16}")
+    print(f"goal: median ≤ {GOAL_MEDIAN_UM:g} µm and p95 ≤ {GOAL_P95_UM:g} µm on every adjacent pair; "
+          "(x) rows are two sections apart, for information")
+    if args.overlay:
+        import cv2
+
+        args.overlay.parent.mkdir(parents=True, exist_ok=True)
+        png = render_overlay(thumbs, ds, transforms, um)
+        cv2.imwrite(str(args.overlay), png[..., ::-1])
+        print(f"overlay: {args.overlay}")
+    if failed:
+        print(f"missed goal: {', '.join(failed)}")
+    return 1 if (args.check and failed) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,484 @@
+"""Section alignment (DESIGN §3.3): every section of a sample into one frame in µm.
+
+Tissue shape leads. Adjacent H&E sections tens of µm apart share their outline and coarse
+anatomy, not their cells, so keypoint matching finds only a handful of true matches.
+Each pair is therefore registered in four steps:
+
+1. a brute-force rotation and flip search on tissue masks at ~44 µm/px, starting from the
+   centres of mass (plus OpenCV SIFT+RANSAC's estimate, when it finds enough inliers);
+2. ANTs rigid registration from the best starts on tissue-weighted darkness images;
+3. ANTs refinement of the winner at ~11 µm/px (optionally affine, optionally SyN);
+4. plausibility checks (scale, shear, overlap) that name the pair when they fail.
+
+Pairs are neighbour to neighbour and composed toward the reference section (the middle
+one by default). The aligned frame is the reference's full-resolution pixel frame in µm.
+
+Conventions: matrices are 3×3 and act on column vectors (x, y, 1) with x = image column,
+y = image row. Rotation angles are in degrees; positive turns the image clockwise as
+displayed (y points down). ``flip`` mirrors x of the moving section before rotating.
+Only ``align_sample``, ``apply_transform``, ``check_plausible`` and ``decompose``
+are API; arrays in, arrays out, no files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from asign.errors import AlignmentError, ConfigError
+from asign.ingest.tissue import tissue_mask
+
+log = logging.getLogger(__name__)
+
+WORK_UM = 11.0         # registration grid; finer thumbnails are reduced to it
+SEARCH_UM = 44.0       # brute-force rotation/flip search grid
+SEARCH_DEG = 30.0      # automatic search range, ± around 0
+USER_SEARCH_DEG = 10.0 # search range around a user's initial rotation
+SEARCH_STEP_DEG = 2.0
+STARTS_PER_FLIP = 2    # ANTs starts per mirror state
+MIN_FEATURE_INLIERS = 8
+MIN_OVERLAP = 0.3      # Dice below this after registration means it failed
+SYN_ITERATIONS = (40, 20, 0)
+
+
+@dataclass(frozen=True)
+class InitGuess:
+    """A user's hint for one pair (moving → fixed) when automatic matching fails."""
+
+    rotation_deg: float = 0.0
+    flip: bool = False  # mirror x of the moving section
+
+
+@dataclass(frozen=True)
+class PairQC:
+    moving: str
+    fixed: str
+    ransac_inliers: int    # SIFT+RANSAC inliers (few on H&E sections; recorded, not trusted)
+    overlap_before: float  # Dice of tissue masks with centres of mass superposed
+    overlap_after: float   # Dice after registration
+    rotation_deg: float
+    scale: float
+    shear: float
+    flipped: bool
+    metric: float          # ANTs mean-squares metric of the final registration (lower is better)
+    scale_x: float = 1.0
+    scale_y: float = 1.0
+
+
+@dataclass(frozen=True)
+class SectionTransform:
+    section_id: str
+    reference_id: str
+    matrix: np.ndarray  # 3×3: full-res pixel (px, py, 1) of this section → aligned µm (x, y, 1)
+    qc: PairQC | None   # the pair linking this section to its neighbour toward the reference
+    method: str
+    # syn=True only, not composed along the chain: displacement (H, W, 2) in µm on a grid of
+    # the neighbour's frame (``warp_grid``: grid px → neighbour µm), ITK convention (neighbour
+    # point + warp = point in this section's affinely-aligned frame).
+    warp: np.ndarray | None = None
+    warp_grid: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Decomposition:
+    rotation_deg: float
+    scale_x: float
+    scale_y: float
+    shear: float
+    flipped: bool
+
+    @property
+    def scale(self) -> float:
+        return float(np.sqrt(self.scale_x * self.scale_y))
+
+
+# --- geometry -----------------------------------------------------------------------------
+
+def apply_transform(matrix: np.ndarray, px: np.ndarray, py: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Map points through a 3×3 homogeneous matrix."""
+    m = np.asarray(matrix, dtype=np.float64)
+    px = np.asarray(px, dtype=np.float64)
+    py = np.asarray(py, dtype=np.float64)
+    return m[0, 0] * px + m[0, 1] * py + m[0, 2], m[1, 0] * px + m[1, 1] * py + m[1, 2]
+
+
+def rigid_matrix(rotation_deg: float, flip: bool, center_from: np.ndarray, center_to: np.ndarray) -> np.ndarray:
+    """Mirror (optional) and rotate about ``center_from``, then move it onto ``center_to``."""
+    a = np.radians(rotation_deg)
+    lin = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    if flip:
+        lin = lin @ np.diag([-1.0, 1.0])
+    m = np.eye(3)
+    m[:2, :2] = lin
+    m[:2, 2] = np.asarray(center_to, float) - lin @ np.asarray(center_from, float)
+    return m
+
+
+def decompose(matrix: np.ndarray) -> Decomposition:
+    """Rotation, per-axis scale and shear of the linear part: A = R(θ)·[[sx, k·sy], [0, sy]]·F,
+    with F the x-mirror when ``flipped``."""
+    lin = np.asarray(matrix, dtype=np.float64)[:2, :2]
+    flipped = bool(np.linalg.det(lin) < 0)
+    if flipped:
+        lin = lin @ np.diag([-1.0, 1.0])
+    q, r = np.linalg.qr(lin)
+    signs = np.diag(np.sign(np.diag(r)) + (np.diag(r) == 0))
+    q, r = q @ signs, signs @ r
+    return Decomposition(rotation_deg=float(np.degrees(np.arctan2(q[1, 0], q[0, 0]))),
+                         scale_x=float(r[0, 0]), scale_y=float(r[1, 1]),
+                         shear=float(r[0, 1] / r[1, 1]), flipped=flipped)
+
+
+def check_plausible(matrix: np.ndarray, moving: str, fixed: str,
+                    max_scale_dev: tuple[float, float] = (0.8, 1.25), max_shear: float = 0.15) -> Decomposition:
+    """Reject transforms no microtome produces. Raises AlignmentError naming the pair."""
+    d = decompose(matrix)
+    lo, hi = max_scale_dev
+    fix = (f"give an initial rotation/flip for the pair {moving}:{fixed}, or check that both images "
+           "have the same µm/px")
+    if not (lo <= d.scale_x <= hi and lo <= d.scale_y <= hi):
+        raise AlignmentError(f"pair {moving}->{fixed}: implausible scale {d.scale_x:.3f}×{d.scale_y:.3f} "
+                             f"(allowed {lo}–{hi})", fix=fix)
+    if abs(d.shear) > max_shear:
+        raise AlignmentError(f"pair {moving}->{fixed}: implausible shear {d.shear:.3f} (allowed ±{max_shear})",
+                             fix=fix)
+    return d
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = int(a.sum()) + int(b.sum())
+    return 2.0 * int(np.logical_and(a, b).sum()) / total if total else 0.0
+
+
+# --- per-section working images -----------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Section:
+    name: str
+    mask: np.ndarray    # bool, registration grid
+    image: np.ndarray   # float32 registration image (tissue-weighted darkness)
+    grey: np.ndarray    # uint8 contrast-equalised grey, for keypoints
+    frame: np.ndarray   # registration-grid pixel → section µm (its full-res pixel frame × µm/px)
+
+    @property
+    def centroid(self) -> np.ndarray:
+        ys, xs = np.nonzero(self.mask)
+        x, y = apply_transform(self.frame, xs.mean(), ys.mean())
+        return np.array([float(x), float(y)])
+
+
+def _resized_frame(frame: np.ndarray, old_hw: tuple[int, ...], new_hw: tuple[int, ...]) -> np.ndarray:
+    """Frame of an image resized from ``old_hw`` to ``new_hw`` (pixel centres preserved)."""
+    kx, ky = old_hw[1] / new_hw[1], old_hw[0] / new_hw[0]
+    return frame @ np.array([[kx, 0, 0.5 * kx - 0.5], [0, ky, 0.5 * ky - 0.5], [0, 0, 1.0]])
+
+
+def _resize(img: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    import cv2
+
+    return cv2.resize(img, (hw[1], hw[0]), interpolation=cv2.INTER_AREA)
+
+
+def _prepare(name: str, thumb: np.ndarray, mask: np.ndarray, downsample: float, um_per_px: float) -> _Section:
+    import cv2
+
+    thumb_um = downsample * um_per_px
+    h, w = mask.shape
+    hw = (h, w)
+    if thumb_um < WORK_UM:
+        f = thumb_um / WORK_UM
+        hw = (max(8, round(h * f)), max(8, round(w * f)))
+    # thumbnail pixel t covers full-res [t·ds, (t+1)·ds): its centre is (t + 0.5)·ds − 0.5
+    thumb_frame = np.diag([um_per_px, um_per_px, 1.0]) @ np.array(
+        [[downsample, 0, 0.5 * downsample - 0.5], [0, downsample, 0.5 * downsample - 0.5], [0, 0, 1]])
+    frame = _resized_frame(thumb_frame, (h, w), hw)
+    if hw != (h, w):
+        thumb = _resize(thumb, hw)
+        mask = _resize(mask.astype(np.float32), hw) > 0.5
+    grey = cv2.cvtColor(thumb, cv2.COLOR_RGB2GRAY)
+    dark = 1.0 - grey.astype(np.float32) / 255.0
+    # Darkness normalised to the tissue's median: stain strength differs between sections,
+    # the mean-squares metric must not chase it.
+    image = np.where(mask, np.clip(dark / max(float(np.median(dark[mask])), 1e-3), 0.0, 2.0), 0.0)
+    image = cv2.GaussianBlur(image.astype(np.float32), (0, 0), 1.0)
+    grey = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(grey)
+    return _Section(name, mask, image, grey, frame)
+
+
+def _warp_mask(src: np.ndarray, src_frame: np.ndarray, dst_shape: tuple[int, ...], dst_frame: np.ndarray,
+               m: np.ndarray) -> np.ndarray:
+    """Moving mask resampled onto the fixed grid through µm transform ``m``."""
+    import cv2
+
+    pix = np.linalg.inv(dst_frame) @ m @ src_frame
+    out = cv2.warpAffine(src.astype(np.uint8), pix[:2], (dst_shape[1], dst_shape[0]), flags=cv2.INTER_NEAREST)
+    return out.astype(bool)
+
+
+# --- starts: brute-force mask search and keypoints -----------------------------------------
+
+def _search_starts(mov: _Section, fix: _Section, guess: InitGuess | None) -> list[tuple[float, np.ndarray, bool]]:
+    """(Dice, start matrix, flipped) of the best rotations per mirror state."""
+    def coarse(s: _Section) -> tuple[np.ndarray, np.ndarray]:
+        f = s.frame[0, 0] / SEARCH_UM
+        hw = (max(8, round(s.mask.shape[0] * f)), max(8, round(s.mask.shape[1] * f)))
+        return _resize(s.mask.astype(np.float32), hw) > 0.5, _resized_frame(s.frame, s.mask.shape, hw)
+
+    (mm, mf), (fm, ff) = coarse(mov), coarse(fix)
+    cm, cf = mov.centroid, fix.centroid
+    if guess is None:
+        flips, angles = (False, True), np.arange(-SEARCH_DEG, SEARCH_DEG + 1e-9, SEARCH_STEP_DEG)
+    else:
+        flips = (guess.flip,)
+        angles = guess.rotation_deg + np.arange(-USER_SEARCH_DEG, USER_SEARCH_DEG + 1e-9, SEARCH_STEP_DEG)
+    starts = []
+    for flip in flips:
+        scored = [(dice(_warp_mask(mm, mf, fm.shape, ff, rigid_matrix(a, flip, cm, cf)), fm), a) for a in angles]
+        picked: list[tuple[float, float]] = []
+        for score, a in sorted(scored, reverse=True):
+            if all(abs(a - b) > 2 * SEARCH_STEP_DEG for _, b in picked):
+                picked.append((score, a))
+            if len(picked) == STARTS_PER_FLIP:
+                break
+        starts += [(s, rigid_matrix(a, flip, cm, cf), flip) for s, a in picked]
+    return starts
+
+
+def _keypoint_start(mov: _Section, fix: _Section, flip: bool) -> tuple[int, np.ndarray | None]:
+    """SIFT + ratio test + RANSAC similarity. Returns (inliers, µm start matrix or None)."""
+    import cv2
+
+    grey = mov.grey[:, ::-1].copy() if flip else mov.grey
+    mask = mov.mask[:, ::-1] if flip else mov.mask
+    kernel = np.ones((9, 9), np.uint8)
+    sift = cv2.SIFT_create(nfeatures=3000)
+    ka, da = sift.detectAndCompute(grey, cv2.dilate(mask.astype(np.uint8), kernel) * 255)
+    kb, db = sift.detectAndCompute(fix.grey, cv2.dilate(fix.mask.astype(np.uint8), kernel) * 255)
+    if da is None or db is None or len(ka) < 3 or len(kb) < 3:
+        return 0, None
+    pairs = cv2.BFMatcher(cv2.NORM_L2).knnMatch(da, db, k=2)
+    good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < 0.8 * p[1].distance]
+    if len(good) < 3:
+        return 0, None
+    src = np.float32([ka[g.queryIdx].pt for g in good])
+    dst = np.float32([kb[g.trainIdx].pt for g in good])
+    est, inl = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=3.0,
+                                           maxIters=5000, confidence=0.999)
+    n = int(inl.sum()) if inl is not None else 0
+    if est is None or n < MIN_FEATURE_INLIERS or not 0.9 <= np.sqrt(abs(np.linalg.det(est[:, :2]))) <= 1.1:
+        return n, None
+    pix = np.vstack([est, [0, 0, 1]])
+    mirror = np.array([[-1.0, 0, mov.mask.shape[1] - 1], [0, 1, 0], [0, 0, 1]]) if flip else np.eye(3)
+    return n, fix.frame @ pix @ mirror @ np.linalg.inv(mov.frame)
+
+
+# --- ANTs ----------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _ants_env(seed: int) -> Iterator[None]:
+    """Seeded sampling (ANTs otherwise seeds from the clock) and one ITK thread, so the result
+    does not depend on the machine. Restores the environment afterwards."""
+    wanted = {"ANTS_RANDOM_SEED": str(seed + 1), "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": "1"}
+    saved = {k: os.environ.get(k) for k in wanted}
+    os.environ.update(wanted)
+    try:
+        yield
+    finally:
+        os.environ.update({k: v for k, v in saved.items() if v is not None})
+        for k in (k for k, v in saved.items() if v is None):
+            del os.environ[k]
+
+
+def _to_ants(img: np.ndarray, frame: np.ndarray):
+    import ants
+
+    # transposed so that ITK's first axis is x (image column), like our matrices
+    return ants.from_numpy(np.ascontiguousarray(img.T, dtype=np.float32),
+                           origin=(float(frame[0, 2]), float(frame[1, 2])),
+                           spacing=(float(frame[0, 0]), float(frame[1, 1])))
+
+
+def _write_start(m: np.ndarray, path: str) -> None:
+    import ants
+
+    inv = np.linalg.inv(m)  # ITK transforms map fixed points to moving points
+    tx = ants.create_ants_transform(transform_type="AffineTransform", precision="float", dimension=2,
+                                    matrix=inv[:2, :2], translation=inv[:2, 2], center=(0.0, 0.0))
+    ants.write_transform(tx, path)
+
+
+def _read_affine(path: str) -> np.ndarray:
+    import ants
+
+    tx = ants.read_transform(path)
+    pts = np.array([[0.0, 0.0], [1000.0, 0.0], [0.0, 1000.0]])
+    q = np.array([tx.apply_to_point(tuple(p)) for p in pts])
+    inv = np.eye(3)
+    inv[:2, :2] = np.c_[q[1] - q[0], q[2] - q[0]] / 1000.0
+    inv[:2, 2] = q[0]
+    return np.linalg.inv(inv)
+
+
+@dataclass
+class _Ants:
+    """ANTs registrations of one pair, sharing images and a scratch folder."""
+
+    mov: _Section
+    fix: _Section
+    tmp: str
+
+    def __post_init__(self) -> None:
+        import cv2
+
+        self.fixed = _to_ants(self.fix.image, self.fix.frame)
+        self.moving = _to_ants(self.mov.image, self.mov.frame)
+        # Metric only near the fixed tissue: 4× fewer samples, same optimum.
+        near = cv2.dilate(self.fix.mask.astype(np.uint8), np.ones((41, 41), np.uint8)).astype(np.float32)
+        self.metric_mask = _to_ants(near, self.fix.frame)
+        self.calls = 0
+
+    def _prefix(self, start: np.ndarray) -> str:
+        self.calls += 1
+        prefix = os.path.join(self.tmp, f"r{self.calls}_")
+        _write_start(start, prefix + "init.mat")
+        return prefix
+
+    def run(self, start: np.ndarray, kind: str, shrink: tuple[int, ...],
+            iterations: tuple[int, ...]) -> tuple[np.ndarray, float]:
+        import ants
+
+        prefix = self._prefix(start)
+        out = ants.registration(self.fixed, self.moving, type_of_transform=kind, initial_transform=[prefix + "init.mat"],
+                                outprefix=prefix, mask=self.metric_mask, mask_all_stages=True,
+                                aff_metric="meansquares", aff_random_sampling_rate=0.25,
+                                aff_iterations=iterations, aff_shrink_factors=shrink,
+                                aff_smoothing_sigmas=tuple(s // 2 for s in shrink))
+        metric = ants.image_similarity(self.fixed, out["warpedmovout"], metric_type="MeanSquares")
+        return _read_affine(out["fwdtransforms"][0]), float(metric)
+
+    def syn(self, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import ants
+
+        prefix = self._prefix(affine)
+        out = ants.registration(self.fixed, self.moving, type_of_transform="SyNOnly",
+                                initial_transform=[prefix + "init.mat"], outprefix=prefix,
+                                syn_metric="meansquares", reg_iterations=SYN_ITERATIONS)
+        warps = [p for p in out["fwdtransforms"] if p.endswith((".nii.gz", ".nii"))]
+        field = ants.image_read(warps[0]).numpy()  # (W, H, 2): our images are transposed
+        return np.ascontiguousarray(np.transpose(field, (1, 0, 2))), self.fix.frame
+
+
+# --- one pair ------------------------------------------------------------------------------
+
+def _register_pair(mov: _Section, fix: _Section, guess: InitGuess | None, transform: str, syn: bool,
+                   seed: int, max_scale_dev: tuple[float, float],
+                   max_shear: float) -> tuple[np.ndarray, PairQC, str, np.ndarray | None, np.ndarray | None]:
+    starts = _search_starts(mov, fix, guess)
+    inliers: dict[bool, int] = {}
+    for flip in sorted({f for _, _, f in starts}):
+        inliers[flip], m = _keypoint_start(mov, fix, flip)
+        if m is not None:
+            starts.append((np.nan, m, flip))
+    before = dice(_warp_mask(mov.mask, mov.frame, fix.mask.shape, fix.frame,
+                             rigid_matrix(0.0, False, mov.centroid, fix.centroid)), fix.mask)
+
+    warp = grid = None
+    with _ants_env(seed), tempfile.TemporaryDirectory(prefix="asign-align-") as tmp:
+        reg = _Ants(mov, fix, tmp)
+        tried = []
+        for _, start, _ in starts:
+            m, _ = reg.run(start, "Rigid", shrink=(4, 2), iterations=(100, 50))
+            tried.append((dice(_warp_mask(mov.mask, mov.frame, fix.mask.shape, fix.frame, m), fix.mask), m))
+        best = max(tried, key=lambda t: t[0])[1]
+        m, metric = reg.run(best, "Rigid", shrink=(2, 1), iterations=(100, 50))
+        method = "ants-rigid"
+        if transform == "affine":
+            m, metric = reg.run(m, "Affine", shrink=(2, 1), iterations=(100, 50))
+            method = "ants-rigid+affine"
+        if syn:
+            warp, grid = reg.syn(m)
+            method += "+syn"
+
+    d = check_plausible(m, mov.name, fix.name, max_scale_dev, max_shear)
+    after = dice(_warp_mask(mov.mask, mov.frame, fix.mask.shape, fix.frame, m), fix.mask)
+    if after < MIN_OVERLAP:
+        raise AlignmentError(f"pair {mov.name}->{fix.name}: registration failed, tissue overlap {after:.2f} "
+                             f"after alignment (before {before:.2f})",
+                             fix=f"give an initial rotation/flip for the pair {mov.name}:{fix.name}")
+    qc = PairQC(moving=mov.name, fixed=fix.name, ransac_inliers=inliers.get(d.flipped, 0),
+                overlap_before=before, overlap_after=after, rotation_deg=d.rotation_deg, scale=d.scale,
+                shear=d.shear, flipped=d.flipped, metric=metric, scale_x=d.scale_x, scale_y=d.scale_y)
+    log.info("aligned %s->%s: rotation %.2f°, flipped %s, overlap %.3f -> %.3f, %d keypoint inliers",
+             mov.name, fix.name, d.rotation_deg, d.flipped, before, after, qc.ransac_inliers)
+    return m, qc, method, warp, grid
+
+
+# --- the sample ----------------------------------------------------------------------------
+
+def _guess_for(init: dict[tuple[str, str], InitGuess], moving: str, fixed: str) -> InitGuess | None:
+    if (moving, fixed) in init:
+        return init[(moving, fixed)]
+    if (fixed, moving) in init:  # the inverse hint: a mirror is its own inverse
+        g = init[(fixed, moving)]
+        return InitGuess(rotation_deg=g.rotation_deg if g.flip else -g.rotation_deg, flip=g.flip)
+    return None
+
+
+def align_sample(
+    thumbs: dict[str, np.ndarray],
+    thumb_downsample: dict[str, float],
+    um_per_px: dict[str, float],
+    *,
+    reference: str | None = None,
+    init: dict[tuple[str, str], InitGuess] | None = None,
+    transform: str = "rigid",
+    syn: bool = False,
+    seed: int = 0,
+    max_scale_dev: tuple[float, float] = (0.8, 1.25),
+    max_shear: float = 0.15,
+    masks: dict[str, np.ndarray] | None = None,
+) -> list[SectionTransform]:
+    """Register the sections (dict order = z order) into the reference section's frame in µm.
+
+    ``masks`` may carry tissue masks already computed at thumbnail resolution; missing ones
+    are detected here. Raises AlignmentError naming the pair for implausible results."""
+    order = list(thumbs)
+    if transform not in ("rigid", "affine"):
+        raise ConfigError(f"unknown alignment transform {transform!r}", fix="use 'rigid' or 'affine'")
+    ref = order[len(order) // 2] if reference is None and order else reference
+    if ref not in thumbs:
+        raise ConfigError(f"reference section {ref!r} is not among the imaged sections {order}",
+                          fix="pick one of the listed sections")
+    init = dict(init or {})
+    adjacent = set(zip(order, order[1:], strict=False)) | set(zip(order[1:], order, strict=False))
+    unknown = [f"{a}:{b}" for a, b in init if (a, b) not in adjacent]
+    if unknown:
+        raise ConfigError(f"initial guesses for non-adjacent or unknown pairs: {', '.join(unknown)}",
+                          fix="give hints only for neighbouring sections, e.g. "
+                              + ", ".join(f"{a}:{b}" for a, b in zip(order, order[1:], strict=False)))
+
+    masks = dict(masks or {})
+    secs = {sid: _prepare(sid, thumbs[sid], masks[sid] if sid in masks else tissue_mask(thumbs[sid], f"section {sid}"),
+                          float(thumb_downsample[sid]), float(um_per_px[sid])) for sid in order}
+
+    r = order.index(ref)
+    out = {ref: SectionTransform(ref, ref, np.diag([um_per_px[ref], um_per_px[ref], 1.0]), None,
+                                 "identity(reference)")}
+    # walk outward from the reference so each fixed neighbour is already placed
+    for i in list(range(r - 1, -1, -1)) + list(range(r + 1, len(order))):
+        mov, fix = order[i], order[i + 1 if i < r else i - 1]
+        pair, qc, method, warp, grid = _register_pair(secs[mov], secs[fix], _guess_for(init, mov, fix), transform,
+                                                      syn, seed, max_scale_dev, max_shear)
+        um_f, um_m = um_per_px[fix], um_per_px[mov]
+        matrix = out[fix].matrix @ np.diag([1 / um_f, 1 / um_f, 1.0]) @ pair @ np.diag([um_m, um_m, 1.0])
+        out[mov] = SectionTransform(mov, ref, matrix, qc, method, warp, grid)
+    return [out[sid] for sid in order]
+
+
+# --- QC picture ----------------------------------------------------------------------------
