@@ -80,7 +80,7 @@ def flops_per_image(module: torch.nn.Module, px: int) -> int:
 
 
 def encoder_variants(
-    enc: E.LoadedEncoder, batch_size: int, repeats: int, inductor: bool
+    enc: E.LoadedEncoder, batch_size: int, repeats: int, inductor: bool, only: str | None
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Best-of images/s per variant and best-of matmul GFLOP/s, sampled round-robin so
     that every number sees the same background load."""
@@ -102,21 +102,31 @@ def encoder_variants(
 
         return fn
 
-    fns = {
-        "fp32_eager": eager(nchw, x),
-        "fp32_eager_channels_last": eager(enc.module, x_cl),
-        "fp32_jit_channels_last": partial(M._Forward(enc, "fp32", batch_size, "jit"), u8),
-    }
-    t = time.perf_counter()
-    if M.cpu_has_bf16():
-        fns["bf16_autocast_channels_last"] = eager(enc.module, x_cl, torch.bfloat16)
-        fns["bf16_jit_channels_last"] = partial(M._Forward(enc, "bf16", batch_size, "jit"), u8)
-        print(f"  bf16 jit trace + warm-up: {time.perf_counter() - t:.1f} s (once per process)")
-        if inductor:
+    def fused(precision, runtime):
+        def build():
             t = time.perf_counter()
-            fn = partial(M._Forward(enc, "bf16", batch_size, "inductor"), u8)
-            print(f"  (inductor compile + warm-up: {time.perf_counter() - t:.0f} s)")
-            fns["bf16_inductor_channels_last"] = fn
+            fn = partial(M._Forward(enc, precision, batch_size, runtime), u8)
+            print(
+                f"  {precision} {runtime}: trace/compile + warm-up {time.perf_counter() - t:.1f} s"
+            )
+            return fn
+
+        return build
+
+    factories = {
+        "fp32_eager": lambda: eager(nchw, x),
+        "fp32_eager_channels_last": lambda: eager(enc.module, x_cl),
+        "fp32_jit_channels_last": fused("fp32", "jit"),
+    }
+    if M.cpu_has_bf16():
+        factories["bf16_autocast_channels_last"] = lambda: eager(enc.module, x_cl, torch.bfloat16)
+        factories["bf16_jit_channels_last"] = fused("bf16", "jit")
+        if inductor:
+            factories["bf16_inductor_channels_last"] = fused("bf16", "inductor")
+    if only:
+        wanted = only.split(",")
+        factories = {k: v for k, v in factories.items() if any(w in k for w in wanted)}
+    fns = {name: build() for name, build in factories.items()}
     production = M.embedding_config(enc, batch_size)
     print(f"  production path: {production['precision']} / {production['runtime']}")
     for fn in fns.values():
@@ -214,7 +224,9 @@ def end_to_end(enc: E.LoadedEncoder, batch_size: int, n_spots: int | None) -> di
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch-size", type=int, default=M.DEFAULT_BATCH_SIZE)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--only", default=None, help="comma-separated substrings of variant names")
+    ap.add_argument("--no-e2e", action="store_true", help="skip the her2st end-to-end run")
     ap.add_argument("--spots", type=int, default=None, help="limit the end-to-end spots")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--inductor", action="store_true", help="also time torch.compile (~40 s)")
@@ -225,7 +237,7 @@ def main() -> None:
     enc = E.load_encoder("resnet50-l3", "random", seed=0)
     flops = flops_per_image(enc.module, 224)
     print(f"resnet50-l3: {flops / 1e9:.2f} GFLOP per 224-px image, batch {args.batch_size}")
-    variants, peaks = encoder_variants(enc, args.batch_size, args.repeats, args.inductor)
+    variants, peaks = encoder_variants(enc, args.batch_size, args.repeats, args.inductor, args.only)
     report["matmul_peak_gflops"] = {k: round(v, 1) for k, v in peaks.items()}
     print(f"matmul peak 4096²: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
     report["gflop_per_image"] = round(flops / 1e9, 3)
@@ -242,7 +254,7 @@ def main() -> None:
         }
         print(f"  {name:30s} {ips:6.1f} img/s  {gflops:6.1f} GFLOP/s  {ratio:.2f} of {kind} peak")
 
-    if (DATA / "ST-imgs" / "C" / "C3").is_dir():
+    if not args.no_e2e and (DATA / "ST-imgs" / "C" / "C3").is_dir():
         e2e = end_to_end(enc, args.batch_size, args.spots)
         report["end_to_end"] = e2e
         print("end to end (her2st C3, cold start, PNG patches):", json.dumps(e2e))

@@ -172,13 +172,16 @@ def _fit_fold(cfg: TrainConfig, fold: Any, samples: dict, tasks: dict, rid: str,
                 sub = s.subset(s.in_sections(plan.sections), drop_cross=True)
                 tasks[key] = loop.make_task(sub, plan.visible, cfg.device,
                                             name=f"{plan.sample_id}/{plan.sections[0]}",
-                                            val_fraction=cfg.val_fraction, seed=cfg.seed)
+                                            val_fraction=cfg.val_fraction, seed=cfg.seed,
+                                            feature_norm=cfg.feature_norm)
             train_tasks.append(tasks[key])
         else:
             train_tasks.append(_task(tasks, s, plan.visible, cfg))
     resume = None
     if ckpt is not None and ckpt.get("fold") == fold.fold and ckpt.get("state"):
         resume = loop.FitState(**ckpt["state"])
+    else:
+        loop.init_output_bias(model, train_tasks)
 
     def save(state: loop.FitState) -> None:
         loop.save_checkpoint(path, {"run_id": rid, "fold": fold.fold, "state": asdict(state),
@@ -215,7 +218,7 @@ def _task(tasks: dict, s: Any, visible: tuple[str, ...], cfg: TrainConfig) -> An
     key = (s.sample_id, visible, "3d")
     if key not in tasks:
         tasks[key] = loop.make_task(s, visible, cfg.device, val_fraction=cfg.val_fraction,
-                                    seed=cfg.seed)
+                                    seed=cfg.seed, feature_norm=cfg.feature_norm)
     return tasks[key]
 
 

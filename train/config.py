@@ -17,6 +17,7 @@ SCHEDULERS = ("cosine", "none")
 LOSS_PRESETS = ("paper", "reference")
 GNN_ENGINES = ("dgl", "pyg")
 DEVICES = ("cpu", "cuda")
+FEATURE_NORMS = ("section", "none")
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class TrainConfig:
     dropout: float = 0.1
     gnn: str = "dgl"
     cli_iters: int = 10
+    feature_norm: str = "section"  # section (per-section z-score of embeddings) | none
     # training episodes (see protocol.py) and model selection (see loop.py)
     episode_known_fraction: float = 0.2
     val_fraction: float = 0.2
@@ -107,7 +109,7 @@ class TrainConfig:
         if not self.spec.neural:  # optimiser settings cannot change a baseline
             for key in ("epochs", "lr", "momentum", "weight_decay", "optimizer", "scheduler",
                         "lr_min_ratio", "grad_clip", "loss", "hidden", "heads", "dropout",
-                        "gnn", "episode_known_fraction", "val_fraction", "device",
+                        "gnn", "episode_known_fraction", "val_fraction", "device", "feature_norm",
                         "finetune_spot_encoder"):
                 out.pop(key, None)
         return out
@@ -130,6 +132,7 @@ def validate(cfg: TrainConfig) -> None:
     choice(cfg.loss, LOSS_PRESETS, "--loss")
     choice(cfg.gnn, GNN_ENGINES, "--gnn")
     choice(cfg.device, DEVICES, "--device")
+    choice(cfg.feature_norm, FEATURE_NORMS, "--feature-norm")
     if str(cfg.known) not in ("first", "middle") and not str(cfg.known).lstrip("-").isdigit():
         problems.append(f"--known {cfg.known!r} must be first, middle or a layer number z")
     if cfg.folds < 1:

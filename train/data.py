@@ -223,3 +223,28 @@ def _tiles(
         tokens[level] = tok
         feats[level] = vec.get_vectors([emb_key(enc, level, t) for t in uniq], dim)
     return tokens, feats
+
+
+def standardised_features(sample: SampleData) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """float32 spot and tile features, each dimension standardised per section (zero mean,
+    unit variance over that section's spots, and separately over its tiles).
+
+    Frozen-encoder embeddings shift with staining and scanning, from section to section and
+    much more from patient to patient; a per-section z-score removes the first-order shift
+    before the model sees them. Images only: no labels are involved."""
+    spot = sample.spot_feat.astype(np.float32)
+    tiles = {k: v.astype(np.float32) for k, v in sample.tile_feat.items()}
+    for sec in np.unique(sample.section):
+        rows = sample.section == sec
+        spot[rows] = _zscore(spot[rows])
+        for level, tok in sample.tokens.items():
+            used = np.unique(tok[rows])
+            used = used[used >= 0]
+            tiles[level][used] = _zscore(tiles[level][used])
+    return spot, tiles
+
+
+def _zscore(x: np.ndarray) -> np.ndarray:
+    if len(x) < 2:
+        return x - x.mean(axis=0, keepdims=True)
+    return (x - x.mean(axis=0, keepdims=True)) / (x.std(axis=0, keepdims=True) + 1e-6)

@@ -53,11 +53,20 @@ class GraphTask:
 
 
 def make_task(sample: SampleData, visible_sections: tuple[str, ...], device: str,
-              name: str | None = None, *, val_fraction: float = 0.0, seed: int = 0) -> GraphTask:
-    """Tensors for one graph. Labels pass through ``visible_labels`` here and nowhere else."""
+              name: str | None = None, *, val_fraction: float = 0.0, seed: int = 0,
+              feature_norm: str = "section") -> GraphTask:
+    """Tensors for one graph. Labels pass through ``visible_labels`` here and nowhere else.
+    ``feature_norm``: ``section`` (per-section z-score, data.standardised_features) or
+    ``none`` (embeddings as stored)."""
     import torch
 
+    from asign.train.data import standardised_features
     from asign.train.model import EDGE_KINDS, GraphInputs, TokenSet
+
+    if feature_norm == "section":
+        spot_feat, tile_feat = standardised_features(sample)
+    else:
+        spot_feat, tile_feat = sample.spot_feat, sample.tile_feat
 
     name = name or sample.sample_id
     y, visible = visible_labels(sample.labels, sample.has_label, sample.section,
@@ -66,12 +75,12 @@ def make_task(sample: SampleData, visible_sections: tuple[str, ...], device: str
     train = visible & ~val
 
     def tokens(level: str) -> TokenSet:
-        return TokenSet(torch.as_tensor(sample.tile_feat[level], dtype=torch.float32),
+        return TokenSet(torch.as_tensor(tile_feat[level], dtype=torch.float32),
                         torch.as_tensor(sample.tokens[level]))
 
     kind = np.where(sample.cross, EDGE_KINDS["cross_layer"], EDGE_KINDS["same_layer"])
     inputs = GraphInputs(
-        spot=torch.as_tensor(sample.spot_feat, dtype=torch.float32),
+        spot=torch.as_tensor(spot_feat, dtype=torch.float32),
         region=tokens("region"), global_=tokens("global"),
         src=torch.as_tensor(sample.src), dst=torch.as_tensor(sample.dst),
         edge_weight=torch.as_tensor(sample.weight), edge_kind=torch.as_tensor(kind))
@@ -109,6 +118,23 @@ def build(cfg: TrainConfig, in_dim: int, n_genes: int, fold: int) -> Any:
 
     torch.manual_seed(_mix(cfg.seed, fold, 0xB11D))
     return build_model(cfg.model, **model_overrides(cfg, in_dim, n_genes)).to(cfg.device)
+
+
+def init_output_bias(model: Any, tasks: list[GraphTask]) -> None:
+    """Start every regression head at the training spots' mean profile, so the network
+    learns deviations from it instead of first travelling from 0 to ~ −5 (log-ratio scale)."""
+    import torch
+
+    ys = [task.y[_mask(task.train, task)] for task in tasks if task.train.any()]
+    if not ys:
+        return
+    mean = torch.cat(ys).mean(dim=0)
+    with torch.no_grad():
+        for name in ("head_spot", "head_region", "head_global"):
+            head = getattr(model.net, name, None)
+            last = head[-1] if isinstance(head, torch.nn.Sequential) else None
+            if last is not None and getattr(last, "bias", None) is not None:
+                last.bias.copy_(mean.to(last.bias))
 
 
 def make_optimizer(cfg: TrainConfig, model: Any) -> tuple[Any, Any]:
