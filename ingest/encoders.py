@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from asign.errors import ConfigError, WeightsError
+from asign.store.manifest import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -123,14 +124,6 @@ def ensure_torchvision() -> None:
 
 
 # --------------------------------------------------------------------------- state dicts
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def params_sha256(module: Any) -> str:

@@ -53,6 +53,7 @@ def open_slide(path: Path) -> Any:
     """OpenSlide handle (cached). Raises ImageError for missing/corrupt files."""
     import openslide
 
+    _pil()  # lifts PIL's pixel limit before OpenSlide's ImageSlide opens a large JPEG
     path = Path(path)
     if not path.exists():
         raise ImageError("image not found", path=path, fix="check the path in the sample folder or manifest")

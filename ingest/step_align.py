@@ -38,8 +38,6 @@ def run_align(store: Store, cfg: IngestConfig, sample_id: str, rep: Reporter) ->
         return {"method": "precomputed"}
 
     imaged = sections[sections.has_image]
-    for sid in sections.section_id[~sections.has_image]:
-        log.warning("section %s has no image: kept for its labels only, not aligned, not in the graph", sid)
 
     task = rep.task(f"align {sample_id}", total=len(imaged) + 1)
     thumbs: dict[str, np.ndarray] = {}

@@ -120,7 +120,7 @@ def _work(store: Store, sample_id: str, cfg: IngestConfig, vec: Any) -> list[tup
 
 
 def run_embed(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Reporter) -> dict[str, Any]:
-    from asign.ingest.embed import embed_batches
+    from asign.ingest.embed import embed_batches, embedding_config
     from asign.ingest.encoders import load_encoder
 
     encoder = load_encoder(cfg.encoder, cfg.weights, device=cfg.device, seed=cfg.seed)
@@ -136,8 +136,9 @@ def run_embed(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Rep
             index["section_id"] += [section_id] * len(items)
             index["level"] += [level] * len(items)
             index["id"] += [i for i, _ in items]
-            # Fixed batch boundaries (chunk b = items[b*bs:(b+1)*bs]) make a resumed run
-            # produce bit-identical vectors: bf16 results depend on batch composition.
+            # Resume unit: fixed chunks (b = items[b*bs:(b+1)*bs]), each committed with its
+            # marker. Vectors do not depend on batch composition (embed pads batches), so a
+            # resumed run gives the same bits.
             chunks = [items[i:i + bs] for i in range(0, len(items), bs)]
             markers = [done_key("emb", fp, section_id, level, str(b)) for b in range(len(chunks))]
             todo = [b for b, m in enumerate(markers) if not vec.has(m)]
@@ -152,7 +153,7 @@ def run_embed(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Rep
     index["encoder"] = [name] * len(index["id"])
     store.write("embeddings", index, key=sample_id)
     manifest = store.manifest()
-    manifest["params"]["embed"] = {**encoder.info, "dim": encoder.spec.dim, "spot_px": cfg.spot_px,
+    manifest["params"]["embed"] = {**embedding_config(encoder, bs, cfg.precision), "dim": encoder.spec.dim, "spot_px": cfg.spot_px,
                                    "region_px": cfg.region_px, "global_px": cfg.global_px}
     store.save_manifest(manifest)
     return {"n_vectors": total, "encoder": name, "weights": encoder.info.get("weights_sha256")}

@@ -10,6 +10,7 @@ import torch
 
 from asign.errors import ConfigError, WeightsError
 from asign.ingest import encoders as E
+from asign.store.manifest import file_sha256
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +81,7 @@ def test_imagenet_found_in_hub_cache_and_path_weights_load(random_encoder, empty
     torch.save(state, empty_hub / "resnet50-0676ba61.pth")
     source = E.resolve_weights("imagenet")
     assert source.kind == "file" and source.label == "imagenet"
-    assert source.sha256 == E.file_sha256(empty_hub / "resnet50-0676ba61.pth")
+    assert source.sha256 == file_sha256(empty_hub / "resnet50-0676ba61.pth")
     loaded = E.load_encoder("resnet50-l3", source, seed=7)  # the seed must not matter
     assert loaded.info["params_sha256"] == random_encoder.info["params_sha256"]
     assert loaded.info["weights_sha256"] == source.sha256

@@ -66,11 +66,26 @@ def test_task_sees_only_visible_labels(toy_store):
     known = s.in_sections(["S1_L1"])
     assert (task.visible == known).all()
     y = task.y.numpy()
-    assert (y[~known] == 0).all() and np.allclose(y[known], s.labels[known])
+    assert (y[~known] == 0).all()
+    np.testing.assert_allclose(y[known] + task.offset, s.labels[known], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(task.offset, s.labels[known].mean(0), rtol=1e-5)
     # region targets: only tiles of the known layer have one, and it is their known mean
     rmask = task.region_mask.numpy()
     assert rmask[known].all() and not rmask[~known].any()
     own = s.tokens["region"][:, 0]
     i = int(np.flatnonzero(known)[0])
     same = known & (own == own[i])
-    np.testing.assert_allclose(task.region_target.numpy()[i], s.labels[same].mean(0), rtol=1e-5)
+    np.testing.assert_allclose(task.region_target.numpy()[i] + task.offset,
+                               s.labels[same].mean(0), rtol=1e-5)
+
+
+def test_standardised_features_are_per_section_zscores(toy_store):
+    from asign.train.data import standardised_features
+
+    s = load_sample(open_store(toy_store), "S1")
+    spot, tiles = standardised_features(s)
+    for sec in range(len(s.sections)):
+        rows = s.section == sec
+        np.testing.assert_allclose(spot[rows].mean(0), 0, atol=1e-4)
+        np.testing.assert_allclose(spot[rows].std(0), 1, atol=1e-2)
+    assert spot.dtype == np.float32 and tiles["region"].shape == s.tile_feat["region"].shape

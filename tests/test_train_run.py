@@ -123,3 +123,23 @@ def test_finetune_on_cpu_is_a_clear_error(toy_store):
         run(_cfg(toy_store, "asign3d", finetune_spot_encoder=True))
     with pytest.raises(ConfigError, match="--model"):
         run(_cfg(toy_store, "mean").with_(model="nope"))
+
+
+def test_validation_spots_never_enter_the_gradient(toy_store):
+    """Labels of the spots set aside for model selection change the validation curve only."""
+    from asign.train import loop
+    from asign.train.data import load_sample
+
+    s = load_sample(open_store(toy_store), "S1")
+    cfg = _cfg(toy_store, "asign3d", epochs=3, val_fraction=0.3)
+    histories = []
+    for shift in (0.0, 5.0):
+        task = loop.make_task(s, ("S1_L1",), "cpu", val_fraction=0.3, seed=0)
+        assert task.val.sum() == 9 and not (task.val & task.train).any()
+        task.y[task.val] += shift  # only the set-aside labels change
+        model = loop.build(cfg, 16, 6, 0)
+        loop.init_output_bias(model, [task])
+        histories.append(loop.fit(cfg, model, [task], 0))
+    assert histories[0].history == histories[1].history
+    assert histories[0].val_history != histories[1].val_history
+    assert 1 <= histories[0].best_epoch <= 3

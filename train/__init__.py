@@ -173,7 +173,8 @@ def _fit_fold(cfg: TrainConfig, fold: Any, samples: dict, tasks: dict, rid: str,
                 tasks[key] = loop.make_task(sub, plan.visible, cfg.device,
                                             name=f"{plan.sample_id}/{plan.sections[0]}",
                                             val_fraction=cfg.val_fraction, seed=cfg.seed,
-                                            feature_norm=cfg.feature_norm)
+                                            feature_norm=cfg.feature_norm,
+                                            center_labels=cfg.center_labels)
             train_tasks.append(tasks[key])
         else:
             train_tasks.append(_task(tasks, s, plan.visible, cfg))
@@ -218,7 +219,8 @@ def _task(tasks: dict, s: Any, visible: tuple[str, ...], cfg: TrainConfig) -> An
     key = (s.sample_id, visible, "3d")
     if key not in tasks:
         tasks[key] = loop.make_task(s, visible, cfg.device, val_fraction=cfg.val_fraction,
-                                    seed=cfg.seed, feature_norm=cfg.feature_norm)
+                                    seed=cfg.seed, feature_norm=cfg.feature_norm,
+                                    center_labels=cfg.center_labels)
     return tasks[key]
 
 

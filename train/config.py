@@ -64,6 +64,7 @@ class TrainConfig:
     optimizer: str = "sgd"
     scheduler: str = "cosine"
     lr_min_ratio: float = 0.01
+    cli_lr_scale: float = 10.0  # learning-rate multiplier of the CLI block (see loop.py)
     grad_clip: float = 5.0
     loss: str = "paper"
     # model
@@ -73,6 +74,8 @@ class TrainConfig:
     gnn: str = "dgl"
     cli_iters: int = 10
     feature_norm: str = "section"  # section (per-section z-score of embeddings) | none
+    center_labels: bool = True  # learn deviations from each graph's training mean (loop.py)
+    cli_per_node_gate: bool = False  # CLI gate per gene (False) or per gene and node
     # training episodes (see protocol.py) and model selection (see loop.py)
     episode_known_fraction: float = 0.2
     val_fraction: float = 0.2
@@ -108,8 +111,9 @@ class TrainConfig:
             out.pop(key, None)
         if not self.spec.neural:  # optimiser settings cannot change a baseline
             for key in ("epochs", "lr", "momentum", "weight_decay", "optimizer", "scheduler",
-                        "lr_min_ratio", "grad_clip", "loss", "hidden", "heads", "dropout",
+                        "lr_min_ratio", "cli_lr_scale", "grad_clip", "loss", "hidden", "heads", "dropout",
                         "gnn", "episode_known_fraction", "val_fraction", "device", "feature_norm",
+                        "center_labels", "cli_per_node_gate",
                         "finetune_spot_encoder"):
                 out.pop(key, None)
         return out

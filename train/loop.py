@@ -18,6 +18,7 @@ the best.) At test time the set-aside spots are ordinary known spots again.
 from __future__ import annotations
 
 import logging
+import math
 import time
 import zlib
 from collections.abc import Callable
@@ -44,7 +45,8 @@ class GraphTask:
     visible: np.ndarray  # (N,) bool: labels training may use (CLI inputs at test time)
     train: np.ndarray  # (N,) bool: visible and not set aside for validation
     val: np.ndarray  # (N,) bool: set aside for model selection
-    y: Any  # (N, G) tensor: visible labels, zeros elsewhere
+    y: Any  # (N, G) tensor: visible labels minus ``offset``, zeros elsewhere
+    offset: np.ndarray  # (G,) subtracted from the labels (centring), added back by predict
     region_target: Any
     region_mask: Any
     global_target: Any
@@ -54,10 +56,16 @@ class GraphTask:
 
 def make_task(sample: SampleData, visible_sections: tuple[str, ...], device: str,
               name: str | None = None, *, val_fraction: float = 0.0, seed: int = 0,
-              feature_norm: str = "section") -> GraphTask:
+              feature_norm: str = "section", center_labels: bool = True) -> GraphTask:
     """Tensors for one graph. Labels pass through ``visible_labels`` here and nowhere else.
+
     ``feature_norm``: ``section`` (per-section z-score, data.standardised_features) or
-    ``none`` (embeddings as stored)."""
+    ``none`` (embeddings as stored). ``center_labels``: subtract the mean profile of the
+    graph's training spots, so the network learns deviations from a sample's own known
+    mean rather than each patient's absolute level from images (which does not transfer
+    between patients); propagation, MSE and the per-gene PCC terms are unchanged by a
+    per-gene shift, and ``predict`` adds the offset back. At test time the offset is the
+    known layer's mean: information the method has anyway."""
     import torch
 
     from asign.train.data import standardised_features
@@ -73,6 +81,10 @@ def make_task(sample: SampleData, visible_sections: tuple[str, ...], device: str
                                 sample.section_index(visible_sections))
     val = split_validation(visible, val_fraction, _mix(seed, zlib.crc32(name.encode())))
     train = visible & ~val
+    offset = np.zeros(y.shape[1], dtype=np.float32)
+    if center_labels and train.any():
+        offset = y[train].mean(axis=0).astype(np.float32)
+        y = np.where(visible[:, None], y - offset, 0.0).astype(np.float32)
 
     def tokens(level: str) -> TokenSet:
         return TokenSet(torch.as_tensor(tile_feat[level], dtype=torch.float32),
@@ -89,7 +101,8 @@ def make_task(sample: SampleData, visible_sections: tuple[str, ...], device: str
     t = torch.as_tensor
     return GraphTask(
         name=name, inputs=inputs.to(device), section=sample.section, visible=visible,
-        train=train, val=val, y=t(y).to(device), region_target=t(rt).to(device),
+        train=train, val=val, y=t(y).to(device), offset=offset,
+        region_target=t(rt).to(device),
         region_mask=t(rm).to(device), global_target=t(gt).to(device),
         global_mask=t(gm).to(device))
 
@@ -107,7 +120,8 @@ def split_validation(visible: np.ndarray, fraction: float, seed: int) -> np.ndar
 
 def model_overrides(cfg: TrainConfig, in_dim: int, n_genes: int) -> dict[str, Any]:
     return dict(in_dim=in_dim, n_genes=n_genes, hidden_dim=cfg.hidden, n_heads=cfg.heads,
-                dropout=cfg.dropout, engine=cfg.gnn, cli_iters=cfg.cli_iters)
+                dropout=cfg.dropout, engine=cfg.gnn, cli_iters=cfg.cli_iters,
+                **({"cli_per_node_gate": cfg.cli_per_node_gate} if cfg.spec.cli else {}))
 
 
 def build(cfg: TrainConfig, in_dim: int, n_genes: int, fold: int) -> Any:
@@ -140,15 +154,25 @@ def init_output_bias(model: Any, tasks: list[GraphTask]) -> None:
 def make_optimizer(cfg: TrainConfig, model: Any) -> tuple[Any, Any]:
     import torch
 
-    params = [p for p in model.parameters() if p.requires_grad]
+    # The CLI has a handful of parameters, one gate logit per gene among them, whose
+    # gradients the mean over genes divides by G: they learn at cli_lr_scale × the rate.
+    cli = getattr(model, "cli", None)
+    cli_ids = {id(p) for p in cli.parameters()} if cli is not None else set()
+    body = [p for p in model.parameters() if p.requires_grad and id(p) not in cli_ids]
+    groups = [{"params": body, "lr": cfg.lr}]
+    if cli is not None:
+        groups.append({"params": [p for p in cli.parameters() if p.requires_grad],
+                       "lr": cfg.lr * cfg.cli_lr_scale})
     if cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+        opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
                               weight_decay=cfg.weight_decay)
     else:
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.scheduler == "cosine":
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(
-            opt, T_max=max(cfg.epochs, 1), eta_min=cfg.lr * cfg.lr_min_ratio)
+        # cosine decay of every group to lr_min_ratio × its initial rate (the paper: 1 %)
+        floor = cfg.lr_min_ratio
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda e: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * e / max(cfg.epochs, 1))))
     else:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     return opt, sched
@@ -306,7 +330,7 @@ def predict(cfg: TrainConfig, model: Any, task: GraphTask) -> np.ndarray:
             out = model(task.inputs, task.y, known)
         else:
             out = model(task.inputs)
-    return out.spot.float().cpu().numpy()
+    return out.spot.float().cpu().numpy() + task.offset
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
