@@ -163,7 +163,7 @@ def _fit_fold(cfg: TrainConfig, fold: Any, samples: dict, tasks: dict, rid: str,
     if fold.fold in finished:
         model.load_state_dict(finished[fold.fold])
         return model
-    train_tasks = []
+    train_tasks, select = [], []
     for plan in fold.samples:
         s = samples[plan.sample_id]
         if plan.role == "train_2d":
@@ -178,6 +178,8 @@ def _fit_fold(cfg: TrainConfig, fold: Any, samples: dict, tasks: dict, rid: str,
             train_tasks.append(tasks[key])
         else:
             train_tasks.append(_task(tasks, s, plan.visible, cfg))
+            if plan.role == "test":
+                select.append(train_tasks[-1])
     resume = None
     if ckpt is not None and ckpt.get("fold") == fold.fold and ckpt.get("state"):
         resume = loop.FitState(**ckpt["state"])
@@ -199,7 +201,7 @@ def _fit_fold(cfg: TrainConfig, fold: Any, samples: dict, tasks: dict, rid: str,
     stop = budget[0]
     start = resume.epoch if resume else 0
     state = loop.fit(cfg, model, train_tasks, fold.fold, resume_from=resume,
-                     on_epoch=on_epoch, save=save, stop_after=stop)
+                     on_epoch=on_epoch, save=save, stop_after=stop, select=select)
     rep.done(task_id)
     if stop is not None:
         budget[0] = stop - (state.epoch - start)

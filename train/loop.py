@@ -9,8 +9,9 @@ resumed from its per-epoch checkpoint replays exactly the uninterrupted run.
 Model selection without test labels: a seeded fraction (``val_fraction``) of every training
 graph's visible spots is set aside. Those spots never enter training — not as loss targets,
 not as CLI inputs, not in region/global targets. After each epoch the CLI propagates from
-all other visible spots and the spot loss on the set-aside spots is the validation score;
-the weights of the best epoch are the run's model. (With a few hundred labelled spots the
+all other visible spots and the spot loss on the set-aside spots (of the test samples'
+graphs, when they have any: their known layer is the closest thing to what is scored) is
+the validation score; the weights of the best epoch are the run's model. (With a few hundred labelled spots the
 network otherwise memorises the training spots' embeddings, and the last epoch is rarely
 the best.) At test time the set-aside spots are ordinary known spots again.
 """
@@ -207,10 +208,13 @@ def fit(
     on_epoch: EpochHook | None = None,
     save: SaveHook | None = None,
     stop_after: int | None = None,
+    select: list[GraphTask] | None = None,
 ) -> FitState:
     """Train ``model`` in place and leave the best epoch's weights in it (the last epoch's
     when no graph has validation spots). ``stop_after`` ends the call after that many
-    epochs of this call; the returned state's ``epoch`` then tells how far it got."""
+    epochs of this call; the returned state's ``epoch`` then tells how far it got.
+    ``select``: the graphs whose set-aside spots choose the epoch (default: all; ``run``
+    passes the test samples' graphs, whose known layer is closest to what is scored)."""
     import torch
 
     from asign.train.loss import LossWeights
@@ -256,7 +260,8 @@ def fit(
             losses.append(float(loss.detach()))
         sched.step()
         done_here += 1
-        score = validation_score(cfg, model, tasks, weights)
+        chosen = [t for t in (select or []) if t.val.any()] or tasks
+        score = validation_score(cfg, model, chosen, weights)
         state.epoch = epoch + 1
         state.history.append(float(np.mean(losses)) if losses else float("nan"))
         state.val_history.append(score)
