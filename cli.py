@@ -141,7 +141,7 @@ def train(
     folds: Annotated[int, typer.Option("--folds", help="1 = within-sample imputation; K>=2 = sample-level k-fold.")] = 1,
     samples: Annotated[str | None, typer.Option("--samples", help="Restrict to these sample ids (comma-separated).")] = None,
     extra_2d: Annotated[str | None, typer.Option("--extra-2d", help="Samples trained as 2D sections and never scored (e.g. B).")] = None,
-    epochs: Annotated[int, typer.Option("--epochs")] = 60,
+    epochs: Annotated[int, typer.Option("--epochs")] = 200,
     lr: Annotated[float, typer.Option("--lr")] = 0.05,
     optimizer: Annotated[str, typer.Option("--optimizer", help="sgd (paper, momentum 0.9) | adamw")] = "sgd",
     scheduler: Annotated[str, typer.Option("--scheduler", help="cosine | none")] = "cosine",

@@ -145,3 +145,13 @@ def test_train_builds_exact_config(tmp_path, monkeypatch):
         store=tmp_path, model="idw", run="r1", known="middle", extra_2d=("B",), epochs=3
     )
     assert json.loads(result.output) == {"run_id": "x"}
+
+
+def test_train_defaults_are_the_config_defaults(tmp_path, monkeypatch):
+    from asign.train.config import TrainConfig
+
+    seen = {}
+    monkeypatch.setattr("asign.train.run", lambda cfg: seen.setdefault("cfg", cfg))
+    result = runner.invoke(app, ["train", "--store", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert seen["cfg"] == TrainConfig(store=tmp_path)
