@@ -42,6 +42,7 @@ def run_demo(out: Path, *, layers: int = 4, seed: int = 0, train: bool = True, e
     table = open_store(store).query(
         "select r.model, m.metric, round(avg(m.value), 4) as value "
         "from metrics m join runs r using (run_id) where r.name = 'demo' "
+        "and m.metric in ('mse', 'mae', 'pcc_spot', 'pcc_gene') "
         "group by 1, 2 order by 2, 3 desc"
     )
     summary["metrics"] = table.to_pylist()
