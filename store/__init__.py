@@ -1,0 +1,109 @@
+"""The feature store: Parquet tables, LMDB vectors, a JSON manifest, DuckDB views.
+
+``store/`` is the only package that knows file layouts; ingest writes through it and
+train reads through it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from asign.errors import StoreError
+from asign.store import manifest as _manifest
+from asign.store.atomic import atomic_path
+from asign.store.layout import GLOBAL_TABLES, StoreLayout
+from asign.store.parquet import read_table, write_table
+from asign.store.query import connect, run_query
+from asign.store.vectors import Vectors, open_vectors
+
+__all__ = ["Store", "StoreLayout", "Vectors", "open_store"]
+
+
+@dataclass(frozen=True)
+class Store:
+    layout: StoreLayout
+
+    @property
+    def root(self) -> Path:
+        return self.layout.root
+
+    # manifest -------------------------------------------------------------
+    def manifest(self) -> dict[str, Any]:
+        return _manifest.load_manifest(self.layout.manifest)
+
+    def save_manifest(self, manifest: dict[str, Any]) -> None:
+        _manifest.save_manifest(self.layout.manifest, manifest)
+
+    # tables ---------------------------------------------------------------
+    def write(self, name: str, table: pa.Table | dict, key: str | None = None) -> pa.Table:
+        return write_table(self.layout.table(name, key), table, name)
+
+    def has(self, name: str, key: str | None = None) -> bool:
+        return self.layout.table(name, key).exists()
+
+    def read(self, name: str, key: str | None = None, columns: list[str] | None = None) -> pa.Table:
+        """One partition, or (key=None) the whole table across partitions."""
+        if name in GLOBAL_TABLES or key is not None:
+            return read_table(self.layout.table(name, key), columns)
+        parts = sorted(Path(self.layout.table_glob(name)).parent.glob("*.parquet"))
+        if not parts:
+            from asign.schemas import TABLES
+
+            empty = TABLES[name].empty_table()
+            return empty.select(columns) if columns else empty
+        return pa.concat_tables([read_table(p, columns) for p in parts])
+
+    def remove(self, name: str, key: str | None = None) -> None:
+        self.layout.table(name, key).unlink(missing_ok=True)
+
+    def write_qc_png(self, path: Path, rgb: Any) -> Path:
+        """A QC picture (e.g. the alignment overlay), written atomically."""
+        import numpy as np
+        from PIL import Image
+
+        with atomic_path(path) as tmp:
+            Image.fromarray(np.asarray(rgb, dtype=np.uint8)).save(tmp, format="PNG")
+        return path
+
+    # vectors --------------------------------------------------------------
+    def vectors(self, *, readonly: bool = True) -> Vectors:
+        return open_vectors(self.layout.vectors, readonly=readonly)
+
+    # queries --------------------------------------------------------------
+    def query(self, sql: str) -> pa.Table:
+        return run_query(self.layout, sql)
+
+    def duckdb(self) -> Any:
+        return connect(self.layout)
+
+
+def open_store(root: Path, *, create: bool = False) -> Store:
+    """Open an existing store (version-checked) or create a new one when ``create``."""
+    root = Path(root)
+    store = Store(StoreLayout(root))
+    if store.layout.manifest.exists():
+        store.manifest()  # validates format and version
+        if create:
+            _require_writable(root)
+        return store
+    if not create:
+        raise StoreError("no store here (manifest.json missing)", path=root,
+                         fix="run `asign ingest SRC --store DIR` first, or check --store")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise StoreError(f"cannot create store directory ({err.strerror})", path=root,
+                         fix="choose a writable --store directory") from err
+    _require_writable(root)
+    store.save_manifest(_manifest.new_manifest())
+    return store
+
+
+def _require_writable(root: Path) -> None:
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise StoreError("store directory is not writable", path=root,
+                         fix="check permissions (chmod u+w) or choose another --store directory")

@@ -1,0 +1,77 @@
+"""Where every artefact of a store lives. The only module that knows file names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+# Tables written once per store (rewritten whole) vs. partitioned one file per sample
+# (ingest) or per run (train). Partitioning is what lets samples be re-ingested and runs be
+# written concurrently without a single-writer lock.
+GLOBAL_TABLES = ("sections", "genes")
+SAMPLE_TABLES = ("spots", "labels", "transforms", "tiles", "spot_tiles", "embeddings", "edges")
+RUN_TABLES = ("runs", "metrics", "predictions")
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    root: Path
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def tables(self) -> Path:
+        return self.root / "tables"
+
+    @property
+    def vectors(self) -> Path:
+        return self.root / "vectors.lmdb"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def qc(self) -> Path:
+        return self.root / "qc"
+
+    def table(self, name: str, key: str | None = None) -> Path:
+        """File of a table: ``tables/NAME.parquet`` or ``tables/NAME/KEY.parquet``."""
+        if name in GLOBAL_TABLES:
+            return self.tables / f"{name}.parquet"
+        if name in SAMPLE_TABLES:
+            if key is None:
+                raise ValueError(f"table {name} is partitioned by sample; a key is required")
+            return self.tables / name / f"{_safe(key)}.parquet"
+        if name in RUN_TABLES:
+            if key is None:
+                raise ValueError(f"table {name} is partitioned by run; a key is required")
+            return self.results / name / f"{_safe(key)}.parquet"
+        raise ValueError(f"unknown table {name}")
+
+    def table_glob(self, name: str) -> str:
+        if name in GLOBAL_TABLES:
+            return str(self.tables / f"{name}.parquet")
+        base = self.results if name in RUN_TABLES else self.tables
+        return str(base / name / "*.parquet")
+
+    def checkpoint(self, run_id: str) -> Path:
+        return self.checkpoints / f"{_safe(run_id)}.pt"
+
+    def thumbnail(self, section_id: str) -> Path:
+        """H&E thumbnail of a section (written by align) so reports never open raw slides."""
+        return self.qc / "thumbnails" / f"{_safe(section_id)}.png"
+
+    def alignment_png(self, sample_id: str) -> Path:
+        return self.qc / f"{_safe(sample_id)}_alignment.png"
+
+
+def _safe(key: str) -> str:
+    """File-system-safe partition key (sample ids like 'C' or globs never contain '/')."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in key)

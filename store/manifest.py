@@ -1,0 +1,76 @@
+"""The store manifest: format version, parameters, input hashes and which step finished
+for which sample under which fingerprint. Written atomically after every finished unit."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from asign import __version__
+from asign.errors import SchemaVersionError, StoreError
+from asign.schemas import SCHEMA_VERSION, STORE_FORMAT
+from asign.store.atomic import write_bytes
+
+
+def new_manifest() -> dict[str, Any]:
+    return {
+        "format": STORE_FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "asign_version": __version__,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "params": {},
+        "inputs": {},
+        "steps": {},
+    }
+
+
+def load_manifest(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise StoreError("no store here (manifest.json missing)", path=path,
+                         fix="run `asign ingest SRC --store DIR` first, or check --store") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise StoreError(f"manifest is corrupt ({err})", path=path,
+                         fix="restore it or re-create the store with `asign ingest`") from err
+    if data.get("format") != STORE_FORMAT:
+        raise StoreError("not an asign store", path=path, fix="point --store at a directory made by `asign ingest`")
+    version = int(data.get("schema_version", -1))
+    if version > SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"store written by schema version {version}, this asign reads up to {SCHEMA_VERSION}",
+            path=path, fix="upgrade asign to read this store")
+    return data
+
+
+def save_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    write_bytes(path, json.dumps(manifest, indent=1, sort_keys=True, default=str).encode())
+
+
+def fingerprint(*parts: Any) -> str:
+    """Stable hash of JSON-able parameters and upstream fingerprints."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def step_fingerprint(manifest: dict[str, Any], sample_id: str, step: str) -> str | None:
+    return manifest["steps"].get(sample_id, {}).get(step, {}).get("fingerprint")
+
+
+def mark_step(manifest: dict[str, Any], sample_id: str, step: str, fp: str, **info: Any) -> None:
+    manifest["steps"].setdefault(sample_id, {})[step] = {
+        "fingerprint": fp,
+        "done_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **info,
+    }
