@@ -50,6 +50,17 @@ def save_manifest(path: Path, manifest: dict[str, Any]) -> None:
     write_bytes(path, json.dumps(manifest, indent=1, sort_keys=True, default=str).encode())
 
 
+def jsonable(obj: Any) -> Any:
+    """Configs (dataclasses as dicts, tuples, Paths) → plain JSON types for the store."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
 def fingerprint(*parts: Any) -> str:
     """Stable hash of JSON-able parameters and upstream fingerprints."""
     blob = json.dumps(parts, sort_keys=True, default=str).encode()

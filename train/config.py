@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from asign.errors import ConfigError
+from asign.store.manifest import jsonable
 
 SETTINGS = ("within_sample", "cross_sample")
 OPTIMIZERS = ("sgd", "adamw")
@@ -102,7 +103,7 @@ class TrainConfig:
         return "within_sample" if self.folds == 1 else "cross_sample"
 
     def to_json(self) -> dict[str, Any]:
-        return _jsonable(asdict(self))
+        return jsonable(asdict(self))
 
     def identity(self) -> dict[str, Any]:
         """The fields that decide the result: everything but how the run is executed."""
@@ -163,12 +164,3 @@ def validate(cfg: TrainConfig) -> None:
     if problems:
         raise ConfigError("; ".join(problems), fix="see `asign train --help`")
 
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
