@@ -92,21 +92,21 @@ def _duckdb() -> str:
 
 
 def _torchvision() -> str:
-    from asign.ingest.encoders import import_torchvision
+    from asign.encoders import import_torchvision
 
     tv = import_torchvision()
     return f"torchvision {tv.__version__}"
 
 
 def _weights() -> str:
-    from asign.ingest.encoders import resolve_weights
+    from asign.encoders import resolve_weights
 
     src = resolve_weights("imagenet")
     return f"ImageNet ResNet50 weights: {src}"
 
 
 def _registries() -> str:
-    from asign.ingest.encoders import ENCODERS
+    from asign.encoders import ENCODERS
     from asign.ingest.readers import READERS
     from asign.train.config import MODELS
 

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from asign import encoders as E
 from asign.ingest import embed as M
-from asign.ingest import encoders as E
 from asign.ingest import images
 from asign.ingest import patches as P
 

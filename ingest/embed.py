@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from asign.encoders import LoadedEncoder
 from asign.errors import ConfigError
 from asign.ingest import patches
-from asign.ingest.encoders import LoadedEncoder
 
 log = logging.getLogger(__name__)
 

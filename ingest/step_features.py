@@ -120,8 +120,8 @@ def _work(store: Store, sample_id: str, cfg: IngestConfig, vec: Any) -> list[tup
 
 
 def run_embed(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Reporter) -> dict[str, Any]:
+    from asign.encoders import load_encoder
     from asign.ingest.embed import embed_batches, embedding_config
-    from asign.ingest.encoders import load_encoder
 
     encoder = load_encoder(cfg.encoder, cfg.weights, device=cfg.device, seed=cfg.seed)
     name = encoder.spec.name

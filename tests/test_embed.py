@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from asign import encoders as E
 from asign.errors import ConfigError
 from asign.ingest import embed as M
-from asign.ingest import encoders as E
 from asign.ingest import patches as P
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "her2st"

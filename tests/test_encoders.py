@@ -8,8 +8,8 @@ import urllib.error
 import pytest
 import torch
 
+from asign import encoders as E
 from asign.errors import ConfigError, WeightsError
-from asign.ingest import encoders as E
 from asign.store.manifest import file_sha256
 
 
