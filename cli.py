@@ -76,7 +76,7 @@ def ingest(
     extra_2d: Annotated[str | None, typer.Option("--extra-2d", help="Single-section samples to keep as extra 2D training data (e.g. B).")] = None,
     steps: Annotated[str, typer.Option("--steps", help="Subset of register,align,patches,embed,graph.")] = "register,align,patches,embed,graph",
     n_genes: Annotated[int, typer.Option("--n-genes", help="Gene panel size (top by mean count on training layers).")] = 250,
-    genes: Annotated[str | None, typer.Option("--genes", help="Explicit comma-separated gene panel.")] = None,
+    genes: Annotated[str | None, typer.Option("--genes", help="Explicit gene panel: comma-separated names, or a file with one gene per line.")] = None,
     normalisation: Annotated[str, typer.Option("--normalisation", help="log_ratio (reference/paper scale) or log1p_cp10k (TRIPLEX/HEST).")] = "log_ratio",
     panel_from: Annotated[str, typer.Option("--panel-from", help="Layer of each sample counted as training for the panel: first|middle|Z.")] = "first",
     transform: Annotated[str, typer.Option("--transform", help="rigid or affine registration.")] = "rigid",
@@ -132,27 +132,52 @@ def _parse_init(items: list[str]) -> dict[str, tuple[float, bool]]:
     return out
 
 
+def _train_default(name: str) -> Any:
+    from dataclasses import fields
+
+    from asign.train.config import TrainConfig
+
+    return next(f.default for f in fields(TrainConfig) if f.name == name)
+
+
+_OPT, _MODEL, _PROTO, _RUN = "Optimisation", "Model", "Protocol", "Runtime"
+
+
 @app.command()
 def train(
     store: StoreOpt,
     model: Annotated[str, typer.Option("--model", "-m", help="asign3d | asign2d | mean | idw | similarity | cli (see `asign doctor`).")] = "asign3d",
     run: Annotated[str, typer.Option("--run", "-r", help="Run name (results are grouped by it).")] = "run",
-    known: Annotated[str, typer.Option("--known", help="Known (measured) layer: first | middle | Z.")] = "first",
-    folds: Annotated[int, typer.Option("--folds", help="1 = within-sample imputation; K>=2 = sample-level k-fold.")] = 1,
-    samples: Annotated[str | None, typer.Option("--samples", help="Restrict to these sample ids (comma-separated).")] = None,
-    extra_2d: Annotated[str | None, typer.Option("--extra-2d", help="Samples trained as 2D sections and never scored (e.g. B).")] = None,
-    epochs: Annotated[int, typer.Option("--epochs")] = 200,
-    lr: Annotated[float, typer.Option("--lr")] = 0.05,
-    optimizer: Annotated[str, typer.Option("--optimizer", help="sgd (paper, momentum 0.9) | adamw")] = "sgd",
-    scheduler: Annotated[str, typer.Option("--scheduler", help="cosine | none")] = "cosine",
-    loss: Annotated[str, typer.Option("--loss", help="Loss weights preset: paper | reference")] = "paper",
-    hidden: Annotated[int, typer.Option("--hidden")] = 256,
-    heads: Annotated[int, typer.Option("--heads")] = 4,
-    gnn: Annotated[str, typer.Option("--gnn", help="GAT engine: dgl (CPU default) | pyg (CUDA)")] = "dgl",
-    device: DeviceOpt = "cpu",
-    seed: SeedOpt = 0,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its checkpoint.")] = False,
-    finetune_spot_encoder: Annotated[bool, typer.Option("--finetune-spot-encoder", help="Train the spot ResNet50 on stored patches (GPU).")] = False,
+    known: Annotated[str, typer.Option("--known", help="Known (measured) layer: first | middle | Z.", rich_help_panel=_PROTO)] = "first",
+    folds: Annotated[int, typer.Option("--folds", help="1 = within-sample imputation; K>=2 = sample-level k-fold.", rich_help_panel=_PROTO)] = 1,
+    samples: Annotated[str | None, typer.Option("--samples", help="Restrict to these sample ids (comma-separated).", rich_help_panel=_PROTO)] = None,
+    extra_2d: Annotated[str | None, typer.Option("--extra-2d", help="Samples trained as 2D sections and never scored (e.g. B).", rich_help_panel=_PROTO)] = None,
+    episode_known_fraction: Annotated[float, typer.Option("--episode-known-fraction", help="Share of a single known layer's spots given to the CLI in a training episode (the rest are targets).", rich_help_panel=_PROTO)] = _train_default("episode_known_fraction"),
+    val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of training spots set aside to pick the best epoch (0 = last epoch).", rich_help_panel=_PROTO)] = _train_default("val_fraction"),
+    epochs: Annotated[int, typer.Option("--epochs", rich_help_panel=_OPT)] = _train_default("epochs"),
+    lr: Annotated[float, typer.Option("--lr", rich_help_panel=_OPT)] = _train_default("lr"),
+    optimizer: Annotated[str, typer.Option("--optimizer", help="sgd (paper, momentum 0.9) | adamw", rich_help_panel=_OPT)] = _train_default("optimizer"),
+    momentum: Annotated[float, typer.Option("--momentum", rich_help_panel=_OPT)] = _train_default("momentum"),
+    weight_decay: Annotated[float, typer.Option("--weight-decay", rich_help_panel=_OPT)] = _train_default("weight_decay"),
+    scheduler: Annotated[str, typer.Option("--scheduler", help="cosine | none", rich_help_panel=_OPT)] = _train_default("scheduler"),
+    loss: Annotated[str, typer.Option("--loss", help="Loss weights preset: paper | reference", rich_help_panel=_OPT)] = _train_default("loss"),
+    minibatch_above: Annotated[int, typer.Option("--minibatch-above", help="Graphs with more spots train one step per spatial block and infer block by block (train/batching.py); 0 = always.", rich_help_panel=_OPT)] = _train_default("minibatch_above"),
+    block_spots: Annotated[int, typer.Option("--block-spots", help="Spots per block in that mode (memory grows with it).", rich_help_panel=_OPT)] = _train_default("block_spots"),
+    hidden: Annotated[int, typer.Option("--hidden", rich_help_panel=_MODEL)] = _train_default("hidden"),
+    heads: Annotated[int, typer.Option("--heads", rich_help_panel=_MODEL)] = _train_default("heads"),
+    dropout: Annotated[float, typer.Option("--dropout", rich_help_panel=_MODEL)] = _train_default("dropout"),
+    gnn: Annotated[str, typer.Option("--gnn", help="GAT engine: dgl (CPU default) | pyg (CUDA)", rich_help_panel=_MODEL)] = _train_default("gnn"),
+    cli_iters: Annotated[int, typer.Option("--cli-iters", help="Propagation steps of the CLI block.", rich_help_panel=_MODEL)] = _train_default("cli_iters"),
+    spatial_prior: Annotated[bool, typer.Option("--spatial-prior/--no-spatial-prior", help="CLI also blends the IDW prior of the known layer (off = the paper's CLI).", rich_help_panel=_MODEL)] = _train_default("cli_spatial_prior"),
+    calibrate_gate: Annotated[bool, typer.Option("--calibrate-gate/--no-calibrate-gate", help="After training, choose the CLI blend weights on the held-out validation spots (train/calibrate.py).", rich_help_panel=_MODEL)] = _train_default("calibrate_gate"),
+    per_node_gate: Annotated[bool, typer.Option("--per-node-gate", help="CLI gate per gene and spot instead of per gene.", rich_help_panel=_MODEL)] = _train_default("cli_per_node_gate"),
+    feature_norm: Annotated[str, typer.Option("--feature-norm", help="section (z-score embeddings per section) | none", rich_help_panel=_MODEL)] = _train_default("feature_norm"),
+    finetune_spot_encoder: Annotated[bool, typer.Option("--finetune-spot-encoder", help="Train the store's spot encoder on its stored patches (meant for a GPU).", rich_help_panel=_MODEL)] = False,
+    finetune_batch: Annotated[int, typer.Option("--finetune-batch", help="Spots re-encoded with gradients per step when fine-tuning.", rich_help_panel=_MODEL)] = _train_default("finetune_batch"),
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda.", rich_help_panel=_RUN)] = "cpu",
+    threads: Annotated[int | None, typer.Option("--threads", help="Torch CPU threads for the run (default: torch's).", rich_help_panel=_RUN)] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (runs are deterministic).", rich_help_panel=_RUN)] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its checkpoint.", rich_help_panel=_RUN)] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Train and evaluate a model (or baseline) on a feature store; results go to the store."""
@@ -162,9 +187,15 @@ def train(
     try:
         cfg = TrainConfig(
             store=store, model=model, run=run, known=known, folds=folds, samples=_split(samples),
-            extra_2d=_split(extra_2d), epochs=epochs, lr=lr, optimizer=optimizer, scheduler=scheduler,
-            loss=loss, hidden=hidden, heads=heads, gnn=gnn, device=device, seed=seed, resume=resume,
-            finetune_spot_encoder=finetune_spot_encoder,
+            extra_2d=_split(extra_2d), episode_known_fraction=episode_known_fraction,
+            val_fraction=val_fraction, epochs=epochs, lr=lr, optimizer=optimizer,
+            momentum=momentum, weight_decay=weight_decay, scheduler=scheduler, loss=loss,
+            hidden=hidden, heads=heads, dropout=dropout, gnn=gnn, cli_iters=cli_iters,
+            cli_spatial_prior=spatial_prior, calibrate_gate=calibrate_gate,
+            cli_per_node_gate=per_node_gate,
+            feature_norm=feature_norm, finetune_spot_encoder=finetune_spot_encoder,
+            finetune_batch=finetune_batch, device=device, threads=threads, seed=seed,
+            resume=resume, minibatch_above=minibatch_above, block_spots=block_spots,
         )
         from asign import train as train_stage
 
@@ -232,17 +263,20 @@ def check(store: StoreOpt, as_json: JsonOpt = False) -> None:
     tables, edge endpoints. Exits 1 with the full list of problems."""
     from asign.errors import AsignError
     from asign.store import open_store
-    from asign.store.check import check_store
+    from asign.store.check import inspect_store
 
     try:
-        problems = check_store(open_store(store))
+        report_ = inspect_store(open_store(store))
     except AsignError as err:
         raise _fail(err) from None
+    problems = report_.problems
     if as_json:
-        _emit_json({"store": str(store), "ok": not problems, "problems": problems})
+        _emit_json({"store": str(store), "ok": not problems, "problems": problems, "notes": report_.notes})
     else:
         for p in problems:
             typer.echo(f"problem: {p}", err=True)
+        for note in report_.notes:
+            typer.echo(f"note: {note}", err=True)
         typer.echo(f"{store}: {'ok' if not problems else f'{len(problems)} problem(s)'}")
     if problems:
         raise typer.Exit(1)

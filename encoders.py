@@ -19,6 +19,7 @@ import sys
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -212,20 +213,21 @@ def _weights_path(weights: WeightsSource) -> Path:
     return weights.path
 
 
-def _build_resnet50_l3(weights: WeightsSource, seed: int) -> Any:
+def _build_truncated_resnet(arch: str, weights: WeightsSource, seed: int) -> Any:
+    """torchvision ``arch`` (resnet50, resnet18, ...) cut after layer3, + average pooling."""
     import torch
     from torch import nn
 
     ensure_torchvision()
-    from torchvision.models import resnet50
+    import torchvision.models
 
     # Seed even with a file: the init is overwritten, but keeps the build reproducible
     # and leaves the caller's global RNG untouched.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(weights.seed if weights.kind == "random" else seed)
-        net = resnet50(weights=None)
+        net = getattr(torchvision.models, arch)(weights=None)
     kept = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3"]
-    # Child names match torchvision's, so a full ResNet50 state dict loads key for key.
+    # Child names match torchvision's, so a full ResNet state dict loads key for key.
     model = nn.Sequential(
         OrderedDict(
             [(k, getattr(net, k)) for k in kept]
@@ -250,10 +252,23 @@ ENCODERS: dict[str, EncoderSpec] = {
         input_px=224,
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
-        build=_build_resnet50_l3,
+        build=partial(_build_truncated_resnet, "resnet50"),
         # V1 first: the checkpoint CLAM and TRIPLEX extracted features with.
         hub_files=_TORCHVISION_RESNET50,
         description="torchvision ResNet50 truncated after layer3 + average pooling (CLAM)",
+    ),
+    "resnet18-l3-64": EncoderSpec(
+        name="resnet18-l3-64",
+        dim=256,
+        input_px=64,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        build=partial(_build_truncated_resnet, "resnet18"),
+        hub_files=(HubFile("resnet18-f37072fd.pth",
+                           "https://download.pytorch.org/models/resnet18-f37072fd.pth"),),
+        description="for scale tests and CPU smoke runs, not for results: torchvision "
+        "ResNet18 truncated after layer3 + average pooling at 64 px (256-d, 0.23 GFLOP "
+        "per image); spot patches are stored at 64 px",
     ),
 }
 

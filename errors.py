@@ -16,6 +16,7 @@ class AsignError(Exception):
         if fix:
             parts.append(f"Fix: {fix}")
         super().__init__(" ".join(parts).replace("\n", " "))
+        self.message = message
         self.path = None if path is None else str(path)
         self.fix = fix
 

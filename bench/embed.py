@@ -19,13 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
+from _machine import machine_info, matmul_peak
 
 from asign import encoders as E
 from asign.ingest import embed as M
@@ -34,41 +34,6 @@ from asign.ingest import patches as P
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "her2st"
 HER2ST_PITCH_UM = 200.0
-
-
-def cpu_info() -> dict:
-    model, flags = platform.processor() or "unknown", set()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name") and model in ("unknown", ""):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    model = model if model not in ("", "x86_64") else "unknown"
-    return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "native_bf16": M.cpu_has_bf16(),
-        "isa_bf16": sorted(f for f in flags if "bf16" in f or f.startswith("amx")),
-        "loadavg_1min": os.getloadavg()[0],
-    }
-
-
-def matmul_peak(dtype: torch.dtype, n: int = 4096, repeats: int = 5) -> float:
-    """Best-of GFLOP/s of an n×n×n matmul."""
-    gen = torch.Generator().manual_seed(0)
-    a = torch.randn(n, n, generator=gen).to(dtype)
-    b = torch.randn(n, n, generator=gen).to(dtype)
-    torch.mm(a, b)
-    best = 0.0
-    for _ in range(repeats):
-        t = time.perf_counter()
-        torch.mm(a, b)
-        best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
-    return best
 
 
 def flops_per_image(module: torch.nn.Module, px: int) -> int:
@@ -232,7 +197,7 @@ def main() -> None:
     ap.add_argument("--inductor", action="store_true", help="also time torch.compile (~40 s)")
     args = ap.parse_args()
 
-    report: dict = {"machine": cpu_info()}
+    report: dict = {"machine": machine_info()}
     print("machine:", json.dumps(report["machine"]))
     enc = E.load_encoder("resnet50-l3", "random", seed=0)
     flops = flops_per_image(enc.module, 224)

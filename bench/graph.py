@@ -23,14 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import _machine
 import numpy as np
 
 LAYERS = 6
@@ -142,17 +141,10 @@ def machine_limits() -> dict[str, float]:
     feature stage streams rows) and KD-tree kNN throughput (its geometric stage)."""
     from scipy.spatial import cKDTree
 
-    copy_s = _copy_seconds(2**28)
     pts = np.random.default_rng(0).random((1_000_000, 2))
     tree = cKDTree(pts)
     knn_s = min(_timed(lambda: tree.query(pts[:200_000], k=13)) for _ in range(2))
-    return {"copy_gb_s": 2 * 2**28 / copy_s / 1e9, "knn13_per_s": 200_000 / knn_s}
-
-
-def _copy_seconds(nbytes: int) -> float:
-    src = np.ones(nbytes // 8)
-    dst = np.empty_like(src)
-    return min(_timed(lambda: np.copyto(dst, src)) for _ in range(3))
+    return {"copy_gb_s": _machine.copy_bandwidth(2**28), "knn13_per_s": 200_000 / knn_s}
 
 
 def _timed(fn) -> float:
@@ -162,27 +154,8 @@ def _timed(fn) -> float:
 
 
 def machine_info() -> dict[str, str]:
-    import scipy
-
-    cpu = platform.processor() or "unknown"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [
-            ln.split(":", 1)[1].strip()
-            for ln in cpuinfo.read_text().splitlines()
-            if ln.startswith("model name")
-        ]
-        cpu = names[0] if names else cpu
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {
-        "cpu": cpu,
-        "cores": str(len(os.sched_getaffinity(0))),
-        "ram_gib": f"{mem:.1f}",
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "load_avg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-    }
+    return {k: (" ".join(map(str, v)) if isinstance(v, list) else str(v))
+            for k, v in _machine.machine_info(torch_info=False).items()}
 
 
 def run_child(n: int, geometry: str, combine: str, features: Path, mmap_mode: str) -> dict:

@@ -11,7 +11,9 @@
    (b) a synthetic 14k-spot, 6-layer sample built directly as arrays: D = 1024, G = 250,
        9 region + 9 global tokens per spot, 12 same-layer + 8 cross-layer in-edges per spot.
    For asign3d and asign2d: one warm-up epoch (it builds the DGL graph), then ``--epochs``
-   timed epochs of one training step on the whole graph (forward + backward + SGD).
+   timed epochs of one training step on the whole graph (forward + backward + SGD);
+   with ``--minibatch-above 0`` one step per spatial block of ``--block-spots`` spots
+   instead (train/batching.py: the mode samples above 20k spots train in).
 4. FLOPs per step: torch's FlopCounterMode over one MSAGNet forward+backward (dense ops),
    plus an analytic estimate for the sparse parts (GAT message passing ≈ 3·2·E·h per layer
    forward+backward; propagation ≈ 3·(2·E·(G+1) + 6·N·G) per iteration). A rough
@@ -25,47 +27,11 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import platform
-import resource
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-
-def cpu_info() -> dict[str, Any]:
-    import torch
-
-    model = platform.processor() or "unknown"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    mem = None
-    meminfo = Path("/proc/meminfo")
-    if meminfo.exists():
-        first = meminfo.read_text().splitlines()[0].split()
-        mem = round(int(first[1]) / 2**20, 1)
-    return {"cpu": model, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "ram_gib": mem, "loadavg_1min": os.getloadavg()[0],
-            "cuda": torch.cuda.is_available()}
-
-
-def matmul_peak(n: int = 4096, repeats: int = 5) -> float:
-    import torch
-
-    gen = torch.Generator().manual_seed(0)
-    a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
-    torch.mm(a, b)
-    best = 0.0
-    for _ in range(repeats):
-        t = time.perf_counter()
-        torch.mm(a, b)
-        best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
-    return best
+from _machine import machine_info, matmul_peak, peak_rss_mib
 
 
 def synthetic_sample(n_layers: int = 6, side: int = 49, dim: int = 1024, n_genes: int = 250,
@@ -126,11 +92,11 @@ def synthetic_sample(n_layers: int = 6, side: int = 49, dim: int = 1024, n_genes
 
 
 def _rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_rss_mib()
 
 
 def _scenario(kind: str, store: str | None, sample_id: str | None, model: str, epochs: int,
-              hidden: int, threads: int | None) -> dict[str, Any]:
+              hidden: int, threads: int | None, batching: dict[str, int]) -> dict[str, Any]:
     """Runs in a fresh process: build the graph task, time epochs, count FLOPs."""
     import torch
 
@@ -155,7 +121,7 @@ def _scenario(kind: str, store: str | None, sample_id: str | None, model: str, e
         s = synthetic_sample()
         visible = (s.sections[0],)
         root = Path(".")
-    cfg = TrainConfig(store=root, model=model, epochs=epochs + 1, hidden=hidden)
+    cfg = TrainConfig(store=root, model=model, epochs=epochs + 1, hidden=hidden, **batching)
     task = loop.make_task(s, visible, "cpu")
     rss_data = _rss_mib()
     net = loop.build(cfg, s.spot_feat.shape[1], len(s.genes), 0)
@@ -188,6 +154,7 @@ def _scenario(kind: str, store: str | None, sample_id: str | None, model: str, e
         "gflop_per_epoch_sparse_est": round(sparse / 1e9, 2),
         "rss_after_import_mib": round(rss0, 0), "rss_after_data_mib": round(rss_data, 0),
         "peak_rss_mib": round(peak_train, 0),
+        "batching": vars(task.cache["batching"]) if "batching" in task.cache else None,
     }
 
 
@@ -199,6 +166,9 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--models", default="asign3d,asign2d")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--minibatch-above", type=int, default=None,
+                    help="TrainConfig.minibatch_above (0: train on spatial blocks)")
+    ap.add_argument("--block-spots", type=int, default=None, help="TrainConfig.block_spots")
     ap.add_argument("--no-synthetic", action="store_true")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -207,7 +177,7 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    report: dict[str, Any] = {"machine": cpu_info()}
+    report: dict[str, Any] = {"machine": machine_info()}
     print("machine:", json.dumps(report["machine"]))
     peak = matmul_peak()
     jobs = []
@@ -221,12 +191,14 @@ def main() -> None:
         jobs += [("store", args.store, sample, m) for m in args.models.split(",")]
     if not args.no_synthetic:
         jobs += [("synthetic", None, None, m) for m in args.models.split(",")]
+    batching = {k: v for k, v in (("minibatch_above", args.minibatch_above),
+                                  ("block_spots", args.block_spots)) if v is not None}
     ctx = mp.get_context("spawn")
     rows = []
     for kind, store, sample, model in jobs:
         with ctx.Pool(1) as pool:
             row = pool.apply(_scenario, (kind, store, sample, model, args.epochs, args.hidden,
-                                         args.threads))
+                                         args.threads, batching))
         rows.append(row)
     peak = max(peak, matmul_peak())
     report["matmul_peak_fp32_gflops"] = round(peak, 1)

@@ -2,13 +2,16 @@
 
 Tissue shape leads. Adjacent H&E sections tens of µm apart share their outline and coarse
 anatomy, not their cells, so keypoint matching finds only a handful of true matches.
-Each pair is therefore registered in four steps:
+Each pair is therefore registered in four steps, after checking that the two tissue areas
+agree (a rigid transform cannot hide an image whose µm/px is wrong: areas of adjacent her2st
+sections differ by < 3 %, a wrong resolution shows as a squared scale):
 
 1. a brute-force rotation and flip search on tissue masks at ~44 µm/px, starting from the
    centres of mass (plus OpenCV SIFT+RANSAC's estimate, when it finds enough inliers);
 2. ANTs rigid registration from the best starts on tissue-weighted darkness images;
 3. ANTs refinement of the winner at ~11 µm/px (optionally affine, optionally SyN);
-4. plausibility checks (scale, shear, overlap) that name the pair when they fail.
+4. plausibility checks (scale, shear, overlap, and an overlap no worse than superposing
+   the tissue centres unrotated) that name the pair when they fail.
 
 Pairs are neighbour to neighbour and composed toward the reference section (the middle
 one by default). The aligned frame is the reference's full-resolution pixel frame in µm.
@@ -16,8 +19,8 @@ one by default). The aligned frame is the reference's full-resolution pixel fram
 Conventions: matrices are 3×3 and act on column vectors (x, y, 1) with x = image column,
 y = image row. Rotation angles are in degrees; positive turns the image clockwise as
 displayed (y points down). ``flip`` mirrors x of the moving section before rotating.
-Only ``align_sample``, ``apply_transform``, ``check_plausible`` and ``decompose``
-are API; arrays in, arrays out, no files.
+Only ``align_sample``, ``apply_transform``, ``check_plausible``, ``check_tissue_areas`` and
+``decompose`` are API; arrays in, arrays out, no files.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ SEARCH_STEP_DEG = 2.0
 STARTS_PER_FLIP = 2    # ANTs starts per mirror state
 MIN_FEATURE_INLIERS = 8
 MIN_OVERLAP = 0.3      # Dice below this after registration means it failed
+MAX_OVERLAP_LOSS = 0.05  # ... as does a Dice this much below superposing the centres unrotated
 SYN_ITERATIONS = (40, 20, 0)
 
 
@@ -151,6 +155,22 @@ def check_plausible(matrix: np.ndarray, moving: str, fixed: str,
     return d
 
 
+def check_tissue_areas(moving: str, area_moving_um2: float, fixed: str, area_fixed_um2: float,
+                       max_scale_dev: tuple[float, float] = (0.8, 1.25), path: str | None = None) -> float:
+    """The linear scale the two tissue areas imply; AlignmentError naming the pair (and
+    ``path``, the images) when it is outside ``max_scale_dev``, the bounds check_plausible
+    puts on a transform."""
+    lo, hi = max_scale_dev
+    scale = float(np.sqrt(area_moving_um2 / area_fixed_um2)) if area_fixed_um2 > 0 else float("inf")
+    if not lo <= scale <= hi:
+        raise AlignmentError(
+            f"pair {moving}->{fixed}: the tissue areas ({area_moving_um2 / 1e6:.2f} vs {area_fixed_um2 / 1e6:.2f} mm²) "
+            f"imply a scale of {scale:.2f} (allowed {lo}–{hi}); no plausible transform aligns them",
+            path=path, fix="check that each image has the µm/px its spot file implies (an image exported at "
+                           "another resolution?), or leave out a section that is torn or only partly imaged")
+    return scale
+
+
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     total = int(a.sum()) + int(b.sum())
     return 2.0 * int(np.logical_and(a, b).sum()) / total if total else 0.0
@@ -165,6 +185,10 @@ class _Section:
     image: np.ndarray   # float32 registration image (tissue-weighted darkness)
     grey: np.ndarray    # uint8 contrast-equalised grey, for keypoints
     frame: np.ndarray   # registration-grid pixel → section µm (its full-res pixel frame × µm/px)
+
+    @property
+    def area_um2(self) -> float:
+        return float(self.mask.sum()) * abs(float(np.linalg.det(self.frame[:2, :2])))
 
     @property
     def centroid(self) -> np.ndarray:
@@ -379,6 +403,7 @@ class _Ants:
 def _register_pair(mov: _Section, fix: _Section, guess: InitGuess | None, transform: str, syn: bool,
                    seed: int, max_scale_dev: tuple[float, float],
                    max_shear: float) -> tuple[np.ndarray, PairQC, str, np.ndarray | None, np.ndarray | None]:
+    check_tissue_areas(mov.name, mov.area_um2, fix.name, fix.area_um2, max_scale_dev)
     starts = _search_starts(mov, fix, guess)
     inliers: dict[bool, int] = {}
     for flip in sorted({f for _, _, f in starts}):
@@ -407,10 +432,15 @@ def _register_pair(mov: _Section, fix: _Section, guess: InitGuess | None, transf
 
     d = check_plausible(m, mov.name, fix.name, max_scale_dev, max_shear)
     after = dice(_warp_mask(mov.mask, mov.frame, fix.mask.shape, fix.frame, m), fix.mask)
+    hint = (f"check or drop the initial rotation/flip given for the pair {mov.name}:{fix.name} (--init)"
+            if guess is not None else f"give an initial rotation/flip for the pair {mov.name}:{fix.name}")
     if after < MIN_OVERLAP:
         raise AlignmentError(f"pair {mov.name}->{fix.name}: registration failed, tissue overlap {after:.2f} "
-                             f"after alignment (before {before:.2f})",
-                             fix=f"give an initial rotation/flip for the pair {mov.name}:{fix.name}")
+                             f"after alignment (before {before:.2f})", fix=hint)
+    if after < before - MAX_OVERLAP_LOSS:
+        raise AlignmentError(f"pair {mov.name}->{fix.name}: registration failed, tissue overlap {after:.2f} after "
+                             f"alignment is below the {before:.2f} of merely superposing the tissue centres",
+                             fix=hint)
     qc = PairQC(moving=mov.name, fixed=fix.name, ransac_inliers=inliers.get(d.flipped, 0),
                 overlap_before=before, overlap_after=after, rotation_deg=d.rotation_deg, scale=d.scale,
                 shear=d.shear, flipped=d.flipped, metric=metric, scale_x=d.scale_x, scale_y=d.scale_y)
@@ -443,11 +473,13 @@ def align_sample(
     max_scale_dev: tuple[float, float] = (0.8, 1.25),
     max_shear: float = 0.15,
     masks: dict[str, np.ndarray] | None = None,
+    sources: dict[str, str] | None = None,
 ) -> list[SectionTransform]:
     """Register the sections (dict order = z order) into the reference section's frame in µm.
 
     ``masks`` may carry tissue masks already computed at thumbnail resolution; missing ones
-    are detected here. Raises AlignmentError naming the pair for implausible results."""
+    are detected here. Raises AlignmentError naming the pair for implausible results, and
+    the pair's ``sources`` (e.g. image paths) when given."""
     order = list(thumbs)
     if transform not in ("rigid", "affine"):
         raise ConfigError(f"unknown alignment transform {transform!r}", fix="use 'rigid' or 'affine'")
@@ -473,8 +505,13 @@ def align_sample(
     # walk outward from the reference so each fixed neighbour is already placed
     for i in list(range(r - 1, -1, -1)) + list(range(r + 1, len(order))):
         mov, fix = order[i], order[i + 1 if i < r else i - 1]
-        pair, qc, method, warp, grid = _register_pair(secs[mov], secs[fix], _guess_for(init, mov, fix), transform,
-                                                      syn, seed, max_scale_dev, max_shear)
+        try:
+            pair, qc, method, warp, grid = _register_pair(secs[mov], secs[fix], _guess_for(init, mov, fix),
+                                                          transform, syn, seed, max_scale_dev, max_shear)
+        except AlignmentError as err:
+            if not sources or err.path is not None:
+                raise
+            raise AlignmentError(err.message, path=f"{sources[mov]}, {sources[fix]}", fix=err.fix) from None
         um_f, um_m = um_per_px[fix], um_per_px[mov]
         matrix = out[fix].matrix @ np.diag([1 / um_f, 1 / um_f, 1.0]) @ pair @ np.diag([um_m, um_m, 1.0])
         out[mov] = SectionTransform(mov, ref, matrix, qc, method, warp, grid)

@@ -30,7 +30,7 @@ class IngestConfig:
     extra_2d: tuple[str, ...] = ()  # single-section samples kept as extra 2D training data
     steps: tuple[str, ...] = STEPS
     n_genes: int = 250
-    genes: tuple[str, ...] = ()  # explicit panel; overrides n_genes
+    genes: tuple[str, ...] = ()  # explicit panel (names, or the path of a gene list file); overrides n_genes
     normalisation: str = "log_ratio"
     panel_from: str = "first"  # which layer of each sample is labelled "training" for the panel
     align: AlignOptions = field(default_factory=AlignOptions)

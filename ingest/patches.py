@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from asign.errors import ConfigError, ImageError
+from asign.errors import ConfigError
 
 REFERENCE_UM_PER_PX = 0.5
 """µm per pixel at which the nominal patch sizes below are defined (~20x)."""
@@ -217,17 +217,3 @@ def encode_patch(arr: np.ndarray, codec: str = DEFAULT_PATCH_CODEC) -> bytes:
             buf, format="JPEG", quality=JPEG_QUALITY, subsampling=0, optimize=False
         )
     return buf.getvalue()
-
-
-def decode_patch(data: bytes) -> np.ndarray:
-    """Inverse of ``encode_patch`` (the format is detected from the bytes)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            return np.asarray(im.convert("RGB"))
-    except (OSError, UnidentifiedImageError, ValueError) as err:
-        raise ImageError(
-            f"stored patch bytes are not a readable image ({err})",
-            fix="re-run `asign ingest --steps patches` to rewrite the patch store",
-        ) from err

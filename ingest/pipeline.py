@@ -15,6 +15,7 @@ from asign.ingest.config import STEPS, IngestConfig
 from asign.ingest.sample import SampleInput
 from asign.progress import Reporter, reporter
 from asign.store import Store, open_store
+from asign.store.atomic import remove_stale_temps
 from asign.store.manifest import fingerprint, mark_step, step_fingerprint
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,13 @@ def step_params(cfg: IngestConfig, step: str) -> dict[str, Any]:
     if step == "align":
         return {"align": cfg.align.__dict__}
     if step == "patches":
-        return {"sizes": [cfg.spot_px, cfg.region_px, cfg.global_px]}
+        from asign.ingest.step_features import stored_patch_px
+
+        params: dict[str, Any] = {"sizes": [cfg.spot_px, cfg.region_px, cfg.global_px]}
+        stored = stored_patch_px(cfg)
+        if stored != cfg.spot_px:  # only then: fingerprints of existing stores stay valid
+            params["stored_px"] = stored
+        return params
     if step == "embed":
         return {"encoder": cfg.encoder, "weights": cfg.weights, "precision": cfg.precision,
                 "batch_size": cfg.batch_size, "seed": cfg.seed}
@@ -52,6 +59,7 @@ def run_pipeline(cfg: IngestConfig, rep: Reporter | None = None) -> dict[str, An
 
     t0 = time.perf_counter()
     store = open_store(cfg.store, create=True)
+    remove_stale_temps(store.root)  # half-written files of a killed run
     manifest = store.manifest()
     summary: dict[str, Any] = {"store": str(cfg.store), "samples": {}, "skipped": [], "ran": []}
 
@@ -60,7 +68,8 @@ def run_pipeline(cfg: IngestConfig, rep: Reporter | None = None) -> dict[str, An
             samples = _read(cfg)
             hashes = step_register.input_hashes(samples)
             fp_reg = step_register.register_fingerprint(cfg, samples, hashes)
-            if all(step_fingerprint(manifest, s.sample_id, "register") == fp_reg for s in samples):
+            if all(step_fingerprint(manifest, s.sample_id, "register") == fp_reg
+                   and store.step_intact(manifest, s.sample_id, "register") for s in samples):
                 summary["skipped"] += [f"{s.sample_id}:register" for s in samples]
             else:
                 info = step_register.write_register(store, cfg, samples, hashes)
@@ -68,6 +77,7 @@ def run_pipeline(cfg: IngestConfig, rep: Reporter | None = None) -> dict[str, An
                 manifest["params"]["labels"] = info
                 for s in samples:
                     mark_step(manifest, s.sample_id, "register", fp_reg)
+                    _invalidate_after(manifest, s.sample_id, "register")
                 store.save_manifest(manifest)
                 summary["ran"] += [f"{s.sample_id}:register" for s in samples]
             sample_ids = [s.sample_id for s in samples]
@@ -86,12 +96,15 @@ def run_pipeline(cfg: IngestConfig, rep: Reporter | None = None) -> dict[str, An
                                      f"{STEPS[STEPS.index(step) - 1]} first", path=cfg.store,
                                      fix=f"run `asign ingest ... --steps {','.join(STEPS[:STEPS.index(step) + 1])}`")
                 fp = fingerprint(step, upstream, step_params(cfg, step))
-                if step_fingerprint(manifest, sample_id, step) == fp:
+                # Skipped only when finished under this fingerprint and its tables are still
+                # the ones recorded (not deleted, edited, or half-replaced by a crashed run).
+                if step_fingerprint(manifest, sample_id, step) == fp and store.step_intact(manifest, sample_id, step):
                     summary["skipped"].append(f"{sample_id}:{step}")
                     continue
                 info = _STEP_FUNCS[step](store, cfg, sample_id, fp, rep)
                 manifest = store.manifest()  # steps may record params
                 mark_step(manifest, sample_id, step, fp, **(info or {}))
+                _invalidate_after(manifest, sample_id, step)
                 store.save_manifest(manifest)
                 summary["ran"].append(f"{sample_id}:{step}")
                 summary["samples"].setdefault(sample_id, {})[step] = info
@@ -100,6 +113,13 @@ def run_pipeline(cfg: IngestConfig, rep: Reporter | None = None) -> dict[str, An
     log.info("ingest finished in %.1f s (ran %d, skipped %d steps)", summary["seconds"],
              len(summary["ran"]), len(summary["skipped"]))
     return summary
+
+
+def _invalidate_after(manifest: dict[str, Any], sample_id: str, step: str) -> None:
+    """A redone step invalidates the finished steps after it (their inputs were rewritten),
+    even when its fingerprint is unchanged, e.g. when it re-created a deleted table."""
+    for later in STEPS[STEPS.index(step) + 1:]:
+        manifest["steps"].get(sample_id, {}).pop(later, None)
 
 
 def _stored_samples(store: Store, cfg: IngestConfig) -> list[str]:

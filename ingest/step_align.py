@@ -28,12 +28,16 @@ def run_align(store: Store, cfg: IngestConfig, sample_id: str, rep: Reporter) ->
     from asign.ingest import align
     from asign.ingest.images import read_thumbnail
     from asign.ingest.overlay import render_overlay
+    from asign.ingest.tissue import tissue_mask
 
     sections = _sections(store, sample_id)
     spots = store.read("spots", key=sample_id).to_pandas()
     spots = spots[~spots.is_virtual].reset_index(drop=True)
 
-    if spots.x_um.notna().all():
+    # Coordinates given with the input (a manifest's aligned x/y) are kept. Coordinates an
+    # earlier align wrote come with its transforms table (written before the spots, and
+    # removed by register), and are recomputed: align's parameters may have changed.
+    if spots.x_um.notna().all() and not store.has("transforms", sample_id):
         log.info("sample %s: keeping precomputed aligned coordinates", sample_id)
         return {"method": "precomputed"}
 
@@ -43,10 +47,12 @@ def run_align(store: Store, cfg: IngestConfig, sample_id: str, rep: Reporter) ->
     thumbs: dict[str, np.ndarray] = {}
     ds: dict[str, float] = {}
     um: dict[str, float] = {}
+    masks: dict[str, np.ndarray] = {}
     for row in imaged.itertuples():
         um[row.section_id] = float(row.um_per_px)
         thumb = read_thumbnail(row.image_path, max(1.0, THUMB_UM_PER_PX / float(row.um_per_px)))
         thumbs[row.section_id] = thumb
+        masks[row.section_id] = tissue_mask(thumb, name=str(row.image_path))  # errors name the file
         # the thumbnail's size is rounded: use the exact ratio, not the requested one
         ds[row.section_id] = float(row.width) / thumb.shape[1]
         rep.advance(task)
@@ -60,7 +66,8 @@ def run_align(store: Store, cfg: IngestConfig, sample_id: str, rep: Reporter) ->
         init = {tuple(k.split(":", 1)): align.InitGuess(rotation_deg=v[0], flip=v[1])
                 for k, v in cfg.align.init.items()}
         transforms = align.align_sample(thumbs, ds, um, reference=cfg.align.reference, init=init,
-                                        transform=cfg.align.transform, syn=cfg.align.syn, seed=cfg.seed)
+                                        transform=cfg.align.transform, syn=cfg.align.syn, seed=cfg.seed,
+                                        masks=masks, sources={r.section_id: str(r.image_path) for r in imaged.itertuples()})
     rep.advance(task)
     by_id = {t.section_id: t for t in transforms}
 
@@ -74,8 +81,8 @@ def run_align(store: Store, cfg: IngestConfig, sample_id: str, rep: Reporter) ->
 
     virtual = _virtual_spots(sections, thumbs, ds, by_id)
     out = pd.concat([spots, virtual], ignore_index=True) if len(virtual) else spots
-    store.write("spots", {c: out[c].tolist() for c in out.columns}, key=sample_id)
     store.write("transforms", _transform_rows(sample_id, transforms), key=sample_id)
+    store.write("spots", {c: out[c].tolist() for c in out.columns}, key=sample_id)
     for sid, thumb in thumbs.items():
         store.write_qc_png(store.layout.thumbnail(sid), thumb)
     if len(thumbs) > 1:

@@ -23,6 +23,7 @@ from asign.store.vectors import done_key, emb_key, patch_key
 log = logging.getLogger(__name__)
 
 LEVELS = ("spot", "region", "global")
+PATCH_CHUNK = 2048  # spot patches per LMDB transaction
 
 
 def _imaged(store: Store, sample_id: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -40,9 +41,19 @@ def _sizes(cfg: IngestConfig, um_per_px: float) -> dict[str, int]:
             "global": equivalent_px(cfg.global_px, um_per_px)}
 
 
+def stored_patch_px(cfg: IngestConfig) -> int:
+    """Side of the stored spot patches and of the tile crops: the encoder's input size, so
+    the store holds exactly what the encoder sees (224 px for resnet50-l3, 64 px for the
+    scale-test encoder, where 224-px patches of 200k spots would take ~15 GB)."""
+    from asign.encoders import get_encoder_spec
+
+    return int(get_encoder_spec(cfg.encoder).input_px)
+
+
 def run_patches(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Reporter) -> dict[str, Any]:
     from asign.ingest import patches
 
+    out_px = stored_patch_px(cfg)
     sections, spots = _imaged(store, sample_id)
     tiles: dict[str, list] = {k: [] for k in ("sample_id", "section_id", "tile_id", "level", "x0", "y0", "size_px")}
     links: list[pd.DataFrame] = []
@@ -74,11 +85,17 @@ def run_patches(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: R
                 continue
             boxes = patches.spot_patch_box(sp.px.to_numpy(), sp.py.to_numpy(), size["spot"])
             items = []
-            for sid, (x0, y0) in zip(sp.spot_id, boxes.tolist(), strict=True):
-                arr = patches.crop(sec.image_path, x0, y0, size["spot"], cfg.spot_px)
+            # Committed in chunks, so memory stays bounded on large sections; the section's
+            # marker goes in the last chunk's transaction. A crash before it leaves some
+            # patches written, and the re-run overwrites them with the same bytes.
+            for i, (sid, (x0, y0)) in enumerate(zip(sp.spot_id, boxes.tolist(), strict=True)):
+                arr = patches.crop(sec.image_path, x0, y0, size["spot"], out_px)
                 items.append((patch_key(sid), patches.encode_patch(arr)))
                 rep.advance(task)
-            vec.put_many([*items, (marker, b"1")])  # one transaction per section
+                if len(items) == PATCH_CHUNK and i + 1 < len(sp):
+                    vec.put_many(items)
+                    items = []
+            vec.put_many([*items, (marker, b"1")])
     link_df = pd.concat(links, ignore_index=True) if links else pd.DataFrame(
         columns=["section_id", "spot_id", "level", "tile_id", "rank"])
     link_df.insert(0, "sample_id", sample_id)
@@ -90,10 +107,11 @@ def run_patches(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: R
 def _work(store: Store, sample_id: str, cfg: IngestConfig, vec: Any) -> list[tuple[str, str, str, list[tuple[str, Callable]]]]:
     """(section, level, image, [(id, loader)]) in a fixed order."""
     from asign.ingest.embed import crop_loader
-    from asign.ingest.patches import decode_patch
+    from asign.store.vectors import decode_patch
 
     sections, spots = _imaged(store, sample_id)
     tiles = store.read("tiles", key=sample_id).to_pandas()
+    out_px = stored_patch_px(cfg)
 
     def patch_loader(key: bytes) -> Callable[[], np.ndarray]:
         def load() -> np.ndarray:
@@ -114,7 +132,7 @@ def _work(store: Store, sample_id: str, cfg: IngestConfig, vec: Any) -> list[tup
         for level in ("region", "global"):
             t = tiles[(tiles.section_id == sec.section_id) & (tiles.level == level)]
             work.append((sec.section_id, level, sec.image_path,
-                         [(r.tile_id, crop_loader(sec.image_path, r.x0, r.y0, r.size_px, cfg.spot_px))
+                         [(r.tile_id, crop_loader(sec.image_path, r.x0, r.y0, r.size_px, out_px))
                           for r in t.itertuples()]))
     return work
 
@@ -142,7 +160,8 @@ def run_embed(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Rep
             chunks = [items[i:i + bs] for i in range(0, len(items), bs)]
             markers = [done_key("emb", fp, section_id, level, str(b)) for b in range(len(chunks))]
             todo = [b for b, m in enumerate(markers) if not vec.has(m)]
-            rep.advance(task, sum(len(chunks[b]) for b in range(len(chunks)) if b not in todo))
+            todo_set = set(todo)
+            rep.advance(task, sum(len(chunks[b]) for b in range(len(chunks)) if b not in todo_set))
             pending = [it for b in todo for it in chunks[b]]
             for b, batch in zip(todo, embed_batches(encoder, pending, batch_size=bs, precision=cfg.precision),
                                 strict=True):
@@ -154,6 +173,7 @@ def run_embed(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Rep
     store.write("embeddings", index, key=sample_id)
     manifest = store.manifest()
     manifest["params"]["embed"] = {**embedding_config(encoder, bs, cfg.precision), "dim": encoder.spec.dim, "spot_px": cfg.spot_px,
+                                   "stored_px": encoder.spec.input_px,
                                    "region_px": cfg.region_px, "global_px": cfg.global_px}
     store.save_manifest(manifest)
     return {"n_vectors": total, "encoder": name, "weights": encoder.info.get("weights_sha256")}

@@ -4,7 +4,9 @@ training layers only, normalise labels, and write them to the store."""
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,9 +54,34 @@ def input_hashes(samples: Sequence[SampleInput]) -> dict[str, dict[str, str | No
     return out
 
 
+def requested_genes(genes: Sequence[str]) -> list[str]:
+    """``--genes`` as given: gene names, or one file of names (one per line, or separated by
+    commas/tabs/spaces; ``#`` starts a comment)."""
+    if len(genes) != 1:
+        return list(genes)
+    path = Path(genes[0])
+    if not (path.is_file() or "/" in genes[0] or path.suffix.lower() in _GENE_FILE_SUFFIXES):
+        return list(genes)
+    if not path.is_file():
+        raise InputError("gene list file not found", path=path,
+                         fix="give an existing file with one gene per line, or comma-separated gene names")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"gene list file is unreadable ({err})", path=path,
+                         fix="give a plain-text file with one gene per line") from err
+    names = [g for line in text.splitlines() for g in re.split(r"[,\t ]+", line.split("#", 1)[0].strip()) if g]
+    if not names:
+        raise InputError("gene list file names no gene", path=path, fix="put one gene symbol per line")
+    return names
+
+
+_GENE_FILE_SUFFIXES = {".txt", ".csv", ".tsv", ".list"}
+
+
 def register_fingerprint(cfg: IngestConfig, samples: Sequence[SampleInput], hashes: dict[str, Any]) -> str:
-    return fingerprint("register", [s.sample_id for s in samples], hashes, cfg.n_genes, list(cfg.genes),
-                       cfg.normalisation, cfg.panel_from, list(cfg.extra_2d))
+    return fingerprint("register", [s.sample_id for s in samples], hashes, cfg.n_genes,
+                       requested_genes(cfg.genes), cfg.normalisation, cfg.panel_from, list(cfg.extra_2d))
 
 
 def choose_panel(cfg: IngestConfig, samples: Sequence[SampleInput]) -> tuple[list[str], list[str], np.ndarray]:
@@ -66,15 +93,16 @@ def choose_panel(cfg: IngestConfig, samples: Sequence[SampleInput]) -> tuple[lis
     train += [sec for s in samples if s.sample_id in cfg.extra_2d for sec in s.sections if sec.has_counts]
     every = [sec for s in samples for sec in s.sections]
     panel = labels_mod.select_panel(every, cfg.n_genes, train_sections=[s.section_id for s in train],
-                                    genes=list(cfg.genes) or None)
+                                    genes=requested_genes(cfg.genes) or None)
     counts = np.concatenate([labels_mod.panel_counts(s, panel) for s in train])
     return panel, [s.section_id for s in train], counts.mean(axis=0)
 
 
-def _section_row(s: SectionInput, fmt: str, hashes: dict[str, Any]) -> dict[str, Any]:
+def _section_row(s: SectionInput, fmt: str, hashes: dict[str, Any], areas: dict[str, float]) -> dict[str, Any]:
     width = height = None
     if s.image_path is not None:
         width, height = verify_image(s.image_path)
+        areas[s.section_id] = _tissue_area_um2(s, width)
     return {
         "sample_id": s.sample_id, "section_id": s.section_id, "z": s.z,
         "image_path": str(s.image_path) if s.image_path else None,
@@ -85,6 +113,32 @@ def _section_row(s: SectionInput, fmt: str, hashes: dict[str, Any]) -> dict[str,
         "counts_path": str(s.counts_path) if s.counts_path else None,
         "counts_sha256": hashes[s.section_id]["counts_sha256"], "format": fmt,
     }
+
+
+def _tissue_area_um2(s: SectionInput, width: int) -> float:
+    """Tissue area of a section's image; an image without detectable tissue (a blank or
+    black scan) is refused here, before anything is written, rather than in the align step
+    after the store was changed. Same thumbnail scale and tissue detector as align."""
+    from asign.ingest.images import read_thumbnail
+    from asign.ingest.step_align import THUMB_UM_PER_PX
+    from asign.ingest.tissue import tissue_mask
+
+    um_per_px = s.um_per_px or 1.0
+    thumb = read_thumbnail(s.image_path, max(1.0, THUMB_UM_PER_PX / um_per_px))
+    mask = tissue_mask(thumb, name=str(s.image_path))
+    return float(mask.sum()) * (um_per_px * width / thumb.shape[1]) ** 2
+
+
+def _check_tissue_areas(samples: Sequence[SampleInput], areas: dict[str, float]) -> None:
+    """Neighbouring sections must show about the same tissue area: an image whose µm/px
+    differs from the one its spots imply cannot be aligned, so refuse it before writing."""
+    from asign.ingest.align import check_tissue_areas
+
+    for sample in samples:
+        imaged = [s for s in sample.sections if s.section_id in areas and s.um_per_px]
+        for a, b in zip(imaged, imaged[1:], strict=False):
+            check_tissue_areas(a.section_id, areas[a.section_id], b.section_id, areas[b.section_id],
+                               path=f"{a.image_path}, {b.image_path}")
 
 
 def spots_table(sample: SampleInput) -> dict[str, list]:
@@ -106,22 +160,40 @@ def spots_table(sample: SampleInput) -> dict[str, list]:
     return cols
 
 
-def labels_table(sample: SampleInput, panel: list[str], normalisation: str) -> pa.Table:
-    rows: dict[str, list] = {k: [] for k in ("sample_id", "section_id", "spot_id", "total_count", "counts", "value")}
+def labels_table(sample: SampleInput, panel: list[str], normalisation: str) -> dict[str, Any]:
+    """Columns of the labels table; the per-spot lists are built as Arrow list arrays
+    straight from the (spots × genes) matrices (no Python object per value: 200k spots ×
+    250 genes would be 100M of them)."""
+    ids: list[np.ndarray] = []
+    sections: list[np.ndarray] = []
+    totals: list[np.ndarray] = []
+    counts: list[np.ndarray] = []
+    values: list[np.ndarray] = []
     for s in sample.sections:
         if not s.has_counts:
             continue
-        counts = labels_mod.panel_counts(s, panel)
-        totals = s.total_counts if s.total_counts is not None else np.asarray(s.counts.sum(axis=1)).ravel()
-        values = labels_mod.normalise(counts, totals, normalisation)
-        n = counts.shape[0]
-        rows["sample_id"] += [s.sample_id] * n
-        rows["section_id"] += [s.section_id] * n
-        rows["spot_id"] += s.spots["spot_id"].astype(str).tolist()
-        rows["total_count"] += [int(t) for t in totals]
-        rows["counts"] += [list(map(int, r)) for r in counts]
-        rows["value"] += [list(map(float, r)) for r in values.astype(np.float32)]
-    return rows  # type: ignore[return-value]
+        c = labels_mod.panel_counts(s, panel)
+        t = s.total_counts if s.total_counts is not None else np.asarray(s.counts.sum(axis=1)).ravel()
+        values.append(labels_mod.normalise(c, t, normalisation).astype(np.float32))
+        counts.append(np.asarray(c).astype(np.int32))
+        totals.append(np.asarray(t).astype(np.int64))
+        ids.append(s.spots["spot_id"].astype(str).to_numpy(dtype=object))
+        sections.append(np.full(c.shape[0], s.section_id, dtype=object))
+    n = sum(len(i) for i in ids)
+    offsets = pa.array(np.arange(n + 1, dtype=np.int64) * len(panel))
+
+    def lists(blocks: list[np.ndarray], dtype: Any) -> pa.Array:
+        flat = np.concatenate([b.reshape(-1) for b in blocks]) if blocks else np.zeros(0, dtype)
+        return pa.LargeListArray.from_arrays(offsets, pa.array(flat.astype(dtype)))
+
+    return {
+        "sample_id": np.full(n, sample.sample_id, dtype=object),
+        "section_id": np.concatenate(sections) if sections else np.zeros(0, object),
+        "spot_id": np.concatenate(ids) if ids else np.zeros(0, object),
+        "total_count": np.concatenate(totals) if totals else np.zeros(0, np.int64),
+        "counts": lists(counts, np.int32),
+        "value": lists(values, np.float32),
+    }
 
 
 def write_register(store: Store, cfg: IngestConfig, samples: Sequence[SampleInput],
@@ -132,7 +204,9 @@ def write_register(store: Store, cfg: IngestConfig, samples: Sequence[SampleInpu
                           fix=f"use one of {', '.join(labels_mod.NORMALISATIONS)}")
     panel, train_sections, means = choose_panel(cfg, samples)
     sample_ids = {s.sample_id for s in samples}
-    rows = [_section_row(s, smp.format, hashes) for smp in samples for s in smp.sections]
+    areas: dict[str, float] = {}
+    rows = [_section_row(s, smp.format, hashes, areas) for smp in samples for s in smp.sections]
+    _check_tissue_areas(samples, areas)
     if store.has("sections"):
         old = store.read("sections").to_pylist()
         rows = [r for r in old if r["sample_id"] not in sample_ids] + rows
@@ -142,6 +216,7 @@ def write_register(store: Store, cfg: IngestConfig, samples: Sequence[SampleInpu
             raise ConfigError("the gene panel differs from the one of the samples already in this store",
                               path=store.root, fix="ingest all samples of a store in one call, or use a new --store")
     for sample in samples:
+        store.remove("transforms", sample.sample_id)  # stale: align must run again (see step_align)
         store.write("spots", spots_table(sample), key=sample.sample_id)
         store.write("labels", labels_table(sample, panel, cfg.normalisation), key=sample.sample_id)
     store.write("genes", {"gene": panel, "rank": list(range(len(panel))), "mean_count": means.tolist()})

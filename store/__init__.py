@@ -6,6 +6,7 @@ train reads through it."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,14 @@ import pyarrow as pa
 from asign.errors import StoreError
 from asign.store import manifest as _manifest
 from asign.store.atomic import atomic_path
-from asign.store.layout import GLOBAL_TABLES, StoreLayout
-from asign.store.parquet import read_table, write_table
+from asign.store.layout import (
+    GLOBAL_TABLES,
+    OPTIONAL_STEP_TABLES,
+    RUN_TABLES,
+    STEP_TABLES,
+    StoreLayout,
+)
+from asign.store.parquet import read_table, write_table, write_table_parts
 from asign.store.query import connect, run_query
 from asign.store.vectors import Vectors, open_vectors
 
@@ -36,11 +43,40 @@ class Store:
         return _manifest.load_manifest(self.layout.manifest)
 
     def save_manifest(self, manifest: dict[str, Any]) -> None:
+        """Write the manifest with the current hash of every ingest table (``tables``)."""
+        manifest["tables"] = _manifest.table_record(self.layout, manifest.get("tables"))
         _manifest.save_manifest(self.layout.manifest, manifest)
+
+    def step_intact(self, manifest: dict[str, Any], sample_id: str, step: str) -> bool:
+        """Whether the tables a finished step wrote for a sample are still what the manifest
+        recorded: present, and unchanged since (not deleted, edited, or replaced by a later
+        interrupted run). Stores from before table hashes were recorded: present."""
+        names = [(t, sample_id) for t in STEP_TABLES[step]]
+        if step == "register":
+            names += [(t, None) for t in GLOBAL_TABLES]
+        recorded = manifest.get("tables")
+        for name, key in names:
+            path = self.layout.table(name, key)
+            if recorded is None:
+                if not path.exists() and (step, name) not in OPTIONAL_STEP_TABLES:
+                    return False
+                continue
+            entry = recorded.get(self.layout.relative(path))
+            if entry is None and not path.exists() and (step, name) in OPTIONAL_STEP_TABLES:
+                continue
+            if entry is None or _manifest.table_problem(self.layout, self.layout.relative(path), entry,
+                                                        full=False) is not None:
+                return False
+        return True
 
     # tables ---------------------------------------------------------------
     def write(self, name: str, table: pa.Table | dict, key: str | None = None) -> pa.Table:
         return write_table(self.layout.table(name, key), table, name)
+
+    def write_parts(self, name: str, parts: Iterable[pa.Table | dict],
+                    key: str | None = None) -> int:
+        """``write`` for a table too large to hold in memory: given part by part."""
+        return write_table_parts(self.layout.table(name, key), parts, name)
 
     def has(self, name: str, key: str | None = None) -> bool:
         return self.layout.table(name, key).exists()
@@ -58,7 +94,16 @@ class Store:
         return pa.concat_tables([read_table(p, columns) for p in parts])
 
     def remove(self, name: str, key: str | None = None) -> None:
-        self.layout.table(name, key).unlink(missing_ok=True)
+        """Delete a table file. A run's results file (runs, metrics, predictions) is emptied
+        instead: a file that a concurrent query has listed must not vanish before it is read."""
+        path = self.layout.table(name, key)
+        if name in RUN_TABLES:
+            if path.exists():
+                from asign.schemas import TABLES
+
+                write_table(path, TABLES[name].empty_table(), name)
+            return
+        path.unlink(missing_ok=True)
 
     def write_qc_png(self, path: Path, rgb: Any) -> Path:
         """A QC picture (e.g. the alignment overlay), written atomically."""

@@ -1,109 +1,361 @@
 """`asign check`: verify a store's integrity and list every problem found (not just the
-first), as spatialdata's validation does."""
+first), as spatialdata's validation does.
+
+Verified: the manifest (format, schema version); every table file against the sha256 the
+manifest recorded when its step finished (edited, deleted, unrecorded or half-replaced
+files); every table's schema version, table name and columns; leftover temporary files;
+the raw inputs against their recorded hashes; per sample, the tables each finished step
+must have written, unique spot ids, label vectors as long as the gene panel, spot/tile
+references, LMDB patches and embeddings against the tables (presence, vector length, and
+entry counts per section), and edge endpoints; per run, that the runs, metrics and
+predictions files agree. Problems make `asign check` exit 1; notes (harmless, such as
+stale LMDB entries an earlier ingest left behind) are printed but do not fail it."""
 
 from __future__ import annotations
 
 import glob
 import logging
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from asign.errors import AsignError
+from asign.schemas import TABLES
 from asign.store import Store
-from asign.store.layout import SAMPLE_TABLES
-from asign.store.manifest import file_sha256
-from asign.store.parquet import read_table
+from asign.store.layout import OPTIONAL_STEP_TABLES, RUN_TABLES, SAMPLE_TABLES, STEP_TABLES
+from asign.store.manifest import file_sha256, table_problem
+from asign.store.parquet import check_version
 from asign.store.vectors import emb_key, patch_key
 
 log = logging.getLogger(__name__)
 
+RUN_STATUSES = ("running", "done", "interrupted", "failed")
+_REINGEST = "re-run `asign ingest` (it redoes every step whose tables changed)"
+
+
+@dataclass
+class CheckReport:
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
 
 def check_store(store: Store) -> list[str]:
     """Problems found; an empty list means the store is consistent."""
-    problems: list[str] = []
+    return inspect_store(store).problems
+
+
+def inspect_store(store: Store) -> CheckReport:
+    report = CheckReport()
     try:
         manifest = store.manifest()
     except AsignError as err:
-        return [str(err)]
-
-    # 1. every table readable, with a known schema version
-    files = [store.layout.table("sections"), store.layout.table("genes")]
-    for name in SAMPLE_TABLES:
-        files += [Path(p) for p in sorted(glob.glob(store.layout.table_glob(name)))]
-    for name in ("runs", "metrics", "predictions"):
-        files += [Path(p) for p in sorted(glob.glob(store.layout.table_glob(name)))]
-    for path in files:
-        if not path.exists():
-            if path.name in ("sections.parquet", "genes.parquet") and manifest["steps"]:
-                problems.append(f"{path}: table missing")
-            continue
-        try:
-            read_table(path, columns=[])
-        except AsignError as err:
-            problems.append(str(err))
-    leftovers = [p for p in glob.glob(str(store.root / "**" / ".*.tmp"), recursive=True)]
+        report.problems.append(str(err))
+        return report
+    problems = report.problems
+    problems += _check_table_hashes(store, manifest, report.notes)
+    readable = _check_table_files(store, manifest, problems)
+    leftovers = sorted(glob.glob(str(store.root / "**" / ".*.tmp"), recursive=True))
     problems += [f"{p}: leftover temporary file from an interrupted write (safe to delete)" for p in leftovers]
+    if readable.get(store.layout.table("sections")):
+        problems += _check_inputs(store)
+        problems += _check_samples_known(store, manifest)
 
-    # 2. input hashes still match the raw files (detects changed inputs)
-    if store.has("sections"):
-        for row in store.read("sections").to_pylist():
-            for kind in ("image", "counts"):
-                path, recorded = row[f"{kind}_path"], row[f"{kind}_sha256"]
-                if not path or not recorded:
-                    continue
-                if not Path(path).exists():
-                    problems.append(f"{path}: {kind} of section {row['section_id']} no longer exists")
-                elif file_sha256(Path(path)) != recorded:
-                    problems.append(f"{path}: {kind} of section {row['section_id']} changed since ingest (re-run ingest)")
-
-    # 3. per sample: steps recorded vs artefacts, LMDB entries vs tables, edge endpoints
     vec = None
     if store.layout.vectors.exists():
-        vec = store.vectors(readonly=True)
+        try:
+            vec = store.vectors(readonly=True)
+        except AsignError as err:
+            problems.append(str(err))
     try:
         encoder = manifest["params"].get("embed", {}).get("encoder")
+        dim = manifest["params"].get("embed", {}).get("dim")
         for sample_id, steps in manifest["steps"].items():
-            problems += _check_sample(store, sample_id, steps, vec, encoder)
+            _check_sample(store, sample_id, steps, vec, encoder, dim, readable, report)
     finally:
         if vec is not None:
             vec.close()
+    _check_results(store, readable, report)
+    return report
+
+
+# --- files ---------------------------------------------------------------------------------
+
+def _check_table_hashes(store: Store, manifest: dict[str, Any], notes: list[str]) -> list[str]:
+    recorded = manifest.get("tables")
+    if recorded is None:
+        if manifest["steps"]:
+            notes.append(f"{store.layout.manifest}: records no table hashes (an older asign wrote it); "
+                         "table contents were not verified against it")
+        return []
+    problems = []
+    layout = store.layout
+    names = set(recorded) | {layout.relative(p) for p in layout.ingest_table_files()}
+    for rel in sorted(names):
+        why = table_problem(layout, rel, recorded.get(rel), full=True)
+        if why is not None:
+            problems.append(f"{layout.root / rel}: {why}; {_REINGEST}")
     return problems
 
 
-_STEP_TABLES = {"register": ("spots", "labels"), "align": ("transforms",), "patches": ("tiles", "spot_tiles"),
-                "embed": ("embeddings",), "graph": ("edges",)}
+def _table_files(store: Store) -> list[tuple[str, Path]]:
+    layout = store.layout
+    files = [(name, layout.table(name)) for name in ("sections", "genes") if layout.table(name).exists()]
+    for name in TABLES:
+        if name not in ("sections", "genes"):
+            files += [(name, Path(p)) for p in sorted(glob.glob(layout.table_glob(name)))]
+    return files
 
 
-def _check_sample(store: Store, sample_id: str, steps: dict, vec, encoder: str | None) -> list[str]:
-    problems: list[str] = []
-    for step, tables in _STEP_TABLES.items():
-        if step in steps:
-            problems += [f"{store.layout.table(t, sample_id)}: missing although step {step} of sample "
-                         f"{sample_id} is recorded as finished" for t in tables if not store.has(t, sample_id)]
-    if problems or not store.has("spots", sample_id):
-        return problems
-    spot_ids = set(store.read("spots", key=sample_id, columns=["spot_id"]).column("spot_id").to_pylist())
-    if store.has("labels", sample_id):
-        unknown = set(store.read("labels", key=sample_id, columns=["spot_id"]).column("spot_id").to_pylist()) - spot_ids
+def _check_table_files(store: Store, manifest: dict[str, Any], problems: list[str]) -> dict[Path, bool]:
+    """Schema version, table name and columns of every table file; which files are readable."""
+    readable: dict[Path, bool] = {}
+    for name, path in _table_files(store):
+        readable[path] = False
+        try:
+            schema = pq.read_schema(path)
+        except (pa.ArrowInvalid, OSError) as err:
+            problems.append(f"{path}: table is corrupt ({err}); delete it and {_REINGEST}")
+            continue
+        try:
+            check_version(schema, path)
+        except AsignError as err:
+            problems.append(str(err))
+            continue
+        stored_name = (schema.metadata or {}).get(b"asign.table", b"").decode()
+        if stored_name != name:
+            problems.append(f"{path}: holds table {stored_name!r}, expected {name!r}")
+            continue
+        bad = [f"column {f.name} missing" if f.name not in schema.names else
+               f"column {f.name} is {schema.field(f.name).type}, expected {f.type}"
+               for f in TABLES[name] if f.name not in schema.names or schema.field(f.name).type != f.type]
+        if bad:
+            problems.append(f"{path}: {'; '.join(bad)}")
+            continue
+        readable[path] = True
+    for path in (store.layout.table("sections"), store.layout.table("genes")):
+        if not path.exists() and manifest["steps"]:
+            problems.append(f"{path}: table missing although samples are registered; {_REINGEST}")
+    return readable
+
+
+def _check_inputs(store: Store) -> list[str]:
+    """The raw files still match the hashes recorded at ingest (detects changed inputs)."""
+    problems = []
+    for row in store.read("sections").to_pylist():
+        for kind in ("image", "counts"):
+            path, recorded = row[f"{kind}_path"], row[f"{kind}_sha256"]
+            if not path or not recorded:
+                continue
+            if not Path(path).exists():
+                problems.append(f"{path}: {kind} of section {row['section_id']} no longer exists")
+            elif file_sha256(Path(path)) != recorded:
+                problems.append(f"{path}: {kind} of section {row['section_id']} changed since ingest (re-run ingest)")
+    return problems
+
+
+def _check_samples_known(store: Store, manifest: dict[str, Any]) -> list[str]:
+    stored = set(store.read("sections", columns=["sample_id"]).column("sample_id").to_pylist())
+    path = store.layout.table("sections")
+    problems = [f"{path}: no section of sample {s}, although the manifest records its steps; {_REINGEST}"
+                for s in sorted(set(manifest["steps"]) - stored)]
+    problems += [f"{store.layout.manifest}: sample {s} has sections but no finished register step; {_REINGEST}"
+                 for s in sorted(stored - set(manifest["steps"]))]
+    return problems
+
+
+# --- one sample ----------------------------------------------------------------------------
+
+def _ids(store: Store, name: str, sample_id: str, column: str) -> list[str]:
+    return store.read(name, key=sample_id, columns=[column]).column(column).to_pylist()
+
+
+def _first(values: Any) -> str:
+    return sorted(values)[0]
+
+
+def _check_sample(store: Store, sample_id: str, steps: dict, vec: Any, encoder: str | None, dim: Any,
+                  readable: dict[Path, bool], report: CheckReport) -> None:
+    problems = report.problems
+    layout = store.layout
+    missing = [f"{layout.table(t, sample_id)}: missing although step {step} of sample {sample_id} is recorded "
+               f"as finished; {_REINGEST}"
+               for step, tables in STEP_TABLES.items() if step in steps for t in tables
+               if (step, t) not in OPTIONAL_STEP_TABLES and not store.has(t, sample_id)]
+    problems += list(dict.fromkeys(missing))
+    ok = {t: readable.get(layout.table(t, sample_id), False) for t in SAMPLE_TABLES}
+    if not ok["spots"]:
+        return
+    spot_list = _ids(store, "spots", sample_id, "spot_id")
+    spot_ids = set(spot_list)
+    spots_path = layout.table("spots", sample_id)
+    dupes = [s for s, n in Counter(spot_list).items() if n > 1]
+    if dupes:
+        problems.append(f"{spots_path}: {len(dupes)} duplicate spot ids (e.g. {_first(dupes)})")
+    if readable.get(layout.table("sections")):
+        _check_spot_counts(store, sample_id, problems)
+    if ok["labels"]:
+        labels_path = layout.table("labels", sample_id)
+        unknown = set(_ids(store, "labels", sample_id, "spot_id")) - spot_ids
         if unknown:
-            problems.append(f"labels of sample {sample_id}: {len(unknown)} spot ids not in spots (e.g. {sorted(unknown)[0]})")
-    if "patches" in steps and vec is not None and store.has("tiles", sample_id):
-        wanted = store.read("spot_tiles", key=sample_id, columns=["spot_id"]).column("spot_id").to_pylist()
-        missing = [s for s in dict.fromkeys(wanted) if not vec.has(patch_key(s))]
-        if missing:
-            problems.append(f"LMDB: {len(missing)} spot patches of sample {sample_id} missing (e.g. {missing[0]})")
-    if "embed" in steps and vec is not None and encoder and store.has("embeddings", sample_id):
-        index = store.read("embeddings", key=sample_id, columns=["level", "id"]).to_pylist()
-        missing = [r for r in index if not vec.has(emb_key(encoder, r["level"], r["id"]))]
-        if missing:
-            problems.append(f"LMDB: {len(missing)} of {len(index)} embeddings of sample {sample_id} missing "
-                            f"(e.g. {missing[0]['level']}/{missing[0]['id']})")
-    if store.has("edges", sample_id):
-        edges = store.read("edges", key=sample_id, columns=["src_spot_id", "dst_spot_id", "weight"])
-        ends = set(edges.column("src_spot_id").to_pylist()) | set(edges.column("dst_spot_id").to_pylist())
-        dangling = ends - spot_ids
+            problems.append(f"{labels_path}: {len(unknown)} spot ids not in the spots table (e.g. {_first(unknown)})")
+        if readable.get(layout.table("genes")):
+            n_genes = store.read("genes", columns=["gene"]).num_rows
+            values = store.read("labels", key=sample_id, columns=["value"]).column("value")
+            lengths = pc.list_value_length(values).to_numpy(zero_copy_only=False)
+            wrong = int((lengths != n_genes).sum())
+            if wrong:
+                problems.append(f"{labels_path}: {wrong} label vectors do not have the {n_genes} genes of the panel")
+    tile_ids: set[str] = set()
+    if ok["tiles"]:
+        tile_ids = set(_ids(store, "tiles", sample_id, "tile_id"))
+    if ok["spot_tiles"] and ok["tiles"]:
+        links = store.read("spot_tiles", key=sample_id, columns=["spot_id", "tile_id"])
+        path = layout.table("spot_tiles", sample_id)
+        bad_spots = set(links.column("spot_id").to_pylist()) - spot_ids
+        bad_tiles = set(links.column("tile_id").to_pylist()) - tile_ids
+        if bad_spots:
+            problems.append(f"{path}: {len(bad_spots)} spot ids not in the spots table (e.g. {_first(bad_spots)})")
+        if bad_tiles:
+            problems.append(f"{path}: {len(bad_tiles)} tile ids not in the tiles table (e.g. {_first(bad_tiles)})")
+        if "patches" in steps and vec is not None:
+            wanted = list(dict.fromkeys(links.column("spot_id").to_pylist()))
+            gone = [s for s in wanted if not vec.has(patch_key(s))]
+            if gone:
+                problems.append(f"{vec.path}: {len(gone)} of {len(wanted)} spot patches of sample {sample_id} "
+                                f"missing (e.g. patch/{gone[0]}); {_REINGEST} --steps patches,embed,graph")
+    if "embed" in steps and ok["embeddings"] and vec is not None and encoder:
+        _check_embeddings(store, sample_id, vec, encoder, dim, spot_ids, tile_ids if ok["tiles"] else None, report)
+    if ok["edges"]:
+        _check_edges(store, sample_id, spot_ids, problems)
+
+
+def _check_spot_counts(store: Store, sample_id: str, problems: list[str]) -> None:
+    """Measured spots per section as the sections table counted them at register."""
+    sections = store.read("sections", columns=["sample_id", "section_id", "n_spots", "has_counts"]).to_pylist()
+    spots = store.read("spots", key=sample_id, columns=["section_id", "is_virtual"]).to_pylist()
+    measured = Counter(r["section_id"] for r in spots if not r["is_virtual"])
+    for row in sections:
+        if (row["sample_id"] == sample_id and row["has_counts"]
+                and measured.get(row["section_id"], 0) != row["n_spots"]):
+            problems.append(f"{store.layout.table('spots', sample_id)}: section {row['section_id']} has "
+                            f"{measured.get(row['section_id'], 0)} measured spots, the sections table says "
+                            f"{row['n_spots']}; {_REINGEST}")
+
+
+def _check_embeddings(store: Store, sample_id: str, vec: Any, encoder: str, dim: Any, spot_ids: set[str],
+                      tile_ids: set[str] | None, report: CheckReport) -> None:
+    index = store.read("embeddings", key=sample_id, columns=["section_id", "encoder", "level", "id"]).to_pylist()
+    path = store.layout.table("embeddings", sample_id)
+    other = {r["encoder"] for r in index} - {encoder}
+    if other:
+        report.problems.append(f"{path}: rows of encoder(s) {sorted(other)}, but the manifest records "
+                               f"embeddings of {encoder!r}; {_REINGEST} --steps embed,graph")
+    rows = [r for r in index if r["encoder"] == encoder]
+    missing, wrong_size = [], []
+    want_bytes = 2 * int(dim) if dim else None
+    with vec.env.begin() as txn:
+        for r in rows:
+            value = txn.get(emb_key(encoder, r["level"], r["id"]))
+            if value is None:
+                missing.append(r)
+            elif want_bytes is not None and len(value) != want_bytes:
+                wrong_size.append(r)
+    if missing:
+        r = missing[0]
+        report.problems.append(f"{vec.path}: {len(missing)} of {len(rows)} embeddings listed in {path} are missing "
+                               f"(e.g. emb/{encoder}/{r['level']}/{r['id']}); {_REINGEST} --steps embed,graph")
+    if wrong_size:
+        r = wrong_size[0]
+        report.problems.append(f"{vec.path}: {len(wrong_size)} embeddings of sample {sample_id} are not {dim} "
+                               f"float16 values (e.g. emb/{encoder}/{r['level']}/{r['id']})")
+    unknown_spots = {r["id"] for r in rows if r["level"] == "spot"} - spot_ids
+    if unknown_spots:
+        report.problems.append(f"{path}: {len(unknown_spots)} spot embeddings of spots not in the spots table "
+                               f"(e.g. {_first(unknown_spots)})")
+    if tile_ids is not None:
+        unknown_tiles = {r["id"] for r in rows if r["level"] != "spot"} - tile_ids
+        if unknown_tiles:
+            report.problems.append(f"{path}: {len(unknown_tiles)} tile embeddings of tiles not in the tiles table "
+                                   f"(e.g. {_first(unknown_tiles)})")
+    # entry counts per section and level: LMDB keys are emb/ENCODER/LEVEL/SECTION/...
+    listed = Counter((r["level"], r["section_id"]) for r in rows)
+    for (level, section), n in sorted(listed.items()):
+        held = vec.count(emb_key(encoder, level, f"{section}/"))
+        if held > n:
+            report.notes.append(f"{vec.path}: {held - n} {level} embeddings of section {section} are not listed in "
+                                f"{path} (stale entries of an earlier ingest; harmless)")
+
+
+def _check_edges(store: Store, sample_id: str, spot_ids: set[str], problems: list[str]) -> None:
+    edges = store.read("edges", key=sample_id, columns=["src_spot_id", "dst_spot_id", "kind", "weight"])
+    path = store.layout.table("edges", sample_id)
+    src = set(edges.column("src_spot_id").to_pylist())
+    dst = set(edges.column("dst_spot_id").to_pylist())
+    for end, ids in (("source", src), ("destination", dst)):
+        dangling = ids - spot_ids
         if dangling:
-            problems.append(f"edges of sample {sample_id}: {len(dangling)} endpoints are not spots (e.g. {sorted(dangling)[0]})")
-        weights = edges.column("weight").to_numpy()
-        if len(weights) and not (weights == weights).all():
-            problems.append(f"edges of sample {sample_id}: NaN weights")
-    return problems
+            problems.append(f"{path}: {len(dangling)} edge {end} endpoints are not spots of sample {sample_id} "
+                            f"(e.g. {_first(dangling)}); {_REINGEST} --steps graph")
+    kinds = set(edges.column("kind").to_pylist()) - {"same_layer", "cross_layer"}
+    if kinds:
+        problems.append(f"{path}: unknown edge kinds {sorted(kinds)}")
+    weights = edges.column("weight").to_numpy(zero_copy_only=False)
+    if len(weights) and not (weights == weights).all():
+        problems.append(f"{path}: {int((weights != weights).sum())} edge weights are NaN")
+    elif len(weights) and (weights < 0).any():
+        problems.append(f"{path}: {int((weights < 0).sum())} edge weights are negative")
+
+
+# --- results -------------------------------------------------------------------------------
+
+def _check_results(store: Store, readable: dict[Path, bool], report: CheckReport) -> None:
+    """Each run's files agree: one runs row named like its file, metrics and predictions only
+    for runs that have a runs row, and a finished run has its metrics. Predictions for spots
+    the store no longer has (it was re-ingested after the run) are a note."""
+    problems = report.problems
+    layout = store.layout
+    files = {name: {Path(p).stem: Path(p) for p in glob.glob(layout.table_glob(name))} for name in RUN_TABLES}
+    for key, path in sorted(files["runs"].items()):
+        if not readable.get(path):
+            continue
+        rows = pq.read_table(path, columns=["run_id", "status"]).to_pylist()
+        if [r["run_id"] for r in rows] != [key]:
+            problems.append(f"{path}: holds run(s) {[r['run_id'] for r in rows]}, expected the one run {key!r}")
+            continue
+        status = rows[0]["status"]
+        if status not in RUN_STATUSES:
+            problems.append(f"{path}: unknown run status {status!r}")
+        if status == "done" and key not in files["metrics"]:
+            problems.append(f"{layout.table('metrics', key)}: missing although run {key} is done; "
+                            "re-run the same `asign train` command")
+    spot_ids: set[str] | None = None
+    for name in ("metrics", "predictions"):
+        for key, path in sorted(files[name].items()):
+            if key not in files["runs"]:
+                problems.append(f"{path}: {name} of run {key}, which has no runs row (delete the file, or re-run)")
+            if not readable.get(path):
+                continue
+            ids = set(pq.read_table(path, columns=["run_id"]).column("run_id").unique().to_pylist())
+            if ids - {key}:
+                problems.append(f"{path}: rows of other runs {sorted(ids - {key})}")
+            if name == "predictions":
+                if spot_ids is None:
+                    spot_ids = _all_spot_ids(store, readable)
+                pred = set(pq.read_table(path, columns=["spot_id"]).column("spot_id").unique().to_pylist())
+                unknown = pred - spot_ids
+                if unknown:
+                    report.notes.append(f"{path}: predictions for {len(unknown)} spots not in the store "
+                                        f"(e.g. {_first(unknown)}); the store was re-ingested after this run")
+
+
+def _all_spot_ids(store: Store, readable: dict[Path, bool]) -> set[str]:
+    out: set[str] = set()
+    for p in glob.glob(store.layout.table_glob("spots")):
+        if readable.get(Path(p)):
+            out |= set(pq.read_table(p, columns=["spot_id"]).column("spot_id").to_pylist())
+    return out

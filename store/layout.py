@@ -11,6 +11,11 @@ from pathlib import Path
 GLOBAL_TABLES = ("sections", "genes")
 SAMPLE_TABLES = ("spots", "labels", "transforms", "tiles", "spot_tiles", "embeddings", "edges")
 RUN_TABLES = ("runs", "metrics", "predictions")
+# The per-sample tables each ingest step writes (register also writes sections and genes).
+# align writes no transforms for samples with precomputed aligned coordinates.
+STEP_TABLES = {"register": ("spots", "labels"), "align": ("spots", "transforms"),
+               "patches": ("tiles", "spot_tiles"), "embed": ("embeddings",), "graph": ("edges",)}
+OPTIONAL_STEP_TABLES = {("align", "transforms")}
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,17 @@ class StoreLayout:
             return str(self.tables / f"{name}.parquet")
         base = self.results if name in RUN_TABLES else self.tables
         return str(base / name / "*.parquet")
+
+    def ingest_table_files(self) -> list[Path]:
+        """Every table file ingest wrote (not the results, which trainers write concurrently)."""
+        found = [self.table(n) for n in GLOBAL_TABLES if self.table(n).exists()]
+        for name in SAMPLE_TABLES:
+            found += sorted((self.tables / name).glob("[!.]*.parquet"))
+        return found
+
+    def relative(self, path: Path) -> str:
+        """A store file's name in the manifest: its path below the store root."""
+        return Path(path).relative_to(self.root).as_posix()
 
     def checkpoint(self, run_id: str) -> Path:
         return self.checkpoints / f"{_safe(run_id)}.pt"

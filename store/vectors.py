@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from asign.errors import StoreError
+from asign.errors import ImageError, StoreError
 
 MAP_SIZE = 1 << 40  # sparse on Linux; LMDB needs an upper bound, not an allocation
 
@@ -31,6 +31,22 @@ def done_key(*parts: str) -> bytes:
 
 def meta_key(name: str) -> bytes:
     return f"meta/{name}".encode()
+
+
+def decode_patch(data: bytes) -> np.ndarray:
+    """A stored patch (PNG or JPEG bytes, ``ingest.patches.encode_patch``) as (H, W, 3) uint8."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, UnidentifiedImageError, ValueError) as err:
+        raise ImageError(
+            f"stored patch bytes are not a readable image ({err})",
+            fix="re-run `asign ingest --steps patches` to rewrite the patch store",
+        ) from err
 
 
 @dataclass
@@ -56,6 +72,12 @@ class Vectors:
                 for key, value in items:
                     txn.put(key, value)
         except lmdb.Error as err:
+            from asign.store.atomic import disk_full
+
+            if disk_full(self.path):  # LMDB reports a full disk as an I/O error
+                raise StoreError("no space left on device while writing embeddings/patches", path=self.path,
+                                 fix="free disk space or point --store at a larger disk, then re-run "
+                                     "(committed batches are kept)") from err
             raise StoreError(f"LMDB write failed ({err})", path=self.path,
                              fix="check free disk space and permissions, then re-run") from err
 
@@ -79,6 +101,25 @@ class Vectors:
                                      fix="re-run `asign ingest --steps embed` to complete the store")
                 out[i] = np.frombuffer(value, dtype=np.float16, count=dim)
         return out
+
+    def get_patches(self, spot_ids: Sequence[str]) -> np.ndarray:
+        """The stored spot patches, (len(spot_ids), H, W, 3) uint8, decoded."""
+        out = None
+        with self.env.begin() as txn:
+            for i, spot_id in enumerate(spot_ids):
+                value = txn.get(patch_key(spot_id))
+                if value is None:
+                    raise StoreError(f"patch of spot {spot_id} missing", path=self.path,
+                                     fix="re-run `asign ingest --steps patches` for its sample")
+                img = decode_patch(bytes(value))
+                if out is None:
+                    out = np.empty((len(spot_ids), *img.shape), dtype=np.uint8)
+                if img.shape != out.shape[1:]:
+                    raise StoreError(f"patch of spot {spot_id} is {img.shape}, others "
+                                     f"{out.shape[1:]}", path=self.path,
+                                     fix="re-run `asign ingest --steps patches` for its sample")
+                out[i] = img
+        return out if out is not None else np.empty((0, 0, 0, 3), dtype=np.uint8)
 
     def count(self, prefix: bytes) -> int:
         n = 0
@@ -119,8 +160,14 @@ def open_vectors(path: Path, *, readonly: bool = False) -> Vectors:
             if not path.exists():
                 raise StoreError("embeddings database missing", path=path,
                                  fix="run `asign ingest --steps patches,embed` for this store")
-            # lock=False: readers must work on read-only media and never block a trainer.
-            env = lmdb.open(str(path), readonly=True, lock=False, subdir=True, map_size=MAP_SIZE)
+            # Readers take a reader slot in lock.mdb (never blocking anyone), so a writer in
+            # another process (an ingest beside a trainer) cannot reuse pages they still read.
+            # Without write access to lock.mdb (read-only media, another user's store) reading
+            # lock-free is the only way; it is safe while no ingest writes to this store.
+            try:
+                env = lmdb.open(str(path), readonly=True, lock=True, subdir=True, map_size=MAP_SIZE)
+            except lmdb.Error:
+                env = lmdb.open(str(path), readonly=True, lock=False, subdir=True, map_size=MAP_SIZE)
         else:
             env = lmdb.open(str(path), map_size=MAP_SIZE, subdir=True, max_dbs=0)
     except lmdb.Error as err:

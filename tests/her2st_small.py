@@ -41,3 +41,26 @@ def make_small_her2st(dst: Path, sections: tuple[str, ...] = ("C2", "C3", "C4"),
                 small = im.convert("RGB").resize(size, Image.Resampling.BOX)
                 small.save(dst / "ST-imgs" / "C" / s / IMAGE_NAMES[s], quality=90)
     return dst
+
+
+SMALL_SECTIONS = ("C2", "C3", "C4")
+SMALL_INGEST = dict(samples="C", weights="random", batch_size=16)
+
+
+def small_her2st_store(tmp_path_factory) -> tuple[Path, Path]:
+    """(source, store): C2–C4 cut down to 30 genes and its uninterrupted ingest
+    (``SMALL_INGEST``), built once per test session and shared by every module that asks
+    (cached under the session's base temporary directory). Callers must not modify them."""
+    from asign.ingest import run as ingest_run
+    from asign.ingest.config import IngestConfig
+
+    base = tmp_path_factory.getbasetemp() / "her2st_small_C2-C4"
+    src, store, done = base / "her2st", base / "store", base / "complete"
+    if not done.exists():
+        import shutil
+
+        shutil.rmtree(base, ignore_errors=True)
+        make_small_her2st(src, sections=SMALL_SECTIONS, n_genes=30)
+        ingest_run(IngestConfig(sources=(src,), store=store, **SMALL_INGEST))
+        done.touch()
+    return src, store

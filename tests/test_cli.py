@@ -155,3 +155,14 @@ def test_train_defaults_are_the_config_defaults(tmp_path, monkeypatch):
     result = runner.invoke(app, ["train", "--store", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert seen["cfg"] == TrainConfig(store=tmp_path)
+
+
+def test_train_minibatch_options_reach_the_config(tmp_path, monkeypatch):
+    from asign.train.config import TrainConfig
+
+    seen = {}
+    monkeypatch.setattr("asign.train.run", lambda cfg: seen.setdefault("cfg", cfg))
+    result = runner.invoke(app, ["train", "--store", str(tmp_path), "--minibatch-above", "0",
+                                 "--block-spots", "512"])
+    assert result.exit_code == 0, result.output
+    assert seen["cfg"] == TrainConfig(store=tmp_path, minibatch_above=0, block_spots=512)

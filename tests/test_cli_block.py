@@ -187,3 +187,53 @@ def test_gradient_to_w_matches_finite_difference():
     torch.autograd.gradcheck(
         lambda w_: propagate(src, dst, a.double(), w_, y, known, n_iter=10)[0], (w,)
     )
+
+
+def test_spatial_prior_is_the_idw_baseline_of_the_known_rows():
+    from asign.train.baselines import idw
+    from asign.train.cli_block import spatial_prior
+
+    rng = np.random.default_rng(3)
+    xy = rng.uniform(0, 1000, size=(40, 2))
+    y = rng.normal(size=(40, 4))
+    known = np.zeros(40, bool)
+    known[:15] = True
+    y_masked = np.where(known[:, None], y, 99.0)  # unknown rows must never be read
+    prior = spatial_prior(torch.as_tensor(xy), torch.as_tensor(y_masked).float(),
+                          torch.as_tensor(known), k=5)
+    np.testing.assert_allclose(prior.numpy(), idw(xy[known], y[known], xy, k=5), atol=1e-5)
+
+
+@pytest.mark.parametrize("per_node_gate", [False, True])
+def test_three_source_blend(per_node_gate):
+    torch.manual_seed(1)
+    src, dst, a = _chain(14)
+    n, g, f = 14, 5, 8
+    feats = torch.randn(n, f)
+    y_model = torch.randn(n, g, requires_grad=True)
+    y_true, prior = torch.randn(n, g), torch.randn(n, g)
+    known = torch.zeros(n, dtype=torch.bool)
+    known[:2] = True
+    block = CLIBlock(f, g, hidden=16, per_node_gate=per_node_gate, spatial_prior=True)
+    with pytest.raises(AsignError, match="prior"):
+        block(feats, y_model, y_true, known, EdgeGraph(src, dst, a, n))
+    out = block(feats, y_model, y_true, known, EdgeGraph(src, dst, a, n), prior)
+
+    assert out.gate.shape == ((3, n, g) if per_node_gate else (3, g))
+    torch.testing.assert_close(out.gate.sum(0), torch.ones_like(out.gate[0]))
+    if not per_node_gate:
+        torch.testing.assert_close(out.gate, torch.full_like(out.gate, 1 / 3))  # starts even
+    reached = out.reached & ~known
+    unreached = ~out.reached
+    assert reached.any() and unreached.any()
+    torch.testing.assert_close(out.spot[known], y_model[known])
+    expected = out.gate[0] * out.y_prop + out.gate[1] * prior + out.gate[2] * y_model
+    torch.testing.assert_close(out.spot[reached], expected[reached])
+    # unreached spots: prior and model, at their weights renormalised without propagation
+    g_prior = out.gate[1] / (out.gate[1] + out.gate[2])
+    expected = g_prior * prior + (1 - g_prior) * y_model
+    torch.testing.assert_close(out.spot[unreached], expected[unreached])
+
+    (out.spot[~known] - y_true[~known]).square().mean().backward()
+    for name, p in block.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name

@@ -12,6 +12,7 @@ from asign import encoders as E
 from asign.errors import ConfigError
 from asign.ingest import embed as M
 from asign.ingest import patches as P
+from asign.store.vectors import decode_patch
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "her2st"
 FAST = "bf16" if M.cpu_has_bf16() else "fp32"  # what precision="auto" picks here
@@ -76,7 +77,7 @@ def test_patch_codec_returns_the_pixels_that_were_embedded(encoder, images):
         encoder, _items(small), batch_size=4, patch_codec="png", runtime="eager"
     )
     assert len(batch.patches) == 4
-    decoded = np.stack([P.decode_patch(b) for b in batch.patches])
+    decoded = np.stack([decode_patch(b) for b in batch.patches])
     assert decoded.shape == (4, 224, 224, 3)
     assert np.array_equal(batch.features, M.embed_arrays(encoder, decoded, 4, runtime="eager"))
 
@@ -131,5 +132,5 @@ def test_real_c3_spots_end_to_end(encoder):
     assert feats.shape == (3, 1024) and np.isfinite(feats).all()
     assert not np.array_equal(feats[0], feats[1])  # different tissue, different vectors
     # The stored patch re-embeds to the same bits (PNG is lossless).
-    decoded = np.stack([P.decode_patch(b) for b in batches[0].patches])
+    decoded = np.stack([decode_patch(b) for b in batches[0].patches])
     assert np.array_equal(M.embed_arrays(encoder, decoded, batch_size=4), feats)

@@ -113,3 +113,18 @@ def test_torchvision_imports_after_the_shim():
     import torchvision.models
 
     assert hasattr(torchvision.models, "resnet50")
+
+
+def test_scale_test_encoder_is_registered_small_and_embeds_at_64px():
+    import numpy as np
+
+    from asign.ingest.embed import embed_arrays
+
+    spec = E.get_encoder_spec("resnet18-l3-64")
+    assert (spec.dim, spec.input_px) == (256, 64) and "scale tests" in spec.description
+    enc = E.load_encoder("resnet18-l3-64", "random", seed=0)
+    assert "layer4" not in dict(enc.module.named_children())
+    images = np.random.default_rng(0).integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
+    out = embed_arrays(enc, images, batch_size=4)
+    assert out.shape == (5, 256) and out.dtype == np.float16 and np.isfinite(out).all()
+    assert np.array_equal(out[:2], embed_arrays(enc, images[:2], batch_size=4))

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 
-from asign.errors import ConfigError
+from asign.errors import AsignError, ConfigError
 from asign.store import open_store
 from asign.train import MODELS, TrainConfig, run
 
@@ -118,8 +118,11 @@ def test_cross_sample_folds(toy_store_factory):
         assert not any(sec.endswith("_L1") for _, sec in scored)
 
 
-def test_finetune_on_cpu_is_a_clear_error(toy_store):
-    with pytest.raises(ConfigError, match="needs --device cuda"):
+def test_bad_options_are_clear_errors(toy_store):
+    with pytest.raises(ConfigError, match="mean has none"):
+        run(_cfg(toy_store, "mean", finetune_spot_encoder=True))
+    # the toy store is written without spot patches: nothing to fine-tune on
+    with pytest.raises(AsignError, match="patch of spot .* missing"):
         run(_cfg(toy_store, "asign3d", finetune_spot_encoder=True))
     with pytest.raises(ConfigError, match="--model"):
         run(_cfg(toy_store, "mean").with_(model="nope"))
@@ -143,3 +146,25 @@ def test_validation_spots_never_enter_the_gradient(toy_store):
     assert histories[0].history == histories[1].history
     assert histories[0].val_history != histories[1].val_history
     assert 1 <= histories[0].best_epoch <= 3
+
+
+def test_simplex_grid_covers_the_simplex():
+    from asign.train.calibrate import simplex_grid
+
+    grid = simplex_grid(3, step=0.25)
+    np.testing.assert_allclose(grid.sum(1), 1.0)
+    assert (grid >= 0.25 - 1e-12).all()
+    assert {tuple(r) for r in grid} == {(0.25, 0.25, 0.5), (0.25, 0.5, 0.25), (0.5, 0.25, 0.25)}
+    assert len(simplex_grid(2)) == 19  # 0.05 … 0.95
+
+
+def test_gate_calibration_never_worsens_the_validation_score(toy_store):
+    res = run(_cfg(toy_store, "asign3d", epochs=2))
+    gate = res.timings["selection"]["0"]["gate"]
+    assert set(gate["weights"]) == {"propagation", "prior", "model"}
+    assert sum(gate["weights"].values()) == pytest.approx(1.0)
+    # the grid contains (almost) the 1/3-each gate training starts from, so it wins
+    assert gate["applied"] and gate["val_score"] < gate["val_score_trained_gate"]
+    off = run(_cfg(toy_store, "asign3d", epochs=2, calibrate_gate=False))
+    assert "gate" not in off.timings["selection"]["0"]
+    assert _metrics(off) != _metrics(res)

@@ -36,12 +36,14 @@ def run(cfg: TrainConfig, *, reporter: Any = None, max_epochs: int | None = None
     """
     from asign.progress import reporter as make_reporter
     from asign.store import open_store
+    from asign.store.atomic import remove_stale_temps
     from asign.train import results as res
     from asign.train.protocol import SectionInfo, fold_assignment, plan_folds
 
     validate(cfg)
     _check_device(cfg)
     store = open_store(cfg.store)
+    remove_stale_temps(store.root)  # e.g. the checkpoint a killed run was writing
     created = dt.datetime.now(dt.UTC)
     t0 = time.perf_counter()
     infos = [SectionInfo(str(r["sample_id"]), str(r["section_id"]), int(r["z"]),
@@ -100,7 +102,14 @@ def _execute(cfg: TrainConfig, store: Any, rid: str, folds: list, rep: Any,
 
     t = time.perf_counter()
     needed = sorted({p.sample_id for f in folds for p in f.samples})
-    samples = {s: load_sample(store, s, encoder=cfg.encoder) for s in needed}
+    recipe = None
+    if cfg.finetune_spot_encoder:
+        from asign.train.finetune import EncoderRecipe
+
+        recipe = EncoderRecipe.from_manifest(store.manifest()["params"].get("embed", {}),
+                                             cfg.encoder, store.layout.manifest)
+    samples = {s: load_sample(store, s, encoder=cfg.encoder, patches=recipe is not None)
+               for s in needed}
     genes = next(iter(samples.values())).genes
     timings["load_s"] = round(time.perf_counter() - t, 3)
 
@@ -123,7 +132,7 @@ def _execute(cfg: TrainConfig, store: Any, rid: str, folds: list, rep: Any,
         t = time.perf_counter()
         if spec.neural:
             model = _fit_fold(cfg, fold, samples, tasks, rid, ckpt_path, ckpt, finished, rep,
-                              epoch_s, budget, selection)
+                              epoch_s, budget, selection, recipe)
             if model is None:
                 return "interrupted", [], [], genes
             for plan in fold.test:
@@ -146,6 +155,9 @@ def _execute(cfg: TrainConfig, store: Any, rid: str, folds: list, rep: Any,
                                           s.spot_ids[out], pred[out]))
     if selection:
         timings["selection"] = {str(k): v for k, v in selection.items()}
+    blocked = {t.name: vars(t.cache["batching"]) for t in tasks.values() if "batching" in t.cache}
+    if blocked:  # graphs trained on spatial blocks (batching.py): what one epoch did
+        timings["batching"] = blocked
     if epoch_s:
         timings["epoch_s_mean"] = round(float(np.mean(epoch_s)), 4)
         timings["epochs_run"] = len(epoch_s)
@@ -154,12 +166,13 @@ def _execute(cfg: TrainConfig, store: Any, rid: str, folds: list, rep: Any,
 
 def _fit_fold(cfg: TrainConfig, fold: Any, samples: dict, tasks: dict, rid: str,
               path: Any, ckpt: dict | None, finished: dict, rep: Any, epoch_s: list[float],
-              budget: list[int | None], best: dict[int, dict]) -> Any:
+              budget: list[int | None], best: dict[int, dict], recipe: Any = None) -> Any:
     """Train (or restore) the fold's model; None when the epoch budget ran out first."""
     from asign.train import loop
 
     any_sample = next(iter(samples.values()))
-    model = loop.build(cfg, any_sample.spot_feat.shape[1], len(any_sample.genes), fold.fold)
+    model = loop.build(cfg, any_sample.spot_feat.shape[1], len(any_sample.genes), fold.fold,
+                       spot_encoder=recipe)
     if fold.fold in finished:
         model.load_state_dict(finished[fold.fold])
         return model
@@ -209,6 +222,10 @@ def _fit_fold(cfg: TrainConfig, fold: Any, samples: dict, tasks: dict, rid: str,
         return None
     best[fold.fold] = {"best_epoch": state.best_epoch,
                        "val_score": state.best_score if np.isfinite(state.best_score) else None}
+    if cfg.calibrate_gate and cfg.spec.cli:
+        from asign.train.calibrate import calibrate_gate
+
+        best[fold.fold]["gate"] = calibrate_gate(cfg, model, select or train_tasks)
     finished[fold.fold] = loop._cpu_state(model)
     loop.save_checkpoint(path, {"run_id": rid, "fold": None, "state": None,
                                 "finished": finished})
@@ -259,10 +276,9 @@ def _check_device(cfg: TrainConfig) -> None:
         if not torch.cuda.is_available():
             raise ConfigError("--device cuda asked for, but torch sees no CUDA device",
                               fix="use --device cpu, or install a CUDA build of torch")
-    if cfg.finetune_spot_encoder:
-        raise ConfigError("--finetune-spot-encoder is not implemented in this version: "
-                          "the model trains on the frozen spot embeddings in the store",
-                          fix="drop --finetune-spot-encoder")
+    if cfg.finetune_spot_encoder and cfg.device == "cpu":
+        log.warning("--finetune-spot-encoder on a CPU: every epoch re-encodes every spot "
+                    "patch, expect minutes per epoch (a GPU is the intended setting)")
 
 
 @contextlib.contextmanager

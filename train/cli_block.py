@@ -21,6 +21,18 @@ propagated value with the model's prediction through a gate g ∈ (0, 1):
 
 Known spots keep the model output because the training loss is taken on hidden spots only:
 copying a known label there would only hide the model's error from the metrics.
+
+Spatial prior (asign's addition, off in the paper's setting): propagation over the graph
+smooths as it travels through hidden layers, while the plain inverse-distance average of
+the nearest known spots in the aligned (x, y) frame (the ``idw`` baseline) does not. With
+``spatial_prior`` the block blends three sources per gene — propagation, that IDW prior
+and the model — with softmax weights over learned logits (the model's logit fixed at 0):
+
+    ŷ_i = softmax(b_prop, b_prior, 0) · (y_LP,i, y_IDW,i, ŷ_model,i)   reached unknown spots,
+    ŷ_i = softmax(b_prior, 0) · (y_IDW,i, ŷ_model,i)                  unreached unknown spots.
+
+The prior reads the known rows only, like propagation, so it leaks nothing a known-layer
+method would not see.
 """
 
 from __future__ import annotations
@@ -138,6 +150,22 @@ def _iterate(s: Tensor, s_t: Tensor, w: Tensor, y: Tensor, known: Tensor,
     return cur, reached
 
 
+def spatial_prior(xy: Tensor, y: Tensor, known_mask: Tensor, k: int = 8,
+                  power: float = 1.0) -> Tensor:
+    """(N, G) inverse-distance average of the k nearest known rows of ``y`` in the aligned
+    (x, y) frame, at every node: the ``idw`` baseline's rule (a constant; no gradient).
+    O(N log K) with a k-d tree over the K known spots."""
+    from asign.train.baselines import idw
+
+    known = known_mask.detach().cpu().numpy().astype(bool)
+    if not known.any():
+        raise AsignError("spatial prior: no known spot to average from",
+                         fix="give the CLI at least one known spot")
+    pts = xy.detach().cpu().numpy()
+    prior = idw(pts[known], y.detach()[known_mask].float().cpu().numpy(), pts, k=k, power=power)
+    return torch.as_tensor(prior, device=y.device)
+
+
 @dataclass
 class CLIOutput:
     """What :class:`CLIBlock` returns; all tensors are per node."""
@@ -145,7 +173,8 @@ class CLIOutput:
     spot: Tensor      # (N, G) final prediction (see the module docstring)
     y_prop: Tensor    # (N, G) propagated labels (known rows = labels, unreached rows = 0)
     reached: Tensor   # (N,) bool: known or reached by propagation
-    gate: Tensor      # (G,) or (N, G) gate g in (0, 1)
+    gate: Tensor      # weight of propagation, (G,) or (N, G); with a prior, the weights of
+    #                   (propagation, prior, model) where propagation reached: (3, G) or (3, N, G)
     node_weight: Tensor  # (N,) learned w > 0
 
 
@@ -158,33 +187,59 @@ class CLIBlock(nn.Module):
         hidden: width of the weight MLP.
         n_iter: propagation steps (the paper uses 10).
         per_node_gate: if True, g_ig = sigmoid(b_g + m(h_i)) with a scalar node MLP m;
-            otherwise g_g = sigmoid(b_g). b starts at 0, i.e. g = 0.5.
+            otherwise g_g = sigmoid(b_g). b starts at 0, i.e. g = 0.5. With a prior, m has
+            one output per non-model source.
+        spatial_prior: blend a third source, passed to ``forward`` as ``prior`` (see the
+            module docstring); all three start at weight 1/3.
         eps: floor added to w = softplus(MLP(h)) + eps, keeping every weight positive.
     """
 
     def __init__(self, node_dim: int, n_genes: int, *, hidden: int = 64, n_iter: int = 10,
-                 per_node_gate: bool = False, eps: float = 1e-3):
+                 per_node_gate: bool = False, spatial_prior: bool = False, eps: float = 1e-3):
         super().__init__()
         self.n_iter, self.eps = n_iter, eps
+        self.spatial_prior = spatial_prior
+        sources = 2 if spatial_prior else 1  # blended with the model: propagation [, prior]
         self.weight_mlp = nn.Sequential(nn.Linear(node_dim, hidden), nn.GELU(),
                                         nn.Linear(hidden, 1))
-        self.gate_logit = nn.Parameter(torch.zeros(n_genes))
+        self.gate_logit = nn.Parameter(torch.zeros(sources, n_genes))
         self.gate_mlp = (nn.Sequential(nn.Linear(node_dim, hidden), nn.GELU(),
-                                       nn.Linear(hidden, 1)) if per_node_gate else None)
+                                       nn.Linear(hidden, sources)) if per_node_gate else None)
 
     def forward(self, node_features: Tensor, y_model: Tensor, y_known: Tensor,
-                known_mask: Tensor, graph: EdgeGraph) -> CLIOutput:
-        """Blend propagated labels into ``y_model`` ((N, G)); ``y_known`` is read on known rows.
+                known_mask: Tensor, graph: EdgeGraph, prior: Tensor | None = None) -> CLIOutput:
+        """Blend propagated labels (and ``prior``, (N, G), when the block has one) into
+        ``y_model`` ((N, G)); ``y_known`` is read on known rows.
 
         ``graph``'s edge weights are the a of the propagation (its operator is cached on it).
         """
+        if self.spatial_prior != (prior is not None):
+            raise AsignError("CLI block: a prior must be passed exactly when the block was "
+                             "built with spatial_prior=True",
+                             fix="build the model and its inputs from the same ModelConfig")
         w = F.softplus(self.weight_mlp(node_features)).squeeze(-1) + self.eps
         y_prop, reached = propagate(graph.src, graph.dst, graph.weight, w, y_known, known_mask,
                                     self.n_iter, operator=PropagationOperator.of(graph))
-        logit = self.gate_logit
+        logit = self.gate_logit  # (S, G)
         if self.gate_mlp is not None:
-            logit = logit + self.gate_mlp(node_features)
-        gate = torch.sigmoid(logit)
-        blend = gate * y_prop + (1 - gate) * y_model
-        use = (reached & ~known_mask.to(torch.bool))[:, None]
-        return CLIOutput(torch.where(use, blend, y_model), y_prop, reached, gate, w)
+            logit = logit[:, None, :] + self.gate_mlp(node_features).T[:, :, None]  # (S, N, G)
+        spot, gate = blend(logit, y_prop, prior, y_model, reached, known_mask)
+        return CLIOutput(spot, y_prop, reached, gate, w)
+
+
+def blend(logit: Tensor, y_prop: Tensor, prior: Tensor | None, y_model: Tensor,
+          reached: Tensor, known_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """The gated output of the module docstring and the gate: ``logit`` (S, G) or (S, N, G)
+    holds the logits of propagation [and prior] against the model's fixed 0."""
+    known = known_mask.to(torch.bool)[:, None]
+    use_prop = reached[:, None] & ~known
+    if prior is None:
+        gate = torch.sigmoid(logit[0])
+        mixed = gate * y_prop + (1 - gate) * y_model
+        return torch.where(use_prop, mixed, y_model), gate
+    zero = torch.zeros_like(logit[0])
+    gate = torch.softmax(torch.stack([logit[0], logit[1], zero]), dim=0)
+    with_prop = gate[0] * y_prop + gate[1] * prior + gate[2] * y_model
+    g_prior = torch.sigmoid(logit[1])  # = softmax(b_prior, 0)[0]
+    without = g_prior * prior + (1 - g_prior) * y_model
+    return torch.where(known, y_model, torch.where(use_prop, with_prop, without)), gate

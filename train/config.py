@@ -77,9 +77,17 @@ class TrainConfig:
     feature_norm: str = "section"  # section (per-section z-score of embeddings) | none
     center_labels: bool = True  # learn deviations from each graph's training mean (loop.py)
     cli_per_node_gate: bool = False  # CLI gate per gene (False) or per gene and node
+    cli_spatial_prior: bool = True  # CLI also blends the IDW prior (cli_block.py); paper: False
+    calibrate_gate: bool = True  # set the CLI gate on the validation spots after training
     # training episodes (see protocol.py) and model selection (see loop.py)
     episode_known_fraction: float = 0.2
     val_fraction: float = 0.2
+    # large graphs (batching.py): above minibatch_above spots a graph trains one step per
+    # spatial block of ≤ block_spots spots (+ a halo of block_halo in-edge hops; None: one
+    # hop per GAT layer, which makes MSAGNet exact on the block) and infers block by block
+    minibatch_above: int = 20_000
+    block_spots: int = 4096
+    block_halo: int | None = None
     # baselines
     idw_k: int = 8
     idw_power: float = 1.0
@@ -89,7 +97,9 @@ class TrainConfig:
     threads: int | None = None  # torch intra-op threads during the run (None: torch default)
     seed: int = 0
     resume: bool = False
-    finetune_spot_encoder: bool = False
+    finetune_spot_encoder: bool = False  # train the spot encoder on stored patches (finetune.py)
+    finetune_batch: int = 64  # spots re-encoded with gradients per step
+    finetune_lr_scale: float = 0.1  # the encoder's learning rate relative to --lr
     save_predictions: bool = True
     encoder: str | None = None  # embedding encoder in the store; default: the manifest's
     extra: dict[str, Any] = field(default_factory=dict)  # free-form, recorded in runs.config
@@ -114,8 +124,9 @@ class TrainConfig:
             for key in ("epochs", "lr", "momentum", "weight_decay", "optimizer", "scheduler",
                         "lr_min_ratio", "cli_lr_scale", "grad_clip", "loss", "hidden", "heads", "dropout",
                         "gnn", "episode_known_fraction", "val_fraction", "device", "feature_norm",
-                        "center_labels", "cli_per_node_gate",
-                        "finetune_spot_encoder"):
+                        "center_labels", "cli_per_node_gate", "cli_spatial_prior", "calibrate_gate",
+                        "finetune_spot_encoder", "finetune_batch", "finetune_lr_scale",
+                        "minibatch_above", "block_spots", "block_halo"):
                 out.pop(key, None)
         return out
 
@@ -156,9 +167,12 @@ def validate(cfg: TrainConfig) -> None:
         problems.append("idw_k and similarity_k must be ≥ 1")
     if not cfg.run or any(c in cfg.run for c in "/\\"):
         problems.append(f"--run {cfg.run!r} must be a non-empty name without slashes")
-    if cfg.finetune_spot_encoder and cfg.device != "cuda":
-        problems.append("--finetune-spot-encoder needs --device cuda (on a CPU the frozen "
-                        "spot embedding is used)")
+    if cfg.finetune_spot_encoder and not cfg.spec.neural:
+        problems.append(f"--finetune-spot-encoder trains a network; {cfg.model} has none")
+    if cfg.finetune_batch < 1 or cfg.finetune_lr_scale < 0:
+        problems.append("finetune_batch must be ≥ 1 and finetune_lr_scale ≥ 0")
+    if cfg.minibatch_above < 0 or cfg.block_spots < 1 or (cfg.block_halo or 0) < 0:
+        problems.append("minibatch_above and block_halo must be ≥ 0, block_spots ≥ 1")
     if cfg.device == "cuda" and cfg.gnn == "dgl" and cfg.spec.neural:
         problems.append("the PyPI DGL wheel is CPU-only: use --gnn pyg with --device cuda")
     if problems:

@@ -45,6 +45,7 @@ class SampleData:
     dst: np.ndarray  # (E,) int64
     weight: np.ndarray  # (E,) float32
     cross: np.ndarray  # (E,) bool: cross-layer edge
+    patches: np.ndarray | None = None  # (N, H, W, 3) uint8 spot patches (fine-tuning only)
 
     @property
     def n_spots(self) -> int:
@@ -75,7 +76,7 @@ class SampleData:
             labels=self.labels[keep], spot_feat=self.spot_feat[keep],
             tokens={k: v[keep] for k, v in self.tokens.items()}, tile_feat=self.tile_feat,
             src=new_idx[self.src[e]], dst=new_idx[self.dst[e]], weight=self.weight[e],
-            cross=self.cross[e])
+            cross=self.cross[e], patches=None if self.patches is None else self.patches[keep])
 
 
 def embedding_params(store: Store, encoder: str | None = None) -> tuple[str, int]:
@@ -95,8 +96,10 @@ def gene_panel(store: Store) -> tuple[str, ...]:
     return tuple(genes["gene"].astype(str))
 
 
-def load_sample(store: Store, sample_id: str, *, encoder: str | None = None) -> SampleData:
-    """Everything train needs about one sample, read from Parquet + LMDB."""
+def load_sample(store: Store, sample_id: str, *, encoder: str | None = None,
+                patches: bool = False) -> SampleData:
+    """Everything train needs about one sample, read from Parquet + LMDB; ``patches``: also
+    the stored spot patches (for fine-tuning the spot encoder)."""
     enc, dim = embedding_params(store, encoder)
     genes = gene_panel(store)
     sec = store.read("sections").to_pandas()
@@ -129,13 +132,23 @@ def load_sample(store: Store, sample_id: str, *, encoder: str | None = None) -> 
     with store.vectors(readonly=True) as vec:
         spot_feat = vec.get_vectors([emb_key(enc, "spot", s) for s in spot_ids], dim)
         tokens, tile_feat = _tiles(store, vec, sample_id, index, n, enc, dim)
+        spot_patches = vec.get_patches(list(spot_ids)) if patches else None
     log.debug("sample %s: %d spots, %d edges, %d sections", sample_id, n, len(src), len(sections))
     return SampleData(
         sample_id=sample_id, genes=genes, sections=sections,
         section_z=sec["z"].to_numpy(dtype=np.int64), spot_ids=spot_ids, section=section, xy=xy,
         is_virtual=spots["is_virtual"].to_numpy(dtype=bool), has_label=has_label, labels=labels,
         spot_feat=spot_feat, tokens=tokens, tile_feat=tile_feat,
-        src=src, dst=dst, weight=weight, cross=cross)
+        src=src, dst=dst, weight=weight, cross=cross, patches=spot_patches)
+
+
+def _rows_of(ids: Any, index: dict[str, int]) -> np.ndarray:
+    """(len(ids),) int64 row of each spot id in ``index`` (ids in row order), −1 where
+    absent. Arrow's hash lookup: no Python string per row (a 200k-spot graph has 4M edges)."""
+    found = np.asarray(pc.index_in(ids, value_set=pa.array(list(index), pa.string()))
+                       .fill_null(-1), dtype=np.int64)
+    rows = np.fromiter(index.values(), dtype=np.int64, count=len(index))
+    return np.where(found >= 0, rows[found], -1)
 
 
 def _labels(
@@ -147,7 +160,7 @@ def _labels(
     if not store.has("labels", sample_id):
         return labels, has
     tab = store.read("labels", key=sample_id, columns=["spot_id", "value"])
-    rows = np.array([index.get(s, -1) for s in tab.column("spot_id").to_pylist()], dtype=np.int64)
+    rows = _rows_of(tab.column("spot_id"), index)
     values = tab.column("value")
     lengths = np.asarray(pc.list_value_length(values))
     if len(lengths) and (lengths != n_genes).any():
@@ -173,12 +186,12 @@ def _edges(
         raise StoreError(f"sample {sample_id} has no graph", path=store.layout.table("edges", sample_id),
                          fix="run `asign ingest --steps graph` for this sample")
     tab = store.read("edges", key=sample_id, columns=["src_spot_id", "dst_spot_id", "kind", "weight"])
-    s_ids = tab.column("src_spot_id").to_pylist()
-    d_ids = tab.column("dst_spot_id").to_pylist()
-    src = np.array([index.get(s, -1) for s in s_ids], dtype=np.int64)
-    dst = np.array([index.get(s, -1) for s in d_ids], dtype=np.int64)
+    src = _rows_of(tab.column("src_spot_id"), index)
+    dst = _rows_of(tab.column("dst_spot_id"), index)
     ok = (src >= 0) & (dst >= 0)
     if not ok.all():
+        s_ids = tab.column("src_spot_id").to_pylist()
+        d_ids = tab.column("dst_spot_id").to_pylist()
         # Edges into sections left out of the graph (no image) are expected; others are not.
         all_spots = set(store.read("spots", key=sample_id, columns=["spot_id"])
                         .column("spot_id").to_pylist())
@@ -188,9 +201,9 @@ def _edges(
             raise StoreError(f"edges of sample {sample_id} name unknown spots (e.g. {bad[0]})",
                              path=store.layout.table("edges", sample_id),
                              fix="re-run `asign ingest --steps graph` for this sample")
-    kind = np.asarray(tab.column("kind").to_pylist(), dtype=object)
+    cross = np.asarray(pc.equal(tab.column("kind"), "cross_layer"), dtype=bool)
     weight = np.asarray(tab.column("weight"), dtype=np.float32)
-    return src[ok], dst[ok], weight[ok], (kind == "cross_layer")[ok]
+    return src[ok], dst[ok], weight[ok], cross[ok]
 
 
 def _tiles(
@@ -205,8 +218,7 @@ def _tiles(
     feats: dict[str, np.ndarray] = {}
     for level in LEVELS:
         part = tab.filter(pc.equal(tab.column("level"), pa.scalar(level)))
-        rows = np.array([index.get(s, -1) for s in part.column("spot_id").to_pylist()],
-                        dtype=np.int64)
+        rows = _rows_of(part.column("spot_id"), index)
         rank = np.asarray(part.column("rank"), dtype=np.int64)
         tile_ids = np.asarray(part.column("tile_id").to_pylist(), dtype=object)
         ok = rows >= 0

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from asign.train import batching
 from asign.train.config import TrainConfig
 from asign.train.data import SampleData
 from asign.train.protocol import episode, episode_rng, tile_targets, visible_labels
@@ -96,16 +97,23 @@ def make_task(sample: SampleData, visible_sections: tuple[str, ...], device: str
         spot=torch.as_tensor(spot_feat, dtype=torch.float32),
         region=tokens("region"), global_=tokens("global"),
         src=torch.as_tensor(sample.src), dst=torch.as_tensor(sample.dst),
-        edge_weight=torch.as_tensor(sample.weight), edge_kind=torch.as_tensor(kind))
+        edge_weight=torch.as_tensor(sample.weight), edge_kind=torch.as_tensor(kind),
+        xy=torch.as_tensor(sample.xy, dtype=torch.float32))
     rt, rm = tile_targets(sample.tokens["region"][:, 0], y, train)
     gt, gm = tile_targets(sample.tokens["global"][:, 0], y, train)
     t = torch.as_tensor
+    cache: dict[str, Any] = {}
+    if sample.patches is not None:
+        from asign.train.finetune import SpotPatches
+
+        cache["finetune"] = SpotPatches.of(sample.patches, sample.spot_feat, sample.section,
+                                           feature_norm, device)
     return GraphTask(
         name=name, inputs=inputs.to(device), section=sample.section, visible=visible,
         train=train, val=val, y=t(y).to(device), offset=offset,
         region_target=t(rt).to(device),
         region_mask=t(rm).to(device), global_target=t(gt).to(device),
-        global_mask=t(gm).to(device))
+        global_mask=t(gm).to(device), cache=cache)
 
 
 def split_validation(visible: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -122,17 +130,26 @@ def split_validation(visible: np.ndarray, fraction: float, seed: int) -> np.ndar
 def model_overrides(cfg: TrainConfig, in_dim: int, n_genes: int) -> dict[str, Any]:
     return dict(in_dim=in_dim, n_genes=n_genes, hidden_dim=cfg.hidden, n_heads=cfg.heads,
                 dropout=cfg.dropout, engine=cfg.gnn, cli_iters=cfg.cli_iters,
-                **({"cli_per_node_gate": cfg.cli_per_node_gate} if cfg.spec.cli else {}))
+                **({"cli_per_node_gate": cfg.cli_per_node_gate,
+                    "cli_spatial_prior": cfg.cli_spatial_prior, "cli_prior_k": cfg.idw_k,
+                    "cli_prior_power": cfg.idw_power} if cfg.spec.cli else {}))
 
 
-def build(cfg: TrainConfig, in_dim: int, n_genes: int, fold: int) -> Any:
-    """A freshly initialised model, seeded by (seed, fold)."""
+def build(cfg: TrainConfig, in_dim: int, n_genes: int, fold: int,
+          spot_encoder: Any = None) -> Any:
+    """A freshly initialised model, seeded by (seed, fold); with ``spot_encoder`` (a
+    finetune.EncoderRecipe) wrapped with its trainable spot encoder."""
     import torch
 
     from asign.train.model import build_model
 
     torch.manual_seed(_mix(cfg.seed, fold, 0xB11D))
-    return build_model(cfg.model, **model_overrides(cfg, in_dim, n_genes)).to(cfg.device)
+    model = build_model(cfg.model, **model_overrides(cfg, in_dim, n_genes)).to(cfg.device)
+    if spot_encoder is None:
+        return model
+    from asign.train.finetune import FinetuneModel, load_spot_encoder
+
+    return FinetuneModel(model, load_spot_encoder(spot_encoder, cfg.device)).to(cfg.device)
 
 
 def init_output_bias(model: Any, tasks: list[GraphTask]) -> None:
@@ -160,7 +177,13 @@ def make_optimizer(cfg: TrainConfig, model: Any) -> tuple[Any, Any]:
     cli = getattr(model, "cli", None)
     cli_ids = {id(p) for p in cli.parameters()} if cli is not None else set()
     body = [p for p in model.parameters() if p.requires_grad and id(p) not in cli_ids]
+    encoder = getattr(model, "encoder", None)  # fine-tuned spot encoder: a gentler rate
+    enc_ids = {id(p) for p in encoder.parameters()} if encoder is not None else set()
+    body = [p for p in body if id(p) not in enc_ids]
     groups = [{"params": body, "lr": cfg.lr}]
+    if encoder is not None:
+        groups.append({"params": [p for p in encoder.parameters() if p.requires_grad],
+                       "lr": cfg.lr * cfg.finetune_lr_scale})
     if cli is not None:
         groups.append({"params": [p for p in cli.parameters() if p.requires_grad],
                        "lr": cfg.lr * cfg.cli_lr_scale})
@@ -228,6 +251,7 @@ def fit(
         sched.load_state_dict(resume_from.scheduler)
         state = resume_from
     use_cli = cfg.spec.cli
+    plan = batching.BatchPlan.of(cfg)
     done_here = 0
     for epoch in range(state.epoch, cfg.epochs):
         if stop_after is not None and done_here >= stop_after:
@@ -236,28 +260,41 @@ def fit(
         torch.manual_seed(_mix(cfg.seed, fold, epoch))
         order = episode_rng(cfg.seed, epoch, _mix(fold, 0x0DE)).permutation(len(tasks))
         model.train()
+        if cfg.finetune_spot_encoder:
+            from asign.train.finetune import start_epoch
+
+            start_epoch(model, tasks)
         losses = []
         for gi in order:
             task = tasks[gi]
             if task.train.sum() < 2:
                 continue
-            ep = episode(task.train, task.section,
-                         episode_rng(_mix(cfg.seed, fold), epoch, int(gi)),
-                         cfg.episode_known_fraction)
-            if use_cli:
-                out = model(task.inputs, task.y, _mask(ep.known, task))
-                target = _mask(ep.hidden, task)
-            else:
-                # Without CLI no label is an input, so every training label is a target.
-                out = model(task.inputs)
-                target = _mask(task.train, task)
-            loss = compute_loss(out, task, target, weights)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            losses.append(float(loss.detach()))
+            rng = episode_rng(_mix(cfg.seed, fold), epoch, int(gi))
+            ep = episode(task.train, task.section, rng, cfg.episode_known_fraction)
+            inputs = task.inputs
+            if cfg.finetune_spot_encoder:
+                from asign.train.finetune import train_inputs
+
+                inputs = train_inputs(model, task, rng, cfg.finetune_batch)
+            # One part (the whole graph) unless the graph is above cfg.minibatch_above
+            # spots: then one part per spatial block (batching.py).
+            for part in batching.training_parts(
+                    plan, model, task, inputs, ep.known, ep.hidden,
+                    episode_rng(_mix(cfg.seed, fold, 0xB10C), epoch, int(gi))):
+                if use_cli:
+                    out = model(part.inputs, part.task.y, part.known, graph=part.graph)
+                    target = part.hidden
+                else:
+                    # Without CLI no label is an input, so every training label is a target.
+                    out = model(part.inputs, graph=part.graph)
+                    target = part.train
+                loss = compute_loss(out, part.task, target, weights, rows=part.rows)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                opt.step()
+                losses.append(float(loss.detach()))
         sched.step()
         done_here += 1
         chosen = [t for t in (select or []) if t.val.any()] or tasks
@@ -282,27 +319,32 @@ def fit(
 def validation_score(cfg: TrainConfig, model: Any, tasks: list[GraphTask], weights: Any) -> float:
     """Spot loss (the training loss's MSE and PCC terms) on the set-aside spots, the CLI
     propagating from every other training spot; mean over graphs that have such spots."""
-    import torch
-
-    from asign.train.loss import pcc_loss
-
     scores = []
-    model.eval()
-    with torch.no_grad():
-        for task in tasks:
-            if not task.val.any():
-                continue
-            if cfg.spec.cli:
-                out = model(task.inputs, task.y, _mask(task.train, task))
-            else:
-                out = model(task.inputs)
-            val = _mask(task.val, task)
-            pred, true = out.spot[val], task.y[val]
-            score = (weights.mse * (pred - true).square().mean()
-                     + weights.spot_pcc * pcc_loss(pred, true))
-            scores.append(float(score))
+    for task in tasks:
+        if not task.val.any():
+            continue
+        out = validation_output(cfg, model, task)
+        val = _mask(task.val, task)
+        scores.append(spot_score(out.spot[val], task.y[val], weights))
     model.train()
     return float(np.mean(scores)) if scores else float("nan")
+
+
+def validation_output(cfg: TrainConfig, model: Any, task: GraphTask) -> Any:
+    """The model's output (eval mode, no autograd) with the CLI propagating from the
+    training spots: what the set-aside spots are scored on."""
+    model.eval()
+    inputs = _eval_inputs(cfg, model, task)
+    known = _mask(task.train, task) if cfg.spec.cli else None
+    return batching.infer(batching.BatchPlan.of(cfg), model, task, inputs, known)
+
+
+def spot_score(pred: Any, true: Any, weights: Any) -> float:
+    """The spot terms of the training loss (MSE and PCC), as one validation number."""
+    from asign.train.loss import pcc_loss
+
+    return float(weights.mse * (pred - true).square().mean()
+                 + weights.spot_pcc * pcc_loss(pred, true))
 
 
 def _mask(mask: np.ndarray, task: GraphTask) -> Any:
@@ -311,15 +353,17 @@ def _mask(mask: np.ndarray, task: GraphTask) -> Any:
     return torch.as_tensor(mask, device=task.y.device)
 
 
-def compute_loss(out: Any, task: GraphTask, spot_mask: Any, weights: Any) -> Any:
+def compute_loss(out: Any, task: GraphTask, spot_mask: Any, weights: Any,
+                 rows: Any = None) -> Any:
     """The hybrid loss of one graph: spot terms on ``spot_mask``, region/global terms where
-    the spot's own tile has visible labels, consistency on every spot."""
+    the spot's own tile has visible labels, consistency on every spot (on ``rows`` only,
+    when given: a block's seeds, batching.py)."""
     from asign.train.loss import LossTargets, hybrid_loss
 
     targets = LossTargets(spot=task.y, spot_mask=spot_mask, region=task.region_target,
                           region_mask=task.region_mask, global_=task.global_target,
                           global_mask=task.global_mask)
-    total, _ = hybrid_loss(out, targets, weights)
+    total, _ = hybrid_loss(out, targets, weights, consistency_mask=rows)
     return total
 
 
@@ -330,12 +374,18 @@ def predict(cfg: TrainConfig, model: Any, task: GraphTask) -> np.ndarray:
 
     model.eval()
     with torch.no_grad():
-        if cfg.spec.cli:
-            known = torch.as_tensor(task.visible, device=task.y.device)
-            out = model(task.inputs, task.y, known)
-        else:
-            out = model(task.inputs)
+        inputs = _eval_inputs(cfg, model, task)
+        known = torch.as_tensor(task.visible, device=task.y.device) if cfg.spec.cli else None
+        out = batching.infer(batching.BatchPlan.of(cfg), model, task, inputs, known)
     return out.spot.float().cpu().numpy() + task.offset
+
+
+def _eval_inputs(cfg: TrainConfig, model: Any, task: GraphTask) -> Any:
+    if not cfg.finetune_spot_encoder:
+        return task.inputs
+    from asign.train.finetune import eval_inputs
+
+    return eval_inputs(model, task)
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from asign.errors import AsignError, ConfigError
-from asign.train.cli_block import CLIBlock
+from asign.train.cli_block import CLIBlock, spatial_prior
 from asign.train.gnn import EdgeGraph, make_gat, resolve_engine
 
 #: Integer codes of the ``kind`` column of the store's edge table.
@@ -80,6 +80,7 @@ class GraphInputs:
     dst: Tensor                  # (E,) int64
     edge_weight: Tensor          # (E,) float32, ≥ 0
     edge_kind: Tensor | None = None  # (E,) int64
+    xy: Tensor | None = None     # (N, 2) aligned µm; needed by the CLI's spatial prior
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -88,9 +89,10 @@ class GraphInputs:
 
     def to(self, device: torch.device | str) -> GraphInputs:
         kind = None if self.edge_kind is None else self.edge_kind.to(device)
+        xy = None if self.xy is None else self.xy.to(device)
         return GraphInputs(self.spot.to(device), self.region.to(device),
                            self.global_.to(device), self.src.to(device), self.dst.to(device),
-                           self.edge_weight.to(device), kind)
+                           self.edge_weight.to(device), kind, xy)
 
     def validate(self) -> None:
         """Raise :class:`AsignError` listing what is inconsistent (cheap: O(N·R + E))."""
@@ -117,6 +119,8 @@ class GraphInputs:
             problems.append("edge weights must be finite and ≥ 0")
         if self.edge_kind is not None and self.edge_kind.shape != (e,):
             problems.append("edge_kind differs in length from the edges")
+        if self.xy is not None and self.xy.shape != (n, 2):
+            problems.append(f"xy {tuple(self.xy.shape)} is not (N={n}, 2)")
         if problems:
             raise AsignError("model inputs: " + "; ".join(problems),
                              fix="rebuild the sample's tensors from the store (train/data.py)")
@@ -170,6 +174,9 @@ class ModelConfig:
     use_cli: bool = True                     # cross-layer imputation block
     cli_iters: int = 10
     cli_per_node_gate: bool = False
+    cli_spatial_prior: bool = False          # blend an IDW prior too (cli_block.py); needs xy
+    cli_prior_k: int = 8
+    cli_prior_power: float = 1.0
 
     def __post_init__(self) -> None:
         if self.hidden_dim % self.n_heads:
@@ -217,7 +224,9 @@ class ModelOutput:
     spot_model: Tensor            # spot prediction of MSAGNet alone (before CLI)
     embedding: Tensor             # (N, h) final node embedding
     reached: Tensor | None = None  # (N,) bool, CLI only: known or reached by propagation
-    gate: Tensor | None = None     # (G,) or (N, G), CLI only
+    gate: Tensor | None = None     # CLI only, see CLIOutput.gate
+    y_prop: Tensor | None = None   # CLI only: propagated labels
+    prior: Tensor | None = None    # CLI with spatial prior only: the IDW prior
 
 
 def _mlp_head(h: int, g: int, dropout: float) -> nn.Sequential:
@@ -274,7 +283,15 @@ class CrossAttentionFusion(nn.Module):
 
 
 class MSAGNet(nn.Module):
-    """Multi-level fusion + spatial-aware GAT block + three regression heads."""
+    """Multi-level fusion + spatial-aware GAT block + three regression heads.
+
+    ``checkpoint_activations``: recompute the cross-attention fusions and the transformer
+    layers during the backward pass instead of keeping their activations (about 70 % of a
+    training step's memory; the same values and gradients, ~10 % more time). Off by
+    default; train/batching.py switches it on while it trains on blocks.
+    """
+
+    checkpoint_activations: bool = False
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -302,17 +319,25 @@ class MSAGNet(nn.Module):
     def forward(self, inputs: GraphInputs, graph: EdgeGraph) -> ModelOutput:
         """Predict all three levels for every node; ``graph`` is the (filtered) edge graph."""
         spot = self.proj_spot(inputs.spot)
-        region = self.fuse_region(spot, self.proj_region(inputs.region.emb), inputs.region.index)
-        glob = self.fuse_global(spot, self.proj_global(inputs.global_.emb),
-                                inputs.global_.index)
+        region = self._run(self.fuse_region, spot, self.proj_region(inputs.region.emb),
+                           inputs.region.index)
+        glob = self._run(self.fuse_global, spot, self.proj_global(inputs.global_.emb),
+                         inputs.global_.index)
         x = self.fuse(torch.cat([spot, region, glob], dim=-1))
         for gat, mixer in zip(self.gats, self.mixers, strict=True):
-            seq = mixer(torch.stack([gat(x, graph), region, glob], dim=1))  # (N, 3, h)
+            seq = self._run(mixer, torch.stack([gat(x, graph), region, glob], dim=1))  # (N, 3, h)
             # split, not unbind: one cat in backward instead of three zero-filled copies
             x, region, glob = (t.squeeze(1) for t in seq.split(1, dim=1))
         y = self.head_spot(x)
         return ModelOutput(spot=y, region=self.head_region(region),
                            global_=self.head_global(glob), spot_model=y, embedding=x)
+
+    def _run(self, module: nn.Module, *args: Tensor) -> Tensor:
+        if self.checkpoint_activations and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+
+            return checkpoint(module, *args, use_reentrant=False)
+        return module(*args)
 
 
 class ASIGNNet(nn.Module):
@@ -329,7 +354,8 @@ class ASIGNNet(nn.Module):
         self.cfg = cfg
         self.net = MSAGNet(cfg)
         self.cli = (CLIBlock(cfg.hidden_dim, cfg.n_genes, n_iter=cfg.cli_iters,
-                             per_node_gate=cfg.cli_per_node_gate) if cfg.use_cli else None)
+                             per_node_gate=cfg.cli_per_node_gate,
+                             spatial_prior=cfg.cli_spatial_prior) if cfg.use_cli else None)
 
     def edge_graph(self, inputs: GraphInputs) -> EdgeGraph:
         """The graph this variant runs on (cached on ``inputs``; validates them once)."""
@@ -344,13 +370,25 @@ class ASIGNNet(nn.Module):
         return inputs._cache[key]
 
     def forward(self, inputs: GraphInputs, y_known: Tensor | None = None,
-                known_mask: Tensor | None = None) -> ModelOutput:
-        graph = self.edge_graph(inputs)
-        out = self.net(inputs, graph)
+                known_mask: Tensor | None = None, *, graph: EdgeGraph | None = None,
+                net_out: ModelOutput | None = None) -> ModelOutput:
+        """``graph``: run on this edge graph instead of ``edge_graph(inputs)`` (a block's
+        subgraph, train/batching.py); ``net_out``: MSAGNet's output, already computed
+        (block by block), so only the CLI runs."""
+        graph = self.edge_graph(inputs) if graph is None else graph
+        out = self.net(inputs, graph) if net_out is None else net_out
         if self.cli is None or known_mask is None or y_known is None:
             return out
-        cli = self.cli(out.embedding, out.spot_model, y_known, known_mask, graph)
-        return replace(out, spot=cli.spot, reached=cli.reached, gate=cli.gate)
+        prior = None
+        if self.cfg.cli_spatial_prior:
+            if inputs.xy is None:
+                raise AsignError("the CLI spatial prior needs spot positions (GraphInputs.xy)",
+                                 fix="build the inputs with xy, or set cli_spatial_prior=False")
+            prior = spatial_prior(inputs.xy, y_known, known_mask, self.cfg.cli_prior_k,
+                                  self.cfg.cli_prior_power)
+        cli = self.cli(out.embedding, out.spot_model, y_known, known_mask, graph, prior)
+        return replace(out, spot=cli.spot, reached=cli.reached, gate=cli.gate,
+                       y_prop=cli.y_prop, prior=prior)
 
 
 def build_model(variant: str, **overrides: Any) -> ASIGNNet:

@@ -124,9 +124,12 @@ def fold_assignment(con: object, samples: list[str], folds: int, seed: int) -> d
     if folds == 1:
         return dict.fromkeys(samples, 0)
     if folds > len(samples):
-        raise ConfigError(f"--folds {folds} needs at least {folds} target samples, "
-                          f"the store has {len(samples)} ({', '.join(samples)})",
-                          fix=f"use --folds {max(len(samples), 1)} or fewer, or --folds 1")
+        fix = (f"use --folds {len(samples)} or fewer" if len(samples) >= 2 else
+               "use --folds 1 (within-sample imputation), or ingest another sample with "
+               "two or more labelled sections")
+        raise ConfigError(f"--folds {folds} needs at least {folds} target samples (samples "
+                          f"with two or more labelled sections); the store has "
+                          f"{len(samples)} ({', '.join(samples)})", fix=fix)
     rows = con.execute(  # type: ignore[attr-defined]
         """
         WITH s AS (SELECT DISTINCT sample_id FROM sections WHERE list_contains(?, sample_id))

@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import logging
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,23 +128,35 @@ class PredictionBlock:
     values: np.ndarray  # (M, G) float32
 
 
+PREDICTION_PART_ROWS = 1 << 20  # rows per written part: bounds memory at any sample size
+
+
 def write_predictions(store: Store, rid: str, genes: tuple[str, ...],
                       blocks: list[PredictionBlock]) -> None:
-    """Long format (one row per spot × gene), as the ``predictions`` view promises."""
-    g = len(genes)
-    parts = []
-    for b in blocks:
-        m = len(b.spot_ids)
-        parts.append(pa.table({
-            "run_id": pa.array(np.full(m * g, rid, dtype=object), pa.string()),
-            "fold": pa.array(np.full(m * g, b.fold, dtype=np.int32)),
-            "sample_id": pa.array(np.full(m * g, b.sample_id, dtype=object), pa.string()),
-            "section_id": pa.array(np.repeat(b.section_ids, g), pa.string()),
-            "spot_id": pa.array(np.repeat(b.spot_ids, g), pa.string()),
-            "gene": pa.array(np.tile(np.asarray(genes, dtype=object), m), pa.string()),
-            "value": pa.array(np.asarray(b.values, dtype=np.float32).reshape(-1)),
-        }))
-    from asign.schemas import PREDICTIONS
+    """Long format (one row per spot × gene), as the ``predictions`` view promises; written
+    in parts of about ``PREDICTION_PART_ROWS`` rows (a 200k-spot sample has 50M rows)."""
+    store.write_parts("predictions", _prediction_parts(rid, genes, blocks), key=rid)
 
-    table = pa.concat_tables(parts) if parts else PREDICTIONS.empty_table()
-    store.write("predictions", table, key=rid)
+
+def _prediction_parts(rid: str, genes: tuple[str, ...],
+                      blocks: list[PredictionBlock]) -> Iterator[pa.Table]:
+    """Columns are built by Arrow ``take`` from one copy of each string (no Python object
+    per row)."""
+    g = len(genes)
+    gene = pa.array(list(genes), pa.string())
+    step = max(1, PREDICTION_PART_ROWS // max(g, 1))
+    for b in blocks:
+        for lo in range(0, len(b.spot_ids), step):
+            spots = pa.array(b.spot_ids[lo:lo + step], pa.string())
+            m = len(spots)
+            row = pa.array(np.repeat(np.arange(m), g))
+            yield pa.table({
+                "run_id": pa.array([rid], pa.string()).take(pa.array(np.zeros(m * g, np.int64))),
+                "fold": pa.array(np.full(m * g, b.fold, dtype=np.int32)),
+                "sample_id": pa.array([b.sample_id], pa.string()).take(
+                    pa.array(np.zeros(m * g, np.int64))),
+                "section_id": pa.array(b.section_ids[lo:lo + step], pa.string()).take(row),
+                "spot_id": spots.take(row),
+                "gene": gene.take(pa.array(np.tile(np.arange(g), m))),
+                "value": pa.array(np.asarray(b.values[lo:lo + step], np.float32).reshape(-1)),
+            })

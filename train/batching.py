@@ -1,0 +1,345 @@
+"""Mini-batch training on spatial blocks and exact block-wise inference, for samples whose
+whole graph does not fit one training step in memory.
+
+Why: a whole-graph step keeps every activation for autograd — three GAT + transformer
+layers, the cross-attention over token sets and ten propagation steps — about 350 KB
+per spot at ``hidden=256``: 5.5 GiB for 14k spots, ~75 GB for 200k. Above
+``TrainConfig.minibatch_above`` spots a graph is therefore cut into *blocks*; below it
+nothing here is used and training is the whole-graph step, unchanged.
+
+Blocks (:func:`spatial_blocks`): recursive median bisection of the aligned (x, y) plane,
+always across the longer side, until a block holds at most ``block_spots`` spots. A block
+is a column through every layer, so cross-layer edges mostly stay inside it.
+
+A block's *subgraph* (:func:`block_subgraph`) is its spots (the *seeds*) plus every spot
+within ``halo`` in-edge hops of them, with all edges among those nodes, taken from the
+model's whole-graph :class:`EdgeGraph` (so edge weights keep their whole-graph scaling).
+GAT layers are the only operations that mix nodes, each over one hop of in-edges; with
+``halo`` ≥ the number of GAT layers the MSAGNet outputs of the seeds are therefore
+*exactly* their whole-graph values.
+
+Training (:func:`training_parts`): one optimiser step per block, blocks in a seeded
+random order; the epoch's episode (known layer / known spots) is drawn on the whole graph
+as before and restricted to each subgraph. Loss terms are taken on seeds only (each spot
+counts once per epoch); halo spots feed the GAT and the CLI. During a block's step MSAGNet
+recomputes its fusions and transformer layers in the backward pass
+(``MSAGNet.checkpoint_activations``: same gradients, ~3x less activation memory). What
+differs from a whole-graph step, and is therefore an approximation:
+
+- the CLI propagates inside the subgraph only, so a seed's propagated label ignores known
+  spots more than ``halo`` hops outside its block (whole-graph: ``cli_iters`` hops);
+- PCC loss terms correlate over the block's spots rather than the whole graph's;
+- there are more, smaller optimiser steps per epoch (as in any mini-batch SGD).
+
+Inference (:func:`infer`): MSAGNet block by block on the same subgraphs (exact, see
+above), no autograd, then the CLI once on the whole graph: equal to whole-graph inference
+up to float summation order, at O(block) activation memory instead of O(N).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from asign.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- plan
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """When and how a graph is cut into blocks (from ``TrainConfig``)."""
+
+    above: int  # graphs with more spots than this use blocks
+    block_spots: int  # at most this many seed spots per block
+    halo: int | None = None  # in-edge hops around a block; None: the number of GAT layers
+
+    def __post_init__(self) -> None:
+        if self.above < 0 or self.block_spots < 1 or (self.halo is not None and self.halo < 0):
+            raise ConfigError(
+                f"mini-batch plan needs minibatch_above ≥ 0, block_spots ≥ 1, halo ≥ 0 "
+                f"(got {self.above}, {self.block_spots}, {self.halo})",
+                fix="e.g. minibatch_above=20000, block_spots=4096")
+
+    @classmethod
+    def of(cls, cfg: Any) -> BatchPlan:
+        return cls(cfg.minibatch_above, cfg.block_spots, cfg.block_halo)
+
+    def active(self, n_spots: int) -> bool:
+        return n_spots > self.above
+
+    def hops(self, model: Any) -> int:
+        return len(model.net.gats) if self.halo is None else self.halo
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def spatial_blocks(xy: np.ndarray, block_spots: int) -> list[np.ndarray]:
+    """Partition spots into blocks of at most ``block_spots`` by recursive median
+    bisection of (x, y) across the longer side. Deterministic; sorted indices per block,
+    blocks in a fixed spatial order. O(N log N)."""
+    xy = np.asarray(xy, dtype=np.float64)
+    if block_spots < 1:
+        raise ConfigError(f"block_spots must be ≥ 1, got {block_spots}")
+    out: list[np.ndarray] = []
+    stack = [np.arange(len(xy))]
+    while stack:
+        idx = stack.pop()
+        if len(idx) <= block_spots:
+            if len(idx):
+                out.append(np.sort(idx))
+            continue
+        pts = xy[idx]
+        axis = int(np.argmax(np.ptp(pts, axis=0)))
+        # ties broken by spot index: the same split on every machine
+        order = np.lexsort((idx, pts[:, axis]))
+        half = len(idx) // 2
+        stack += [idx[order[half:]], idx[order[:half]]]
+    return out
+
+
+# --------------------------------------------------------------------------- subgraphs
+
+
+@dataclass(eq=False)
+class InEdges:
+    """The in-edges of every node of an :class:`EdgeGraph` in CSR form (by dst)."""
+
+    indptr: np.ndarray  # (N + 1,)
+    edge: np.ndarray  # (E,) edge ids, grouped by dst, in edge-list order within a dst
+    src: np.ndarray  # (E,) src of those edges
+
+    @classmethod
+    def of(cls, graph: Any) -> InEdges:
+        if "in_edges" not in graph._cache:
+            dst = graph.dst.cpu().numpy()
+            src = graph.src.cpu().numpy()
+            edge = np.argsort(dst, kind="stable")
+            counts = np.bincount(dst, minlength=graph.num_nodes)
+            indptr = np.concatenate([[0], np.cumsum(counts)])
+            graph._cache["in_edges"] = cls(indptr, edge, src[edge])
+        return graph._cache["in_edges"]
+
+    def ranges(self, rows: np.ndarray) -> np.ndarray:
+        """Positions (into ``edge``/``src``) of the in-edges of ``rows``."""
+        start, stop = self.indptr[rows], self.indptr[rows + 1]
+        lengths = stop - start
+        total = int(lengths.sum())
+        if total == 0:
+            return np.zeros(0, dtype=np.int64)
+        offsets = np.repeat(start - np.cumsum(lengths) + lengths, lengths)
+        return offsets + np.arange(total)
+
+
+@dataclass
+class Subgraph:
+    """A block's nodes (sorted global ids), which of them are seeds, and its edges."""
+
+    nodes: np.ndarray  # (n,) int64 global node ids, sorted
+    seed: np.ndarray  # (n,) bool
+    edges: np.ndarray  # (e,) int64 edge ids of the whole graph, sorted
+    graph: Any  # EdgeGraph over local ids 0..n-1
+
+
+def block_subgraph(graph: Any, seeds: np.ndarray, hops: int) -> Subgraph:
+    """Seeds + their ``hops``-hop in-neighbourhood, with every edge among those nodes."""
+    import torch
+
+    from asign.train.gnn import EdgeGraph
+
+    ins = InEdges.of(graph)
+    n = graph.num_nodes
+    mark = np.zeros(n, dtype=bool)
+    mark[seeds] = True
+    frontier = np.asarray(seeds, dtype=np.int64)
+    for _ in range(hops):
+        nb = np.unique(ins.src[ins.ranges(frontier)])
+        frontier = nb[~mark[nb]]
+        if not frontier.size:
+            break
+        mark[frontier] = True
+    nodes = np.flatnonzero(mark)
+    pos = ins.ranges(nodes)
+    keep = mark[ins.src[pos]]
+    edges = np.sort(ins.edge[pos[keep]])  # whole-graph order: same sums as the whole graph
+    local = np.full(n, -1, dtype=np.int64)
+    local[nodes] = np.arange(nodes.size)
+    e = torch.as_tensor(edges, device=graph.src.device)
+    sub = EdgeGraph(torch.as_tensor(local[graph.src.cpu().numpy()[edges]], device=graph.src.device),
+                    torch.as_tensor(local[graph.dst.cpu().numpy()[edges]], device=graph.src.device),
+                    graph.weight[e], int(nodes.size))
+    seed = np.zeros(nodes.size, dtype=bool)
+    seed[local[seeds]] = True
+    return Subgraph(nodes, seed, edges, sub)
+
+
+def subset_inputs(inputs: Any, sub: Subgraph) -> Any:
+    """The model inputs of a subgraph: node rows, the tile tokens those rows use, edges."""
+    import torch
+
+    from asign.train.model import GraphInputs, TokenSet
+
+    rows = torch.as_tensor(sub.nodes, device=inputs.spot.device)
+    e = torch.as_tensor(sub.edges, device=inputs.spot.device)
+
+    def tokens(ts: TokenSet) -> TokenSet:
+        index = ts.index.index_select(0, rows)
+        used, inverse = torch.unique(index.clamp(min=0), return_inverse=True)
+        return TokenSet(ts.emb.index_select(0, used), torch.where(index >= 0, inverse, -1))
+
+    kind = None if inputs.edge_kind is None else inputs.edge_kind[e]
+    xy = None if inputs.xy is None else inputs.xy.index_select(0, rows)
+    return GraphInputs(inputs.spot.index_select(0, rows), tokens(inputs.region),
+                       tokens(inputs.global_), sub.graph.src, sub.graph.dst,
+                       sub.graph.weight, kind, xy)
+
+
+# --------------------------------------------------------------------------- training
+
+
+@dataclass
+class Part:
+    """One optimiser step's worth of a graph: the whole graph, or one block's subgraph.
+
+    ``known``/``hidden``/``train`` are (n,) bool tensors over the part's nodes; ``rows``
+    restricts every loss term to the seeds (None: all nodes); ``graph`` is the part's
+    EdgeGraph (None: the model builds the whole graph's, as always)."""
+
+    task: Any  # loop.GraphTask over the part's nodes
+    inputs: Any  # the model inputs of those nodes
+    known: Any
+    hidden: Any
+    train: Any
+    rows: Any = None
+    graph: Any = None
+
+
+@dataclass
+class BlockStats:
+    """What mini-batch training did on one graph in its last epoch (run timings)."""
+
+    blocks: int = 0
+    seeds: int = 0
+    nodes_per_epoch: int = 0
+    max_block_nodes: int = 0
+
+
+def _asignnet(model: Any) -> Any:
+    """The ASIGNNet inside ``model``; blocks need its ``edge_graph`` and ``net``."""
+    if hasattr(model, "encoder"):  # finetune.FinetuneModel
+        raise ConfigError("fine-tuning the spot encoder works on whole graphs only, and "
+                          "this graph is above minibatch_above spots",
+                          fix="raise minibatch_above, or drop --finetune-spot-encoder")
+    return model
+
+
+def _blocks(task: Any, plan: BatchPlan) -> list[np.ndarray]:
+    key = ("blocks", plan.block_spots)
+    if key not in task.cache:
+        if task.inputs.xy is None:
+            raise ConfigError(f"graph {task.name} has no spot coordinates for spatial blocks",
+                              fix="build its inputs with xy (loop.make_task does)")
+        task.cache[key] = spatial_blocks(task.inputs.xy.cpu().numpy(), plan.block_spots)
+    return task.cache[key]
+
+
+def training_parts(plan: BatchPlan, model: Any, task: Any, inputs: Any, known: np.ndarray,
+                   hidden: np.ndarray, rng: np.random.Generator) -> Iterator[Part]:
+    """The steps of one graph in one epoch: the whole graph (``inputs`` as given) at or
+    below the plan's threshold, else one :class:`Part` per block that holds training
+    spots, in an order drawn from ``rng``, each built when it is needed (one block's
+    tensors in memory at a time). ``known``/``hidden``: the episode's (N,) masks."""
+    import torch
+
+    dev = task.y.device
+
+    def mask(m: np.ndarray) -> Any:
+        return torch.as_tensor(m, device=dev)
+
+    if not plan.active(len(task.train)):
+        yield Part(task, inputs, mask(known), mask(hidden), mask(task.train))
+        return
+    net = _asignnet(model)
+    graph = net.edge_graph(inputs)
+    blocks = _blocks(task, plan)
+    stats = task.cache["batching"] = BlockStats()
+    for b in rng.permutation(len(blocks)):
+        if not task.train[blocks[b]].any():
+            continue  # no label to learn from in this block
+        sub = block_subgraph(graph, blocks[b], plan.hops(net))
+        stats.blocks += 1
+        stats.seeds += int(sub.seed.sum())
+        stats.nodes_per_epoch += int(sub.nodes.size)
+        stats.max_block_nodes = max(stats.max_block_nodes, int(sub.nodes.size))
+        seed = mask(sub.seed)
+        part = subset_task(task, inputs, sub)
+        net.net.checkpoint_activations = True  # while the caller steps on this block
+        try:
+            yield Part(part, part.inputs, mask(known[sub.nodes]),
+                       mask(hidden[sub.nodes]) & seed, mask(task.train[sub.nodes]) & seed,
+                       rows=seed, graph=sub.graph)
+        finally:
+            net.net.checkpoint_activations = False
+
+
+def subset_task(task: Any, inputs: Any, sub: Subgraph) -> Any:
+    """The GraphTask of a subgraph (model inputs cut from ``inputs``); region/global
+    targets count on seeds only."""
+    from dataclasses import replace
+
+    import torch
+
+    rows = torch.as_tensor(sub.nodes, device=task.y.device)
+    seed = torch.as_tensor(sub.seed, device=task.y.device)
+    n = sub.nodes
+    return replace(
+        task, inputs=subset_inputs(inputs, sub), section=task.section[n],
+        visible=task.visible[n], train=task.train[n], val=task.val[n],
+        y=task.y.index_select(0, rows),
+        region_target=task.region_target.index_select(0, rows),
+        region_mask=task.region_mask.index_select(0, rows) & seed,
+        global_target=task.global_target.index_select(0, rows),
+        global_mask=task.global_mask.index_select(0, rows) & seed, cache={})
+
+
+# --------------------------------------------------------------------------- inference
+
+
+def infer(plan: BatchPlan, model: Any, task: Any, inputs: Any, known: Any | None) -> Any:
+    """The model's whole-graph output on ``inputs`` (the task's, or live fine-tuned ones)
+    without autograd: one forward at or below the plan's threshold, else MSAGNet block by
+    block and the CLI on the whole graph. ``known``: (N,) bool tensor of the spots the CLI
+    propagates from (None: MSAGNet's output)."""
+    import torch
+
+    with torch.no_grad():
+        if not plan.active(len(task.train)):
+            return model(inputs) if known is None else model(inputs, task.y, known)
+        net = _asignnet(model)
+        graph = net.edge_graph(inputs)
+        n = graph.num_nodes
+        fields_: dict[str, Any] = {}
+        for seeds in _blocks(task, plan):
+            sub = block_subgraph(graph, seeds, plan.hops(net))
+            out = net.net(subset_inputs(inputs, sub), sub.graph)
+            rows = torch.as_tensor(sub.nodes[sub.seed], device=task.y.device)
+            pick = torch.as_tensor(np.flatnonzero(sub.seed), device=task.y.device)
+            for name in ("spot", "region", "global_", "spot_model", "embedding"):
+                value = getattr(out, name)
+                if name not in fields_:
+                    fields_[name] = value.new_zeros((n, *value.shape[1:]))
+                fields_[name][rows] = value.index_select(0, pick)
+        from asign.train.model import ModelOutput
+
+        net_out = ModelOutput(**fields_)
+        if known is None:
+            return net_out
+        return model(inputs, task.y, known, graph=graph, net_out=net_out)
