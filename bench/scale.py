@@ -123,9 +123,10 @@ def stage_train(scenario: str, workdir: Path, args: argparse.Namespace) -> dict[
     _, store = _paths(workdir, scenario)
     cfg = TrainConfig(store=store, model="asign3d", run=f"scale-e{args.epochs}",
                       epochs=args.epochs)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), os.times()
     result = run(cfg)
     seconds = round(time.perf_counter() - t0, 2)
+    cpu = os.times()
     metrics = result.metrics.to_pandas()
     pcc = metrics[metrics.metric == "pcc_gene"].value.mean()
     t = result.timings
@@ -134,7 +135,8 @@ def stage_train(scenario: str, workdir: Path, args: argparse.Namespace) -> dict[
             "epochs": t.get("epochs_run"), "fold_s": (t.get("fold_s") or [None])[0],
             "batching": t.get("batching"),
             "minibatch_above": cfg.minibatch_above, "block_spots": cfg.block_spots,
-            "seconds": seconds, "peak_rss_mib": round(peak_rss_mib())}  # before the FLOPs
+            "seconds": seconds, "peak_rss_mib": round(peak_rss_mib()),  # before the FLOPs
+            "cpu_s": round(cpu.user + cpu.system - cpu0.user - cpu0.system, 1)}
     info.update(_flops_per_node(cfg, store))
     return info
 
@@ -147,6 +149,7 @@ def stage_infer(scenario: str, workdir: Path, args: argparse.Namespace) -> dict[
     _, store = _paths(workdir, scenario)
     cfg = TrainConfig(store=store, model="asign3d", epochs=1)
     t0 = t = time.perf_counter()
+    cpu0 = os.times()
     sample = load_sample(open_store(store), next(iter(_sample_ids(store))))
     task = loop.make_task(sample, (sample.sections[0],), "cpu")
     load_s = time.perf_counter() - t
@@ -154,10 +157,12 @@ def stage_infer(scenario: str, workdir: Path, args: argparse.Namespace) -> dict[
     t = time.perf_counter()
     pred = loop.predict(cfg, model, task)
     predict_s = time.perf_counter() - t
+    cpu = os.times()
     info = {"load_s": round(load_s, 2), "predict_s": round(predict_s, 2),
             "finite": bool(np.isfinite(pred).all()), "n_spots": int(sample.n_spots),
             "n_edges": int(len(sample.src)), "seconds": round(time.perf_counter() - t0, 2),
-            "peak_rss_mib": round(peak_rss_mib())}
+            "peak_rss_mib": round(peak_rss_mib()),
+            "cpu_s": round(cpu.user + cpu.system - cpu0.user - cpu0.system, 1)}
     del sample, task, model, pred
     info.update(_flops_per_node(cfg, store))
     return info
@@ -210,12 +215,16 @@ def child(stage: str, scenario: str, workdir: Path, args: argparse.Namespace) ->
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     load0 = loadavg()
+    cpu0 = os.times()
     t = time.perf_counter()
     if stage in INGEST_STAGES:
         info = stage_ingest(stage, scenario, workdir, args)
     else:
         info = STAGE_FUNCS[stage](scenario, workdir, args)
     seconds = time.perf_counter() - t
+    cpu = os.times()
+    # CPU seconds (all threads): less sensitive than wall time to other users' load
+    info.setdefault("cpu_s", round(cpu.user + cpu.system - cpu0.user - cpu0.system, 1))
     # train/infer report their own time and peak, taken before the FLOP count
     row = {"scenario": scenario, "stage": stage, "seconds": round(seconds, 2),
            "peak_rss_mib": round(peak_rss_mib()), "loadavg_start": load0,

@@ -38,6 +38,8 @@ up to float summation order, at O(block) activation memory instead of O(N).
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -205,6 +207,25 @@ def subset_inputs(inputs: Any, sub: Subgraph) -> Any:
 # --------------------------------------------------------------------------- training
 
 
+@functools.cache
+def _malloc_trim() -> Any:
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def release_freed_memory() -> None:
+    """Give freed heap memory back to the OS (glibc ``malloc_trim``; no-op elsewhere).
+
+    A block step frees about a GB of activations in pieces of a few MB, which glibc keeps
+    in its heap and reuses poorly: without this the RSS of a 200k-spot epoch creeps from
+    2.7 to over 6 GB while the memory in use stays under 4 GB."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 @dataclass
 class Part:
     """One optimiser step's worth of a graph: the whole graph, or one block's subgraph.
@@ -288,6 +309,8 @@ def training_parts(plan: BatchPlan, model: Any, task: Any, inputs: Any, known: n
                        rows=seed, graph=sub.graph)
         finally:
             net.net.checkpoint_activations = False
+        del part
+        release_freed_memory()
 
 
 def subset_task(task: Any, inputs: Any, sub: Subgraph) -> Any:
@@ -323,23 +346,29 @@ def infer(plan: BatchPlan, model: Any, task: Any, inputs: Any, known: Any | None
     with torch.no_grad():
         if not plan.active(len(task.train)):
             return model(inputs) if known is None else model(inputs, task.y, known)
+        from asign.train.model import ModelOutput
+
         net = _asignnet(model)
         graph = net.edge_graph(inputs)
         n = graph.num_nodes
+        release_freed_memory()  # what training left in the heap, before N-sized buffers
         fields_: dict[str, Any] = {}
         for seeds in _blocks(task, plan):
             sub = block_subgraph(graph, seeds, plan.hops(net))
             out = net.net(subset_inputs(inputs, sub), sub.graph)
             rows = torch.as_tensor(sub.nodes[sub.seed], device=task.y.device)
             pick = torch.as_tensor(np.flatnonzero(sub.seed), device=task.y.device)
-            for name in ("spot", "region", "global_", "spot_model", "embedding"):
+            # MSAGNet returns one tensor as spot and spot_model: then one buffer for both
+            shared = out.spot_model is out.spot
+            for name in ("spot", "region", "global_", "embedding", *(() if shared else
+                                                                     ("spot_model",))):
                 value = getattr(out, name)
                 if name not in fields_:
                     fields_[name] = value.new_zeros((n, *value.shape[1:]))
                 fields_[name][rows] = value.index_select(0, pick)
-        from asign.train.model import ModelOutput
-
-        net_out = ModelOutput(**fields_)
+            del out
+        release_freed_memory()
+        net_out = ModelOutput(**{"spot_model": fields_["spot"], **fields_})
         if known is None:
             return net_out
         return model(inputs, task.y, known, graph=graph, net_out=net_out)
