@@ -367,7 +367,7 @@ def infer(plan: BatchPlan, model: Any, task: Any, inputs: Any, known: Any | None
                     fields_[name] = value.new_zeros((n, *value.shape[1:]))
                 fields_[name][rows] = value.index_select(0, pick)
             del out
-        release_freed_memory()
+            release_freed_memory()
         net_out = ModelOutput(**{"spot_model": fields_["spot"], **fields_})
         if known is None:
             return net_out
