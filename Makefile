@@ -5,13 +5,18 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Every dependency at its tested version; `make lock` refreshes it on purpose.
+LOCK := requirements.lock
 
-.PHONY: install demo test test-all bench clean
+.PHONY: install demo test test-all bench clean lock
 
-$(STAMP): pyproject.toml constraints.txt
+# CPU torch first (a plain `torch` requirement would pull a multi-GB CUDA build), then
+# everything else constrained by the lock; then the venv is checked against the lock.
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	$(BIN)/pip install -q -c $(LOCK) torch==2.13.0
+	$(BIN)/pip install -q -c $(LOCK) -e ".[dev]"
+	$(BIN)/python tools/lock.py check
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -26,6 +31,17 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Resolve today's newest versions inside the bounds of pyproject.toml in a throw-away venv,
+# starting from constraints.txt (torch==2.13.0 only), and write them to the lock.
+lock:
+	rm -rf .lock-venv
+	$(PY) -m venv .lock-venv
+	.lock-venv/bin/pip install -q -c constraints.txt torch==2.13.0
+	.lock-venv/bin/pip install -q -c constraints.txt -e ".[dev]"
+	.lock-venv/bin/python tools/lock.py write $(LOCK)
+	rm -rf .lock-venv
+	@echo "$(LOCK) refreshed: review the diff, then make clean && make test"
 
 clean:
 	rm -rf $(VENV) asign-demo .pytest_cache .ruff_cache

@@ -11,7 +11,7 @@ from asign.errors import AsignError
 
 log = logging.getLogger(__name__)
 
-_PIP = "pip install -c constraints.txt"
+_PIP = "pip install -c requirements.lock"
 
 
 @dataclass
@@ -88,21 +88,32 @@ def _lmdb() -> str:
 def _duckdb() -> str:
     import duckdb
 
-    return f"duckdb {duckdb.__version__} ({duckdb.sql('select 42').fetchone()[0]})"
+    # What the store does: a view over Parquet, queried through a connection.
+    con = duckdb.connect(":memory:")
+    try:
+        (value,) = con.execute("select sum(x) from range(4) t(x)").fetchall()[0]
+    finally:
+        con.close()
+    return f"duckdb {duckdb.__version__} (query ok: {value})"
 
 
 def _torchvision() -> str:
-    from asign.encoders import import_torchvision
+    from asign.encoders import ensure_torchvision
 
-    tv = import_torchvision()
-    return f"torchvision {tv.__version__}"
+    ensure_torchvision()
+    import torchvision
+    import torchvision.models
+
+    torchvision.models.resnet18(weights=None)
+    return f"torchvision {torchvision.__version__} (model definitions ok)"
 
 
 def _weights() -> str:
     from asign.encoders import resolve_weights
 
-    src = resolve_weights("imagenet")
-    return f"ImageNet ResNet50 weights: {src}"
+    # Never downloads: the doctor reports what is on disk.
+    src = resolve_weights("imagenet", allow_download=False)
+    return f"ImageNet ResNet50 weights: {src.path} (sha256 {src.sha256[:12]})"
 
 
 def _registries() -> str:
