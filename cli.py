@@ -31,13 +31,11 @@ log = logging.getLogger("asign")
 
 @app.callback()
 def main(
-    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output (-vv for debug).")] = 0,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="Debug log output (the default already logs each step).")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors.")] = False,
 ) -> None:
     """Logging is configured once, here."""
     level = logging.ERROR if quiet else (logging.INFO if verbose == 0 else logging.DEBUG)
-    if verbose == 0 and not quiet:
-        level = logging.INFO
     from rich.logging import RichHandler
 
     handler: logging.Handler
@@ -330,7 +328,7 @@ def export(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Folder for the synthetic sample and its store.")] = Path("asign-demo"),
-    layers: Annotated[int, typer.Option("--layers", help="Number of synthetic sections.")] = 4,
+    layers: Annotated[int, typer.Option("--layers", min=2, help="Number of synthetic sections (at least 2: one known, one to impute).")] = 4,
     seed: SeedOpt = 0,
     train_too: Annotated[bool, typer.Option("--train/--no-train", help="Also train and evaluate models on the demo store.")] = True,
     as_json: JsonOpt = False,
