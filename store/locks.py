@@ -16,6 +16,7 @@ they guard against accidents and races between asign processes, not against othe
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -32,6 +33,7 @@ from asign.errors import StoreError
 log = logging.getLogger(__name__)
 
 _POLL_S = 0.2
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def _open(path: Path, *, create: bool) -> int | None:
@@ -42,9 +44,10 @@ def _open(path: Path, *, create: bool) -> int | None:
             path.parent.mkdir(parents=True, exist_ok=True)
             return os.open(path, flags | os.O_CREAT, 0o666)
         return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
+    except FileNotFoundError as err:
         if create:
-            raise
+            raise StoreError("cannot create lock file (folder missing)", path=path,
+                             fix="check the store directory") from err
         return None
     except OSError as err:
         raise StoreError(f"cannot open lock file ({err.strerror})", path=path,
@@ -73,6 +76,17 @@ def describe(info: dict[str, Any]) -> str:
             f"(`{info.get('command')}`)")
 
 
+def _say_holder(fd: int, info: bytes) -> None:
+    """Who holds the lock, for the message of a waiting process; best effort (a full disk
+    must not stop the holder: the lock itself is the kernel's, not this text)."""
+    try:
+        os.ftruncate(fd, 0)
+        if info:
+            os.pwrite(fd, info, 0)
+    except OSError as err:
+        log.debug("could not record the lock holder: %s", err)
+
+
 @contextlib.contextmanager
 def writer_lock(path: Path, *, wait: float, what: str = "ingest") -> Iterator[None]:
     """Hold the store's single-writer lock; wait up to ``wait`` seconds for another holder,
@@ -96,26 +110,38 @@ def writer_lock(path: Path, *, wait: float, what: str = "ingest") -> Iterator[No
                     log.warning("another %s is writing this store (%s); waiting up to %g s", what, holder, wait)
                     told = True
                 time.sleep(min(_POLL_S, max(0.0, deadline - time.monotonic())))
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(holder_info()).encode(), 0)
+        _say_holder(fd, json.dumps(holder_info()).encode())
         try:
             yield
         finally:
-            os.ftruncate(fd, 0)  # a later reader sees no stale holder
+            _say_holder(fd, b"")  # a later reader sees no stale holder
     finally:
         os.close(fd)  # releases the lock
+
+
+def _open_writable(path: Path) -> int | None:
+    """``_open(create=True)``, or None in a store this process cannot write: then the
+    write the lock would guard fails by itself, with the reason (not a lock error)."""
+    try:
+        return _open(path, create=True)
+    except StoreError as err:
+        cause = err.__cause__
+        if isinstance(cause, OSError) and cause.errno in _NOT_WRITABLE:
+            return None
+        raise
 
 
 @contextlib.contextmanager
 def run_lock(path: Path) -> Iterator[None]:
     """Held (shared) by a training process for as long as it runs."""
-    fd = _open(path, create=True)
-    assert fd is not None
+    fd = _open_writable(path)
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH)
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_SH)
         yield
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
 
 
 def run_alive(path: Path) -> bool:
@@ -135,10 +161,11 @@ def run_alive(path: Path) -> bool:
 @contextlib.contextmanager
 def exclusive(path: Path) -> Iterator[None]:
     """A short exclusive section (e.g. a read-modify-write of a record file)."""
-    fd = _open(path, create=True)
-    assert fd is not None
+    fd = _open_writable(path)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
