@@ -154,6 +154,8 @@ def _execute(cfg: TrainConfig, store: Any, rid: str, folds: list, rep: Any,
                 preds[plan.sample_id] = _baseline(cfg, samples[plan.sample_id], plan)
         timings.setdefault("fold_s", []).append(round(time.perf_counter() - t, 3))
         for plan in fold.test:
+            _require_finite(cfg, fold.fold, samples[plan.sample_id], plan, preds[plan.sample_id])
+        for plan in fold.test:
             s, pred = samples[plan.sample_id], preds[plan.sample_id]
             for sec in plan.scored:
                 idx = s.in_sections([sec]) & s.has_label
@@ -173,6 +175,20 @@ def _execute(cfg: TrainConfig, store: Any, rid: str, folds: list, rep: Any,
         timings["epoch_s_mean"] = round(float(np.mean(epoch_s)), 4)
         timings["epochs_run"] = len(epoch_s)
     return "done", rows, blocks, genes
+
+
+def _require_finite(cfg: TrainConfig, fold: int, s: Any, plan: Any, pred: np.ndarray) -> None:
+    """Predictions are scored and stored only when finite: a NaN would make the run look
+    done with NaN metrics. Stops the run (status ``failed``) naming the first section."""
+    from asign.errors import NumericError
+
+    out = s.in_sections(plan.predicted)
+    bad = out & ~np.isfinite(pred).all(axis=1)
+    if bad.any():
+        first = s.sections[int(s.section[np.flatnonzero(bad)[0]])]
+        raise NumericError(f"section {first}: {cfg.model} predicted NaN/inf for {int(bad.sum())} spots "
+                           f"(sample {s.sample_id}, fold {fold}); run stopped, nothing scored",
+                           path=cfg.store, fix="run `asign check` on the store; try a lower --lr")
 
 
 def _fit_fold(cfg: TrainConfig, fold: Any, samples: dict, tasks: dict, rid: str,
