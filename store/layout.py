@@ -111,6 +111,17 @@ class StoreLayout:
             return self.records / "runs" / f"{_safe(key)}.json"
         return self.records / "tables.json"
 
+    def require_outside(self, path: Path, what: str) -> Path:
+        """``path`` if it lies outside the store (after resolving symlinks): a user's output
+        file (query result, report, export) must never replace one of the store's files."""
+        from asign.errors import StoreError
+
+        root, real = os.path.realpath(self.root), os.path.realpath(path)
+        if os.path.commonpath([root, real]) == root:
+            raise StoreError(f"refusing to write {what} inside the store", path=path,
+                             fix=f"choose a {what} path outside the store directory {self.root}")
+        return Path(path)
+
     def writable(self, path: Path) -> Path:
         """``path`` if writing it stays inside the store: no symlink (of the file or of any
         folder below the store root) may lead a write out of it."""

@@ -145,8 +145,12 @@ def run_lock(path: Path) -> Iterator[None]:
 
 
 def run_alive(path: Path) -> bool:
-    """Whether a live process holds the run lock at ``path``."""
-    fd = _open(path, create=False)
+    """Whether a live process holds the run lock at ``path`` (True when this process may
+    not open the lock file: then it cannot tell, and does not call the run dead)."""
+    try:
+        fd = _open(path, create=False)
+    except StoreError:
+        return True
     if fd is None:
         return False
     try:

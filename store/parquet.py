@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -66,13 +67,35 @@ def read_table(path: Path, columns: list[str] | None = None,
                check_rows: Callable[[int], None] | None = None) -> pa.Table:
     """Read a table file; ``check_rows(claimed)`` vets the footer's row count first."""
     path = Path(path)
+    for attempt in range(VET_ATTEMPTS):
+        pf = _open(path)
+        try:
+            _vet(pf, path, check_rows)
+            break
+        except StoreError:
+            # A writer may have replaced the file between our footer and its record:
+            # look again before calling the file forged.
+            if attempt + 1 == VET_ATTEMPTS:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    return pf.read(columns=columns)
+
+
+VET_ATTEMPTS = 3
+
+
+def _open(path: Path) -> pq.ParquetFile:
     if not path.exists():
         raise StoreError("table missing", path=path, fix="run `asign ingest` for this store first")
     try:
-        pf = pq.ParquetFile(path)
+        return pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as err:
         raise StoreError(f"table is corrupt ({err})", path=path,
                          fix="delete the file and re-run `asign ingest` (it re-creates missing tables)") from err
+
+
+def _vet(pf: pq.ParquetFile, path: Path, check_rows: Callable[[int], None] | None) -> None:
+    """Version, and the footer's row count (consistent, and as recorded) before decoding."""
     check_version(pf.schema_arrow, path)
     meta = pf.metadata
     claimed = meta.num_rows
@@ -81,4 +104,3 @@ def read_table(path: Path, columns: list[str] | None = None,
                          path=path, fix="delete the file and re-run the command that wrote it")
     if check_rows is not None:
         check_rows(claimed)
-    return pf.read(columns=columns)

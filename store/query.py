@@ -45,9 +45,6 @@ def connect(layout: StoreLayout) -> Any:
     schema version is checked first: DuckDB would read a newer one without complaint."""
     import duckdb
 
-    from asign.store.parquet import check_version
-    from asign.store.records import check_rows
-
     con = duckdb.connect(":memory:")
     allowed: list[str] = []
     cache: dict[Path, dict] = {}
@@ -55,10 +52,7 @@ def connect(layout: StoreLayout) -> Any:
         for name in VIEWS:
             files = []
             for f in sorted(p for p in _glob.glob(layout.table_glob(name)) if not Path(p).name.startswith(".")):
-                meta = _footer(Path(f))
-                if meta is not None:  # None: removed since listed (a run replaced it)
-                    check_version(meta.schema.to_arrow_schema(), Path(f))
-                    check_rows(layout, name, Path(f).stem, Path(f), meta.num_rows, cache)
+                if _vetted(layout, name, Path(f), cache):  # False: removed since listed
                     files.append(f)
             if files:
                 allowed += files
@@ -73,6 +67,27 @@ def connect(layout: StoreLayout) -> Any:
         con.close()
         raise
     return con
+
+
+def _vetted(layout: StoreLayout, name: str, path: Path, cache: dict[Path, dict]) -> bool:
+    """Schema version and recorded row count of one file, from its footer (nothing decoded);
+    looked at again when a writer may have replaced it between footer and record."""
+    from asign.store.parquet import VET_ATTEMPTS, check_version
+    from asign.store.records import check_rows
+
+    for attempt in range(VET_ATTEMPTS):
+        meta = _footer(path)
+        if meta is None:
+            return False
+        check_version(meta.schema.to_arrow_schema(), path)
+        try:
+            check_rows(layout, name, path.stem, path, meta.num_rows, cache if attempt == 0 else None)
+            return True
+        except StoreError:
+            if attempt + 1 == VET_ATTEMPTS:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    return False
 
 
 def _literal(text: str) -> str:
@@ -190,8 +205,6 @@ def write_result(table: pa.Table, out: Path, layout: StoreLayout) -> Path:
     """Save a query result to ``out`` atomically: CSV (LF line ends), strict JSON (a list of
     row objects; NaN and ±inf as null) or Parquet, by extension. Never into the store: a
     result file there could replace one of its tables."""
-    import os
-
     from asign.store.atomic import atomic_path
 
     out = Path(out)
@@ -199,10 +212,7 @@ def write_result(table: pa.Table, out: Path, layout: StoreLayout) -> Path:
     if fmt is None:
         raise StoreError(f"unknown result file type {out.suffix or '(none)'!r}", path=out,
                          fix="name the --out file .csv, .json or .parquet")
-    root, real = os.path.realpath(layout.root), os.path.realpath(out)
-    if os.path.commonpath([root, real]) == root:
-        raise QueryRefused("refusing to write a query result inside the store", path=out,
-                           fix="pass an --out path outside the store directory")
+    layout.require_outside(out, "a query result")
     if out.is_dir():
         raise StoreError("--out is a directory", path=out, fix="pass a file name ending .csv, .json or .parquet")
     with atomic_path(out) as tmp:

@@ -59,10 +59,16 @@ class _Recorder:
         write_bytes(self.record, json.dumps(data, indent=1, sort_keys=True).encode())
 
     def settle(self, replaced: bool) -> None:
+        """Keep only the entry of the file now in place (none when it was deleted)."""
         data = load(self.record)
         if self.rel not in data:
             return
-        kept = [e for e in data.get(self.rel, []) if e != self.new] if not replaced else [self.new]
+        if self.new is None:  # deleted
+            kept = []
+        elif replaced:
+            kept = [self.new]
+        else:
+            kept = [e for e in data[self.rel] if e != self.new]
         if kept:
             data[self.rel] = kept
         else:

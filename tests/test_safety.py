@@ -502,3 +502,13 @@ def test_report_pictures_are_replaced_atomically(tmp_path):
         plots._save(fig, out)
     plt.close(fig)
     assert out.read_bytes() == good and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_report_and_export_outputs_never_land_in_the_store(with_run):
+    store, _ = with_run
+    before = snapshot(store)
+    line = one_error(*cli("report", "--store", store, "--run", "m", "--out", store / "tables")[::2])
+    assert "refusing to write the report inside the store" in line
+    line = one_error(*cli("export", "--store", store, "--run", "m", "--h5ad", store / "tables" / "genes.parquet")[::2])
+    assert "refusing to write the .h5ad export inside the store" in line
+    assert snapshot(store) == before
