@@ -49,6 +49,8 @@ class Store:
     def save_manifest(self, manifest: dict[str, Any]) -> None:
         """Write the manifest with the current hash of every ingest table (``tables``)."""
         manifest["tables"] = _manifest.table_record(self.layout, manifest.get("tables"))
+        # the write records of ingest tables follow what the manifest now accepts
+        _records.sync_ingest(self.layout, manifest["tables"])
         _manifest.save_manifest(self.layout.writable(self.layout.manifest), manifest)
 
     def step_intact(self, manifest: dict[str, Any], sample_id: str, step: str) -> bool:

@@ -96,6 +96,27 @@ def recording(layout: StoreLayout, name: str, key: str | None, target: Path) -> 
             rec.settle(False)
 
 
+def sync_ingest(layout: StoreLayout, accepted: dict[str, dict[str, Any]]) -> None:
+    """Make the ingest tables' record match the manifest's table hashes (``accepted``,
+    saved when a step finishes): what the manifest accepts, readers accept."""
+    record = layout.writable(layout.record_of("sections"))
+    with exclusive(layout.writable(layout.record_lock(record))):
+        data = load(record)
+        out: dict[str, list[dict[str, Any]]] = {}
+        for rel, info in accepted.items():
+            known = [e for e in data.get(rel, []) if e.get("sha256") == info.get("sha256")]
+            if known:
+                out[rel] = known[-1:]
+                continue
+            try:
+                rows = pq.read_metadata(layout.root / rel).num_rows
+            except (OSError, ValueError):  # unreadable: check reports it; readers refuse it
+                continue
+            out[rel] = [{"sha256": info.get("sha256"), "bytes": info.get("bytes"), "rows": rows}]
+        if out != data:
+            write_bytes(record, json.dumps(out, indent=1, sort_keys=True).encode())
+
+
 def recorded_rows(layout: StoreLayout, name: str, key: str | None, path: Path,
                   cache: dict[Path, dict] | None = None) -> set[int] | None:
     """Row counts the record allows for ``path`` (None: not recorded, e.g. an older store)."""
