@@ -19,6 +19,7 @@ Any number of such connections can read beside writers."""
 from __future__ import annotations
 
 import glob as _glob
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -40,9 +41,11 @@ class QueryRefused(StoreError):
     """A statement `asign query` does not run: it would write or change the session."""
 
 
-def connect(layout: StoreLayout) -> Any:
+def connect(layout: StoreLayout, spill_dir: Path | None = None) -> Any:
     """A locked-down in-memory DuckDB connection with one view per table. Every file's
-    schema version is checked first: DuckDB would read a newer one without complaint."""
+    schema version is checked first: DuckDB would read a newer one without complaint.
+    ``spill_dir``: a private folder (outside the store) for DuckDB's spill files; None:
+    no spilling (a query larger than memory fails instead)."""
     import duckdb
 
     con = duckdb.connect(":memory:")
@@ -62,7 +65,7 @@ def connect(layout: StoreLayout) -> Any:
             else:
                 con.register(f"_empty_{name}", TABLES[name].empty_table())
                 con.execute(f"CREATE VIEW {name} AS SELECT * FROM _empty_{name}")
-        _lock_down(con, allowed)
+        _lock_down(con, allowed, spill_dir)
     except BaseException:
         con.close()
         raise
@@ -123,9 +126,11 @@ def _dead_runs(layout: StoreLayout, files: list[str]) -> list[str]:
     return dead
 
 
-def _lock_down(con: Any, allowed: list[str]) -> None:
-    """After the views exist: only the listed files may be read, nothing else touched."""
-    con.execute("SET temp_directory = ''")  # no spill files (in the store or elsewhere)
+def _lock_down(con: Any, allowed: list[str], spill_dir: Path | None) -> None:
+    """After the views exist: only the listed files may be read, nothing else touched.
+    DuckDB's default spill folder is ``.tmp`` in the working directory, which may be the
+    store: spill files go to ``spill_dir`` or nowhere."""
+    con.execute(f"SET temp_directory = {_literal(str(spill_dir)) if spill_dir else _literal('')}")
     con.execute(f"SET allowed_paths = [{', '.join(_literal(f) for f in allowed)}]")
     con.execute("SET enable_external_access = false")
     con.execute("SET autoload_known_extensions = false")
@@ -172,19 +177,19 @@ def run_query(layout: StoreLayout, sql: str) -> pa.Table:
 
     refuse_writes(sql, layout)
     for attempt in range(ATTEMPTS):
-        con = None
         try:
-            con = connect(layout)
-            return con.sql(sql).to_arrow_table()
+            with tempfile.TemporaryDirectory(prefix="asign-query-") as spill:
+                con = connect(layout, Path(spill))
+                try:
+                    return con.sql(sql).to_arrow_table()
+                finally:
+                    con.close()
         except duckdb.IOException as err:
             if attempt + 1 == ATTEMPTS:
                 raise _query_error(err, layout) from err
             time.sleep(0.05 * (attempt + 1))
         except duckdb.Error as err:
             raise _query_error(err, layout) from err
-        finally:
-            if con is not None:
-                con.close()
     raise AssertionError("unreachable")
 
 
