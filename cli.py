@@ -212,7 +212,7 @@ def query(
     sql: Annotated[str, typer.Argument(help="SQL over the views sections, spots, genes, labels, transforms, tiles, spot_tiles, embeddings, edges, runs, metrics, predictions.")],
     store: StoreOpt,
     fmt: Annotated[str, typer.Option("--format", "-f", help="table|json|csv")] = "table",
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Also save the result to FILE (.csv, .json or .parquet; written atomically, never inside the store).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Save the result to FILE instead of printing it (.csv, .json or .parquet by extension; written atomically, never inside the store).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run read-only SQL (DuckDB) over the store and its results. Only SELECT/EXPLAIN run;
