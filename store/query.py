@@ -165,7 +165,8 @@ def refuse_writes(sql: str, layout: StoreLayout) -> None:
     for st in statements:
         kind = str(st.type).rsplit(".", 1)[-1]
         if kind not in READ_ONLY_STATEMENTS:
-            first = (st.query.split() or [kind])[0].upper()
+            words = [w for w in st.query.split() if w.isalpha()]  # skips a leading comment
+            first = words[0].upper() if words else kind
             raise QueryRefused(f"refused {first} statement: `asign query` only reads the store",
                                path=layout.root,
                                fix="use SELECT (or EXPLAIN); to save a result pass --out FILE "
