@@ -19,6 +19,7 @@ Any number of such connections can read beside writers."""
 from __future__ import annotations
 
 import glob as _glob
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -165,8 +166,8 @@ def refuse_writes(sql: str, layout: StoreLayout) -> None:
     for st in statements:
         kind = str(st.type).rsplit(".", 1)[-1]
         if kind not in READ_ONLY_STATEMENTS:
-            words = [w for w in st.query.split() if w.isalpha()]  # skips a leading comment
-            first = words[0].upper() if words else kind
+            words = re.sub(r"/\*.*?\*/|--[^\n]*", " ", st.query, flags=re.S).split()  # comments out
+            first = words[0].upper() if words and words[0].isalpha() else kind
             raise QueryRefused(f"refused {first} statement: `asign query` only reads the store",
                                path=layout.root,
                                fix="use SELECT (or EXPLAIN); to save a result pass --out FILE "
