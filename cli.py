@@ -87,6 +87,7 @@ def ingest(
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
     cross_weight: Annotated[str, typer.Option("--cross-weight", help="product (IoU×cosine, the paper) or sum (reference code).")] = "product",
     seed: SeedOpt = 0,
+    wait: Annotated[float, typer.Option("--wait", help="Seconds to wait while another ingest writes this store, then fail naming it (one writer at a time).")] = 10.0,
     as_json: JsonOpt = False,
 ) -> None:
     """Register, align, crop, embed and graph a sample into a feature store."""
@@ -104,7 +105,7 @@ def ingest(
             panel_from=panel_from,
             align=AlignOptions(transform=transform, syn=syn, reference=reference, init=_parse_init(init or [])),
             encoder=encoder, weights=weights, device=device, batch_size=batch_size,
-            cross_weight=cross_weight, seed=seed,
+            cross_weight=cross_weight, seed=seed, wait=wait,
         )
         from asign import ingest as ingest_stage
 
@@ -209,21 +210,30 @@ def query(
     sql: Annotated[str, typer.Argument(help="SQL over the views sections, spots, genes, labels, transforms, tiles, spot_tiles, embeddings, edges, runs, metrics, predictions.")],
     store: StoreOpt,
     fmt: Annotated[str, typer.Option("--format", "-f", help="table|json|csv")] = "table",
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Save the result to FILE instead of printing it (.csv, .json or .parquet by extension; written atomically, never inside the store).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Run SQL (DuckDB) over the store and its results."""
+    """Run read-only SQL (DuckDB) over the store and its results. Only SELECT/EXPLAIN run;
+    the connection sees nothing but the store's views."""
     from asign.errors import AsignError, ConfigError
     from asign.store import open_store
+    from asign.store.query import write_result
 
     if as_json:
         fmt = "json"
     try:
         if fmt not in ("table", "json", "csv"):
             raise ConfigError(f"unknown --format {fmt!r}", fix="use table, json or csv")
-        result = open_store(store).query(sql)
+        opened = open_store(store)
+        result = opened.query(sql)
+        if out is not None:
+            write_result(result, out, opened.layout)
     except AsignError as err:
         raise _fail(err) from None
-    _print_table(result, fmt)
+    if out is None:
+        _print_table(result, fmt)
+    else:
+        typer.echo(f"{result.num_rows} row(s) written to {out}", err=True)
 
 
 def _print_table(table: Any, fmt: str) -> None:

@@ -53,6 +53,10 @@ class ConfigError(AsignError):
     """An option or a combination of options is invalid."""
 
 
+class NumericError(AsignError):
+    """A computation produced non-finite numbers (NaN/inf) where results must be finite."""
+
+
 class ValidationErrors(AsignError):
     """Several problems found together; each is listed (spatialdata-style collection)."""
 

@@ -46,6 +46,8 @@ class IngestConfig:
     top_k_cross: int = 8
     cross_weight: str = "product"  # product (paper) | sum (reference code)
     seed: int = 0
+    # seconds to wait for another ingest that is writing the same store (store/locks.py)
+    wait: float = 10.0
 
     def to_json(self) -> dict[str, Any]:
         return jsonable(asdict(self))

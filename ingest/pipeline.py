@@ -14,8 +14,9 @@ from typing import Any
 from asign.ingest.config import STEPS, IngestConfig
 from asign.ingest.sample import SampleInput
 from asign.progress import Reporter, reporter
-from asign.store import Store, open_store
+from asign.store import Store, StoreLayout, open_store, prepare_root
 from asign.store.atomic import remove_stale_temps
+from asign.store.locks import writer_lock
 from asign.store.manifest import fingerprint, mark_step, step_fingerprint
 
 log = logging.getLogger(__name__)
@@ -55,12 +56,20 @@ def step_params(cfg: IngestConfig, step: str) -> dict[str, Any]:
 
 
 def run_pipeline(cfg: IngestConfig, rep: Reporter | None = None) -> dict[str, Any]:
+    """Ingest under the store's writer lock: one ingest writes a store at a time (an OS lock
+    that the kernel frees when the process ends); trains and queries never take it. The lock
+    is taken before the store is created, so two first ingests cannot both create it."""
+    t0 = time.perf_counter()
+    layout = StoreLayout(prepare_root(cfg.store))
+    with writer_lock(layout.writable(layout.ingest_lock), wait=cfg.wait):
+        return _run_locked(cfg, open_store(cfg.store, create=True), rep, t0)
+
+
+def _run_locked(cfg: IngestConfig, store: Store, rep: Reporter | None, t0: float) -> dict[str, Any]:
     from asign.ingest import step_register
 
-    t0 = time.perf_counter()
-    store = open_store(cfg.store, create=True)
     remove_stale_temps(store.root)  # half-written files of a killed run
-    manifest = store.manifest()
+    manifest = store.manifest()  # read under the lock: another ingest may just have saved it
     summary: dict[str, Any] = {"store": str(cfg.store), "samples": {}, "skipped": [], "ran": []}
 
     with (reporter() if rep is None else contextlib.nullcontext(rep)) as rep:

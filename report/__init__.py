@@ -35,6 +35,7 @@ def write_report(store_path: Path, run_name: str, out_dir: Path,
     """
     from asign.report import html, plots
     from asign.report.data import gene_pcc_table, load_run_data, metrics_summary
+    from asign.report.files import output_path
     from asign.store import open_store
 
     store = open_store(Path(store_path))
@@ -54,7 +55,8 @@ def write_report(store_path: Path, run_name: str, out_dir: Path,
 
     quantitative: list[tuple[str, Path]] = []
     if not summary.empty:
-        summary.to_csv(out / "metrics.csv", index=False)
+        with output_path(out / "metrics.csv") as tmp:
+            summary.to_csv(tmp, index=False)
         title = (f"Metrics on hidden sections, run {run_name} ({data.setting}); "
                  "bars = mean over sections, error bars = SD")
         quantitative.append((
@@ -62,7 +64,8 @@ def write_report(store_path: Path, run_name: str, out_dir: Path,
             "are the known layer's mean profile.",
             plots.metrics_bars(summary, models, title, out / "metrics.png")))
     if gene_pcc.notna().any().any():
-        gene_pcc.reset_index().to_csv(out / "gene_pcc.csv", index=False)
+        with output_path(out / "gene_pcc.csv") as tmp:
+            gene_pcc.reset_index().to_csv(tmp, index=False)
         cols = [c for c in models if c in gene_pcc.columns]
         title = (f"Per-gene PCC on hidden sections, {len(gene_pcc)} genes "
                  f"(run {run_name}, {data.setting})")

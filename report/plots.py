@@ -83,10 +83,12 @@ def _save(fig: Any, out: Path, palette: bool = False) -> Path:
     from matplotlib import colormaps
     from PIL import Image
 
+    from asign.report.files import output_path
+
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     if not palette:
-        fig.savefig(out, format="png", dpi=DPI, facecolor="white")
+        with output_path(out) as tmp:  # temporary file + os.replace: never a half PNG
+            fig.savefig(tmp, format="png", dpi=DPI, facecolor="white")
         return out
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, facecolor="white")
@@ -108,7 +110,8 @@ def _save(fig: Any, out: Path, palette: bool = False) -> Path:
     nearest = cKDTree(palette).query(colours)[1]
     index = Image.fromarray(nearest[inverse].reshape(packed.shape).astype(np.uint8), "P")
     index.putpalette(palette.astype(np.uint8).ravel().tolist())
-    index.save(out, optimize=True)
+    with output_path(out) as tmp:
+        index.save(tmp, format="PNG", optimize=True)
     return out
 
 

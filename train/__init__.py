@@ -34,9 +34,9 @@ def run(cfg: TrainConfig, *, reporter: Any = None, max_epochs: int | None = None
     lines otherwise). ``max_epochs``: stop after this many epochs in this call; the run is
     recorded as ``interrupted`` and ``resume=True`` continues it (time-boxed sessions).
     """
-    from asign.progress import reporter as make_reporter
     from asign.store import open_store
     from asign.store.atomic import remove_stale_temps
+    from asign.store.locks import run_lock
     from asign.train import results as res
     from asign.train.protocol import SectionInfo, fold_assignment, plan_folds
 
@@ -66,6 +66,17 @@ def run(cfg: TrainConfig, *, reporter: Any = None, max_epochs: int | None = None
     timings: dict[str, Any] = {}
     row = dict(store_fp=store_fp, commit=commit, created_at=created, timings=timings,
                plan=res.plan_summary(folds))
+    # Held while this process lives: a `running` row nobody holds this for reads as
+    # `interrupted` (store/locks.py), however the process ended.
+    with run_lock(store.layout.writable(store.layout.run_lock(rid))):
+        return _run_locked(cfg, store, rid, folds, row, timings, t0, reporter, max_epochs)
+
+
+def _run_locked(cfg: TrainConfig, store: Any, rid: str, folds: list, row: dict[str, Any],
+                timings: dict[str, Any], t0: float, reporter: Any, max_epochs: int | None) -> RunResult:
+    from asign.progress import reporter as make_reporter
+    from asign.train import results as res
+
     res.write_run_row(store, rid, cfg, status="running", seconds=None, **row)
     for name in ("metrics", "predictions"):  # results of an earlier run of this id are stale
         store.remove(name, rid)
@@ -114,7 +125,7 @@ def _execute(cfg: TrainConfig, store: Any, rid: str, folds: list, rep: Any,
     timings["load_s"] = round(time.perf_counter() - t, 3)
 
     spec = cfg.spec
-    ckpt_path = store.layout.checkpoint(rid)
+    ckpt_path = store.layout.writable(store.layout.checkpoint(rid))  # no symlink out of the store
     ckpt = loop.load_checkpoint(ckpt_path) if cfg.resume and spec.neural else None
     if ckpt is not None and ckpt.get("run_id") != rid:
         ckpt = None
@@ -143,6 +154,8 @@ def _execute(cfg: TrainConfig, store: Any, rid: str, folds: list, rep: Any,
                 preds[plan.sample_id] = _baseline(cfg, samples[plan.sample_id], plan)
         timings.setdefault("fold_s", []).append(round(time.perf_counter() - t, 3))
         for plan in fold.test:
+            _require_finite(cfg, fold.fold, samples[plan.sample_id], plan, preds[plan.sample_id])
+        for plan in fold.test:
             s, pred = samples[plan.sample_id], preds[plan.sample_id]
             for sec in plan.scored:
                 idx = s.in_sections([sec]) & s.has_label
@@ -162,6 +175,20 @@ def _execute(cfg: TrainConfig, store: Any, rid: str, folds: list, rep: Any,
         timings["epoch_s_mean"] = round(float(np.mean(epoch_s)), 4)
         timings["epochs_run"] = len(epoch_s)
     return "done", rows, blocks, genes
+
+
+def _require_finite(cfg: TrainConfig, fold: int, s: Any, plan: Any, pred: np.ndarray) -> None:
+    """Predictions are scored and stored only when finite: a NaN would make the run look
+    done with NaN metrics. Stops the run (status ``failed``) naming the first section."""
+    from asign.errors import NumericError
+
+    out = s.in_sections(plan.predicted)
+    bad = out & ~np.isfinite(pred).all(axis=1)
+    if bad.any():
+        first = s.sections[int(s.section[np.flatnonzero(bad)[0]])]
+        raise NumericError(f"section {first}: {cfg.model} predicted NaN/inf for {int(bad.sum())} spots "
+                           f"(sample {s.sample_id}, fold {fold}); run stopped, nothing scored",
+                           path=cfg.store, fix="run `asign check` on the store; try a lower --lr")
 
 
 def _fit_fold(cfg: TrainConfig, fold: Any, samples: dict, tasks: dict, rid: str,

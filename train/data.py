@@ -127,12 +127,17 @@ def load_sample(store: Store, sample_id: str, *, encoder: str | None = None,
                          path=store.layout.table("spots", sample_id),
                          fix="run `asign ingest --steps align` for this sample")
 
-    labels, has_label = _labels(store, sample_id, index, len(genes))
+    labels, has_label = _labels(store, sample_id, index, len(genes), sections, section)
     src, dst, weight, cross = _edges(store, sample_id, index, set(spots["spot_id"]))
+    if not np.isfinite(weight).all():
+        raise StoreError(f"{int((~np.isfinite(weight)).sum())} edge weights of sample {sample_id} are NaN/inf",
+                         path=store.layout.table("edges", sample_id),
+                         fix="re-run `asign ingest --steps graph` for this sample")
     with store.vectors(readonly=True) as vec:
         spot_feat = vec.get_vectors([emb_key(enc, "spot", s) for s in spot_ids], dim)
         tokens, tile_feat = _tiles(store, vec, sample_id, index, n, enc, dim)
         spot_patches = vec.get_patches(list(spot_ids)) if patches else None
+    _require_finite_features(store, sample_id, sections, section, spot_feat, tokens, tile_feat)
     log.debug("sample %s: %d spots, %d edges, %d sections", sample_id, n, len(src), len(sections))
     return SampleData(
         sample_id=sample_id, genes=genes, sections=sections,
@@ -151,8 +156,28 @@ def _rows_of(ids: Any, index: dict[str, int]) -> np.ndarray:
     return np.where(found >= 0, rows[found], -1)
 
 
+def _require_finite_features(store: Store, sample_id: str, sections: tuple[str, ...], section: np.ndarray,
+                             spot_feat: np.ndarray, tokens: dict[str, np.ndarray],
+                             tile_feat: dict[str, np.ndarray]) -> None:
+    """A NaN/inf embedding would turn every prediction it reaches into NaN: stop, naming
+    the first section affected (spot, region or global level)."""
+    levels = {"spot": ~np.isfinite(spot_feat).all(axis=1)}
+    for level, feats in tile_feat.items():
+        bad_tile = ~np.isfinite(feats).all(axis=1)
+        tok = tokens[level]
+        levels[level] = (bad_tile[np.maximum(tok, 0)] & (tok >= 0)).any(axis=1)
+    for level, bad in levels.items():
+        if bad.any():
+            first = sections[int(section[np.flatnonzero(bad)[0]])]
+            raise StoreError(f"section {first}: {int(bad.sum())} spots have non-finite (NaN/inf) {level} "
+                             f"embeddings in sample {sample_id}; training stopped",
+                             path=store.layout.vectors,
+                             fix=f"re-run `asign ingest --steps embed,graph --samples {sample_id}` (check the weights)")
+
+
 def _labels(
-    store: Store, sample_id: str, index: dict[str, int], n_genes: int
+    store: Store, sample_id: str, index: dict[str, int], n_genes: int,
+    sections: tuple[str, ...], section: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     n = len(index)
     labels = np.zeros((n, n_genes), dtype=np.float32)
@@ -170,9 +195,11 @@ def _labels(
                          fix="re-run `asign ingest --steps register` so labels follow the panel")
     flat = np.asarray(pc.list_flatten(values), dtype=np.float32).reshape(len(rows), n_genes)
     ok = rows >= 0  # labels of sections outside the graph (no image) are not used
-    if not np.isfinite(flat[ok]).all():
-        raise StoreError(f"labels of sample {sample_id} contain NaN/inf",
-                         path=store.layout.table("labels", sample_id),
+    bad = ok & ~np.isfinite(flat).all(axis=1)
+    if bad.any():
+        first = sections[int(section[rows[np.flatnonzero(bad)[0]]])]
+        raise StoreError(f"section {first}: {int(bad.sum())} label vectors of sample {sample_id} contain NaN/inf; "
+                         "training stopped", path=store.layout.table("labels", sample_id),
                          fix="re-run `asign ingest --steps register`")
     labels[rows[ok]] = flat[ok]
     has[rows[ok]] = True

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from asign.errors import ImageError, InputError, ValidationErrors
-from asign.ingest.images import verify_image
+from asign.ingest.images import image_header, verify_image
 from asign.ingest.readers.base import Reader, finish_sample, sample_matches
 from asign.ingest.readers.tables import (
     check_unique,
@@ -216,7 +216,7 @@ def _read_section(row: dict[str, Any], manifest: Path) -> SectionInput:
             )
         spots = spots.iloc[rows].reset_index(drop=True)
     if image is not None:
-        w, h = verify_image(image)
+        w, h = image_header(image).size  # size from the header: checked before decoding
         if spots["px"].isna().all() and len(spots):
             raise InputError(
                 "spot table has no px, py for an image section",
@@ -230,6 +230,7 @@ def _read_section(row: dict[str, Any], manifest: Path) -> SectionInput:
                 path=image,
                 fix="check the image, the px/py columns (px = column) and um_per_px belong together",
             )
+        verify_image(image)
     return SectionInput(
         sample_id=row["sample"],
         section_id=section,
