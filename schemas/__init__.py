@@ -38,6 +38,11 @@ SECTIONS = _schema("sections", [
     pa.field("counts_path", _str),
     pa.field("counts_sha256", _str),
     pa.field("format", _str, nullable=False),
+    # aligned x_um, y_um came with the input (aligned elsewhere, e.g. PASTE): the section is
+    # placed without an image. Stores written before these columns read them as absent.
+    pa.field("has_coords", pa.bool_()),
+    pa.field("section_um", _f64),  # spacing between consecutive z, µm (given or assumed)
+    pa.field("z_um", _f64),        # z × section_um: the section's position along the stack
 ])
 
 SPOTS = _schema("spots", [

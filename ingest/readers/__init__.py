@@ -91,6 +91,8 @@ def read_samples(
             path=src,
             fix="add sections, select other samples with --samples, or use it as extra 2D training data with --extra-2d",
         )
+    if not allow_single:
+        _check_placed(out, src, reader)
     owner: dict[str, str] = {}
     for sample in out:
         for section in sample.sections:
@@ -102,3 +104,20 @@ def read_samples(
                     fix="give sections store-unique names (e.g. prefix them with the sample id)",
                 )
     return out
+
+
+def _check_placed(samples: list[SampleInput], src: Path, reader: Reader) -> None:
+    """A 3D sample needs two sections in one frame: placed by an image (aligned later) or
+    by aligned coordinates given with the input. Say which is missing, before anything runs."""
+    for sample in samples:
+        placed = [s for s in sample.sections if s.has_image or s.has_aligned_coords]
+        if len(placed) >= 2:
+            continue
+        unplaced = [s.section_id for s in sample.sections if not (s.has_image or s.has_aligned_coords)]
+        raise InputError(
+            f"sample {sample.sample_id}: {len(placed)} of its {len(sample.sections)} sections can be "
+            f"placed in 3D; {', '.join(unplaced)} have neither an H&E image nor aligned x_um, y_um",
+            path=src,
+            fix=f"add the images ({reader.name} layout: {reader.description}), or give aligned "
+                "coordinates per spot in a manifest (README: 'Bring your own alignment')",
+        )

@@ -1,0 +1,94 @@
+"""Sections placed by given coordinates (no image), as a PASTE user hands them over:
+patient C's counts with the authors' aligned coordinates, ingested without any weights,
+and the models that need no image run on it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from asign.cli import app
+from tests.her2st_coords import GENES, inline_idw_pcc_gene, write_coords_manifest
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def coords_store(tmp_path_factory):
+    base = tmp_path_factory.mktemp("coords")
+    manifest = write_coords_manifest(base / "src", section_um=48)
+    store = base / "store"
+    # default --weights imagenet: nothing may ask for them, since no section has an image
+    res = runner.invoke(app, ["ingest", str(manifest), "--store", str(store), "--genes", ",".join(GENES),
+                              "--json"])
+    assert res.exit_code == 0, res.output
+    return store, json.loads(res.stdout)
+
+
+def _train(store, model: str, *extra: str):
+    return runner.invoke(app, ["train", "--store", str(store), "--model", model, "--run", "t", "--json", *extra])
+
+
+def test_ingest_places_every_spot_without_weights(coords_store):
+    store, summary = coords_store
+    info = summary["samples"]["C"]
+    assert info["align"] == {"method": "precomputed"}
+    assert info["embed"]["n_vectors"] == 0 and info["embed"]["encoder"] is None
+    from asign.store import open_store
+
+    s = open_store(store)
+    n_spots = s.query("select count(*) n from spots").column("n")[0].as_py()
+    assert info["graph"]["n_nodes"] == n_spots > 1000  # every placed spot, C1 included
+    assert info["graph"]["n_cross"] == info["graph"]["n_cross_iou_only"] > 0
+    edges = s.query("select count(*) n, sum(isnan(cosine)::int) c, min(weight) w, sum(iou = weight) e "
+                    "from edges where kind = 'cross_layer'").to_pylist()[0]
+    assert edges["c"] == edges["n"] and edges["w"] > 0 and edges["e"] == edges["n"]  # IoU alone, cosine NaN
+    secs = s.query("select section_id, has_coords, section_um, z_um, z from sections order by z").to_pylist()
+    assert all(r["has_coords"] and r["section_um"] == 48 and r["z_um"] == 48 * r["z"] for r in secs)
+
+
+def test_idw_equals_inline_numpy(coords_store):
+    store, _ = coords_store
+    res = _train(store, "idw")
+    assert res.exit_code == 0, res.output
+    from asign.store import open_store
+
+    rows = open_store(store).query(
+        "select m.section_id, m.value from metrics m join runs r using (run_id) "
+        "where r.model = 'idw' and m.metric = 'pcc_gene' order by 1").to_pylist()
+    ours = {r["section_id"]: r["value"] for r in rows}
+    ref = inline_idw_pcc_gene()
+    assert set(ours) == set(ref) == {"C2", "C3", "C4", "C5", "C6"}
+    for sec, value in ref.items():
+        assert abs(ours[sec] - value) <= 0.005, (sec, ours[sec], value)
+
+
+@pytest.mark.parametrize("model", ["mean", "cli"])
+def test_models_without_images_run(coords_store, model):
+    res = _train(coords_store[0], model)
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["metrics"]["pcc_spot"] > 0.5
+
+
+@pytest.mark.parametrize("model", ["similarity", "asign2d", "asign3d"])
+def test_image_models_refuse_in_one_line(coords_store, model):
+    res = _train(coords_store[0], model)
+    assert res.exit_code == 1
+    err = json.loads(res.stdout)
+    assert "C1, C2, C3, C4, C5, C6 have no H&E image" in err["error"]
+    assert "mean, idw or cli" in err["fix"]
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_cross_sample_folds_on_counts_only(tmp_path):
+    manifest = write_coords_manifest(tmp_path / "src", {"C": ("C2", "C3", "C4"), "D": ("C4", "C5", "C6")})
+    store = tmp_path / "store"
+    res = runner.invoke(app, ["ingest", str(manifest), "--store", str(store), "--genes", ",".join(GENES)])
+    assert res.exit_code == 0, res.output
+    for model in ("idw", "cli"):
+        res = _train(store, model, "--folds", "2")
+        assert res.exit_code == 0, res.output
+        out = json.loads(res.stdout)
+        assert out["setting"] == "cross_sample" and out["metrics"]["pcc_gene"] > 0
