@@ -82,7 +82,7 @@ def run_align(store: Store, cfg: IngestConfig, sample_id: str, rep: Reporter) ->
     virtual = _virtual_spots(sections, thumbs, ds, by_id)
     out = pd.concat([spots, virtual], ignore_index=True) if len(virtual) else spots
     store.write("transforms", _transform_rows(sample_id, transforms), key=sample_id)
-    store.write("spots", {c: out[c].tolist() for c in out.columns}, key=sample_id)
+    store.write("spots", _spot_columns(out), key=sample_id)
     for sid, thumb in thumbs.items():
         store.write_qc_png(store.layout.thumbnail(sid), thumb)
     if len(thumbs) > 1:
@@ -90,6 +90,15 @@ def run_align(store: Store, cfg: IngestConfig, sample_id: str, rep: Reporter) ->
     return {"n_virtual": int(len(virtual)), "reference": transforms[0].reference_id,
             "thumb_downsample": ds,
             "qc": {t.section_id: _qc_dict(t) for t in transforms if t.qc is not None}}
+
+
+def _spot_columns(spots: pd.DataFrame) -> dict[str, list]:
+    """Columns for the spots table. Concatenating with virtual spots turns absent integer
+    array positions (a spot table without array_x, array_y) into float NaN: store nulls."""
+    cols = {c: spots[c].tolist() for c in spots.columns}
+    for c in ("array_x", "array_y"):
+        cols[c] = [None if v is None or v != v else int(v) for v in cols[c]]
+    return cols
 
 
 def _virtual_spots(sections: pd.DataFrame, thumbs: dict[str, np.ndarray], ds: dict[str, float],

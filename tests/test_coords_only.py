@@ -92,3 +92,53 @@ def test_cross_sample_folds_on_counts_only(tmp_path):
         assert res.exit_code == 0, res.output
         out = json.loads(res.stdout)
         assert out["setting"] == "cross_sample" and out["metrics"]["pcc_gene"] > 0
+
+
+def _demo(tmp_path, **kw):
+    from asign.ingest.synthetic import make_demo_sample
+
+    return make_demo_sample(tmp_path / "demo", n_layers=4, grid=6, image_px=320, um_per_px=4.0, n_genes=8, **kw)
+
+
+def test_mixed_sample_imaged_and_counts_only(tmp_path):
+    """L1, L2 with images, L3, L4 counts only; every spot carries the true aligned x_um, y_um."""
+    import pandas as pd
+
+    src = _demo(tmp_path)
+    truth = pd.read_csv(src / "truth_spots.csv")
+    text = (src / "manifest.toml").read_text()
+    for z in (1, 2, 3, 4):
+        spots = pd.read_csv(src / "spots" / f"L{z}.csv", dtype={"spot_id": str})
+        t = truth[truth.section == f"demo_L{z}"]
+        spots[["x_um", "y_um"]] = t[["x_um", "y_um"]].to_numpy()
+        spots.to_csv(src / "spots" / f"L{z}.csv", index=False)
+        if z >= 3:
+            text = text.replace(f'image = "images/L{z}.jpg"\n', "")
+    (src / "manifest.toml").write_text(text)
+    store = tmp_path / "store"
+    res = runner.invoke(app, ["ingest", str(src), "--store", str(store), "--weights", "random",
+                              "--encoder", "resnet18-l3-64", "--json"])
+    assert res.exit_code == 0, res.output
+    graph = json.loads(res.stdout)["samples"]["demo"]["graph"]
+    assert 0 < graph["n_cross_iou_only"] < graph["n_cross"]  # L1–L2 edges keep IoU × cosine
+    for model in ("idw", "cli", "mean"):
+        assert _train(store, model).exit_code == 0
+    res = _train(store, "asign3d")
+    assert res.exit_code == 1 and "demo_L3, demo_L4 have no H&E image" in json.loads(res.stdout)["error"]
+
+
+def test_minimal_spot_table_with_image_only_section(tmp_path):
+    """``spot_id,px,py`` (no array_x/array_y) next to an image-only section: align must not
+    trip over the missing array positions when it adds the virtual lattice."""
+    import pandas as pd
+
+    src = _demo(tmp_path)
+    for z in (1, 2, 3, 4):
+        spots = pd.read_csv(src / "spots" / f"L{z}.csv", dtype={"spot_id": str})
+        spots[["spot_id", "px", "py"]].to_csv(src / "spots" / f"L{z}.csv", index=False)
+    text = (src / "manifest.toml").read_text().replace('counts = "counts/L4.csv"\nspots = "spots/L4.csv"\n', "")
+    (src / "manifest.toml").write_text(text)
+    store = tmp_path / "store"
+    res = runner.invoke(app, ["ingest", str(src), "--store", str(store), "--steps", "register,align", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["samples"]["demo"]["align"]["n_virtual"] > 0
