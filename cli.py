@@ -121,6 +121,7 @@ def ingest(
     device: DeviceOpt = "cpu",
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
     cross_weight: Annotated[str, typer.Option("--cross-weight", help="product (IoU×cosine, the paper) or sum (reference code).")] = "product",
+    section_um: Annotated[float | None, typer.Option("--section-um", help="Spacing between consecutive sections (z) in µm; overrides the input's section_um (default 10, recorded in the store).")] = None,
     seed: SeedOpt = 0,
     as_json: JsonOpt = False,
 ) -> None:
@@ -139,7 +140,7 @@ def ingest(
             panel_from=panel_from,
             align=AlignOptions(transform=transform, syn=syn, reference=reference, init=_parse_init(init or [])),
             encoder=encoder, weights=weights, device=device, batch_size=batch_size,
-            cross_weight=cross_weight, seed=seed,
+            cross_weight=cross_weight, section_um=section_um, seed=seed,
         )
         from asign import ingest as ingest_stage
 

@@ -142,3 +142,19 @@ def test_minimal_spot_table_with_image_only_section(tmp_path):
     res = runner.invoke(app, ["ingest", str(src), "--store", str(store), "--steps", "register,align", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["samples"]["demo"]["align"]["n_virtual"] > 0
+
+
+def test_section_um_option_overrides_and_is_recorded(tmp_path):
+    manifest = write_coords_manifest(tmp_path / "src", {"C": ("C2", "C3")}, section_um=48)
+    store = tmp_path / "store"
+    res = runner.invoke(app, ["ingest", str(manifest), "--store", str(store), "--genes", "ERBB2,MDK",
+                              "--steps", "register", "--section-um", "15", "--json"])
+    assert res.exit_code == 0, res.output
+    from asign.store import open_store
+
+    s = open_store(store)
+    rows = s.query("select z, section_um, z_um from sections order by z").to_pylist()
+    assert [(r["section_um"], r["z_um"]) for r in rows] == [(15.0, 15.0), (15.0, 30.0)]
+    assert s.manifest()["params"]["labels"]["section_um"]["C"] == {"um": 15.0, "source": "option"}
+    bad = runner.invoke(app, ["ingest", str(manifest), "--store", str(store), "--section-um", "-1", "--json"])
+    assert bad.exit_code == 1 and "--section-um" in json.loads(bad.stdout)["error"]
