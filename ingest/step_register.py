@@ -247,6 +247,7 @@ def write_register(store: Store, cfg: IngestConfig, samples: Sequence[SampleInpu
                               path=store.root, fix="ingest all samples of a store in one call, or use a new --store")
     for sample in samples:
         store.remove("transforms", sample.sample_id)  # stale: align must run again (see step_align)
+        store.remove("warps", sample.sample_id)
         store.write("spots", spots_table(sample), key=sample.sample_id)
         store.write("labels", labels_table(sample, panel, cfg.normalisation), key=sample.sample_id)
     store.write("genes", {"gene": panel, "rank": list(range(len(panel))), "mean_count": means.tolist()})
