@@ -49,6 +49,12 @@ MIN_FEATURE_INLIERS = 8
 MIN_OVERLAP = 0.3      # Dice below this after registration means it failed
 MAX_OVERLAP_LOSS = 0.05  # ... as does a Dice this much below superposing the centres unrotated
 SYN_ITERATIONS = (40, 20, 0)
+# SyN smoothing, variances in registration-grid pixels (~11 µm): ANTs' update-field default,
+# plus a smoothed total field. Adjacent sections share tissue shape, not cells, so only a
+# smooth deformation is believable; on her2st C the unsmoothed field (ANTs' total 0) moved
+# spots up to ~190 µm and lowered the expression referee on 3 of 4 pairs (bench/alignment.py).
+SYN_FLOW_SIGMA = 3.0
+SYN_TOTAL_SIGMA = 3.0
 
 
 @dataclass(frozen=True)
@@ -394,7 +400,8 @@ class _Ants:
         prefix = self._prefix(affine)
         out = ants.registration(self.fixed, self.moving, type_of_transform="SyNOnly",
                                 initial_transform=[prefix + "init.mat"], outprefix=prefix,
-                                syn_metric="meansquares", reg_iterations=SYN_ITERATIONS)
+                                syn_metric="meansquares", reg_iterations=SYN_ITERATIONS,
+                                flow_sigma=SYN_FLOW_SIGMA, total_sigma=SYN_TOTAL_SIGMA)
         # The inverse warp moves points of the moving section (after the affine) onto the
         # fixed one: what spots need. Checked against ants.apply_transforms_to_points.
         warps = [p for p in out["invtransforms"] if p.endswith((".nii.gz", ".nii"))]
