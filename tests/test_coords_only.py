@@ -158,3 +158,22 @@ def test_section_um_option_overrides_and_is_recorded(tmp_path):
     assert s.manifest()["params"]["labels"]["section_um"]["C"] == {"um": 15.0, "source": "option"}
     bad = runner.invoke(app, ["ingest", str(manifest), "--store", str(store), "--section-um", "-1", "--json"])
     assert bad.exit_code == 1 and "--section-um" in json.loads(bad.stdout)["error"]
+
+
+def test_her2st_without_images_names_what_is_missing(tmp_path):
+    import shutil
+
+    from tests.her2st_small import HER2ST
+
+    for sub in ("ST-cnts", "ST-spotfiles"):
+        (tmp_path / "h" / sub).mkdir(parents=True)
+    for s in ("C1", "C2", "C3"):
+        shutil.copy(HER2ST / "ST-cnts" / f"{s}.tsv.gz", tmp_path / "h" / "ST-cnts")
+        shutil.copy(HER2ST / "ST-spotfiles" / f"{s}_selection.tsv", tmp_path / "h" / "ST-spotfiles")
+    res = runner.invoke(app, ["ingest", str(tmp_path / "h"), "--format", "her2st", "--samples", "C",
+                              "--store", str(tmp_path / "s"), "--json"])
+    assert res.exit_code == 1
+    err = json.loads(res.stdout)
+    assert "C1, C2, C3 have neither an H&E image nor aligned x_um, y_um" in err["error"]
+    assert err["file"] == str(tmp_path / "h") and "ST-imgs" in err["fix"] and "x_um" not in err["file"]
+    assert not (tmp_path / "s" / "tables").exists()  # refused before anything was written

@@ -107,16 +107,16 @@ def read_samples(
 
 
 def _check_placed(samples: list[SampleInput], src: Path, reader: Reader) -> None:
-    """A 3D sample needs two sections in one frame: placed by an image (aligned later) or
-    by aligned coordinates given with the input. Say which is missing, before anything runs."""
+    """A section is placed by an image (aligned later) or by aligned coordinates given with
+    the input; a sample with no placed section has nothing to build on. Say what is missing
+    before anything runs (one placed section passes: it can still train as a 2D section)."""
     for sample in samples:
-        placed = [s for s in sample.sections if s.has_image or s.has_aligned_coords]
-        if len(placed) >= 2:
+        if any(s.has_image or s.has_aligned_coords for s in sample.sections):
             continue
-        unplaced = [s.section_id for s in sample.sections if not (s.has_image or s.has_aligned_coords)]
         raise InputError(
-            f"sample {sample.sample_id}: {len(placed)} of its {len(sample.sections)} sections can be "
-            f"placed in 3D; {', '.join(unplaced)} have neither an H&E image nor aligned x_um, y_um",
+            f"sample {sample.sample_id}: none of its sections can be placed in 3D; "
+            f"{', '.join(s.section_id for s in sample.sections)} have neither an H&E image nor "
+            "aligned x_um, y_um",
             path=src,
             fix=f"add the images ({reader.name} layout: {reader.description}), or give aligned "
                 "coordinates per spot in a manifest (README: 'Bring your own alignment')",
