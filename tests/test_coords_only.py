@@ -177,3 +177,42 @@ def test_her2st_without_images_names_what_is_missing(tmp_path):
     assert "C1, C2, C3 have neither an H&E image nor aligned x_um, y_um" in err["error"]
     assert err["file"] == str(tmp_path / "h") and "ST-imgs" in err["fix"] and "x_um" not in err["file"]
     assert not (tmp_path / "s" / "tables").exists()  # refused before anything was written
+
+
+def test_report_and_export_on_counts_only(coords_store, tmp_path):
+    """Spots placed by coordinates are drawn and exported; z in µm = z × section_um."""
+    import anndata as ad
+    import numpy as np
+
+    store, _ = coords_store
+    assert _train(store, "idw").exit_code == 0
+    res = runner.invoke(app, ["export", "--store", str(store), "--run", "t", "--model", "idw",
+                              "--h5ad", str(tmp_path / "x.h5ad"), "--json"])
+    assert res.exit_code == 0, res.output
+    a = ad.read_h5ad(tmp_path / "x.h5ad")
+    assert a.n_obs > 1000
+    np.testing.assert_allclose(a.obsm["spatial_3d"][:, 2], 48.0 * a.obs.z.to_numpy())
+    res = runner.invoke(app, ["report", "--store", str(store), "--run", "t", "--model", "idw",
+                              "--genes", "ERBB2", "--out", str(tmp_path / "rep"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "rep" / "report.html").exists()
+
+
+def test_cross_weight_is_iou_alone_where_a_spot_has_no_features():
+    import numpy as np
+
+    from asign.ingest.graph import cross_layer_edges, disc_iou
+
+    rng = np.random.default_rng(0)
+    xy = np.r_[rng.uniform(0, 600, (40, 2)), rng.uniform(0, 600, (40, 2))]
+    layer = np.r_[np.zeros(40, int), np.ones(40, int)]
+    feats = rng.normal(size=(80, 8)).astype(np.float32)
+    has = np.r_[np.ones(40, bool), np.zeros(20, bool), np.ones(20, bool)]
+    for combine in ("product", "sum"):
+        e = cross_layer_edges(xy, layer, feats, radius_um=50.0, top_k=8, combine=combine, has_features=has)
+        both = has[e.src] & has[e.dst]
+        assert (~both).any() and both.any()
+        np.testing.assert_allclose(e.weight[~both], disc_iou(e.distance_um[~both].astype(np.float64), 50.0), rtol=1e-5)
+        assert np.isnan(e.cosine[~both]).all() and np.isfinite(e.cosine[both]).all()
+        full = e.iou[both] * e.cosine[both] if combine == "product" else e.iou[both] + e.cosine[both]
+        np.testing.assert_allclose(e.weight[both], full, rtol=1e-5)
