@@ -93,7 +93,20 @@ def _command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callab
 
 
 def _emit_json(payload: Any) -> None:
-    typer.echo(json.dumps(payload, indent=1, default=str))
+    """Strict JSON: NaN/inf (e.g. the mean baseline's undefined per-gene PCC) become null."""
+    typer.echo(json.dumps(_strict(payload), indent=1, default=str, allow_nan=False))
+
+
+def _strict(value: Any) -> Any:
+    import math
+
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict(v) for v in value]
+    return value
 
 
 def _split(value: str | None) -> tuple[str, ...]:

@@ -216,3 +216,18 @@ def test_cross_weight_is_iou_alone_where_a_spot_has_no_features():
         assert np.isnan(e.cosine[~both]).all() and np.isfinite(e.cosine[both]).all()
         full = e.iou[both] * e.cosine[both] if combine == "product" else e.iou[both] + e.cosine[both]
         np.testing.assert_allclose(e.weight[both], full, rtol=1e-5)
+
+
+def test_mean_and_idw_need_no_graph_step(tmp_path):
+    manifest = write_coords_manifest(tmp_path / "src", {"C": ("C1", "C2", "C3")})
+    store = tmp_path / "store"
+    res = runner.invoke(app, ["ingest", str(manifest), "--store", str(store), "--genes", "ERBB2,MDK,FASN",
+                              "--steps", "register,align"])
+    assert res.exit_code == 0, res.output
+    idw = _train(store, "idw")
+    assert idw.exit_code == 0, idw.output
+    assert json.loads(idw.stdout)["metrics"]["pcc_gene"] > 0
+    mean = _train(store, "mean")
+    assert mean.exit_code == 0 and json.loads(mean.stdout)["metrics"]["pcc_gene"] is None  # strict JSON
+    cli = _train(store, "cli")  # propagation needs the graph: says which step to run
+    assert cli.exit_code == 1 and "--steps graph" in json.loads(cli.stdout)["fix"]

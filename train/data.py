@@ -101,9 +101,10 @@ def gene_panel(store: Store) -> tuple[str, ...]:
 
 
 def load_sample(store: Store, sample_id: str, *, encoder: str | None = None,
-                patches: bool = False) -> SampleData:
+                patches: bool = False, graph: bool = True) -> SampleData:
     """Everything train needs about one sample, read from Parquet + LMDB; ``patches``: also
-    the stored spot patches (for fine-tuning the spot encoder)."""
+    the stored spot patches (for fine-tuning the spot encoder); ``graph=False``: a store
+    without the graph step is fine (models that use no edges: mean, idw, similarity)."""
     from asign.store.sections import placed
 
     genes = gene_panel(store)
@@ -135,7 +136,11 @@ def load_sample(store: Store, sample_id: str, *, encoder: str | None = None,
                          fix="run `asign ingest --steps align` for this sample")
 
     labels, has_label = _labels(store, sample_id, index, len(genes))
-    src, dst, weight, cross = _edges(store, sample_id, index, set(spots["spot_id"]))
+    if graph or store.has("edges", sample_id):
+        src, dst, weight, cross = _edges(store, sample_id, index, set(spots["spot_id"]))
+    else:
+        src = dst = np.zeros(0, dtype=np.int64)
+        weight, cross = np.zeros(0, dtype=np.float32), np.zeros(0, dtype=bool)
     has_feature = spots["section_id"].isin(imaged).to_numpy()
     spot_feat = np.zeros((n, dim), dtype=np.float16)
     tokens = {level: np.full((n, 1), -1, dtype=np.int64) for level in LEVELS}
