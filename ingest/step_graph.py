@@ -48,10 +48,13 @@ def run_graph(store: Store, cfg: IngestConfig, sample_id: str, rep: Reporter) ->
     has_feat = nodes.spot_id.isin(have).to_numpy()
     if has_feat.any():
         dim = int(embed_info["dim"])
-        feats = np.zeros((len(nodes), dim), dtype=np.float16)
         with store.vectors(readonly=True) as vec:
-            feats[has_feat] = vec.get_vectors([emb_key(embed_info["encoder"], "spot", s)
-                                               for s in nodes.spot_id[has_feat]], dim)
+            keys = [emb_key(embed_info["encoder"], "spot", s) for s in nodes.spot_id[has_feat]]
+            if has_feat.all():  # the usual case: one (N, D) array, no second copy
+                feats = vec.get_vectors(keys, dim)
+            else:
+                feats = np.zeros((len(nodes), dim), dtype=np.float16)
+                feats[has_feat] = vec.get_vectors(keys, dim)
     else:
         feats = np.zeros((len(nodes), 1), dtype=np.float32)
     rep.advance(task)

@@ -3,9 +3,9 @@ spot/region/global embeddings streamed from LMDB.
 
 Only placed sections enter a sample: imaged sections (aligned by ingest) and sections whose
 aligned coordinates came with the input. A section with neither cannot be put in the
-sample's frame (her2st C1 is such a section). Spots of sections without an image have
-no features (zero rows, ``has_feature`` False): only models that need no image use them. Spots are ordered by section z, then
-as stored. ``labels`` holds the ground truth of every labelled spot: training code never
+sample's frame (her2st C1 is such a section). Spots of sections without an image have no
+features (zero rows, ``has_feature`` False): only models that need no image use them.
+Spots are ordered by section z, then as stored. ``labels`` holds the ground truth of every labelled spot: training code never
 reads it directly but goes through :func:`asign.train.protocol.visible_labels`.
 """
 
@@ -142,13 +142,19 @@ def load_sample(store: Store, sample_id: str, *, encoder: str | None = None,
         src = dst = np.zeros(0, dtype=np.int64)
         weight, cross = np.zeros(0, dtype=np.float32), np.zeros(0, dtype=bool)
     has_feature = spots["section_id"].isin(imaged).to_numpy()
-    spot_feat = np.zeros((n, dim), dtype=np.float16)
     tokens = {level: np.full((n, 1), -1, dtype=np.int64) for level in LEVELS}
     tile_feat = {level: np.zeros((0, dim), dtype=np.float16) for level in LEVELS}
     spot_patches = None
-    if imaged:
+    if not imaged:
+        spot_feat = np.zeros((n, dim), dtype=np.float16)
+    else:
         with store.vectors(readonly=True) as vec:
-            spot_feat[has_feature] = vec.get_vectors([emb_key(enc, "spot", s) for s in spot_ids[has_feature]], dim)
+            featured = [emb_key(enc, "spot", s) for s in spot_ids[has_feature]]
+            if has_feature.all():  # the usual case: one (N, D) array, no copy (200k × 1024 is 400 MB)
+                spot_feat = vec.get_vectors(featured, dim)
+            else:
+                spot_feat = np.zeros((n, dim), dtype=np.float16)
+                spot_feat[has_feature] = vec.get_vectors(featured, dim)
             tokens, tile_feat = _tiles(store, vec, sample_id, index, n, enc, dim, has_feature)
             spot_patches = vec.get_patches(list(spot_ids)) if patches else None
     log.debug("sample %s: %d spots, %d edges, %d sections", sample_id, n, len(src), len(sections))
