@@ -34,7 +34,11 @@ def _train(store, model: str, *extra: str):
 def test_ingest_places_every_spot_without_weights(coords_store):
     store, summary = coords_store
     info = summary["samples"]["C"]
-    assert info["align"] == {"method": "precomputed"}
+    assert info["align"]["method"] == "precomputed"
+    # the expression referee judges the given alignment: adjacent sections predict each other
+    referee = info["align"]["referee"]
+    assert set(referee) == {"C1-C2", "C2-C3", "C3-C4", "C4-C5", "C5-C6"}
+    assert all(0.2 < v < 1 for v in referee.values())
     assert info["embed"]["n_vectors"] == 0 and info["embed"]["encoder"] is None
     from asign.store import open_store
 
@@ -231,3 +235,25 @@ def test_mean_and_idw_need_no_graph_step(tmp_path):
     assert mean.exit_code == 0 and json.loads(mean.stdout)["metrics"]["pcc_gene"] is None  # strict JSON
     cli = _train(store, "cli")  # propagation needs the graph: says which step to run
     assert cli.exit_code == 1 and "--steps graph" in json.loads(cli.stdout)["fix"]
+
+
+def test_referee_drops_when_a_section_is_misplaced():
+    """The referee can fail: C3 turned by 20° about its centre scores below its true place."""
+    import numpy as np
+
+    from asign.ingest.referee import referee_pcc
+    from tests.her2st_coords import aligned_spots, counts
+
+    def load(sec: str) -> tuple[np.ndarray, np.ndarray]:
+        s = aligned_spots(sec)
+        c = counts(sec)
+        s = s[np.isin(s.spot_id, c.index)]
+        x = c.loc[s.spot_id].to_numpy(np.float64) + 1.0
+        return s[["x_um", "y_um"]].to_numpy(), np.log(x / x.sum(axis=1, keepdims=True))
+
+    (xa, ya), (xb, yb) = load("C2"), load("C3")
+    t = np.deg2rad(20.0)
+    rot = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+    turned = (xb - xb.mean(0)) @ rot.T + xb.mean(0)
+    right, wrong = referee_pcc(xa, ya, xb, yb), referee_pcc(xa, ya, turned, yb)
+    assert right > wrong + 0.05, (right, wrong)
