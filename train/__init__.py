@@ -110,7 +110,8 @@ def _execute(cfg: TrainConfig, store: Any, rid: str, folds: list, rep: Any,
         recipe = EncoderRecipe.from_manifest(store.manifest()["params"].get("embed", {}),
                                              cfg.encoder, store.layout.manifest)
     graph = cfg.spec.neural or cfg.spec.cross_layer  # mean, idw, similarity use no edges
-    samples = {s: load_sample(store, s, encoder=cfg.encoder, patches=recipe is not None, graph=graph)
+    samples = {s: load_sample(store, s, encoder=cfg.encoder, patches=recipe is not None, graph=graph,
+                              features=cfg.spec.images)  # mean, idw, cli read no embeddings
                for s in needed}
     genes = next(iter(samples.values())).genes
     timings["load_s"] = round(time.perf_counter() - t, 3)

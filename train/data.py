@@ -101,10 +101,11 @@ def gene_panel(store: Store) -> tuple[str, ...]:
 
 
 def load_sample(store: Store, sample_id: str, *, encoder: str | None = None,
-                patches: bool = False, graph: bool = True) -> SampleData:
+                patches: bool = False, graph: bool = True, features: bool = True) -> SampleData:
     """Everything train needs about one sample, read from Parquet + LMDB; ``patches``: also
     the stored spot patches (for fine-tuning the spot encoder); ``graph=False``: a store
-    without the graph step is fine (models that use no edges: mean, idw, similarity)."""
+    without the graph step is fine (models that use no edges: mean, idw, similarity);
+    ``features=False``: no embeddings are read (models that use no image: mean, idw, cli)."""
     from asign.store.sections import placed
 
     genes = gene_panel(store)
@@ -114,7 +115,7 @@ def load_sample(store: Store, sample_id: str, *, encoder: str | None = None,
         raise StoreError(f"sample {sample_id} has no placed section in the store",
                          path=store.root, fix="check --samples, or re-run `asign ingest`")
     sections = tuple(sec["section_id"].astype(str))
-    imaged = set(sec["section_id"][sec["has_image"].astype(bool)].astype(str))
+    imaged = set(sec["section_id"][sec["has_image"].astype(bool)].astype(str)) if features else set()
     enc, dim = embedding_params(store, encoder) if imaged else ("", 1)
 
     spots = store.read("spots", key=sample_id).to_pandas()
