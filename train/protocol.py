@@ -11,7 +11,7 @@ Roles (decided per fold from the ``sections`` table):
   spots) get predictions but no scores.
 - **training sample** (``--folds K ≥ 2`` only) — a target sample outside the test fold:
   every labelled layer is visible to training.
-- **2D training section** — a sample with a single imaged, labelled section (e.g. her2st
+- **2D training section** — a sample with a single placed, labelled section (e.g. her2st
   B4), or any sample/section named in ``extra_2d``: trained as its own single-section graph
   (no cross-layer edges), never scored.
 
