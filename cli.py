@@ -5,9 +5,12 @@ one line on stderr naming the file and the fix); 2 a usage error (typer/click)."
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -52,20 +55,63 @@ def main(
     root.propagate = False
 
 
+_AS_JSON: contextvars.ContextVar[bool] = contextvars.ContextVar("asign_as_json", default=False)
+
+
 def _fail(err: Exception) -> typer.Exit:
+    """The one place errors leave the CLI: one line on stderr and, when the command runs
+    with ``--json``, ``{"error", "file", "fix"}`` on stdout; the same exit code either way."""
     typer.echo(f"error: {err}", err=True)
+    if _AS_JSON.get():
+        _emit_json({"error": getattr(err, "message", str(err)), "file": getattr(err, "path", None),
+                    "fix": getattr(err, "fix", None)})
     return typer.Exit(getattr(err, "exit_code", 1))
 
 
+def _command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``app.command`` that records the command's ``--json`` for ``_fail`` and sends any
+    AsignError the command itself does not catch there too (typer reads the wrapped
+    function's signature, so options and --help are unchanged)."""
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def run(*a: Any, **kw: Any) -> Any:
+            from asign.errors import AsignError
+
+            token = _AS_JSON.set(bool(kw.get("as_json")))
+            try:
+                return fn(*a, **kw)
+            except AsignError as err:
+                raise _fail(err) from None
+            finally:
+                _AS_JSON.reset(token)
+
+        return app.command(*args, **kwargs)(run)
+
+    return register
+
+
 def _emit_json(payload: Any) -> None:
-    typer.echo(json.dumps(payload, indent=1, default=str))
+    """Strict JSON: NaN/inf (e.g. the mean baseline's undefined per-gene PCC) become null."""
+    typer.echo(json.dumps(_strict(payload), indent=1, default=str, allow_nan=False))
+
+
+def _strict(value: Any) -> Any:
+    import math
+
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict(v) for v in value]
+    return value
 
 
 def _split(value: str | None) -> tuple[str, ...]:
     return tuple(v.strip() for v in (value or "").split(",") if v.strip())
 
 
-@app.command()
+@_command()
 def ingest(
     src: Annotated[list[Path], typer.Argument(help="Sample folder(s): her2st layout, Visium outs/, or a manifest (.toml/.csv).")],
     store: StoreOpt,
@@ -86,6 +132,7 @@ def ingest(
     device: DeviceOpt = "cpu",
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
     cross_weight: Annotated[str, typer.Option("--cross-weight", help="product (IoU×cosine, the paper) or sum (reference code).")] = "product",
+    section_um: Annotated[float | None, typer.Option("--section-um", help="Spacing between consecutive sections (z) in µm; overrides the input's section_um (default 10, recorded in the store).")] = None,
     seed: SeedOpt = 0,
     wait: Annotated[float, typer.Option("--wait", help="Seconds to wait while another ingest writes this store, then fail naming it (one writer at a time).")] = 10.0,
     as_json: JsonOpt = False,
@@ -105,7 +152,7 @@ def ingest(
             panel_from=panel_from,
             align=AlignOptions(transform=transform, syn=syn, reference=reference, init=_parse_init(init or [])),
             encoder=encoder, weights=weights, device=device, batch_size=batch_size,
-            cross_weight=cross_weight, seed=seed, wait=wait,
+            cross_weight=cross_weight, section_um=section_um, seed=seed, wait=wait,
         )
         from asign import ingest as ingest_stage
 
@@ -142,7 +189,7 @@ def _train_default(name: str) -> Any:
 _OPT, _MODEL, _PROTO, _RUN = "Optimisation", "Model", "Protocol", "Runtime"
 
 
-@app.command()
+@_command()
 def train(
     store: StoreOpt,
     model: Annotated[str, typer.Option("--model", "-m", help="asign3d | asign2d | mean | idw | similarity | cli (see `asign doctor`).")] = "asign3d",
@@ -205,7 +252,7 @@ def train(
         _emit_json(result.summary() if hasattr(result, "summary") else result.__dict__)
 
 
-@app.command()
+@_command()
 def query(
     sql: Annotated[str, typer.Argument(help="SQL over the views sections, spots, genes, labels, transforms, tiles, spot_tiles, embeddings, edges, runs, metrics, predictions.")],
     store: StoreOpt,
@@ -265,7 +312,7 @@ def _cell(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-@app.command()
+@_command()
 def check(store: StoreOpt, as_json: JsonOpt = False) -> None:
     """Verify a store: manifest and input hashes, schema versions, LMDB entries against the
     tables, edge endpoints. Exits 1 with the full list of problems."""
@@ -290,7 +337,7 @@ def check(store: StoreOpt, as_json: JsonOpt = False) -> None:
         raise typer.Exit(1)
 
 
-@app.command()
+@_command()
 def report(
     store: StoreOpt,
     run: Annotated[str, typer.Option("--run", "-r", help="Run name to report on.")],
@@ -313,7 +360,7 @@ def report(
         typer.echo(summary["report"])
 
 
-@app.command()
+@_command()
 def export(
     store: StoreOpt,
     run: Annotated[str, typer.Option("--run", "-r", help="Run name to export.")],
@@ -335,7 +382,7 @@ def export(
         typer.echo(summary["h5ad"])
 
 
-@app.command()
+@_command()
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Folder for the synthetic sample and its store.")] = Path("asign-demo"),
     layers: Annotated[int, typer.Option("--layers", min=2, help="Number of synthetic sections (at least 2: one known, one to impute).")] = 4,
@@ -356,7 +403,7 @@ def demo(
         _emit_json(summary)
 
 
-@app.command()
+@_command()
 def doctor(as_json: JsonOpt = False) -> None:
     """Preflight: check each native piece and the encoder weights; print the fix for each failure."""
     from asign.doctor import run_checks

@@ -45,6 +45,7 @@ class IngestConfig:
     k_same: int = 12
     top_k_cross: int = 8
     cross_weight: str = "product"  # product (paper) | sum (reference code)
+    section_um: float | None = None  # spacing between consecutive z (µm); overrides the input's
     seed: int = 0
     # seconds to wait for another ingest that is writing the same store (store/locks.py)
     wait: float = 10.0

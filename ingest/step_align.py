@@ -11,8 +11,10 @@ import numpy as np
 import pandas as pd
 
 from asign.ingest.config import IngestConfig
+from asign.ingest.deform import to_aligned
 from asign.progress import Reporter
 from asign.store import Store
+from asign.store.warps import Warp, write_warps
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,8 @@ def run_align(store: Store, cfg: IngestConfig, sample_id: str, rep: Reporter) ->
     # removed by register), and are recomputed: align's parameters may have changed.
     if spots.x_um.notna().all() and not store.has("transforms", sample_id):
         log.info("sample %s: keeping precomputed aligned coordinates", sample_id)
-        return {"method": "precomputed"}
+        write_warps(store, sample_id, [])
+        return {"method": "precomputed", "referee": _referee(store, sample_id, spots, sections)}
 
     imaged = sections[sections.has_image]
 
@@ -71,30 +74,68 @@ def run_align(store: Store, cfg: IngestConfig, sample_id: str, rep: Reporter) ->
     rep.advance(task)
     by_id = {t.section_id: t for t in transforms}
 
-    # aligned coordinates of measured spots
+    # aligned coordinates of measured spots: through the affine chain and, with --syn, the
+    # deformation field of every pair on the way to the reference (ingest/deform.py)
     x_um = np.full(len(spots), np.nan)
     y_um = np.full(len(spots), np.nan)
-    for sid, t in by_id.items():
+    for sid in by_id:
         m = (spots.section_id == sid).to_numpy()
-        x_um[m], y_um[m] = align.apply_transform(t.matrix, spots.px.to_numpy()[m], spots.py.to_numpy()[m])
+        x_um[m], y_um[m] = to_aligned(by_id, um, sid, spots.px.to_numpy()[m], spots.py.to_numpy()[m])
     spots["x_um"], spots["y_um"] = x_um, y_um
 
-    virtual = _virtual_spots(sections, thumbs, ds, by_id)
+    virtual = _virtual_spots(sections, thumbs, ds, by_id, um)
     out = pd.concat([spots, virtual], ignore_index=True) if len(virtual) else spots
+    referee = _referee(store, sample_id, out, sections)
+    write_warps(store, sample_id, [Warp(t.section_id, t.qc.fixed, t.warp, t.warp_grid)
+                                   for t in transforms if t.warp is not None])
     store.write("transforms", _transform_rows(sample_id, transforms), key=sample_id)
-    store.write("spots", {c: out[c].tolist() for c in out.columns}, key=sample_id)
+    store.write("spots", _spot_columns(out), key=sample_id)
     for sid, thumb in thumbs.items():
         store.write_qc_png(store.layout.thumbnail(sid), thumb)
     if len(thumbs) > 1:
         store.write_qc_png(store.layout.alignment_png(sample_id), render_overlay(thumbs, ds, transforms, um))
     return {"n_virtual": int(len(virtual)), "reference": transforms[0].reference_id,
             "thumb_downsample": ds,
-            "qc": {t.section_id: _qc_dict(t) for t in transforms if t.qc is not None}}
+            "qc": {t.section_id: _qc_dict(t) for t in transforms if t.qc is not None},
+            "referee": referee}
+
+
+def _referee(store: Store, sample_id: str, spots: pd.DataFrame, sections: pd.DataFrame) -> dict[str, float]:
+    """Expression referee (ingest/referee.py) for each pair of adjacent labelled sections."""
+    from asign.ingest.referee import referee_pcc
+
+    if not store.has("labels", sample_id):
+        return {}
+    labels = store.read("labels", key=sample_id, columns=["spot_id", "section_id", "value"]).to_pandas()
+    xy = spots.set_index("spot_id")[["x_um", "y_um"]]
+    labels = labels[labels.spot_id.isin(xy.index)]
+    secs = [s for s in sections.section_id if (labels.section_id == s).sum() >= 2]
+    out = {}
+    for a, b in zip(secs, secs[1:], strict=False):
+        la, lb = labels[labels.section_id == a], labels[labels.section_id == b]
+        if xy.loc[la.spot_id].isna().any().any() or xy.loc[lb.spot_id].isna().any().any():
+            continue
+        out[f"{a}-{b}"] = round(referee_pcc(xy.loc[la.spot_id].to_numpy(), np.stack(la.value.to_numpy()),
+                                            xy.loc[lb.spot_id].to_numpy(), np.stack(lb.value.to_numpy())), 4)
+        log.info("referee %s-%s: per-gene PCC %.3f (IDW across the pair in the aligned frame)", a, b,
+                 out[f"{a}-{b}"])
+    return out
+
+
+def _spot_columns(spots: pd.DataFrame) -> dict[str, list]:
+    """Columns for the spots table. Concatenating with virtual spots turns absent integer
+    array positions (a spot table without array_x, array_y) into float NaN: store nulls."""
+    cols = {c: spots[c].tolist() for c in spots.columns}
+    for c in ("array_x", "array_y"):
+        cols[c] = [None if v is None or v != v else int(v) for v in cols[c]]
+    return cols
 
 
 def _virtual_spots(sections: pd.DataFrame, thumbs: dict[str, np.ndarray], ds: dict[str, float],
-                   by_id: dict[str, Any]) -> pd.DataFrame:
-    """Lattice spots over detected tissue for imaged sections without counts (DESIGN §1)."""
+                   by_id: dict[str, Any], um: dict[str, float]) -> pd.DataFrame:
+    """Lattice spots over detected tissue for imaged sections without counts (DESIGN §1):
+    laid in the affinely aligned frame, then moved with the section's tissue through the
+    deformation fields when --syn gave any."""
     from asign.ingest.lattice import virtual_lattice
     from asign.ingest.tissue import tissue_mask
 
@@ -108,6 +149,7 @@ def _virtual_spots(sections: pd.DataFrame, thumbs: dict[str, np.ndarray], ds: di
         xy = virtual_lattice(mask, thumb_to_aligned, float(ref.spot_pitch_um))
         inv = np.linalg.inv(t.matrix)
         pix = (inv @ np.c_[xy, np.ones(len(xy))].T).T
+        xy = np.column_stack(to_aligned(by_id, um, row.section_id, pix[:, 0], pix[:, 1])) if len(xy) else xy
         for i, ((x, y), (px, py, _)) in enumerate(zip(xy, pix, strict=True)):
             rows.append({"sample_id": row.sample_id, "section_id": row.section_id,
                          "spot_id": f"{row.section_id}/v{i}", "barcode": f"v{i}", "z": int(row.z),
@@ -127,7 +169,8 @@ def _qc_dict(t: Any) -> dict[str, Any]:
 def _transform_rows(sample_id: str, transforms: list[Any]) -> dict[str, list]:
     cols: dict[str, list] = {k: [] for k in ("sample_id", "section_id", "reference_id", "method", "matrix", "pair",
                                              "ransac_inliers", "overlap_before", "overlap_after", "rotation_deg",
-                                             "scale", "shear", "flipped", "metric")}
+                                             "scale", "shear", "flipped", "metric", "neighbour_id",
+                                             "pair_matrix")}
     for t in transforms:
         q = t.qc
         cols["sample_id"].append(sample_id)
@@ -140,4 +183,6 @@ def _transform_rows(sample_id: str, transforms: list[Any]) -> dict[str, list]:
         for k in ("overlap_before", "overlap_after", "rotation_deg", "scale", "shear", "metric"):
             cols[k].append(float(getattr(q, k)) if q else None)
         cols["flipped"].append(bool(q.flipped) if q else None)
+        cols["neighbour_id"].append(q.fixed if q else None)
+        cols["pair_matrix"].append(None if t.pair is None else [float(v) for v in np.ravel(t.pair)])
     return cols

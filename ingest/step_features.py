@@ -141,9 +141,15 @@ def run_embed(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Rep
     from asign.encoders import load_encoder
     from asign.ingest.embed import embed_batches, embedding_config
 
+    index: dict[str, list] = {k: [] for k in ("sample_id", "section_id", "encoder", "level", "id")}
+    sections, _ = _imaged(store, sample_id)
+    if sections.empty:
+        # Placed by given coordinates only: nothing to encode, so no weights are needed.
+        log.info("sample %s has no imaged section: nothing to embed", sample_id)
+        store.write("embeddings", index, key=sample_id)
+        return {"n_vectors": 0, "encoder": None, "weights": None}
     encoder = load_encoder(cfg.encoder, cfg.weights, device=cfg.device, seed=cfg.seed)
     name = encoder.spec.name
-    index: dict[str, list] = {k: [] for k in ("sample_id", "section_id", "encoder", "level", "id")}
     bs = cfg.batch_size
     # One LMDB environment per process: the patch loaders read through the writer's handle.
     with store.vectors(readonly=False) as vec:

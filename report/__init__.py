@@ -204,21 +204,23 @@ def volume_layers(data: RunData, sample: str, gene: str) -> list:
     lab = data.labels[:, g]
     spots = data.spots
     xy_ok = spots[["x_um", "y_um"]].notna().all(axis=1).to_numpy()
+    from asign.store.sections import z_um
+
     layers = []
-    for sec, z in data.sections[data.sections.sample_id == sample][["section_id", "z"]].itertuples(
-            index=False):
+    secs = data.sections[data.sections.sample_id == sample]
+    for sec, z in zip(secs.section_id, z_um(secs), strict=True):
         rows = (spots.section_id == sec).to_numpy() & xy_ok
         xy = spots.loc[rows, ["x_um", "y_um"]].to_numpy(dtype=float)
         if sec == data.known[sample]:
             ok = np.isfinite(lab[rows])
-            layers.append(Layer3D(sec, int(z), xy[ok], lab[rows][ok], "known"))
+            layers.append(Layer3D(sec, float(z), xy[ok], lab[rows][ok], "known"))
         elif sec in data.hidden[sample]:
             ok = np.isfinite(pred[rows])
             if ok.any():
-                layers.append(Layer3D(sec, int(z), xy[ok], pred[rows][ok], "predicted"))
+                layers.append(Layer3D(sec, float(z), xy[ok], pred[rows][ok], "predicted"))
             ok = np.isfinite(lab[rows])
             if ok.any():
-                layers.append(Layer3D(sec, int(z), xy[ok], lab[rows][ok], "measured"))
+                layers.append(Layer3D(sec, float(z), xy[ok], lab[rows][ok], "measured"))
     return layers
 
 

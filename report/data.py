@@ -164,7 +164,10 @@ def load_run_data(store: Store, name: str, model: str | None = None) -> RunData:
     sections = sections[sections.sample_id.isin(samples)].sort_values(["sample_id", "z"])
     spots = pd.concat([store.read("spots", key=s).to_pandas() for s in samples],
                       ignore_index=True)
-    imaged = set(sections.section_id[sections.has_image])
+    from asign.store.sections import placed
+
+    # placed sections: imaged ones and those placed by given coordinates (no image)
+    imaged = set(sections.section_id[placed(sections)])
     spots = spots[spots.section_id.isin(imaged)].reset_index(drop=True)
     spot_index = pd.Index(spots.spot_id)
     if not spot_index.is_unique:
@@ -227,6 +230,7 @@ def _dense(long: pd.DataFrame, spot_index: pd.Index, gene_index: dict[str, int])
 def _layers(sections: pd.DataFrame, run: RunInfo, preds: pd.DataFrame, metrics: pd.DataFrame,
             labels: np.ndarray, spots: pd.DataFrame
             ) -> tuple[dict[str, str], dict[str, list[str]], dict[str, list[str]]]:
+    from asign.store.sections import has_coords, placed
     from asign.train.protocol import SectionInfo, resolve_known
 
     labelled_secs = set(spots.section_id[~np.isnan(labels).all(axis=1)])
@@ -237,11 +241,12 @@ def _layers(sections: pd.DataFrame, run: RunInfo, preds: pd.DataFrame, metrics: 
         secs = secs.sort_values("z")
         predicted = set(preds.section_id[preds.sample_id == sample]) if not preds.empty else set()
         with_metrics = set(metrics.section_id[metrics.sample_id == sample])
-        candidates = [s for s in secs.section_id[secs.has_image] if s in labelled_secs]
+        candidates = [s for s in secs.section_id[placed(secs)] if s in labelled_secs]
         k = derive_known(candidates, predicted, with_metrics)
         if k is None:
-            infos = [SectionInfo(str(r.sample_id), str(r.section_id), int(r.z),
-                                 bool(r.has_counts), bool(r.has_image)) for r in secs.itertuples()]
+            infos = [SectionInfo(str(r.sample_id), str(r.section_id), int(r.z), bool(r.has_counts),
+                                 bool(r.has_image), bool(c)) for r, c in zip(secs.itertuples(), has_coords(secs),
+                                                                             strict=True)]
             k = resolve_known(infos, run.config.get("known", "first"))
             log.info("sample %s: known layer %s from the run config (known=%s)", sample, k,
                      run.config.get("known", "first"))

@@ -10,7 +10,8 @@ Layout (scanpy / squidpy conventions):
 - ``layers['measured']``: the measured expression where a spot has counts, NaN elsewhere
   (virtual spots); ``obs['has_measured']`` marks the rows that have it;
 - ``obsm['spatial']``: (px, py) full-resolution image pixels of the spot's own section;
-  ``obsm['spatial_3d']``: (x_um, y_um, z) in the sample's aligned frame, z = layer index;
+  ``obsm['spatial_3d']``: (x_um, y_um, z_um) in the sample's aligned frame, z_um = z × the
+  section spacing recorded at ingest (``sections.z_um``);
 - ``obs``: sample, section (categorical; also the library id), z, virtual, role
   (known / hidden), has_measured, fold;
 - ``var``: gene panel in rank order (``var['rank']``);
@@ -33,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from asign.errors import InputError
+from asign.store.sections import spot_z_um
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +68,7 @@ def build_anndata(data: Any) -> Any:
     adata.obsm["spatial"] = spots[["px", "py"]].to_numpy(dtype=np.float64)
     adata.obsm["spatial_3d"] = np.column_stack([spots.x_um.to_numpy(dtype=np.float64),
                                                 spots.y_um.to_numpy(dtype=np.float64),
-                                                spots.z.to_numpy(dtype=np.float64)])
+                                                spot_z_um(data.sections, spots.section_id)])
     spatial: dict[str, Any] = {}
     for sec in obs.section.cat.categories:
         info = secs.loc[sec]

@@ -49,7 +49,7 @@ class SectionMap:
 @dataclass(frozen=True)
 class Layer3D:
     section_id: str
-    z: int
+    z: float  # position along the stack, µm (z × section spacing)
     xy_um: np.ndarray  # (N, 2) aligned frame
     values: np.ndarray  # (N,)
     kind: str  # "known" | "predicted" | "measured"
@@ -264,10 +264,12 @@ def volume_3d(layers: list[Layer3D], gene: str, model: str, unit: str, title: st
         ax.set_xlabel("x (mm, aligned)", fontsize=8, labelpad=2)
         ax.set_ylabel("y (mm, aligned)", fontsize=8, labelpad=2)
         ax.set_zticks(zs)
-        ax.set_zticklabels([])
+        ax.set_zticklabels([f"{v:g}" for v in zs], fontsize=6)
+        ax.set_zlabel("z (µm; axis stretched)", fontsize=8, labelpad=2)
         ax.set_xlim(x0, x1)
         ax.set_ylim(y1, y0)  # y down, as on the slide
-        ax.set_zlim(max(zs) + 0.3, min(zs) - 0.3)  # first section on top
+        pad = 0.3 * (float(np.median(np.diff(zs))) if len(zs) > 1 else 1.0)
+        ax.set_zlim(max(zs) + pad, min(zs) - pad)  # first section on top
         ax.set_box_aspect((1.0, (y1 - y0) / max(x1 - x0, 1e-3), 0.45 * len(zs)), zoom=1.05)
         ax.view_init(elev=26, azim=-60)
         ax.tick_params(labelsize=6, pad=0)

@@ -18,10 +18,13 @@ def conform(table: pa.Table | dict, name: str) -> pa.Table:
     """Cast a table (or a dict of columns) to the registered schema of ``name``."""
     schema = TABLES[name]
     if isinstance(table, dict):
-        missing = [f.name for f in schema if f.name not in table]
+        missing = [f.name for f in schema if f.name not in table and not f.nullable]
         if missing:
             raise ValueError(f"table {name} misses columns {missing}")
-        return pa.table({f.name: pa.array(table[f.name], type=f.type) for f in schema}, schema=schema)
+        # a nullable column added to a schema later is null where a writer does not give it
+        n = len(next(iter(table.values()))) if table else 0
+        return pa.table({f.name: pa.array(table[f.name] if f.name in table else [None] * n, type=f.type)
+                         for f in schema}, schema=schema)
     return table.select(schema.names).cast(schema)
 
 

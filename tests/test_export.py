@@ -70,8 +70,14 @@ def test_coordinates_and_scanpy_spatial_layout(exported):
     spots = open_store(root).read("spots", key="S1").to_pandas().set_index("spot_id")
     spots = spots.loc[a.obs_names]
     np.testing.assert_allclose(a.obsm["spatial"], spots[["px", "py"]].to_numpy())
+    # z in µm: the section's z × the spacing recorded at ingest (toy store: the default)
+    from asign.store.sections import spot_z_um
+
+    sections = open_store(root).read("sections").to_pandas()
+    z_um = spot_z_um(sections, spots.section_id)
+    np.testing.assert_allclose(z_um, spots.z.to_numpy() * 10.0)
     np.testing.assert_allclose(a.obsm["spatial_3d"],
-                               np.column_stack([spots.x_um, spots.y_um, spots.z]))
+                               np.column_stack([spots.x_um, spots.y_um, z_um]))
     np.testing.assert_array_equal(a.obs.z.to_numpy(), spots.z.to_numpy())
 
     # sc.pl.spatial(adata[adata.obs.section == S], library_id=S) reads exactly these keys

@@ -47,7 +47,7 @@ def run(cfg: TrainConfig, *, reporter: Any = None, max_epochs: int | None = None
     created = dt.datetime.now(dt.UTC)
     t0 = time.perf_counter()
     infos = [SectionInfo(str(r["sample_id"]), str(r["section_id"]), int(r["z"]),
-                         bool(r["has_counts"]), bool(r["has_image"]))
+                         bool(r["has_counts"]), bool(r["has_image"]), bool(r.get("has_coords")))
              for r in store.read("sections").to_pylist()]
     plan_args = dict(known=cfg.known, samples=cfg.samples, extra_2d=cfg.extra_2d)
     fold_of = None
@@ -59,6 +59,7 @@ def run(cfg: TrainConfig, *, reporter: Any = None, max_epochs: int | None = None
         finally:
             con.close()
     folds = plan_folds(infos, folds=cfg.folds, fold_of=fold_of, **plan_args)
+    _check_images(cfg, infos, folds)
 
     store_fp = res.store_hash(store)
     rid = res.run_id(cfg, store_fp)
@@ -119,7 +120,9 @@ def _execute(cfg: TrainConfig, store: Any, rid: str, folds: list, rep: Any,
 
         recipe = EncoderRecipe.from_manifest(store.manifest()["params"].get("embed", {}),
                                              cfg.encoder, store.layout.manifest)
-    samples = {s: load_sample(store, s, encoder=cfg.encoder, patches=recipe is not None)
+    graph = cfg.spec.neural or cfg.spec.cross_layer  # mean, idw, similarity use no edges
+    samples = {s: load_sample(store, s, encoder=cfg.encoder, patches=recipe is not None, graph=graph,
+                              features=cfg.spec.images)  # mean, idw, cli read no embeddings
                for s in needed}
     genes = next(iter(samples.values())).genes
     timings["load_s"] = round(time.perf_counter() - t, 3)
@@ -292,6 +295,22 @@ def _baseline(cfg: TrainConfig, s: Any, plan: Any) -> np.ndarray:
         w = scale_edge_weights(torch.as_tensor(s.weight), torch.as_tensor(s.cross.astype(np.int64)))
         return baselines.cli_alone(s.src, s.dst, w.numpy(), y, known, n_iter=cfg.cli_iters)
     raise AssertionError(f"unhandled baseline {cfg.model}")  # MODELS and this stay in step
+
+
+def _check_images(cfg: TrainConfig, infos: list, folds: list) -> None:
+    """Models that read image features refuse graphs with sections placed by coordinates
+    alone (mean, idw and cli need no image)."""
+    from asign.errors import ConfigError
+
+    if not cfg.spec.images:
+        return
+    used = {s for f in folds for p in f.samples for s in p.sections}
+    bare = sorted(i.section_id for i in infos if i.section_id in used and not i.has_image)
+    if bare:
+        raise ConfigError(f"--model {cfg.model} reads image features, but sections "
+                          f"{', '.join(bare)} have no H&E image (placed by given coordinates)",
+                          fix="use --model mean, idw or cli on this store, or ingest those "
+                              "sections with their images")
 
 
 def _check_device(cfg: TrainConfig) -> None:

@@ -30,6 +30,7 @@ class ModelSpec:
     cross_layer: bool  # uses cross-layer edges of the 3D graph
     cli: bool  # label propagation from the known layer
     help: str
+    images: bool = True  # reads image features: every section in its graph needs an image
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -38,13 +39,14 @@ MODELS: dict[str, ModelSpec] = {
     "asign2d": ModelSpec("asign2d", True, False, False,
                          "MSAGNet on same-layer edges only, no CLI (the 2D model)"),
     "mean": ModelSpec("mean", False, False, False,
-                      "known layer's mean profile for every hidden spot"),
+                      "known layer's mean profile for every hidden spot", images=False),
     "idw": ModelSpec("idw", False, False, False,
-                     "inverse-distance weighting of the 8 nearest known spots (aligned x, y)"),
+                     "inverse-distance weighting of the 8 nearest known spots (aligned x, y)",
+                     images=False),
     "similarity": ModelSpec("similarity", False, False, False,
                             "cosine kNN (k=20) on spot embeddings against the known layer"),
     "cli": ModelSpec("cli", False, True, True,
-                     "label propagation alone over the 3D graph (unit node weights)"),
+                     "label propagation alone over the 3D graph (unit node weights)", images=False),
 }
 
 
