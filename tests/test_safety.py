@@ -367,7 +367,8 @@ def test_non_finite_embedding_stops_the_run_and_check_finds_it(toy_store):
     store.save_manifest(manifest)
     with store.vectors(readonly=False) as vec:
         vec.put_many([(emb_key(TOY_ENCODER, "spot", "S1_L2/3"), np.full(16, np.nan, np.float16).tobytes())])
-    line = one_error(*cli("train", "--store", toy_store, "--model", "idw", "--run", "nan")[::2])
+    # similarity reads the spot embeddings (mean/idw/cli read none since placed-by-coordinates)
+    line = one_error(*cli("train", "--store", toy_store, "--model", "similarity", "--run", "nan")[::2])
     assert "section S1_L2: 1 spots have non-finite (NaN/inf) spot embeddings" in line
     assert store.query("SELECT status FROM runs WHERE name = 'nan'").column(0).to_pylist() == ["failed"]
     assert store.query("SELECT count(*) FROM metrics m JOIN runs r USING (run_id) WHERE r.name = 'nan'"
