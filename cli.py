@@ -83,8 +83,9 @@ def ingest(
     syn: Annotated[bool, typer.Option("--syn/--no-syn", help="Refine with ANTs SyN on grayscale.")] = False,
     reference: Annotated[str | None, typer.Option("--reference", help="Reference section id (default: middle).")] = None,
     init: Annotated[list[str] | None, typer.Option("--init", help="Initial guess for a pair: MOVING:FIXED:DEGREES[:flip], repeatable.")] = None,
-    encoder: Annotated[str, typer.Option("--encoder", help="Encoder from the registry (see `asign doctor`).")] = "resnet50-l3",
-    weights: Annotated[str, typer.Option("--weights", help="PATH to a torchvision state dict, 'imagenet' (hub cache or download) or 'random' (pipeline tests).")] = "imagenet",
+    encoder: Annotated[str, typer.Option("--encoder", help="Encoder from the registry, 'a+b' to concatenate, or 'auto': resnet50-l3 when its ImageNet weights are local, else effnet-lite0 (bundled weights). See `asign doctor`.")] = "auto",
+    weights: Annotated[str, typer.Option("--weights", help="PATH to a state dict, 'imagenet' (bundled, or the torch hub cache) or 'random' (pipeline tests).")] = "imagenet",
+    download: Annotated[bool, typer.Option("--download/--no-download", help="Allow downloading missing torch-hub ImageNet weights.")] = False,
     device: DeviceOpt = "cpu",
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
     cross_weight: Annotated[str, typer.Option("--cross-weight", help="product (IoU×cosine, the paper) or sum (reference code).")] = "product",
@@ -105,7 +106,7 @@ def ingest(
             steps=step_list, n_genes=n_genes, genes=_split(genes), normalisation=normalisation,
             panel_from=panel_from,
             align=AlignOptions(transform=transform, syn=syn, reference=reference, init=_parse_init(init or [])),
-            encoder=encoder, weights=weights, device=device, batch_size=batch_size,
+            encoder=encoder, weights=weights, allow_download=download, device=device, batch_size=batch_size,
             cross_weight=cross_weight, seed=seed,
         )
         from asign import ingest as ingest_stage
