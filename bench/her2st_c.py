@@ -118,7 +118,8 @@ def table(store: Path, names: list[str], threads: int, label: str) -> None:
         vals = []
         for metric in METRICS:
             v = [by[(n, s, metric)] for s in sections if (n, s, metric) in by and by[(n, s, metric)] is not None]
-            vals.append(f"{sum(v) / len(v):.3f}" if v else "n/a")
+            mean = sum(v) / len(v) if v else float("nan")
+            vals.append("n/a" if mean != mean else f"{mean:.3f}")  # NaN: a constant prediction
         print(f"| {n} | " + " | ".join(vals) + " |")
     print("\nper section, MSE / PCC per spot / PCC per gene:\n")
     print("| run | " + " | ".join(sections) + " |\n|---|" + "---|" * len(sections))
@@ -126,7 +127,7 @@ def table(store: Path, names: list[str], threads: int, label: str) -> None:
         cells = []
         for s in sections:
             v = [by.get((n, s, m)) for m in ("mse", "pcc_spot", "pcc_gene")]
-            cells.append(" / ".join("n/a" if x is None else f"{x:.3f}" for x in v))
+            cells.append(" / ".join("n/a" if x is None or x != x else f"{x:.3f}" for x in v))
         print(f"| {n} | " + " | ".join(cells) + " |")
 
 
