@@ -48,6 +48,9 @@ ABLATIONS = {
     "asign3d-no-xattn": ["--ablate", "cross-attention"],
     "asign3d-no-gat": ["--ablate", "gat"],
     "asign3d-no-cli": ["--ablate", "cli"],
+}
+# run name → flags: this project's CLI changes taken back (table "cli")
+CLI_VARIANTS = {
     "asign3d-no-prior": ["--no-spatial-prior"],
     "asign3d-paper-cli": ["--no-spatial-prior", "--no-calibrate-gate"],
 }
@@ -135,7 +138,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", type=Path, default=Path("/tmp/asign-her2st-c"))
     ap.add_argument("--data", type=Path, default=DATA)
-    ap.add_argument("--tables", default="main,encoders,ablations,b4")
+    ap.add_argument("--tables", default="main,encoders,ablations,b4,cli")
     ap.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"of {', '.join(VARIANTS)}")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
@@ -178,6 +181,10 @@ def main() -> None:
         train(scb, "asign3d", "asign3d", [], t)
         train(scb, "asign3d", "asign3d-extra-B", ["--extra-2d", "B"], t)
         table(scb, ["mean", "asign3d", "asign3d-extra-B"], t, "B4 as extra 2D training data")
+    if "cli" in tables:
+        for name, flags in CLI_VARIANTS.items():
+            train(sc, "asign3d", name, flags, t)
+        table(sc, ["asign3d", *CLI_VARIANTS], t, "asign3d without this project's CLI changes")
 
 
 if __name__ == "__main__":
