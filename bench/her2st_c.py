@@ -45,7 +45,9 @@ VARIANTS = {
 DEFAULT_VARIANTS = "histo,concat,random"
 # run name → extra `asign train` flags, asign3d on SC
 ABLATIONS = {
-    "asign3d-no-xattn": ["--ablate", "cross-attention"],
+    # cross-attention over the own tile only (a first version of this ablation, run as
+    # asign3d-no-xattn, replaced the fused tokens by the bare tile projection instead)
+    "asign3d-own-tile": ["--ablate", "cross-attention"],
     "asign3d-no-gat": ["--ablate", "gat"],
     "asign3d-no-cli": ["--ablate", "cli"],
 }

@@ -20,8 +20,8 @@ GNN_ENGINES = ("dgl", "pyg")
 DEVICES = ("cpu", "cuda")
 FEATURE_NORMS = ("section", "none")
 # Parts of asign3d that --ablate removes (the paper's Table II/III ablations):
-# cross-attention: each spot takes its own region/global tile feature, no attention over
-# the tile set; gat: no GAT/transformer block (fused features straight to the heads);
+# cross-attention: each spot attends to its own region/global tile only (softmax ≡ 1, as in
+# the reference code), not to the neighbouring tiles; gat: no GAT/transformer block (fused features straight to the heads);
 # cli: no cross-layer imputation (MSAGNet alone, on the 3D graph).
 ABLATIONS = ("cross-attention", "gat", "cli")
 
