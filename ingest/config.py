@@ -34,8 +34,9 @@ class IngestConfig:
     normalisation: str = "log_ratio"
     panel_from: str = "first"  # which layer of each sample is labelled "training" for the panel
     align: AlignOptions = field(default_factory=AlignOptions)
-    encoder: str = "resnet50-l3"
+    encoder: str = "auto"  # resolved once per run (encoders.resolve_auto) before any step uses it
     weights: str = "imagenet"
+    allow_download: bool = False  # fetch missing torch-hub weights only when the user asks
     device: str = "cpu"
     precision: str = "auto"
     batch_size: int = 32

@@ -7,6 +7,7 @@ step is one section (or one fixed batch of embeddings), so a crash loses at most
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -55,6 +56,18 @@ def step_params(cfg: IngestConfig, step: str) -> dict[str, Any]:
     return {}
 
 
+def resolve_encoder(cfg: IngestConfig) -> IngestConfig:
+    """``--encoder auto`` → a registry name, decided once per run and logged; the resolved
+    name is what fingerprints, the manifest and the vector keys record."""
+    from asign.encoders import AUTO, resolve_auto
+
+    if cfg.encoder != AUTO or not {"patches", "embed"} & set(cfg.steps):
+        return cfg
+    name, where = resolve_auto(cfg.weights)
+    log.info("--encoder auto: %s (%s)", name, where)
+    return dataclasses.replace(cfg, encoder=name)
+
+
 def run_pipeline(cfg: IngestConfig, rep: Reporter | None = None) -> dict[str, Any]:
     """Ingest under the store's writer lock: one ingest writes a store at a time (an OS lock
     that the kernel frees when the process ends); trains and queries never take it. The lock
@@ -68,6 +81,7 @@ def run_pipeline(cfg: IngestConfig, rep: Reporter | None = None) -> dict[str, An
 def _run_locked(cfg: IngestConfig, store: Store, rep: Reporter | None, t0: float) -> dict[str, Any]:
     from asign.ingest import step_register
 
+    cfg = resolve_encoder(cfg)
     remove_stale_temps(store.root)  # half-written files of a killed run
     manifest = store.manifest()  # read under the lock: another ingest may just have saved it
     summary: dict[str, Any] = {"store": str(cfg.store), "samples": {}, "skipped": [], "ran": []}

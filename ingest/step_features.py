@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from asign.ingest import standardise
 from asign.ingest.config import IngestConfig
 from asign.progress import Reporter
 from asign.store import Store
@@ -137,6 +138,24 @@ def _work(store: Store, sample_id: str, cfg: IngestConfig, vec: Any) -> list[tup
     return work
 
 
+def _standardisation(store: Store, cfg: IngestConfig, sample_id: str, encoder: Any,
+                     work: list) -> tuple[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """(reference section, {level: (mean, std)}): statistics from the raw features of the
+    reference section's spot patches and tiles (ingest/standardise.py says why)."""
+    from asign.ingest.embed import embed_batches
+
+    sections = store.read("sections").to_pandas()
+    ref = standardise.reference_section(sections[sections.sample_id == sample_id], cfg.panel_from)
+    stats = {}
+    for level in LEVELS:
+        items = [it for sec, lev, _, its in work if sec == ref and lev == level for it in its]
+        feats = [b.features for b in embed_batches(encoder, items, batch_size=cfg.batch_size,
+                                                   precision=cfg.precision)]
+        stats[level] = standardise.fit(np.concatenate(feats) if feats else np.zeros((0, encoder.spec.dim)))
+    log.info("%s: %s features z-scored with statistics of section %s", sample_id, encoder.spec.name, ref)
+    return ref, stats
+
+
 def run_embed(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Reporter) -> dict[str, Any]:
     from asign.encoders import load_encoder
     from asign.ingest.embed import embed_batches, embedding_config
@@ -148,12 +167,14 @@ def run_embed(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Rep
         log.info("sample %s has no imaged section: nothing to embed", sample_id)
         store.write("embeddings", index, key=sample_id)
         return {"n_vectors": 0, "encoder": None, "weights": None}
-    encoder = load_encoder(cfg.encoder, cfg.weights, device=cfg.device, seed=cfg.seed)
+    encoder = load_encoder(cfg.encoder, cfg.weights, device=cfg.device, seed=cfg.seed,
+                           allow_download=cfg.allow_download)
     name = encoder.spec.name
     bs = cfg.batch_size
     # One LMDB environment per process: the patch loaders read through the writer's handle.
     with store.vectors(readonly=False) as vec:
         work = _work(store, sample_id, cfg, vec)
+        zscore = _standardisation(store, cfg, sample_id, encoder, work) if encoder.spec.standardise else None
         total = sum(len(items) for *_, items in work)
         task = rep.task(f"embed {sample_id}", total=total)
         for section_id, level, _, items in work:
@@ -171,15 +192,24 @@ def run_embed(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Rep
             pending = [it for b in todo for it in chunks[b]]
             for b, batch in zip(todo, embed_batches(encoder, pending, batch_size=bs, precision=cfg.precision),
                                 strict=True):
-                puts = [(emb_key(name, level, k), v.tobytes()) for k, v in zip(batch.keys, batch.features, strict=True)]
+                feats = batch.features if zscore is None else standardise.apply(batch.features, *zscore[1][level])
+                puts = [(emb_key(name, level, k), v.tobytes()) for k, v in zip(batch.keys, feats, strict=True)]
                 vec.put_many([*puts, (markers[b], b"1")])
                 rep.advance(task, len(batch.keys))
     index["sample_id"] = [sample_id] * len(index["id"])
     index["encoder"] = [name] * len(index["id"])
     store.write("embeddings", index, key=sample_id)
     manifest = store.manifest()
+    previous = manifest["params"].get("embed") or {}
     manifest["params"]["embed"] = {**embedding_config(encoder, bs, cfg.precision), "dim": encoder.spec.dim, "spot_px": cfg.spot_px,
                                    "stored_px": encoder.spec.input_px,
                                    "region_px": cfg.region_px, "global_px": cfg.global_px}
+    if zscore is not None:
+        done = previous.get("standardised", {}) if previous.get("encoder") == name else {}
+        done[sample_id] = {"reference_section": zscore[0], "stats_sha256": standardise.stats_hash(zscore[1])}
+        manifest["params"]["embed"]["standardised"] = done
+        manifest["params"]["embed"]["standardisation"] = (
+            "per feature z-score, mean/std over the reference section's items of each level "
+            "(images only; ingest/standardise.py)")
     store.save_manifest(manifest)
     return {"n_vectors": total, "encoder": name, "weights": encoder.info.get("weights_sha256")}

@@ -252,7 +252,7 @@ def _fit_fold(cfg: TrainConfig, fold: Any, samples: dict, tasks: dict, rid: str,
         return None
     best[fold.fold] = {"best_epoch": state.best_epoch,
                        "val_score": state.best_score if np.isfinite(state.best_score) else None}
-    if cfg.calibrate_gate and cfg.spec.cli:
+    if cfg.calibrate_gate and cfg.uses_cli:
         from asign.train.calibrate import calibrate_gate
 
         best[fold.fold]["gate"] = calibrate_gate(cfg, model, select or train_tasks)
