@@ -52,6 +52,7 @@ class RunInfo:
     status: str
     created_at: Any
     config: dict[str, Any]
+    provenance: dict[str, str] = field(default_factory=dict)  # version, commit, store hash
 
 
 @dataclass
@@ -75,6 +76,10 @@ class RunData:
     predictions: dict[str, np.ndarray]  # model -> (spots, genes)
     metrics: pd.DataFrame  # model, run_id, fold, sample_id, section_id, setting, metric, value
     thumbs: dict[str, ThumbInfo] = field(default_factory=dict)
+    # raw panel counts, row-aligned with ``spots``; NaN where a spot was not measured
+    counts: np.ndarray | None = None
+    embed: dict[str, Any] = field(default_factory=dict)  # manifest params.embed
+    transforms: pd.DataFrame | None = None  # the test samples' alignment transforms
 
     @property
     def setting(self) -> str:
@@ -112,9 +117,11 @@ def load_runs(store: Store, name: str) -> dict[str, RunInfo]:
                          fix="finish it with `asign train ... --resume`, then report again")
     out: dict[str, RunInfo] = {}
     for row in done.itertuples():  # sorted by time: a later run of a model replaces it
+        prov = {k: str(getattr(row, k)) for k in ("asign_version", "git_commit", "store_hash")
+                if pd.notna(getattr(row, k, None))}
         out[str(row.model)] = RunInfo(str(row.run_id), str(row.name), str(row.model),
                                       str(row.setting), str(row.status), row.created_at,
-                                      _config(row.config))
+                                      _config(row.config), prov)
     return out
 
 
@@ -172,13 +179,15 @@ def load_run_data(store: Store, name: str, model: str | None = None) -> RunData:
                          fix="re-ingest: spot ids must be unique within a store")
 
     labels = np.full((len(spots), len(genes)), np.nan, dtype=np.float32)
+    counts = np.full((len(spots), len(genes)), np.nan, dtype=np.float32)
     for s in samples:
         if store.has("labels", key=s):
-            lab = store.read("labels", key=s, columns=["spot_id", "value"]).to_pandas()
+            lab = store.read("labels", key=s, columns=["spot_id", "counts", "value"]).to_pandas()
             rows = spot_index.get_indexer(lab.spot_id)
             ok = rows >= 0
             if ok.any():
                 labels[rows[ok]] = np.stack(lab.value.to_numpy()[ok]).astype(np.float32)
+                counts[rows[ok]] = np.stack(lab.counts.to_numpy()[ok]).astype(np.float32)
 
     predictions = {m: _dense(p, spot_index, gene_index) for m, p in preds_long.items()
                    if not p.empty}
@@ -194,10 +203,15 @@ def load_run_data(store: Store, name: str, model: str | None = None) -> RunData:
     normalisation = str(manifest.get("params", {}).get("labels", {}).get("normalisation",
                                                                          "unknown scale"))
     thumbs = _thumbs(store, manifest, sections)
+    transforms = pd.concat([store.read("transforms", key=s).to_pandas() for s in samples
+                            if store.has("transforms", key=s)] or [pd.DataFrame()],
+                           ignore_index=True)
     return RunData(name=name, runs=runs, map_model=map_model, genes=genes,
                    normalisation=normalisation, sections=sections.reset_index(drop=True),
                    spots=spots, known=known, hidden=hidden, scored=scored, labels=labels,
-                   predictions=predictions, metrics=metrics, thumbs=thumbs)
+                   predictions=predictions, metrics=metrics, thumbs=thumbs, counts=counts,
+                   embed=dict(manifest.get("params", {}).get("embed", {})),
+                   transforms=transforms)
 
 
 def _metrics(store: Store, runs: dict[str, RunInfo]) -> pd.DataFrame:
