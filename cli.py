@@ -242,7 +242,10 @@ def train(
     if as_json:
         _emit_json(result.summary() if hasattr(result, "summary") else result.__dict__)
     else:
-        _print_run_metrics(store, result)
+        from asign.train.results import RunResult
+
+        if isinstance(result, RunResult):
+            _print_run_metrics(store, result)
 
 
 def _print_run_metrics(store: Path, result: Any) -> None:
