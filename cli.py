@@ -380,22 +380,31 @@ def report(
 def export(
     store: StoreOpt,
     run: Annotated[str, typer.Option("--run", "-r", help="Run name to export.")],
-    h5ad: Annotated[Path, typer.Option("--h5ad", help="Output .h5ad file.")],
+    h5ad: Annotated[Path | None, typer.Option("--h5ad", help="Output .h5ad file (AnnData: X in log1p(CP10k), layers counts/asign/measured).")] = None,
+    spatialdata: Annotated[Path | None, typer.Option("--spatialdata", help="Output .zarr folder (SpatialData: aligned H&E stack, spot circles, the AnnData as table).")] = None,
+    ome_tiff: Annotated[Path | None, typer.Option("--ome-tiff", help="Output .ome.tif: the aligned H&E stack (Z×Y×X RGB, µm), one file per sample.")] = None,
+    z_spacing_um: Annotated[float, typer.Option("--z-spacing-um", help="Distance between consecutive sections in µm (z of the stack and the 3D spots).")] = 50.0,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Run exported (default: asign3d if present).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Write the imputed volume as AnnData (.h5ad), scanpy/squidpy-ready."""
+    """Write the imputed volume as AnnData (.h5ad, scanpy/squidpy-ready), SpatialData
+    (.zarr, with the aligned H&E stack) and/or the aligned stack as OME-TIFF."""
     from asign.errors import AsignError
     from asign.report.cli_commands import export_command
 
     try:
-        summary = export_command(store, run, h5ad, model=model)
+        summary = export_command(store, run, h5ad, model=model, spatialdata=spatialdata,
+                                 ome_tiff=ome_tiff, z_spacing_um=z_spacing_um)
     except AsignError as err:
         raise _fail(err) from None
     if as_json:
         _emit_json(summary)
     else:
-        typer.echo(summary["h5ad"])
+        for key in ("h5ad", "spatialdata"):
+            if key in summary:
+                typer.echo(summary[key])
+        for path in summary.get("ome_tiff", []):
+            typer.echo(path)
 
 
 @app.command(cls=_Command)

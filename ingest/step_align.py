@@ -17,6 +17,7 @@ from asign.store import Store
 log = logging.getLogger(__name__)
 
 THUMB_UM_PER_PX = 11.0  # ~1/16 of her2st's 0.69 µm/px: where tissue shape is resolved and ANTs is fast
+FINE_UM_PER_PX = 4.0  # reports and exports: nuclei (~10 µm) stay a few pixels wide
 
 
 def _sections(store: Store, sample_id: str) -> pd.DataFrame:
@@ -87,9 +88,23 @@ def run_align(store: Store, cfg: IngestConfig, sample_id: str, rep: Reporter) ->
         store.write_qc_png(store.layout.thumbnail(sid), thumb)
     if len(thumbs) > 1:
         store.write_qc_png(store.layout.alignment_png(sample_id), render_overlay(thumbs, ds, transforms, um))
+    fine_ds = _fine_thumbnails(store, imaged)
     return {"n_virtual": int(len(virtual)), "reference": transforms[0].reference_id,
-            "thumb_downsample": ds,
+            "thumb_downsample": ds, "fine_thumb_downsample": fine_ds,
             "qc": {t.section_id: _qc_dict(t) for t in transforms if t.qc is not None}}
+
+
+def _fine_thumbnails(store: Store, imaged: pd.DataFrame) -> dict[str, float]:
+    """Write a ≤ 4 µm/px thumbnail per imaged section (the registration grid is 11 µm/px,
+    too coarse to see morphology); returns full-resolution px per thumbnail px."""
+    from asign.ingest.images import read_thumbnail
+
+    out: dict[str, float] = {}
+    for row in imaged.itertuples():
+        thumb = read_thumbnail(row.image_path, max(1.0, FINE_UM_PER_PX / float(row.um_per_px)))
+        store.write_qc_png(store.layout.fine_thumbnail(row.section_id), thumb)
+        out[row.section_id] = float(row.width) / thumb.shape[1]
+    return out
 
 
 def _virtual_spots(sections: pd.DataFrame, thumbs: dict[str, np.ndarray], ds: dict[str, float],

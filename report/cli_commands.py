@@ -23,8 +23,20 @@ def report_command(store: Path, run: str, out: Path, genes: str | None = None,
     return {"report": str(html), "figures": pngs, "out": str(out)}
 
 
-def export_command(store: Path, run: str, h5ad: Path, model: str | None = None) -> dict[str, Any]:
+def export_command(store: Path, run: str, h5ad: Path | None = None, model: str | None = None,
+                   spatialdata: Path | None = None, ome_tiff: Path | None = None,
+                   z_spacing_um: float | None = None) -> dict[str, Any]:
+    from asign.errors import ConfigError
     from asign.report.export import export_h5ad
+    from asign.report.sdata import DEFAULT_Z_SPACING_UM, export_stack
 
-    path = export_h5ad(store, run, h5ad, model=model)
-    return {"h5ad": str(path)}
+    if h5ad is None and spatialdata is None and ome_tiff is None:
+        raise ConfigError("nothing to export", fix="give --h5ad FILE, --spatialdata DIR.zarr "
+                                                   "and/or --ome-tiff FILE.ome.tif")
+    out: dict[str, Any] = {}
+    if h5ad is not None:
+        out["h5ad"] = str(export_h5ad(store, run, h5ad, model=model))
+    if spatialdata is not None or ome_tiff is not None:
+        out.update(export_stack(store, run, spatialdata=spatialdata, ome_tiff=ome_tiff,
+                                model=model, z_spacing_um=z_spacing_um or DEFAULT_Z_SPACING_UM))
+    return out

@@ -144,7 +144,7 @@ def test_scale_conversion_of_both_normalisations():
 
 
 @pytest.fixture(scope="module")
-def her2st_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def her2st_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The cut-down real patient C store (C2–C4, 30 genes, random weights), an idw run,
     exported."""
     import shutil
@@ -157,7 +157,7 @@ def her2st_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("her2st_export")
     root = Path(shutil.copytree(small_her2st_store(tmp_path_factory)[1], base / "store"))
     assert run(TrainConfig(store=root, model="idw", run="c")).status == "done"
-    return export_h5ad(root, "c", base / "c.h5ad")
+    return root, export_h5ad(root, "c", base / "c.h5ad")
 
 
 def test_scanpy_and_squidpy_run_on_the_her2st_export(her2st_export):
@@ -165,7 +165,7 @@ def test_scanpy_and_squidpy_run_on_the_her2st_export(her2st_export):
     import scanpy as sc
     import squidpy as sq
 
-    a = ad.read_h5ad(her2st_export)
+    a = ad.read_h5ad(her2st_export[1])
     assert a.n_obs > 500 and a.n_vars == 30 and np.isfinite(a.X).all()
     assert list(a.obs.section.cat.categories) == ["C2", "C3", "C4"]
     assert a.uns["asign"]["weights"] == "random"
@@ -189,3 +189,53 @@ def test_scanpy_and_squidpy_run_on_the_her2st_export(her2st_export):
     sc.pp.normalize_total(m, target_sum=1e4)
     sc.pp.log1p(m)
     assert np.isfinite(m.X).all() and m.X.max() > 1
+
+
+def test_spatialdata_and_ome_tiff_round_trip(her2st_export, tmp_path):
+    import spatialdata as sd
+    import tifffile
+    from spatialdata.transformations import get_transformation
+
+    from asign.report.sdata import export_stack
+
+    root, _ = her2st_export
+    out = export_stack(root, "c", spatialdata=tmp_path / "c.zarr",
+                       ome_tiff=tmp_path / "c.ome.tif", z_spacing_um=40.0)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left
+    shape = out["stacks"]["C"]["shape"]  # (z, y, x, rgb)
+    assert shape[0] == 3 and shape[3] == 3 and out["stacks"]["C"]["um_per_px"] < 12
+
+    s = sd.read_zarr(tmp_path / "c.zarr")
+    assert set(s.images) == {"he_C"}
+    assert set(s.shapes) == {"spots_C2", "spots_C3", "spots_C4"}
+    assert set(s.tables) == {"table"}
+    assert s.coordinate_systems == ["aligned_C"]
+    img = s.images["he_C"]["scale0"]["image"]
+    assert img.dims == ("c", "z", "y", "x") and img.shape == (3, *shape[:3])
+    t = get_transformation(s.images["he_C"], "aligned_C")
+    assert t.transformations[0].scale[1] == pytest.approx(40.0)  # z: the section spacing
+    z = {n: get_transformation(s.shapes[n], "aligned_C").matrix[2, 2] for n in s.shapes}
+    assert z == {"spots_C2": 0.0, "spots_C3": 40.0, "spots_C4": 80.0}
+    table = s.tables["table"]
+    assert table.uns["spatialdata_attrs"]["region"] == sorted(s.shapes)
+    assert table.uns["asign"]["z_spacing_um"] == 40.0
+    for name, shapes in s.shapes.items():
+        rows = table.obs[table.obs.region == name]
+        assert len(rows) == len(shapes) and sorted(rows.instance_id) == list(shapes.index)
+        assert shapes.radius.iloc[0] == pytest.approx(50.0)  # 100 µm spots
+
+    # the spots sit on tissue in the aligned stack: darker there than the canvas overall
+    res, scale = out["stacks"]["C"]["um_per_px"], t.transformations[1].translation
+    stack = np.moveaxis(img.values, 0, -1)  # (z, y, x, rgb)
+    for k, name in enumerate(("spots_C2", "spots_C3", "spots_C4")):
+        g = s.shapes[name].geometry
+        col = np.round((g.x.to_numpy() - scale[3]) / res - 0.5).astype(int)
+        row = np.round((g.y.to_numpy() - scale[2]) / res - 0.5).astype(int)
+        under = stack[k, row, col].mean()
+        assert under < stack[k].mean() - 20, (name, under, stack[k].mean())
+
+    with tifffile.TiffFile(out["ome_tiff"][0]) as tif:
+        series = tif.series[0]
+        assert series.axes == "ZYXS" and series.shape == tuple(shape)
+        assert 'PhysicalSizeZ="40.0"' in tif.ome_metadata
+        np.testing.assert_array_equal(series.asarray(), stack)
