@@ -82,3 +82,9 @@ def test_every_option_has_help_and_flags_read_as_flags(name, command):
                            env={"COLUMNS": "200"})
     assert result.exit_code == 0
     assert "<bool>" not in result.output and "BOOLEAN" not in result.output
+
+
+def test_export_needs_a_target(toy_store):
+    result = runner.invoke(app, ["export", "--store", str(toy_store), "--run", "r"])
+    assert result.exit_code == 1
+    assert "nothing to export" in result.output and "Traceback" not in result.output
