@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +125,10 @@ def write_spatialdata(sdata: Any, out: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     old = None
     try:
-        sdata.write(tmp / out.name)
+        with warnings.catch_warnings():
+            # zarr announces a future default on every array written; nothing to act on
+            warnings.filterwarnings("ignore", message=".*autosharding.*", category=UserWarning)
+            sdata.write(tmp / out.name)
         if out.exists():
             old = out.parent / f".{out.name}.old-{os.getpid()}"
             os.replace(out, old)
