@@ -278,7 +278,16 @@ def view_3d(data: RunData, sample: str, chosen: list[str], first: bool) -> str |
     title = (f"Sample {sample}: known layer measured, hidden layers predicted by "
              f"{data.map_model} (layers {DEFAULT_Z_SPACING_UM:g} µm apart; drag to turn, "
              "scroll to zoom, pick a gene top left)")
-    return figure_html(layers, genes, title, f"view3d-{_fs(sample)}", include_js=first,
+    from asign.report.sdata import sample_stacks
+    from asign.report.view3d import textures
+
+    stack = sample_stacks(data, DEFAULT_Z_SPACING_UM, samples=[sample]).get(sample)
+    xy = np.vstack([lay.xy_um for lay in layers])
+    margin = 2 * float(secs.spot_diameter_um.max())
+    box = (xy[:, 0].min() - margin, xy[:, 0].max() + margin,
+           xy[:, 1].min() - margin, xy[:, 1].max() + margin)
+    he = textures(stack, {lay.section_id: lay.z_um for lay in layers}, box) if stack else []
+    return figure_html(layers, genes, title, f"view3d-{_fs(sample)}", include_js=first, he=he,
                        unit=display_unit(data))
 
 

@@ -35,13 +35,17 @@ log = logging.getLogger(__name__)
 DEFAULT_Z_SPACING_UM = 50.0  # her2st: consecutive sections "a few tens of µm apart"
 
 
-def sample_stacks(data: Any, spacing_um: float) -> dict[str, AlignedStack]:
-    """The aligned H&E stack of each test sample that has thumbnails and transforms."""
+def sample_stacks(data: Any, spacing_um: float,
+                  samples: list[str] | None = None) -> dict[str, AlignedStack]:
+    """The aligned H&E stack of each test sample (or of ``samples``) that has thumbnails
+    and transforms."""
     from PIL import Image
 
     tf = data.transforms
     out: dict[str, AlignedStack] = {}
     for sample, secs in data.sections.groupby("sample_id", sort=True):
+        if samples is not None and str(sample) not in samples:
+            continue
         items = []
         for r in secs.itertuples():
             sec = str(r.section_id)

@@ -22,9 +22,49 @@ class Layer:
     values: np.ndarray  # (N, G) log1p(CP10k), G = len(genes)
 
 
+@dataclass(frozen=True)
+class Texture:
+    """A section's H&E in the aligned frame, greyscale: ``grey[i, j]`` at aligned µm
+    (x0 + j·step, y0 + i·step)."""
+
+    section_id: str
+    z_um: float
+    grey: np.ndarray  # (H, W) uint8
+    x0: float
+    y0: float
+    step: float
+
+
+TEXTURE_SIDE = 160  # pixels per side of a texture: enough for tissue outline and density
+
+
+def textures(stack: object, section_z_um: dict[str, float],
+             box_um: tuple[float, float, float, float]) -> list[Texture]:
+    """Greyscale, downsampled planes of an :class:`asign.report.stack.AlignedStack`,
+    cropped to ``box_um`` = (x0, x1, y0, y1) in aligned µm (the spots plus a margin)."""
+    out = []
+    image = stack.image  # type: ignore[attr-defined]
+    res = float(stack.res_um)  # type: ignore[attr-defined]
+    ox, oy = stack.origin_um  # type: ignore[attr-defined]
+    h, w = image.shape[1:3]
+    c0, c1 = (int(np.clip(round((v - ox) / res), 0, w)) for v in box_um[:2])
+    r0, r1 = (int(np.clip(round((v - oy) / res), 0, h)) for v in box_um[2:])
+    if c1 - c0 < 2 or r1 - r0 < 2:
+        return []
+    k = max(1, int(np.ceil(max(c1 - c0, r1 - r0) / TEXTURE_SIDE)))
+    for plane, sec in enumerate(stack.sections):  # type: ignore[attr-defined]
+        if sec is None or sec not in section_z_um:
+            continue
+        grey = image[plane, r0:r1:k, c0:c1:k].mean(axis=2).astype(np.uint8)
+        out.append(Texture(sec, section_z_um[sec], grey, ox + c0 * res, oy + r0 * res, res * k))
+    return out
+
+
 def figure_html(layers: list[Layer], genes: list[str], title: str, div_id: str,
-                include_js: bool, unit: str = "log1p(CP10k)") -> str:
-    """An HTML fragment (div + script); ``include_js`` embeds plotly.js (once per page)."""
+                include_js: bool, unit: str = "log1p(CP10k)",
+                he: list[Texture] | tuple[Texture, ...] = ()) -> str:
+    """An HTML fragment (div + script); ``include_js`` embeds plotly.js (once per page);
+    ``he``: H&E planes drawn just under their layer's spots (toggled in the legend)."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
@@ -48,13 +88,23 @@ def figure_html(layers: list[Layer], genes: list[str], title: str, div_id: str,
                     "colorbar": {"title": {"text": f"{genes[0]}<br>{unit}"}, "len": 0.6}},
             hovertemplate=f"{lay.section_id}<br>x %{{x}} µm, y %{{y}} µm<br>value %{{marker.color}}"
                           "<extra></extra>"))
+    for t in he:
+        h, w = t.grey.shape
+        fig.add_trace(go.Surface(
+            x=np.round(t.x0 + np.arange(w) * t.step, 1), y=np.round(t.y0 + np.arange(h) * t.step, 1),
+            # a few µm below the spots (z grows downwards), so the discs stay on top
+            z=np.full((h, w), t.z_um + 3.0), surfacecolor=t.grey, colorscale="gray",
+            cmin=0, cmax=255, showscale=False, name=f"{t.section_id} · H&E", showlegend=True,
+            hoverinfo="skip", opacity=1.0, lighting={"ambient": 1.0, "diffuse": 0.0,
+                                                     "specular": 0.0}))
+    spot_traces = list(range(len(layers)))  # the gene menu restyles these only
     buttons = []
     for g, gene in enumerate(genes):
         buttons.append({"label": gene, "method": "restyle", "args": [{
             "marker.color": [np.round(lay.values[:, g], 3).tolist() for lay in layers],
             "marker.cmin": [limits[g][0]] * len(layers),
             "marker.cmax": [limits[g][1]] * len(layers),
-            "marker.colorbar.title.text": [f"{gene}<br>{unit}"] * len(layers)}]})
+            "marker.colorbar.title.text": [f"{gene}<br>{unit}"] * len(layers)}, spot_traces]})
     xy = np.vstack([lay.xy_um for lay in layers])
     span = np.ptp(xy, axis=0)
     fig.update_layout(

@@ -137,6 +137,8 @@ def test_report_files(report_dir):
     # self-contained: plotly.js is inline (the 3D view works offline), nothing is fetched
     assert "src=\"http" not in page and "<script src" not in page and "<link" not in page
     assert "plotly.js v" in page and 'id="view3d-S1"' in page
+    # the gene menu of the 3D view: every panel gene of the toy store (6 < MAX_GENES)
+    assert all(f'"label":"G{i}"' in page for i in range(6))
     # the header says what the numbers rest on; the toy store's features are random
     assert "id='random-weights'" in page and "RANDOM encoder weights" in page
     for field in ("Encoder", "Weights", "Epochs", "Known layer(s)", "Alignment"):
@@ -174,6 +176,35 @@ def test_best_baseline_per_metric():
     lines = comparison_lines(summary, "asign3d")
     assert "best baseline idw 0.350: asign3d is NOT better" in lines[0]
     assert "best baseline idw 0.250: asign3d is better" in lines[1]
+
+
+def test_aligned_stack_and_its_3d_textures():
+    """A section moved by a known transform lands where the transform says, and the 3D
+    view's texture of it is cropped to the requested box in aligned µm."""
+    from asign.report.stack import SectionImage, aligned_stack
+    from asign.report.view3d import textures
+
+    thumb = np.full((40, 60, 3), 255, dtype=np.uint8)
+    thumb[10:20, 30:40] = 0  # a dark square at thumbnail px x 30–39, y 10–19
+    ds, um = 2.0, 1.5  # 2 full-res px per thumbnail px, 1.5 µm per full-res px
+    shift = np.array([[um, 0, 100.0], [0, um, -50.0], [0, 0, 1]])  # image px -> aligned µm
+    a = SectionImage("A", 1, thumb, ds, np.diag([um, um, 1.0]))
+    b = SectionImage("B", 3, thumb, ds, shift)
+    st = aligned_stack([a, b], spacing_um=40.0)
+    assert st.image.shape[0] == 3 and st.sections == ["A", None, "B"]
+    assert st.res_um == pytest.approx(3.0) and st.z_um(3) == 80.0
+    assert (st.image[1] == 255).all()  # layer 2 has no image: blank
+    for plane, (dx, dy) in ((0, (0.0, 0.0)), (2, (100.0, -50.0))):
+        dark = np.argwhere(st.image[plane, :, :, 0] < 128)
+        x = st.origin_um[0] + dark[:, 1].mean() * st.res_um
+        y = st.origin_um[1] + dark[:, 0].mean() * st.res_um
+        # the square's centre: thumbnail px (34.5, 14.5) -> full res ((t+0.5)·ds - 0.5)
+        assert x == pytest.approx((35 * ds - 0.5) * um + dx, abs=st.res_um)
+        assert y == pytest.approx((15 * ds - 0.5) * um + dy, abs=st.res_um)
+    tex = textures(st, {"A": 0.0, "B": 80.0}, (0.0, 150.0, 0.0, 60.0))
+    assert [t.section_id for t in tex] == ["A", "B"]
+    assert tex[0].x0 == pytest.approx(0.0, abs=st.res_um) and tex[0].grey.dtype == np.uint8
+    assert tex[0].grey.shape == (20, 50)
 
 
 def test_label_spreading_keeps_a_gap():
