@@ -249,30 +249,15 @@ def train(
 
 
 def _print_run_metrics(store: Path, result: Any) -> None:
-    """The run's metric table on stdout: per hidden section and mean, beside the mean
-    baseline of the same run name when it exists."""
+    """The run's metric table on stdout (per hidden section and mean, beside the mean
+    baseline of the same run name when it exists)."""
     from rich.console import Console
-    from rich.table import Table
 
     from asign.store import open_store
-    from asign.train.table import baseline_metrics, format_cell, metric_table
+    from asign.train.table import run_table
 
-    metrics = result.metrics.to_pandas()
-    base = baseline_metrics(open_store(store), result.name, result.model)
-    table = metric_table(metrics, base)
-    con = Console(width=max(100, 20 + 14 * (len(table.columns) + 2)))
-    head = f"run {result.run_id} ({result.model}, {result.setting}): {result.status}"
-    if table.empty:
-        con.print(f"{head}; no scored sections", highlight=False)
-        return
-    out = Table(title=head + ("" if base is not None or result.model == "mean" else
-                              f"; no `mean` run named {result.name} to compare with"))
-    for col in ("fold", "sample", "section", *table.columns):
-        out.add_column(col, justify="left" if col in ("sample", "section") else "right")
-    for (fold, sample, section), row in table.iterrows():
-        out.add_row(str(fold), str(sample), str(section), *(format_cell(v) for v in row),
-                    end_section=sample == "mean" or row.name == table.index[-2])
-    con.print(out)
+    table, width = run_table(open_store(store), result)
+    Console(width=width).print(table, highlight=False)
 
 
 @app.command(cls=_Command)

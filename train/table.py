@@ -54,3 +54,24 @@ def baseline_metrics(store: Any, name: str, model: str) -> pd.DataFrame | None:
 
 def format_cell(value: Any) -> str:
     return "n/a" if value is None or not np.isfinite(value) else f"{value:.3f}"
+
+
+def run_table(store: Any, result: Any) -> tuple[Any, int]:
+    """(a rich renderable, console width) for a finished :class:`RunResult`."""
+    from rich.table import Table
+
+    base = baseline_metrics(store, result.name, result.model)
+    table = metric_table(result.metrics.to_pandas(), base)
+    head = f"run {result.run_id} ({result.model}, {result.setting}): {result.status}"
+    width = max(100, 20 + 14 * (len(table.columns) + 2))
+    if table.empty:
+        return f"{head}; no scored sections", width
+    if base is None and result.model != "mean":
+        head += f"; no `mean` run named {result.name} to compare with"
+    out = Table(title=head)
+    for col in ("fold", "sample", "section", *table.columns):
+        out.add_column(col, justify="left" if col in ("sample", "section") else "right")
+    for i, ((fold, sample, section), row) in enumerate(table.iterrows()):
+        out.add_row(str(fold), str(sample), str(section), *(format_cell(v) for v in row),
+                    end_section=i == len(table) - 2)
+    return out, width
