@@ -107,6 +107,25 @@ def _fine_thumbnails(store: Store, imaged: pd.DataFrame) -> dict[str, float]:
     return out
 
 
+def backfill_fine_thumbnails(store: Store, manifest: dict[str, Any], sample_id: str
+                             ) -> dict[str, Any]:
+    """A finished align step of an older store has no fine thumbnails: write them (the
+    alignment itself is untouched, so nothing after it is redone). Returns the manifest."""
+    align = manifest.get("steps", {}).get(sample_id, {}).get("align", {})
+    if align.get("method") == "precomputed":
+        return manifest
+    sections = _sections(store, sample_id)
+    imaged = sections[sections.has_image]
+    have = align.get("fine_thumb_downsample", {})
+    if imaged.empty or (set(imaged.section_id) <= set(have) and all(
+            store.layout.fine_thumbnail(s).exists() for s in imaged.section_id)):
+        return manifest
+    log.info("sample %s: writing 4 µm/px thumbnails (missing in this store)", sample_id)
+    align["fine_thumb_downsample"] = _fine_thumbnails(store, imaged)
+    store.save_manifest(manifest)
+    return manifest
+
+
 def _virtual_spots(sections: pd.DataFrame, thumbs: dict[str, np.ndarray], ds: dict[str, float],
                    by_id: dict[str, Any]) -> pd.DataFrame:
     """Lattice spots over detected tissue for imaged sections without counts (DESIGN §1)."""

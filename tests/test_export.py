@@ -239,3 +239,34 @@ def test_spatialdata_and_ome_tiff_round_trip(her2st_export, tmp_path):
         assert series.axes == "ZYXS" and series.shape == tuple(shape)
         assert 'PhysicalSizeZ="40.0"' in tif.ome_metadata
         np.testing.assert_array_equal(series.asarray(), stack)
+
+
+def test_reingest_backfills_fine_thumbnails_of_an_older_store(tmp_path_factory, tmp_path):
+    """A store aligned before fine thumbnails existed gets them from a plain re-run of
+    ingest, with every step still skipped (the alignment is not redone)."""
+    import json
+    import shutil
+
+    from her2st_small import SMALL_INGEST, small_her2st_store
+
+    from asign.ingest import run as ingest_run
+    from asign.ingest.config import IngestConfig
+
+    src, master = small_her2st_store(tmp_path_factory)
+    root = Path(shutil.copytree(master, tmp_path / "store"))
+    store = open_store(root)
+    fine = sorted((root / "qc" / "thumbnails").glob("*_fine.png"))
+    assert [p.name for p in fine] == ["C2_fine.png", "C3_fine.png", "C4_fine.png"]
+    for p in fine:
+        p.unlink()
+    manifest = store.manifest()
+    before = manifest["steps"]["C"]["align"].pop("fine_thumb_downsample")
+    store.save_manifest(manifest)
+
+    summary = ingest_run(IngestConfig(sources=(src,), store=root, **SMALL_INGEST))
+    assert summary["ran"] == [] and "C:align" in summary["skipped"]
+    after = json.loads((root / "manifest.json").read_text())["steps"]["C"]["align"]
+    assert after["fine_thumb_downsample"] == pytest.approx(before)
+    assert all(p.exists() for p in fine)
+    um = store.read("sections").to_pandas().set_index("section_id").um_per_px
+    assert all(before[s] * um[s] <= 4.05 for s in before)  # ≤ 4 µm per thumbnail pixel
