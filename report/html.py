@@ -199,7 +199,7 @@ def header(data: RunData) -> list[str]:
         ("H&E on the maps", (", ".join(f"{v} µm/px" for v in thumbs) + " store thumbnails"
                              + ("" if thumbs and max(thumbs) <= 4.05 else
                                 " — coarser than 4 µm/px: this store was aligned before fine "
-                                "thumbnails existed; re-ingest (align step) to get them"))
+                                "thumbnails existed; re-run `asign ingest` on it to add them"))
          if thumbs else "none in the store"),
         ("Expression scale", f"model: {data.unit}; maps: percentiles within each panel"),
     ]
