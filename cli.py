@@ -9,15 +9,38 @@ import contextvars
 import functools
 import json
 import logging
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand, TyperGroup
+
+
+def _flags_read_as_flags(params: list[Any]) -> list[Any]:
+    """typer labels every option with its type, so a flag such as --json shows ``<bool>``
+    as if it took a value; an empty metavar leaves flags (and --help) bare."""
+    for p in params:
+        if getattr(p, "is_flag", False) and p.metavar is None:
+            p.metavar = ""
+    return params
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _flags_read_as_flags(super().get_params(ctx))
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _flags_read_as_flags(super().get_params(ctx))
+
 
 app = typer.Typer(
     name="asign",
+    cls=_Group,
     help="3D spatial transcriptomics from H&E stacks plus one measured ST section (ASIGN).",
     no_args_is_help=True,
     add_completion=False,
@@ -90,28 +113,29 @@ def _command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callab
     return register
 
 
-def _emit_json(payload: Any) -> None:
-    """Strict JSON: NaN/inf (e.g. the mean baseline's undefined per-gene PCC) become null."""
-    typer.echo(json.dumps(_strict(payload), indent=1, default=str, allow_nan=False))
-
-
 def _strict(value: Any) -> Any:
-    import math
-
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
+    """JSON-safe copy: NaN and ±inf become null (bare ``NaN`` is not JSON: jq and
+    JavaScript refuse it), numpy scalars and arrays become Python ones."""
     if isinstance(value, dict):
-        return {k: _strict(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
+        return {str(k): _strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
         return [_strict(v) for v in value]
+    if hasattr(value, "tolist") and not isinstance(value, str | bytes):  # numpy
+        return _strict(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     return value
+
+
+def _emit_json(payload: Any) -> None:
+    typer.echo(json.dumps(_strict(payload), indent=1, default=str, allow_nan=False))
 
 
 def _split(value: str | None) -> tuple[str, ...]:
     return tuple(v.strip() for v in (value or "").split(",") if v.strip())
 
 
-@_command()
+@_command(cls=_Command)
 def ingest(
     src: Annotated[list[Path], typer.Argument(help="Sample folder(s): her2st layout, Visium outs/, or a manifest (.toml/.csv).")],
     store: StoreOpt,
@@ -131,7 +155,7 @@ def ingest(
     weights: Annotated[str, typer.Option("--weights", help="PATH to a state dict, 'imagenet' (bundled, or the torch hub cache) or 'random' (pipeline tests).")] = "imagenet",
     download: Annotated[bool, typer.Option("--download/--no-download", help="Allow downloading missing torch-hub ImageNet weights.")] = False,
     device: DeviceOpt = "cpu",
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Patches per forward pass of the encoder.")] = 32,
     cross_weight: Annotated[str, typer.Option("--cross-weight", help="product (IoU×cosine, the paper) or sum (reference code).")] = "product",
     section_um: Annotated[float | None, typer.Option("--section-um", help="Spacing between consecutive sections (z) in µm; overrides the input's section_um (default 10, recorded in the store).")] = None,
     seed: SeedOpt = 0,
@@ -190,7 +214,7 @@ def _train_default(name: str) -> Any:
 _OPT, _MODEL, _PROTO, _RUN = "Optimisation", "Model", "Protocol", "Runtime"
 
 
-@_command()
+@_command(cls=_Command)
 def train(
     store: StoreOpt,
     model: Annotated[str, typer.Option("--model", "-m", help="asign3d | asign2d | mean | idw | similarity | cli (see `asign doctor`).")] = "asign3d",
@@ -201,18 +225,18 @@ def train(
     extra_2d: Annotated[str | None, typer.Option("--extra-2d", help="Samples trained as 2D sections and never scored (e.g. B).", rich_help_panel=_PROTO)] = None,
     episode_known_fraction: Annotated[float, typer.Option("--episode-known-fraction", help="Share of a single known layer's spots given to the CLI in a training episode (the rest are targets).", rich_help_panel=_PROTO)] = _train_default("episode_known_fraction"),
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of training spots set aside to pick the best epoch (0 = last epoch).", rich_help_panel=_PROTO)] = _train_default("val_fraction"),
-    epochs: Annotated[int, typer.Option("--epochs", rich_help_panel=_OPT)] = _train_default("epochs"),
-    lr: Annotated[float, typer.Option("--lr", rich_help_panel=_OPT)] = _train_default("lr"),
+    epochs: Annotated[int, typer.Option("--epochs", help="Training epochs (the best one on the validation spots is kept).", rich_help_panel=_OPT)] = _train_default("epochs"),
+    lr: Annotated[float, typer.Option("--lr", help="Learning rate.", rich_help_panel=_OPT)] = _train_default("lr"),
     optimizer: Annotated[str, typer.Option("--optimizer", help="sgd (paper, momentum 0.9) | adamw", rich_help_panel=_OPT)] = _train_default("optimizer"),
-    momentum: Annotated[float, typer.Option("--momentum", rich_help_panel=_OPT)] = _train_default("momentum"),
-    weight_decay: Annotated[float, typer.Option("--weight-decay", rich_help_panel=_OPT)] = _train_default("weight_decay"),
+    momentum: Annotated[float, typer.Option("--momentum", help="SGD momentum.", rich_help_panel=_OPT)] = _train_default("momentum"),
+    weight_decay: Annotated[float, typer.Option("--weight-decay", help="Weight decay (L2).", rich_help_panel=_OPT)] = _train_default("weight_decay"),
     scheduler: Annotated[str, typer.Option("--scheduler", help="cosine | none", rich_help_panel=_OPT)] = _train_default("scheduler"),
     loss: Annotated[str, typer.Option("--loss", help="Loss weights preset: paper | reference", rich_help_panel=_OPT)] = _train_default("loss"),
     minibatch_above: Annotated[int, typer.Option("--minibatch-above", help="Graphs with more spots train one step per spatial block and infer block by block (train/batching.py); 0 = always.", rich_help_panel=_OPT)] = _train_default("minibatch_above"),
     block_spots: Annotated[int, typer.Option("--block-spots", help="Spots per block in that mode (memory grows with it).", rich_help_panel=_OPT)] = _train_default("block_spots"),
-    hidden: Annotated[int, typer.Option("--hidden", rich_help_panel=_MODEL)] = _train_default("hidden"),
-    heads: Annotated[int, typer.Option("--heads", rich_help_panel=_MODEL)] = _train_default("heads"),
-    dropout: Annotated[float, typer.Option("--dropout", rich_help_panel=_MODEL)] = _train_default("dropout"),
+    hidden: Annotated[int, typer.Option("--hidden", help="Hidden width of the fusion, GAT and transformer layers.", rich_help_panel=_MODEL)] = _train_default("hidden"),
+    heads: Annotated[int, typer.Option("--heads", help="Attention heads per GAT layer.", rich_help_panel=_MODEL)] = _train_default("heads"),
+    dropout: Annotated[float, typer.Option("--dropout", help="Dropout rate.", rich_help_panel=_MODEL)] = _train_default("dropout"),
     gnn: Annotated[str, typer.Option("--gnn", help="GAT engine: dgl (CPU default) | pyg (CUDA)", rich_help_panel=_MODEL)] = _train_default("gnn"),
     cli_iters: Annotated[int, typer.Option("--cli-iters", help="Propagation steps of the CLI block.", rich_help_panel=_MODEL)] = _train_default("cli_iters"),
     spatial_prior: Annotated[bool, typer.Option("--spatial-prior/--no-spatial-prior", help="CLI also blends the IDW prior of the known layer (off = the paper's CLI).", rich_help_panel=_MODEL)] = _train_default("cli_spatial_prior"),
@@ -252,9 +276,26 @@ def train(
         raise _fail(err) from None
     if as_json:
         _emit_json(result.summary() if hasattr(result, "summary") else result.__dict__)
+    else:
+        from asign.train.results import RunResult
+
+        if isinstance(result, RunResult):
+            _print_run_metrics(store, result)
 
 
-@_command()
+def _print_run_metrics(store: Path, result: Any) -> None:
+    """The run's metric table on stdout (per hidden section and mean, beside the mean
+    baseline of the same run name when it exists)."""
+    from rich.console import Console
+
+    from asign.store import open_store
+    from asign.train.table import run_table
+
+    table, width = run_table(open_store(store), result)
+    Console(width=width).print(table, highlight=False)
+
+
+@_command(cls=_Command)
 def query(
     sql: Annotated[str, typer.Argument(help="SQL over the views sections, spots, genes, labels, transforms, tiles, spot_tiles, embeddings, edges, runs, metrics, predictions.")],
     store: StoreOpt,
@@ -292,7 +333,9 @@ def _print_table(table: Any, fmt: str) -> None:
     elif fmt == "csv":
         import csv
 
-        writer = csv.writer(sys.stdout)
+        # LF line ends, as DuckDB's own CLI writes them (csv's default CR LF breaks
+        # `... | grep -qx 0` and friends in a shell)
+        writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(table.column_names)
         for row in rows:
             writer.writerow([row[c] for c in table.column_names])
@@ -314,7 +357,7 @@ def _cell(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-@_command()
+@_command(cls=_Command)
 def check(store: StoreOpt, as_json: JsonOpt = False) -> None:
     """Verify a store: manifest and input hashes, schema versions, LMDB entries against the
     tables, edge endpoints. Exits 1 with the full list of problems."""
@@ -339,7 +382,7 @@ def check(store: StoreOpt, as_json: JsonOpt = False) -> None:
         raise typer.Exit(1)
 
 
-@_command()
+@_command(cls=_Command)
 def report(
     store: StoreOpt,
     run: Annotated[str, typer.Option("--run", "-r", help="Run name to report on.")],
@@ -362,29 +405,38 @@ def report(
         typer.echo(summary["report"])
 
 
-@_command()
+@_command(cls=_Command)
 def export(
     store: StoreOpt,
     run: Annotated[str, typer.Option("--run", "-r", help="Run name to export.")],
-    h5ad: Annotated[Path, typer.Option("--h5ad", help="Output .h5ad file.")],
+    h5ad: Annotated[Path | None, typer.Option("--h5ad", help="Output .h5ad file (AnnData: X in log1p(CP10k), layers counts/asign/measured).")] = None,
+    spatialdata: Annotated[Path | None, typer.Option("--spatialdata", help="Output .zarr folder (SpatialData: aligned H&E stack, spot circles, the AnnData as table).")] = None,
+    ome_tiff: Annotated[Path | None, typer.Option("--ome-tiff", help="Output .ome.tif: the aligned H&E stack (Z×Y×X RGB, µm), one file per sample.")] = None,
+    z_spacing_um: Annotated[float | None, typer.Option("--z-spacing-um", help="Distance between consecutive sections in µm for the image stack (default: the spacing recorded at ingest, --section-um).")] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Run exported (default: asign3d if present).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Write the imputed volume as AnnData (.h5ad), scanpy/squidpy-ready."""
+    """Write the imputed volume as AnnData (.h5ad, scanpy/squidpy-ready), SpatialData
+    (.zarr, with the aligned H&E stack) and/or the aligned stack as OME-TIFF."""
     from asign.errors import AsignError
     from asign.report.cli_commands import export_command
 
     try:
-        summary = export_command(store, run, h5ad, model=model)
+        summary = export_command(store, run, h5ad, model=model, spatialdata=spatialdata,
+                                 ome_tiff=ome_tiff, z_spacing_um=z_spacing_um)
     except AsignError as err:
         raise _fail(err) from None
     if as_json:
         _emit_json(summary)
     else:
-        typer.echo(summary["h5ad"])
+        for key in ("h5ad", "spatialdata"):
+            if key in summary:
+                typer.echo(summary[key])
+        for path in summary.get("ome_tiff", []):
+            typer.echo(path)
 
 
-@_command()
+@_command(cls=_Command)
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Folder for the synthetic sample and its store.")] = Path("asign-demo"),
     layers: Annotated[int, typer.Option("--layers", min=2, help="Number of synthetic sections (at least 2: one known, one to impute).")] = 4,
@@ -405,7 +457,7 @@ def demo(
         _emit_json(summary)
 
 
-@_command()
+@_command(cls=_Command)
 def doctor(as_json: JsonOpt = False) -> None:
     """Preflight: check each native piece and the encoder weights; print the fix for each failure."""
     from asign.doctor import run_checks

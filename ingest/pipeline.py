@@ -123,6 +123,10 @@ def _run_locked(cfg: IngestConfig, store: Store, rep: Reporter | None, t0: float
                 # the ones recorded (not deleted, edited, or half-replaced by a crashed run).
                 if step_fingerprint(manifest, sample_id, step) == fp and store.step_intact(manifest, sample_id, step):
                     summary["skipped"].append(f"{sample_id}:{step}")
+                    if step == "align":  # stores aligned before fine thumbnails existed
+                        from asign.ingest.step_align import backfill_fine_thumbnails
+
+                        manifest = backfill_fine_thumbnails(store, manifest, sample_id)
                     continue
                 info = _STEP_FUNCS[step](store, cfg, sample_id, fp, rep)
                 manifest = store.manifest()  # steps may record params

@@ -19,6 +19,7 @@ from asign.store.warps import Warp, write_warps
 log = logging.getLogger(__name__)
 
 THUMB_UM_PER_PX = 11.0  # ~1/16 of her2st's 0.69 µm/px: where tissue shape is resolved and ANTs is fast
+FINE_UM_PER_PX = 4.0  # reports and exports: nuclei (~10 µm) stay a few pixels wide
 
 
 def _sections(store: Store, sample_id: str) -> pd.DataFrame:
@@ -94,8 +95,9 @@ def run_align(store: Store, cfg: IngestConfig, sample_id: str, rep: Reporter) ->
         store.write_qc_png(store.layout.thumbnail(sid), thumb)
     if len(thumbs) > 1:
         store.write_qc_png(store.layout.alignment_png(sample_id), render_overlay(thumbs, ds, transforms, um))
+    fine_ds = _fine_thumbnails(store, imaged)
     return {"n_virtual": int(len(virtual)), "reference": transforms[0].reference_id,
-            "thumb_downsample": ds,
+            "thumb_downsample": ds, "fine_thumb_downsample": fine_ds,
             "qc": {t.section_id: _qc_dict(t) for t in transforms if t.qc is not None},
             "referee": referee}
 
@@ -129,6 +131,38 @@ def _spot_columns(spots: pd.DataFrame) -> dict[str, list]:
     for c in ("array_x", "array_y"):
         cols[c] = [None if v is None or v != v else int(v) for v in cols[c]]
     return cols
+
+
+def _fine_thumbnails(store: Store, imaged: pd.DataFrame) -> dict[str, float]:
+    """Write a ≤ 4 µm/px thumbnail per imaged section (the registration grid is 11 µm/px,
+    too coarse to see morphology); returns full-resolution px per thumbnail px."""
+    from asign.ingest.images import read_thumbnail
+
+    out: dict[str, float] = {}
+    for row in imaged.itertuples():
+        thumb = read_thumbnail(row.image_path, max(1.0, FINE_UM_PER_PX / float(row.um_per_px)))
+        store.write_qc_png(store.layout.fine_thumbnail(row.section_id), thumb)
+        out[row.section_id] = float(row.width) / thumb.shape[1]
+    return out
+
+
+def backfill_fine_thumbnails(store: Store, manifest: dict[str, Any], sample_id: str
+                             ) -> dict[str, Any]:
+    """A finished align step of an older store has no fine thumbnails: write them (the
+    alignment itself is untouched, so nothing after it is redone). Returns the manifest."""
+    align = manifest.get("steps", {}).get(sample_id, {}).get("align", {})
+    if align.get("method") == "precomputed":
+        return manifest
+    sections = _sections(store, sample_id)
+    imaged = sections[sections.has_image]
+    have = align.get("fine_thumb_downsample", {})
+    if imaged.empty or (set(imaged.section_id) <= set(have) and all(
+            store.layout.fine_thumbnail(s).exists() for s in imaged.section_id)):
+        return manifest
+    log.info("sample %s: writing 4 µm/px thumbnails (missing in this store)", sample_id)
+    align["fine_thumb_downsample"] = _fine_thumbnails(store, imaged)
+    store.save_manifest(manifest)
+    return manifest
 
 
 def _virtual_spots(sections: pd.DataFrame, thumbs: dict[str, np.ndarray], ds: dict[str, float],

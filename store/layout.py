@@ -140,6 +140,11 @@ class StoreLayout:
         """H&E thumbnail of a section (written by align) so reports never open raw slides."""
         return self.qc / "thumbnails" / f"{_safe(section_id)}.png"
 
+    def fine_thumbnail(self, section_id: str) -> Path:
+        """A finer H&E thumbnail (≤ 4 µm/px, written by align) where morphology shows: the
+        report's maps and the aligned stacks of the export."""
+        return self.qc / "thumbnails" / f"{_safe(section_id)}_fine.png"
+
     def alignment_png(self, sample_id: str) -> Path:
         return self.qc / f"{_safe(sample_id)}_alignment.png"
 
