@@ -40,9 +40,9 @@ VARIANTS = {
     "histo": ("histo-classic", "imagenet"),
     "concat": ("effnet-lite0+histo-classic", "imagenet"),
     "random": ("effnet-lite0", "random"),
-    "random-resnet": ("resnet50-l3", "random"),  # the README's earlier default; not by default
+    "random-resnet": ("resnet50-l3", "random"),  # the README's earlier features
 }
-DEFAULT_VARIANTS = "histo,concat,random"
+DEFAULT_VARIANTS = "histo,concat,random,random-resnet"
 # run name → extra `asign train` flags, asign3d on SC
 ABLATIONS = {
     # cross-attention over the own tile only (a first version of this ablation, run as

@@ -59,9 +59,12 @@ def step_params(cfg: IngestConfig, step: str) -> dict[str, Any]:
 def resolve_encoder(cfg: IngestConfig) -> IngestConfig:
     """``--encoder auto`` → a registry name, decided once per run and logged; the resolved
     name is what fingerprints, the manifest and the vector keys record."""
-    from asign.encoders import AUTO, resolve_auto
+    from asign.encoders import AUTO, get_encoder_spec, resolve_auto
 
-    if cfg.encoder != AUTO or not {"patches", "embed"} & set(cfg.steps):
+    if not {"patches", "embed"} & set(cfg.steps):
+        return cfg
+    if cfg.encoder != AUTO:
+        get_encoder_spec(cfg.encoder)  # an unknown name fails now, not after registration
         return cfg
     name, where = resolve_auto(cfg.weights)
     log.info("--encoder auto: %s (%s)", name, where)

@@ -148,3 +148,14 @@ def test_auto_prefers_local_resnet_weights_and_never_downloads(tmp_path, monkeyp
     (cache / E.ENCODERS["resnet50-l3"].hub_files[0].filename).unlink()
     with pytest.raises(WeightsError, match="--download"):
         E.resolve_weights("imagenet", "resnet50-l3", allow_download=False)
+
+
+def test_unknown_encoder_fails_before_any_work(tmp_path):
+    from typer.testing import CliRunner
+
+    from asign.cli import app
+
+    result = CliRunner().invoke(app, ["ingest", str(tmp_path), "--store", str(tmp_path / "S"),
+                                      "--encoder", "nope"])
+    assert result.exit_code == 1
+    assert "unknown encoder 'nope'" in result.output and not (tmp_path / "S").exists()
