@@ -34,6 +34,7 @@ def run(cfg: TrainConfig, *, reporter: Any = None, max_epochs: int | None = None
     lines otherwise). ``max_epochs``: stop after this many epochs in this call; the run is
     recorded as ``interrupted`` and ``resume=True`` continues it (time-boxed sessions).
     """
+    from asign.cluster import here
     from asign.progress import reporter as make_reporter
     from asign.store import open_store
     from asign.store.atomic import remove_stale_temps
@@ -65,7 +66,7 @@ def run(cfg: TrainConfig, *, reporter: Any = None, max_epochs: int | None = None
     commit = res.git_commit()
     timings: dict[str, Any] = {}
     row = dict(store_fp=store_fp, commit=commit, created_at=created, timings=timings,
-               plan=res.plan_summary(folds))
+               plan=res.plan_summary(folds), where=here())
     res.write_run_row(store, rid, cfg, status="running", seconds=None, **row)
     for name in ("metrics", "predictions"):  # results of an earlier run of this id are stale
         store.remove(name, rid)

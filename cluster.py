@@ -1,0 +1,176 @@
+"""Dask distributed for asign: start or join a cluster, size its threads, and run a batch of
+independent tasks under one progress bar.
+
+Serial is the default and never imports dask (``asign --help`` stays fast). ``--workers N``
+starts a ``LocalCluster`` of N worker processes; ``--scheduler ADDRESS`` joins an existing
+cluster (e.g. ``dask_jobqueue.SLURMCluster``, see the README). Workers compute; whoever
+called :func:`run_tasks` receives the results in submission order and does any writing.
+
+Threads are a budget: a local cluster of N workers on C usable cores gives each worker
+C // N threads (never N × threads > C). Each worker declares one ``slot`` resource and every
+task asks for it, so a worker runs one task at a time and that task may use all the
+worker's threads (torch's intra-op pool included)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+SLOT = "slot"  # one per worker: a task holding it owns the worker's threads
+GPU = "GPU"  # asked for by GPU tasks (embed with --device cuda)
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Where tasks run: serial (workers=0, no scheduler), a local cluster or a remote one."""
+
+    workers: int = 0
+    scheduler: str | None = None
+    cores: int | None = None  # cores a local cluster may use (default: this process's CPUs)
+    gpus: int = 0  # GPU resources per local worker (1 with --device cuda)
+
+    @property
+    def distributed(self) -> bool:
+        return self.workers > 0 or bool(self.scheduler)
+
+
+def usable_cores() -> int:
+    """CPUs this process may run on (cgroup/affinity aware where the OS tells)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def threads_per_worker(workers: int, cores: int | None = None) -> int:
+    """Cores // workers, at least 1: workers × threads never exceed the cores given
+    (except when there are more workers than cores, where each still needs one)."""
+    return max(1, (cores or usable_cores()) // max(1, workers))
+
+
+def validate(cc: ClusterConfig) -> None:
+    from asign.errors import ConfigError
+
+    if cc.workers < 0:
+        raise ConfigError(f"--workers must be ≥ 0, got {cc.workers}", fix="pass --workers N with N ≥ 1, or leave it out")
+    if cc.workers and cc.scheduler:
+        raise ConfigError("--workers and --scheduler both given",
+                          fix="--workers N starts a local cluster; --scheduler ADDRESS joins one: pass one of them")
+
+
+@contextmanager
+def connect(cc: ClusterConfig) -> Iterator[Any]:
+    """A ``distributed.Client`` for the config; a local cluster lives as long as the block."""
+    validate(cc)
+    from distributed import Client, LocalCluster
+
+    from asign.errors import ConfigError
+
+    if cc.scheduler:
+        try:
+            client = Client(cc.scheduler, timeout="20s")
+        except OSError as err:
+            raise ConfigError(f"cannot reach the Dask scheduler at {cc.scheduler} ({err})",
+                              fix="start the cluster first and pass its address (scheduler_address), "
+                                  "e.g. tcp://host:8786") from None
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    per = threads_per_worker(cc.workers, cc.cores)
+    resources = {SLOT: 1} | ({GPU: cc.gpus} if cc.gpus else {})
+    log.info("local Dask cluster: %d worker process(es) × %d thread(s)", cc.workers, per)
+    cluster = LocalCluster(n_workers=cc.workers, threads_per_worker=per, processes=True,
+                           resources=resources, dashboard_address=None,
+                           silence_logs=logging.ERROR)
+    client = Client(cluster)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+
+
+def here() -> dict[str, Any]:
+    """Where the calling code runs: host, pid, and the Dask worker address on a worker."""
+    import sys
+
+    out: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid(), "worker": None}
+    if "distributed" in sys.modules:  # only a worker process has it imported and a worker
+        from distributed import get_worker
+
+        try:
+            out["worker"] = get_worker().address
+        except ValueError:  # the driver: not inside a task
+            pass
+    return out
+
+
+def worker_threads() -> int:
+    """Threads the current task may use: its worker's Dask threads when the worker declares
+    a ``slot`` (one task at a time), else 1 (the worker may run several tasks at once)."""
+    from distributed import get_worker
+
+    w = get_worker()
+    return int(w.state.nthreads) if SLOT in w.state.total_resources else 1
+
+
+def _check_slots(client: Any) -> bool:
+    """True when the cluster's workers declare the slot resource (our local clusters do;
+    a remote one does when started with ``--resources slot=1``)."""
+    workers = client.scheduler_info().get("workers", {})
+    return bool(workers) and all(SLOT in (w.get("resources") or {}) for w in workers.values())
+
+
+@dataclass
+class TaskFailure:
+    """A task that raised: its label and the one-line error (the others keep their work)."""
+
+    label: str
+    error: BaseException
+
+
+def run_tasks(client: Any, fn: Callable[..., Any], args: Sequence[tuple], labels: Sequence[str],
+              rep: Any, *, description: str, gpu: bool = False,
+              on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
+    """Run ``fn(*a)`` for every ``a`` in ``args`` on the cluster; one progress bar over all.
+
+    Returns the results in submission order; a task that raised has a :class:`TaskFailure`
+    in its place (the caller reports it; the other tasks' work is kept). ``on_result(i, r)``
+    is called in the driver as each task finishes (in completion order), e.g. to commit it."""
+    from distributed import as_completed
+
+    resources: dict[str, int] = {}
+    if _check_slots(client):
+        resources[SLOT] = 1
+    else:
+        log.warning("the cluster's workers declare no %r resource: tasks share workers and each "
+                    "uses one thread (start workers with --resources %s=1, see the README)", SLOT, SLOT)
+    if gpu:
+        resources[GPU] = 1
+    futures = [client.submit(fn, *a, key=f"{description}-{label}-{i}", pure=False,
+                             resources=resources or None)
+               for i, (a, label) in enumerate(zip(args, labels, strict=True))]
+    index = {f.key: i for i, f in enumerate(futures)}
+    out: list[Any] = [None] * len(futures)
+    task = rep.task(f"{description} ({len(futures)} tasks)", total=len(futures))
+    for fut in as_completed(futures):
+        i = index[fut.key]
+        if fut.status == "error":
+            out[i] = TaskFailure(labels[i], fut.exception())
+        else:
+            out[i] = fut.result()
+            if on_result is not None:
+                on_result(i, out[i])
+        fut.release()
+        rep.advance(task, 1, last=labels[i])
+    rep.done(task)
+    return out
