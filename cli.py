@@ -91,9 +91,15 @@ def ingest(
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
     cross_weight: Annotated[str, typer.Option("--cross-weight", help="product (IoU×cosine, the paper) or sum (reference code).")] = "product",
     seed: SeedOpt = 0,
+    workers: WorkersOpt = 0,
+    scheduler: SchedulerOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Register, align, crop, embed and graph a sample into a feature store."""
+    """Register, align, crop, embed and graph a sample into a feature store.
+
+    With --workers N / --scheduler ADDRESS the units of work (align per sample, patches and
+    embeddings per section, graph per sample) run as Dask tasks; this process alone writes
+    the store, so resume, fingerprints and `asign check` are as in a serial run."""
     from asign.errors import AsignError, ConfigError
     from asign.ingest.config import STEPS, AlignOptions, IngestConfig
 
@@ -108,7 +114,7 @@ def ingest(
             panel_from=panel_from,
             align=AlignOptions(transform=transform, syn=syn, reference=reference, init=_parse_init(init or [])),
             encoder=encoder, weights=weights, device=device, batch_size=batch_size,
-            cross_weight=cross_weight, seed=seed,
+            cross_weight=cross_weight, seed=seed, workers=workers, scheduler=scheduler,
         )
         from asign import ingest as ingest_stage
 

@@ -53,6 +53,10 @@ class ConfigError(AsignError):
     """An option or a combination of options is invalid."""
 
 
+class ClusterError(AsignError):
+    """Units of work failed on Dask workers (each named with its own error); the others' work is kept."""
+
+
 class ValidationErrors(AsignError):
     """Several problems found together; each is listed (spatialdata-style collection)."""
 

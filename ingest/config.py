@@ -46,6 +46,10 @@ class IngestConfig:
     top_k_cross: int = 8
     cross_weight: str = "product"  # product (paper) | sum (reference code)
     seed: int = 0
+    # where units of work run (asign/cluster.py); never part of a fingerprint: a store is
+    # the same whether it was computed serially or on a cluster
+    workers: int = 0
+    scheduler: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return jsonable(asdict(self))

@@ -11,7 +11,9 @@ import logging
 import time
 from typing import Any
 
+from asign.errors import ClusterError
 from asign.ingest.config import STEPS, IngestConfig
+from asign.ingest.runner import Runner
 from asign.ingest.sample import SampleInput
 from asign.progress import Reporter, reporter
 from asign.store import Store, open_store
@@ -55,6 +57,21 @@ def step_params(cfg: IngestConfig, step: str) -> dict[str, Any]:
 
 
 def run_pipeline(cfg: IngestConfig, rep: Reporter | None = None) -> dict[str, Any]:
+    """Serially, or with the units of work on a Dask cluster (cfg.workers / cfg.scheduler);
+    either way this process alone writes the store."""
+    from asign.cluster import ClusterConfig
+
+    cluster = ClusterConfig(workers=cfg.workers, scheduler=cfg.scheduler,
+                            gpus=1 if cfg.device == "cuda" and cfg.workers else 0)
+    if not cluster.distributed:
+        return _run(cfg, rep, Runner())
+    from asign.cluster import connect
+
+    with connect(cluster) as client:
+        return _run(cfg, rep, Runner(client=client))
+
+
+def _run(cfg: IngestConfig, rep: Reporter | None, runner: Runner) -> dict[str, Any]:
     from asign.ingest import step_register
 
     t0 = time.perf_counter()
@@ -62,8 +79,10 @@ def run_pipeline(cfg: IngestConfig, rep: Reporter | None = None) -> dict[str, An
     remove_stale_temps(store.root)  # half-written files of a killed run
     manifest = store.manifest()
     summary: dict[str, Any] = {"store": str(cfg.store), "samples": {}, "skipped": [], "ran": []}
+    failed: list[str] = []
 
     with (reporter() if rep is None else contextlib.nullcontext(rep)) as rep:
+        runner.rep = rep
         if "register" in cfg.steps:
             samples = _read(cfg)
             hashes = step_register.input_hashes(samples)
@@ -88,6 +107,8 @@ def run_pipeline(cfg: IngestConfig, rep: Reporter | None = None) -> dict[str, An
             if step not in cfg.steps:
                 continue
             for sample_id in sample_ids:
+                if sample_id in failed:
+                    continue
                 upstream = step_fingerprint(manifest, sample_id, STEPS[STEPS.index(step) - 1])
                 if upstream is None:
                     from asign.errors import StoreError
@@ -101,7 +122,13 @@ def run_pipeline(cfg: IngestConfig, rep: Reporter | None = None) -> dict[str, An
                 if step_fingerprint(manifest, sample_id, step) == fp and store.step_intact(manifest, sample_id, step):
                     summary["skipped"].append(f"{sample_id}:{step}")
                     continue
-                info = _STEP_FUNCS[step](store, cfg, sample_id, fp, rep)
+                try:
+                    info = _STEP_FUNCS[step](store, cfg, sample_id, fp, rep, runner)
+                except ClusterError as err:  # the other samples go on; this one is reported
+                    log.error("%s", err)
+                    failed.append(sample_id)
+                    summary.setdefault("failed", []).append(str(err))
+                    continue
                 manifest = store.manifest()  # steps may record params
                 mark_step(manifest, sample_id, step, fp, **(info or {}))
                 _invalidate_after(manifest, sample_id, step)
@@ -109,6 +136,10 @@ def run_pipeline(cfg: IngestConfig, rep: Reporter | None = None) -> dict[str, An
                 summary["ran"].append(f"{sample_id}:{step}")
                 summary["samples"].setdefault(sample_id, {})[step] = info
 
+    if failed:
+        raise ClusterError(f"ingest of sample(s) {', '.join(failed)} failed on the cluster (the other "
+                           "samples and every finished unit are stored): " + " | ".join(summary["failed"]),
+                           fix="fix the named section and re-run the same command; finished work is skipped")
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     log.info("ingest finished in %.1f s (ran %d, skipped %d steps)", summary["seconds"],
              len(summary["ran"]), len(summary["skipped"]))
@@ -139,28 +170,32 @@ def _stored_samples(store: Store, cfg: IngestConfig) -> list[str]:
     return wanted
 
 
-def _align(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Reporter) -> dict[str, Any]:
+def _align(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Reporter,
+           runner: Runner) -> dict[str, Any]:
     from asign.ingest.step_align import run_align
 
-    return run_align(store, cfg, sample_id, rep)
+    return run_align(store, cfg, sample_id, rep, runner)
 
 
-def _patches(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Reporter) -> dict[str, Any]:
+def _patches(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Reporter,
+             runner: Runner) -> dict[str, Any]:
     from asign.ingest.step_features import run_patches
 
-    return run_patches(store, cfg, sample_id, fp, rep)
+    return run_patches(store, cfg, sample_id, fp, rep, runner)
 
 
-def _embed(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Reporter) -> dict[str, Any]:
+def _embed(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Reporter,
+           runner: Runner) -> dict[str, Any]:
     from asign.ingest.step_features import run_embed
 
-    return run_embed(store, cfg, sample_id, fp, rep)
+    return run_embed(store, cfg, sample_id, fp, rep, runner)
 
 
-def _graph(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Reporter) -> dict[str, Any]:
+def _graph(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Reporter,
+           runner: Runner) -> dict[str, Any]:
     from asign.ingest.step_graph import run_graph
 
-    return run_graph(store, cfg, sample_id, rep)
+    return run_graph(store, cfg, sample_id, rep, runner)
 
 
 _STEP_FUNCS = {"align": _align, "patches": _patches, "embed": _embed, "graph": _graph}

@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 
 from asign.ingest.config import IngestConfig
-from asign.progress import Reporter
+from asign.ingest.runner import Runner, raise_failures
+from asign.progress import Reporter, silent
 from asign.store import Store
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,45 @@ def _sections(store: Store, sample_id: str) -> pd.DataFrame:
     return df[df.sample_id == sample_id].sort_values("z").reset_index(drop=True)
 
 
-def run_align(store: Store, cfg: IngestConfig, sample_id: str, rep: Reporter) -> dict[str, Any]:
+def run_align(store: Store, cfg: IngestConfig, sample_id: str, rep: Reporter,
+              runner: Runner | None = None) -> dict[str, Any]:
+    """Align a sample (one unit of work: here, or on a worker) and write what it found."""
+    runner = runner or Runner()
+    task = rep.task(f"align {sample_id}", total=1)
+    out: dict[str, Any] = {}
+
+    def commit(_: int, result: dict[str, Any]) -> None:
+        out.update(_write_align(store, sample_id, result))
+        rep.advance(task)
+
+    failed = runner.map(align_unit, [(str(store.root), cfg, sample_id)], [sample_id], commit,
+                        description=f"align {sample_id}")
+    raise_failures(failed, "align", sample_id)
+    return out
+
+
+def _write_align(store: Store, sample_id: str, r: dict[str, Any]) -> dict[str, Any]:
+    if "transforms" not in r:
+        return r["info"]
+    store.write("transforms", r["transforms"], key=sample_id)
+    store.write("spots", r["spots"], key=sample_id)
+    for sid, thumb in r["thumbs"].items():
+        store.write_qc_png(store.layout.thumbnail(sid), thumb)
+    if r["overlay"] is not None:
+        store.write_qc_png(store.layout.alignment_png(sample_id), r["overlay"])
+    return r["info"]
+
+
+def align_unit(root: str, cfg: IngestConfig, sample_id: str) -> dict[str, Any]:
+    """Read a sample's sections, register them and map spots; returns what to write."""
+    from pathlib import Path
+
+    from asign.store import open_store
+
+    return _compute_align(open_store(Path(root)), cfg, sample_id, silent())
+
+
+def _compute_align(store: Store, cfg: IngestConfig, sample_id: str, rep: Reporter) -> dict[str, Any]:
     from asign.ingest import align
     from asign.ingest.images import read_thumbnail
     from asign.ingest.overlay import render_overlay
@@ -39,7 +78,7 @@ def run_align(store: Store, cfg: IngestConfig, sample_id: str, rep: Reporter) ->
     # removed by register), and are recomputed: align's parameters may have changed.
     if spots.x_um.notna().all() and not store.has("transforms", sample_id):
         log.info("sample %s: keeping precomputed aligned coordinates", sample_id)
-        return {"method": "precomputed"}
+        return {"info": {"method": "precomputed"}}
 
     imaged = sections[sections.has_image]
 
@@ -81,15 +120,13 @@ def run_align(store: Store, cfg: IngestConfig, sample_id: str, rep: Reporter) ->
 
     virtual = _virtual_spots(sections, thumbs, ds, by_id)
     out = pd.concat([spots, virtual], ignore_index=True) if len(virtual) else spots
-    store.write("transforms", _transform_rows(sample_id, transforms), key=sample_id)
-    store.write("spots", {c: out[c].tolist() for c in out.columns}, key=sample_id)
-    for sid, thumb in thumbs.items():
-        store.write_qc_png(store.layout.thumbnail(sid), thumb)
-    if len(thumbs) > 1:
-        store.write_qc_png(store.layout.alignment_png(sample_id), render_overlay(thumbs, ds, transforms, um))
-    return {"n_virtual": int(len(virtual)), "reference": transforms[0].reference_id,
+    info = {"n_virtual": int(len(virtual)), "reference": transforms[0].reference_id,
             "thumb_downsample": ds,
             "qc": {t.section_id: _qc_dict(t) for t in transforms if t.qc is not None}}
+    return {"transforms": _transform_rows(sample_id, transforms),
+            "spots": {c: out[c].tolist() for c in out.columns}, "thumbs": thumbs,
+            "overlay": render_overlay(thumbs, ds, transforms, um) if len(thumbs) > 1 else None,
+            "info": info}
 
 
 def _virtual_spots(sections: pd.DataFrame, thumbs: dict[str, np.ndarray], ds: dict[str, float],

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from asign.ingest.config import IngestConfig
+from asign.ingest.runner import Runner, raise_failures
 from asign.progress import Reporter
 from asign.store import Store
 from asign.store.vectors import done_key, emb_key, patch_key
@@ -23,7 +24,8 @@ from asign.store.vectors import done_key, emb_key, patch_key
 log = logging.getLogger(__name__)
 
 LEVELS = ("spot", "region", "global")
-PATCH_CHUNK = 2048  # spot patches per LMDB transaction
+PATCH_CHUNK = 2048  # spot patches per LMDB transaction (and per unit of work on a cluster)
+EMBED_UNIT = 2048  # items per unit of work of the embed step (whole batches)
 
 
 def _imaged(store: Store, sample_id: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -50,13 +52,18 @@ def stored_patch_px(cfg: IngestConfig) -> int:
     return int(get_encoder_spec(cfg.encoder).input_px)
 
 
-def run_patches(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Reporter) -> dict[str, Any]:
+def run_patches(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Reporter,
+                runner: Runner | None = None) -> dict[str, Any]:
     from asign.ingest import patches
 
+    runner = runner or Runner()
     out_px = stored_patch_px(cfg)
     sections, spots = _imaged(store, sample_id)
     tiles: dict[str, list] = {k: [] for k in ("sample_id", "section_id", "tile_id", "level", "x0", "y0", "size_px")}
     links: list[pd.DataFrame] = []
+    units: list[tuple] = []  # (image, spot ids, boxes, size, out_px): one chunk of a section
+    unit_section: list[str] = []
+    chunks_of: dict[str, int] = {}
     task = rep.task(f"patches {sample_id}", total=len(spots))
     with store.vectors(readonly=False) as vec:
         for sec in sections.itertuples():
@@ -79,23 +86,32 @@ def run_patches(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: R
                 link = pd.DataFrame(patches.spot_tile_table(sp.spot_id.tolist(), s2t, grid, sec.section_id))
                 link.insert(0, "section_id", sec.section_id)
                 links.append(link)
-            marker = done_key("patches", fp, sec.section_id)
-            if vec.has(marker):
+            if vec.has(done_key("patches", fp, sec.section_id)):
                 rep.advance(task, len(sp))
                 continue
-            boxes = patches.spot_patch_box(sp.px.to_numpy(), sp.py.to_numpy(), size["spot"])
-            items = []
-            # Committed in chunks, so memory stays bounded on large sections; the section's
-            # marker goes in the last chunk's transaction. A crash before it leaves some
-            # patches written, and the re-run overwrites them with the same bytes.
-            for i, (sid, (x0, y0)) in enumerate(zip(sp.spot_id, boxes.tolist(), strict=True)):
-                arr = patches.crop(sec.image_path, x0, y0, size["spot"], out_px)
-                items.append((patch_key(sid), patches.encode_patch(arr)))
-                rep.advance(task)
-                if len(items) == PATCH_CHUNK and i + 1 < len(sp):
-                    vec.put_many(items)
-                    items = []
-            vec.put_many([*items, (marker, b"1")])
+            boxes = patches.spot_patch_box(sp.px.to_numpy(), sp.py.to_numpy(), size["spot"]).tolist()
+            ids = sp.spot_id.tolist()
+            # Committed in chunks, so memory stays bounded on large sections (and a chunk is
+            # a unit of work on a cluster); the section's marker goes in the transaction of
+            # its last committed chunk. A crash before it leaves some patches written, and
+            # the re-run overwrites them with the same bytes.
+            starts = range(0, max(len(ids), 1), PATCH_CHUNK)
+            chunks_of[sec.section_id] = len(starts)
+            for lo in starts:
+                units.append((str(sec.image_path), ids[lo:lo + PATCH_CHUNK], boxes[lo:lo + PATCH_CHUNK],
+                              size["spot"], out_px))
+                unit_section.append(sec.section_id)
+
+        def commit(i: int, items: list[tuple[bytes, bytes]]) -> None:
+            sid = unit_section[i]
+            chunks_of[sid] -= 1
+            marker = [(done_key("patches", fp, sid), b"1")] if chunks_of[sid] == 0 else []
+            vec.put_many([*items, *marker])
+            rep.advance(task, len(items))
+
+        failed = runner.map(crop_patches, units, [f"{s}#{i}" for i, s in enumerate(unit_section)], commit,
+                            description=f"patches {sample_id}")
+    raise_failures(failed, "patches", sample_id)
     link_df = pd.concat(links, ignore_index=True) if links else pd.DataFrame(
         columns=["section_id", "spot_id", "level", "tile_id", "rank"])
     link_df.insert(0, "sample_id", sample_id)
@@ -104,70 +120,80 @@ def run_patches(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: R
     return {"n_patches": int(len(spots)), "n_tiles": len(tiles["tile_id"])}
 
 
-def _work(store: Store, sample_id: str, cfg: IngestConfig, vec: Any) -> list[tuple[str, str, str, list[tuple[str, Callable]]]]:
-    """(section, level, image, [(id, loader)]) in a fixed order."""
-    from asign.ingest.embed import crop_loader
-    from asign.store.vectors import decode_patch
+def crop_patches(image: str, spot_ids: list[str], boxes: list[list[int]], size: int,
+                 out_px: int) -> list[tuple[bytes, bytes]]:
+    """A unit of the patches step: crop and compress one chunk of a section's spot patches."""
+    from asign.ingest import patches
 
+    return [(patch_key(sid), patches.encode_patch(patches.crop(image, x0, y0, size, out_px)))
+            for sid, (x0, y0) in zip(spot_ids, boxes, strict=True)]
+
+
+def _work(store: Store, sample_id: str) -> list[tuple[str, str, str, list]]:
+    """(section, level, image, items) in a fixed order; items are spot ids (patches in
+    LMDB) or (tile id, x0, y0, size) tuples (cropped from the image)."""
     sections, spots = _imaged(store, sample_id)
     tiles = store.read("tiles", key=sample_id).to_pandas()
-    out_px = stored_patch_px(cfg)
-
-    def patch_loader(key: bytes) -> Callable[[], np.ndarray]:
-        def load() -> np.ndarray:
-            raw = vec.get(key)
-            if raw is None:
-                from asign.errors import StoreError
-
-                raise StoreError(f"patch {key.decode()} missing", path=store.layout.vectors,
-                                 fix="re-run `asign ingest --steps patches,embed`")
-            return decode_patch(raw)
-        return load
-
     work = []
     for sec in sections.itertuples():
         sp = spots[spots.section_id == sec.section_id]
-        work.append((sec.section_id, "spot", sec.image_path,
-                     [(s, patch_loader(patch_key(s))) for s in sp.spot_id]))
+        work.append((sec.section_id, "spot", str(sec.image_path), sp.spot_id.tolist()))
         for level in ("region", "global"):
             t = tiles[(tiles.section_id == sec.section_id) & (tiles.level == level)]
-            work.append((sec.section_id, level, sec.image_path,
-                         [(r.tile_id, crop_loader(sec.image_path, r.x0, r.y0, r.size_px, out_px))
-                          for r in t.itertuples()]))
+            work.append((sec.section_id, level, str(sec.image_path),
+                         [(r.tile_id, int(r.x0), int(r.y0), int(r.size_px)) for r in t.itertuples()]))
     return work
 
 
-def run_embed(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Reporter) -> dict[str, Any]:
-    from asign.encoders import load_encoder
-    from asign.ingest.embed import embed_batches, embedding_config
+def _item_id(item: Any) -> str:
+    return item if isinstance(item, str) else item[0]
 
-    encoder = load_encoder(cfg.encoder, cfg.weights, device=cfg.device, seed=cfg.seed)
+
+def run_embed(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Reporter,
+              runner: Runner | None = None) -> dict[str, Any]:
+    from asign.ingest.embed import embedding_config
+
+    runner = runner or Runner()
+    encoder = _encoder(cfg)  # here too on a cluster: the manifest records this process's setup
     name = encoder.spec.name
     index: dict[str, list] = {k: [] for k in ("sample_id", "section_id", "encoder", "level", "id")}
     bs = cfg.batch_size
-    # One LMDB environment per process: the patch loaders read through the writer's handle.
+    per_unit = max(1, EMBED_UNIT // bs)  # batches per unit of work
+    # One LMDB environment per process: serially the patch loaders read through the
+    # writer's handle; a worker opens its own, read-only.
     with store.vectors(readonly=False) as vec:
-        work = _work(store, sample_id, cfg, vec)
+        work = _work(store, sample_id)
         total = sum(len(items) for *_, items in work)
         task = rep.task(f"embed {sample_id}", total=total)
-        for section_id, level, _, items in work:
+        units: list[tuple] = []
+        unit_markers: list[list[bytes]] = []
+        labels: list[str] = []
+        for section_id, level, image, items in work:
             index["section_id"] += [section_id] * len(items)
             index["level"] += [level] * len(items)
-            index["id"] += [i for i, _ in items]
+            index["id"] += [_item_id(i) for i in items]
             # Resume unit: fixed chunks (b = items[b*bs:(b+1)*bs]), each committed with its
             # marker. Vectors do not depend on batch composition (embed pads batches), so a
-            # resumed run gives the same bits.
+            # resumed run, or one whose units ran elsewhere, gives the same bits.
             chunks = [items[i:i + bs] for i in range(0, len(items), bs)]
             markers = [done_key("emb", fp, section_id, level, str(b)) for b in range(len(chunks))]
             todo = [b for b, m in enumerate(markers) if not vec.has(m)]
             todo_set = set(todo)
             rep.advance(task, sum(len(chunks[b]) for b in range(len(chunks)) if b not in todo_set))
-            pending = [it for b in todo for it in chunks[b]]
-            for b, batch in zip(todo, embed_batches(encoder, pending, batch_size=bs, precision=cfg.precision),
-                                strict=True):
-                puts = [(emb_key(name, level, k), v.tobytes()) for k, v in zip(batch.keys, batch.features, strict=True)]
-                vec.put_many([*puts, (markers[b], b"1")])
-                rep.advance(task, len(batch.keys))
+            for lo in range(0, len(todo), per_unit):
+                group = todo[lo:lo + per_unit]
+                units.append((str(store.root), cfg, level, image, [chunks[b] for b in group]))
+                unit_markers.append([markers[b] for b in group])
+                labels.append(f"{section_id}/{level}#{lo // per_unit}")
+
+        def commit(i: int, batches: list[list[tuple[str, bytes]]]) -> None:
+            for marker, batch in zip(unit_markers[i], batches, strict=True):
+                vec.put_many([*((emb_key(name, units[i][2], k), v) for k, v in batch), (marker, b"1")])
+                rep.advance(task, len(batch))
+
+        failed = runner.map(embed_unit, units, labels, commit, description=f"embed {sample_id}",
+                            gpu=cfg.device == "cuda", local={"vec": vec, "encoder": encoder})
+    raise_failures(failed, "embed", sample_id)
     index["sample_id"] = [sample_id] * len(index["id"])
     index["encoder"] = [name] * len(index["id"])
     store.write("embeddings", index, key=sample_id)
@@ -177,3 +203,54 @@ def run_embed(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Rep
                                    "region_px": cfg.region_px, "global_px": cfg.global_px}
     store.save_manifest(manifest)
     return {"n_vectors": total, "encoder": name, "weights": encoder.info.get("weights_sha256")}
+
+
+_ENCODERS: dict[tuple, Any] = {}  # per process: a worker loads the encoder once
+
+
+def _encoder(cfg: IngestConfig) -> Any:
+    from asign.encoders import load_encoder
+
+    key = (cfg.encoder, str(cfg.weights), cfg.device, cfg.seed)
+    if key not in _ENCODERS:
+        _ENCODERS.clear()
+        _ENCODERS[key] = load_encoder(cfg.encoder, cfg.weights, device=cfg.device, seed=cfg.seed)
+    return _ENCODERS[key]
+
+
+def embed_unit(root: str, cfg: IngestConfig, level: str, image: str, chunks: list[list[Any]],
+               vec: Any = None, encoder: Any = None) -> list[list[tuple[str, bytes]]]:
+    """A unit of the embed step: consecutive batches of one section and level → per batch,
+    (id, float16 bytes) pairs. ``vec``/``encoder``: this process's own, when run serially."""
+    from pathlib import Path
+
+    from asign.ingest.embed import crop_loader, embed_batches
+    from asign.store import open_store
+
+    encoder = encoder or _encoder(cfg)
+    out_px = stored_patch_px(cfg)
+    own = None
+    if vec is None and level == "spot":
+        own = vec = open_store(Path(root)).vectors(readonly=True)
+    try:
+        def patch_loader(spot_id: str) -> Callable[[], np.ndarray]:
+            def load() -> np.ndarray:
+                from asign.store.vectors import decode_patch
+
+                raw = vec.get(patch_key(spot_id))
+                if raw is None:
+                    from asign.errors import StoreError
+
+                    raise StoreError(f"patch {spot_id} missing", path=Path(root) / "vectors.lmdb",
+                                     fix="re-run `asign ingest --steps patches,embed`")
+                return decode_patch(raw)
+            return load
+
+        items = [(i, patch_loader(i)) if level == "spot" else (i[0], crop_loader(image, i[1], i[2], i[3], out_px))
+                 for chunk in chunks for i in chunk]
+        batches = embed_batches(encoder, items, batch_size=cfg.batch_size, precision=cfg.precision)
+        return [[(k, v.tobytes()) for k, v in zip(b.keys, b.features, strict=True)]
+                for b in batches]
+    finally:
+        if own is not None:
+            own.close()

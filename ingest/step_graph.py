@@ -10,6 +10,7 @@ import numpy as np
 
 from asign.errors import StoreError
 from asign.ingest.config import IngestConfig
+from asign.ingest.runner import Runner, raise_failures
 from asign.progress import Reporter
 from asign.store import Store
 from asign.store.vectors import emb_key
@@ -19,10 +20,32 @@ log = logging.getLogger(__name__)
 KINDS = ("same_layer", "cross_layer")
 
 
-def run_graph(store: Store, cfg: IngestConfig, sample_id: str, rep: Reporter) -> dict[str, Any]:
-    from asign.ingest.graph import build_graph
+def run_graph(store: Store, cfg: IngestConfig, sample_id: str, rep: Reporter,
+              runner: Runner | None = None) -> dict[str, Any]:
+    """Build a sample's graph (one unit of work: here, or on a worker) and write it."""
+    runner = runner or Runner()
+    task = rep.task(f"graph {sample_id}", total=1)
+    out: dict[str, Any] = {}
 
-    task = rep.task(f"graph {sample_id}", total=2)
+    def commit(_: int, result: tuple[dict[str, Any], dict[str, Any]]) -> None:
+        store.write("edges", result[0], key=sample_id)
+        out.update(result[1])
+        rep.advance(task)
+
+    failed = runner.map(graph_unit, [(str(store.root), cfg, sample_id)], [sample_id], commit,
+                        description=f"graph {sample_id}")
+    raise_failures(failed, "graph", sample_id)
+    return out
+
+
+def graph_unit(root: str, cfg: IngestConfig, sample_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read a sample's spots and spot embeddings, build its edges; returns (edges, info)."""
+    from pathlib import Path
+
+    from asign.ingest.graph import build_graph
+    from asign.store import open_store
+
+    store = open_store(Path(root))
     sections = store.read("sections").to_pandas()
     sections = sections[sections.sample_id == sample_id]
     spots = store.read("spots", key=sample_id).to_pandas()
@@ -40,18 +63,16 @@ def run_graph(store: Store, cfg: IngestConfig, sample_id: str, rep: Reporter) ->
     with store.vectors(readonly=True) as vec:
         feats = vec.get_vectors([emb_key(embed_info["encoder"], "spot", s) for s in nodes.spot_id],
                                 int(embed_info["dim"]))
-    rep.advance(task)
     radius = float(sections.spot_diameter_um.median()) / 2.0
     edges = build_graph(nodes[["x_um", "y_um"]].to_numpy(np.float64), nodes.z.to_numpy(np.int64), feats,
                         radius_um=radius, k_same=cfg.k_same, top_k_cross=cfg.top_k_cross,
                         combine=cfg.cross_weight)
     ids = nodes.spot_id.to_numpy(dtype=object)
-    store.write("edges", {
+    table = {
         "sample_id": np.full(len(edges.src), sample_id, dtype=object),
         "src_spot_id": ids[edges.src], "dst_spot_id": ids[edges.dst],
         "kind": np.asarray(KINDS, dtype=object)[edges.kind],
         "weight": edges.weight, "distance_um": edges.distance_um, "iou": edges.iou, "cosine": edges.cosine,
-    }, key=sample_id)
-    rep.advance(task)
+    }
     n_cross = int((edges.kind == 1).sum())
-    return {"n_nodes": int(len(nodes)), "n_edges": int(len(edges.src)), "n_cross": n_cross}
+    return table, {"n_nodes": int(len(nodes)), "n_edges": int(len(edges.src)), "n_cross": n_cross}

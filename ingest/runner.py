@@ -1,0 +1,64 @@
+"""Where ingest's units of work run: in this process, or as Dask tasks on a cluster.
+
+A step hands :meth:`Runner.map` its units (a module-level function and one argument tuple
+per unit: a chunk of a section's patches, a group of embedding batches, a sample's
+alignment or graph). Each result comes back to this process, where ``commit`` writes it:
+the driver is the store's only writer, whether the units ran here or on workers, so LMDB
+transactions, Parquet files and the manifest are written exactly as in a serial run.
+
+Serially a unit's error propagates as before. On a cluster a failed unit is kept as a
+:class:`~asign.cluster.TaskFailure`; the other units are committed (their work is kept), and
+the step reports the failures once all units have finished."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from asign.cluster import TaskFailure
+
+
+@dataclass
+class Runner:
+    client: Any = None  # a distributed.Client, or None: serial
+    rep: Any = None  # the Reporter of the run (one bar per batch of tasks)
+    failures: list[TaskFailure] = field(default_factory=list)
+
+    @property
+    def distributed(self) -> bool:
+        return self.client is not None
+
+    def map(self, fn: Callable[..., Any], args: Sequence[tuple], labels: Sequence[str],
+            commit: Callable[[int, Any], None], *, description: str, gpu: bool = False,
+            local: dict[str, Any] | None = None) -> list[TaskFailure]:
+        """Run ``fn(*a)`` for each unit and ``commit(i, result)`` here as each finishes.
+
+        ``local``: keyword arguments only a serial run passes (objects of this process, such
+        as an open LMDB handle or a loaded encoder, that a worker opens for itself)."""
+        if not self.distributed:
+            for i, a in enumerate(args):
+                commit(i, fn(*a, **(local or {})))
+            return []
+        from asign.cluster import run_tasks
+
+        out = run_tasks(self.client, fn, list(args), list(labels), self.rep,
+                        description=description, gpu=gpu, on_result=commit)
+        failed = [r for r in out if isinstance(r, TaskFailure)]
+        self.failures += failed
+        return failed
+
+
+def raise_failures(failed: Sequence[TaskFailure], step: str, sample_id: str) -> None:
+    """One line per failed unit, naming it and the fix (the unit's own error carries one)."""
+    if not failed:
+        return
+    from asign.errors import AsignError, ClusterError
+
+    lines = []
+    for f in failed:
+        err = f.error
+        fix = "" if isinstance(err, AsignError) else " Fix: see the worker's log, then re-run (finished units are kept)"
+        lines.append(f"{step} {f.label}: {err}{fix}")
+    raise ClusterError(f"sample {sample_id}: {len(failed)} unit(s) of step {step} failed on the cluster; "
+                       + " | ".join(lines))
