@@ -183,7 +183,7 @@ def train(
     finetune_spot_encoder: Annotated[bool, typer.Option("--finetune-spot-encoder", help="Train the store's spot encoder on its stored patches (meant for a GPU).", rich_help_panel=_MODEL)] = False,
     finetune_batch: Annotated[int, typer.Option("--finetune-batch", help="Spots re-encoded with gradients per step when fine-tuning.", rich_help_panel=_MODEL)] = _train_default("finetune_batch"),
     device: Annotated[str, typer.Option("--device", help="cpu or cuda.", rich_help_panel=_RUN)] = "cpu",
-    threads: Annotated[int | None, typer.Option("--threads", help="Torch CPU threads for the run (default: torch's).", rich_help_panel=_RUN)] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="Torch CPU threads per run. Default: the cores idle at start (cores − 1-min load average, ≥ 1), because beside another job torch's all-cores default measured 6× slower than 1 thread (bench/threads.py); pass it for bit-identical reruns across machines. With --workers N: cores // N.", rich_help_panel=_RUN)] = None,
     seed: Annotated[str, typer.Option("--seed", help="Random seed (runs are deterministic); a comma-separated list (0,1,2) runs each.", rich_help_panel=_RUN)] = "0",
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its checkpoint.", rich_help_panel=_RUN)] = False,
     workers: WorkersOpt = 0,

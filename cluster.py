@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -47,6 +48,19 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def idle_cores() -> int:
+    """Cores not busy right now: usable cores − the 1-minute load average, at least 1.
+
+    The default torch thread count of a serial run. bench/threads.py on this 2-core machine
+    (asign3d, 3.6k spots): beside one competing process an epoch took 7.5 s with 1 thread
+    and 44 s with torch's default of all cores (threads spin-wait on the busy core)."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # no load average on this platform
+        load = 0.0
+    return max(1, usable_cores() - round(load))
 
 
 def threads_per_worker(workers: int, cores: int | None = None) -> int:
@@ -88,10 +102,22 @@ def connect(cc: ClusterConfig) -> Iterator[Any]:
     per = threads_per_worker(cc.workers, cc.cores)
     resources = {SLOT: 1} | ({GPU: cc.gpus} if cc.gpus else {})
     log.info("local Dask cluster: %d worker process(es) × %d thread(s)", cc.workers, per)
-    cluster = LocalCluster(n_workers=cc.workers, threads_per_worker=per, processes=True,
-                           resources=resources, dashboard_address=None,
-                           silence_logs=logging.ERROR)
+    # Starting the nannies sets OMP_NUM_THREADS=1 (and friends) in *this* process's
+    # environment too; this process's torch would then run on one thread. Restored after.
+    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                             "MALLOC_TRIM_THRESHOLD_")}
+    try:
+        cluster = LocalCluster(n_workers=cc.workers, threads_per_worker=per, processes=True,
+                               resources=resources, dashboard_address=":0",  # any free port
+                               silence_logs=logging.ERROR)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     client = Client(cluster)
+    log.info("Dask dashboard: %s", client.dashboard_link)
     try:
         yield client
     finally:
@@ -138,16 +164,9 @@ class TaskFailure:
     error: BaseException
 
 
-def run_tasks(client: Any, fn: Callable[..., Any], args: Sequence[tuple], labels: Sequence[str],
-              rep: Any, *, description: str, gpu: bool = False,
-              on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
-    """Run ``fn(*a)`` for every ``a`` in ``args`` on the cluster; one progress bar over all.
-
-    Returns the results in submission order; a task that raised has a :class:`TaskFailure`
-    in its place (the caller reports it; the other tasks' work is kept). ``on_result(i, r)``
-    is called in the driver as each task finishes (in completion order), e.g. to commit it."""
-    from distributed import as_completed
-
+def submit(client: Any, fn: Callable[..., Any], args: Sequence[tuple], labels: Sequence[str], *,
+           description: str, gpu: bool = False) -> list[Any]:
+    """Submit ``fn(*a)`` for every ``a``; each task holds a worker's slot (and a GPU if asked)."""
     resources: dict[str, int] = {}
     if _check_slots(client):
         resources[SLOT] = 1
@@ -156,9 +175,18 @@ def run_tasks(client: Any, fn: Callable[..., Any], args: Sequence[tuple], labels
                     "uses one thread (start workers with --resources %s=1, see the README)", SLOT, SLOT)
     if gpu:
         resources[GPU] = 1
-    futures = [client.submit(fn, *a, key=f"{description}-{label}-{i}", pure=False,
-                             resources=resources or None)
-               for i, (a, label) in enumerate(zip(args, labels, strict=True))]
+    return [client.submit(fn, *a, key=f"{description}-{label}-{i}-{uuid.uuid4().hex[:8]}", pure=False,
+                          resources=resources or None)
+            for i, (a, label) in enumerate(zip(args, labels, strict=True))]
+
+
+def gather(futures: Sequence[Any], labels: Sequence[str], rep: Any, *, description: str,
+           on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
+    """Wait for submitted tasks under one progress bar; results in submission order, a
+    :class:`TaskFailure` where a task raised. ``on_result(i, r)`` runs here, in completion
+    order, as each task finishes (e.g. to commit it)."""
+    from distributed import as_completed
+
     index = {f.key: i for i, f in enumerate(futures)}
     out: list[Any] = [None] * len(futures)
     task = rep.task(f"{description} ({len(futures)} tasks)", total=len(futures))
@@ -174,3 +202,11 @@ def run_tasks(client: Any, fn: Callable[..., Any], args: Sequence[tuple], labels
         rep.advance(task, 1, last=labels[i])
     rep.done(task)
     return out
+
+
+def run_tasks(client: Any, fn: Callable[..., Any], args: Sequence[tuple], labels: Sequence[str],
+              rep: Any, *, description: str, gpu: bool = False,
+              on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
+    """:func:`submit` then :func:`gather`: the tasks run at once, one progress bar over all."""
+    futures = submit(client, fn, args, labels, description=description, gpu=gpu)
+    return gather(futures, labels, rep, description=description, on_result=on_result)

@@ -106,6 +106,7 @@ def _run(cfg: IngestConfig, rep: Reporter | None, runner: Runner) -> dict[str, A
         for step in STEPS[1:]:
             if step not in cfg.steps:
                 continue
+            _prefetch(runner, store, manifest, cfg, step, [s for s in sample_ids if s not in failed])
             for sample_id in sample_ids:
                 if sample_id in failed:
                     continue
@@ -144,6 +145,27 @@ def _run(cfg: IngestConfig, rep: Reporter | None, runner: Runner) -> dict[str, A
     log.info("ingest finished in %.1f s (ran %d, skipped %d steps)", summary["seconds"],
              len(summary["ran"]), len(summary["skipped"]))
     return summary
+
+
+def _prefetch(runner: Runner, store: Store, manifest: dict[str, Any], cfg: IngestConfig, step: str,
+              sample_ids: list[str]) -> None:
+    """On a cluster, start the one-unit-per-sample steps (align, graph) of every sample that
+    will run, so samples align in parallel while the driver commits them in order."""
+    if not runner.distributed or step not in ("align", "graph"):
+        return
+    from asign.ingest.step_align import align_unit
+    from asign.ingest.step_graph import graph_unit
+
+    todo = []
+    for sample_id in sample_ids:
+        upstream = step_fingerprint(manifest, sample_id, STEPS[STEPS.index(step) - 1])
+        if upstream is None:
+            continue  # the loop reports it
+        fp = fingerprint(step, upstream, step_params(cfg, step))
+        if not (step_fingerprint(manifest, sample_id, step) == fp and store.step_intact(manifest, sample_id, step)):
+            todo.append(sample_id)
+    fn = align_unit if step == "align" else graph_unit
+    runner.prefetch(fn, [(str(store.root), cfg, s) for s in todo], todo, description=f"{step}")
 
 
 def _invalidate_after(manifest: dict[str, Any], sample_id: str, step: str) -> None:

@@ -24,6 +24,7 @@ class Runner:
     client: Any = None  # a distributed.Client, or None: serial
     rep: Any = None  # the Reporter of the run (one bar per batch of tasks)
     failures: list[TaskFailure] = field(default_factory=list)
+    _early: dict[tuple[str, str], Any] = field(default_factory=dict)  # prefetched futures
 
     @property
     def distributed(self) -> bool:
@@ -40,13 +41,29 @@ class Runner:
             for i, a in enumerate(args):
                 commit(i, fn(*a, **(local or {})))
             return []
-        from asign.cluster import run_tasks
+        from asign.cluster import gather, submit
 
-        out = run_tasks(self.client, fn, list(args), list(labels), self.rep,
-                        description=description, gpu=gpu, on_result=commit)
+        keys = [(fn.__name__, label) for label in labels]
+        if keys and all(k in self._early for k in keys):
+            futures = [self._early.pop(k) for k in keys]
+        else:
+            futures = submit(self.client, fn, list(args), list(labels), description=description, gpu=gpu)
+        out = gather(futures, list(labels), self.rep, description=description, on_result=commit)
         failed = [r for r in out if isinstance(r, TaskFailure)]
         self.failures += failed
         return failed
+
+    def prefetch(self, fn: Callable[..., Any], args: Sequence[tuple], labels: Sequence[str], *,
+                 description: str) -> None:
+        """On a cluster, start units now that a later :meth:`map` (same function and label)
+        will collect: e.g. every sample's alignment at once, while the driver commits one
+        sample at a time. Serially nothing happens here."""
+        if not self.distributed or not args:
+            return
+        from asign.cluster import submit
+
+        futures = submit(self.client, fn, list(args), list(labels), description=description)
+        self._early.update({(fn.__name__, label): f for label, f in zip(labels, futures, strict=True)})
 
 
 def raise_failures(failed: Sequence[TaskFailure], step: str, sample_id: str) -> None:

@@ -227,7 +227,13 @@ def embed_unit(root: str, cfg: IngestConfig, level: str, image: str, chunks: lis
     from asign.ingest.embed import crop_loader, embed_batches
     from asign.store import open_store
 
-    encoder = encoder or _encoder(cfg)
+    if encoder is None:  # on a worker: torch gets the worker's threads (Dask starts it with 1)
+        import torch
+
+        from asign.cluster import worker_threads
+
+        torch.set_num_threads(worker_threads())
+        encoder = _encoder(cfg)
     out_px = stored_patch_px(cfg)
     own = None
     if vec is None and level == "spot":

@@ -21,6 +21,16 @@ def _metrics(result) -> dict[tuple, float]:
     return {(r["fold"], r["section_id"], r["metric"]): r["value"] for r in result.metrics.to_pylist()}
 
 
+@pytest.fixture(scope="module")
+def scheduler():
+    """One local cluster for the module's tests, joined by address as --scheduler does."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, resources={"slot": 1},
+                      dashboard_address=":0") as cluster:
+        yield cluster.scheduler_address
+
+
 def test_four_runs_on_two_workers_equal_serial(toy_store):
     base = TrainConfig(store=toy_store, run="d", epochs=2, hidden=16, heads=2, threads=1)
     cfgs = expand(base, ["mean", "idw", "cli", "asign3d"], [0])
@@ -50,3 +60,18 @@ def test_threads_never_exceed_the_cores():
     assert threads_per_worker(2, 2) == 1
     assert threads_per_worker(3, 16) == 5
     assert threads_per_worker(4, 2) == 1  # more workers than cores: one thread each
+
+
+def test_folds_as_tasks_equal_serial_folds(toy_store_factory, scheduler):
+    from asign.train import run
+
+    root = toy_store_factory("folds", samples=("S1", "S2", "S3", "S4"), n_layers=3)
+    cfg = TrainConfig(store=root, model="asign3d", run="f", folds=2, epochs=2, hidden=16, heads=2, threads=1)
+    serial = run(cfg)
+    dispatched = run(cfg, cluster=ClusterConfig(scheduler=scheduler))
+    assert dispatched.run_id == serial.run_id and dispatched.status == "done"
+    got, want = _metrics(dispatched), _metrics(serial)
+    assert got.keys() == want.keys() and {k[0] for k in want} == {0, 1}
+    np.testing.assert_array_equal([got[k] for k in sorted(want)], [want[k] for k in sorted(want)])
+    where = dispatched.timings["fold_where"]
+    assert len(where) == 2 and all(w["worker"].startswith("tcp://") for w in where)

@@ -27,12 +27,15 @@ __all__ = ["MODELS", "RunResult", "TrainConfig", "run"]
 log = logging.getLogger(__name__)
 
 
-def run(cfg: TrainConfig, *, reporter: Any = None, max_epochs: int | None = None) -> RunResult:
+def run(cfg: TrainConfig, *, reporter: Any = None, max_epochs: int | None = None,
+        cluster: Any = None) -> RunResult:
     """Run one model on a store and record the results (see the module docstring).
 
     ``reporter``: an ``asign.progress.Reporter`` (default: rich bars on a terminal, log
     lines otherwise). ``max_epochs``: stop after this many epochs in this call; the run is
     recorded as ``interrupted`` and ``resume=True`` continues it (time-boxed sessions).
+    ``cluster``: an ``asign.cluster.ClusterConfig``; with K ≥ 2 folds each fold is a Dask
+    task (the driver writes the run's files, as serially).
     """
     from asign.cluster import here
     from asign.progress import reporter as make_reporter
@@ -43,6 +46,16 @@ def run(cfg: TrainConfig, *, reporter: Any = None, max_epochs: int | None = None
 
     validate(cfg)
     _check_device(cfg)
+    on_cluster = cluster is not None and cluster.distributed and cfg.folds >= 2 and max_epochs is None
+    if on_cluster and cfg.threads is None and not cluster.scheduler:
+        from asign.cluster import threads_per_worker
+
+        cfg = cfg.with_(threads=threads_per_worker(cluster.workers, cluster.cores))
+    if not on_cluster and cfg.threads is None and cfg.device == "cpu" and (cfg.spec.neural or cfg.model == "cli"):
+        from asign.cluster import idle_cores
+
+        # Not part of the run id; recorded in the run's config (pass --threads to fix it).
+        cfg = cfg.with_(threads=idle_cores())
     store = open_store(cfg.store)
     remove_stale_temps(store.root)  # e.g. the checkpoint a killed run was writing
     created = dt.datetime.now(dt.UTC)
@@ -74,9 +87,9 @@ def run(cfg: TrainConfig, *, reporter: Any = None, max_epochs: int | None = None
     status = "failed"
     try:
         ctx = make_reporter() if reporter is None else contextlib.nullcontext(reporter)
-        with ctx as rep, _deterministic(cfg):
+        with ctx as rep, _deterministic(cfg), _client(cluster if on_cluster else None) as client:
             status, metric_rows, blocks, genes = _execute(
-                cfg, store, rid, folds, rep, timings, max_epochs)
+                cfg, store, rid, folds, rep, timings, max_epochs, client)
         if status == "done":
             table = res.write_metrics(store, rid, metric_rows)
             if cfg.save_predictions:
@@ -93,15 +106,21 @@ def run(cfg: TrainConfig, *, reporter: Any = None, max_epochs: int | None = None
     return RunResult(rid, cfg.run, cfg.model, cfg.setting, status, seconds, table, timings)
 
 
-def _execute(cfg: TrainConfig, store: Any, rid: str, folds: list, rep: Any,
-             timings: dict[str, Any], max_epochs: int | None
-             ) -> tuple[str, list[dict], list, tuple[str, ...]]:
-    from asign.train import loop
-    from asign.train.data import load_sample
-    from asign.train.metrics import evaluate
-    from asign.train.results import PredictionBlock, metric_rows
+@contextlib.contextmanager
+def _client(cluster: Any) -> Iterator[Any]:
+    if cluster is None:
+        yield None
+        return
+    from asign.cluster import connect
 
-    t = time.perf_counter()
+    with connect(cluster) as client:
+        yield client
+
+
+def _load(cfg: TrainConfig, store: Any, folds: list) -> tuple[dict, Any]:
+    """The samples the folds need, each loaded once, and the spot-encoder recipe (or None)."""
+    from asign.train.data import load_sample
+
     needed = sorted({p.sample_id for f in folds for p in f.samples})
     recipe = None
     if cfg.finetune_spot_encoder:
@@ -111,6 +130,19 @@ def _execute(cfg: TrainConfig, store: Any, rid: str, folds: list, rep: Any,
                                              cfg.encoder, store.layout.manifest)
     samples = {s: load_sample(store, s, encoder=cfg.encoder, patches=recipe is not None)
                for s in needed}
+    return samples, recipe
+
+
+def _execute(cfg: TrainConfig, store: Any, rid: str, folds: list, rep: Any,
+             timings: dict[str, Any], max_epochs: int | None, client: Any = None
+             ) -> tuple[str, list[dict], list, tuple[str, ...]]:
+    from asign.train import loop
+    from asign.train.results import PredictionBlock
+
+    if client is not None:
+        return _execute_on_cluster(cfg, store, rid, folds, rep, timings, client)
+    t = time.perf_counter()
+    samples, recipe = _load(cfg, store, folds)
     genes = next(iter(samples.values())).genes
     timings["load_s"] = round(time.perf_counter() - t, 3)
 
@@ -129,40 +161,135 @@ def _execute(cfg: TrainConfig, store: Any, rid: str, folds: list, rep: Any,
     budget = [max_epochs]
     selection: dict[int, dict] = {}
     for fold in folds:
-        preds: dict[str, np.ndarray] = {}
-        t = time.perf_counter()
-        if spec.neural:
-            model = _fit_fold(cfg, fold, samples, tasks, rid, ckpt_path, ckpt, finished, rep,
-                              epoch_s, budget, selection, recipe)
-            if model is None:
-                return "interrupted", [], [], genes
-            for plan in fold.test:
-                preds[plan.sample_id] = loop.predict(
-                    cfg, model, _task(tasks, samples[plan.sample_id], plan.visible, cfg))
-        else:
-            for plan in fold.test:
-                preds[plan.sample_id] = _baseline(cfg, samples[plan.sample_id], plan)
-        timings.setdefault("fold_s", []).append(round(time.perf_counter() - t, 3))
+        fold_rows, fold_blocks, fold_s = _one_fold(cfg, fold, samples, tasks, rid, ckpt_path, ckpt,
+                                                   finished, rep, epoch_s, budget, selection, recipe)
+        if fold_rows is None:
+            return "interrupted", [], [], genes
+        timings.setdefault("fold_s", []).append(fold_s)
+        rows += fold_rows
+        blocks += fold_blocks
+    _fold_timings(timings, selection, _blocked(tasks), epoch_s)
+    return "done", rows, blocks, genes
+
+
+def _blocked(tasks: dict) -> dict[str, Any]:
+    """Graphs trained on spatial blocks (batching.py): what one epoch did."""
+    return {t.name: vars(t.cache["batching"]) for t in tasks.values() if "batching" in t.cache}
+
+
+def _execute_on_cluster(cfg: TrainConfig, store: Any, rid: str, folds: list, rep: Any,
+                        timings: dict[str, Any], client: Any
+                        ) -> tuple[str, list[dict], list, tuple[str, ...]]:
+    """Each fold a Dask task (it loads its own samples); results are assembled in fold
+    order, so metrics and predictions equal a serial run's. Each fold checkpoints to its
+    own file, so --resume continues the folds that did not finish."""
+    from asign.cluster import TaskFailure, run_tasks
+    from asign.errors import ClusterError
+
+    out = run_tasks(client, _fold_task, [(cfg, str(store.root), rid, f) for f in folds],
+                    [f"fold{f.fold}" for f in folds], rep, description=f"{cfg.model} folds")
+    failed = [o for o in out if isinstance(o, TaskFailure)]
+    if failed:
+        raise ClusterError(f"run {rid}: " + " | ".join(f"{f.label}: {f.error}" for f in failed),
+                           fix="fix the cause, then re-run with --resume (finished folds are kept)")
+    rows: list[dict] = []
+    blocks: list = []
+    epoch_s: list[float] = []
+    selection: dict[int, dict] = {}
+    blocked: dict[str, Any] = {}
+    timings["load_s"] = max(o["load_s"] for o in out)
+    for o in out:
+        rows += o["rows"]
+        blocks += o["blocks"]
+        epoch_s += o["epoch_s"]
+        selection |= o["selection"]
+        blocked |= o["batching"]
+        timings.setdefault("fold_s", []).append(o["fold_s"])
+        timings.setdefault("fold_where", []).append(o["where"])
+    _fold_timings(timings, selection, blocked, epoch_s)
+    return "done", rows, blocks, out[0]["genes"]
+
+
+def _fold_task(cfg: TrainConfig, root: str, rid: str, fold: Any) -> dict[str, Any]:
+    """A task: one fold of a run, on a worker (quietly: the driver shows one bar)."""
+    from pathlib import Path
+
+    from asign.cluster import here, worker_threads
+    from asign.progress import silent
+    from asign.store import open_store
+    from asign.train import loop
+
+    if cfg.threads is None:
+        cfg = cfg.with_(threads=worker_threads())
+    store = open_store(Path(root))
+    t = time.perf_counter()
+    samples, recipe = _load(cfg, store, [fold])
+    load_s = round(time.perf_counter() - t, 3)
+    path = store.layout.checkpoint(f"{rid}.fold{fold.fold}")
+    ckpt = loop.load_checkpoint(path) if cfg.resume and cfg.spec.neural else None
+    if ckpt is not None and ckpt.get("run_id") != rid:
+        ckpt = None
+    finished: dict[int, dict] = dict(ckpt["finished"]) if ckpt else {}
+    tasks: dict = {}
+    epoch_s: list[float] = []
+    selection: dict[int, dict] = {}
+    with _deterministic(cfg):
+        rows, blocks, fold_s = _one_fold(cfg, fold, samples, tasks, rid, path, ckpt, finished, silent(),
+                                         epoch_s, [None], selection, recipe)
+    return {"rows": rows, "blocks": blocks, "fold_s": fold_s, "epoch_s": epoch_s, "selection": selection,
+            "batching": _blocked(tasks), "genes": next(iter(samples.values())).genes, "load_s": load_s,
+            "where": here()}
+
+
+def _one_fold(cfg: TrainConfig, fold: Any, samples: dict, tasks: dict, rid: str, ckpt_path: Any,
+              ckpt: dict | None, finished: dict, rep: Any, epoch_s: list[float],
+              budget: list[int | None], selection: dict[int, dict], recipe: Any
+              ) -> tuple[list[dict] | None, list, float]:
+    """Train (or compute) one fold and score its test samples: (metric rows, prediction
+    blocks, seconds); rows None when the epoch budget ran out first."""
+    from asign.train import loop
+    from asign.train.metrics import evaluate
+    from asign.train.results import PredictionBlock, metric_rows
+
+    rows: list[dict] = []
+    blocks: list[PredictionBlock] = []
+    preds: dict[str, np.ndarray] = {}
+    t = time.perf_counter()
+    if cfg.spec.neural:
+        model = _fit_fold(cfg, fold, samples, tasks, rid, ckpt_path, ckpt, finished, rep,
+                          epoch_s, budget, selection, recipe)
+        if model is None:
+            return None, [], 0.0
         for plan in fold.test:
-            s, pred = samples[plan.sample_id], preds[plan.sample_id]
-            for sec in plan.scored:
-                idx = s.in_sections([sec]) & s.has_label
-                # The only place hidden labels are read: as ground truth for scoring.
-                values = evaluate(pred[idx], s.labels[idx])
-                rows += metric_rows(rid, fold.fold, plan.sample_id, sec, fold.setting, values)
-            out = s.in_sections(plan.predicted)
-            blocks.append(PredictionBlock(fold.fold, plan.sample_id,
-                                          np.asarray(s.sections, dtype=object)[s.section[out]],
-                                          s.spot_ids[out], pred[out]))
+            preds[plan.sample_id] = loop.predict(
+                cfg, model, _task(tasks, samples[plan.sample_id], plan.visible, cfg))
+    else:
+        for plan in fold.test:
+            preds[plan.sample_id] = _baseline(cfg, samples[plan.sample_id], plan)
+    fold_s = round(time.perf_counter() - t, 3)
+    for plan in fold.test:
+        s, pred = samples[plan.sample_id], preds[plan.sample_id]
+        for sec in plan.scored:
+            idx = s.in_sections([sec]) & s.has_label
+            # The only place hidden labels are read: as ground truth for scoring.
+            values = evaluate(pred[idx], s.labels[idx])
+            rows += metric_rows(rid, fold.fold, plan.sample_id, sec, fold.setting, values)
+        out = s.in_sections(plan.predicted)
+        blocks.append(PredictionBlock(fold.fold, plan.sample_id,
+                                      np.asarray(s.sections, dtype=object)[s.section[out]],
+                                      s.spot_ids[out], pred[out]))
+    return rows, blocks, fold_s
+
+
+def _fold_timings(timings: dict[str, Any], selection: dict[int, dict], blocked: dict[str, Any],
+                  epoch_s: list[float]) -> None:
     if selection:
         timings["selection"] = {str(k): v for k, v in selection.items()}
-    blocked = {t.name: vars(t.cache["batching"]) for t in tasks.values() if "batching" in t.cache}
     if blocked:  # graphs trained on spatial blocks (batching.py): what one epoch did
         timings["batching"] = blocked
     if epoch_s:
         timings["epoch_s_mean"] = round(float(np.mean(epoch_s)), 4)
         timings["epochs_run"] = len(epoch_s)
-    return "done", rows, blocks, genes
 
 
 def _fit_fold(cfg: TrainConfig, fold: Any, samples: dict, tasks: dict, rid: str,

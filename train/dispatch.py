@@ -32,6 +32,8 @@ def run_many(cfgs: Sequence[TrainConfig], cluster: ClusterConfig, *, reporter: A
 
     if not cluster.distributed:
         return [train.run(c, reporter=reporter) for c in cfgs]
+    if len(cfgs) == 1 and cfgs[0].folds >= 2:  # one run: its folds are the tasks
+        return [train.run(cfgs[0], reporter=reporter, cluster=cluster)]
     from asign.cluster import connect, run_tasks, threads_per_worker
     from asign.train.config import validate
 
