@@ -37,6 +37,9 @@ class ClusterConfig:
     cores: int | None = None  # cores a local cluster may use (default: this process's CPUs)
     gpus: int = 0  # GPU resources per local worker (1 with --device cuda)
 
+    def __post_init__(self) -> None:
+        validate(self)
+
     @property
     def distributed(self) -> bool:
         return self.workers > 0 or bool(self.scheduler)
@@ -82,7 +85,6 @@ def validate(cc: ClusterConfig) -> None:
 @contextmanager
 def connect(cc: ClusterConfig) -> Iterator[Any]:
     """A ``distributed.Client`` for the config; a local cluster lives as long as the block."""
-    validate(cc)
     from distributed import Client, LocalCluster
 
     from asign.errors import ConfigError
@@ -109,7 +111,7 @@ def connect(cc: ClusterConfig) -> Iterator[Any]:
     try:
         cluster = LocalCluster(n_workers=cc.workers, threads_per_worker=per, processes=True,
                                resources=resources, dashboard_address=":0",  # any free port
-                               silence_logs=logging.ERROR)
+                               silence_logs=logging.CRITICAL)  # failed tasks are reported by asign
     finally:
         for k, v in saved.items():
             if v is None:

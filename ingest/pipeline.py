@@ -63,12 +63,19 @@ def run_pipeline(cfg: IngestConfig, rep: Reporter | None = None) -> dict[str, An
 
     cluster = ClusterConfig(workers=cfg.workers, scheduler=cfg.scheduler,
                             gpus=1 if cfg.device == "cuda" and cfg.workers else 0)
-    if not cluster.distributed:
-        return _run(cfg, rep, Runner())
-    from asign.cluster import connect
+    try:
+        if not cluster.distributed:
+            return _run(cfg, rep, Runner())
+        from asign.cluster import connect
 
-    with connect(cluster) as client:
-        return _run(cfg, rep, Runner(client=client))
+        with connect(cluster) as client:
+            return _run(cfg, rep, Runner(client=client))
+    finally:
+        import sys
+
+        features = sys.modules.get("asign.ingest.step_features")
+        if features is not None:  # the encoder was kept for this run's samples only
+            features.forget_encoders()
 
 
 def _run(cfg: IngestConfig, rep: Reporter | None, runner: Runner) -> dict[str, Any]:
@@ -126,7 +133,6 @@ def _run(cfg: IngestConfig, rep: Reporter | None, runner: Runner) -> dict[str, A
                 try:
                     info = _STEP_FUNCS[step](store, cfg, sample_id, fp, rep, runner)
                 except ClusterError as err:  # the other samples go on; this one is reported
-                    log.error("%s", err)
                     failed.append(sample_id)
                     summary.setdefault("failed", []).append(str(err))
                     continue
@@ -138,9 +144,8 @@ def _run(cfg: IngestConfig, rep: Reporter | None, runner: Runner) -> dict[str, A
                 summary["samples"].setdefault(sample_id, {})[step] = info
 
     if failed:
-        raise ClusterError(f"ingest of sample(s) {', '.join(failed)} failed on the cluster (the other "
-                           "samples and every finished unit are stored): " + " | ".join(summary["failed"]),
-                           fix="fix the named section and re-run the same command; finished work is skipped")
+        raise ClusterError(" | ".join(summary["failed"]) + " (every other unit is stored: after the fix, "
+                           "re-run the same command and only the failed work runs)")
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     log.info("ingest finished in %.1f s (ran %d, skipped %d steps)", summary["seconds"],
              len(summary["ran"]), len(summary["skipped"]))

@@ -76,6 +76,6 @@ def raise_failures(failed: Sequence[TaskFailure], step: str, sample_id: str) -> 
     for f in failed:
         err = f.error
         fix = "" if isinstance(err, AsignError) else " Fix: see the worker's log, then re-run (finished units are kept)"
-        lines.append(f"{step} {f.label}: {err}{fix}")
-    raise ClusterError(f"sample {sample_id}: {len(failed)} unit(s) of step {step} failed on the cluster; "
-                       + " | ".join(lines))
+        lines.append(f"step {step}, section {f.label}: {err}{fix}" if step in ("patches", "embed")
+                     else f"step {step}: {err}{fix}")
+    raise ClusterError(f"sample {sample_id}, " + " | ".join(dict.fromkeys(lines)))

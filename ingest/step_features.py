@@ -109,7 +109,7 @@ def run_patches(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: R
             vec.put_many([*items, *marker])
             rep.advance(task, len(items))
 
-        failed = runner.map(crop_patches, units, [f"{s}#{i}" for i, s in enumerate(unit_section)], commit,
+        failed = runner.map(crop_patches, units, unit_section, commit,
                             description=f"patches {sample_id}")
     raise_failures(failed, "patches", sample_id)
     link_df = pd.concat(links, ignore_index=True) if links else pd.DataFrame(
@@ -184,7 +184,7 @@ def run_embed(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Rep
                 group = todo[lo:lo + per_unit]
                 units.append((str(store.root), cfg, level, image, [chunks[b] for b in group]))
                 unit_markers.append([markers[b] for b in group])
-                labels.append(f"{section_id}/{level}#{lo // per_unit}")
+                labels.append(f"{section_id} ({level})")
 
         def commit(i: int, batches: list[list[tuple[str, bytes]]]) -> None:
             for marker, batch in zip(unit_markers[i], batches, strict=True):
@@ -216,6 +216,10 @@ def _encoder(cfg: IngestConfig) -> Any:
         _ENCODERS.clear()
         _ENCODERS[key] = load_encoder(cfg.encoder, cfg.weights, device=cfg.device, seed=cfg.seed)
     return _ENCODERS[key]
+
+
+def forget_encoders() -> None:
+    _ENCODERS.clear()
 
 
 def embed_unit(root: str, cfg: IngestConfig, level: str, image: str, chunks: list[list[Any]],

@@ -24,11 +24,10 @@ def _metrics(result) -> dict[tuple, float]:
 @pytest.fixture(scope="module")
 def scheduler():
     """One local cluster for the module's tests, joined by address as --scheduler does."""
-    from distributed import LocalCluster
+    from asign.cluster import connect
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, resources={"slot": 1},
-                      dashboard_address=":0") as cluster:
-        yield cluster.scheduler_address
+    with connect(ClusterConfig(workers=2)) as client:
+        yield client.scheduler.address
 
 
 def test_four_runs_on_two_workers_equal_serial(toy_store):
@@ -75,3 +74,29 @@ def test_folds_as_tasks_equal_serial_folds(toy_store_factory, scheduler):
     np.testing.assert_array_equal([got[k] for k in sorted(want)], [want[k] for k in sorted(want)])
     where = dispatched.timings["fold_where"]
     assert len(where) == 2 and all(w["worker"].startswith("tcp://") for w in where)
+
+
+def test_cli_lists_of_models_and_seeds_build_the_runs(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from asign.cli import app
+
+    seen = {}
+
+    def fake(cfgs, cluster):
+        seen["cfgs"], seen["cluster"] = cfgs, cluster
+        return []
+
+    monkeypatch.setattr("asign.train.dispatch.run_many", fake)
+    runner = CliRunner()
+    res = runner.invoke(app, ["train", "--store", str(tmp_path), "--model", "mean,asign3d", "--seed", "0,1",
+                              "--workers", "2", "--epochs", "3"])
+    assert res.exit_code == 0, res.output
+    assert [(c.model, c.seed, c.epochs) for c in seen["cfgs"]] == [
+        ("mean", 0, 3), ("mean", 1, 3), ("asign3d", 0, 3), ("asign3d", 1, 3)]
+    assert seen["cluster"] == ClusterConfig(workers=2)
+    bad = runner.invoke(app, ["train", "--store", str(tmp_path), "--seed", "0,x"])
+    assert bad.exit_code == 1 and len(bad.output.strip().splitlines()) == 1 and "--seed" in bad.output
+    both = runner.invoke(app, ["train", "--store", str(tmp_path), "--model", "mean,idw", "--workers", "2",
+                               "--scheduler", "tcp://127.0.0.1:1"])
+    assert both.exit_code == 1 and "--workers and --scheduler" in both.output

@@ -97,3 +97,31 @@ def test_worker_killed_mid_ingest_then_rerun_is_identical(serial, tmp_path):
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert_same_store(ref, out)
     shutil.rmtree(out)
+
+
+def test_a_failed_section_is_one_line_and_the_others_are_kept(tmp_path):
+    from typer.testing import CliRunner
+
+    from asign.cli import app
+    from asign.ingest.synthetic import make_demo_sample
+    from asign.store import open_store
+
+    src = make_demo_sample(tmp_path / "demo", n_layers=3, grid=10)
+    store = tmp_path / "store"
+    base = ["ingest", str(src), "--store", str(store), "--encoder", "resnet18-l3-64", "--weights", "random"]
+    runner = CliRunner()
+    assert runner.invoke(app, [*base, "--steps", "register,align"]).exit_code == 0
+    image = src / "images" / "L2.jpg"
+    good = image.read_bytes()
+    image.write_bytes(good[:3000])  # truncated after registration: cropping its patches fails
+    bad = runner.invoke(app, [*base, "--steps", "patches", "--workers", "2"])
+    assert bad.exit_code == 1
+    lines = [ln for ln in bad.output.strip().splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "section demo_L2" in lines[0] and "L2.jpg" in lines[0] and "Fix:" in lines[0]
+    with open_store(store).vectors() as vec, vec.env.begin() as txn:
+        done = [bytes(k).decode() for k, _ in txn.cursor() if bytes(k).startswith(b"done/patches/")]
+    assert sorted(d.rsplit("/", 1)[1] for d in done) == ["demo_L1", "demo_L3"]  # their work is kept
+    image.write_bytes(good)
+    ok = runner.invoke(app, [*base, "--workers", "2", "--json"])
+    assert ok.exit_code == 0, ok.output
+    assert runner.invoke(app, ["check", "--store", str(store)]).exit_code == 0
