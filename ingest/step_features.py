@@ -9,7 +9,7 @@ fixed batch: markers are written in the same LMDB transaction as the data."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -186,7 +186,7 @@ def run_embed(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Rep
                 unit_markers.append([markers[b] for b in group])
                 labels.append(f"{section_id} ({level})")
 
-        def commit(i: int, batches: list[list[tuple[str, bytes]]]) -> None:
+        def commit(i: int, batches: Iterable[list[tuple[str, bytes]]]) -> None:
             for marker, batch in zip(unit_markers[i], batches, strict=True):
                 vec.put_many([*((emb_key(name, units[i][2], k), v) for k, v in batch), (marker, b"1")])
                 rep.advance(task, len(batch))
@@ -223,9 +223,10 @@ def forget_encoders() -> None:
 
 
 def embed_unit(root: str, cfg: IngestConfig, level: str, image: str, chunks: list[list[Any]],
-               vec: Any = None, encoder: Any = None) -> list[list[tuple[str, bytes]]]:
+               vec: Any = None, encoder: Any = None) -> Iterable[list[tuple[str, bytes]]]:
     """A unit of the embed step: consecutive batches of one section and level → per batch,
     (id, float16 bytes) pairs. ``vec``/``encoder``: this process's own, when run serially."""
+    serial = encoder is not None
     from pathlib import Path
 
     from asign.ingest.embed import crop_loader, embed_batches
@@ -259,8 +260,10 @@ def embed_unit(root: str, cfg: IngestConfig, level: str, image: str, chunks: lis
         items = [(i, patch_loader(i)) if level == "spot" else (i[0], crop_loader(image, i[1], i[2], i[3], out_px))
                  for chunk in chunks for i in chunk]
         batches = embed_batches(encoder, items, batch_size=cfg.batch_size, precision=cfg.precision)
-        return [[(k, v.tobytes()) for k, v in zip(b.keys, b.features, strict=True)]
-                for b in batches]
+        out = ([(k, v.tobytes()) for k, v in zip(b.keys, b.features, strict=True)] for b in batches)
+        # Serially the batches stream into the commit, each committed as soon as it is
+        # embedded (a crash loses one batch); a worker returns them all at once.
+        return out if serial else list(out)
     finally:
         if own is not None:
             own.close()
