@@ -5,16 +5,42 @@ one line on stderr naming the file and the fix); 2 a usage error (typer/click)."
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import json
 import logging
+import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand, TyperGroup
+
+
+def _flags_read_as_flags(params: list[Any]) -> list[Any]:
+    """typer labels every option with its type, so a flag such as --json shows ``<bool>``
+    as if it took a value; an empty metavar leaves flags (and --help) bare."""
+    for p in params:
+        if getattr(p, "is_flag", False) and p.metavar is None:
+            p.metavar = ""
+    return params
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _flags_read_as_flags(super().get_params(ctx))
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _flags_read_as_flags(super().get_params(ctx))
+
 
 app = typer.Typer(
     name="asign",
+    cls=_Group,
     help="3D spatial transcriptomics from H&E stacks plus one measured ST section (ASIGN).",
     no_args_is_help=True,
     add_completion=False,
@@ -33,13 +59,11 @@ log = logging.getLogger("asign")
 
 @app.callback()
 def main(
-    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output (-vv for debug).")] = 0,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="Debug log output (the default already logs each step).")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors.")] = False,
 ) -> None:
     """Logging is configured once, here."""
     level = logging.ERROR if quiet else (logging.INFO if verbose == 0 else logging.DEBUG)
-    if verbose == 0 and not quiet:
-        level = logging.INFO
     from rich.logging import RichHandler
 
     handler: logging.Handler
@@ -56,20 +80,64 @@ def main(
     root.propagate = False
 
 
+_AS_JSON: contextvars.ContextVar[bool] = contextvars.ContextVar("asign_as_json", default=False)
+
+
 def _fail(err: Exception) -> typer.Exit:
+    """The one place errors leave the CLI: one line on stderr and, when the command runs
+    with ``--json``, ``{"error", "file", "fix"}`` on stdout; the same exit code either way."""
     typer.echo(f"error: {err}", err=True)
+    if _AS_JSON.get():
+        _emit_json({"error": getattr(err, "message", str(err)), "file": getattr(err, "path", None),
+                    "fix": getattr(err, "fix", None)})
     return typer.Exit(getattr(err, "exit_code", 1))
 
 
+def _command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``app.command`` that records the command's ``--json`` for ``_fail`` and sends any
+    AsignError the command itself does not catch there too (typer reads the wrapped
+    function's signature, so options and --help are unchanged)."""
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def run(*a: Any, **kw: Any) -> Any:
+            from asign.errors import AsignError
+
+            token = _AS_JSON.set(bool(kw.get("as_json")))
+            try:
+                return fn(*a, **kw)
+            except AsignError as err:
+                raise _fail(err) from None
+            finally:
+                _AS_JSON.reset(token)
+
+        return app.command(*args, **kwargs)(run)
+
+    return register
+
+
+def _strict(value: Any) -> Any:
+    """JSON-safe copy: NaN and ±inf become null (bare ``NaN`` is not JSON: jq and
+    JavaScript refuse it), numpy scalars and arrays become Python ones."""
+    if isinstance(value, dict):
+        return {str(k): _strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [_strict(v) for v in value]
+    if hasattr(value, "tolist") and not isinstance(value, str | bytes):  # numpy
+        return _strict(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def _emit_json(payload: Any) -> None:
-    typer.echo(json.dumps(payload, indent=1, default=str))
+    typer.echo(json.dumps(_strict(payload), indent=1, default=str, allow_nan=False))
 
 
 def _split(value: str | None) -> tuple[str, ...]:
     return tuple(v.strip() for v in (value or "").split(",") if v.strip())
 
 
-@app.command()
+@_command(cls=_Command)
 def ingest(
     src: Annotated[list[Path], typer.Argument(help="Sample folder(s): her2st layout, Visium outs/, or a manifest (.toml/.csv).")],
     store: StoreOpt,
@@ -85,12 +153,15 @@ def ingest(
     syn: Annotated[bool, typer.Option("--syn/--no-syn", help="Refine with ANTs SyN on grayscale.")] = False,
     reference: Annotated[str | None, typer.Option("--reference", help="Reference section id (default: middle).")] = None,
     init: Annotated[list[str] | None, typer.Option("--init", help="Initial guess for a pair: MOVING:FIXED:DEGREES[:flip], repeatable.")] = None,
-    encoder: Annotated[str, typer.Option("--encoder", help="Encoder from the registry (see `asign doctor`).")] = "resnet50-l3",
-    weights: Annotated[str, typer.Option("--weights", help="PATH to a torchvision state dict, 'imagenet' (hub cache or download) or 'random' (pipeline tests).")] = "imagenet",
+    encoder: Annotated[str, typer.Option("--encoder", help="Encoder from the registry, 'a+b' to concatenate, or 'auto': resnet50-l3 when its ImageNet weights are local, else effnet-lite0 (bundled weights). See `asign doctor`.")] = "auto",
+    weights: Annotated[str, typer.Option("--weights", help="PATH to a state dict, 'imagenet' (bundled, or the torch hub cache) or 'random' (pipeline tests).")] = "imagenet",
+    download: Annotated[bool, typer.Option("--download/--no-download", help="Allow downloading missing torch-hub ImageNet weights.")] = False,
     device: DeviceOpt = "cpu",
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Patches per forward pass of the encoder.")] = 32,
     cross_weight: Annotated[str, typer.Option("--cross-weight", help="product (IoU×cosine, the paper) or sum (reference code).")] = "product",
+    section_um: Annotated[float | None, typer.Option("--section-um", help="Spacing between consecutive sections (z) in µm; overrides the input's section_um (default 10, recorded in the store).")] = None,
     seed: SeedOpt = 0,
+    wait: Annotated[float, typer.Option("--wait", help="Seconds to wait while another ingest writes this store, then fail naming it (one writer at a time).")] = 10.0,
     workers: WorkersOpt = 0,
     scheduler: SchedulerOpt = None,
     as_json: JsonOpt = False,
@@ -113,8 +184,9 @@ def ingest(
             steps=step_list, n_genes=n_genes, genes=_split(genes), normalisation=normalisation,
             panel_from=panel_from,
             align=AlignOptions(transform=transform, syn=syn, reference=reference, init=_parse_init(init or [])),
-            encoder=encoder, weights=weights, device=device, batch_size=batch_size,
-            cross_weight=cross_weight, seed=seed, workers=workers, scheduler=scheduler,
+            encoder=encoder, weights=weights, allow_download=download, device=device, batch_size=batch_size,
+            cross_weight=cross_weight, section_um=section_um, seed=seed, wait=wait,
+            workers=workers, scheduler=scheduler,
         )
         from asign import ingest as ingest_stage
 
@@ -151,7 +223,7 @@ def _train_default(name: str) -> Any:
 _OPT, _MODEL, _PROTO, _RUN = "Optimisation", "Model", "Protocol", "Runtime"
 
 
-@app.command()
+@_command(cls=_Command)
 def train(
     store: StoreOpt,
     model: Annotated[str, typer.Option("--model", "-m", help="asign3d | asign2d | mean | idw | similarity | cli (see `asign doctor`); a comma-separated list runs each.")] = "asign3d",
@@ -162,28 +234,29 @@ def train(
     extra_2d: Annotated[str | None, typer.Option("--extra-2d", help="Samples trained as 2D sections and never scored (e.g. B).", rich_help_panel=_PROTO)] = None,
     episode_known_fraction: Annotated[float, typer.Option("--episode-known-fraction", help="Share of a single known layer's spots given to the CLI in a training episode (the rest are targets).", rich_help_panel=_PROTO)] = _train_default("episode_known_fraction"),
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of training spots set aside to pick the best epoch (0 = last epoch).", rich_help_panel=_PROTO)] = _train_default("val_fraction"),
-    epochs: Annotated[int, typer.Option("--epochs", rich_help_panel=_OPT)] = _train_default("epochs"),
-    lr: Annotated[float, typer.Option("--lr", rich_help_panel=_OPT)] = _train_default("lr"),
+    epochs: Annotated[int, typer.Option("--epochs", help="Training epochs (the best one on the validation spots is kept).", rich_help_panel=_OPT)] = _train_default("epochs"),
+    lr: Annotated[float, typer.Option("--lr", help="Learning rate.", rich_help_panel=_OPT)] = _train_default("lr"),
     optimizer: Annotated[str, typer.Option("--optimizer", help="sgd (paper, momentum 0.9) | adamw", rich_help_panel=_OPT)] = _train_default("optimizer"),
-    momentum: Annotated[float, typer.Option("--momentum", rich_help_panel=_OPT)] = _train_default("momentum"),
-    weight_decay: Annotated[float, typer.Option("--weight-decay", rich_help_panel=_OPT)] = _train_default("weight_decay"),
+    momentum: Annotated[float, typer.Option("--momentum", help="SGD momentum.", rich_help_panel=_OPT)] = _train_default("momentum"),
+    weight_decay: Annotated[float, typer.Option("--weight-decay", help="Weight decay (L2).", rich_help_panel=_OPT)] = _train_default("weight_decay"),
     scheduler: Annotated[str, typer.Option("--scheduler", help="cosine | none", rich_help_panel=_OPT)] = _train_default("scheduler"),
     loss: Annotated[str, typer.Option("--loss", help="Loss weights preset: paper | reference", rich_help_panel=_OPT)] = _train_default("loss"),
     minibatch_above: Annotated[int, typer.Option("--minibatch-above", help="Graphs with more spots train one step per spatial block and infer block by block (train/batching.py); 0 = always.", rich_help_panel=_OPT)] = _train_default("minibatch_above"),
     block_spots: Annotated[int, typer.Option("--block-spots", help="Spots per block in that mode (memory grows with it).", rich_help_panel=_OPT)] = _train_default("block_spots"),
-    hidden: Annotated[int, typer.Option("--hidden", rich_help_panel=_MODEL)] = _train_default("hidden"),
-    heads: Annotated[int, typer.Option("--heads", rich_help_panel=_MODEL)] = _train_default("heads"),
-    dropout: Annotated[float, typer.Option("--dropout", rich_help_panel=_MODEL)] = _train_default("dropout"),
+    hidden: Annotated[int, typer.Option("--hidden", help="Hidden width of the fusion, GAT and transformer layers.", rich_help_panel=_MODEL)] = _train_default("hidden"),
+    heads: Annotated[int, typer.Option("--heads", help="Attention heads per GAT layer.", rich_help_panel=_MODEL)] = _train_default("heads"),
+    dropout: Annotated[float, typer.Option("--dropout", help="Dropout rate.", rich_help_panel=_MODEL)] = _train_default("dropout"),
     gnn: Annotated[str, typer.Option("--gnn", help="GAT engine: dgl (CPU default) | pyg (CUDA)", rich_help_panel=_MODEL)] = _train_default("gnn"),
     cli_iters: Annotated[int, typer.Option("--cli-iters", help="Propagation steps of the CLI block.", rich_help_panel=_MODEL)] = _train_default("cli_iters"),
     spatial_prior: Annotated[bool, typer.Option("--spatial-prior/--no-spatial-prior", help="CLI also blends the IDW prior of the known layer (off = the paper's CLI).", rich_help_panel=_MODEL)] = _train_default("cli_spatial_prior"),
     calibrate_gate: Annotated[bool, typer.Option("--calibrate-gate/--no-calibrate-gate", help="After training, choose the CLI blend weights on the held-out validation spots (train/calibrate.py).", rich_help_panel=_MODEL)] = _train_default("calibrate_gate"),
+    ablate: Annotated[str | None, typer.Option("--ablate", help="Remove parts of asign3d for an ablation, comma-separated: cross-attention, gat, cli.", rich_help_panel=_MODEL)] = None,
     per_node_gate: Annotated[bool, typer.Option("--per-node-gate", help="CLI gate per gene and spot instead of per gene.", rich_help_panel=_MODEL)] = _train_default("cli_per_node_gate"),
     feature_norm: Annotated[str, typer.Option("--feature-norm", help="section (z-score embeddings per section) | none", rich_help_panel=_MODEL)] = _train_default("feature_norm"),
     finetune_spot_encoder: Annotated[bool, typer.Option("--finetune-spot-encoder", help="Train the store's spot encoder on its stored patches (meant for a GPU).", rich_help_panel=_MODEL)] = False,
     finetune_batch: Annotated[int, typer.Option("--finetune-batch", help="Spots re-encoded with gradients per step when fine-tuning.", rich_help_panel=_MODEL)] = _train_default("finetune_batch"),
     device: Annotated[str, typer.Option("--device", help="cpu or cuda.", rich_help_panel=_RUN)] = "cpu",
-    threads: Annotated[int | None, typer.Option("--threads", help="Torch CPU threads per run. Default: the cores idle at start (cores − 1-min load average, ≥ 1), because beside another job torch's all-cores default measured 6× slower than 1 thread (bench/threads.py); pass it for bit-identical reruns across machines. With --workers N: cores // N.", rich_help_panel=_RUN)] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="Torch CPU threads per run. Default on CPU (asign3d, asign2d, cli): the cores idle when the run starts (usable cores − 1-min load average, ≥ 1; a heuristic, not a measurement), recorded in the run's config; beside another job torch's all-cores default measured 6× slower than 1 thread (bench/threads.py). Pass it to fix the count across reruns. With --workers N: cores // N; with --scheduler: the worker's threads.", rich_help_panel=_RUN)] = None,
     seed: Annotated[str, typer.Option("--seed", help="Random seed (runs are deterministic); a comma-separated list (0,1,2) runs each.", rich_help_panel=_RUN)] = "0",
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its checkpoint.", rich_help_panel=_RUN)] = False,
     workers: WorkersOpt = 0,
@@ -209,7 +282,7 @@ def train(
             momentum=momentum, weight_decay=weight_decay, scheduler=scheduler, loss=loss,
             hidden=hidden, heads=heads, dropout=dropout, gnn=gnn, cli_iters=cli_iters,
             cli_spatial_prior=spatial_prior, calibrate_gate=calibrate_gate,
-            cli_per_node_gate=per_node_gate,
+            cli_per_node_gate=per_node_gate, ablate=_split(ablate),
             feature_norm=feature_norm, finetune_spot_encoder=finetune_spot_encoder,
             finetune_batch=finetune_batch, device=device, threads=threads, seed=int(seeds[0]),
             resume=resume, minibatch_above=minibatch_above, block_spots=block_spots,
@@ -223,6 +296,8 @@ def train(
             result = train_stage.run(cfg)
             if as_json:
                 _emit_json(result.summary() if hasattr(result, "summary") else result.__dict__)
+            else:
+                _print_run_metrics(store, result)
             return
         from asign.train.dispatch import expand, run_many
 
@@ -233,30 +308,59 @@ def train(
     if as_json:
         _emit_json([r.summary() if hasattr(r, "summary") else {"run": r.label, "status": "failed", "error": str(r.error)}
                     for r in results])
+    else:
+        for r in results:
+            _print_run_metrics(store, r)
     if failed:
         raise typer.Exit(1)
 
 
-@app.command()
+def _print_run_metrics(store: Path, result: Any) -> None:
+    """The run's metric table on stdout (per hidden section and mean, beside the mean
+    baseline of the same run name when it exists); nothing for a run that did not return
+    a RunResult (a failed dispatched run is reported on its own)."""
+    from rich.console import Console
+
+    from asign.store import open_store
+    from asign.train.results import RunResult
+    from asign.train.table import run_table
+
+    if not isinstance(result, RunResult):
+        return
+
+    table, width = run_table(open_store(store), result)
+    Console(width=width).print(table, highlight=False)
+
+
+@_command(cls=_Command)
 def query(
     sql: Annotated[str, typer.Argument(help="SQL over the views sections, spots, genes, labels, transforms, tiles, spot_tiles, embeddings, edges, runs, metrics, predictions.")],
     store: StoreOpt,
     fmt: Annotated[str, typer.Option("--format", "-f", help="table|json|csv")] = "table",
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Save the result to FILE instead of printing it (.csv, .json or .parquet by extension; written atomically, never inside the store).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Run SQL (DuckDB) over the store and its results."""
+    """Run read-only SQL (DuckDB) over the store and its results. Only SELECT/EXPLAIN run;
+    the connection sees nothing but the store's views."""
     from asign.errors import AsignError, ConfigError
     from asign.store import open_store
+    from asign.store.query import write_result
 
     if as_json:
         fmt = "json"
     try:
         if fmt not in ("table", "json", "csv"):
             raise ConfigError(f"unknown --format {fmt!r}", fix="use table, json or csv")
-        result = open_store(store).query(sql)
+        opened = open_store(store)
+        result = opened.query(sql)
+        if out is not None:
+            write_result(result, out, opened.layout)
     except AsignError as err:
         raise _fail(err) from None
-    _print_table(result, fmt)
+    if out is None:
+        _print_table(result, fmt)
+    else:
+        typer.echo(f"{result.num_rows} row(s) written to {out}", err=True)
 
 
 def _print_table(table: Any, fmt: str) -> None:
@@ -266,7 +370,9 @@ def _print_table(table: Any, fmt: str) -> None:
     elif fmt == "csv":
         import csv
 
-        writer = csv.writer(sys.stdout)
+        # LF line ends, as DuckDB's own CLI writes them (csv's default CR LF breaks
+        # `... | grep -qx 0` and friends in a shell)
+        writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(table.column_names)
         for row in rows:
             writer.writerow([row[c] for c in table.column_names])
@@ -288,7 +394,7 @@ def _cell(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-@app.command()
+@_command(cls=_Command)
 def check(store: StoreOpt, as_json: JsonOpt = False) -> None:
     """Verify a store: manifest and input hashes, schema versions, LMDB entries against the
     tables, edge endpoints. Exits 1 with the full list of problems."""
@@ -313,7 +419,7 @@ def check(store: StoreOpt, as_json: JsonOpt = False) -> None:
         raise typer.Exit(1)
 
 
-@app.command()
+@_command(cls=_Command)
 def report(
     store: StoreOpt,
     run: Annotated[str, typer.Option("--run", "-r", help="Run name to report on.")],
@@ -336,32 +442,41 @@ def report(
         typer.echo(summary["report"])
 
 
-@app.command()
+@_command(cls=_Command)
 def export(
     store: StoreOpt,
     run: Annotated[str, typer.Option("--run", "-r", help="Run name to export.")],
-    h5ad: Annotated[Path, typer.Option("--h5ad", help="Output .h5ad file.")],
+    h5ad: Annotated[Path | None, typer.Option("--h5ad", help="Output .h5ad file (AnnData: X in log1p(CP10k), layers counts/asign/measured).")] = None,
+    spatialdata: Annotated[Path | None, typer.Option("--spatialdata", help="Output .zarr folder (SpatialData: aligned H&E stack, spot circles, the AnnData as table).")] = None,
+    ome_tiff: Annotated[Path | None, typer.Option("--ome-tiff", help="Output .ome.tif: the aligned H&E stack (Z×Y×X RGB, µm), one file per sample.")] = None,
+    z_spacing_um: Annotated[float | None, typer.Option("--z-spacing-um", help="Distance between consecutive sections in µm for the image stack (default: the spacing recorded at ingest, --section-um).")] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Run exported (default: asign3d if present).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Write the imputed volume as AnnData (.h5ad), scanpy/squidpy-ready."""
+    """Write the imputed volume as AnnData (.h5ad, scanpy/squidpy-ready), SpatialData
+    (.zarr, with the aligned H&E stack) and/or the aligned stack as OME-TIFF."""
     from asign.errors import AsignError
     from asign.report.cli_commands import export_command
 
     try:
-        summary = export_command(store, run, h5ad, model=model)
+        summary = export_command(store, run, h5ad, model=model, spatialdata=spatialdata,
+                                 ome_tiff=ome_tiff, z_spacing_um=z_spacing_um)
     except AsignError as err:
         raise _fail(err) from None
     if as_json:
         _emit_json(summary)
     else:
-        typer.echo(summary["h5ad"])
+        for key in ("h5ad", "spatialdata"):
+            if key in summary:
+                typer.echo(summary[key])
+        for path in summary.get("ome_tiff", []):
+            typer.echo(path)
 
 
-@app.command()
+@_command(cls=_Command)
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Folder for the synthetic sample and its store.")] = Path("asign-demo"),
-    layers: Annotated[int, typer.Option("--layers", help="Number of synthetic sections.")] = 4,
+    layers: Annotated[int, typer.Option("--layers", min=2, help="Number of synthetic sections (at least 2: one known, one to impute).")] = 4,
     seed: SeedOpt = 0,
     train_too: Annotated[bool, typer.Option("--train/--no-train", help="Also train and evaluate models on the demo store.")] = True,
     as_json: JsonOpt = False,
@@ -379,7 +494,7 @@ def demo(
         _emit_json(summary)
 
 
-@app.command()
+@_command(cls=_Command)
 def doctor(as_json: JsonOpt = False) -> None:
     """Preflight: check each native piece and the encoder weights; print the fix for each failure."""
     from asign.doctor import run_checks

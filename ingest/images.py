@@ -4,7 +4,12 @@ ImageError naming the file."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -18,34 +23,116 @@ log = logging.getLogger(__name__)
 _FIX_CORRUPT = "re-export or re-download the image; asign needs a fully decodable RGB image"
 
 
-def _pil():
+# Whole-image decodes (plain JPEG/PNG/TIFF) allocate width × height × 3 bytes; a header
+# may claim anything. Real H&E scans exceed PIL's own guard (~89 Mpx), so asign uses its own
+# limit, in force only while asign opens an image (PIL's global setting is restored after).
+# Pyramidal whole-slide formats are read tile by tile through OpenSlide and are not limited.
+MAX_PIXELS_ENV = "ASIGN_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_PIXELS = 1_000_000_000
+_FIX_RGB = "export the H&E scan as 8-bit RGB (JPEG, PNG or TIFF)"
+
+
+def max_pixels() -> int:
+    try:
+        return int(os.environ.get(MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS))
+    except ValueError:
+        return DEFAULT_MAX_PIXELS
+
+
+@contextlib.contextmanager
+def _pil(path: Path) -> Iterator[Any]:
+    """PIL with asign's pixel limit for the duration of the block: an image claiming more
+    pixels is refused when its header is read, before anything is decoded."""
+    import warnings
+
     from PIL import Image
 
-    # Real H&E scans exceed PIL's decompression-bomb guard (~89 Mpx) by design.
-    Image.MAX_IMAGE_PIXELS = None
-    return Image
+    limit = max_pixels()
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = limit
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield Image
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        claimed = f"{int(found[1]):,} pixels" if found else "more pixels"
+        raise ImageError(f"image claims {claimed}, above asign's limit of {limit:,} for images decoded whole; "
+                         "refused before decoding", path=path,
+                         fix=f"check the file; for a genuinely larger image use a pyramidal whole-slide format "
+                             f"(e.g. tiled TIFF/SVS) or raise {MAX_PIXELS_ENV}") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
 
 
-def verify_image(path: Path) -> tuple[int, int]:
-    """Decode the whole image once so truncated/corrupt files fail here, not mid-ingest.
-    Returns (width, height)."""
+@dataclass(frozen=True)
+class ImageHeader:
+    width: int
+    height: int
+    mode: str
+    format: str | None
+    sixteen_bit: bool
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.width, self.height
+
+
+_SINGLE_CHANNEL = ("1", "L", "LA", "I", "F", "I;16", "I;16L", "I;16B", "I;16N", "La")
+
+
+def image_header(path: Path) -> ImageHeader:
+    """Size and pixel format from the file header only (nothing decoded). Refuses missing
+    and empty files, images above the pixel limit and single-channel (grayscale) images
+    (asign needs RGB H&E; a grayscale scan would otherwise read as 'no tissue')."""
     path = Path(path)
     if not path.exists():
         raise ImageError("image not found", path=path, fix="check the path in the sample folder or manifest")
     if path.stat().st_size == 0:
         raise ImageError("image file is empty (0 bytes)", path=path, fix=_FIX_CORRUPT)
-    image = _pil()
-    try:
-        with image.open(path) as im:
-            size = im.size
-            if im.format == "JPEG":
-                # DCT-scaled decode still reads every entropy-coded block, so truncation
-                # is detected at 1/8 of the cost of a full decode.
-                im.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
-            im.load()
-    except (OSError, SyntaxError, ValueError) as err:
-        raise ImageError(f"image is unreadable or truncated ({err})", path=path, fix=_FIX_CORRUPT) from err
-    return size
+    with _pil(path) as image:
+        try:
+            with image.open(path) as im:
+                head = ImageHeader(im.size[0], im.size[1], im.mode, im.format,
+                                   "16" in _raw_mode(im) or im.mode.startswith("I;16"))
+        except (OSError, SyntaxError, ValueError) as err:
+            raise ImageError(f"image is unreadable ({err})", path=path, fix=_FIX_CORRUPT) from err
+    if head.mode in _SINGLE_CHANNEL:
+        depth = "16-bit " if head.sixteen_bit else ""
+        raise ImageError(f"single-channel {depth}(grayscale, mode {head.mode}) image refused: asign needs an "
+                         "RGB H&E scan", path=path, fix=_FIX_RGB)
+    if head.sixteen_bit:
+        log.info("%s: 16-bit RGB image, converted to 8 bits per channel when read", path)
+    return head
+
+
+def _raw_mode(im: Any) -> str:
+    """The pixel layout stored in the file (e.g. 'RGB;16B' for 16-bit RGB, which PIL
+    presents as 8-bit 'RGB'), from the decoder arguments of the first tile."""
+    if not im.tile:
+        return str(im.mode)
+    args = im.tile[0][3]
+    if isinstance(args, tuple):
+        return str(args[0]) if args else str(im.mode)
+    return str(args)
+
+
+def verify_image(path: Path) -> tuple[int, int]:
+    """Check the header (``image_header``), then decode the whole image once so
+    truncated/corrupt files fail here, not mid-ingest. Returns (width, height)."""
+    path = Path(path)
+    head = image_header(path)
+    with _pil(path) as image:
+        try:
+            with image.open(path) as im:
+                if im.format == "JPEG":
+                    # DCT-scaled decode still reads every entropy-coded block, so truncation
+                    # is detected at 1/8 of the cost of a full decode.
+                    im.draft("RGB", (max(1, head.width // 8), max(1, head.height // 8)))
+                im.load()
+        except (OSError, SyntaxError, ValueError) as err:
+            raise ImageError(f"image is unreadable or truncated ({err})", path=path, fix=_FIX_CORRUPT) from err
+    return head.size
 
 
 @lru_cache(maxsize=8)
@@ -53,12 +140,15 @@ def open_slide(path: Path) -> Any:
     """OpenSlide handle (cached). Raises ImageError for missing/corrupt files."""
     import openslide
 
-    _pil()  # lifts PIL's pixel limit before OpenSlide's ImageSlide opens a large JPEG
     path = Path(path)
     if not path.exists():
         raise ImageError("image not found", path=path, fix="check the path in the sample folder or manifest")
     try:
-        return openslide.open_slide(str(path))
+        if openslide.OpenSlide.detect_format(str(path)) is not None:  # pyramidal: read by tiles
+            return openslide.open_slide(str(path))
+        image_header(path)  # ImageSlide decodes the whole image: limit and mode first
+        with _pil(path):
+            return openslide.open_slide(str(path))
     except (openslide.OpenSlideError, OSError, ValueError) as err:
         raise ImageError(f"image cannot be opened ({err})", path=path, fix=_FIX_CORRUPT) from err
 
@@ -76,7 +166,11 @@ def read_thumbnail(path: Path, downsample: float) -> np.ndarray:
     path = Path(path)
     w, h = verify_image(path)
     out = (max(1, round(w / downsample)), max(1, round(h / downsample)))
-    image = _pil()
+    with _pil(path) as image:
+        return _thumbnail(image, path, out)
+
+
+def _thumbnail(image: Any, path: Path, out: tuple[int, int]) -> np.ndarray:
     try:
         if path.suffix.lower() in {".jpg", ".jpeg"}:
             with image.open(path) as im:
@@ -95,7 +189,8 @@ def read_region(path: Path, x: int, y: int, size: int, out_size: int) -> np.ndar
     resized to ``out_size``. Uses the coarsest pyramid level that still has enough
     resolution, so a whole 9k×9k image is never loaded for a small region of a WSI.
     Pixels outside the image are white (background), as OpenSlide returns them."""
-    image = _pil()
+    from PIL import Image as image
+
     slide = open_slide(Path(path))
     downsample = size / out_size
     level = slide.get_best_level_for_downsample(max(downsample, 1.0))

@@ -7,6 +7,7 @@ step is one section (or one fixed batch of embeddings), so a crash loses at most
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -16,8 +17,9 @@ from asign.ingest.config import STEPS, IngestConfig
 from asign.ingest.runner import Runner
 from asign.ingest.sample import SampleInput
 from asign.progress import Reporter, reporter
-from asign.store import Store, open_store
+from asign.store import Store, StoreLayout, open_store, prepare_root
 from asign.store.atomic import remove_stale_temps
+from asign.store.locks import writer_lock
 from asign.store.manifest import fingerprint, mark_step, step_fingerprint
 
 log = logging.getLogger(__name__)
@@ -56,20 +58,39 @@ def step_params(cfg: IngestConfig, step: str) -> dict[str, Any]:
     return {}
 
 
+def resolve_encoder(cfg: IngestConfig) -> IngestConfig:
+    """``--encoder auto`` → a registry name, decided once per run and logged; the resolved
+    name is what fingerprints, the manifest and the vector keys record."""
+    from asign.encoders import AUTO, resolve_auto
+
+    if cfg.encoder != AUTO or not {"patches", "embed"} & set(cfg.steps):
+        return cfg
+    name, where = resolve_auto(cfg.weights)
+    log.info("--encoder auto: %s (%s)", name, where)
+    return dataclasses.replace(cfg, encoder=name)
+
+
 def run_pipeline(cfg: IngestConfig, rep: Reporter | None = None) -> dict[str, Any]:
-    """Serially, or with the units of work on a Dask cluster (cfg.workers / cfg.scheduler);
+    """Ingest under the store's writer lock: one ingest writes a store at a time (an OS lock
+    that the kernel frees when the process ends); trains and queries never take it. The lock
+    is taken before the store is created, so two first ingests cannot both create it.
+    The units of work run serially, or on a Dask cluster (cfg.workers / cfg.scheduler);
     either way this process alone writes the store."""
     from asign.cluster import ClusterConfig
 
+    t0 = time.perf_counter()
     cluster = ClusterConfig(workers=cfg.workers, scheduler=cfg.scheduler,
                             gpus=1 if cfg.device == "cuda" and cfg.workers else 0)
+    layout = StoreLayout(prepare_root(cfg.store))
     try:
-        if not cluster.distributed:
-            return _run(cfg, rep, Runner())
-        from asign.cluster import connect
+        with writer_lock(layout.writable(layout.ingest_lock), wait=cfg.wait):
+            store = open_store(cfg.store, create=True)
+            if not cluster.distributed:
+                return _run(cfg, store, rep, Runner(), t0)
+            from asign.cluster import connect
 
-        with connect(cluster) as client:
-            return _run(cfg, rep, Runner(client=client))
+            with connect(cluster) as client:
+                return _run(cfg, store, rep, Runner(client=client), t0)
     finally:
         import sys
 
@@ -78,13 +99,12 @@ def run_pipeline(cfg: IngestConfig, rep: Reporter | None = None) -> dict[str, An
             features.forget_encoders()
 
 
-def _run(cfg: IngestConfig, rep: Reporter | None, runner: Runner) -> dict[str, Any]:
+def _run(cfg: IngestConfig, store: Store, rep: Reporter | None, runner: Runner, t0: float) -> dict[str, Any]:
     from asign.ingest import step_register
 
-    t0 = time.perf_counter()
-    store = open_store(cfg.store, create=True)
+    cfg = resolve_encoder(cfg)
     remove_stale_temps(store.root)  # half-written files of a killed run
-    manifest = store.manifest()
+    manifest = store.manifest()  # read under the lock: another ingest may just have saved it
     summary: dict[str, Any] = {"store": str(cfg.store), "samples": {}, "skipped": [], "ran": []}
     failed: list[str] = []
 
@@ -129,6 +149,10 @@ def _run(cfg: IngestConfig, rep: Reporter | None, runner: Runner) -> dict[str, A
                 # the ones recorded (not deleted, edited, or half-replaced by a crashed run).
                 if step_fingerprint(manifest, sample_id, step) == fp and store.step_intact(manifest, sample_id, step):
                     summary["skipped"].append(f"{sample_id}:{step}")
+                    if step == "align":  # stores aligned before fine thumbnails existed
+                        from asign.ingest.step_align import backfill_fine_thumbnails
+
+                        manifest = backfill_fine_thumbnails(store, manifest, sample_id)
                     continue
                 try:
                     info = _STEP_FUNCS[step](store, cfg, sample_id, fp, rep, runner)

@@ -36,6 +36,7 @@ class SectionInput:
     counts: sp.csr_matrix | None = None
     counts_path: Path | None = None
     total_counts: np.ndarray | None = None  # per spot, over all genes (for log1p-CP10k)
+    section_um: float | None = None  # spacing between consecutive z (µm), when the input gives it
 
     @property
     def has_counts(self) -> bool:

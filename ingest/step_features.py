@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from asign.ingest import standardise
 from asign.ingest.config import IngestConfig
 from asign.ingest.runner import Runner, raise_failures
 from asign.progress import Reporter
@@ -149,20 +150,49 @@ def _item_id(item: Any) -> str:
     return item if isinstance(item, str) else item[0]
 
 
+def _standardisation(store: Store, cfg: IngestConfig, sample_id: str, work: list, runner: Runner,
+                     encoder: Any, vec: Any) -> tuple[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """(reference section, {level: (mean, std)}): statistics from the raw features of the
+    reference section's spot patches and tiles (ingest/standardise.py says why), computed
+    as one unit of work (here, or on a worker) before the units that apply them."""
+    sections = store.read("sections").to_pandas()
+    ref = standardise.reference_section(sections[sections.sample_id == sample_id], cfg.panel_from)
+    ref_work = [(level, image, items) for sec, level, image, items in work if sec == ref]
+    out: dict[str, dict] = {}
+
+    def commit(_: int, stats: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        out.update(stats)
+
+    failed = runner.map(standardisation_unit, [(str(store.root), cfg, ref_work)], [ref], commit,
+                        description=f"standardise {sample_id}", gpu=cfg.device == "cuda",
+                        local={"vec": vec, "encoder": encoder})
+    raise_failures(failed, "embed", sample_id)
+    log.info("%s: %s features z-scored with statistics of section %s", sample_id, encoder.spec.name, ref)
+    return ref, out
+
+
 def run_embed(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Reporter,
               runner: Runner | None = None) -> dict[str, Any]:
     from asign.ingest.embed import embedding_config
 
     runner = runner or Runner()
+    index: dict[str, list] = {k: [] for k in ("sample_id", "section_id", "encoder", "level", "id")}
+    sections, _ = _imaged(store, sample_id)
+    if sections.empty:
+        # Placed by given coordinates only: nothing to encode, so no weights are needed.
+        log.info("sample %s has no imaged section: nothing to embed", sample_id)
+        store.write("embeddings", index, key=sample_id)
+        return {"n_vectors": 0, "encoder": None, "weights": None}
     encoder = _encoder(cfg)  # here too on a cluster: the manifest records this process's setup
     name = encoder.spec.name
-    index: dict[str, list] = {k: [] for k in ("sample_id", "section_id", "encoder", "level", "id")}
     bs = cfg.batch_size
     per_unit = max(1, EMBED_UNIT // bs)  # batches per unit of work
     # One LMDB environment per process: serially the patch loaders read through the
     # writer's handle; a worker opens its own, read-only.
     with store.vectors(readonly=False) as vec:
         work = _work(store, sample_id)
+        zscore = (_standardisation(store, cfg, sample_id, work, runner, encoder, vec)
+                  if encoder.spec.standardise else None)
         total = sum(len(items) for *_, items in work)
         task = rep.task(f"embed {sample_id}", total=total)
         units: list[tuple] = []
@@ -182,7 +212,8 @@ def run_embed(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Rep
             rep.advance(task, sum(len(chunks[b]) for b in range(len(chunks)) if b not in todo_set))
             for lo in range(0, len(todo), per_unit):
                 group = todo[lo:lo + per_unit]
-                units.append((str(store.root), cfg, level, image, [chunks[b] for b in group]))
+                units.append((str(store.root), cfg, level, image, [chunks[b] for b in group],
+                              None if zscore is None else zscore[1][level]))
                 unit_markers.append([markers[b] for b in group])
                 labels.append(f"{section_id} ({level})")
 
@@ -198,9 +229,17 @@ def run_embed(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Rep
     index["encoder"] = [name] * len(index["id"])
     store.write("embeddings", index, key=sample_id)
     manifest = store.manifest()
+    previous = manifest["params"].get("embed") or {}
     manifest["params"]["embed"] = {**embedding_config(encoder, bs, cfg.precision), "dim": encoder.spec.dim, "spot_px": cfg.spot_px,
                                    "stored_px": encoder.spec.input_px,
                                    "region_px": cfg.region_px, "global_px": cfg.global_px}
+    if zscore is not None:
+        done = previous.get("standardised", {}) if previous.get("encoder") == name else {}
+        done[sample_id] = {"reference_section": zscore[0], "stats_sha256": standardise.stats_hash(zscore[1])}
+        manifest["params"]["embed"]["standardised"] = done
+        manifest["params"]["embed"]["standardisation"] = (
+            "per feature z-score, mean/std over the reference section's items of each level "
+            "(images only; ingest/standardise.py)")
     store.save_manifest(manifest)
     return {"n_vectors": total, "encoder": name, "weights": encoder.info.get("weights_sha256")}
 
@@ -211,10 +250,11 @@ _ENCODERS: dict[tuple, Any] = {}  # per process: a worker loads the encoder once
 def _encoder(cfg: IngestConfig) -> Any:
     from asign.encoders import load_encoder
 
-    key = (cfg.encoder, str(cfg.weights), cfg.device, cfg.seed)
+    key = (cfg.encoder, str(cfg.weights), cfg.device, cfg.seed, cfg.allow_download)
     if key not in _ENCODERS:
         _ENCODERS.clear()
-        _ENCODERS[key] = load_encoder(cfg.encoder, cfg.weights, device=cfg.device, seed=cfg.seed)
+        _ENCODERS[key] = load_encoder(cfg.encoder, cfg.weights, device=cfg.device, seed=cfg.seed,
+                                      allow_download=cfg.allow_download)
     return _ENCODERS[key]
 
 
@@ -222,45 +262,94 @@ def forget_encoders() -> None:
     _ENCODERS.clear()
 
 
+def _unit_setup(root: str, cfg: IngestConfig, encoder: Any) -> Any:
+    """The encoder a unit uses: this process's own serially; on a worker, loaded once per
+    process, with torch on the worker's threads (Dask starts it with 1)."""
+    if encoder is not None:
+        return encoder
+    import torch
+
+    from asign.cluster import worker_threads
+
+    torch.set_num_threads(worker_threads())
+    return _encoder(cfg)
+
+
+def _loaders(root: str, cfg: IngestConfig, level: str, image: str, items: list[Any],
+             vec: Any) -> list[tuple[str, Callable[[], np.ndarray]]]:
+    """(id, loader) pairs: spot patches read back from LMDB, tiles cropped from the slide."""
+    from pathlib import Path
+
+    from asign.ingest.embed import crop_loader
+
+    out_px = stored_patch_px(cfg)
+
+    def patch_loader(spot_id: str) -> Callable[[], np.ndarray]:
+        def load() -> np.ndarray:
+            from asign.store.vectors import decode_patch
+
+            raw = vec.get(patch_key(spot_id))
+            if raw is None:
+                from asign.errors import StoreError
+
+                raise StoreError(f"patch {spot_id} missing", path=Path(root) / "vectors.lmdb",
+                                 fix="re-run `asign ingest --steps patches,embed`")
+            return decode_patch(raw)
+        return load
+
+    return [(i, patch_loader(i)) if level == "spot" else (i[0], crop_loader(image, i[1], i[2], i[3], out_px))
+            for i in items]
+
+
+def standardisation_unit(root: str, cfg: IngestConfig, ref_work: list[tuple[str, str, list]],
+                         vec: Any = None, encoder: Any = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """A unit of the embed step: per level, (mean, std) of the raw features of the reference
+    section's items. ``vec``/``encoder``: this process's own, when run serially."""
+    from pathlib import Path
+
+    from asign.ingest.embed import embed_batches
+    from asign.store import open_store
+
+    encoder = _unit_setup(root, cfg, encoder)
+    own = None
+    if vec is None:
+        own = vec = open_store(Path(root)).vectors(readonly=True)
+    try:
+        stats = {}
+        for level in LEVELS:
+            items = [it for lev, image, its in ref_work if lev == level
+                     for it in _loaders(root, cfg, lev, image, its, vec)]
+            feats = [b.features for b in embed_batches(encoder, items, batch_size=cfg.batch_size,
+                                                       precision=cfg.precision)]
+            stats[level] = standardise.fit(np.concatenate(feats) if feats else np.zeros((0, encoder.spec.dim)))
+        return stats
+    finally:
+        if own is not None:
+            own.close()
+
+
 def embed_unit(root: str, cfg: IngestConfig, level: str, image: str, chunks: list[list[Any]],
-               vec: Any = None, encoder: Any = None) -> Iterable[list[tuple[str, bytes]]]:
+               zscore: tuple[np.ndarray, np.ndarray] | None = None, vec: Any = None,
+               encoder: Any = None) -> Iterable[list[tuple[str, bytes]]]:
     """A unit of the embed step: consecutive batches of one section and level → per batch,
-    (id, float16 bytes) pairs. ``vec``/``encoder``: this process's own, when run serially."""
+    (id, float16 bytes) pairs, z-scored with ``zscore`` (mean, std) when the encoder asks.
+    ``vec``/``encoder``: this process's own, when run serially."""
     serial = encoder is not None
     from pathlib import Path
 
-    from asign.ingest.embed import crop_loader, embed_batches
+    from asign.ingest.embed import embed_batches
     from asign.store import open_store
 
-    if encoder is None:  # on a worker: torch gets the worker's threads (Dask starts it with 1)
-        import torch
-
-        from asign.cluster import worker_threads
-
-        torch.set_num_threads(worker_threads())
-        encoder = _encoder(cfg)
-    out_px = stored_patch_px(cfg)
+    encoder = _unit_setup(root, cfg, encoder)
     own = None
     if vec is None and level == "spot":
         own = vec = open_store(Path(root)).vectors(readonly=True)
     try:
-        def patch_loader(spot_id: str) -> Callable[[], np.ndarray]:
-            def load() -> np.ndarray:
-                from asign.store.vectors import decode_patch
-
-                raw = vec.get(patch_key(spot_id))
-                if raw is None:
-                    from asign.errors import StoreError
-
-                    raise StoreError(f"patch {spot_id} missing", path=Path(root) / "vectors.lmdb",
-                                     fix="re-run `asign ingest --steps patches,embed`")
-                return decode_patch(raw)
-            return load
-
-        items = [(i, patch_loader(i)) if level == "spot" else (i[0], crop_loader(image, i[1], i[2], i[3], out_px))
-                 for chunk in chunks for i in chunk]
+        items = [it for chunk in chunks for it in _loaders(root, cfg, level, image, chunk, vec)]
         batches = embed_batches(encoder, items, batch_size=cfg.batch_size, precision=cfg.precision)
-        out = ([(k, v.tobytes()) for k, v in zip(b.keys, b.features, strict=True)] for b in batches)
+        out = ([(k, v.tobytes()) for k, v in zip(
+                    b.keys, b.features if zscore is None else standardise.apply(b.features, *zscore), strict=True)]
+               for b in batches)
         # Serially the batches stream into the commit, each committed as soon as it is
         # embedded (a crash loses one batch); a worker returns them all at once.
         return out if serial else list(out)

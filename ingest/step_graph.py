@@ -1,5 +1,9 @@
 """Step 5, graph: the sparse 3D spot graph of a sample (same-layer kNN + cross-layer disc
-IoU × embedding cosine), written as a Parquet edge list."""
+IoU × embedding cosine), written as a Parquet edge list.
+
+Every placed spot is a node. A cross-layer edge with an endpoint on a section placed by
+given coordinates (no image, so no features) weighs IoU alone; its ``cosine`` is NaN in
+the edges table and the step records ``n_cross_iou_only`` in the manifest."""
 
 from __future__ import annotations
 
@@ -51,22 +55,35 @@ def graph_unit(root: str, cfg: IngestConfig, sample_id: str) -> tuple[dict[str, 
     spots = store.read("spots", key=sample_id).to_pandas()
     emb = store.read("embeddings", key=sample_id).to_pandas() if store.has("embeddings", sample_id) else None
     embed_info = store.manifest()["params"].get("embed")
-    if emb is None or embed_info is None:
+    imaged = set(sections.section_id[sections.has_image])
+    if emb is None or (imaged and embed_info is None):
         raise StoreError(f"sample {sample_id} has no embeddings", path=store.root,
                          fix="run `asign ingest --steps embed` before the graph step")
+    # Every placed spot is a node: spots of imaged sections once embedded, spots of
+    # sections placed by given coordinates (no image) always, with IoU-only cross edges.
     have = set(emb.id[emb.level == "spot"])
-    nodes = spots[spots.x_um.notna() & spots.spot_id.isin(have)].reset_index(drop=True)
+    featured = spots.spot_id.isin(have)
+    nodes = spots[spots.x_um.notna() & (featured | ~spots.section_id.isin(imaged))].reset_index(drop=True)
     dropped = len(spots) - len(nodes)
     if dropped:
         log.warning("sample %s: %d spots without aligned coordinates or image features are not in the graph",
                     sample_id, dropped)
-    with store.vectors(readonly=True) as vec:
-        feats = vec.get_vectors([emb_key(embed_info["encoder"], "spot", s) for s in nodes.spot_id],
-                                int(embed_info["dim"]))
+    has_feat = nodes.spot_id.isin(have).to_numpy()
+    if has_feat.any():
+        dim = int(embed_info["dim"])
+        with store.vectors(readonly=True) as vec:
+            keys = [emb_key(embed_info["encoder"], "spot", s) for s in nodes.spot_id[has_feat]]
+            if has_feat.all():  # the usual case: one (N, D) array, no second copy
+                feats = vec.get_vectors(keys, dim)
+            else:
+                feats = np.zeros((len(nodes), dim), dtype=np.float16)
+                feats[has_feat] = vec.get_vectors(keys, dim)
+    else:
+        feats = np.zeros((len(nodes), 1), dtype=np.float32)
     radius = float(sections.spot_diameter_um.median()) / 2.0
     edges = build_graph(nodes[["x_um", "y_um"]].to_numpy(np.float64), nodes.z.to_numpy(np.int64), feats,
                         radius_um=radius, k_same=cfg.k_same, top_k_cross=cfg.top_k_cross,
-                        combine=cfg.cross_weight)
+                        combine=cfg.cross_weight, has_features=None if has_feat.all() else has_feat)
     ids = nodes.spot_id.to_numpy(dtype=object)
     table = {
         "sample_id": np.full(len(edges.src), sample_id, dtype=object),
@@ -75,4 +92,8 @@ def graph_unit(root: str, cfg: IngestConfig, sample_id: str) -> tuple[dict[str, 
         "weight": edges.weight, "distance_um": edges.distance_um, "iou": edges.iou, "cosine": edges.cosine,
     }
     n_cross = int((edges.kind == 1).sum())
-    return table, {"n_nodes": int(len(nodes)), "n_edges": int(len(edges.src)), "n_cross": n_cross}
+    iou_only = int(((edges.kind == 1) & np.isnan(edges.cosine)).sum())
+    return table, {"n_nodes": int(len(nodes)), "n_edges": int(len(edges.src)), "n_cross": n_cross,
+                   # cross-layer edges with an endpoint without image features weigh IoU alone
+                   "n_cross_iou_only": iou_only,
+                   "cross_weight_without_features": "iou"}

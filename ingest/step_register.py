@@ -80,8 +80,11 @@ _GENE_FILE_SUFFIXES = {".txt", ".csv", ".tsv", ".list"}
 
 
 def register_fingerprint(cfg: IngestConfig, samples: Sequence[SampleInput], hashes: dict[str, Any]) -> str:
+    spacing = [cfg.section_um, *(sec.section_um for s in samples for sec in s.sections)]
+    extra = [spacing] if any(v is not None for v in spacing) else []  # old stores keep their fingerprint
     return fingerprint("register", [s.sample_id for s in samples], hashes, cfg.n_genes,
-                       requested_genes(cfg.genes), cfg.normalisation, cfg.panel_from, list(cfg.extra_2d))
+                       requested_genes(cfg.genes), cfg.normalisation, cfg.panel_from, list(cfg.extra_2d),
+                       *extra)
 
 
 def choose_panel(cfg: IngestConfig, samples: Sequence[SampleInput]) -> tuple[list[str], list[str], np.ndarray]:
@@ -98,7 +101,8 @@ def choose_panel(cfg: IngestConfig, samples: Sequence[SampleInput]) -> tuple[lis
     return panel, [s.section_id for s in train], counts.mean(axis=0)
 
 
-def _section_row(s: SectionInput, fmt: str, hashes: dict[str, Any], areas: dict[str, float]) -> dict[str, Any]:
+def _section_row(s: SectionInput, fmt: str, hashes: dict[str, Any], areas: dict[str, float],
+                 section_um: float) -> dict[str, Any]:
     width = height = None
     if s.image_path is not None:
         width, height = verify_image(s.image_path)
@@ -112,7 +116,31 @@ def _section_row(s: SectionInput, fmt: str, hashes: dict[str, Any], areas: dict[
         "n_spots": len(s.spots), "has_counts": s.has_counts, "has_image": s.has_image,
         "counts_path": str(s.counts_path) if s.counts_path else None,
         "counts_sha256": hashes[s.section_id]["counts_sha256"], "format": fmt,
+        "has_coords": s.has_aligned_coords and len(s.spots) > 0,
+        "section_um": section_um, "z_um": float(s.z) * section_um,
     }
+
+
+def section_spacing(cfg: IngestConfig, sample: SampleInput) -> tuple[float, str]:
+    """(spacing between consecutive z in µm, where it came from): ``--section-um``, else the
+    input's ``section_um``, else the default (logged: 3D distances then rest on it)."""
+    from asign.store.sections import DEFAULT_SECTION_UM
+
+    if cfg.section_um is not None:
+        if not np.isfinite(cfg.section_um) or cfg.section_um <= 0:
+            raise ConfigError(f"--section-um {cfg.section_um} must be a positive number of µm",
+                              fix="give the spacing between consecutive sections, e.g. --section-um 15")
+        return float(cfg.section_um), "option"
+    given = {s.section_um for s in sample.sections if s.section_um is not None}
+    if len(given) > 1:
+        raise InputError(f"sample {sample.sample_id} gives several section_um values {sorted(given)}",
+                         path=sample.source, fix="give one section_um per sample (e.g. in [defaults])")
+    if given:
+        return float(given.pop()), "input"
+    log.warning("sample %s: no section spacing given; z in µm assumes %.0f µm between consecutive "
+                "sections (set section_um in the manifest or --section-um)", sample.sample_id,
+                DEFAULT_SECTION_UM)
+    return DEFAULT_SECTION_UM, "default"
 
 
 def _tissue_area_um2(s: SectionInput, width: int) -> float:
@@ -205,7 +233,9 @@ def write_register(store: Store, cfg: IngestConfig, samples: Sequence[SampleInpu
     panel, train_sections, means = choose_panel(cfg, samples)
     sample_ids = {s.sample_id for s in samples}
     areas: dict[str, float] = {}
-    rows = [_section_row(s, smp.format, hashes, areas) for smp in samples for s in smp.sections]
+    spacing = {smp.sample_id: section_spacing(cfg, smp) for smp in samples}
+    rows = [_section_row(s, smp.format, hashes, areas, spacing[smp.sample_id][0])
+            for smp in samples for s in smp.sections]
     _check_tissue_areas(samples, areas)
     if store.has("sections"):
         old = store.read("sections").to_pylist()
@@ -217,8 +247,10 @@ def write_register(store: Store, cfg: IngestConfig, samples: Sequence[SampleInpu
                               path=store.root, fix="ingest all samples of a store in one call, or use a new --store")
     for sample in samples:
         store.remove("transforms", sample.sample_id)  # stale: align must run again (see step_align)
+        store.remove("warps", sample.sample_id)
         store.write("spots", spots_table(sample), key=sample.sample_id)
         store.write("labels", labels_table(sample, panel, cfg.normalisation), key=sample.sample_id)
     store.write("genes", {"gene": panel, "rank": list(range(len(panel))), "mean_count": means.tolist()})
-    store.write("sections", {k: [r[k] for r in rows] for k in rows[0]})
-    return {"panel_sections": train_sections, "n_genes": len(panel), "normalisation": cfg.normalisation}
+    store.write("sections", {k: [r.get(k) for r in rows] for k in rows[-1]})
+    return {"panel_sections": train_sections, "n_genes": len(panel), "normalisation": cfg.normalisation,
+            "section_um": {k: {"um": v[0], "source": v[1]} for k, v in spacing.items()}}

@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from asign.store.atomic import atomic_path, write_bytes
+
 SAMPLE_ID = "demo"
 SPOT_DIAMETER_UM = 55.0
 SPOT_PITCH_UM = 100.0
@@ -151,8 +153,8 @@ def _render(
 
 
 def _write_csv(df: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(path, index=False, lineterminator="\n", float_format="%.3f")
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, lineterminator="\n", float_format="%.3f")
 
 
 def make_demo_sample(
@@ -197,9 +199,10 @@ def make_demo_sample(
         shift = rng.uniform(-40.0, 40.0, 2)
         to_aligned = _rigid(theta, shift, um_per_px, centre)
         name = f"{SAMPLE_ID}_L{z}"
-        Image.fromarray(_render(rng, block, z, to_aligned, image_px, um_per_px)).save(
-            _mkparent(out_dir / "images" / f"L{z}.jpg"), quality=90
-        )
+        with atomic_path(out_dir / "images" / f"L{z}.jpg") as tmp:
+            Image.fromarray(_render(rng, block, z, to_aligned, image_px, um_per_px)).save(
+                tmp, format="JPEG", quality=90
+            )
         xy = (np.c_[grid_px, np.ones(len(grid_px))] @ to_aligned.T)[:, :2]
         under = block.tissue(xy, z)
         ids = [f"{gi.ravel()[k]}x{gj.ravel()[k]}" for k in np.flatnonzero(under)]
@@ -256,7 +259,7 @@ def make_demo_sample(
         f"[defaults]\num_per_px = {um_per_px}\nspot_diameter_um = {SPOT_DIAMETER_UM}\n"
         f"spot_pitch_um = {SPOT_PITCH_UM}\n\n"
     )
-    (out_dir / "manifest.toml").write_text(header + "\n".join(entries), encoding="utf-8")
+    write_bytes(out_dir / "manifest.toml", (header + "\n".join(entries)).encode())
     truth = {
         "note": "ground truth for tests; never read by asign",
         "seed": seed,
@@ -266,11 +269,6 @@ def make_demo_sample(
         "gene_loadings": load.tolist(),
         "layers": layers,
     }
-    (out_dir / "truth.json").write_text(json.dumps(truth, indent=1), encoding="utf-8")
+    write_bytes(out_dir / "truth.json", json.dumps(truth, indent=1).encode())
     _write_csv(pd.concat(truth_rows, ignore_index=True), out_dir / "truth_spots.csv")
     return out_dir
-
-
-def _mkparent(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path

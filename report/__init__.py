@@ -35,6 +35,7 @@ def write_report(store_path: Path, run_name: str, out_dir: Path,
     """
     from asign.report import html, plots
     from asign.report.data import gene_pcc_table, load_run_data, metrics_summary
+    from asign.report.files import output_path
     from asign.store import open_store
 
     store = open_store(Path(store_path))
@@ -54,7 +55,8 @@ def write_report(store_path: Path, run_name: str, out_dir: Path,
 
     quantitative: list[tuple[str, Path]] = []
     if not summary.empty:
-        summary.to_csv(out / "metrics.csv", index=False)
+        with output_path(out / "metrics.csv") as tmp:
+            summary.to_csv(tmp, index=False)
         title = (f"Metrics on hidden sections, run {run_name} ({data.setting}); "
                  "bars = mean over sections, error bars = SD")
         quantitative.append((
@@ -62,7 +64,8 @@ def write_report(store_path: Path, run_name: str, out_dir: Path,
             "are the known layer's mean profile.",
             plots.metrics_bars(summary, models, title, out / "metrics.png")))
     if gene_pcc.notna().any().any():
-        gene_pcc.reset_index().to_csv(out / "gene_pcc.csv", index=False)
+        with output_path(out / "gene_pcc.csv") as tmp:
+            gene_pcc.reset_index().to_csv(tmp, index=False)
         cols = [c for c in models if c in gene_pcc.columns]
         title = (f"Per-gene PCC on hidden sections, {len(gene_pcc)} genes "
                  f"(run {run_name}, {data.setting})")
@@ -77,25 +80,31 @@ def write_report(store_path: Path, run_name: str, out_dir: Path,
             sections = section_maps(data, sample, gene)
             if not sections:
                 continue
-            title = (f"{gene}{roles[gene]}: measured vs predicted on the hidden sections of "
-                     f"sample {sample} (model {m}, run {run_name}; known layer "
-                     f"{data.known[sample]})")
-            path = plots.spatial_maps(sections, gene, m, data.unit, title,
+            title = (f"{gene}{roles[gene]}: known layer {data.known[sample]} and hidden "
+                     f"sections of sample {sample}, measured vs predicted (model {m}, "
+                     f"run {run_name})")
+            path = plots.spatial_maps(sections, gene, m, display_unit(data), title,
                                       out / f"map_{_fs(sample)}_{_fs(gene)}.png")
             maps.append((f"{gene}{roles[gene]}, sample {sample}: H&E, measured and predicted "
-                         f"({m}) on each hidden section, on one colour scale.", path))
+                         f"({m}) on the known layer (first row, measured only) and each hidden "
+                         "section. Colours are percentiles within each panel (where the gene "
+                         "is high or low in that section); panel titles give the value range "
+                         f"in {display_unit(data)}.", path))
         layers = volume_layers(data, sample, chosen[0])
         if layers:
             title = (f"{chosen[0]} across the layers of sample {sample}, aligned frame "
                      f"(run {run_name})")
-            path = plots.volume_3d(layers, chosen[0], m, data.unit, title,
+            path = plots.volume_3d(layers, chosen[0], m, display_unit(data), title,
                                    out / f"volume_{_fs(sample)}_{_fs(chosen[0])}.png")
             volumes.append((f"{chosen[0]} in 3D, sample {sample}: the measured layers (left) "
                             f"beside the imputed volume (right), first section on top.", path))
     images = [(h, items) for h, items in (("Metric plots", quantitative),
                                            ("Measured vs predicted maps", maps),
-                                           ("3D view", volumes)) if items]
-    page = html.render(data, summary, models, gene_pcc, chosen, images)
+                                           ("3D view (static)", volumes)) if items]
+    views = [view_3d(data, sample, chosen, first=i == 0)
+             for i, sample in enumerate(sorted(data.hidden))]
+    page = html.render(data, summary, models, gene_pcc, chosen, images,
+                       views=[v for v in views if v])
     target = out / "report.html"
     html.write(target, page)
     log.info("report of run %s written to %s (%d figures)", run_name, target,
@@ -150,7 +159,8 @@ def gene_roles(genes: list[str], map_pcc: object, explicit: bool) -> dict[str, s
 
 
 def section_maps(data: RunData, sample: str, gene: str) -> list:
-    """The hidden sections of ``sample`` as :class:`plots.SectionMap` for ``gene``."""
+    """The known layer (measured only) and the hidden sections of ``sample`` as
+    :class:`plots.SectionMap` for ``gene``."""
     import pandas as pd
     from PIL import Image
 
@@ -160,9 +170,12 @@ def section_maps(data: RunData, sample: str, gene: str) -> list:
     g = data.genes.index(gene)
     pred_all = data.predictions[data.map_model]
     secs = data.sections.set_index("section_id")
+    known = data.known[sample]
     out = []
-    for sec in data.hidden[sample]:
-        rows = (data.spots.section_id == sec).to_numpy() & np.isfinite(pred_all[:, g])
+    for sec in [known, *data.hidden[sample]]:
+        is_known = sec == known
+        values = data.labels if is_known else pred_all
+        rows = (data.spots.section_id == sec).to_numpy() & np.isfinite(values[:, g])
         if not rows.any():
             continue
         spots = data.spots[rows]
@@ -180,16 +193,28 @@ def section_maps(data: RunData, sample: str, gene: str) -> list:
                 thumb = np.asarray(im.convert("RGB"))
             scale = data.thumbs[sec].downsample * um
         measured = data.labels[rows, g]
-        predicted = pred_all[rows, g]
+        predicted = None if is_known else pred_all[rows, g]
         has_truth = np.isfinite(measured).any()
         pcc = None
-        if has_truth:
+        if has_truth and predicted is not None:
             ok = np.isfinite(measured)
             pcc = float(pcc_per_gene(predicted[ok, None], measured[ok, None])[0])
-        out.append(SectionMap(section_id=sec, xy_um=xy, diameter_um=float(info.spot_diameter_um),
-                              predicted=predicted, measured=measured if has_truth else None,
-                              pcc=pcc, thumb=thumb, thumb_um_per_px=scale, frame=frame))
+        out.append(SectionMap(
+            section_id=sec, xy_um=xy, diameter_um=float(info.spot_diameter_um),
+            predicted=predicted, measured=measured if has_truth else None, pcc=pcc,
+            thumb=thumb, thumb_um_per_px=scale, frame=frame, known=is_known,
+            predicted_scale=None if is_known else _display_scale(data, pred_all[rows], g),
+            measured_scale=_display_scale(data, data.labels[rows], g) if has_truth else None))
     return out
+
+
+def _display_scale(data: RunData, rows: np.ndarray, g: int) -> np.ndarray:
+    """Gene ``g`` of ``rows`` (spots × genes, the store's scale) on log1p(CP10k)."""
+    from asign.report.scale import FORMULAS, to_log1p_cp10k
+
+    if data.normalisation not in FORMULAS:
+        return rows[:, g]
+    return to_log1p_cp10k(rows, data.normalisation)[:, g]
 
 
 def volume_layers(data: RunData, sample: str, gene: str) -> list:
@@ -197,26 +222,87 @@ def volume_layers(data: RunData, sample: str, gene: str) -> list:
     from asign.report.plots import Layer3D
 
     g = data.genes.index(gene)
-    pred = data.predictions[data.map_model][:, g]
-    lab = data.labels[:, g]
+    pred = _display_scale(data, data.predictions[data.map_model], g)
+    lab = _display_scale(data, data.labels, g)
     spots = data.spots
     xy_ok = spots[["x_um", "y_um"]].notna().all(axis=1).to_numpy()
+    from asign.store.sections import z_um
+
     layers = []
-    for sec, z in data.sections[data.sections.sample_id == sample][["section_id", "z"]].itertuples(
-            index=False):
+    secs = data.sections[data.sections.sample_id == sample]
+    for sec, z in zip(secs.section_id, z_um(secs), strict=True):
         rows = (spots.section_id == sec).to_numpy() & xy_ok
         xy = spots.loc[rows, ["x_um", "y_um"]].to_numpy(dtype=float)
         if sec == data.known[sample]:
             ok = np.isfinite(lab[rows])
-            layers.append(Layer3D(sec, int(z), xy[ok], lab[rows][ok], "known"))
+            layers.append(Layer3D(sec, float(z), xy[ok], lab[rows][ok], "known"))
         elif sec in data.hidden[sample]:
             ok = np.isfinite(pred[rows])
             if ok.any():
-                layers.append(Layer3D(sec, int(z), xy[ok], pred[rows][ok], "predicted"))
+                layers.append(Layer3D(sec, float(z), xy[ok], pred[rows][ok], "predicted"))
             ok = np.isfinite(lab[rows])
             if ok.any():
-                layers.append(Layer3D(sec, int(z), xy[ok], lab[rows][ok], "measured"))
+                layers.append(Layer3D(sec, float(z), xy[ok], lab[rows][ok], "measured"))
     return layers
+
+
+def view_3d(data: RunData, sample: str, chosen: list[str], first: bool) -> str | None:
+    """The interactive 3D view of ``sample`` (see :mod:`asign.report.view3d`); None when
+    its spots have no aligned coordinates."""
+    from asign.report.scale import FORMULAS, to_log1p_cp10k
+    from asign.report.sdata import recorded_spacing_um
+    from asign.report.view3d import Layer, figure_html, menu_genes
+    from asign.store.sections import z_um as section_z_um
+
+    genes = menu_genes(chosen, data.genes)
+    cols = [data.genes.index(g) for g in genes]
+    pred = data.predictions[data.map_model]
+    spots = data.spots
+    secs = data.sections[data.sections.sample_id == sample]
+    spacing = recorded_spacing_um(secs)
+    z_of = section_z_um(secs)
+    z_first = float(z_of.min())
+    xy_ok = spots[["x_um", "y_um"]].notna().all(axis=1).to_numpy()
+    layers = []
+    for sec, z in zip(secs.section_id, z_of, strict=True):
+        rows = (spots.section_id == sec).to_numpy() & xy_ok
+        z_um = float(z) - z_first  # the section spacing recorded at ingest (--section-um)
+        sources = []
+        if sec == data.known[sample]:
+            sources.append(("known", data.labels))
+        elif sec in data.hidden[sample]:
+            sources += [("predicted", pred), ("measured", data.labels)]
+        for kind, values in sources:
+            ok = rows & np.isfinite(values).all(axis=1)
+            if not ok.any():
+                continue
+            v = (to_log1p_cp10k(values[ok], data.normalisation)
+                 if data.normalisation in FORMULAS else values[ok])
+            layers.append(Layer(str(sec), z_um, kind,
+                                spots.loc[ok, ["x_um", "y_um"]].to_numpy(dtype=float),
+                                v[:, cols]))
+    if not layers:
+        return None
+    title = (f"Sample {sample}: known layer measured, hidden layers predicted by "
+             f"{data.map_model} (layers {spacing:g} µm apart; drag to turn, "
+             "scroll to zoom, pick a gene top left)")
+    from asign.report.sdata import sample_stacks
+    from asign.report.view3d import textures
+
+    stack = sample_stacks(data, spacing, samples=[sample]).get(sample)
+    xy = np.vstack([lay.xy_um for lay in layers])
+    margin = 2 * float(secs.spot_diameter_um.max())
+    box = (xy[:, 0].min() - margin, xy[:, 0].max() + margin,
+           xy[:, 1].min() - margin, xy[:, 1].max() + margin)
+    he = textures(stack, {lay.section_id: lay.z_um for lay in layers}, box) if stack else []
+    return figure_html(layers, genes, title, f"view3d-{_fs(sample)}", include_js=first, he=he,
+                       unit=display_unit(data))
+
+
+def display_unit(data: RunData) -> str:
+    from asign.report.scale import FORMULAS
+
+    return "log1p(CP10k)" if data.normalisation in FORMULAS else data.unit
 
 
 def _model_order(models: list[str], map_model: str) -> list[str]:

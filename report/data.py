@@ -52,6 +52,7 @@ class RunInfo:
     status: str
     created_at: Any
     config: dict[str, Any]
+    provenance: dict[str, str] = field(default_factory=dict)  # version, commit, store hash
 
 
 @dataclass
@@ -75,6 +76,10 @@ class RunData:
     predictions: dict[str, np.ndarray]  # model -> (spots, genes)
     metrics: pd.DataFrame  # model, run_id, fold, sample_id, section_id, setting, metric, value
     thumbs: dict[str, ThumbInfo] = field(default_factory=dict)
+    # raw panel counts, row-aligned with ``spots``; NaN where a spot was not measured
+    counts: np.ndarray | None = None
+    embed: dict[str, Any] = field(default_factory=dict)  # manifest params.embed
+    transforms: pd.DataFrame | None = None  # the test samples' alignment transforms
 
     @property
     def setting(self) -> str:
@@ -112,9 +117,11 @@ def load_runs(store: Store, name: str) -> dict[str, RunInfo]:
                          fix="finish it with `asign train ... --resume`, then report again")
     out: dict[str, RunInfo] = {}
     for row in done.itertuples():  # sorted by time: a later run of a model replaces it
+        prov = {k: str(getattr(row, k)) for k in ("asign_version", "git_commit", "store_hash")
+                if pd.notna(getattr(row, k, None))}
         out[str(row.model)] = RunInfo(str(row.run_id), str(row.name), str(row.model),
                                       str(row.setting), str(row.status), row.created_at,
-                                      _config(row.config))
+                                      _config(row.config), prov)
     return out
 
 
@@ -164,7 +171,10 @@ def load_run_data(store: Store, name: str, model: str | None = None) -> RunData:
     sections = sections[sections.sample_id.isin(samples)].sort_values(["sample_id", "z"])
     spots = pd.concat([store.read("spots", key=s).to_pandas() for s in samples],
                       ignore_index=True)
-    imaged = set(sections.section_id[sections.has_image])
+    from asign.store.sections import placed
+
+    # placed sections: imaged ones and those placed by given coordinates (no image)
+    imaged = set(sections.section_id[placed(sections)])
     spots = spots[spots.section_id.isin(imaged)].reset_index(drop=True)
     spot_index = pd.Index(spots.spot_id)
     if not spot_index.is_unique:
@@ -172,13 +182,15 @@ def load_run_data(store: Store, name: str, model: str | None = None) -> RunData:
                          fix="re-ingest: spot ids must be unique within a store")
 
     labels = np.full((len(spots), len(genes)), np.nan, dtype=np.float32)
+    counts = np.full((len(spots), len(genes)), np.nan, dtype=np.float32)
     for s in samples:
         if store.has("labels", key=s):
-            lab = store.read("labels", key=s, columns=["spot_id", "value"]).to_pandas()
+            lab = store.read("labels", key=s, columns=["spot_id", "counts", "value"]).to_pandas()
             rows = spot_index.get_indexer(lab.spot_id)
             ok = rows >= 0
             if ok.any():
                 labels[rows[ok]] = np.stack(lab.value.to_numpy()[ok]).astype(np.float32)
+                counts[rows[ok]] = np.stack(lab.counts.to_numpy()[ok]).astype(np.float32)
 
     predictions = {m: _dense(p, spot_index, gene_index) for m, p in preds_long.items()
                    if not p.empty}
@@ -194,10 +206,15 @@ def load_run_data(store: Store, name: str, model: str | None = None) -> RunData:
     normalisation = str(manifest.get("params", {}).get("labels", {}).get("normalisation",
                                                                          "unknown scale"))
     thumbs = _thumbs(store, manifest, sections)
+    transforms = pd.concat([store.read("transforms", key=s).to_pandas() for s in samples
+                            if store.has("transforms", key=s)] or [pd.DataFrame()],
+                           ignore_index=True)
     return RunData(name=name, runs=runs, map_model=map_model, genes=genes,
                    normalisation=normalisation, sections=sections.reset_index(drop=True),
                    spots=spots, known=known, hidden=hidden, scored=scored, labels=labels,
-                   predictions=predictions, metrics=metrics, thumbs=thumbs)
+                   predictions=predictions, metrics=metrics, thumbs=thumbs, counts=counts,
+                   embed=dict(manifest.get("params", {}).get("embed", {})),
+                   transforms=transforms)
 
 
 def _metrics(store: Store, runs: dict[str, RunInfo]) -> pd.DataFrame:
@@ -227,6 +244,7 @@ def _dense(long: pd.DataFrame, spot_index: pd.Index, gene_index: dict[str, int])
 def _layers(sections: pd.DataFrame, run: RunInfo, preds: pd.DataFrame, metrics: pd.DataFrame,
             labels: np.ndarray, spots: pd.DataFrame
             ) -> tuple[dict[str, str], dict[str, list[str]], dict[str, list[str]]]:
+    from asign.store.sections import has_coords, placed
     from asign.train.protocol import SectionInfo, resolve_known
 
     labelled_secs = set(spots.section_id[~np.isnan(labels).all(axis=1)])
@@ -237,11 +255,12 @@ def _layers(sections: pd.DataFrame, run: RunInfo, preds: pd.DataFrame, metrics: 
         secs = secs.sort_values("z")
         predicted = set(preds.section_id[preds.sample_id == sample]) if not preds.empty else set()
         with_metrics = set(metrics.section_id[metrics.sample_id == sample])
-        candidates = [s for s in secs.section_id[secs.has_image] if s in labelled_secs]
+        candidates = [s for s in secs.section_id[placed(secs)] if s in labelled_secs]
         k = derive_known(candidates, predicted, with_metrics)
         if k is None:
-            infos = [SectionInfo(str(r.sample_id), str(r.section_id), int(r.z),
-                                 bool(r.has_counts), bool(r.has_image)) for r in secs.itertuples()]
+            infos = [SectionInfo(str(r.sample_id), str(r.section_id), int(r.z), bool(r.has_counts),
+                                 bool(r.has_image), bool(c)) for r, c in zip(secs.itertuples(), has_coords(secs),
+                                                                             strict=True)]
             k = resolve_known(infos, run.config.get("known", "first"))
             log.info("sample %s: known layer %s from the run config (known=%s)", sample, k,
                      run.config.get("known", "first"))
@@ -296,12 +315,18 @@ def _computed_mean(metrics: pd.DataFrame, predictions: dict[str, np.ndarray], la
 
 
 def _thumbs(store: Store, manifest: dict[str, Any], sections: pd.DataFrame) -> dict[str, ThumbInfo]:
+    """The finest H&E thumbnail the store has per section: align's ≤ 4 µm/px one, else
+    the 11 µm/px registration thumbnail (stores aligned before fine thumbnails existed)."""
     out: dict[str, ThumbInfo] = {}
     for r in sections.itertuples():
-        path = store.layout.thumbnail(str(r.section_id))
         align = manifest.get("steps", {}).get(str(r.sample_id), {}).get("align", {})
+        fine = store.layout.fine_thumbnail(str(r.section_id))
+        fine_ds = align.get("fine_thumb_downsample", {}).get(str(r.section_id))
+        path = store.layout.thumbnail(str(r.section_id))
         ds = align.get("thumb_downsample", {}).get(str(r.section_id))
-        if path.exists() and ds:
+        if fine.exists() and fine_ds:
+            out[str(r.section_id)] = ThumbInfo(str(fine), float(fine_ds))
+        elif path.exists() and ds:
             out[str(r.section_id)] = ThumbInfo(str(path), float(ds))
         elif r.has_image:
             log.info("section %s: no H&E thumbnail in the store; maps drawn without it",

@@ -4,13 +4,23 @@ Layout (scanpy / squidpy conventions):
 
 - one observation per spot of the test samples' imaged sections: the known layer and every
   hidden section (measured or virtual spots);
-- ``X``: the imputed volume, float32 — the model's prediction on hidden sections and the
-  measurement itself on the known layer (what the method clamps there); ``obs['role']``
-  says which;
-- ``layers['measured']``: the measured expression where a spot has counts, NaN elsewhere
-  (virtual spots); ``obs['has_measured']`` marks the rows that have it;
+- ``X``: the imputed volume on scanpy's scale, log1p(CP10k), float32, no NaN — the
+  model's prediction on hidden sections and the measurement on the known layer (what the
+  method clamps there), both converted from the store's scale the same way
+  (:mod:`asign.report.scale`; the formula is in ``uns['asign']['x_formula']``). Ready for
+  ``sc.pp.highly_variable_genes``, ``sc.tl.rank_genes_groups``, ``sc.pp.pca`` as is: do not
+  run ``normalize_total``/``log1p`` on it again;
+- ``layers['asign']``: the same volume on the model's own scale (the store's
+  normalisation, ``uns['asign']['normalisation']``): what asign trains on and scores;
+- ``layers['counts']``: raw counts of the panel genes for measured spots (float32); rows of
+  spots without a measurement (virtual spots, unmeasured sections) are **0** — scanpy
+  cannot take NaN — and ``obs['has_measured']`` is False there: subset to
+  ``adata[adata.obs.has_measured]`` before using counts;
+- ``layers['measured']``: the measured expression on the model's scale where a spot has
+  counts, NaN elsewhere (for scoring against ``layers['asign']``);
 - ``obsm['spatial']``: (px, py) full-resolution image pixels of the spot's own section;
-  ``obsm['spatial_3d']``: (x_um, y_um, z) in the sample's aligned frame, z = layer index;
+  ``obsm['spatial_3d']``: (x_um, y_um, z_um) in the sample's aligned frame, z_um = z × the
+  section spacing recorded at ingest (``sections.z_um``);
 - ``obs``: sample, section (categorical; also the library id), z, virtual, role
   (known / hidden), has_measured, fold;
 - ``var``: gene panel in rank order (``var['rank']``);
@@ -18,7 +28,9 @@ Layout (scanpy / squidpy conventions):
   ``scalefactors`` {``tissue_hires_scalef`` = 1 / thumbnail downsample,
   ``spot_diameter_fullres``} — ready for ``sc.pl.spatial(adata[adata.obs.section == S],
   library_id=S)`` and squidpy's ``library_key='section'``;
-- ``uns['asign']``: run id, name, model, setting, normalisation, config (JSON text) and
+- ``uns['asign']``: run id, name, model, setting, normalisation and the X formula, encoder
+  and its weights (``weights_random`` flags features from random weights), run provenance
+  (asign version, git commit, store hash, created at), config (JSON text); and
   ``uns['asign_metrics']``: the per-section metrics of the run (a DataFrame).
 """
 
@@ -33,6 +45,7 @@ import numpy as np
 import pandas as pd
 
 from asign.errors import InputError
+from asign.store.sections import spot_z_um
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +53,28 @@ log = logging.getLogger(__name__)
 def build_anndata(data: Any) -> Any:
     """AnnData of a loaded :class:`asign.report.data.RunData` (see the module docstring)."""
     import anndata as ad
-    from PIL import Image
 
+    from asign.errors import StoreError
+    from asign.report.scale import FORMULAS, SCANPY_SCALE, to_log1p_cp10k
+
+    if data.normalisation not in FORMULAS:
+        raise StoreError(f"the store's expression scale {data.normalisation!r} is unknown to "
+                         "export", fix=f"re-ingest with --normalisation {' or '.join(FORMULAS)}")
     spots = data.spots[data.spots.role.isin(["known", "hidden"])]
     rows = spots.index.to_numpy()
     pred = data.predictions[data.map_model][rows]
     measured = data.labels[rows]
     known = (spots.role == "known").to_numpy()
-    x = np.where(known[:, None], measured, pred).astype(np.float32)
+    model_scale = np.where(known[:, None], measured, pred).astype(np.float32)
+    complete = np.isfinite(model_scale).all(axis=1)
+    if not complete.all():
+        # scanpy takes no NaN in X: a spot without a value for every gene is left out
+        log.warning("%d spot(s) without a value for every gene are left out of the export",
+                    int((~complete).sum()))
+        spots, rows = spots[complete], rows[complete]
+        model_scale, measured = model_scale[complete], measured[complete]
+    counts = data.counts[rows] if data.counts is not None else np.full_like(measured, np.nan)
+    has_measured = np.isfinite(measured).all(axis=1) & np.isfinite(counts).all(axis=1)
     secs = data.sections.set_index("section_id")
     obs = pd.DataFrame({
         "sample": pd.Categorical(spots.sample_id.astype(str)),
@@ -56,17 +83,54 @@ def build_anndata(data: Any) -> Any:
         "z": spots.z.to_numpy(dtype=np.int32),
         "virtual": spots.is_virtual.to_numpy(dtype=bool),
         "role": pd.Categorical(spots.role.astype(str), categories=["known", "hidden"]),
-        "has_measured": ~np.isnan(measured).any(axis=1),
+        "has_measured": has_measured,
         "fold": spots.fold.to_numpy(dtype=np.int32),
     }, index=pd.Index(spots.spot_id.astype(str), name="spot_id"))
     var = pd.DataFrame({"rank": np.arange(len(data.genes), dtype=np.int32)},
                        index=pd.Index(data.genes, name="gene"))
-    adata = ad.AnnData(X=x, obs=obs, var=var)
+    adata = ad.AnnData(X=to_log1p_cp10k(model_scale, data.normalisation), obs=obs, var=var)
+    adata.layers["asign"] = model_scale
+    adata.layers["counts"] = np.where(has_measured[:, None], counts, 0).astype(np.float32)
     adata.layers["measured"] = measured.astype(np.float32)
     adata.obsm["spatial"] = spots[["px", "py"]].to_numpy(dtype=np.float64)
     adata.obsm["spatial_3d"] = np.column_stack([spots.x_um.to_numpy(dtype=np.float64),
                                                 spots.y_um.to_numpy(dtype=np.float64),
-                                                spots.z.to_numpy(dtype=np.float64)])
+                                                spot_z_um(data.sections, spots.section_id)])
+    adata.uns["spatial"] = _spatial_uns(data, obs, secs)
+    run = data.runs[data.map_model]
+    embed = data.embed
+    adata.uns["asign"] = {
+        "run_id": run.run_id, "run_name": run.name, "model": run.model,
+        "setting": run.setting, "created_at": str(run.created_at),
+        **{k: v for k, v in run.provenance.items()},
+        "normalisation": data.normalisation, "x_scale": SCANPY_SCALE,
+        "x_formula": FORMULAS[data.normalisation],
+        "layers": {"asign": f"the model's scale: {data.unit}",
+                   "counts": "raw panel counts; 0 where has_measured is False",
+                   "measured": "measurement on the model's scale; NaN where not measured"},
+        "encoder": str(embed.get("encoder", "unknown")),
+        "weights": str(embed.get("weights_kind", embed.get("weights", "unknown"))),
+        "weights_sha256": str(embed.get("weights_sha256", "")),
+        "weights_random": _random_weights(embed),
+        "known_layers": {k: v for k, v in sorted(data.known.items())},
+        "config": json.dumps(run.config, sort_keys=True, default=str),
+        "x": "prediction on hidden sections; measurement on the known layer",
+    }
+    metrics = data.metrics[data.metrics.model == data.map_model].drop(columns=["model"])
+    adata.uns["asign_metrics"] = metrics.reset_index(drop=True).astype(
+        {"run_id": str, "sample_id": str, "section_id": str, "setting": str, "metric": str,
+         "fold": np.int32, "value": np.float64})
+    return adata
+
+
+def _random_weights(embed: dict[str, Any]) -> bool:
+    return "random" in (str(embed.get("weights_kind", "")), str(embed.get("weights", "")))
+
+
+def _spatial_uns(data: Any, obs: pd.DataFrame, secs: pd.DataFrame) -> dict[str, Any]:
+    """``uns['spatial']`` in scanpy's Visium layout, one library per imaged section."""
+    from PIL import Image
+
     spatial: dict[str, Any] = {}
     for sec in obs.section.cat.categories:
         info = secs.loc[sec]
@@ -83,20 +147,7 @@ def build_anndata(data: Any) -> Any:
             },
             "metadata": {"source": "asign H&E thumbnail", "um_per_px": um},
         }
-    adata.uns["spatial"] = spatial
-    run = data.runs[data.map_model]
-    adata.uns["asign"] = {
-        "run_id": run.run_id, "run_name": run.name, "model": run.model,
-        "setting": run.setting, "normalisation": data.normalisation,
-        "known_layers": {k: v for k, v in sorted(data.known.items())},
-        "config": json.dumps(run.config, sort_keys=True, default=str),
-        "x": "prediction on hidden sections; measurement on the known layer",
-    }
-    metrics = data.metrics[data.metrics.model == data.map_model].drop(columns=["model"])
-    adata.uns["asign_metrics"] = metrics.reset_index(drop=True).astype(
-        {"run_id": str, "sample_id": str, "section_id": str, "setting": str, "metric": str,
-         "fold": np.int32, "value": np.float64})
-    return adata
+    return spatial
 
 
 def export_h5ad(store_path: Path, run_name: str, out_path: Path, model: str | None = None) -> Path:

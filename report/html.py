@@ -1,5 +1,5 @@
-"""``report.html``: one self-contained page (PNGs embedded as base64, no scripts, no
-external resources) with a short text summary that always puts a model's numbers beside
+"""``report.html``: one self-contained page (PNGs embedded as base64, plotly.js inline for
+the 3D view, no external resources) with a short text summary that always puts a model's numbers beside
 the mean-profile baseline and per-gene PCC beside per-spot PCC (DESIGN §5)."""
 
 from __future__ import annotations
@@ -33,7 +33,16 @@ tr.baseline td { background: #f0f0f0; font-style: italic; }
 figure { margin: 1.2em 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
 figcaption { font-size: 0.9em; color: #444; }
 .note { font-size: 0.85em; color: #555; }
+.header { border: 1px solid #ccc; border-radius: 4px; padding: 0.4em 1em; background: #fafafa; }
+.header td, .header th { border: none; padding: 0.1em 0.8em 0.1em 0; text-align: left; }
+.warn { background: #b00020; color: white; font-weight: bold; padding: 0.6em 1em;
+        border-radius: 4px; margin: 0.8em 0; }
+.better { color: #1b5e20; } .worse { color: #b00020; }
 """
+
+BASELINES = ("mean", COMPUTED_MEAN, "idw", "similarity", "cli")
+TIE = 0.005  # differences below this are not called a win either way
+HIGHER_IS_BETTER = {"pcc_gene": True, "pcc_spot": True, "mse": False, "mae": False}
 
 
 def _fmt(v: float) -> str:
@@ -59,14 +68,7 @@ def summary_lines(data: RunData, summary: pd.DataFrame, models: list[str]) -> li
         f"Models in this run: {', '.join(models) or 'none scored'}; maps show {m}.",
     ]
     if not summary.empty and m in set(summary.model):
-        base_gene = _value(summary, base, "pcc_gene")
-        lines.append(
-            f"{m}: PCC per gene {_fmt(_value(summary, m, 'pcc_gene'))} (mean-profile baseline "
-            f"{_fmt(base_gene) if np.isfinite(base_gene) else 'undefined'}); PCC per spot "
-            f"{_fmt(_value(summary, m, 'pcc_spot'))} (baseline "
-            f"{_fmt(_value(summary, base, 'pcc_spot'))}); MSE {_fmt(_value(summary, m, 'mse'))} "
-            f"(baseline {_fmt(_value(summary, base, 'mse'))}); MAE "
-            f"{_fmt(_value(summary, m, 'mae'))} (baseline {_fmt(_value(summary, base, 'mae'))}).")
+        lines += comparison_lines(summary, m)
         lines.append(
             "Per-spot PCC is dominated by the mean expression profile (predicting the known "
             "layer's mean profile everywhere already scores high on it), so per-gene PCC — "
@@ -77,6 +79,42 @@ def summary_lines(data: RunData, summary: pd.DataFrame, models: list[str]) -> li
         lines.append("This run name has no `mean` run; the mean-profile baseline was computed "
                      "here from the known layer's labels and scored on the same sections.")
     return lines
+
+
+def best_baseline(summary: pd.DataFrame, metric: str, exclude: str) -> tuple[str, float] | None:
+    """The baseline model with the best mean of ``metric`` (None when no baseline has it)."""
+    best = None
+    for model in BASELINES:
+        if model == exclude:
+            continue
+        v = _value(summary, model, metric)
+        if np.isfinite(v) and (best is None or (v > best[1]) == HIGHER_IS_BETTER[metric]):
+            best = (model, v)
+    return best
+
+
+def comparison_lines(summary: pd.DataFrame, model: str) -> list[str]:
+    """One sentence per metric: the model beside the best baseline of this run on it."""
+    out = []
+    names = {"pcc_gene": "PCC per gene", "pcc_spot": "PCC per spot", "mse": "MSE",
+             "mae": "MAE"}
+    for metric, name in names.items():
+        v = _value(summary, model, metric)
+        best = best_baseline(summary, metric, model)
+        if not np.isfinite(v):
+            continue
+        if best is None:
+            out.append(f"{model}: {name} {_fmt(v)} (no baseline in this run defines it).")
+            continue
+        if abs(v - best[1]) < TIE:
+            verdict = f"on par (difference below {TIE})"
+        elif (v > best[1]) == HIGHER_IS_BETTER[metric]:
+            verdict = "better"
+        else:
+            verdict = "NOT better"
+        out.append(f"{model}: {name} {_fmt(v)} — best baseline {best[0]} {_fmt(best[1])}: "
+                   f"{model} is {verdict}.")
+    return out
 
 
 def _verdict(summary: pd.DataFrame, model: str, base: str) -> str:
@@ -123,15 +161,72 @@ def _img(path: Path, caption: str) -> str:
             f"<figcaption>{_html.escape(caption)}</figcaption></figure>")
 
 
+def header(data: RunData) -> list[str]:
+    """What a reader must know before trusting a number: encoder and weights (a red banner
+    when the features come from random weights), epochs, known layers, alignment."""
+    embed = data.embed
+    kind = str(embed.get("weights_kind", embed.get("weights", "unknown")))
+    run = data.runs[data.map_model]
+    cfg = run.config
+    timings = cfg.get("timings", {}) if isinstance(cfg.get("timings"), dict) else {}
+    if data.map_model in ("asign3d", "asign2d"):
+        best = {k: v.get("best_epoch") for k, v in timings.get("selection", {}).items()
+                if isinstance(v, dict)}
+        epochs = (f"{timings.get('epochs_run', cfg.get('epochs', '?'))} run of "
+                  f"{cfg.get('epochs', '?')} configured"
+                  + (f"; kept epoch {', '.join(str(b) for b in best.values())} (best on the "
+                     "validation spots)" if best else ""))
+    else:
+        epochs = f"none: {data.map_model} is a baseline (not trained)"
+    tf = data.transforms
+    if tf is not None and len(tf):
+        methods = ", ".join(sorted(set(tf.method.astype(str))))
+        refs = ", ".join(sorted(set(tf.reference_id.astype(str))))
+        align = f"{methods} (reference section {refs})"
+    else:
+        align = "no transforms in the store (aligned coordinates given with the input)"
+    thumbs = sorted({round(t.downsample * float(u), 1) for sec, t in data.thumbs.items()
+                     for u in data.sections.um_per_px[data.sections.section_id == sec]
+                     if pd.notna(u)})
+    rows = [
+        ("Encoder", f"{embed.get('encoder', 'unknown')} — {embed.get('description', '')}"),
+        ("Weights", f"{kind}" + (f" ({embed.get('weights_sha256')})"
+                                 if embed.get("weights_sha256") else "")),
+        ("Model on the maps", f"{data.map_model} (run {run.run_id})"),
+        ("Epochs", epochs),
+        ("Known layer(s)", ", ".join(f"{s} → {k}" for s, k in sorted(data.known.items()))),
+        ("Alignment", align),
+        ("H&E on the maps", (", ".join(f"{v} µm/px" for v in thumbs) + " store thumbnails"
+                             + ("" if thumbs and max(thumbs) <= 4.05 else
+                                " — coarser than 4 µm/px: this store was aligned before fine "
+                                "thumbnails existed; re-run `asign ingest` on it to add them"))
+         if thumbs else "none in the store"),
+        ("Expression scale", f"model: {data.unit}; maps: percentiles within each panel"),
+    ]
+    out = []
+    if "random" in kind:
+        out.append("<div class='warn' id='random-weights'>WARNING: the image features of this "
+                   "store come from RANDOM encoder weights (a pipeline test). Every image-based "
+                   "prediction below (asign3d, asign2d, similarity) is meaningless; re-ingest "
+                   "with --weights imagenet or a weights file.</div>")
+    out.append("<div class='header' id='header'><table>" + "".join(
+        f"<tr><th>{_html.escape(k)}</th><td>{_html.escape(v)}</td></tr>" for k, v in rows)
+        + "</table></div>")
+    return out
+
+
 def render(data: RunData, summary: pd.DataFrame, models: list[str], gene_pcc: pd.DataFrame,
-           genes: list[str], images: list[tuple[str, list[tuple[str, Path]]]]) -> str:
-    """The whole page as a string; ``images``: (heading, [(caption, png)]) in page order."""
+           genes: list[str], images: list[tuple[str, list[tuple[str, Path]]]],
+           views: list[str] | tuple[str, ...] = ()) -> str:
+    """The whole page as a string; ``images``: (heading, [(caption, png)]) in page order;
+    ``views``: HTML fragments of the interactive 3D view (plotly, JavaScript inline)."""
     title = f"asign report — run {data.name}"
     runs = ", ".join(f"{m}: {r.run_id}" for m, r in sorted(data.runs.items()))
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>{_html.escape(title)}</title><style>{CSS}</style></head><body>",
         f"<h1>{_html.escape(title)}</h1>",
+        *header(data),
         f"<p class='meta'>{_html.escape(data.setting)} · expression scale "
         f"{_html.escape(data.unit)} · runs {_html.escape(runs)}</p>",
         "<h2>Summary</h2><ul id='summary'>",
@@ -147,12 +242,20 @@ def render(data: RunData, summary: pd.DataFrame, models: list[str], gene_pcc: pd
         parts.append(f"<p>Per-gene PCC of the mapped genes ({_html.escape(m)}): "
                      f"{_html.escape('; '.join(items))}.</p>")
     for section, items in images:
-        parts.append(f"<h2>{_html.escape(section)}</h2>")
+        if section.startswith("3D view") and views:
+            parts.append("<h2 id='view3d'>3D view (interactive)</h2>")
+            parts += [f"<div class='view3d'>{v}</div>" for v in views]
+        anchor = _fs_id(section)
+        parts.append(f"<h2 id='{anchor}'>{_html.escape(section)}</h2>")
         parts += [_img(path, caption) for caption, path in items]
     parts.append("<p class='note'>Maps: spot discs at their true diameter over the section's "
                  "H&E thumbnail, image orientation (origin top left, y down), axes in mm of the "
                  "section's image. 3D view: aligned frame of the sample.</p></body></html>")
     return "\n".join(parts)
+
+
+def _fs_id(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
 
 
 def write(path: Path, page: str) -> Path:

@@ -38,18 +38,22 @@ class SectionMap:
     section_id: str
     xy_um: np.ndarray  # (N, 2) spot centres, x right, y down
     diameter_um: float
-    predicted: np.ndarray  # (N,)
+    predicted: np.ndarray | None  # (N,) or None (the known layer: nothing predicted)
     measured: np.ndarray | None  # (N,) or None (virtual spots: nothing measured)
     pcc: float | None
     thumb: np.ndarray | None  # (H, W, 3) uint8 H&E thumbnail
     thumb_um_per_px: float | None
     frame: str = "image"  # "image" (µm of the image) or "aligned" (no image: aligned µm)
+    known: bool = False
+    # the same values on the scale named in the colour bar (log1p CP10k), for the ranges
+    predicted_scale: np.ndarray | None = None
+    measured_scale: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
 class Layer3D:
     section_id: str
-    z: int
+    z: float  # position along the stack, µm (z × section spacing)
     xy_um: np.ndarray  # (N, 2) aligned frame
     values: np.ndarray  # (N,)
     kind: str  # "known" | "predicted" | "measured"
@@ -83,13 +87,15 @@ def _save(fig: Any, out: Path, palette: bool = False) -> Path:
     from matplotlib import colormaps
     from PIL import Image
 
+    from asign.report.files import output_path
+
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     if not palette:
-        fig.savefig(out, format="png", dpi=DPI, facecolor="white")
+        with output_path(out) as tmp:  # temporary file + os.replace: never a half PNG
+            fig.savefig(tmp, format="png", dpi=fig.get_dpi(), facecolor="white")
         return out
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, facecolor="white")
+    fig.savefig(buf, format="png", dpi=fig.get_dpi(), facecolor="white")
     buf.seek(0)
     with Image.open(buf) as im:
         rgb = im.convert("RGB")
@@ -108,12 +114,13 @@ def _save(fig: Any, out: Path, palette: bool = False) -> Path:
     nearest = cKDTree(palette).query(colours)[1]
     index = Image.fromarray(nearest[inverse].reshape(packed.shape).astype(np.uint8), "P")
     index.putpalette(palette.astype(np.uint8).ravel().tolist())
-    index.save(out, optimize=True)
+    with output_path(out) as tmp:
+        index.save(tmp, format="PNG", optimize=True)
     return out
 
 
 def _discs(ax: Any, xy: np.ndarray, diameter: float, values: np.ndarray | None,
-           norm: Any = None, cmap: str = CMAP) -> Any:
+           norm: Any = None, cmap: str = CMAP, alpha: float = 0.45) -> Any:
     """Spot discs of the true diameter in data units (µm); outlines only when no values."""
     from matplotlib.collections import EllipseCollection
 
@@ -121,7 +128,7 @@ def _discs(ax: Any, xy: np.ndarray, diameter: float, values: np.ndarray | None,
     if values is None:
         coll = EllipseCollection(d, d, np.zeros(len(xy)), units="xy", offsets=xy,
                                  offset_transform=ax.transData, facecolors="none",
-                                 edgecolors=(0, 0, 0, 0.45), linewidths=0.5)
+                                 edgecolors=(0, 0, 0, alpha), linewidths=0.5)
     else:
         coll = EllipseCollection(d, d, np.zeros(len(xy)), units="xy", offsets=xy,
                                  offset_transform=ax.transData, cmap=cmap, norm=norm,
@@ -158,48 +165,93 @@ def _frame(ax: Any, m: SectionMap, fade: float = 0.0) -> None:
     ax.tick_params(labelsize=7)
 
 
+def percentiles(values: np.ndarray | None) -> np.ndarray | None:
+    """Percentile rank of each finite value among the finite ones (0 = lowest spot, 100 =
+    highest; ties share their mean rank); NaN stays NaN."""
+    if values is None:
+        return None
+    from scipy.stats import rankdata
+
+    v = np.asarray(values, dtype=np.float64)
+    out = np.full(v.shape, np.nan)
+    ok = np.isfinite(v)
+    if ok.sum() == 1:
+        out[ok] = 50.0
+    elif ok.any():
+        out[ok] = (rankdata(v[ok]) - 1) / (ok.sum() - 1) * 100
+    return out
+
+
+def _range(values: np.ndarray | None) -> str:
+    if values is None or not np.isfinite(values).any():
+        return ""
+    lo, hi = np.nanpercentile(values, [2, 98])
+    return f"{lo:.2f}–{hi:.2f}"
+
+
+def map_dpi(maps: list[SectionMap], panel_w: float) -> float:
+    """Enough pixels per H&E panel to show the thumbnail at its own resolution (≤ 4 µm/px
+    thumbnails resolve morphology only if the PNG keeps them), within 110–220 dpi."""
+    need = []
+    for m in maps:
+        if m.thumb is not None and m.thumb_um_per_px:
+            x0, x1, y0, y1 = _crop(m)
+            need.append(max(x1 - x0, y1 - y0) / m.thumb_um_per_px / panel_w)
+    return float(np.clip(max(need, default=DPI), DPI, 220))
+
+
 def spatial_maps(maps: list[SectionMap], gene: str, model: str, unit: str, title: str,
                  out: Path) -> Path:
-    """One row per hidden section: H&E with spot outlines | measured | predicted, on one
-    colour scale shared by every measured and predicted panel of the gene."""
+    """One row per section (the known layer first): H&E | measured | predicted. Colours are
+    percentile ranks within each panel, so a gene's pattern reads the same on measured and
+    predicted panels whatever their spread (predictions are smoother than measurements);
+    each panel's title gives its 2nd–98th percentile range on ``unit``."""
     from matplotlib.colors import Normalize
 
-    vmin, vmax = shared_limits([m.predicted for m in maps] + [m.measured for m in maps])
-    norm = Normalize(vmin, vmax, clip=True)
+    norm = Normalize(0.0, 100.0, clip=True)
     n = len(maps)
     aspects = []
     for m in maps:
         x0, x1, y0, y1 = _crop(m)
         aspects.append(float(np.clip((y1 - y0) / max(x1 - x0, 1e-9), 0.3, 3.0)))
-    panel_w, head, foot = 3.9, 0.75, 0.55  # inches; 0.45 in per row for titles and ticks
-    height = head + foot + sum(panel_w * a + 0.45 for a in aspects)
+    panel_w, head, foot = 3.9, 0.75, 0.55  # inches; 0.5 in per row for titles and ticks
+    height = head + foot + sum(panel_w * a + 0.5 for a in aspects)
     fig = _figure(13.5, height)
+    fig.set_dpi(map_dpi(maps, panel_w))
     grid = fig.add_gridspec(n, 4, width_ratios=[1, 1, 1, 0.05], height_ratios=aspects,
-                            wspace=0.1, hspace=0.45 * n / max(sum(aspects) * panel_w, 1e-9),
+                            wspace=0.1, hspace=0.5 * n / max(sum(aspects) * panel_w, 1e-9),
                             left=0.06, right=0.92, top=1 - head / height, bottom=foot / height)
     coll = None
     for i, m in enumerate(maps):
         ax_he, ax_me, ax_pr = (fig.add_subplot(grid[i, j]) for j in range(3))
+        role = "known layer" if m.known else "hidden"
         if m.frame != "image":
             he_title = "no image: aligned frame"
         elif m.thumb is None:
             he_title = "no H&E thumbnail in the store"
         else:
-            he_title = "H&E"
-        ax_he.set_title(f"{m.section_id} · {he_title}", fontsize=9)
+            he_title = f"H&E ({m.thumb_um_per_px:.1f} µm/px)"
+        ax_he.set_title(f"{m.section_id} ({role}) · {he_title}", fontsize=8)
         _frame(ax_he, m)
-        _discs(ax_he, m.xy_um, m.diameter_um, None)
+        _discs(ax_he, m.xy_um, m.diameter_um, None, alpha=0.25)
         _frame(ax_me, m, fade=0.55)
         if m.measured is None:
-            ax_me.set_title(f"{m.section_id} · measured: none (virtual spots)", fontsize=9)
+            ax_me.set_title(f"{m.section_id} · measured: none (virtual spots)", fontsize=8)
             _discs(ax_me, m.xy_um, m.diameter_um, None)
         else:
-            ax_me.set_title(f"{m.section_id} · measured {gene}", fontsize=9)
-            coll = _discs(ax_me, m.xy_um, m.diameter_um, m.measured, norm)
+            ax_me.set_title(f"{m.section_id} · measured {gene} ({_range(m.measured_scale)})",
+                            fontsize=8)
+            coll = _discs(ax_me, m.xy_um, m.diameter_um, percentiles(m.measured), norm)
         _frame(ax_pr, m, fade=0.55)
-        pcc = "" if m.pcc is None or not np.isfinite(m.pcc) else f" · PCC {m.pcc:.2f}"
-        ax_pr.set_title(f"{m.section_id} · predicted {gene} ({model}){pcc}", fontsize=9)
-        coll = _discs(ax_pr, m.xy_um, m.diameter_um, m.predicted, norm)
+        if m.predicted is None:
+            ax_pr.set_title(f"{m.section_id} · known layer: measured, not predicted",
+                            fontsize=8)
+            _discs(ax_pr, m.xy_um, m.diameter_um, None)
+        else:
+            pcc = "" if m.pcc is None or not np.isfinite(m.pcc) else f" · PCC {m.pcc:.2f}"
+            ax_pr.set_title(f"{m.section_id} · predicted ({model}; "
+                            f"{_range(m.predicted_scale)}){pcc}", fontsize=8)
+            coll = _discs(ax_pr, m.xy_um, m.diameter_um, percentiles(m.predicted), norm)
         ax_he.set_ylabel("y (mm)", fontsize=8)
         for ax in (ax_me, ax_pr):
             ax.tick_params(labelleft=False)
@@ -208,8 +260,8 @@ def spatial_maps(maps: list[SectionMap], gene: str, model: str, unit: str, title
                 ax.set_xlabel("x (mm)", fontsize=8)
     cax = fig.add_subplot(grid[:, 3])
     cbar = fig.colorbar(coll, cax=cax)
-    cbar.set_label(f"{gene} expression, {unit}\n(colour limits: 2nd–98th percentile, "
-                   "shared by measured and predicted)", fontsize=8)
+    cbar.set_label(f"{gene}: percentile of the spot within its panel (0 = lowest, 100 = "
+                   f"highest)\nranges in the titles: 2nd–98th percentile, {unit}", fontsize=8)
     cbar.ax.tick_params(labelsize=7)
     fig.suptitle(title, fontsize=11, y=1 - 0.25 / height)
     return _save(fig, out, palette=True)
@@ -261,10 +313,12 @@ def volume_3d(layers: list[Layer3D], gene: str, model: str, unit: str, title: st
         ax.set_xlabel("x (mm, aligned)", fontsize=8, labelpad=2)
         ax.set_ylabel("y (mm, aligned)", fontsize=8, labelpad=2)
         ax.set_zticks(zs)
-        ax.set_zticklabels([])
+        ax.set_zticklabels([f"{v:g}" for v in zs], fontsize=6)
+        ax.set_zlabel("z (µm; axis stretched)", fontsize=8, labelpad=2)
         ax.set_xlim(x0, x1)
         ax.set_ylim(y1, y0)  # y down, as on the slide
-        ax.set_zlim(max(zs) + 0.3, min(zs) - 0.3)  # first section on top
+        pad = 0.3 * (float(np.median(np.diff(zs))) if len(zs) > 1 else 1.0)
+        ax.set_zlim(max(zs) + pad, min(zs) - pad)  # first section on top
         ax.set_box_aspect((1.0, (y1 - y0) / max(x1 - x0, 1e-3), 0.45 * len(zs)), zoom=1.05)
         ax.view_init(elev=26, azim=-60)
         ax.tick_params(labelsize=6, pad=0)
@@ -330,6 +384,23 @@ def metrics_bars(summary: pd.DataFrame, models: list[str], title: str, out: Path
     return _save(fig, out)
 
 
+def spread_labels(values: list[float], min_gap: float) -> list[float]:
+    """Label positions near ``values`` (same order) at least ``min_gap`` apart: sorted,
+    pushed up where they crowd, then the block is re-centred on the values."""
+    if not values:
+        return []
+    order = np.argsort(values)
+    pos = np.asarray(values, dtype=float)[order].copy()
+    for k in range(1, len(pos)):
+        pos[k] = max(pos[k], pos[k - 1] + min_gap)
+    pos -= (pos - np.sort(values)).mean()
+    for k in range(1, len(pos)):  # re-centring keeps the gaps; this guards rounding only
+        pos[k] = max(pos[k], pos[k - 1] + min_gap)
+    out = np.empty_like(pos)
+    out[order] = pos
+    return out.tolist()
+
+
 def pcc_distribution(table: pd.DataFrame, highlight: list[str], title: str, out: Path) -> Path:
     """Per-gene PCC, one box + jittered points per model; genes in ``highlight`` are named."""
     models = list(table.columns)
@@ -350,14 +421,17 @@ def pcc_distribution(table: pd.DataFrame, highlight: list[str], title: str, out:
         ax.scatter(i + jitter, vals[ok], s=6, color=_colour(model), alpha=0.7, linewidths=0)
         ax.text(i, 1.02, f"median {np.median(vals[ok]):.2f}\nn = {ok.sum()}", ha="center",
                 va="bottom", fontsize=7)
-        for gene in highlight:
-            if gene in table.index and np.isfinite(table.at[gene, model]):
-                v = float(table.at[gene, model])
-                ax.scatter([i], [v], s=28, facecolors="none", edgecolors="red", linewidths=1)
-                ax.annotate(gene, (i, v), xytext=(16, 0), textcoords="offset points",
-                            fontsize=7, color="red", va="center",
-                            bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none",
-                                  "alpha": 0.8})
+        marked = [(float(table.at[g, model]), g) for g in highlight
+                  if g in table.index and np.isfinite(table.at[g, model])]
+        label_y = spread_labels([v for v, _ in marked], min_gap=0.045)
+        for (v, gene), y in zip(marked, label_y, strict=True):
+            ax.scatter([i], [v], s=28, facecolors="none", edgecolors="red", linewidths=1)
+            # labels pushed apart vertically (with a leader line) so close genes never overlap
+            ax.annotate(gene, (i, v), xytext=(i + 0.3, y), textcoords="data",
+                        fontsize=7, color="red", va="center",
+                        arrowprops={"arrowstyle": "-", "color": "red", "lw": 0.5},
+                        bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none",
+                              "alpha": 0.8})
     ax.axhline(0, color="black", linewidth=0.6)
     ax.set_xticks(np.arange(len(models)), models, fontsize=8)
     ax.set_xlim(-0.6, len(models) - 0.4)

@@ -38,6 +38,11 @@ SECTIONS = _schema("sections", [
     pa.field("counts_path", _str),
     pa.field("counts_sha256", _str),
     pa.field("format", _str, nullable=False),
+    # aligned x_um, y_um came with the input (aligned elsewhere, e.g. PASTE): the section is
+    # placed without an image. Stores written before these columns read them as absent.
+    pa.field("has_coords", pa.bool_()),
+    pa.field("section_um", _f64),  # spacing between consecutive z, µm (given or assumed)
+    pa.field("z_um", _f64),        # z × section_um: the section's position along the stack
 ])
 
 SPOTS = _schema("spots", [
@@ -85,6 +90,21 @@ TRANSFORMS = _schema("transforms", [
     pa.field("shear", _f64),
     pa.field("flipped", pa.bool_()),
     pa.field("metric", _f64),
+    # the registered pair: this section's µm → the neighbour's µm (toward the reference);
+    # with --syn the neighbour's deformation field (table ``warps``) follows it
+    pa.field("neighbour_id", _str),
+    pa.field("pair_matrix", pa.list_(_f64, 9)),
+])
+
+WARPS = _schema("warps", [  # --syn only: one displacement field per registered pair
+    pa.field("sample_id", _str, nullable=False),
+    pa.field("section_id", _str, nullable=False),   # the moving section
+    pa.field("neighbour_id", _str, nullable=False),  # the fixed section; the field lives in its µm
+    pa.field("grid", pa.list_(_f64, 9), nullable=False),  # field pixel (col, row, 1) → neighbour µm
+    pa.field("height", _i32, nullable=False),
+    pa.field("width", _i32, nullable=False),
+    pa.field("dx", pa.list_(_f32), nullable=False),  # row-major (height × width), µm
+    pa.field("dy", pa.list_(_f32), nullable=False),
 ])
 
 TILES = _schema("tiles", [
@@ -166,6 +186,7 @@ TABLES: dict[str, pa.Schema] = {
     "genes": GENES,
     "labels": LABELS,
     "transforms": TRANSFORMS,
+    "warps": WARPS,
     "tiles": TILES,
     "spot_tiles": SPOT_TILES,
     "embeddings": EMBEDDINGS,

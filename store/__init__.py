@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from asign.errors import StoreError
 from asign.store import manifest as _manifest
+from asign.store import records as _records
 from asign.store.atomic import atomic_path
 from asign.store.layout import (
     GLOBAL_TABLES,
@@ -27,12 +28,15 @@ from asign.store.parquet import read_table, write_table, write_table_parts
 from asign.store.query import connect, run_query
 from asign.store.vectors import Vectors, open_vectors
 
-__all__ = ["Store", "StoreLayout", "Vectors", "open_store"]
+__all__ = ["Store", "StoreLayout", "Vectors", "open_store", "prepare_root"]
 
 
 @dataclass(frozen=True)
 class Store:
     layout: StoreLayout
+    # Readers refuse a table whose footer claims other than the recorded row count; `asign
+    # check` (which reports such files itself) only refuses absurd claims (records.py).
+    strict_rows: bool = True
 
     @property
     def root(self) -> Path:
@@ -45,7 +49,9 @@ class Store:
     def save_manifest(self, manifest: dict[str, Any]) -> None:
         """Write the manifest with the current hash of every ingest table (``tables``)."""
         manifest["tables"] = _manifest.table_record(self.layout, manifest.get("tables"))
-        _manifest.save_manifest(self.layout.manifest, manifest)
+        # the write records of ingest tables follow what the manifest now accepts
+        _records.sync_ingest(self.layout, manifest["tables"])
+        _manifest.save_manifest(self.layout.writable(self.layout.manifest), manifest)
 
     def step_intact(self, manifest: dict[str, Any], sample_id: str, step: str) -> bool:
         """Whether the tables a finished step wrote for a sample are still what the manifest
@@ -71,12 +77,17 @@ class Store:
 
     # tables ---------------------------------------------------------------
     def write(self, name: str, table: pa.Table | dict, key: str | None = None) -> pa.Table:
-        return write_table(self.layout.table(name, key), table, name)
+        """Write a table file atomically and record its hash and row count (records.py)."""
+        path = self.layout.writable(self.layout.table(name, key))
+        with _records.recording(self.layout, name, key, path) as rec:
+            return write_table(path, table, name, before_replace=rec.add)
 
     def write_parts(self, name: str, parts: Iterable[pa.Table | dict],
                     key: str | None = None) -> int:
         """``write`` for a table too large to hold in memory: given part by part."""
-        return write_table_parts(self.layout.table(name, key), parts, name)
+        path = self.layout.writable(self.layout.table(name, key))
+        with _records.recording(self.layout, name, key, path) as rec:
+            return write_table_parts(path, parts, name, before_replace=rec.add)
 
     def has(self, name: str, key: str | None = None) -> bool:
         return self.layout.table(name, key).exists()
@@ -84,39 +95,48 @@ class Store:
     def read(self, name: str, key: str | None = None, columns: list[str] | None = None) -> pa.Table:
         """One partition, or (key=None) the whole table across partitions."""
         if name in GLOBAL_TABLES or key is not None:
-            return read_table(self.layout.table(name, key), columns)
+            return self._read_file(name, key, self.layout.table(name, key), columns)
         parts = sorted(Path(self.layout.table_glob(name)).parent.glob("*.parquet"))
         if not parts:
             from asign.schemas import TABLES
 
             empty = TABLES[name].empty_table()
             return empty.select(columns) if columns else empty
-        return pa.concat_tables([read_table(p, columns) for p in parts])
+        return pa.concat_tables([self._read_file(name, p.stem, p, columns) for p in parts])
+
+    def _read_file(self, name: str, key: str | None, path: Path, columns: list[str] | None) -> pa.Table:
+        """Read one table file after checking its footer's row count against the record."""
+        def check(claimed: int) -> None:
+            _records.check_rows(self.layout, name, key, path, claimed, strict=self.strict_rows)
+
+        return read_table(path, columns, check_rows=check)
 
     def remove(self, name: str, key: str | None = None) -> None:
         """Delete a table file. A run's results file (runs, metrics, predictions) is emptied
         instead: a file that a concurrent query has listed must not vanish before it is read."""
-        path = self.layout.table(name, key)
+        path = self.layout.writable(self.layout.table(name, key))
         if name in RUN_TABLES:
             if path.exists():
                 from asign.schemas import TABLES
 
-                write_table(path, TABLES[name].empty_table(), name)
+                self.write(name, TABLES[name].empty_table(), key)
             return
-        path.unlink(missing_ok=True)
+        with _records.recording(self.layout, name, key, path):
+            path.unlink(missing_ok=True)
 
     def write_qc_png(self, path: Path, rgb: Any) -> Path:
         """A QC picture (e.g. the alignment overlay), written atomically."""
         import numpy as np
         from PIL import Image
 
-        with atomic_path(path) as tmp:
+        with atomic_path(self.layout.writable(path)) as tmp:
             Image.fromarray(np.asarray(rgb, dtype=np.uint8)).save(tmp, format="PNG")
         return path
 
     # vectors --------------------------------------------------------------
     def vectors(self, *, readonly: bool = True) -> Vectors:
-        return open_vectors(self.layout.vectors, readonly=readonly)
+        path = self.layout.vectors if readonly else self.layout.writable(self.layout.vectors)
+        return open_vectors(path, readonly=readonly)
 
     # queries --------------------------------------------------------------
     def query(self, sql: str) -> pa.Table:
@@ -138,14 +158,21 @@ def open_store(root: Path, *, create: bool = False) -> Store:
     if not create:
         raise StoreError("no store here (manifest.json missing)", path=root,
                          fix="run `asign ingest SRC --store DIR` first, or check --store")
+    prepare_root(root)
+    store.save_manifest(_manifest.new_manifest())
+    return store
+
+
+def prepare_root(root: Path) -> Path:
+    """Create the store directory if needed; it must be writable."""
+    root = Path(root)
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise StoreError(f"cannot create store directory ({err.strerror})", path=root,
                          fix="choose a writable --store directory") from err
     _require_writable(root)
-    store.save_manifest(_manifest.new_manifest())
-    return store
+    return root
 
 
 def _require_writable(root: Path) -> None:

@@ -11,7 +11,7 @@ import os
 import re
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from asign.errors import StoreError
@@ -22,11 +22,12 @@ _FULL_BYTES = 1 << 20  # less free space than this after a failed write: the dis
 
 
 @contextlib.contextmanager
-def atomic_path(target: Path) -> Iterator[Path]:
+def atomic_path(target: Path, before_replace: Callable[[Path], None] | None = None) -> Iterator[Path]:
     """Yield a temporary path in the target's directory; on success it replaces ``target``.
 
     Any failure (an OSError, or a writer that reports a full disk its own way, such as
-    torch.save's RuntimeError) leaves ``target`` as it was and removes the temporary file."""
+    torch.save's RuntimeError) leaves ``target`` as it was and removes the temporary file.
+    ``before_replace(tmp)`` runs on the complete temporary file (e.g. to record its hash)."""
     target = Path(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -43,6 +44,8 @@ def atomic_path(target: Path) -> Iterator[Path]:
         os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        if before_replace is not None:
+            before_replace(tmp)
         os.replace(tmp, target)
     except OSError as err:
         raise _store_error(err, target) from err

@@ -16,18 +16,20 @@ from __future__ import annotations
 import glob
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from asign.errors import AsignError
 from asign.schemas import TABLES
-from asign.store import Store
+from asign.store import Store, records
 from asign.store.layout import OPTIONAL_STEP_TABLES, RUN_TABLES, SAMPLE_TABLES, STEP_TABLES
+from asign.store.locks import run_alive
 from asign.store.manifest import file_sha256, table_problem
 from asign.store.parquet import check_version
 from asign.store.vectors import emb_key, patch_key
@@ -51,6 +53,7 @@ def check_store(store: Store) -> list[str]:
 
 def inspect_store(store: Store) -> CheckReport:
     report = CheckReport()
+    store = replace(store, strict_rows=False)  # edited tables are reported, not refused
     try:
         manifest = store.manifest()
     except AsignError as err:
@@ -210,6 +213,7 @@ def _check_sample(store: Store, sample_id: str, steps: dict, vec: Any, encoder: 
             wrong = int((lengths != n_genes).sum())
             if wrong:
                 problems.append(f"{labels_path}: {wrong} label vectors do not have the {n_genes} genes of the panel")
+            problems += _non_finite_labels(store, sample_id, labels_path)
     tile_ids: set[str] = set()
     if ok["tiles"]:
         tile_ids = set(_ids(store, "tiles", sample_id, "tile_id"))
@@ -256,7 +260,7 @@ def _check_embeddings(store: Store, sample_id: str, vec: Any, encoder: str, dim:
         report.problems.append(f"{path}: rows of encoder(s) {sorted(other)}, but the manifest records "
                                f"embeddings of {encoder!r}; {_REINGEST} --steps embed,graph")
     rows = [r for r in index if r["encoder"] == encoder]
-    missing, wrong_size = [], []
+    missing, wrong_size, non_finite = [], [], []
     want_bytes = 2 * int(dim) if dim else None
     with vec.env.begin() as txn:
         for r in rows:
@@ -265,6 +269,8 @@ def _check_embeddings(store: Store, sample_id: str, vec: Any, encoder: str, dim:
                 missing.append(r)
             elif want_bytes is not None and len(value) != want_bytes:
                 wrong_size.append(r)
+            elif len(value) % 2 == 0 and not np.isfinite(np.frombuffer(value, np.float16)).all():
+                non_finite.append(r)
     if missing:
         r = missing[0]
         report.problems.append(f"{vec.path}: {len(missing)} of {len(rows)} embeddings listed in {path} are missing "
@@ -273,6 +279,11 @@ def _check_embeddings(store: Store, sample_id: str, vec: Any, encoder: str, dim:
         r = wrong_size[0]
         report.problems.append(f"{vec.path}: {len(wrong_size)} embeddings of sample {sample_id} are not {dim} "
                                f"float16 values (e.g. emb/{encoder}/{r['level']}/{r['id']})")
+    if non_finite:
+        r = non_finite[0]
+        report.problems.append(f"{vec.path}: {len(non_finite)} embeddings of sample {sample_id} hold NaN/inf "
+                               f"(first in section {r['section_id']}: emb/{encoder}/{r['level']}/{r['id']}); "
+                               f"{_REINGEST} --steps embed,graph")
     unknown_spots = {r["id"] for r in rows if r["level"] == "spot"} - spot_ids
     if unknown_spots:
         report.problems.append(f"{path}: {len(unknown_spots)} spot embeddings of spots not in the spots table "
@@ -320,14 +331,19 @@ def _check_results(store: Store, readable: dict[Path, bool], report: CheckReport
     problems = report.problems
     layout = store.layout
     files = {name: {Path(p).stem: Path(p) for p in glob.glob(layout.table_glob(name))} for name in RUN_TABLES}
+    _check_result_records(store, files, readable, report)
     for key, path in sorted(files["runs"].items()):
         if not readable.get(path):
             continue
-        rows = pq.read_table(path, columns=["run_id", "status"]).to_pylist()
+        rows = store.read("runs", key, columns=["run_id", "status"]).to_pylist()
         if [r["run_id"] for r in rows] != [key]:
             problems.append(f"{path}: holds run(s) {[r['run_id'] for r in rows]}, expected the one run {key!r}")
             continue
         status = rows[0]["status"]
+        if status == "running" and not run_alive(layout.run_lock(key)):
+            report.notes.append(f"{path}: run {key} is interrupted (its process died while running; no "
+                                "process holds its lock); finish it with the same `asign train` command "
+                                "and --resume, or re-run it")
         if status not in RUN_STATUSES:
             problems.append(f"{path}: unknown run status {status!r}")
         if status == "done" and key not in files["metrics"]:
@@ -340,22 +356,75 @@ def _check_results(store: Store, readable: dict[Path, bool], report: CheckReport
                 problems.append(f"{path}: {name} of run {key}, which has no runs row (delete the file, or re-run)")
             if not readable.get(path):
                 continue
-            ids = set(pq.read_table(path, columns=["run_id"]).column("run_id").unique().to_pylist())
+            ids = set(store.read(name, key, columns=["run_id"]).column("run_id").unique().to_pylist())
             if ids - {key}:
                 problems.append(f"{path}: rows of other runs {sorted(ids - {key})}")
             if name == "predictions":
+                problems += _non_finite_predictions(store, key, path)
                 if spot_ids is None:
                     spot_ids = _all_spot_ids(store, readable)
-                pred = set(pq.read_table(path, columns=["spot_id"]).column("spot_id").unique().to_pylist())
+                pred = set(store.read(name, key, columns=["spot_id"]).column("spot_id").unique().to_pylist())
                 unknown = pred - spot_ids
                 if unknown:
                     report.notes.append(f"{path}: predictions for {len(unknown)} spots not in the store "
                                         f"(e.g. {_first(unknown)}); the store was re-ingested after this run")
 
 
+def _check_result_records(store: Store, files: dict[str, dict[str, Path]], readable: dict[Path, bool],
+                          report: CheckReport) -> None:
+    """Every results file against the sha256 recorded when `asign train` wrote it."""
+    layout = store.layout
+    unrecorded = []
+    for name in RUN_TABLES:
+        for key, path in sorted(files[name].items()):
+            if records.recorded_rows(layout, name, key, path) is None:
+                unrecorded.append(path)
+                continue
+            why = records.problems(layout, name, key, path)
+            if why is not None:
+                readable[path] = False
+                report.problems.append(f"{path}: {why}; delete the run's files and re-run the same "
+                                       "`asign train` command")
+    for run_record in sorted(layout.records.joinpath("runs").glob("*.json")):
+        for rel in records.load(run_record):
+            if not (layout.root / rel).exists():
+                report.problems.append(f"{layout.root / rel}: missing, although its write is recorded in "
+                                       f"{run_record}; re-run the same `asign train` command")
+    if unrecorded:
+        report.notes.append(f"{unrecorded[0]}: {len(unrecorded)} results file(s) with no write record (written "
+                            "by an older asign, or not by asign); their contents were not verified")
+
+
+def _non_finite_labels(store: Store, sample_id: str, path: Path) -> list[str]:
+    tab = store.read("labels", key=sample_id, columns=["section_id", "value"])
+    flat = pc.list_flatten(tab.column("value")).to_numpy(zero_copy_only=False)
+    if np.isfinite(flat).all():
+        return []
+    lengths = pc.list_value_length(tab.column("value")).to_numpy(zero_copy_only=False)
+    owner = np.repeat(np.arange(tab.num_rows), lengths)
+    rows = np.unique(owner[~np.isfinite(flat)])
+    first = tab.column("section_id")[int(rows[0])].as_py()
+    return [f"{path}: {len(rows)} label vectors hold NaN/inf (first in section {first}); {_REINGEST} --steps register"]
+
+
+def _non_finite_predictions(store: Store, key: str, path: Path) -> list[str]:
+    """Read in row groups (a large run has tens of millions of prediction rows)."""
+    bad, first = 0, None
+    for batch in pq.ParquetFile(path).iter_batches(columns=["section_id", "value"], batch_size=1 << 20):
+        values = batch.column(1).to_numpy(zero_copy_only=False)
+        mask = ~np.isfinite(values.astype(np.float64, copy=False))
+        if mask.any():
+            bad += int(mask.sum())
+            first = first or batch.column(0)[int(np.flatnonzero(mask)[0])].as_py()
+    if not bad:
+        return []
+    return [f"{path}: {bad} predicted values of run {key} are NaN/inf (first in section {first}); "
+            "delete the run's files and re-run it"]
+
+
 def _all_spot_ids(store: Store, readable: dict[Path, bool]) -> set[str]:
     out: set[str] = set()
     for p in glob.glob(store.layout.table_glob("spots")):
         if readable.get(Path(p)):
-            out |= set(pq.read_table(p, columns=["spot_id"]).column("spot_id").to_pylist())
+            out |= set(store.read("spots", Path(p).stem, columns=["spot_id"]).column("spot_id").to_pylist())
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,13 +10,13 @@ from pathlib import Path
 # (ingest) or per run (train). Partitioning is what lets samples be re-ingested and runs be
 # written concurrently without a single-writer lock.
 GLOBAL_TABLES = ("sections", "genes")
-SAMPLE_TABLES = ("spots", "labels", "transforms", "tiles", "spot_tiles", "embeddings", "edges")
+SAMPLE_TABLES = ("spots", "labels", "transforms", "warps", "tiles", "spot_tiles", "embeddings", "edges")
 RUN_TABLES = ("runs", "metrics", "predictions")
 # The per-sample tables each ingest step writes (register also writes sections and genes).
 # align writes no transforms for samples with precomputed aligned coordinates.
-STEP_TABLES = {"register": ("spots", "labels"), "align": ("spots", "transforms"),
+STEP_TABLES = {"register": ("spots", "labels"), "align": ("spots", "transforms", "warps"),
                "patches": ("tiles", "spot_tiles"), "embed": ("embeddings",), "graph": ("edges",)}
-OPTIONAL_STEP_TABLES = {("align", "transforms")}
+OPTIONAL_STEP_TABLES = {("align", "transforms"), ("align", "warps")}  # warps: --syn only
 
 
 @dataclass(frozen=True)
@@ -80,9 +81,69 @@ class StoreLayout:
     def checkpoint(self, run_id: str) -> Path:
         return self.checkpoints / f"{_safe(run_id)}.pt"
 
+    # locks (store/locks.py) and write records (store/records.py) -------------------------
+    @property
+    def locks(self) -> Path:
+        return self.root / "locks"
+
+    @property
+    def ingest_lock(self) -> Path:
+        return self.locks / "ingest.lock"
+
+    def run_lock(self, run_id: str) -> Path:
+        """Held by the live process training ``run_id``."""
+        return self.locks / "runs" / f"{_safe(run_id)}.lock"
+
+    def record_lock(self, record: Path) -> Path:
+        """Serialises the read-modify-write of one record file (and the writes it records)."""
+        return self.locks / "records" / f"{record.stem}.lock"
+
+    @property
+    def records(self) -> Path:
+        return self.root / "records"
+
+    def record_of(self, name: str, key: str | None = None) -> Path:
+        """Where the sha256 and row count of a table file are recorded when it is written:
+        one file for all ingest tables (one writer at a time), one per run for results."""
+        if name in RUN_TABLES:
+            if key is None:
+                raise ValueError(f"table {name} is partitioned by run; a key is required")
+            return self.records / "runs" / f"{_safe(key)}.json"
+        return self.records / "tables.json"
+
+    def require_outside(self, path: Path, what: str) -> Path:
+        """``path`` if it lies outside the store (after resolving symlinks): a user's output
+        file (query result, report, export) must never replace one of the store's files."""
+        from asign.errors import StoreError
+
+        root, real = os.path.realpath(self.root), os.path.realpath(path)
+        if os.path.commonpath([root, real]) == root:
+            raise StoreError(f"refusing to write {what} inside the store", path=path,
+                             fix=f"choose a {what} path outside the store directory {self.root}")
+        return Path(path)
+
+    def writable(self, path: Path) -> Path:
+        """``path`` if writing it stays inside the store: no symlink (of the file or of any
+        folder below the store root) may lead a write out of it."""
+        from asign.errors import StoreError
+
+        path = Path(path)
+        root = os.path.realpath(self.root)
+        real = os.path.realpath(path)
+        if os.path.commonpath([root, real]) != root or (path.is_symlink()):
+            raise StoreError(f"refusing to write through a symlink that leads out of the store "
+                             f"(to {real})", path=path,
+                             fix="remove the symlink (the store's folders must be plain folders)")
+        return path
+
     def thumbnail(self, section_id: str) -> Path:
         """H&E thumbnail of a section (written by align) so reports never open raw slides."""
         return self.qc / "thumbnails" / f"{_safe(section_id)}.png"
+
+    def fine_thumbnail(self, section_id: str) -> Path:
+        """A finer H&E thumbnail (≤ 4 µm/px, written by align) where morphology shows: the
+        report's maps and the aligned stacks of the export."""
+        return self.qc / "thumbnails" / f"{_safe(section_id)}_fine.png"
 
     def alignment_png(self, sample_id: str) -> Path:
         return self.qc / f"{_safe(sample_id)}_alignment.png"

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pyarrow as pa
@@ -17,31 +18,40 @@ def conform(table: pa.Table | dict, name: str) -> pa.Table:
     """Cast a table (or a dict of columns) to the registered schema of ``name``."""
     schema = TABLES[name]
     if isinstance(table, dict):
-        missing = [f.name for f in schema if f.name not in table]
+        missing = [f.name for f in schema if f.name not in table and not f.nullable]
         if missing:
             raise ValueError(f"table {name} misses columns {missing}")
-        return pa.table({f.name: pa.array(table[f.name], type=f.type) for f in schema}, schema=schema)
+        # a nullable column added to a schema later is null where a writer does not give it
+        n = len(next(iter(table.values()))) if table else 0
+        return pa.table({f.name: pa.array(table[f.name] if f.name in table else [None] * n, type=f.type)
+                         for f in schema}, schema=schema)
     return table.select(schema.names).cast(schema)
 
 
-def write_table(path: Path, table: pa.Table | dict, name: str) -> pa.Table:
+def write_table(path: Path, table: pa.Table | dict, name: str,
+                before_replace: Callable[[Path], None] | None = None) -> pa.Table:
     table = conform(table, name)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, before_replace) as tmp:
         pq.write_table(table, tmp, compression="zstd")
     return table
 
 
-def write_table_parts(path: Path, parts: Iterable[pa.Table | dict], name: str) -> int:
+def write_table_parts(path: Path, parts: Iterable[pa.Table | dict], name: str,
+                      before_replace: Callable[[Path], None] | None = None) -> int:
     """Write one table from consecutive parts, each conformed and appended as it comes,
     so the whole table is never in memory (e.g. 50M prediction rows of a 200k-spot sample);
     atomic like ``write_table``. Returns the number of rows."""
-    rows = 0
-    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, TABLES[name], compression="zstd") as out:
+    with atomic_path(path, before_replace) as tmp:
+        _write_parts(tmp, parts, name)
+        rows = pq.read_metadata(tmp).num_rows
+    return rows
+
+
+def _write_parts(tmp: Path, parts: Iterable[pa.Table | dict], name: str) -> None:
+    with pq.ParquetWriter(tmp, TABLES[name], compression="zstd") as out:
         for part in parts:
             table = conform(part, name)
             out.write_table(table)
-            rows += table.num_rows
-    return rows
 
 
 def check_version(schema: pa.Schema, path: Path) -> None:
@@ -56,14 +66,44 @@ def check_version(schema: pa.Schema, path: Path) -> None:
             path=path, fix="upgrade asign (pip install -U asign) to read this store")
 
 
-def read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
+def read_table(path: Path, columns: list[str] | None = None,
+               check_rows: Callable[[int], None] | None = None) -> pa.Table:
+    """Read a table file; ``check_rows(claimed)`` vets the footer's row count first."""
     path = Path(path)
+    for attempt in range(VET_ATTEMPTS):
+        pf = _open(path)
+        try:
+            _vet(pf, path, check_rows)
+            break
+        except StoreError:
+            # A writer may have replaced the file between our footer and its record:
+            # look again before calling the file forged.
+            if attempt + 1 == VET_ATTEMPTS:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    return pf.read(columns=columns)
+
+
+VET_ATTEMPTS = 3
+
+
+def _open(path: Path) -> pq.ParquetFile:
     if not path.exists():
         raise StoreError("table missing", path=path, fix="run `asign ingest` for this store first")
     try:
-        pf = pq.ParquetFile(path)
+        return pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as err:
         raise StoreError(f"table is corrupt ({err})", path=path,
                          fix="delete the file and re-run `asign ingest` (it re-creates missing tables)") from err
+
+
+def _vet(pf: pq.ParquetFile, path: Path, check_rows: Callable[[int], None] | None) -> None:
+    """Version, and the footer's row count (consistent, and as recorded) before decoding."""
     check_version(pf.schema_arrow, path)
-    return pf.read(columns=columns)
+    meta = pf.metadata
+    claimed = meta.num_rows
+    if sum(meta.row_group(i).num_rows for i in range(meta.num_row_groups)) != claimed:
+        raise StoreError("table footer is inconsistent (row groups do not add up to its row count)",
+                         path=path, fix="delete the file and re-run the command that wrote it")
+    if check_rows is not None:
+        check_rows(claimed)

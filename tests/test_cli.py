@@ -166,3 +166,10 @@ def test_train_minibatch_options_reach_the_config(tmp_path, monkeypatch):
                                  "--block-spots", "512"])
     assert result.exit_code == 0, result.output
     assert seen["cfg"] == TrainConfig(store=tmp_path, minibatch_above=0, block_spots=512)
+
+
+def test_demo_with_one_layer_is_a_usage_error_not_a_traceback(tmp_path):
+    result = runner.invoke(app, ["demo", "--layers", "1", "--out", str(tmp_path / "d")])
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "d").exists()

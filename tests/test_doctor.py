@@ -29,7 +29,10 @@ def test_doctor_passes_every_required_check_offline(monkeypatch):
     assert result.exit_code == 0, result.output
     assert attempts == [], f"doctor tried to connect to {attempts}"
     names = {c["name"] for c in checks}
-    assert {"torch", "dgl", "openslide", "antspyx", "opencv", "lmdb", "duckdb", "torchvision"} <= names
+    assert {"torch", "dgl", "openslide", "antspyx", "opencv", "lmdb", "duckdb", "torchvision",
+            "encoder auto"} <= names
+    auto = next(c for c in checks if c["name"] == "encoder auto")
+    assert auto["ok"] and "--encoder auto resolves to" in auto["detail"]
 
 
 def test_doctor_command_exits_zero():

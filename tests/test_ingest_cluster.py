@@ -125,3 +125,29 @@ def test_a_failed_section_is_one_line_and_the_others_are_kept(tmp_path):
     ok = runner.invoke(app, [*base, "--workers", "2", "--json"])
     assert ok.exit_code == 0, ok.output
     assert runner.invoke(app, ["check", "--store", str(store)]).exit_code == 0
+
+
+@pytest.mark.slow  # two histo-classic embeds of the cut-down sample: ~3 min on 2 shared cores
+def test_standardised_encoder_on_two_workers_gives_the_serial_store(tmp_path_factory, tmp_path):
+    """The z-score statistics are a unit of their own (on a worker here) and every embed
+    unit applies them: the standardised vectors and the manifest's statistics hash equal a
+    serial run's."""
+    from her2st_small import HER2ST, SMALL_INGEST, small_her2st_store
+
+    from asign.ingest import run
+    from asign.ingest.config import IngestConfig
+    from asign.store import open_store
+
+    if not HER2ST.exists():
+        pytest.skip("needs ../shared/data/her2st")
+    src, master = small_her2st_store(tmp_path_factory)
+    paths = {}
+    for name, workers in (("serial", 0), ("dask", 2)):
+        paths[name] = tmp_path / name
+        shutil.copytree(master, paths[name])
+        summary = run(IngestConfig(sources=(src,), store=paths[name], steps=("embed",), workers=workers,
+                                   **{**SMALL_INGEST, "encoder": "histo-classic"}))
+        assert summary["ran"] == ["C:embed"]
+    assert_same_store(paths["serial"], paths["dask"])
+    embed = open_store(paths["dask"]).manifest()["params"]["embed"]
+    assert embed["encoder"] == "histo-classic" and embed["standardised"]["C"]["reference_section"] == "C2"

@@ -134,7 +134,86 @@ def test_report_files(report_dir):
     assert "<title>asign report — run base</title>" in page
     assert "within_sample" in page and "mean-profile baseline" in page
     assert "mean (computed)" in page
-    assert "src=\"http" not in page and "<script" not in page  # self-contained
+    # self-contained: plotly.js is inline (the 3D view works offline), nothing is fetched
+    assert "src=\"http" not in page and "<script src" not in page and "<link" not in page
+    assert "plotly.js v" in page and 'id="view3d-S1"' in page
+    # the gene menu of the 3D view: every panel gene of the toy store (6 < MAX_GENES)
+    assert all(f'"label":"G{i}"' in page for i in range(6))
+    # the header says what the numbers rest on; the toy store's features are random
+    assert "id='random-weights'" in page and "RANDOM encoder weights" in page
+    for field in ("Encoder", "Weights", "Epochs", "Known layer(s)", "Alignment"):
+        assert f"<th>{field}</th>" in page
+    # the summary compares with the best baseline of the run on every metric
+    assert "best baseline" in page
+
+
+def test_maps_include_the_known_layer_on_a_percentile_scale(report_store):
+    from asign.report import section_maps
+    from asign.report.plots import percentiles
+
+    data = load_run_data(open_store(report_store), "base")
+    maps = section_maps(data, "S1", "G1")
+    assert [m.section_id for m in maps] == ["S1_L1", "S1_L2", "S1_L3", "S1_L4", "S1_L5"]
+    assert maps[0].known and maps[0].predicted is None and maps[0].measured is not None
+    assert all(m.predicted is not None for m in maps[1:])
+    # the display scale is log1p(CP10k): positive, unlike the store's log-ratios
+    assert (maps[1].predicted_scale > 0).all() and (maps[1].predicted < 0).all()
+    p = percentiles(np.array([3.0, 1.0, np.nan, 2.0, 2.0]))
+    np.testing.assert_allclose(p, [100.0, 0.0, np.nan, 50.0, 50.0])
+
+
+def test_best_baseline_per_metric():
+    import pandas as pd
+
+    from asign.report.html import best_baseline, comparison_lines
+
+    summary = pd.DataFrame({
+        "model": ["asign3d"] * 2 + ["idw"] * 2 + ["mean"] * 2,
+        "metric": ["pcc_gene", "mse"] * 3,
+        "mean": [0.30, 0.20, 0.35, 0.25, np.nan, 0.30]})
+    assert best_baseline(summary, "pcc_gene", "asign3d") == ("idw", 0.35)
+    assert best_baseline(summary, "mse", "asign3d") == ("idw", 0.25)
+    lines = comparison_lines(summary, "asign3d")
+    assert "best baseline idw 0.350: asign3d is NOT better" in lines[0]
+    assert "best baseline idw 0.250: asign3d is better" in lines[1]
+
+
+def test_aligned_stack_and_its_3d_textures():
+    """A section moved by a known transform lands where the transform says, and the 3D
+    view's texture of it is cropped to the requested box in aligned µm."""
+    from asign.report.stack import SectionImage, aligned_stack
+    from asign.report.view3d import textures
+
+    thumb = np.full((40, 60, 3), 255, dtype=np.uint8)
+    thumb[10:20, 30:40] = 0  # a dark square at thumbnail px x 30–39, y 10–19
+    ds, um = 2.0, 1.5  # 2 full-res px per thumbnail px, 1.5 µm per full-res px
+    shift = np.array([[um, 0, 100.0], [0, um, -50.0], [0, 0, 1]])  # image px -> aligned µm
+    a = SectionImage("A", 1, thumb, ds, np.diag([um, um, 1.0]))
+    b = SectionImage("B", 3, thumb, ds, shift)
+    st = aligned_stack([a, b], spacing_um=40.0)
+    assert st.image.shape[0] == 3 and st.sections == ["A", None, "B"]
+    assert st.res_um == pytest.approx(3.0) and st.z_um(3) == 80.0
+    assert (st.image[1] == 255).all()  # layer 2 has no image: blank
+    for plane, (dx, dy) in ((0, (0.0, 0.0)), (2, (100.0, -50.0))):
+        dark = np.argwhere(st.image[plane, :, :, 0] < 128)
+        x = st.origin_um[0] + dark[:, 1].mean() * st.res_um
+        y = st.origin_um[1] + dark[:, 0].mean() * st.res_um
+        # the square's centre: thumbnail px (34.5, 14.5) -> full res ((t+0.5)·ds - 0.5)
+        assert x == pytest.approx((35 * ds - 0.5) * um + dx, abs=st.res_um)
+        assert y == pytest.approx((15 * ds - 0.5) * um + dy, abs=st.res_um)
+    tex = textures(st, {"A": 0.0, "B": 80.0}, (0.0, 150.0, 0.0, 60.0))
+    assert [t.section_id for t in tex] == ["A", "B"]
+    assert tex[0].x0 == pytest.approx(0.0, abs=st.res_um) and tex[0].grey.dtype == np.uint8
+    assert tex[0].grey.shape == (20, 50)
+
+
+def test_label_spreading_keeps_a_gap():
+    from asign.report.plots import spread_labels
+
+    ys = spread_labels([0.50, 0.51, 0.2, 0.505], min_gap=0.04)
+    order = np.argsort(ys)
+    assert np.all(np.diff(np.sort(ys)) >= 0.04 - 1e-9)
+    assert list(np.argsort([0.50, 0.51, 0.2, 0.505], kind="stable")) == list(order)
 
 
 def test_explicit_genes_model_and_errors(report_store, tmp_path):
@@ -207,3 +286,43 @@ def test_report_renders_in_headless_chromium(report_dir, tmp_path):
     packed = (px[..., 0].astype(np.int32) << 16) | (px[..., 1].astype(np.int32) << 8) | px[..., 2]
     colours = np.unique(packed)
     assert len(colours) > 2000, f"{len(colours)} colours: the figures did not render"
+
+
+def test_3d_view_draws_in_headless_chromium(report_dir, tmp_path):
+    """The interactive view alone (cut from report.html, plotly.js inline) drawn by
+    Chromium's software WebGL: the spots must appear in viridis colours."""
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("headless Chromium not installed (apt-get install chromium)")
+    page = (report_dir / "report.html").read_text()
+    start = page.index("<div class='view3d'>")
+    end = page.index("<h2 id='3d-view--static'>")
+    view = tmp_path / "view.html"
+    view.write_text("<!DOCTYPE html><html><head><meta charset='utf-8'></head><body>"
+                    + page[start:end] + "</body></html>", encoding="utf-8")
+    shot = tmp_path / "view.png"
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    try:
+        proc = subprocess.run(
+            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             "--disable-background-networking", "--enable-unsafe-swiftshader",
+             "--virtual-time-budget=15000", f"--user-data-dir={profile}",
+             f"--screenshot={shot}", "--window-size=1200,800", view.resolve().as_uri()],
+            capture_output=True, text=True, timeout=120, check=False)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+    assert proc.returncode == 0 and shot.exists(), proc.stderr[-2000:]
+    from matplotlib import colormaps
+    from PIL import Image
+    from scipy.spatial import cKDTree
+
+    with Image.open(shot) as im:
+        px = np.asarray(im.convert("RGB"), dtype=float)
+    # the middle of the scene only: the colour bar (right) and legend (left) are SVG and
+    # would be viridis-coloured even if WebGL drew nothing
+    h, w = px.shape[:2]
+    px = px[int(0.3 * h):int(0.95 * h), int(0.3 * w):int(0.75 * w)].reshape(-1, 3)
+    viridis = colormaps["viridis"](np.linspace(0, 1, 64))[:, :3] * 255
+    dist = cKDTree(viridis).query(px)[0]
+    saturated = px.max(axis=1) - px.min(axis=1) > 60  # not grey/white page or axes
+    assert (saturated & (dist < 20)).sum() > 2000, "no coloured spots: WebGL did not draw"

@@ -27,3 +27,33 @@ def test_small_encoder_stores_patches_at_its_input_size(tmp_path_factory, tmp_pa
     spot = store.query("SELECT spot_id FROM spots LIMIT 1").column("spot_id")[0].as_py()
     with store.vectors(readonly=True) as vec:
         assert vec.get_patches([spot]).shape == (1, 64, 64, 3)
+
+
+@pytest.mark.slow
+def test_histo_classic_is_zscored_with_the_reference_section(tmp_path_factory, tmp_path):
+    """A standardised encoder's spot vectors of the reference section (the panel layer,
+    C2) have mean 0 / std 1 per feature; other sections are mapped by the same map."""
+    import numpy as np
+
+    from asign.store.vectors import emb_key
+
+    src, master = small_her2st_store(tmp_path_factory)
+    store_path = tmp_path / "store"
+    shutil.copytree(master, store_path)
+    summary = ingest_run(IngestConfig(sources=(src,), store=store_path, steps=("embed", "graph"),
+                                      **{**SMALL_INGEST, "encoder": "histo-classic"}))
+    assert summary["ran"] == ["C:embed", "C:graph"]
+    store = open_store(store_path)
+    embed = store.manifest()["params"]["embed"]
+    assert embed["standardised"]["C"]["reference_section"] == "C2"
+    spots = store.read("spots", key="C").to_pandas()
+    with store.vectors(readonly=True) as vec:
+        def feats(section: str) -> np.ndarray:
+            ids = spots.spot_id[spots.section_id == section]
+            return vec.get_vectors([emb_key("histo-classic", "spot", s) for s in ids], 65).astype(np.float64)
+
+        ref, other = feats("C2"), feats("C3")
+    varying = ref.std(0) > 0.5  # constant features are only centred
+    np.testing.assert_allclose(ref.mean(0), 0, atol=2e-2)
+    np.testing.assert_allclose(ref.std(0)[varying], 1, atol=2e-2)
+    assert abs(other.mean(0)).max() > 0.05  # C3 is not re-centred on itself

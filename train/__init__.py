@@ -38,9 +38,9 @@ def run(cfg: TrainConfig, *, reporter: Any = None, max_epochs: int | None = None
     task (the driver writes the run's files, as serially).
     """
     from asign.cluster import here
-    from asign.progress import reporter as make_reporter
     from asign.store import open_store
     from asign.store.atomic import remove_stale_temps
+    from asign.store.locks import run_lock
     from asign.train import results as res
     from asign.train.protocol import SectionInfo, fold_assignment, plan_folds
 
@@ -61,7 +61,7 @@ def run(cfg: TrainConfig, *, reporter: Any = None, max_epochs: int | None = None
     created = dt.datetime.now(dt.UTC)
     t0 = time.perf_counter()
     infos = [SectionInfo(str(r["sample_id"]), str(r["section_id"]), int(r["z"]),
-                         bool(r["has_counts"]), bool(r["has_image"]))
+                         bool(r["has_counts"]), bool(r["has_image"]), bool(r.get("has_coords")))
              for r in store.read("sections").to_pylist()]
     plan_args = dict(known=cfg.known, samples=cfg.samples, extra_2d=cfg.extra_2d)
     fold_of = None
@@ -73,6 +73,7 @@ def run(cfg: TrainConfig, *, reporter: Any = None, max_epochs: int | None = None
         finally:
             con.close()
     folds = plan_folds(infos, folds=cfg.folds, fold_of=fold_of, **plan_args)
+    _check_images(cfg, infos, folds)
 
     store_fp = res.store_hash(store)
     rid = res.run_id(cfg, store_fp)
@@ -80,6 +81,19 @@ def run(cfg: TrainConfig, *, reporter: Any = None, max_epochs: int | None = None
     timings: dict[str, Any] = {}
     row = dict(store_fp=store_fp, commit=commit, created_at=created, timings=timings,
                plan=res.plan_summary(folds), where=here())
+    # Held while this process lives: a `running` row nobody holds this for reads as
+    # `interrupted` (store/locks.py), however the process ended.
+    with run_lock(store.layout.writable(store.layout.run_lock(rid))):
+        return _run_locked(cfg, store, rid, folds, row, timings, t0, reporter, max_epochs,
+                           cluster if on_cluster else None)
+
+
+def _run_locked(cfg: TrainConfig, store: Any, rid: str, folds: list, row: dict[str, Any],
+                timings: dict[str, Any], t0: float, reporter: Any, max_epochs: int | None,
+                cluster: Any) -> RunResult:
+    from asign.progress import reporter as make_reporter
+    from asign.train import results as res
+
     res.write_run_row(store, rid, cfg, status="running", seconds=None, **row)
     for name in ("metrics", "predictions"):  # results of an earlier run of this id are stale
         store.remove(name, rid)
@@ -87,7 +101,7 @@ def run(cfg: TrainConfig, *, reporter: Any = None, max_epochs: int | None = None
     status = "failed"
     try:
         ctx = make_reporter() if reporter is None else contextlib.nullcontext(reporter)
-        with ctx as rep, _deterministic(cfg), _client(cluster if on_cluster else None) as client:
+        with ctx as rep, _deterministic(cfg), _client(cluster) as client:
             status, metric_rows, blocks, genes = _execute(
                 cfg, store, rid, folds, rep, timings, max_epochs, client)
         if status == "done":
@@ -128,7 +142,9 @@ def _load(cfg: TrainConfig, store: Any, folds: list) -> tuple[dict, Any]:
 
         recipe = EncoderRecipe.from_manifest(store.manifest()["params"].get("embed", {}),
                                              cfg.encoder, store.layout.manifest)
-    samples = {s: load_sample(store, s, encoder=cfg.encoder, patches=recipe is not None)
+    graph = cfg.spec.neural or cfg.spec.cross_layer  # mean, idw, similarity use no edges
+    samples = {s: load_sample(store, s, encoder=cfg.encoder, patches=recipe is not None, graph=graph,
+                              features=cfg.spec.images)  # mean, idw, cli read no embeddings
                for s in needed}
     return samples, recipe
 
@@ -147,7 +163,7 @@ def _execute(cfg: TrainConfig, store: Any, rid: str, folds: list, rep: Any,
     timings["load_s"] = round(time.perf_counter() - t, 3)
 
     spec = cfg.spec
-    ckpt_path = store.layout.checkpoint(rid)
+    ckpt_path = store.layout.writable(store.layout.checkpoint(rid))  # no symlink out of the store
     ckpt = loop.load_checkpoint(ckpt_path) if cfg.resume and spec.neural else None
     if ckpt is not None and ckpt.get("run_id") != rid:
         ckpt = None
@@ -225,7 +241,7 @@ def _fold_task(cfg: TrainConfig, root: str, rid: str, fold: Any) -> dict[str, An
     t = time.perf_counter()
     samples, recipe = _load(cfg, store, [fold])
     load_s = round(time.perf_counter() - t, 3)
-    path = store.layout.checkpoint(f"{rid}.fold{fold.fold}")
+    path = store.layout.writable(store.layout.checkpoint(f"{rid}.fold{fold.fold}"))  # no symlink out
     ckpt = loop.load_checkpoint(path) if cfg.resume and cfg.spec.neural else None
     if ckpt is not None and ckpt.get("run_id") != rid:
         ckpt = None
@@ -268,6 +284,8 @@ def _one_fold(cfg: TrainConfig, fold: Any, samples: dict, tasks: dict, rid: str,
             preds[plan.sample_id] = _baseline(cfg, samples[plan.sample_id], plan)
     fold_s = round(time.perf_counter() - t, 3)
     for plan in fold.test:
+        _require_finite(cfg, fold.fold, samples[plan.sample_id], plan, preds[plan.sample_id])
+    for plan in fold.test:
         s, pred = samples[plan.sample_id], preds[plan.sample_id]
         for sec in plan.scored:
             idx = s.in_sections([sec]) & s.has_label
@@ -290,6 +308,20 @@ def _fold_timings(timings: dict[str, Any], selection: dict[int, dict], blocked: 
     if epoch_s:
         timings["epoch_s_mean"] = round(float(np.mean(epoch_s)), 4)
         timings["epochs_run"] = len(epoch_s)
+
+
+def _require_finite(cfg: TrainConfig, fold: int, s: Any, plan: Any, pred: np.ndarray) -> None:
+    """Predictions are scored and stored only when finite: a NaN would make the run look
+    done with NaN metrics. Stops the run (status ``failed``) naming the first section."""
+    from asign.errors import NumericError
+
+    out = s.in_sections(plan.predicted)
+    bad = out & ~np.isfinite(pred).all(axis=1)
+    if bad.any():
+        first = s.sections[int(s.section[np.flatnonzero(bad)[0]])]
+        raise NumericError(f"section {first}: {cfg.model} predicted NaN/inf for {int(bad.sum())} spots "
+                           f"(sample {s.sample_id}, fold {fold}); run stopped, nothing scored",
+                           path=cfg.store, fix="run `asign check` on the store; try a lower --lr")
 
 
 def _fit_fold(cfg: TrainConfig, fold: Any, samples: dict, tasks: dict, rid: str,
@@ -350,7 +382,7 @@ def _fit_fold(cfg: TrainConfig, fold: Any, samples: dict, tasks: dict, rid: str,
         return None
     best[fold.fold] = {"best_epoch": state.best_epoch,
                        "val_score": state.best_score if np.isfinite(state.best_score) else None}
-    if cfg.calibrate_gate and cfg.spec.cli:
+    if cfg.calibrate_gate and cfg.uses_cli:
         from asign.train.calibrate import calibrate_gate
 
         best[fold.fold]["gate"] = calibrate_gate(cfg, model, select or train_tasks)
@@ -393,6 +425,22 @@ def _baseline(cfg: TrainConfig, s: Any, plan: Any) -> np.ndarray:
         w = scale_edge_weights(torch.as_tensor(s.weight), torch.as_tensor(s.cross.astype(np.int64)))
         return baselines.cli_alone(s.src, s.dst, w.numpy(), y, known, n_iter=cfg.cli_iters)
     raise AssertionError(f"unhandled baseline {cfg.model}")  # MODELS and this stay in step
+
+
+def _check_images(cfg: TrainConfig, infos: list, folds: list) -> None:
+    """Models that read image features refuse graphs with sections placed by coordinates
+    alone (mean, idw and cli need no image)."""
+    from asign.errors import ConfigError
+
+    if not cfg.spec.images:
+        return
+    used = {s for f in folds for p in f.samples for s in p.sections}
+    bare = sorted(i.section_id for i in infos if i.section_id in used and not i.has_image)
+    if bare:
+        raise ConfigError(f"--model {cfg.model} reads image features, but sections "
+                          f"{', '.join(bare)} have no H&E image (placed by given coordinates)",
+                          fix="use --model mean, idw or cli on this store, or ingest those "
+                              "sections with their images")
 
 
 def _check_device(cfg: TrainConfig) -> None:

@@ -19,6 +19,11 @@ LOSS_PRESETS = ("paper", "reference")
 GNN_ENGINES = ("dgl", "pyg")
 DEVICES = ("cpu", "cuda")
 FEATURE_NORMS = ("section", "none")
+# Parts of asign3d that --ablate removes (the paper's Table II/III ablations):
+# cross-attention: each spot attends to its own region/global tile only (softmax ≡ 1, as in
+# the reference code), not to the neighbouring tiles; gat: no GAT/transformer block (fused features straight to the heads);
+# cli: no cross-layer imputation (MSAGNet alone, on the 3D graph).
+ABLATIONS = ("cross-attention", "gat", "cli")
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,7 @@ class ModelSpec:
     cross_layer: bool  # uses cross-layer edges of the 3D graph
     cli: bool  # label propagation from the known layer
     help: str
+    images: bool = True  # reads image features: every section in its graph needs an image
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -38,13 +44,14 @@ MODELS: dict[str, ModelSpec] = {
     "asign2d": ModelSpec("asign2d", True, False, False,
                          "MSAGNet on same-layer edges only, no CLI (the 2D model)"),
     "mean": ModelSpec("mean", False, False, False,
-                      "known layer's mean profile for every hidden spot"),
+                      "known layer's mean profile for every hidden spot", images=False),
     "idw": ModelSpec("idw", False, False, False,
-                     "inverse-distance weighting of the 8 nearest known spots (aligned x, y)"),
+                     "inverse-distance weighting of the 8 nearest known spots (aligned x, y)",
+                     images=False),
     "similarity": ModelSpec("similarity", False, False, False,
                             "cosine kNN (k=20) on spot embeddings against the known layer"),
     "cli": ModelSpec("cli", False, True, True,
-                     "label propagation alone over the 3D graph (unit node weights)"),
+                     "label propagation alone over the 3D graph (unit node weights)", images=False),
 }
 
 
@@ -79,6 +86,7 @@ class TrainConfig:
     cli_per_node_gate: bool = False  # CLI gate per gene (False) or per gene and node
     cli_spatial_prior: bool = True  # CLI also blends the IDW prior (cli_block.py); paper: False
     calibrate_gate: bool = True  # set the CLI gate on the validation spots after training
+    ablate: tuple[str, ...] = ()  # parts of asign3d removed for an ablation (ABLATIONS)
     # training episodes (see protocol.py) and model selection (see loop.py)
     episode_known_fraction: float = 0.2
     val_fraction: float = 0.2
@@ -109,6 +117,11 @@ class TrainConfig:
         return MODELS[self.model]
 
     @property
+    def uses_cli(self) -> bool:
+        """The model propagates labels (its spec has a CLI and no ablation removed it)."""
+        return self.spec.cli and "cli" not in self.ablate
+
+    @property
     def setting(self) -> str:
         return "within_sample" if self.folds == 1 else "cross_sample"
 
@@ -120,6 +133,8 @@ class TrainConfig:
         out = self.to_json()
         for key in ("resume", "store", "save_predictions", "threads"):
             out.pop(key, None)
+        if not self.ablate:  # identities of runs from before --ablate existed stay valid
+            out.pop("ablate", None)
         if not self.spec.neural:  # optimiser settings cannot change a baseline
             for key in ("epochs", "lr", "momentum", "weight_decay", "optimizer", "scheduler",
                         "lr_min_ratio", "cli_lr_scale", "grad_clip", "loss", "hidden", "heads", "dropout",
@@ -149,6 +164,10 @@ def validate(cfg: TrainConfig) -> None:
     choice(cfg.gnn, GNN_ENGINES, "--gnn")
     choice(cfg.device, DEVICES, "--device")
     choice(cfg.feature_norm, FEATURE_NORMS, "--feature-norm")
+    for part in cfg.ablate:
+        choice(part, ABLATIONS, "--ablate")
+    if cfg.ablate and cfg.model != "asign3d":
+        problems.append(f"--ablate applies to asign3d, not {cfg.model}")
     if str(cfg.known) not in ("first", "middle") and not str(cfg.known).lstrip("-").isdigit():
         problems.append(f"--known {cfg.known!r} must be first, middle or a layer number z")
     if cfg.folds < 1:

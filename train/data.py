@@ -1,9 +1,11 @@
 """Read one sample from the store into arrays: spots, labels, the whole-sample graph, and
 spot/region/global embeddings streamed from LMDB.
 
-Only imaged sections enter a sample (a section without an image has no embedding, so the
-model cannot place it; her2st C1 is such a section). Spots are ordered by section z, then
-as stored. ``labels`` holds the ground truth of every labelled spot: training code never
+Only placed sections enter a sample: imaged sections (aligned by ingest) and sections whose
+aligned coordinates came with the input. A section with neither cannot be put in the
+sample's frame (her2st C1 is such a section). Spots of sections without an image have no
+features (zero rows, ``has_feature`` False): only models that need no image use them.
+Spots are ordered by section z, then as stored. ``labels`` holds the ground truth of every labelled spot: training code never
 reads it directly but goes through :func:`asign.train.protocol.visible_labels`.
 """
 
@@ -30,7 +32,7 @@ LEVELS = ("region", "global")
 class SampleData:
     sample_id: str
     genes: tuple[str, ...]
-    sections: tuple[str, ...]  # imaged sections, z order
+    sections: tuple[str, ...]  # placed sections, z order
     section_z: np.ndarray  # (S,) int
     spot_ids: np.ndarray  # (N,) object
     section: np.ndarray  # (N,) int32 index into sections
@@ -46,6 +48,7 @@ class SampleData:
     weight: np.ndarray  # (E,) float32
     cross: np.ndarray  # (E,) bool: cross-layer edge
     patches: np.ndarray | None = None  # (N, H, W, 3) uint8 spot patches (fine-tuning only)
+    has_feature: np.ndarray | None = None  # (N,) bool: spot on an imaged section (None = all)
 
     @property
     def n_spots(self) -> int:
@@ -76,7 +79,8 @@ class SampleData:
             labels=self.labels[keep], spot_feat=self.spot_feat[keep],
             tokens={k: v[keep] for k, v in self.tokens.items()}, tile_feat=self.tile_feat,
             src=new_idx[self.src[e]], dst=new_idx[self.dst[e]], weight=self.weight[e],
-            cross=self.cross[e], patches=None if self.patches is None else self.patches[keep])
+            cross=self.cross[e], patches=None if self.patches is None else self.patches[keep],
+            has_feature=None if self.has_feature is None else self.has_feature[keep])
 
 
 def embedding_params(store: Store, encoder: str | None = None) -> tuple[str, int]:
@@ -97,17 +101,22 @@ def gene_panel(store: Store) -> tuple[str, ...]:
 
 
 def load_sample(store: Store, sample_id: str, *, encoder: str | None = None,
-                patches: bool = False) -> SampleData:
+                patches: bool = False, graph: bool = True, features: bool = True) -> SampleData:
     """Everything train needs about one sample, read from Parquet + LMDB; ``patches``: also
-    the stored spot patches (for fine-tuning the spot encoder)."""
-    enc, dim = embedding_params(store, encoder)
+    the stored spot patches (for fine-tuning the spot encoder); ``graph=False``: a store
+    without the graph step is fine (models that use no edges: mean, idw, similarity);
+    ``features=False``: no embeddings are read (models that use no image: mean, idw, cli)."""
+    from asign.store.sections import placed
+
     genes = gene_panel(store)
     sec = store.read("sections").to_pandas()
-    sec = sec[(sec["sample_id"] == sample_id) & sec["has_image"]].sort_values("z")
+    sec = sec[(sec["sample_id"] == sample_id) & placed(sec)].sort_values("z")
     if sec.empty:
-        raise StoreError(f"sample {sample_id} has no imaged section in the store",
+        raise StoreError(f"sample {sample_id} has no placed section in the store",
                          path=store.root, fix="check --samples, or re-run `asign ingest`")
     sections = tuple(sec["section_id"].astype(str))
+    imaged = set(sec["section_id"][sec["has_image"].astype(bool)].astype(str)) if features else set()
+    enc, dim = embedding_params(store, encoder) if imaged else ("", 1)
 
     spots = store.read("spots", key=sample_id).to_pandas()
     spots = spots[spots["section_id"].isin(sections)]
@@ -127,19 +136,41 @@ def load_sample(store: Store, sample_id: str, *, encoder: str | None = None,
                          path=store.layout.table("spots", sample_id),
                          fix="run `asign ingest --steps align` for this sample")
 
-    labels, has_label = _labels(store, sample_id, index, len(genes))
-    src, dst, weight, cross = _edges(store, sample_id, index, set(spots["spot_id"]))
-    with store.vectors(readonly=True) as vec:
-        spot_feat = vec.get_vectors([emb_key(enc, "spot", s) for s in spot_ids], dim)
-        tokens, tile_feat = _tiles(store, vec, sample_id, index, n, enc, dim)
-        spot_patches = vec.get_patches(list(spot_ids)) if patches else None
+    labels, has_label = _labels(store, sample_id, index, len(genes), sections, section)
+    if graph or store.has("edges", sample_id):
+        src, dst, weight, cross = _edges(store, sample_id, index, set(spots["spot_id"]))
+    else:
+        src = dst = np.zeros(0, dtype=np.int64)
+        weight, cross = np.zeros(0, dtype=np.float32), np.zeros(0, dtype=bool)
+    if not np.isfinite(weight).all():
+        raise StoreError(f"{int((~np.isfinite(weight)).sum())} edge weights of sample {sample_id} are NaN/inf",
+                         path=store.layout.table("edges", sample_id),
+                         fix="re-run `asign ingest --steps graph` for this sample")
+    has_feature = spots["section_id"].isin(imaged).to_numpy()
+    tokens = {level: np.full((n, 1), -1, dtype=np.int64) for level in LEVELS}
+    tile_feat = {level: np.zeros((0, dim), dtype=np.float16) for level in LEVELS}
+    spot_patches = None
+    if not imaged:
+        spot_feat = np.zeros((n, dim), dtype=np.float16)
+    else:
+        with store.vectors(readonly=True) as vec:
+            featured = [emb_key(enc, "spot", s) for s in spot_ids[has_feature]]
+            if has_feature.all():  # the usual case: one (N, D) array, no copy (200k × 1024 is 400 MB)
+                spot_feat = vec.get_vectors(featured, dim)
+            else:
+                spot_feat = np.zeros((n, dim), dtype=np.float16)
+                spot_feat[has_feature] = vec.get_vectors(featured, dim)
+            tokens, tile_feat = _tiles(store, vec, sample_id, index, n, enc, dim, has_feature)
+            spot_patches = vec.get_patches(list(spot_ids)) if patches else None
+    _require_finite_features(store, sample_id, sections, section, spot_feat, tokens, tile_feat)
     log.debug("sample %s: %d spots, %d edges, %d sections", sample_id, n, len(src), len(sections))
     return SampleData(
         sample_id=sample_id, genes=genes, sections=sections,
         section_z=sec["z"].to_numpy(dtype=np.int64), spot_ids=spot_ids, section=section, xy=xy,
         is_virtual=spots["is_virtual"].to_numpy(dtype=bool), has_label=has_label, labels=labels,
         spot_feat=spot_feat, tokens=tokens, tile_feat=tile_feat,
-        src=src, dst=dst, weight=weight, cross=cross, patches=spot_patches)
+        src=src, dst=dst, weight=weight, cross=cross, patches=spot_patches,
+        has_feature=None if has_feature.all() else has_feature)
 
 
 def _rows_of(ids: Any, index: dict[str, int]) -> np.ndarray:
@@ -151,8 +182,30 @@ def _rows_of(ids: Any, index: dict[str, int]) -> np.ndarray:
     return np.where(found >= 0, rows[found], -1)
 
 
+def _require_finite_features(store: Store, sample_id: str, sections: tuple[str, ...], section: np.ndarray,
+                             spot_feat: np.ndarray, tokens: dict[str, np.ndarray],
+                             tile_feat: dict[str, np.ndarray]) -> None:
+    """A NaN/inf embedding would turn every prediction it reaches into NaN: stop, naming
+    the first section affected (spot, region or global level)."""
+    levels = {"spot": ~np.isfinite(spot_feat).all(axis=1)}
+    for level, feats in tile_feat.items():
+        if not len(feats):  # no imaged section: no tiles, every token is -1
+            continue
+        bad_tile = ~np.isfinite(feats).all(axis=1)
+        tok = tokens[level]
+        levels[level] = (bad_tile[np.maximum(tok, 0)] & (tok >= 0)).any(axis=1)
+    for level, bad in levels.items():
+        if bad.any():
+            first = sections[int(section[np.flatnonzero(bad)[0]])]
+            raise StoreError(f"section {first}: {int(bad.sum())} spots have non-finite (NaN/inf) {level} "
+                             f"embeddings in sample {sample_id}; training stopped",
+                             path=store.layout.vectors,
+                             fix=f"re-run `asign ingest --steps embed,graph --samples {sample_id}` (check the weights)")
+
+
 def _labels(
-    store: Store, sample_id: str, index: dict[str, int], n_genes: int
+    store: Store, sample_id: str, index: dict[str, int], n_genes: int,
+    sections: tuple[str, ...], section: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     n = len(index)
     labels = np.zeros((n, n_genes), dtype=np.float32)
@@ -170,9 +223,11 @@ def _labels(
                          fix="re-run `asign ingest --steps register` so labels follow the panel")
     flat = np.asarray(pc.list_flatten(values), dtype=np.float32).reshape(len(rows), n_genes)
     ok = rows >= 0  # labels of sections outside the graph (no image) are not used
-    if not np.isfinite(flat[ok]).all():
-        raise StoreError(f"labels of sample {sample_id} contain NaN/inf",
-                         path=store.layout.table("labels", sample_id),
+    bad = ok & ~np.isfinite(flat).all(axis=1)
+    if bad.any():
+        first = sections[int(section[rows[np.flatnonzero(bad)[0]]])]
+        raise StoreError(f"section {first}: {int(bad.sum())} label vectors of sample {sample_id} contain NaN/inf; "
+                         "training stopped", path=store.layout.table("labels", sample_id),
                          fix="re-run `asign ingest --steps register`")
     labels[rows[ok]] = flat[ok]
     has[rows[ok]] = True
@@ -207,7 +262,8 @@ def _edges(
 
 
 def _tiles(
-    store: Store, vec: Any, sample_id: str, index: dict[str, int], n: int, enc: str, dim: int
+    store: Store, vec: Any, sample_id: str, index: dict[str, int], n: int, enc: str, dim: int,
+    has_feature: np.ndarray,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     if not store.has("spot_tiles", sample_id):
         raise StoreError(f"sample {sample_id} has no spot→tile map",
@@ -227,8 +283,8 @@ def _tiles(
         n_tok = int(rank.max()) + 1 if rank.size else 1
         tok = np.full((n, n_tok), -1, dtype=np.int64)
         tok[rows, rank] = inv
-        if (tok[:, 0] < 0).any():
-            missing = int((tok[:, 0] < 0).sum())
+        if (tok[has_feature, 0] < 0).any():
+            missing = int((tok[has_feature, 0] < 0).sum())
             raise StoreError(f"{missing} spots of sample {sample_id} have no {level} tile",
                              path=store.layout.table("spot_tiles", sample_id),
                              fix="re-run `asign ingest --steps patches,embed` for this sample")

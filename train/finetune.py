@@ -57,6 +57,10 @@ class EncoderRecipe:
         if encoder and encoder != name:
             raise ConfigError(f"--finetune-spot-encoder rebuilds the store's encoder {name!r}, "
                               f"not {encoder!r}", fix=f"drop --encoder or pass {name}")
+        if embed.get("standardisation") or embed.get("weights_kind") == "none":
+            raise ConfigError(f"--finetune-spot-encoder needs a single network encoder; the store's "
+                              f"{name!r} is weight-free or z-scored at ingest",
+                              fix="ingest with --encoder effnet-lite0 or resnet50-l3 to fine-tune")
         return cls(str(name), str(embed.get("weights_kind", "")), embed.get("weights_path"),
                    str(embed.get("weights_sha256", "")), int(embed.get("seed", 0)))
 

@@ -132,7 +132,10 @@ def model_overrides(cfg: TrainConfig, in_dim: int, n_genes: int) -> dict[str, An
                 dropout=cfg.dropout, engine=cfg.gnn, cli_iters=cfg.cli_iters,
                 **({"cli_per_node_gate": cfg.cli_per_node_gate,
                     "cli_spatial_prior": cfg.cli_spatial_prior, "cli_prior_k": cfg.idw_k,
-                    "cli_prior_power": cfg.idw_power} if cfg.spec.cli else {}))
+                    "cli_prior_power": cfg.idw_power} if cfg.spec.cli else {}),
+                **({"use_cli": False} if "cli" in cfg.ablate else {}),
+                **({"n_gat_layers": 0} if "gat" in cfg.ablate else {}),
+                **({"cross_attention": False} if "cross-attention" in cfg.ablate else {}))
 
 
 def build(cfg: TrainConfig, in_dim: int, n_genes: int, fold: int,
@@ -250,7 +253,7 @@ def fit(
         opt.load_state_dict(resume_from.optimizer)
         sched.load_state_dict(resume_from.scheduler)
         state = resume_from
-    use_cli = cfg.spec.cli
+    use_cli = cfg.uses_cli
     plan = batching.BatchPlan.of(cfg)
     done_here = 0
     for epoch in range(state.epoch, cfg.epochs):
@@ -335,7 +338,7 @@ def validation_output(cfg: TrainConfig, model: Any, task: GraphTask) -> Any:
     training spots: what the set-aside spots are scored on."""
     model.eval()
     inputs = _eval_inputs(cfg, model, task)
-    known = _mask(task.train, task) if cfg.spec.cli else None
+    known = _mask(task.train, task) if cfg.uses_cli else None
     return batching.infer(batching.BatchPlan.of(cfg), model, task, inputs, known)
 
 
@@ -375,7 +378,7 @@ def predict(cfg: TrainConfig, model: Any, task: GraphTask) -> np.ndarray:
     model.eval()
     with torch.no_grad():
         inputs = _eval_inputs(cfg, model, task)
-        known = torch.as_tensor(task.visible, device=task.y.device) if cfg.spec.cli else None
+        known = torch.as_tensor(task.visible, device=task.y.device) if cfg.uses_cli else None
         out = batching.infer(batching.BatchPlan.of(cfg), model, task, inputs, known)
     return out.spot.float().cpu().numpy() + task.offset
 
@@ -398,11 +401,22 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any] | None:
+    """A checkpoint holds tensors and plain data only, and is loaded that way
+    (``weights_only=True``): a file planted in a shared store cannot run code."""
+    import pickle
+
     import torch
+
+    from asign.errors import StoreError
 
     if not path.exists():
         return None
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise StoreError(f"checkpoint refused: not plain tensors and data ({first})", path=path,
+                         fix="delete the file and re-run without --resume (it is re-created)") from err
 
 
 def _cpu_state(model: Any) -> dict[str, Any]:

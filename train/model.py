@@ -172,6 +172,7 @@ class ModelConfig:
     edge_weight_scaling: str = "kind_max"    # kind_max | none (see scale_edge_weights)
     cross_layer_edges: bool = True           # False: asign2d (same-layer edges only)
     use_cli: bool = True                     # cross-layer imputation block
+    cross_attention: bool = True             # False (ablation): attend to the own tile only
     cli_iters: int = 10
     cli_per_node_gate: bool = False
     cli_spatial_prior: bool = False          # blend an IDW prior too (cli_block.py); needs xy
@@ -206,7 +207,9 @@ def model_config(variant: str, **overrides: Any) -> ModelConfig:
     unknown = sorted(set(overrides) - names)
     if unknown:
         raise ConfigError(f"unknown model options {unknown}", fix=f"valid: {sorted(names)}")
-    fixed = MODEL_VARIANTS[variant]
+    fixed = dict(MODEL_VARIANTS[variant])
+    if overrides.get("use_cli") is False:  # an ablation may remove the CLI of asign3d
+        fixed.pop("use_cli", None)
     clash = {k for k in overrides if k in fixed and overrides[k] != fixed[k]}
     if clash:
         raise ConfigError(f"{variant} fixes {sorted(clash)}",
@@ -319,10 +322,12 @@ class MSAGNet(nn.Module):
     def forward(self, inputs: GraphInputs, graph: EdgeGraph) -> ModelOutput:
         """Predict all three levels for every node; ``graph`` is the (filtered) edge graph."""
         spot = self.proj_spot(inputs.spot)
-        region = self._run(self.fuse_region, spot, self.proj_region(inputs.region.emb),
-                           inputs.region.index)
-        glob = self._run(self.fuse_global, spot, self.proj_global(inputs.global_.emb),
-                         inputs.global_.index)
+        # Ablation (cross_attention=False): attend over the spot's own tile alone (token 0),
+        # so softmax ≡ 1, as in the reference code; everything else stays.
+        r_index = inputs.region.index if self.cfg.cross_attention else inputs.region.index[:, :1]
+        g_index = inputs.global_.index if self.cfg.cross_attention else inputs.global_.index[:, :1]
+        region = self._run(self.fuse_region, spot, self.proj_region(inputs.region.emb), r_index)
+        glob = self._run(self.fuse_global, spot, self.proj_global(inputs.global_.emb), g_index)
         x = self.fuse(torch.cat([spot, region, glob], dim=-1))
         for gat, mixer in zip(self.gats, self.mixers, strict=True):
             seq = self._run(mixer, torch.stack([gat(x, graph), region, glob], dim=1))  # (N, 3, h)

@@ -3,14 +3,15 @@ training episodes that hide layers as at test time.
 
 Roles (decided per fold from the ``sections`` table):
 
-- **target sample** — at least two imaged sections, at least one with counts, not named in
-  ``extra_2d``. Its *known layer* (``--known first|middle|Z`` among its labelled, imaged
+- **target sample** — at least two *placed* sections (an image, aligned later, or aligned
+  coordinates given with the input), at least one with counts, not named in
+  ``extra_2d``. Its *known layer* (``--known first|middle|Z`` among its labelled, placed
   sections) is the only section whose labels training may use; its other labelled
   sections are *hidden* (ground truth for scoring only); its image-only sections (virtual
   spots) get predictions but no scores.
 - **training sample** (``--folds K ≥ 2`` only) — a target sample outside the test fold:
   every labelled layer is visible to training.
-- **2D training section** — a sample with a single imaged, labelled section (e.g. her2st
+- **2D training section** — a sample with a single placed, labelled section (e.g. her2st
   B4), or any sample/section named in ``extra_2d``: trained as its own single-section graph
   (no cross-layer edges), never scored.
 
@@ -60,6 +61,11 @@ class SectionInfo:
     z: int
     has_counts: bool
     has_image: bool
+    has_coords: bool = False  # aligned coordinates given with the input (no image needed)
+
+    @property
+    def placed(self) -> bool:
+        return self.has_image or self.has_coords
 
 
 @dataclass(frozen=True)
@@ -68,7 +74,7 @@ class SamplePlan:
 
     sample_id: str
     role: str  # test | train | train_2d
-    sections: tuple[str, ...]  # the imaged sections in the graph, in z order
+    sections: tuple[str, ...]  # the placed sections in the graph, in z order
     visible: tuple[str, ...]  # labelled sections whose labels training may use
     known: str | None = None  # test samples: the known layer
     scored: tuple[str, ...] = ()  # test samples: hidden labelled sections, scored
@@ -95,11 +101,11 @@ class Fold:
 def resolve_known(sections: list[SectionInfo], known: str | int) -> str:
     """The known layer of one sample: ``first`` = lowest z, ``middle`` = the median z
     (the lower one for an even count), or the section at z = ``known``, among its labelled,
-    imaged sections."""
-    labelled = sorted((s for s in sections if s.has_counts and s.has_image), key=lambda s: s.z)
+    placed sections."""
+    labelled = sorted((s for s in sections if s.has_counts and s.placed), key=lambda s: s.z)
     if not labelled:
         sample = sections[0].sample_id if sections else "?"
-        raise ConfigError(f"sample {sample} has no imaged section with counts",
+        raise ConfigError(f"sample {sample} has no placed section with counts",
                           fix="ingest at least one section with counts for this sample")
     key = str(known)
     if key == "first":
@@ -111,7 +117,7 @@ def resolve_known(sections: list[SectionInfo], known: str | int) -> str:
         if s.z == z:
             return s.section_id
     zs = ", ".join(str(s.z) for s in labelled)
-    raise ConfigError(f"sample {labelled[0].sample_id} has no labelled, imaged section at z={z}",
+    raise ConfigError(f"sample {labelled[0].sample_id} has no labelled, placed section at z={z}",
                       fix=f"use --known first|middle or one of z = {zs}")
 
 
@@ -169,7 +175,7 @@ def plan_folds(
     two_d: list[SamplePlan] = []
     for sample_id in sorted(by_sample):
         secs = sorted(by_sample[sample_id], key=lambda s: s.z)
-        imaged = [s for s in secs if s.has_image]
+        imaged = [s for s in secs if s.placed]
         labelled = [s.section_id for s in imaged if s.has_counts]
         if not labelled:
             continue  # nothing to learn from and nothing to propagate
@@ -182,8 +188,8 @@ def plan_folds(
             for sec in labelled:
                 two_d.append(SamplePlan(sample_id, "train_2d", (sec,), (sec,)))
     if not targets:
-        raise ConfigError("no sample to evaluate: a target sample needs ≥ 2 imaged sections, "
-                          "one of them with counts",
+        raise ConfigError("no sample to evaluate: a target sample needs ≥ 2 placed sections (an "
+                          "H&E image, or aligned x_um, y_um given with the input), one of them with counts",
                           fix="ingest a multi-section sample, or check --samples/--extra-2d")
 
     fold_of = fold_of or dict.fromkeys(targets, 0)

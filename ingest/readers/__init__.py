@@ -91,6 +91,8 @@ def read_samples(
             path=src,
             fix="add sections, select other samples with --samples, or use it as extra 2D training data with --extra-2d",
         )
+    if not allow_single:
+        _check_placed(out, src, reader)
     owner: dict[str, str] = {}
     for sample in out:
         for section in sample.sections:
@@ -102,3 +104,20 @@ def read_samples(
                     fix="give sections store-unique names (e.g. prefix them with the sample id)",
                 )
     return out
+
+
+def _check_placed(samples: list[SampleInput], src: Path, reader: Reader) -> None:
+    """A section is placed by an image (aligned later) or by aligned coordinates given with
+    the input; a sample with no placed section has nothing to build on. Say what is missing
+    before anything runs (one placed section passes: it can still train as a 2D section)."""
+    for sample in samples:
+        if any(s.has_image or s.has_aligned_coords for s in sample.sections):
+            continue
+        raise InputError(
+            f"sample {sample.sample_id}: none of its sections can be placed in 3D; "
+            f"{', '.join(s.section_id for s in sample.sections)} have neither an H&E image nor "
+            "aligned x_um, y_um",
+            path=src,
+            fix=f"add the images ({reader.name} layout: {reader.description}), or give aligned "
+                "coordinates per spot in a manifest (README: 'Bring your own alignment')",
+        )

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from asign.errors import CountsError, ImageError, InputError
-from asign.ingest.images import verify_image
+from asign.ingest.images import image_header, verify_image
 from asign.ingest.readers.base import Reader, find_images, finish_sample, sample_matches
 from asign.ingest.readers.tables import match_counts_to_spots, read_counts_table, read_table
 from asign.ingest.sample import SPOT_COLUMNS, SampleInput, SectionInput
@@ -142,7 +142,7 @@ def _image(root: Path, patient: str, name: str) -> Path | None:
 
 
 def _check_spots_in_image(spots: pd.DataFrame, image: Path) -> None:
-    w, h = verify_image(image)
+    w, h = image_header(image).size  # size from the header: checked before decoding
     outside = (spots["px"] < 0) | (spots["px"] >= w) | (spots["py"] < 0) | (spots["py"] >= h)
     if outside.any():
         raise ImageError(
@@ -150,6 +150,7 @@ def _check_spots_in_image(spots: pd.DataFrame, image: Path) -> None:
             path=image,
             fix="check that the image and the spot file belong to the same section",
         )
+    verify_image(image)
 
 
 def read_section(root: Path, name: str, patient: str) -> SectionInput:

@@ -14,6 +14,7 @@ TOML (``manifest.toml``)::
     counts = "counts/L1.csv"   # optional: wide table, first column spot id, one column per gene
     spots = "spots/L1.csv"     # spot id, px, py (image pixels; px = column), optional x_um, y_um
     um_per_px = 0.5            # of the image; required with an image
+    section_um = 15            # optional: spacing between consecutive z in µm (z in µm = z × it)
 
 CSV (``manifest.csv``): the same keys as columns, one row per section, empty cell = absent.
 Relative paths are relative to the manifest file. The source may be the manifest file or a
@@ -39,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from asign.errors import ImageError, InputError, ValidationErrors
-from asign.ingest.images import verify_image
+from asign.ingest.images import image_header, verify_image
 from asign.ingest.readers.base import Reader, finish_sample, sample_matches
 from asign.ingest.readers.tables import (
     check_unique,
@@ -53,7 +54,7 @@ log = logging.getLogger(__name__)
 
 NAMES = ("manifest.toml", "manifest.csv")
 _REQUIRED = ("sample", "section", "z")
-_FLOATS = ("um_per_px", "spot_diameter_um", "spot_pitch_um")
+_FLOATS = ("um_per_px", "spot_diameter_um", "spot_pitch_um", "section_um")
 _PATHS = ("image", "counts", "spots")
 KEYS = (*_REQUIRED, *_PATHS, *_FLOATS)
 
@@ -216,7 +217,7 @@ def _read_section(row: dict[str, Any], manifest: Path) -> SectionInput:
             )
         spots = spots.iloc[rows].reset_index(drop=True)
     if image is not None:
-        w, h = verify_image(image)
+        w, h = image_header(image).size  # size from the header: checked before decoding
         if spots["px"].isna().all() and len(spots):
             raise InputError(
                 "spot table has no px, py for an image section",
@@ -230,6 +231,7 @@ def _read_section(row: dict[str, Any], manifest: Path) -> SectionInput:
                 path=image,
                 fix="check the image, the px/py columns (px = column) and um_per_px belong together",
             )
+        verify_image(image)
     return SectionInput(
         sample_id=row["sample"],
         section_id=section,
@@ -238,6 +240,7 @@ def _read_section(row: dict[str, Any], manifest: Path) -> SectionInput:
         um_per_px=row.get("um_per_px"),
         spot_diameter_um=row.get("spot_diameter_um", np.nan),
         spot_pitch_um=row.get("spot_pitch_um", np.nan),
+        section_um=row.get("section_um"),
         spots=spots,
         genes=counts.genes if counts else (),
         counts=counts.matrix if counts else None,

@@ -39,7 +39,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from asign.errors import CountsError, ImageError, InputError
-from asign.ingest.images import verify_image
+from asign.ingest.images import image_header, verify_image
 from asign.ingest.readers.base import (
     Reader,
     find_images,
@@ -370,7 +370,7 @@ def read_section(
         }
     )
     if image is not None:
-        w, h = verify_image(image)
+        w, h = image_header(image).size  # size from the header: checked before decoding
         out = (spots["px"] < 0) | (spots["px"] >= w) | (spots["py"] < 0) | (spots["py"] >= h)
         if out.any():
             raise ImageError(
@@ -378,6 +378,7 @@ def read_section(
                 path=image,
                 fix="a full-resolution image must be the one Space Ranger was run on",
             )
+        verify_image(image)
     return SectionInput(
         sample_id=sample_id,
         section_id=name,

@@ -1,0 +1,1 @@
+"""Network definitions behind the encoder registry (``asign.encoders``): one module each."""
