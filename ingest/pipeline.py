@@ -58,16 +58,17 @@ def step_params(cfg: IngestConfig, step: str) -> dict[str, Any]:
     return {}
 
 
-def resolve_encoder(cfg: IngestConfig) -> IngestConfig:
-    """``--encoder auto`` → a registry name, decided once per run and logged; the resolved
-    name is what fingerprints, the manifest and the vector keys record."""
+def resolve_encoder(cfg: IngestConfig) -> tuple[IngestConfig, str | None]:
+    """``--encoder auto`` → a registry name, decided once per run; the resolved name is
+    what fingerprints, the manifest and the vector keys record. Also returns the line to
+    log (None when nothing was resolved): logged once the inputs are read, so bad input
+    still fails with its one-line error alone on stderr."""
     from asign.encoders import AUTO, resolve_auto
 
     if cfg.encoder != AUTO or not {"patches", "embed"} & set(cfg.steps):
-        return cfg
+        return cfg, None
     name, where = resolve_auto(cfg.weights)
-    log.info("--encoder auto: %s (%s)", name, where)
-    return dataclasses.replace(cfg, encoder=name)
+    return dataclasses.replace(cfg, encoder=name), f"--encoder auto: {name} ({where})"
 
 
 def run_pipeline(cfg: IngestConfig, rep: Reporter | None = None) -> dict[str, Any]:
@@ -102,7 +103,7 @@ def run_pipeline(cfg: IngestConfig, rep: Reporter | None = None) -> dict[str, An
 def _run(cfg: IngestConfig, store: Store, rep: Reporter | None, runner: Runner, t0: float) -> dict[str, Any]:
     from asign.ingest import step_register
 
-    cfg = resolve_encoder(cfg)
+    cfg, resolved = resolve_encoder(cfg)
     remove_stale_temps(store.root)  # half-written files of a killed run
     manifest = store.manifest()  # read under the lock: another ingest may just have saved it
     summary: dict[str, Any] = {"store": str(cfg.store), "samples": {}, "skipped": [], "ran": []}
@@ -129,6 +130,8 @@ def _run(cfg: IngestConfig, store: Store, rep: Reporter | None, runner: Runner, 
             sample_ids = [s.sample_id for s in samples]
         else:
             sample_ids = _stored_samples(store, cfg)
+        if resolved:
+            log.info(resolved)
 
         for step in STEPS[1:]:
             if step not in cfg.steps:

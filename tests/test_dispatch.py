@@ -100,3 +100,24 @@ def test_cli_lists_of_models_and_seeds_build_the_runs(tmp_path, monkeypatch):
     both = runner.invoke(app, ["train", "--store", str(tmp_path), "--model", "mean,idw", "--workers", "2",
                                "--scheduler", "tcp://127.0.0.1:1"])
     assert both.exit_code == 1 and "--workers and --scheduler" in both.output
+
+
+def test_serial_threads_default_is_recorded_in_the_run_config(toy_store):
+    """Without --threads a serial CPU run picks the idle cores at start (asign.cluster.idle_cores);
+    the count it chose is in the run's config, and it does not change the run id."""
+    import os
+
+    from asign import train
+
+    result = train.run(TrainConfig(store=toy_store, model="cli", run="threads", epochs=1, hidden=16, heads=2))
+    pinned = train.run(TrainConfig(store=toy_store, model="cli", run="threads", epochs=1, hidden=16, heads=2,
+                                   threads=1))
+    assert result.run_id == pinned.run_id
+    row = open_store(toy_store).query(
+        f"SELECT config FROM runs WHERE run_id = '{result.run_id}'").to_pylist()
+    assert len(row) == 1
+    assert json.loads(row[0]["config"])["threads"] == 1  # the pinned rerun overwrote the row
+    fresh = train.run(TrainConfig(store=toy_store, model="cli", run="threads2", epochs=1, hidden=16, heads=2))
+    config = json.loads(open_store(toy_store).query(
+        f"SELECT config FROM runs WHERE run_id = '{fresh.run_id}'").to_pylist()[0]["config"])
+    assert isinstance(config["threads"], int) and 1 <= config["threads"] <= (os.cpu_count() or 1)
