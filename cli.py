@@ -51,6 +51,8 @@ StoreOpt = Annotated[Path, typer.Option("--store", "-s", help="Feature store dir
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON summary on stdout.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (runs are deterministic).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu or cuda.")]
+WorkersOpt = Annotated[int, typer.Option("--workers", help="Run the independent tasks on a local Dask cluster of N worker processes (cores // N threads each); 0 = serial in this process.", rich_help_panel="Cluster")]
+SchedulerOpt = Annotated[str | None, typer.Option("--scheduler", help="Address of a running Dask scheduler to run the tasks on, e.g. a dask-jobqueue SLURMCluster's (see README 'Running on a cluster').", envvar="ASIGN_SCHEDULER", rich_help_panel="Cluster")]
 
 log = logging.getLogger("asign")
 
@@ -160,9 +162,15 @@ def ingest(
     section_um: Annotated[float | None, typer.Option("--section-um", help="Spacing between consecutive sections (z) in µm; overrides the input's section_um (default 10, recorded in the store).")] = None,
     seed: SeedOpt = 0,
     wait: Annotated[float, typer.Option("--wait", help="Seconds to wait while another ingest writes this store, then fail naming it (one writer at a time).")] = 10.0,
+    workers: WorkersOpt = 0,
+    scheduler: SchedulerOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Register, align, crop, embed and graph a sample into a feature store."""
+    """Register, align, crop, embed and graph a sample into a feature store.
+
+    With --workers N / --scheduler ADDRESS the units of work (align per sample, patches and
+    embeddings per section, graph per sample) run as Dask tasks; this process alone writes
+    the store, so resume, fingerprints and `asign check` are as in a serial run."""
     from asign.errors import AsignError, ConfigError
     from asign.ingest.config import STEPS, AlignOptions, IngestConfig
 
@@ -178,6 +186,7 @@ def ingest(
             align=AlignOptions(transform=transform, syn=syn, reference=reference, init=_parse_init(init or [])),
             encoder=encoder, weights=weights, allow_download=download, device=device, batch_size=batch_size,
             cross_weight=cross_weight, section_um=section_um, seed=seed, wait=wait,
+            workers=workers, scheduler=scheduler,
         )
         from asign import ingest as ingest_stage
 
@@ -217,7 +226,7 @@ _OPT, _MODEL, _PROTO, _RUN = "Optimisation", "Model", "Protocol", "Runtime"
 @_command(cls=_Command)
 def train(
     store: StoreOpt,
-    model: Annotated[str, typer.Option("--model", "-m", help="asign3d | asign2d | mean | idw | similarity | cli (see `asign doctor`).")] = "asign3d",
+    model: Annotated[str, typer.Option("--model", "-m", help="asign3d | asign2d | mean | idw | similarity | cli (see `asign doctor`); a comma-separated list runs each.")] = "asign3d",
     run: Annotated[str, typer.Option("--run", "-r", help="Run name (results are grouped by it).")] = "run",
     known: Annotated[str, typer.Option("--known", help="Known (measured) layer: first | middle | Z.", rich_help_panel=_PROTO)] = "first",
     folds: Annotated[int, typer.Option("--folds", help="1 = within-sample imputation; K>=2 = sample-level k-fold.", rich_help_panel=_PROTO)] = 1,
@@ -247,18 +256,27 @@ def train(
     finetune_spot_encoder: Annotated[bool, typer.Option("--finetune-spot-encoder", help="Train the store's spot encoder on its stored patches (meant for a GPU).", rich_help_panel=_MODEL)] = False,
     finetune_batch: Annotated[int, typer.Option("--finetune-batch", help="Spots re-encoded with gradients per step when fine-tuning.", rich_help_panel=_MODEL)] = _train_default("finetune_batch"),
     device: Annotated[str, typer.Option("--device", help="cpu or cuda.", rich_help_panel=_RUN)] = "cpu",
-    threads: Annotated[int | None, typer.Option("--threads", help="Torch CPU threads for the run (default: torch's).", rich_help_panel=_RUN)] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed (runs are deterministic).", rich_help_panel=_RUN)] = 0,
+    threads: Annotated[int | None, typer.Option("--threads", help="Torch CPU threads per run. Default on CPU (asign3d, asign2d, cli): the cores idle when the run starts (usable cores − 1-min load average, ≥ 1; a heuristic, not a measurement), recorded in the run's config; beside another job torch's all-cores default measured 6× slower than 1 thread (bench/threads.py). Pass it to fix the count across reruns. With --workers N: cores // N; with --scheduler: the worker's threads.", rich_help_panel=_RUN)] = None,
+    seed: Annotated[str, typer.Option("--seed", help="Random seed (runs are deterministic); a comma-separated list (0,1,2) runs each.", rich_help_panel=_RUN)] = "0",
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its checkpoint.", rich_help_panel=_RUN)] = False,
+    workers: WorkersOpt = 0,
+    dask_scheduler: SchedulerOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Train and evaluate a model (or baseline) on a feature store; results go to the store."""
-    from asign.errors import AsignError
+    """Train and evaluate a model (or baseline) on a feature store; results go to the store.
+
+    Several models and/or seeds make several independent runs: one after another, or at
+    once as Dask tasks with --workers N / --scheduler ADDRESS."""
+    from asign.errors import AsignError, ConfigError
     from asign.train.config import TrainConfig
 
     try:
+        models, seeds = _split(model) or ("",), _split(seed)
+        if not all(s.lstrip("-").isdigit() for s in seeds) or not seeds:
+            raise ConfigError(f"--seed {seed!r} is not an integer or a comma-separated list of integers",
+                              fix="e.g. --seed 0 or --seed 0,1,2")
         cfg = TrainConfig(
-            store=store, model=model, run=run, known=known, folds=folds, samples=_split(samples),
+            store=store, model=models[0], run=run, known=known, folds=folds, samples=_split(samples),
             extra_2d=_split(extra_2d), episode_known_fraction=episode_known_fraction,
             val_fraction=val_fraction, epochs=epochs, lr=lr, optimizer=optimizer,
             momentum=momentum, weight_decay=weight_decay, scheduler=scheduler, loss=loss,
@@ -266,30 +284,49 @@ def train(
             cli_spatial_prior=spatial_prior, calibrate_gate=calibrate_gate,
             cli_per_node_gate=per_node_gate, ablate=_split(ablate),
             feature_norm=feature_norm, finetune_spot_encoder=finetune_spot_encoder,
-            finetune_batch=finetune_batch, device=device, threads=threads, seed=seed,
+            finetune_batch=finetune_batch, device=device, threads=threads, seed=int(seeds[0]),
             resume=resume, minibatch_above=minibatch_above, block_spots=block_spots,
         )
-        from asign import train as train_stage
+        from asign.cluster import ClusterConfig
 
-        result = train_stage.run(cfg)
+        cluster = ClusterConfig(workers=workers, scheduler=dask_scheduler)
+        if len(models) == 1 and len(seeds) == 1 and not cluster.distributed:
+            from asign import train as train_stage
+
+            result = train_stage.run(cfg)
+            if as_json:
+                _emit_json(result.summary() if hasattr(result, "summary") else result.__dict__)
+            else:
+                _print_run_metrics(store, result)
+            return
+        from asign.train.dispatch import expand, run_many
+
+        results = run_many(expand(cfg, models, [int(s) for s in seeds]), cluster)
     except AsignError as err:
         raise _fail(err) from None
+    failed = [r for r in results if not hasattr(r, "summary")]
     if as_json:
-        _emit_json(result.summary() if hasattr(result, "summary") else result.__dict__)
+        _emit_json([r.summary() if hasattr(r, "summary") else {"run": r.label, "status": "failed", "error": str(r.error)}
+                    for r in results])
     else:
-        from asign.train.results import RunResult
-
-        if isinstance(result, RunResult):
-            _print_run_metrics(store, result)
+        for r in results:
+            _print_run_metrics(store, r)
+    if failed:
+        raise typer.Exit(1)
 
 
 def _print_run_metrics(store: Path, result: Any) -> None:
     """The run's metric table on stdout (per hidden section and mean, beside the mean
-    baseline of the same run name when it exists)."""
+    baseline of the same run name when it exists); nothing for a run that did not return
+    a RunResult (a failed dispatched run is reported on its own)."""
     from rich.console import Console
 
     from asign.store import open_store
+    from asign.train.results import RunResult
     from asign.train.table import run_table
+
+    if not isinstance(result, RunResult):
+        return
 
     table, width = run_table(open_store(store), result)
     Console(width=width).print(table, highlight=False)

@@ -53,6 +53,10 @@ class ConfigError(AsignError):
     """An option or a combination of options is invalid."""
 
 
+class ClusterError(AsignError):
+    """Units of work failed on Dask workers (each named with its own error); the others' work is kept."""
+
+
 class NumericError(AsignError):
     """A computation produced non-finite numbers (NaN/inf) where results must be finite."""
 

@@ -48,6 +48,10 @@ class IngestConfig:
     cross_weight: str = "product"  # product (paper) | sum (reference code)
     section_um: float | None = None  # spacing between consecutive z (µm); overrides the input's
     seed: int = 0
+    # where units of work run (asign/cluster.py); never part of a fingerprint: a store is
+    # the same whether it was computed serially or on a cluster
+    workers: int = 0
+    scheduler: str | None = None
     # seconds to wait for another ingest that is writing the same store (store/locks.py)
     wait: float = 10.0
 

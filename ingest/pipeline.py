@@ -12,7 +12,9 @@ import logging
 import time
 from typing import Any
 
+from asign.errors import ClusterError
 from asign.ingest.config import STEPS, IngestConfig
+from asign.ingest.runner import Runner
 from asign.ingest.sample import SampleInput
 from asign.progress import Reporter, reporter
 from asign.store import Store, StoreLayout, open_store, prepare_root
@@ -56,40 +58,63 @@ def step_params(cfg: IngestConfig, step: str) -> dict[str, Any]:
     return {}
 
 
-def resolve_encoder(cfg: IngestConfig) -> IngestConfig:
-    """``--encoder auto`` → a registry name, decided once per run and logged; the resolved
-    name is what fingerprints, the manifest and the vector keys record."""
+def resolve_encoder(cfg: IngestConfig) -> tuple[IngestConfig, str | None]:
+    """``--encoder auto`` → a registry name, decided once per run; the resolved name is
+    what fingerprints, the manifest and the vector keys record. Also returns the line to
+    log (None when nothing was resolved): logged once the inputs are read, so bad input
+    still fails with its one-line error alone on stderr. An unknown name fails here, before
+    registration."""
     from asign.encoders import AUTO, get_encoder_spec, resolve_auto
 
     if not {"patches", "embed"} & set(cfg.steps):
-        return cfg
+        return cfg, None
     if cfg.encoder != AUTO:
-        get_encoder_spec(cfg.encoder)  # an unknown name fails now, not after registration
-        return cfg
+        get_encoder_spec(cfg.encoder)
+        return cfg, None
     name, where = resolve_auto(cfg.weights)
-    log.info("--encoder auto: %s (%s)", name, where)
-    return dataclasses.replace(cfg, encoder=name)
+    return dataclasses.replace(cfg, encoder=name), f"--encoder auto: {name} ({where})"
 
 
 def run_pipeline(cfg: IngestConfig, rep: Reporter | None = None) -> dict[str, Any]:
     """Ingest under the store's writer lock: one ingest writes a store at a time (an OS lock
     that the kernel frees when the process ends); trains and queries never take it. The lock
-    is taken before the store is created, so two first ingests cannot both create it."""
+    is taken before the store is created, so two first ingests cannot both create it.
+    The units of work run serially, or on a Dask cluster (cfg.workers / cfg.scheduler);
+    either way this process alone writes the store."""
+    from asign.cluster import ClusterConfig
+
     t0 = time.perf_counter()
+    cluster = ClusterConfig(workers=cfg.workers, scheduler=cfg.scheduler,
+                            gpus=1 if cfg.device == "cuda" and cfg.workers else 0)
     layout = StoreLayout(prepare_root(cfg.store))
-    with writer_lock(layout.writable(layout.ingest_lock), wait=cfg.wait):
-        return _run_locked(cfg, open_store(cfg.store, create=True), rep, t0)
+    try:
+        with writer_lock(layout.writable(layout.ingest_lock), wait=cfg.wait):
+            store = open_store(cfg.store, create=True)
+            if not cluster.distributed:
+                return _run(cfg, store, rep, Runner(), t0)
+            from asign.cluster import connect
+
+            with connect(cluster) as client:
+                return _run(cfg, store, rep, Runner(client=client), t0)
+    finally:
+        import sys
+
+        features = sys.modules.get("asign.ingest.step_features")
+        if features is not None:  # the encoder was kept for this run's samples only
+            features.forget_encoders()
 
 
-def _run_locked(cfg: IngestConfig, store: Store, rep: Reporter | None, t0: float) -> dict[str, Any]:
+def _run(cfg: IngestConfig, store: Store, rep: Reporter | None, runner: Runner, t0: float) -> dict[str, Any]:
     from asign.ingest import step_register
 
-    cfg = resolve_encoder(cfg)
+    cfg, resolved = resolve_encoder(cfg)
     remove_stale_temps(store.root)  # half-written files of a killed run
     manifest = store.manifest()  # read under the lock: another ingest may just have saved it
     summary: dict[str, Any] = {"store": str(cfg.store), "samples": {}, "skipped": [], "ran": []}
+    failed: list[str] = []
 
     with (reporter() if rep is None else contextlib.nullcontext(rep)) as rep:
+        runner.rep = rep
         if "register" in cfg.steps:
             samples = _read(cfg)
             hashes = step_register.input_hashes(samples)
@@ -109,11 +134,16 @@ def _run_locked(cfg: IngestConfig, store: Store, rep: Reporter | None, t0: float
             sample_ids = [s.sample_id for s in samples]
         else:
             sample_ids = _stored_samples(store, cfg)
+        if resolved:
+            log.info(resolved)
 
         for step in STEPS[1:]:
             if step not in cfg.steps:
                 continue
+            _prefetch(runner, store, manifest, cfg, step, [s for s in sample_ids if s not in failed])
             for sample_id in sample_ids:
+                if sample_id in failed:
+                    continue
                 upstream = step_fingerprint(manifest, sample_id, STEPS[STEPS.index(step) - 1])
                 if upstream is None:
                     from asign.errors import StoreError
@@ -131,7 +161,12 @@ def _run_locked(cfg: IngestConfig, store: Store, rep: Reporter | None, t0: float
 
                         manifest = backfill_fine_thumbnails(store, manifest, sample_id)
                     continue
-                info = _STEP_FUNCS[step](store, cfg, sample_id, fp, rep)
+                try:
+                    info = _STEP_FUNCS[step](store, cfg, sample_id, fp, rep, runner)
+                except ClusterError as err:  # the other samples go on; this one is reported
+                    failed.append(sample_id)
+                    summary.setdefault("failed", []).append(str(err))
+                    continue
                 manifest = store.manifest()  # steps may record params
                 mark_step(manifest, sample_id, step, fp, **(info or {}))
                 _invalidate_after(manifest, sample_id, step)
@@ -139,10 +174,34 @@ def _run_locked(cfg: IngestConfig, store: Store, rep: Reporter | None, t0: float
                 summary["ran"].append(f"{sample_id}:{step}")
                 summary["samples"].setdefault(sample_id, {})[step] = info
 
+    if failed:
+        raise ClusterError(" | ".join(summary["failed"]) + " (every other unit is stored: after the fix, "
+                           "re-run the same command and only the failed work runs)")
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     log.info("ingest finished in %.1f s (ran %d, skipped %d steps)", summary["seconds"],
              len(summary["ran"]), len(summary["skipped"]))
     return summary
+
+
+def _prefetch(runner: Runner, store: Store, manifest: dict[str, Any], cfg: IngestConfig, step: str,
+              sample_ids: list[str]) -> None:
+    """On a cluster, start the one-unit-per-sample steps (align, graph) of every sample that
+    will run, so samples align in parallel while the driver commits them in order."""
+    if not runner.distributed or step not in ("align", "graph"):
+        return
+    from asign.ingest.step_align import align_unit
+    from asign.ingest.step_graph import graph_unit
+
+    todo = []
+    for sample_id in sample_ids:
+        upstream = step_fingerprint(manifest, sample_id, STEPS[STEPS.index(step) - 1])
+        if upstream is None:
+            continue  # the loop reports it
+        fp = fingerprint(step, upstream, step_params(cfg, step))
+        if not (step_fingerprint(manifest, sample_id, step) == fp and store.step_intact(manifest, sample_id, step)):
+            todo.append(sample_id)
+    fn = align_unit if step == "align" else graph_unit
+    runner.prefetch(fn, [(str(store.root), cfg, s) for s in todo], todo, description=f"{step}")
 
 
 def _invalidate_after(manifest: dict[str, Any], sample_id: str, step: str) -> None:
@@ -169,28 +228,32 @@ def _stored_samples(store: Store, cfg: IngestConfig) -> list[str]:
     return wanted
 
 
-def _align(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Reporter) -> dict[str, Any]:
+def _align(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Reporter,
+           runner: Runner) -> dict[str, Any]:
     from asign.ingest.step_align import run_align
 
-    return run_align(store, cfg, sample_id, rep)
+    return run_align(store, cfg, sample_id, rep, runner)
 
 
-def _patches(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Reporter) -> dict[str, Any]:
+def _patches(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Reporter,
+             runner: Runner) -> dict[str, Any]:
     from asign.ingest.step_features import run_patches
 
-    return run_patches(store, cfg, sample_id, fp, rep)
+    return run_patches(store, cfg, sample_id, fp, rep, runner)
 
 
-def _embed(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Reporter) -> dict[str, Any]:
+def _embed(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Reporter,
+           runner: Runner) -> dict[str, Any]:
     from asign.ingest.step_features import run_embed
 
-    return run_embed(store, cfg, sample_id, fp, rep)
+    return run_embed(store, cfg, sample_id, fp, rep, runner)
 
 
-def _graph(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Reporter) -> dict[str, Any]:
+def _graph(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Reporter,
+           runner: Runner) -> dict[str, Any]:
     from asign.ingest.step_graph import run_graph
 
-    return run_graph(store, cfg, sample_id, rep)
+    return run_graph(store, cfg, sample_id, rep, runner)
 
 
 _STEP_FUNCS = {"align": _align, "patches": _patches, "embed": _embed, "graph": _graph}

@@ -12,7 +12,8 @@ import pandas as pd
 
 from asign.ingest.config import IngestConfig
 from asign.ingest.deform import to_aligned
-from asign.progress import Reporter
+from asign.ingest.runner import Runner, raise_failures
+from asign.progress import Reporter, silent
 from asign.store import Store
 from asign.store.warps import Warp, write_warps
 
@@ -27,7 +28,48 @@ def _sections(store: Store, sample_id: str) -> pd.DataFrame:
     return df[df.sample_id == sample_id].sort_values("z").reset_index(drop=True)
 
 
-def run_align(store: Store, cfg: IngestConfig, sample_id: str, rep: Reporter) -> dict[str, Any]:
+def run_align(store: Store, cfg: IngestConfig, sample_id: str, rep: Reporter,
+              runner: Runner | None = None) -> dict[str, Any]:
+    """Align a sample (one unit of work: here, or on a worker) and write what it found."""
+    runner = runner or Runner()
+    task = rep.task(f"align {sample_id}", total=1)
+    out: dict[str, Any] = {}
+
+    def commit(_: int, result: dict[str, Any]) -> None:
+        out.update(_write_align(store, sample_id, result))
+        rep.advance(task)
+
+    failed = runner.map(align_unit, [(str(store.root), cfg, sample_id)], [sample_id], commit,
+                        description=f"align {sample_id}")
+    raise_failures(failed, "align", sample_id)
+    return out
+
+
+def _write_align(store: Store, sample_id: str, r: dict[str, Any]) -> dict[str, Any]:
+    """The driver's half: write what :func:`align_unit` computed (the only store writes)."""
+    write_warps(store, sample_id, r.get("warps", []))
+    if "transforms" not in r:  # precomputed coordinates
+        return r["info"]
+    store.write("transforms", r["transforms"], key=sample_id)
+    store.write("spots", r["spots"], key=sample_id)
+    for sid, thumb in r["thumbs"].items():
+        store.write_qc_png(store.layout.thumbnail(sid), thumb)
+    if r["overlay"] is not None:
+        store.write_qc_png(store.layout.alignment_png(sample_id), r["overlay"])
+    _write_fine(store, r["fine"])
+    return r["info"]
+
+
+def align_unit(root: str, cfg: IngestConfig, sample_id: str) -> dict[str, Any]:
+    """Read a sample's sections, register them and map spots; returns what to write."""
+    from pathlib import Path
+
+    from asign.store import open_store
+
+    return _compute_align(open_store(Path(root)), cfg, sample_id, silent())
+
+
+def _compute_align(store: Store, cfg: IngestConfig, sample_id: str, rep: Reporter) -> dict[str, Any]:
     from asign.ingest import align
     from asign.ingest.images import read_thumbnail
     from asign.ingest.overlay import render_overlay
@@ -42,8 +84,7 @@ def run_align(store: Store, cfg: IngestConfig, sample_id: str, rep: Reporter) ->
     # removed by register), and are recomputed: align's parameters may have changed.
     if spots.x_um.notna().all() and not store.has("transforms", sample_id):
         log.info("sample %s: keeping precomputed aligned coordinates", sample_id)
-        write_warps(store, sample_id, [])
-        return {"method": "precomputed", "referee": _referee(store, sample_id, spots, sections)}
+        return {"info": {"method": "precomputed", "referee": _referee(store, sample_id, spots, sections)}}
 
     imaged = sections[sections.has_image]
 
@@ -86,20 +127,20 @@ def run_align(store: Store, cfg: IngestConfig, sample_id: str, rep: Reporter) ->
 
     virtual = _virtual_spots(sections, thumbs, ds, by_id, um)
     out = pd.concat([spots, virtual], ignore_index=True) if len(virtual) else spots
+    # Everything the driver writes is computed here, in the unit: the referee reads the
+    # store's labels (read-only, as a worker may), fine thumbnails are decoded here.
     referee = _referee(store, sample_id, out, sections)
-    write_warps(store, sample_id, [Warp(t.section_id, t.qc.fixed, t.warp, t.warp_grid)
-                                   for t in transforms if t.warp is not None])
-    store.write("transforms", _transform_rows(sample_id, transforms), key=sample_id)
-    store.write("spots", _spot_columns(out), key=sample_id)
-    for sid, thumb in thumbs.items():
-        store.write_qc_png(store.layout.thumbnail(sid), thumb)
-    if len(thumbs) > 1:
-        store.write_qc_png(store.layout.alignment_png(sample_id), render_overlay(thumbs, ds, transforms, um))
-    fine_ds = _fine_thumbnails(store, imaged)
-    return {"n_virtual": int(len(virtual)), "reference": transforms[0].reference_id,
+    fine, fine_ds = _fine_thumbnails(imaged)
+    info = {"n_virtual": int(len(virtual)), "reference": transforms[0].reference_id,
             "thumb_downsample": ds, "fine_thumb_downsample": fine_ds,
             "qc": {t.section_id: _qc_dict(t) for t in transforms if t.qc is not None},
             "referee": referee}
+    return {"warps": [Warp(t.section_id, t.qc.fixed, t.warp, t.warp_grid)
+                      for t in transforms if t.warp is not None],
+            "transforms": _transform_rows(sample_id, transforms),
+            "spots": _spot_columns(out), "thumbs": thumbs,
+            "overlay": render_overlay(thumbs, ds, transforms, um) if len(thumbs) > 1 else None,
+            "fine": fine, "info": info}
 
 
 def _referee(store: Store, sample_id: str, spots: pd.DataFrame, sections: pd.DataFrame) -> dict[str, float]:
@@ -133,17 +174,24 @@ def _spot_columns(spots: pd.DataFrame) -> dict[str, list]:
     return cols
 
 
-def _fine_thumbnails(store: Store, imaged: pd.DataFrame) -> dict[str, float]:
-    """Write a ≤ 4 µm/px thumbnail per imaged section (the registration grid is 11 µm/px,
-    too coarse to see morphology); returns full-resolution px per thumbnail px."""
+def _fine_thumbnails(imaged: pd.DataFrame) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """A ≤ 4 µm/px thumbnail per imaged section (the registration grid is 11 µm/px, too
+    coarse to see morphology), and full-resolution px per thumbnail px. Computed where the
+    unit runs; :func:`_write_fine` writes them."""
     from asign.ingest.images import read_thumbnail
 
-    out: dict[str, float] = {}
+    thumbs: dict[str, np.ndarray] = {}
+    ds: dict[str, float] = {}
     for row in imaged.itertuples():
         thumb = read_thumbnail(row.image_path, max(1.0, FINE_UM_PER_PX / float(row.um_per_px)))
-        store.write_qc_png(store.layout.fine_thumbnail(row.section_id), thumb)
-        out[row.section_id] = float(row.width) / thumb.shape[1]
-    return out
+        thumbs[row.section_id] = thumb
+        ds[row.section_id] = float(row.width) / thumb.shape[1]
+    return thumbs, ds
+
+
+def _write_fine(store: Store, thumbs: dict[str, np.ndarray]) -> None:
+    for sid, thumb in thumbs.items():
+        store.write_qc_png(store.layout.fine_thumbnail(sid), thumb)
 
 
 def backfill_fine_thumbnails(store: Store, manifest: dict[str, Any], sample_id: str
@@ -160,7 +208,8 @@ def backfill_fine_thumbnails(store: Store, manifest: dict[str, Any], sample_id: 
             store.layout.fine_thumbnail(s).exists() for s in imaged.section_id)):
         return manifest
     log.info("sample %s: writing 4 µm/px thumbnails (missing in this store)", sample_id)
-    align["fine_thumb_downsample"] = _fine_thumbnails(store, imaged)
+    thumbs, align["fine_thumb_downsample"] = _fine_thumbnails(imaged)
+    _write_fine(store, thumbs)
     store.save_manifest(manifest)
     return manifest
 

@@ -9,7 +9,7 @@ fixed batch: markers are written in the same LMDB transaction as the data."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -17,6 +17,7 @@ import pandas as pd
 
 from asign.ingest import standardise
 from asign.ingest.config import IngestConfig
+from asign.ingest.runner import Runner, raise_failures
 from asign.progress import Reporter
 from asign.store import Store
 from asign.store.vectors import done_key, emb_key, patch_key
@@ -24,7 +25,8 @@ from asign.store.vectors import done_key, emb_key, patch_key
 log = logging.getLogger(__name__)
 
 LEVELS = ("spot", "region", "global")
-PATCH_CHUNK = 2048  # spot patches per LMDB transaction
+PATCH_CHUNK = 2048  # spot patches per LMDB transaction (and per unit of work on a cluster)
+EMBED_UNIT = 2048  # items per unit of work of the embed step (whole batches)
 
 
 def _imaged(store: Store, sample_id: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -51,13 +53,18 @@ def stored_patch_px(cfg: IngestConfig) -> int:
     return int(get_encoder_spec(cfg.encoder).input_px)
 
 
-def run_patches(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Reporter) -> dict[str, Any]:
+def run_patches(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Reporter,
+                runner: Runner | None = None) -> dict[str, Any]:
     from asign.ingest import patches
 
+    runner = runner or Runner()
     out_px = stored_patch_px(cfg)
     sections, spots = _imaged(store, sample_id)
     tiles: dict[str, list] = {k: [] for k in ("sample_id", "section_id", "tile_id", "level", "x0", "y0", "size_px")}
     links: list[pd.DataFrame] = []
+    units: list[tuple] = []  # (image, spot ids, boxes, size, out_px): one chunk of a section
+    unit_section: list[str] = []
+    chunks_of: dict[str, int] = {}
     task = rep.task(f"patches {sample_id}", total=len(spots))
     with store.vectors(readonly=False) as vec:
         for sec in sections.itertuples():
@@ -80,23 +87,32 @@ def run_patches(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: R
                 link = pd.DataFrame(patches.spot_tile_table(sp.spot_id.tolist(), s2t, grid, sec.section_id))
                 link.insert(0, "section_id", sec.section_id)
                 links.append(link)
-            marker = done_key("patches", fp, sec.section_id)
-            if vec.has(marker):
+            if vec.has(done_key("patches", fp, sec.section_id)):
                 rep.advance(task, len(sp))
                 continue
-            boxes = patches.spot_patch_box(sp.px.to_numpy(), sp.py.to_numpy(), size["spot"])
-            items = []
-            # Committed in chunks, so memory stays bounded on large sections; the section's
-            # marker goes in the last chunk's transaction. A crash before it leaves some
-            # patches written, and the re-run overwrites them with the same bytes.
-            for i, (sid, (x0, y0)) in enumerate(zip(sp.spot_id, boxes.tolist(), strict=True)):
-                arr = patches.crop(sec.image_path, x0, y0, size["spot"], out_px)
-                items.append((patch_key(sid), patches.encode_patch(arr)))
-                rep.advance(task)
-                if len(items) == PATCH_CHUNK and i + 1 < len(sp):
-                    vec.put_many(items)
-                    items = []
-            vec.put_many([*items, (marker, b"1")])
+            boxes = patches.spot_patch_box(sp.px.to_numpy(), sp.py.to_numpy(), size["spot"]).tolist()
+            ids = sp.spot_id.tolist()
+            # Committed in chunks, so memory stays bounded on large sections (and a chunk is
+            # a unit of work on a cluster); the section's marker goes in the transaction of
+            # its last committed chunk. A crash before it leaves some patches written, and
+            # the re-run overwrites them with the same bytes.
+            starts = range(0, max(len(ids), 1), PATCH_CHUNK)
+            chunks_of[sec.section_id] = len(starts)
+            for lo in starts:
+                units.append((str(sec.image_path), ids[lo:lo + PATCH_CHUNK], boxes[lo:lo + PATCH_CHUNK],
+                              size["spot"], out_px))
+                unit_section.append(sec.section_id)
+
+        def commit(i: int, items: list[tuple[bytes, bytes]]) -> None:
+            sid = unit_section[i]
+            chunks_of[sid] -= 1
+            marker = [(done_key("patches", fp, sid), b"1")] if chunks_of[sid] == 0 else []
+            vec.put_many([*items, *marker])
+            rep.advance(task, len(items))
+
+        failed = runner.map(crop_patches, units, unit_section, commit,
+                            description=f"patches {sample_id}")
+    raise_failures(failed, "patches", sample_id)
     link_df = pd.concat(links, ignore_index=True) if links else pd.DataFrame(
         columns=["section_id", "spot_id", "level", "tile_id", "rank"])
     link_df.insert(0, "sample_id", sample_id)
@@ -105,61 +121,61 @@ def run_patches(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: R
     return {"n_patches": int(len(spots)), "n_tiles": len(tiles["tile_id"])}
 
 
-def _work(store: Store, sample_id: str, cfg: IngestConfig, vec: Any) -> list[tuple[str, str, str, list[tuple[str, Callable]]]]:
-    """(section, level, image, [(id, loader)]) in a fixed order."""
-    from asign.ingest.embed import crop_loader
-    from asign.store.vectors import decode_patch
+def crop_patches(image: str, spot_ids: list[str], boxes: list[list[int]], size: int,
+                 out_px: int) -> list[tuple[bytes, bytes]]:
+    """A unit of the patches step: crop and compress one chunk of a section's spot patches."""
+    from asign.ingest import patches
 
+    return [(patch_key(sid), patches.encode_patch(patches.crop(image, x0, y0, size, out_px)))
+            for sid, (x0, y0) in zip(spot_ids, boxes, strict=True)]
+
+
+def _work(store: Store, sample_id: str) -> list[tuple[str, str, str, list]]:
+    """(section, level, image, items) in a fixed order; items are spot ids (patches in
+    LMDB) or (tile id, x0, y0, size) tuples (cropped from the image)."""
     sections, spots = _imaged(store, sample_id)
     tiles = store.read("tiles", key=sample_id).to_pandas()
-    out_px = stored_patch_px(cfg)
-
-    def patch_loader(key: bytes) -> Callable[[], np.ndarray]:
-        def load() -> np.ndarray:
-            raw = vec.get(key)
-            if raw is None:
-                from asign.errors import StoreError
-
-                raise StoreError(f"patch {key.decode()} missing", path=store.layout.vectors,
-                                 fix="re-run `asign ingest --steps patches,embed`")
-            return decode_patch(raw)
-        return load
-
     work = []
     for sec in sections.itertuples():
         sp = spots[spots.section_id == sec.section_id]
-        work.append((sec.section_id, "spot", sec.image_path,
-                     [(s, patch_loader(patch_key(s))) for s in sp.spot_id]))
+        work.append((sec.section_id, "spot", str(sec.image_path), sp.spot_id.tolist()))
         for level in ("region", "global"):
             t = tiles[(tiles.section_id == sec.section_id) & (tiles.level == level)]
-            work.append((sec.section_id, level, sec.image_path,
-                         [(r.tile_id, crop_loader(sec.image_path, r.x0, r.y0, r.size_px, out_px))
-                          for r in t.itertuples()]))
+            work.append((sec.section_id, level, str(sec.image_path),
+                         [(r.tile_id, int(r.x0), int(r.y0), int(r.size_px)) for r in t.itertuples()]))
     return work
 
 
-def _standardisation(store: Store, cfg: IngestConfig, sample_id: str, encoder: Any,
-                     work: list) -> tuple[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """(reference section, {level: (mean, std)}): statistics from the raw features of the
-    reference section's spot patches and tiles (ingest/standardise.py says why)."""
-    from asign.ingest.embed import embed_batches
+def _item_id(item: Any) -> str:
+    return item if isinstance(item, str) else item[0]
 
+
+def _standardisation(store: Store, cfg: IngestConfig, sample_id: str, work: list, runner: Runner,
+                     encoder: Any, vec: Any) -> tuple[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """(reference section, {level: (mean, std)}): statistics from the raw features of the
+    reference section's spot patches and tiles (ingest/standardise.py says why), computed
+    as one unit of work (here, or on a worker) before the units that apply them."""
     sections = store.read("sections").to_pandas()
     ref = standardise.reference_section(sections[sections.sample_id == sample_id], cfg.panel_from)
-    stats = {}
-    for level in LEVELS:
-        items = [it for sec, lev, _, its in work if sec == ref and lev == level for it in its]
-        feats = [b.features for b in embed_batches(encoder, items, batch_size=cfg.batch_size,
-                                                   precision=cfg.precision)]
-        stats[level] = standardise.fit(np.concatenate(feats) if feats else np.zeros((0, encoder.spec.dim)))
+    ref_work = [(level, image, items) for sec, level, image, items in work if sec == ref]
+    out: dict[str, dict] = {}
+
+    def commit(_: int, stats: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        out.update(stats)
+
+    failed = runner.map(standardisation_unit, [(str(store.root), cfg, ref_work)], [ref], commit,
+                        description=f"standardise {sample_id}", gpu=cfg.device == "cuda",
+                        local={"vec": vec, "encoder": encoder})
+    raise_failures(failed, "embed", sample_id)
     log.info("%s: %s features z-scored with statistics of section %s", sample_id, encoder.spec.name, ref)
-    return ref, stats
+    return ref, out
 
 
-def run_embed(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Reporter) -> dict[str, Any]:
-    from asign.encoders import load_encoder
-    from asign.ingest.embed import embed_batches, embedding_config
+def run_embed(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Reporter,
+              runner: Runner | None = None) -> dict[str, Any]:
+    from asign.ingest.embed import embedding_config
 
+    runner = runner or Runner()
     index: dict[str, list] = {k: [] for k in ("sample_id", "section_id", "encoder", "level", "id")}
     sections, _ = _imaged(store, sample_id)
     if sections.empty:
@@ -167,35 +183,48 @@ def run_embed(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Rep
         log.info("sample %s has no imaged section: nothing to embed", sample_id)
         store.write("embeddings", index, key=sample_id)
         return {"n_vectors": 0, "encoder": None, "weights": None}
-    encoder = load_encoder(cfg.encoder, cfg.weights, device=cfg.device, seed=cfg.seed,
-                           allow_download=cfg.allow_download)
+    encoder = _encoder(cfg)  # here too on a cluster: the manifest records this process's setup
     name = encoder.spec.name
     bs = cfg.batch_size
-    # One LMDB environment per process: the patch loaders read through the writer's handle.
+    per_unit = max(1, EMBED_UNIT // bs)  # batches per unit of work
+    # One LMDB environment per process: serially the patch loaders read through the
+    # writer's handle; a worker opens its own, read-only.
     with store.vectors(readonly=False) as vec:
-        work = _work(store, sample_id, cfg, vec)
-        zscore = _standardisation(store, cfg, sample_id, encoder, work) if encoder.spec.standardise else None
+        work = _work(store, sample_id)
+        zscore = (_standardisation(store, cfg, sample_id, work, runner, encoder, vec)
+                  if encoder.spec.standardise else None)
         total = sum(len(items) for *_, items in work)
         task = rep.task(f"embed {sample_id}", total=total)
-        for section_id, level, _, items in work:
+        units: list[tuple] = []
+        unit_markers: list[list[bytes]] = []
+        labels: list[str] = []
+        for section_id, level, image, items in work:
             index["section_id"] += [section_id] * len(items)
             index["level"] += [level] * len(items)
-            index["id"] += [i for i, _ in items]
+            index["id"] += [_item_id(i) for i in items]
             # Resume unit: fixed chunks (b = items[b*bs:(b+1)*bs]), each committed with its
             # marker. Vectors do not depend on batch composition (embed pads batches), so a
-            # resumed run gives the same bits.
+            # resumed run, or one whose units ran elsewhere, gives the same bits.
             chunks = [items[i:i + bs] for i in range(0, len(items), bs)]
             markers = [done_key("emb", fp, section_id, level, str(b)) for b in range(len(chunks))]
             todo = [b for b, m in enumerate(markers) if not vec.has(m)]
             todo_set = set(todo)
             rep.advance(task, sum(len(chunks[b]) for b in range(len(chunks)) if b not in todo_set))
-            pending = [it for b in todo for it in chunks[b]]
-            for b, batch in zip(todo, embed_batches(encoder, pending, batch_size=bs, precision=cfg.precision),
-                                strict=True):
-                feats = batch.features if zscore is None else standardise.apply(batch.features, *zscore[1][level])
-                puts = [(emb_key(name, level, k), v.tobytes()) for k, v in zip(batch.keys, feats, strict=True)]
-                vec.put_many([*puts, (markers[b], b"1")])
-                rep.advance(task, len(batch.keys))
+            for lo in range(0, len(todo), per_unit):
+                group = todo[lo:lo + per_unit]
+                units.append((str(store.root), cfg, level, image, [chunks[b] for b in group],
+                              None if zscore is None else zscore[1][level]))
+                unit_markers.append([markers[b] for b in group])
+                labels.append(f"{section_id} ({level})")
+
+        def commit(i: int, batches: Iterable[list[tuple[str, bytes]]]) -> None:
+            for marker, batch in zip(unit_markers[i], batches, strict=True):
+                vec.put_many([*((emb_key(name, units[i][2], k), v) for k, v in batch), (marker, b"1")])
+                rep.advance(task, len(batch))
+
+        failed = runner.map(embed_unit, units, labels, commit, description=f"embed {sample_id}",
+                            gpu=cfg.device == "cuda", local={"vec": vec, "encoder": encoder})
+    raise_failures(failed, "embed", sample_id)
     index["sample_id"] = [sample_id] * len(index["id"])
     index["encoder"] = [name] * len(index["id"])
     store.write("embeddings", index, key=sample_id)
@@ -213,3 +242,117 @@ def run_embed(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Rep
             "(images only; ingest/standardise.py)")
     store.save_manifest(manifest)
     return {"n_vectors": total, "encoder": name, "weights": encoder.info.get("weights_sha256")}
+
+
+_ENCODERS: dict[tuple, Any] = {}  # per process: a worker loads the encoder once
+
+
+def _encoder(cfg: IngestConfig) -> Any:
+    from asign.encoders import load_encoder
+
+    key = (cfg.encoder, str(cfg.weights), cfg.device, cfg.seed, cfg.allow_download)
+    if key not in _ENCODERS:
+        _ENCODERS.clear()
+        _ENCODERS[key] = load_encoder(cfg.encoder, cfg.weights, device=cfg.device, seed=cfg.seed,
+                                      allow_download=cfg.allow_download)
+    return _ENCODERS[key]
+
+
+def forget_encoders() -> None:
+    _ENCODERS.clear()
+
+
+def _unit_setup(root: str, cfg: IngestConfig, encoder: Any) -> Any:
+    """The encoder a unit uses: this process's own serially; on a worker, loaded once per
+    process, with torch on the worker's threads (Dask starts it with 1)."""
+    if encoder is not None:
+        return encoder
+    import torch
+
+    from asign.cluster import worker_threads
+
+    torch.set_num_threads(worker_threads())
+    return _encoder(cfg)
+
+
+def _loaders(root: str, cfg: IngestConfig, level: str, image: str, items: list[Any],
+             vec: Any) -> list[tuple[str, Callable[[], np.ndarray]]]:
+    """(id, loader) pairs: spot patches read back from LMDB, tiles cropped from the slide."""
+    from pathlib import Path
+
+    from asign.ingest.embed import crop_loader
+
+    out_px = stored_patch_px(cfg)
+
+    def patch_loader(spot_id: str) -> Callable[[], np.ndarray]:
+        def load() -> np.ndarray:
+            from asign.store.vectors import decode_patch
+
+            raw = vec.get(patch_key(spot_id))
+            if raw is None:
+                from asign.errors import StoreError
+
+                raise StoreError(f"patch {spot_id} missing", path=Path(root) / "vectors.lmdb",
+                                 fix="re-run `asign ingest --steps patches,embed`")
+            return decode_patch(raw)
+        return load
+
+    return [(i, patch_loader(i)) if level == "spot" else (i[0], crop_loader(image, i[1], i[2], i[3], out_px))
+            for i in items]
+
+
+def standardisation_unit(root: str, cfg: IngestConfig, ref_work: list[tuple[str, str, list]],
+                         vec: Any = None, encoder: Any = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """A unit of the embed step: per level, (mean, std) of the raw features of the reference
+    section's items. ``vec``/``encoder``: this process's own, when run serially."""
+    from pathlib import Path
+
+    from asign.ingest.embed import embed_batches
+    from asign.store import open_store
+
+    encoder = _unit_setup(root, cfg, encoder)
+    own = None
+    if vec is None:
+        own = vec = open_store(Path(root)).vectors(readonly=True)
+    try:
+        stats = {}
+        for level in LEVELS:
+            items = [it for lev, image, its in ref_work if lev == level
+                     for it in _loaders(root, cfg, lev, image, its, vec)]
+            feats = [b.features for b in embed_batches(encoder, items, batch_size=cfg.batch_size,
+                                                       precision=cfg.precision)]
+            stats[level] = standardise.fit(np.concatenate(feats) if feats else np.zeros((0, encoder.spec.dim)))
+        return stats
+    finally:
+        if own is not None:
+            own.close()
+
+
+def embed_unit(root: str, cfg: IngestConfig, level: str, image: str, chunks: list[list[Any]],
+               zscore: tuple[np.ndarray, np.ndarray] | None = None, vec: Any = None,
+               encoder: Any = None) -> Iterable[list[tuple[str, bytes]]]:
+    """A unit of the embed step: consecutive batches of one section and level → per batch,
+    (id, float16 bytes) pairs, z-scored with ``zscore`` (mean, std) when the encoder asks.
+    ``vec``/``encoder``: this process's own, when run serially."""
+    serial = encoder is not None
+    from pathlib import Path
+
+    from asign.ingest.embed import embed_batches
+    from asign.store import open_store
+
+    encoder = _unit_setup(root, cfg, encoder)
+    own = None
+    if vec is None and level == "spot":
+        own = vec = open_store(Path(root)).vectors(readonly=True)
+    try:
+        items = [it for chunk in chunks for it in _loaders(root, cfg, level, image, chunk, vec)]
+        batches = embed_batches(encoder, items, batch_size=cfg.batch_size, precision=cfg.precision)
+        out = ([(k, v.tobytes()) for k, v in zip(
+                    b.keys, b.features if zscore is None else standardise.apply(b.features, *zscore), strict=True)]
+               for b in batches)
+        # Serially the batches stream into the commit, each committed as soon as it is
+        # embedded (a crash loses one batch); a worker returns them all at once.
+        return out if serial else list(out)
+    finally:
+        if own is not None:
+            own.close()

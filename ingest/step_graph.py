@@ -14,6 +14,7 @@ import numpy as np
 
 from asign.errors import StoreError
 from asign.ingest.config import IngestConfig
+from asign.ingest.runner import Runner, raise_failures
 from asign.progress import Reporter
 from asign.store import Store
 from asign.store.vectors import emb_key
@@ -23,10 +24,32 @@ log = logging.getLogger(__name__)
 KINDS = ("same_layer", "cross_layer")
 
 
-def run_graph(store: Store, cfg: IngestConfig, sample_id: str, rep: Reporter) -> dict[str, Any]:
-    from asign.ingest.graph import build_graph
+def run_graph(store: Store, cfg: IngestConfig, sample_id: str, rep: Reporter,
+              runner: Runner | None = None) -> dict[str, Any]:
+    """Build a sample's graph (one unit of work: here, or on a worker) and write it."""
+    runner = runner or Runner()
+    task = rep.task(f"graph {sample_id}", total=1)
+    out: dict[str, Any] = {}
 
-    task = rep.task(f"graph {sample_id}", total=2)
+    def commit(_: int, result: tuple[dict[str, Any], dict[str, Any]]) -> None:
+        store.write("edges", result[0], key=sample_id)
+        out.update(result[1])
+        rep.advance(task)
+
+    failed = runner.map(graph_unit, [(str(store.root), cfg, sample_id)], [sample_id], commit,
+                        description=f"graph {sample_id}")
+    raise_failures(failed, "graph", sample_id)
+    return out
+
+
+def graph_unit(root: str, cfg: IngestConfig, sample_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read a sample's spots and spot embeddings, build its edges; returns (edges, info)."""
+    from pathlib import Path
+
+    from asign.ingest.graph import build_graph
+    from asign.store import open_store
+
+    store = open_store(Path(root))
     sections = store.read("sections").to_pandas()
     sections = sections[sections.sample_id == sample_id]
     spots = store.read("spots", key=sample_id).to_pandas()
@@ -57,22 +80,20 @@ def run_graph(store: Store, cfg: IngestConfig, sample_id: str, rep: Reporter) ->
                 feats[has_feat] = vec.get_vectors(keys, dim)
     else:
         feats = np.zeros((len(nodes), 1), dtype=np.float32)
-    rep.advance(task)
     radius = float(sections.spot_diameter_um.median()) / 2.0
     edges = build_graph(nodes[["x_um", "y_um"]].to_numpy(np.float64), nodes.z.to_numpy(np.int64), feats,
                         radius_um=radius, k_same=cfg.k_same, top_k_cross=cfg.top_k_cross,
                         combine=cfg.cross_weight, has_features=None if has_feat.all() else has_feat)
     ids = nodes.spot_id.to_numpy(dtype=object)
-    store.write("edges", {
+    table = {
         "sample_id": np.full(len(edges.src), sample_id, dtype=object),
         "src_spot_id": ids[edges.src], "dst_spot_id": ids[edges.dst],
         "kind": np.asarray(KINDS, dtype=object)[edges.kind],
         "weight": edges.weight, "distance_um": edges.distance_um, "iou": edges.iou, "cosine": edges.cosine,
-    }, key=sample_id)
-    rep.advance(task)
+    }
     n_cross = int((edges.kind == 1).sum())
     iou_only = int(((edges.kind == 1) & np.isnan(edges.cosine)).sum())
-    return {"n_nodes": int(len(nodes)), "n_edges": int(len(edges.src)), "n_cross": n_cross,
-            # cross-layer edges with an endpoint without image features weigh IoU alone
-            "n_cross_iou_only": iou_only,
-            "cross_weight_without_features": "iou"}
+    return table, {"n_nodes": int(len(nodes)), "n_edges": int(len(edges.src)), "n_cross": n_cross,
+                   # cross-layer edges with an endpoint without image features weigh IoU alone
+                   "n_cross_iou_only": iou_only,
+                   "cross_weight_without_features": "iou"}

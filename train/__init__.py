@@ -27,13 +27,17 @@ __all__ = ["MODELS", "RunResult", "TrainConfig", "run"]
 log = logging.getLogger(__name__)
 
 
-def run(cfg: TrainConfig, *, reporter: Any = None, max_epochs: int | None = None) -> RunResult:
+def run(cfg: TrainConfig, *, reporter: Any = None, max_epochs: int | None = None,
+        cluster: Any = None) -> RunResult:
     """Run one model on a store and record the results (see the module docstring).
 
     ``reporter``: an ``asign.progress.Reporter`` (default: rich bars on a terminal, log
     lines otherwise). ``max_epochs``: stop after this many epochs in this call; the run is
     recorded as ``interrupted`` and ``resume=True`` continues it (time-boxed sessions).
+    ``cluster``: an ``asign.cluster.ClusterConfig``; with K ≥ 2 folds each fold is a Dask
+    task (the driver writes the run's files, as serially).
     """
+    from asign.cluster import here
     from asign.store import open_store
     from asign.store.atomic import remove_stale_temps
     from asign.store.locks import run_lock
@@ -42,6 +46,16 @@ def run(cfg: TrainConfig, *, reporter: Any = None, max_epochs: int | None = None
 
     validate(cfg)
     _check_device(cfg)
+    on_cluster = cluster is not None and cluster.distributed and cfg.folds >= 2 and max_epochs is None
+    if on_cluster and cfg.threads is None and not cluster.scheduler:
+        from asign.cluster import threads_per_worker
+
+        cfg = cfg.with_(threads=threads_per_worker(cluster.workers, cluster.cores))
+    if not on_cluster and cfg.threads is None and cfg.device == "cpu" and (cfg.spec.neural or cfg.model == "cli"):
+        from asign.cluster import idle_cores
+
+        # Not part of the run id; recorded in the run's config (pass --threads to fix it).
+        cfg = cfg.with_(threads=idle_cores())
     store = open_store(cfg.store)
     remove_stale_temps(store.root)  # e.g. the checkpoint a killed run was writing
     created = dt.datetime.now(dt.UTC)
@@ -66,15 +80,17 @@ def run(cfg: TrainConfig, *, reporter: Any = None, max_epochs: int | None = None
     commit = res.git_commit()
     timings: dict[str, Any] = {}
     row = dict(store_fp=store_fp, commit=commit, created_at=created, timings=timings,
-               plan=res.plan_summary(folds))
+               plan=res.plan_summary(folds), where=here())
     # Held while this process lives: a `running` row nobody holds this for reads as
     # `interrupted` (store/locks.py), however the process ended.
     with run_lock(store.layout.writable(store.layout.run_lock(rid))):
-        return _run_locked(cfg, store, rid, folds, row, timings, t0, reporter, max_epochs)
+        return _run_locked(cfg, store, rid, folds, row, timings, t0, reporter, max_epochs,
+                           cluster if on_cluster else None)
 
 
 def _run_locked(cfg: TrainConfig, store: Any, rid: str, folds: list, row: dict[str, Any],
-                timings: dict[str, Any], t0: float, reporter: Any, max_epochs: int | None) -> RunResult:
+                timings: dict[str, Any], t0: float, reporter: Any, max_epochs: int | None,
+                cluster: Any) -> RunResult:
     from asign.progress import reporter as make_reporter
     from asign.train import results as res
 
@@ -85,9 +101,9 @@ def _run_locked(cfg: TrainConfig, store: Any, rid: str, folds: list, row: dict[s
     status = "failed"
     try:
         ctx = make_reporter() if reporter is None else contextlib.nullcontext(reporter)
-        with ctx as rep, _deterministic(cfg):
+        with ctx as rep, _deterministic(cfg), _client(cluster) as client:
             status, metric_rows, blocks, genes = _execute(
-                cfg, store, rid, folds, rep, timings, max_epochs)
+                cfg, store, rid, folds, rep, timings, max_epochs, client)
         if status == "done":
             table = res.write_metrics(store, rid, metric_rows)
             if cfg.save_predictions:
@@ -104,15 +120,21 @@ def _run_locked(cfg: TrainConfig, store: Any, rid: str, folds: list, row: dict[s
     return RunResult(rid, cfg.run, cfg.model, cfg.setting, status, seconds, table, timings)
 
 
-def _execute(cfg: TrainConfig, store: Any, rid: str, folds: list, rep: Any,
-             timings: dict[str, Any], max_epochs: int | None
-             ) -> tuple[str, list[dict], list, tuple[str, ...]]:
-    from asign.train import loop
-    from asign.train.data import load_sample
-    from asign.train.metrics import evaluate
-    from asign.train.results import PredictionBlock, metric_rows
+@contextlib.contextmanager
+def _client(cluster: Any) -> Iterator[Any]:
+    if cluster is None:
+        yield None
+        return
+    from asign.cluster import connect
 
-    t = time.perf_counter()
+    with connect(cluster) as client:
+        yield client
+
+
+def _load(cfg: TrainConfig, store: Any, folds: list) -> tuple[dict, Any]:
+    """The samples the folds need, each loaded once, and the spot-encoder recipe (or None)."""
+    from asign.train.data import load_sample
+
     needed = sorted({p.sample_id for f in folds for p in f.samples})
     recipe = None
     if cfg.finetune_spot_encoder:
@@ -124,6 +146,21 @@ def _execute(cfg: TrainConfig, store: Any, rid: str, folds: list, rep: Any,
     samples = {s: load_sample(store, s, encoder=cfg.encoder, patches=recipe is not None, graph=graph,
                               features=cfg.spec.images)  # mean, idw, cli read no embeddings
                for s in needed}
+    return samples, recipe
+
+
+def _execute(cfg: TrainConfig, store: Any, rid: str, folds: list, rep: Any,
+             timings: dict[str, Any], max_epochs: int | None, client: Any = None
+             ) -> tuple[str, list[dict], list, tuple[str, ...]]:
+    from asign.train import loop
+    from asign.train.results import PredictionBlock
+
+    if client is not None:
+        from asign.train.on_cluster import execute_on_cluster
+
+        return execute_on_cluster(cfg, store, rid, folds, rep, timings, client)
+    t = time.perf_counter()
+    samples, recipe = _load(cfg, store, folds)
     genes = next(iter(samples.values())).genes
     timings["load_s"] = round(time.perf_counter() - t, 3)
 
@@ -142,42 +179,73 @@ def _execute(cfg: TrainConfig, store: Any, rid: str, folds: list, rep: Any,
     budget = [max_epochs]
     selection: dict[int, dict] = {}
     for fold in folds:
-        preds: dict[str, np.ndarray] = {}
-        t = time.perf_counter()
-        if spec.neural:
-            model = _fit_fold(cfg, fold, samples, tasks, rid, ckpt_path, ckpt, finished, rep,
-                              epoch_s, budget, selection, recipe)
-            if model is None:
-                return "interrupted", [], [], genes
-            for plan in fold.test:
-                preds[plan.sample_id] = loop.predict(
-                    cfg, model, _task(tasks, samples[plan.sample_id], plan.visible, cfg))
-        else:
-            for plan in fold.test:
-                preds[plan.sample_id] = _baseline(cfg, samples[plan.sample_id], plan)
-        timings.setdefault("fold_s", []).append(round(time.perf_counter() - t, 3))
+        fold_rows, fold_blocks, fold_s = _one_fold(cfg, fold, samples, tasks, rid, ckpt_path, ckpt,
+                                                   finished, rep, epoch_s, budget, selection, recipe)
+        if fold_rows is None:
+            return "interrupted", [], [], genes
+        timings.setdefault("fold_s", []).append(fold_s)
+        rows += fold_rows
+        blocks += fold_blocks
+    _fold_timings(timings, selection, _blocked(tasks), epoch_s)
+    return "done", rows, blocks, genes
+
+
+def _blocked(tasks: dict) -> dict[str, Any]:
+    """Graphs trained on spatial blocks (batching.py): what one epoch did."""
+    return {t.name: vars(t.cache["batching"]) for t in tasks.values() if "batching" in t.cache}
+
+
+def _one_fold(cfg: TrainConfig, fold: Any, samples: dict, tasks: dict, rid: str, ckpt_path: Any,
+              ckpt: dict | None, finished: dict, rep: Any, epoch_s: list[float],
+              budget: list[int | None], selection: dict[int, dict], recipe: Any
+              ) -> tuple[list[dict] | None, list, float]:
+    """Train (or compute) one fold and score its test samples: (metric rows, prediction
+    blocks, seconds); rows None when the epoch budget ran out first."""
+    from asign.train import loop
+    from asign.train.metrics import evaluate
+    from asign.train.results import PredictionBlock, metric_rows
+
+    rows: list[dict] = []
+    blocks: list[PredictionBlock] = []
+    preds: dict[str, np.ndarray] = {}
+    t = time.perf_counter()
+    if cfg.spec.neural:
+        model = _fit_fold(cfg, fold, samples, tasks, rid, ckpt_path, ckpt, finished, rep,
+                          epoch_s, budget, selection, recipe)
+        if model is None:
+            return None, [], 0.0
         for plan in fold.test:
-            _require_finite(cfg, fold.fold, samples[plan.sample_id], plan, preds[plan.sample_id])
+            preds[plan.sample_id] = loop.predict(
+                cfg, model, _task(tasks, samples[plan.sample_id], plan.visible, cfg))
+    else:
         for plan in fold.test:
-            s, pred = samples[plan.sample_id], preds[plan.sample_id]
-            for sec in plan.scored:
-                idx = s.in_sections([sec]) & s.has_label
-                # The only place hidden labels are read: as ground truth for scoring.
-                values = evaluate(pred[idx], s.labels[idx])
-                rows += metric_rows(rid, fold.fold, plan.sample_id, sec, fold.setting, values)
-            out = s.in_sections(plan.predicted)
-            blocks.append(PredictionBlock(fold.fold, plan.sample_id,
-                                          np.asarray(s.sections, dtype=object)[s.section[out]],
-                                          s.spot_ids[out], pred[out]))
+            preds[plan.sample_id] = _baseline(cfg, samples[plan.sample_id], plan)
+    fold_s = round(time.perf_counter() - t, 3)
+    for plan in fold.test:
+        _require_finite(cfg, fold.fold, samples[plan.sample_id], plan, preds[plan.sample_id])
+    for plan in fold.test:
+        s, pred = samples[plan.sample_id], preds[plan.sample_id]
+        for sec in plan.scored:
+            idx = s.in_sections([sec]) & s.has_label
+            # The only place hidden labels are read: as ground truth for scoring.
+            values = evaluate(pred[idx], s.labels[idx])
+            rows += metric_rows(rid, fold.fold, plan.sample_id, sec, fold.setting, values)
+        out = s.in_sections(plan.predicted)
+        blocks.append(PredictionBlock(fold.fold, plan.sample_id,
+                                      np.asarray(s.sections, dtype=object)[s.section[out]],
+                                      s.spot_ids[out], pred[out]))
+    return rows, blocks, fold_s
+
+
+def _fold_timings(timings: dict[str, Any], selection: dict[int, dict], blocked: dict[str, Any],
+                  epoch_s: list[float]) -> None:
     if selection:
         timings["selection"] = {str(k): v for k, v in selection.items()}
-    blocked = {t.name: vars(t.cache["batching"]) for t in tasks.values() if "batching" in t.cache}
     if blocked:  # graphs trained on spatial blocks (batching.py): what one epoch did
         timings["batching"] = blocked
     if epoch_s:
         timings["epoch_s_mean"] = round(float(np.mean(epoch_s)), 4)
         timings["epochs_run"] = len(epoch_s)
-    return "done", rows, blocks, genes
 
 
 def _require_finite(cfg: TrainConfig, fold: int, s: Any, plan: Any, pred: np.ndarray) -> None:

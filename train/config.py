@@ -102,7 +102,7 @@ class TrainConfig:
     similarity_k: int = 20
     # runtime
     device: str = "cpu"
-    threads: int | None = None  # torch intra-op threads during the run (None: torch default)
+    threads: int | None = None  # torch intra-op threads during the run (None: idle cores at start, asign.cluster.idle_cores)
     seed: int = 0
     resume: bool = False
     finetune_spot_encoder: bool = False  # train the spot encoder on stored patches (finetune.py)

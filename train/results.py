@@ -84,13 +84,15 @@ class RunResult:
 
 def write_run_row(store: Store, rid: str, cfg: TrainConfig, *, status: str, seconds: float | None,
                   store_fp: str, commit: str | None, created_at: dt.datetime,
-                  timings: dict[str, Any], plan: dict[str, Any] | None = None) -> None:
+                  timings: dict[str, Any], plan: dict[str, Any] | None = None,
+                  where: dict[str, Any] | None = None) -> None:
     from asign import __version__
 
     config = dict(cfg.to_json())
     # runs has no columns for these; they travel inside the config JSON
     config["timings"] = timings
     config["plan"] = plan or {}
+    config["where"] = where or {}  # host, pid and Dask worker address the run ran on
     store.write("runs", {
         "run_id": [rid], "name": [cfg.run], "model": [cfg.model], "created_at": [created_at],
         "status": [status], "setting": [cfg.setting], "seed": [cfg.seed],
