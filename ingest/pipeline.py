@@ -84,6 +84,7 @@ def run_pipeline(cfg: IngestConfig, rep: Reporter | None = None) -> dict[str, An
     from asign.cluster import ClusterConfig
 
     t0 = time.perf_counter()
+    cfg, resolved = resolve_encoder(cfg)  # an unknown --encoder fails before the store exists
     cluster = ClusterConfig(workers=cfg.workers, scheduler=cfg.scheduler,
                             gpus=1 if cfg.device == "cuda" and cfg.workers else 0)
     layout = StoreLayout(prepare_root(cfg.store))
@@ -91,11 +92,11 @@ def run_pipeline(cfg: IngestConfig, rep: Reporter | None = None) -> dict[str, An
         with writer_lock(layout.writable(layout.ingest_lock), wait=cfg.wait):
             store = open_store(cfg.store, create=True)
             if not cluster.distributed:
-                return _run(cfg, store, rep, Runner(), t0)
+                return _run(cfg, resolved, store, rep, Runner(), t0)
             from asign.cluster import connect
 
             with connect(cluster) as client:
-                return _run(cfg, store, rep, Runner(client=client), t0)
+                return _run(cfg, resolved, store, rep, Runner(client=client), t0)
     finally:
         import sys
 
@@ -104,10 +105,10 @@ def run_pipeline(cfg: IngestConfig, rep: Reporter | None = None) -> dict[str, An
             features.forget_encoders()
 
 
-def _run(cfg: IngestConfig, store: Store, rep: Reporter | None, runner: Runner, t0: float) -> dict[str, Any]:
+def _run(cfg: IngestConfig, resolved: str | None, store: Store, rep: Reporter | None, runner: Runner,
+         t0: float) -> dict[str, Any]:
     from asign.ingest import step_register
 
-    cfg, resolved = resolve_encoder(cfg)
     remove_stale_temps(store.root)  # half-written files of a killed run
     manifest = store.manifest()  # read under the lock: another ingest may just have saved it
     summary: dict[str, Any] = {"store": str(cfg.store), "samples": {}, "skipped": [], "ran": []}
