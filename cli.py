@@ -195,7 +195,7 @@ def train(
     store: StoreOpt,
     model: Annotated[str, typer.Option("--model", "-m", help="asign3d | asign2d | mean | idw | similarity | cli (see `asign doctor`).")] = "asign3d",
     run: Annotated[str, typer.Option("--run", "-r", help="Run name (results are grouped by it).")] = "run",
-    known: Annotated[str, typer.Option("--known", help="Known (measured) layer: first | middle | Z.", rich_help_panel=_PROTO)] = "first",
+    known: Annotated[str, typer.Option("--known", help="Known (measured) layer(s): first | middle | last | Z | section id, or a set: 2,5 / first,last / C2,C5.", rich_help_panel=_PROTO)] = "first",
     folds: Annotated[int, typer.Option("--folds", help="1 = within-sample imputation; K>=2 = sample-level k-fold.", rich_help_panel=_PROTO)] = 1,
     samples: Annotated[str | None, typer.Option("--samples", help="Restrict to these sample ids (comma-separated).", rich_help_panel=_PROTO)] = None,
     extra_2d: Annotated[str | None, typer.Option("--extra-2d", help="Samples trained as 2D sections and never scored (e.g. B).", rich_help_panel=_PROTO)] = None,

@@ -151,7 +151,7 @@ def _execute(cfg: TrainConfig, store: Any, rid: str, folds: list, rep: Any,
                 return "interrupted", [], [], genes
             for plan in fold.test:
                 preds[plan.sample_id] = loop.predict(
-                    cfg, model, _task(tasks, samples[plan.sample_id], plan.visible, cfg))
+                    cfg, model, _task(tasks, samples[plan.sample_id], plan.visible, cfg, _by_layer(plan)))
         else:
             for plan in fold.test:
                 preds[plan.sample_id] = _baseline(cfg, samples[plan.sample_id], plan)
@@ -220,7 +220,7 @@ def _fit_fold(cfg: TrainConfig, fold: Any, samples: dict, tasks: dict, rid: str,
                                             center_labels=cfg.center_labels)
             train_tasks.append(tasks[key])
         else:
-            train_tasks.append(_task(tasks, s, plan.visible, cfg))
+            train_tasks.append(_task(tasks, s, plan.visible, cfg, _by_layer(plan)))
             if plan.role == "test":
                 select.append(train_tasks[-1])
     resume = None
@@ -262,15 +262,21 @@ def _fit_fold(cfg: TrainConfig, fold: Any, samples: dict, tasks: dict, rid: str,
     return model
 
 
-def _task(tasks: dict, s: Any, visible: tuple[str, ...], cfg: TrainConfig) -> Any:
+def _task(tasks: dict, s: Any, visible: tuple[str, ...], cfg: TrainConfig,
+          by_layer: bool = False) -> Any:
     from asign.train import loop
 
     key = (s.sample_id, visible, "3d")
     if key not in tasks:
+        # a test sample with ≥ 2 known layers validates on a whole held-out known layer
         tasks[key] = loop.make_task(s, visible, cfg.device, val_fraction=cfg.val_fraction,
                                     seed=cfg.seed, feature_norm=cfg.feature_norm,
-                                    center_labels=cfg.center_labels)
+                                    center_labels=cfg.center_labels, val_by_layer=by_layer)
     return tasks[key]
+
+
+def _by_layer(plan: Any) -> bool:
+    return plan.role == "test" and len(plan.knowns) >= 2
 
 
 def _baseline(cfg: TrainConfig, s: Any, plan: Any) -> np.ndarray:
@@ -278,7 +284,7 @@ def _baseline(cfg: TrainConfig, s: Any, plan: Any) -> np.ndarray:
     from asign.train import baselines
     from asign.train.protocol import visible_labels
 
-    y, known = visible_labels(s.labels, s.has_label, s.section, s.section_index([plan.known]))
+    y, known = visible_labels(s.labels, s.has_label, s.section, s.section_index(list(plan.knowns)))
     yk = y[known]
     if cfg.model == "mean":
         return baselines.mean_profile(yk, s.n_spots)

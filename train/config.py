@@ -60,7 +60,7 @@ class TrainConfig:
     store: Path
     model: str = "asign3d"
     run: str = "run"
-    known: str = "first"  # first | middle | Z (the z index of a labelled section)
+    known: str = "first"  # first | middle | last | Z | section id, or a comma-separated set
     folds: int = 1  # 1 = within-sample imputation; K >= 2 = sample-level k-fold
     samples: tuple[str, ...] = ()  # restrict to these sample ids (empty = all)
     extra_2d: tuple[str, ...] = ()  # samples/sections trained as 2D sections, never scored
@@ -168,8 +168,13 @@ def validate(cfg: TrainConfig) -> None:
         choice(part, ABLATIONS, "--ablate")
     if cfg.ablate and cfg.model != "asign3d":
         problems.append(f"--ablate applies to asign3d, not {cfg.model}")
-    if str(cfg.known) not in ("first", "middle") and not str(cfg.known).lstrip("-").isdigit():
-        problems.append(f"--known {cfg.known!r} must be first, middle or a layer number z")
+    from asign.train.protocol import known_tokens
+
+    parts = known_tokens(cfg.known)
+    if not parts or any(not p.replace("_", "").replace("-", "").replace(".", "").isalnum()
+                        for p in parts) or len(set(parts)) != len(parts):
+        problems.append(f"--known {cfg.known!r} must be first, middle, last, a layer number z "
+                        "or a section id, or a comma-separated set of them without repeats")
     if cfg.folds < 1:
         problems.append(f"--folds must be ≥ 1, got {cfg.folds}")
     if cfg.epochs < 0:
