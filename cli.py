@@ -226,6 +226,7 @@ def train(
     threads: Annotated[int | None, typer.Option("--threads", help="Torch CPU threads for the run (default: torch's).", rich_help_panel=_RUN)] = None,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (runs are deterministic).", rich_help_panel=_RUN)] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its checkpoint.", rich_help_panel=_RUN)] = False,
+    coverage: Annotated[float, typer.Option("--coverage", help="Per-spot, per-gene intervals at this coverage, calibrated on known spots (0 = none).", rich_help_panel=_PROTO)] = _train_default("coverage"),
     as_json: JsonOpt = False,
 ) -> None:
     """Train and evaluate a model (or baseline) on a feature store; results go to the store."""
@@ -242,7 +243,7 @@ def train(
             cli_spatial_prior=spatial_prior, calibrate_gate=calibrate_gate,
             cli_per_node_gate=per_node_gate, ablate=_split(ablate),
             feature_norm=feature_norm, finetune_spot_encoder=finetune_spot_encoder,
-            finetune_batch=finetune_batch, device=device, threads=threads, seed=seed,
+            finetune_batch=finetune_batch, device=device, threads=threads, seed=seed, coverage=coverage,
             resume=resume, minibatch_above=minibatch_above, block_spots=block_spots,
         )
         from asign import train as train_stage

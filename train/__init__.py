@@ -107,7 +107,7 @@ def _run_locked(cfg: TrainConfig, store: Any, rid: str, folds: list, row: dict[s
 def _execute(cfg: TrainConfig, store: Any, rid: str, folds: list, rep: Any,
              timings: dict[str, Any], max_epochs: int | None
              ) -> tuple[str, list[dict], list, tuple[str, ...]]:
-    from asign.train import loop
+    from asign.train import intervals, loop
     from asign.train.data import load_sample
     from asign.train.metrics import evaluate
     from asign.train.results import PredictionBlock, metric_rows
@@ -144,17 +144,24 @@ def _execute(cfg: TrainConfig, store: Any, rid: str, folds: list, rep: Any,
     for fold in folds:
         preds: dict[str, np.ndarray] = {}
         t = time.perf_counter()
+        bounds: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         if spec.neural:
             model = _fit_fold(cfg, fold, samples, tasks, rid, ckpt_path, ckpt, finished, rep,
                               epoch_s, budget, selection, recipe)
             if model is None:
                 return "interrupted", [], [], genes
             for plan in fold.test:
-                preds[plan.sample_id] = loop.predict(
-                    cfg, model, _task(tasks, samples[plan.sample_id], plan.visible, cfg, _by_layer(plan)))
+                s = samples[plan.sample_id]
+                task = _task(tasks, s, plan.visible, cfg, _by_layer(plan))
+                preds[plan.sample_id] = loop.predict(cfg, model, task)
+                if cfg.coverage:
+                    bounds[plan.sample_id] = intervals.for_model(
+                        cfg, model, task, s.xy, preds[plan.sample_id], cfg.coverage)
         else:
             for plan in fold.test:
-                preds[plan.sample_id] = _baseline(cfg, samples[plan.sample_id], plan)
+                preds[plan.sample_id], bounds_ = _baseline(cfg, samples[plan.sample_id], plan)
+                if bounds_ is not None:
+                    bounds[plan.sample_id] = bounds_
         timings.setdefault("fold_s", []).append(round(time.perf_counter() - t, 3))
         for plan in fold.test:
             _require_finite(cfg, fold.fold, samples[plan.sample_id], plan, preds[plan.sample_id])
@@ -164,11 +171,17 @@ def _execute(cfg: TrainConfig, store: Any, rid: str, folds: list, rep: Any,
                 idx = s.in_sections([sec]) & s.has_label
                 # The only place hidden labels are read: as ground truth for scoring.
                 values = evaluate(pred[idx], s.labels[idx])
+                if plan.sample_id in bounds:  # the intervals' empirical coverage and mean width
+                    lo, hi = (b[idx] for b in bounds[plan.sample_id])
+                    values.update(coverage=intervals.coverage_of(lo, hi, s.labels[idx]),
+                                  width=float(np.mean(hi - lo)))
                 rows += metric_rows(rid, fold.fold, plan.sample_id, sec, fold.setting, values)
             out = s.in_sections(plan.predicted)
+            lo, hi = bounds.get(plan.sample_id, (None, None))
             blocks.append(PredictionBlock(fold.fold, plan.sample_id,
                                           np.asarray(s.sections, dtype=object)[s.section[out]],
-                                          s.spot_ids[out], pred[out]))
+                                          s.spot_ids[out], pred[out],
+                                          None if lo is None else lo[out], None if hi is None else hi[out]))
     if selection:
         timings["selection"] = {str(k): v for k, v in selection.items()}
     blocked = {t.name: vars(t.cache["batching"]) for t in tasks.values() if "batching" in t.cache}
@@ -279,12 +292,24 @@ def _by_layer(plan: Any) -> bool:
     return plan.role == "test" and len(plan.knowns) >= 2
 
 
-def _baseline(cfg: TrainConfig, s: Any, plan: Any) -> np.ndarray:
-    """(N, G) baseline predictions for one test sample from its known layer only."""
-    from asign.train import baselines
+def _baseline(cfg: TrainConfig, s: Any, plan: Any) -> tuple[np.ndarray, tuple | None]:
+    """(N, G) baseline predictions for one test sample from its known layers only, and
+    their (lower, upper) intervals (train/intervals.py; None with coverage 0)."""
+    from asign.train import intervals
     from asign.train.protocol import visible_labels
 
     y, known = visible_labels(s.labels, s.has_label, s.section, s.section_index(list(plan.knowns)))
+    pred = _baseline_from(cfg, s, y, known)
+    if not cfg.coverage:
+        return pred, None
+    return pred, intervals.for_baseline(lambda m: _baseline_from(cfg, s, y, m), y, known, s.section,
+                                        s.xy, pred, cfg.coverage, cfg.seed)
+
+
+def _baseline_from(cfg: TrainConfig, s: Any, y: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """(N, G) baseline predictions from the labels ``y`` of the ``known`` spots."""
+    from asign.train import baselines
+
     yk = y[known]
     if cfg.model == "mean":
         return baselines.mean_profile(yk, s.n_spots)
