@@ -316,6 +316,30 @@ def _cell(value: Any) -> str:
 
 
 @_command()
+def plan(
+    store: StoreOpt,
+    budget: Annotated[int, typer.Option("--budget", min=1, max=3, help="How many sections to measure (ST).")] = 1,
+    sample: Annotated[str | None, typer.Option("--sample", help="One sample (default: every sample).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Rank which section(s) to send for ST, from images and alignment alone (train/plan.py)."""
+    from asign.errors import AsignError
+    from asign.train.plan import plan as make_plan
+
+    try:
+        result = make_plan(store, budget=budget, sample=sample)
+    except AsignError as err:
+        raise _fail(err) from None
+    if as_json:
+        _emit_json(result)
+        return
+    for sid, rows in result["samples"].items():
+        typer.echo(f"sample {sid} (budget {budget}):")
+        for r in rows:
+            typer.echo(f"  {r['rank']:>2}. {','.join(r['known']):<16} score {r['score']:.4f}")
+
+
+@_command()
 def check(store: StoreOpt, as_json: JsonOpt = False) -> None:
     """Verify a store: manifest and input hashes, schema versions, LMDB entries against the
     tables, edge endpoints. Exits 1 with the full list of problems."""
