@@ -62,6 +62,8 @@ def test_run_with_two_known_layers(toy_store, model):
     res = run(TrainConfig(store=toy_store, model=model, run="k2", known="1,3", **kw))
     assert res.status == "done"
     assert {r["section_id"] for r in res.metrics.to_pylist()} == {"S1_L2", "S1_L4"}
+    cov = [r["value"] for r in res.metrics.to_pylist() if r["metric"] == "coverage"]
+    assert len(cov) == 2 and all(0.0 <= c <= 1.0 for c in cov)  # intervals for networks too
     preds = open_store(toy_store).query(
         f"SELECT DISTINCT section_id FROM predictions WHERE run_id = '{res.run_id}'")
     assert set(preds.column("section_id").to_pylist()) == {"S1_L2", "S1_L4", "S1_L5"}
