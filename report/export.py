@@ -9,6 +9,8 @@ Layout (scanpy / squidpy conventions):
   says which;
 - ``layers['measured']``: the measured expression where a spot has counts, NaN elsewhere
   (virtual spots); ``obs['has_measured']`` marks the rows that have it;
+- ``layers['lower']`` / ``layers['upper']``: the run's per-spot, per-gene interval
+  (``runs.config`` coverage) on hidden rows, NaN on the known layer (runs with intervals);
 - ``obsm['spatial']``: (px, py) full-resolution image pixels of the spot's own section;
   ``obsm['spatial_3d']``: (x_um, y_um, z_um) in the sample's aligned frame, z_um = z × the
   section spacing recorded at ingest (``sections.z_um``);
@@ -65,6 +67,9 @@ def build_anndata(data: Any) -> Any:
                        index=pd.Index(data.genes, name="gene"))
     adata = ad.AnnData(X=x, obs=obs, var=var)
     adata.layers["measured"] = measured.astype(np.float32)
+    if data.map_model in data.bounds:  # the run's intervals (train/intervals.py); NaN on known rows
+        for name, b in zip(("lower", "upper"), data.bounds[data.map_model], strict=True):
+            adata.layers[name] = np.where(known[:, None], np.nan, b[rows]).astype(np.float32)
     adata.obsm["spatial"] = spots[["px", "py"]].to_numpy(dtype=np.float64)
     adata.obsm["spatial_3d"] = np.column_stack([spots.x_um.to_numpy(dtype=np.float64),
                                                 spots.y_um.to_numpy(dtype=np.float64),
