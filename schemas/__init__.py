@@ -209,12 +209,14 @@ def upgrade(table: pa.Table, name: str, columns: list[str] | None = None) -> pa.
     schema = TABLES[name]
     want = columns if columns is not None else schema.names
     n = table.num_rows
-    out = {}
+    arrays = []
     for col in want:
         if col in table.column_names:
-            out[col] = table.column(col)
+            arrays.append(table.column(col).cast(schema.field(col).type))
         elif col in schema.names and schema.field(col).nullable:
-            out[col] = pa.nulls(n, schema.field(col).type)
+            arrays.append(pa.nulls(n, schema.field(col).type))
         else:
             raise KeyError(f"column {col} is not in table {name}")
-    return pa.table(out)
+    # the current schema (nullability, metadata): concatenates with files of this version
+    return pa.Table.from_arrays(arrays, schema=pa.schema([schema.field(c) for c in want],
+                                                         metadata=schema.metadata))

@@ -86,3 +86,5 @@ def test_run_stores_intervals_and_old_files_read(toy_store):
     back = store.read("predictions", key=res.run_id, columns=["value", "lower"])
     assert back.column("lower").null_count == back.num_rows and back.num_rows == len(t)
     assert pa.types.is_float32(back.schema.field("lower").type)
+    both = store.read("predictions")  # version-1 and version-2 files concatenate
+    assert both.num_rows == 2 * len(t) and both.column("lower").null_count == 2 * len(t)
