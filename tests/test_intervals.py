@@ -61,7 +61,9 @@ def test_scale_is_spot_adaptive_and_quantile_is_conservative():
     s = intervals.local_scale(xy[known], y_all[known], xy[~known])
     left, right = xy[~known][:, 0] < 500, xy[~known][:, 0] > 1500
     assert s[right, 2].mean() > 1.5 * s[left, 2].mean()  # noisier where the noise is larger
-    assert np.isinf(intervals.conformal_quantile(np.ones((5, 2)), 0.9)).all()  # n too small
+    assert np.isinf(intervals.conformal_quantile(np.ones((4, 2)), 0.9)).all()  # too few
+    pooled = intervals.conformal_quantile(np.arange(10.0).reshape(5, 2), 0.9)  # 5 spots, 2 genes
+    assert (pooled == 9.0).all()  # one quantile over the 10 entries: ceil(11 · 0.9) = 10th
     q = intervals.conformal_quantile(np.arange(1.0, 101.0)[:, None], 0.9)
     assert q[0] == 91.0  # ceil(101 · 0.9) = 91st smallest
 

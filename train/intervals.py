@@ -55,13 +55,19 @@ def local_scale(xy_known: np.ndarray, y_known: np.ndarray, xy_query: np.ndarray,
 
 
 def conformal_quantile(scores: np.ndarray, coverage: float) -> np.ndarray:
-    """(G,) per-gene split-conformal quantile of ``scores`` (n, G); inf when n is too small
-    for the coverage asked (the interval is then unbounded, not silently too narrow)."""
-    n = scores.shape[0]
+    """(G,) per-gene split-conformal quantile of ``scores`` (n, G). With too few spots for
+    a per-gene quantile at this coverage (n < 1 / (1 − coverage) − 1), one quantile pooled
+    over all genes; inf when even that is too few (the interval is then unbounded, not
+    silently too narrow)."""
+    n, g = scores.shape
     rank = int(np.ceil((n + 1) * coverage))
-    if n == 0 or rank > n:
-        return np.full(scores.shape[1], np.inf)
-    return np.sort(scores, axis=0)[rank - 1]
+    if n and rank <= n:
+        return np.sort(scores, axis=0)[rank - 1]
+    pooled = np.sort(scores, axis=None)
+    rank = int(np.ceil((pooled.size + 1) * coverage))
+    if pooled.size == 0 or rank > pooled.size:
+        return np.full(g, np.inf)
+    return np.full(g, pooled[rank - 1])
 
 
 def calibration_sets(section: np.ndarray, known: np.ndarray, xy: np.ndarray,
