@@ -189,9 +189,12 @@ def section_maps(data: RunData, sample: str, gene: str) -> list:
         if has_truth:
             ok = np.isfinite(measured)
             pcc = float(pcc_per_gene(predicted[ok, None], measured[ok, None])[0])
+        bounds = data.bounds.get(data.map_model)
+        width = None if bounds is None else bounds[1][rows, g] - bounds[0][rows, g]
         out.append(SectionMap(section_id=sec, xy_um=xy, diameter_um=float(info.spot_diameter_um),
                               predicted=predicted, measured=measured if has_truth else None,
-                              pcc=pcc, thumb=thumb, thumb_um_per_px=scale, frame=frame))
+                              pcc=pcc, thumb=thumb, thumb_um_per_px=scale, frame=frame,
+                              width=width))
     return out
 
 

@@ -44,6 +44,7 @@ class SectionMap:
     thumb: np.ndarray | None  # (H, W, 3) uint8 H&E thumbnail
     thumb_um_per_px: float | None
     frame: str = "image"  # "image" (µm of the image) or "aligned" (no image: aligned µm)
+    width: np.ndarray | None = None  # (N,) interval width (upper − lower) where the run has one
 
 
 @dataclass(frozen=True)
@@ -169,6 +170,8 @@ def spatial_maps(maps: list[SectionMap], gene: str, model: str, unit: str, title
 
     vmin, vmax = shared_limits([m.predicted for m in maps] + [m.measured for m in maps])
     norm = Normalize(vmin, vmax, clip=True)
+    uq = all(m.width is not None for m in maps)  # a 4th column: the uncertainty map
+    wnorm = Normalize(*shared_limits([m.width for m in maps]), clip=True) if uq else None
     n = len(maps)
     aspects = []
     for m in maps:
@@ -176,10 +179,13 @@ def spatial_maps(maps: list[SectionMap], gene: str, model: str, unit: str, title
         aspects.append(float(np.clip((y1 - y0) / max(x1 - x0, 1e-9), 0.3, 3.0)))
     panel_w, head, foot = 3.9, 0.75, 0.55  # inches; 0.45 in per row for titles and ticks
     height = head + foot + sum(panel_w * a + 0.45 for a in aspects)
-    fig = _figure(13.5, height)
-    grid = fig.add_gridspec(n, 4, width_ratios=[1, 1, 1, 0.05], height_ratios=aspects,
+    fig = _figure(18.0 if uq else 13.5, height)
+    ratios = [1, 1, 1, 0.05] + ([0.25, 1, 0.05] if uq else [])
+    grid = fig.add_gridspec(n, len(ratios), width_ratios=ratios, height_ratios=aspects,
                             wspace=0.1, hspace=0.45 * n / max(sum(aspects) * panel_w, 1e-9),
-                            left=0.06, right=0.92, top=1 - head / height, bottom=foot / height)
+                            left=0.06, right=0.92 if not uq else 0.95, top=1 - head / height,
+                            bottom=foot / height)
+    wcoll = None
     coll = None
     for i, m in enumerate(maps):
         ax_he, ax_me, ax_pr = (fig.add_subplot(grid[i, j]) for j in range(3))
@@ -203,6 +209,12 @@ def spatial_maps(maps: list[SectionMap], gene: str, model: str, unit: str, title
         pcc = "" if m.pcc is None or not np.isfinite(m.pcc) else f" · PCC {m.pcc:.2f}"
         ax_pr.set_title(f"{m.section_id} · predicted {gene} ({model}){pcc}", fontsize=9)
         coll = _discs(ax_pr, m.xy_um, m.diameter_um, m.predicted, norm)
+        if uq:
+            ax_w = fig.add_subplot(grid[i, 5])
+            _frame(ax_w, m, fade=0.55)
+            ax_w.set_title(f"{m.section_id} · interval width {gene}", fontsize=9)
+            wcoll = _discs(ax_w, m.xy_um, m.diameter_um, m.width, wnorm)
+            ax_w.tick_params(labelleft=False)
         ax_he.set_ylabel("y (mm)", fontsize=8)
         for ax in (ax_me, ax_pr):
             ax.tick_params(labelleft=False)
@@ -214,6 +226,10 @@ def spatial_maps(maps: list[SectionMap], gene: str, model: str, unit: str, title
     cbar.set_label(f"{gene} expression, {unit}\n(colour limits: 2nd–98th percentile, "
                    "shared by measured and predicted)", fontsize=8)
     cbar.ax.tick_params(labelsize=7)
+    if uq:
+        wbar = fig.colorbar(wcoll, cax=fig.add_subplot(grid[:, 6]))
+        wbar.set_label("width of the run's interval (upper − lower), same unit", fontsize=8)
+        wbar.ax.tick_params(labelsize=7)
     fig.suptitle(title, fontsize=11, y=1 - 0.25 / height)
     return _save(fig, out, palette=True)
 
