@@ -228,7 +228,7 @@ def train(
     store: StoreOpt,
     model: Annotated[str, typer.Option("--model", "-m", help="asign3d | asign2d | mean | idw | similarity | cli (see `asign doctor`); a comma-separated list runs each.")] = "asign3d",
     run: Annotated[str, typer.Option("--run", "-r", help="Run name (results are grouped by it).")] = "run",
-    known: Annotated[str, typer.Option("--known", help="Known (measured) layer: first | middle | Z.", rich_help_panel=_PROTO)] = "first",
+    known: Annotated[str, typer.Option("--known", help="Known (measured) layer(s): first | middle | last | Z | section id, or a set: 2,5 / first,last / C2,C5.", rich_help_panel=_PROTO)] = "first",
     folds: Annotated[int, typer.Option("--folds", help="1 = within-sample imputation; K>=2 = sample-level k-fold.", rich_help_panel=_PROTO)] = 1,
     samples: Annotated[str | None, typer.Option("--samples", help="Restrict to these sample ids (comma-separated).", rich_help_panel=_PROTO)] = None,
     extra_2d: Annotated[str | None, typer.Option("--extra-2d", help="Samples trained as 2D sections and never scored (e.g. B).", rich_help_panel=_PROTO)] = None,
@@ -259,6 +259,7 @@ def train(
     threads: Annotated[int | None, typer.Option("--threads", help="Torch CPU threads per run. Default on CPU (asign3d, asign2d, cli): the cores idle when the run starts (usable cores − 1-min load average, ≥ 1; a heuristic, not a measurement), recorded in the run's config; beside another job torch's all-cores default measured 6× slower than 1 thread (bench/threads.py). Pass it to fix the count across reruns. With --workers N: cores // N; with --scheduler: the worker's threads.", rich_help_panel=_RUN)] = None,
     seed: Annotated[str, typer.Option("--seed", help="Random seed (runs are deterministic); a comma-separated list (0,1,2) runs each.", rich_help_panel=_RUN)] = "0",
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its checkpoint.", rich_help_panel=_RUN)] = False,
+    coverage: Annotated[float, typer.Option("--coverage", help="Per-spot, per-gene intervals at this coverage, calibrated on known spots (0 = none).", rich_help_panel=_PROTO)] = _train_default("coverage"),
     workers: WorkersOpt = 0,
     dask_scheduler: SchedulerOpt = None,
     as_json: JsonOpt = False,
@@ -284,7 +285,7 @@ def train(
             cli_spatial_prior=spatial_prior, calibrate_gate=calibrate_gate,
             cli_per_node_gate=per_node_gate, ablate=_split(ablate),
             feature_norm=feature_norm, finetune_spot_encoder=finetune_spot_encoder,
-            finetune_batch=finetune_batch, device=device, threads=threads, seed=int(seeds[0]),
+            finetune_batch=finetune_batch, device=device, threads=threads, seed=int(seeds[0]), coverage=coverage,
             resume=resume, minibatch_above=minibatch_above, block_spots=block_spots,
         )
         from asign.cluster import ClusterConfig
@@ -392,6 +393,30 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
     return "" if value is None else str(value)
+
+
+@_command(cls=_Command)
+def plan(
+    store: StoreOpt,
+    budget: Annotated[int, typer.Option("--budget", min=1, max=3, help="How many sections to measure (ST).")] = 1,
+    sample: Annotated[str | None, typer.Option("--sample", help="One sample (default: every sample).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Rank which section(s) to send for ST, from images and alignment alone (train/plan.py)."""
+    from asign.errors import AsignError
+    from asign.train.plan import plan as make_plan
+
+    try:
+        result = make_plan(store, budget=budget, sample=sample)
+    except AsignError as err:
+        raise _fail(err) from None
+    if as_json:
+        _emit_json(result)
+        return
+    for sid, rows in result["samples"].items():
+        typer.echo(f"sample {sid} (budget {budget}):")
+        for r in rows:
+            typer.echo(f"  {r['rank']:>2}. {','.join(r['known']):<16} score {r['score']:.4f}")
 
 
 @_command(cls=_Command)

@@ -80,6 +80,7 @@ class RunData:
     counts: np.ndarray | None = None
     embed: dict[str, Any] = field(default_factory=dict)  # manifest params.embed
     transforms: pd.DataFrame | None = None  # the test samples' alignment transforms
+    bounds: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # model -> (lower, upper)
 
     @property
     def setting(self) -> str:
@@ -194,6 +195,8 @@ def load_run_data(store: Store, name: str, model: str | None = None) -> RunData:
 
     predictions = {m: _dense(p, spot_index, gene_index) for m, p in preds_long.items()
                    if not p.empty}
+    bounds = {m: (_dense(p, spot_index, gene_index, "lower"), _dense(p, spot_index, gene_index, "upper"))
+              for m, p in preds_long.items() if "lower" in p and p["lower"].notna().any()}
     known, hidden, scored = _layers(sections, runs[map_model], preds_long[map_model],
                                     metrics[metrics.model == map_model], labels, spots)
     spots = _annotate(spots, known, hidden, preds_long[map_model])
@@ -214,7 +217,7 @@ def load_run_data(store: Store, name: str, model: str | None = None) -> RunData:
                    spots=spots, known=known, hidden=hidden, scored=scored, labels=labels,
                    predictions=predictions, metrics=metrics, thumbs=thumbs, counts=counts,
                    embed=dict(manifest.get("params", {}).get("embed", {})),
-                   transforms=transforms)
+                   transforms=transforms, bounds=bounds)
 
 
 def _metrics(store: Store, runs: dict[str, RunInfo]) -> pd.DataFrame:
@@ -232,12 +235,13 @@ def _metrics(store: Store, runs: dict[str, RunInfo]) -> pd.DataFrame:
     return df[df.metric.isin(METRICS)][cols].reset_index(drop=True)
 
 
-def _dense(long: pd.DataFrame, spot_index: pd.Index, gene_index: dict[str, int]) -> np.ndarray:
+def _dense(long: pd.DataFrame, spot_index: pd.Index, gene_index: dict[str, int],
+           column: str = "value") -> np.ndarray:
     out = np.full((len(spot_index), len(gene_index)), np.nan, dtype=np.float32)
     rows = spot_index.get_indexer(long.spot_id)
     cols = long.gene.map(gene_index).fillna(-1).to_numpy(dtype=np.int64)
     ok = (rows >= 0) & (cols >= 0)
-    out[rows[ok], cols[ok]] = long.value.to_numpy(dtype=np.float32)[ok]
+    out[rows[ok], cols[ok]] = long[column].to_numpy(dtype=np.float32, na_value=np.nan)[ok]
     return out
 
 

@@ -18,6 +18,8 @@ Layout (scanpy / squidpy conventions):
   ``adata[adata.obs.has_measured]`` before using counts;
 - ``layers['measured']``: the measured expression on the model's scale where a spot has
   counts, NaN elsewhere (for scoring against ``layers['asign']``);
+- ``layers['lower']`` / ``layers['upper']``: the run's per-spot, per-gene interval on the model's scale (``layers['asign']``)
+  (``runs.config`` coverage) on hidden rows, NaN on the known layer (runs with intervals);
 - ``obsm['spatial']``: (px, py) full-resolution image pixels of the spot's own section;
   ``obsm['spatial_3d']``: (x_um, y_um, z_um) in the sample's aligned frame, z_um = z × the
   section spacing recorded at ingest (``sections.z_um``);
@@ -92,6 +94,9 @@ def build_anndata(data: Any) -> Any:
     adata.layers["asign"] = model_scale
     adata.layers["counts"] = np.where(has_measured[:, None], counts, 0).astype(np.float32)
     adata.layers["measured"] = measured.astype(np.float32)
+    if data.map_model in data.bounds:  # the run's intervals (train/intervals.py); NaN on known rows
+        for name, b in zip(("lower", "upper"), data.bounds[data.map_model], strict=True):
+            adata.layers[name] = np.where(known[:, None], np.nan, b[rows]).astype(np.float32)
     adata.obsm["spatial"] = spots[["px", "py"]].to_numpy(dtype=np.float64)
     adata.obsm["spatial_3d"] = np.column_stack([spots.x_um.to_numpy(dtype=np.float64),
                                                 spots.y_um.to_numpy(dtype=np.float64),

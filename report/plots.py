@@ -263,6 +263,10 @@ def spatial_maps(maps: list[SectionMap], gene: str, model: str, unit: str, title
     cbar.set_label(f"{gene}: percentile of the spot within its panel (0 = lowest, 100 = "
                    f"highest)\nranges in the titles: 2nd–98th percentile, {unit}", fontsize=8)
     cbar.ax.tick_params(labelsize=7)
+    if uq:
+        wbar = fig.colorbar(wcoll, cax=fig.add_subplot(grid[:, 6]))
+        wbar.set_label("width of the run's interval (upper − lower), same unit", fontsize=8)
+        wbar.ax.tick_params(labelsize=7)
     fig.suptitle(title, fontsize=11, y=1 - 0.25 / height)
     return _save(fig, out, palette=True)
 

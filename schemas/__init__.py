@@ -2,13 +2,17 @@
 
 Each Parquet file carries ``asign.table`` and ``asign.schema_version`` in its schema
 metadata; readers refuse a version newer than ``SCHEMA_VERSION`` (see store.parquet).
-Bump ``SCHEMA_VERSION`` whenever a column is removed or changes meaning."""
+Bump ``SCHEMA_VERSION`` whenever a column is added, removed or changes meaning, and say here
+what changed; :func:`upgrade` lets files of an older version read as the current one.
+
+- 2: ``predictions.lower`` / ``predictions.upper`` (the conformal interval, train/intervals.py);
+  files of version 1 read with those columns null (no interval was computed)."""
 
 from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STORE_FORMAT = "asign-store"
 
 _str = pa.string()
@@ -178,6 +182,8 @@ PREDICTIONS = _schema("predictions", [
     pa.field("spot_id", _str, nullable=False),
     pa.field("gene", _str, nullable=False),
     pa.field("value", _f32, nullable=False),
+    pa.field("lower", _f32),  # the run's interval (runs.config coverage); null: none computed
+    pa.field("upper", _f32),
 ])
 
 TABLES: dict[str, pa.Schema] = {
@@ -195,3 +201,22 @@ TABLES: dict[str, pa.Schema] = {
     "metrics": METRICS,
     "predictions": PREDICTIONS,
 }
+
+
+def upgrade(table: pa.Table, name: str, columns: list[str] | None = None) -> pa.Table:
+    """A table read from a file of an older schema version, as the current version reads:
+    columns added since (all nullable) are null; ``columns`` restricts to those asked for."""
+    schema = TABLES[name]
+    want = columns if columns is not None else schema.names
+    n = table.num_rows
+    arrays = []
+    for col in want:
+        if col in table.column_names:
+            arrays.append(table.column(col).cast(schema.field(col).type))
+        elif col in schema.names and schema.field(col).nullable:
+            arrays.append(pa.nulls(n, schema.field(col).type))
+        else:
+            raise KeyError(f"column {col} is not in table {name}")
+    # the current schema (nullability, metadata): concatenates with files of this version
+    return pa.Table.from_arrays(arrays, schema=pa.schema([schema.field(c) for c in want],
+                                                         metadata=schema.metadata))

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from asign.errors import AsignError
-from asign.schemas import TABLES
+from asign.schemas import SCHEMA_VERSION, TABLES
 from asign.store import Store, records
 from asign.store.layout import OPTIONAL_STEP_TABLES, RUN_TABLES, SAMPLE_TABLES, STEP_TABLES
 from asign.store.locks import run_alive
@@ -133,9 +133,13 @@ def _check_table_files(store: Store, manifest: dict[str, Any], problems: list[st
         if stored_name != name:
             problems.append(f"{path}: holds table {stored_name!r}, expected {name!r}")
             continue
+        # a file of an older schema version may lack the nullable columns added since
+        # (schemas.upgrade reads them as null)
+        older = int((schema.metadata or {}).get(b"asign.schema_version", b"0")) < SCHEMA_VERSION
         bad = [f"column {f.name} missing" if f.name not in schema.names else
                f"column {f.name} is {schema.field(f.name).type}, expected {f.type}"
-               for f in TABLES[name] if f.name not in schema.names or schema.field(f.name).type != f.type]
+               for f in TABLES[name] if (f.name not in schema.names and not (older and f.nullable))
+               or (f.name in schema.names and schema.field(f.name).type != f.type)]
         if bad:
             problems.append(f"{path}: {'; '.join(bad)}")
             continue

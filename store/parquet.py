@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from asign.errors import SchemaVersionError, StoreError
-from asign.schemas import SCHEMA_VERSION, TABLES
+from asign.schemas import SCHEMA_VERSION, TABLES, upgrade
 from asign.store.atomic import atomic_path
 
 
@@ -81,6 +81,12 @@ def read_table(path: Path, columns: list[str] | None = None,
             if attempt + 1 == VET_ATTEMPTS:
                 raise
             time.sleep(0.05 * (attempt + 1))
+    meta = pf.schema_arrow.metadata or {}
+    name = meta.get(b"asign.table", b"").decode()
+    if name in TABLES and int(meta.get(b"asign.schema_version", SCHEMA_VERSION)) < SCHEMA_VERSION:
+        have = set(pf.schema_arrow.names)  # an older file: read what it has, add the rest
+        return upgrade(pf.read(columns=None if columns is None else [c for c in columns if c in have]),
+                       name, columns)
     return pf.read(columns=columns)
 
 

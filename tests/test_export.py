@@ -54,6 +54,11 @@ def test_h5ad_reads_back_with_the_predictions_and_labels(exported):
     known = a.obs_names[a.obs.role == "known"]
     np.testing.assert_array_equal(a[known].layers["asign"],
                                   a[known].layers["measured"])  # measured there
+    for name in ("lower", "upper"):  # the interval, on hidden rows only
+        wide_b = pred.pivot(index="spot_id", columns="gene", values=name)[genes]
+        np.testing.assert_array_equal(a[hidden].layers[name], wide_b.loc[hidden].to_numpy(dtype=np.float32))
+        assert np.isnan(a[known].layers[name]).all()
+    assert (a[hidden].layers["lower"] <= a[hidden].layers["asign"]).all() and (a[hidden].layers["asign"] <= a[hidden].layers["upper"]).all()
     virtual = a.obs.section == "S1_L5"
     assert a.obs.virtual[virtual].all() and not a.obs.has_measured[virtual].any()
     assert np.isnan(a.layers["measured"][virtual.to_numpy()]).all()

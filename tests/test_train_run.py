@@ -76,9 +76,11 @@ def test_hidden_labels_never_reach_training(toy_store, toy_store_factory, model)
     _perturb_hidden_labels(other)
     a, b = run(_cfg(toy_store, model)), run(_cfg(other, model))
     assert a.run_id == b.run_id  # same config, same store fingerprint
-    pa_, pb = (open_store(r).read("predictions", key=a.run_id).column("value").to_numpy()
-               for r in (toy_store, other))
-    np.testing.assert_array_equal(pa_, pb)  # identical predictions ...
+    for col in ("value", "lower", "upper"):  # predictions and their calibrated intervals
+        pa_, pb = (open_store(r).read("predictions", key=a.run_id).column(col).to_numpy()
+                   for r in (toy_store, other))
+        assert np.isfinite(pa_).all()
+        np.testing.assert_array_equal(pa_, pb)  # identical predictions ...
     assert _metrics(a) != _metrics(b)  # ... scored against different (perturbed) truth
     if MODELS[model].neural:
         ca, cb = (torch.load(open_store(r).layout.checkpoint(a.run_id), weights_only=False)

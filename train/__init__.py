@@ -201,13 +201,14 @@ def _one_fold(cfg: TrainConfig, fold: Any, samples: dict, tasks: dict, rid: str,
               ) -> tuple[list[dict] | None, list, float]:
     """Train (or compute) one fold and score its test samples: (metric rows, prediction
     blocks, seconds); rows None when the epoch budget ran out first."""
-    from asign.train import loop
+    from asign.train import intervals, loop
     from asign.train.metrics import evaluate
     from asign.train.results import PredictionBlock, metric_rows
 
     rows: list[dict] = []
     blocks: list[PredictionBlock] = []
     preds: dict[str, np.ndarray] = {}
+    bounds: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     t = time.perf_counter()
     if cfg.spec.neural:
         model = _fit_fold(cfg, fold, samples, tasks, rid, ckpt_path, ckpt, finished, rep,
@@ -215,11 +216,17 @@ def _one_fold(cfg: TrainConfig, fold: Any, samples: dict, tasks: dict, rid: str,
         if model is None:
             return None, [], 0.0
         for plan in fold.test:
-            preds[plan.sample_id] = loop.predict(
-                cfg, model, _task(tasks, samples[plan.sample_id], plan.visible, cfg))
+            s = samples[plan.sample_id]
+            task = _task(tasks, s, plan.visible, cfg, _by_layer(plan))
+            preds[plan.sample_id] = loop.predict(cfg, model, task)
+            if cfg.coverage:
+                bounds[plan.sample_id] = intervals.for_model(
+                    cfg, model, task, s.xy, preds[plan.sample_id], cfg.coverage)
     else:
         for plan in fold.test:
-            preds[plan.sample_id] = _baseline(cfg, samples[plan.sample_id], plan)
+            preds[plan.sample_id], bounds_ = _baseline(cfg, samples[plan.sample_id], plan)
+            if bounds_ is not None:
+                bounds[plan.sample_id] = bounds_
     fold_s = round(time.perf_counter() - t, 3)
     for plan in fold.test:
         _require_finite(cfg, fold.fold, samples[plan.sample_id], plan, preds[plan.sample_id])
@@ -229,11 +236,17 @@ def _one_fold(cfg: TrainConfig, fold: Any, samples: dict, tasks: dict, rid: str,
             idx = s.in_sections([sec]) & s.has_label
             # The only place hidden labels are read: as ground truth for scoring.
             values = evaluate(pred[idx], s.labels[idx])
+            if plan.sample_id in bounds:  # the intervals' empirical coverage and mean width
+                lo, hi = (b[idx] for b in bounds[plan.sample_id])
+                values.update(coverage=intervals.coverage_of(lo, hi, s.labels[idx]),
+                              width=float(np.mean(hi - lo)))
             rows += metric_rows(rid, fold.fold, plan.sample_id, sec, fold.setting, values)
         out = s.in_sections(plan.predicted)
+        lo, hi = bounds.get(plan.sample_id, (None, None))
         blocks.append(PredictionBlock(fold.fold, plan.sample_id,
                                       np.asarray(s.sections, dtype=object)[s.section[out]],
-                                      s.spot_ids[out], pred[out]))
+                                      s.spot_ids[out], pred[out],
+                                      None if lo is None else lo[out], None if hi is None else hi[out]))
     return rows, blocks, fold_s
 
 
@@ -288,7 +301,7 @@ def _fit_fold(cfg: TrainConfig, fold: Any, samples: dict, tasks: dict, rid: str,
                                             center_labels=cfg.center_labels)
             train_tasks.append(tasks[key])
         else:
-            train_tasks.append(_task(tasks, s, plan.visible, cfg))
+            train_tasks.append(_task(tasks, s, plan.visible, cfg, _by_layer(plan)))
             if plan.role == "test":
                 select.append(train_tasks[-1])
     resume = None
@@ -330,23 +343,41 @@ def _fit_fold(cfg: TrainConfig, fold: Any, samples: dict, tasks: dict, rid: str,
     return model
 
 
-def _task(tasks: dict, s: Any, visible: tuple[str, ...], cfg: TrainConfig) -> Any:
+def _task(tasks: dict, s: Any, visible: tuple[str, ...], cfg: TrainConfig,
+          by_layer: bool = False) -> Any:
     from asign.train import loop
 
     key = (s.sample_id, visible, "3d")
     if key not in tasks:
+        # a test sample with ≥ 2 known layers validates on a whole held-out known layer
         tasks[key] = loop.make_task(s, visible, cfg.device, val_fraction=cfg.val_fraction,
                                     seed=cfg.seed, feature_norm=cfg.feature_norm,
-                                    center_labels=cfg.center_labels)
+                                    center_labels=cfg.center_labels, val_by_layer=by_layer)
     return tasks[key]
 
 
-def _baseline(cfg: TrainConfig, s: Any, plan: Any) -> np.ndarray:
-    """(N, G) baseline predictions for one test sample from its known layer only."""
-    from asign.train import baselines
+def _by_layer(plan: Any) -> bool:
+    return plan.role == "test" and len(plan.knowns) >= 2
+
+
+def _baseline(cfg: TrainConfig, s: Any, plan: Any) -> tuple[np.ndarray, tuple | None]:
+    """(N, G) baseline predictions for one test sample from its known layers only, and
+    their (lower, upper) intervals (train/intervals.py; None with coverage 0)."""
+    from asign.train import intervals
     from asign.train.protocol import visible_labels
 
-    y, known = visible_labels(s.labels, s.has_label, s.section, s.section_index([plan.known]))
+    y, known = visible_labels(s.labels, s.has_label, s.section, s.section_index(list(plan.knowns)))
+    pred = _baseline_from(cfg, s, y, known)
+    if not cfg.coverage:
+        return pred, None
+    return pred, intervals.for_baseline(lambda m: _baseline_from(cfg, s, y, m), y, known, s.section,
+                                        s.xy, pred, cfg.coverage, cfg.seed)
+
+
+def _baseline_from(cfg: TrainConfig, s: Any, y: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """(N, G) baseline predictions from the labels ``y`` of the ``known`` spots."""
+    from asign.train import baselines
+
     yk = y[known]
     if cfg.model == "mean":
         return baselines.mean_profile(yk, s.n_spots)

@@ -60,7 +60,7 @@ class TrainConfig:
     store: Path
     model: str = "asign3d"
     run: str = "run"
-    known: str = "first"  # first | middle | Z (the z index of a labelled section)
+    known: str = "first"  # first | middle | last | Z | section id, or a comma-separated set
     folds: int = 1  # 1 = within-sample imputation; K >= 2 = sample-level k-fold
     samples: tuple[str, ...] = ()  # restrict to these sample ids (empty = all)
     extra_2d: tuple[str, ...] = ()  # samples/sections trained as 2D sections, never scored
@@ -109,6 +109,7 @@ class TrainConfig:
     finetune_batch: int = 64  # spots re-encoded with gradients per step
     finetune_lr_scale: float = 0.1  # the encoder's learning rate relative to --lr
     save_predictions: bool = True
+    coverage: float = 0.9  # per-spot intervals at this coverage (train/intervals.py); 0 = none
     encoder: str | None = None  # embedding encoder in the store; default: the manifest's
     extra: dict[str, Any] = field(default_factory=dict)  # free-form, recorded in runs.config
 
@@ -135,6 +136,8 @@ class TrainConfig:
             out.pop(key, None)
         if not self.ablate:  # identities of runs from before --ablate existed stay valid
             out.pop("ablate", None)
+        if self.coverage == 0.9:  # nor did --coverage; its default keeps those ids
+            out.pop("coverage", None)
         if not self.spec.neural:  # optimiser settings cannot change a baseline
             for key in ("epochs", "lr", "momentum", "weight_decay", "optimizer", "scheduler",
                         "lr_min_ratio", "cli_lr_scale", "grad_clip", "loss", "hidden", "heads", "dropout",
@@ -168,8 +171,15 @@ def validate(cfg: TrainConfig) -> None:
         choice(part, ABLATIONS, "--ablate")
     if cfg.ablate and cfg.model != "asign3d":
         problems.append(f"--ablate applies to asign3d, not {cfg.model}")
-    if str(cfg.known) not in ("first", "middle") and not str(cfg.known).lstrip("-").isdigit():
-        problems.append(f"--known {cfg.known!r} must be first, middle or a layer number z")
+    from asign.train.protocol import known_tokens
+
+    parts = known_tokens(cfg.known)
+    if not parts or any(not p.replace("_", "").replace("-", "").replace(".", "").isalnum()
+                        for p in parts) or len(set(parts)) != len(parts):
+        problems.append(f"--known {cfg.known!r} must be first, middle, last, a layer number z "
+                        "or a section id, or a comma-separated set of them without repeats")
+    if not 0.0 <= cfg.coverage < 1.0:
+        problems.append(f"--coverage must lie in [0, 1) (0 = no intervals), got {cfg.coverage}")
     if cfg.folds < 1:
         problems.append(f"--folds must be ≥ 1, got {cfg.folds}")
     if cfg.epochs < 0:

@@ -58,7 +58,8 @@ class GraphTask:
 
 def make_task(sample: SampleData, visible_sections: tuple[str, ...], device: str,
               name: str | None = None, *, val_fraction: float = 0.0, seed: int = 0,
-              feature_norm: str = "section", center_labels: bool = True) -> GraphTask:
+              feature_norm: str = "section", center_labels: bool = True,
+              val_by_layer: bool = False) -> GraphTask:
     """Tensors for one graph. Labels pass through ``visible_labels`` here and nowhere else.
 
     ``feature_norm``: ``section`` (per-section z-score, data.standardised_features) or
@@ -81,7 +82,9 @@ def make_task(sample: SampleData, visible_sections: tuple[str, ...], device: str
     name = name or sample.sample_id
     y, visible = visible_labels(sample.labels, sample.has_label, sample.section,
                                 sample.section_index(visible_sections))
-    val = split_validation(visible, val_fraction, _mix(seed, zlib.crc32(name.encode())))
+    val_seed = _mix(seed, zlib.crc32(name.encode()))
+    val = (split_validation_layer(visible, sample.section, val_seed) if val_by_layer and val_fraction > 0
+           else split_validation(visible, val_fraction, val_seed))
     train = visible & ~val
     offset = np.zeros(y.shape[1], dtype=np.float32)
     if center_labels and train.any():
@@ -125,6 +128,17 @@ def split_validation(visible: np.ndarray, fraction: float, seed: int) -> np.ndar
         return val
     val[np.random.default_rng(seed).choice(idx, size=n_val, replace=False)] = True
     return val
+
+
+def split_validation_layer(visible: np.ndarray, section: np.ndarray, seed: int) -> np.ndarray:
+    """One seeded whole visible layer set aside (a test sample with ≥ 2 known layers): best
+    epoch and CLI gate are then chosen on a cross-layer task, as at test time, rather than
+    on in-layer spots whose neighbours are all known (the B4 run showed that proxy misleads)."""
+    layers = np.unique(section[visible])
+    if layers.size < 2:
+        return split_validation(visible, 0.0, seed)
+    held = np.random.default_rng(seed).choice(layers)
+    return visible & (section == held)
 
 
 def model_overrides(cfg: TrainConfig, in_dim: int, n_genes: int) -> dict[str, Any]:

@@ -5,8 +5,9 @@ Roles (decided per fold from the ``sections`` table):
 
 - **target sample** — at least two *placed* sections (an image, aligned later, or aligned
   coordinates given with the input), at least one with counts, not named in
-  ``extra_2d``. Its *known layer* (``--known first|middle|Z`` among its labelled, placed
-  sections) is the only section whose labels training may use; its other labelled
+  ``extra_2d``. Its *known layers* (``--known``: one or a comma-separated set of
+  ``first|middle|last|Z|section id`` among its labelled, placed sections, e.g. ``2,5`` or
+  ``first,last``) are the only sections whose labels training may use; its other labelled
   sections are *hidden* (ground truth for scoring only); its image-only sections (virtual
   spots) get predictions but no scores.
 - **training sample** (``--folds K ≥ 2`` only) — a target sample outside the test fold:
@@ -29,9 +30,9 @@ never averaged together):
 Training episodes (:func:`episode`), drawn afresh each epoch from a generator seeded by
 (seed, epoch, graph), so a resumed run replays them exactly:
 
-- a graph with ≥ 2 visible labelled sections (a training sample): one visible section is
-  drawn as the episode's known layer, the other visible sections are hidden — exactly the
-  test-time situation;
+- a graph with ≥ 2 visible labelled sections (a training sample, or a test sample with
+  two or more known layers): one visible section is drawn as the episode's known layer,
+  the other visible sections are hidden — whole layers, the test-time situation;
 - a graph with one visible labelled section (a test sample's known layer, a 2D section):
   whole layers cannot be hidden without using hidden labels, so a random fraction
   ``episode_known_fraction`` (default 0.2, the paper's "ratio of known labels") of that
@@ -76,15 +77,17 @@ class SamplePlan:
     role: str  # test | train | train_2d
     sections: tuple[str, ...]  # the placed sections in the graph, in z order
     visible: tuple[str, ...]  # labelled sections whose labels training may use
-    known: str | None = None  # test samples: the known layer
+    known: str | None = None  # test samples: the (first) known layer
     scored: tuple[str, ...] = ()  # test samples: hidden labelled sections, scored
+    knowns: tuple[str, ...] = ()  # test samples: every known layer (``known`` is the first)
 
     @property
     def predicted(self) -> tuple[str, ...]:
-        """Sections that get predictions: every section but the known one (test only)."""
+        """Sections that get predictions: every section but the known ones (test only)."""
         if self.role != "test":
             return ()
-        return tuple(s for s in self.sections if s != self.known)
+        known = set(self.knowns or (self.known,))
+        return tuple(s for s in self.sections if s not in known)
 
 
 @dataclass(frozen=True)
@@ -98,27 +101,53 @@ class Fold:
         return tuple(p for p in self.samples if p.role == "test")
 
 
-def resolve_known(sections: list[SectionInfo], known: str | int) -> str:
-    """The known layer of one sample: ``first`` = lowest z, ``middle`` = the median z
-    (the lower one for an even count), or the section at z = ``known``, among its labelled,
-    placed sections."""
+def known_tokens(known: str | int) -> tuple[str, ...]:
+    """``--known`` split into its comma-separated parts (``"2,5"`` → ``("2", "5")``)."""
+    return tuple(t.strip() for t in str(known).split(",") if t.strip())
+
+
+def resolve_knowns(sections: list[SectionInfo], known: str | int) -> tuple[str, ...]:
+    """The known layers of one sample, in z order. Each part of ``known`` is ``first`` (lowest
+    z), ``middle`` (the median z, the lower one for an even count), ``last``, a z index, or a
+    section id, among the sample's labelled, placed sections. A section id of another sample
+    is skipped (one ``--known`` serves several samples), but every sample needs one layer."""
     labelled = sorted((s for s in sections if s.has_counts and s.placed), key=lambda s: s.z)
+    sample = sections[0].sample_id if sections else "?"
     if not labelled:
-        sample = sections[0].sample_id if sections else "?"
         raise ConfigError(f"sample {sample} has no placed section with counts",
                           fix="ingest at least one section with counts for this sample")
-    key = str(known)
-    if key == "first":
-        return labelled[0].section_id
-    if key == "middle":
-        return labelled[(len(labelled) - 1) // 2].section_id
-    z = int(key)
-    for s in labelled:
-        if s.z == z:
-            return s.section_id
     zs = ", ".join(str(s.z) for s in labelled)
-    raise ConfigError(f"sample {labelled[0].sample_id} has no labelled, placed section at z={z}",
-                      fix=f"use --known first|middle or one of z = {zs}")
+    ids = {s.section_id for s in labelled}
+    all_ids = {s.section_id for s in sections}
+    chosen: set[str] = set()
+    for key in known_tokens(known):
+        if key == "first":
+            chosen.add(labelled[0].section_id)
+        elif key == "last":
+            chosen.add(labelled[-1].section_id)
+        elif key == "middle":
+            chosen.add(labelled[(len(labelled) - 1) // 2].section_id)
+        elif key.lstrip("-").isdigit():
+            match = [s.section_id for s in labelled if s.z == int(key)]
+            if not match:
+                raise ConfigError(f"sample {sample} has no labelled, placed section at z={key}",
+                                  fix=f"use --known first|middle|last or one of z = {zs}")
+            chosen.add(match[0])
+        elif key in ids:
+            chosen.add(key)
+        elif key in all_ids:
+            raise ConfigError(f"--known {key}: section {key} of sample {sample} has no counts "
+                              "or is not placed", fix=f"use labelled, placed sections: {', '.join(sorted(ids))}")
+    if not chosen:
+        raise ConfigError(f"--known {known} names no labelled, placed section of sample {sample}",
+                          fix=f"use first|middle|last, one of z = {zs}, or a section id: "
+                              f"{', '.join(sorted(ids))}")
+    return tuple(s.section_id for s in labelled if s.section_id in chosen)
+
+
+def resolve_known(sections: list[SectionInfo], known: str | int) -> str:
+    """The (first) known layer of one sample (see :func:`resolve_knowns`)."""
+    return resolve_knowns(sections, known)[0]
 
 
 def is_extra_2d(sample_id: str, section_ids: list[str], extra_2d: tuple[str, ...]) -> bool:
@@ -171,7 +200,7 @@ def plan_folds(
             raise ConfigError(f"samples not in the store: {', '.join(missing)}",
                               fix="check --samples against `asign query \"SELECT * FROM sections\"`")
 
-    targets: dict[str, tuple[tuple[str, ...], str, tuple[str, ...]]] = {}
+    targets: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {}
     two_d: list[SamplePlan] = []
     for sample_id in sorted(by_sample):
         secs = sorted(by_sample[sample_id], key=lambda s: s.z)
@@ -180,8 +209,8 @@ def plan_folds(
         if not labelled:
             continue  # nothing to learn from and nothing to propagate
         if len(imaged) >= 2 and not is_extra_2d(sample_id, [s.section_id for s in secs], extra_2d):
-            k = resolve_known(secs, known)
-            hidden = tuple(s for s in labelled if s != k)
+            k = resolve_knowns(secs, known)
+            hidden = tuple(s for s in labelled if s not in k)
             targets[sample_id] = (tuple(s.section_id for s in imaged), k, hidden)
         else:
             # Each labelled section is its own 2D graph, as a single slide would be.
@@ -200,9 +229,9 @@ def plan_folds(
         plans: list[SamplePlan] = []
         for sample_id, (secs, k, hidden) in targets.items():
             if fold_of[sample_id] == f:
-                plans.append(SamplePlan(sample_id, "test", secs, (k,), k, hidden))
+                plans.append(SamplePlan(sample_id, "test", secs, k, k[0], hidden, knowns=k))
             else:
-                plans.append(SamplePlan(sample_id, "train", secs, tuple((k, *hidden))))
+                plans.append(SamplePlan(sample_id, "train", secs, (*k, *hidden)))
         out.append(Fold(f, setting, tuple(plans) + tuple(two_d)))
     return out
 

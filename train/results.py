@@ -21,7 +21,7 @@ from asign.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
-METRIC_NAMES = ("mse", "mae", "pcc_spot", "pcc_gene")
+METRIC_NAMES = ("mse", "mae", "pcc_spot", "pcc_gene", "coverage", "width")
 
 
 def store_hash(store: Store) -> str:
@@ -128,6 +128,8 @@ class PredictionBlock:
     section_ids: np.ndarray  # (M,) object
     spot_ids: np.ndarray  # (M,) object
     values: np.ndarray  # (M, G) float32
+    lower: np.ndarray | None = None  # (M, G) float32: the conformal interval (intervals.py)
+    upper: np.ndarray | None = None
 
 
 PREDICTION_PART_ROWS = 1 << 20  # rows per written part: bounds memory at any sample size
@@ -161,4 +163,12 @@ def _prediction_parts(rid: str, genes: tuple[str, ...],
                 "spot_id": spots.take(row),
                 "gene": gene.take(pa.array(np.tile(np.arange(g), m))),
                 "value": pa.array(np.asarray(b.values[lo:lo + step], np.float32).reshape(-1)),
+                "lower": _bound(b.lower, lo, step, m * g),
+                "upper": _bound(b.upper, lo, step, m * g),
             })
+
+
+def _bound(values: np.ndarray | None, lo: int, step: int, n: int) -> pa.Array:
+    if values is None:
+        return pa.nulls(n, pa.float32())
+    return pa.array(np.asarray(values[lo:lo + step], np.float32).reshape(-1))

@@ -1,0 +1,92 @@
+"""Conformal intervals: near-nominal coverage where the noise is known, no hidden label
+read, stored as predictions.lower/upper, and version-1 predictions files still read."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from asign.train import baselines, intervals
+
+
+def _stack(n_layers: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Layers of a 20 × 20 lattice over one smooth field plus noise whose sd grows with x;
+    each layer's lattice shifted at random, as consecutive sections' spots never sit on top
+    of each other."""
+    rng = np.random.default_rng(seed)
+    g = np.stack(np.meshgrid(np.arange(20.0), np.arange(20.0)), -1).reshape(-1, 2) * 100
+    xy = np.concatenate([g + rng.uniform(-50, 50, size=2) for _ in range(n_layers)])
+    section = np.repeat(np.arange(n_layers), len(g))
+    field = np.stack([np.sin(xy[:, 0] / 400), np.cos(xy[:, 1] / 500), xy[:, 0] / 2000], 1)
+    sd = 0.1 + 0.4 * xy[:, :1] / 2000
+    return xy, section, field + sd * rng.normal(size=field.shape)
+
+
+def _idw(xy: np.ndarray, y: np.ndarray) -> callable:
+    return lambda known: baselines.idw(xy[known], y[known], xy, k=8, power=1.0)
+
+
+@pytest.mark.parametrize("known_layers", [(0,), (0, 3)])
+def test_coverage_near_nominal_on_hidden_layers(known_layers):
+    covs = []
+    for seed in range(5):
+        xy, section, y_all = _stack(4, seed)
+        known = np.isin(section, known_layers)
+        y = np.where(known[:, None], y_all, np.nan)  # hidden rows are unreadable
+        pred = _idw(xy, np.nan_to_num(y))(known)
+        lo, hi = intervals.for_baseline(_idw(xy, np.nan_to_num(y)), np.nan_to_num(y), known,
+                                        section, xy, pred, 0.9, seed)
+        assert np.isfinite(lo).all() and np.isfinite(hi).all() and (hi > lo).all()
+        covs.append(intervals.coverage_of(lo[~known], hi[~known], y_all[~known]))
+    assert 0.86 <= np.mean(covs) <= 0.95, covs
+
+
+def test_calibration_never_reads_hidden_rows():
+    xy, section, y_all = _stack(3, 0)
+    known = section == 1
+    outs = []
+    for fill in (0.0, 1e6):
+        y = np.where(known[:, None], y_all, fill)  # hidden rows: anything at all
+        pred = _idw(xy, y)(known)
+        outs.append(intervals.for_baseline(_idw(xy, y), y, known, section, xy, pred, 0.9, 0))
+    np.testing.assert_array_equal(outs[0][0], outs[1][0])
+    np.testing.assert_array_equal(outs[0][1], outs[1][1])
+
+
+def test_scale_is_spot_adaptive_and_quantile_is_conservative():
+    xy, section, y_all = _stack(2, 1)
+    known = section == 0
+    s = intervals.local_scale(xy[known], y_all[known], xy[~known])
+    left, right = xy[~known][:, 0] < 500, xy[~known][:, 0] > 1500
+    assert s[right, 2].mean() > 1.5 * s[left, 2].mean()  # noisier where the noise is larger
+    assert np.isinf(intervals.conformal_quantile(np.ones((4, 2)), 0.9)).all()  # too few
+    pooled = intervals.conformal_quantile(np.arange(10.0).reshape(5, 2), 0.9)  # 5 spots, 2 genes
+    assert (pooled == 9.0).all()  # one quantile over the 10 entries: ceil(11 · 0.9) = 10th
+    q = intervals.conformal_quantile(np.arange(1.0, 101.0)[:, None], 0.9)
+    assert q[0] == 91.0  # ceil(101 · 0.9) = 91st smallest
+
+
+def test_run_stores_intervals_and_old_files_read(toy_store):
+    from asign.store import open_store
+    from asign.train import TrainConfig, run
+
+    res = run(TrainConfig(store=toy_store, model="idw", run="ci"))
+    store = open_store(toy_store)
+    t = store.read("predictions", key=res.run_id).to_pandas()
+    assert t.lower.notna().all() and (t.lower <= t.value).all() and (t.value <= t.upper).all()
+    names = {r["metric"] for r in res.metrics.to_pylist()}
+    assert {"coverage", "width"} <= names
+    none = run(TrainConfig(store=toy_store, model="idw", run="ci0", coverage=0.0))
+    assert store.read("predictions", key=none.run_id).column("lower").null_count > 0
+    # a predictions file of schema version 1 (no lower/upper) reads with null bounds
+    path = store.layout.table("predictions", res.run_id)
+    old = pq.read_table(path).drop_columns(["lower", "upper"])
+    meta = {**old.schema.metadata, b"asign.schema_version": b"1"}
+    pq.write_table(old.replace_schema_metadata(meta), path)
+    back = store.read("predictions", key=res.run_id, columns=["value", "lower"])
+    assert back.column("lower").null_count == back.num_rows and back.num_rows == len(t)
+    assert pa.types.is_float32(back.schema.field("lower").type)
+    both = store.read("predictions")  # version-1 and version-2 files concatenate
+    assert both.num_rows == 2 * len(t) and both.column("lower").null_count == 2 * len(t)
