@@ -171,6 +171,7 @@ def section_maps(data: RunData, sample: str, gene: str) -> list:
     pred_all = data.predictions[data.map_model]
     secs = data.sections.set_index("section_id")
     known = data.known[sample]
+    bounds = data.bounds.get(data.map_model)  # (lower, upper) when the run has intervals
     out = []
     for sec in [known, *data.hidden[sample]]:
         is_known = sec == known
@@ -204,7 +205,8 @@ def section_maps(data: RunData, sample: str, gene: str) -> list:
             predicted=predicted, measured=measured if has_truth else None, pcc=pcc,
             thumb=thumb, thumb_um_per_px=scale, frame=frame, known=is_known,
             predicted_scale=None if is_known else _display_scale(data, pred_all[rows], g),
-            measured_scale=_display_scale(data, data.labels[rows], g) if has_truth else None))
+            measured_scale=_display_scale(data, data.labels[rows], g) if has_truth else None,
+            width=None if is_known or bounds is None else bounds[1][rows, g] - bounds[0][rows, g]))
     return out
 
 

@@ -48,6 +48,7 @@ class SectionMap:
     # the same values on the scale named in the colour bar (log1p CP10k), for the ranges
     predicted_scale: np.ndarray | None = None
     measured_scale: np.ndarray | None = None
+    width: np.ndarray | None = None  # (N,) interval width (upper − lower) where the run has one
 
 
 @dataclass(frozen=True)
@@ -209,6 +210,9 @@ def spatial_maps(maps: list[SectionMap], gene: str, model: str, unit: str, title
     from matplotlib.colors import Normalize
 
     norm = Normalize(0.0, 100.0, clip=True)
+    uq = any(m.width is not None for m in maps)  # a 4th column: the uncertainty map
+    wnorm = Normalize(*shared_limits([m.width for m in maps if m.width is not None]), clip=True) if uq else None
+    wcoll = None
     n = len(maps)
     aspects = []
     for m in maps:
@@ -216,11 +220,13 @@ def spatial_maps(maps: list[SectionMap], gene: str, model: str, unit: str, title
         aspects.append(float(np.clip((y1 - y0) / max(x1 - x0, 1e-9), 0.3, 3.0)))
     panel_w, head, foot = 3.9, 0.75, 0.55  # inches; 0.5 in per row for titles and ticks
     height = head + foot + sum(panel_w * a + 0.5 for a in aspects)
-    fig = _figure(13.5, height)
+    fig = _figure(18.0 if uq else 13.5, height)
     fig.set_dpi(map_dpi(maps, panel_w))
-    grid = fig.add_gridspec(n, 4, width_ratios=[1, 1, 1, 0.05], height_ratios=aspects,
+    ratios = [1, 1, 1, 0.05] + ([0.25, 1, 0.05] if uq else [])
+    grid = fig.add_gridspec(n, len(ratios), width_ratios=ratios, height_ratios=aspects,
                             wspace=0.1, hspace=0.5 * n / max(sum(aspects) * panel_w, 1e-9),
-                            left=0.06, right=0.92, top=1 - head / height, bottom=foot / height)
+                            left=0.06, right=0.95 if uq else 0.92, top=1 - head / height,
+                            bottom=foot / height)
     coll = None
     for i, m in enumerate(maps):
         ax_he, ax_me, ax_pr = (fig.add_subplot(grid[i, j]) for j in range(3))
@@ -252,6 +258,12 @@ def spatial_maps(maps: list[SectionMap], gene: str, model: str, unit: str, title
             ax_pr.set_title(f"{m.section_id} · predicted ({model}; "
                             f"{_range(m.predicted_scale)}){pcc}", fontsize=8)
             coll = _discs(ax_pr, m.xy_um, m.diameter_um, percentiles(m.predicted), norm)
+        if m.width is not None:
+            ax_w = fig.add_subplot(grid[i, 5])
+            _frame(ax_w, m, fade=0.55)
+            ax_w.set_title(f"{m.section_id} · interval width {gene}", fontsize=8)
+            wcoll = _discs(ax_w, m.xy_um, m.diameter_um, m.width, wnorm)
+            ax_w.tick_params(labelleft=False)
         ax_he.set_ylabel("y (mm)", fontsize=8)
         for ax in (ax_me, ax_pr):
             ax.tick_params(labelleft=False)
@@ -263,7 +275,7 @@ def spatial_maps(maps: list[SectionMap], gene: str, model: str, unit: str, title
     cbar.set_label(f"{gene}: percentile of the spot within its panel (0 = lowest, 100 = "
                    f"highest)\nranges in the titles: 2nd–98th percentile, {unit}", fontsize=8)
     cbar.ax.tick_params(labelsize=7)
-    if uq:
+    if wcoll is not None:
         wbar = fig.colorbar(wcoll, cax=fig.add_subplot(grid[:, 6]))
         wbar.set_label("width of the run's interval (upper − lower), same unit", fontsize=8)
         wbar.ax.tick_params(labelsize=7)
