@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from cli_errors import one_error
 from her2st_small import HER2ST, make_small_her2st
 from PIL import Image
 from typer.testing import CliRunner
@@ -70,16 +71,6 @@ def snapshot(root: Path) -> dict[str, bytes]:
 def cli(*args: str) -> tuple[int, str]:
     result = runner.invoke(app, [str(a) for a in args])
     return result.exit_code, result.stderr
-
-
-def one_error(code: int, stderr: str) -> str:
-    """The single `error:` line of a failed command (exit 1, no traceback)."""
-    assert code == 1, stderr
-    assert "Traceback" not in stderr
-    lines = [ln for ln in stderr.splitlines() if ln.startswith("error: ")]
-    assert len(lines) == 1, stderr
-    assert " Fix: " in lines[0]
-    return lines[0]
 
 
 def ingest_fails(src: Path, store: Path, *extra: str) -> str:

@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from cli_errors import one_error
 from typer.testing import CliRunner
 
 from asign.cli import app
@@ -35,16 +36,6 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBU
 def cli(*args: object) -> tuple[int, str, str]:
     result = runner.invoke(app, [str(a) for a in args])
     return result.exit_code, result.stdout, result.stderr
-
-
-def one_error(code: int, stderr: str) -> str:
-    """The single `error:` line of a failed command (exit 1, no traceback)."""
-    assert code == 1, stderr
-    assert "Traceback" not in stderr
-    lines = [ln for ln in stderr.splitlines() if ln.startswith("error: ")]
-    assert len(lines) == 1, stderr
-    assert " Fix: " in lines[0]
-    return lines[0]
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
