@@ -110,7 +110,8 @@ def connect(cc: ClusterConfig) -> Iterator[Any]:
                                              "MALLOC_TRIM_THRESHOLD_")}
     try:
         cluster = LocalCluster(n_workers=cc.workers, threads_per_worker=per, processes=True,
-                               resources=resources, dashboard_address=":0",  # any free port
+                               resources=resources, host="127.0.0.1",  # a local cluster: loopback only
+                               dashboard_address="127.0.0.1:0",  # any free port
                                silence_logs=logging.CRITICAL)  # failed tasks are reported by asign
     finally:
         for k, v in saved.items():

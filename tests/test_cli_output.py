@@ -11,6 +11,7 @@ import typer
 from typer.testing import CliRunner
 
 from asign.cli import app
+from asign.train.results import METRIC_NAMES
 
 runner = CliRunner()
 
@@ -37,12 +38,15 @@ def test_train_json_is_strict_and_the_table_ends_a_run(toy_store):
                                  "--run", "r"])
     assert result.exit_code == 0, result.output
     out = result.stdout
-    for word in ("S1_L2", "S1_L3", "S1_L4", "mean", "pcc_gene", "pcc_spot (mean)", "mse (mean)"):
+    for word in ("S1_L2", "S1_L3", "S1_L4", "mean", "pcc_gene", "pcc_spot (mean)", "mse (mean)",
+                 "coverage", "width (mean)"):
         assert word in out, out
     assert "S1_L1" not in out  # the known layer is not scored
-    # the idw row of a section shows its own number and the mean run's beside it
+    # the idw row of a section shows its own number and the mean run's beside it, for each
+    # metric (the four accuracy metrics and the intervals' coverage and width)
     row = next(line for line in out.splitlines() if "S1_L2" in line)
-    assert len([c for c in row.split("│") if c.strip()]) == 3 + 8
+    assert len(METRIC_NAMES) == 6
+    assert len([c for c in row.split("│") if c.strip()]) == 3 + 2 * len(METRIC_NAMES)
 
 
 def test_query_json_is_strict_and_csv_ends_lines_with_lf(toy_store):
