@@ -1,0 +1,70 @@
+"""Data flows one way (raw → ingest → store → train → results): parsed imports and calls of
+every module, so a shortcut across the layers fails here rather than in review."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_DIRS = ("ingest", "store", "train", "schemas", "report", "nets")
+TOP_MODULES = ("cli.py", "cluster.py", "demo.py", "doctor.py", "encoders.py", "errors.py", "progress.py")
+PARQUET_WRITES = {"write_table", "ParquetWriter", "to_parquet", "write_dataset"}
+
+
+def _modules() -> list[Path]:
+    found = [ROOT / m for m in TOP_MODULES if (ROOT / m).exists()]
+    for d in PACKAGE_DIRS:
+        found += sorted((ROOT / d).rglob("*.py"))
+    return found
+
+
+def _imports(tree: ast.AST) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names |= {f"{node.module}.{a.name}" for a in node.names}
+    return names
+
+
+def _called_attributes(tree: ast.AST) -> set[str]:
+    return {n.func.attr for n in ast.walk(tree)
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)}
+
+
+def _parsed() -> dict[str, ast.AST]:
+    return {str(p.relative_to(ROOT)): ast.parse(p.read_text(), filename=str(p)) for p in _modules()}
+
+
+def test_the_modules_are_found():
+    mods = _parsed()
+    assert "train/__init__.py" in mods and "store/parquet.py" in mods and len(mods) > 60
+
+
+def test_train_never_imports_ingest():
+    bad = [path for path, tree in _parsed().items() if path.startswith("train/")
+           and any(n == "asign.ingest" or n.startswith("asign.ingest.") for n in _imports(tree))]
+    assert bad == []
+
+
+def test_only_store_touches_lmdb():
+    # doctor.py only reports the installed lmdb version
+    bad = [path for path, tree in _parsed().items()
+           if not path.startswith("store/") and path != "doctor.py"
+           and any(n == "lmdb" or n.startswith("lmdb.") for n in _imports(tree))]
+    assert bad == []
+
+
+def test_only_store_writes_parquet():
+    bad = [path for path, tree in _parsed().items()
+           if not path.startswith("store/") and _called_attributes(tree) & PARQUET_WRITES]
+    assert bad == []
+
+
+def test_the_checks_can_fail():
+    planted = ast.parse("import lmdb\nfrom asign.ingest.graph import build_graph\ntable.to_parquet('x')\n")
+    assert "lmdb" in _imports(planted) and "asign.ingest.graph" in _imports(planted)
+    assert "to_parquet" in _called_attributes(planted)
