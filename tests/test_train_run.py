@@ -170,3 +170,33 @@ def test_gate_calibration_never_worsens_the_validation_score(toy_store):
     off = run(_cfg(toy_store, "asign3d", epochs=2, calibrate_gate=False))
     assert "gate" not in off.timings["selection"]["0"]
     assert _metrics(off) != _metrics(res)
+
+
+def test_every_baseline_is_dispatched_through_the_registry():
+    from asign.train import baselines
+
+    for spec in MODELS.values():
+        assert spec.neural == (spec.baseline is None), spec.name
+        if spec.baseline:
+            assert callable(getattr(baselines, spec.baseline)), spec.baseline
+
+
+def test_a_new_baseline_needs_only_a_registry_entry_and_its_function(toy_store, monkeypatch):
+    from asign.train import baselines
+    from asign.train.config import ModelSpec
+
+    def predict_known_max(cfg, s, y, known):  # a toy rule: every spot gets the known maximum
+        return np.broadcast_to(y[known].max(axis=0), (s.n_spots, y.shape[1])).astype(np.float32)
+
+    monkeypatch.setattr(baselines, "predict_known_max", predict_known_max, raising=False)
+    monkeypatch.setitem(MODELS, "known-max", ModelSpec(
+        "known-max", False, False, False, "toy: the known layer's maximum", images=False,
+        baseline="predict_known_max"))
+    res = run(_cfg(toy_store, "known-max"))
+    assert res.status == "done"
+    m = _metrics(res)
+    assert {k[1] for k in m} == {"S1_L2", "S1_L3", "S1_L4"} and np.isfinite(m[(0, "S1_L3", "mse")])
+    pred = open_store(toy_store).query(
+        "SELECT p.value FROM predictions p JOIN runs r USING (run_id) WHERE r.model = 'known-max'"
+    ).column("value").to_numpy()
+    assert len(pred) and np.isfinite(pred).all()

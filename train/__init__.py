@@ -51,7 +51,7 @@ def run(cfg: TrainConfig, *, reporter: Any = None, max_epochs: int | None = None
         from asign.cluster import threads_per_worker
 
         cfg = cfg.with_(threads=threads_per_worker(cluster.workers, cluster.cores))
-    if not on_cluster and cfg.threads is None and cfg.device == "cpu" and (cfg.spec.neural or cfg.model == "cli"):
+    if not on_cluster and cfg.threads is None and cfg.device == "cpu" and cfg.spec.uses_torch:
         from asign.cluster import idle_cores
 
         # Not part of the run id; recorded in the run's config (pass --threads to fix it).
@@ -375,25 +375,11 @@ def _baseline(cfg: TrainConfig, s: Any, plan: Any) -> tuple[np.ndarray, tuple | 
 
 
 def _baseline_from(cfg: TrainConfig, s: Any, y: np.ndarray, known: np.ndarray) -> np.ndarray:
-    """(N, G) baseline predictions from the labels ``y`` of the ``known`` spots."""
+    """(N, G) baseline predictions from the labels ``y`` of the ``known`` spots: the
+    registered predictor of the model (``ModelSpec.baseline``, train/baselines.py)."""
     from asign.train import baselines
 
-    yk = y[known]
-    if cfg.model == "mean":
-        return baselines.mean_profile(yk, s.n_spots)
-    if cfg.model == "idw":
-        return baselines.idw(s.xy[known], yk, s.xy, k=cfg.idw_k, power=cfg.idw_power)
-    if cfg.model == "similarity":
-        return baselines.similarity(s.spot_feat[known], yk, s.spot_feat, k=cfg.similarity_k)
-    if cfg.model == "cli":
-        import torch
-
-        from asign.train.model import scale_edge_weights
-
-        # Same edge weighting as the model's CLI, so the two differ only in what is learned.
-        w = scale_edge_weights(torch.as_tensor(s.weight), torch.as_tensor(s.cross.astype(np.int64)))
-        return baselines.cli_alone(s.src, s.dst, w.numpy(), y, known, n_iter=cfg.cli_iters)
-    raise AssertionError(f"unhandled baseline {cfg.model}")  # MODELS and this stay in step
+    return getattr(baselines, cfg.spec.baseline)(cfg, s, y, known)
 
 
 def _check_images(cfg: TrainConfig, infos: list, folds: list) -> None:
@@ -415,7 +401,7 @@ def _check_images(cfg: TrainConfig, infos: list, folds: list) -> None:
 def _check_device(cfg: TrainConfig) -> None:
     from asign.errors import ConfigError
 
-    if cfg.device == "cuda" and (cfg.spec.neural or cfg.model == "cli"):
+    if cfg.device == "cuda" and cfg.spec.uses_torch:
         import torch
 
         if not torch.cuda.is_available():
@@ -434,7 +420,7 @@ def _deterministic(cfg: TrainConfig) -> Iterator[None]:
     already deterministic for a fixed thread count (test_train_run checks identical metrics
     across runs), and switching the flag on costs a ~5 s import of torch._inductor, so it
     is left alone there."""
-    if not (cfg.spec.neural or cfg.model == "cli"):
+    if not cfg.spec.uses_torch:
         yield
         return
     import torch

@@ -17,6 +17,8 @@ information CLI gets at test time) and predicts every query spot:
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 SIMILARITY_TEMPERATURE = 0.1
@@ -119,3 +121,31 @@ def cli_alone(
 def _unit(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+# --------------------------------------------------------------------------- registry adapters
+# ModelSpec.baseline names one of these: (cfg, sample, y, known) -> (N, G) predictions from
+# the labels ``y`` of the ``known`` spots. Adding a baseline = one function here + one
+# MODELS entry in train/config.py.
+
+
+def predict_mean(cfg: Any, s: Any, y: np.ndarray, known: np.ndarray) -> np.ndarray:
+    return mean_profile(y[known], s.n_spots)
+
+
+def predict_idw(cfg: Any, s: Any, y: np.ndarray, known: np.ndarray) -> np.ndarray:
+    return idw(s.xy[known], y[known], s.xy, k=cfg.idw_k, power=cfg.idw_power)
+
+
+def predict_similarity(cfg: Any, s: Any, y: np.ndarray, known: np.ndarray) -> np.ndarray:
+    return similarity(s.spot_feat[known], y[known], s.spot_feat, k=cfg.similarity_k)
+
+
+def predict_cli(cfg: Any, s: Any, y: np.ndarray, known: np.ndarray) -> np.ndarray:
+    import torch
+
+    from asign.train.model import scale_edge_weights
+
+    # Same edge weighting as the model's CLI, so the two differ only in what is learned.
+    w = scale_edge_weights(torch.as_tensor(s.weight), torch.as_tensor(s.cross.astype(np.int64)))
+    return cli_alone(s.src, s.dst, w.numpy(), y, known, n_iter=cfg.cli_iters)

@@ -36,6 +36,14 @@ class ModelSpec:
     cli: bool  # label propagation from the known layer
     help: str
     images: bool = True  # reads image features: every section in its graph needs an image
+    # a baseline's predictor: the name of a function in train/baselines.py with the
+    # signature (cfg, sample, y, known) -> (N, G); networks have none (train/loop.py)
+    baseline: str | None = None
+    torch: bool = False  # runs torch kernels: thread budget, determinism and --device apply
+
+    @property
+    def uses_torch(self) -> bool:
+        return self.neural or self.torch
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -44,14 +52,17 @@ MODELS: dict[str, ModelSpec] = {
     "asign2d": ModelSpec("asign2d", True, False, False,
                          "MSAGNet on same-layer edges only, no CLI (the 2D model)"),
     "mean": ModelSpec("mean", False, False, False,
-                      "known layer's mean profile for every hidden spot", images=False),
+                      "known layer's mean profile for every hidden spot", images=False,
+                      baseline="predict_mean"),
     "idw": ModelSpec("idw", False, False, False,
                      "inverse-distance weighting of the 8 nearest known spots (aligned x, y)",
-                     images=False),
+                     images=False, baseline="predict_idw"),
     "similarity": ModelSpec("similarity", False, False, False,
-                            "cosine kNN (k=20) on spot embeddings against the known layer"),
+                            "cosine kNN (k=20) on spot embeddings against the known layer",
+                            baseline="predict_similarity"),
     "cli": ModelSpec("cli", False, True, True,
-                     "label propagation alone over the 3D graph (unit node weights)", images=False),
+                     "label propagation alone over the 3D graph (unit node weights)", images=False,
+                     baseline="predict_cli", torch=True),
 }
 
 
