@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import json
 import logging
-import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -115,22 +113,10 @@ def _command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callab
     return register
 
 
-def _strict(value: Any) -> Any:
-    """JSON-safe copy: NaN and ±inf become null (bare ``NaN`` is not JSON: jq and
-    JavaScript refuse it), numpy scalars and arrays become Python ones."""
-    if isinstance(value, dict):
-        return {str(k): _strict(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set):
-        return [_strict(v) for v in value]
-    if hasattr(value, "tolist") and not isinstance(value, str | bytes):  # numpy
-        return _strict(value.tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def _emit_json(payload: Any) -> None:
-    typer.echo(json.dumps(_strict(payload), indent=1, default=str, allow_nan=False))
+    from asign.store.query import strict_json
+
+    typer.echo(strict_json(payload))
 
 
 def _split(value: str | None) -> tuple[str, ...]:
@@ -365,18 +351,12 @@ def query(
 
 
 def _print_table(table: Any, fmt: str) -> None:
-    rows = table.to_pylist()
     if fmt == "json":
-        _emit_json(rows)
+        _emit_json(table.to_pylist())
     elif fmt == "csv":
-        import csv
+        from asign.store.query import write_csv
 
-        # LF line ends, as DuckDB's own CLI writes them (csv's default CR LF breaks
-        # `... | grep -qx 0` and friends in a shell)
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(table.column_names)
-        for row in rows:
-            writer.writerow([row[c] for c in table.column_names])
+        write_csv(table, sys.stdout)
     else:
         from rich.console import Console
         from rich.table import Table
@@ -384,7 +364,7 @@ def _print_table(table: Any, fmt: str) -> None:
         out = Table(show_lines=False)
         for name in table.column_names:
             out.add_column(name)
-        for row in rows:
+        for row in table.to_pylist():
             out.add_row(*[_cell(row[c]) for c in table.column_names])
         Console(width=max(120, len(table.column_names) * 14)).print(out)
 

@@ -132,16 +132,21 @@ def _open_writable(path: Path) -> int | None:
 
 
 @contextlib.contextmanager
-def run_lock(path: Path) -> Iterator[None]:
-    """Held (shared) by a training process for as long as it runs."""
+def _held(path: Path, mode: int) -> Iterator[None]:
+    """``flock(mode)`` on ``path`` for the block; no lock where the store is read-only."""
     fd = _open_writable(path)
     try:
         if fd is not None:
-            fcntl.flock(fd, fcntl.LOCK_SH)
+            fcntl.flock(fd, mode)
         yield
     finally:
         if fd is not None:
             os.close(fd)
+
+
+def run_lock(path: Path) -> contextlib.AbstractContextManager[None]:
+    """Held (shared) by a training process for as long as it runs."""
+    return _held(path, fcntl.LOCK_SH)
 
 
 def run_alive(path: Path) -> bool:
@@ -162,14 +167,6 @@ def run_alive(path: Path) -> bool:
     return False
 
 
-@contextlib.contextmanager
-def exclusive(path: Path) -> Iterator[None]:
+def exclusive(path: Path) -> contextlib.AbstractContextManager[None]:
     """A short exclusive section (e.g. a read-modify-write of a record file)."""
-    fd = _open_writable(path)
-    try:
-        if fd is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        if fd is not None:
-            os.close(fd)
+    return _held(path, fcntl.LOCK_EX)

@@ -228,29 +228,39 @@ def write_result(table: pa.Table, out: Path, layout: StoreLayout) -> Path:
 
             pq.write_table(table, tmp, compression="zstd")
         elif fmt == "csv":
-            import csv
-
             with open(tmp, "w", newline="", encoding="utf-8") as fh:
-                writer = csv.writer(fh, lineterminator="\n")
-                writer.writerow(table.column_names)
-                writer.writerows([row[c] for c in table.column_names] for row in table.to_pylist())
+                write_csv(table, fh)
         else:
             tmp.write_text(strict_json(table.to_pylist()) + "\n", encoding="utf-8")
     return out
 
 
 def strict_json(value: Any) -> str:
-    """JSON that every parser accepts: non-finite floats become null (never bare NaN)."""
+    """JSON that every parser accepts: NaN and ±inf become null (bare ``NaN`` is not JSON:
+    jq and JavaScript refuse it), numpy scalars and arrays become Python ones. Used for
+    ``--out FILE.json`` and for every ``--json`` output of the CLI."""
     import json
     import math
 
     def clean(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {str(k): clean(x) for k, x in v.items()}
+        if isinstance(v, list | tuple | set):
+            return [clean(x) for x in v]
+        if hasattr(v, "tolist") and not isinstance(v, str | bytes):  # numpy
+            return clean(v.tolist())
         if isinstance(v, float) and not math.isfinite(v):
             return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
         return v
 
     return json.dumps(clean(value), indent=1, default=str, allow_nan=False)
+
+
+def write_csv(table: pa.Table, fh: Any) -> None:
+    """``table`` as CSV with LF line ends, as DuckDB's own CLI writes them (csv's default
+    CR LF breaks ``... | grep -qx 0`` and friends in a shell)."""
+    import csv
+
+    writer = csv.writer(fh, lineterminator="\n")
+    writer.writerow(table.column_names)
+    writer.writerows([row[c] for c in table.column_names] for row in table.to_pylist())

@@ -56,23 +56,25 @@ def write_coords_manifest(dst: Path, samples: dict[str, tuple[str, ...]] | None 
     return dst / "manifest.toml"
 
 
+def section_xy_labels(sec: str) -> tuple[np.ndarray, np.ndarray]:
+    """A section's counted spots: aligned (x, y) in µm and ln((c+1)/Σ_panel(c+1)) labels."""
+    spots = aligned_spots(sec)
+    c = counts(sec)
+    spots = spots[np.isin(spots.spot_id, c.index)]
+    x = c.loc[spots.spot_id].to_numpy(np.float64) + 1.0
+    return spots[["x_um", "y_um"]].to_numpy(), np.log(x / x.sum(axis=1, keepdims=True))
+
+
 def inline_idw_pcc_gene(sections: tuple[str, ...] = SECTIONS, known: str = "C1", k: int = 8) -> dict[str, float]:
     """Per hidden section, the per-gene PCC of IDW from the known section, computed here in
     plain numpy (brute-force distances): weights 1/d of the k nearest known spots, labels
     ln((c+1)/Σ_panel(c+1)) over the panel ``GENES``, genes constant on a section skipped."""
-    def load(sec: str) -> tuple[np.ndarray, np.ndarray]:
-        spots = aligned_spots(sec)
-        c = counts(sec)
-        spots = spots[np.isin(spots.spot_id, c.index)]
-        x = c.loc[spots.spot_id].to_numpy(np.float64) + 1.0
-        return spots[["x_um", "y_um"]].to_numpy(), np.log(x / x.sum(axis=1, keepdims=True))
-
-    xy_k, y_k = load(known)
+    xy_k, y_k = section_xy_labels(known)
     out = {}
     for sec in sections:
         if sec == known:
             continue
-        xy, y = load(sec)
+        xy, y = section_xy_labels(sec)
         d = np.sqrt(((xy[:, None, :] - xy_k[None, :, :]) ** 2).sum(-1))
         nn = np.argsort(d, axis=1)[:, :k]
         w = 1.0 / np.maximum(np.take_along_axis(d, nn, axis=1), 1e-6)

@@ -242,16 +242,9 @@ def test_referee_drops_when_a_section_is_misplaced():
     import numpy as np
 
     from asign.ingest.referee import referee_pcc
-    from tests.her2st_coords import aligned_spots, counts
+    from tests.her2st_coords import section_xy_labels
 
-    def load(sec: str) -> tuple[np.ndarray, np.ndarray]:
-        s = aligned_spots(sec)
-        c = counts(sec)
-        s = s[np.isin(s.spot_id, c.index)]
-        x = c.loc[s.spot_id].to_numpy(np.float64) + 1.0
-        return s[["x_um", "y_um"]].to_numpy(), np.log(x / x.sum(axis=1, keepdims=True))
-
-    (xa, ya), (xb, yb) = load("C2"), load("C3")
+    (xa, ya), (xb, yb) = section_xy_labels("C2"), section_xy_labels("C3")
     t = np.deg2rad(20.0)
     rot = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
     turned = (xb - xb.mean(0)) @ rot.T + xb.mean(0)
