@@ -35,8 +35,8 @@ def write_report(store_path: Path, run_name: str, out_dir: Path,
     """
     from asign.report import html, plots
     from asign.report.data import gene_pcc_table, load_run_data, metrics_summary
-    from asign.report.files import output_path
     from asign.store import open_store
+    from asign.store.atomic import atomic_path
 
     store = open_store(Path(store_path))
     data = load_run_data(store, run_name, model)
@@ -55,7 +55,7 @@ def write_report(store_path: Path, run_name: str, out_dir: Path,
 
     quantitative: list[tuple[str, Path]] = []
     if not summary.empty:
-        with output_path(out / "metrics.csv") as tmp:
+        with atomic_path(out / "metrics.csv") as tmp:
             summary.to_csv(tmp, index=False)
         title = (f"Metrics on hidden sections, run {run_name} ({data.setting}); "
                  "bars = mean over sections, error bars = SD")
@@ -64,7 +64,7 @@ def write_report(store_path: Path, run_name: str, out_dir: Path,
             "are the known layer's mean profile.",
             plots.metrics_bars(summary, models, title, out / "metrics.png")))
     if gene_pcc.notna().any().any():
-        with output_path(out / "gene_pcc.csv") as tmp:
+        with atomic_path(out / "gene_pcc.csv") as tmp:
             gene_pcc.reset_index().to_csv(tmp, index=False)
         cols = [c for c in models if c in gene_pcc.columns]
         title = (f"Per-gene PCC on hidden sections, {len(gene_pcc)} genes "

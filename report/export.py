@@ -158,8 +158,8 @@ def _spatial_uns(data: Any, obs: pd.DataFrame, secs: pd.DataFrame) -> dict[str, 
 def export_h5ad(store_path: Path, run_name: str, out_path: Path, model: str | None = None) -> Path:
     """Write run ``run_name`` (its ``model`` run; default asign3d if present) as ``.h5ad``."""
     from asign.report.data import load_run_data
-    from asign.report.files import output_path
     from asign.store import open_store
+    from asign.store.atomic import atomic_path
 
     out = Path(out_path)
     if out.suffix != ".h5ad":
@@ -167,7 +167,7 @@ def export_h5ad(store_path: Path, run_name: str, out_path: Path, model: str | No
                          fix="e.g. --h5ad results/run.h5ad")
     data = load_run_data(open_store(Path(store_path)), run_name, model)
     adata = build_anndata(data)
-    with output_path(out) as tmp:
+    with atomic_path(out) as tmp:
         adata.write_h5ad(tmp)
     log.info("exported %d spots × %d genes of run %s (%s) to %s", adata.n_obs, adata.n_vars,
              run_name, data.map_model, out)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from asign.report.data import COMPUTED_MEAN, RunData
-from asign.report.files import output_path
+from asign.store.atomic import atomic_path
 
 SETTING_TEXT = {
     "within_sample": "within-sample imputation: each sample's known layer is measured, its "
@@ -260,6 +260,6 @@ def _fs_id(text: str) -> str:
 
 def write(path: Path, page: str) -> Path:
     path = Path(path)
-    with output_path(path) as tmp:
+    with atomic_path(path) as tmp:
         tmp.write_text(page, encoding="utf-8")
     return path

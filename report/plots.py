@@ -88,11 +88,11 @@ def _save(fig: Any, out: Path, palette: bool = False) -> Path:
     from matplotlib import colormaps
     from PIL import Image
 
-    from asign.report.files import output_path
+    from asign.store.atomic import atomic_path
 
     out = Path(out)
     if not palette:
-        with output_path(out) as tmp:  # temporary file + os.replace: never a half PNG
+        with atomic_path(out) as tmp:  # temporary file + os.replace: never a half PNG
             fig.savefig(tmp, format="png", dpi=fig.get_dpi(), facecolor="white")
         return out
     buf = io.BytesIO()
@@ -115,7 +115,7 @@ def _save(fig: Any, out: Path, palette: bool = False) -> Path:
     nearest = cKDTree(palette).query(colours)[1]
     index = Image.fromarray(nearest[inverse].reshape(packed.shape).astype(np.uint8), "P")
     index.putpalette(palette.astype(np.uint8).ravel().tolist())
-    with output_path(out) as tmp:
+    with atomic_path(out) as tmp:
         index.save(tmp, format="PNG", optimize=True)
     return out
 

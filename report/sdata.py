@@ -157,7 +157,7 @@ def write_ome_tiff(stacks: dict[str, AlignedStack], out: Path) -> list[Path]:
     """One OME-TIFF per sample (ZYX + RGB, physical sizes in µm), written atomically."""
     import tifffile
 
-    from asign.report.files import output_path
+    from asign.store.atomic import atomic_path
 
     out = Path(out)
     if not out.name.endswith((".ome.tif", ".ome.tiff")):
@@ -171,7 +171,7 @@ def write_ome_tiff(stacks: dict[str, AlignedStack], out: Path) -> list[Path]:
     for sample, st in stacks.items():
         target = out if len(stacks) == 1 else out.with_name(f"{stem}_{_name(sample)}.ome.tif")
         target.parent.mkdir(parents=True, exist_ok=True)
-        with output_path(target) as tmp, tifffile.TiffWriter(tmp, ome=True) as tif:
+        with atomic_path(target) as tmp, tifffile.TiffWriter(tmp, ome=True) as tif:
             tif.write(st.image, photometric="rgb", compression="zlib",
                       metadata={"axes": "ZYXS", "Name": f"asign aligned H&E, sample {sample}",
                                 "PhysicalSizeX": st.res_um, "PhysicalSizeXUnit": "µm",
