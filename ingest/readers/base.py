@@ -9,8 +9,10 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from asign.errors import InputError
+from asign.errors import ImageError, InputError
+from asign.ingest.images import image_header, verify_image
 from asign.ingest.sample import SampleInput, SectionInput
 
 log = logging.getLogger(__name__)
@@ -103,3 +105,17 @@ def finish_sample(
     return SampleInput(
         sample_id=sample_id, sections=ordered, format=fmt, source=source, warnings=tuple(notes)
     )
+
+
+def check_spots_in_image(spots: Any, image: Path, fix: str, what: str = "spot centre(s)",
+                         example: str | None = None) -> None:
+    """Every spot centre (``px``, ``py``) inside the image, whose size comes from its header
+    (checked before anything is decoded); then the image itself is verified. ``example``:
+    a column whose first outside value the message quotes."""
+    w, h = image_header(image).size
+    outside = (spots["px"] < 0) | (spots["px"] >= w) | (spots["py"] < 0) | (spots["py"] >= h)
+    if outside.any():
+        eg = f" (e.g. {spots[example][outside].iloc[0]})" if example else ""
+        raise ImageError(f"{int(outside.sum())} {what} fall outside the {w}×{h} image{eg}",
+                         path=image, fix=fix)
+    verify_image(image)

@@ -30,8 +30,14 @@ import numpy as np
 import pandas as pd
 
 from asign.errors import CountsError, ImageError, InputError
-from asign.ingest.images import image_header, verify_image
-from asign.ingest.readers.base import Reader, find_images, finish_sample, sample_matches
+from asign.ingest.images import verify_image
+from asign.ingest.readers.base import (
+    Reader,
+    check_spots_in_image,
+    find_images,
+    finish_sample,
+    sample_matches,
+)
 from asign.ingest.readers.tables import match_counts_to_spots, read_counts_table, read_table
 from asign.ingest.sample import SPOT_COLUMNS, SampleInput, SectionInput
 
@@ -141,18 +147,6 @@ def _image(root: Path, patient: str, name: str) -> Path | None:
     return images[0]
 
 
-def _check_spots_in_image(spots: pd.DataFrame, image: Path) -> None:
-    w, h = image_header(image).size  # size from the header: checked before decoding
-    outside = (spots["px"] < 0) | (spots["px"] >= w) | (spots["py"] < 0) | (spots["py"] >= h)
-    if outside.any():
-        raise ImageError(
-            f"{int(outside.sum())} spot centre(s) fall outside the {w}×{h} image (e.g. {spots['barcode'][outside].iloc[0]})",
-            path=image,
-            fix="check that the image and the spot file belong to the same section",
-        )
-    verify_image(image)
-
-
 def read_section(root: Path, name: str, patient: str) -> SectionInput:
     counts_path = root / "ST-cnts" / f"{name}{_COUNTS_SUFFIX}"
     spot_path = root / "ST-spotfiles" / f"{name}{_SPOTS_SUFFIX}"
@@ -213,7 +207,8 @@ def read_section(root: Path, name: str, patient: str) -> SectionInput:
         }
     )
     if image is not None:
-        _check_spots_in_image(spots, image)
+        check_spots_in_image(spots, image, example="barcode",
+                             fix="check that the image and the spot file belong to the same section")
     return SectionInput(
         sample_id=patient,
         section_id=name,

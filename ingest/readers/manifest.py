@@ -39,9 +39,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from asign.errors import ImageError, InputError, ValidationErrors
-from asign.ingest.images import image_header, verify_image
-from asign.ingest.readers.base import Reader, finish_sample, sample_matches
+from asign.errors import InputError, ValidationErrors
+from asign.ingest.readers.base import Reader, check_spots_in_image, finish_sample, sample_matches
 from asign.ingest.readers.tables import (
     check_unique,
     match_counts_to_spots,
@@ -217,21 +216,14 @@ def _read_section(row: dict[str, Any], manifest: Path) -> SectionInput:
             )
         spots = spots.iloc[rows].reset_index(drop=True)
     if image is not None:
-        w, h = image_header(image).size  # size from the header: checked before decoding
         if spots["px"].isna().all() and len(spots):
             raise InputError(
                 "spot table has no px, py for an image section",
                 path=spots_path,
                 fix="add px, py (image pixels) columns",
             )
-        out = (spots["px"] < 0) | (spots["px"] >= w) | (spots["py"] < 0) | (spots["py"] >= h)
-        if out.any():
-            raise ImageError(
-                f"{int(out.sum())} spot centre(s) of {spots_path.name} fall outside the {w}×{h} image",
-                path=image,
-                fix="check the image, the px/py columns (px = column) and um_per_px belong together",
-            )
-        verify_image(image)
+        check_spots_in_image(spots, image, what=f"spot centre(s) of {spots_path.name}" if spots_path else "spot centre(s)",
+                             fix="check the image, the px/py columns (px = column) and um_per_px belong together")
     return SectionInput(
         sample_id=row["sample"],
         section_id=section,

@@ -39,9 +39,9 @@ import pandas as pd
 import scipy.sparse as sp
 
 from asign.errors import CountsError, ImageError, InputError
-from asign.ingest.images import image_header, verify_image
 from asign.ingest.readers.base import (
     Reader,
+    check_spots_in_image,
     find_images,
     finish_sample,
     natural_key,
@@ -370,15 +370,8 @@ def read_section(
         }
     )
     if image is not None:
-        w, h = image_header(image).size  # size from the header: checked before decoding
-        out = (spots["px"] < 0) | (spots["px"] >= w) | (spots["py"] < 0) | (spots["py"] >= h)
-        if out.any():
-            raise ImageError(
-                f"{int(out.sum())} spot centre(s) fall outside the {w}×{h} image",
-                path=image,
-                fix="a full-resolution image must be the one Space Ranger was run on",
-            )
-        verify_image(image)
+        check_spots_in_image(spots, image,
+                             fix="a full-resolution image must be the one Space Ranger was run on")
     return SectionInput(
         sample_id=sample_id,
         section_id=name,
