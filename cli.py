@@ -17,6 +17,36 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 
+def _choice(load: Callable[[], tuple[str, ...]]) -> Callable[[str], str]:
+    """A parser that accepts one of a registry's names, read when first needed (so
+    ``asign --help`` does not import the readers); anything else is a usage error, exit 2."""
+    def parse(value: str) -> str:
+        allowed = load()
+        if value not in allowed:
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(allowed)}")
+        return value
+
+    return parse
+
+
+def _ingest_formats() -> tuple[str, ...]:
+    from asign.ingest.readers import READERS
+
+    return ("auto", *READERS)
+
+
+def _query_formats() -> tuple[str, ...]:
+    from asign.commands.query import FORMATS
+
+    return FORMATS
+
+
+def _models_help() -> str:
+    from asign.train.config import models_help
+
+    return models_help()
+
+
 def _flags_read_as_flags(params: list[Any]) -> list[Any]:
     """typer labels every option with its type, so a flag such as --json shows ``<bool>``
     as if it took a value; an empty metavar leaves flags (and --help) bare."""
@@ -92,9 +122,9 @@ def _fail(err: Exception) -> typer.Exit:
 
 
 def _command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """``app.command`` that records the command's ``--json`` for ``_fail`` and sends any
-    AsignError the command itself does not catch there too (typer reads the wrapped
-    function's signature, so options and --help are unchanged)."""
+    """``app.command`` with the CLI's one AsignError handler: it records the command's
+    ``--json`` for ``_fail`` and turns any AsignError into one line and exit 1 (typer reads
+    the wrapped function's signature, so options and --help are unchanged)."""
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
         def run(*a: Any, **kw: Any) -> Any:
@@ -127,7 +157,7 @@ def _split(value: str | None) -> tuple[str, ...]:
 def ingest(
     src: Annotated[list[Path], typer.Argument(help="Sample folder(s): her2st layout, Visium outs/, or a manifest (.toml/.csv).")],
     store: StoreOpt,
-    fmt: Annotated[str, typer.Option("--format", help="auto|her2st|visium|manifest")] = "auto",
+    fmt: Annotated[str, typer.Option("--format", parser=_choice(_ingest_formats), help="Input layout: auto (detected) or a reader listed by `asign doctor`.")] = "auto",
     samples: Annotated[str | None, typer.Option("--samples", help="Sample name(s) or glob, comma-separated (e.g. C or 'C,B').")] = None,
     extra_2d: Annotated[str | None, typer.Option("--extra-2d", help="Single-section samples to keep as extra 2D training data (e.g. B).")] = None,
     steps: Annotated[str, typer.Option("--steps", help="Subset of register,align,patches,embed,graph.")] = "register,align,patches,embed,graph",
@@ -157,28 +187,19 @@ def ingest(
     With --workers N / --scheduler ADDRESS the units of work (align per sample, patches and
     embeddings per section, graph per sample) run as Dask tasks; this process alone writes
     the store, so resume, fingerprints and `asign check` are as in a serial run."""
-    from asign.errors import AsignError, ConfigError
-    from asign.ingest.config import STEPS, AlignOptions, IngestConfig
+    from asign import ingest as ingest_stage
+    from asign.ingest.config import AlignOptions, IngestConfig
 
-    try:
-        step_list = _split(steps)
-        bad = [s for s in step_list if s not in STEPS]
-        if bad:
-            raise ConfigError(f"unknown step(s) {bad}", fix=f"use a subset of {','.join(STEPS)}")
-        cfg = IngestConfig(
-            sources=tuple(src), store=store, format=fmt, samples=samples, extra_2d=_split(extra_2d),
-            steps=step_list, n_genes=n_genes, genes=_split(genes), normalisation=normalisation,
-            panel_from=panel_from,
-            align=AlignOptions(transform=transform, syn=syn, reference=reference, init=_parse_init(init or [])),
-            encoder=encoder, weights=weights, allow_download=download, device=device, batch_size=batch_size,
-            cross_weight=cross_weight, section_um=section_um, seed=seed, wait=wait,
-            workers=workers, scheduler=scheduler,
-        )
-        from asign import ingest as ingest_stage
-
-        summary = ingest_stage.run(cfg)
-    except AsignError as err:
-        raise _fail(err) from None
+    cfg = IngestConfig(
+        sources=tuple(src), store=store, format=fmt, samples=samples, extra_2d=_split(extra_2d),
+        steps=_split(steps), n_genes=n_genes, genes=_split(genes), normalisation=normalisation,
+        panel_from=panel_from,
+        align=AlignOptions(transform=transform, syn=syn, reference=reference, init=_parse_init(init or [])),
+        encoder=encoder, weights=weights, allow_download=download, device=device, batch_size=batch_size,
+        cross_weight=cross_weight, section_um=section_um, seed=seed, wait=wait,
+        workers=workers, scheduler=scheduler,
+    )
+    summary = ingest_stage.run(cfg)  # validates every option before any work
     if as_json:
         _emit_json(summary)
 
@@ -212,7 +233,7 @@ _OPT, _MODEL, _PROTO, _RUN = "Optimisation", "Model", "Protocol", "Runtime"
 @_command(cls=_Command)
 def train(
     store: StoreOpt,
-    model: Annotated[str, typer.Option("--model", "-m", help="asign3d | asign2d | mean | idw | similarity | cli (see `asign doctor`); a comma-separated list runs each.")] = "asign3d",
+    model: Annotated[str, typer.Option("--model", "-m", help=f"{_models_help()}; a comma-separated list runs each.")] = "asign3d",
     run: Annotated[str, typer.Option("--run", "-r", help="Run name (results are grouped by it).")] = "run",
     known: Annotated[str, typer.Option("--known", help="Known (measured) layer(s): first | middle | last | Z | section id, or a set: 2,5 / first,last / C2,C5.", rich_help_panel=_PROTO)] = "first",
     folds: Annotated[int, typer.Option("--folds", help="1 = within-sample imputation; K>=2 = sample-level k-fold.", rich_help_panel=_PROTO)] = 1,
@@ -254,125 +275,49 @@ def train(
 
     Several models and/or seeds make several independent runs: one after another, or at
     once as Dask tasks with --workers N / --scheduler ADDRESS."""
-    from asign.errors import AsignError, ConfigError
+    from asign.commands.train import parse_seeds, print_metrics, summaries, train_runs
     from asign.train.config import TrainConfig
 
-    try:
-        models, seeds = _split(model) or ("",), _split(seed)
-        if not all(s.lstrip("-").isdigit() for s in seeds) or not seeds:
-            raise ConfigError(f"--seed {seed!r} is not an integer or a comma-separated list of integers",
-                              fix="e.g. --seed 0 or --seed 0,1,2")
-        cfg = TrainConfig(
-            store=store, model=models[0], run=run, known=known, folds=folds, samples=_split(samples),
-            extra_2d=_split(extra_2d), episode_known_fraction=episode_known_fraction,
-            val_fraction=val_fraction, epochs=epochs, lr=lr, optimizer=optimizer,
-            momentum=momentum, weight_decay=weight_decay, scheduler=scheduler, loss=loss,
-            hidden=hidden, heads=heads, dropout=dropout, gnn=gnn, cli_iters=cli_iters,
-            cli_spatial_prior=spatial_prior, calibrate_gate=calibrate_gate,
-            cli_per_node_gate=per_node_gate, ablate=_split(ablate),
-            feature_norm=feature_norm, finetune_spot_encoder=finetune_spot_encoder,
-            finetune_batch=finetune_batch, device=device, threads=threads, seed=int(seeds[0]), coverage=coverage,
-            resume=resume, minibatch_above=minibatch_above, block_spots=block_spots,
-        )
-        from asign.cluster import ClusterConfig
-
-        cluster = ClusterConfig(workers=workers, scheduler=dask_scheduler)
-        if len(models) == 1 and len(seeds) == 1 and not cluster.distributed:
-            from asign import train as train_stage
-
-            result = train_stage.run(cfg)
-            if as_json:
-                _emit_json(result.summary() if hasattr(result, "summary") else result.__dict__)
-            else:
-                _print_run_metrics(store, result)
-            return
-        from asign.train.dispatch import expand, run_many
-
-        results = run_many(expand(cfg, models, [int(s) for s in seeds]), cluster)
-    except AsignError as err:
-        raise _fail(err) from None
-    failed = [r for r in results if not hasattr(r, "summary")]
+    models, seeds = _split(model) or ("",), parse_seeds(seed)
+    cfg = TrainConfig(
+        store=store, model=models[0], run=run, known=known, folds=folds, samples=_split(samples),
+        extra_2d=_split(extra_2d), episode_known_fraction=episode_known_fraction,
+        val_fraction=val_fraction, epochs=epochs, lr=lr, optimizer=optimizer,
+        momentum=momentum, weight_decay=weight_decay, scheduler=scheduler, loss=loss,
+        hidden=hidden, heads=heads, dropout=dropout, gnn=gnn, cli_iters=cli_iters,
+        cli_spatial_prior=spatial_prior, calibrate_gate=calibrate_gate,
+        cli_per_node_gate=per_node_gate, ablate=_split(ablate),
+        feature_norm=feature_norm, finetune_spot_encoder=finetune_spot_encoder,
+        finetune_batch=finetune_batch, device=device, threads=threads, seed=seeds[0], coverage=coverage,
+        resume=resume, minibatch_above=minibatch_above, block_spots=block_spots,
+    )
+    results, dispatched = train_runs(cfg, models, seeds, workers=workers, scheduler=dask_scheduler)
     if as_json:
-        _emit_json([r.summary() if hasattr(r, "summary") else {"run": r.label, "status": "failed", "error": str(r.error)}
-                    for r in results])
+        _emit_json(summaries(results, dispatched))
     else:
         for r in results:
-            _print_run_metrics(store, r)
-    if failed:
+            print_metrics(store, r)
+    if dispatched and any(not hasattr(r, "summary") for r in results):  # a failed run was reported
         raise typer.Exit(1)
-
-
-def _print_run_metrics(store: Path, result: Any) -> None:
-    """The run's metric table on stdout (per hidden section and mean, beside the mean
-    baseline of the same run name when it exists); nothing for a run that did not return
-    a RunResult (a failed dispatched run is reported on its own)."""
-    from rich.console import Console
-
-    from asign.store import open_store
-    from asign.train.results import RunResult
-    from asign.train.table import run_table
-
-    if not isinstance(result, RunResult):
-        return
-
-    table, width = run_table(open_store(store), result)
-    Console(width=width).print(table, highlight=False)
 
 
 @_command(cls=_Command)
 def query(
     sql: Annotated[str, typer.Argument(help="SQL over the views sections, spots, genes, labels, transforms, tiles, spot_tiles, embeddings, edges, runs, metrics, predictions.")],
     store: StoreOpt,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="table|json|csv")] = "table",
+    fmt: Annotated[str, typer.Option("--format", "-f", parser=_choice(_query_formats), help="How the result is printed: table, json or csv.")] = "table",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Save the result to FILE instead of printing it (.csv, .json or .parquet by extension; written atomically, never inside the store).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run read-only SQL (DuckDB) over the store and its results. Only SELECT/EXPLAIN run;
     the connection sees nothing but the store's views."""
-    from asign.errors import AsignError, ConfigError
-    from asign.store import open_store
-    from asign.store.query import write_result
+    from asign.commands.query import print_result, run_query
 
-    if as_json:
-        fmt = "json"
-    try:
-        if fmt not in ("table", "json", "csv"):
-            raise ConfigError(f"unknown --format {fmt!r}", fix="use table, json or csv")
-        opened = open_store(store)
-        result = opened.query(sql)
-        if out is not None:
-            write_result(result, out, opened.layout)
-    except AsignError as err:
-        raise _fail(err) from None
+    result = run_query(store, sql, out)
     if out is None:
-        _print_table(result, fmt)
+        print_result(result, "json" if as_json else fmt)
     else:
         typer.echo(f"{result.num_rows} row(s) written to {out}", err=True)
-
-
-def _print_table(table: Any, fmt: str) -> None:
-    if fmt == "json":
-        _emit_json(table.to_pylist())
-    elif fmt == "csv":
-        from asign.store.query import write_csv
-
-        write_csv(table, sys.stdout)
-    else:
-        from rich.console import Console
-        from rich.table import Table
-
-        out = Table(show_lines=False)
-        for name in table.column_names:
-            out.add_column(name)
-        for row in table.to_pylist():
-            out.add_row(*[_cell(row[c]) for c in table.column_names])
-        Console(width=max(120, len(table.column_names) * 14)).print(out)
-
-
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return "" if value is None else str(value)
 
 
 @_command(cls=_Command)
@@ -383,13 +328,9 @@ def plan(
     as_json: JsonOpt = False,
 ) -> None:
     """Rank which section(s) to send for ST, from images and alignment alone (train/plan.py)."""
-    from asign.errors import AsignError
     from asign.train.plan import plan as make_plan
 
-    try:
-        result = make_plan(store, budget=budget, sample=sample)
-    except AsignError as err:
-        raise _fail(err) from None
+    result = make_plan(store, budget=budget, sample=sample)
     if as_json:
         _emit_json(result)
         return
@@ -403,14 +344,10 @@ def plan(
 def check(store: StoreOpt, as_json: JsonOpt = False) -> None:
     """Verify a store: manifest and input hashes, schema versions, LMDB entries against the
     tables, edge endpoints. Exits 1 with the full list of problems."""
-    from asign.errors import AsignError
     from asign.store import open_store
     from asign.store.check import inspect_store
 
-    try:
-        report_ = inspect_store(open_store(store))
-    except AsignError as err:
-        raise _fail(err) from None
+    report_ = inspect_store(open_store(store))
     problems = report_.problems
     if as_json:
         _emit_json({"store": str(store), "ok": not problems, "problems": problems, "notes": report_.notes})
@@ -434,13 +371,9 @@ def report(
     as_json: JsonOpt = False,
 ) -> None:
     """Spatial maps, metrics beside the mean baseline, 3D view: one self-contained report.html."""
-    from asign.errors import AsignError
-    from asign.report.cli_commands import report_command
+    from asign.commands.export import report_command
 
-    try:
-        summary = report_command(store, run, out, genes=genes, model=model)
-    except AsignError as err:
-        raise _fail(err) from None
+    summary = report_command(store, run, out, genes=genes, model=model)
     if as_json:
         _emit_json(summary)
     else:
@@ -460,14 +393,10 @@ def export(
 ) -> None:
     """Write the imputed volume as AnnData (.h5ad, scanpy/squidpy-ready), SpatialData
     (.zarr, with the aligned H&E stack) and/or the aligned stack as OME-TIFF."""
-    from asign.errors import AsignError
-    from asign.report.cli_commands import export_command
+    from asign.commands.export import export_command
 
-    try:
-        summary = export_command(store, run, h5ad, model=model, spatialdata=spatialdata,
-                                 ome_tiff=ome_tiff, z_spacing_um=z_spacing_um)
-    except AsignError as err:
-        raise _fail(err) from None
+    summary = export_command(store, run, h5ad, model=model, spatialdata=spatialdata,
+                             ome_tiff=ome_tiff, z_spacing_um=z_spacing_um)
     if as_json:
         _emit_json(summary)
     else:
@@ -487,14 +416,9 @@ def demo(
     as_json: JsonOpt = False,
 ) -> None:
     """Generate a small synthetic 3D sample and run the pipeline on it (offline, seconds)."""
-    from asign.errors import AsignError
+    from asign.commands.demo import run_demo
 
-    try:
-        from asign.demo import run_demo
-
-        summary = run_demo(out, layers=layers, seed=seed, train=train_too)
-    except AsignError as err:
-        raise _fail(err) from None
+    summary = run_demo(out, layers=layers, seed=seed, train=train_too)
     if as_json:
         _emit_json(summary)
 
@@ -502,21 +426,13 @@ def demo(
 @_command(cls=_Command)
 def doctor(as_json: JsonOpt = False) -> None:
     """Preflight: check each native piece and the encoder weights; print the fix for each failure."""
-    from asign.doctor import run_checks
+    from asign.commands.doctor import print_checks, run_checks
 
     results = run_checks()
     if as_json:
         _emit_json([r.__dict__ for r in results])
     else:
-        from rich.console import Console
-
-        con = Console()
-        for r in results:
-            mark = "[green]PASS[/]" if r.ok else ("[yellow]WARN[/]" if r.optional else "[red]FAIL[/]")
-            line = f"{mark} {r.name}: {r.detail}"
-            if not r.ok and r.fix:
-                line += f"\n      fix: {r.fix}"
-            con.print(line, highlight=False)
+        print_checks(results)
     if any(not r.ok and not r.optional for r in results):
         raise typer.Exit(1)
 

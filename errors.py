@@ -62,11 +62,16 @@ class NumericError(AsignError):
 
 
 class ValidationErrors(AsignError):
-    """Several problems found together; each is listed (spatialdata-style collection)."""
+    """Several problems found together, before any work starts; each is listed
+    (spatialdata-style collection). Manifests raise it as it is, configs as ConfigErrors."""
 
-    def __init__(self, problems: list[str], *, what: str = "validation"):
+    def __init__(self, problems: list[str], *, what: str = "validation", fix: str | None = None):
         self.problems = list(problems)
         head = f"{what} found {len(problems)} problem(s): " + "; ".join(problems[:5])
         if len(problems) > 5:
             head += f"; … and {len(problems) - 5} more"
-        super().__init__(head)
+        super().__init__(head, fix=fix)
+
+
+class ConfigErrors(ValidationErrors, ConfigError):
+    """Every invalid option of one command, collected (TrainConfig and IngestConfig)."""

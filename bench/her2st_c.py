@@ -32,9 +32,10 @@ import sys
 import time
 from pathlib import Path
 
+from asign.schemas.vocabulary import ACCURACY_METRICS as METRICS
+from asign.train.config import MODELS
+
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "her2st"
-METRICS = ("mse", "mae", "pcc_spot", "pcc_gene")
-MODELS = ("mean", "idw", "similarity", "cli", "asign2d", "asign3d")
 # store suffix → (encoder, weights)
 VARIANTS = {
     "histo": ("histo-classic", "imagenet"),
@@ -157,9 +158,9 @@ def main() -> None:
             if not dst.exists():
                 shutil.copytree(sc, dst, ignore=shutil.ignore_patterns("results", "checkpoints"))
     if "main" in tables:
-        for m in MODELS:
+        for m in reversed(MODELS):
             train(sc, m, m, [], t)
-        table(sc, list(MODELS), t, "Six models, known C2, hidden C3-C6")
+        table(sc, list(reversed(MODELS)), t, "Every model, known C2, hidden C3-C6")
     if "encoders" in tables:
         for suffix, (encoder, weights) in variants.items():
             dst = args.root / f"SC-{suffix}"

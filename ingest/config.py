@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from asign.schemas.vocabulary import NORMALISATIONS
 from asign.store.manifest import jsonable
 
 STEPS = ("register", "align", "patches", "embed", "graph")
-NORMALISATIONS = ("log_ratio", "log1p_cp10k")
+TRANSFORMS = ("rigid", "affine")
+CROSS_WEIGHTS = ("product", "sum")  # IoU × cosine (the paper) | IoU + cosine (reference code)
+DEVICES = ("cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -58,3 +62,56 @@ class IngestConfig:
     def to_json(self) -> dict[str, Any]:
         return jsonable(asdict(self))
 
+
+
+def validate(cfg: IngestConfig) -> None:
+    """Collect every invalid option into one ConfigErrors before any work starts: a typo
+    found after register, align, patches and embed have run costs hours on a real stack.
+    Options that need the input to check (--reference, --init, --panel-from against the
+    sample's layers, the gene list) are checked as soon as the input is read."""
+    from asign.encoders import AUTO, get_encoder_spec
+    from asign.errors import AsignError, ConfigErrors
+    from asign.ingest.embed import PRECISIONS
+    from asign.ingest.readers import READERS
+
+    problems: list[str] = []
+
+    def choice(value: str, allowed: tuple[str, ...] | dict, flag: str) -> None:
+        if value not in allowed:
+            problems.append(f"{flag} {value!r} is not one of {', '.join(allowed)}")
+
+    bad_steps = [s for s in cfg.steps if s not in STEPS]
+    if bad_steps or not cfg.steps:
+        problems.append(f"--steps {','.join(cfg.steps)!r} must be a non-empty subset of {','.join(STEPS)}")
+    choice(cfg.format, ("auto", *READERS), "--format")
+    choice(cfg.normalisation, NORMALISATIONS, "--normalisation")
+    choice(cfg.align.transform, TRANSFORMS, "--transform")
+    choice(cfg.cross_weight, CROSS_WEIGHTS, "--cross-weight")
+    choice(cfg.device, DEVICES, "--device")
+    choice(cfg.precision, PRECISIONS, "precision")
+    if cfg.encoder != AUTO:
+        try:
+            get_encoder_spec(cfg.encoder)
+        except AsignError as err:
+            problems.append(f"--encoder: {err}")
+    if cfg.weights not in ("imagenet", "random") and not Path(cfg.weights).expanduser().is_file():
+        problems.append(f"--weights {cfg.weights!r} is neither imagenet, random nor an existing file")
+    if not cfg.panel_from.strip():
+        problems.append("--panel-from must be first, middle, a layer number or a section id")
+    if not cfg.genes and cfg.n_genes < 1:
+        problems.append(f"--n-genes must be ≥ 1, got {cfg.n_genes}")
+    for flag, value in (("--batch-size", cfg.batch_size), ("spot_px", cfg.spot_px),
+                        ("region_px", cfg.region_px), ("global_px", cfg.global_px),
+                        ("k_same", cfg.k_same), ("top_k_cross", cfg.top_k_cross)):
+        if value < 1:
+            problems.append(f"{flag} must be ≥ 1, got {value}")
+    if cfg.section_um is not None and not (math.isfinite(cfg.section_um) and cfg.section_um > 0):
+        problems.append(f"--section-um {cfg.section_um} must be a positive number of µm")
+    if cfg.workers < 0:
+        problems.append(f"--workers must be ≥ 0, got {cfg.workers}")
+    if cfg.workers and cfg.scheduler:
+        problems.append("give --workers (a local cluster) or --scheduler (a running one), not both")
+    if not (math.isfinite(cfg.wait) and cfg.wait >= 0):
+        problems.append(f"--wait must be ≥ 0 seconds, got {cfg.wait}")
+    if problems:
+        raise ConfigErrors(problems, what="asign ingest options", fix="see `asign ingest --help`")

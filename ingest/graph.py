@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 
 SAME_LAYER = np.uint8(0)
 CROSS_LAYER = np.uint8(1)
-EDGE_KINDS = ("same_layer", "cross_layer")  # indexed by the ``kind`` code
 
 #: Same-layer weight is 1/d; distances below this floor (µm) count as the floor, so
 #: duplicated or near-duplicated spot centres get a large finite weight instead of inf.

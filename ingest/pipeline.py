@@ -82,8 +82,10 @@ def run_pipeline(cfg: IngestConfig, rep: Reporter | None = None) -> dict[str, An
     The units of work run serially, or on a Dask cluster (cfg.workers / cfg.scheduler);
     either way this process alone writes the store."""
     from asign.cluster import ClusterConfig
+    from asign.ingest.config import validate
 
     t0 = time.perf_counter()
+    validate(cfg)  # every bad option at once, before the store exists
     cfg, resolved = resolve_encoder(cfg)  # an unknown --encoder fails before the store exists
     cluster = ClusterConfig(workers=cfg.workers, scheduler=cfg.scheduler,
                             gpus=1 if cfg.device == "cuda" and cfg.workers else 0)

@@ -16,12 +16,12 @@ from asign.errors import StoreError
 from asign.ingest.config import IngestConfig
 from asign.ingest.runner import Runner, raise_failures
 from asign.progress import Reporter
+from asign.schemas.vocabulary import EDGE_KINDS
 from asign.store import Store
 from asign.store.vectors import emb_key
 
 log = logging.getLogger(__name__)
 
-KINDS = ("same_layer", "cross_layer")
 
 
 def run_graph(store: Store, cfg: IngestConfig, sample_id: str, rep: Reporter,
@@ -88,7 +88,7 @@ def graph_unit(root: str, cfg: IngestConfig, sample_id: str) -> tuple[dict[str, 
     table = {
         "sample_id": np.full(len(edges.src), sample_id, dtype=object),
         "src_spot_id": ids[edges.src], "dst_spot_id": ids[edges.dst],
-        "kind": np.asarray(KINDS, dtype=object)[edges.kind],
+        "kind": np.asarray(EDGE_KINDS, dtype=object)[edges.kind],
         "weight": edges.weight, "distance_um": edges.distance_um, "iou": edges.iou, "cosine": edges.cosine,
     }
     n_cross = int((edges.kind == 1).sum())

@@ -309,10 +309,10 @@ def display_unit(data: RunData) -> str:
 
 def _model_order(models: list[str], map_model: str) -> list[str]:
     """Mapped model first, other learned models, then baselines, the mean profile last."""
-    rank = {"asign3d": 0, "asign2d": 1, "cli": 2, "similarity": 3, "idw": 4}
-    rest = sorted((x for x in models if x != map_model), key=lambda x: (rank.get(x, 5), x))
-    baseline = [x for x in rest if x.startswith("mean")]
-    return [map_model] * (map_model in models) + [x for x in rest if x not in baseline] + baseline
+    from asign.report.data import display_rank
+
+    rest = sorted((x for x in models if x != map_model), key=lambda x: (display_rank(x), x))
+    return [map_model] * (map_model in models) + rest
 
 
 def _fs(name: str) -> str:

@@ -28,14 +28,38 @@ import numpy as np
 import pandas as pd
 
 from asign.errors import InputError, StoreError
+from asign.schemas.vocabulary import ACCURACY_METRICS
 from asign.store import Store
+from asign.train.config import BASELINE_MODELS, MEAN_MODEL, MODELS, ModelSpec
 
 log = logging.getLogger(__name__)
 
-METRICS = ("mse", "mae", "pcc_spot", "pcc_gene")
-# Which run draws the maps when --model is not given: the full method first.
-MAP_PREFERENCE = ("asign3d", "asign2d", "cli", "similarity", "idw", "mean")
+METRICS = ACCURACY_METRICS
+# Which run draws the maps when --model is not given: the registry's display order, the
+# full method first.
+MAP_PREFERENCE = tuple(MODELS)
 COMPUTED_MEAN = "mean (computed)"
+# the mean profile first: summaries compare against it before any other baseline
+BASELINES = (MEAN_MODEL, COMPUTED_MEAN, *(m for m in BASELINE_MODELS if m != MEAN_MODEL))
+
+
+def _spec(model: str) -> ModelSpec | None:
+    return MODELS.get(MEAN_MODEL if model == COMPUTED_MEAN else model)
+
+
+def display_rank(model: str) -> int:
+    spec = _spec(model)
+    return spec.rank if spec else ModelSpec.rank
+
+
+def display_colour(model: str) -> str:
+    spec = _spec(model)
+    return spec.colour if spec else ModelSpec.colour
+
+
+def is_network(model: str) -> bool:
+    spec = _spec(model)
+    return bool(spec and spec.neural)
 
 UNITS = {
     "log_ratio": "ln((c+1) / Σ_panel(c+1))",

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from asign.report.data import COMPUTED_MEAN, RunData
+from asign.report.data import BASELINES, COMPUTED_MEAN, RunData, is_network
 from asign.store.atomic import atomic_path
 
 SETTING_TEXT = {
@@ -40,8 +40,8 @@ figcaption { font-size: 0.9em; color: #444; }
 .better { color: #1b5e20; } .worse { color: #b00020; }
 """
 
-BASELINES = ("mean", COMPUTED_MEAN, "idw", "similarity", "cli")
 TIE = 0.005  # differences below this are not called a win either way
+# the report's metric order (per-gene PCC first: it tells methods apart) and direction
 HIGHER_IS_BETTER = {"pcc_gene": True, "pcc_spot": True, "mse": False, "mae": False}
 
 
@@ -135,7 +135,7 @@ def _verdict(summary: pd.DataFrame, model: str, base: str) -> str:
 
 
 def _metrics_table(summary: pd.DataFrame, models: list[str]) -> str:
-    metrics = [c for c in ("pcc_gene", "pcc_spot", "mse", "mae") if c in set(summary.metric)]
+    metrics = [c for c in HIGHER_IS_BETTER if c in set(summary.metric)]  # per-gene PCC first
     head = "".join(f"<th>{_html.escape(c)}</th>" for c in metrics)
     rows = []
     for model in models:
@@ -169,7 +169,7 @@ def header(data: RunData) -> list[str]:
     run = data.runs[data.map_model]
     cfg = run.config
     timings = cfg.get("timings", {}) if isinstance(cfg.get("timings"), dict) else {}
-    if data.map_model in ("asign3d", "asign2d"):
+    if is_network(data.map_model):
         best = {k: v.get("best_epoch") for k, v in timings.get("selection", {}).items()
                 if isinstance(v, dict)}
         epochs = (f"{timings.get('epochs_run', cfg.get('epochs', '?'))} run of "

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from asign.report.data import COMPUTED_MEAN
+from asign.report.data import COMPUTED_MEAN, display_colour
+from asign.train.config import MEAN_MODEL
 
 CMAP = "viridis"
 DPI = 110
@@ -23,11 +24,6 @@ METRIC_TITLES = {
     "mae": "MAE (lower is better)",
     "pcc_spot": "PCC per spot (higher is better)",
     "pcc_gene": "PCC per gene (higher is better)",
-}
-BASELINE_COLOUR = "#9e9e9e"
-MODEL_COLOURS = {
-    "asign3d": "#1f77b4", "asign2d": "#17becf", "cli": "#2ca02c", "idw": "#ff7f0e",
-    "similarity": "#9467bd", "mean": BASELINE_COLOUR, COMPUTED_MEAN: BASELINE_COLOUR,
 }
 
 
@@ -348,12 +344,8 @@ def volume_3d(layers: list[Layer3D], gene: str, model: str, unit: str, title: st
     return _save(fig, out)
 
 
-def _colour(model: str) -> str:
-    return MODEL_COLOURS.get(model, "#8c564b")
-
-
 def _is_baseline(model: str) -> bool:
-    return model in ("mean", COMPUTED_MEAN)
+    return model in (MEAN_MODEL, COMPUTED_MEAN)
 
 
 def metrics_bars(summary: pd.DataFrame, models: list[str], title: str, out: Path) -> Path:
@@ -375,7 +367,7 @@ def metrics_bars(summary: pd.DataFrame, models: list[str], title: str, out: Path
                 continue
             base = _is_baseline(model)
             sd = float(np.nan_to_num(sds[i]))
-            ax.bar(i, means[i], yerr=sd, color=_colour(model),
+            ax.bar(i, means[i], yerr=sd, color=display_colour(model),
                    hatch="//" if base else None, edgecolor="black", linewidth=0.5,
                    capsize=3, error_kw={"elinewidth": 0.8})
             # the value sits above the error bar, so the two never overlap
@@ -431,10 +423,10 @@ def pcc_distribution(table: pd.DataFrame, highlight: list[str], title: str, out:
                     fontsize=7, color="#555555")
             continue
         ax.boxplot(vals[ok], positions=[i], widths=0.5, showfliers=False,
-                   patch_artist=True, boxprops={"facecolor": _colour(model), "alpha": 0.35},
+                   patch_artist=True, boxprops={"facecolor": display_colour(model), "alpha": 0.35},
                    medianprops={"color": "black"})
         jitter = rng.uniform(-0.18, 0.18, ok.sum())
-        ax.scatter(i + jitter, vals[ok], s=6, color=_colour(model), alpha=0.7, linewidths=0)
+        ax.scatter(i + jitter, vals[ok], s=6, color=display_colour(model), alpha=0.7, linewidths=0)
         ax.text(i, 1.02, f"median {np.median(vals[ok]):.2f}\nn = {ok.sum()}", ha="center",
                 va="bottom", fontsize=7)
         marked = [(float(table.at[g, model]), g) for g in highlight

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from asign.errors import AsignError
 from asign.schemas import SCHEMA_VERSION, TABLES
+from asign.schemas.vocabulary import EDGE_KINDS
 from asign.store import Store, records
 from asign.store.layout import OPTIONAL_STEP_TABLES, RUN_TABLES, SAMPLE_TABLES, STEP_TABLES
 from asign.store.locks import run_alive
@@ -316,7 +317,7 @@ def _check_edges(store: Store, sample_id: str, spot_ids: set[str], problems: lis
         if dangling:
             problems.append(f"{path}: {len(dangling)} edge {end} endpoints are not spots of sample {sample_id} "
                             f"(e.g. {_first(dangling)}); {_REINGEST} --steps graph")
-    kinds = set(edges.column("kind").to_pylist()) - {"same_layer", "cross_layer"}
+    kinds = set(edges.column("kind").to_pylist()) - set(EDGE_KINDS)
     if kinds:
         problems.append(f"{path}: unknown edge kinds {sorted(kinds)}")
     weights = edges.column("weight").to_numpy(zero_copy_only=False)

@@ -81,6 +81,27 @@ def test_bad_init_hint_is_a_config_error(tmp_path):
     assert "MOVING:FIXED:DEGREES" in result.output
 
 
+def test_every_bad_ingest_option_is_reported_at_once_before_any_work(tmp_path):
+    # three typos in one command: all three named in one line, and no store was created
+    result = runner.invoke(app, ["ingest", str(tmp_path), "--store", str(tmp_path / "S"),
+                                 "--cross-weight", "prodcut", "--transform", "rigd",
+                                 "--encoder", "resnet5O-l3"])
+    assert result.exit_code == 1
+    line = result.output.strip()
+    assert "\n" not in line and "3 problem(s)" in line
+    assert "--cross-weight 'prodcut'" in line and "--transform 'rigd'" in line and "resnet5O-l3" in line
+    assert not (tmp_path / "S").exists()
+
+
+def test_format_is_a_real_choice(tmp_path):
+    # a value outside the registry is a usage error (exit 2), not a failed run
+    ingest = runner.invoke(app, ["ingest", str(tmp_path), "--store", str(tmp_path / "S"),
+                                 "--format", "her2"])
+    assert ingest.exit_code == 2 and "her2st" in ingest.output
+    query = runner.invoke(app, ["query", "--store", str(tmp_path), "select 1", "--format", "xml"])
+    assert query.exit_code == 2 and "table, json, csv" in query.output
+
+
 def _tiny_store(root: Path) -> Path:
     store = open_store(root, create=True)
     store.write("genes", {"gene": ["ERBB2", "MDK"], "rank": [0, 1], "mean_count": [3.0, 2.0]})

@@ -231,7 +231,7 @@ def test_explicit_genes_model_and_errors(report_store, tmp_path):
 
 
 def test_cli_command_bodies(report_store, tmp_path):
-    from asign.report.cli_commands import export_command, report_command, split_genes
+    from asign.commands.export import export_command, report_command, split_genes
 
     assert split_genes(" G1, G2 ,,") == ("G1", "G2") and split_genes("") is None
     summary = report_command(report_store, "base", tmp_path / "r", genes="G1", model="idw")

@@ -190,7 +190,7 @@ def test_a_new_baseline_needs_only_a_registry_entry_and_its_function(toy_store, 
 
     monkeypatch.setattr(baselines, "predict_known_max", predict_known_max, raising=False)
     monkeypatch.setitem(MODELS, "known-max", ModelSpec(
-        "known-max", False, False, False, "toy: the known layer's maximum", images=False,
+        name="known-max", help="toy: the known layer's maximum", images=False,
         baseline="predict_known_max"))
     res = run(_cfg(toy_store, "known-max"))
     assert res.status == "done"

@@ -5,11 +5,12 @@ docs and ``asign doctor`` read :data:`MODELS`."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from asign.errors import ConfigError
+from asign.errors import ConfigErrors
 from asign.store.manifest import jsonable
 
 SETTINGS = ("within_sample", "cross_sample")
@@ -26,44 +27,63 @@ FEATURE_NORMS = ("section", "none")
 ABLATIONS = ("cross-attention", "gat", "cli")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ModelSpec:
-    """What a registered model needs: training or not, which graph, CLI or not."""
+    """Everything asign knows about one model: how it is built or predicted, which graph and
+    inputs it reads, and how it is displayed. Every model list (CLI help, demo, report order
+    and colours, doctor) is derived from :data:`MODELS`, so a new baseline is one entry here
+    and one function in train/baselines.py."""
 
     name: str
-    neural: bool
-    cross_layer: bool  # uses cross-layer edges of the 3D graph
-    cli: bool  # label propagation from the known layer
     help: str
-    images: bool = True  # reads image features: every section in its graph needs an image
-    # a baseline's predictor: the name of a function in train/baselines.py with the
-    # signature (cfg, sample, y, known) -> (N, G); networks have none (train/loop.py)
+    # a network: the ModelConfig fields the variant fixes (train/model.py builds it); a
+    # baseline: None, and ``baseline`` names its predictor in train/baselines.py, with the
+    # signature (cfg, sample, y, known) -> (N, G)
+    network: Mapping[str, bool] | None = None
     baseline: str | None = None
-    torch: bool = False  # runs torch kernels: thread budget, determinism and --device apply
+    cross_layer: bool = False  # uses cross-layer edges of the 3D graph
+    cli: bool = False  # label propagation from the known layer
+    images: bool = True  # reads image features: every section in its graph needs an image
+    torch: bool = False  # a baseline that runs torch kernels: thread budget, determinism, --device
+    rank: int = 50  # display order (maps, tables, demo): the full method first, the mean last
+    colour: str = "#8c564b"  # bar colour in the report
+
+    @property
+    def neural(self) -> bool:
+        return self.network is not None
 
     @property
     def uses_torch(self) -> bool:
         return self.neural or self.torch
 
 
-MODELS: dict[str, ModelSpec] = {
-    "asign3d": ModelSpec("asign3d", True, True, True,
-                         "MSAGNet on the 3D graph + cross-layer imputation (the full method)"),
-    "asign2d": ModelSpec("asign2d", True, False, False,
-                         "MSAGNet on same-layer edges only, no CLI (the 2D model)"),
-    "mean": ModelSpec("mean", False, False, False,
-                      "known layer's mean profile for every hidden spot", images=False,
-                      baseline="predict_mean"),
-    "idw": ModelSpec("idw", False, False, False,
-                     "inverse-distance weighting of the 8 nearest known spots (aligned x, y)",
-                     images=False, baseline="predict_idw"),
-    "similarity": ModelSpec("similarity", False, False, False,
-                            "cosine kNN (k=20) on spot embeddings against the known layer",
-                            baseline="predict_similarity"),
-    "cli": ModelSpec("cli", False, True, True,
-                     "label propagation alone over the 3D graph (unit node weights)", images=False,
-                     baseline="predict_cli", torch=True),
-}
+def _models(*specs: ModelSpec) -> dict[str, ModelSpec]:
+    return {s.name: s for s in sorted(specs, key=lambda s: s.rank)}
+
+
+MODELS: dict[str, ModelSpec] = _models(
+    ModelSpec(name="asign3d", help="MSAGNet on the 3D graph + cross-layer imputation (the full method)",
+              network={"cross_layer_edges": True, "use_cli": True}, cross_layer=True, cli=True,
+              rank=0, colour="#1f77b4"),
+    ModelSpec(name="asign2d", help="MSAGNet on same-layer edges only, no CLI (the 2D model)",
+              network={"cross_layer_edges": False, "use_cli": False}, rank=1, colour="#17becf"),
+    ModelSpec(name="cli", help="label propagation alone over the 3D graph (unit node weights)",
+              baseline="predict_cli", cross_layer=True, cli=True, images=False, torch=True,
+              rank=2, colour="#2ca02c"),
+    ModelSpec(name="similarity", help="cosine kNN (k=20) on spot embeddings against the known layer",
+              baseline="predict_similarity", rank=3, colour="#9467bd"),
+    ModelSpec(name="idw", help="inverse-distance weighting of the 8 nearest known spots (aligned x, y)",
+              baseline="predict_idw", images=False, rank=4, colour="#ff7f0e"),
+    ModelSpec(name="mean", help="known layer's mean profile for every hidden spot",
+              baseline="predict_mean", images=False, rank=99, colour="#9e9e9e"),
+)
+NETWORKS = tuple(name for name, spec in MODELS.items() if spec.neural)
+BASELINE_MODELS = tuple(name for name, spec in MODELS.items() if not spec.neural)
+MEAN_MODEL = "mean"  # the reference every figure is reported beside (DESIGN.md §5)
+
+
+def models_help() -> str:
+    return " | ".join(MODELS)
 
 
 @dataclass(frozen=True)
@@ -216,5 +236,5 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.device == "cuda" and cfg.gnn == "dgl" and cfg.spec.neural:
         problems.append("the PyPI DGL wheel is CPU-only: use --gnn pyg with --device cuda")
     if problems:
-        raise ConfigError("; ".join(problems), fix="see `asign train --help`")
+        raise ConfigErrors(problems, what="asign train options", fix="see `asign train --help`")
 

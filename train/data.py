@@ -20,12 +20,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from asign.errors import StoreError
+from asign.schemas.vocabulary import TILE_LEVELS
 from asign.store import Store
 from asign.store.vectors import emb_key
 
 log = logging.getLogger(__name__)
 
-LEVELS = ("region", "global")
+LEVELS = TILE_LEVELS
 
 
 @dataclass

@@ -14,8 +14,9 @@ from __future__ import annotations
 import numpy as np
 
 from asign.errors import AsignError
+from asign.schemas.vocabulary import ACCURACY_METRICS
 
-METRICS = ("mse", "mae", "pcc_spot", "pcc_gene")
+METRICS = ACCURACY_METRICS
 
 
 def _pair(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -23,6 +23,7 @@ Data flow, with h = ``hidden_dim``:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -30,11 +31,14 @@ import torch
 from torch import Tensor, nn
 
 from asign.errors import AsignError, ConfigError
+from asign.schemas.vocabulary import EDGE_KINDS as EDGE_VOCABULARY
 from asign.train.cli_block import CLIBlock, spatial_prior
+from asign.train.config import MODELS
 from asign.train.gnn import EdgeGraph, make_gat, resolve_engine
 
 #: Integer codes of the ``kind`` column of the store's edge table.
-EDGE_KINDS: dict[str, int] = {"same_layer": 0, "cross_layer": 1}
+#: edge kind → the code stored in ``GraphInputs.edge_kind``
+EDGE_KINDS: dict[str, int] = {kind: code for code, kind in enumerate(EDGE_VOCABULARY)}
 
 
 @dataclass
@@ -191,11 +195,10 @@ class ModelConfig:
         resolve_engine(self.engine)
 
 
-#: Variant name → the config fields it fixes; everything else comes from defaults/overrides.
-MODEL_VARIANTS: dict[str, dict[str, Any]] = {
-    "asign3d": {"cross_layer_edges": True, "use_cli": True},
-    "asign2d": {"cross_layer_edges": False, "use_cli": False},
-}
+#: Variant name → the config fields it fixes (the networks of the model registry,
+#: ``ModelSpec.network``); everything else comes from defaults/overrides.
+MODEL_VARIANTS: dict[str, Mapping[str, Any]] = {
+    name: spec.network for name, spec in MODELS.items() if spec.network is not None}
 
 
 def model_config(variant: str, **overrides: Any) -> ModelConfig:

@@ -15,13 +15,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from asign.schemas.vocabulary import METRIC_NAMES
 from asign.store import Store
 from asign.store.manifest import fingerprint
 from asign.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
-METRIC_NAMES = ("mse", "mae", "pcc_spot", "pcc_gene", "coverage", "width")
 
 
 def store_hash(store: Store) -> str:

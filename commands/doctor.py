@@ -152,3 +152,15 @@ def run_checks() -> list[Check]:
              "or pass --weights PATH; --weights random runs the pipeline without them", optional=True),
         _try("registries", _registries, "reinstall asign (pip install -e .)"),
     ]
+
+
+def print_checks(results: list[Check]) -> None:
+    from rich.console import Console
+
+    con = Console()
+    for r in results:
+        mark = "[green]PASS[/]" if r.ok else ("[yellow]WARN[/]" if r.optional else "[red]FAIL[/]")
+        line = f"{mark} {r.name}: {r.detail}"
+        if not r.ok and r.fix:
+            line += f"\n      fix: {r.fix}"
+        con.print(line, highlight=False)

@@ -1,6 +1,5 @@
-"""Bodies of `asign report` and `asign export`, for cli.py to wire: plain typed functions
-that build the call and return a JSON-able summary. They raise AsignError subclasses; the
-CLI turns those into exit 1 with one line on stderr."""
+"""Bodies of `asign report` and `asign export`: they build the call and return a JSON-able
+summary."""
 
 from __future__ import annotations
 

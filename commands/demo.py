@@ -11,7 +11,13 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-DEMO_MODELS = ("mean", "idw", "similarity", "cli", "asign2d", "asign3d")
+
+def demo_models() -> tuple[str, ...]:
+    """Every registered model, baselines first (the networks take longest)."""
+    from asign.train.config import MODELS
+
+    return tuple(sorted(MODELS, key=lambda m: (MODELS[m].neural, m)))
+
 
 
 def run_demo(out: Path, *, layers: int = 4, seed: int = 0, train: bool = True, epochs: int = 30) -> dict[str, Any]:
@@ -32,17 +38,18 @@ def run_demo(out: Path, *, layers: int = 4, seed: int = 0, train: bool = True, e
     from asign.train.config import TrainConfig
 
     runs = {}
-    for model in DEMO_MODELS:
+    for model in demo_models():
         result = train_run(TrainConfig(store=store, model=model, run="demo", epochs=epochs, seed=seed))
         runs[model] = result.run_id
     summary["runs"] = runs
 
+    from asign.schemas.vocabulary import ACCURACY_METRICS
     from asign.store import open_store
 
     table = open_store(store).query(
         "select r.model, m.metric, round(avg(m.value), 4) as value "
         "from metrics m join runs r using (run_id) where r.name = 'demo' "
-        "and m.metric in ('mse', 'mae', 'pcc_spot', 'pcc_gene') "
+        f"and m.metric in ({', '.join(repr(m) for m in ACCURACY_METRICS)}) "
         "group by 1, 2 order by 2, 3 desc"
     )
     summary["metrics"] = table.to_pylist()

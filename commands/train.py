@@ -1,0 +1,60 @@
+"""Body of `asign train`: one run, or one run per model × seed (serially or as Dask tasks),
+then each run's metric table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from asign.errors import ConfigError
+from asign.train.config import TrainConfig
+
+
+def parse_seeds(value: str) -> list[int]:
+    seeds = [s.strip() for s in value.split(",") if s.strip()]
+    if not seeds or not all(s.lstrip("-").isdigit() for s in seeds):
+        raise ConfigError(f"--seed {value!r} is not an integer or a comma-separated list of integers",
+                          fix="e.g. --seed 0 or --seed 0,1,2")
+    return [int(s) for s in seeds]
+
+
+def train_runs(cfg: TrainConfig, models: tuple[str, ...], seeds: list[int], *,
+               workers: int = 0, scheduler: str | None = None) -> tuple[list[Any], bool]:
+    """RunResults, or a failed dispatched run's record (with ``label`` and ``error``), and
+    whether the runs were dispatched (several runs, or a cluster) rather than run here."""
+    from asign.cluster import ClusterConfig
+
+    cluster = ClusterConfig(workers=workers, scheduler=scheduler)
+    if len(models) == 1 and len(seeds) == 1 and not cluster.distributed:
+        from asign import train as train_stage
+
+        return [train_stage.run(cfg.with_(model=models[0], seed=seeds[0]))], False
+    from asign.train.dispatch import expand, run_many
+
+    return run_many(expand(cfg, list(models), seeds), cluster), True
+
+
+def summaries(results: list[Any], dispatched: bool) -> Any:
+    """What ``--json`` prints: the run's summary, or a list when the runs were dispatched."""
+    out = [r.summary() if hasattr(r, "summary") else
+           {"run": r.label, "status": "failed", "error": str(r.error)} for r in results]
+    return out if dispatched else out[0]
+
+
+def print_metrics(store: Path, result: Any) -> None:
+    """The run's metric table on stdout (per hidden section and mean, beside the mean
+    baseline of the same run name when it exists); nothing for a run that did not return
+    a RunResult (a failed dispatched run is reported on its own)."""
+    from rich.console import Console
+
+    from asign.store import open_store
+    from asign.train.results import RunResult
+    from asign.train.table import run_table
+
+    if not isinstance(result, RunResult):
+        return
+    table, width = run_table(open_store(store), result)
+    Console(width=width).print(table, highlight=False)
+
+
+__all__ = ["parse_seeds", "print_metrics", "summaries", "train_runs"]
