@@ -162,7 +162,6 @@ def section_maps(data: RunData, sample: str, gene: str) -> list:
     """The known layer (measured only) and the hidden sections of ``sample`` as
     :class:`plots.SectionMap` for ``gene``."""
     import pandas as pd
-    from PIL import Image
 
     from asign.report.plots import SectionMap
     from asign.train.metrics import pcc_per_gene
@@ -190,8 +189,7 @@ def section_maps(data: RunData, sample: str, gene: str) -> list:
             frame = "aligned"
         thumb = scale = None
         if frame == "image" and sec in data.thumbs:
-            with Image.open(data.thumbs[sec].path) as im:
-                thumb = np.asarray(im.convert("RGB"))
+            thumb = data.thumbs[sec].read()
             scale = data.thumbs[sec].downsample * um
         measured = data.labels[rows, g]
         predicted = None if is_known else pred_all[rows, g]

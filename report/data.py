@@ -30,6 +30,7 @@ import pandas as pd
 from asign.errors import InputError, StoreError
 from asign.schemas.vocabulary import ACCURACY_METRICS
 from asign.store import Store
+from asign.store.thumbnails import Thumbnail, section_thumbnail
 from asign.train.config import BASELINE_MODELS, MEAN_MODEL, MODELS, ModelSpec
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ class RunData:
     labels: np.ndarray
     predictions: dict[str, np.ndarray]  # model -> (spots, genes)
     metrics: pd.DataFrame  # model, run_id, fold, sample_id, section_id, setting, metric, value
-    thumbs: dict[str, ThumbInfo] = field(default_factory=dict)
+    thumbs: dict[str, Thumbnail] = field(default_factory=dict)
     # raw panel counts, row-aligned with ``spots``; NaN where a spot was not measured
     counts: np.ndarray | None = None
     embed: dict[str, Any] = field(default_factory=dict)  # manifest params.embed
@@ -114,13 +115,6 @@ class RunData:
     def unit(self) -> str:
         return UNITS.get(self.normalisation, self.normalisation)
 
-
-@dataclass(frozen=True)
-class ThumbInfo:
-    """An H&E thumbnail and its scale: ``downsample`` full-resolution px per thumbnail px."""
-
-    path: str
-    downsample: float
 
 
 def load_runs(store: Store, name: str) -> dict[str, RunInfo]:
@@ -342,20 +336,13 @@ def _computed_mean(metrics: pd.DataFrame, predictions: dict[str, np.ndarray], la
     return metrics, {**predictions, COMPUTED_MEAN: pred}
 
 
-def _thumbs(store: Store, manifest: dict[str, Any], sections: pd.DataFrame) -> dict[str, ThumbInfo]:
-    """The finest H&E thumbnail the store has per section: align's ≤ 4 µm/px one, else
-    the 11 µm/px registration thumbnail (stores aligned before fine thumbnails existed)."""
-    out: dict[str, ThumbInfo] = {}
+def _thumbs(store: Store, manifest: dict[str, Any], sections: pd.DataFrame) -> dict[str, Thumbnail]:
+    out: dict[str, Thumbnail] = {}
     for r in sections.itertuples():
         align = manifest.get("steps", {}).get(str(r.sample_id), {}).get("align", {})
-        fine = store.layout.fine_thumbnail(str(r.section_id))
-        fine_ds = align.get("fine_thumb_downsample", {}).get(str(r.section_id))
-        path = store.layout.thumbnail(str(r.section_id))
-        ds = align.get("thumb_downsample", {}).get(str(r.section_id))
-        if fine.exists() and fine_ds:
-            out[str(r.section_id)] = ThumbInfo(str(fine), float(fine_ds))
-        elif path.exists() and ds:
-            out[str(r.section_id)] = ThumbInfo(str(path), float(ds))
+        thumb = section_thumbnail(store.layout, align, str(r.section_id))
+        if thumb is not None:
+            out[str(r.section_id)] = thumb
         elif r.has_image:
             log.info("section %s: no H&E thumbnail in the store; maps drawn without it",
                      r.section_id)

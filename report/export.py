@@ -134,7 +134,6 @@ def _random_weights(embed: dict[str, Any]) -> bool:
 
 def _spatial_uns(data: Any, obs: pd.DataFrame, secs: pd.DataFrame) -> dict[str, Any]:
     """``uns['spatial']`` in scanpy's Visium layout, one library per imaged section."""
-    from PIL import Image
 
     spatial: dict[str, Any] = {}
     for sec in obs.section.cat.categories:
@@ -142,8 +141,7 @@ def _spatial_uns(data: Any, obs: pd.DataFrame, secs: pd.DataFrame) -> dict[str, 
         um = float(info.um_per_px) if pd.notna(info.um_per_px) else None
         if sec not in data.thumbs or not um:
             continue
-        with Image.open(data.thumbs[sec].path) as im:
-            img = np.asarray(im.convert("RGB"))
+        img = data.thumbs[sec].read()
         spatial[str(sec)] = {
             "images": {"hires": img},
             "scalefactors": {

@@ -39,7 +39,6 @@ def sample_stacks(data: Any, spacing_um: float,
                   samples: list[str] | None = None) -> dict[str, AlignedStack]:
     """The aligned H&E stack of each test sample (or of ``samples``) that has thumbnails
     and transforms."""
-    from PIL import Image
 
     tf = data.transforms
     out: dict[str, AlignedStack] = {}
@@ -52,8 +51,7 @@ def sample_stacks(data: Any, spacing_um: float,
             row = tf[tf.section_id == sec] if tf is not None and len(tf) else pd.DataFrame()
             if sec not in data.thumbs or row.empty:
                 continue
-            with Image.open(data.thumbs[sec].path) as im:
-                thumb = np.asarray(im.convert("RGB"))
+            thumb = data.thumbs[sec].read()
             matrix = np.asarray(row.matrix.iloc[0], dtype=np.float64).reshape(3, 3)
             items.append(SectionImage(sec, int(r.z), thumb, data.thumbs[sec].downsample, matrix))
         if items:

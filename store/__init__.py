@@ -17,6 +17,7 @@ from asign.errors import StoreError
 from asign.store import manifest as _manifest
 from asign.store import records as _records
 from asign.store.atomic import atomic_path
+from asign.store.checkpoints import Checkpoint
 from asign.store.layout import (
     GLOBAL_TABLES,
     OPTIONAL_STEP_TABLES,
@@ -132,6 +133,10 @@ class Store:
         with atomic_path(self.layout.writable(path)) as tmp:
             Image.fromarray(np.asarray(rgb, dtype=np.uint8)).save(tmp, format="PNG")
         return path
+
+    def checkpoint(self, name: str) -> Checkpoint:
+        """The training checkpoint ``name`` (a run id, or ``<run id>.fold<k>``)."""
+        return Checkpoint(self.layout.writable(self.layout.checkpoint(name)))
 
     # vectors --------------------------------------------------------------
     def vectors(self, *, readonly: bool = True) -> Vectors:

@@ -223,17 +223,16 @@ def test_planted_checkpoint_is_refused_not_run(toy_store, tmp_path):
     import torch
 
     from asign.train import TrainConfig, run
-    from asign.train.loop import load_checkpoint
 
     cfg = TrainConfig(store=toy_store, model="asign3d", run="ck", epochs=3, hidden=16, heads=1)
     part = run(cfg, max_epochs=1)
-    ckpt = open_store(toy_store).layout.checkpoint(part.run_id)
-    assert load_checkpoint(ckpt)["state"]["epoch"] == 1  # real checkpoints load as plain data
+    ckpt = open_store(toy_store).checkpoint(part.run_id)
+    assert ckpt.load()["state"]["epoch"] == 1  # real checkpoints load as plain data
     marker = tmp_path / "pwned"
-    torch.save({"run_id": part.run_id, "fold": 0, "state": _Planted(marker), "finished": {}}, ckpt)
+    torch.save({"run_id": part.run_id, "fold": 0, "state": _Planted(marker), "finished": {}}, ckpt.path)
     line = one_error(*cli("train", "--store", toy_store, "--model", "asign3d", "--run", "ck", "--epochs", "3",
                           "--hidden", "16", "--heads", "1", "--resume")[::2])
-    assert "checkpoint refused" in line and str(ckpt) in line
+    assert "checkpoint refused" in line and str(ckpt.path) in line
     assert not marker.exists()
 
 

@@ -15,12 +15,15 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from asign.train.config import MODELS, TrainConfig, validate
 from asign.train.results import RunResult
+
+if TYPE_CHECKING:
+    from asign.store.checkpoints import Checkpoint
 
 __all__ = ["MODELS", "RunResult", "TrainConfig", "run"]
 
@@ -165,8 +168,8 @@ def _execute(cfg: TrainConfig, store: Any, rid: str, folds: list, rep: Any,
     timings["load_s"] = round(time.perf_counter() - t, 3)
 
     spec = cfg.spec
-    ckpt_path = store.layout.writable(store.layout.checkpoint(rid))  # no symlink out of the store
-    ckpt = loop.load_checkpoint(ckpt_path) if cfg.resume and spec.neural else None
+    ckpt_path = store.checkpoint(rid)
+    ckpt = ckpt_path.load() if cfg.resume and spec.neural else None
     if ckpt is not None and ckpt.get("run_id") != rid:
         ckpt = None
     if cfg.resume and spec.neural and ckpt is None:
@@ -195,7 +198,7 @@ def _blocked(tasks: dict) -> dict[str, Any]:
     return {t.name: vars(t.cache["batching"]) for t in tasks.values() if "batching" in t.cache}
 
 
-def _one_fold(cfg: TrainConfig, fold: Any, samples: dict, tasks: dict, rid: str, ckpt_path: Any,
+def _one_fold(cfg: TrainConfig, fold: Any, samples: dict, tasks: dict, rid: str, ckpt_path: Checkpoint,
               ckpt: dict | None, finished: dict, rep: Any, epoch_s: list[float],
               budget: list[int | None], selection: dict[int, dict], recipe: Any
               ) -> tuple[list[dict] | None, list, float]:
@@ -276,7 +279,7 @@ def _require_finite(cfg: TrainConfig, fold: int, s: Any, plan: Any, pred: np.nda
 
 
 def _fit_fold(cfg: TrainConfig, fold: Any, samples: dict, tasks: dict, rid: str,
-              path: Any, ckpt: dict | None, finished: dict, rep: Any, epoch_s: list[float],
+              path: Checkpoint, ckpt: dict | None, finished: dict, rep: Any, epoch_s: list[float],
               budget: list[int | None], best: dict[int, dict], recipe: Any = None) -> Any:
     """Train (or restore) the fold's model; None when the epoch budget ran out first."""
     from asign.train import loop
@@ -311,7 +314,7 @@ def _fit_fold(cfg: TrainConfig, fold: Any, samples: dict, tasks: dict, rid: str,
         loop.init_output_bias(model, train_tasks)
 
     def save(state: loop.FitState) -> None:
-        loop.save_checkpoint(path, {"run_id": rid, "fold": fold.fold, "state": asdict(state),
+        path.save({"run_id": rid, "fold": fold.fold, "state": asdict(state),
                                     "finished": finished})
 
     task_id = rep.task(f"{cfg.model} fold {fold.fold}", total=cfg.epochs)
@@ -338,7 +341,7 @@ def _fit_fold(cfg: TrainConfig, fold: Any, samples: dict, tasks: dict, rid: str,
 
         best[fold.fold]["gate"] = calibrate_gate(cfg, model, select or train_tasks)
     finished[fold.fold] = loop._cpu_state(model)
-    loop.save_checkpoint(path, {"run_id": rid, "fold": None, "state": None,
+    path.save({"run_id": rid, "fold": None, "state": None,
                                 "finished": finished})
     return model
 

@@ -24,7 +24,6 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -404,33 +403,6 @@ def _eval_inputs(cfg: TrainConfig, model: Any, task: GraphTask) -> Any:
 
     return eval_inputs(model, task)
 
-
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    import torch
-
-    from asign.store.atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def load_checkpoint(path: Path) -> dict[str, Any] | None:
-    """A checkpoint holds tensors and plain data only, and is loaded that way
-    (``weights_only=True``): a file planted in a shared store cannot run code."""
-    import pickle
-
-    import torch
-
-    from asign.errors import StoreError
-
-    if not path.exists():
-        return None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise StoreError(f"checkpoint refused: not plain tensors and data ({first})", path=path,
-                         fix="delete the file and re-run without --resume (it is re-created)") from err
 
 
 def _cpu_state(model: Any) -> dict[str, Any]:

@@ -51,7 +51,7 @@ def fold_task(cfg: TrainConfig, root: str, rid: str, fold: Any) -> dict[str, Any
     from asign.cluster import here, worker_threads
     from asign.progress import silent
     from asign.store import open_store
-    from asign.train import _blocked, _deterministic, _load, _one_fold, loop
+    from asign.train import _blocked, _deterministic, _load, _one_fold
 
     if cfg.threads is None:
         cfg = cfg.with_(threads=worker_threads())
@@ -59,8 +59,8 @@ def fold_task(cfg: TrainConfig, root: str, rid: str, fold: Any) -> dict[str, Any
     t = time.perf_counter()
     samples, recipe = _load(cfg, store, [fold])
     load_s = round(time.perf_counter() - t, 3)
-    path = store.layout.writable(store.layout.checkpoint(f"{rid}.fold{fold.fold}"))  # no symlink out
-    ckpt = loop.load_checkpoint(path) if cfg.resume and cfg.spec.neural else None
+    path = store.checkpoint(f"{rid}.fold{fold.fold}")
+    ckpt = path.load() if cfg.resume and cfg.spec.neural else None
     if ckpt is not None and ckpt.get("run_id") != rid:
         ckpt = None
     finished: dict[int, dict] = dict(ckpt["finished"]) if ckpt else {}
