@@ -218,3 +218,14 @@ def test_runs_under_bfloat16_autocast():
     assert torch.isfinite(out.spot.float()).all()
     ref = model(inputs, y, known)
     torch.testing.assert_close(out.spot.float(), ref.spot, atol=0.1, rtol=0.1)
+
+
+def test_every_registered_network_implements_the_loop_interface():
+    from asign.train.config import MODELS
+    from asign.train.network import Network
+
+    networks = [name for name, spec in MODELS.items() if spec.neural]
+    assert networks  # asign3d, asign2d
+    for name in networks:
+        assert isinstance(build_model(name, **SMALL), Network), name
+    assert not isinstance(torch.nn.Linear(2, 2), Network)  # the check can fail

@@ -43,11 +43,17 @@ import functools
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from asign.errors import ConfigError
+
+if TYPE_CHECKING:
+    from asign.train.config import TrainConfig
+    from asign.train.loop import GraphTask
+    from asign.train.model import GraphInputs, ModelOutput
+    from asign.train.network import Network
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +77,13 @@ class BatchPlan:
                 fix="e.g. minibatch_above=20000, block_spots=4096")
 
     @classmethod
-    def of(cls, cfg: Any) -> BatchPlan:
+    def of(cls, cfg: TrainConfig) -> BatchPlan:
         return cls(cfg.minibatch_above, cfg.block_spots, cfg.block_halo)
 
     def active(self, n_spots: int) -> bool:
         return n_spots > self.above
 
-    def hops(self, model: Any) -> int:
+    def hops(self, model: Network) -> int:
         return len(model.net.gats) if self.halo is None else self.halo
 
 
@@ -183,7 +189,7 @@ def block_subgraph(graph: Any, seeds: np.ndarray, hops: int) -> Subgraph:
     return Subgraph(nodes, seed, edges, sub)
 
 
-def subset_inputs(inputs: Any, sub: Subgraph) -> Any:
+def subset_inputs(inputs: GraphInputs, sub: Subgraph) -> GraphInputs:
     """The model inputs of a subgraph: node rows, the tile tokens those rows use, edges."""
     import torch
 
@@ -234,8 +240,8 @@ class Part:
     restricts every loss term to the seeds (None: all nodes); ``graph`` is the part's
     EdgeGraph (None: the model builds the whole graph's, as always)."""
 
-    task: Any  # loop.GraphTask over the part's nodes
-    inputs: Any  # the model inputs of those nodes
+    task: GraphTask  # loop.GraphTask over the part's nodes
+    inputs: GraphInputs  # the model inputs of those nodes
     known: Any
     hidden: Any
     train: Any
@@ -253,7 +259,7 @@ class BlockStats:
     max_block_nodes: int = 0
 
 
-def _asignnet(model: Any) -> Any:
+def _asignnet(model: Network) -> Network:
     """The ASIGNNet inside ``model``; blocks need its ``edge_graph`` and ``net``."""
     if hasattr(model, "encoder"):  # finetune.FinetuneModel
         raise ConfigError("fine-tuning the spot encoder works on whole graphs only, and "
@@ -262,7 +268,7 @@ def _asignnet(model: Any) -> Any:
     return model
 
 
-def _blocks(task: Any, plan: BatchPlan) -> list[np.ndarray]:
+def _blocks(task: GraphTask, plan: BatchPlan) -> list[np.ndarray]:
     key = ("blocks", plan.block_spots)
     if key not in task.cache:
         if task.inputs.xy is None:
@@ -272,7 +278,7 @@ def _blocks(task: Any, plan: BatchPlan) -> list[np.ndarray]:
     return task.cache[key]
 
 
-def training_parts(plan: BatchPlan, model: Any, task: Any, inputs: Any, known: np.ndarray,
+def training_parts(plan: BatchPlan, model: Network, task: GraphTask, inputs: GraphInputs, known: np.ndarray,
                    hidden: np.ndarray, rng: np.random.Generator) -> Iterator[Part]:
     """The steps of one graph in one epoch: the whole graph (``inputs`` as given) at or
     below the plan's threshold, else one :class:`Part` per block that holds training
@@ -313,7 +319,7 @@ def training_parts(plan: BatchPlan, model: Any, task: Any, inputs: Any, known: n
         release_freed_memory()
 
 
-def subset_task(task: Any, inputs: Any, sub: Subgraph) -> Any:
+def subset_task(task: GraphTask, inputs: GraphInputs, sub: Subgraph) -> GraphTask:
     """The GraphTask of a subgraph (model inputs cut from ``inputs``); region/global
     targets count on seeds only."""
     from dataclasses import replace
@@ -336,7 +342,7 @@ def subset_task(task: Any, inputs: Any, sub: Subgraph) -> Any:
 # --------------------------------------------------------------------------- inference
 
 
-def infer(plan: BatchPlan, model: Any, task: Any, inputs: Any, known: Any | None) -> Any:
+def infer(plan: BatchPlan, model: Network, task: GraphTask, inputs: GraphInputs, known: Any | None) -> ModelOutput:
     """The model's whole-graph output on ``inputs`` (the task's, or live fine-tuned ones)
     without autograd: one forward at or below the plan's threshold, else MSAGNet block by
     block and the CLI on the whole graph. ``known``: (N,) bool tensor of the spots the CLI

@@ -98,6 +98,10 @@ class FinetuneModel(nn.Module):
                              / torch.tensor(spec.std).view(1, 3, 1, 1))
 
     @property
+    def cfg(self) -> Any:
+        return self.model.cfg
+
+    @property
     def net(self) -> nn.Module:
         return self.model.net
 
@@ -114,6 +118,9 @@ class FinetuneModel(nn.Module):
         """(B, H, W, 3) uint8 → (B, D) float32 embeddings."""
         x = patches.permute(0, 3, 1, 2).float() * self.scale + self.shift
         return self.encoder(x.contiguous(memory_format=torch.channels_last)).float()
+
+    def edge_graph(self, inputs: Any) -> Any:
+        return self.model.edge_graph(inputs)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.model(*args, **kwargs)

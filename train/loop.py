@@ -24,7 +24,7 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,6 +32,12 @@ from asign.train import batching
 from asign.train.config import TrainConfig
 from asign.train.data import SampleData
 from asign.train.protocol import episode, episode_rng, tile_targets, visible_labels
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from asign.train.model import GraphInputs, ModelOutput
+    from asign.train.network import Network
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +47,17 @@ class GraphTask:
     """One graph as the loop sees it: model inputs and the labels training may use."""
 
     name: str
-    inputs: Any  # model.GraphInputs
+    inputs: GraphInputs
     section: np.ndarray  # (N,) section index
     visible: np.ndarray  # (N,) bool: labels training may use (CLI inputs at test time)
     train: np.ndarray  # (N,) bool: visible and not set aside for validation
     val: np.ndarray  # (N,) bool: set aside for model selection
-    y: Any  # (N, G) tensor: visible labels minus ``offset``, zeros elsewhere
+    y: Tensor  # (N, G): visible labels minus ``offset``, zeros elsewhere
     offset: np.ndarray  # (G,) subtracted from the labels (centring), added back by predict
-    region_target: Any
-    region_mask: Any
-    global_target: Any
-    global_mask: Any
+    region_target: Tensor
+    region_mask: Tensor
+    global_target: Tensor
+    global_mask: Tensor
     cache: dict[str, Any] = field(default_factory=dict)
 
 
@@ -152,7 +158,7 @@ def model_overrides(cfg: TrainConfig, in_dim: int, n_genes: int) -> dict[str, An
 
 
 def build(cfg: TrainConfig, in_dim: int, n_genes: int, fold: int,
-          spot_encoder: Any = None) -> Any:
+          spot_encoder: Any = None) -> Network:
     """A freshly initialised model, seeded by (seed, fold); with ``spot_encoder`` (a
     finetune.EncoderRecipe) wrapped with its trainable spot encoder."""
     import torch
@@ -168,7 +174,7 @@ def build(cfg: TrainConfig, in_dim: int, n_genes: int, fold: int,
     return FinetuneModel(model, load_spot_encoder(spot_encoder, cfg.device)).to(cfg.device)
 
 
-def init_output_bias(model: Any, tasks: list[GraphTask]) -> None:
+def init_output_bias(model: Network, tasks: list[GraphTask]) -> None:
     """Start every regression head at the training spots' mean profile, so the network
     learns deviations from it instead of first travelling from 0 to ~ −5 (log-ratio scale)."""
     import torch
@@ -185,7 +191,7 @@ def init_output_bias(model: Any, tasks: list[GraphTask]) -> None:
                 last.bias.copy_(mean.to(last.bias))
 
 
-def make_optimizer(cfg: TrainConfig, model: Any) -> tuple[Any, Any]:
+def make_optimizer(cfg: TrainConfig, model: Network) -> tuple[Any, Any]:
     import torch
 
     # The CLI has a handful of parameters, one gate logit per gene among them, whose
@@ -239,7 +245,7 @@ SaveHook = Callable[[FitState], None]
 
 def fit(
     cfg: TrainConfig,
-    model: Any,
+    model: Network,
     tasks: list[GraphTask],
     fold: int,
     *,
@@ -332,7 +338,7 @@ def fit(
     return state
 
 
-def validation_score(cfg: TrainConfig, model: Any, tasks: list[GraphTask], weights: Any) -> float:
+def validation_score(cfg: TrainConfig, model: Network, tasks: list[GraphTask], weights: Any) -> float:
     """Spot loss (the training loss's MSE and PCC terms) on the set-aside spots, the CLI
     propagating from every other training spot; mean over graphs that have such spots."""
     scores = []
@@ -346,7 +352,7 @@ def validation_score(cfg: TrainConfig, model: Any, tasks: list[GraphTask], weigh
     return float(np.mean(scores)) if scores else float("nan")
 
 
-def validation_output(cfg: TrainConfig, model: Any, task: GraphTask) -> Any:
+def validation_output(cfg: TrainConfig, model: Network, task: GraphTask) -> ModelOutput:
     """The model's output (eval mode, no autograd) with the CLI propagating from the
     training spots: what the set-aside spots are scored on."""
     model.eval()
@@ -369,8 +375,8 @@ def _mask(mask: np.ndarray, task: GraphTask) -> Any:
     return torch.as_tensor(mask, device=task.y.device)
 
 
-def compute_loss(out: Any, task: GraphTask, spot_mask: Any, weights: Any,
-                 rows: Any = None) -> Any:
+def compute_loss(out: ModelOutput, task: GraphTask, spot_mask: Tensor, weights: Any,
+                 rows: Any = None) -> Tensor:
     """The hybrid loss of one graph: spot terms on ``spot_mask``, region/global terms where
     the spot's own tile has visible labels, consistency on every spot (on ``rows`` only,
     when given: a block's seeds, batching.py)."""
@@ -383,7 +389,7 @@ def compute_loss(out: Any, task: GraphTask, spot_mask: Any, weights: Any,
     return total
 
 
-def predict(cfg: TrainConfig, model: Any, task: GraphTask) -> np.ndarray:
+def predict(cfg: TrainConfig, model: Network, task: GraphTask) -> np.ndarray:
     """(N, G) predictions on the whole graph; CLI propagates from the task's visible spots
     (at test time: the known layer)."""
     import torch
@@ -396,7 +402,7 @@ def predict(cfg: TrainConfig, model: Any, task: GraphTask) -> np.ndarray:
     return out.spot.float().cpu().numpy() + task.offset
 
 
-def _eval_inputs(cfg: TrainConfig, model: Any, task: GraphTask) -> Any:
+def _eval_inputs(cfg: TrainConfig, model: Network, task: GraphTask) -> GraphInputs:
     if not cfg.finetune_spot_encoder:
         return task.inputs
     from asign.train.finetune import eval_inputs
@@ -405,7 +411,7 @@ def _eval_inputs(cfg: TrainConfig, model: Any, task: GraphTask) -> Any:
 
 
 
-def _cpu_state(model: Any) -> dict[str, Any]:
+def _cpu_state(model: Network) -> dict[str, Any]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
