@@ -6,7 +6,7 @@ synthetic sample, and four training runs.
 
 1. Overhead: 200 no-op tasks (and 200 returning 1 MB each) through ``asign.cluster.run_tasks``
    on a ``LocalCluster`` of ``--workers`` processes: wall seconds per task.
-2. Ingest: ``ingest.synthetic.make_demo_sample`` (``--grid``² lattice per layer; 140 × 4
+2. Ingest: ``commands.synthetic.make_demo_sample`` (``--grid``² lattice per layer; 140 × 4
    layers ≈ 42k spots, bench/scale.py's DLPFC-sized case), then ``asign ingest`` serially and
    with ``--workers N`` into two stores (small ``resnet18-l3-64`` encoder, random weights);
    the ratio of wall times, and whether the two stores hold the same LMDB entries.
@@ -88,7 +88,7 @@ def main() -> None:
               "--weights", "random"]
     if "ingest" in parts or "train" in parts:
         if not (sample / "manifest.csv").exists() and not any(sample.glob("*.toml")):
-            from asign.ingest.synthetic import make_demo_sample
+            from asign.commands.synthetic import make_demo_sample
 
             make_demo_sample(sample, n_layers=args.layers, grid=args.grid, seed=0,
                              image_px=int((args.grid - 1) * 100 / 4.0 * 1.08) + 8, um_per_px=4.0,

@@ -12,7 +12,7 @@ Each stage of each scenario runs in its own fresh process, so its peak RSS (``Vm
 its own; results are kept in ``WORKDIR/results.json``, so an interrupted run continues
 where it stopped (``--force`` re-runs). Stages:
 
-- ``synth``    ``ingest.synthetic.make_demo_sample`` writes the manifest folder (JPEGs at
+- ``synth``    ``commands.synthetic.make_demo_sample`` writes the manifest folder (JPEGs at
                4 µm/px, counts and spot CSVs, 250 genes);
 - ``register`` ... ``graph``  ``asign ingest`` one step at a time (manifest reader, ANTs
                alignment, 224-equivalent patches stored at the encoder's 64 px, the small
@@ -63,7 +63,7 @@ def _paths(workdir: Path, scenario: str) -> tuple[Path, Path]:
 
 
 def _image_px(grid: int) -> int:
-    from asign.ingest.synthetic import SPOT_PITCH_UM
+    from asign.commands.synthetic import SPOT_PITCH_UM
 
     return int((grid - 1) * SPOT_PITCH_UM / UM_PER_PX * 1.08) + 8
 
@@ -72,7 +72,7 @@ def _image_px(grid: int) -> int:
 
 
 def stage_synth(scenario: str, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
-    from asign.ingest.synthetic import make_demo_sample
+    from asign.commands.synthetic import make_demo_sample
 
     layers, grid = SCENARIOS[scenario]
     sample, _ = _paths(workdir, scenario)

@@ -21,9 +21,9 @@ def demo_models() -> tuple[str, ...]:
 
 
 def run_demo(out: Path, *, layers: int = 4, seed: int = 0, train: bool = True, epochs: int = 30) -> dict[str, Any]:
+    from asign.commands.synthetic import make_demo_sample
     from asign.ingest import run as ingest_run
     from asign.ingest.config import IngestConfig
-    from asign.ingest.synthetic import make_demo_sample
 
     out = Path(out)
     manifest = make_demo_sample(out / "sample", n_layers=layers, seed=seed)

@@ -99,7 +99,7 @@ def test_cross_sample_folds_on_counts_only(tmp_path):
 
 
 def _demo(tmp_path, **kw):
-    from asign.ingest.synthetic import make_demo_sample
+    from asign.commands.synthetic import make_demo_sample
 
     return make_demo_sample(tmp_path / "demo", n_layers=4, grid=6, image_px=320, um_per_px=4.0, n_genes=8, **kw)
 

@@ -103,7 +103,7 @@ def test_a_failed_section_is_one_line_and_the_others_are_kept(tmp_path):
     from typer.testing import CliRunner
 
     from asign.cli import app
-    from asign.ingest.synthetic import make_demo_sample
+    from asign.commands.synthetic import make_demo_sample
     from asign.store import open_store
 
     src = make_demo_sample(tmp_path / "demo", n_layers=3, grid=10)

@@ -265,7 +265,7 @@ def test_no_write_follows_a_symlink_out_of_the_store(toy_store, tmp_path):
 # --- one writer, interrupted runs ----------------------------------------------------------
 
 def _tiny_samples(root: Path) -> tuple[Path, Path]:
-    from asign.ingest.synthetic import make_demo_sample
+    from asign.commands.synthetic import make_demo_sample
 
     a = make_demo_sample(root / "a", n_layers=2, grid=6, image_px=320, n_genes=10)
     b = Path(shutil.copytree(a, root / "b"))
@@ -422,7 +422,7 @@ def test_image_headers_are_checked_before_decoding(tmp_path):
 
     from PIL import Image
 
-    from asign.ingest.synthetic import make_demo_sample
+    from asign.commands.synthetic import make_demo_sample
 
     limit = Image.MAX_IMAGE_PIXELS
     base = make_demo_sample(tmp_path / "base", n_layers=2, grid=6, image_px=320, n_genes=10)
@@ -465,7 +465,7 @@ def test_sixteen_bit_rgb_is_converted(tmp_path):
 
 
 def _first_image(tmp_path: Path) -> Path:
-    from asign.ingest.synthetic import make_demo_sample
+    from asign.commands.synthetic import make_demo_sample
 
     return make_demo_sample(tmp_path / "s", n_layers=2, grid=6, image_px=320, n_genes=10) / "images" / "L1.jpg"
 

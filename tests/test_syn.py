@@ -16,7 +16,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def syn_store(tmp_path_factory):
-    from asign.ingest.synthetic import make_demo_sample
+    from asign.commands.synthetic import make_demo_sample
 
     base = tmp_path_factory.mktemp("syn")
     src = make_demo_sample(base / "demo", n_layers=3, grid=6, image_px=320, um_per_px=4.0, n_genes=8)

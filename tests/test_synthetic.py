@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from asign.commands.synthetic import make_demo_sample
 from asign.ingest.lattice import apply_transform
 from asign.ingest.readers import detect_format, read_samples
-from asign.ingest.synthetic import make_demo_sample
 
 
 @pytest.fixture(scope="module")

@@ -255,7 +255,7 @@ def make_demo_sample(
         )
 
     header = (
-        "# Synthetic demo sample written by asign.ingest.synthetic.make_demo_sample\n"
+        "# Synthetic demo sample written by asign.commands.synthetic.make_demo_sample\n"
         f"[defaults]\num_per_px = {um_per_px}\nspot_diameter_um = {SPOT_DIAMETER_UM}\n"
         f"spot_pitch_um = {SPOT_PITCH_UM}\n\n"
     )
