@@ -28,6 +28,8 @@ test: $(STAMP)
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium unavailable: the report screenshot test will be skipped"
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -m "not slow"; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$rc
+	# second stage: the long tests that guard data safety (kill -9 mid-ingest, then re-run)
+	$(BIN)/python -m pytest -q -m "slow and safety"; rc=$$?; if [ $$rc -eq 5 ]; then echo "no safety tests collected"; exit 1; fi; exit $$rc
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q

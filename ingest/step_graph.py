@@ -8,7 +8,7 @@ the edges table and the step records ``n_cross_iou_only`` in the manifest."""
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,8 +20,10 @@ from asign.schemas.vocabulary import EDGE_KINDS
 from asign.store import Store
 from asign.store.vectors import emb_key
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from asign.ingest.graph import Edges
 
+log = logging.getLogger(__name__)
 
 
 def run_graph(store: Store, cfg: IngestConfig, sample_id: str, rep: Reporter,
@@ -84,16 +86,20 @@ def graph_unit(root: str, cfg: IngestConfig, sample_id: str) -> tuple[dict[str, 
     edges = build_graph(nodes[["x_um", "y_um"]].to_numpy(np.float64), nodes.z.to_numpy(np.int64), feats,
                         radius_um=radius, k_same=cfg.k_same, top_k_cross=cfg.top_k_cross,
                         combine=cfg.cross_weight, has_features=None if has_feat.all() else has_feat)
-    ids = nodes.spot_id.to_numpy(dtype=object)
-    table = {
-        "sample_id": np.full(len(edges.src), sample_id, dtype=object),
-        "src_spot_id": ids[edges.src], "dst_spot_id": ids[edges.dst],
-        "kind": np.asarray(EDGE_KINDS, dtype=object)[edges.kind],
-        "weight": edges.weight, "distance_um": edges.distance_um, "iou": edges.iou, "cosine": edges.cosine,
-    }
+    table = edge_table(edges, nodes.spot_id.to_numpy(dtype=object), sample_id)
     n_cross = int((edges.kind == 1).sum())
     iou_only = int(((edges.kind == 1) & np.isnan(edges.cosine)).sum())
     return table, {"n_nodes": int(len(nodes)), "n_edges": int(len(edges.src)), "n_cross": n_cross,
                    # cross-layer edges with an endpoint without image features weigh IoU alone
                    "n_cross_iou_only": iou_only,
                    "cross_weight_without_features": "iou"}
+
+
+def edge_table(edges: Edges, ids: np.ndarray, sample_id: str) -> dict[str, np.ndarray]:
+    """The columns of the ``edges`` table for a graph over the spots ``ids`` (node order)."""
+    return {
+        "sample_id": np.full(len(edges.src), sample_id, dtype=object),
+        "src_spot_id": ids[edges.src], "dst_spot_id": ids[edges.dst],
+        "kind": np.asarray(EDGE_KINDS, dtype=object)[edges.kind],
+        "weight": edges.weight, "distance_um": edges.distance_um, "iou": edges.iou, "cosine": edges.cosine,
+    }

@@ -1,7 +1,7 @@
 """Shared fixtures. ``make_toy_store`` writes a small synthetic store directly through the
 store API (no ingest): a few layers of ~30 spots, a smooth latent field that drives both
 expression and the embeddings (so the models have something to learn), tiles, and a 3D
-graph built the way ingest builds it (kNN same-layer, disc-IoU × cosine cross-layer)."""
+graph built by ingest's own ``build_graph`` (kNN same-layer, disc-IoU × cosine cross-layer)."""
 
 from __future__ import annotations
 
@@ -28,12 +28,6 @@ def _latent(xy: np.ndarray, z: float, phase: float) -> np.ndarray:
     )
 
 
-def _disc_iou(d: np.ndarray, r: float) -> np.ndarray:
-    d = np.minimum(d, 2 * r)
-    a = 2 * r * r * np.arccos(d / (2 * r)) - (d / 2) * np.sqrt(np.maximum(4 * r * r - d * d, 0))
-    return a / (2 * np.pi * r * r - a)
-
-
 def make_toy_store(
     tmp_path: Path,
     *,
@@ -53,8 +47,8 @@ def make_toy_store(
     ``image_only_layer``: give each 3D sample one more imaged section without counts
     (virtual spots). Spot ids are ``{section}/{i}``; pitch 200 µm, spot diameter 100 µm.
     """
-    from scipy.spatial import cKDTree
-
+    from asign.ingest.graph import build_graph
+    from asign.ingest.step_graph import edge_table
     from asign.store import open_store
     from asign.store.vectors import emb_key
 
@@ -212,35 +206,11 @@ def make_toy_store(
                 )
             )
 
-        # graph: same layer kNN (k=6, weight 1/d), cross layer top-4 by IoU × cosine
-        ids_all = [r["spot_id"] for r in spot_rows]
-        xy_all = np.array([xy_of[s] for s in ids_all])
-        z_all = np.array([layer_of[s] for s in ids_all])
-        f_all = np.array([feats[s] for s in ids_all])
-        fn = f_all / np.linalg.norm(f_all, axis=1, keepdims=True)
-        erows: list[tuple] = []  # (src, dst, kind, weight, distance, iou, cosine)
-
-        for z in np.unique(z_all):
-            idx = np.flatnonzero(z_all == z)
-            tree = cKDTree(xy_all[idx])
-            d, nb = tree.query(xy_all[idx], k=min(7, len(idx)))
-            for a, i in enumerate(idx):
-                for dd, b in zip(d[a, 1:], nb[a, 1:], strict=True):
-                    erows.append((ids_all[int(idx[b])], ids_all[int(i)], "same_layer",
-                                  1.0 / max(dd, 1e-6), float(dd), None, None))
-            for z2 in np.unique(z_all):
-                if z2 == z:
-                    continue
-                other = np.flatnonzero(z_all == z2)
-                d2, nb2 = cKDTree(xy_all[other]).query(xy_all[idx], k=2)
-                for a, i in enumerate(idx):
-                    for dd, b in zip(d2[a], nb2[a], strict=True):
-                        if dd < diameter:
-                            j = int(other[b])
-                            iou = float(_disc_iou(np.array([dd]), diameter / 2)[0])
-                            cos = float(max(fn[i] @ fn[j], 0.0))
-                            erows.append((ids_all[j], ids_all[int(i)], "cross_layer",
-                                          iou * cos, float(dd), iou, cos))
+        # graph: the real builder, as the graph step runs it (k_same 6, top 4 cross-layer)
+        ids_all = np.array([r["spot_id"] for r in spot_rows], dtype=object)
+        graph = build_graph(np.array([xy_of[s] for s in ids_all]), np.array([layer_of[s] for s in ids_all]),
+                            np.array([feats[s] for s in ids_all]), radius_um=diameter / 2,
+                            k_same=6, top_k_cross=4)
 
         store.write("spots", _cols(spot_rows), key=sample_id)
         if label_rows:
@@ -248,10 +218,7 @@ def make_toy_store(
         store.write("tiles", _cols(tiles_rows), key=sample_id)
         store.write("spot_tiles", _cols(st_rows), key=sample_id)
         store.write("embeddings", _cols(emb_rows), key=sample_id)
-        names = ("src_spot_id", "dst_spot_id", "kind", "weight", "distance_um", "iou", "cosine")
-        edges = {n: [r[k] for r in erows] for k, n in enumerate(names)}
-        edges["sample_id"] = [sample_id] * len(erows)
-        store.write("edges", edges, key=sample_id)
+        store.write("edges", edge_table(graph, ids_all, sample_id), key=sample_id)
 
     store.write("sections", _cols(sections_rows))
     store.write(
@@ -293,3 +260,12 @@ def toy_store_factory(tmp_path: Path):
         return make_toy_store(tmp_path / name, **kwargs)
 
     return factory
+
+
+@pytest.fixture
+def small_her2st_copy(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> Path:
+    """A private copy of the session's cut-down real her2st store (her2st_small.py), for a
+    test that writes to it; the session's store itself is only ever read."""
+    from her2st_small import small_her2st_store
+
+    return Path(shutil.copytree(small_her2st_store(tmp_path_factory)[1], tmp_path / "her2st_store"))

@@ -63,6 +63,7 @@ def _cmdline(pid: int) -> str:
 
 
 @pytest.mark.slow  # two ingests in subprocesses: ~3 min on 2 shared cores
+@pytest.mark.safety  # so `make test` still runs it, in its second stage
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
 def test_worker_killed_mid_ingest_then_rerun_is_identical(serial, tmp_path):
     src, ref = serial

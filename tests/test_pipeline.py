@@ -59,19 +59,15 @@ def test_every_step_fills_the_store(store_path):
     assert check_store(store) == []
 
 
-def test_rerun_skips_finished_work(store_path, small_src):
-    summary = ingest_run(IngestConfig(sources=(small_src,), store=store_path, samples="C", weights="random",
+def test_rerun_skips_finished_work(small_her2st_copy, small_src):
+    summary = ingest_run(IngestConfig(sources=(small_src,), store=small_her2st_copy, samples="C", weights="random",
                                       batch_size=16))
     assert summary["ran"] == []
     assert len(summary["skipped"]) == 5
 
 
-def test_changed_parameter_reruns_only_downstream(store_path, small_src, tmp_path):
-    import shutil
-
-    copy = tmp_path / "S"
-    shutil.copytree(store_path, copy)
-    summary = ingest_run(IngestConfig(sources=(small_src,), store=copy, samples="C", weights="random",
+def test_changed_parameter_reruns_only_downstream(small_her2st_copy, small_src):
+    summary = ingest_run(IngestConfig(sources=(small_src,), store=small_her2st_copy, samples="C", weights="random",
                                       batch_size=16, top_k_cross=4, steps=("register", "align", "patches",
                                                                            "embed", "graph")))
     assert summary["ran"] == ["C:graph"]
