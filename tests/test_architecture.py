@@ -7,8 +7,8 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGE_DIRS = ("ingest", "store", "train", "schemas", "report", "nets")
-TOP_MODULES = ("cli.py", "cluster.py", "demo.py", "doctor.py", "encoders.py", "errors.py", "progress.py")
+PACKAGE_DIRS = ("ingest", "store", "train", "schemas", "report", "nets", "encoders", "compat")
+TOP_MODULES = ("cli.py", "cluster.py", "demo.py", "doctor.py", "errors.py", "progress.py")
 PARQUET_WRITES = {"write_table", "ParquetWriter", "to_parquet", "write_dataset"}
 
 
