@@ -4,14 +4,14 @@
 
 1. Machine: CPU model, cores, torch, native bf16.
 2. Encoder (--encoder, default resnet50-l3 with random weights: same FLOPs as ImageNet
-   weights; effnet-lite0 with its bundled weights) at 224 px:
+   weights; effnet-lite0/-lite2 with their bundled weights) at the encoder's input size:
    eager fp32, fp32 channels-last and bf16 autocast channels-last, and the fused runtimes
    of ``ingest.embed`` (jit = the CPU default; inductor with --inductor). FLOPs per image
    from torch's FlopCounterMode; achieved GFLOP/s and the ratio to the matmul peak of the
    same precision. Peak = best-of 4096² matmuls in fp32 and bf16, sampled round-robin with
    the encoder batches, so both see the same background load; best-of on both sides.
 4. End to end on her2st C3: cold start (the JPEG is decoded inside the timing), a
-   224-equivalent patch per spot cropped, PNG-compressed and encoded through
+   224-equivalent patch per spot cropped (resized to the encoder's input), PNG-compressed and encoded through
    ``embed_batches``; then the section's region and global tiles as well.
 """
 
@@ -53,8 +53,9 @@ def encoder_variants(
     import copy
 
     rng = np.random.default_rng(0)
-    u8 = rng.integers(0, 256, (batch_size, 224, 224, 3), dtype=np.uint8)
-    x = torch.randn(batch_size, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    px = enc.spec.input_px
+    u8 = rng.integers(0, 256, (batch_size, px, px, 3), dtype=np.uint8)
+    x = torch.randn(batch_size, 3, px, px, generator=torch.Generator().manual_seed(0))
     x_cl = x.contiguous(memory_format=torch.channels_last)
     nchw = copy.deepcopy(enc.module).to(memory_format=torch.contiguous_format)
 
@@ -128,6 +129,7 @@ def end_to_end(enc: E.LoadedEncoder, batch_size: int, n_spots: int | None) -> di
     px, py = spots.pixel_x.values, spots.pixel_y.values
     keys = [f"C3/{x}x{y}" for x, y in zip(spots.x, spots.y, strict=True)]
     spot_px = P.equivalent_px(224, um_per_px)
+    out_px = enc.spec.input_px
 
     def cold():
         images.open_slide.cache_clear()
@@ -135,7 +137,7 @@ def end_to_end(enc: E.LoadedEncoder, batch_size: int, n_spots: int | None) -> di
 
     def run_spots(workers: int) -> tuple[float, int]:
         cold()
-        items = M.crop_items(image, keys, P.spot_patch_box(px, py, spot_px), spot_px, 224)
+        items = M.crop_items(image, keys, P.spot_patch_box(px, py, spot_px), spot_px, out_px)
         t = time.perf_counter()
         nbytes = 0
         for batch in M.embed_batches(
@@ -148,7 +150,7 @@ def end_to_end(enc: E.LoadedEncoder, batch_size: int, n_spots: int | None) -> di
     cold()
     t = time.perf_counter()
     for x0, y0 in P.spot_patch_box(px, py, spot_px):
-        P.encode_patch(P.crop(image, x0, y0, spot_px, 224))
+        P.encode_patch(P.crop(image, x0, y0, spot_px, out_px))
     load_s = time.perf_counter() - t
 
     spots_s, nbytes = run_spots(workers=1)
@@ -162,10 +164,10 @@ def end_to_end(enc: E.LoadedEncoder, batch_size: int, n_spots: int | None) -> di
         grid = P.tile_grid(width, height, size, bbox=bbox, level=level)
         used = P.used_tiles(P.spot_to_tiles(px, py, grid))
         ids = grid.tile_ids("C3", used)
-        tiles += M.crop_items(image, ids, grid.corners()[used], size, 224)
+        tiles += M.crop_items(image, ids, grid.corners()[used], size, out_px)
     cold()
     t = time.perf_counter()
-    spot_items = M.crop_items(image, keys, P.spot_patch_box(px, py, spot_px), spot_px, 224)
+    spot_items = M.crop_items(image, keys, P.spot_patch_box(px, py, spot_px), spot_px, out_px)
     for _ in M.embed_batches(enc, spot_items, batch_size=batch_size, patch_codec="png"):
         pass
     for _ in M.embed_batches(enc, tiles, batch_size=batch_size):
@@ -204,8 +206,9 @@ def main() -> None:
     weights = "imagenet" if E.get_encoder_spec(args.encoder).bundled else "random"
     enc = E.load_encoder(args.encoder, weights, seed=0)
     report["encoder_name"] = args.encoder
-    flops = flops_per_image(enc.module, 224)
-    print(f"{args.encoder} ({weights}): {flops / 1e9:.2f} GFLOP per 224-px image, batch {args.batch_size}")
+    px = enc.spec.input_px
+    flops = flops_per_image(enc.module, px)
+    print(f"{args.encoder} ({weights}): {flops / 1e9:.2f} GFLOP per {px}-px image, batch {args.batch_size}")
     variants, peaks = encoder_variants(enc, args.batch_size, args.repeats, args.inductor, args.only)
     report["matmul_peak_gflops"] = {k: round(v, 1) for k, v in peaks.items()}
     print(f"matmul peak 4096²: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")

@@ -38,7 +38,7 @@ DEFAULT = "effnet-lite0-head,effnet-lite0,effnet-lite0-head:random,histo-classic
 
 
 def load_c(store_path: Path) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
-    """(spot ids, section index per spot, (N, 224, 224, 3) patches, (N, G) labels)."""
+    """(spot ids, section index per spot, (N, px, px, 3) patches, (N, G) labels)."""
     store = open_store(store_path)
     sections = store.read("sections").to_pandas()
     sections = sections[(sections.sample_id == "C") & sections.has_image].sort_values("z")
@@ -46,12 +46,12 @@ def load_c(store_path: Path) -> tuple[list[str], np.ndarray, np.ndarray, np.ndar
     spots = spots[spots.section_id.isin(sections.section_id) & spots.px.notna()]
     ids = spots.spot_id.astype(str).tolist()
     index = {s: i for i, s in enumerate(ids)}
-    labels, has = _labels(store, "C", index, len(gene_panel(store)))
+    sec_codes = {s: i for i, s in enumerate(sections.section_id)}
+    sec = spots.section_id.map(sec_codes).to_numpy()
+    labels, has = _labels(store, "C", index, len(gene_panel(store)), tuple(sec_codes), sec)
     with store.vectors(readonly=True) as vec:
         patches = vec.get_patches(ids)
     keep = np.flatnonzero(has)
-    sec_codes = {s: i for i, s in enumerate(sections.section_id)}
-    sec = spots.section_id.map(sec_codes).to_numpy()
     return [ids[i] for i in keep], sec[keep], patches[keep], labels[keep]
 
 

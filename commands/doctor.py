@@ -48,7 +48,7 @@ def _torch() -> str:
 
 
 def _dgl() -> str:
-    from asign.train.dgl_compat import import_dgl
+    from asign.compat.dgl import import_dgl
 
     dgl = import_dgl()
     g = dgl.graph(([0, 1], [1, 2]))
@@ -100,7 +100,7 @@ def _duckdb() -> str:
 
 
 def _torchvision() -> str:
-    from asign.encoders import ensure_torchvision
+    from asign.compat.torchvision import ensure_torchvision
 
     ensure_torchvision()
     import torchvision

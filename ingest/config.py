@@ -67,8 +67,9 @@ class IngestConfig:
 def validate(cfg: IngestConfig) -> None:
     """Collect every invalid option into one ConfigErrors before any work starts: a typo
     found after register, align, patches and embed have run costs hours on a real stack.
-    Options that need the input to check (--reference, --init, --panel-from against the
-    sample's layers, the gene list) are checked as soon as the input is read."""
+    Weights are checked next, still before the store exists (pipeline.resolve_encoder:
+    encoders.check_weights); options that need the input to check (--reference, --init,
+    --panel-from against the sample's layers, the gene list) as soon as the input is read."""
     from asign.encoders import AUTO, get_encoder_spec
     from asign.errors import AsignError, ConfigErrors
     from asign.ingest.embed import PRECISIONS
@@ -94,8 +95,6 @@ def validate(cfg: IngestConfig) -> None:
             get_encoder_spec(cfg.encoder)
         except AsignError as err:
             problems.append(f"--encoder: {err}")
-    if cfg.weights not in ("imagenet", "random") and not Path(cfg.weights).expanduser().is_file():
-        problems.append(f"--weights {cfg.weights!r} is neither imagenet, random nor an existing file")
     if not cfg.panel_from.strip():
         problems.append("--panel-from must be first, middle, a layer number or a section id")
     if not cfg.genes and cfg.n_genes < 1:

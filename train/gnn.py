@@ -66,7 +66,7 @@ class EdgeGraph:
 
     def dgl(self) -> Any:
         if "dgl" not in self._cache:
-            from asign.train.dgl_compat import import_dgl
+            from asign.compat.dgl import import_dgl
 
             dgl = import_dgl()
             self._cache["dgl"] = dgl.graph(
@@ -170,7 +170,7 @@ class GATLayer(nn.Module):
         kwargs = dict(feat_drop=feat_drop, attn_drop=attn_drop, residual=residual, bias=bias,
                       negative_slope=negative_slope)
         if engine == "dgl":
-            from asign.train.dgl_compat import import_dgl
+            from asign.compat.dgl import import_dgl
 
             import_dgl()
             from dgl.nn.pytorch import GATConv
