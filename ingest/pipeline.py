@@ -174,7 +174,11 @@ def _run(cfg: IngestConfig, resolved: str | None, store: Store, rep: Reporter | 
                 store.save_manifest(manifest)
                 summary["ran"].append(f"{sample_id}:{step}")
                 summary["samples"].setdefault(sample_id, {})[step] = info
-        runner.close()
+        timing = runner.close()
+        if timing:
+            summary["cluster"] = timing
+            log.info("Dask: %d tasks; this process committed for %.1f s; worker compute s %s", timing["tasks"],
+                     timing["driver_commit_s"], timing["worker_compute_s"])
 
     if failed:
         raise ClusterError(" | ".join(summary["failed"]) + " (every other unit is stored: after the fix, "

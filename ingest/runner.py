@@ -18,6 +18,7 @@ kept), and the step reports the failures once all units have finished."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +60,10 @@ class Runner:
     failures: list[TaskFailure] = field(default_factory=list)
     _early: dict[Any, Any] = field(default_factory=dict)  # prefetched futures / handles
     _bar: int | None = None  # the one bar over all of the cluster's tasks
+    # where a cluster run's time goes (summary["cluster"]; bench/scale.py --workers reads it)
+    _fn_of: dict[str, str] = field(default_factory=dict)  # task key → unit function
+    _commit_s: float = 0.0  # this process, writing results
+    _t0: float | None = None
 
     @property
     def distributed(self) -> bool:
@@ -73,7 +78,9 @@ class Runner:
         from asign.cluster import submit
 
         self._grow(len(args))
-        return submit(self.client, fn, list(args), list(labels), description=description, gpu=gpu)
+        futures = submit(self.client, fn, list(args), list(labels), description=description, gpu=gpu)
+        self._fn_of.update({f.key: fn.__name__ for f in futures})
+        return futures
 
     def finish(self, handles: Sequence[Any], labels: Sequence[str],
                commit: Callable[[int, Any], None]) -> list[TaskFailure]:
@@ -85,7 +92,12 @@ class Runner:
             return []
         from asign.cluster import gather
 
-        out = gather(list(handles), list(labels), self.rep, description="", task=self._bar, on_result=commit)
+        def timed(i: int, result: Any) -> None:
+            t = time.perf_counter()
+            commit(i, result)
+            self._commit_s += time.perf_counter() - t
+
+        out = gather(list(handles), list(labels), self.rep, description="", task=self._bar, on_result=timed)
         failed = [r for r in out if isinstance(r, TaskFailure)]
         self.failures += failed
         return failed
@@ -132,12 +144,34 @@ class Runner:
             self.rep = silent()
         if self._bar is None:
             self._bar = self.rep.task("Dask tasks", total=0)
+            self._t0 = time.time()
+            self.client.get_task_stream(count=0)  # the scheduler records tasks from here on
         self.rep.grow(self._bar, n)
 
-    def close(self) -> None:
-        """The run is over: mark the cluster's bar done."""
-        if self._bar is not None and self.rep is not None:
+    def close(self) -> dict[str, Any]:
+        """The run is over: mark the cluster's bar done. Returns where the time went on a
+        cluster (empty serially): tasks, seconds this process spent committing results,
+        and the workers' seconds per unit function (compute, and transfers between them)."""
+        if self._bar is None:
+            return {}
+        if self.rep is not None:
             self.rep.done(self._bar)
+        compute: dict[str, float] = {}
+        transfer = 0.0
+        try:
+            stream = self.client.get_task_stream(start=self._t0)
+        except Exception:  # noqa: BLE001 - diagnostics only: a cluster without the plugin
+            stream = []
+        for rec in stream:
+            fn = self._fn_of.get(rec.get("key"), "other")
+            for ss in rec.get("startstops", []):
+                if ss["action"] == "compute":
+                    compute[fn] = compute.get(fn, 0.0) + ss["stop"] - ss["start"]
+                elif ss["action"] == "transfer":
+                    transfer += ss["stop"] - ss["start"]
+        return {"tasks": len(self._fn_of), "driver_commit_s": round(self._commit_s, 2),
+                "worker_compute_s": {k: round(v, 2) for k, v in sorted(compute.items())},
+                "worker_transfer_s": round(transfer, 2)}
 
 
 def raise_failures(failed: Sequence[TaskFailure], step: str, sample_id: str) -> None:
