@@ -184,15 +184,17 @@ def submit(client: Any, fn: Callable[..., Any], args: Sequence[tuple], labels: S
 
 
 def gather(futures: Sequence[Any], labels: Sequence[str], rep: Any, *, description: str,
-           on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
+           on_result: Callable[[int, Any], None] | None = None, task: int | None = None) -> list[Any]:
     """Wait for submitted tasks under one progress bar; results in submission order, a
     :class:`TaskFailure` where a task raised. ``on_result(i, r)`` runs here, in completion
-    order, as each task finishes (e.g. to commit it)."""
+    order, as each task finishes (e.g. to commit it). ``task``: advance this bar of ``rep``
+    (one bar over every task of a run) instead of a bar of this batch's own."""
     from distributed import as_completed
 
     index = {f.key: i for i, f in enumerate(futures)}
     out: list[Any] = [None] * len(futures)
-    task = rep.task(f"{description} ({len(futures)} tasks)", total=len(futures))
+    own = task is None
+    bar = rep.task(f"{description} ({len(futures)} tasks)", total=len(futures)) if task is None else task
     for fut in as_completed(futures):
         i = index[fut.key]
         if fut.status == "error":
@@ -202,8 +204,9 @@ def gather(futures: Sequence[Any], labels: Sequence[str], rep: Any, *, descripti
             if on_result is not None:
                 on_result(i, out[i])
         fut.release()
-        rep.advance(task, 1, last=labels[i])
-    rep.done(task)
+        rep.advance(bar, 1, last=labels[i])
+    if own:
+        rep.done(bar)
     return out
 
 

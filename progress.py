@@ -45,6 +45,15 @@ class Reporter:
             extra = " ".join(f"{k}={v}" for k, v in fields.items())
             log.info("%s %d/%d %s", desc, done, total, extra)
 
+    def grow(self, task: int, n: float) -> None:
+        """Add ``n`` to a bar's total (a cluster's bar grows as steps submit tasks)."""
+        if self.rich is not None:
+            total = next(t.total for t in self.rich.tasks if t.id == task) or 0
+            self.rich.update(task, total=total + n)
+            return
+        desc, total, done = self._totals[task]
+        self._totals[task] = (desc, total + n, done)
+
     def done(self, task: int) -> None:
         if self.rich is not None:
             self.rich.update(task, visible=True)

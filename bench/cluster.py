@@ -9,9 +9,14 @@ synthetic sample, and four training runs.
 2. Ingest: ``commands.synthetic.make_demo_sample`` (``--grid``² lattice per layer; 140 × 4
    layers ≈ 42k spots, bench/scale.py's DLPFC-sized case), then ``asign ingest`` serially and
    with ``--workers N`` into two stores (small ``resnet18-l3-64`` encoder, random weights);
-   the ratio of wall times, and whether the two stores hold the same LMDB entries.
+   the ratio of wall times, whether the two stores are identical (files by SHA-256, LMDB
+   entry by entry), and where the cluster run's time went (tasks, the driver's commit
+   seconds, the workers' compute seconds per unit function).
 3. Train: ``asign train --model asign3d --seed 0,1,2,3`` (four runs), serially and with
-   ``--workers N``; the ratio, and whether their metrics are equal.
+   ``--workers N``; the ratio.
+
+bench/scale.py ``--workers N`` runs 2 and 3 on its scenarios (``compare_ingest``,
+``compare_train``).
 
 Every command runs as a subprocess of the real CLI (so start-up costs count). The load
 average is printed beside each timing: on a shared machine the ratio means little without it.
@@ -51,11 +56,16 @@ def overhead(workers: int, n: int = 200) -> dict[str, float]:
     return out
 
 
-def _cli(args: list[str]) -> float:
+def _cli(args: list[str]) -> tuple[float, dict[str, Any] | None]:
+    """Wall seconds of one CLI command (start-up included) and its --json output, if any."""
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "asign.cli", *args], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - t
+    proc = subprocess.run([sys.executable, "-m", "asign.cli", *args], check=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    seconds = time.perf_counter() - t
+    try:
+        return seconds, json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        return seconds, None
 
 
 def _lmdb_entries(store: Path) -> dict[bytes, bytes]:
@@ -63,6 +73,61 @@ def _lmdb_entries(store: Path) -> dict[bytes, bytes]:
 
     with open_store(store).vectors() as vec, vec.env.begin() as txn:
         return {bytes(k): bytes(v) for k, v in txn.cursor()}
+
+
+def _files(store: Path) -> dict[str, str]:
+    """sha256 of every file but the manifest and the LMDB (compared entry by entry)."""
+    import hashlib
+
+    return {p.relative_to(store).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(store.rglob("*")) if p.is_file() and p.name != "manifest.json"
+            and "vectors.lmdb" not in p.parts}
+
+
+def compare_ingest(sample: Path, workdir: Path, workers: int, ingest: list[str]) -> dict[str, Any]:
+    """``asign ingest`` of ``sample`` serially and with ``--workers``, each into a fresh
+    store, one after the other: wall seconds, the ratio, whether the stores are identical,
+    and where the cluster run's time went (its summary's ``cluster`` entry)."""
+    import shutil
+
+    rows: dict[str, Any] = {}
+    stores = {"serial": workdir / "store-serial", "workers": workdir / f"store-w{workers}"}
+    for name, extra in (("serial", []), ("workers", ["--workers", str(workers)])):
+        shutil.rmtree(stores[name], ignore_errors=True)
+        load = os.getloadavg()[0]
+        s, summary = _cli(["ingest", str(sample), "--store", str(stores[name]), *ingest, *extra, "--json"])
+        rows[name] = {"s": round(s, 1), "loadavg": round(load, 2), "loadavg_end": round(os.getloadavg()[0], 2)}
+        if summary and "cluster" in summary:
+            rows[name]["cluster"] = summary["cluster"]
+        print(f"ingest {name}: {rows[name]}", flush=True)
+    rows["ratio"] = round(rows["serial"]["s"] / rows["workers"]["s"], 2)
+    rows["identical"] = (_files(stores["serial"]) == _files(stores["workers"])
+                         and _lmdb_entries(stores["serial"]) == _lmdb_entries(stores["workers"]))
+    from asign.store import open_store
+
+    rows["spots"] = open_store(stores["serial"]).query("SELECT count(*) AS n FROM spots").column("n")[0].as_py()
+    c = rows["workers"].get("cluster")
+    if c:  # per task: what a task cost beyond its compute, with the workers' time as the budget
+        busy = sum(c["worker_compute_s"].values())
+        rows["tasks"] = c["tasks"]
+        rows["efficiency"] = round(busy / (workers * rows["workers"]["s"]), 2)
+        rows["idle_s_per_task"] = round((workers * rows["workers"]["s"] - busy) / c["tasks"], 3)
+    return rows
+
+
+def compare_train(store: Path, workers: int, epochs: int, cores: int) -> dict[str, Any]:
+    """Four ``asign3d`` runs (``--seed 0,1,2,3``) serially with all cores' threads, and as
+    Dask tasks on ``workers`` workers of cores // workers threads: the ratio."""
+    rows: dict[str, Any] = {}
+    for name, extra in (("serial", ["--threads", str(cores)]),
+                        ("workers", ["--threads", str(max(1, cores // workers)), "--workers", str(workers)])):
+        load = os.getloadavg()[0]
+        s, _ = _cli(["train", "--store", str(store), "--model", "asign3d", "--run", f"b{name}",
+                     "--seed", "0,1,2,3", "--epochs", str(epochs), *extra])
+        rows[name] = {"s": round(s, 1), "loadavg": round(load, 2), "loadavg_end": round(os.getloadavg()[0], 2)}
+        print(f"train {name}: {rows[name]}", flush=True)
+    rows["ratio"] = round(rows["serial"]["s"] / rows["workers"]["s"], 2)
+    return rows
 
 
 def main() -> None:
@@ -83,7 +148,7 @@ def main() -> None:
         report["overhead"] = overhead(args.workers)
         print("overhead:", report["overhead"], flush=True)
 
-    sample, serial, dask = (args.workdir / n for n in ("sample", "serial", "dask"))
+    sample = args.workdir / "sample"
     ingest = ["--format", "manifest", "--n-genes", "250", "--encoder", "resnet18-l3-64",
               "--weights", "random"]
     if "ingest" in parts or "train" in parts:
@@ -94,37 +159,14 @@ def main() -> None:
                              image_px=int((args.grid - 1) * 100 / 4.0 * 1.08) + 8, um_per_px=4.0,
                              n_genes=250)
     if "ingest" in parts:
-        import shutil
-
-        for store in (serial, dask):
-            shutil.rmtree(store, ignore_errors=True)
-        rows = {}
-        for name, store, extra in (("serial", serial, []), ("workers", dask, ["--workers", str(args.workers)])):
-            load = os.getloadavg()[0]
-            rows[name] = {"s": round(_cli(["ingest", str(sample), "--store", str(store), *ingest, *extra]), 1),
-                          "loadavg": round(load, 2)}
-            print(f"ingest {name}: {rows[name]}", flush=True)
-        rows["ratio"] = round(rows["serial"]["s"] / rows["workers"]["s"], 2)
-        rows["same_lmdb_entries"] = _lmdb_entries(serial) == _lmdb_entries(dask)
-        from asign.store import open_store
-
-        rows["spots"] = open_store(serial).query("SELECT count(*) AS n FROM spots").column("n")[0].as_py()
-        report["ingest"] = rows
-        print(f"ingest: serial / workers = {rows['ratio']} ({rows['spots']} spots); "
-              f"identical LMDB: {rows['same_lmdb_entries']}", flush=True)
+        report["ingest"] = compare_ingest(sample, args.workdir, args.workers, ingest)
+        print(f"ingest: serial / workers = {report['ingest']['ratio']} ({report['ingest']['spots']} spots); "
+              f"identical stores: {report['ingest']['identical']}", flush=True)
     if "train" in parts:
-        store = serial if serial.exists() else dask
-        rows = {}
-        for name, extra in (("serial", []), ("workers", ["--workers", str(args.workers)])):
-            load = os.getloadavg()[0]
-            threads = ["--threads", str(max(1, report["cores"] // args.workers))] if extra else ["--threads", str(report["cores"])]
-            rows[name] = {"s": round(_cli(["train", "--store", str(store), "--model", "asign3d", "--run", f"b{name}",
-                                           "--seed", "0,1,2,3", "--epochs", str(args.epochs), *threads, *extra]), 1),
-                          "loadavg": round(load, 2)}
-            print(f"train {name}: {rows[name]}", flush=True)
-        rows["ratio"] = round(rows["serial"]["s"] / rows["workers"]["s"], 2)
-        report["train"] = rows
-        print(f"train (4 runs): serial / workers = {rows['ratio']}", flush=True)
+        store = args.workdir / "store-serial"
+        report["train"] = compare_train(store if store.exists() else args.workdir / f"store-w{args.workers}",
+                                        args.workers, args.epochs, report["cores"])
+        print(f"train (4 runs): serial / workers = {report['train']['ratio']}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
 

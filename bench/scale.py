@@ -5,6 +5,7 @@ peak RSS and the growth exponent of every stage.
     .venv/bin/python bench/scale.py                                  # all scenarios
     .venv/bin/python bench/scale.py --scenarios 10k 42k --epochs 2 --json out.json
     .venv/bin/python bench/scale.py --scenarios 200k --stages train infer   # resume later stages
+    .venv/bin/python bench/scale.py --scenarios 42k --stages synth --workers 2  # serial vs 2 workers
 
 Run by hand, not in CI (the 200k scenario takes about an hour on 2 cores).
 
@@ -28,6 +29,12 @@ bandwidth. The encoder's throughput is reported as a fraction of the bf16 peak (
 bf16 on a CPU with native bf16), training and inference as a fraction of the fp32 peak
 (FLOPs of one block counted by torch's FlopCounterMode, scaled to the nodes processed).
 The machine is shared: the load average is recorded next to every stage.
+
+``--workers N`` adds serial vs N local Dask workers, measured one after the other in the
+same run (bench/cluster.py): a full ``asign ingest`` of each scenario's sample into two fresh
+stores (ratio, identical stores, the cluster's tasks, driver commit seconds and the
+workers' compute seconds), four ``asign3d`` training runs on the serial store, and the
+per-task overhead of 200 no-op / 1 MB tasks.
 """
 
 from __future__ import annotations
@@ -312,6 +319,56 @@ def report(results: dict[str, dict], peak: dict[str, float], scenarios: list[str
     return "\n".join(lines)
 
 
+def compare(scenario: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Serial vs ``--workers`` on one scenario (bench/cluster.py), the sample synthesised
+    first if the stages did not."""
+    from cluster import compare_ingest, compare_train, overhead
+
+    sample, _ = _paths(args.workdir, scenario)
+    if not (sample / "manifest.toml").exists():
+        run_stage("synth", scenario, args)
+    work = args.workdir / scenario
+    cores = len(os.sched_getaffinity(0))
+    out: dict[str, Any] = {"cores": cores}
+    if "overhead" in args.workers_parts:
+        out["overhead"] = overhead(args.workers)
+        print(f"  {scenario} overhead: {out['overhead']}", flush=True)
+    if "ingest" in args.workers_parts:
+        ingest = ["--format", "manifest", "--n-genes", str(N_GENES), "--encoder", ENCODER, "--weights", "random"]
+        out["ingest"] = compare_ingest(sample, work, args.workers, ingest)
+    if "train" in args.workers_parts:
+        store = work / "store-serial"
+        out["train"] = compare_train(store if store.exists() else work / f"store-w{args.workers}",
+                                     args.workers, args.epochs, cores)
+    return out
+
+
+def workers_table(results: dict[str, dict], workers: int, scenarios: list[str]) -> str:
+    """The --workers column: serial vs N workers per scenario and part."""
+    lines = [f"| scenario | part | serial s (load) | {workers} workers s (load) | ratio | identical store | "
+             "tasks | driver commit s | Σ worker compute s | efficiency |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for sc in scenarios:
+        row = results.get(f"{sc}/workers{workers}")
+        if not row:
+            continue
+        for part in ("ingest", "train"):
+            r = row.get(part)
+            if not r:
+                continue
+            c = r["workers"].get("cluster", {})
+            name = f"ingest ({r['spots']:,} spots)" if part == "ingest" else "train (4 asign3d runs)"
+            busy = f"{sum(c['worker_compute_s'].values()):,.0f}" if c else "–"
+            lines.append(f"| {sc} | {name} | {r['serial']['s']:,.0f} ({r['serial']['loadavg']:.1f}) | "
+                         f"{r['workers']['s']:,.0f} ({r['workers']['loadavg']:.1f}) | **{r['ratio']:.2f}×** | "
+                         f"{r.get('identical', '–')} | {c.get('tasks', '–')} | {c.get('driver_commit_s', '–')} | "
+                         f"{busy} | {r.get('efficiency', '–')} |")
+        if row.get("overhead"):
+            o = row["overhead"]
+            lines.append(f"| {sc} | Dask overhead per task | | {o['noop_ms_per_task']} ms no-op, "
+                         f"{o['1mb_ms_per_task']} ms returning 1 MB | | | | | | |")
+    return "\n".join(lines)
+
+
 def _save(path: Path, rows: dict[str, dict], **top: Any) -> dict[str, Any]:
     """Merge ``rows`` (and top-level entries) into the results file, re-read first so
     drivers running other scenarios at the same time keep their rows; atomic replace."""
@@ -332,6 +389,10 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=1, help="training epochs (timing only)")
     ap.add_argument("--force", action="store_true", help="re-run stages that have results")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="also measure serial vs N local Dask workers (ingest, four train runs, overhead)")
+    ap.add_argument("--workers-parts", nargs="+", default=["overhead", "ingest", "train"],
+                    choices=["overhead", "ingest", "train"], help="which comparisons --workers runs")
     ap.add_argument("--child", choices=STAGES, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -356,6 +417,10 @@ def main() -> None:
             print(f"  {key}: {row['seconds']:.1f} s, peak {row['peak_rss_mib']:.0f} MiB, "
                   f"load {row['loadavg_start']:.1f}→{row['loadavg_end']:.1f}", flush=True)
             results = _save(store, {key: row})["results"]
+    if args.workers:
+        for sc in args.scenarios:  # merged: parts measured in an earlier run are kept
+            key = f"{sc}/workers{args.workers}"
+            results = _save(store, {key: {**results.get(key, {}), **compare(sc, args)}})["results"]
     end = limits()
     for k in peak:
         peak[k] = max(peak[k], end[k], saved.get("limits", {}).get(k, 0.0))
@@ -367,7 +432,10 @@ def main() -> None:
     done = [sc for sc in SCENARIOS if f"{sc}/synth" in results]
     print()
     print(report(results, peak, done))
-    big = [results[k]["peak_rss_mib"] for k in results if k.startswith("200k/")]
+    if args.workers:
+        print()
+        print(workers_table(results, args.workers, args.scenarios))
+    big = [results[k]["peak_rss_mib"] for k in results if k.startswith("200k/") and "peak_rss_mib" in results[k]]
     if big:
         verdict = "under" if max(big) * 2**20 < 8e9 else "OVER"
         print(f"\n200k-spot peak RSS over all stages: {max(big) / 1024:.2f} GiB "

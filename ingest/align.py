@@ -19,23 +19,29 @@ one by default). The aligned frame is the reference's full-resolution pixel fram
 Conventions: matrices are 3×3 and act on column vectors (x, y, 1) with x = image column,
 y = image row. Rotation angles are in degrees; positive turns the image clockwise as
 displayed (y points down). ``flip`` mirrors x of the moving section before rotating.
-Only ``align_sample``, ``apply_transform``, ``check_plausible``, ``check_tissue_areas`` and
-``decompose`` are API; arrays in, arrays out, no files.
+API, arrays in, arrays out, no files: ``align_sample`` (the whole sample, in this process),
+and its parts for callers that run pairs elsewhere (ingest/step_align.py, one Dask task per
+pair): ``plan_pairs``, ``prepare_section``, ``register_pair`` and ``compose``; the checks
+``check_plausible`` and ``check_tissue_areas``. The ANTs calls live in ingest/ants_pair.py,
+the matrix geometry in ingest/geometry.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from asign.errors import AlignmentError, ConfigError
+from asign.ingest.ants_pair import AntsPair, ants_env
+from asign.ingest.geometry import Decomposition, apply_transform, decompose, rigid_matrix
 from asign.ingest.tissue import tissue_mask
+
+__all__ = ["Decomposition", "InitGuess", "PairPlan", "PairQC", "PairResult", "PreparedSection", "SectionTransform",
+           "align_sample", "apply_transform", "check_plausible", "check_tissue_areas", "compose", "decompose",
+           "dice", "plan_pairs", "prepare_section", "register_pair", "rigid_matrix"]
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +54,6 @@ STARTS_PER_FLIP = 2    # ANTs starts per mirror state
 MIN_FEATURE_INLIERS = 8
 MIN_OVERLAP = 0.3      # Dice below this after registration means it failed
 MAX_OVERLAP_LOSS = 0.05  # ... as does a Dice this much below superposing the centres unrotated
-SYN_ITERATIONS = (40, 20, 0)
-# SyN smoothing, variances in registration-grid pixels (~11 µm): ANTs' update-field default,
-# plus a smoothed total field. Adjacent sections share tissue shape, not cells, so only a
-# smooth deformation is believable; on her2st C the unsmoothed field (ANTs' total 0) moved
-# spots up to ~190 µm and lowered the expression referee on 3 of 4 pairs (bench/alignment.py).
-SYN_FLOW_SIGMA = 3.0
-SYN_TOTAL_SIGMA = 3.0
 
 
 @dataclass(frozen=True)
@@ -97,55 +96,7 @@ class SectionTransform:
     pair: np.ndarray | None = None  # this section's µm → the neighbour's µm (None: reference)
 
 
-@dataclass(frozen=True)
-class Decomposition:
-    rotation_deg: float
-    scale_x: float
-    scale_y: float
-    shear: float
-    flipped: bool
-
-    @property
-    def scale(self) -> float:
-        return float(np.sqrt(self.scale_x * self.scale_y))
-
-
-# --- geometry -----------------------------------------------------------------------------
-
-def apply_transform(matrix: np.ndarray, px: np.ndarray, py: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Map points through a 3×3 homogeneous matrix."""
-    m = np.asarray(matrix, dtype=np.float64)
-    px = np.asarray(px, dtype=np.float64)
-    py = np.asarray(py, dtype=np.float64)
-    return m[0, 0] * px + m[0, 1] * py + m[0, 2], m[1, 0] * px + m[1, 1] * py + m[1, 2]
-
-
-def rigid_matrix(rotation_deg: float, flip: bool, center_from: np.ndarray, center_to: np.ndarray) -> np.ndarray:
-    """Mirror (optional) and rotate about ``center_from``, then move it onto ``center_to``."""
-    a = np.radians(rotation_deg)
-    lin = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
-    if flip:
-        lin = lin @ np.diag([-1.0, 1.0])
-    m = np.eye(3)
-    m[:2, :2] = lin
-    m[:2, 2] = np.asarray(center_to, float) - lin @ np.asarray(center_from, float)
-    return m
-
-
-def decompose(matrix: np.ndarray) -> Decomposition:
-    """Rotation, per-axis scale and shear of the linear part: A = R(θ)·[[sx, k·sy], [0, sy]]·F,
-    with F the x-mirror when ``flipped``."""
-    lin = np.asarray(matrix, dtype=np.float64)[:2, :2]
-    flipped = bool(np.linalg.det(lin) < 0)
-    if flipped:
-        lin = lin @ np.diag([-1.0, 1.0])
-    q, r = np.linalg.qr(lin)
-    signs = np.diag(np.sign(np.diag(r)) + (np.diag(r) == 0))
-    q, r = q @ signs, signs @ r
-    return Decomposition(rotation_deg=float(np.degrees(np.arctan2(q[1, 0], q[0, 0]))),
-                         scale_x=float(r[0, 0]), scale_y=float(r[1, 1]),
-                         shear=float(r[0, 1] / r[1, 1]), flipped=flipped)
-
+# --- checks -------------------------------------------------------------------------------
 
 def check_plausible(matrix: np.ndarray, moving: str, fixed: str,
                     max_scale_dev: tuple[float, float] = (0.8, 1.25), max_shear: float = 0.15) -> Decomposition:
@@ -187,7 +138,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 # --- per-section working images -----------------------------------------------------------
 
 @dataclass(frozen=True)
-class _Section:
+class PreparedSection:
     name: str
     mask: np.ndarray    # bool, registration grid
     image: np.ndarray   # float32 registration image (tissue-weighted darkness)
@@ -217,7 +168,7 @@ def _resize(img: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return cv2.resize(img, (hw[1], hw[0]), interpolation=cv2.INTER_AREA)
 
 
-def _prepare(name: str, thumb: np.ndarray, mask: np.ndarray, downsample: float, um_per_px: float) -> _Section:
+def prepare_section(name: str, thumb: np.ndarray, mask: np.ndarray, downsample: float, um_per_px: float) -> PreparedSection:
     import cv2
 
     thumb_um = downsample * um_per_px
@@ -240,7 +191,7 @@ def _prepare(name: str, thumb: np.ndarray, mask: np.ndarray, downsample: float, 
     image = np.where(mask, np.clip(dark / max(float(np.median(dark[mask])), 1e-3), 0.0, 2.0), 0.0)
     image = cv2.GaussianBlur(image.astype(np.float32), (0, 0), 1.0)
     grey = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(grey)
-    return _Section(name, mask, image, grey, frame)
+    return PreparedSection(name, mask, image, grey, frame)
 
 
 def _warp_mask(src: np.ndarray, src_frame: np.ndarray, dst_shape: tuple[int, ...], dst_frame: np.ndarray,
@@ -255,9 +206,9 @@ def _warp_mask(src: np.ndarray, src_frame: np.ndarray, dst_shape: tuple[int, ...
 
 # --- starts: brute-force mask search and keypoints -----------------------------------------
 
-def _search_starts(mov: _Section, fix: _Section, guess: InitGuess | None) -> list[tuple[float, np.ndarray, bool]]:
+def _search_starts(mov: PreparedSection, fix: PreparedSection, guess: InitGuess | None) -> list[tuple[float, np.ndarray, bool]]:
     """(Dice, start matrix, flipped) of the best rotations per mirror state."""
-    def coarse(s: _Section) -> tuple[np.ndarray, np.ndarray]:
+    def coarse(s: PreparedSection) -> tuple[np.ndarray, np.ndarray]:
         f = s.frame[0, 0] / SEARCH_UM
         hw = (max(8, round(s.mask.shape[0] * f)), max(8, round(s.mask.shape[1] * f)))
         return _resize(s.mask.astype(np.float32), hw) > 0.5, _resized_frame(s.frame, s.mask.shape, hw)
@@ -282,7 +233,7 @@ def _search_starts(mov: _Section, fix: _Section, guess: InitGuess | None) -> lis
     return starts
 
 
-def _keypoint_start(mov: _Section, fix: _Section, flip: bool) -> tuple[int, np.ndarray | None]:
+def _keypoint_start(mov: PreparedSection, fix: PreparedSection, flip: bool) -> tuple[int, np.ndarray | None]:
     """SIFT + ratio test + RANSAC similarity. Returns (inliers, µm start matrix or None)."""
     import cv2
 
@@ -310,108 +261,46 @@ def _keypoint_start(mov: _Section, fix: _Section, flip: bool) -> tuple[int, np.n
     return n, fix.frame @ pix @ mirror @ np.linalg.inv(mov.frame)
 
 
-# --- ANTs ----------------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def _ants_env(seed: int) -> Iterator[None]:
-    """Seeded sampling (ANTs otherwise seeds from the clock) and one ITK thread, so the result
-    does not depend on the machine. Restores the environment afterwards."""
-    wanted = {"ANTS_RANDOM_SEED": str(seed + 1), "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": "1"}
-    saved = {k: os.environ.get(k) for k in wanted}
-    os.environ.update(wanted)
-    try:
-        yield
-    finally:
-        os.environ.update({k: v for k, v in saved.items() if v is not None})
-        for k in (k for k, v in saved.items() if v is None):
-            del os.environ[k]
-
-
-def _to_ants(img: np.ndarray, frame: np.ndarray):
-    import ants
-
-    # transposed so that ITK's first axis is x (image column), like our matrices
-    return ants.from_numpy(np.ascontiguousarray(img.T, dtype=np.float32),
-                           origin=(float(frame[0, 2]), float(frame[1, 2])),
-                           spacing=(float(frame[0, 0]), float(frame[1, 1])))
-
-
-def _write_start(m: np.ndarray, path: str) -> None:
-    import ants
-
-    inv = np.linalg.inv(m)  # ITK transforms map fixed points to moving points
-    tx = ants.create_ants_transform(transform_type="AffineTransform", precision="float", dimension=2,
-                                    matrix=inv[:2, :2], translation=inv[:2, 2], center=(0.0, 0.0))
-    ants.write_transform(tx, path)
-
-
-def _read_affine(path: str) -> np.ndarray:
-    import ants
-
-    tx = ants.read_transform(path)
-    pts = np.array([[0.0, 0.0], [1000.0, 0.0], [0.0, 1000.0]])
-    q = np.array([tx.apply_to_point(tuple(p)) for p in pts])
-    inv = np.eye(3)
-    inv[:2, :2] = np.c_[q[1] - q[0], q[2] - q[0]] / 1000.0
-    inv[:2, 2] = q[0]
-    return np.linalg.inv(inv)
-
-
-@dataclass
-class _Ants:
-    """ANTs registrations of one pair, sharing images and a scratch folder."""
-
-    mov: _Section
-    fix: _Section
-    tmp: str
-
-    def __post_init__(self) -> None:
-        import cv2
-
-        self.fixed = _to_ants(self.fix.image, self.fix.frame)
-        self.moving = _to_ants(self.mov.image, self.mov.frame)
-        # Metric only near the fixed tissue: 4× fewer samples, same optimum.
-        near = cv2.dilate(self.fix.mask.astype(np.uint8), np.ones((41, 41), np.uint8)).astype(np.float32)
-        self.metric_mask = _to_ants(near, self.fix.frame)
-        self.calls = 0
-
-    def _prefix(self, start: np.ndarray) -> str:
-        self.calls += 1
-        prefix = os.path.join(self.tmp, f"r{self.calls}_")
-        _write_start(start, prefix + "init.mat")
-        return prefix
-
-    def run(self, start: np.ndarray, kind: str, shrink: tuple[int, ...],
-            iterations: tuple[int, ...]) -> tuple[np.ndarray, float]:
-        import ants
-
-        prefix = self._prefix(start)
-        out = ants.registration(self.fixed, self.moving, type_of_transform=kind, initial_transform=[prefix + "init.mat"],
-                                outprefix=prefix, mask=self.metric_mask, mask_all_stages=True,
-                                aff_metric="meansquares", aff_random_sampling_rate=0.25,
-                                aff_iterations=iterations, aff_shrink_factors=shrink,
-                                aff_smoothing_sigmas=tuple(s // 2 for s in shrink))
-        metric = ants.image_similarity(self.fixed, out["warpedmovout"], metric_type="MeanSquares")
-        return _read_affine(out["fwdtransforms"][0]), float(metric)
-
-    def syn(self, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        import ants
-
-        prefix = self._prefix(affine)
-        out = ants.registration(self.fixed, self.moving, type_of_transform="SyNOnly",
-                                initial_transform=[prefix + "init.mat"], outprefix=prefix,
-                                syn_metric="meansquares", reg_iterations=SYN_ITERATIONS,
-                                flow_sigma=SYN_FLOW_SIGMA, total_sigma=SYN_TOTAL_SIGMA)
-        # The inverse warp moves points of the moving section (after the affine) onto the
-        # fixed one: what spots need. Checked against ants.apply_transforms_to_points.
-        warps = [p for p in out["invtransforms"] if p.endswith((".nii.gz", ".nii"))]
-        field = ants.image_read(warps[0]).numpy()  # (W, H, 2): our images are transposed
-        return np.ascontiguousarray(np.transpose(field, (1, 0, 2))), self.fix.frame
-
-
 # --- one pair ------------------------------------------------------------------------------
 
-def _register_pair(mov: _Section, fix: _Section, guess: InitGuess | None, transform: str, syn: bool,
+@dataclass(frozen=True)
+class PairPlan:
+    """One adjacent pair to register: ``moving`` onto its neighbour ``fixed`` (toward the
+    reference), with the user's hint for it, if any."""
+
+    moving: str
+    fixed: str
+    guess: InitGuess | None
+
+
+@dataclass(frozen=True)
+class PairResult:
+    """What registering one pair found (moving µm → fixed µm)."""
+
+    moving: str
+    fixed: str
+    matrix: np.ndarray
+    qc: PairQC
+    method: str
+    warp: np.ndarray | None = None  # syn only: see SectionTransform.warp
+    grid: np.ndarray | None = None
+
+
+def register_pair(mov: PreparedSection, fix: PreparedSection, guess: InitGuess | None, *, transform: str = "rigid",
+                  syn: bool = False, seed: int = 0, max_scale_dev: tuple[float, float] = (0.8, 1.25),
+                  max_shear: float = 0.15, sources: tuple[str, str] | None = None) -> PairResult:
+    """Register one pair; independent of every other pair (a unit of work of its own).
+    AlignmentError names the pair, and ``sources`` (the two images) when given."""
+    try:
+        m, qc, method, warp, grid = _register_pair(mov, fix, guess, transform, syn, seed, max_scale_dev, max_shear)
+    except AlignmentError as err:
+        if not sources or err.path is not None:
+            raise
+        raise AlignmentError(err.message, path=", ".join(sources), fix=err.fix) from None
+    return PairResult(mov.name, fix.name, m, qc, method, warp, grid)
+
+
+def _register_pair(mov: PreparedSection, fix: PreparedSection, guess: InitGuess | None, transform: str, syn: bool,
                    seed: int, max_scale_dev: tuple[float, float],
                    max_shear: float) -> tuple[np.ndarray, PairQC, str, np.ndarray | None, np.ndarray | None]:
     check_tissue_areas(mov.name, mov.area_um2, fix.name, fix.area_um2, max_scale_dev)
@@ -425,8 +314,8 @@ def _register_pair(mov: _Section, fix: _Section, guess: InitGuess | None, transf
                              rigid_matrix(0.0, False, mov.centroid, fix.centroid)), fix.mask)
 
     warp = grid = None
-    with _ants_env(seed), tempfile.TemporaryDirectory(prefix="asign-align-") as tmp:
-        reg = _Ants(mov, fix, tmp)
+    with ants_env(seed), tempfile.TemporaryDirectory(prefix="asign-align-") as tmp:
+        reg = AntsPair(mov, fix, tmp)
         tried = []
         for _, start, _ in starts:
             m, _ = reg.run(start, "Rigid", shrink=(4, 2), iterations=(100, 50))
@@ -471,6 +360,48 @@ def _guess_for(init: dict[tuple[str, str], InitGuess], moving: str, fixed: str) 
     return None
 
 
+def plan_pairs(order: list[str], *, reference: str | None = None,
+               init: dict[tuple[str, str], InitGuess] | None = None,
+               transform: str = "rigid") -> tuple[str, list[PairPlan]]:
+    """The reference section and the adjacent pairs of ``order`` (z order), each moving
+    section onto its neighbour toward the reference, nearest the reference first. Checks
+    the options (ConfigError) before any work."""
+    if transform not in ("rigid", "affine"):
+        raise ConfigError(f"unknown alignment transform {transform!r}", fix="use 'rigid' or 'affine'")
+    ref = order[len(order) // 2] if reference is None and order else reference
+    if ref not in order:
+        raise ConfigError(f"reference section {ref!r} is not among the imaged sections {order}",
+                          fix="pick one of the listed sections")
+    init = dict(init or {})
+    adjacent = set(zip(order, order[1:], strict=False)) | set(zip(order[1:], order, strict=False))
+    unknown = [f"{a}:{b}" for a, b in init if (a, b) not in adjacent]
+    if unknown:
+        raise ConfigError(f"initial guesses for non-adjacent or unknown pairs: {', '.join(unknown)}",
+                          fix="give hints only for neighbouring sections, e.g. "
+                              + ", ".join(f"{a}:{b}" for a, b in zip(order, order[1:], strict=False)))
+    r = order.index(ref)
+    plans = []
+    # outward from the reference: composing in this order places each fixed neighbour first
+    for i in list(range(r - 1, -1, -1)) + list(range(r + 1, len(order))):
+        mov, fix = order[i], order[i + 1 if i < r else i - 1]
+        plans.append(PairPlan(mov, fix, _guess_for(init, mov, fix)))
+    return ref, plans
+
+
+def compose(order: list[str], reference: str, um_per_px: dict[str, float],
+            pairs: list[PairResult]) -> list[SectionTransform]:
+    """Chain the pairs (in :func:`plan_pairs` order) to the reference: every section's
+    full-resolution pixels → the reference's frame in µm."""
+    um = um_per_px
+    out = {reference: SectionTransform(reference, reference, np.diag([um[reference], um[reference], 1.0]), None,
+                                       "identity(reference)")}
+    for p in pairs:
+        um_f, um_m = um[p.fixed], um[p.moving]
+        matrix = out[p.fixed].matrix @ np.diag([1 / um_f, 1 / um_f, 1.0]) @ p.matrix @ np.diag([um_m, um_m, 1.0])
+        out[p.moving] = SectionTransform(p.moving, reference, matrix, p.qc, p.method, p.warp, p.grid, p.matrix)
+    return [out[sid] for sid in order]
+
+
 def align_sample(
     thumbs: dict[str, np.ndarray],
     thumb_downsample: dict[str, float],
@@ -492,41 +423,12 @@ def align_sample(
     are detected here. Raises AlignmentError naming the pair for implausible results, and
     the pair's ``sources`` (e.g. image paths) when given."""
     order = list(thumbs)
-    if transform not in ("rigid", "affine"):
-        raise ConfigError(f"unknown alignment transform {transform!r}", fix="use 'rigid' or 'affine'")
-    ref = order[len(order) // 2] if reference is None and order else reference
-    if ref not in thumbs:
-        raise ConfigError(f"reference section {ref!r} is not among the imaged sections {order}",
-                          fix="pick one of the listed sections")
-    init = dict(init or {})
-    adjacent = set(zip(order, order[1:], strict=False)) | set(zip(order[1:], order, strict=False))
-    unknown = [f"{a}:{b}" for a, b in init if (a, b) not in adjacent]
-    if unknown:
-        raise ConfigError(f"initial guesses for non-adjacent or unknown pairs: {', '.join(unknown)}",
-                          fix="give hints only for neighbouring sections, e.g. "
-                              + ", ".join(f"{a}:{b}" for a, b in zip(order, order[1:], strict=False)))
-
+    ref, plans = plan_pairs(order, reference=reference, init=init, transform=transform)
     masks = dict(masks or {})
-    secs = {sid: _prepare(sid, thumbs[sid], masks[sid] if sid in masks else tissue_mask(thumbs[sid], f"section {sid}"),
-                          float(thumb_downsample[sid]), float(um_per_px[sid])) for sid in order}
-
-    r = order.index(ref)
-    out = {ref: SectionTransform(ref, ref, np.diag([um_per_px[ref], um_per_px[ref], 1.0]), None,
-                                 "identity(reference)")}
-    # walk outward from the reference so each fixed neighbour is already placed
-    for i in list(range(r - 1, -1, -1)) + list(range(r + 1, len(order))):
-        mov, fix = order[i], order[i + 1 if i < r else i - 1]
-        try:
-            pair, qc, method, warp, grid = _register_pair(secs[mov], secs[fix], _guess_for(init, mov, fix),
-                                                          transform, syn, seed, max_scale_dev, max_shear)
-        except AlignmentError as err:
-            if not sources or err.path is not None:
-                raise
-            raise AlignmentError(err.message, path=f"{sources[mov]}, {sources[fix]}", fix=err.fix) from None
-        um_f, um_m = um_per_px[fix], um_per_px[mov]
-        matrix = out[fix].matrix @ np.diag([1 / um_f, 1 / um_f, 1.0]) @ pair @ np.diag([um_m, um_m, 1.0])
-        out[mov] = SectionTransform(mov, ref, matrix, qc, method, warp, grid, pair)
-    return [out[sid] for sid in order]
-
-
-# --- QC picture ----------------------------------------------------------------------------
+    secs = {sid: prepare_section(sid, thumbs[sid], masks[sid] if sid in masks else tissue_mask(thumbs[sid], f"section {sid}"),
+                                 float(thumb_downsample[sid]), float(um_per_px[sid])) for sid in order}
+    pairs = [register_pair(secs[p.moving], secs[p.fixed], p.guess, transform=transform, syn=syn, seed=seed,
+                           max_scale_dev=max_scale_dev, max_shear=max_shear,
+                           sources=(sources[p.moving], sources[p.fixed]) if sources else None)
+             for p in plans]
+    return compose(order, ref, um_per_px, pairs)

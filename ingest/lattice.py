@@ -12,18 +12,11 @@ from typing import Literal
 
 import numpy as np
 
+from asign.ingest.geometry import apply_transform
+
+__all__ = ["LAYOUTS", "aligned_to_pixels", "apply_transform", "lattice_points", "virtual_lattice"]
+
 LAYOUTS = ("square", "hex")
-
-
-def apply_transform(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """(N, 2) points mapped through a 3×3 homogeneous matrix."""
-    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-    m = np.asarray(matrix, dtype=np.float64)
-    if m.shape != (3, 3):
-        raise ValueError(f"transform must be 3x3, got {m.shape}")
-    out = pts @ m[:2, :2].T + m[:2, 2]
-    w = pts @ m[2, :2] + m[2, 2]
-    return out / w[:, None]
 
 
 def aligned_to_pixels(points_um: np.ndarray, image_to_aligned: np.ndarray) -> np.ndarray:

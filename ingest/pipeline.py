@@ -179,6 +179,11 @@ def _run(cfg: IngestConfig, resolved: str | None, store: Store, rep: Reporter | 
                 store.save_manifest(manifest)
                 summary["ran"].append(f"{sample_id}:{step}")
                 summary["samples"].setdefault(sample_id, {})[step] = info
+        timing = runner.close()
+        if timing:
+            summary["cluster"] = timing
+            log.info("Dask: %d tasks; this process committed for %.1f s; worker compute s %s", timing["tasks"],
+                     timing["driver_commit_s"], timing["worker_compute_s"])
 
     if failed:
         raise ClusterError(" | ".join(summary["failed"]) + " (every other unit is stored: after the fix, "
@@ -191,11 +196,12 @@ def _run(cfg: IngestConfig, resolved: str | None, store: Store, rep: Reporter | 
 
 def _prefetch(runner: Runner, store: Store, manifest: dict[str, Any], cfg: IngestConfig, step: str,
               sample_ids: list[str]) -> None:
-    """On a cluster, start the one-unit-per-sample steps (align, graph) of every sample that
-    will run, so samples align in parallel while the driver commits them in order."""
+    """On a cluster, start the units of align (per section and per pair) and graph (per
+    sample) of every sample that will run, so samples align in parallel while the driver
+    commits them in order."""
     if not runner.distributed or step not in ("align", "graph"):
         return
-    from asign.ingest.step_align import align_unit
+    from asign.ingest.step_align import start_align
     from asign.ingest.step_graph import graph_unit
 
     todo = []
@@ -206,8 +212,11 @@ def _prefetch(runner: Runner, store: Store, manifest: dict[str, Any], cfg: Inges
         fp = fingerprint(step, upstream, step_params(cfg, step))
         if not (step_fingerprint(manifest, sample_id, step) == fp and store.step_intact(manifest, sample_id, step)):
             todo.append(sample_id)
-    fn = align_unit if step == "align" else graph_unit
-    runner.prefetch(fn, [(str(store.root), cfg, s) for s in todo], todo, description=f"{step}")
+    if step == "align":
+        for sample_id in todo:  # every pair of every sample at once
+            runner.keep(("align", sample_id), start_align(store, cfg, sample_id, runner))
+        return
+    runner.prefetch(graph_unit, [(str(store.root), cfg, s) for s in todo], todo, description=f"{step}")
 
 
 def _invalidate_after(manifest: dict[str, Any], sample_id: str, step: str) -> None:

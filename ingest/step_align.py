@@ -5,6 +5,7 @@ without counts, and write transforms, aligned spots and a QC overlay."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,7 @@ import pandas as pd
 from asign.ingest.config import IngestConfig
 from asign.ingest.deform import to_aligned
 from asign.ingest.runner import Runner, raise_failures
-from asign.progress import Reporter, silent
+from asign.progress import Reporter
 from asign.store import Store
 from asign.store.warps import Warp, write_warps
 
@@ -28,92 +29,181 @@ def _sections(store: Store, sample_id: str) -> pd.DataFrame:
     return df[df.sample_id == sample_id].sort_values("z").reset_index(drop=True)
 
 
-def run_align(store: Store, cfg: IngestConfig, sample_id: str, rep: Reporter,
-              runner: Runner | None = None) -> dict[str, Any]:
-    """Align a sample (one unit of work: here, or on a worker) and write what it found."""
-    runner = runner or Runner()
-    task = rep.task(f"align {sample_id}", total=1)
-    out: dict[str, Any] = {}
+@dataclass
+class AlignUnits:
+    """A sample's started align units (handles from :meth:`Runner.start`), in commit order:
+    its sections read (one per section), its adjacent pairs registered (one per pair),
+    the finish (chain, spots, virtual spots, referee, overlay; needs all of those) and the
+    4 µm/px thumbnails (one per section, needed by nothing but the store)."""
 
-    def commit(_: int, result: dict[str, Any]) -> None:
-        out.update(_write_align(store, sample_id, result))
-        rep.advance(task)
-
-    failed = runner.map(align_unit, [(str(store.root), cfg, sample_id)], [sample_id], commit,
-                        description=f"align {sample_id}")
-    raise_failures(failed, "align", sample_id)
-    return out
+    handles: list[Any] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    kinds: list[str] = field(default_factory=list)  # section, pair, finish, fine
 
 
-def _write_align(store: Store, sample_id: str, r: dict[str, Any]) -> dict[str, Any]:
-    """The driver's half: write what :func:`align_unit` computed (the only store writes)."""
-    write_warps(store, sample_id, r.get("warps", []))
-    if "transforms" not in r:  # precomputed coordinates
-        return r["info"]
-    store.write("transforms", r["transforms"], key=sample_id)
-    store.write("spots", r["spots"], key=sample_id)
-    for sid, thumb in r["thumbs"].items():
-        store.write_qc_png(store.layout.thumbnail(sid), thumb)
-    if r["overlay"] is not None:
-        store.write_qc_png(store.layout.alignment_png(sample_id), r["overlay"])
-    _write_fine(store, r["fine"])
-    return r["info"]
-
-
-def align_unit(root: str, cfg: IngestConfig, sample_id: str) -> dict[str, Any]:
-    """Read a sample's sections, register them and map spots; returns what to write."""
-    from pathlib import Path
-
-    from asign.store import open_store
-
-    return _compute_align(open_store(Path(root)), cfg, sample_id, silent())
-
-
-def _compute_align(store: Store, cfg: IngestConfig, sample_id: str, rep: Reporter) -> dict[str, Any]:
+def start_align(store: Store, cfg: IngestConfig, sample_id: str, runner: Runner) -> AlignUnits:
+    """Plan a sample's alignment (options checked here, before any work) and start its
+    units. Units are independent but for their arguments: each pair takes its two sections'
+    results, the finish all of them, so on a cluster every pair registers at once."""
     from asign.ingest import align
-    from asign.ingest.images import read_thumbnail
-    from asign.ingest.overlay import render_overlay
-    from asign.ingest.tissue import tissue_mask
 
     sections = _sections(store, sample_id)
-    spots = store.read("spots", key=sample_id).to_pandas()
-    spots = spots[~spots.is_virtual].reset_index(drop=True)
-
+    spots = store.read("spots", key=sample_id, columns=["x_um", "is_virtual"]).to_pandas()
+    u = AlignUnits()
+    root = str(store.root)
     # Coordinates given with the input (a manifest's aligned x/y) are kept. Coordinates an
     # earlier align wrote come with its transforms table (written before the spots, and
     # removed by register), and are recomputed: align's parameters may have changed.
-    if spots.x_um.notna().all() and not store.has("transforms", sample_id):
+    if spots.x_um[~spots.is_virtual].notna().all() and not store.has("transforms", sample_id):
+        u.handles += runner.start(finish_unit, [(root, cfg, sample_id, {}, [])], [f"sample {sample_id}"],
+                                  description=f"align-{sample_id}")
+        u.labels.append(f"sample {sample_id}")
+        u.kinds.append("finish")
+        return u
+
+    imaged = sections[sections.has_image]
+    order = [str(s) for s in imaged.section_id]
+    ref = None
+    plans: list[Any] = []
+    if len(order) > 1:
+        init = {tuple(k.split(":", 1)): align.InitGuess(rotation_deg=v[0], flip=v[1])
+                for k, v in cfg.align.init.items()}
+        ref, plans = align.plan_pairs(order, reference=cfg.align.reference, init=init, transform=cfg.align.transform)
+    rows = {str(r.section_id): (str(r.image_path), float(r.um_per_px), int(r.width)) for r in imaged.itertuples()}
+
+    def add(fn: Any, args: list[tuple], labels: list[str], kind: str) -> list[Any]:
+        handles = runner.start(fn, args, labels, description=f"align-{sample_id}-{kind}")
+        u.handles.extend(handles)
+        u.labels.extend(labels)
+        u.kinds.extend([kind] * len(labels))
+        return handles
+
+    secs = dict(zip(order, add(section_unit, [rows[s] for s in order], [f"section {s}" for s in order], "section"),
+                    strict=True))
+    a = cfg.align
+    pairs = add(pair_unit, [(secs[p.moving], secs[p.fixed], p, a.transform, a.syn, cfg.seed,
+                             (rows[p.moving][0], rows[p.fixed][0])) for p in plans],
+                [f"pair {p.moving}->{p.fixed}" for p in plans], "pair")
+    add(finish_unit, [(root, cfg, sample_id, {s: secs[s] for s in order}, pairs, ref)], [f"sample {sample_id}"],
+        "finish")
+    add(fine_unit, [rows[s] for s in order], [f"section {s}" for s in order], "fine")
+    return u
+
+
+def run_align(store: Store, cfg: IngestConfig, sample_id: str, rep: Reporter,
+              runner: Runner | None = None) -> dict[str, Any]:
+    """Align a sample (its units run here, or on workers) and write what they found: the
+    driver's half, the only store writes, once every unit of the sample has succeeded."""
+    runner = runner or Runner()
+    units = runner.take(("align", sample_id)) or start_align(store, cfg, sample_id, runner)
+    task = rep.task(f"align {sample_id}", total=len(units.handles))
+    thumbs: dict[str, tuple[np.ndarray, float]] = {}
+    fine: dict[str, tuple[np.ndarray, float]] = {}
+    done: dict[str, Any] = {}
+
+    def commit(i: int, result: Any) -> None:
+        kind, sid = units.kinds[i], units.labels[i].split(" ", 1)[1]
+        if kind == "section":
+            thumbs[sid] = (result["thumb"], result["ds"])
+        elif kind == "fine":
+            fine[sid] = result
+        elif kind == "finish":
+            done.update(result)
+        rep.advance(task, last=units.labels[i])
+
+    failed = runner.finish(units.handles, units.labels, commit)
+    raise_failures(failed, "align", sample_id)
+    if "transforms" not in done:  # precomputed coordinates
+        write_warps(store, sample_id, [])
+        return done["info"]
+    order = list(thumbs)
+    info = dict(done["info"])
+    info = {"n_virtual": info["n_virtual"], "reference": info["reference"],
+            "thumb_downsample": {s: thumbs[s][1] for s in order},
+            "fine_thumb_downsample": {s: fine[s][1] for s in order},
+            "qc": info["qc"], "referee": info["referee"]}
+    _write_align(store, sample_id, done, {s: thumbs[s][0] for s in order}, {s: fine[s][0] for s in order})
+    return info
+
+
+def _write_align(store: Store, sample_id: str, r: dict[str, Any], thumbs: dict[str, np.ndarray],
+                 fine: dict[str, np.ndarray]) -> None:
+    write_warps(store, sample_id, r["warps"])
+    store.write("transforms", r["transforms"], key=sample_id)
+    store.write("spots", r["spots"], key=sample_id)
+    for sid, thumb in thumbs.items():
+        store.write_qc_png(store.layout.thumbnail(sid), thumb)
+    if r["overlay"] is not None:
+        store.write_qc_png(store.layout.alignment_png(sample_id), r["overlay"])
+    _write_fine(store, fine)
+
+
+def section_unit(image_path: str, um_per_px: float, width: int) -> dict[str, Any]:
+    """Read and check one section: its ~11 µm/px thumbnail and tissue mask (errors name the
+    file), and full-resolution px per thumbnail px."""
+    from asign.ingest.images import read_thumbnail
+    from asign.ingest.tissue import tissue_mask
+
+    thumb = read_thumbnail(image_path, max(1.0, THUMB_UM_PER_PX / um_per_px))
+    mask = tissue_mask(thumb, name=image_path)
+    # the thumbnail's size is rounded: use the exact ratio, not the requested one
+    return {"thumb": thumb, "mask": mask, "ds": float(width) / thumb.shape[1], "um": um_per_px}
+
+
+def fine_unit(image_path: str, um_per_px: float, width: int) -> tuple[np.ndarray, float]:
+    """A ≤ 4 µm/px thumbnail of one section (the registration grid is 11 µm/px, too coarse
+    to see morphology), and full-resolution px per thumbnail px."""
+    from asign.ingest.images import read_thumbnail
+
+    thumb = read_thumbnail(image_path, max(1.0, FINE_UM_PER_PX / um_per_px))
+    return thumb, float(width) / thumb.shape[1]
+
+
+def _prepared(sid: str, sec: dict[str, Any]) -> Any:
+    from asign.ingest.align import prepare_section
+
+    return prepare_section(sid, sec["thumb"], sec["mask"], sec["ds"], sec["um"])
+
+
+def pair_unit(mov: dict[str, Any], fix: dict[str, Any], plan: Any, transform: str, syn: bool, seed: int,
+              sources: tuple[str, str]) -> Any:
+    """Register one adjacent pair (independent of every other pair)."""
+    from asign.ingest.align import register_pair
+
+    return register_pair(_prepared(plan.moving, mov), _prepared(plan.fixed, fix), plan.guess, transform=transform,
+                         syn=syn, seed=seed, sources=sources)
+
+
+def finish_unit(root: str, cfg: IngestConfig, sample_id: str, secs: dict[str, dict[str, Any]],
+                pairs: list[Any], reference: str | None = None) -> dict[str, Any]:
+    """Chain the pairs to the reference, map the spots, lay virtual spots, referee and
+    overlay: everything the driver writes but the thumbnails. Reads the store (read-only,
+    as a worker may)."""
+    from pathlib import Path
+
+    from asign.ingest import align
+    from asign.ingest.overlay import render_overlay
+    from asign.store import open_store
+
+    store = open_store(Path(root))
+    sections = _sections(store, sample_id)
+    spots = store.read("spots", key=sample_id).to_pandas()
+    spots = spots[~spots.is_virtual].reset_index(drop=True)
+    if not secs:
         log.info("sample %s: keeping precomputed aligned coordinates", sample_id)
         return {"info": {"method": "precomputed", "referee": _referee(store, sample_id, spots, sections)}}
 
-    imaged = sections[sections.has_image]
-
-    task = rep.task(f"align {sample_id}", total=len(imaged) + 1)
-    thumbs: dict[str, np.ndarray] = {}
-    ds: dict[str, float] = {}
-    um: dict[str, float] = {}
-    masks: dict[str, np.ndarray] = {}
-    for row in imaged.itertuples():
-        um[row.section_id] = float(row.um_per_px)
-        thumb = read_thumbnail(row.image_path, max(1.0, THUMB_UM_PER_PX / float(row.um_per_px)))
-        thumbs[row.section_id] = thumb
-        masks[row.section_id] = tissue_mask(thumb, name=str(row.image_path))  # errors name the file
-        # the thumbnail's size is rounded: use the exact ratio, not the requested one
-        ds[row.section_id] = float(row.width) / thumb.shape[1]
-        rep.advance(task)
-
+    thumbs = {s: v["thumb"] for s, v in secs.items()}
+    ds = {s: v["ds"] for s, v in secs.items()}
+    um = {s: v["um"] for s, v in secs.items()}
     if len(thumbs) == 1:
         sid = next(iter(thumbs))
         transforms = [align.SectionTransform(section_id=sid, reference_id=sid,
                                              matrix=np.diag([um[sid], um[sid], 1.0]), qc=None,
                                              method="identity(single section)")]
     else:
-        init = {tuple(k.split(":", 1)): align.InitGuess(rotation_deg=v[0], flip=v[1])
-                for k, v in cfg.align.init.items()}
-        transforms = align.align_sample(thumbs, ds, um, reference=cfg.align.reference, init=init,
-                                        transform=cfg.align.transform, syn=cfg.align.syn, seed=cfg.seed,
-                                        masks=masks, sources={r.section_id: str(r.image_path) for r in imaged.itertuples()})
-    rep.advance(task)
+        assert reference is not None
+        transforms = align.compose(list(thumbs), reference, um, pairs)
     by_id = {t.section_id: t for t in transforms}
 
     # aligned coordinates of measured spots: through the affine chain and, with --syn, the
@@ -127,20 +217,15 @@ def _compute_align(store: Store, cfg: IngestConfig, sample_id: str, rep: Reporte
 
     virtual = _virtual_spots(sections, thumbs, ds, by_id, um)
     out = pd.concat([spots, virtual], ignore_index=True) if len(virtual) else spots
-    # Everything the driver writes is computed here, in the unit: the referee reads the
-    # store's labels (read-only, as a worker may), fine thumbnails are decoded here.
-    referee = _referee(store, sample_id, out, sections)
-    fine, fine_ds = _fine_thumbnails(imaged)
     info = {"n_virtual": int(len(virtual)), "reference": transforms[0].reference_id,
-            "thumb_downsample": ds, "fine_thumb_downsample": fine_ds,
             "qc": {t.section_id: _qc_dict(t) for t in transforms if t.qc is not None},
-            "referee": referee}
+            "referee": _referee(store, sample_id, out, sections)}
     return {"warps": [Warp(t.section_id, t.qc.fixed, t.warp, t.warp_grid)
                       for t in transforms if t.warp is not None],
             "transforms": _transform_rows(sample_id, transforms),
-            "spots": _spot_columns(out), "thumbs": thumbs,
+            "spots": _spot_columns(out),
             "overlay": render_overlay(thumbs, ds, transforms, um) if len(thumbs) > 1 else None,
-            "fine": fine, "info": info}
+            "info": info}
 
 
 def _referee(store: Store, sample_id: str, spots: pd.DataFrame, sections: pd.DataFrame) -> dict[str, float]:
@@ -175,17 +260,12 @@ def _spot_columns(spots: pd.DataFrame) -> dict[str, list]:
 
 
 def _fine_thumbnails(imaged: pd.DataFrame) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """A ≤ 4 µm/px thumbnail per imaged section (the registration grid is 11 µm/px, too
-    coarse to see morphology), and full-resolution px per thumbnail px. Computed where the
-    unit runs; :func:`_write_fine` writes them."""
-    from asign.ingest.images import read_thumbnail
-
+    """:func:`fine_unit` of every imaged section, here."""
     thumbs: dict[str, np.ndarray] = {}
     ds: dict[str, float] = {}
     for row in imaged.itertuples():
-        thumb = read_thumbnail(row.image_path, max(1.0, FINE_UM_PER_PX / float(row.um_per_px)))
-        thumbs[row.section_id] = thumb
-        ds[row.section_id] = float(row.width) / thumb.shape[1]
+        thumbs[row.section_id], ds[row.section_id] = fine_unit(str(row.image_path), float(row.um_per_px),
+                                                               int(row.width))
     return thumbs, ds
 
 

@@ -224,7 +224,8 @@ def killed(reference, tmp_path_factory) -> tuple[Path, list[Kill]]:
     rng = random.Random(SEED)
     kills = []
     for moment, pattern, longest in (("thumbnails", r" align C …$", 0.05),
-                                     ("first pair", r" align C 3/4", 1.0),  # 3 thumbnails read
+                                     # 3 sections read of 9 units (3 sections, 2 pairs, 1 finish, 3 fine)
+                                     ("first pair", r" align C 3/9", 1.0),
                                      ("second pair", r" aligned \w+->\w+", 0.5)):
         kills.append(_kill_after(cmd, store, "align", moment, pattern, rng.uniform(0, longest)))
     kills.append(_kill_after(cmd, store, "patches", "cropping", r" patches C …$", rng.uniform(0, 0.8)))

@@ -71,7 +71,7 @@ def test_field_matches_ants_point_mapping():
     import ants
     import pandas as pd
 
-    from asign.ingest import align
+    from asign.ingest.ants_pair import to_ants
     from asign.ingest.deform import sample_field
 
     rng = np.random.default_rng(0)
@@ -80,7 +80,7 @@ def test_field_matches_ants_point_mapping():
     moving = np.roll(base, 2, axis=1)
     moving[20:30, 22:30] = 0.0  # a local dent: SyN has something to deform
     frame = np.array([[10.0, 0, 5.0], [0, 10.0, 5.0], [0, 0, 1]])
-    fixed_i, moving_i = align._to_ants(base, frame), align._to_ants(moving, frame)
+    fixed_i, moving_i = to_ants(base, frame), to_ants(moving, frame)
     with tempfile.TemporaryDirectory() as tmp:
         out = ants.registration(fixed_i, moving_i, type_of_transform="SyNOnly", outprefix=os.path.join(tmp, "r"),
                                 syn_metric="meansquares", reg_iterations=(40, 20, 0))
