@@ -43,7 +43,7 @@ class Recorder:
 
 
 def _demo(base: Path, name: str = "demo") -> Path:
-    from asign.ingest.synthetic import make_demo_sample
+    from asign.commands.synthetic import make_demo_sample
 
     src = make_demo_sample(base / name, n_layers=3, grid=6, image_px=320, um_per_px=4.0, n_genes=8)
     toml = src / "manifest.toml"
