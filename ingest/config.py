@@ -7,10 +7,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from asign.ingest.steps import STEPS
 from asign.schemas.vocabulary import NORMALISATIONS
 from asign.store.manifest import jsonable
 
-STEPS = ("register", "align", "patches", "embed", "graph")
 TRANSFORMS = ("rigid", "affine")
 CROSS_WEIGHTS = ("product", "sum")  # IoU × cosine (the paper) | IoU + cosine (reference code)
 DEVICES = ("cpu", "cuda")

@@ -13,9 +13,10 @@ import time
 from typing import Any
 
 from asign.errors import ClusterError
-from asign.ingest.config import STEPS, IngestConfig
+from asign.ingest.config import IngestConfig
 from asign.ingest.runner import Runner
 from asign.ingest.sample import SampleInput
+from asign.ingest.steps import PIPELINE, STEP, STEPS, previous
 from asign.progress import Reporter, reporter
 from asign.store import Store, StoreLayout, open_store, prepare_root
 from asign.store.atomic import remove_stale_temps
@@ -38,24 +39,6 @@ def _read(cfg: IngestConfig) -> list[SampleInput]:
         seen.setdefault(s.sample_id, s)
     return list(seen.values())
 
-
-def step_params(cfg: IngestConfig, step: str) -> dict[str, Any]:
-    if step == "align":
-        return {"align": cfg.align.__dict__}
-    if step == "patches":
-        from asign.ingest.step_features import stored_patch_px
-
-        params: dict[str, Any] = {"sizes": [cfg.spot_px, cfg.region_px, cfg.global_px]}
-        stored = stored_patch_px(cfg)
-        if stored != cfg.spot_px:  # only then: fingerprints of existing stores stay valid
-            params["stored_px"] = stored
-        return params
-    if step == "embed":
-        return {"encoder": cfg.encoder, "weights": cfg.weights, "precision": cfg.precision,
-                "batch_size": cfg.batch_size, "seed": cfg.seed}
-    if step == "graph":
-        return {"k_same": cfg.k_same, "top_k_cross": cfg.top_k_cross, "cross_weight": cfg.cross_weight}
-    return {}
 
 
 def resolve_encoder(cfg: IngestConfig) -> tuple[IngestConfig, str | None]:
@@ -143,21 +126,22 @@ def _run(cfg: IngestConfig, resolved: str | None, store: Store, rep: Reporter | 
         if resolved:
             log.info(resolved)
 
-        for step in STEPS[1:]:
+        for record in PIPELINE[1:]:
+            step = record.name
             if step not in cfg.steps:
                 continue
             _prefetch(runner, store, manifest, cfg, step, [s for s in sample_ids if s not in failed])
             for sample_id in sample_ids:
                 if sample_id in failed:
                     continue
-                upstream = step_fingerprint(manifest, sample_id, STEPS[STEPS.index(step) - 1])
+                upstream = step_fingerprint(manifest, sample_id, previous(step))
                 if upstream is None:
                     from asign.errors import StoreError
 
                     raise StoreError(f"step {step} of sample {sample_id} needs step "
-                                     f"{STEPS[STEPS.index(step) - 1]} first", path=cfg.store,
+                                     f"{previous(step)} first", path=cfg.store,
                                      fix=f"run `asign ingest ... --steps {','.join(STEPS[:STEPS.index(step) + 1])}`")
-                fp = fingerprint(step, upstream, step_params(cfg, step))
+                fp = fingerprint(step, upstream, record.params(cfg))
                 # Skipped only when finished under this fingerprint and its tables are still
                 # the ones recorded (not deleted, edited, or half-replaced by a crashed run).
                 if step_fingerprint(manifest, sample_id, step) == fp and store.step_intact(manifest, sample_id, step):
@@ -168,7 +152,7 @@ def _run(cfg: IngestConfig, resolved: str | None, store: Store, rep: Reporter | 
                         manifest = backfill_fine_thumbnails(store, manifest, sample_id)
                     continue
                 try:
-                    info = _STEP_FUNCS[step](store, cfg, sample_id, fp, rep, runner)
+                    info = record.run(store, cfg, sample_id, fp, rep, runner)
                 except ClusterError as err:  # the other samples go on; this one is reported
                     failed.append(sample_id)
                     summary.setdefault("failed", []).append(str(err))
@@ -206,10 +190,10 @@ def _prefetch(runner: Runner, store: Store, manifest: dict[str, Any], cfg: Inges
 
     todo = []
     for sample_id in sample_ids:
-        upstream = step_fingerprint(manifest, sample_id, STEPS[STEPS.index(step) - 1])
+        upstream = step_fingerprint(manifest, sample_id, previous(step))
         if upstream is None:
             continue  # the loop reports it
-        fp = fingerprint(step, upstream, step_params(cfg, step))
+        fp = fingerprint(step, upstream, STEP[step].params(cfg))
         if not (step_fingerprint(manifest, sample_id, step) == fp and store.step_intact(manifest, sample_id, step)):
             todo.append(sample_id)
     if step == "align":
@@ -242,33 +226,3 @@ def _stored_samples(store: Store, cfg: IngestConfig) -> list[str]:
                          path=cfg.store, fix="pass --samples with a stored sample id")
     return wanted
 
-
-def _align(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Reporter,
-           runner: Runner) -> dict[str, Any]:
-    from asign.ingest.step_align import run_align
-
-    return run_align(store, cfg, sample_id, rep, runner)
-
-
-def _patches(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Reporter,
-             runner: Runner) -> dict[str, Any]:
-    from asign.ingest.step_features import run_patches
-
-    return run_patches(store, cfg, sample_id, fp, rep, runner)
-
-
-def _embed(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Reporter,
-           runner: Runner) -> dict[str, Any]:
-    from asign.ingest.step_features import run_embed
-
-    return run_embed(store, cfg, sample_id, fp, rep, runner)
-
-
-def _graph(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Reporter,
-           runner: Runner) -> dict[str, Any]:
-    from asign.ingest.step_graph import run_graph
-
-    return run_graph(store, cfg, sample_id, rep, runner)
-
-
-_STEP_FUNCS = {"align": _align, "patches": _patches, "embed": _embed, "graph": _graph}
