@@ -10,8 +10,8 @@ Stores under --root:
   effnet-lite0 with its bundled ImageNet weights unless ResNet50 weights are local; gene
   panel = top 250 by mean count on C2, the known layer).
 - ``SC-<variant>``: copies of ``SC`` taken before any training, re-embedded with
-  ``--steps embed,graph --encoder X [--weights random]`` (same sections, alignment, spots,
-  patches and gene panel; only the image features and the graph's cosines change).
+  ``--steps patches,embed,graph --encoder X [--weights random]`` (same sections, alignment,
+  spots and gene panel, patches re-cut only for another input size; only the image features and the graph's cosines change).
 - ``SCB``: ``asign ingest DATA --samples C --extra-2d B --store SCB``. Its gene panel is
   chosen on C2 *and B4* (both are training sections), so its numbers are comparable only
   with each other: the B4 table trains asign3d with and without ``--extra-2d B`` on SCB.
@@ -42,6 +42,7 @@ VARIANTS = {
     "concat": ("effnet-lite0+histo-classic", "imagenet"),
     "random": ("effnet-lite0", "random"),
     "random-resnet": ("resnet50-l3", "random"),  # the README's earlier features
+    "lite2": ("effnet-lite2", "imagenet"),  # 260-px input: its patches are re-cut
 }
 DEFAULT_VARIANTS = "histo,concat,random,random-resnet"
 # run name → extra `asign train` flags, asign3d on SC
@@ -164,12 +165,13 @@ def main() -> None:
     if "encoders" in tables:
         for suffix, (encoder, weights) in variants.items():
             dst = args.root / f"SC-{suffix}"
-            asign("ingest", str(args.data), "--samples", "C", "--store", str(dst), "--steps", "embed,graph",
-                  "--encoder", encoder, "--weights", weights, threads=t)
+            # patches re-run only for an encoder of another input size (their fingerprint)
+            asign("ingest", str(args.data), "--samples", "C", "--store", str(dst), "--steps",
+                  "patches,embed,graph", "--encoder", encoder, "--weights", weights, threads=t)
             print(json.dumps(store_params(dst)))
-            for m in ("similarity", "asign3d"):
+            for m in ("mean", "similarity", "asign3d"):
                 train(dst, m, m, [], t)
-            table(dst, ["similarity", "asign3d"], t, f"Image features: {encoder} ({weights})")
+            table(dst, ["mean", "similarity", "asign3d"], t, f"Image features: {encoder} ({weights})")
     if "b4" in tables:
         scb = args.root / "SCB"
         asign("ingest", str(args.data), "--samples", "C", "--extra-2d", "B", "--store", str(scb), threads=t)
