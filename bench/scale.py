@@ -358,6 +358,10 @@ def workers_table(results: dict[str, dict], workers: int, scenarios: list[str]) 
             c = r["workers"].get("cluster", {})
             name = f"ingest ({r['spots']:,} spots)" if part == "ingest" else "train (4 asign3d runs)"
             busy = f"{sum(c['worker_compute_s'].values()):,.0f}" if c else "–"
+            if part == "ingest" and "serial_1thread" in r:
+                one = r["serial_1thread"]
+                lines.append(f"| {sc} | {name}, serial with 1 torch thread | {one['s']:,.0f} ({one['loadavg']:.1f}) | "
+                             f"{r['workers']['s']:,.0f} | **{r['ratio_1thread']:.2f}×** | | | | | |")
             lines.append(f"| {sc} | {name} | {r['serial']['s']:,.0f} ({r['serial']['loadavg']:.1f}) | "
                          f"{r['workers']['s']:,.0f} ({r['workers']['loadavg']:.1f}) | **{r['ratio']:.2f}×** | "
                          f"{r.get('identical', '–')} | {c.get('tasks', '–')} | {c.get('driver_commit_s', '–')} | "
