@@ -155,6 +155,36 @@ def compare_train(store: Path, workers: int, epochs: int, cores: int) -> dict[st
     return rows
 
 
+def workers_table(results: dict[str, dict], workers: int, scenarios: list[str]) -> str:
+    """The --workers column: serial vs N workers per scenario and part."""
+    lines = [f"| scenario | part | serial s (load) | {workers} workers s (load) | ratio | identical store | "
+             "tasks | driver commit s | Σ worker compute s | efficiency |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for sc in scenarios:
+        row = results.get(f"{sc}/workers{workers}")
+        if not row:
+            continue
+        for part in ("ingest", "train"):
+            r = row.get(part)
+            if not r:
+                continue
+            c = r["workers"].get("cluster", {})
+            name = f"ingest ({r['spots']:,} spots)" if part == "ingest" else "train (4 asign3d runs)"
+            busy = f"{sum(c['worker_compute_s'].values()):,.0f}" if c else "–"
+            if part == "ingest" and "serial_1thread" in r:
+                one = r["serial_1thread"]
+                lines.append(f"| {sc} | {name}, serial with 1 torch thread | {one['s']:,.0f} ({one['loadavg']:.1f}) | "
+                             f"{r['workers']['s']:,.0f} | **{r['ratio_1thread']:.2f}×** | | | | | |")
+            lines.append(f"| {sc} | {name} | {r['serial']['s']:,.0f} ({r['serial']['loadavg']:.1f}) | "
+                         f"{r['workers']['s']:,.0f} ({r['workers']['loadavg']:.1f}) | **{r['ratio']:.2f}×** | "
+                         f"{r.get('identical', '–')} | {c.get('tasks', '–')} | {c.get('driver_commit_s', '–')} | "
+                         f"{busy} | {r.get('efficiency', '–')} |")
+        if row.get("overhead"):
+            o = row["overhead"]
+            lines.append(f"| {sc} | Dask overhead per task | | {o['noop_ms_per_task']} ms no-op, "
+                         f"{o['1mb_ms_per_task']} ms returning 1 MB | | | | | | |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=2)
