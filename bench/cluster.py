@@ -56,10 +56,10 @@ def overhead(workers: int, n: int = 200) -> dict[str, float]:
     return out
 
 
-def _cli(args: list[str]) -> tuple[float, dict[str, Any] | None]:
+def _cli(args: list[str], env: dict[str, str] | None = None) -> tuple[float, dict[str, Any] | None]:
     """Wall seconds of one CLI command (start-up included) and its --json output, if any."""
     t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "asign.cli", *args], check=True,
+    proc = subprocess.run([sys.executable, "-m", "asign.cli", *args], check=True, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     seconds = time.perf_counter() - t
     try:
@@ -84,6 +84,22 @@ def _files(store: Path) -> dict[str, str]:
             and "vectors.lmdb" not in p.parts}
 
 
+def _step_seconds(store: Path) -> dict[str, float]:
+    """Seconds per ingest step of a fresh store, from the manifest's timestamps (whole
+    seconds: each step's done_at minus the previous one's, register from created_at)."""
+    from datetime import datetime
+
+    m = json.loads((store / "manifest.json").read_text())
+    t = datetime.fromisoformat(m["created_at"].replace("Z", "+00:00"))
+    out: dict[str, float] = {}
+    for sample in m["steps"].values():
+        for step, info in sorted(sample.items(), key=lambda kv: kv[1]["done_at"]):
+            done = datetime.fromisoformat(info["done_at"].replace("Z", "+00:00"))
+            out[step] = out.get(step, 0.0) + (done - t).total_seconds()
+            t = done
+    return out
+
+
 def compare_ingest(sample: Path, workdir: Path, workers: int, ingest: list[str]) -> dict[str, Any]:
     """``asign ingest`` of ``sample`` serially and with ``--workers``, each into a fresh
     store, one after the other: wall seconds, the ratio, whether the stores are identical,
@@ -91,16 +107,25 @@ def compare_ingest(sample: Path, workdir: Path, workers: int, ingest: list[str])
     import shutil
 
     rows: dict[str, Any] = {}
-    stores = {"serial": workdir / "store-serial", "workers": workdir / f"store-w{workers}"}
-    for name, extra in (("serial", []), ("workers", ["--workers", str(workers)])):
+    stores = {"serial": workdir / "store-serial", "workers": workdir / f"store-w{workers}",
+              "serial_1thread": workdir / "store-serial-1t"}
+    # serial_1thread: torch's intra-op pool held to one thread (OMP_NUM_THREADS=1), as each
+    # worker's is; the serial default uses all cores, which on a busy machine spin-waits
+    one = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for name, extra, env in (("serial", [], None), ("workers", ["--workers", str(workers)], None),
+                             ("serial_1thread", [], one)):
         shutil.rmtree(stores[name], ignore_errors=True)
         load = os.getloadavg()[0]
-        s, summary = _cli(["ingest", str(sample), "--store", str(stores[name]), *ingest, *extra, "--json"])
+        s, summary = _cli(["ingest", str(sample), "--store", str(stores[name]), *ingest, *extra, "--json"], env)
         rows[name] = {"s": round(s, 1), "loadavg": round(load, 2), "loadavg_end": round(os.getloadavg()[0], 2)}
         if summary and "cluster" in summary:
             rows[name]["cluster"] = summary["cluster"]
         print(f"ingest {name}: {rows[name]}", flush=True)
     rows["ratio"] = round(rows["serial"]["s"] / rows["workers"]["s"], 2)
+    rows["ratio_1thread"] = round(rows["serial_1thread"]["s"] / rows["workers"]["s"], 2)
+    rows["steps_s"] = {name: _step_seconds(path) for name, path in stores.items()}
+    print(f"seconds per step: {rows['steps_s']}", flush=True)
+    shutil.rmtree(stores["serial_1thread"], ignore_errors=True)
     rows["identical"] = (_files(stores["serial"]) == _files(stores["workers"])
                          and _lmdb_entries(stores["serial"]) == _lmdb_entries(stores["workers"]))
     from asign.store import open_store
@@ -128,6 +153,36 @@ def compare_train(store: Path, workers: int, epochs: int, cores: int) -> dict[st
         print(f"train {name}: {rows[name]}", flush=True)
     rows["ratio"] = round(rows["serial"]["s"] / rows["workers"]["s"], 2)
     return rows
+
+
+def workers_table(results: dict[str, dict], workers: int, scenarios: list[str]) -> str:
+    """The --workers column: serial vs N workers per scenario and part."""
+    lines = [f"| scenario | part | serial s (load) | {workers} workers s (load) | ratio | identical store | "
+             "tasks | driver commit s | Σ worker compute s | efficiency |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for sc in scenarios:
+        row = results.get(f"{sc}/workers{workers}")
+        if not row:
+            continue
+        for part in ("ingest", "train"):
+            r = row.get(part)
+            if not r:
+                continue
+            c = r["workers"].get("cluster", {})
+            name = f"ingest ({r['spots']:,} spots)" if part == "ingest" else "train (4 asign3d runs)"
+            busy = f"{sum(c['worker_compute_s'].values()):,.0f}" if c else "–"
+            if part == "ingest" and "serial_1thread" in r:
+                one = r["serial_1thread"]
+                lines.append(f"| {sc} | {name}, serial with 1 torch thread | {one['s']:,.0f} ({one['loadavg']:.1f}) | "
+                             f"{r['workers']['s']:,.0f} | **{r['ratio_1thread']:.2f}×** | | | | | |")
+            lines.append(f"| {sc} | {name} | {r['serial']['s']:,.0f} ({r['serial']['loadavg']:.1f}) | "
+                         f"{r['workers']['s']:,.0f} ({r['workers']['loadavg']:.1f}) | **{r['ratio']:.2f}×** | "
+                         f"{r.get('identical', '–')} | {c.get('tasks', '–')} | {c.get('driver_commit_s', '–')} | "
+                         f"{busy} | {r.get('efficiency', '–')} |")
+        if row.get("overhead"):
+            o = row["overhead"]
+            lines.append(f"| {sc} | Dask overhead per task | | {o['noop_ms_per_task']} ms no-op, "
+                         f"{o['1mb_ms_per_task']} ms returning 1 MB | | | | | | |")
+    return "\n".join(lines)
 
 
 def main() -> None:

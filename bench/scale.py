@@ -343,32 +343,6 @@ def compare(scenario: str, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def workers_table(results: dict[str, dict], workers: int, scenarios: list[str]) -> str:
-    """The --workers column: serial vs N workers per scenario and part."""
-    lines = [f"| scenario | part | serial s (load) | {workers} workers s (load) | ratio | identical store | "
-             "tasks | driver commit s | Σ worker compute s | efficiency |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for sc in scenarios:
-        row = results.get(f"{sc}/workers{workers}")
-        if not row:
-            continue
-        for part in ("ingest", "train"):
-            r = row.get(part)
-            if not r:
-                continue
-            c = r["workers"].get("cluster", {})
-            name = f"ingest ({r['spots']:,} spots)" if part == "ingest" else "train (4 asign3d runs)"
-            busy = f"{sum(c['worker_compute_s'].values()):,.0f}" if c else "–"
-            lines.append(f"| {sc} | {name} | {r['serial']['s']:,.0f} ({r['serial']['loadavg']:.1f}) | "
-                         f"{r['workers']['s']:,.0f} ({r['workers']['loadavg']:.1f}) | **{r['ratio']:.2f}×** | "
-                         f"{r.get('identical', '–')} | {c.get('tasks', '–')} | {c.get('driver_commit_s', '–')} | "
-                         f"{busy} | {r.get('efficiency', '–')} |")
-        if row.get("overhead"):
-            o = row["overhead"]
-            lines.append(f"| {sc} | Dask overhead per task | | {o['noop_ms_per_task']} ms no-op, "
-                         f"{o['1mb_ms_per_task']} ms returning 1 MB | | | | | | |")
-    return "\n".join(lines)
-
-
 def _save(path: Path, rows: dict[str, dict], **top: Any) -> dict[str, Any]:
     """Merge ``rows`` (and top-level entries) into the results file, re-read first so
     drivers running other scenarios at the same time keep their rows; atomic replace."""
@@ -434,6 +408,8 @@ def main() -> None:
     print(report(results, peak, done))
     if args.workers:
         print()
+        from cluster import workers_table
+
         print(workers_table(results, args.workers, args.scenarios))
     big = [results[k]["peak_rss_mib"] for k in results if k.startswith("200k/") and "peak_rss_mib" in results[k]]
     if big:

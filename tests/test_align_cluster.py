@@ -54,31 +54,50 @@ def _demo(base: Path, name: str = "demo") -> Path:
     return src
 
 
-def test_syn_on_two_workers_gives_the_serial_syn_store_under_one_bar(tmp_path):
+def test_align_units_on_two_workers_give_the_serial_syn_store_under_one_bar(tmp_path):
+    """register + align --syn (its units alone: seconds): the same files and manifest as
+    serially, every unit counted by the one bar of the cluster."""
+    from store_compare import file_hashes, manifest_without_timestamps
+
     from asign.ingest.config import AlignOptions, IngestConfig
     from asign.ingest.pipeline import run_pipeline
     from asign.progress import silent
+    from asign.store import open_store
 
     src = _demo(tmp_path)
     stores = {}
     rec = Recorder()
     for name, workers, rep in (("serial", 0, silent()), ("dask", 2, rec)):
         stores[name] = tmp_path / name
-        summary = run_pipeline(IngestConfig(sources=(src,), store=stores[name], align=AlignOptions(syn=True),
-                                            workers=workers, **SMALL), rep)
+        summary = run_pipeline(IngestConfig(sources=(src,), store=stores[name], steps=("register", "align"),
+                                            align=AlignOptions(syn=True), workers=workers, **SMALL), rep)
         assert summary["samples"]["demo"]["align"]["qc"]["demo_L1"]["pair"] == "demo_L1->demo_L2"
-    assert_same_store(stores["serial"], stores["dask"])
-    from asign.store import open_store
-
+    assert file_hashes(stores["dask"]) == file_hashes(stores["serial"])
+    assert manifest_without_timestamps(stores["dask"]) == manifest_without_timestamps(stores["serial"])
     warps = open_store(stores["dask"]).read("warps", key="demo").to_pandas()
     assert sorted(warps.section_id) == ["demo_L1", "demo_L3"]  # --syn stored a field per pair
 
     (bar,) = [i for i, n in rec.names.items() if n == "Dask tasks"]  # one bar over the cluster
     total, done, labels = rec.bars[bar]
-    assert total == done > 0
     # align's units: 3 sections read, 2 pairs registered, 1 finish, 3 fine thumbnails
+    assert total == done == 9
     assert {"pair demo_L1->demo_L2", "pair demo_L3->demo_L2", "sample demo"} <= set(labels)
     assert labels.count("section demo_L1") == 2
+
+
+@pytest.mark.slow  # two whole ingests, one on a fresh cluster: ~1-4 min on 2 shared cores
+def test_syn_ingest_on_two_workers_gives_the_serial_syn_store(tmp_path):
+    from asign.ingest.config import AlignOptions, IngestConfig
+    from asign.ingest.pipeline import run_pipeline
+    from asign.progress import silent
+
+    src = _demo(tmp_path)
+    stores = {}
+    for name, workers in (("serial", 0), ("dask", 2)):
+        stores[name] = tmp_path / name
+        run_pipeline(IngestConfig(sources=(src,), store=stores[name], align=AlignOptions(syn=True),
+                                  workers=workers, **SMALL), silent())
+    assert_same_store(stores["serial"], stores["dask"])
 
 
 def test_a_failed_align_section_is_one_line_and_the_other_sample_is_kept(tmp_path):
