@@ -13,6 +13,13 @@
 4. End to end on her2st C3: cold start (the JPEG is decoded inside the timing), a
    224-equivalent patch per spot cropped, PNG-compressed and encoded through
    ``embed_batches``; then the section's region and global tiles as well.
+5. Ingest end to end on patient C (--ingest): the real ``patches`` and ``embed`` steps into
+   a store (register and align done once beforehand, untimed), cold (slides decoded, encoder
+   loaded and traced inside the timing), by two routes: both steps in one run (the spot
+   level streams: crop → encoder, PNG stored by a loader thread, ingest/spot_stream.py) and
+   the two steps in separate runs (crop → PNG → LMDB, then LMDB → PNG decode → encoder).
+   Both stores must be identical entry for entry; spots/s and items/s (spots + tiles) are
+   given beside the engine's img/s.
 """
 
 from __future__ import annotations
@@ -187,6 +194,55 @@ def end_to_end(enc: E.LoadedEncoder, batch_size: int, n_spots: int | None) -> di
     }
 
 
+def ingest_end_to_end(encoder: str, batch_size: int, work: Path) -> dict:
+    """Patient C's patches + embed steps, streamed vs separate (module docstring, 5.)."""
+    import shutil
+
+    from asign.ingest import run as ingest_run
+    from asign.ingest.config import IngestConfig
+    from asign.store import open_store
+
+    base = work / "base"
+    if not (base / "manifest.json").exists():
+        shutil.rmtree(base, ignore_errors=True)
+        ingest_run(IngestConfig(sources=(DATA,), store=base, samples="C", steps=("register", "align")))
+
+    def route(name: str, runs: list[tuple[str, ...]]) -> tuple[float, Path]:
+        store = work / name
+        shutil.rmtree(store, ignore_errors=True)
+        shutil.copytree(base, store)
+        cold()
+        t = time.perf_counter()
+        for steps in runs:
+            ingest_run(IngestConfig(sources=(DATA,), store=store, samples="C", steps=steps,
+                                    encoder=encoder, batch_size=batch_size))
+        return time.perf_counter() - t, store
+
+    def cold() -> None:
+        images.open_slide.cache_clear()
+        P._warm_paths.clear()
+
+    def entries(root: Path) -> dict[bytes, bytes]:
+        with open_store(root).vectors() as vec, vec.env.begin() as txn:
+            return {bytes(k): bytes(v) for k, v in txn.cursor()}
+
+    streamed_s, a = route("streamed", [("patches", "embed")])
+    separate_s, b = route("separate", [("patches",), ("embed",)])
+    store = open_store(a)
+    spots = store.read("spots", key="C").to_pandas()
+    n_spots = int(spots.px.notna().sum())
+    n_tiles = store.read("tiles", key="C").num_rows
+    same = entries(a) == entries(b)
+    return {
+        "sample": "C", "spots": n_spots, "tiles": n_tiles, "identical_lmdb": same,
+        "streamed_s": round(streamed_s, 2), "separate_s": round(separate_s, 2),
+        "streamed_spots_per_s": round(n_spots / streamed_s, 1),
+        "separate_spots_per_s": round(n_spots / separate_s, 1),
+        "streamed_items_per_s": round((n_spots + n_tiles) / streamed_s, 1),
+        "separate_items_per_s": round((n_spots + n_tiles) / separate_s, 1),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--encoder", default="resnet50-l3")
@@ -197,6 +253,8 @@ def main() -> None:
     ap.add_argument("--spots", type=int, default=None, help="limit the end-to-end spots")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--inductor", action="store_true", help="also time torch.compile (~40 s)")
+    ap.add_argument("--ingest", type=Path, default=None, metavar="DIR",
+                    help="also time patient C's patches+embed steps, stores under DIR (~1 min)")
     args = ap.parse_args()
 
     report: dict = {"machine": machine_info()}
@@ -233,6 +291,15 @@ def main() -> None:
             e2e["spots_e2e_vs_engine"] = round(e2e["spots_per_s"] / engine["img_per_s"], 3)
         report["end_to_end"] = e2e
         print("end to end (her2st C3, cold start, PNG patches):", json.dumps(e2e))
+    if args.ingest and (DATA / "ST-imgs" / "C").is_dir():
+        ing = ingest_end_to_end(args.encoder, args.batch_size, args.ingest)
+        prod = M.embedding_config(enc, args.batch_size)
+        engine = report["encoder"].get(f"{prod['precision']}_{prod['runtime']}_channels_last", {})
+        if engine:
+            for route in ("streamed", "separate"):
+                ing[f"{route}_items_vs_engine"] = round(ing[f"{route}_items_per_s"] / engine["img_per_s"], 3)
+        report["ingest"] = ing
+        print("ingest end to end (patient C, patches+embed, cold):", json.dumps(ing))
     report["machine"]["loadavg_1min_end"] = os.getloadavg()[0]
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

@@ -54,10 +54,16 @@ def stored_patch_px(cfg: IngestConfig) -> int:
 
 
 def run_patches(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Reporter,
-                runner: Runner | None = None) -> dict[str, Any]:
+                runner: Runner | None = None, embed_fp: str | None = None) -> dict[str, Any]:
+    """``embed_fp``: the fingerprint the embed step will run under, when it runs next in this
+    process; the spot level of embed then rides along (ingest/spot_stream.py)."""
+    from asign.encoders import get_encoder_spec
     from asign.ingest import patches
+    from asign.ingest.spot_stream import SpotSection, can_stream, stream_sections
 
     runner = runner or Runner()
+    stream = embed_fp is not None and can_stream(get_encoder_spec(cfg.encoder), runner.distributed)
+    streamed: list[SpotSection] = []
     out_px = stored_patch_px(cfg)
     sections, spots = _imaged(store, sample_id)
     tiles: dict[str, list] = {k: [] for k in ("sample_id", "section_id", "tile_id", "level", "x0", "y0", "size_px")}
@@ -92,6 +98,9 @@ def run_patches(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: R
                 continue
             boxes = patches.spot_patch_box(sp.px.to_numpy(), sp.py.to_numpy(), size["spot"]).tolist()
             ids = sp.spot_id.tolist()
+            if stream:
+                streamed.append(SpotSection(sec.section_id, str(sec.image_path), ids, boxes, size["spot"], out_px))
+                continue
             # Committed in chunks, so memory stays bounded on large sections (and a chunk is
             # a unit of work on a cluster); the section's marker goes in the transaction of
             # its last committed chunk. A crash before it leaves some patches written, and
@@ -112,6 +121,9 @@ def run_patches(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: R
 
         failed = runner.map(crop_patches, units, unit_section, commit,
                             description=f"patches {sample_id}")
+        if streamed:
+            stream_sections(vec, _encoder(cfg), streamed, batch_size=cfg.batch_size, precision=cfg.precision,
+                            patches_fp=fp, embed_fp=str(embed_fp), advance=lambda n: rep.advance(task, n))
     raise_failures(failed, "patches", sample_id)
     link_df = pd.concat(links, ignore_index=True) if links else pd.DataFrame(
         columns=["section_id", "spot_id", "level", "tile_id", "rank"])
