@@ -354,6 +354,25 @@ def embed_batches(
 
     One loader thread is enough on a CPU (a crop costs ~1 ms, an encode ~30 ms); more help
     with slow storage or on a GPU."""
+    for _, batch in embed_groups(encoder, [(None, items)], batch_size, precision, workers,
+                                 prefetch_batches, patch_codec, runtime):
+        yield batch
+
+
+def embed_groups(
+    encoder: LoadedEncoder,
+    groups: Iterable[tuple[Any, Iterable[tuple[str, Loader]]]],
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    precision: str = "auto",
+    workers: int = 1,
+    prefetch_batches: int = 2,
+    patch_codec: str | None = None,
+    runtime: str = "auto",
+) -> Iterator[tuple[Any, EmbeddedBatch]]:
+    """``embed_batches`` over ``(label, items)`` groups through one loader pipeline, yielding
+    ``(label, batch)``. A batch never spans two groups (a group's batches are those
+    ``embed_batches`` would give it, so the same bits), but the loaders run on into the next
+    group while the encoder finishes this one: no group waits for its first batch to load."""
     if batch_size < 1 or workers < 1 or prefetch_batches < 0:
         raise ConfigError(
             f"batch_size ({batch_size}) and workers ({workers}) must be ≥ 1, "
@@ -366,19 +385,36 @@ def embed_batches(
     forward = _Forward(encoder, precision, batch_size, runtime)
     work = partial(_load, input_px=encoder.spec.input_px, codec=patch_codec)
     depth = max(batch_size * (prefetch_batches + 1), workers)
+    labels: dict[int, Any] = {}
+
+    def flat() -> Iterator[tuple[tuple[int, str], Loader]]:
+        for g, (label, items) in enumerate(groups):
+            labels[g] = label
+            for key, loader in items:
+                yield (g, key), loader
+
+    current = -1
     keys: list[str] = []
     images: list[np.ndarray] = []
     blobs: list[bytes] = []
-    for key, (arr, blob) in _prefetch(items, work, workers, depth):
+
+    def flush() -> EmbeddedBatch:
+        return EmbeddedBatch(keys, forward(np.stack(images)), blobs if patch_codec else None)
+
+    for (g, key), (arr, blob) in _prefetch(flat(), work, workers, depth):
+        if keys and g != current:
+            yield labels[current], flush()
+            keys, images, blobs = [], [], []
+        current = g
         keys.append(key)
         images.append(arr)
         if blob is not None:
             blobs.append(blob)
         if len(keys) == batch_size:
-            yield EmbeddedBatch(keys, forward(np.stack(images)), blobs if patch_codec else None)
+            yield labels[current], flush()
             keys, images, blobs = [], [], []
     if keys:
-        yield EmbeddedBatch(keys, forward(np.stack(images)), blobs if patch_codec else None)
+        yield labels[current], flush()
 
 
 def embed_arrays(

@@ -229,13 +229,20 @@ def run_embed(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Rep
                 unit_markers.append([markers[b] for b in group])
                 labels.append(f"{section_id} ({level})")
 
+        def commit_batch(i: int, marker: bytes, batch: list[tuple[str, bytes]]) -> None:
+            vec.put_many([*((emb_key(name, units[i][2], k), v) for k, v in batch), (marker, b"1")])
+            rep.advance(task, len(batch))
+
         def commit(i: int, batches: Iterable[list[tuple[str, bytes]]]) -> None:
             for marker, batch in zip(unit_markers[i], batches, strict=True):
-                vec.put_many([*((emb_key(name, units[i][2], k), v) for k, v in batch), (marker, b"1")])
-                rep.advance(task, len(batch))
+                commit_batch(i, marker, batch)
 
-        failed = runner.map(embed_unit, units, labels, commit, description=f"embed {sample_id}",
-                            gpu=cfg.device == "cuda", local={"vec": vec, "encoder": encoder})
+        if runner.distributed:
+            failed = runner.map(embed_unit, units, labels, commit, description=f"embed {sample_id}",
+                                gpu=cfg.device == "cuda")
+        else:
+            _embed_serially(units, unit_markers, commit_batch, cfg, vec, encoder)
+            failed = []
     raise_failures(failed, "embed", sample_id)
     index["sample_id"] = [sample_id] * len(index["id"])
     index["encoder"] = [name] * len(index["id"])
@@ -359,12 +366,32 @@ def embed_unit(root: str, cfg: IngestConfig, level: str, image: str, chunks: lis
     try:
         items = [it for chunk in chunks for it in _loaders(root, cfg, level, image, chunk, vec)]
         batches = embed_batches(encoder, items, batch_size=cfg.batch_size, precision=cfg.precision)
-        out = ([(k, v.tobytes()) for k, v in zip(
-                    b.keys, b.features if zscore is None else standardise.apply(b.features, *zscore), strict=True)]
-               for b in batches)
+        out = (_rows(b, zscore) for b in batches)
         # Serially the batches stream into the commit, each committed as soon as it is
         # embedded (a crash loses one batch); a worker returns them all at once.
         return out if serial else list(out)
     finally:
         if own is not None:
             own.close()
+
+
+def _rows(batch: Any, zscore: tuple[np.ndarray, np.ndarray] | None) -> list[tuple[str, bytes]]:
+    """(id, float16 bytes) per item of an embedded batch, z-scored when the encoder asks."""
+    feats = batch.features if zscore is None else standardise.apply(batch.features, *zscore)
+    return [(k, v.tobytes()) for k, v in zip(batch.keys, feats, strict=True)]
+
+
+def _embed_serially(units: list[tuple], unit_markers: list[list[bytes]],
+                    commit_batch: Callable[[int, bytes, list[tuple[str, bytes]]], None],
+                    cfg: IngestConfig, vec: Any, encoder: Any) -> None:
+    """The embed units of a serial run through one loader pipeline (``embed_groups``): the
+    next unit's crops are cut while the encoder finishes this one. Each batch is committed
+    with its marker as soon as it is embedded, as ``embed_unit`` does."""
+    from asign.ingest.embed import embed_groups
+
+    groups = ((i, [it for chunk in chunks for it in _loaders(root, cfg, level, image, chunk, vec)])
+              for i, (root, _, level, image, chunks, _) in enumerate(units))
+    seen = [0] * len(units)
+    for i, batch in embed_groups(encoder, groups, batch_size=cfg.batch_size, precision=cfg.precision):
+        commit_batch(i, unit_markers[i][seen[i]], _rows(batch, units[i][5]))
+        seen[i] += 1

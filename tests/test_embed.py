@@ -115,6 +115,20 @@ def test_a_second_encoder_plugs_in_through_the_registry(monkeypatch, images):
     assert tiny.info["encoder"] == "tiny-test" and tiny.info["weights_sha256"] == "random:seed=3"
 
 
+def test_groups_share_one_pipeline_but_never_one_batch(encoder, images):
+    """embed_groups: each group is batched as embed_batches would batch it alone (same
+    keys per batch, same bits), labels come back with their batches, empty groups vanish."""
+    items = _items(images)
+    groups = [("a", items[:3]), ("b", []), ("c", items[3:]), ("a", items[:2])]
+    out = list(M.embed_groups(encoder, groups, batch_size=2, precision="fp32"))
+    assert [(label, b.keys) for label, b in out] == [
+        ("a", ["k0", "k1"]), ("a", ["k2"]), ("c", ["k3"]), ("a", ["k0", "k1"])]
+    alone = list(M.embed_batches(encoder, items[:3], batch_size=2, precision="fp32"))
+    for (_, got), want in zip(out[:2], alone, strict=True):
+        assert np.array_equal(got.features, want.features)
+    assert np.array_equal(out[3][1].features, out[0][1].features)
+
+
 def test_real_c3_spots_end_to_end(encoder):
     image = next((DATA / "ST-imgs" / "C" / "C3").glob("*.jpg"), None)
     if image is None:
