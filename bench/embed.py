@@ -39,6 +39,7 @@ from asign import encoders as E
 from asign.ingest import embed as M
 from asign.ingest import images
 from asign.ingest import patches as P
+from asign.store.codecs import encode_patch
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "her2st"
 HER2ST_PITCH_UM = 200.0
@@ -155,7 +156,7 @@ def end_to_end(enc: E.LoadedEncoder, batch_size: int, n_spots: int | None) -> di
     cold()
     t = time.perf_counter()
     for x0, y0 in P.spot_patch_box(px, py, spot_px):
-        P.encode_patch(P.crop(image, x0, y0, spot_px, 224))
+        encode_patch(P.crop(image, x0, y0, spot_px, 224))
     load_s = time.perf_counter() - t
 
     spots_s, nbytes = run_spots(workers=1)

@@ -29,6 +29,7 @@ import numpy as np
 from asign.encoders import LoadedEncoder
 from asign.errors import ConfigError
 from asign.ingest import patches
+from asign.store.codecs import PATCH_CODECS, encode_patch
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +311,7 @@ def _load(loader: Loader, input_px: int, codec: str | None) -> tuple[np.ndarray,
         arr = np.asarray(
             Image.fromarray(arr).resize((input_px, input_px), Image.Resampling.BILINEAR)
         )
-    return arr, (patches.encode_patch(arr, codec) if codec else None)
+    return arr, (encode_patch(arr, codec) if codec else None)
 
 
 def _prefetch(
@@ -350,7 +351,7 @@ def embed_batches(
     """Embed ``(key, loader)`` items, ``batch_size`` at a time, yielding each batch as soon
     as it is done. A loader returns an (H, W, 3) uint8 image, resized here to the encoder's
     input if needed. With ``patch_codec`` the loader threads also compress each image
-    (``patches.encode_patch``) so the caller can store spot patches next to their vectors.
+    (``store.codecs.encode_patch``) so the caller can store spot patches next to their vectors.
 
     One loader thread is enough on a CPU (a crop costs ~1 ms, an encode ~30 ms); more help
     with slow storage or on a GPU."""
@@ -378,9 +379,9 @@ def embed_groups(
             f"batch_size ({batch_size}) and workers ({workers}) must be ≥ 1, "
             f"prefetch_batches ({prefetch_batches}) ≥ 0"
         )
-    if patch_codec is not None and patch_codec not in patches.PATCH_CODECS:
+    if patch_codec is not None and patch_codec not in PATCH_CODECS:
         raise ConfigError(
-            f"unknown patch codec {patch_codec!r}", fix=f"use one of {patches.PATCH_CODECS}"
+            f"unknown patch codec {patch_codec!r}", fix=f"use one of {PATCH_CODECS}"
         )
     forward = _Forward(encoder, precision, batch_size, runtime)
     work = partial(_load, input_px=encoder.spec.input_px, codec=patch_codec)

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from asign.store.vectors import done_key, emb_key, patch_key
+from asign.store import EmbeddingRows
 
 log = logging.getLogger(__name__)
 
@@ -60,17 +60,16 @@ def stream_sections(vec: Any, encoder: Any, sections: list[SpotSection], *, batc
     name = encoder.spec.name
     todo: dict[int, set[int]] = {}  # section → batches without vectors
     for i, sec in enumerate(sections):
-        done = done_key("patches", patches_fp, sec.section_id)
+        done = ("patches", patches_fp, sec.section_id)
         n_batches = -(-len(sec.spot_ids) // batch_size)
-        missing = {b for b in range(n_batches)
-                   if not vec.has(done_key("emb", embed_fp, sec.section_id, "spot", str(b)))}
+        missing = {b for b in range(n_batches) if not vec.is_done("emb", embed_fp, sec.section_id, "spot", str(b))}
         if missing:
             todo[i] = missing
         elif sec.spot_ids:  # every vector is there (an earlier run died before the last patch)
             _store_patches_only(vec, sec, done)
             advance(len(sec.spot_ids))
         else:
-            vec.put_many([(done, b"1")])
+            vec.put(done=[done])
     if not todo:
         return
     log.info("%d section(s): spot level streamed to %s while cutting", len(todo), name)
@@ -81,17 +80,17 @@ def stream_sections(vec: Any, encoder: Any, sections: list[SpotSection], *, batc
                                  patch_codec=patches.DEFAULT_PATCH_CODEC):
         sec, b = sections[i], batch_no[i]
         batch_no[i] += 1
-        put = [(patch_key(k), png) for k, png in zip(batch.keys, batch.patches or [], strict=True)]
-        if b in todo[i]:  # a resumed section rewrites only the vectors it lacks
-            put += [(emb_key(name, "spot", k), v.tobytes()) for k, v in zip(batch.keys, batch.features, strict=True)]
-            put.append((done_key("emb", embed_fp, sec.section_id, "spot", str(b)), b"1"))
+        fresh = b in todo[i]  # a resumed section rewrites only the vectors it lacks
+        markers = [("emb", embed_fp, sec.section_id, "spot", str(b))] if fresh else []
         if batch_no[i] * batch_size >= len(sec.spot_ids):  # the section's last batch
-            put.append((done_key("patches", patches_fp, sec.section_id), b"1"))
-        vec.put_many(put)
+            markers.append(("patches", patches_fp, sec.section_id))
+        vec.put(patches=zip(batch.keys, batch.patches or [], strict=True),
+                embeddings=[EmbeddingRows(name, "spot", batch.keys, batch.features)] if fresh else [],
+                done=markers)
         advance(len(batch.keys))
 
 
-def _store_patches_only(vec: Any, sec: SpotSection, done: bytes) -> None:
+def _store_patches_only(vec: Any, sec: SpotSection, done: tuple[str, ...]) -> None:
     from asign.ingest.step_features import crop_patches
 
-    vec.put_many([*crop_patches(sec.image, sec.spot_ids, sec.boxes, sec.size_px, sec.out_px), (done, b"1")])
+    vec.put(patches=crop_patches(sec.image, sec.spot_ids, sec.boxes, sec.size_px, sec.out_px), done=[done])

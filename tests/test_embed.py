@@ -12,7 +12,7 @@ from asign import encoders as E
 from asign.errors import ConfigError
 from asign.ingest import embed as M
 from asign.ingest import patches as P
-from asign.store.vectors import decode_patch
+from asign.store.codecs import decode_patch
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "her2st"
 FAST = "bf16" if M.cpu_has_bf16() else "fp32"  # what precision="auto" picks here

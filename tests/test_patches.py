@@ -9,7 +9,7 @@ import pytest
 
 from asign.errors import ConfigError, ImageError
 from asign.ingest import patches as P
-from asign.store.vectors import decode_patch
+from asign.store.codecs import decode_patch, encode_patch
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "her2st"
 
@@ -108,18 +108,18 @@ def test_patch_codecs_round_trip():
     smooth = np.clip(np.cumsum(rng.integers(-3, 4, (64, 64, 3)), axis=1) + 128, 0, 255).astype(
         np.uint8
     )
-    png = P.encode_patch(smooth, "png")
-    assert png == P.encode_patch(smooth, "png")  # deterministic bytes
+    png = encode_patch(smooth, "png")
+    assert png == encode_patch(smooth, "png")  # deterministic bytes
     assert np.array_equal(decode_patch(png), smooth)  # lossless
-    jpg = P.encode_patch(smooth, "jpeg")
-    assert jpg == P.encode_patch(smooth, "jpeg")
+    jpg = encode_patch(smooth, "jpeg")
+    assert jpg == encode_patch(smooth, "jpeg")
     back = decode_patch(jpg)
     assert back.shape == smooth.shape and len(jpg) < len(png)
     assert np.abs(back.astype(int) - smooth).mean() < 4
     with pytest.raises(ConfigError):
-        P.encode_patch(smooth, "webp")
+        encode_patch(smooth, "webp")
     with pytest.raises(ConfigError):
-        P.encode_patch(smooth.astype(np.float32), "png")
+        encode_patch(smooth.astype(np.float32), "png")
     with pytest.raises(ImageError):
         decode_patch(b"not an image")
 

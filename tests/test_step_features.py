@@ -62,8 +62,6 @@ def test_histo_classic_is_zscored_with_the_reference_section(tmp_path_factory, t
     C2) have mean 0 / std 1 per feature; other sections are mapped by the same map."""
     import numpy as np
 
-    from asign.store.vectors import emb_key
-
     src, master = small_her2st_store(tmp_path_factory)
     store_path = tmp_path / "store"
     shutil.copytree(master, store_path)
@@ -77,7 +75,7 @@ def test_histo_classic_is_zscored_with_the_reference_section(tmp_path_factory, t
     with store.vectors(readonly=True) as vec:
         def feats(section: str) -> np.ndarray:
             ids = spots.spot_id[spots.section_id == section]
-            return vec.get_vectors([emb_key("histo-classic", "spot", s) for s in ids], 65).astype(np.float64)
+            return vec.embeddings("histo-classic", "spot", list(ids), 65).astype(np.float64)
 
         ref, other = feats("C2"), feats("C3")
     varying = ref.std(0) > 0.5  # constant features are only centred
