@@ -229,13 +229,13 @@ def ingest_end_to_end(encoder: str, batch_size: int, work: Path) -> dict:
 
     streamed_s, a = route("streamed", [("patches", "embed")])
     separate_s, b = route("separate", [("patches",), ("embed",)])
-    store = open_store(a)
-    spots = store.read("spots", key="C").to_pandas()
-    n_spots = int(spots.px.notna().sum())
-    n_tiles = store.read("tiles", key="C").num_rows
+    levels = open_store(a).read("embeddings", key="C", columns=["level"]).column("level").to_pylist()
+    n_spots = levels.count("spot")
+    n_tiles = len(levels) - n_spots
     same = entries(a) == entries(b)
     return {
         "sample": "C", "spots": n_spots, "tiles": n_tiles, "identical_lmdb": same,
+        "loadavg_1min": round(os.getloadavg()[0], 2),
         "streamed_s": round(streamed_s, 2), "separate_s": round(separate_s, 2),
         "streamed_spots_per_s": round(n_spots / streamed_s, 1),
         "separate_spots_per_s": round(n_spots / separate_s, 1),

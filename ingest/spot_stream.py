@@ -54,8 +54,9 @@ def stream_sections(vec: Any, encoder: Any, sections: list[SpotSection], *, batc
     """Cut, embed and store the spot patches of ``sections``, one transaction per batch,
     through one loader pipeline: it cuts (and decodes the slide of) the next section while
     the encoder finishes this one."""
-    from asign.ingest import patches
+    from asign.ingest.commits import BackgroundPuts
     from asign.ingest.embed import crop_items, embed_groups
+    from asign.store.codecs import DEFAULT_PATCH_CODEC
 
     name = encoder.spec.name
     todo: dict[int, set[int]] = {}  # section → batches without vectors
@@ -76,18 +77,19 @@ def stream_sections(vec: Any, encoder: Any, sections: list[SpotSection], *, batc
     groups = ((i, crop_items(sections[i].image, sections[i].spot_ids, sections[i].boxes,
                              sections[i].size_px, sections[i].out_px)) for i in todo)
     batch_no = dict.fromkeys(todo, 0)
-    for i, batch in embed_groups(encoder, groups, batch_size=batch_size, precision=precision,
-                                 patch_codec=patches.DEFAULT_PATCH_CODEC):
-        sec, b = sections[i], batch_no[i]
-        batch_no[i] += 1
-        fresh = b in todo[i]  # a resumed section rewrites only the vectors it lacks
-        markers = [("emb", embed_fp, sec.section_id, "spot", str(b))] if fresh else []
-        if batch_no[i] * batch_size >= len(sec.spot_ids):  # the section's last batch
-            markers.append(("patches", patches_fp, sec.section_id))
-        vec.put(patches=zip(batch.keys, batch.patches or [], strict=True),
-                embeddings=[EmbeddingRows(name, "spot", batch.keys, batch.features)] if fresh else [],
-                done=markers)
-        advance(len(batch.keys))
+    with BackgroundPuts(vec) as writer:
+        for i, batch in embed_groups(encoder, groups, batch_size=batch_size, precision=precision,
+                                     patch_codec=DEFAULT_PATCH_CODEC):
+            sec, b = sections[i], batch_no[i]
+            batch_no[i] += 1
+            fresh = b in todo[i]  # a resumed section rewrites only the vectors it lacks
+            markers = [("emb", embed_fp, sec.section_id, "spot", str(b))] if fresh else []
+            if batch_no[i] * batch_size >= len(sec.spot_ids):  # the section's last batch
+                markers.append(("patches", patches_fp, sec.section_id))
+            writer.put(patches=zip(batch.keys, batch.patches or [], strict=True),
+                       embeddings=[EmbeddingRows(name, "spot", batch.keys, batch.features)] if fresh else [],
+                       done=markers)
+            advance(len(batch.keys))
 
 
 def _store_patches_only(vec: Any, sec: SpotSection, done: tuple[str, ...]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -229,9 +230,10 @@ def run_embed(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Rep
                 unit_markers.append([markers[b] for b in group])
                 labels.append(f"{section_id} ({level})")
 
-        def commit_batch(i: int, marker: tuple[str, ...], batch: tuple[list[str], np.ndarray]) -> None:
+        def commit_batch(i: int, marker: tuple[str, ...], batch: tuple[list[str], np.ndarray],
+                         sink: Any = vec) -> None:
             ids, vectors = batch
-            vec.put(embeddings=[EmbeddingRows(name, units[i][2], ids, vectors)], done=[marker])
+            sink.put(embeddings=[EmbeddingRows(name, units[i][2], ids, vectors)], done=[marker])
             rep.advance(task, len(ids))
 
         def commit(i: int, batches: Iterable[tuple[list[str], np.ndarray]]) -> None:
@@ -242,7 +244,10 @@ def run_embed(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Rep
             failed = runner.map(embed_unit, units, labels, commit, description=f"embed {sample_id}",
                                 gpu=cfg.device == "cuda")
         else:
-            _embed_serially(units, unit_markers, commit_batch, cfg, vec, encoder)
+            from asign.ingest.commits import BackgroundPuts
+
+            with BackgroundPuts(vec) as writer:
+                _embed_serially(units, unit_markers, partial(commit_batch, sink=writer), cfg, vec, encoder)
             failed = []
     raise_failures(failed, "embed", sample_id)
     index["sample_id"] = [sample_id] * len(index["id"])
