@@ -19,7 +19,8 @@
    level streams: crop → encoder, PNG stored by a loader thread, ingest/spot_stream.py) and
    the two steps in separate runs (crop → PNG → LMDB, then LMDB → PNG decode → encoder).
    Both stores must be identical entry for entry; spots/s and items/s (spots + tiles) are
-   given beside the engine's img/s.
+   given beside the engine's img/s: its best-of rate (2.) and its sustained rate on as many
+   images right after the routes (the fairer base on a shared, loaded machine).
 """
 
 from __future__ import annotations
@@ -227,13 +228,30 @@ def ingest_end_to_end(encoder: str, batch_size: int, work: Path) -> dict:
         with open_store(root).vectors() as vec, vec.env.begin() as txn:
             return {bytes(k): bytes(v) for k, v in txn.cursor()}
 
+    def sustained(n_items: int) -> float:
+        """The engine alone on as many (random) images as the ingest embeds, in its batches:
+        its sustained rate at this moment's machine load, beside the routes' rates."""
+        enc = E.load_encoder(encoder, "imagenet" if E.get_encoder_spec(encoder).bundled else "random", seed=0)
+        px = enc.spec.input_px
+        rng = np.random.default_rng(0)
+        images_ = rng.integers(0, 256, (batch_size, px, px, 3), dtype=np.uint8)
+        forward = M._Forward(enc, "auto", batch_size, "auto")
+        t = time.perf_counter()
+        for _ in range(-(-n_items // batch_size)):
+            forward(images_)
+        return n_items / (time.perf_counter() - t)
+
     streamed_s, a = route("streamed", [("patches", "embed")])
     separate_s, b = route("separate", [("patches",), ("embed",)])
     levels = open_store(a).read("embeddings", key="C", columns=["level"]).column("level").to_pylist()
     n_spots = levels.count("spot")
     n_tiles = len(levels) - n_spots
     same = entries(a) == entries(b)
+    engine = sustained(n_spots + n_tiles)
     return {
+        "engine_sustained_img_per_s": round(engine, 1),
+        "streamed_items_vs_sustained_engine": round((n_spots + n_tiles) / streamed_s / engine, 3),
+        "separate_items_vs_sustained_engine": round((n_spots + n_tiles) / separate_s / engine, 3),
         "sample": "C", "spots": n_spots, "tiles": n_tiles, "identical_lmdb": same,
         "loadavg_1min": round(os.getloadavg()[0], 2),
         "streamed_s": round(streamed_s, 2), "separate_s": round(separate_s, 2),
