@@ -371,9 +371,12 @@ def embed_groups(
     runtime: str = "auto",
 ) -> Iterator[tuple[Any, EmbeddedBatch]]:
     """``embed_batches`` over ``(label, items)`` groups through one loader pipeline, yielding
-    ``(label, batch)``. A batch never spans two groups (a group's batches are those
-    ``embed_batches`` would give it, so the same bits), but the loaders run on into the next
-    group while the encoder finishes this one: no group waits for its first batch to load."""
+    ``(label, batch)``. A yielded batch never spans two groups: a group's batches are those
+    ``embed_batches`` would give it. Underneath, the loaders run on into the next group while
+    the encoder finishes this one (no group waits for its first batch to load), and the
+    encoder's own batches pack consecutive groups' items, so only the very last one is padded:
+    rows are computed independently of their batch-mates (``_Forward``), so the bits are the
+    same as group by group."""
     if batch_size < 1 or workers < 1 or prefetch_batches < 0:
         raise ConfigError(
             f"batch_size ({batch_size}) and workers ({workers}) must be ≥ 1, "
@@ -394,28 +397,38 @@ def embed_groups(
             for key, loader in items:
                 yield (g, key), loader
 
-    current = -1
-    keys: list[str] = []
-    images: list[np.ndarray] = []
-    blobs: list[bytes] = []
+    pending: list[tuple[int, str, np.ndarray, bytes | None]] = []  # loaded, not yet encoded
+    computed: deque[tuple[int, str, np.ndarray, bytes | None]] = deque()  # encoded, not yet yielded
 
-    def flush() -> EmbeddedBatch:
-        return EmbeddedBatch(keys, forward(np.stack(images)), blobs if patch_codec else None)
+    def encode() -> None:
+        feats = forward(np.stack([row[2] for row in pending]))
+        computed.extend((g, key, f, blob) for (g, key, _, blob), f in zip(pending, feats, strict=True))
+        pending.clear()
 
+    def ready(loading: float) -> Iterator[tuple[Any, EmbeddedBatch]]:
+        """The complete output batches at the head of ``computed``: ``batch_size`` rows of one
+        group, or a group's last rows (a later group's row follows, or is loading)."""
+        while computed:
+            g = computed[0][0]
+            n = 0
+            while n < len(computed) and n < batch_size and computed[n][0] == g:
+                n += 1
+            if n < batch_size and n == len(computed) and g >= loading:
+                return  # the group may still grow
+            rows = [computed.popleft() for _ in range(n)]
+            yield labels[g], EmbeddedBatch([r[1] for r in rows], np.stack([r[2] for r in rows]),
+                                           [r[3] for r in rows] if patch_codec else None)
+
+    loading = -1
     for (g, key), (arr, blob) in _prefetch(flat(), work, workers, depth):
-        if keys and g != current:
-            yield labels[current], flush()
-            keys, images, blobs = [], [], []
-        current = g
-        keys.append(key)
-        images.append(arr)
-        if blob is not None:
-            blobs.append(blob)
-        if len(keys) == batch_size:
-            yield labels[current], flush()
-            keys, images, blobs = [], [], []
-    if keys:
-        yield labels[current], flush()
+        loading = g
+        pending.append((g, key, arr, blob))
+        if len(pending) == batch_size:
+            encode()
+            yield from ready(loading)
+    if pending:
+        encode()
+    yield from ready(float("inf"))
 
 
 def embed_arrays(
