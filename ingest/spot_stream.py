@@ -10,8 +10,9 @@ LMDB, then LMDB → PNG decode → encode) costs a PNG encode per spot on the cr
 a decode after it; this one costs neither (``bench/embed.py --ingest`` measures both).
 
 The store is the same, byte for byte: PNG is lossless, so the crop the encoder sees here is
-the array the embed step would decode from the stored PNG; the batches are the embed step's
-resume units (``batch_size`` consecutive spots of a section, padded) and their markers carry
+the array the embed step would decode from the stored PNG (a vector does not depend on its
+batch-mates, ``ingest/embed.py``); the committed batches are the embed step's resume units
+(``batch_size`` consecutive spots of a section) and their markers carry
 the embed step's own fingerprint, so the embed step that follows finds the spot level done
 and embeds only the tiles. A kill loses at most the section in progress: its patches marker
 is missing, so the re-run cuts the section again (same bytes) and re-embeds only batches
