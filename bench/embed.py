@@ -13,6 +13,17 @@
 4. End to end on her2st C3: cold start (the JPEG is decoded inside the timing), a
    224-equivalent patch per spot cropped (resized to the encoder's input), PNG-compressed and encoded through
    ``embed_batches``; then the section's region and global tiles as well.
+5. Ingest end to end on patient C (--ingest): the real ``patches`` and ``embed`` steps into
+   a store (register and align done once beforehand, untimed), cold (slides decoded, encoder
+   loaded and traced inside the timing), by two routes: both steps in one run (the spot
+   level streams: crop → encoder, PNG stored by a loader thread, ingest/spot_stream.py) and
+   the two steps in separate runs (crop → PNG → LMDB, then LMDB → PNG decode → encoder).
+   Both stores must be identical entry for entry; spots/s and items/s (spots + tiles) are
+   given beside the engine's img/s: its best-of rate (2.), its sustained rate on as many
+   images right after the routes, and (``*_vs_engine_in_run``) the time spent in the
+   encoder's own calls during the route over the route's wall time: the end-to-end rate as a
+   fraction of the engine's rate in the same run, under the same load (the fairest ratio on
+   a shared machine).
 """
 
 from __future__ import annotations
@@ -32,6 +43,7 @@ from asign import encoders as E
 from asign.ingest import embed as M
 from asign.ingest import images
 from asign.ingest import patches as P
+from asign.store.codecs import encode_patch
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "her2st"
 HER2ST_PITCH_UM = 200.0
@@ -150,7 +162,7 @@ def end_to_end(enc: E.LoadedEncoder, batch_size: int, n_spots: int | None) -> di
     cold()
     t = time.perf_counter()
     for x0, y0 in P.spot_patch_box(px, py, spot_px):
-        P.encode_patch(P.crop(image, x0, y0, spot_px, out_px))
+        encode_patch(P.crop(image, x0, y0, spot_px, out_px))
     load_s = time.perf_counter() - t
 
     spots_s, nbytes = run_spots(workers=1)
@@ -189,6 +201,96 @@ def end_to_end(enc: E.LoadedEncoder, batch_size: int, n_spots: int | None) -> di
     }
 
 
+def ingest_end_to_end(encoder: str, batch_size: int, work: Path) -> dict:
+    """Patient C's patches + embed steps, streamed vs separate (module docstring, 5.)."""
+    import shutil
+
+    from asign.ingest import run as ingest_run
+    from asign.ingest.config import IngestConfig
+    from asign.store import open_store
+
+    base = work / "base"
+    if not (base / "manifest.json").exists():
+        shutil.rmtree(base, ignore_errors=True)
+        ingest_run(IngestConfig(sources=(DATA,), store=base, samples="C", steps=("register", "align")))
+
+    # Time the encoder's own calls inside the routes: their sum over the route's wall time
+    # is the end-to-end rate as a fraction of the engine's rate, both measured in the same
+    # run under the same machine load.
+    in_engine = [0.0, 0]
+    call = M._Forward.__call__
+
+    def timed(self, batch):
+        in_engine[1] += 1
+        t = time.perf_counter()
+        try:
+            return call(self, batch)
+        finally:
+            in_engine[1] -= 1
+            if in_engine[1] == 0:  # a concatenated encoder's parts are inside its own call
+                in_engine[0] += time.perf_counter() - t
+
+    def route(name: str, runs: list[tuple[str, ...]]) -> tuple[float, Path, float]:
+        store = work / name
+        shutil.rmtree(store, ignore_errors=True)
+        shutil.copytree(base, store)
+        cold()
+        in_engine[0] = 0.0
+        M._Forward.__call__ = timed
+        t = time.perf_counter()
+        try:
+            for steps in runs:
+                ingest_run(IngestConfig(sources=(DATA,), store=store, samples="C", steps=steps,
+                                        encoder=encoder, batch_size=batch_size))
+        finally:
+            M._Forward.__call__ = call
+        return time.perf_counter() - t, store, in_engine[0]
+
+    def cold() -> None:
+        images.open_slide.cache_clear()
+        P._warm_paths.clear()
+
+    def entries(root: Path) -> dict[bytes, bytes]:
+        with open_store(root).vectors() as vec, vec.env.begin() as txn:
+            return {bytes(k): bytes(v) for k, v in txn.cursor()}
+
+    def sustained(n_items: int) -> float:
+        """The engine alone on as many (random) images as the ingest embeds, in its batches:
+        its sustained rate at this moment's machine load, beside the routes' rates."""
+        enc = E.load_encoder(encoder, "imagenet" if E.get_encoder_spec(encoder).bundled else "random", seed=0)
+        px = enc.spec.input_px
+        rng = np.random.default_rng(0)
+        images_ = rng.integers(0, 256, (batch_size, px, px, 3), dtype=np.uint8)
+        forward = M._Forward(enc, "auto", batch_size, "auto")
+        t = time.perf_counter()
+        for _ in range(-(-n_items // batch_size)):
+            forward(images_)
+        return n_items / (time.perf_counter() - t)
+
+    streamed_s, a, streamed_engine = route("streamed", [("patches", "embed")])
+    separate_s, b, separate_engine = route("separate", [("patches",), ("embed",)])
+    levels = open_store(a).read("embeddings", key="C", columns=["level"]).column("level").to_pylist()
+    n_spots = levels.count("spot")
+    n_tiles = len(levels) - n_spots
+    same = entries(a) == entries(b)
+    engine = sustained(n_spots + n_tiles)
+    return {
+        "streamed_engine_s": round(streamed_engine, 2), "separate_engine_s": round(separate_engine, 2),
+        "streamed_vs_engine_in_run": round(streamed_engine / streamed_s, 3),
+        "separate_vs_engine_in_run": round(separate_engine / separate_s, 3),
+        "engine_sustained_img_per_s": round(engine, 1),
+        "streamed_items_vs_sustained_engine": round((n_spots + n_tiles) / streamed_s / engine, 3),
+        "separate_items_vs_sustained_engine": round((n_spots + n_tiles) / separate_s / engine, 3),
+        "sample": "C", "spots": n_spots, "tiles": n_tiles, "identical_lmdb": same,
+        "loadavg_1min": round(os.getloadavg()[0], 2),
+        "streamed_s": round(streamed_s, 2), "separate_s": round(separate_s, 2),
+        "streamed_spots_per_s": round(n_spots / streamed_s, 1),
+        "separate_spots_per_s": round(n_spots / separate_s, 1),
+        "streamed_items_per_s": round((n_spots + n_tiles) / streamed_s, 1),
+        "separate_items_per_s": round((n_spots + n_tiles) / separate_s, 1),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--encoder", default="resnet50-l3")
@@ -199,6 +301,8 @@ def main() -> None:
     ap.add_argument("--spots", type=int, default=None, help="limit the end-to-end spots")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--inductor", action="store_true", help="also time torch.compile (~40 s)")
+    ap.add_argument("--ingest", type=Path, default=None, metavar="DIR",
+                    help="also time patient C's patches+embed steps, stores under DIR (~1 min)")
     args = ap.parse_args()
 
     report: dict = {"machine": machine_info()}
@@ -236,6 +340,15 @@ def main() -> None:
             e2e["spots_e2e_vs_engine"] = round(e2e["spots_per_s"] / engine["img_per_s"], 3)
         report["end_to_end"] = e2e
         print("end to end (her2st C3, cold start, PNG patches):", json.dumps(e2e))
+    if args.ingest and (DATA / "ST-imgs" / "C").is_dir():
+        ing = ingest_end_to_end(args.encoder, args.batch_size, args.ingest)
+        prod = M.embedding_config(enc, args.batch_size)
+        engine = report["encoder"].get(f"{prod['precision']}_{prod['runtime']}_channels_last", {})
+        if engine:
+            for route in ("streamed", "separate"):
+                ing[f"{route}_items_vs_engine"] = round(ing[f"{route}_items_per_s"] / engine["img_per_s"], 3)
+        report["ingest"] = ing
+        print("ingest end to end (patient C, patches+embed, cold):", json.dumps(ing))
     report["machine"]["loadavg_1min_end"] = os.getloadavg()[0]
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

@@ -29,6 +29,7 @@ import numpy as np
 from asign.encoders import LoadedEncoder
 from asign.errors import ConfigError
 from asign.ingest import patches
+from asign.store.codecs import PATCH_CODECS, encode_patch
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +311,7 @@ def _load(loader: Loader, input_px: int, codec: str | None) -> tuple[np.ndarray,
         arr = np.asarray(
             Image.fromarray(arr).resize((input_px, input_px), Image.Resampling.BILINEAR)
         )
-    return arr, (patches.encode_patch(arr, codec) if codec else None)
+    return arr, (encode_patch(arr, codec) if codec else None)
 
 
 def _prefetch(
@@ -350,35 +351,84 @@ def embed_batches(
     """Embed ``(key, loader)`` items, ``batch_size`` at a time, yielding each batch as soon
     as it is done. A loader returns an (H, W, 3) uint8 image, resized here to the encoder's
     input if needed. With ``patch_codec`` the loader threads also compress each image
-    (``patches.encode_patch``) so the caller can store spot patches next to their vectors.
+    (``store.codecs.encode_patch``) so the caller can store spot patches next to their vectors.
 
     One loader thread is enough on a CPU (a crop costs ~1 ms, an encode ~30 ms); more help
     with slow storage or on a GPU."""
+    for _, batch in embed_groups(encoder, [(None, items)], batch_size, precision, workers,
+                                 prefetch_batches, patch_codec, runtime):
+        yield batch
+
+
+def embed_groups(
+    encoder: LoadedEncoder,
+    groups: Iterable[tuple[Any, Iterable[tuple[str, Loader]]]],
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    precision: str = "auto",
+    workers: int = 1,
+    prefetch_batches: int = 2,
+    patch_codec: str | None = None,
+    runtime: str = "auto",
+) -> Iterator[tuple[Any, EmbeddedBatch]]:
+    """``embed_batches`` over ``(label, items)`` groups through one loader pipeline, yielding
+    ``(label, batch)``. A yielded batch never spans two groups: a group's batches are those
+    ``embed_batches`` would give it. Underneath, the loaders run on into the next group while
+    the encoder finishes this one (no group waits for its first batch to load), and the
+    encoder's own batches pack consecutive groups' items, so only the very last one is padded:
+    rows are computed independently of their batch-mates (``_Forward``), so the bits are the
+    same as group by group."""
     if batch_size < 1 or workers < 1 or prefetch_batches < 0:
         raise ConfigError(
             f"batch_size ({batch_size}) and workers ({workers}) must be ≥ 1, "
             f"prefetch_batches ({prefetch_batches}) ≥ 0"
         )
-    if patch_codec is not None and patch_codec not in patches.PATCH_CODECS:
+    if patch_codec is not None and patch_codec not in PATCH_CODECS:
         raise ConfigError(
-            f"unknown patch codec {patch_codec!r}", fix=f"use one of {patches.PATCH_CODECS}"
+            f"unknown patch codec {patch_codec!r}", fix=f"use one of {PATCH_CODECS}"
         )
     forward = _Forward(encoder, precision, batch_size, runtime)
     work = partial(_load, input_px=encoder.spec.input_px, codec=patch_codec)
     depth = max(batch_size * (prefetch_batches + 1), workers)
-    keys: list[str] = []
-    images: list[np.ndarray] = []
-    blobs: list[bytes] = []
-    for key, (arr, blob) in _prefetch(items, work, workers, depth):
-        keys.append(key)
-        images.append(arr)
-        if blob is not None:
-            blobs.append(blob)
-        if len(keys) == batch_size:
-            yield EmbeddedBatch(keys, forward(np.stack(images)), blobs if patch_codec else None)
-            keys, images, blobs = [], [], []
-    if keys:
-        yield EmbeddedBatch(keys, forward(np.stack(images)), blobs if patch_codec else None)
+    labels: dict[int, Any] = {}
+
+    def flat() -> Iterator[tuple[tuple[int, str], Loader]]:
+        for g, (label, items) in enumerate(groups):
+            labels[g] = label
+            for key, loader in items:
+                yield (g, key), loader
+
+    pending: list[tuple[int, str, np.ndarray, bytes | None]] = []  # loaded, not yet encoded
+    computed: deque[tuple[int, str, np.ndarray, bytes | None]] = deque()  # encoded, not yet yielded
+
+    def encode() -> None:
+        feats = forward(np.stack([row[2] for row in pending]))
+        computed.extend((g, key, f, blob) for (g, key, _, blob), f in zip(pending, feats, strict=True))
+        pending.clear()
+
+    def ready(loading: float) -> Iterator[tuple[Any, EmbeddedBatch]]:
+        """The complete output batches at the head of ``computed``: ``batch_size`` rows of one
+        group, or a group's last rows (a later group's row follows, or is loading)."""
+        while computed:
+            g = computed[0][0]
+            n = 0
+            while n < len(computed) and n < batch_size and computed[n][0] == g:
+                n += 1
+            if n < batch_size and n == len(computed) and g >= loading:
+                return  # the group may still grow
+            rows = [computed.popleft() for _ in range(n)]
+            yield labels[g], EmbeddedBatch([r[1] for r in rows], np.stack([r[2] for r in rows]),
+                                           [r[3] for r in rows] if patch_codec else None)
+
+    loading = -1
+    for (g, key), (arr, blob) in _prefetch(flat(), work, workers, depth):
+        loading = g
+        pending.append((g, key, arr, blob))
+        if len(pending) == batch_size:
+            encode()
+            yield from ready(loading)
+    if pending:
+        encode()
+    yield from ready(float("inf"))
 
 
 def embed_arrays(

@@ -1,4 +1,5 @@
-"""Spot patches and region/global tiles: where to cut, and the bytes stored for each patch.
+"""Spot patches and region/global tiles: where to cut (the bytes stored for a patch are
+``store/codecs.py``'s).
 
 Sizes are "equivalent" pixels: a 224-px spot patch means 224 px at REFERENCE_UM_PER_PX
 (0.5 µm/px, the ~20x scale HEST and TRIPLEX use), i.e. 112 µm of tissue, enough for a
@@ -14,7 +15,6 @@ through ``asign.ingest.images.read_region``.
 
 from __future__ import annotations
 
-import io
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,13 +31,6 @@ LEVEL_SIZES_REF: dict[str, int] = {"spot": 224, "region": 512, "global": 1024}
 
 TILE_LEVELS = ("region", "global")
 N_NEIGHBOURS = 9  # containing tile + its 8 grid neighbours: the model's token set per level
-
-PATCH_CODECS = ("png", "jpeg")
-DEFAULT_PATCH_CODEC = "png"
-"""Lossless by default: the stored patch is exactly the crop the frozen encoder saw, so a
-fine-tuned encoder starts from the same input, and no codec version can change pixels."""
-JPEG_QUALITY = 90
-
 
 def equivalent_px(
     size_ref: int, um_per_px: float, reference_um_per_px: float = REFERENCE_UM_PER_PX
@@ -196,24 +189,3 @@ def crop(path: Path, x0: int, y0: int, size: int, out_size: int) -> np.ndarray:
     from asign.ingest import images
 
     return images.read_region(Path(path), int(x0), int(y0), int(size), int(out_size))
-
-
-def encode_patch(arr: np.ndarray, codec: str = DEFAULT_PATCH_CODEC) -> bytes:
-    """Compress an (H, W, 3) uint8 patch for LMDB. PNG is lossless; JPEG uses quality 90
-    with fixed encoder settings (deterministic for a given libjpeg)."""
-    from PIL import Image
-
-    arr = np.asarray(arr)
-    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
-        raise ConfigError(f"a patch must be (H, W, 3) uint8, got {arr.shape} {arr.dtype}")
-    if codec not in PATCH_CODECS:
-        raise ConfigError(f"unknown patch codec {codec!r}", fix=f"use one of {PATCH_CODECS}")
-    buf = io.BytesIO()
-    if codec == "png":
-        # Level 1: ~4x faster than the default (6) for ~10% more bytes on H&E patches.
-        Image.fromarray(arr).save(buf, format="PNG", compress_level=1)
-    else:
-        Image.fromarray(arr).save(
-            buf, format="JPEG", quality=JPEG_QUALITY, subsampling=0, optimize=False
-        )
-    return buf.getvalue()

@@ -8,8 +8,10 @@ fixed batch: markers are written in the same LMDB transaction as the data."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -19,8 +21,7 @@ from asign.ingest import standardise
 from asign.ingest.config import IngestConfig
 from asign.ingest.runner import Runner, raise_failures
 from asign.progress import Reporter
-from asign.store import Store
-from asign.store.vectors import done_key, emb_key, patch_key
+from asign.store import EmbeddingInfo, EmbeddingRows, Store
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +55,16 @@ def stored_patch_px(cfg: IngestConfig) -> int:
 
 
 def run_patches(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Reporter,
-                runner: Runner | None = None) -> dict[str, Any]:
+                runner: Runner | None = None, embed_fp: str | None = None) -> dict[str, Any]:
+    """``embed_fp``: the fingerprint the embed step will run under, when it runs next in this
+    process; the spot level of embed then rides along (ingest/spot_stream.py)."""
+    from asign.encoders import get_encoder_spec
     from asign.ingest import patches
+    from asign.ingest.spot_stream import SpotSection, can_stream, stream_sections
 
     runner = runner or Runner()
+    stream = embed_fp is not None and can_stream(get_encoder_spec(cfg.encoder), runner.distributed)
+    streamed: list[SpotSection] = []
     out_px = stored_patch_px(cfg)
     sections, spots = _imaged(store, sample_id)
     tiles: dict[str, list] = {k: [] for k in ("sample_id", "section_id", "tile_id", "level", "x0", "y0", "size_px")}
@@ -87,11 +94,14 @@ def run_patches(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: R
                 link = pd.DataFrame(patches.spot_tile_table(sp.spot_id.tolist(), s2t, grid, sec.section_id))
                 link.insert(0, "section_id", sec.section_id)
                 links.append(link)
-            if vec.has(done_key("patches", fp, sec.section_id)):
+            if vec.is_done("patches", fp, sec.section_id):
                 rep.advance(task, len(sp))
                 continue
             boxes = patches.spot_patch_box(sp.px.to_numpy(), sp.py.to_numpy(), size["spot"]).tolist()
             ids = sp.spot_id.tolist()
+            if stream:
+                streamed.append(SpotSection(sec.section_id, str(sec.image_path), ids, boxes, size["spot"], out_px))
+                continue
             # Committed in chunks, so memory stays bounded on large sections (and a chunk is
             # a unit of work on a cluster); the section's marker goes in the transaction of
             # its last committed chunk. A crash before it leaves some patches written, and
@@ -103,15 +113,17 @@ def run_patches(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: R
                               size["spot"], out_px))
                 unit_section.append(sec.section_id)
 
-        def commit(i: int, items: list[tuple[bytes, bytes]]) -> None:
+        def commit(i: int, items: list[tuple[str, bytes]]) -> None:
             sid = unit_section[i]
             chunks_of[sid] -= 1
-            marker = [(done_key("patches", fp, sid), b"1")] if chunks_of[sid] == 0 else []
-            vec.put_many([*items, *marker])
+            vec.put(patches=items, done=[("patches", fp, sid)] if chunks_of[sid] == 0 else [])
             rep.advance(task, len(items))
 
         failed = runner.map(crop_patches, units, unit_section, commit,
                             description=f"patches {sample_id}")
+        if streamed:
+            stream_sections(vec, _encoder(cfg), streamed, batch_size=cfg.batch_size, precision=cfg.precision,
+                            patches_fp=fp, embed_fp=str(embed_fp), advance=lambda n: rep.advance(task, n))
     raise_failures(failed, "patches", sample_id)
     link_df = pd.concat(links, ignore_index=True) if links else pd.DataFrame(
         columns=["section_id", "spot_id", "level", "tile_id", "rank"])
@@ -122,11 +134,12 @@ def run_patches(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: R
 
 
 def crop_patches(image: str, spot_ids: list[str], boxes: list[list[int]], size: int,
-                 out_px: int) -> list[tuple[bytes, bytes]]:
+                 out_px: int) -> list[tuple[str, bytes]]:
     """A unit of the patches step: crop and compress one chunk of a section's spot patches."""
     from asign.ingest import patches
+    from asign.store.codecs import encode_patch
 
-    return [(patch_key(sid), patches.encode_patch(patches.crop(image, x0, y0, size, out_px)))
+    return [(sid, encode_patch(patches.crop(image, x0, y0, size, out_px)))
             for sid, (x0, y0) in zip(spot_ids, boxes, strict=True)]
 
 
@@ -196,7 +209,7 @@ def run_embed(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Rep
         total = sum(len(items) for *_, items in work)
         task = rep.task(f"embed {sample_id}", total=total)
         units: list[tuple] = []
-        unit_markers: list[list[bytes]] = []
+        unit_markers: list[list[tuple[str, ...]]] = []
         labels: list[str] = []
         for section_id, level, image, items in work:
             index["section_id"] += [section_id] * len(items)
@@ -206,8 +219,8 @@ def run_embed(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Rep
             # marker. Vectors do not depend on batch composition (embed pads batches), so a
             # resumed run, or one whose units ran elsewhere, gives the same bits.
             chunks = [items[i:i + bs] for i in range(0, len(items), bs)]
-            markers = [done_key("emb", fp, section_id, level, str(b)) for b in range(len(chunks))]
-            todo = [b for b, m in enumerate(markers) if not vec.has(m)]
+            markers = [("emb", fp, section_id, level, str(b)) for b in range(len(chunks))]
+            todo = [b for b, m in enumerate(markers) if not vec.is_done(*m)]
             todo_set = set(todo)
             rep.advance(task, sum(len(chunks[b]) for b in range(len(chunks)) if b not in todo_set))
             for lo in range(0, len(todo), per_unit):
@@ -217,29 +230,41 @@ def run_embed(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Rep
                 unit_markers.append([markers[b] for b in group])
                 labels.append(f"{section_id} ({level})")
 
-        def commit(i: int, batches: Iterable[list[tuple[str, bytes]]]) -> None:
-            for marker, batch in zip(unit_markers[i], batches, strict=True):
-                vec.put_many([*((emb_key(name, units[i][2], k), v) for k, v in batch), (marker, b"1")])
-                rep.advance(task, len(batch))
+        def commit_batch(i: int, marker: tuple[str, ...], batch: tuple[list[str], np.ndarray],
+                         sink: Any = vec) -> None:
+            ids, vectors = batch
+            sink.put(embeddings=[EmbeddingRows(name, units[i][2], ids, vectors)], done=[marker])
+            rep.advance(task, len(ids))
 
-        failed = runner.map(embed_unit, units, labels, commit, description=f"embed {sample_id}",
-                            gpu=cfg.device == "cuda", local={"vec": vec, "encoder": encoder})
+        def commit(i: int, batches: Iterable[tuple[list[str], np.ndarray]]) -> None:
+            for marker, batch in zip(unit_markers[i], batches, strict=True):
+                commit_batch(i, marker, batch)
+
+        if runner.distributed:
+            failed = runner.map(embed_unit, units, labels, commit, description=f"embed {sample_id}",
+                                gpu=cfg.device == "cuda")
+        else:
+            from asign.ingest.commits import BackgroundPuts
+
+            with BackgroundPuts(vec) as writer:
+                _embed_serially(units, unit_markers, partial(commit_batch, sink=writer), cfg, vec, encoder)
+            failed = []
     raise_failures(failed, "embed", sample_id)
     index["sample_id"] = [sample_id] * len(index["id"])
     index["encoder"] = [name] * len(index["id"])
     store.write("embeddings", index, key=sample_id)
     manifest = store.manifest()
-    previous = manifest["params"].get("embed") or {}
-    manifest["params"]["embed"] = {**embedding_config(encoder, bs, cfg.precision), "dim": encoder.spec.dim, "spot_px": cfg.spot_px,
-                                   "stored_px": encoder.spec.input_px,
-                                   "region_px": cfg.region_px, "global_px": cfg.global_px}
+    previous = store.embedding_info(manifest)
+    info = EmbeddingInfo.from_dict({**embedding_config(encoder, bs, cfg.precision), "dim": encoder.spec.dim,
+                                    "spot_px": cfg.spot_px, "stored_px": encoder.spec.input_px,
+                                    "region_px": cfg.region_px, "global_px": cfg.global_px})
     if zscore is not None:
-        done = previous.get("standardised", {}) if previous.get("encoder") == name else {}
+        done = dict(previous.standardised or {}) if previous is not None and previous.encoder == name else {}
         done[sample_id] = {"reference_section": zscore[0], "stats_sha256": standardise.stats_hash(zscore[1])}
-        manifest["params"]["embed"]["standardised"] = done
-        manifest["params"]["embed"]["standardisation"] = (
+        info = dataclasses.replace(info, standardised=done, standardisation=(
             "per feature z-score, mean/std over the reference section's items of each level "
-            "(images only; ingest/standardise.py)")
+            "(images only; ingest/standardise.py)"))
+    store.record_embedding_info(manifest, info)
     store.save_manifest(manifest)
     return {"n_vectors": total, "encoder": name, "weights": encoder.info.get("weights_sha256")}
 
@@ -278,23 +303,13 @@ def _unit_setup(root: str, cfg: IngestConfig, encoder: Any) -> Any:
 def _loaders(root: str, cfg: IngestConfig, level: str, image: str, items: list[Any],
              vec: Any) -> list[tuple[str, Callable[[], np.ndarray]]]:
     """(id, loader) pairs: spot patches read back from LMDB, tiles cropped from the slide."""
-    from pathlib import Path
-
     from asign.ingest.embed import crop_loader
 
     out_px = stored_patch_px(cfg)
 
     def patch_loader(spot_id: str) -> Callable[[], np.ndarray]:
         def load() -> np.ndarray:
-            from asign.store.vectors import decode_patch
-
-            raw = vec.get(patch_key(spot_id))
-            if raw is None:
-                from asign.errors import StoreError
-
-                raise StoreError(f"patch {spot_id} missing", path=Path(root) / "vectors.lmdb",
-                                 fix="re-run `asign ingest --steps patches,embed`")
-            return decode_patch(raw)
+            return vec.patch(spot_id)
         return load
 
     return [(i, patch_loader(i)) if level == "spot" else (i[0], crop_loader(image, i[1], i[2], i[3], out_px))
@@ -330,9 +345,9 @@ def standardisation_unit(root: str, cfg: IngestConfig, ref_work: list[tuple[str,
 
 def embed_unit(root: str, cfg: IngestConfig, level: str, image: str, chunks: list[list[Any]],
                zscore: tuple[np.ndarray, np.ndarray] | None = None, vec: Any = None,
-               encoder: Any = None) -> Iterable[list[tuple[str, bytes]]]:
+               encoder: Any = None) -> Iterable[tuple[list[str], np.ndarray]]:
     """A unit of the embed step: consecutive batches of one section and level → per batch,
-    (id, float16 bytes) pairs, z-scored with ``zscore`` (mean, std) when the encoder asks.
+    (ids, float16 vectors), z-scored with ``zscore`` (mean, std) when the encoder asks.
     ``vec``/``encoder``: this process's own, when run serially."""
     serial = encoder is not None
     from pathlib import Path
@@ -347,12 +362,31 @@ def embed_unit(root: str, cfg: IngestConfig, level: str, image: str, chunks: lis
     try:
         items = [it for chunk in chunks for it in _loaders(root, cfg, level, image, chunk, vec)]
         batches = embed_batches(encoder, items, batch_size=cfg.batch_size, precision=cfg.precision)
-        out = ([(k, v.tobytes()) for k, v in zip(
-                    b.keys, b.features if zscore is None else standardise.apply(b.features, *zscore), strict=True)]
-               for b in batches)
+        out = (_rows(b, zscore) for b in batches)
         # Serially the batches stream into the commit, each committed as soon as it is
         # embedded (a crash loses one batch); a worker returns them all at once.
         return out if serial else list(out)
     finally:
         if own is not None:
             own.close()
+
+
+def _rows(batch: Any, zscore: tuple[np.ndarray, np.ndarray] | None) -> tuple[list[str], np.ndarray]:
+    """(ids, float16 vectors) of an embedded batch, z-scored when the encoder asks."""
+    return batch.keys, batch.features if zscore is None else standardise.apply(batch.features, *zscore)
+
+
+def _embed_serially(units: list[tuple], unit_markers: list[list[tuple[str, ...]]],
+                    commit_batch: Callable[[int, tuple[str, ...], tuple[list[str], np.ndarray]], None],
+                    cfg: IngestConfig, vec: Any, encoder: Any) -> None:
+    """The embed units of a serial run through one loader pipeline (``embed_groups``): the
+    next unit's crops are cut while the encoder finishes this one. Each batch is committed
+    with its marker as soon as it is embedded, as ``embed_unit`` does."""
+    from asign.ingest.embed import embed_groups
+
+    groups = ((i, [it for chunk in chunks for it in _loaders(root, cfg, level, image, chunk, vec)])
+              for i, (root, _, level, image, chunks, _) in enumerate(units))
+    seen = [0] * len(units)
+    for i, batch in embed_groups(encoder, groups, batch_size=cfg.batch_size, precision=cfg.precision):
+        commit_batch(i, unit_markers[i][seen[i]], _rows(batch, units[i][5]))
+        seen[i] += 1

@@ -18,7 +18,6 @@ from asign.ingest.runner import Runner, raise_failures
 from asign.progress import Reporter
 from asign.schemas.vocabulary import EDGE_KINDS
 from asign.store import Store
-from asign.store.vectors import emb_key
 
 if TYPE_CHECKING:
     from asign.ingest.graph import Edges
@@ -56,7 +55,7 @@ def graph_unit(root: str, cfg: IngestConfig, sample_id: str) -> tuple[dict[str, 
     sections = sections[sections.sample_id == sample_id]
     spots = store.read("spots", key=sample_id).to_pandas()
     emb = store.read("embeddings", key=sample_id).to_pandas() if store.has("embeddings", sample_id) else None
-    embed_info = store.manifest()["params"].get("embed")
+    embed_info = store.embedding_info()
     imaged = set(sections.section_id[sections.has_image])
     if emb is None or (imaged and embed_info is None):
         raise StoreError(f"sample {sample_id} has no embeddings", path=store.root,
@@ -72,14 +71,14 @@ def graph_unit(root: str, cfg: IngestConfig, sample_id: str) -> tuple[dict[str, 
                     sample_id, dropped)
     has_feat = nodes.spot_id.isin(have).to_numpy()
     if has_feat.any():
-        dim = int(embed_info["dim"])
+        dim = embed_info.dim
         with store.vectors(readonly=True) as vec:
-            keys = [emb_key(embed_info["encoder"], "spot", s) for s in nodes.spot_id[has_feat]]
+            ids = nodes.spot_id[has_feat].tolist()
             if has_feat.all():  # the usual case: one (N, D) array, no second copy
-                feats = vec.get_vectors(keys, dim)
+                feats = vec.embeddings(embed_info.encoder, "spot", ids, dim)
             else:
                 feats = np.zeros((len(nodes), dim), dtype=np.float16)
-                feats[has_feat] = vec.get_vectors(keys, dim)
+                feats[has_feat] = vec.embeddings(embed_info.encoder, "spot", ids, dim)
     else:
         feats = np.zeros((len(nodes), 1), dtype=np.float32)
     radius = float(sections.spot_diameter_um.median()) / 2.0

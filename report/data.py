@@ -234,8 +234,13 @@ def load_run_data(store: Store, name: str, model: str | None = None) -> RunData:
                    normalisation=normalisation, sections=sections.reset_index(drop=True),
                    spots=spots, known=known, hidden=hidden, scored=scored, labels=labels,
                    predictions=predictions, metrics=metrics, thumbs=thumbs, counts=counts,
-                   embed=dict(manifest.get("params", {}).get("embed", {})),
+                   embed=_embed_record(store, manifest),
                    transforms=transforms, bounds=bounds)
+
+
+def _embed_record(store: Store, manifest: dict[str, Any]) -> dict[str, Any]:
+    info = store.embedding_info(manifest)
+    return {} if info is None else info.to_dict()
 
 
 def _metrics(store: Store, runs: dict[str, RunInfo]) -> pd.DataFrame:

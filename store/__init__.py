@@ -18,6 +18,7 @@ from asign.store import manifest as _manifest
 from asign.store import records as _records
 from asign.store.atomic import atomic_path
 from asign.store.checkpoints import Checkpoint
+from asign.store.embedding_info import EmbeddingInfo, embedding_info, record_embedding_info
 from asign.store.layout import (
     GLOBAL_TABLES,
     OPTIONAL_STEP_TABLES,
@@ -27,9 +28,9 @@ from asign.store.layout import (
 )
 from asign.store.parquet import read_table, write_table, write_table_parts
 from asign.store.query import connect, run_query
-from asign.store.vectors import Vectors, open_vectors
+from asign.store.vectors import EmbeddingRows, Vectors, open_vectors
 
-__all__ = ["Store", "StoreLayout", "Vectors", "open_store", "prepare_root"]
+__all__ = ["EmbeddingInfo", "EmbeddingRows", "Store", "StoreLayout", "Vectors", "open_store", "prepare_root"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,15 @@ class Store:
         # the write records of ingest tables follow what the manifest now accepts
         _records.sync_ingest(self.layout, manifest["tables"])
         _manifest.save_manifest(self.layout.writable(self.layout.manifest), manifest)
+
+    def embedding_info(self, manifest: dict[str, Any] | None = None) -> EmbeddingInfo | None:
+        """What ingest recorded about the embeddings (``params.embed``), or None."""
+        return embedding_info(self.manifest() if manifest is None else manifest)
+
+    @staticmethod
+    def record_embedding_info(manifest: dict[str, Any], info: EmbeddingInfo) -> None:
+        """Put ``info`` into ``manifest`` as ``params.embed``; ``save_manifest`` writes it."""
+        record_embedding_info(manifest, info)
 
     def step_intact(self, manifest: dict[str, Any], sample_id: str, step: str) -> bool:
         """Whether the tables a finished step wrote for a sample are still what the manifest

@@ -33,7 +33,7 @@ from asign.store.layout import OPTIONAL_STEP_TABLES, RUN_TABLES, SAMPLE_TABLES, 
 from asign.store.locks import run_alive
 from asign.store.manifest import file_sha256, table_problem
 from asign.store.parquet import check_version
-from asign.store.vectors import emb_key, patch_key
+from asign.store.vectors import _emb_key
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,8 @@ def inspect_store(store: Store) -> CheckReport:
         except AsignError as err:
             problems.append(str(err))
     try:
-        encoder = manifest["params"].get("embed", {}).get("encoder")
-        dim = manifest["params"].get("embed", {}).get("dim")
+        embed = manifest["params"].get("embed") or {}  # read raw: a damaged record is reported, not raised
+        encoder, dim = embed.get("encoder"), embed.get("dim")
         for sample_id, steps in manifest["steps"].items():
             _check_sample(store, sample_id, steps, vec, encoder, dim, readable, report)
     finally:
@@ -233,7 +233,7 @@ def _check_sample(store: Store, sample_id: str, steps: dict, vec: Any, encoder: 
             problems.append(f"{path}: {len(bad_tiles)} tile ids not in the tiles table (e.g. {_first(bad_tiles)})")
         if "patches" in steps and vec is not None:
             wanted = list(dict.fromkeys(links.column("spot_id").to_pylist()))
-            gone = [s for s in wanted if not vec.has(patch_key(s))]
+            gone = [s for s in wanted if not vec.has_patch(s)]
             if gone:
                 problems.append(f"{vec.path}: {len(gone)} of {len(wanted)} spot patches of sample {sample_id} "
                                 f"missing (e.g. patch/{gone[0]}); {_REINGEST} --steps patches,embed,graph")
@@ -269,7 +269,7 @@ def _check_embeddings(store: Store, sample_id: str, vec: Any, encoder: str, dim:
     want_bytes = 2 * int(dim) if dim else None
     with vec.env.begin() as txn:
         for r in rows:
-            value = txn.get(emb_key(encoder, r["level"], r["id"]))
+            value = txn.get(_emb_key(encoder, r["level"], r["id"]))
             if value is None:
                 missing.append(r)
             elif want_bytes is not None and len(value) != want_bytes:
@@ -301,7 +301,7 @@ def _check_embeddings(store: Store, sample_id: str, vec: Any, encoder: str, dim:
     # entry counts per section and level: LMDB keys are emb/ENCODER/LEVEL/SECTION/...
     listed = Counter((r["level"], r["section_id"]) for r in rows)
     for (level, section), n in sorted(listed.items()):
-        held = vec.count(emb_key(encoder, level, f"{section}/"))
+        held = vec.count_embeddings(encoder, level, f"{section}/")
         if held > n:
             report.notes.append(f"{vec.path}: {held - n} {level} embeddings of section {section} are not listed in "
                                 f"{path} (stale entries of an earlier ingest; harmless)")

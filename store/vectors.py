@@ -1,6 +1,10 @@
 """Embeddings and patches in LMDB. Keys are ``emb/{encoder}/{level}/{id}`` (float16 bytes)
 and ``patch/{spot_id}`` (compressed image bytes); ``done/...`` markers record finished
-batches, written in the same transaction as the batch so a crash never half-writes one."""
+batches, written in the same transaction as the batch so a crash never half-writes one.
+
+Only this package composes keys (the helpers below are private); everyone else reads and
+writes through the typed methods of :class:`Vectors` (``put``, ``embeddings``, ``patch``,
+``is_done``) and the codecs in ``store/codecs.py``."""
 
 from __future__ import annotations
 
@@ -12,41 +16,36 @@ from typing import Any
 
 import numpy as np
 
-from asign.errors import ImageError, StoreError
+from asign.errors import StoreError
+from asign.store.codecs import decode_patch, decode_vector, encode_vector
 
 MAP_SIZE = 1 << 40  # sparse on Linux; LMDB needs an upper bound, not an allocation
 
 
-def emb_key(encoder: str, level: str, item_id: str) -> bytes:
+def _emb_key(encoder: str, level: str, item_id: str) -> bytes:
     return f"emb/{encoder}/{level}/{item_id}".encode()
 
 
-def patch_key(spot_id: str) -> bytes:
+def _patch_key(spot_id: str) -> bytes:
     return f"patch/{spot_id}".encode()
 
 
-def done_key(*parts: str) -> bytes:
+def _done_key(*parts: str) -> bytes:
     return ("done/" + "/".join(parts)).encode()
 
 
-def meta_key(name: str) -> bytes:
+def _meta_key(name: str) -> bytes:
     return f"meta/{name}".encode()
 
 
-def decode_patch(data: bytes) -> np.ndarray:
-    """A stored patch (PNG or JPEG bytes, ``ingest.patches.encode_patch``) as (H, W, 3) uint8."""
-    import io
+@dataclass(frozen=True)
+class EmbeddingRows:
+    """Vectors of one encoder and level: ``vectors[i]`` (float16) belongs to ``ids[i]``."""
 
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            return np.asarray(im.convert("RGB"))
-    except (OSError, UnidentifiedImageError, ValueError) as err:
-        raise ImageError(
-            f"stored patch bytes are not a readable image ({err})",
-            fix="re-run `asign ingest --steps patches` to rewrite the patch store",
-        ) from err
+    encoder: str
+    level: str
+    ids: Sequence[str]
+    vectors: np.ndarray  # (len(ids), dim) float16
 
 
 @dataclass
@@ -90,24 +89,57 @@ class Vectors:
         with self.env.begin() as txn:
             return txn.get(key) is not None
 
-    def get_vectors(self, keys: Sequence[bytes], dim: int) -> np.ndarray:
-        """float16 (len(keys), dim); a missing key is a store inconsistency."""
-        out = np.empty((len(keys), dim), dtype=np.float16)
+    # typed access ---------------------------------------------------------
+    def put(self, *, patches: Iterable[tuple[str, bytes]] = (), embeddings: Iterable[EmbeddingRows] = (),
+            done: Iterable[Sequence[str]] = ()) -> None:
+        """One transaction: spot patches (``(spot_id, encoded bytes)``, ``codecs.encode_patch``),
+        embeddings, and the done markers of the work they finish: all land, or none do."""
+        items = [(_patch_key(spot_id), bytes(blob)) for spot_id, blob in patches]
+        for rows in embeddings:
+            if len(rows.ids) != len(rows.vectors):
+                raise StoreError(f"{len(rows.ids)} ids for {len(rows.vectors)} {rows.level} embeddings",
+                                 path=self.path)
+            items += [(_emb_key(rows.encoder, rows.level, i), encode_vector(v))
+                      for i, v in zip(rows.ids, rows.vectors, strict=True)]
+        items += [(_done_key(*parts), b"1") for parts in done]
+        self.put_many(items)
+
+    def is_done(self, *parts: str) -> bool:
+        """Whether the done marker ``parts`` (step, fingerprint, unit...) was committed."""
+        return self.has(_done_key(*parts))
+
+    def embeddings(self, encoder: str, level: str, ids: Sequence[str], dim: int) -> np.ndarray:
+        """float16 (len(ids), dim); a missing vector is a store inconsistency."""
+        out = np.empty((len(ids), dim), dtype=np.float16)
         with self.env.begin() as txn:
-            for i, key in enumerate(keys):
-                value = txn.get(key)
+            for i, item_id in enumerate(ids):
+                value = txn.get(_emb_key(encoder, level, item_id))
                 if value is None:
-                    raise StoreError(f"embedding {key.decode()} missing", path=self.path,
+                    raise StoreError(f"embedding emb/{encoder}/{level}/{item_id} missing", path=self.path,
                                      fix="re-run `asign ingest --steps embed` to complete the store")
-                out[i] = np.frombuffer(value, dtype=np.float16, count=dim)
+                out[i] = decode_vector(value, dim)
         return out
+
+    def patch(self, spot_id: str) -> np.ndarray:
+        """One stored spot patch, decoded to (H, W, 3) uint8."""
+        raw = self.get(_patch_key(spot_id))
+        if raw is None:
+            raise StoreError(f"patch {spot_id} missing", path=self.path,
+                             fix="re-run `asign ingest --steps patches,embed`")
+        return decode_patch(raw)
+
+    def has_patch(self, spot_id: str) -> bool:
+        return self.has(_patch_key(spot_id))
+
+    def count_embeddings(self, encoder: str, level: str, id_prefix: str = "") -> int:
+        return self.count(_emb_key(encoder, level, id_prefix))
 
     def get_patches(self, spot_ids: Sequence[str]) -> np.ndarray:
         """The stored spot patches, (len(spot_ids), H, W, 3) uint8, decoded."""
         out = None
         with self.env.begin() as txn:
             for i, spot_id in enumerate(spot_ids):
-                value = txn.get(patch_key(spot_id))
+                value = txn.get(_patch_key(spot_id))
                 if value is None:
                     raise StoreError(f"patch of spot {spot_id} missing", path=self.path,
                                      fix="re-run `asign ingest --steps patches` for its sample")
@@ -144,10 +176,10 @@ class Vectors:
         return n
 
     def put_meta(self, name: str, value: dict[str, Any]) -> None:
-        self.put_many([(meta_key(name), json.dumps(value, sort_keys=True).encode())])
+        self.put_many([(_meta_key(name), json.dumps(value, sort_keys=True).encode())])
 
     def get_meta(self, name: str) -> dict[str, Any] | None:
-        raw = self.get(meta_key(name))
+        raw = self.get(_meta_key(name))
         return None if raw is None else json.loads(raw)
 
 

@@ -49,8 +49,7 @@ def make_toy_store(
     """
     from asign.ingest.graph import build_graph
     from asign.ingest.step_graph import edge_table
-    from asign.store import open_store
-    from asign.store.vectors import emb_key
+    from asign.store import EmbeddingInfo, EmbeddingRows, open_store
 
     rng = np.random.default_rng(seed)
     root = tmp_path / "store"
@@ -60,7 +59,7 @@ def make_toy_store(
     proj = rng.normal(size=(4, dim))
     pitch, diameter = 200.0, 100.0
     sections_rows: list[dict] = []
-    vectors: list[tuple[bytes, bytes]] = []
+    vectors: list[EmbeddingRows] = []
 
     plan = [(s, n_layers, image_only_layer) for s in samples]
     if extra_2d:
@@ -105,9 +104,7 @@ def make_toy_store(
                 feats[sid] = emb[i]
                 layer_of[sid] = z
                 xy_of[sid] = xy[i]
-                vectors.append(
-                    (emb_key(TOY_ENCODER, "spot", sid), emb[i].astype(np.float16).tobytes())
-                )
+                vectors.append(EmbeddingRows(TOY_ENCODER, "spot", [sid], emb[i : i + 1].astype(np.float16)))
                 emb_rows.append(
                     dict(
                         sample_id=sample_id,
@@ -156,9 +153,7 @@ def make_toy_store(
                                 size_px=int(size),
                             )
                         )
-                        vectors.append(
-                            (emb_key(TOY_ENCODER, level, tid), tv.astype(np.float16).tobytes())
-                        )
+                        vectors.append(EmbeddingRows(TOY_ENCODER, level, [tid], tv[None].astype(np.float16)))
                         emb_rows.append(
                             dict(
                                 sample_id=sample_id,
@@ -225,9 +220,9 @@ def make_toy_store(
         "genes", {"gene": genes, "rank": list(range(n_genes)), "mean_count": [1.0] * n_genes}
     )
     with store.vectors(readonly=False) as vec:
-        vec.put_many(vectors)
+        vec.put(embeddings=vectors)
     manifest = store.manifest()
-    manifest["params"]["embed"] = {"encoder": TOY_ENCODER, "dim": dim, "weights": "random"}
+    store.record_embedding_info(manifest, EmbeddingInfo(TOY_ENCODER, dim, extra={"weights": "random"}))
     manifest["params"]["labels"] = {"normalisation": "log_ratio", "n_genes": n_genes}
     manifest["steps"] = {s: {"graph": {"fingerprint": f"toy-{seed}-{s}"}} for s, _, _ in plan}
     store.save_manifest(manifest)

@@ -20,7 +20,7 @@ from asign.cli import app
 from asign.schemas import SCHEMA_VERSION
 from asign.store import open_store
 from asign.store.check import check_store, inspect_store
-from asign.store.vectors import emb_key, patch_key
+from asign.store.vectors import _emb_key, _patch_key  # white-box: these tests damage entries
 
 pytestmark = pytest.mark.skipif(not HER2ST.exists(), reason="needs ../shared/data/her2st")
 
@@ -124,7 +124,7 @@ def test_deleted_lmdb_embedding(store):
     emb = pq.read_table(store / "tables" / "embeddings" / "C.parquet").to_pylist()
     victim = next(r for r in emb if r["level"] == "spot")
     with open_store(store).vectors(readonly=False) as vec, vec.env.begin(write=True) as txn:
-        assert txn.delete(emb_key(encoder, "spot", victim["id"]))
+        assert txn.delete(_emb_key(encoder, "spot", victim["id"]))
     problems = _check(store)
     assert problems == [f"{store / 'vectors.lmdb'}: 1 of {len(emb)} embeddings listed in "
                         f"{store / 'tables' / 'embeddings' / 'C.parquet'} are missing "
@@ -136,9 +136,9 @@ def test_deleted_lmdb_patch_and_stale_entries(store):
     encoder, dim = _encoder(store)
     spots = pq.read_table(store / "tables" / "spots" / "C.parquet").column("spot_id").to_pylist()
     with open_store(store).vectors(readonly=False) as vec, vec.env.begin(write=True) as txn:
-        assert txn.delete(patch_key(spots[5]))
+        assert txn.delete(_patch_key(spots[5]))
         # an embedding no table lists (left by an earlier ingest): a note, not a problem
-        txn.put(emb_key(encoder, "spot", "C2/99x99"), np.zeros(dim, np.float16).tobytes())
+        txn.put(_emb_key(encoder, "spot", "C2/99x99"), np.zeros(dim, np.float16).tobytes())
     report = inspect_store(open_store(store))
     assert len(report.problems) == 1
     assert report.problems[0].startswith(f"{store / 'vectors.lmdb'}: 1 of {len(spots)} spot patches of sample C missing "

@@ -12,7 +12,7 @@ from asign import encoders as E
 from asign.errors import ConfigError
 from asign.ingest import embed as M
 from asign.ingest import patches as P
-from asign.store.vectors import decode_patch
+from asign.store.codecs import decode_patch
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "her2st"
 FAST = "bf16" if M.cpu_has_bf16() else "fp32"  # what precision="auto" picks here
@@ -113,6 +113,20 @@ def test_a_second_encoder_plugs_in_through_the_registry(monkeypatch, images):
         out = list(M.embed_batches(tiny, _items(images), batch_size=3, runtime=runtime))
         assert np.concatenate([b.features for b in out]).shape == (4, 8)
     assert tiny.info["encoder"] == "tiny-test" and tiny.info["weights_sha256"] == "random:seed=3"
+
+
+def test_groups_share_one_pipeline_but_never_one_batch(encoder, images):
+    """embed_groups: each group is batched as embed_batches would batch it alone (same
+    keys per batch, same bits), labels come back with their batches, empty groups vanish."""
+    items = _items(images)
+    groups = [("a", items[:3]), ("b", []), ("c", items[3:]), ("a", items[:2])]
+    out = list(M.embed_groups(encoder, groups, batch_size=2, precision="fp32"))
+    assert [(label, b.keys) for label, b in out] == [
+        ("a", ["k0", "k1"]), ("a", ["k2"]), ("c", ["k3"]), ("a", ["k0", "k1"])]
+    alone = list(M.embed_batches(encoder, items[:3], batch_size=2, precision="fp32"))
+    for (_, got), want in zip(out[:2], alone, strict=True):
+        assert np.array_equal(got.features, want.features)
+    assert np.array_equal(out[3][1].features, out[0][1].features)
 
 
 def test_real_c3_spots_end_to_end(encoder):

@@ -68,7 +68,7 @@ def test_batch_rows_carry_gradients_and_the_rest_come_from_the_cache(store_path)
     sample = load_sample(store, "C", patches=True)
     assert sample.patches.shape[1:] == (64, 64, 3)
     task = loop.make_task(sample, ("C2",), "cpu")
-    recipe = F.EncoderRecipe.from_manifest(store.manifest()["params"]["embed"], None,
+    recipe = F.EncoderRecipe.from_manifest(store.embedding_info(), None,
                                            store.layout.manifest)
     model = loop.build(cfg, sample.spot_feat.shape[1], len(sample.genes), 0, spot_encoder=recipe)
     model.train()

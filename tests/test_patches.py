@@ -9,7 +9,7 @@ import pytest
 
 from asign.errors import ConfigError, ImageError
 from asign.ingest import patches as P
-from asign.store.vectors import decode_patch
+from asign.store.codecs import decode_patch, encode_patch
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "her2st"
 
@@ -108,18 +108,18 @@ def test_patch_codecs_round_trip():
     smooth = np.clip(np.cumsum(rng.integers(-3, 4, (64, 64, 3)), axis=1) + 128, 0, 255).astype(
         np.uint8
     )
-    png = P.encode_patch(smooth, "png")
-    assert png == P.encode_patch(smooth, "png")  # deterministic bytes
+    png = encode_patch(smooth, "png")
+    assert png == encode_patch(smooth, "png")  # deterministic bytes
     assert np.array_equal(decode_patch(png), smooth)  # lossless
-    jpg = P.encode_patch(smooth, "jpeg")
-    assert jpg == P.encode_patch(smooth, "jpeg")
+    jpg = encode_patch(smooth, "jpeg")
+    assert jpg == encode_patch(smooth, "jpeg")
     back = decode_patch(jpg)
     assert back.shape == smooth.shape and len(jpg) < len(png)
     assert np.abs(back.astype(int) - smooth).mean() < 4
     with pytest.raises(ConfigError):
-        P.encode_patch(smooth, "webp")
+        encode_patch(smooth, "webp")
     with pytest.raises(ConfigError):
-        P.encode_patch(smooth.astype(np.float32), "png")
+        encode_patch(smooth.astype(np.float32), "png")
     with pytest.raises(ImageError):
         decode_patch(b"not an image")
 
@@ -145,3 +145,27 @@ def test_real_spot_crop_from_c3_has_tissue():
     # A crop far outside the image is background, not an error.
     outside = P.crop(image, -5000, -5000, size, 224)
     assert outside.shape == (224, 224, 3) and outside.min() == 255
+
+
+def test_direct_crop_of_a_plain_rgb_image_equals_the_openslide_route(tmp_path):
+    """Inside an 8-bit RGB JPEG, read_region crops the decoded image directly; the pixels
+    are those of OpenSlide's RGBA tile pasted on white (the route used at the edges)."""
+    from PIL import Image
+
+    from asign.ingest import images
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "slide.jpg"
+    Image.fromarray(rng.integers(0, 256, (700, 900, 3), dtype=np.uint8)).save(path, quality=90)
+    slide = images.open_slide(path)
+    assert slide.plain_rgb is not None
+
+    def via_openslide(x: int, y: int, size: int, out: int) -> np.ndarray:
+        region = slide.read_region((x, y), 0, (size, size))
+        bg = Image.new("RGB", region.size, (255, 255, 255))
+        bg.paste(region, mask=region.getchannel("A"))
+        return np.asarray(bg.resize((out, out), Image.Resampling.BILINEAR) if size != out else bg)
+
+    for x, y, size, out in [(0, 0, 163, 224), (37, 11, 371, 224), (200, 100, 500, 224), (899 - 64, 699 - 64, 64, 64),
+                            (900 - 64, 700 - 64, 64, 64), (-3, 5, 100, 224), (850, 650, 100, 224)]:
+        np.testing.assert_array_equal(images.read_region(path, x, y, size, out), via_openslide(x, y, size, out))

@@ -349,14 +349,14 @@ def test_killed_run_reads_as_interrupted(toy_store):
 def test_non_finite_embedding_stops_the_run_and_check_finds_it(toy_store):
     from conftest import TOY_ENCODER
 
-    from asign.store.vectors import emb_key
+    from asign.store import EmbeddingRows
 
     store = open_store(toy_store)
     manifest = store.manifest()
     manifest["steps"]["S1"]["embed"] = {"fingerprint": "toy"}  # as ingest records it: check reads the LMDB
     store.save_manifest(manifest)
     with store.vectors(readonly=False) as vec:
-        vec.put_many([(emb_key(TOY_ENCODER, "spot", "S1_L2/3"), np.full(16, np.nan, np.float16).tobytes())])
+        vec.put(embeddings=[EmbeddingRows(TOY_ENCODER, "spot", ["S1_L2/3"], np.full((1, 16), np.nan, np.float16))])
     # similarity reads the spot embeddings (mean/idw/cli read none since placed-by-coordinates)
     line = one_error(*cli("train", "--store", toy_store, "--model", "similarity", "--run", "nan")[::2])
     assert "section S1_L2: 1 spots have non-finite (NaN/inf) spot embeddings" in line

@@ -29,13 +29,38 @@ def test_small_encoder_stores_patches_at_its_input_size(tmp_path_factory, tmp_pa
         assert vec.get_patches([spot]).shape == (1, 64, 64, 3)
 
 
+def test_streamed_spot_level_equals_separate_steps(tmp_path_factory, tmp_path, caplog):
+    """patches+embed in one run (spot crops go straight to the encoder, PNGs stored beside
+    the vectors: ingest/spot_stream.py) writes the very LMDB entries that the two steps run
+    separately write (cut → PNG → LMDB, then PNG decode → encoder): patches, vectors, markers."""
+    import logging
+
+    from store_compare import lmdb_entries
+
+    src, master = small_her2st_store(tmp_path_factory)
+    cfg = {**SMALL_INGEST, "encoder": "resnet18-l3-64"}  # a new patch size: both steps re-run
+    streamed, separate = tmp_path / "streamed", tmp_path / "separate"
+    shutil.copytree(master, streamed)
+    shutil.copytree(master, separate)
+    with caplog.at_level(logging.INFO, logger="asign.ingest.spot_stream"):
+        ingest_run(IngestConfig(sources=(src,), store=streamed, steps=("patches", "embed"), **cfg))
+    assert "spot level streamed" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="asign.ingest.spot_stream"):
+        ingest_run(IngestConfig(sources=(src,), store=separate, steps=("patches",), **cfg))
+        ingest_run(IngestConfig(sources=(src,), store=separate, steps=("embed",), **cfg))
+    assert "spot level streamed" not in caplog.text
+    a, b = lmdb_entries(streamed), lmdb_entries(separate)
+    assert sum(k.startswith(b"patch/") for k in a) > 100
+    assert sum(k.startswith(b"emb/resnet18-l3-64/spot/") for k in a) > 100
+    assert a == b
+
+
 @pytest.mark.slow
 def test_histo_classic_is_zscored_with_the_reference_section(tmp_path_factory, tmp_path):
     """A standardised encoder's spot vectors of the reference section (the panel layer,
     C2) have mean 0 / std 1 per feature; other sections are mapped by the same map."""
     import numpy as np
-
-    from asign.store.vectors import emb_key
 
     src, master = small_her2st_store(tmp_path_factory)
     store_path = tmp_path / "store"
@@ -50,7 +75,7 @@ def test_histo_classic_is_zscored_with_the_reference_section(tmp_path_factory, t
     with store.vectors(readonly=True) as vec:
         def feats(section: str) -> np.ndarray:
             ids = spots.spot_id[spots.section_id == section]
-            return vec.get_vectors([emb_key("histo-classic", "spot", s) for s in ids], 65).astype(np.float64)
+            return vec.embeddings("histo-classic", "spot", list(ids), 65).astype(np.float64)
 
         ref, other = feats("C2"), feats("C3")
     varying = ref.std(0) > 0.5  # constant features are only centred

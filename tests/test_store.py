@@ -12,8 +12,7 @@ import pytest
 
 from asign.errors import SchemaVersionError, StoreError
 from asign.schemas import SCHEMA_VERSION, TABLES
-from asign.store import open_store
-from asign.store.vectors import emb_key
+from asign.store import EmbeddingRows, open_store
 
 
 def _example(name: str) -> pa.Table:
@@ -111,15 +110,16 @@ def test_lmdb_vectors_round_trip_and_counts(tmp_path):
     store = open_store(tmp_path / "s", create=True)
     vecs = np.arange(12, dtype=np.float16).reshape(3, 4)
     with store.vectors(readonly=False) as v:
-        v.put_many([(emb_key("enc", "spot", f"s{i}"), vecs[i].tobytes()) for i in range(3)])
+        v.put(embeddings=[EmbeddingRows("enc", "spot", [f"s{i}" for i in range(3)], vecs)], done=[("emb", "fp", "0")])
         v.put_meta("encoder", {"name": "enc"})
     with store.vectors(readonly=True) as v:
-        got = v.get_vectors([emb_key("enc", "spot", f"s{i}") for i in (2, 0)], 4)
+        got = v.embeddings("enc", "spot", ["s2", "s0"], 4)
         assert np.array_equal(got, vecs[[2, 0]])
-        assert v.count(b"emb/enc/spot/") == 3
+        assert v.count(b"emb/enc/spot/") == 3 and v.count_embeddings("enc", "spot") == 3
+        assert v.is_done("emb", "fp", "0") and not v.is_done("emb", "fp", "1")
         assert v.get_meta("encoder") == {"name": "enc"}
         with pytest.raises(StoreError, match="missing"):
-            v.get_vectors([emb_key("enc", "spot", "nope")], 4)
+            v.embeddings("enc", "spot", ["nope"], 4)
 
 
 def test_views_exist_when_empty_and_queries_fail_cleanly(tmp_path):

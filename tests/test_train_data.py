@@ -8,7 +8,6 @@ import pytest
 
 from asign.errors import StoreError
 from asign.store import open_store
-from asign.store.vectors import emb_key
 from asign.train.data import load_sample
 
 
@@ -26,7 +25,7 @@ def test_load_sample_matches_the_store(toy_store):
     np.testing.assert_allclose(s.labels[i], row["value"], rtol=1e-6)
     # vectors come from LMDB under the manifest's encoder
     with store.vectors() as vec:
-        np.testing.assert_array_equal(vec.get_vectors([emb_key("toy", "spot", s.spot_ids[5])], 16)[0],
+        np.testing.assert_array_equal(vec.embeddings("toy", "spot", [s.spot_ids[5]], 16)[0],
                                       s.spot_feat[5])
     # graph: every stored edge, src -> dst, kinds kept
     edges = store.read("edges", key="S1").to_pandas()

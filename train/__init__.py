@@ -143,7 +143,7 @@ def _load(cfg: TrainConfig, store: Any, folds: list) -> tuple[dict, Any]:
     if cfg.finetune_spot_encoder:
         from asign.train.finetune import EncoderRecipe
 
-        recipe = EncoderRecipe.from_manifest(store.manifest()["params"].get("embed", {}),
+        recipe = EncoderRecipe.from_manifest(store.embedding_info(),
                                              cfg.encoder, store.layout.manifest)
     graph = cfg.spec.neural or cfg.spec.cross_layer  # mean, idw, similarity use no edges
     samples = {s: load_sample(store, s, encoder=cfg.encoder, patches=recipe is not None, graph=graph,

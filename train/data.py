@@ -22,7 +22,6 @@ import pyarrow.compute as pc
 from asign.errors import StoreError
 from asign.schemas.vocabulary import TILE_LEVELS
 from asign.store import Store
-from asign.store.vectors import emb_key
 
 log = logging.getLogger(__name__)
 
@@ -86,14 +85,12 @@ class SampleData:
 
 def embedding_params(store: Store, encoder: str | None = None) -> tuple[str, int]:
     """(encoder name, embedding dim) recorded by ingest."""
-    embed: dict[str, Any] = store.manifest().get("params", {}).get("embed", {})
-    name = encoder or embed.get("encoder")
-    dim = embed.get("dim")
-    if not name or not dim:
+    info = store.embedding_info()
+    if info is None:
         raise StoreError("the store has no embeddings (manifest params.embed is empty)",
                          path=store.layout.manifest,
                          fix="run `asign ingest --steps patches,embed,graph` for this store")
-    return str(name), int(dim)
+    return encoder or info.encoder, info.dim
 
 
 def gene_panel(store: Store) -> tuple[str, ...]:
@@ -155,12 +152,12 @@ def load_sample(store: Store, sample_id: str, *, encoder: str | None = None,
         spot_feat = np.zeros((n, dim), dtype=np.float16)
     else:
         with store.vectors(readonly=True) as vec:
-            featured = [emb_key(enc, "spot", s) for s in spot_ids[has_feature]]
+            featured = list(spot_ids[has_feature])
             if has_feature.all():  # the usual case: one (N, D) array, no copy (200k × 1024 is 400 MB)
-                spot_feat = vec.get_vectors(featured, dim)
+                spot_feat = vec.embeddings(enc, "spot", featured, dim)
             else:
                 spot_feat = np.zeros((n, dim), dtype=np.float16)
-                spot_feat[has_feature] = vec.get_vectors(featured, dim)
+                spot_feat[has_feature] = vec.embeddings(enc, "spot", featured, dim)
             tokens, tile_feat = _tiles(store, vec, sample_id, index, n, enc, dim, has_feature)
             spot_patches = vec.get_patches(list(spot_ids)) if patches else None
     _require_finite_features(store, sample_id, sections, section, spot_feat, tokens, tile_feat)
@@ -290,7 +287,7 @@ def _tiles(
                              path=store.layout.table("spot_tiles", sample_id),
                              fix="re-run `asign ingest --steps patches,embed` for this sample")
         tokens[level] = tok
-        feats[level] = vec.get_vectors([emb_key(enc, level, t) for t in uniq], dim)
+        feats[level] = vec.embeddings(enc, level, list(uniq), dim)
     return tokens, feats
 
 

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from asign.errors import ConfigError, StoreError, WeightsError
+from asign.store import EmbeddingInfo
 
 log = logging.getLogger(__name__)
 
@@ -47,22 +48,23 @@ class EncoderRecipe:
     seed: int
 
     @classmethod
-    def from_manifest(cls, embed: dict[str, Any], encoder: str | None,
+    def from_manifest(cls, info: EmbeddingInfo | None, encoder: str | None,
                       manifest: Any) -> EncoderRecipe:
-        """From the manifest's params.embed; ``encoder`` (``--encoder``) must name it."""
-        name = embed.get("encoder")
-        if not name:
+        """From what ingest recorded (``Store.embedding_info``); ``encoder`` (``--encoder``)
+        must name it. ``manifest``: the manifest's path, for the error."""
+        if info is None:
             raise StoreError("the store has no embeddings to fine-tune from", path=manifest,
                              fix="run `asign ingest --steps patches,embed,graph` first")
+        name = info.encoder
         if encoder and encoder != name:
             raise ConfigError(f"--finetune-spot-encoder rebuilds the store's encoder {name!r}, "
                               f"not {encoder!r}", fix=f"drop --encoder or pass {name}")
-        if embed.get("standardisation") or embed.get("weights_kind") == "none":
+        if not info.is_network:
             raise ConfigError(f"--finetune-spot-encoder needs a single network encoder; the store's "
                               f"{name!r} is weight-free or z-scored at ingest",
                               fix="ingest with --encoder effnet-lite0 or resnet50-l3 to fine-tune")
-        return cls(str(name), str(embed.get("weights_kind", "")), embed.get("weights_path"),
-                   str(embed.get("weights_sha256", "")), int(embed.get("seed", 0)))
+        return cls(name, str(info.weights_kind or ""), info.weights_path, str(info.weights_sha256 or ""),
+                   int(info.seed))
 
 
 def load_spot_encoder(recipe: EncoderRecipe, device: str) -> Any:

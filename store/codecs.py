@@ -1,0 +1,63 @@
+"""Byte codecs of the LMDB values: spot patches (PNG/JPEG) and embeddings (float16)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from asign.errors import ConfigError, ImageError
+
+PATCH_CODECS = ("png", "jpeg")
+DEFAULT_PATCH_CODEC = "png"
+"""Lossless by default: the stored patch is exactly the crop the frozen encoder saw, so a
+fine-tuned encoder starts from the same input, and no codec version can change pixels."""
+JPEG_QUALITY = 90
+VECTOR_DTYPE = np.float16
+
+
+def encode_patch(arr: np.ndarray, codec: str = DEFAULT_PATCH_CODEC) -> bytes:
+    """Compress an (H, W, 3) uint8 patch for LMDB. PNG is lossless; JPEG uses quality 90
+    with fixed encoder settings (deterministic for a given libjpeg)."""
+    from PIL import Image
+
+    arr = np.asarray(arr)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+        raise ConfigError(f"a patch must be (H, W, 3) uint8, got {arr.shape} {arr.dtype}")
+    if codec not in PATCH_CODECS:
+        raise ConfigError(f"unknown patch codec {codec!r}", fix=f"use one of {PATCH_CODECS}")
+    buf = io.BytesIO()
+    if codec == "png":
+        # Level 1: ~4x faster than the default (6) for ~10% more bytes on H&E patches.
+        Image.fromarray(arr).save(buf, format="PNG", compress_level=1)
+    else:
+        Image.fromarray(arr).save(
+            buf, format="JPEG", quality=JPEG_QUALITY, subsampling=0, optimize=False
+        )
+    return buf.getvalue()
+
+
+def decode_patch(data: bytes) -> np.ndarray:
+    """A stored patch (PNG or JPEG bytes, ``encode_patch``) as (H, W, 3) uint8."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, UnidentifiedImageError, ValueError) as err:
+        raise ImageError(
+            f"stored patch bytes are not a readable image ({err})",
+            fix="re-run `asign ingest --steps patches` to rewrite the patch store",
+        ) from err
+
+
+def encode_vector(vector: np.ndarray) -> bytes:
+    """One embedding as stored: ``dim`` float16 values, native byte order."""
+    vector = np.asarray(vector)
+    if vector.dtype != VECTOR_DTYPE or vector.ndim != 1:
+        raise ConfigError(f"an embedding must be a 1-D float16 vector, got {vector.shape} {vector.dtype}")
+    return vector.tobytes()
+
+
+def decode_vector(data: bytes, dim: int) -> np.ndarray:
+    return np.frombuffer(data, dtype=VECTOR_DTYPE, count=dim)
