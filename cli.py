@@ -178,6 +178,7 @@ def ingest(
     section_um: Annotated[float | None, typer.Option("--section-um", help="Spacing between consecutive sections (z) in µm; overrides the input's section_um (default 10, recorded in the store).")] = None,
     seed: SeedOpt = 0,
     wait: Annotated[float, typer.Option("--wait", help="Seconds to wait while another ingest writes this store, then fail naming it (one writer at a time).")] = 10.0,
+    threads: Annotated[int | None, typer.Option("--threads", help="Torch CPU threads of the encoder in a serial run. Default: the cores idle at start (usable cores − 1-min load average, ≥ 1); beside other jobs torch's all-cores default measured 3.75× slower (bench/scale.py). The store is the same either way.")] = None,
     workers: WorkersOpt = 0,
     scheduler: SchedulerOpt = None,
     as_json: JsonOpt = False,
@@ -197,7 +198,7 @@ def ingest(
         align=AlignOptions(transform=transform, syn=syn, reference=reference, init=_parse_init(init or [])),
         encoder=encoder, weights=weights, allow_download=download, device=device, batch_size=batch_size,
         cross_weight=cross_weight, section_um=section_um, seed=seed, wait=wait,
-        workers=workers, scheduler=scheduler,
+        threads=threads, workers=workers, scheduler=scheduler,
     )
     summary = ingest_stage.run(cfg)  # validates every option before any work
     if as_json:

@@ -66,6 +66,19 @@ def idle_cores() -> int:
     return max(1, usable_cores() - round(load))
 
 
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``n`` for the block, restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def threads_per_worker(workers: int, cores: int | None = None) -> int:
     """Cores // workers, at least 1: workers × threads never exceed the cores given
     (except when there are more workers than cores, where each still needs one)."""

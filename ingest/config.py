@@ -55,6 +55,9 @@ class IngestConfig:
     # where units of work run (asign/cluster.py); never part of a fingerprint: a store is
     # the same whether it was computed serially or on a cluster
     workers: int = 0
+    # torch threads of a serial run's encoder (None: the cores idle at start, cluster.idle_cores;
+    # torch's all-cores default measured 3.75× slower in embed beside other jobs, bench/scale.py)
+    threads: int | None = None
     scheduler: str | None = None
     # seconds to wait for another ingest that is writing the same store (store/locks.py)
     wait: float = 10.0
@@ -106,6 +109,8 @@ def validate(cfg: IngestConfig) -> None:
             problems.append(f"{flag} must be ≥ 1, got {value}")
     if cfg.section_um is not None and not (math.isfinite(cfg.section_um) and cfg.section_um > 0):
         problems.append(f"--section-um {cfg.section_um} must be a positive number of µm")
+    if cfg.threads is not None and cfg.threads < 1:
+        problems.append(f"--threads must be ≥ 1, got {cfg.threads}")
     if cfg.workers < 0:
         problems.append(f"--workers must be ≥ 0, got {cfg.workers}")
     if cfg.workers and cfg.scheduler:

@@ -91,9 +91,9 @@ def embedding_config(
     encoder: LoadedEncoder, batch_size: int, precision: str = "auto", runtime: str = "auto"
 ) -> dict[str, Any]:
     """Everything that decides the bits of a vector, for the store's metadata: the
-    encoder's provenance plus the resolved precision, runtime, batch size and threads."""
-    import torch
-
+    encoder's provenance plus the resolved precision, runtime and batch size. Not the torch
+    thread count: a 2-worker store (one thread each) equals the serial one byte for byte
+    (tests/test_ingest_cluster.py), so a store does not depend on where it was computed."""
     parts = [
         {"encoder": p.spec.name, **{k: v for k, v in embedding_config(p, batch_size, precision, runtime).items()
                                     if k in ("precision", "runtime", "dim")}}
@@ -107,7 +107,6 @@ def embedding_config(
         "runtime": resolve_runtime(runtime, encoder.device),
         "batch_size": batch_size,
         "device": encoder.device,
-        "torch_threads": torch.get_num_threads(),
         "output_dtype": "float16",
     }
 

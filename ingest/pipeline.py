@@ -80,7 +80,13 @@ def run_pipeline(cfg: IngestConfig, rep: Reporter | None = None) -> dict[str, An
         with writer_lock(layout.writable(layout.ingest_lock), wait=cfg.wait):
             store = open_store(cfg.store, create=True)
             if not cluster.distributed:
-                return _run(cfg, resolved, store, rep, Runner(), t0)
+                if not {"patches", "embed"} & set(cfg.steps):
+                    return _run(cfg, resolved, store, rep, Runner(), t0)
+                from asign.cluster import idle_cores, torch_threads
+
+                threads = cfg.threads or idle_cores()
+                with torch_threads(threads):  # embeddings are the same bits at any count
+                    return {**_run(cfg, resolved, store, rep, Runner(), t0), "threads": threads}
             from asign.cluster import connect
 
             with connect(cluster) as client:

@@ -93,6 +93,17 @@ def test_every_bad_ingest_option_is_reported_at_once_before_any_work(tmp_path):
     assert not (tmp_path / "S").exists()
 
 
+def test_ingest_threads_reach_the_config_and_are_checked(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr("asign.ingest.run", lambda cfg: seen.setdefault("cfg", cfg) and {})
+    ok = runner.invoke(app, ["ingest", str(tmp_path), "--store", str(tmp_path / "S"), "--threads", "1"])
+    assert ok.exit_code == 0, ok.output
+    assert seen["cfg"].threads == 1
+    monkeypatch.undo()
+    bad = runner.invoke(app, ["ingest", str(tmp_path), "--store", str(tmp_path / "S"), "--threads", "0"])
+    assert bad.exit_code == 1 and "--threads must be ≥ 1" in bad.output
+
+
 def test_format_is_a_real_choice(tmp_path):
     # a value outside the registry is a usage error (exit 2), not a failed run
     ingest = runner.invoke(app, ["ingest", str(tmp_path), "--store", str(tmp_path / "S"),
