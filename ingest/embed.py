@@ -93,7 +93,7 @@ def embedding_config(
     """Everything that decides the bits of a vector, for the store's metadata: the
     encoder's provenance plus the resolved precision, runtime and batch size. Not the torch
     thread count: a 2-worker store (one thread each) equals the serial one byte for byte
-    (tests/test_ingest_cluster.py), so a store does not depend on where it was computed."""
+    (tests/ingest/test_ingest_cluster.py), so a store does not depend on where it was computed."""
     parts = [
         {"encoder": p.spec.name, **{k: v for k, v in embedding_config(p, batch_size, precision, runtime).items()
                                     if k in ("precision", "runtime", "dim")}}

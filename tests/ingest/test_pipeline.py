@@ -1,6 +1,6 @@
 """End-to-end ingest on real her2st data, cut down (3 sections, 30 genes, images at 1/4
 resolution): every step and resumability. Killing real ingest processes mid-step is
-tests/test_crash.py's job, on the same data."""
+tests/contract/test_crash.py's job, on the same data."""
 
 from __future__ import annotations
 

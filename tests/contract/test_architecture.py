@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NOT_PACKAGE = ("tests", "bench", "tools", "docs", "build", ".venv", ".lock-venv", ".git")
 PARQUET_WRITES = {"write_table", "ParquetWriter", "to_parquet", "write_dataset"}
 

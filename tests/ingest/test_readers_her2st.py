@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from her2st_small import HER2ST
 
 from asign.errors import CountsError, ImageError, InputError
 from asign.ingest.readers import detect_format, list_samples, read_samples
 
-HER2ST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "her2st"
 pytestmark = pytest.mark.skipif(not HER2ST.is_dir(), reason="../shared/data/her2st not present")
 
 README_SPOTS = {"C1": 176, "C2": 187, "C3": 180, "C4": 184, "C5": 181, "C6": 178}

@@ -9,7 +9,7 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("asign_lock", ROOT / "tools" / "lock.py")
 lock = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(lock)

@@ -3,11 +3,10 @@ against brute force, the product/sum option, determinism, and real her2st geomet
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
+from her2st_small import HER2ST
 
 from asign.errors import ConfigError, InputError
 from asign.ingest.graph import (
@@ -21,7 +20,6 @@ from asign.ingest.graph import (
     same_layer_edges,
 )
 
-HER2ST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "her2st"
 UM_PER_PX = 0.69
 
 

@@ -6,11 +6,10 @@ against; the product never sees it."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
+from her2st_small import HER2ST
 
 from asign.errors import AlignmentError, ConfigError, InputError
 from asign.ingest.align import (
@@ -24,7 +23,6 @@ from asign.ingest.align import (
 from asign.ingest.overlay import render_overlay
 from asign.ingest.tissue import tissue_mask
 
-HER2ST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "her2st"
 THUMB_UM = 22.0
 PAIR = ("C4", "C5")
 

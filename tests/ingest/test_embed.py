@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from her2st_small import HER2ST as DATA
 
 from asign import encoders as E
 from asign.errors import ConfigError
@@ -14,7 +13,6 @@ from asign.ingest import embed as M
 from asign.ingest import patches as P
 from asign.store.codecs import decode_patch
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "her2st"
 FAST = "bf16" if M.cpu_has_bf16() else "fp32"  # what precision="auto" picks here
 
 

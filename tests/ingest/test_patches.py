@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
+from her2st_small import HER2ST as DATA
 
 from asign.errors import ConfigError, ImageError
 from asign.ingest import patches as P
 from asign.store.codecs import decode_patch, encode_patch
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "her2st"
 
 
 def test_equivalent_px_rescales_to_the_reference_scale():
