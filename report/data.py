@@ -58,6 +58,11 @@ def display_colour(model: str) -> str:
     return spec.colour if spec else ModelSpec.colour
 
 
+def is_mean_profile(model: str) -> bool:
+    """The mean-profile baseline: its own run, or computed for this report."""
+    return model in (MEAN_MODEL, COMPUTED_MEAN)
+
+
 def is_network(model: str) -> bool:
     spec = _spec(model)
     return bool(spec and spec.neural)

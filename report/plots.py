@@ -14,8 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from asign.report.data import COMPUTED_MEAN, display_colour
-from asign.train.config import MEAN_MODEL
+from asign.report.data import display_colour, is_mean_profile
 
 CMAP = "viridis"
 DPI = 110
@@ -344,10 +343,6 @@ def volume_3d(layers: list[Layer3D], gene: str, model: str, unit: str, title: st
     return _save(fig, out)
 
 
-def _is_baseline(model: str) -> bool:
-    return model in (MEAN_MODEL, COMPUTED_MEAN)
-
-
 def metrics_bars(summary: pd.DataFrame, models: list[str], title: str, out: Path) -> Path:
     """One panel per metric, one bar per model (mean over scored sections, error bar = SD
     over sections); the mean-profile baseline is grey, hatched and drawn as a dashed line."""
@@ -365,7 +360,7 @@ def metrics_bars(summary: pd.DataFrame, models: list[str], title: str, out: Path
                 ax.text(i, 0.02 * top, "n/a\n(constant\nper gene)" if metric == "pcc_gene"
                         else "n/a", ha="center", va="bottom", fontsize=7, color="#555555", clip_on=True)
                 continue
-            base = _is_baseline(model)
+            base = is_mean_profile(model)
             sd = float(np.nan_to_num(sds[i]))
             ax.bar(i, means[i], yerr=sd, color=display_colour(model),
                    hatch="//" if base else None, edgecolor="black", linewidth=0.5,

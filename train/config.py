@@ -16,8 +16,6 @@ from asign.store.manifest import jsonable
 SETTINGS = ("within_sample", "cross_sample")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("cosine", "none")
-LOSS_PRESETS = ("paper", "reference")
-GNN_ENGINES = ("dgl", "pyg")
 DEVICES = ("cpu", "cuda")
 FEATURE_NORMS = ("section", "none")
 # Parts of asign3d that --ablate removes (the paper's Table II/III ablations):
@@ -194,8 +192,11 @@ def validate(cfg: TrainConfig) -> None:
     choice(cfg.model, MODELS, "--model")
     choice(cfg.optimizer, OPTIMIZERS, "--optimizer")
     choice(cfg.scheduler, SCHEDULERS, "--scheduler")
+    from asign.train.gnn import GAT_ENGINES
+    from asign.train.loss import LOSS_PRESETS
+
     choice(cfg.loss, LOSS_PRESETS, "--loss")
-    choice(cfg.gnn, GNN_ENGINES, "--gnn")
+    choice(cfg.gnn, GAT_ENGINES, "--gnn")
     choice(cfg.device, DEVICES, "--device")
     choice(cfg.feature_norm, FEATURE_NORMS, "--feature-norm")
     for part in cfg.ablate:
