@@ -75,7 +75,6 @@ MODELS: dict[str, ModelSpec] = _models(
     ModelSpec(name="mean", help="known layer's mean profile for every hidden spot",
               baseline="predict_mean", images=False, rank=99, colour="#9e9e9e"),
 )
-NETWORKS = tuple(name for name, spec in MODELS.items() if spec.neural)
 BASELINE_MODELS = tuple(name for name, spec in MODELS.items() if not spec.neural)
 MEAN_MODEL = "mean"  # the reference every figure is reported beside (DESIGN.md §5)
 
