@@ -41,18 +41,21 @@ def _query_formats() -> tuple[str, ...]:
     return FORMATS
 
 
-def _models_help() -> str:
-    from asign.train.config import models_help
-
-    return models_help()
+MODELS_HELP = "{models}"  # filled from the model registry when the command is built
 
 
 def _flags_read_as_flags(params: list[Any]) -> list[Any]:
     """typer labels every option with its type, so a flag such as --json shows ``<bool>``
-    as if it took a value; an empty metavar leaves flags (and --help) bare."""
+    as if it took a value; an empty metavar leaves flags (and --help) bare. A help text
+    naming the registered models gets them here, when the command runs or shows --help:
+    reading the registry at import would load the train package for every command."""
     for p in params:
         if getattr(p, "is_flag", False) and p.metavar is None:
             p.metavar = ""
+        if MODELS_HELP in (getattr(p, "help", None) or ""):
+            from asign.train.config import models_help
+
+            p.help = p.help.replace(MODELS_HELP, models_help())
     return params
 
 
@@ -234,7 +237,7 @@ _OPT, _MODEL, _PROTO, _RUN = "Optimisation", "Model", "Protocol", "Runtime"
 @_command(cls=_Command)
 def train(
     store: StoreOpt,
-    model: Annotated[str, typer.Option("--model", "-m", help=f"{_models_help()}; a comma-separated list runs each.")] = "asign3d",
+    model: Annotated[str, typer.Option("--model", "-m", help=f"{MODELS_HELP}; a comma-separated list runs each.")] = "asign3d",
     run: Annotated[str, typer.Option("--run", "-r", help="Run name (results are grouped by it).")] = "run",
     known: Annotated[str, typer.Option("--known", help="Known (measured) layer(s): first | middle | last | Z | section id, or a set: 2,5 / first,last / C2,C5.", rich_help_panel=_PROTO)] = "first",
     folds: Annotated[int, typer.Option("--folds", help="1 = within-sample imputation; K>=2 = sample-level k-fold.", rich_help_panel=_PROTO)] = 1,

@@ -24,6 +24,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+DEVICES = ("cpu", "cuda")  # where torch work runs (--device of ingest and train)
+
 SLOT = "slot"  # one per worker: a task holding it owns the worker's threads
 GPU = "GPU"  # asked for by GPU tasks (embed with --device cuda)
 

@@ -3,6 +3,7 @@ message that names the file (or section) and the fix. The CLI turns these into e
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -75,3 +76,9 @@ class ValidationErrors(AsignError):
 
 class ConfigErrors(ValidationErrors, ConfigError):
     """Every invalid option of one command, collected (TrainConfig and IngestConfig)."""
+
+
+def not_one_of(value: str, allowed: Iterable[str], flag: str) -> list[str]:
+    """No problem when ``value`` is allowed, else the line a ConfigErrors lists for it."""
+    allowed = tuple(allowed)
+    return [] if value in allowed else [f"{flag} {value!r} is not one of {', '.join(allowed)}"]

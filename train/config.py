@@ -10,13 +10,13 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from asign.errors import ConfigErrors
+from asign.cluster import DEVICES
+from asign.errors import ConfigErrors, not_one_of
 from asign.store.manifest import jsonable
 
 SETTINGS = ("within_sample", "cross_sample")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("cosine", "none")
-DEVICES = ("cpu", "cuda")
 FEATURE_NORMS = ("section", "none")
 # Parts of asign3d that --ablate removes (the paper's Table II/III ablations):
 # cross-attention: each spot attends to its own region/global tile only (softmax ≡ 1, as in
@@ -181,25 +181,20 @@ class TrainConfig:
 
 
 def validate(cfg: TrainConfig) -> None:
-    """Collect every invalid option into one ConfigError."""
-    problems: list[str] = []
-
-    def choice(value: str, allowed: tuple[str, ...] | dict, flag: str) -> None:
-        if value not in allowed:
-            problems.append(f"{flag} {value!r} is not one of {', '.join(allowed)}")
-
-    choice(cfg.model, MODELS, "--model")
-    choice(cfg.optimizer, OPTIMIZERS, "--optimizer")
-    choice(cfg.scheduler, SCHEDULERS, "--scheduler")
+    """Collect every invalid option into one ConfigErrors."""
     from asign.train.gnn import GAT_ENGINES
     from asign.train.loss import LOSS_PRESETS
 
-    choice(cfg.loss, LOSS_PRESETS, "--loss")
-    choice(cfg.gnn, GAT_ENGINES, "--gnn")
-    choice(cfg.device, DEVICES, "--device")
-    choice(cfg.feature_norm, FEATURE_NORMS, "--feature-norm")
+    problems: list[str] = []
+    problems += not_one_of(cfg.model, MODELS, "--model")
+    problems += not_one_of(cfg.optimizer, OPTIMIZERS, "--optimizer")
+    problems += not_one_of(cfg.scheduler, SCHEDULERS, "--scheduler")
+    problems += not_one_of(cfg.loss, LOSS_PRESETS, "--loss")
+    problems += not_one_of(cfg.gnn, GAT_ENGINES, "--gnn")
+    problems += not_one_of(cfg.device, DEVICES, "--device")
+    problems += not_one_of(cfg.feature_norm, FEATURE_NORMS, "--feature-norm")
     for part in cfg.ablate:
-        choice(part, ABLATIONS, "--ablate")
+        problems += not_one_of(part, ABLATIONS, "--ablate")
     if cfg.ablate and cfg.model != "asign3d":
         problems.append(f"--ablate applies to asign3d, not {cfg.model}")
     from asign.train.protocol import known_tokens

@@ -7,14 +7,18 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-NOT_PACKAGE = ("tests", "bench", "tools", "docs", "build", ".venv", ".lock-venv", ".git")
+NOT_PACKAGE = ("tests", "bench", "tools", "docs", "build")  # hidden folders (.venv, .git) too
 PARQUET_WRITES = {"write_table", "ParquetWriter", "to_parquet", "write_dataset"}
 
 
 def _modules() -> list[Path]:
     """Every module of the package, found on disk (a new sub-package is checked too)."""
-    return sorted(p for p in ROOT.rglob("*.py")
-                  if p.relative_to(ROOT).parts[0] not in NOT_PACKAGE and "egg-info" not in str(p))
+    found = list(ROOT.glob("*.py"))
+    for d in ROOT.iterdir():  # the venv is not walked: only the package's own folders
+        if (d.is_dir() and d.name not in NOT_PACKAGE and not d.name.startswith(".")
+                and not d.name.endswith(".egg-info")):
+            found += d.rglob("*.py")
+    return sorted(found)
 
 
 def _imports(tree: ast.AST) -> set[str]:
