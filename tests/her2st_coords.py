@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tests.her2st_small import HER2ST
+from her2st_small import HER2ST
 
 UM_PER_PX = 0.69
 SECTIONS = ("C1", "C2", "C3", "C4", "C5", "C6")

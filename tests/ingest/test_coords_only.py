@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from asign.cli import app
-from tests.her2st_coords import GENES, inline_idw_pcc_gene, write_coords_manifest
+from her2st_coords import GENES, inline_idw_pcc_gene, write_coords_manifest
 
 runner = CliRunner()
 
@@ -167,7 +167,7 @@ def test_section_um_option_overrides_and_is_recorded(tmp_path):
 def test_her2st_without_images_names_what_is_missing(tmp_path):
     import shutil
 
-    from tests.her2st_small import HER2ST
+    from her2st_small import HER2ST
 
     for sub in ("ST-cnts", "ST-spotfiles"):
         (tmp_path / "h" / sub).mkdir(parents=True)
@@ -242,7 +242,7 @@ def test_referee_drops_when_a_section_is_misplaced():
     import numpy as np
 
     from asign.ingest.referee import referee_pcc
-    from tests.her2st_coords import section_xy_labels
+    from her2st_coords import section_xy_labels
 
     (xa, ya), (xb, yb) = section_xy_labels("C2"), section_xy_labels("C3")
     t = np.deg2rad(20.0)
