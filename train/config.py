@@ -195,6 +195,11 @@ def validate(cfg: TrainConfig) -> None:
     problems += not_one_of(cfg.feature_norm, FEATURE_NORMS, "--feature-norm")
     for part in cfg.ablate:
         problems += not_one_of(part, ABLATIONS, "--ablate")
+    from asign.store.names import name_problem
+
+    bad_run = name_problem(cfg.run)  # the run name becomes part of the run's file names
+    if bad_run:
+        problems.append(f"--run {cfg.run!r} {bad_run}")
     if cfg.ablate and cfg.model != "asign3d":
         problems.append(f"--ablate applies to asign3d, not {cfg.model}")
     from asign.train.protocol import known_tokens
