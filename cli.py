@@ -138,6 +138,12 @@ def _command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callab
                 return fn(*a, **kw)
             except AsignError as err:
                 raise _fail(err) from None
+            except (MemoryError, RuntimeError) as err:  # the host's limit, named in one line
+                from asign.errors import out_of_memory
+
+                if (mem := out_of_memory(err)) is None:
+                    raise
+                raise _fail(mem) from None
             finally:
                 _AS_JSON.reset(token)
 
@@ -270,6 +276,9 @@ def train(
     threads: Annotated[int | None, typer.Option("--threads", help="Torch CPU threads per run. Default on CPU (asign3d, asign2d, cli): the cores idle when the run starts (usable cores − 1-min load average, ≥ 1; a heuristic, not a measurement), recorded in the run's config; beside another job torch's all-cores default measured 6× slower than 1 thread (bench/threads.py). Pass it to fix the count across reruns. With --workers N: cores // N; with --scheduler: the worker's threads.", rich_help_panel=_RUN)] = None,
     seed: Annotated[str, typer.Option("--seed", help="Random seed (runs are deterministic); a comma-separated list (0,1,2) runs each.", rich_help_panel=_RUN)] = "0",
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its checkpoint.", rich_help_panel=_RUN)] = False,
+    wait: Annotated[float, typer.Option(
+        "--wait", help="Seconds to wait while an ingest writes this store, then fail naming it.",
+        rich_help_panel=_RUN)] = 0.0,
     coverage: Annotated[float, typer.Option("--coverage", help="Per-spot, per-gene intervals at this coverage, calibrated on known spots (0 = none).", rich_help_panel=_PROTO)] = _train_default("coverage"),
     workers: WorkersOpt = 0,
     dask_scheduler: SchedulerOpt = None,
@@ -293,7 +302,7 @@ def train(
         cli_per_node_gate=per_node_gate, ablate=_split(ablate),
         feature_norm=feature_norm, finetune_spot_encoder=finetune_spot_encoder,
         finetune_batch=finetune_batch, device=device, threads=threads, seed=seeds[0], coverage=coverage,
-        resume=resume, minibatch_above=minibatch_above, block_spots=block_spots,
+        resume=resume, wait=wait, minibatch_above=minibatch_above, block_spots=block_spots,
     )
     results, dispatched = train_runs(cfg, models, seeds, workers=workers, scheduler=dask_scheduler)
     if as_json:
