@@ -320,17 +320,19 @@ def query(
     store: StoreOpt,
     fmt: Annotated[str, typer.Option("--format", "-f", parser=_choice(_query_formats), help="How the result is printed: table, json or csv.")] = "table",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Save the result to FILE instead of printing it (.csv, .json or .parquet by extension; written atomically, never inside the store).")] = None,
+    max_rows: Annotated[int, typer.Option(
+        "--max-rows", help="Rows a table shows (0 = all); --out or --format csv/json give all.")] = 1000,
+    memory_limit: Annotated[str | None, typer.Option(
+        "--memory-limit", help="DuckDB's memory limit, e.g. 2GB (default: a quarter of RAM).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run read-only SQL (DuckDB) over the store and its results. Only SELECT/EXPLAIN run;
     the connection sees nothing but the store's views."""
-    from asign.commands.query import print_result, run_query
+    from asign.commands.query import run_query
 
-    result = run_query(store, sql, out)
-    if out is None:
-        print_result(result, "json" if as_json else fmt)
-    else:
-        typer.echo(f"{result.num_rows} row(s) written to {out}", err=True)
+    n = run_query(store, sql, out, "json" if as_json else fmt, max_rows, memory_limit)
+    if out is not None:
+        typer.echo(f"{n} row(s) written to {out}", err=True)
 
 
 @_command(cls=_Command)

@@ -111,5 +111,23 @@ def _vet(pf: pq.ParquetFile, path: Path, check_rows: Callable[[int], None] | Non
     if sum(meta.row_group(i).num_rows for i in range(meta.num_row_groups)) != claimed:
         raise StoreError("table footer is inconsistent (row groups do not add up to its row count)",
                          path=path, fix="delete the file and re-run the command that wrote it")
+    check_claims(meta, path)
     if check_rows is not None:
         check_rows(claimed)
+
+
+# Far above what asign's tables compress to (≥ ~4 bytes a row, ≤ ~50× their size decoded),
+# far below what a forged footer claims to exhaust memory; SLACK lets small tables pass.
+ROWS_PER_BYTE, DECODED_PER_BYTE = 1_000, 2_000
+ROWS_SLACK, DECODED_SLACK = 1_000_000, 256 << 20
+
+
+def check_claims(meta: pq.FileMetaData, path: Path) -> None:
+    """Refuse a file whose footer claims more rows or decoded bytes than a file of its size
+    can hold, before anything is decoded, whether or not its write was recorded."""
+    size = Path(path).stat().st_size
+    decoded = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    if meta.num_rows > ROWS_PER_BYTE * size + ROWS_SLACK or decoded > DECODED_PER_BYTE * size + DECODED_SLACK:
+        raise StoreError(f"table footer claims {meta.num_rows} rows ({decoded >> 20} MiB decoded) in "
+                         f"a file of {size} bytes (forged or corrupt); not read", path=path,
+                         fix="run `asign check`; delete the file and re-run the command that wrote it")
