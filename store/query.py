@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import glob as _glob
 import logging
-import os
 import re
 import tempfile
 import time
@@ -114,9 +113,10 @@ def _vetted(layout: StoreLayout, name: str, path: Path, cache: dict[Path, dict])
         if meta is None:
             return False
         check_version(meta.schema.to_arrow_schema(), path)
-        check_claims(meta, path)
         try:
-            check_rows(layout, name, path.stem, path, meta.num_rows, cache if attempt == 0 else None)
+            if not check_rows(layout, name, path.stem, path, meta.num_rows,
+                              cache if attempt == 0 else None):
+                check_claims(meta, path)  # not recorded: judged by its size
             return True
         except StoreError:
             if attempt + 1 == VET_ATTEMPTS:
@@ -208,13 +208,9 @@ def refuse_writes(sql: str, layout: StoreLayout) -> None:
 def default_memory_limit() -> str:
     """``MEMORY_FRACTION`` of the host's memory, or of the process's address-space limit
     when that is lower (DuckDB's own default, 80 % of RAM, starves a shared host)."""
-    import resource
+    from asign.store.parquet import host_memory
 
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
-    if limit != resource.RLIM_INFINITY:
-        total = min(total, limit)
-    return f"{max(64, int(total * MEMORY_FRACTION) >> 20)}MiB"
+    return f"{max(64, int(host_memory() * MEMORY_FRACTION) >> 20)}MiB"
 
 
 def check_memory_limit(value: str | None) -> list[str]:
