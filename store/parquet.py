@@ -124,9 +124,9 @@ def _vet(pf: pq.ParquetFile, path: Path, check_rows: Callable[[int], bool | None
 
 
 # An unrecorded file (a stranger, or an older asign's) may claim at most this many rows per
-# byte: asign's tables hold ≤ ~12 (3M predictions of a mean model, zstd: 11), a forged or
-# degenerate file of repeated values ~150 and more; SLACK lets small tables pass.
-ROWS_PER_BYTE, ROWS_SLACK = 50, 1_000_000
+# byte: asign's tables hold ≤ ~12 (3M predictions of a mean model, zstd: 11), a file of one
+# repeated row 40 and more; SLACK lets small tables pass.
+ROWS_PER_BYTE, ROWS_SLACK = 25, 1_000_000
 _WIDTH = {"BOOLEAN": 1, "INT32": 4, "FLOAT": 4, "INT64": 8, "DOUBLE": 8, "INT96": 12}
 DECODE_FRACTION = 0.5  # of the host's memory (or address-space limit): one whole-file read
 
