@@ -84,6 +84,7 @@ def connect(layout: StoreLayout, spill_dir: Path | None = None,
                                     "file: delete it, or re-run the `asign train` command that "
                                     "wrote it)", err.path, err.message, name)
             if broken:
+                _BROKEN[str(broken[0])] = broken[0]  # raised as itself when the view is read
                 con.register(f"_empty_{name}", TABLES[name].empty_table())
                 con.execute(f"CREATE VIEW {name} AS SELECT * FROM _empty_{name} "
                             f"WHERE (SELECT error({_literal(str(broken[0]))})) IS NULL")
@@ -275,8 +276,15 @@ def run_query(layout: StoreLayout, sql: str, memory_limit: str | None = None) ->
         return pa.Table.from_batches(list(result), result.schema)
 
 
+# The errors of damaged ingest tables whose views fail when read (connect), by message.
+_BROKEN: dict[str, StoreError] = {}
+
+
 def _query_error(err: Exception, layout: StoreLayout) -> StoreError:
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    own = _BROKEN.get(first.removeprefix("Invalid Input Error: "))
+    if own is not None:
+        return own
     if "disabled by configuration" in first or "configuration has been locked" in first:
         return QueryRefused(f"query refused: {first}", path=layout.root,
                             fix="`asign query` reads only the store's views (no other files, settings "
