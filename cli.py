@@ -321,9 +321,11 @@ def query(
     fmt: Annotated[str, typer.Option("--format", "-f", parser=_choice(_query_formats), help="How the result is printed: table, json or csv.")] = "table",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Save the result to FILE instead of printing it (.csv, .json or .parquet by extension; written atomically, never inside the store).")] = None,
     max_rows: Annotated[int, typer.Option(
-        "--max-rows", help="Rows a table shows (0 = all); --out or --format csv/json give all.")] = 1000,
+        "--max-rows",
+        help="Rows a table shows (0 = all); --out or --format csv/json give all.")] = 1000,
     memory_limit: Annotated[str | None, typer.Option(
-        "--memory-limit", help="DuckDB's memory limit, e.g. 2GB (default: a quarter of RAM).")] = None,
+        "--memory-limit",
+        help="DuckDB's memory limit, e.g. 2GB (default: a quarter of RAM).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run read-only SQL (DuckDB) over the store and its results. Only SELECT/EXPLAIN run;

@@ -98,8 +98,8 @@ def out_of_memory(err: BaseException) -> ResourceError | None:
     import resource
 
     limit = resource.getrlimit(resource.RLIMIT_AS)[0]
-    cause = ("the process's address-space limit (ulimit -v) is "
-             f"{limit >> 20} MiB" if limit != resource.RLIM_INFINITY else "the host is out of memory")
+    cause = (f"the process's address-space limit (ulimit -v) is {limit >> 20} MiB"
+             if limit != resource.RLIM_INFINITY else "the host is out of memory")
     return ResourceError(f"out of memory: {cause} ({text[:160]})",
-                         fix="raise the limit (ulimit -v) or free memory; --threads 1 and a smaller "
-                             "--batch-size need less")
+                         fix="raise the limit (ulimit -v) or free memory; --threads 1 and a "
+                             "smaller --batch-size need less")

@@ -141,8 +141,8 @@ def _acquire(fd: int, path: Path, mode: int, wait: float, what: str) -> None:
         blocker = _blocker(path)
         if time.monotonic() >= deadline:
             raise StoreError(blocker, path=path.parents[1],
-                             fix=f"wait for it to finish, or pass --wait SECONDS (waited {wait:g} s)"
-                             ) from None
+                             fix="wait for it to finish, or pass --wait SECONDS "
+                                 f"(waited {wait:g} s)") from None
         if not told:
             log.warning("%s; this %s is waiting up to %g s", blocker, what, wait)
             told = True

@@ -24,7 +24,8 @@ from collections.abc import Iterable
 from asign.errors import InputError
 
 MAX_CHARS = 120  # file names carry suffixes such as "_fine.png"; 255 bytes is the usual limit
-_WINDOWS_DEVICES = re.compile(r"^(con|prn|aux|nul|com[0-9¹²³]|lpt[0-9¹²³])(\..*)?$", re.IGNORECASE)
+_WINDOWS_DEVICES = re.compile(r"^(con|prn|aux|nul|com[0-9¹²³]|lpt[0-9¹²³])(\..*)?$",
+                              re.IGNORECASE)
 
 
 def file_name(key: str) -> str:

@@ -137,7 +137,8 @@ def check_claims(meta: pq.FileMetaData, path: Path) -> None:
     if meta.num_rows > ROWS_PER_BYTE * size + ROWS_SLACK:
         raise StoreError(f"table footer claims {meta.num_rows} rows in a file of {size} bytes "
                          "(forged, or not written by asign); not read", path=path,
-                         fix="run `asign check`; delete the file and re-run the command that wrote it")
+                         fix="run `asign check`; delete the file and re-run the command that "
+                             "wrote it")
 
 
 def decoded_bytes(meta: pq.FileMetaData, columns: list[str] | None = None) -> int:

@@ -287,8 +287,8 @@ def _query_error(err: Exception, layout: StoreLayout) -> StoreError:
         return own
     if "disabled by configuration" in first or "configuration has been locked" in first:
         return QueryRefused(f"query refused: {first}", path=layout.root,
-                            fix="`asign query` reads only the store's views (no other files, settings "
-                                "or extensions)")
+                            fix="`asign query` reads only the store's views (no other files, "
+                                "settings or extensions)")
     if "Out of Memory" in first or "out of memory" in first:
         return StoreError(f"query needs more memory than its limit: {first}", path=layout.root,
                           fix="narrow the query (WHERE, LIMIT, fewer columns), or raise "

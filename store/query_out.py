@@ -75,8 +75,9 @@ def strict_json(value: Any) -> str:
     return json.dumps(_clean(value), indent=1, default=str, allow_nan=False)
 
 
-def write_json(schema: pa.Schema, batches: Iterable[pa.RecordBatch], fh: IO[str]) -> int:  # noqa: ARG001
-    """A list of row objects, written row by row (strict JSON, as ``strict_json``)."""
+def write_json(schema: pa.Schema, batches: Iterable[pa.RecordBatch], fh: IO[str]) -> int:
+    """A list of row objects, written row by row (strict JSON, as ``strict_json``);
+    ``schema`` is unused (the same signature as ``write_csv``)."""
     rows = 0
     fh.write("[")
     for batch in batches:
@@ -87,7 +88,8 @@ def write_json(schema: pa.Schema, batches: Iterable[pa.RecordBatch], fh: IO[str]
     return rows
 
 
-def write_csv(schema: pa.Schema | pa.Table, batches: Iterable[pa.RecordBatch] | IO[str] | None = None,
+def write_csv(schema: pa.Schema | pa.Table,
+              batches: Iterable[pa.RecordBatch] | IO[str] | None = None,
               fh: IO[str] | None = None) -> int:
     """CSV with LF line ends, as DuckDB's own CLI writes them (csv's default CR LF breaks
     ``... | grep -qx 0`` and friends in a shell). ``write_csv(table, fh)`` also works."""

@@ -189,7 +189,8 @@ def test_forged_or_swollen_results_are_caught(with_run):
     t0 = time.perf_counter()
     # one run's damaged results file is left out of its view with a warning naming it; it
     # does not take the store's queries down
-    code, out, err = cli("query", "--store", store, "SELECT count(*) AS n FROM metrics", "-f", "csv")
+    code, out, err = cli("query", "--store", store, "SELECT count(*) AS n FROM metrics",
+                         "-f", "csv")
     assert code == 0 and out.splitlines() == ["n", "0"], err
     assert f"{path}: table claims {rows} rows" in err and f"{table.num_rows} were recorded" in err
     assert "left out of the metrics view" in err

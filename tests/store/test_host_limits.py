@@ -16,7 +16,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBU
 LIMIT = 3_000_000 * 1024  # the issue's `ulimit -v 3000000` (kB)
 
 
-def _limited(code: str, limit: int | str = LIMIT, timeout: float = 180) -> subprocess.CompletedProcess:
+def _limited(code: str, limit: int | str = LIMIT,
+             timeout: float = 180) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh Python whose address space is limited to ``limit`` bytes (an
     expression may use ``vm()``, the process's size now)."""
     pre = textwrap.dedent(f"""
@@ -66,7 +67,8 @@ def test_map_grows_while_a_reader_in_another_process_reads(tmp_path):
             for i in range(1, 201):
                 v.put_many([(b"k%d" % i, os.urandom(1 << 20))])
             print(v.env.info()["map_size"], flush=True)
-    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=ENV)
     try:
         assert writer.stdout.readline().strip() == "first", writer.stderr.read()
         with open_vectors(path, readonly=True) as reader:

@@ -56,7 +56,8 @@ def test_accepted_ids_never_share_a_file(ids):
         assert path.parent.as_posix() == "/s/tables/spots"  # never a folder of its own
 
 
-@pytest.mark.parametrize("ids", [["pt 1", "pt_1"], ["C", "c"], ["\u00c5", "\u212b"], ["a:b", "a?b"]])
+@pytest.mark.parametrize("ids", [["pt 1", "pt_1"], ["C", "c"], ["\u00c5", "\u212b"],
+                                 ["a:b", "a?b"]])
 def test_collisions_name_both_ids(ids):
     with pytest.raises(InputError) as err:
         check_names("sample id", ids, where="m.toml")

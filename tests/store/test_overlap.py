@@ -33,7 +33,8 @@ def _holder(store: Path, kind: str) -> subprocess.Popen:
     code = ("import time; from pathlib import Path; from asign.store.locks import " + lock + "\n"
             f"with {lock}(Path({str(store / 'locks' / 'ingest.lock')!r}), wait=0):\n"
             "    print('held', flush=True); time.sleep(300)")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=ENV)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            env=ENV)
     assert proc.stdout.readline().strip() == "held"
     return proc
 
@@ -55,7 +56,8 @@ def test_train_during_an_ingest_is_refused_naming_it_then_runs(toy_store):
         assert "is waiting up to 1 s" in out.stderr
     finally:
         _kill(holder)  # -9: the kernel frees its lock; nothing is left to clean up
-    assert not (toy_store / "results" / "runs").exists() or not any((toy_store / "results" / "runs").iterdir())
+    runs = toy_store / "results" / "runs"
+    assert not runs.exists() or not any(runs.iterdir())  # the refused train wrote nothing
     out = _cli("train", "--store", toy_store, "--model", "mean", "--run", "m")
     assert out.returncode == 0, out.stderr
 
@@ -81,8 +83,9 @@ def test_ingest_during_a_train_waits_then_names_the_train(tmp_path):
 def test_a_real_train_holds_the_store_while_it_runs(toy_store):
     """A live `asign train` (not a stand-in) keeps an ingest out while it runs."""
     proc = subprocess.Popen([sys.executable, "-m", "asign.cli", "train", "--store", str(toy_store),
-                             "--model", "asign2d", "--run", "slow", "--epochs", "400", "--hidden", "16",
-                             "--heads", "1", "--threads", "1"], stdout=subprocess.DEVNULL,
+                             "--model", "asign2d", "--run", "slow", "--epochs", "400",
+                             "--hidden", "16", "--heads", "1", "--threads", "1"],
+                            stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, env=ENV)
     try:
         readers = toy_store / "locks" / "ingest.lock.readers"
@@ -91,7 +94,8 @@ def test_a_real_train_holds_the_store_while_it_runs(toy_store):
             assert time.monotonic() < deadline
             time.sleep(0.1)
         assert proc.poll() is None, proc.stderr.read()
-        with pytest.raises(StoreError) as err, writer_lock(toy_store / "locks" / "ingest.lock", wait=0):
+        lock = toy_store / "locks" / "ingest.lock"
+        with pytest.raises(StoreError) as err, writer_lock(lock, wait=0):
             pass
         assert f"a train is reading this store: pid {proc.pid} " in str(err.value)
         assert "train --store" in str(err.value)  # the holder's command line

@@ -116,7 +116,8 @@ def test_duckdb_runs_under_a_memory_limit(toy_store):
     assert limit <= 0.26 * host_memory()  # DuckDB's own default would be 80 %
     code, out, err = _query(toy_store, "select current_setting('memory_limit') m", "--memory-limit",
                             "100MB")
-    assert code == 0 and "MiB" in out.splitlines()[1] and float(out.splitlines()[1].split()[0]) < 100
+    shown = out.splitlines()[1]
+    assert code == 0 and "MiB" in shown and float(shown.split()[0]) < 100
     line = one_error(*_query(toy_store, "select 1", "--memory-limit", "lots")[::2])
     assert "--memory-limit 'lots'" in line
 
@@ -124,7 +125,8 @@ def test_duckdb_runs_under_a_memory_limit(toy_store):
 def _png_header(width: int, height: int) -> bytes:
     """A PNG whose IHDR claims width × height, followed by a tiny IDAT: a few dozen bytes."""
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
