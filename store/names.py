@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Iterable
+from pathlib import Path
 
 from asign.errors import InputError
 
@@ -55,12 +56,13 @@ def name_problem(key: str) -> str | None:
     return None
 
 
-def check_names(kind: str, keys: Iterable[str], *, where: str | None = None,
-                existing: Iterable[str] = ()) -> None:
+def check_names(kind: str, keys: Iterable[str], *, where: str | Path | None = None,
+                existing: Iterable[str] = (), fix: str | None = None,
+                portable: bool = True) -> None:
     """Refuse ``keys`` (``kind``: "sample id", "section id", "run name" …) unless each can
     name a file and no two of them, nor one of them and an ``existing`` id (already in the
     store), share a file. Raises one InputError naming the ids; ``where`` is the file or
-    store they come from."""
+    store they come from. ``portable=False`` checks collisions only (ids already stored)."""
     seen: dict[str, str] = {}
     for key in existing:
         seen.setdefault(collision_key(key), key)
@@ -68,12 +70,12 @@ def check_names(kind: str, keys: Iterable[str], *, where: str | None = None,
     for key in keys:
         if key in mine:
             raise InputError(f"{kind} {key!r} is given twice", path=where,
-                             fix=f"give every {kind} once (they must be unique in a store)")
+                             fix=fix or f"give every {kind} once (they must be unique in a store)")
         mine.add(key)
-        problem = name_problem(key)
+        problem = name_problem(key) if portable else None
         if problem is not None:
             raise InputError(f"{kind} {key!r} {problem}", path=where,
-                             fix=f"rename it: a {kind} names files in the store")
+                             fix=fix or f"rename it: a {kind} names files in the store")
         ck = collision_key(key)
         other = seen.get(ck)
         if other is not None and other != key:
@@ -81,5 +83,5 @@ def check_names(kind: str, keys: Iterable[str], *, where: str | None = None,
                 f"{kind}s {other!r} and {key!r} would share the file name {file_name(key)!r} "
                 "(ids are stored as file names: characters other than letters, digits, - _ . "
                 "become _, and case is ignored)", path=where,
-                fix=f"rename one of them so that the {kind}s differ in letters or digits")
+                fix=fix or f"rename one of them so that the {kind}s differ in letters or digits")
         seen.setdefault(ck, key)

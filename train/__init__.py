@@ -75,6 +75,12 @@ def _run_read(cfg: TrainConfig, store: Any, reporter: Any, max_epochs: int | Non
     infos = [SectionInfo(str(r["sample_id"]), str(r["section_id"]), int(r["z"]),
                          bool(r["has_counts"]), bool(r["has_image"]), bool(r.get("has_coords")))
              for r in store.read("sections").to_pylist()]
+    # a store written before ids were vetted may hold two samples in one file: refuse it
+    from asign.store.names import check_names
+
+    check_names("sample id", sorted({i.sample_id for i in infos}), where=store.root,
+                fix="re-ingest these samples under distinct ids into a new --store",
+                portable=False)
     plan_args = dict(known=cfg.known, samples=cfg.samples, extra_2d=cfg.extra_2d)
     fold_of = None
     if cfg.folds >= 2:

@@ -113,3 +113,20 @@ def test_run_names_that_cannot_name_a_file_are_refused(tmp_path):
     code, err = (lambda r: (r.exit_code, r.stderr))(runner.invoke(
         app, ["train", "--store", str(tmp_path), "--model", "mean", "--run", ".x"]))
     assert "--run '.x' starts with a dot" in one_error(code, err)
+
+
+def test_train_on_a_store_already_holding_a_collision_refuses_in_one_line(tmp_path, monkeypatch):
+    """A store written before ids were vetted (here: the check switched off) holds `pt 1` and
+    `pt_1` in one file; train refuses it by name instead of an IndexError."""
+    import asign.ingest.step_register as step_register
+
+    a, b = simple("pt 1", seed=1), simple("pt_1", seed=2)
+    manifest = write_manifest(tmp_path / "src", ManifestSpec(a.sections + b.sections))
+    monkeypatch.setattr(step_register, "check_ids", lambda *args: None)
+    code, err = _ingest(manifest, tmp_path / "store")
+    assert code == 0, err
+    monkeypatch.undo()
+    result = runner.invoke(app, ["train", "--store", str(tmp_path / "store"), "--model", "mean",
+                                 "--samples", "pt 1"])
+    line = one_error(result.exit_code, result.stderr)
+    assert "'pt 1' and 'pt_1' would share" in line and "new --store" in line
