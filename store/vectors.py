@@ -8,9 +8,11 @@ writes through the typed methods of :class:`Vectors` (``put``, ``embeddings``, `
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +54,45 @@ class EmbeddingRows:
     vectors: np.ndarray  # (len(ids), dim) float16
 
 
+class _ResizeGuard:
+    """Many transactions at once, or one map resize alone (a readers-writer lock)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._open = 0
+        self._resizing = False
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._resizing)
+            self._open += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._open -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def alone(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._resizing)
+            self._resizing = True
+            self._cond.wait_for(lambda: self._open == 0)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._resizing = False
+                self._cond.notify_all()
+
+
 @dataclass
 class Vectors:
     path: Path
     env: Any
+    guard: _ResizeGuard = field(default_factory=_ResizeGuard)
 
     def close(self) -> None:
         self.env.close()
@@ -66,16 +103,27 @@ class Vectors:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _begin(self, write: bool = False) -> Any:
-        """A transaction; when another process grew the map since this one opened it,
-        adopt the new size first (LMDB refuses the transaction until then)."""
+    @contextlib.contextmanager
+    def _begin(self, write: bool = False) -> Iterator[Any]:
+        """A transaction, never while this process resizes the map (LMDB requires that no
+        transaction of the process be open then: loader threads read while a background
+        thread writes). When another process grew the map since this one opened it, the
+        new size is adopted first (LMDB refuses the transaction until then)."""
         import lmdb
 
-        try:
-            return self.env.begin(write=write)
-        except lmdb.MapResizedError:
-            self.env.set_mapsize(0)  # 0: the size the writer recorded
-            return self.env.begin(write=write)
+        for attempt in range(2):
+            with self.guard.shared():
+                try:
+                    txn = self.env.begin(write=write)
+                except lmdb.MapResizedError:
+                    if attempt:
+                        raise
+                else:
+                    with txn:
+                        yield txn
+                    return
+            with self.guard.alone():
+                self.env.set_mapsize(0)  # 0: the size the writer recorded
 
     def _write(self, body: Any) -> Any:
         """Run ``body(txn)`` in one write transaction; a full map is doubled and the whole
@@ -87,7 +135,8 @@ class Vectors:
                 with self._begin(write=True) as txn:
                     return body(txn)
             except lmdb.MapFullError:
-                _grow(self.env, self.path)
+                with self.guard.alone():
+                    _grow(self.env, self.path)
 
     def put_many(self, items: Iterable[tuple[bytes, bytes]]) -> None:
         """One transaction: all items land, or none do."""

@@ -99,3 +99,35 @@ def test_a_map_that_cannot_be_had_is_named_as_the_limit(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "address-space limit (ulimit -v)" in out.stdout and "Fix: raise the limit" in out.stdout
     assert "permissions" not in out.stdout
+
+
+def test_map_grows_while_threads_of_the_same_process_read(tmp_path):
+    """Serial embed reads patches in loader threads while a background thread writes: a
+    resize waits for their transactions (LMDB forbids one while any is open)."""
+    import threading
+
+    from asign.store.vectors import START_MAP, open_vectors
+
+    with open_vectors(tmp_path / "v.lmdb") as vec:
+        vec.put_many([(b"k0", b"x" * 100)])
+        stop, errors, reads = threading.Event(), [], [0]
+
+        def read() -> None:
+            while not stop.is_set():
+                try:
+                    assert vec.get(b"k0") == b"x" * 100
+                    reads[0] += 1
+                except Exception as err:  # noqa: BLE001 (collected for the assertion below)
+                    errors.append(err)
+                    return
+
+        threads = [threading.Thread(target=read) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for i in range(1, 101):
+            vec.put_many([(b"k%d" % i, os.urandom(1 << 20))])
+        stop.set()
+        for t in threads:
+            t.join()
+        assert errors == [] and reads[0] > 0
+        assert vec.env.info()["map_size"] > START_MAP and vec.count(b"k") == 101
