@@ -138,6 +138,12 @@ def _command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callab
                 return fn(*a, **kw)
             except AsignError as err:
                 raise _fail(err) from None
+            except (MemoryError, RuntimeError) as err:  # the host's limit, named in one line
+                from asign.errors import out_of_memory
+
+                if (mem := out_of_memory(err)) is None:
+                    raise
+                raise _fail(mem) from None
             finally:
                 _AS_JSON.reset(token)
 
@@ -270,6 +276,9 @@ def train(
     threads: Annotated[int | None, typer.Option("--threads", help="Torch CPU threads per run. Default on CPU (asign3d, asign2d, cli): the cores idle when the run starts (usable cores − 1-min load average, ≥ 1; a heuristic, not a measurement), recorded in the run's config; beside another job torch's all-cores default measured 6× slower than 1 thread (bench/threads.py). Pass it to fix the count across reruns. With --workers N: cores // N; with --scheduler: the worker's threads.", rich_help_panel=_RUN)] = None,
     seed: Annotated[str, typer.Option("--seed", help="Random seed (runs are deterministic); a comma-separated list (0,1,2) runs each.", rich_help_panel=_RUN)] = "0",
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its checkpoint.", rich_help_panel=_RUN)] = False,
+    wait: Annotated[float, typer.Option(
+        "--wait", help="Seconds to wait while an ingest writes this store, then fail naming it.",
+        rich_help_panel=_RUN)] = 0.0,
     coverage: Annotated[float, typer.Option("--coverage", help="Per-spot, per-gene intervals at this coverage, calibrated on known spots (0 = none).", rich_help_panel=_PROTO)] = _train_default("coverage"),
     workers: WorkersOpt = 0,
     dask_scheduler: SchedulerOpt = None,
@@ -293,7 +302,7 @@ def train(
         cli_per_node_gate=per_node_gate, ablate=_split(ablate),
         feature_norm=feature_norm, finetune_spot_encoder=finetune_spot_encoder,
         finetune_batch=finetune_batch, device=device, threads=threads, seed=seeds[0], coverage=coverage,
-        resume=resume, minibatch_above=minibatch_above, block_spots=block_spots,
+        resume=resume, wait=wait, minibatch_above=minibatch_above, block_spots=block_spots,
     )
     results, dispatched = train_runs(cfg, models, seeds, workers=workers, scheduler=dask_scheduler)
     if as_json:
@@ -311,17 +320,21 @@ def query(
     store: StoreOpt,
     fmt: Annotated[str, typer.Option("--format", "-f", parser=_choice(_query_formats), help="How the result is printed: table, json or csv.")] = "table",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Save the result to FILE instead of printing it (.csv, .json or .parquet by extension; written atomically, never inside the store).")] = None,
+    max_rows: Annotated[int, typer.Option(
+        "--max-rows",
+        help="Rows a table shows (0 = all); --out or --format csv/json give all.")] = 1000,
+    memory_limit: Annotated[str | None, typer.Option(
+        "--memory-limit",
+        help="DuckDB's memory limit, e.g. 2GB (default: a quarter of RAM).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run read-only SQL (DuckDB) over the store and its results. Only SELECT/EXPLAIN run;
     the connection sees nothing but the store's views."""
-    from asign.commands.query import print_result, run_query
+    from asign.commands.query import run_query
 
-    result = run_query(store, sql, out)
-    if out is None:
-        print_result(result, "json" if as_json else fmt)
-    else:
-        typer.echo(f"{result.num_rows} row(s) written to {out}", err=True)
+    n = run_query(store, sql, out, "json" if as_json else fmt, max_rows, memory_limit)
+    if out is not None:
+        typer.echo(f"{n} row(s) written to {out}", err=True)
 
 
 @_command(cls=_Command)

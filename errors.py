@@ -82,3 +82,24 @@ def not_one_of(value: str, allowed: Iterable[str], flag: str) -> list[str]:
     """No problem when ``value`` is allowed, else the line a ConfigErrors lists for it."""
     allowed = tuple(allowed)
     return [] if value in allowed else [f"{flag} {value!r} is not one of {', '.join(allowed)}"]
+
+
+class ResourceError(AsignError):
+    """The host refused a resource: memory or address space (``ulimit -v``)."""
+
+
+def out_of_memory(err: BaseException) -> ResourceError | None:
+    """The one-line error for a failed allocation (MemoryError, or the RuntimeError torch
+    raises), naming the limit that caused it; None for any other exception."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if not isinstance(err, MemoryError) and not any(
+            s in text for s in ("allocate memory", "Cannot allocate", "out of memory")):
+        return None
+    import resource
+
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    cause = (f"the process's address-space limit (ulimit -v) is {limit >> 20} MiB"
+             if limit != resource.RLIM_INFINITY else "the host is out of memory")
+    return ResourceError(f"out of memory: {cause} ({text[:160]})",
+                         fix="raise the limit (ulimit -v) or free memory; --threads 1 and a "
+                             "smaller --batch-size need less")

@@ -112,6 +112,7 @@ def _run(cfg: IngestConfig, resolved: str | None, store: Store, rep: Reporter | 
         runner.rep = rep
         if "register" in cfg.steps:
             samples = _read(cfg)
+            step_register.check_ids(store, samples, cfg.sources)  # before anything is written
             hashes = step_register.input_hashes(samples)
             fp_reg = step_register.register_fingerprint(cfg, samples, hashes)
             if all(step_fingerprint(manifest, s.sample_id, "register") == fp_reg

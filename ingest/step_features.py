@@ -8,6 +8,7 @@ fixed batch: markers are written in the same LMDB transaction as the data."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable, Iterable
@@ -73,7 +74,8 @@ def run_patches(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: R
     unit_section: list[str] = []
     chunks_of: dict[str, int] = {}
     task = rep.task(f"patches {sample_id}", total=len(spots))
-    with store.vectors(readonly=False) as vec:
+    # a sample placed by coordinates alone has no patches: it needs no LMDB at all
+    with store.vectors(readonly=False) if len(sections) else contextlib.nullcontext() as vec:
         for sec in sections.itertuples():
             sp = spots[spots.section_id == sec.section_id]
             size = _sizes(cfg, float(sec.um_per_px))

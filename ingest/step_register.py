@@ -224,6 +224,22 @@ def labels_table(sample: SampleInput, panel: list[str], normalisation: str) -> d
     }
 
 
+def check_ids(store: Store, samples: Sequence[SampleInput], sources: Sequence[Any]) -> None:
+    """Sample and section ids name files: refuse ids that collide with each other or with
+    those of the store's other samples (names.check_names), before anything is written."""
+    from asign.store.names import check_names
+
+    mine = {s.sample_id for s in samples}
+    kept = store.read("sections", columns=["sample_id", "section_id"]).to_pylist() \
+        if store.has("sections") else []
+    kept = [r for r in kept if r["sample_id"] not in mine]
+    where = ", ".join(str(p) for p in sources) or None
+    check_names("sample id", [s.sample_id for s in samples], where=where,
+                existing=[r["sample_id"] for r in kept])
+    check_names("section id", [sec.section_id for s in samples for sec in s.sections], where=where,
+                existing=[r["section_id"] for r in kept])
+
+
 def write_register(store: Store, cfg: IngestConfig, samples: Sequence[SampleInput],
                    hashes: dict[str, Any]) -> dict[str, Any]:
     """Write sections, spots, genes and labels of ``samples`` (replacing earlier versions)."""

@@ -117,8 +117,9 @@ class Store:
 
     def _read_file(self, name: str, key: str | None, path: Path, columns: list[str] | None) -> pa.Table:
         """Read one table file after checking its footer's row count against the record."""
-        def check(claimed: int) -> None:
-            _records.check_rows(self.layout, name, key, path, claimed, strict=self.strict_rows)
+        def check(claimed: int) -> bool:
+            return _records.check_rows(self.layout, name, key, path, claimed,
+                                       strict=self.strict_rows)
 
         return read_table(path, columns, check_rows=check)
 

@@ -106,6 +106,10 @@ def _check_table_hashes(store: Store, manifest: dict[str, Any], notes: list[str]
     return problems
 
 
+# a results file belongs to one run: queries leave it out, and this is its fix
+_RERUN = "delete it, or re-run the `asign train` command that wrote it"
+
+
 def _table_files(store: Store) -> list[tuple[str, Path]]:
     layout = store.layout
     files = [(name, layout.table(name)) for name in ("sections", "genes") if layout.table(name).exists()]
@@ -123,7 +127,8 @@ def _check_table_files(store: Store, manifest: dict[str, Any], problems: list[st
         try:
             schema = pq.read_schema(path)
         except (pa.ArrowInvalid, OSError) as err:
-            problems.append(f"{path}: table is corrupt ({err}); delete it and {_REINGEST}")
+            fix = _RERUN if name in RUN_TABLES else f"delete it and {_REINGEST}"
+            problems.append(f"{path}: table is corrupt ({err}); {fix}")
             continue
         try:
             check_version(schema, path)

@@ -43,12 +43,28 @@ def decode_patch(data: bytes) -> np.ndarray:
 
     try:
         with Image.open(io.BytesIO(data)) as im:
+            check_image_claims(im.size, MAX_PATCH_PIXELS, "stored patch")
             return np.asarray(im.convert("RGB"))
-    except (OSError, UnidentifiedImageError, ValueError) as err:
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
         raise ImageError(
             f"stored patch bytes are not a readable image ({err})",
             fix="re-run `asign ingest --steps patches` to rewrite the patch store",
         ) from err
+
+
+MAX_PATCH_PIXELS = 1024 * 1024  # patches are 224 px (a few hundred at most) on a side
+
+
+def check_image_claims(size: tuple[int, int], max_pixels: int, what: str,
+                       path: object = None) -> None:
+    """Refuse an image whose header claims more pixels than ``max_pixels`` before it is
+    decoded (a few bytes of PNG can claim gigapixels)."""
+    w, h = size
+    if w <= 0 or h <= 0 or w * h > max_pixels:
+        raise ImageError(f"{what} claims {w}×{h} px, more than the {max_pixels} px it can be; "
+                         "not decoded", path=path,
+                         fix="re-run the ingest step that wrote it (`asign check` lists the "
+                             "store's problems)")
 
 
 def encode_vector(vector: np.ndarray) -> bytes:

@@ -150,5 +150,7 @@ class StoreLayout:
 
 
 def _safe(key: str) -> str:
-    """File-system-safe partition key (sample ids like 'C' or globs never contain '/')."""
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
+    """File-system-safe partition key; ids are vetted as a set by names.check_names."""
+    from asign.store.names import file_name
+
+    return file_name(key)

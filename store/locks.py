@@ -2,9 +2,12 @@
 
 The kernel drops a flock when its holder exits, however it exits (kill -9, power loss of the
 process), so a lock is never left behind and no lock is ever judged by a file's existence or
-age. Two uses:
+age. Uses:
 
-- ``writer_lock``: one ingest at a time writes a store (exclusive, waits up to ``wait`` s);
+- ``writer_lock`` / ``reader_lock``: one ingest at a time writes a store (exclusive), and
+  excludes the trains that read it (shared: any number at once); each waits up to ``wait``
+  seconds for the other, then fails in one line naming the holder (pid, host, since,
+  command);
 - ``run_lock`` / ``run_alive``: a live training process holds its run's lock (shared, so
   two identical runs may still proceed side by side); a ``running`` run whose lock nobody
   holds belongs to a process that died: it is shown as ``interrupted``.
@@ -89,27 +92,12 @@ def _say_holder(fd: int, info: bytes) -> None:
 
 @contextlib.contextmanager
 def writer_lock(path: Path, *, wait: float, what: str = "ingest") -> Iterator[None]:
-    """Hold the store's single-writer lock; wait up to ``wait`` seconds for another holder,
-    then fail with one line naming it."""
+    """Hold the store's single-writer lock (exclusive: no other writer, no reader such as a
+    train); wait up to ``wait`` seconds for the holders, then fail with one line naming them."""
     fd = _open(path, create=True)
     assert fd is not None
     try:
-        deadline = time.monotonic() + max(0.0, wait)
-        told = False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                holder = describe(read_holder(path))
-                if time.monotonic() >= deadline:
-                    raise StoreError(f"another {what} is writing this store: {holder}", path=path.parents[1],
-                                     fix=f"wait for it to finish, or pass --wait SECONDS (waited {wait:g} s)"
-                                     ) from None
-                if not told:
-                    log.warning("another %s is writing this store (%s); waiting up to %g s", what, holder, wait)
-                    told = True
-                time.sleep(min(_POLL_S, max(0.0, deadline - time.monotonic())))
+        _acquire(fd, path, fcntl.LOCK_EX, wait, what)
         _say_holder(fd, json.dumps(holder_info()).encode())
         try:
             yield
@@ -117,6 +105,128 @@ def writer_lock(path: Path, *, wait: float, what: str = "ingest") -> Iterator[No
             _say_holder(fd, b"")  # a later reader sees no stale holder
     finally:
         os.close(fd)  # releases the lock
+
+
+@contextlib.contextmanager
+def reader_lock(path: Path, *, wait: float, what: str = "train") -> Iterator[None]:
+    """Hold the store's lock shared: any number of readers (trains) at once, none beside a
+    writer (an ingest). Each reader names itself in a file of its own under
+    ``<lock>.readers/`` (locked by it, so a crashed reader's file is known to be dead).
+    In a store this process may not write, the lock is taken through a read-only
+    descriptor, or not at all when the lock file does not exist (no ingest ever ran)."""
+    fd = _open_shared(path)
+    if fd is None:
+        yield
+        return
+    try:
+        _acquire(fd, path, fcntl.LOCK_SH, wait, what)
+        if read_holder(path):  # left by a writer that was killed: no writer holds it now
+            _say_holder(fd, b"")
+        with _named_reader(path):
+            yield
+    finally:
+        os.close(fd)
+
+
+def _acquire(fd: int, path: Path, mode: int, wait: float, what: str) -> None:
+    """``flock(mode)``, polling up to ``wait`` s; then one StoreError naming the holders."""
+    deadline = time.monotonic() + max(0.0, wait)
+    told = False
+    while True:
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        blocker = _blocker(path)
+        if time.monotonic() >= deadline:
+            raise StoreError(blocker, path=path.parents[1],
+                             fix="wait for it to finish, or pass --wait SECONDS "
+                                 f"(waited {wait:g} s)") from None
+        if not told:
+            log.warning("%s; this %s is waiting up to %g s", blocker, what, wait)
+            told = True
+        time.sleep(min(_POLL_S, max(0.0, deadline - time.monotonic())))
+
+
+def _blocker(path: Path) -> str:
+    """Who holds the lock: the writer (its info is in the lock file) or the readers."""
+    info = read_holder(path)
+    if info:
+        return f"another ingest is writing this store: {describe(info)}"
+    readers = live_readers(path)
+    if readers:
+        more = f" and {len(readers) - 1} more" if len(readers) > 1 else ""
+        return f"a train is reading this store: {describe(readers[0])}{more}"
+    return f"another process holds this store's lock: {describe({})}"
+
+
+def _readers_dir(path: Path) -> Path:
+    return path.with_name(path.name + ".readers")
+
+
+@contextlib.contextmanager
+def _named_reader(path: Path) -> Iterator[None]:
+    """A file naming this reader, flock'ed for as long as it reads (best effort: it only
+    serves the message of a blocked writer)."""
+    folder = _readers_dir(path)
+    mine = folder / f"{socket.gethostname()}-{os.getpid()}-{time.monotonic_ns()}.json"
+    try:
+        folder.mkdir(exist_ok=True)
+        fd = os.open(mine, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError as err:
+        log.debug("could not name this reader: %s", err)
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _say_holder(fd, json.dumps(holder_info()).encode())
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            mine.unlink()
+        os.close(fd)
+
+
+def live_readers(path: Path) -> list[dict[str, Any]]:
+    """What the live readers of the lock at ``path`` say about themselves; files of readers
+    that died are skipped (and removed once old, so they do not pile up)."""
+    out = []
+    try:
+        names = sorted(_readers_dir(path).glob("*.json"))
+    except OSError:
+        return out
+    for f in names:
+        try:
+            fd = os.open(f, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            out.append(read_holder(f))
+            continue
+        finally:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            if time.time() - f.stat().st_mtime > _STALE_READER_S:
+                f.unlink()
+    return out
+
+
+_STALE_READER_S = 60.0  # a file younger than this may belong to a reader about to lock it
+
+
+def _open_shared(path: Path) -> int | None:
+    """A descriptor to take the lock shared: read-write (created when absent), else
+    read-only in a store this process may not write; None when it cannot exist."""
+    try:
+        return _open(path, create=True)
+    except StoreError as err:
+        cause = err.__cause__
+        if not (isinstance(cause, OSError) and cause.errno in _NOT_WRITABLE):
+            raise
+    return _open(path, create=False)
 
 
 def _open_writable(path: Path) -> int | None:

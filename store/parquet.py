@@ -67,13 +67,13 @@ def check_version(schema: pa.Schema, path: Path) -> None:
 
 
 def read_table(path: Path, columns: list[str] | None = None,
-               check_rows: Callable[[int], None] | None = None) -> pa.Table:
+               check_rows: Callable[[int], bool | None] | None = None) -> pa.Table:
     """Read a table file; ``check_rows(claimed)`` vets the footer's row count first."""
     path = Path(path)
     for attempt in range(VET_ATTEMPTS):
         pf = _open(path)
         try:
-            _vet(pf, path, check_rows)
+            _vet(pf, path, check_rows, columns)
             break
         except StoreError:
             # A writer may have replaced the file between our footer and its record:
@@ -103,13 +103,65 @@ def _open(path: Path) -> pq.ParquetFile:
                          fix="delete the file and re-run `asign ingest` (it re-creates missing tables)") from err
 
 
-def _vet(pf: pq.ParquetFile, path: Path, check_rows: Callable[[int], None] | None) -> None:
-    """Version, and the footer's row count (consistent, and as recorded) before decoding."""
+def _vet(pf: pq.ParquetFile, path: Path, check_rows: Callable[[int], bool | None] | None,
+         columns: list[str] | None = None) -> None:
+    """Version, and the footer's claims (consistent, as recorded, or plausible for the file's
+    size when not recorded, and decodable in memory) before decoding anything."""
     check_version(pf.schema_arrow, path)
     meta = pf.metadata
     claimed = meta.num_rows
     if sum(meta.row_group(i).num_rows for i in range(meta.num_row_groups)) != claimed:
         raise StoreError("table footer is inconsistent (row groups do not add up to its row count)",
                          path=path, fix="delete the file and re-run the command that wrote it")
-    if check_rows is not None:
-        check_rows(claimed)
+    recorded = bool(check_rows(claimed)) if check_rows is not None else False
+    if not recorded:
+        check_claims(meta, path)
+    need, budget = decoded_bytes(meta, columns), decode_budget()
+    if need > budget:
+        raise StoreError(f"table would take {need >> 20} MiB to decode, more than the "
+                         f"{budget >> 20} MiB this host allows a read; not read", path=path,
+                         fix="query it with `asign query` (streamed), or read fewer columns")
+
+
+# An unrecorded file (a stranger, or an older asign's) may claim at most this many rows per
+# byte: asign's tables hold ≤ ~12 (3M predictions of a mean model, zstd: 11), a file of one
+# repeated row 40 and more; SLACK lets small tables pass.
+ROWS_PER_BYTE, ROWS_SLACK = 25, 1_000_000
+_WIDTH = {"BOOLEAN": 1, "INT32": 4, "FLOAT": 4, "INT64": 8, "DOUBLE": 8, "INT96": 12}
+DECODE_FRACTION = 0.5  # of the host's memory (or address-space limit): one whole-file read
+
+
+def check_claims(meta: pq.FileMetaData, path: Path) -> None:
+    """Refuse a file whose footer claims more rows than a file of its size holds."""
+    size = Path(path).stat().st_size
+    if meta.num_rows > ROWS_PER_BYTE * size + ROWS_SLACK:
+        raise StoreError(f"table footer claims {meta.num_rows} rows in a file of {size} bytes "
+                         "(forged, or not written by asign); not read", path=path,
+                         fix="run `asign check`; delete the file and re-run the command that "
+                             "wrote it")
+
+
+def decoded_bytes(meta: pq.FileMetaData, columns: list[str] | None = None) -> int:
+    """A lower bound of the memory a full read takes, from the footer's value counts."""
+    total = 0
+    for i in range(meta.num_row_groups):
+        rg = meta.row_group(i)
+        for j in range(rg.num_columns):
+            col = rg.column(j)
+            if columns is None or col.path_in_schema.split(".")[0] in columns:
+                total += col.num_values * _WIDTH.get(col.physical_type, 16)
+    return total
+
+
+def host_memory() -> int:
+    """The host's memory, or the process's address-space limit when that is lower."""
+    import os
+    import resource
+
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    return total if limit == resource.RLIM_INFINITY else min(total, limit)
+
+
+def decode_budget() -> int:
+    return int(host_memory() * DECODE_FRACTION)

@@ -18,10 +18,13 @@ Any number of such connections can read beside writers."""
 
 from __future__ import annotations
 
+import contextlib
 import glob as _glob
+import logging
 import re
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +32,17 @@ import pyarrow as pa
 
 from asign.errors import StoreError
 from asign.schemas import TABLES
-from asign.store.layout import StoreLayout
+from asign.store.layout import RUN_TABLES, StoreLayout
+from asign.store.query_out import strict_json, write_csv, write_result
+
+__all__ = ["connect", "open_result", "run_query", "strict_json", "write_csv", "write_result"]
+
+log = logging.getLogger(__name__)
 
 VIEWS = tuple(TABLES)
+BATCH_ROWS = 65_536  # rows per Arrow batch streamed out of DuckDB
+MEMORY_FRACTION = 0.25  # of the host's memory (or address-space limit), DuckDB's default 80 %
+_SIZE = re.compile(r"^\s*\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$", re.IGNORECASE)
 # A table file deleted between listing and reading (Store.remove empties results files
 # rather than deleting them, but a user may delete files): list again, a few times.
 ATTEMPTS = 5
@@ -42,23 +53,42 @@ class QueryRefused(StoreError):
     """A statement `asign query` does not run: it would write or change the session."""
 
 
-def connect(layout: StoreLayout, spill_dir: Path | None = None) -> Any:
+def connect(layout: StoreLayout, spill_dir: Path | None = None,
+            memory_limit: str | None = None) -> Any:
     """A locked-down in-memory DuckDB connection with one view per table. Every file's
-    schema version is checked first: DuckDB would read a newer one without complaint.
+    schema version and size claims are checked first: DuckDB would read a newer one without
+    complaint. A results file that fails the check is left out of its view with a warning
+    (one run's file must not stop queries over the others); an ingest table that fails it
+    makes its own view fail, with the file and the fix, and no other view.
     ``spill_dir``: a private folder (outside the store) for DuckDB's spill files; None:
-    no spilling (a query larger than memory fails instead)."""
+    no spilling (a query larger than memory fails instead). ``memory_limit``: DuckDB's
+    (e.g. "2GB"); default ``MEMORY_FRACTION`` of the host's memory."""
     import duckdb
 
     con = duckdb.connect(":memory:")
     allowed: list[str] = []
     cache: dict[Path, dict] = {}
     try:
+        con.execute(f"SET memory_limit = {_literal(memory_limit or default_memory_limit())}")
         for name in VIEWS:
-            files = []
+            files, broken = [], []
             for f in sorted(p for p in _glob.glob(layout.table_glob(name)) if not Path(p).name.startswith(".")):
-                if _vetted(layout, name, Path(f), cache):  # False: removed since listed
-                    files.append(f)
-            if files:
+                try:
+                    if _vetted(layout, name, Path(f), cache):  # False: removed since listed
+                        files.append(f)
+                except StoreError as err:
+                    if name not in RUN_TABLES:
+                        broken.append(err)
+                    else:
+                        log.warning("%s: %s; left out of the %s view (a stray or damaged results "
+                                    "file: delete it, or re-run the `asign train` command that "
+                                    "wrote it)", err.path, err.message, name)
+            if broken:
+                _BROKEN[str(broken[0])] = broken[0]  # raised as itself when the view is read
+                con.register(f"_empty_{name}", TABLES[name].empty_table())
+                con.execute(f"CREATE VIEW {name} AS SELECT * FROM _empty_{name} "
+                            f"WHERE (SELECT error({_literal(str(broken[0]))})) IS NULL")
+            elif files:
                 allowed += files
                 listing = ", ".join(_literal(f) for f in files)
                 source = f"read_parquet([{listing}], union_by_name=true)"
@@ -76,7 +106,7 @@ def connect(layout: StoreLayout, spill_dir: Path | None = None) -> Any:
 def _vetted(layout: StoreLayout, name: str, path: Path, cache: dict[Path, dict]) -> bool:
     """Schema version and recorded row count of one file, from its footer (nothing decoded);
     looked at again when a writer may have replaced it between footer and record."""
-    from asign.store.parquet import VET_ATTEMPTS, check_version
+    from asign.store.parquet import VET_ATTEMPTS, check_claims, check_version
     from asign.store.records import check_rows
 
     for attempt in range(VET_ATTEMPTS):
@@ -85,7 +115,9 @@ def _vetted(layout: StoreLayout, name: str, path: Path, cache: dict[Path, dict])
             return False
         check_version(meta.schema.to_arrow_schema(), path)
         try:
-            check_rows(layout, name, path.stem, path, meta.num_rows, cache if attempt == 0 else None)
+            if not check_rows(layout, name, path.stem, path, meta.num_rows,
+                              cache if attempt == 0 else None):
+                check_claims(meta, path)  # not recorded: judged by its size
             return True
         except StoreError:
             if attempt + 1 == VET_ATTEMPTS:
@@ -174,93 +206,92 @@ def refuse_writes(sql: str, layout: StoreLayout) -> None:
                                    "(.csv, .json or .parquet)")
 
 
-def run_query(layout: StoreLayout, sql: str) -> pa.Table:
+def default_memory_limit() -> str:
+    """``MEMORY_FRACTION`` of the host's memory, or of the process's address-space limit
+    when that is lower (DuckDB's own default, 80 % of RAM, starves a shared host)."""
+    from asign.store.parquet import host_memory
+
+    return f"{max(64, int(host_memory() * MEMORY_FRACTION) >> 20)}MiB"
+
+
+def check_memory_limit(value: str | None) -> list[str]:
+    """The problem with a --memory-limit value (none when it is valid or not given)."""
+    if value is None or _SIZE.match(value):
+        return []
+    return [f"--memory-limit {value!r} is not a size such as 512MB or 4GB"]
+
+
+@contextlib.contextmanager
+def open_result(layout: StoreLayout, sql: str, memory_limit: str | None = None
+                ) -> Iterator[Result]:
+    """The result of read-only ``sql`` as a stream of Arrow batches (``BATCH_ROWS`` rows
+    each), so that printing the first rows or writing a file never holds the whole result.
+    A table file deleted while the query starts is retried; an error while streaming is
+    one StoreError."""
     import duckdb
 
     refuse_writes(sql, layout)
-    for attempt in range(ATTEMPTS):
-        try:
-            with tempfile.TemporaryDirectory(prefix="asign-query-") as spill:
-                con = connect(layout, Path(spill))
-                try:
-                    return con.sql(sql).to_arrow_table()
-                finally:
+    with tempfile.TemporaryDirectory(prefix="asign-query-") as spill:
+        for attempt in range(ATTEMPTS):
+            con = None
+            try:
+                con = connect(layout, Path(spill), memory_limit)
+                reader = con.sql(sql).to_arrow_reader(BATCH_ROWS)
+                break
+            except duckdb.IOException as err:
+                if con is not None:
                     con.close()
-        except duckdb.IOException as err:
-            if attempt + 1 == ATTEMPTS:
+                if attempt + 1 == ATTEMPTS:
+                    raise _query_error(err, layout) from err
+                time.sleep(0.05 * (attempt + 1))
+            except duckdb.Error as err:
+                if con is not None:
+                    con.close()
                 raise _query_error(err, layout) from err
-            time.sleep(0.05 * (attempt + 1))
+        try:
+            yield Result(reader, layout)
+        finally:
+            con.close()
+
+
+class Result:
+    """A query's result: its ``schema``, and its batches when iterated (once)."""
+
+    def __init__(self, reader: Any, layout: StoreLayout) -> None:
+        self.schema: pa.Schema = reader.schema
+        self._reader, self._layout = reader, layout
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        import duckdb
+
+        try:
+            yield from self._reader
         except duckdb.Error as err:
-            raise _query_error(err, layout) from err
-    raise AssertionError("unreachable")
+            raise _query_error(err, self._layout) from err
+
+
+def run_query(layout: StoreLayout, sql: str, memory_limit: str | None = None) -> pa.Table:
+    """The whole result as one table (for callers that need it all; `asign query` streams)."""
+    with open_result(layout, sql, memory_limit) as result:
+        return pa.Table.from_batches(list(result), result.schema)
+
+
+# The errors of damaged ingest tables whose views fail when read (connect), by message.
+_BROKEN: dict[str, StoreError] = {}
 
 
 def _query_error(err: Exception, layout: StoreLayout) -> StoreError:
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    own = _BROKEN.get(first.removeprefix("Invalid Input Error: "))
+    if own is not None:
+        return own
     if "disabled by configuration" in first or "configuration has been locked" in first:
         return QueryRefused(f"query refused: {first}", path=layout.root,
-                            fix="`asign query` reads only the store's views (no other files, settings or extensions)")
+                            fix="`asign query` reads only the store's views (no other files, "
+                                "settings or extensions)")
+    if "Out of Memory" in first or "out of memory" in first:
+        return StoreError(f"query needs more memory than its limit: {first}", path=layout.root,
+                          fix="narrow the query (WHERE, LIMIT, fewer columns), or raise "
+                              "--memory-limit")
     return StoreError(f"query failed: {first}", path=layout.root,
                       fix=f"check the SQL; views: {', '.join(VIEWS)}")
-
-
-
-RESULT_FORMATS = {".csv": "csv", ".json": "json", ".parquet": "parquet"}
-
-
-def write_result(table: pa.Table, out: Path, layout: StoreLayout) -> Path:
-    """Save a query result to ``out`` atomically: CSV (LF line ends), strict JSON (a list of
-    row objects; NaN and ±inf as null) or Parquet, by extension. Never into the store: a
-    result file there could replace one of its tables."""
-    from asign.store.atomic import atomic_path
-
-    out = Path(out)
-    fmt = RESULT_FORMATS.get(out.suffix.lower())
-    if fmt is None:
-        raise StoreError(f"unknown result file type {out.suffix or '(none)'!r}", path=out,
-                         fix="name the --out file .csv, .json or .parquet")
-    layout.require_outside(out, "a query result")
-    if out.is_dir():
-        raise StoreError("--out is a directory", path=out, fix="pass a file name ending .csv, .json or .parquet")
-    with atomic_path(out) as tmp:
-        if fmt == "parquet":
-            import pyarrow.parquet as pq
-
-            pq.write_table(table, tmp, compression="zstd")
-        elif fmt == "csv":
-            with open(tmp, "w", newline="", encoding="utf-8") as fh:
-                write_csv(table, fh)
-        else:
-            tmp.write_text(strict_json(table.to_pylist()) + "\n", encoding="utf-8")
-    return out
-
-
-def strict_json(value: Any) -> str:
-    """JSON that every parser accepts: NaN and ±inf become null (bare ``NaN`` is not JSON:
-    jq and JavaScript refuse it), numpy scalars and arrays become Python ones. Used for
-    ``--out FILE.json`` and for every ``--json`` output of the CLI."""
-    import json
-    import math
-
-    def clean(v: Any) -> Any:
-        if isinstance(v, dict):
-            return {str(k): clean(x) for k, x in v.items()}
-        if isinstance(v, list | tuple | set):
-            return [clean(x) for x in v]
-        if hasattr(v, "tolist") and not isinstance(v, str | bytes):  # numpy
-            return clean(v.tolist())
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        return v
-
-    return json.dumps(clean(value), indent=1, default=str, allow_nan=False)
-
-
-def write_csv(table: pa.Table, fh: Any) -> None:
-    """``table`` as CSV with LF line ends, as DuckDB's own CLI writes them (csv's default
-    CR LF breaks ``... | grep -qx 0`` and friends in a shell)."""
-    import csv
-
-    writer = csv.writer(fh, lineterminator="\n")
-    writer.writerow(table.column_names)
-    writer.writerows([row[c] for c in table.column_names] for row in table.to_pylist())

@@ -136,17 +136,19 @@ LENIENT_FACTOR, LENIENT_SLACK = 4, 100_000
 
 
 def check_rows(layout: StoreLayout, name: str, key: str | None, path: Path, claimed: int,
-               cache: dict[Path, dict] | None = None, *, strict: bool = True) -> None:
-    """Refuse a file whose footer claims another row count than was recorded at write."""
+               cache: dict[Path, dict] | None = None, *, strict: bool = True) -> bool:
+    """Refuse a file whose footer claims another row count than was recorded at write;
+    whether its write was recorded (an unrecorded file's claims are judged by its size)."""
     allowed = recorded_rows(layout, name, key, path, cache)
     if allowed is None:
-        return
+        return False
     if not strict and claimed <= LENIENT_FACTOR * max(allowed) + LENIENT_SLACK:
-        return
+        return True
     if claimed not in allowed:
         raise StoreError(f"table claims {claimed} rows, {'/'.join(map(str, sorted(allowed)))} were "
                          "recorded when asign wrote it (replaced or forged); not read", path=path,
                          fix="run `asign check`; delete the file and re-run the command that wrote it")
+    return True
 
 
 def problems(layout: StoreLayout, name: str, key: str | None, path: Path) -> str | None:

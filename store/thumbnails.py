@@ -11,6 +11,8 @@ import numpy as np
 
 from asign.store.layout import StoreLayout
 
+MAX_SLIDE_PIXELS = 1_000_000_000  # ingest's default limit on a slide's level 0 (images.py)
+
 
 @dataclass(frozen=True)
 class Thumbnail:
@@ -20,11 +22,21 @@ class Thumbnail:
     downsample: float
 
     def read(self) -> np.ndarray:
-        """(H, W, 3) uint8 RGB."""
-        from PIL import Image
+        """(H, W, 3) uint8 RGB. The header's size is checked before decoding: a thumbnail is
+        at most what the largest slide ingest opens gives at its downsample."""
+        from PIL import Image, UnidentifiedImageError
 
-        with Image.open(self.path) as im:
-            return np.asarray(im.convert("RGB"))
+        from asign.errors import ImageError
+        from asign.store.codecs import check_image_claims
+
+        limit = int(MAX_SLIDE_PIXELS / max(1.0, self.downsample) ** 2) + 4_000_000
+        try:
+            with Image.open(self.path) as im:
+                check_image_claims(im.size, limit, "thumbnail", self.path)
+                return np.asarray(im.convert("RGB"))
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
+            raise ImageError(f"thumbnail is not a readable image ({err})", path=self.path,
+                             fix="re-run `asign ingest --steps align` for its sample") from err
 
 
 def section_thumbnail(layout: StoreLayout, align: dict[str, Any], section_id: str) -> Thumbnail | None:

@@ -8,9 +8,11 @@ writes through the typed methods of :class:`Vectors` (``put``, ``embeddings``, `
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,11 @@ import numpy as np
 from asign.errors import StoreError
 from asign.store.codecs import decode_patch, decode_vector, encode_vector
 
-MAP_SIZE = 1 << 40  # sparse on Linux; LMDB needs an upper bound, not an allocation
+# The map is reserved address space, not memory, but a host's address-space limit
+# (ulimit -v) counts it: a writer starts small and doubles the map when a transaction finds
+# it full (``_grow``); a reader maps what the file holds and follows a writer's growth.
+START_MAP = 64 << 20
+MAX_MAP = 1 << 40
 
 
 def _emb_key(encoder: str, level: str, item_id: str) -> bytes:
@@ -48,10 +54,45 @@ class EmbeddingRows:
     vectors: np.ndarray  # (len(ids), dim) float16
 
 
+class _ResizeGuard:
+    """Many transactions at once, or one map resize alone (a readers-writer lock)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._open = 0
+        self._resizing = False
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._resizing)
+            self._open += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._open -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def alone(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._resizing)
+            self._resizing = True
+            self._cond.wait_for(lambda: self._open == 0)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._resizing = False
+                self._cond.notify_all()
+
+
 @dataclass
 class Vectors:
     path: Path
     env: Any
+    guard: _ResizeGuard = field(default_factory=_ResizeGuard)
 
     def close(self) -> None:
         self.env.close()
@@ -62,14 +103,55 @@ class Vectors:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @contextlib.contextmanager
+    def _begin(self, write: bool = False) -> Iterator[Any]:
+        """A transaction, never while this process resizes the map (LMDB requires that no
+        transaction of the process be open then: loader threads read while a background
+        thread writes). When another process grew the map since this one opened it, the
+        new size is adopted first (LMDB refuses the transaction until then)."""
+        import lmdb
+
+        for attempt in range(2):
+            with self.guard.shared():
+                try:
+                    txn = self.env.begin(write=write)
+                except lmdb.MapResizedError:
+                    if attempt:
+                        raise
+                else:
+                    with txn:
+                        yield txn
+                    return
+            with self.guard.alone():
+                self.env.set_mapsize(0)  # 0: the size the writer recorded
+
+    def _write(self, body: Any) -> Any:
+        """Run ``body(txn)`` in one write transaction; a full map is doubled and the whole
+        transaction retried (nothing of the failed attempt was committed)."""
+        import lmdb
+
+        while True:
+            try:
+                with self._begin(write=True) as txn:
+                    return body(txn)
+            except lmdb.MapFullError:
+                with self.guard.alone():
+                    _grow(self.env, self.path)
+
     def put_many(self, items: Iterable[tuple[bytes, bytes]]) -> None:
         """One transaction: all items land, or none do."""
         import lmdb
 
+        items = list(items)
+
+        def body(txn: Any) -> None:
+            for key, value in items:
+                txn.put(key, value)
+
         try:
-            with self.env.begin(write=True) as txn:
-                for key, value in items:
-                    txn.put(key, value)
+            self._write(body)
+        except StoreError:
+            raise
         except lmdb.Error as err:
             from asign.store.atomic import disk_full
 
@@ -81,12 +163,12 @@ class Vectors:
                              fix="check free disk space and permissions, then re-run") from err
 
     def get(self, key: bytes) -> bytes | None:
-        with self.env.begin() as txn:
+        with self._begin() as txn:
             value = txn.get(key)
             return None if value is None else bytes(value)
 
     def has(self, key: bytes) -> bool:
-        with self.env.begin() as txn:
+        with self._begin() as txn:
             return txn.get(key) is not None
 
     # typed access ---------------------------------------------------------
@@ -111,7 +193,7 @@ class Vectors:
     def embeddings(self, encoder: str, level: str, ids: Sequence[str], dim: int) -> np.ndarray:
         """float16 (len(ids), dim); a missing vector is a store inconsistency."""
         out = np.empty((len(ids), dim), dtype=np.float16)
-        with self.env.begin() as txn:
+        with self._begin() as txn:
             for i, item_id in enumerate(ids):
                 value = txn.get(_emb_key(encoder, level, item_id))
                 if value is None:
@@ -137,7 +219,7 @@ class Vectors:
     def get_patches(self, spot_ids: Sequence[str]) -> np.ndarray:
         """The stored spot patches, (len(spot_ids), H, W, 3) uint8, decoded."""
         out = None
-        with self.env.begin() as txn:
+        with self._begin() as txn:
             for i, spot_id in enumerate(spot_ids):
                 value = txn.get(_patch_key(spot_id))
                 if value is None:
@@ -155,7 +237,7 @@ class Vectors:
 
     def count(self, prefix: bytes) -> int:
         n = 0
-        with self.env.begin() as txn:
+        with self._begin() as txn:
             cur = txn.cursor()
             if cur.set_range(prefix):
                 for key in cur.iternext(values=False):
@@ -165,15 +247,17 @@ class Vectors:
         return n
 
     def delete_prefix(self, prefix: bytes) -> int:
-        n = 0
-        with self.env.begin(write=True) as txn:
+        def body(txn: Any) -> int:
+            n = 0
             cur = txn.cursor()
             positioned = cur.set_range(prefix)
             # delete() advances the cursor; at the end key() is b"" and the loop stops.
             while positioned and bytes(cur.key()).startswith(prefix):
                 positioned = cur.delete()
                 n += 1
-        return n
+            return n
+
+        return self._write(body)
 
     def put_meta(self, name: str, value: dict[str, Any]) -> None:
         self.put_many([(_meta_key(name), json.dumps(value, sort_keys=True).encode())])
@@ -183,10 +267,47 @@ class Vectors:
         return None if raw is None else json.loads(raw)
 
 
+def _grow(env: Any, path: Path) -> None:
+    import lmdb
+
+    size = env.info()["map_size"]
+    if size >= MAX_MAP:
+        raise StoreError(f"embeddings database reached its {MAX_MAP >> 30} GiB limit", path=path,
+                         fix="split the samples over several stores")
+    try:
+        env.set_mapsize(min(MAX_MAP, size * 2))
+    except lmdb.Error as err:  # fails as mmap does (ENOMEM under ulimit -v)
+        raise _map_error(err, path, size * 2) from err
+
+
+def _map_error(err: Exception, path: Path, size: int) -> StoreError:
+    """The real reason an LMDB map failed: the address-space limit, or else what LMDB says."""
+    import resource
+
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    text = str(err)
+    if limit != resource.RLIM_INFINITY and ("allocate memory" in text or "ENOMEM" in text):
+        return StoreError(f"cannot map the embeddings database ({size >> 20} MiB): the process's "
+                          f"address-space limit (ulimit -v) is {limit >> 20} MiB", path=path,
+                          fix="raise the limit (ulimit -v) or run on a host with more memory")
+    return StoreError(f"cannot open LMDB ({text})", path=path,
+                      fix="check permissions and free space of the store directory")
+
+
+def _initial_map(path: Path) -> int:
+    """What the data file holds now, with room to grow, at least START_MAP."""
+    try:
+        held = (Path(path) / "data.mdb").stat().st_size
+    except OSError:
+        held = 0
+    return max(START_MAP, held + held // 2)
+
+
 def open_vectors(path: Path, *, readonly: bool = False) -> Vectors:
     import lmdb
 
     path = Path(path)
+    size = _initial_map(path)
     try:
         if readonly:
             if not path.exists():
@@ -197,12 +318,13 @@ def open_vectors(path: Path, *, readonly: bool = False) -> Vectors:
             # Without write access to lock.mdb (read-only media, another user's store) reading
             # lock-free is the only way; it is safe while no ingest writes to this store.
             try:
-                env = lmdb.open(str(path), readonly=True, lock=True, subdir=True, map_size=MAP_SIZE)
-            except lmdb.Error:
-                env = lmdb.open(str(path), readonly=True, lock=False, subdir=True, map_size=MAP_SIZE)
+                env = lmdb.open(str(path), readonly=True, lock=True, subdir=True, map_size=size)
+            except lmdb.Error as err:
+                if "allocate memory" in str(err):
+                    raise
+                env = lmdb.open(str(path), readonly=True, lock=False, subdir=True, map_size=size)
         else:
-            env = lmdb.open(str(path), map_size=MAP_SIZE, subdir=True, max_dbs=0)
+            env = lmdb.open(str(path), map_size=size, subdir=True, max_dbs=0)
     except lmdb.Error as err:
-        raise StoreError(f"cannot open LMDB ({err})", path=path,
-                         fix="check permissions and free space of the store directory") from err
+        raise _map_error(err, path, size) from err
     return Vectors(path=path, env=env)

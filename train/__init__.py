@@ -40,12 +40,8 @@ def run(cfg: TrainConfig, *, reporter: Any = None, max_epochs: int | None = None
     ``cluster``: an ``asign.cluster.ClusterConfig``; with K ≥ 2 folds each fold is a Dask
     task (the driver writes the run's files, as serially).
     """
-    from asign.cluster import here
     from asign.store import open_store
-    from asign.store.atomic import remove_stale_temps
-    from asign.store.locks import run_lock
-    from asign.train import results as res
-    from asign.train.protocol import SectionInfo, fold_assignment, plan_folds
+    from asign.store.locks import reader_lock
 
     validate(cfg)
     _check_device(cfg)
@@ -60,12 +56,31 @@ def run(cfg: TrainConfig, *, reporter: Any = None, max_epochs: int | None = None
         # Not part of the run id; recorded in the run's config (pass --threads to fix it).
         cfg = cfg.with_(threads=idle_cores())
     store = open_store(cfg.store)
+    # Shared with other trains, excluded by an ingest (which rewrites what a train reads).
+    with reader_lock(store.layout.ingest_lock, wait=cfg.wait):
+        return _run_read(cfg, store, reporter, max_epochs, cluster, on_cluster)
+
+
+def _run_read(cfg: TrainConfig, store: Any, reporter: Any, max_epochs: int | None,
+              cluster: Any, on_cluster: bool) -> RunResult:
+    from asign.cluster import here
+    from asign.store.atomic import remove_stale_temps
+    from asign.store.locks import run_lock
+    from asign.train import results as res
+    from asign.train.protocol import SectionInfo, fold_assignment, plan_folds
+
     remove_stale_temps(store.root)  # e.g. the checkpoint a killed run was writing
     created = dt.datetime.now(dt.UTC)
     t0 = time.perf_counter()
     infos = [SectionInfo(str(r["sample_id"]), str(r["section_id"]), int(r["z"]),
                          bool(r["has_counts"]), bool(r["has_image"]), bool(r.get("has_coords")))
              for r in store.read("sections").to_pylist()]
+    # a store written before ids were vetted may hold two samples in one file: refuse it
+    from asign.store.names import check_names
+
+    check_names("sample id", sorted({i.sample_id for i in infos}), where=store.root,
+                fix="re-ingest these samples under distinct ids into a new --store",
+                portable=False)
     plan_args = dict(known=cfg.known, samples=cfg.samples, extra_2d=cfg.extra_2d)
     fold_of = None
     if cfg.folds >= 2:

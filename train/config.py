@@ -5,6 +5,7 @@ docs and ``asign doctor`` read :data:`MODELS`."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -133,6 +134,8 @@ class TrainConfig:
     threads: int | None = None  # torch intra-op threads during the run (None: idle cores at start, asign.cluster.idle_cores)
     seed: int = 0
     resume: bool = False
+    # seconds to wait while an ingest writes the store (store/locks.py), then fail naming it
+    wait: float = 0.0
     finetune_spot_encoder: bool = False  # train the spot encoder on stored patches (finetune.py)
     finetune_batch: int = 64  # spots re-encoded with gradients per step
     finetune_lr_scale: float = 0.1  # the encoder's learning rate relative to --lr
@@ -160,7 +163,7 @@ class TrainConfig:
     def identity(self) -> dict[str, Any]:
         """The fields that decide the result: everything but how the run is executed."""
         out = self.to_json()
-        for key in ("resume", "store", "save_predictions", "threads"):
+        for key in ("resume", "store", "save_predictions", "threads", "wait"):
             out.pop(key, None)
         if not self.ablate:  # identities of runs from before --ablate existed stay valid
             out.pop("ablate", None)
@@ -195,6 +198,11 @@ def validate(cfg: TrainConfig) -> None:
     problems += not_one_of(cfg.feature_norm, FEATURE_NORMS, "--feature-norm")
     for part in cfg.ablate:
         problems += not_one_of(part, ABLATIONS, "--ablate")
+    from asign.store.names import name_problem
+
+    bad_run = name_problem(cfg.run)  # the run name becomes part of the run's file names
+    if bad_run:
+        problems.append(f"--run {cfg.run!r} {bad_run}")
     if cfg.ablate and cfg.model != "asign3d":
         problems.append(f"--ablate applies to asign3d, not {cfg.model}")
     from asign.train.protocol import known_tokens
@@ -206,6 +214,8 @@ def validate(cfg: TrainConfig) -> None:
                         "or a section id, or a comma-separated set of them without repeats")
     if not 0.0 <= cfg.coverage < 1.0:
         problems.append(f"--coverage must lie in [0, 1) (0 = no intervals), got {cfg.coverage}")
+    if not (math.isfinite(cfg.wait) and cfg.wait >= 0):
+        problems.append(f"--wait must be ≥ 0 seconds, got {cfg.wait}")
     if cfg.folds < 1:
         problems.append(f"--folds must be ≥ 1, got {cfg.folds}")
     if cfg.epochs < 0:

@@ -174,9 +174,10 @@ def _read_spots(path: Path, section: str) -> pd.DataFrame:
     has_px = {"px", "py"} <= set(df.columns)
     if ("px" in df.columns) != ("py" in df.columns):
         raise InputError("spot table has only one of px, py", path=path, fix="give both px and py")
-    if has_px and out[["px", "py"]].isna().any().any():
+    if has_px and not np.isfinite(out[["px", "py"]].to_numpy(float)).all():
         raise InputError(
-            "spot table has empty or non-numeric px/py", path=path, fix="fill px, py for every spot"
+            "spot table has empty, infinite or non-numeric px/py", path=path,
+            fix="fill px, py for every spot"
         )
     if ("x_um" in df.columns) != ("y_um" in df.columns):
         raise InputError(
@@ -187,9 +188,9 @@ def _read_spots(path: Path, section: str) -> pd.DataFrame:
     if "x_um" in df.columns:
         for col in ("x_um", "y_um"):
             out[col] = pd.to_numeric(df[col], errors="coerce")
-        if out[["x_um", "y_um"]].isna().any().any():
+        if not np.isfinite(out[["x_um", "y_um"]].to_numpy(float)).all():
             raise InputError(
-                "spot table has empty or non-numeric x_um/y_um",
+                "spot table has empty, infinite or non-numeric x_um/y_um",
                 path=path,
                 fix="fill x_um, y_um for every spot",
             )
