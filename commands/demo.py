@@ -43,13 +43,13 @@ def run_demo(out: Path, *, layers: int = 4, seed: int = 0, train: bool = True, e
         runs[model] = result.run_id
     summary["runs"] = runs
 
-    from asign.schemas.vocabulary import ACCURACY_METRICS
     from asign.store import open_store
+    from asign.train.metrics import accuracy_metrics
 
     table = open_store(store).query(
         "select r.model, m.metric, round(avg(m.value), 4) as value "
         "from metrics m join runs r using (run_id) where r.name = 'demo' "
-        f"and m.metric in ({', '.join(repr(m) for m in ACCURACY_METRICS)}) "
+        f"and m.metric in ({', '.join(repr(m) for m in accuracy_metrics())}) "
         "group by 1, 2 order by 2, 3 desc"
     )
     summary["metrics"] = table.to_pylist()

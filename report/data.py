@@ -28,14 +28,13 @@ import numpy as np
 import pandas as pd
 
 from asign.errors import InputError, StoreError
-from asign.schemas.vocabulary import ACCURACY_METRICS
 from asign.store import Store
 from asign.store.thumbnails import Thumbnail, section_thumbnail
 from asign.train.config import BASELINE_MODELS, MEAN_MODEL, MODELS, ModelSpec
+from asign.train.metrics import accuracy_metrics
 
 log = logging.getLogger(__name__)
 
-METRICS = ACCURACY_METRICS
 # Which run draws the maps when --model is not given: the registry's display order, the
 # full method first.
 MAP_PREFERENCE = tuple(MODELS)
@@ -260,7 +259,7 @@ def _metrics(store: Store, runs: dict[str, RunInfo]) -> pd.DataFrame:
         return pd.DataFrame(columns=cols)
     df = pd.concat(parts, ignore_index=True)
     # train also records counts (n_spots, n_genes_valid, ...) as metric rows
-    return df[df.metric.isin(METRICS)][cols].reset_index(drop=True)
+    return df[df.metric.isin(accuracy_metrics())][cols].reset_index(drop=True)
 
 
 def _dense(long: pd.DataFrame, spot_index: pd.Index, gene_index: dict[str, int],
@@ -338,7 +337,7 @@ def _computed_mean(metrics: pd.DataFrame, predictions: dict[str, np.ndarray], la
             values = evaluate(pred[idx], labels[idx])
             rows += [{"model": COMPUTED_MEAN, "run_id": "", "fold": r.fold,
                       "sample_id": sample, "section_id": r.section_id, "setting": r.setting,
-                      "metric": m, "value": values[m]} for m in METRICS]
+                      "metric": m, "value": values[m]} for m in accuracy_metrics()]
     log.info("run %s has no `mean` run: the mean-profile baseline is computed from the known "
              "layer(s) for the report", run.name)
     if rows:

@@ -15,15 +15,10 @@ import numpy as np
 import pandas as pd
 
 from asign.report.data import display_colour, is_mean_profile
+from asign.train.metrics import METRICS, accuracy_metrics
 
 CMAP = "viridis"
 DPI = 110
-METRIC_TITLES = {
-    "mse": "MSE (lower is better)",
-    "mae": "MAE (lower is better)",
-    "pcc_spot": "PCC per spot (higher is better)",
-    "pcc_gene": "PCC per gene (higher is better)",
-}
 
 
 @dataclass(frozen=True)
@@ -346,7 +341,7 @@ def volume_3d(layers: list[Layer3D], gene: str, model: str, unit: str, title: st
 def metrics_bars(summary: pd.DataFrame, models: list[str], title: str, out: Path) -> Path:
     """One panel per metric, one bar per model (mean over scored sections, error bar = SD
     over sections); the mean-profile baseline is grey, hatched and drawn as a dashed line."""
-    metrics = [m for m in METRIC_TITLES if m in set(summary.metric)]
+    metrics = [m for m in accuracy_metrics() if m in set(summary.metric)]
     fig = _figure(3.4 * max(len(metrics), 1), 4.0)
     axes = fig.subplots(1, max(len(metrics), 1), squeeze=False)[0]
     x = np.arange(len(models))
@@ -375,7 +370,7 @@ def metrics_bars(summary: pd.DataFrame, models: list[str], title: str, out: Path
         ax.set_xticks(x, [m.replace(" (computed)", "\n(computed)") for m in models],
                       rotation=45, ha="right", fontsize=8)
         ax.set_xlim(-0.6, len(models) - 0.4)
-        ax.set_title(METRIC_TITLES[metric], fontsize=9)
+        ax.set_title(METRICS[metric].axis_title, fontsize=9)
         ax.axhline(0, color="black", linewidth=0.6)
         ax.tick_params(axis="y", labelsize=7)
         ax.margins(y=0.18)

@@ -11,7 +11,7 @@ import typer
 from typer.testing import CliRunner
 
 from asign.cli import app
-from asign.train.results import METRIC_NAMES
+from asign.train.metrics import METRICS as METRIC_NAMES
 
 runner = CliRunner()
 
