@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from asign.errors import AsignError
+from asign.numeric import nanmean as _nanmean
+from asign.numeric import pearson_rows as _pearson_rows
 
 
 def _pair(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -26,21 +28,6 @@ def _pair(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise AsignError(f"metrics: prediction {p.shape} and truth {t.shape} must both be "
                          "(spots, genes)", fix="align predictions to the measured spots first")
     return p, t
-
-
-def _pearson_rows(p: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Pearson r of matching rows; NaN where either row is constant (or not finite)."""
-    if p.shape[1] < 2:
-        return np.full(p.shape[0], np.nan)
-    pc = p - p.mean(axis=1, keepdims=True)
-    tc = t - t.mean(axis=1, keepdims=True)
-    denom = np.sqrt((pc * pc).sum(axis=1) * (tc * tc).sum(axis=1))
-    # exact test: a constant float vector need not centre to exact zeros
-    constant = (np.ptp(p, axis=1) == 0) | (np.ptp(t, axis=1) == 0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = (pc * tc).sum(axis=1) / denom
-    r[constant] = np.nan
-    return np.clip(r, -1.0, 1.0)
 
 
 def pcc_per_spot(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -53,11 +40,6 @@ def pcc_per_gene(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """(G,) Pearson r of each gene across spots; NaN for genes constant in either array."""
     p, t = _pair(pred, truth)
     return _pearson_rows(p.T, t.T)
-
-
-def _nanmean(x: np.ndarray) -> float:
-    ok = np.isfinite(x)
-    return float(x[ok].mean()) if ok.any() else float("nan")
 
 
 def mse(pred: np.ndarray, truth: np.ndarray) -> float:
