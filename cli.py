@@ -201,36 +201,27 @@ def plan(
     as_json: JsonOpt = False,
 ) -> None:
     """Rank which section(s) to send for ST, from images and alignment alone (train/plan.py)."""
-    from asign.train.plan import plan as make_plan
+    from asign.commands.plan import plan_command, print_plan
 
-    result = make_plan(store, budget=budget, sample=sample)
+    result = plan_command(store, budget, sample)
     if as_json:
         _emit_json(result)
-        return
-    for sid, rows in result["samples"].items():
-        typer.echo(f"sample {sid} (budget {budget}):")
-        for r in rows:
-            typer.echo(f"  {r['rank']:>2}. {','.join(r['known']):<16} score {r['score']:.4f}")
+    else:
+        print_plan(result, budget)
 
 
 @_command(cls=_Command)
 def check(store: StoreOpt, as_json: JsonOpt = False) -> None:
     """Verify a store: manifest and input hashes, schema versions, LMDB entries against the
     tables, edge endpoints. Exits 1 with the full list of problems."""
-    from asign.store import open_store
-    from asign.store.check import inspect_store
+    from asign.commands.check import check_command, print_check
 
-    report_ = inspect_store(open_store(store))
-    problems = report_.problems
+    summary = check_command(store)
     if as_json:
-        _emit_json({"store": str(store), "ok": not problems, "problems": problems, "notes": report_.notes})
+        _emit_json(summary)
     else:
-        for p in problems:
-            typer.echo(f"problem: {p}", err=True)
-        for note in report_.notes:
-            typer.echo(f"note: {note}", err=True)
-        typer.echo(f"{store}: {'ok' if not problems else f'{len(problems)} problem(s)'}")
-    if problems:
+        print_check(summary)
+    if not summary["ok"]:
         raise typer.Exit(1)
 
 

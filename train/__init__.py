@@ -104,7 +104,7 @@ def _run_locked(cfg: TrainConfig, store: Any, rid: str, folds: list, row: dict[s
     status = "failed"
     try:
         ctx = make_reporter() if reporter is None else contextlib.nullcontext(reporter)
-        with ctx as rep, _deterministic(cfg), _client(cluster) as client:
+        with ctx as rep, deterministic(cfg), _client(cluster) as client:
             status, metric_rows, blocks, genes = _execute(
                 cfg, store, rid, folds, rep, timings, max_epochs, client)
         if status == "done":
@@ -134,7 +134,7 @@ def _client(cluster: Any) -> Iterator[Any]:
         yield client
 
 
-def _load(cfg: TrainConfig, store: Any, folds: list) -> tuple[dict, Any]:
+def load_samples(cfg: TrainConfig, store: Any, folds: list) -> tuple[dict, Any]:
     """The samples the folds need, each loaded once, and the spot-encoder recipe (or None)."""
     from asign.train.data import load_sample
 
@@ -163,18 +163,12 @@ def _execute(cfg: TrainConfig, store: Any, rid: str, folds: list, rep: Any,
 
         return execute_on_cluster(cfg, store, rid, folds, rep, timings, client)
     t = time.perf_counter()
-    samples, recipe = _load(cfg, store, folds)
+    samples, recipe = load_samples(cfg, store, folds)
     genes = next(iter(samples.values())).genes
     timings["load_s"] = round(time.perf_counter() - t, 3)
 
-    spec = cfg.spec
     ckpt_path = store.checkpoint(rid)
-    ckpt = ckpt_path.load() if cfg.resume and spec.neural else None
-    if ckpt is not None and ckpt.get("run_id") != rid:
-        ckpt = None
-    if cfg.resume and spec.neural and ckpt is None:
-        log.info("no checkpoint for run %s: starting from epoch 0", rid)
-    finished: dict[int, dict] = dict(ckpt["finished"]) if ckpt else {}
+    ckpt, finished = resume_point(cfg, ckpt_path, rid)
     tasks: dict[tuple, loop.GraphTask] = {}
     rows: list[dict] = []
     blocks: list[PredictionBlock] = []
@@ -182,23 +176,34 @@ def _execute(cfg: TrainConfig, store: Any, rid: str, folds: list, rep: Any,
     budget = [max_epochs]
     selection: dict[int, dict] = {}
     for fold in folds:
-        fold_rows, fold_blocks, fold_s = _one_fold(cfg, fold, samples, tasks, rid, ckpt_path, ckpt,
+        fold_rows, fold_blocks, fold_s = one_fold(cfg, fold, samples, tasks, rid, ckpt_path, ckpt,
                                                    finished, rep, epoch_s, budget, selection, recipe)
         if fold_rows is None:
             return "interrupted", [], [], genes
         timings.setdefault("fold_s", []).append(fold_s)
         rows += fold_rows
         blocks += fold_blocks
-    _fold_timings(timings, selection, _blocked(tasks), epoch_s)
+    fold_timings(timings, selection, blocked_graphs(tasks), epoch_s)
     return "done", rows, blocks, genes
 
 
-def _blocked(tasks: dict) -> dict[str, Any]:
+def resume_point(cfg: TrainConfig, path: Checkpoint, rid: str) -> tuple[Any, dict[int, dict]]:
+    """The one resume path (here and on a cluster worker): the run's checkpoint when
+    ``--resume`` asks for it and it belongs to this run, and the folds it finished."""
+    ckpt = path.load() if cfg.resume and cfg.spec.neural else None
+    if ckpt is not None and ckpt.get("run_id") != rid:
+        ckpt = None
+    if cfg.resume and cfg.spec.neural and ckpt is None:
+        log.info("no checkpoint for run %s: starting from epoch 0", rid)
+    return ckpt, (dict(ckpt["finished"]) if ckpt else {})
+
+
+def blocked_graphs(tasks: dict) -> dict[str, Any]:
     """Graphs trained on spatial blocks (batching.py): what one epoch did."""
     return {t.name: vars(t.cache["batching"]) for t in tasks.values() if "batching" in t.cache}
 
 
-def _one_fold(cfg: TrainConfig, fold: Any, samples: dict, tasks: dict, rid: str, ckpt_path: Checkpoint,
+def one_fold(cfg: TrainConfig, fold: Any, samples: dict, tasks: dict, rid: str, ckpt_path: Checkpoint,
               ckpt: dict | None, finished: dict, rep: Any, epoch_s: list[float],
               budget: list[int | None], selection: dict[int, dict], recipe: Any
               ) -> tuple[list[dict] | None, list, float]:
@@ -253,7 +258,7 @@ def _one_fold(cfg: TrainConfig, fold: Any, samples: dict, tasks: dict, rid: str,
     return rows, blocks, fold_s
 
 
-def _fold_timings(timings: dict[str, Any], selection: dict[int, dict], blocked: dict[str, Any],
+def fold_timings(timings: dict[str, Any], selection: dict[int, dict], blocked: dict[str, Any],
                   epoch_s: list[float]) -> None:
     if selection:
         timings["selection"] = {str(k): v for k, v in selection.items()}
@@ -416,7 +421,7 @@ def _check_device(cfg: TrainConfig) -> None:
 
 
 @contextlib.contextmanager
-def _deterministic(cfg: TrainConfig) -> Iterator[None]:
+def deterministic(cfg: TrainConfig) -> Iterator[None]:
     """Torch threads as configured, and deterministic kernels on CUDA; both restored after.
 
     On a CPU the kernels asign uses (dense ops, DGL's CSR SpMM, torch sparse CSR) are

@@ -157,3 +157,22 @@ def test_the_layer_check_can_fail():
     assert _layer_violations(planted) == [
         "ingest/x.py imports asign.train", "report/x.py imports asign.ingest",
         "schemas/x.py imports asign.store", "store/x.py imports asign.train"]
+
+
+def _private_imports(path: str, tree: ast.AST) -> list[str]:
+    """Private names imported from another top-level package (``from asign.train import _x``
+    in train/on_cluster.py counts: the orchestration's helpers it needs are public)."""
+    own = _package_of(path)
+    return [f"{path}: {n.module}.{a.name}" for n in ast.walk(tree)
+            if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith("asign")
+            for a in n.names if a.name.startswith("_") and not a.name.startswith("__")
+            and (n.module.split(".")[1:2] != [own] or n.module.count(".") == 1)]
+
+
+def test_no_private_imports_across_modules():
+    bad = [line for path, tree in _parsed().items() for line in _private_imports(path, tree)
+           if not path.startswith("store/")]  # the store's own modules share its key codecs
+    assert bad == []
+    planted = ast.parse("from asign.train import _one_fold\n")
+    assert _private_imports("train/on_cluster.py", planted) == [
+        "train/on_cluster.py: asign.train._one_fold"]
