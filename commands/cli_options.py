@@ -145,8 +145,7 @@ def _moved(cls: type, values: dict[str, Any], by_flag: dict[str, Declared]) -> N
             value = values.get(other.name) if other else None
             if other is not None and value is not None and d.option.choices is not None \
                     and value in tuple(d.option.choices()):
-                _warn(f"{old} {value}", f"{d.flag} {value}",
-                      f" ({old} is now: {other.option.help.split('.')[0].lower()})")
+                _warn(f"{old} {value}", f"{d.flag} {value}", f" ({old} is {other.option.sense})")
                 values[d.name], values[other.name] = value, other.default
 
 

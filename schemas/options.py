@@ -230,6 +230,7 @@ SHARED: dict[str, Option] = {o.flag or "": o for o in (
            help="Run the independent tasks on a local Dask cluster of N worker processes "
                 "(cores // N threads each); 0 = serial in this process."),
     Option(flag="--scheduler", group="Cluster", identity="never", envvar="ASIGN_SCHEDULER",
+           meaning="the address of a running Dask scheduler",
            help="Address of a running Dask scheduler to run the tasks on, e.g. a "
                 "dask-jobqueue SLURMCluster's (see the cluster page of the docs)."),
     Option(flag="--samples", help="Sample ids (or a glob), comma-separated.",
