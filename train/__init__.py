@@ -14,7 +14,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -155,7 +155,6 @@ def load_samples(cfg: TrainConfig, store: Any, folds: list) -> tuple[dict, Any]:
 def _execute(cfg: TrainConfig, store: Any, rid: str, folds: list, rep: Any,
              timings: dict[str, Any], max_epochs: int | None, client: Any = None
              ) -> tuple[str, list[dict], list, tuple[str, ...]]:
-    from asign.train import loop
     from asign.train.results import PredictionBlock
 
     if client is not None:
@@ -167,35 +166,49 @@ def _execute(cfg: TrainConfig, store: Any, rid: str, folds: list, rep: Any,
     genes = next(iter(samples.values())).genes
     timings["load_s"] = round(time.perf_counter() - t, 3)
 
-    ckpt_path = store.checkpoint(rid)
-    ckpt, finished = resume_point(cfg, ckpt_path, rid)
-    tasks: dict[tuple, loop.GraphTask] = {}
+    run = FoldRun.start(cfg, rid, store.checkpoint(rid), samples, recipe, rep, max_epochs)
     rows: list[dict] = []
     blocks: list[PredictionBlock] = []
-    epoch_s: list[float] = []
-    budget = [max_epochs]
-    selection: dict[int, dict] = {}
     for fold in folds:
-        fold_rows, fold_blocks, fold_s = one_fold(cfg, fold, samples, tasks, rid, ckpt_path, ckpt,
-                                                   finished, rep, epoch_s, budget, selection, recipe)
+        fold_rows, fold_blocks, fold_s = one_fold(cfg, fold, run)
         if fold_rows is None:
             return "interrupted", [], [], genes
         timings.setdefault("fold_s", []).append(fold_s)
         rows += fold_rows
         blocks += fold_blocks
-    fold_timings(timings, selection, blocked_graphs(tasks), epoch_s)
+    fold_timings(timings, run.selection, blocked_graphs(run.tasks), run.epoch_s)
     return "done", rows, blocks, genes
 
 
-def resume_point(cfg: TrainConfig, path: Checkpoint, rid: str) -> tuple[Any, dict[int, dict]]:
-    """The one resume path (here and on a cluster worker): the run's checkpoint when
-    ``--resume`` asks for it and it belongs to this run, and the folds it finished."""
-    ckpt = path.load() if cfg.resume and cfg.spec.neural else None
-    if ckpt is not None and ckpt.get("run_id") != rid:
-        ckpt = None
-    if cfg.resume and cfg.spec.neural and ckpt is None:
-        log.info("no checkpoint for run %s: starting from epoch 0", rid)
-    return ckpt, (dict(ckpt["finished"]) if ckpt else {})
+@dataclass
+class FoldRun:
+    """What the folds of one run share: its samples, their graph tasks, the checkpoint it
+    resumes from and writes, the progress reporter, and what the folds record."""
+
+    rid: str
+    samples: dict[str, Any]
+    recipe: Any  # the spot-encoder recipe when fine-tuning, else None
+    ckpt_path: Checkpoint
+    ckpt: dict | None
+    finished: dict[int, dict]  # fold → trained weights
+    rep: Any
+    budget: int | None = None  # epochs left in this call (time-boxed sessions)
+    tasks: dict[tuple, Any] = field(default_factory=dict)
+    epoch_s: list[float] = field(default_factory=list)
+    selection: dict[int, dict] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, cfg: TrainConfig, rid: str, path: Checkpoint, samples: dict[str, Any],
+              recipe: Any, rep: Any, budget: int | None = None) -> FoldRun:
+        """The one resume path (here and on a cluster worker): the run's checkpoint when
+        ``--resume`` asks for it and it belongs to this run, and the folds it finished."""
+        ckpt = path.load() if cfg.resume and cfg.spec.neural else None
+        if ckpt is not None and ckpt.get("run_id") != rid:
+            ckpt = None
+        if cfg.resume and cfg.spec.neural and ckpt is None:
+            log.info("no checkpoint for run %s: starting from epoch 0", rid)
+        finished = dict(ckpt["finished"]) if ckpt else {}
+        return cls(rid, samples, recipe, path, ckpt, finished, rep, budget)
 
 
 def blocked_graphs(tasks: dict) -> dict[str, Any]:
@@ -203,24 +216,21 @@ def blocked_graphs(tasks: dict) -> dict[str, Any]:
     return {t.name: vars(t.cache["batching"]) for t in tasks.values() if "batching" in t.cache}
 
 
-def one_fold(cfg: TrainConfig, fold: Any, samples: dict, tasks: dict, rid: str, ckpt_path: Checkpoint,
-              ckpt: dict | None, finished: dict, rep: Any, epoch_s: list[float],
-              budget: list[int | None], selection: dict[int, dict], recipe: Any
-              ) -> tuple[list[dict] | None, list, float]:
+def one_fold(cfg: TrainConfig, fold: Any, run: FoldRun) -> tuple[list[dict] | None, list, float]:
     """Train (or compute) one fold and score its test samples: (metric rows, prediction
     blocks, seconds); rows None when the epoch budget ran out first."""
     from asign.train import intervals, loop
     from asign.train.metrics import evaluate
     from asign.train.results import PredictionBlock, metric_rows
 
+    samples, tasks = run.samples, run.tasks
     rows: list[dict] = []
     blocks: list[PredictionBlock] = []
     preds: dict[str, np.ndarray] = {}
     bounds: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     t = time.perf_counter()
     if cfg.spec.neural:
-        model = _fit_fold(cfg, fold, samples, tasks, rid, ckpt_path, ckpt, finished, rep,
-                          epoch_s, budget, selection, recipe)
+        model = _fit_fold(cfg, fold, run)
         if model is None:
             return None, [], 0.0
         for plan in fold.test:
@@ -248,7 +258,7 @@ def one_fold(cfg: TrainConfig, fold: Any, samples: dict, tasks: dict, rid: str, 
                 lo, hi = (b[idx] for b in bounds[plan.sample_id])
                 values.update(coverage=intervals.coverage_of(lo, hi, s.labels[idx]),
                               width=float(np.mean(hi - lo)))
-            rows += metric_rows(rid, fold.fold, plan.sample_id, sec, fold.setting, values)
+            rows += metric_rows(run.rid, fold.fold, plan.sample_id, sec, fold.setting, values)
         out = s.in_sections(plan.predicted)
         lo, hi = bounds.get(plan.sample_id, (None, None))
         blocks.append(PredictionBlock(fold.fold, plan.sample_id,
@@ -283,15 +293,15 @@ def _require_finite(cfg: TrainConfig, fold: int, s: Any, plan: Any, pred: np.nda
                            path=cfg.store, fix="run `asign check` on the store; try a lower --lr")
 
 
-def _fit_fold(cfg: TrainConfig, fold: Any, samples: dict, tasks: dict, rid: str,
-              path: Checkpoint, ckpt: dict | None, finished: dict, rep: Any, epoch_s: list[float],
-              budget: list[int | None], best: dict[int, dict], recipe: Any = None) -> Any:
+def _fit_fold(cfg: TrainConfig, fold: Any, run: FoldRun) -> Any:
     """Train (or restore) the fold's model; None when the epoch budget ran out first."""
     from asign.train import loop
 
+    samples, tasks, ckpt, finished, rep = run.samples, run.tasks, run.ckpt, run.finished, run.rep
+
     any_sample = next(iter(samples.values()))
     model = loop.build(cfg, any_sample.spot_feat.shape[1], len(any_sample.genes), fold.fold,
-                       spot_encoder=recipe)
+                       spot_encoder=run.recipe)
     if fold.fold in finished:
         model.load_state_dict(finished[fold.fold])
         return model
@@ -319,26 +329,27 @@ def _fit_fold(cfg: TrainConfig, fold: Any, samples: dict, tasks: dict, rid: str,
         loop.init_output_bias(model, train_tasks)
 
     def save(state: loop.FitState) -> None:
-        path.save({"run_id": rid, "fold": fold.fold, "state": asdict(state),
-                                    "finished": finished})
+        run.ckpt_path.save({"run_id": run.rid, "fold": fold.fold, "state": asdict(state),
+                            "finished": finished})
 
     task_id = rep.task(f"{cfg.model} fold {fold.fold}", total=cfg.epochs)
     if resume is not None:
         rep.advance(task_id, resume.epoch)
 
     def on_epoch(epoch: int, loss: float, seconds: float) -> None:
-        epoch_s.append(seconds)
+        run.epoch_s.append(seconds)
         rep.advance(task_id, 1, loss=f"{loss:.4f}", epoch=epoch + 1)
 
-    stop = budget[0]
+    stop = run.budget
     start = resume.epoch if resume else 0
     state = loop.fit(cfg, model, train_tasks, fold.fold, resume_from=resume,
                      on_epoch=on_epoch, save=save, stop_after=stop, select=select)
     rep.done(task_id)
     if stop is not None:
-        budget[0] = stop - (state.epoch - start)
+        run.budget = stop - (state.epoch - start)
     if state.epoch < cfg.epochs:
         return None
+    best = run.selection
     best[fold.fold] = {"best_epoch": state.best_epoch,
                        "val_score": state.best_score if np.isfinite(state.best_score) else None}
     if cfg.calibrate_gate and cfg.uses_cli:
@@ -346,8 +357,7 @@ def _fit_fold(cfg: TrainConfig, fold: Any, samples: dict, tasks: dict, rid: str,
 
         best[fold.fold]["gate"] = calibrate_gate(cfg, model, select or train_tasks)
     finished[fold.fold] = loop._cpu_state(model)
-    path.save({"run_id": rid, "fold": None, "state": None,
-                                "finished": finished})
+    run.ckpt_path.save({"run_id": run.rid, "fold": None, "state": None, "finished": finished})
     return model
 
 

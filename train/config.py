@@ -5,7 +5,7 @@ docs and ``asign doctor`` read :data:`MODELS`."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from asign.schemas.options import problems as declared_problems
 from asign.store.manifest import jsonable
 
 SETTINGS = ("within_sample", "cross_sample")
+ASIGN_BUILDER = "asign.train.model:build_model"  # MSAGNet (+ CLI): asign3d, asign2d
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("cosine", "none")
 FEATURE_NORMS = ("section", "none")
@@ -40,6 +41,9 @@ class ModelSpec:
     # baseline: None, and ``baseline`` names its predictor in train/baselines.py, with the
     # signature (cfg, sample, y, known) -> (N, G)
     network: Mapping[str, bool] | None = None
+    # a network's builder, ``(model name, **loop.model_overrides) -> Network``
+    # (train/network.py): a callable or "module:function"; default ASIGNNet's
+    builder: str | Callable[..., Any] | None = None
     baseline: str | None = None
     cross_layer: bool = False  # uses cross-layer edges of the 3D graph
     cli: bool = False  # label propagation from the known layer
@@ -53,7 +57,17 @@ class ModelSpec:
 
     @property
     def neural(self) -> bool:
-        return self.network is not None
+        return self.network is not None or self.builder is not None
+
+    def build_network(self, **overrides: Any) -> Any:
+        """A freshly initialised network of this model (only for a neural model)."""
+        import importlib
+
+        builder = self.builder or ASIGN_BUILDER
+        if isinstance(builder, str):
+            module, _, name = builder.partition(":")
+            builder = getattr(importlib.import_module(module), name)
+        return builder(self.name, **overrides)
 
     @property
     def uses_torch(self) -> bool:

@@ -51,7 +51,7 @@ def fold_task(cfg: TrainConfig, root: str, rid: str, fold: Any) -> dict[str, Any
     from asign.cluster import here, worker_threads
     from asign.progress import silent
     from asign.store import open_store
-    from asign.train import blocked_graphs, deterministic, load_samples, one_fold, resume_point
+    from asign.train import FoldRun, blocked_graphs, deterministic, load_samples, one_fold
 
     if cfg.threads is None:
         cfg = cfg.with_(threads=worker_threads())
@@ -60,13 +60,9 @@ def fold_task(cfg: TrainConfig, root: str, rid: str, fold: Any) -> dict[str, Any
     samples, recipe = load_samples(cfg, store, [fold])
     load_s = round(time.perf_counter() - t, 3)
     path = store.checkpoint(f"{rid}.fold{fold.fold}")
-    ckpt, finished = resume_point(cfg, path, rid)
-    tasks: dict = {}
-    epoch_s: list[float] = []
-    selection: dict[int, dict] = {}
+    run = FoldRun.start(cfg, rid, path, samples, recipe, silent())
     with deterministic(cfg):
-        rows, blocks, fold_s = one_fold(cfg, fold, samples, tasks, rid, path, ckpt, finished, silent(),
-                                         epoch_s, [None], selection, recipe)
-    return {"rows": rows, "blocks": blocks, "fold_s": fold_s, "epoch_s": epoch_s, "selection": selection,
-            "batching": blocked_graphs(tasks), "genes": next(iter(samples.values())).genes, "load_s": load_s,
-            "where": here()}
+        rows, blocks, fold_s = one_fold(cfg, fold, run)
+    return {"rows": rows, "blocks": blocks, "fold_s": fold_s, "epoch_s": run.epoch_s,
+            "selection": run.selection, "batching": blocked_graphs(run.tasks),
+            "genes": next(iter(samples.values())).genes, "load_s": load_s, "where": here()}
