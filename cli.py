@@ -67,7 +67,9 @@ log = logging.getLogger("asign")
 
 @app.callback()
 def main(
-    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="Debug log output (the default already logs each step).")] = 0,
+    verbose: Annotated[int, typer.Option(
+        "--verbose", "-v", count=True,
+        help="Debug log output (the default already logs each step).")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors.")] = False,
 ) -> None:
     """Logging is configured once, here."""
@@ -196,8 +198,10 @@ def query(
 @_command(cls=_Command)
 def plan(
     store: StoreOpt,
-    budget: Annotated[int, typer.Option("--budget", min=1, max=3, help="How many sections to measure (ST).")] = 1,
-    sample: Annotated[str | None, typer.Option("--sample", help="One sample (default: every sample).")] = None,
+    budget: Annotated[int, typer.Option(
+        "--budget", min=1, max=3, help="How many sections to measure (ST).")] = 1,
+    sample: Annotated[str | None, typer.Option(
+        "--sample", help="One sample (default: every sample).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Rank which section(s) to send for ST, from images and alignment alone (train/plan.py)."""
@@ -251,10 +255,19 @@ def report(
 def export(
     store: StoreOpt,
     run: RunOpt,
-    h5ad: Annotated[Path | None, typer.Option("--h5ad", help="Output .h5ad file (AnnData: X in log1p(CP10k), layers counts/asign/measured).")] = None,
-    spatialdata: Annotated[Path | None, typer.Option("--spatialdata", help="Output .zarr folder (SpatialData: aligned H&E stack, spot circles, the AnnData as table).")] = None,
-    ome_tiff: Annotated[Path | None, typer.Option("--ome-tiff", help="Output .ome.tif: the aligned H&E stack (Z×Y×X RGB, µm), one file per sample.")] = None,
-    z_spacing_um: Annotated[float | None, typer.Option("--z-spacing-um", help="Distance between consecutive sections in µm for the image stack (default: the spacing recorded at ingest, --section-um).")] = None,
+    h5ad: Annotated[Path | None, typer.Option(
+        "--h5ad", help="Output .h5ad file (AnnData: X in log1p(CP10k), layers "
+                       "counts/asign/measured).")] = None,
+    spatialdata: Annotated[Path | None, typer.Option(
+        "--spatialdata", help="Output .zarr folder (SpatialData: aligned H&E stack, spot "
+                              "circles, the AnnData as table).")] = None,
+    ome_tiff: Annotated[Path | None, typer.Option(
+        "--ome-tiff", help="Output .ome.tif: the aligned H&E stack (Z×Y×X RGB, µm), one file "
+                           "per sample.")] = None,
+    z_spacing_um: Annotated[float | None, typer.Option(
+        "--z-spacing-um", help="Distance between consecutive sections in µm for the image "
+                               "stack (default: the spacing recorded at ingest, "
+                               "--section-um).")] = None,
     model: Annotated[str | None, shared_option(
         "--model", help="Run exported (default: asign3d if present).")] = None,
     as_json: JsonOpt = False,
@@ -279,9 +292,12 @@ def export(
 def demo(
     out: Annotated[Path, shared_option(
         "--out", help="Folder for the synthetic sample and its store.")] = Path("asign-demo"),
-    layers: Annotated[int, typer.Option("--layers", min=2, help="Number of synthetic sections (at least 2: one known, one to impute).")] = 4,
+    layers: Annotated[int, typer.Option(
+        "--layers", min=2,
+        help="Number of synthetic sections (at least 2: one known, one to impute).")] = 4,
     seed: Annotated[int, shared_option("--seed")] = 0,
-    train_too: Annotated[bool, typer.Option("--train/--no-train", help="Also train and evaluate models on the demo store.")] = True,
+    train_too: Annotated[bool, typer.Option(
+        "--train/--no-train", help="Also train and evaluate models on the demo store.")] = True,
     as_json: JsonOpt = False,
 ) -> None:
     """Generate a small synthetic 3D sample and run the pipeline on it (offline, seconds)."""
@@ -294,7 +310,8 @@ def demo(
 
 @_command(cls=_Command)
 def doctor(as_json: JsonOpt = False) -> None:
-    """Preflight: check each native piece and the encoder weights; print the fix for each failure."""
+    """Preflight: check each native piece and the encoder weights; print the fix for each
+    failure."""
     from asign.commands.doctor import print_checks, run_checks
 
     results = run_checks()

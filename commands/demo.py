@@ -20,7 +20,8 @@ def demo_models() -> tuple[str, ...]:
 
 
 
-def run_demo(out: Path, *, layers: int = 4, seed: int = 0, train: bool = True, epochs: int = 30) -> dict[str, Any]:
+def run_demo(out: Path, *, layers: int = 4, seed: int = 0, train: bool = True,
+             epochs: int = 30) -> dict[str, Any]:
     from asign.commands.synthetic import make_demo_sample
     from asign.ingest import run as ingest_run
     from asign.ingest.config import IngestConfig
@@ -39,7 +40,8 @@ def run_demo(out: Path, *, layers: int = 4, seed: int = 0, train: bool = True, e
 
     runs = {}
     for model in demo_models():
-        result = train_run(TrainConfig(store=store, model=model, run="demo", epochs=epochs, seed=seed))
+        result = train_run(TrainConfig(store=store, model=model, run="demo", epochs=epochs,
+                                       seed=seed))
         runs[model] = result.run_id
     summary["runs"] = runs
 

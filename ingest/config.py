@@ -46,7 +46,8 @@ def parse_init(items: list[str]) -> dict[str, tuple[float, bool]]:
         try:
             if len(parts) not in (3, 4) or (len(parts) == 4 and parts[3] not in ("flip", "noflip")):
                 raise ValueError
-            out[f"{parts[0]}:{parts[1]}"] = (float(parts[2]), len(parts) == 4 and parts[3] == "flip")
+            flip = len(parts) == 4 and parts[3] == "flip"
+            out[f"{parts[0]}:{parts[1]}"] = (float(parts[2]), flip)
         except ValueError:
             raise ConfigError(f"--init {item!r} is malformed",
                               fix="use MOVING:FIXED:DEGREES or MOVING:FIXED:DEGREES:flip, "

@@ -109,7 +109,8 @@ class RunData:
     counts: np.ndarray | None = None
     embed: dict[str, Any] = field(default_factory=dict)  # manifest params.embed
     transforms: pd.DataFrame | None = None  # the test samples' alignment transforms
-    bounds: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # model -> (lower, upper)
+    # model -> (lower, upper)
+    bounds: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     @property
     def setting(self) -> str:
@@ -217,7 +218,8 @@ def load_run_data(store: Store, name: str, model: str | None = None) -> RunData:
 
     predictions = {m: _dense(p, spot_index, gene_index) for m, p in preds_long.items()
                    if not p.empty}
-    bounds = {m: (_dense(p, spot_index, gene_index, "lower"), _dense(p, spot_index, gene_index, "upper"))
+    bounds = {m: (_dense(p, spot_index, gene_index, "lower"),
+                  _dense(p, spot_index, gene_index, "upper"))
               for m, p in preds_long.items() if "lower" in p and p["lower"].notna().any()}
     known, hidden, scored = _layers(sections, runs[map_model], preds_long[map_model],
                                     metrics[metrics.model == map_model], labels, spots)
@@ -289,9 +291,9 @@ def _layers(sections: pd.DataFrame, run: RunInfo, preds: pd.DataFrame, metrics: 
         candidates = [s for s in secs.section_id[placed(secs)] if s in labelled_secs]
         k = derive_known(candidates, predicted, with_metrics)
         if k is None:
-            infos = [SectionInfo(str(r.sample_id), str(r.section_id), int(r.z), bool(r.has_counts),
-                                 bool(r.has_image), bool(c)) for r, c in zip(secs.itertuples(), has_coords(secs),
-                                                                             strict=True)]
+            rows = zip(secs.itertuples(), has_coords(secs), strict=True)
+            infos = [SectionInfo(str(r.sample_id), str(r.section_id), int(r.z),
+                                 bool(r.has_counts), bool(r.has_image), bool(c)) for r, c in rows]
             k = resolve_known(infos, run.config.get("known", "first"))
             log.info("sample %s: known layer %s from the run config (known=%s)", sample, k,
                      run.config.get("known", "first"))

@@ -1,6 +1,6 @@
 """``report.html``: one self-contained page (PNGs embedded as base64, plotly.js inline for
-the 3D view, no external resources) with a short text summary that always puts a model's numbers beside
-the mean-profile baseline and per-gene PCC beside per-spot PCC (DESIGN §5)."""
+the 3D view, no external resources) with a short text summary that always puts a model's
+numbers beside the mean-profile baseline and per-gene PCC beside per-spot PCC (DESIGN §5)."""
 
 from __future__ import annotations
 
@@ -50,7 +50,8 @@ def _fmt(v: float) -> str:
 
 def _value(summary: pd.DataFrame, model: str, metric: str) -> float:
     row = summary[(summary.model == model) & (summary.metric == metric)]
-    return float(row["mean"].iloc[0]) if len(row) and pd.notna(row["mean"].iloc[0]) else float("nan")
+    ok = len(row) and pd.notna(row["mean"].iloc[0])
+    return float(row["mean"].iloc[0]) if ok else float("nan")
 
 
 def summary_lines(data: RunData, summary: pd.DataFrame, models: list[str]) -> list[str]:

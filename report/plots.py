@@ -50,10 +50,12 @@ class Layer3D:
     kind: str  # "known" | "predicted" | "measured"
 
 
-def shared_limits(arrays: list[np.ndarray], lo: float = 2.0, hi: float = 98.0) -> tuple[float, float]:
+def shared_limits(arrays: list[np.ndarray], lo: float = 2.0,
+                  hi: float = 98.0) -> tuple[float, float]:
     """Colour limits from pooled percentiles, so measured and predicted share one scale and
     a few outlier spots do not wash the map out."""
-    vals = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays if a is not None])
+    vals = np.concatenate([np.asarray(a, dtype=np.float64).ravel()
+                           for a in arrays if a is not None])
     vals = vals[np.isfinite(vals)]
     if vals.size == 0:
         return 0.0, 1.0
@@ -71,8 +73,9 @@ def _figure(width: float, height: float) -> Any:
 
 def _save(fig: Any, out: Path, palette: bool = False) -> Path:
     """Write the PNG. ``palette``: an 8-bit palette of 128 colours fitted to the picture
-    (white and black included) plus 128 steps of the colour map, so the colour bar and spot colours stay smooth while
-    an H&E-backed map shrinks ~3x (every map is embedded in report.html)."""
+    (white and black included) plus 128 steps of the colour map, so the colour bar and spot
+    colours stay smooth while an H&E-backed map shrinks ~3x (every map is embedded in
+    report.html)."""
     import io
 
     from matplotlib import colormaps
@@ -201,7 +204,8 @@ def spatial_maps(maps: list[SectionMap], gene: str, model: str, unit: str, title
 
     norm = Normalize(0.0, 100.0, clip=True)
     uq = any(m.width is not None for m in maps)  # a 4th column: the uncertainty map
-    wnorm = Normalize(*shared_limits([m.width for m in maps if m.width is not None]), clip=True) if uq else None
+    widths = [m.width for m in maps if m.width is not None]
+    wnorm = Normalize(*shared_limits(widths), clip=True) if uq else None
     wcoll = None
     n = len(maps)
     aspects = []
@@ -353,7 +357,8 @@ def metrics_bars(summary: pd.DataFrame, models: list[str], title: str, out: Path
         for i, model in enumerate(models):
             if not np.isfinite(means[i]):
                 ax.text(i, 0.02 * top, "n/a\n(constant\nper gene)" if metric == "pcc_gene"
-                        else "n/a", ha="center", va="bottom", fontsize=7, color="#555555", clip_on=True)
+                        else "n/a", ha="center", va="bottom", fontsize=7, color="#555555",
+                        clip_on=True)
                 continue
             base = is_mean_profile(model)
             sd = float(np.nan_to_num(sds[i]))

@@ -49,7 +49,8 @@ def run(cfg: TrainConfig, *, reporter: Any = None, max_epochs: int | None = None
 
     validate(cfg)
     _check_device(cfg)
-    on_cluster = cluster is not None and cluster.distributed and cfg.folds >= 2 and max_epochs is None
+    on_cluster = (cluster is not None and cluster.distributed and cfg.folds >= 2
+                  and max_epochs is None)
     if on_cluster and cfg.threads is None and not cluster.scheduler:
         from asign.cluster import threads_per_worker
 
@@ -146,8 +147,9 @@ def load_samples(cfg: TrainConfig, store: Any, folds: list) -> tuple[dict, Any]:
         recipe = EncoderRecipe.from_manifest(store.embedding_info(),
                                              cfg.encoder, store.layout.manifest)
     graph = cfg.spec.neural or cfg.spec.cross_layer  # mean, idw, similarity use no edges
-    samples = {s: load_sample(store, s, encoder=cfg.encoder, patches=recipe is not None, graph=graph,
-                              features=cfg.spec.images)  # mean, idw, cli read no embeddings
+    # mean, idw, cli read no embeddings
+    samples = {s: load_sample(store, s, encoder=cfg.encoder, patches=recipe is not None,
+                              graph=graph, features=cfg.spec.images)
                for s in needed}
     return samples, recipe
 
@@ -264,7 +266,8 @@ def one_fold(cfg: TrainConfig, fold: Any, run: FoldRun) -> tuple[list[dict] | No
         blocks.append(PredictionBlock(fold.fold, plan.sample_id,
                                       np.asarray(s.sections, dtype=object)[s.section[out]],
                                       s.spot_ids[out], pred[out],
-                                      None if lo is None else lo[out], None if hi is None else hi[out]))
+                                      None if lo is None else lo[out],
+                                      None if hi is None else hi[out]))
     return rows, blocks, fold_s
 
 
@@ -288,7 +291,8 @@ def _require_finite(cfg: TrainConfig, fold: int, s: Any, plan: Any, pred: np.nda
     bad = out & ~np.isfinite(pred).all(axis=1)
     if bad.any():
         first = s.sections[int(s.section[np.flatnonzero(bad)[0]])]
-        raise NumericError(f"section {first}: {cfg.model} predicted NaN/inf for {int(bad.sum())} spots "
+        raise NumericError(f"section {first}: {cfg.model} predicted NaN/inf for "
+                           f"{int(bad.sum())} spots "
                            f"(sample {s.sample_id}, fold {fold}); run stopped, nothing scored",
                            path=cfg.store, fix="run `asign check` on the store; try a lower --lr")
 

@@ -23,7 +23,8 @@ SCHEDULERS = ("cosine", "none")
 FEATURE_NORMS = ("section", "none")
 # Parts of asign3d that --ablate removes (the paper's Table II/III ablations):
 # cross-attention: each spot attends to its own region/global tile only (softmax ≡ 1, as in
-# the reference code), not to the neighbouring tiles; gat: no GAT/transformer block (fused features straight to the heads);
+# the reference code), not to the neighbouring tiles; gat: no GAT/transformer block (fused
+# features straight to the heads);
 # cli: no cross-layer imputation (MSAGNet alone, on the 3D graph).
 ABLATIONS = ("cross-attention", "gat", "cli")
 
@@ -79,7 +80,8 @@ def _models(*specs: ModelSpec) -> dict[str, ModelSpec]:
 
 
 MODELS: dict[str, ModelSpec] = _models(
-    ModelSpec(name="asign3d", help="MSAGNet on the 3D graph + cross-layer imputation (the full method)",
+    ModelSpec(name="asign3d",
+              help="MSAGNet on the 3D graph + cross-layer imputation (the full method)",
               network={"cross_layer_edges": True, "use_cli": True}, cross_layer=True, cli=True,
               reads=("cli_iters", "idw_k", "idw_power"), rank=0, colour="#1f77b4"),
     ModelSpec(name="asign2d", help="MSAGNet on same-layer edges only, no CLI (the 2D model)",
@@ -87,9 +89,11 @@ MODELS: dict[str, ModelSpec] = _models(
     ModelSpec(name="cli", help="label propagation alone over the 3D graph (unit node weights)",
               baseline="predict_cli", cross_layer=True, cli=True, images=False, torch=True,
               reads=("cli_iters",), rank=2, colour="#2ca02c"),
-    ModelSpec(name="similarity", help="cosine kNN (k=20) on spot embeddings against the known layer",
+    ModelSpec(name="similarity",
+              help="cosine kNN (k=20) on spot embeddings against the known layer",
               baseline="predict_similarity", reads=("similarity_k",), rank=3, colour="#9467bd"),
-    ModelSpec(name="idw", help="inverse-distance weighting of the 8 nearest known spots (aligned x, y)",
+    ModelSpec(name="idw",
+              help="inverse-distance weighting of the 8 nearest known spots (aligned x, y)",
               baseline="predict_idw", images=False, reads=("idw_k", "idw_power"),
               rank=4, colour="#ff7f0e"),
     ModelSpec(name="mean", help="known layer's mean profile for every hidden spot",

@@ -76,16 +76,19 @@ def _private_store_names(tree: ast.AST) -> set[str]:
 def test_only_store_composes_lmdb_keys():
     # keys and value codecs are the store's: everyone else uses the typed Vectors methods
     bad = {path: sorted(names) for path, tree in _parsed().items() if not path.startswith("store/")
-           and (names := _private_store_names(tree) | {n for n in _imports(tree) if n.rsplit(".", 1)[-1]
-                                                       in ("emb_key", "patch_key", "done_key", "meta_key")})}
+           and (names := _private_store_names(tree) | {
+               n for n in _imports(tree)
+               if n.rsplit(".", 1)[-1] in ("emb_key", "patch_key", "done_key", "meta_key")})}
     assert bad == {}
 
 
 def test_the_checks_can_fail():
-    planted_key = ast.parse("from asign.store.vectors import _emb_key\nfrom asign.store.vectors import done_key\n")
+    planted_key = ast.parse("from asign.store.vectors import _emb_key\n"
+                            "from asign.store.vectors import done_key\n")
     assert _private_store_names(planted_key) == {"asign.store.vectors._emb_key"}
     assert "asign.store.vectors.done_key" in _imports(planted_key)
-    planted = ast.parse("import lmdb\nfrom asign.ingest.graph import build_graph\ntable.to_parquet('x')\n")
+    planted = ast.parse("import lmdb\nfrom asign.ingest.graph import build_graph\n"
+                        "table.to_parquet('x')\n")
     assert "lmdb" in _imports(planted) and "asign.ingest.graph" in _imports(planted)
     assert "to_parquet" in _called_attributes(planted)
 

@@ -72,7 +72,8 @@ def _commands() -> list[tuple[str, object]]:
     return [("", group)] + sorted(group.commands.items())
 
 
-@pytest.mark.parametrize(("name", "command"), _commands(), ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize(("name", "command"), _commands(),
+                         ids=lambda v: v if isinstance(v, str) else "")
 def test_every_option_has_help_and_flags_read_as_flags(name, command):
     import click
 
