@@ -69,19 +69,22 @@ class AlignOptions:
         help="Initial guess for a pair: MOVING:FIXED:DEGREES[:flip], repeatable.")
 
 
+# identity role in ingest: "run" — the option enters the fingerprint of the step it changes
+# (ingest/steps.py, step_register.py), so a changed value redoes that step; "never" — it
+# does not change what is stored (inputs are identified by their hashes, not by path).
 @dataclass(frozen=True)
 class IngestConfig:
     sources: tuple[Path, ...] = opt(
-        argument=True, help="Sample folder(s): her2st layout, Visium outs/, or a manifest "
+        argument=True, identity="never", help="Sample folder(s): her2st layout, Visium outs/, or a manifest "
                             "(.toml/.csv).")
     store: Path = shared("--store")
-    format: str = shared("--format", "auto", choices=_readers,
+    format: str = shared("--format", "auto", choices=_readers, identity="never",
                          help="Input layout: auto (detected) or a reader listed by "
                               "`asign doctor`.")
-    samples: str | None = shared("--samples", None,
+    samples: str | None = shared("--samples", None, identity="never",
                                  help="Sample name(s) or glob, comma-separated (e.g. C or 'C,B').")
     extra_2d: tuple[str, ...] = shared("--extra-2d", ())
-    steps: tuple[str, ...] = opt(STEPS, listed=True, choices=lambda: STEPS,
+    steps: tuple[str, ...] = opt(STEPS, listed=True, choices=lambda: STEPS, identity="never",
                                  help="Steps to run, comma-separated (a subset).")
     n_genes: int = opt(250, ge=1, help="Gene panel size (top by mean count on training layers).")
     genes: tuple[str, ...] = shared(
@@ -102,8 +105,9 @@ class IngestConfig:
                        help="PATH to a state dict, 'imagenet' (bundled, or the torch hub "
                             "cache) or 'random' (pipeline tests).")
     allow_download: bool = opt(False, flag="--download", negatable=True, group=_FEAT,
+                               identity="never",
                                help="Allow downloading missing torch-hub ImageNet weights.")
-    device: str = shared("--device", "cpu", choices=_devices, group=_RUN)
+    device: str = shared("--device", "cpu", choices=_devices, group=_RUN, identity="never")
     precision: str = opt("auto", choices=_precisions, group=_FEAT,
                          help="Number format of the encoder's forward pass.")
     batch_size: int = opt(32, ge=1, group=_FEAT, help="Patches per forward pass of the encoder.")

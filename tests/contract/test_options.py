@@ -250,3 +250,36 @@ def test_bounds_and_choices_come_from_the_declarations():
     text = str(err.value)
     assert "4 problem(s)" in text and "--lr must be > 0" in text
     assert "--dropout must lie in [0, 1)" in text and "--gnn 'tf'" in text and "--idw-k" in text
+
+
+def _fingerprinted_ingest_fields() -> set[str]:
+    """The IngestConfig fields the step fingerprints read (recorded by attribute access)."""
+    from asign.ingest.step_register import register_fingerprint
+    from asign.ingest.steps import PIPELINE
+
+    cfg = IngestConfig(sources=(Path("x"),), store=Path("S"), encoder="effnet-lite0")
+    read: set[str] = set()
+
+    class Recorder:
+        def __getattr__(self, name: str) -> Any:
+            read.add(name)
+            return getattr(cfg, name)
+
+    for step in PIPELINE:
+        step.params(Recorder())
+    register_fingerprint(Recorder(), [], {})
+    return read
+
+
+def test_ingest_identity_roles_are_what_the_fingerprints_read():
+    # an option declared to change the store must redo its step when changed, and one
+    # declared not to must not: the roles and the fingerprints agree field by field
+    read = _fingerprinted_ingest_fields()
+    for d in declared(IngestConfig):
+        fingerprinted = d.path[0] in read
+        assert fingerprinted == (d.option.identity != "never"), d.name
+
+
+def test_every_model_role_field_is_read_by_a_model():
+    model_role = {d.name for d in declared(TrainConfig) if d.option.identity == "model"}
+    assert model_role == {f for spec in MODELS.values() for f in spec.reads}
