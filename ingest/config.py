@@ -75,8 +75,8 @@ class AlignOptions:
 @dataclass(frozen=True)
 class IngestConfig:
     sources: tuple[Path, ...] = opt(
-        argument=True, identity="never", help="Sample folder(s): her2st layout, Visium outs/, or a manifest "
-                            "(.toml/.csv).")
+        argument=True, identity="never",
+        help="Sample folder(s): her2st layout, Visium outs/, or a manifest (.toml/.csv).")
     store: Path = shared("--store")
     format: str = shared("--format", "auto", choices=_readers, identity="never",
                          help="Input layout: auto (detected) or a reader listed by "
