@@ -1,6 +1,6 @@
 """The typer options of a command, generated from its config class's declared fields.
 
-Each field's :class:`~asign.schemas.options.Option` gives the flag, help, default, panel and
+Each field's :class:`~asign.options.Option` gives the flag, help, default, panel and
 parsing; :func:`config_command` turns a function ``fn(parsed, **own_options)`` into a typer
 command whose options are the config's plus the function's own, and :func:`build` turns
 the parsed values back into the exact config (tested in tests/contract/test_options.py)."""
@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from asign.schemas.options import Declared, Option, declared, option_of
+from asign.options import Declared, Option, declared, option_of
 
 CHOICES = "{choices}"  # filled from the owning registry when the command shows --help
 OPTIONS_ATTR = "__asign_options__"  # param name → Option, on every generated command
@@ -234,8 +234,8 @@ def fill_choices(params: list[Any], options: dict[str, Option]) -> None:
 
 
 def shared_option(flag: str, **changes: Any) -> Any:
-    """A hand-written command's typer option for a shared word (schemas/options.SHARED)."""
-    from asign.schemas.options import SHARED
+    """A hand-written command's typer option for a shared word (asign/options.py SHARED)."""
+    from asign.options import SHARED
 
     o = SHARED[flag].with_(**changes)
     return typer_option(o)

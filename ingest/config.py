@@ -7,10 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from asign.ingest.steps import STEPS
-from asign.schemas.options import opt, shared
-from asign.schemas.options import problems as declared_problems
-from asign.schemas.vocabulary import NORMALISATIONS
-from asign.store.manifest import jsonable
+from asign.options import opt, shared
+from asign.options import problems as declared_problems
 
 TRANSFORMS = ("rigid", "affine")
 CROSS_WEIGHTS = ("product", "sum")  # IoU × cosine (the paper) | IoU + cosine (reference code)
@@ -22,6 +20,12 @@ def _readers() -> tuple[str, ...]:
     from asign.ingest.readers import READERS
 
     return ("auto", *READERS)
+
+
+def _normalisations() -> tuple[str, ...]:
+    from asign.schemas.vocabulary import NORMALISATIONS
+
+    return NORMALISATIONS
 
 
 def _precisions() -> tuple[str, ...]:
@@ -90,7 +94,7 @@ class IngestConfig:
     genes: tuple[str, ...] = shared(
         "--genes", (), help="Explicit gene panel: comma-separated names, or a file with one "
                             "gene per line (overrides --n-genes).")
-    normalisation: str = opt("log_ratio", choices=lambda: NORMALISATIONS,
+    normalisation: str = opt("log_ratio", choices=_normalisations,
                              help="log_ratio (reference/paper scale) or log1p_cp10k "
                                   "(TRIPLEX/HEST).")
     panel_from: str = opt("first", help="Layer of each sample counted as training for the "
@@ -136,6 +140,8 @@ class IngestConfig:
                            "naming it (one writer at a time).")
 
     def to_json(self) -> dict[str, Any]:
+        from asign.store.manifest import jsonable
+
         return jsonable(asdict(self))
 
     @property

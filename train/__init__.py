@@ -17,17 +17,27 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from asign.train.config import MODELS, TrainConfig, validate
-from asign.train.results import RunResult
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from asign.store.checkpoints import Checkpoint
+    from asign.train.results import RunResult
 
 __all__ = ["MODELS", "RunResult", "TrainConfig", "run"]
 
 log = logging.getLogger(__name__)
+
+
+def __getattr__(name: str) -> Any:
+    """``RunResult`` on demand: importing this package (as every config import does) must
+    not load the store and Arrow (``asign --help`` reads the configs)."""
+    if name == "RunResult":
+        from asign.train.results import RunResult
+
+        return RunResult
+    raise AttributeError(name)
 
 
 def run(cfg: TrainConfig, *, reporter: Any = None, max_epochs: int | None = None,
@@ -121,6 +131,8 @@ def _run_locked(cfg: TrainConfig, store: Any, rid: str, folds: list, row: dict[s
         seconds = time.perf_counter() - t0
         timings["total_s"] = round(seconds, 3)
         res.write_run_row(store, rid, cfg, status=status, seconds=seconds, **row)
+    from asign.train.results import RunResult
+
     return RunResult(rid, cfg.run, cfg.model, cfg.setting, status, seconds, table, timings)
 
 
@@ -221,6 +233,8 @@ def blocked_graphs(tasks: dict) -> dict[str, Any]:
 def one_fold(cfg: TrainConfig, fold: Any, run: FoldRun) -> tuple[list[dict] | None, list, float]:
     """Train (or compute) one fold and score its test samples: (metric rows, prediction
     blocks, seconds); rows None when the epoch budget ran out first."""
+    import numpy as np
+
     from asign.train import intervals, loop
     from asign.train.metrics import evaluate
     from asign.train.results import PredictionBlock, metric_rows
@@ -273,6 +287,7 @@ def one_fold(cfg: TrainConfig, fold: Any, run: FoldRun) -> tuple[list[dict] | No
 
 def fold_timings(timings: dict[str, Any], selection: dict[int, dict], blocked: dict[str, Any],
                   epoch_s: list[float]) -> None:
+    import numpy as np
     if selection:
         timings["selection"] = {str(k): v for k, v in selection.items()}
     if blocked:  # graphs trained on spatial blocks (batching.py): what one epoch did
@@ -285,6 +300,8 @@ def fold_timings(timings: dict[str, Any], selection: dict[int, dict], blocked: d
 def _require_finite(cfg: TrainConfig, fold: int, s: Any, plan: Any, pred: np.ndarray) -> None:
     """Predictions are scored and stored only when finite: a NaN would make the run look
     done with NaN metrics. Stops the run (status ``failed``) naming the first section."""
+    import numpy as np
+
     from asign.errors import NumericError
 
     out = s.in_sections(plan.predicted)
@@ -299,6 +316,8 @@ def _require_finite(cfg: TrainConfig, fold: int, s: Any, plan: Any, pred: np.nda
 
 def _fit_fold(cfg: TrainConfig, fold: Any, run: FoldRun) -> Any:
     """Train (or restore) the fold's model; None when the epoch budget ran out first."""
+    import numpy as np
+
     from asign.train import loop
 
     samples, tasks, ckpt, finished, rep = run.samples, run.tasks, run.ckpt, run.finished, run.rep
@@ -385,6 +404,7 @@ def _by_layer(plan: Any) -> bool:
 def _baseline(cfg: TrainConfig, s: Any, plan: Any) -> tuple[np.ndarray, tuple | None]:
     """(N, G) baseline predictions for one test sample from its known layers only, and
     their (lower, upper) intervals (train/intervals.py; None with coverage 0)."""
+
     from asign.train import intervals
     from asign.train.protocol import visible_labels
 
@@ -399,6 +419,7 @@ def _baseline(cfg: TrainConfig, s: Any, plan: Any) -> tuple[np.ndarray, tuple | 
 def _baseline_from(cfg: TrainConfig, s: Any, y: np.ndarray, known: np.ndarray) -> np.ndarray:
     """(N, G) baseline predictions from the labels ``y`` of the ``known`` spots: the
     registered predictor of the model (``ModelSpec.baseline``, train/baselines.py)."""
+
     from asign.train import baselines
 
     return getattr(baselines, cfg.spec.baseline)(cfg, s, y, known)

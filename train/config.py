@@ -12,9 +12,8 @@ from typing import Any
 
 from asign.cluster import DEVICES
 from asign.errors import ConfigErrors
-from asign.schemas.options import Declared, identity, opt, shared
-from asign.schemas.options import problems as declared_problems
-from asign.store.manifest import jsonable
+from asign.options import Declared, identity, opt, shared
+from asign.options import problems as declared_problems
 
 SETTINGS = ("within_sample", "cross_sample")
 ASIGN_BUILDER = "asign.train.model:build_model"  # MSAGNet (+ CLI): asign3d, asign2d
@@ -246,12 +245,16 @@ class TrainConfig:
         return "within_sample" if self.folds == 1 else "cross_sample"
 
     def to_json(self) -> dict[str, Any]:
+        from asign.store.manifest import jsonable
+
         return jsonable(asdict(self))
 
     def identity(self) -> dict[str, Any]:
         """The fields that decide the result, by their declared role: not how the run is
         executed, a network's settings only for a network, a model-role field only for the
         models that read it (ModelSpec.reads)."""
+        from asign.store.manifest import jsonable
+
         spec = self.spec
 
         def keep(d: Declared) -> bool:

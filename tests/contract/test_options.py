@@ -1,4 +1,4 @@
-"""Options are declared once (schemas/options.py): every config field is on the CLI or
+"""Options are declared once (options.py): every config field is on the CLI or
 listed as internal, one option word means one thing in every command, --help shows the
 config's defaults, and the CLI builds exactly the config its options describe."""
 
@@ -18,7 +18,7 @@ from typer.utils import get_params_from_function
 from asign.cli import app
 from asign.commands.cli_options import build, config_command
 from asign.ingest.config import AlignOptions, IngestConfig
-from asign.schemas.options import MISSING, Declared, declared, opt, undeclared
+from asign.options import MISSING, Declared, declared, opt, undeclared
 from asign.train.config import MODELS, TrainConfig
 
 runner = CliRunner()
