@@ -18,7 +18,7 @@ def execute_on_cluster(cfg: TrainConfig, store: Any, rid: str, folds: list, rep:
     own file, so --resume continues the folds that did not finish."""
     from asign.cluster import TaskFailure, run_tasks
     from asign.errors import ClusterError
-    from asign.train import fold_timings
+    from asign.train.folds import fold_timings
 
     out = run_tasks(client, fold_task, [(cfg, str(store.root), rid, f) for f in folds],
                     [f"fold{f.fold}" for f in folds], rep, description=f"{cfg.model} folds")
@@ -51,7 +51,8 @@ def fold_task(cfg: TrainConfig, root: str, rid: str, fold: Any) -> dict[str, Any
     from asign.cluster import here, worker_threads
     from asign.progress import silent
     from asign.store import open_store
-    from asign.train import FoldRun, blocked_graphs, deterministic, load_samples, one_fold
+    from asign.train import deterministic, load_samples
+    from asign.train.folds import FoldRun, blocked_graphs, one_fold
 
     if cfg.threads is None:
         cfg = cfg.with_(threads=worker_threads())
