@@ -1,6 +1,6 @@
 # Two commands set up everything on a fresh machine:
 #   make demo   install (CPU torch first, then the rest pinned to it) and run the demo
-#   make test   install, lint and run the test suite
+#   make test   install, lint, build the docs site and run the test suite
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -27,6 +27,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium unavailable: the report screenshot test will be skipped"
 	$(BIN)/ruff check .
+	# the docs site: a broken link, a page missing from the nav or a CLI that cannot be
+	# imported for the generated reference fails here (built offline, to a throw-away folder)
+	d=$$(mktemp -d) && $(BIN)/mkdocs build --strict --quiet --site-dir $$d; rc=$$?; rm -rf $$d; exit $$rc
 	$(BIN)/python -m pytest -q -m "not slow"; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$rc
 	# second stage: the long tests that guard data safety (kill -9 mid-ingest, then re-run)
 	$(BIN)/python -m pytest -q -m "slow and safety"; rc=$$?; if [ $$rc -eq 5 ]; then echo "no safety tests collected"; exit 1; fi; exit $$rc
@@ -46,4 +49,4 @@ lock:
 	@echo "$(LOCK) refreshed: review the diff, then make clean && make test"
 
 clean:
-	rm -rf $(VENV) asign-demo .pytest_cache .ruff_cache
+	rm -rf $(VENV) asign-demo .pytest_cache .ruff_cache site

@@ -32,8 +32,8 @@ import sys
 import time
 from pathlib import Path
 
-from asign.schemas.vocabulary import ACCURACY_METRICS as METRICS
 from asign.train.config import MODELS
+from asign.train.metrics import accuracy_metrics
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "her2st"
 # store suffix → (encoder, weights)
@@ -123,7 +123,7 @@ def table(store: Path, names: list[str], threads: int, label: str) -> None:
     print("| run | MSE | MAE | PCC per spot | PCC per gene |\n|---|---|---|---|---|")
     for n in names:
         vals = []
-        for metric in METRICS:
+        for metric in accuracy_metrics():
             v = [by[(n, s, metric)] for s in sections if (n, s, metric) in by and by[(n, s, metric)] is not None]
             mean = sum(v) / len(v) if v else float("nan")
             vals.append("n/a" if mean != mean else f"{mean:.3f}")  # NaN: a constant prediction

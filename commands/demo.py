@@ -20,7 +20,8 @@ def demo_models() -> tuple[str, ...]:
 
 
 
-def run_demo(out: Path, *, layers: int = 4, seed: int = 0, train: bool = True, epochs: int = 30) -> dict[str, Any]:
+def run_demo(out: Path, *, layers: int = 4, seed: int = 0, train: bool = True,
+             epochs: int = 30) -> dict[str, Any]:
     from asign.commands.synthetic import make_demo_sample
     from asign.ingest import run as ingest_run
     from asign.ingest.config import IngestConfig
@@ -39,17 +40,18 @@ def run_demo(out: Path, *, layers: int = 4, seed: int = 0, train: bool = True, e
 
     runs = {}
     for model in demo_models():
-        result = train_run(TrainConfig(store=store, model=model, run="demo", epochs=epochs, seed=seed))
+        result = train_run(TrainConfig(store=store, model=model, run="demo", epochs=epochs,
+                                       seed=seed))
         runs[model] = result.run_id
     summary["runs"] = runs
 
-    from asign.schemas.vocabulary import ACCURACY_METRICS
     from asign.store import open_store
+    from asign.train.metrics import accuracy_metrics
 
     table = open_store(store).query(
         "select r.model, m.metric, round(avg(m.value), 4) as value "
         "from metrics m join runs r using (run_id) where r.name = 'demo' "
-        f"and m.metric in ({', '.join(repr(m) for m in ACCURACY_METRICS)}) "
+        f"and m.metric in ({', '.join(repr(m) for m in accuracy_metrics())}) "
         "group by 1, 2 order by 2, 3 desc"
     )
     summary["metrics"] = table.to_pylist()

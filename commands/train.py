@@ -6,16 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from asign.errors import ConfigError
 from asign.train.config import TrainConfig
-
-
-def parse_seeds(value: str) -> list[int]:
-    seeds = [s.strip() for s in value.split(",") if s.strip()]
-    if not seeds or not all(s.lstrip("-").isdigit() for s in seeds):
-        raise ConfigError(f"--seed {value!r} is not an integer or a comma-separated list of integers",
-                          fix="e.g. --seed 0 or --seed 0,1,2")
-    return [int(s) for s in seeds]
 
 
 def train_runs(cfg: TrainConfig, models: tuple[str, ...], seeds: list[int], *,
@@ -57,4 +48,4 @@ def print_metrics(store: Path, result: Any) -> None:
     Console(width=width).print(table, highlight=False)
 
 
-__all__ = ["parse_seeds", "print_metrics", "summaries", "train_runs"]
+__all__ = ["print_metrics", "summaries", "train_runs"]

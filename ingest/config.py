@@ -2,66 +2,144 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from asign.ingest.steps import STEPS
-from asign.schemas.vocabulary import NORMALISATIONS
-from asign.store.manifest import jsonable
+from asign.options import opt, shared
+from asign.options import problems as declared_problems
 
 TRANSFORMS = ("rigid", "affine")
 CROSS_WEIGHTS = ("product", "sum")  # IoU × cosine (the paper) | IoU + cosine (reference code)
 
+_ALIGN, _FEAT, _GRAPH, _RUN = "Alignment", "Features", "Graph", "Runtime"
+
+
+def _readers() -> tuple[str, ...]:
+    from asign.ingest.readers import READERS
+
+    return ("auto", *READERS)
+
+
+def _normalisations() -> tuple[str, ...]:
+    from asign.schemas.vocabulary import NORMALISATIONS
+
+    return NORMALISATIONS
+
+
+def _precisions() -> tuple[str, ...]:
+    from asign.ingest.embed import PRECISIONS
+
+    return PRECISIONS
+
+
+def _devices() -> tuple[str, ...]:
+    from asign.cluster import DEVICES
+
+    return DEVICES
+
+
+def parse_init(items: list[str]) -> dict[str, tuple[float, bool]]:
+    """``MOVING:FIXED:DEGREES[:flip]`` hints → ``{"MOVING:FIXED": (degrees, flip)}``."""
+    from asign.errors import ConfigError
+
+    out: dict[str, tuple[float, bool]] = {}
+    for item in items:
+        parts = item.split(":")
+        try:
+            if len(parts) not in (3, 4) or (len(parts) == 4 and parts[3] not in ("flip", "noflip")):
+                raise ValueError
+            flip = len(parts) == 4 and parts[3] == "flip"
+            out[f"{parts[0]}:{parts[1]}"] = (float(parts[2]), flip)
+        except ValueError:
+            raise ConfigError(f"--init {item!r} is malformed",
+                              fix="use MOVING:FIXED:DEGREES or MOVING:FIXED:DEGREES:flip, "
+                                  "e.g. C4:C3:-12:flip") from None
+    return out
+
 
 @dataclass(frozen=True)
 class AlignOptions:
-    transform: str = "rigid"  # rigid | affine
-    syn: bool = False
-    reference: str | None = None  # section id; default the middle section
+    transform: str = opt("rigid", help="Registration transform.", choices=lambda: TRANSFORMS,
+                         group=_ALIGN)
+    syn: bool = opt(False, help="Refine with ANTs SyN on grayscale.", negatable=True,
+                    group=_ALIGN)
+    reference: str | None = opt(None, help="Reference section id (default: middle).",
+                                group=_ALIGN)
     # user hints for pairs that automatic matching gets wrong: "MOVING:FIXED" -> (deg, flip)
-    init: dict[str, tuple[float, bool]] = field(default_factory=dict)
+    init: dict[str, tuple[float, bool]] = opt(
+        factory=dict, repeat=True, parse=parse_init, group=_ALIGN, metavar="TEXT",
+        help="Initial guess for a pair: MOVING:FIXED:DEGREES[:flip], repeatable.")
 
 
+# identity role in ingest: "run" — the option enters the fingerprint of the step it changes
+# (ingest/steps.py, step_register.py), so a changed value redoes that step; "never" — it
+# does not change what is stored (inputs are identified by their hashes, not by path).
 @dataclass(frozen=True)
 class IngestConfig:
-    sources: tuple[Path, ...]
-    store: Path
-    format: str = "auto"
-    samples: str | None = None
-    extra_2d: tuple[str, ...] = ()  # single-section samples kept as extra 2D training data
-    steps: tuple[str, ...] = STEPS
-    n_genes: int = 250
-    genes: tuple[str, ...] = ()  # explicit panel (names, or the path of a gene list file); overrides n_genes
-    normalisation: str = "log_ratio"
-    panel_from: str = "first"  # which layer of each sample is labelled "training" for the panel
+    sources: tuple[Path, ...] = opt(
+        argument=True, identity="never",
+        help="Sample folder(s): her2st layout, Visium outs/, or a manifest (.toml/.csv).")
+    store: Path = shared("--store")
+    format: str = shared("--format", "auto", choices=_readers, identity="never",
+                         help="Input layout: auto (detected) or a reader listed by "
+                              "`asign doctor`.")
+    samples: str | None = shared("--samples", None, identity="never",
+                                 help="Sample name(s) or glob, comma-separated (e.g. C or 'C,B').")
+    extra_2d: tuple[str, ...] = shared("--extra-2d", ())
+    steps: tuple[str, ...] = opt(STEPS, listed=True, choices=lambda: STEPS, identity="never",
+                                 help="Steps to run, comma-separated (a subset).")
+    n_genes: int = opt(250, ge=1, help="Gene panel size (top by mean count on training layers).")
+    genes: tuple[str, ...] = shared(
+        "--genes", (), help="Explicit gene panel: comma-separated names, or a file with one "
+                            "gene per line (overrides --n-genes).")
+    normalisation: str = opt("log_ratio", choices=_normalisations,
+                             help="log_ratio (reference/paper scale) or log1p_cp10k "
+                                  "(TRIPLEX/HEST).")
+    panel_from: str = opt("first", help="Layer of each sample counted as training for the "
+                                        "panel: first | middle | Z | section id.")
     align: AlignOptions = field(default_factory=AlignOptions)
-    encoder: str = "auto"  # resolved once per run (encoders.resolve_auto) before any step uses it
-    weights: str = "imagenet"
-    allow_download: bool = False  # fetch missing torch-hub weights only when the user asks
-    device: str = "cpu"
-    precision: str = "auto"
-    batch_size: int = 32
-    spot_px: int = 224
-    region_px: int = 512
-    global_px: int = 1024
-    k_same: int = 12
-    top_k_cross: int = 8
-    cross_weight: str = "product"  # product (paper) | sum (reference code)
-    section_um: float | None = None  # spacing between consecutive z (µm); overrides the input's
-    seed: int = 0
+    encoder: str = shared(
+        "--encoder", "auto", group=_FEAT,
+        help="Encoder from the registry, 'a+b' to concatenate, or 'auto': resnet50-l3 when "
+             "its ImageNet weights are local, else effnet-lite0 (bundled weights). See "
+             "`asign doctor`.")
+    weights: str = opt("imagenet", group=_FEAT,
+                       help="PATH to a state dict, 'imagenet' (bundled, or the torch hub "
+                            "cache) or 'random' (pipeline tests).")
+    allow_download: bool = opt(False, flag="--download", negatable=True, group=_FEAT,
+                               identity="never",
+                               help="Allow downloading missing torch-hub ImageNet weights.")
+    device: str = shared("--device", "cpu", choices=_devices, group=_RUN, identity="never")
+    precision: str = opt("auto", choices=_precisions, group=_FEAT,
+                         help="Number format of the encoder's forward pass.")
+    batch_size: int = opt(32, ge=1, group=_FEAT, help="Patches per forward pass of the encoder.")
+    spot_px: int = opt(224, ge=1, group=_FEAT, help="Side of a spot patch in pixels.")
+    region_px: int = opt(512, ge=1, group=_FEAT, help="Side of a region tile in pixels.")
+    global_px: int = opt(1024, ge=1, group=_FEAT, help="Side of a global tile in pixels.")
+    k_same: int = opt(12, ge=1, group=_GRAPH, help="Same-layer neighbours per spot.")
+    top_k_cross: int = opt(8, ge=1, group=_GRAPH, help="Cross-layer neighbours per spot.")
+    cross_weight: str = opt("product", choices=lambda: CROSS_WEIGHTS, group=_GRAPH,
+                            help="Cross-layer edge weight: product (IoU×cosine, the paper) or "
+                                 "sum (reference code).")
+    section_um: float | None = opt(
+        None, gt=0, help="Spacing between consecutive sections (z) in µm; overrides the "
+                         "input's section_um (default 10, recorded in the store).")
+    seed: int = shared("--seed", 0)
     # where units of work run (asign/cluster.py); never part of a fingerprint: a store is
     # the same whether it was computed serially or on a cluster
-    workers: int = 0
+    workers: int = shared("--workers", 0)
     # torch threads of a serial run's encoder (None: the cores idle at start, cluster.idle_cores;
     # torch's all-cores default measured 3.75× slower in embed beside other jobs, bench/scale.py)
-    threads: int | None = None
-    scheduler: str | None = None
+    threads: int | None = shared("--threads", None)
+    scheduler: str | None = shared("--scheduler", None)
     # seconds to wait for another ingest that is writing the same store (store/locks.py)
-    wait: float = 10.0
+    wait: float = shared("--wait", 10.0)
 
     def to_json(self) -> dict[str, Any]:
+        from asign.store.manifest import jsonable
+
         return jsonable(asdict(self))
 
     @property
@@ -77,23 +155,12 @@ def validate(cfg: IngestConfig) -> None:
     Weights are checked next, still before the store exists (pipeline.resolve_encoder:
     encoders.check_weights); options that need the input to check (--reference, --init,
     --panel-from against the sample's layers, the gene list) as soon as the input is read."""
-    from asign.cluster import DEVICES
     from asign.encoders import AUTO, get_encoder_spec
-    from asign.errors import AsignError, ConfigErrors, not_one_of
-    from asign.ingest.embed import PRECISIONS
-    from asign.ingest.readers import READERS
+    from asign.errors import AsignError, ConfigErrors
 
-    problems: list[str] = []
-
-    bad_steps = [s for s in cfg.steps if s not in STEPS]
-    if bad_steps or not cfg.steps:
-        problems.append(f"--steps {','.join(cfg.steps)!r} must be a non-empty subset of {','.join(STEPS)}")
-    problems += not_one_of(cfg.format, ("auto", *READERS), "--format")
-    problems += not_one_of(cfg.normalisation, NORMALISATIONS, "--normalisation")
-    problems += not_one_of(cfg.align.transform, TRANSFORMS, "--transform")
-    problems += not_one_of(cfg.cross_weight, CROSS_WEIGHTS, "--cross-weight")
-    problems += not_one_of(cfg.device, DEVICES, "--device")
-    problems += not_one_of(cfg.precision, PRECISIONS, "precision")
+    problems = declared_problems(cfg)  # choices and bounds of every declared option
+    if not cfg.steps:
+        problems.append(f"--steps must be a non-empty subset of {','.join(STEPS)}")
     if cfg.encoder != AUTO:
         try:
             get_encoder_spec(cfg.encoder)
@@ -101,22 +168,7 @@ def validate(cfg: IngestConfig) -> None:
             problems.append(f"--encoder: {err}")
     if not cfg.panel_from.strip():
         problems.append("--panel-from must be first, middle, a layer number or a section id")
-    if not cfg.genes and cfg.n_genes < 1:
-        problems.append(f"--n-genes must be ≥ 1, got {cfg.n_genes}")
-    for flag, value in (("--batch-size", cfg.batch_size), ("spot_px", cfg.spot_px),
-                        ("region_px", cfg.region_px), ("global_px", cfg.global_px),
-                        ("k_same", cfg.k_same), ("top_k_cross", cfg.top_k_cross)):
-        if value < 1:
-            problems.append(f"{flag} must be ≥ 1, got {value}")
-    if cfg.section_um is not None and not (math.isfinite(cfg.section_um) and cfg.section_um > 0):
-        problems.append(f"--section-um {cfg.section_um} must be a positive number of µm")
-    if cfg.threads is not None and cfg.threads < 1:
-        problems.append(f"--threads must be ≥ 1, got {cfg.threads}")
-    if cfg.workers < 0:
-        problems.append(f"--workers must be ≥ 0, got {cfg.workers}")
     if cfg.workers and cfg.scheduler:
         problems.append("give --workers (a local cluster) or --scheduler (a running one), not both")
-    if not (math.isfinite(cfg.wait) and cfg.wait >= 0):
-        problems.append(f"--wait must be ≥ 0 seconds, got {cfg.wait}")
     if problems:
         raise ConfigErrors(problems, what="asign ingest options", fix="see `asign ingest --help`")

@@ -4,7 +4,7 @@ Pearson correlation (across spots, averaged over genes). It uses no image, so it
 an image-based alignment independently: spots put on the wrong tissue predict worse.
 
 Pure: aligned coordinates and labels in, a number out. IDW and per-gene PCC are the
-``idw`` baseline's and the metrics' own (train/baselines.py, train/metrics.py)."""
+``idw`` baseline's and the metrics' own kernels (asign/numeric.py)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,12 @@ def referee_pcc(xy_a: np.ndarray, y_a: np.ndarray, xy_b: np.ndarray, y_b: np.nda
                 k: int = REFEREE_K) -> float:
     """Mean of per-gene PCC(B predicted from A, B) and PCC(A predicted from B); genes
     constant on a section are skipped (as in the metrics)."""
-    from asign.train.baselines import idw
-    from asign.train.metrics import pcc_gene
+    from asign.numeric import idw, nanmean, pearson_rows
+
+    def pcc_gene(pred: np.ndarray, truth: np.ndarray) -> float:
+        p, t = np.asarray(pred, np.float64), np.asarray(truth, np.float64)
+        return nanmean(pearson_rows(p.T, t.T))
 
     b_from_a = idw(xy_a, y_a, xy_b, k=k)
     a_from_b = idw(xy_b, y_b, xy_a, k=k)
-    return float(np.nanmean([pcc_gene(b_from_a, np.asarray(y_b)), pcc_gene(a_from_b, np.asarray(y_a))]))
+    return float(np.nanmean([pcc_gene(b_from_a, y_b), pcc_gene(a_from_b, y_a)]))

@@ -28,14 +28,13 @@ import numpy as np
 import pandas as pd
 
 from asign.errors import InputError, StoreError
-from asign.schemas.vocabulary import ACCURACY_METRICS
 from asign.store import Store
 from asign.store.thumbnails import Thumbnail, section_thumbnail
 from asign.train.config import BASELINE_MODELS, MEAN_MODEL, MODELS, ModelSpec
+from asign.train.metrics import accuracy_metrics
 
 log = logging.getLogger(__name__)
 
-METRICS = ACCURACY_METRICS
 # Which run draws the maps when --model is not given: the registry's display order, the
 # full method first.
 MAP_PREFERENCE = tuple(MODELS)
@@ -110,7 +109,8 @@ class RunData:
     counts: np.ndarray | None = None
     embed: dict[str, Any] = field(default_factory=dict)  # manifest params.embed
     transforms: pd.DataFrame | None = None  # the test samples' alignment transforms
-    bounds: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # model -> (lower, upper)
+    # model -> (lower, upper)
+    bounds: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     @property
     def setting(self) -> str:
@@ -218,7 +218,8 @@ def load_run_data(store: Store, name: str, model: str | None = None) -> RunData:
 
     predictions = {m: _dense(p, spot_index, gene_index) for m, p in preds_long.items()
                    if not p.empty}
-    bounds = {m: (_dense(p, spot_index, gene_index, "lower"), _dense(p, spot_index, gene_index, "upper"))
+    bounds = {m: (_dense(p, spot_index, gene_index, "lower"),
+                  _dense(p, spot_index, gene_index, "upper"))
               for m, p in preds_long.items() if "lower" in p and p["lower"].notna().any()}
     known, hidden, scored = _layers(sections, runs[map_model], preds_long[map_model],
                                     metrics[metrics.model == map_model], labels, spots)
@@ -260,7 +261,7 @@ def _metrics(store: Store, runs: dict[str, RunInfo]) -> pd.DataFrame:
         return pd.DataFrame(columns=cols)
     df = pd.concat(parts, ignore_index=True)
     # train also records counts (n_spots, n_genes_valid, ...) as metric rows
-    return df[df.metric.isin(METRICS)][cols].reset_index(drop=True)
+    return df[df.metric.isin(accuracy_metrics())][cols].reset_index(drop=True)
 
 
 def _dense(long: pd.DataFrame, spot_index: pd.Index, gene_index: dict[str, int],
@@ -290,9 +291,9 @@ def _layers(sections: pd.DataFrame, run: RunInfo, preds: pd.DataFrame, metrics: 
         candidates = [s for s in secs.section_id[placed(secs)] if s in labelled_secs]
         k = derive_known(candidates, predicted, with_metrics)
         if k is None:
-            infos = [SectionInfo(str(r.sample_id), str(r.section_id), int(r.z), bool(r.has_counts),
-                                 bool(r.has_image), bool(c)) for r, c in zip(secs.itertuples(), has_coords(secs),
-                                                                             strict=True)]
+            rows = zip(secs.itertuples(), has_coords(secs), strict=True)
+            infos = [SectionInfo(str(r.sample_id), str(r.section_id), int(r.z),
+                                 bool(r.has_counts), bool(r.has_image), bool(c)) for r, c in rows]
             k = resolve_known(infos, run.config.get("known", "first"))
             log.info("sample %s: known layer %s from the run config (known=%s)", sample, k,
                      run.config.get("known", "first"))
@@ -338,7 +339,7 @@ def _computed_mean(metrics: pd.DataFrame, predictions: dict[str, np.ndarray], la
             values = evaluate(pred[idx], labels[idx])
             rows += [{"model": COMPUTED_MEAN, "run_id": "", "fold": r.fold,
                       "sample_id": sample, "section_id": r.section_id, "setting": r.setting,
-                      "metric": m, "value": values[m]} for m in METRICS]
+                      "metric": m, "value": values[m]} for m in accuracy_metrics()]
     log.info("run %s has no `mean` run: the mean-profile baseline is computed from the known "
              "layer(s) for the report", run.name)
     if rows:

@@ -1,6 +1,6 @@
 """``report.html``: one self-contained page (PNGs embedded as base64, plotly.js inline for
-the 3D view, no external resources) with a short text summary that always puts a model's numbers beside
-the mean-profile baseline and per-gene PCC beside per-spot PCC (DESIGN §5)."""
+the 3D view, no external resources) with a short text summary that always puts a model's
+numbers beside the mean-profile baseline and per-gene PCC beside per-spot PCC (DESIGN §5)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pandas as pd
 
 from asign.report.data import BASELINES, COMPUTED_MEAN, RunData, is_network
 from asign.store.atomic import atomic_path
+from asign.train.metrics import METRICS, accuracy_metrics
 
 SETTING_TEXT = {
     "within_sample": "within-sample imputation: each sample's known layer is measured, its "
@@ -41,8 +42,6 @@ figcaption { font-size: 0.9em; color: #444; }
 """
 
 TIE = 0.005  # differences below this are not called a win either way
-# the report's metric order (per-gene PCC first: it tells methods apart) and direction
-HIGHER_IS_BETTER = {"pcc_gene": True, "pcc_spot": True, "mse": False, "mae": False}
 
 
 def _fmt(v: float) -> str:
@@ -51,7 +50,8 @@ def _fmt(v: float) -> str:
 
 def _value(summary: pd.DataFrame, model: str, metric: str) -> float:
     row = summary[(summary.model == model) & (summary.metric == metric)]
-    return float(row["mean"].iloc[0]) if len(row) and pd.notna(row["mean"].iloc[0]) else float("nan")
+    ok = len(row) and pd.notna(row["mean"].iloc[0])
+    return float(row["mean"].iloc[0]) if ok else float("nan")
 
 
 def summary_lines(data: RunData, summary: pd.DataFrame, models: list[str]) -> list[str]:
@@ -88,7 +88,7 @@ def best_baseline(summary: pd.DataFrame, metric: str, exclude: str) -> tuple[str
         if model == exclude:
             continue
         v = _value(summary, model, metric)
-        if np.isfinite(v) and (best is None or (v > best[1]) == HIGHER_IS_BETTER[metric]):
+        if np.isfinite(v) and (best is None or METRICS[metric].better(v, best[1])):
             best = (model, v)
     return best
 
@@ -96,9 +96,8 @@ def best_baseline(summary: pd.DataFrame, metric: str, exclude: str) -> tuple[str
 def comparison_lines(summary: pd.DataFrame, model: str) -> list[str]:
     """One sentence per metric: the model beside the best baseline of this run on it."""
     out = []
-    names = {"pcc_gene": "PCC per gene", "pcc_spot": "PCC per spot", "mse": "MSE",
-             "mae": "MAE"}
-    for metric, name in names.items():
+    for metric in accuracy_metrics():
+        name = METRICS[metric].title
         v = _value(summary, model, metric)
         best = best_baseline(summary, metric, model)
         if not np.isfinite(v):
@@ -108,7 +107,7 @@ def comparison_lines(summary: pd.DataFrame, model: str) -> list[str]:
             continue
         if abs(v - best[1]) < TIE:
             verdict = f"on par (difference below {TIE})"
-        elif (v > best[1]) == HIGHER_IS_BETTER[metric]:
+        elif METRICS[metric].better(v, best[1]):
             verdict = "better"
         else:
             verdict = "NOT better"
@@ -120,10 +119,10 @@ def comparison_lines(summary: pd.DataFrame, model: str) -> list[str]:
 def _verdict(summary: pd.DataFrame, model: str, base: str) -> str:
     """Which metrics the model wins against the mean-profile baseline, in words."""
     better, worse = [], []
-    for metric, higher in (("pcc_spot", True), ("mse", False), ("mae", False)):
+    for metric in accuracy_metrics():  # the mean profile has no per-gene PCC: skipped
         a, b = _value(summary, model, metric), _value(summary, base, metric)
         if np.isfinite(a) and np.isfinite(b):
-            (better if (a > b) == higher else worse).append(metric)
+            (better if METRICS[metric].better(a, b) else worse).append(metric)
     if not better and not worse:
         return "No mean-profile baseline to compare with."
     parts = []
@@ -135,7 +134,7 @@ def _verdict(summary: pd.DataFrame, model: str, base: str) -> str:
 
 
 def _metrics_table(summary: pd.DataFrame, models: list[str]) -> str:
-    metrics = [c for c in HIGHER_IS_BETTER if c in set(summary.metric)]  # per-gene PCC first
+    metrics = [c for c in accuracy_metrics() if c in set(summary.metric)]
     head = "".join(f"<th>{_html.escape(c)}</th>" for c in metrics)
     rows = []
     for model in models:

@@ -15,15 +15,10 @@ import numpy as np
 import pandas as pd
 
 from asign.report.data import display_colour, is_mean_profile
+from asign.train.metrics import METRICS, accuracy_metrics
 
 CMAP = "viridis"
 DPI = 110
-METRIC_TITLES = {
-    "mse": "MSE (lower is better)",
-    "mae": "MAE (lower is better)",
-    "pcc_spot": "PCC per spot (higher is better)",
-    "pcc_gene": "PCC per gene (higher is better)",
-}
 
 
 @dataclass(frozen=True)
@@ -55,10 +50,12 @@ class Layer3D:
     kind: str  # "known" | "predicted" | "measured"
 
 
-def shared_limits(arrays: list[np.ndarray], lo: float = 2.0, hi: float = 98.0) -> tuple[float, float]:
+def shared_limits(arrays: list[np.ndarray], lo: float = 2.0,
+                  hi: float = 98.0) -> tuple[float, float]:
     """Colour limits from pooled percentiles, so measured and predicted share one scale and
     a few outlier spots do not wash the map out."""
-    vals = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays if a is not None])
+    vals = np.concatenate([np.asarray(a, dtype=np.float64).ravel()
+                           for a in arrays if a is not None])
     vals = vals[np.isfinite(vals)]
     if vals.size == 0:
         return 0.0, 1.0
@@ -76,8 +73,9 @@ def _figure(width: float, height: float) -> Any:
 
 def _save(fig: Any, out: Path, palette: bool = False) -> Path:
     """Write the PNG. ``palette``: an 8-bit palette of 128 colours fitted to the picture
-    (white and black included) plus 128 steps of the colour map, so the colour bar and spot colours stay smooth while
-    an H&E-backed map shrinks ~3x (every map is embedded in report.html)."""
+    (white and black included) plus 128 steps of the colour map, so the colour bar and spot
+    colours stay smooth while an H&E-backed map shrinks ~3x (every map is embedded in
+    report.html)."""
     import io
 
     from matplotlib import colormaps
@@ -206,7 +204,8 @@ def spatial_maps(maps: list[SectionMap], gene: str, model: str, unit: str, title
 
     norm = Normalize(0.0, 100.0, clip=True)
     uq = any(m.width is not None for m in maps)  # a 4th column: the uncertainty map
-    wnorm = Normalize(*shared_limits([m.width for m in maps if m.width is not None]), clip=True) if uq else None
+    widths = [m.width for m in maps if m.width is not None]
+    wnorm = Normalize(*shared_limits(widths), clip=True) if uq else None
     wcoll = None
     n = len(maps)
     aspects = []
@@ -346,7 +345,7 @@ def volume_3d(layers: list[Layer3D], gene: str, model: str, unit: str, title: st
 def metrics_bars(summary: pd.DataFrame, models: list[str], title: str, out: Path) -> Path:
     """One panel per metric, one bar per model (mean over scored sections, error bar = SD
     over sections); the mean-profile baseline is grey, hatched and drawn as a dashed line."""
-    metrics = [m for m in METRIC_TITLES if m in set(summary.metric)]
+    metrics = [m for m in accuracy_metrics() if m in set(summary.metric)]
     fig = _figure(3.4 * max(len(metrics), 1), 4.0)
     axes = fig.subplots(1, max(len(metrics), 1), squeeze=False)[0]
     x = np.arange(len(models))
@@ -358,7 +357,8 @@ def metrics_bars(summary: pd.DataFrame, models: list[str], title: str, out: Path
         for i, model in enumerate(models):
             if not np.isfinite(means[i]):
                 ax.text(i, 0.02 * top, "n/a\n(constant\nper gene)" if metric == "pcc_gene"
-                        else "n/a", ha="center", va="bottom", fontsize=7, color="#555555", clip_on=True)
+                        else "n/a", ha="center", va="bottom", fontsize=7, color="#555555",
+                        clip_on=True)
                 continue
             base = is_mean_profile(model)
             sd = float(np.nan_to_num(sds[i]))
@@ -375,7 +375,7 @@ def metrics_bars(summary: pd.DataFrame, models: list[str], title: str, out: Path
         ax.set_xticks(x, [m.replace(" (computed)", "\n(computed)") for m in models],
                       rotation=45, ha="right", fontsize=8)
         ax.set_xlim(-0.6, len(models) - 0.4)
-        ax.set_title(METRIC_TITLES[metric], fontsize=9)
+        ax.set_title(METRICS[metric].axis_title, fontsize=9)
         ax.axhline(0, color="black", linewidth=0.6)
         ax.tick_params(axis="y", labelsize=7)
         ax.margins(y=0.18)

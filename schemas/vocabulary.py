@@ -11,9 +11,6 @@ EDGE_KINDS = ("same_layer", "cross_layer")
 TILE_LEVELS = ("region", "global")
 #: embeddings.level: the spot patch and its context tiles
 LEVELS = ("spot", *TILE_LEVELS)
-#: metrics.metric: accuracy against the measured section (DESIGN.md §5)
-ACCURACY_METRICS = ("mse", "mae", "pcc_spot", "pcc_gene")
-#: metrics.metric: everything a run may write (intervals add coverage and width)
-METRIC_NAMES = (*ACCURACY_METRICS, "coverage", "width")
+#: metrics.metric: the metric records are train/metrics.py's METRICS
 #: labels.value: how counts become the trained-on value (ingest/labels.py)
 NORMALISATIONS = ("log_ratio", "log1p_cp10k")

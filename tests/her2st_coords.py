@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 from her2st_small import HER2ST
 
 UM_PER_PX = 0.69

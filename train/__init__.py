@@ -14,20 +14,26 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from asign.train.config import MODELS, TrainConfig, validate
-from asign.train.results import RunResult
 
 if TYPE_CHECKING:
-    from asign.store.checkpoints import Checkpoint
+    from asign.train.results import RunResult
 
 __all__ = ["MODELS", "RunResult", "TrainConfig", "run"]
 
 log = logging.getLogger(__name__)
+
+
+def __getattr__(name: str) -> Any:
+    """``RunResult`` on demand: importing this package (as every config import does) must
+    not load the store and Arrow (``asign --help`` reads the configs)."""
+    if name == "RunResult":
+        from asign.train.results import RunResult
+
+        return RunResult
+    raise AttributeError(name)
 
 
 def run(cfg: TrainConfig, *, reporter: Any = None, max_epochs: int | None = None,
@@ -45,7 +51,8 @@ def run(cfg: TrainConfig, *, reporter: Any = None, max_epochs: int | None = None
 
     validate(cfg)
     _check_device(cfg)
-    on_cluster = cluster is not None and cluster.distributed and cfg.folds >= 2 and max_epochs is None
+    on_cluster = (cluster is not None and cluster.distributed and cfg.folds >= 2
+                  and max_epochs is None)
     if on_cluster and cfg.threads is None and not cluster.scheduler:
         from asign.cluster import threads_per_worker
 
@@ -119,7 +126,7 @@ def _run_locked(cfg: TrainConfig, store: Any, rid: str, folds: list, row: dict[s
     status = "failed"
     try:
         ctx = make_reporter() if reporter is None else contextlib.nullcontext(reporter)
-        with ctx as rep, _deterministic(cfg), _client(cluster) as client:
+        with ctx as rep, deterministic(cfg), _client(cluster) as client:
             status, metric_rows, blocks, genes = _execute(
                 cfg, store, rid, folds, rep, timings, max_epochs, client)
         if status == "done":
@@ -135,6 +142,8 @@ def _run_locked(cfg: TrainConfig, store: Any, rid: str, folds: list, row: dict[s
         seconds = time.perf_counter() - t0
         timings["total_s"] = round(seconds, 3)
         res.write_run_row(store, rid, cfg, status=status, seconds=seconds, **row)
+    from asign.train.results import RunResult
+
     return RunResult(rid, cfg.run, cfg.model, cfg.setting, status, seconds, table, timings)
 
 
@@ -149,7 +158,7 @@ def _client(cluster: Any) -> Iterator[Any]:
         yield client
 
 
-def _load(cfg: TrainConfig, store: Any, folds: list) -> tuple[dict, Any]:
+def load_samples(cfg: TrainConfig, store: Any, folds: list) -> tuple[dict, Any]:
     """The samples the folds need, each loaded once, and the spot-encoder recipe (or None)."""
     from asign.train.data import load_sample
 
@@ -161,8 +170,9 @@ def _load(cfg: TrainConfig, store: Any, folds: list) -> tuple[dict, Any]:
         recipe = EncoderRecipe.from_manifest(store.embedding_info(),
                                              cfg.encoder, store.layout.manifest)
     graph = cfg.spec.neural or cfg.spec.cross_layer  # mean, idw, similarity use no edges
-    samples = {s: load_sample(store, s, encoder=cfg.encoder, patches=recipe is not None, graph=graph,
-                              features=cfg.spec.images)  # mean, idw, cli read no embeddings
+    # mean, idw, cli read no embeddings
+    samples = {s: load_sample(store, s, encoder=cfg.encoder, patches=recipe is not None,
+                              graph=graph, features=cfg.spec.images)
                for s in needed}
     return samples, recipe
 
@@ -170,7 +180,6 @@ def _load(cfg: TrainConfig, store: Any, folds: list) -> tuple[dict, Any]:
 def _execute(cfg: TrainConfig, store: Any, rid: str, folds: list, rep: Any,
              timings: dict[str, Any], max_epochs: int | None, client: Any = None
              ) -> tuple[str, list[dict], list, tuple[str, ...]]:
-    from asign.train import loop
     from asign.train.results import PredictionBlock
 
     if client is not None:
@@ -178,226 +187,24 @@ def _execute(cfg: TrainConfig, store: Any, rid: str, folds: list, rep: Any,
 
         return execute_on_cluster(cfg, store, rid, folds, rep, timings, client)
     t = time.perf_counter()
-    samples, recipe = _load(cfg, store, folds)
+    samples, recipe = load_samples(cfg, store, folds)
     genes = next(iter(samples.values())).genes
     timings["load_s"] = round(time.perf_counter() - t, 3)
 
-    spec = cfg.spec
-    ckpt_path = store.checkpoint(rid)
-    ckpt = ckpt_path.load() if cfg.resume and spec.neural else None
-    if ckpt is not None and ckpt.get("run_id") != rid:
-        ckpt = None
-    if cfg.resume and spec.neural and ckpt is None:
-        log.info("no checkpoint for run %s: starting from epoch 0", rid)
-    finished: dict[int, dict] = dict(ckpt["finished"]) if ckpt else {}
-    tasks: dict[tuple, loop.GraphTask] = {}
+    from asign.train.folds import FoldRun, blocked_graphs, fold_timings, one_fold
+
+    run = FoldRun.start(cfg, rid, store.checkpoint(rid), samples, recipe, rep, max_epochs)
     rows: list[dict] = []
     blocks: list[PredictionBlock] = []
-    epoch_s: list[float] = []
-    budget = [max_epochs]
-    selection: dict[int, dict] = {}
     for fold in folds:
-        fold_rows, fold_blocks, fold_s = _one_fold(cfg, fold, samples, tasks, rid, ckpt_path, ckpt,
-                                                   finished, rep, epoch_s, budget, selection, recipe)
+        fold_rows, fold_blocks, fold_s = one_fold(cfg, fold, run)
         if fold_rows is None:
             return "interrupted", [], [], genes
         timings.setdefault("fold_s", []).append(fold_s)
         rows += fold_rows
         blocks += fold_blocks
-    _fold_timings(timings, selection, _blocked(tasks), epoch_s)
+    fold_timings(timings, run.selection, blocked_graphs(run.tasks), run.epoch_s)
     return "done", rows, blocks, genes
-
-
-def _blocked(tasks: dict) -> dict[str, Any]:
-    """Graphs trained on spatial blocks (batching.py): what one epoch did."""
-    return {t.name: vars(t.cache["batching"]) for t in tasks.values() if "batching" in t.cache}
-
-
-def _one_fold(cfg: TrainConfig, fold: Any, samples: dict, tasks: dict, rid: str, ckpt_path: Checkpoint,
-              ckpt: dict | None, finished: dict, rep: Any, epoch_s: list[float],
-              budget: list[int | None], selection: dict[int, dict], recipe: Any
-              ) -> tuple[list[dict] | None, list, float]:
-    """Train (or compute) one fold and score its test samples: (metric rows, prediction
-    blocks, seconds); rows None when the epoch budget ran out first."""
-    from asign.train import intervals, loop
-    from asign.train.metrics import evaluate
-    from asign.train.results import PredictionBlock, metric_rows
-
-    rows: list[dict] = []
-    blocks: list[PredictionBlock] = []
-    preds: dict[str, np.ndarray] = {}
-    bounds: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    t = time.perf_counter()
-    if cfg.spec.neural:
-        model = _fit_fold(cfg, fold, samples, tasks, rid, ckpt_path, ckpt, finished, rep,
-                          epoch_s, budget, selection, recipe)
-        if model is None:
-            return None, [], 0.0
-        for plan in fold.test:
-            s = samples[plan.sample_id]
-            task = _task(tasks, s, plan.visible, cfg, _by_layer(plan))
-            preds[plan.sample_id] = loop.predict(cfg, model, task)
-            if cfg.coverage:
-                bounds[plan.sample_id] = intervals.for_model(
-                    cfg, model, task, s.xy, preds[plan.sample_id], cfg.coverage)
-    else:
-        for plan in fold.test:
-            preds[plan.sample_id], bounds_ = _baseline(cfg, samples[plan.sample_id], plan)
-            if bounds_ is not None:
-                bounds[plan.sample_id] = bounds_
-    fold_s = round(time.perf_counter() - t, 3)
-    for plan in fold.test:
-        _require_finite(cfg, fold.fold, samples[plan.sample_id], plan, preds[plan.sample_id])
-    for plan in fold.test:
-        s, pred = samples[plan.sample_id], preds[plan.sample_id]
-        for sec in plan.scored:
-            idx = s.in_sections([sec]) & s.has_label
-            # The only place hidden labels are read: as ground truth for scoring.
-            values = evaluate(pred[idx], s.labels[idx])
-            if plan.sample_id in bounds:  # the intervals' empirical coverage and mean width
-                lo, hi = (b[idx] for b in bounds[plan.sample_id])
-                values.update(coverage=intervals.coverage_of(lo, hi, s.labels[idx]),
-                              width=float(np.mean(hi - lo)))
-            rows += metric_rows(rid, fold.fold, plan.sample_id, sec, fold.setting, values)
-        out = s.in_sections(plan.predicted)
-        lo, hi = bounds.get(plan.sample_id, (None, None))
-        blocks.append(PredictionBlock(fold.fold, plan.sample_id,
-                                      np.asarray(s.sections, dtype=object)[s.section[out]],
-                                      s.spot_ids[out], pred[out],
-                                      None if lo is None else lo[out], None if hi is None else hi[out]))
-    return rows, blocks, fold_s
-
-
-def _fold_timings(timings: dict[str, Any], selection: dict[int, dict], blocked: dict[str, Any],
-                  epoch_s: list[float]) -> None:
-    if selection:
-        timings["selection"] = {str(k): v for k, v in selection.items()}
-    if blocked:  # graphs trained on spatial blocks (batching.py): what one epoch did
-        timings["batching"] = blocked
-    if epoch_s:
-        timings["epoch_s_mean"] = round(float(np.mean(epoch_s)), 4)
-        timings["epochs_run"] = len(epoch_s)
-
-
-def _require_finite(cfg: TrainConfig, fold: int, s: Any, plan: Any, pred: np.ndarray) -> None:
-    """Predictions are scored and stored only when finite: a NaN would make the run look
-    done with NaN metrics. Stops the run (status ``failed``) naming the first section."""
-    from asign.errors import NumericError
-
-    out = s.in_sections(plan.predicted)
-    bad = out & ~np.isfinite(pred).all(axis=1)
-    if bad.any():
-        first = s.sections[int(s.section[np.flatnonzero(bad)[0]])]
-        raise NumericError(f"section {first}: {cfg.model} predicted NaN/inf for {int(bad.sum())} spots "
-                           f"(sample {s.sample_id}, fold {fold}); run stopped, nothing scored",
-                           path=cfg.store, fix="run `asign check` on the store; try a lower --lr")
-
-
-def _fit_fold(cfg: TrainConfig, fold: Any, samples: dict, tasks: dict, rid: str,
-              path: Checkpoint, ckpt: dict | None, finished: dict, rep: Any, epoch_s: list[float],
-              budget: list[int | None], best: dict[int, dict], recipe: Any = None) -> Any:
-    """Train (or restore) the fold's model; None when the epoch budget ran out first."""
-    from asign.train import loop
-
-    any_sample = next(iter(samples.values()))
-    model = loop.build(cfg, any_sample.spot_feat.shape[1], len(any_sample.genes), fold.fold,
-                       spot_encoder=recipe)
-    if fold.fold in finished:
-        model.load_state_dict(finished[fold.fold])
-        return model
-    train_tasks, select = [], []
-    for plan in fold.samples:
-        s = samples[plan.sample_id]
-        if plan.role == "train_2d":
-            key = (plan.sample_id, plan.sections, "2d")
-            if key not in tasks:
-                sub = s.subset(s.in_sections(plan.sections), drop_cross=True)
-                tasks[key] = loop.make_task(sub, plan.visible, cfg.device,
-                                            name=f"{plan.sample_id}/{plan.sections[0]}",
-                                            val_fraction=cfg.val_fraction, seed=cfg.seed,
-                                            feature_norm=cfg.feature_norm,
-                                            center_labels=cfg.center_labels)
-            train_tasks.append(tasks[key])
-        else:
-            train_tasks.append(_task(tasks, s, plan.visible, cfg, _by_layer(plan)))
-            if plan.role == "test":
-                select.append(train_tasks[-1])
-    resume = None
-    if ckpt is not None and ckpt.get("fold") == fold.fold and ckpt.get("state"):
-        resume = loop.FitState(**ckpt["state"])
-    else:
-        loop.init_output_bias(model, train_tasks)
-
-    def save(state: loop.FitState) -> None:
-        path.save({"run_id": rid, "fold": fold.fold, "state": asdict(state),
-                                    "finished": finished})
-
-    task_id = rep.task(f"{cfg.model} fold {fold.fold}", total=cfg.epochs)
-    if resume is not None:
-        rep.advance(task_id, resume.epoch)
-
-    def on_epoch(epoch: int, loss: float, seconds: float) -> None:
-        epoch_s.append(seconds)
-        rep.advance(task_id, 1, loss=f"{loss:.4f}", epoch=epoch + 1)
-
-    stop = budget[0]
-    start = resume.epoch if resume else 0
-    state = loop.fit(cfg, model, train_tasks, fold.fold, resume_from=resume,
-                     on_epoch=on_epoch, save=save, stop_after=stop, select=select)
-    rep.done(task_id)
-    if stop is not None:
-        budget[0] = stop - (state.epoch - start)
-    if state.epoch < cfg.epochs:
-        return None
-    best[fold.fold] = {"best_epoch": state.best_epoch,
-                       "val_score": state.best_score if np.isfinite(state.best_score) else None}
-    if cfg.calibrate_gate and cfg.uses_cli:
-        from asign.train.calibrate import calibrate_gate
-
-        best[fold.fold]["gate"] = calibrate_gate(cfg, model, select or train_tasks)
-    finished[fold.fold] = loop._cpu_state(model)
-    path.save({"run_id": rid, "fold": None, "state": None,
-                                "finished": finished})
-    return model
-
-
-def _task(tasks: dict, s: Any, visible: tuple[str, ...], cfg: TrainConfig,
-          by_layer: bool = False) -> Any:
-    from asign.train import loop
-
-    key = (s.sample_id, visible, "3d")
-    if key not in tasks:
-        # a test sample with ≥ 2 known layers validates on a whole held-out known layer
-        tasks[key] = loop.make_task(s, visible, cfg.device, val_fraction=cfg.val_fraction,
-                                    seed=cfg.seed, feature_norm=cfg.feature_norm,
-                                    center_labels=cfg.center_labels, val_by_layer=by_layer)
-    return tasks[key]
-
-
-def _by_layer(plan: Any) -> bool:
-    return plan.role == "test" and len(plan.knowns) >= 2
-
-
-def _baseline(cfg: TrainConfig, s: Any, plan: Any) -> tuple[np.ndarray, tuple | None]:
-    """(N, G) baseline predictions for one test sample from its known layers only, and
-    their (lower, upper) intervals (train/intervals.py; None with coverage 0)."""
-    from asign.train import intervals
-    from asign.train.protocol import visible_labels
-
-    y, known = visible_labels(s.labels, s.has_label, s.section, s.section_index(list(plan.knowns)))
-    pred = _baseline_from(cfg, s, y, known)
-    if not cfg.coverage:
-        return pred, None
-    return pred, intervals.for_baseline(lambda m: _baseline_from(cfg, s, y, m), y, known, s.section,
-                                        s.xy, pred, cfg.coverage, cfg.seed)
-
-
-def _baseline_from(cfg: TrainConfig, s: Any, y: np.ndarray, known: np.ndarray) -> np.ndarray:
-    """(N, G) baseline predictions from the labels ``y`` of the ``known`` spots: the
-    registered predictor of the model (``ModelSpec.baseline``, train/baselines.py)."""
-    from asign.train import baselines
-
-    return getattr(baselines, cfg.spec.baseline)(cfg, s, y, known)
 
 
 def _check_images(cfg: TrainConfig, infos: list, folds: list) -> None:
@@ -431,7 +238,7 @@ def _check_device(cfg: TrainConfig) -> None:
 
 
 @contextlib.contextmanager
-def _deterministic(cfg: TrainConfig) -> Iterator[None]:
+def deterministic(cfg: TrainConfig) -> Iterator[None]:
     """Torch threads as configured, and deterministic kernels on CUDA; both restored after.
 
     On a CPU the kernels asign uses (dense ops, DGL's CSR SpMM, torch sparse CSR) are

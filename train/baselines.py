@@ -21,46 +21,16 @@ from typing import Any
 
 import numpy as np
 
+from asign.numeric import idw  # noqa: F401  (the idw baseline's kernel, shared with ingest)
+
 SIMILARITY_TEMPERATURE = 0.1
-IDW_CHUNK = 16384  # queries per step of idw and similarity: bounds their memory, and
-SIMILARITY_CHUNK = 4096  # samples below these sizes take one step, as before
+SIMILARITY_CHUNK = 4096  # queries per step of similarity: bounds its memory
 
 
 def mean_profile(y_known: np.ndarray, n_query: int) -> np.ndarray:
     """(n_query, G): the known spots' mean profile repeated."""
     mu = np.asarray(y_known, dtype=np.float64).mean(axis=0)
     return np.broadcast_to(mu, (n_query, mu.size)).astype(np.float32)
-
-
-def idw(
-    xy_known: np.ndarray,
-    y_known: np.ndarray,
-    xy_query: np.ndarray,
-    k: int = 8,
-    power: float = 1.0,
-) -> np.ndarray:
-    """Inverse-distance weighted mean of the k nearest known spots.
-
-    Queries are answered ``IDW_CHUNK`` at a time: the gathered (queries, k, G) float64
-    neighbour labels would take 3.2 GB at 200k queries × 8 × 250 genes."""
-    from scipy.spatial import cKDTree
-
-    k = min(k, len(xy_known))
-    tree = cKDTree(np.asarray(xy_known, dtype=np.float64))
-    xy_query = np.asarray(xy_query, dtype=np.float64)
-    y = np.asarray(y_known, dtype=np.float64)
-    out = np.empty((len(xy_query), y.shape[1]), dtype=np.float32)
-    for lo in range(0, len(xy_query), IDW_CHUNK):
-        q = xy_query[lo:lo + IDW_CHUNK]
-        dist, idx = tree.query(q, k=k)
-        dist, idx = dist.reshape(len(q), k), idx.reshape(len(q), k)
-        exact = dist < 1e-6
-        w = 1.0 / np.maximum(dist, 1e-6) ** power
-        # A query sitting on a known spot takes that spot's profile (the weight would be ∞).
-        w = np.where(exact.any(axis=1, keepdims=True), exact.astype(np.float64), w)
-        w /= w.sum(axis=1, keepdims=True)
-        out[lo:lo + IDW_CHUNK] = np.einsum("qk,qkg->qg", w, y[idx])
-    return out
 
 
 def similarity(

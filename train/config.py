@@ -6,22 +6,25 @@ docs and ``asign doctor`` read :data:`MODELS`."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from asign.cluster import DEVICES
-from asign.errors import ConfigErrors, not_one_of
-from asign.store.manifest import jsonable
+from asign.errors import ConfigErrors
+from asign.options import Declared, identity, opt, shared
+from asign.options import problems as declared_problems
 
 SETTINGS = ("within_sample", "cross_sample")
+ASIGN_BUILDER = "asign.train.model:build_model"  # MSAGNet (+ CLI): asign3d, asign2d
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("cosine", "none")
 FEATURE_NORMS = ("section", "none")
 # Parts of asign3d that --ablate removes (the paper's Table II/III ablations):
 # cross-attention: each spot attends to its own region/global tile only (softmax ≡ 1, as in
-# the reference code), not to the neighbouring tiles; gat: no GAT/transformer block (fused features straight to the heads);
+# the reference code), not to the neighbouring tiles; gat: no GAT/transformer block (fused
+# features straight to the heads);
 # cli: no cross-layer imputation (MSAGNet alone, on the 3D graph).
 ABLATIONS = ("cross-attention", "gat", "cli")
 
@@ -39,17 +42,33 @@ class ModelSpec:
     # baseline: None, and ``baseline`` names its predictor in train/baselines.py, with the
     # signature (cfg, sample, y, known) -> (N, G)
     network: Mapping[str, bool] | None = None
+    # a network's builder, ``(model name, **loop.model_overrides) -> Network``
+    # (train/network.py): a callable or "module:function"; default ASIGNNet's
+    builder: str | Callable[..., Any] | None = None
     baseline: str | None = None
     cross_layer: bool = False  # uses cross-layer edges of the 3D graph
     cli: bool = False  # label propagation from the known layer
     images: bool = True  # reads image features: every section in its graph needs an image
     torch: bool = False  # a baseline that runs torch kernels: thread budget, determinism, --device
+    # config fields with identity role "model" that this model reads (its run id depends
+    # on them; another model's does not)
+    reads: tuple[str, ...] = ()
     rank: int = 50  # display order (maps, tables, demo): the full method first, the mean last
     colour: str = "#8c564b"  # bar colour in the report
 
     @property
     def neural(self) -> bool:
-        return self.network is not None
+        return self.network is not None or self.builder is not None
+
+    def build_network(self, **overrides: Any) -> Any:
+        """A freshly initialised network of this model (only for a neural model)."""
+        import importlib
+
+        builder = self.builder or ASIGN_BUILDER
+        if isinstance(builder, str):
+            module, _, name = builder.partition(":")
+            builder = getattr(importlib.import_module(module), name)
+        return builder(self.name, **overrides)
 
     @property
     def uses_torch(self) -> bool:
@@ -61,18 +80,22 @@ def _models(*specs: ModelSpec) -> dict[str, ModelSpec]:
 
 
 MODELS: dict[str, ModelSpec] = _models(
-    ModelSpec(name="asign3d", help="MSAGNet on the 3D graph + cross-layer imputation (the full method)",
+    ModelSpec(name="asign3d",
+              help="MSAGNet on the 3D graph + cross-layer imputation (the full method)",
               network={"cross_layer_edges": True, "use_cli": True}, cross_layer=True, cli=True,
-              rank=0, colour="#1f77b4"),
+              reads=("cli_iters", "idw_k", "idw_power"), rank=0, colour="#1f77b4"),
     ModelSpec(name="asign2d", help="MSAGNet on same-layer edges only, no CLI (the 2D model)",
               network={"cross_layer_edges": False, "use_cli": False}, rank=1, colour="#17becf"),
     ModelSpec(name="cli", help="label propagation alone over the 3D graph (unit node weights)",
               baseline="predict_cli", cross_layer=True, cli=True, images=False, torch=True,
-              rank=2, colour="#2ca02c"),
-    ModelSpec(name="similarity", help="cosine kNN (k=20) on spot embeddings against the known layer",
-              baseline="predict_similarity", rank=3, colour="#9467bd"),
-    ModelSpec(name="idw", help="inverse-distance weighting of the 8 nearest known spots (aligned x, y)",
-              baseline="predict_idw", images=False, rank=4, colour="#ff7f0e"),
+              reads=("cli_iters",), rank=2, colour="#2ca02c"),
+    ModelSpec(name="similarity",
+              help="cosine kNN (k=20) on spot embeddings against the known layer",
+              baseline="predict_similarity", reads=("similarity_k",), rank=3, colour="#9467bd"),
+    ModelSpec(name="idw",
+              help="inverse-distance weighting of the 8 nearest known spots (aligned x, y)",
+              baseline="predict_idw", images=False, reads=("idw_k", "idw_power"),
+              rank=4, colour="#ff7f0e"),
     ModelSpec(name="mean", help="known layer's mean profile for every hidden spot",
               baseline="predict_mean", images=False, rank=99, colour="#9e9e9e"),
 )
@@ -84,65 +107,132 @@ def models_help() -> str:
     return " | ".join(MODELS)
 
 
+_OPT, _MODEL, _PROTO, _RUN, _BASE = "Optimisation", "Model", "Protocol", "Runtime", "Baselines"
+
+
+def _gat_engines() -> tuple[str, ...]:
+    from asign.train.gnn import GAT_ENGINES
+
+    return tuple(GAT_ENGINES)
+
+
+def _loss_presets() -> tuple[str, ...]:
+    from asign.train.loss import LOSS_PRESETS
+
+    return tuple(LOSS_PRESETS)
+
+
+def _net(default: Any, help: str, group: str = _OPT, **kw: Any) -> Any:
+    """An option only a network reads (a baseline's run id does not depend on it)."""
+    return opt(default, help=help, group=group, identity="network", **kw)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    store: Path
-    model: str = "asign3d"
-    run: str = "run"
-    known: str = "first"  # first | middle | last | Z | section id, or a comma-separated set
-    folds: int = 1  # 1 = within-sample imputation; K >= 2 = sample-level k-fold
-    samples: tuple[str, ...] = ()  # restrict to these sample ids (empty = all)
-    extra_2d: tuple[str, ...] = ()  # samples/sections trained as 2D sections, never scored
+    store: Path = shared("--store")
+    model: str = shared("--model", "asign3d", each=True, choices=lambda: MODELS,
+                        help="Model or baseline; a comma-separated list runs each.")
+    run: str = shared("--run", "run")
+    known: str = opt("first", group=_PROTO,
+                     help="Known (measured) layer(s): first | middle | last | Z | section id, "
+                          "or a set: 2,5 / first,last / C2,C5.")
+    folds: int = opt(1, ge=1, group=_PROTO,
+                     help="1 = within-sample imputation; K>=2 = sample-level k-fold.")
+    samples: tuple[str, ...] = shared("--samples", (), listed=True, group=_PROTO,
+                                      help="Restrict to these sample ids (comma-separated).")
+    extra_2d: tuple[str, ...] = shared("--extra-2d", (), group=_PROTO)
     # optimisation (paper: SGD, momentum 0.9, cosine decay to 1% of the initial rate)
-    epochs: int = 200  # her2st C: validation loss flattens after ~150 (SGD, lr 0.05)
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    optimizer: str = "sgd"
-    scheduler: str = "cosine"
-    lr_min_ratio: float = 0.01
-    cli_lr_scale: float = 10.0  # learning-rate multiplier of the CLI block (see loop.py)
-    grad_clip: float = 5.0
-    loss: str = "paper"
+    # her2st C: validation loss flattens after ~150 epochs (SGD, lr 0.05)
+    epochs: int = _net(200, "Training epochs (the best one on the validation spots is kept).",
+                       ge=0)
+    lr: float = _net(0.05, "Learning rate.", gt=0)
+    momentum: float = _net(0.9, "SGD momentum.", ge=0)
+    weight_decay: float = _net(1e-4, "Weight decay (L2).", ge=0)
+    optimizer: str = _net("sgd", "Optimiser (sgd: the paper's, momentum 0.9).",
+                          choices=lambda: OPTIMIZERS)
+    # the learning-rate schedule; --scheduler is the Dask scheduler's address (one word, one
+    # meaning), so the old spelling `--scheduler cosine` is read as this with a warning
+    scheduler: str = _net("cosine", "Learning-rate schedule.", flag="--lr-scheduler",
+                          choices=lambda: SCHEDULERS, deprecated=("--scheduler",))
+    lr_min_ratio: float = _net(0.01, "Cosine decay floor, as a share of the initial rate.",
+                               ge=0, le=1)
+    cli_lr_scale: float = _net(10.0, "Learning-rate multiplier of the CLI block.", gt=0)
+    grad_clip: float = _net(5.0, "Gradient-norm clip (0 = none).", ge=0)
+    loss: str = _net("paper", "Loss weights preset.", choices=_loss_presets)
     # model
-    hidden: int = 256
-    heads: int = 4
-    dropout: float = 0.1
-    gnn: str = "dgl"
-    cli_iters: int = 10
-    feature_norm: str = "section"  # section (per-section z-score of embeddings) | none
-    center_labels: bool = True  # learn deviations from each graph's training mean (loop.py)
-    cli_per_node_gate: bool = False  # CLI gate per gene (False) or per gene and node
-    cli_spatial_prior: bool = True  # CLI also blends the IDW prior (cli_block.py); paper: False
-    calibrate_gate: bool = True  # set the CLI gate on the validation spots after training
-    ablate: tuple[str, ...] = ()  # parts of asign3d removed for an ablation (ABLATIONS)
+    hidden: int = _net(256, "Hidden width of the fusion, GAT and transformer layers.", _MODEL,
+                       ge=1)
+    heads: int = _net(4, "Attention heads per GAT layer.", _MODEL, ge=1)
+    dropout: float = _net(0.1, "Dropout rate.", _MODEL, ge=0, lt=1)
+    gnn: str = _net("dgl", "GAT engine (dgl: CPU default; pyg: CUDA).", _MODEL,
+                    choices=_gat_engines)
+    cli_iters: int = opt(10, ge=1, group=_MODEL, identity="model",
+                         help="Propagation steps of the CLI block.")
+    feature_norm: str = _net("section", "Embedding normalisation (section: z-score per "
+                                        "section).", _MODEL, choices=lambda: FEATURE_NORMS)
+    center_labels: bool = _net(True, "Learn deviations from each graph's training mean.",
+                               _MODEL, negatable=True)
+    cli_per_node_gate: bool = _net(False, "CLI gate per gene and spot instead of per gene.",
+                                   _MODEL, flag="--per-node-gate")
+    cli_spatial_prior: bool = _net(True, "CLI also blends the IDW prior of the known layer "
+                                         "(off = the paper's CLI).", _MODEL,
+                                   flag="--spatial-prior", negatable=True)
+    calibrate_gate: bool = _net(True, "After training, choose the CLI blend weights on the "
+                                      "held-out validation spots.", _MODEL, negatable=True)
+    ablate: tuple[str, ...] = opt(
+        (), listed=True, choices=lambda: ABLATIONS, group=_MODEL, legacy_default=True,
+        help="Remove parts of asign3d for an ablation, comma-separated.")
     # training episodes (see protocol.py) and model selection (see loop.py)
-    episode_known_fraction: float = 0.2
-    val_fraction: float = 0.2
+    episode_known_fraction: float = _net(
+        0.2, "Share of a single known layer's spots given to the CLI in a training episode "
+             "(the rest are targets).", _PROTO, gt=0, lt=1)
+    val_fraction: float = _net(0.2, "Share of training spots set aside to pick the best "
+                                    "epoch (0 = last epoch).", _PROTO, ge=0, lt=1)
     # large graphs (batching.py): above minibatch_above spots a graph trains one step per
     # spatial block of ≤ block_spots spots (+ a halo of block_halo in-edge hops; None: one
     # hop per GAT layer, which makes MSAGNet exact on the block) and infers block by block
-    minibatch_above: int = 20_000
-    block_spots: int = 4096
-    block_halo: int | None = None
+    minibatch_above: int = _net(20_000, "Graphs with more spots train one step per spatial "
+                                        "block and infer block by block; 0 = always.", ge=0)
+    block_spots: int = _net(4096, "Spots per block in that mode (memory grows with it).",
+                            ge=1)
+    block_halo: int | None = _net(None, "In-edge hops of halo around a block (default: one "
+                                        "per GAT layer, exact).", ge=0)
     # baselines
-    idw_k: int = 8
-    idw_power: float = 1.0
-    similarity_k: int = 20
+    idw_k: int = opt(8, ge=1, group=_BASE, identity="model",
+                     help="Nearest known spots an IDW prediction averages.")
+    idw_power: float = opt(1.0, ge=0, group=_BASE, identity="model",
+                           help="Distance exponent of inverse-distance weighting.")
+    similarity_k: int = opt(20, ge=1, group=_BASE, identity="model",
+                            help="Nearest known spots (cosine, embeddings) of a similarity "
+                                 "prediction.")
     # runtime
-    device: str = "cpu"
-    threads: int | None = None  # torch intra-op threads during the run (None: idle cores at start, asign.cluster.idle_cores)
-    seed: int = 0
-    resume: bool = False
+    device: str = shared("--device", "cpu", choices=lambda: DEVICES, group=_RUN)
+    threads: int | None = shared("--threads", None)
+    seed: int = shared("--seed", 0, each=True, group=_RUN, metavar="INTEGER",
+                       help="Random seed (runs are deterministic); a comma-separated list "
+                            "(0,1,2) runs each.")
+    resume: bool = opt(False, group=_RUN, identity="never",
+                       help="Continue an interrupted run from its checkpoint.")
     # seconds to wait while an ingest writes the store (store/locks.py), then fail naming it
-    wait: float = 0.0
-    finetune_spot_encoder: bool = False  # train the spot encoder on stored patches (finetune.py)
-    finetune_batch: int = 64  # spots re-encoded with gradients per step
-    finetune_lr_scale: float = 0.1  # the encoder's learning rate relative to --lr
-    save_predictions: bool = True
-    coverage: float = 0.9  # per-spot intervals at this coverage (train/intervals.py); 0 = none
-    encoder: str | None = None  # embedding encoder in the store; default: the manifest's
-    extra: dict[str, Any] = field(default_factory=dict)  # free-form, recorded in runs.config
+    wait: float = shared("--wait", 0.0)
+    finetune_spot_encoder: bool = _net(False, "Train the store's spot encoder on its stored "
+                                              "patches (meant for a GPU).", _MODEL)
+    finetune_batch: int = _net(64, "Spots re-encoded with gradients per step when "
+                                   "fine-tuning.", _MODEL, ge=1)
+    finetune_lr_scale: float = _net(0.1, "The spot encoder's learning rate relative to --lr.",
+                                    _MODEL, ge=0)
+    save_predictions: bool = opt(True, negatable=True, group=_RUN, identity="never",
+                                 help="Write each hidden spot's prediction to the results.")
+    coverage: float = opt(0.9, ge=0, lt=1, group=_PROTO, legacy_default=True,
+                          help="Per-spot, per-gene intervals at this coverage, calibrated on "
+                               "known spots (0 = none).")
+    encoder: str | None = shared("--encoder", None,
+                                 help="Embedding encoder in the store (default: the "
+                                      "manifest's).")
+    workers: int = shared("--workers", 0)
+    dask_scheduler: str | None = shared("--scheduler", None)
+    # free-form, recorded in runs.config
+    extra: dict[str, Any] = opt(factory=dict, cli=False, help="Free-form notes of the caller.")
 
     @property
     def spec(self) -> ModelSpec:
@@ -158,26 +248,24 @@ class TrainConfig:
         return "within_sample" if self.folds == 1 else "cross_sample"
 
     def to_json(self) -> dict[str, Any]:
+        from asign.store.manifest import jsonable
+
         return jsonable(asdict(self))
 
     def identity(self) -> dict[str, Any]:
-        """The fields that decide the result: everything but how the run is executed."""
-        out = self.to_json()
-        for key in ("resume", "store", "save_predictions", "threads", "wait"):
-            out.pop(key, None)
-        if not self.ablate:  # identities of runs from before --ablate existed stay valid
-            out.pop("ablate", None)
-        if self.coverage == 0.9:  # nor did --coverage; its default keeps those ids
-            out.pop("coverage", None)
-        if not self.spec.neural:  # optimiser settings cannot change a baseline
-            for key in ("epochs", "lr", "momentum", "weight_decay", "optimizer", "scheduler",
-                        "lr_min_ratio", "cli_lr_scale", "grad_clip", "loss", "hidden", "heads", "dropout",
-                        "gnn", "episode_known_fraction", "val_fraction", "device", "feature_norm",
-                        "center_labels", "cli_per_node_gate", "cli_spatial_prior", "calibrate_gate",
-                        "finetune_spot_encoder", "finetune_batch", "finetune_lr_scale",
-                        "minibatch_above", "block_spots", "block_halo"):
-                out.pop(key, None)
-        return out
+        """The fields that decide the result, by their declared role: not how the run is
+        executed, a network's settings only for a network, a model-role field only for the
+        models that read it (ModelSpec.reads)."""
+        from asign.store.manifest import jsonable
+
+        spec = self.spec
+
+        def keep(d: Declared) -> bool:
+            role = d.option.identity
+            return (role == "run" or (role == "network" and spec.neural)
+                    or (role == "model" and d.path[-1] in spec.reads))
+
+        return jsonable(identity(self, keep))
 
     def with_(self, **changes: Any) -> TrainConfig:
         return replace(self, **changes)
@@ -185,19 +273,9 @@ class TrainConfig:
 
 def validate(cfg: TrainConfig) -> None:
     """Collect every invalid option into one ConfigErrors."""
-    from asign.train.gnn import GAT_ENGINES
-    from asign.train.loss import LOSS_PRESETS
-
-    problems: list[str] = []
-    problems += not_one_of(cfg.model, MODELS, "--model")
-    problems += not_one_of(cfg.optimizer, OPTIMIZERS, "--optimizer")
-    problems += not_one_of(cfg.scheduler, SCHEDULERS, "--scheduler")
-    problems += not_one_of(cfg.loss, LOSS_PRESETS, "--loss")
-    problems += not_one_of(cfg.gnn, GAT_ENGINES, "--gnn")
-    problems += not_one_of(cfg.device, DEVICES, "--device")
-    problems += not_one_of(cfg.feature_norm, FEATURE_NORMS, "--feature-norm")
-    for part in cfg.ablate:
-        problems += not_one_of(part, ABLATIONS, "--ablate")
+    problems = declared_problems(cfg)  # choices and bounds of every declared option
+    if not math.isfinite(cfg.wait):
+        problems.append(f"--wait must be a finite number of seconds, got {cfg.wait}")
     from asign.store.names import name_problem
 
     bad_run = name_problem(cfg.run)  # the run name becomes part of the run's file names
@@ -212,34 +290,15 @@ def validate(cfg: TrainConfig) -> None:
                         for p in parts) or len(set(parts)) != len(parts):
         problems.append(f"--known {cfg.known!r} must be first, middle, last, a layer number z "
                         "or a section id, or a comma-separated set of them without repeats")
-    if not 0.0 <= cfg.coverage < 1.0:
-        problems.append(f"--coverage must lie in [0, 1) (0 = no intervals), got {cfg.coverage}")
-    if not (math.isfinite(cfg.wait) and cfg.wait >= 0):
-        problems.append(f"--wait must be ≥ 0 seconds, got {cfg.wait}")
-    if cfg.folds < 1:
-        problems.append(f"--folds must be ≥ 1, got {cfg.folds}")
-    if cfg.epochs < 0:
-        problems.append(f"--epochs must be ≥ 0, got {cfg.epochs}")
-    if cfg.lr <= 0:
-        problems.append(f"--lr must be > 0, got {cfg.lr}")
-    if not 0.0 < cfg.episode_known_fraction < 1.0:
-        problems.append("episode_known_fraction must lie in (0, 1)")
-    if not 0.0 <= cfg.val_fraction < 1.0:
-        problems.append("val_fraction must lie in [0, 1)")
-    if cfg.threads is not None and cfg.threads < 1:
-        problems.append(f"--threads must be ≥ 1, got {cfg.threads}")
-    if cfg.idw_k < 1 or cfg.similarity_k < 1:
-        problems.append("idw_k and similarity_k must be ≥ 1")
     if not cfg.run or any(c in cfg.run for c in "/\\"):
         problems.append(f"--run {cfg.run!r} must be a non-empty name without slashes")
-    if cfg.finetune_spot_encoder and not cfg.spec.neural:
+    spec = MODELS.get(cfg.model)
+    if cfg.finetune_spot_encoder and spec is not None and not spec.neural:
         problems.append(f"--finetune-spot-encoder trains a network; {cfg.model} has none")
-    if cfg.finetune_batch < 1 or cfg.finetune_lr_scale < 0:
-        problems.append("finetune_batch must be ≥ 1 and finetune_lr_scale ≥ 0")
-    if cfg.minibatch_above < 0 or cfg.block_spots < 1 or (cfg.block_halo or 0) < 0:
-        problems.append("minibatch_above and block_halo must be ≥ 0, block_spots ≥ 1")
-    if cfg.device == "cuda" and cfg.gnn == "dgl" and cfg.spec.neural:
+    if cfg.device == "cuda" and cfg.gnn == "dgl" and spec is not None and spec.neural:
         problems.append("the PyPI DGL wheel is CPU-only: use --gnn pyg with --device cuda")
+    if cfg.workers and cfg.dask_scheduler:
+        problems.append("give --workers (a local cluster) or --scheduler (a running one), not both")
     if problems:
         raise ConfigErrors(problems, what="asign train options", fix="see `asign train --help`")
 

@@ -163,10 +163,8 @@ def build(cfg: TrainConfig, in_dim: int, n_genes: int, fold: int,
     finetune.EncoderRecipe) wrapped with its trainable spot encoder."""
     import torch
 
-    from asign.train.model import build_model
-
     torch.manual_seed(_mix(cfg.seed, fold, 0xB11D))
-    model = build_model(cfg.model, **model_overrides(cfg, in_dim, n_genes)).to(cfg.device)
+    model = cfg.spec.build_network(**model_overrides(cfg, in_dim, n_genes)).to(cfg.device)
     if spot_encoder is None:
         return model
     from asign.train.finetune import FinetuneModel, load_spot_encoder

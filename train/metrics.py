@@ -11,12 +11,14 @@ the mean, and counted: :func:`evaluate` reports how many spots/genes were usable
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 
 from asign.errors import AsignError
-from asign.schemas.vocabulary import ACCURACY_METRICS
-
-METRICS = ACCURACY_METRICS
+from asign.numeric import nanmean as _nanmean
+from asign.numeric import pearson_rows as _pearson_rows
 
 
 def _pair(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -26,21 +28,6 @@ def _pair(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise AsignError(f"metrics: prediction {p.shape} and truth {t.shape} must both be "
                          "(spots, genes)", fix="align predictions to the measured spots first")
     return p, t
-
-
-def _pearson_rows(p: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Pearson r of matching rows; NaN where either row is constant (or not finite)."""
-    if p.shape[1] < 2:
-        return np.full(p.shape[0], np.nan)
-    pc = p - p.mean(axis=1, keepdims=True)
-    tc = t - t.mean(axis=1, keepdims=True)
-    denom = np.sqrt((pc * pc).sum(axis=1) * (tc * tc).sum(axis=1))
-    # exact test: a constant float vector need not centre to exact zeros
-    constant = (np.ptp(p, axis=1) == 0) | (np.ptp(t, axis=1) == 0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = (pc * tc).sum(axis=1) / denom
-    r[constant] = np.nan
-    return np.clip(r, -1.0, 1.0)
 
 
 def pcc_per_spot(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -53,11 +40,6 @@ def pcc_per_gene(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """(G,) Pearson r of each gene across spots; NaN for genes constant in either array."""
     p, t = _pair(pred, truth)
     return _pearson_rows(p.T, t.T)
-
-
-def _nanmean(x: np.ndarray) -> float:
-    ok = np.isfinite(x)
-    return float(x[ok].mean()) if ok.any() else float("nan")
 
 
 def mse(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -80,19 +62,59 @@ def pcc_gene(pred: np.ndarray, truth: np.ndarray) -> float:
     return _nanmean(pcc_per_gene(pred, truth))
 
 
-def evaluate(pred: np.ndarray, truth: np.ndarray) -> dict[str, float | int]:
-    """All metrics of one (spots × genes) block, with the counts behind the PCC means.
+@dataclass(frozen=True)
+class Metric:
+    """One metric, declared once: results, the train table, the report and the benches
+    all read :data:`METRICS` (a new metric is one record and its function, here)."""
 
-    Keys: ``mse``, ``mae``, ``pcc_spot``, ``pcc_gene``, ``n_spots``, ``n_genes``,
-    ``n_spots_valid`` and ``n_genes_valid`` (items with a defined PCC).
-    """
+    name: str  # the metrics table's ``metric`` value
+    fn: Callable[[np.ndarray, np.ndarray], float] | None  # (pred, truth) → value; None:
+    # written by another step (train/intervals.py), not computed from a prediction alone
+    higher_is_better: bool
+    title: str  # how tables and figures name it
+
+    @property
+    def accuracy(self) -> bool:
+        """Scored against the measured section (every figure beside the mean baseline)."""
+        return self.fn is not None
+
+    @property
+    def axis_title(self) -> str:
+        return f"{self.title} ({'higher' if self.higher_is_better else 'lower'} is better)"
+
+    def better(self, a: float, b: float) -> bool:
+        return (a > b) == self.higher_is_better
+
+
+# display order everywhere: per-gene PCC first (it is the one that tells methods apart)
+METRICS: dict[str, Metric] = {m.name: m for m in (
+    Metric("pcc_gene", pcc_gene, True, "PCC per gene"),
+    Metric("pcc_spot", pcc_spot, True, "PCC per spot"),
+    Metric("mse", mse, False, "MSE"),
+    Metric("mae", mae, False, "MAE"),
+    Metric("coverage", None, True, "Interval coverage"),
+    Metric("width", None, False, "Interval width"),
+)}
+
+
+def accuracy_metrics() -> tuple[str, ...]:
+    return tuple(name for name, m in METRICS.items() if m.accuracy)
+
+
+def metric_names() -> tuple[str, ...]:
+    return tuple(METRICS)
+
+
+def evaluate(pred: np.ndarray, truth: np.ndarray) -> dict[str, float | int]:
+    """Every accuracy metric of one (spots × genes) block, with the counts behind the PCC
+    means: ``n_spots``, ``n_genes``, ``n_spots_valid`` and ``n_genes_valid`` (items with a
+    defined PCC)."""
     p, t = _pair(pred, truth)
     per_spot, per_gene = _pearson_rows(p, t), _pearson_rows(p.T, t.T)
+    values: dict[str, float | int] = {m.name: m.fn(p, t) for m in METRICS.values()
+                                      if m.fn is not None}
     return {
-        "mse": mse(p, t),
-        "mae": mae(p, t),
-        "pcc_spot": _nanmean(per_spot),
-        "pcc_gene": _nanmean(per_gene),
+        **values,
         "n_spots": int(p.shape[0]),
         "n_genes": int(p.shape[1]),
         "n_spots_valid": int(np.isfinite(per_spot).sum()),

@@ -2,8 +2,10 @@
 block-wise training (train/batching.py), gate calibration and fine-tuning.
 
 ``ASIGNNet`` (train/model.py) implements it, and so does the fine-tuning wrapper
-(train/finetune.py). A new network implements :class:`Network`, and is registered as a
-``ModelSpec(network=...)`` in train/config.py; the loop never asks which network it runs."""
+(train/finetune.py). A new network implements :class:`Network` in a module of its own and
+is registered as ``ModelSpec(builder="module:function")`` in train/config.py (the builder
+takes the model name and ``loop.model_overrides``); the loop never asks which network it
+runs (tests/train/test_network_registry.py trains a second network class that way)."""
 
 from __future__ import annotations
 
@@ -20,9 +22,12 @@ if TYPE_CHECKING:
 @runtime_checkable
 class Network(Protocol):
     cfg: ModelConfig
-    #: the per-spot body: GAT layers in ``gats`` (one message hop each: a block's halo) and
-    #: regression heads ``head_spot``/``head_region``/``head_global`` (their last bias
-    #: starts at the training mean profile)
+    #: the per-spot body, called ``net(inputs, graph) -> ModelOutput`` block by block on
+    #: large graphs (train/batching.py); it has ``gats`` (a sequence of message-passing
+    #: layers, one hop each: a block's halo; may be empty) and ``checkpoint_activations``
+    #: (bool, set while a block trains); optional regression heads ``head_spot``,
+    #: ``head_region``, ``head_global`` (nn.Sequential: their last bias starts at the
+    #: training mean profile)
     net: nn.Module
     cli: nn.Module | None  # cross-layer imputation; its parameters learn at cli_lr_scale × lr
 

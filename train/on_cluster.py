@@ -18,7 +18,7 @@ def execute_on_cluster(cfg: TrainConfig, store: Any, rid: str, folds: list, rep:
     own file, so --resume continues the folds that did not finish."""
     from asign.cluster import TaskFailure, run_tasks
     from asign.errors import ClusterError
-    from asign.train import _fold_timings
+    from asign.train.folds import fold_timings
 
     out = run_tasks(client, fold_task, [(cfg, str(store.root), rid, f) for f in folds],
                     [f"fold{f.fold}" for f in folds], rep, description=f"{cfg.model} folds")
@@ -40,7 +40,7 @@ def execute_on_cluster(cfg: TrainConfig, store: Any, rid: str, folds: list, rep:
         blocked |= o["batching"]
         timings.setdefault("fold_s", []).append(o["fold_s"])
         timings.setdefault("fold_where", []).append(o["where"])
-    _fold_timings(timings, selection, blocked, epoch_s)
+    fold_timings(timings, selection, blocked, epoch_s)
     return "done", rows, blocks, out[0]["genes"]
 
 
@@ -51,25 +51,19 @@ def fold_task(cfg: TrainConfig, root: str, rid: str, fold: Any) -> dict[str, Any
     from asign.cluster import here, worker_threads
     from asign.progress import silent
     from asign.store import open_store
-    from asign.train import _blocked, _deterministic, _load, _one_fold
+    from asign.train import deterministic, load_samples
+    from asign.train.folds import FoldRun, blocked_graphs, one_fold
 
     if cfg.threads is None:
         cfg = cfg.with_(threads=worker_threads())
     store = open_store(Path(root))
     t = time.perf_counter()
-    samples, recipe = _load(cfg, store, [fold])
+    samples, recipe = load_samples(cfg, store, [fold])
     load_s = round(time.perf_counter() - t, 3)
     path = store.checkpoint(f"{rid}.fold{fold.fold}")
-    ckpt = path.load() if cfg.resume and cfg.spec.neural else None
-    if ckpt is not None and ckpt.get("run_id") != rid:
-        ckpt = None
-    finished: dict[int, dict] = dict(ckpt["finished"]) if ckpt else {}
-    tasks: dict = {}
-    epoch_s: list[float] = []
-    selection: dict[int, dict] = {}
-    with _deterministic(cfg):
-        rows, blocks, fold_s = _one_fold(cfg, fold, samples, tasks, rid, path, ckpt, finished, silent(),
-                                         epoch_s, [None], selection, recipe)
-    return {"rows": rows, "blocks": blocks, "fold_s": fold_s, "epoch_s": epoch_s, "selection": selection,
-            "batching": _blocked(tasks), "genes": next(iter(samples.values())).genes, "load_s": load_s,
-            "where": here()}
+    run = FoldRun.start(cfg, rid, path, samples, recipe, silent())
+    with deterministic(cfg):
+        rows, blocks, fold_s = one_fold(cfg, fold, run)
+    return {"rows": rows, "blocks": blocks, "fold_s": fold_s, "epoch_s": run.epoch_s,
+            "selection": run.selection, "batching": blocked_graphs(run.tasks),
+            "genes": next(iter(samples.values())).genes, "load_s": load_s, "where": here()}

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from asign.schemas.vocabulary import METRIC_NAMES
 from asign.store import Store
 from asign.store.manifest import fingerprint
 from asign.train.config import TrainConfig
+from asign.train.metrics import metric_names
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class RunResult:
                                "setting": self.setting, "status": self.status,
                                "seconds": round(self.seconds, 3)}
         names = set(self.metrics.column("metric").to_pylist())
-        out["metrics"] = {m: self.mean(m) for m in METRIC_NAMES if m in names}
+        out["metrics"] = {m: self.mean(m) for m in metric_names() if m in names}
         out["timings"] = self.timings
         return out
 

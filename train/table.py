@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from asign.train.results import METRIC_NAMES
+from asign.train.metrics import metric_names
 
 
 def metric_table(metrics: pd.DataFrame, baseline: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -23,7 +23,7 @@ def metric_table(metrics: pd.DataFrame, baseline: pd.DataFrame | None = None) ->
     if baseline is not None and not baseline.empty:
         base = _wide(baseline, keys).add_suffix(" (mean)")
         own = own.join(base.reindex(own.index))
-        order = [c for m in METRIC_NAMES for c in (m, f"{m} (mean)") if c in own.columns]
+        order = [c for m in metric_names() for c in (m, f"{m} (mean)") if c in own.columns]
         own = own[order]
     mean = own.mean(axis=0, skipna=True).to_frame().T
     mean.index = pd.MultiIndex.from_tuples([("", "mean", "")], names=keys)
@@ -31,12 +31,12 @@ def metric_table(metrics: pd.DataFrame, baseline: pd.DataFrame | None = None) ->
 
 
 def _wide(metrics: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    m = metrics[metrics.metric.isin(METRIC_NAMES)]
+    m = metrics[metrics.metric.isin(metric_names())]
     if m.empty:
         return pd.DataFrame()
     wide = m.pivot_table(index=keys, columns="metric", values="value", aggfunc="mean",
                          dropna=False)
-    return wide[[c for c in METRIC_NAMES if c in wide.columns]].sort_index()
+    return wide[[c for c in metric_names() if c in wide.columns]].sort_index()
 
 
 def baseline_metrics(store: Any, name: str, model: str) -> pd.DataFrame | None:

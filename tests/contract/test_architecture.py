@@ -76,15 +76,106 @@ def _private_store_names(tree: ast.AST) -> set[str]:
 def test_only_store_composes_lmdb_keys():
     # keys and value codecs are the store's: everyone else uses the typed Vectors methods
     bad = {path: sorted(names) for path, tree in _parsed().items() if not path.startswith("store/")
-           and (names := _private_store_names(tree) | {n for n in _imports(tree) if n.rsplit(".", 1)[-1]
-                                                       in ("emb_key", "patch_key", "done_key", "meta_key")})}
+           and (names := _private_store_names(tree) | {
+               n for n in _imports(tree)
+               if n.rsplit(".", 1)[-1] in ("emb_key", "patch_key", "done_key", "meta_key")})}
     assert bad == {}
 
 
 def test_the_checks_can_fail():
-    planted_key = ast.parse("from asign.store.vectors import _emb_key\nfrom asign.store.vectors import done_key\n")
+    planted_key = ast.parse("from asign.store.vectors import _emb_key\n"
+                            "from asign.store.vectors import done_key\n")
     assert _private_store_names(planted_key) == {"asign.store.vectors._emb_key"}
     assert "asign.store.vectors.done_key" in _imports(planted_key)
-    planted = ast.parse("import lmdb\nfrom asign.ingest.graph import build_graph\ntable.to_parquet('x')\n")
+    planted = ast.parse("import lmdb\nfrom asign.ingest.graph import build_graph\n"
+                        "table.to_parquet('x')\n")
     assert "lmdb" in _imports(planted) and "asign.ingest.graph" in _imports(planted)
     assert "to_parquet" in _called_attributes(planted)
+
+
+# Layers, lowest first: a module may import its own package and any lower layer, never a
+# higher one or a sibling of its layer (ingest and train know nothing of each other). A new
+# top-level module or package fails test_every_module_has_a_layer until it is placed here.
+LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(x.split()) for x in (
+    "__init__ errors schemas options",
+    "store numeric cluster progress compat nets",
+    "encoders",
+    "ingest train",
+    "report",
+    "commands",
+    "cli",
+))
+RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
+# above ingest but still not allowed to read it: the report reads the store, not the inputs
+FORBIDDEN = {("report", "ingest")}
+
+
+def _package_of(path: str) -> str:
+    return path.split("/", 1)[0].removesuffix(".py") if "/" in path else path.removesuffix(".py")
+
+
+def _asign_targets(tree: ast.AST) -> set[str]:
+    """The top-level asign packages/modules a module imports (``from asign import x`` too)."""
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module == "asign":
+            names = [f"asign.{a.name}" for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module]
+        out |= {n.split(".")[1] for n in names if n.startswith("asign.")}
+    return out
+
+
+def _layer_violations(parsed: dict[str, ast.AST]) -> list[str]:
+    bad = []
+    for path, tree in parsed.items():
+        own = _package_of(path)
+        for target in _asign_targets(tree) - {own, "__version__"}:
+            if target not in RANK or RANK[target] >= RANK[own] or (own, target) in FORBIDDEN:
+                bad.append(f"{path} imports asign.{target}")
+    return sorted(bad)
+
+
+def test_every_module_has_a_layer():
+    assert sorted({_package_of(p) for p in _parsed()} - set(RANK)) == []
+
+
+def test_layers_are_kept_in_every_direction():
+    # ingest ↛ train and train ↛ ingest, store/schemas ↛ anything above them,
+    # report ↛ ingest, nothing below the CLI imports it
+    assert _layer_violations(_parsed()) == []
+
+
+def test_the_layer_check_can_fail():
+    planted = {
+        "ingest/x.py": ast.parse("from asign.train.metrics import pcc_gene\n"),
+        "store/x.py": ast.parse("from asign import train\n"),
+        "report/x.py": ast.parse("import asign.ingest.referee\n"),
+        "schemas/x.py": ast.parse("from asign.store.manifest import jsonable\n"),
+        "train/x.py": ast.parse("from asign.numeric import idw\nfrom asign import __version__\n"),
+    }
+    assert _layer_violations(planted) == [
+        "ingest/x.py imports asign.train", "report/x.py imports asign.ingest",
+        "schemas/x.py imports asign.store", "store/x.py imports asign.train"]
+
+
+def _private_imports(path: str, tree: ast.AST) -> list[str]:
+    """Private names imported from another top-level package (``from asign.train import _x``
+    in train/on_cluster.py counts: the orchestration's helpers it needs are public)."""
+    own = _package_of(path)
+    return [f"{path}: {n.module}.{a.name}" for n in ast.walk(tree)
+            if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith("asign")
+            for a in n.names if a.name.startswith("_") and not a.name.startswith("__")
+            and (n.module.split(".")[1:2] != [own] or n.module.count(".") == 1)]
+
+
+def test_no_private_imports_across_modules():
+    bad = [line for path, tree in _parsed().items() for line in _private_imports(path, tree)
+           if not path.startswith("store/")]  # the store's own modules share its key codecs
+    assert bad == []
+    planted = ast.parse("from asign.train import _one_fold\n")
+    assert _private_imports("train/on_cluster.py", planted) == [
+        "train/on_cluster.py: asign.train._one_fold"]

@@ -16,7 +16,8 @@ from asign.store import open_store
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("cmd", [[], ["ingest"], ["train"], ["query"], ["report"], ["export"], ["check"], ["demo"], ["doctor"]])
+@pytest.mark.parametrize("cmd", [[], ["ingest"], ["train"], ["query"], ["plan"], ["report"],
+                                 ["export"], ["check"], ["demo"], ["doctor"]])
 def test_help_everywhere(cmd):
     result = runner.invoke(app, [*cmd, "--help"])
     assert result.exit_code == 0, result.output
@@ -89,18 +90,20 @@ def test_every_bad_ingest_option_is_reported_at_once_before_any_work(tmp_path):
     assert result.exit_code == 1
     line = result.output.strip()
     assert "\n" not in line and "3 problem(s)" in line
-    assert "--cross-weight 'prodcut'" in line and "--transform 'rigd'" in line and "resnet5O-l3" in line
+    assert "--cross-weight 'prodcut'" in line and "--transform 'rigd'" in line
+    assert "resnet5O-l3" in line
     assert not (tmp_path / "S").exists()
 
 
 def test_ingest_threads_reach_the_config_and_are_checked(tmp_path, monkeypatch):
     seen = {}
     monkeypatch.setattr("asign.ingest.run", lambda cfg: seen.setdefault("cfg", cfg) and {})
-    ok = runner.invoke(app, ["ingest", str(tmp_path), "--store", str(tmp_path / "S"), "--threads", "1"])
+    store = ["--store", str(tmp_path / "S")]
+    ok = runner.invoke(app, ["ingest", str(tmp_path), *store, "--threads", "1"])
     assert ok.exit_code == 0, ok.output
     assert seen["cfg"].threads == 1
     monkeypatch.undo()
-    bad = runner.invoke(app, ["ingest", str(tmp_path), "--store", str(tmp_path / "S"), "--threads", "0"])
+    bad = runner.invoke(app, ["ingest", str(tmp_path), *store, "--threads", "0"])
     assert bad.exit_code == 1 and "--threads must be ≥ 1" in bad.output
 
 

@@ -11,7 +11,7 @@ import typer
 from typer.testing import CliRunner
 
 from asign.cli import app
-from asign.train.results import METRIC_NAMES
+from asign.train.metrics import METRICS as METRIC_NAMES
 
 runner = CliRunner()
 
@@ -72,7 +72,8 @@ def _commands() -> list[tuple[str, object]]:
     return [("", group)] + sorted(group.commands.items())
 
 
-@pytest.mark.parametrize(("name", "command"), _commands(), ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize(("name", "command"), _commands(),
+                         ids=lambda v: v if isinstance(v, str) else "")
 def test_every_option_has_help_and_flags_read_as_flags(name, command):
     import click
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from her2st_coords import GENES, inline_idw_pcc_gene, write_coords_manifest
 from typer.testing import CliRunner
 
 from asign.cli import app
-from her2st_coords import GENES, inline_idw_pcc_gene, write_coords_manifest
 
 runner = CliRunner()
 
@@ -240,9 +240,9 @@ def test_mean_and_idw_need_no_graph_step(tmp_path):
 def test_referee_drops_when_a_section_is_misplaced():
     """The referee can fail: C3 turned by 20° about its centre scores below its true place."""
     import numpy as np
+    from her2st_coords import section_xy_labels
 
     from asign.ingest.referee import referee_pcc
-    from her2st_coords import section_xy_labels
 
     (xa, ya), (xb, yb) = section_xy_labels("C2"), section_xy_labels("C3")
     t = np.deg2rad(20.0)
