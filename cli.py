@@ -173,8 +173,13 @@ def ingest(
     reference: Annotated[str | None, typer.Option("--reference", help="Reference section id (default: middle).")] = None,
     init: Annotated[list[str] | None, typer.Option("--init", help="Initial guess for a pair: MOVING:FIXED:DEGREES[:flip], repeatable.")] = None,
     encoder: Annotated[str, typer.Option("--encoder", help="Encoder from the registry, 'a+b' to concatenate, or 'auto': resnet50-l3 when its ImageNet weights are local, else effnet-lite0 (bundled weights). See `asign doctor`.")] = "auto",
-    weights: Annotated[str, typer.Option("--weights", help="PATH to a state dict, 'imagenet' (bundled, or the torch hub cache) or 'random' (pipeline tests).")] = "imagenet",
-    download: Annotated[bool, typer.Option("--download/--no-download", help="Allow downloading missing torch-hub ImageNet weights.")] = False,
+    weights: Annotated[str, typer.Option(
+        "--weights", help="PATH to a state dict (.safetensors or torch), 'imagenet'/'pretrained' "
+        "(the encoder's published weights: bundled, torch hub or Hugging Face cache) or "
+        "'random' (pipeline tests).")] = "imagenet",
+    download: Annotated[bool, typer.Option(
+        "--download/--no-download", help="Allow downloading missing published weights "
+        "(torch hub; Hugging Face with your token).")] = False,
     device: DeviceOpt = "cpu",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Patches per forward pass of the encoder.")] = 32,
     cross_weight: Annotated[str, typer.Option("--cross-weight", help="product (IoU×cosine, the paper) or sum (reference code).")] = "product",

@@ -59,8 +59,9 @@ def _read_torch(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError) as err:
-        raise _unreadable(path, "torch state dict", err, "pass a file saved with torch.save(model.state_dict(), "
-                          "PATH); a truncated download is refused: fetch it again") from err
+        raise _unreadable(path, "torch state dict", err, "pass a file saved with "
+                          "torch.save(model.state_dict(), PATH); a truncated download is "
+                          "refused: fetch it again") from err
 
 
 def _read_safetensors(path: Path) -> dict[str, Any]:
@@ -70,8 +71,8 @@ def _read_safetensors(path: Path) -> dict[str, Any]:
     try:
         return load_file(str(path), device="cpu")
     except (OSError, SafetensorError) as err:
-        raise _unreadable(path, "safetensors file", err, "pass a complete .safetensors file; a truncated "
-                          "download is refused: fetch it again") from err
+        raise _unreadable(path, "safetensors file", err, "pass a complete .safetensors "
+                          "file; a truncated download is refused: fetch it again") from err
 
 
 def load_checked(

