@@ -18,6 +18,7 @@ SETTINGS = ("within_sample", "cross_sample")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("cosine", "none")
 FEATURE_NORMS = ("section", "none")
+VALIDATIONS = ("blocked", "random")  # how known spots are held out (train/blocks.py)
 # Parts of asign3d that --ablate removes (the paper's Table II/III ablations):
 # cross-attention: each spot attends to its own region/global tile only (softmax ≡ 1, as in
 # the reference code), not to the neighbouring tiles; gat: no GAT/transformer block (fused features straight to the heads);
@@ -72,6 +73,10 @@ MODELS: dict[str, ModelSpec] = _models(
               baseline="predict_similarity", rank=3, colour="#9467bd"),
     ModelSpec(name="idw", help="inverse-distance weighting of the 8 nearest known spots (aligned x, y)",
               baseline="predict_idw", images=False, rank=4, colour="#ff7f0e"),
+    ModelSpec(name="ridge+idw", help="ridge blended with idw, weight by blocked CV on the known layer",
+              baseline="predict_ridge_idw", rank=5, colour="#bcbd22"),
+    ModelSpec(name="ridge", help="ridge regression from spot embeddings, penalty by blocked CV",
+              baseline="predict_ridge", rank=6, colour="#e377c2"),
     ModelSpec(name="mean", help="known layer's mean profile for every hidden spot",
               baseline="predict_mean", images=False, rank=99, colour="#9e9e9e"),
 )
@@ -118,6 +123,9 @@ class TrainConfig:
     # training episodes (see protocol.py) and model selection (see loop.py)
     episode_known_fraction: float = 0.2
     val_fraction: float = 0.2
+    validation: str = "blocked"  # blocked (squares of spots, blocks.py) | random spots
+    shrink: bool = True  # blend the network with its prior, weight per gene (shrink.py)
+    ensemble: int = 1  # networks trained with seeds seed..seed+K-1, predictions averaged
     # large graphs (batching.py): above minibatch_above spots a graph trains one step per
     # spatial block of ≤ block_spots spots (+ a halo of block_halo in-edge hops; None: one
     # hop per GAT layer, which makes MSAGNet exact on the block) and infers block by block
@@ -172,7 +180,8 @@ class TrainConfig:
                         "gnn", "episode_known_fraction", "val_fraction", "device", "feature_norm",
                         "center_labels", "cli_per_node_gate", "cli_spatial_prior", "calibrate_gate",
                         "finetune_spot_encoder", "finetune_batch", "finetune_lr_scale",
-                        "minibatch_above", "block_spots", "block_halo"):
+                        "minibatch_above", "block_spots", "block_halo", "validation",
+                        "shrink", "ensemble"):
                 out.pop(key, None)
         return out
 
@@ -193,6 +202,9 @@ def validate(cfg: TrainConfig) -> None:
     problems += not_one_of(cfg.gnn, GAT_ENGINES, "--gnn")
     problems += not_one_of(cfg.device, DEVICES, "--device")
     problems += not_one_of(cfg.feature_norm, FEATURE_NORMS, "--feature-norm")
+    problems += not_one_of(cfg.validation, VALIDATIONS, "--validation")
+    if cfg.ensemble < 1:
+        problems.append(f"--ensemble must be ≥ 1, got {cfg.ensemble}")
     for part in cfg.ablate:
         problems += not_one_of(part, ABLATIONS, "--ablate")
     if cfg.ablate and cfg.model != "asign3d":
