@@ -204,7 +204,7 @@ def _one_fold(cfg: TrainConfig, fold: Any, samples: dict, tasks: dict, rid: str,
               ) -> tuple[list[dict] | None, list, float]:
     """Train (or compute) one fold and score its test samples: (metric rows, prediction
     blocks, seconds); rows None when the epoch budget ran out first."""
-    from asign.train import intervals, loop
+    from asign.train import intervals
     from asign.train.metrics import evaluate
     from asign.train.results import PredictionBlock, metric_rows
 
@@ -214,17 +214,20 @@ def _one_fold(cfg: TrainConfig, fold: Any, samples: dict, tasks: dict, rid: str,
     bounds: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     t = time.perf_counter()
     if cfg.spec.neural:
-        model = _fit_fold(cfg, fold, samples, tasks, rid, ckpt_path, ckpt, finished, rep,
-                          epoch_s, budget, selection, recipe)
-        if model is None:
+        from asign.train import final
+
+        models = final.fit_members(cfg, fold, samples, tasks, rid, ckpt_path, ckpt, finished, rep,
+                              epoch_s, budget, selection, recipe)
+        if models is None:
             return None, [], 0.0
         for plan in fold.test:
             s = samples[plan.sample_id]
             task = _task(tasks, s, plan.visible, cfg, _by_layer(plan))
-            preds[plan.sample_id] = loop.predict(cfg, model, task)
-            if cfg.coverage:
-                bounds[plan.sample_id] = intervals.for_model(
-                    cfg, model, task, s.xy, preds[plan.sample_id], cfg.coverage)
+            preds[plan.sample_id], b, info = final.predict(cfg, models, task, s.xy)
+            if b is not None:
+                bounds[plan.sample_id] = b
+            if info:
+                selection.setdefault(fold.fold, {})["shrink"] = info
     else:
         for plan in fold.test:
             preds[plan.sample_id], bounds_ = _baseline(cfg, samples[plan.sample_id], plan)
@@ -301,7 +304,8 @@ def _fit_fold(cfg: TrainConfig, fold: Any, samples: dict, tasks: dict, rid: str,
                                             name=f"{plan.sample_id}/{plan.sections[0]}",
                                             val_fraction=cfg.val_fraction, seed=cfg.seed,
                                             feature_norm=cfg.feature_norm,
-                                            center_labels=cfg.center_labels)
+                                            center_labels=cfg.center_labels,
+                                            validation=cfg.validation)
             train_tasks.append(tasks[key])
         else:
             train_tasks.append(_task(tasks, s, plan.visible, cfg, _by_layer(plan)))
@@ -355,7 +359,8 @@ def _task(tasks: dict, s: Any, visible: tuple[str, ...], cfg: TrainConfig,
         # a test sample with ≥ 2 known layers validates on a whole held-out known layer
         tasks[key] = loop.make_task(s, visible, cfg.device, val_fraction=cfg.val_fraction,
                                     seed=cfg.seed, feature_norm=cfg.feature_norm,
-                                    center_labels=cfg.center_labels, val_by_layer=by_layer)
+                                    center_labels=cfg.center_labels, val_by_layer=by_layer,
+                                    validation=cfg.validation)
     return tasks[key]
 
 

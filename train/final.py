@@ -1,0 +1,75 @@
+"""The networks' final prediction of one test graph: the ensemble's mean, shrunk toward its
+prior (shrink.py), with intervals conformalised on the same held-out blocks (intervals.py).
+
+Every step reads the validation blocks the loop set aside (blocks.py) and the known
+spots' labels; hidden labels never enter.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def predict(cfg: Any, models: list[Any], task: Any, xy: np.ndarray
+            ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None, dict[str, Any]]:
+    """(N, G) prediction, its (lower, upper) intervals (None with coverage 0) and what was
+    chosen (the shrinkage weights' summary)."""
+    from asign.train import intervals, loop, shrink
+
+    pred = np.mean([loop.predict(cfg, m, task) for m in models], axis=0)
+    # visible labels (offset added back); rows outside task.visible are never read
+    y = task.y.float().cpu().numpy() + task.offset
+    val_pred = None
+    if task.val.any() and task.train.any():
+        val_pred = np.mean([_validation(cfg, m, task) for m in models], axis=0)
+    info: dict[str, Any] = {}
+    if cfg.shrink and val_pred is not None:
+        kind = shrink.prior_kind(cfg)
+        p_val = shrink.prior(kind, xy, y, task.train, cfg.idw_k, cfg.idw_power)[task.val]
+        w = shrink.weights(val_pred, p_val, y[task.val])
+        val_pred = shrink.blend(val_pred, p_val, w)
+        pred = shrink.blend(pred, shrink.prior(kind, xy, y, task.visible, cfg.idw_k,
+                                               cfg.idw_power), w)
+        info = {"prior": kind, **shrink.summary(w)}
+    bounds = None
+    if cfg.coverage:
+        bounds = intervals.for_predictions(task, xy, pred, val_pred, cfg.coverage)
+    return pred.astype(np.float32), bounds, info
+
+
+def _validation(cfg: Any, model: Any, task: Any) -> np.ndarray:
+    """The validation spots' prediction from the training spots (CLI sources)."""
+    from asign.train.loop import validation_output
+
+    out = validation_output(cfg, model, task)
+    return out.spot.float().cpu().numpy()[task.val] + task.offset
+
+
+def fit_members(cfg: Any, fold: Any, samples: dict, tasks: dict, rid: str,
+                path: Any, ckpt: dict | None, finished: dict, rep: Any,
+                epoch_s: list[float], budget: list[int | None], best: dict[int, dict],
+                recipe: Any = None) -> list[Any] | None:
+    """The fold's ``cfg.ensemble`` networks (seeds seed, seed + 1, ...; member k > 0 keeps
+    its own checkpoint beside the run's); None when the epoch budget ran out first."""
+    from asign.train import _fit_fold
+
+    models = []
+    for k in range(cfg.ensemble):
+        cfg_k, path_k, ckpt_k, finished_k = cfg, path, ckpt, finished
+        if k:
+            cfg_k = cfg.with_(seed=cfg.seed + k)
+            name = f"{path.path.stem}.member{k}{path.path.suffix}"
+            path_k = type(path)(path.path.with_name(name))
+            ckpt_k = path_k.load() if cfg.resume else None
+            finished_k = dict(ckpt_k["finished"]) if ckpt_k else {}
+        picked: dict[int, dict] = {}
+        model = _fit_fold(cfg_k, fold, samples, tasks, rid, path_k, ckpt_k, finished_k, rep,
+                          epoch_s, budget, picked, recipe)
+        if model is None:
+            return None
+        for f, v in picked.items():
+            best.setdefault(f, {}).update(v if not k else {f"member{k}": v})
+        models.append(model)
+    return models
