@@ -55,6 +55,11 @@ def print_metrics(store: Path, result: Any) -> None:
         return
     table, width = run_table(open_store(store), result)
     Console(width=width).print(table, highlight=False)
+    from asign.train.paired import in_words
+
+    for fold in (result.timings or {}).get("selection", {}).values():
+        for other, r in (fold.get("paired") or {}).items():
+            print(in_words(result.model, other, r))
 
 
 __all__ = ["parse_seeds", "print_metrics", "summaries", "train_runs"]

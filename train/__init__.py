@@ -228,6 +228,11 @@ def _one_fold(cfg: TrainConfig, fold: Any, samples: dict, tasks: dict, rid: str,
                 bounds[plan.sample_id] = b
             if info:
                 selection.setdefault(fold.fold, {})["shrink"] = info
+            if plan.scored:
+                from asign.train.paired import against_baselines
+
+                selection.setdefault(fold.fold, {})["paired"] = against_baselines(
+                    cfg, s, plan, preds[plan.sample_id])
     else:
         for plan in fold.test:
             preds[plan.sample_id], bounds_ = _baseline(cfg, samples[plan.sample_id], plan)
