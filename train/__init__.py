@@ -223,10 +223,13 @@ def _one_fold(cfg: TrainConfig, fold: Any, samples: dict, tasks: dict, rid: str,
         for plan in fold.test:
             s = samples[plan.sample_id]
             task = _task(tasks, s, plan.visible, cfg, _by_layer(plan))
-            preds[plan.sample_id], b, info = final.predict(cfg, models, task, s.xy)
+            raw: list[np.ndarray] = []
+            preds[plan.sample_id], b, info = final.predict(cfg, models, task, s.xy, raw)
             if b is not None:
                 bounds[plan.sample_id] = b
-            if info:
+            if info:  # and the metrics the same networks reach without shrinkage
+                info["unshrunk"] = {sec: evaluate(raw[0][r], s.labels[r]) for sec in plan.scored
+                                    for r in [s.in_sections([sec]) & s.has_label]}
                 selection.setdefault(fold.fold, {})["shrink"] = info
             if plan.scored:
                 from asign.train.paired import against_baselines

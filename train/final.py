@@ -12,10 +12,12 @@ from typing import Any
 import numpy as np
 
 
-def predict(cfg: Any, models: list[Any], task: Any, xy: np.ndarray
+def predict(cfg: Any, models: list[Any], task: Any, xy: np.ndarray,
+            unshrunk: list[np.ndarray] | None = None
             ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None, dict[str, Any]]:
     """(N, G) prediction, its (lower, upper) intervals (None with coverage 0) and what was
-    chosen (the shrinkage weights' summary)."""
+    chosen (the shrinkage weights' summary). ``unshrunk``: receives the prediction before
+    shrinkage (the same networks: the shrinkage ablation at no training cost)."""
     from asign.train import intervals, loop, shrink
 
     pred = np.mean([loop.predict(cfg, m, task) for m in models], axis=0)
@@ -25,6 +27,8 @@ def predict(cfg: Any, models: list[Any], task: Any, xy: np.ndarray
     if task.val.any() and task.train.any():
         val_pred = np.mean([_validation(cfg, m, task) for m in models], axis=0)
     info: dict[str, Any] = {}
+    if unshrunk is not None:
+        unshrunk.append(pred.astype(np.float32))
     if cfg.shrink and val_pred is not None:
         kind = shrink.prior_kind(cfg)
         p_val = shrink.prior(kind, xy, y, task.train, cfg.idw_k, cfg.idw_power)[task.val]
