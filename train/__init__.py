@@ -224,7 +224,7 @@ def _one_fold(cfg: TrainConfig, fold: Any, samples: dict, tasks: dict, rid: str,
             s = samples[plan.sample_id]
             task = _task(tasks, s, plan.visible, cfg, _by_layer(plan))
             raw: list[np.ndarray] = []
-            preds[plan.sample_id], b, info = final.predict(cfg, models, task, s.xy, raw)
+            preds[plan.sample_id], b, info = final.predict(cfg, models, task, s, raw)
             if b is not None:
                 bounds[plan.sample_id] = b
             if info:  # and the metrics the same networks reach without shrinkage

@@ -125,6 +125,7 @@ class TrainConfig:
     val_fraction: float = 0.2
     validation: str = "blocked"  # blocked (squares of spots, blocks.py) | random spots
     shrink: bool = True  # blend the network with its prior, weight per gene (shrink.py)
+    shrink_prior: str = "auto"  # auto (chosen on validation blocks) or a baseline (shrink.py)
     ensemble: int = 1  # networks trained with seeds seed..seed+K-1, predictions averaged
     # large graphs (batching.py): above minibatch_above spots a graph trains one step per
     # spatial block of ≤ block_spots spots (+ a halo of block_halo in-edge hops; None: one
@@ -181,7 +182,7 @@ class TrainConfig:
                         "center_labels", "cli_per_node_gate", "cli_spatial_prior", "calibrate_gate",
                         "finetune_spot_encoder", "finetune_batch", "finetune_lr_scale",
                         "minibatch_above", "block_spots", "block_halo", "validation",
-                        "shrink", "ensemble"):
+                        "shrink", "shrink_prior", "ensemble"):
                 out.pop(key, None)
         return out
 
@@ -203,6 +204,8 @@ def validate(cfg: TrainConfig) -> None:
     problems += not_one_of(cfg.device, DEVICES, "--device")
     problems += not_one_of(cfg.feature_norm, FEATURE_NORMS, "--feature-norm")
     problems += not_one_of(cfg.validation, VALIDATIONS, "--validation")
+    problems += not_one_of(cfg.shrink_prior, ("auto", "mean", "idw", "ridge", "ridge+idw"),
+                           "--shrink-prior")
     if cfg.ensemble < 1:
         problems.append(f"--ensemble must be ≥ 1, got {cfg.ensemble}")
     for part in cfg.ablate:

@@ -12,13 +12,15 @@ from typing import Any
 import numpy as np
 
 
-def predict(cfg: Any, models: list[Any], task: Any, xy: np.ndarray,
+def predict(cfg: Any, models: list[Any], task: Any, sample: Any,
             unshrunk: list[np.ndarray] | None = None
             ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None, dict[str, Any]]:
     """(N, G) prediction, its (lower, upper) intervals (None with coverage 0) and what was
     chosen (the shrinkage weights' summary). ``unshrunk``: receives the prediction before
     shrinkage (the same networks: the shrinkage ablation at no training cost)."""
     from asign.train import intervals, loop, shrink
+
+    xy = sample.xy
 
     pred = np.mean([loop.predict(cfg, m, task) for m in models], axis=0)
     # visible labels (offset added back); rows outside task.visible are never read
@@ -30,13 +32,18 @@ def predict(cfg: Any, models: list[Any], task: Any, xy: np.ndarray,
     if unshrunk is not None:
         unshrunk.append(pred.astype(np.float32))
     if cfg.shrink and val_pred is not None:
-        kind = shrink.prior_kind(cfg)
-        p_val = shrink.prior(kind, xy, y, task.train, cfg.idw_k, cfg.idw_power)[task.val]
-        w = shrink.weights(val_pred, p_val, y[task.val])
-        val_pred = shrink.blend(val_pred, p_val, w)
-        pred = shrink.blend(pred, shrink.prior(kind, xy, y, task.visible, cfg.idw_k,
-                                               cfg.idw_power), w)
-        info = {"prior": kind, **shrink.summary(w)}
+        best = None
+        for kind in shrink.candidates(cfg):
+            p_val = shrink.prior(cfg, kind, sample, y, task.train)[task.val]
+            w = shrink.weights(val_pred, p_val, y[task.val])
+            blended = shrink.blend(val_pred, p_val, w)
+            mse = float(((blended - y[task.val]) ** 2).mean())
+            info[f"val_mse_{kind}"] = round(mse, 5)
+            if best is None or mse < best[0]:
+                best = (mse, kind, w, blended)
+        _, kind, w, val_pred = best
+        pred = shrink.blend(pred, shrink.prior(cfg, kind, sample, y, task.visible), w)
+        info.update(prior=kind, **shrink.summary(w))
     bounds = None
     if cfg.coverage:
         bounds = intervals.for_predictions(task, xy, pred, val_pred, cfg.coverage)

@@ -8,19 +8,19 @@ the known layer's mean profile on every hidden section of her2st C. So after tra
 
     ŷ_g = w_g · ŷ_network,g + (1 − w_g) · prior_g,     w_g ∈ [0, 1],
 
-with the prior
+with the prior chosen among registry baselines that read what the network reads:
 
-- ``mean``: the known spots' mean profile (asign2d, and any network without a CLI);
-- ``idw``: inverse-distance weighting of the 8 nearest known spots in the aligned frame
-  (asign3d: the same prior its CLI blends in, and the ``idw`` baseline).
+- networks with a CLI (asign3d): ``idw`` (the prior its CLI blends in) or ``ridge+idw``;
+- networks without (asign2d, images only): ``mean`` (the known mean profile) or ``ridge``.
 
 w_g is the least-squares weight on the held-out validation blocks (blocks.py), clipped to
 [0, 1]: the prediction of the validation spots from the training spots, by the network
 and by the prior, against their labels. A gene whose network prediction does not beat the
-prior on held-out blocks gets w_g = 0. Its per-gene estimate (a few hundred validation spots
-per gene) is shrunk toward the weight shared by all genes, in proportion to its noise
-(``POOL``): w_g = (1 − λ) · ŵ_g + λ · ŵ_shared. At test time the prior comes from every
-known spot, as the idw baseline's does.
+prior on held-out blocks gets w_g = 0. Its per-gene estimate (a few dozen validation spots
+per gene) is pulled half-way toward the weight shared by all genes (``POOL``):
+w_g = (1 − λ) · ŵ_g + λ · ŵ_shared. The prior whose blend has the lower validation MSE is
+kept (``--shrink-prior auto``), or the one named. At test time the prior is computed from
+every known spot, as its baseline run would be.
 """
 
 from __future__ import annotations
@@ -32,18 +32,23 @@ import numpy as np
 POOL = 0.5  # λ: per-gene weight pulled half-way to the shared weight
 
 
-def prior_kind(cfg: Any) -> str:
-    return "idw" if cfg.uses_cli else "mean"
+PRIORS = {True: ("idw", "ridge+idw"), False: ("mean", "ridge")}  # by: the network has a CLI
 
 
-def prior(kind: str, xy: np.ndarray, y: np.ndarray, source: np.ndarray, k: int = 8,
-          power: float = 1.0) -> np.ndarray:
-    """(N, G) prior of every spot from the labels of the ``source`` spots."""
-    from asign.train.baselines import idw, mean_profile
+def candidates(cfg: Any) -> tuple[str, ...]:
+    """The priors ``cfg``'s network may shrink toward (``--shrink-prior``)."""
+    allowed = PRIORS[bool(cfg.uses_cli)]
+    return allowed if cfg.shrink_prior == "auto" else (cfg.shrink_prior,)
 
-    if kind == "idw":
-        return idw(xy[source], y[source], xy, k=k, power=power)
-    return mean_profile(y[source], len(xy))
+
+def prior(cfg: Any, kind: str, sample: Any, y: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """(N, G) the baseline ``kind``'s prediction of every spot from the ``source`` spots'
+    labels (its registry function, train/baselines.py)."""
+    from asign.train import baselines
+    from asign.train.config import MODELS
+
+    return getattr(baselines, str(MODELS[kind].baseline))(cfg.with_(model=kind), sample, y,
+                                                         source)
 
 
 def weights(model_val: np.ndarray, prior_val: np.ndarray, true_val: np.ndarray,
