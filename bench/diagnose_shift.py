@@ -10,6 +10,11 @@ behind docs/method.md's diagnosis. Run by hand on a store of her2st patient C:
    share above 0.2) before the z-score (after it every feature's mean is 0 in every section,
    so the SMD is 0 by construction: what remains is a shift of the shape, which the
    classifier measures).
+3. How far a per-spot error scale can rank errors inside the known layer: idw predictions of
+   each held-out block of the known layer from the other blocks; Spearman correlation of
+   |error| with the interval scale asign uses (train/intervals.py: local spread of the 8
+   nearest known spots), with the gene's spread alone, and with a log-linear fit of both
+   and the predicted level (in-sample: an upper bound for that family).
 2. In-layer vs other-layer loss: ridge from the z-scored embeddings to the panel, fitted on
    the known layer (penalty by blocked CV, train/ridge.py). Its blocked-CV MSE inside the
    known layer against its MSE on each other layer, each beside the mean profile's MSE on
@@ -103,6 +108,31 @@ def main() -> None:
         m_r = float(((pred - y[o]) ** 2).mean())
         m_m = float(((mu - y[o]) ** 2).mean())
         print(f"| {s.sections[i]} | {m_r:.3f} | {m_m:.3f} | {m_r / m_m:.2f} |")
+    scale_probe(s, known)
+
+
+def scale_probe(s: object, known: np.ndarray) -> None:
+    from scipy.stats import spearmanr
+
+    from asign.train.baselines import idw
+    from asign.train.blocks import cv_folds
+    from asign.train.intervals import local_scale
+
+    xy, y = s.xy[known], s.labels[known].astype(np.float64)
+    pred, scale = np.full(y.shape, np.nan), np.full(y.shape, np.nan)
+    for held in cv_folds(xy):
+        pred[held] = idw(xy[~held], y[~held], xy[held])
+        scale[held] = local_scale(xy[~held], y[~held], xy[held])
+    ok = np.isfinite(pred).all(axis=1)
+    err = np.abs(y - pred)[ok].ravel()
+    gene_sd = np.broadcast_to(y.std(axis=0), y.shape)[ok].ravel()
+    x = np.c_[np.ones(err.size), pred[ok].ravel(), np.log(scale[ok].ravel()), np.log(gene_sd)]
+    beta = np.linalg.lstsq(x, np.log(err + 1e-3), rcond=None)[0]
+    print("\nSpearman(scale, |error|), idw on held-out blocks of the known layer:\n")
+    print("| scale | Spearman |\n|---|---|")
+    for name, v in (("local spread (asign's)", scale[ok].ravel()), ("gene spread", gene_sd),
+                    ("log-linear fit of both + level (in-sample)", x @ beta)):
+        print(f"| {name} | {spearmanr(v, err).statistic:.3f} |")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ Protocol (every figure): store ``SC`` = ``asign ingest DATA --samples C`` with d
 (effnet-lite0 ImageNet features, 250-gene panel chosen on C2, log-ratio); known layer C2
 (``--known first``), hidden C3–C6, within-sample; every setting chosen on C2 alone
 (blocked validation / blocked CV inside C2); C3–C6 labels are read only to score. Networks:
-200 epochs, one run per seed (``--seed``), run name ``<model>-s<seed>``; baselines are
+200 epochs, one run per seed (``--seed``), run name ``<model>-seed<seed>``; baselines are
 deterministic (one run each). A run whose name exists is kept, so an interrupted
 regeneration continues.
 
@@ -41,11 +41,11 @@ from asign.train.config import MODELS  # noqa: E402
 
 NETWORKS = ("asign3d", "asign2d")
 # run name → (model, flags): ablations on seed 0 (same seed as the main run)
+# (shrinkage off needs no run: every run records its networks' unshrunk metrics)
 ABLATIONS = {
-    "asign3d-noshrink-s0": ("asign3d", ["--no-shrink"]),
-    "asign2d-noshrink-s0": ("asign2d", ["--no-shrink"]),
-    "asign3d-randomval-s0": ("asign3d", ["--validation", "random"]),
-    "asign3d-ens3-s0": ("asign3d", ["--ensemble", "3"]),
+    "asign3d-prioridw-seed0": ("asign3d", ["--shrink-prior", "idw"]),
+    "asign3d-randomval-seed0": ("asign3d", ["--validation", "random"]),
+    "asign3d-ens3-seed0": ("asign3d", ["--ensemble", "3"]),
 }
 SCORED = ("C3", "C4", "C5", "C6")
 METRICS3 = ("mse", "pcc_spot", "pcc_gene")
@@ -143,6 +143,42 @@ def per_section_table(store: Path, names: dict[str, list[str]], ids: dict[str, s
     print("| *measured-neighbour oracle* | – | " + " | ".join(cells) + " |")
 
 
+def shrink_table(store: Path, names: dict[str, list[str]], ids: dict[str, str]) -> None:
+    """Shrinkage on/off: each run's own networks, with and without it (recorded by train)."""
+    from asign.store import open_store
+
+    runs = open_store(store).read("runs").to_pandas().set_index("run_id")
+    print("\n### Shrinkage on / off (the same networks; mean ± sd over seeds; "
+          "MSE / PCC per spot / PCC per gene, mean of C3–C6; worst section MSE)\n")
+    print("| model | prior chosen | mean weight | genes at 0 | off | on | off: max MSE | "
+          "on: max MSE |\n|---|---|---|---|---|---|---|---|")
+    for model, run_names in names.items():
+        offs, ons, info = [], [], []
+        for n in run_names:
+            if n not in ids:
+                continue
+            sel = json.loads(runs.loc[ids[n], "config"])["timings"]["selection"]["0"]
+            sh = sel.get("shrink")
+            if not sh or "unshrunk" not in sh:
+                continue
+            offs.append({(sec, k): v for sec, m in sh["unshrunk"].items() for k, v in m.items()})
+            ons.append(metrics_of(store, ids[n]))
+            info.append(sh)
+        if not info:
+            continue
+
+        def cell(ms: list[dict]) -> str:
+            return " / ".join(fmt([np.mean([m[(x, k)] for x in SCORED]) for m in ms])
+                              for k in METRICS3)
+
+        def worst(ms: list[dict]) -> str:
+            return fmt([max(m[(x, "mse")] for x in SCORED) for m in ms])
+
+        print(f"| {model} | {', '.join(sorted({i['prior'] for i in info}))} | "
+              f"{fmt([i['mean'] for i in info])} | {fmt([i['zero'] for i in info])} | "
+              f"{cell(offs)} | {cell(ons)} | {worst(offs)} | {worst(ons)} |")
+
+
 def paired_table(pred_of: dict[str, list[np.ndarray]], truth: np.ndarray,
                  rows: dict[str, np.ndarray]) -> None:
     from asign.train import paired
@@ -207,7 +243,7 @@ def main() -> None:
                 train(sc, m, m, [], t)
         for seed in seeds:
             for m in NETWORKS:
-                train(sc, m, f"{m}-s{seed}", ["--seed", str(seed)], t)
+                train(sc, m, f"{m}-seed{seed}", ["--seed", str(seed)], t)
         for name in filter(None, args.ablations.split(",")):
             model, flags = ABLATIONS[name]
             train(sc, model, name, flags, t)
@@ -218,12 +254,13 @@ def main() -> None:
     rows = {sec: (s.section == s.sections.index(sec)) & s.has_label for sec in SCORED}
     hidden = np.any(list(rows.values()), axis=0)
     ids = run_ids(sc)
-    names = {m: ([f"{m}-s{x}" for x in seeds] if MODELS[m].neural else [m]) for m in MODELS}
+    names = {m: ([f"{m}-seed{x}" for x in seeds] if MODELS[m].neural else [m]) for m in MODELS}
     per_section_table(sc, names, ids, oracle(s, rows))
     abl = {n: [n] for n in ABLATIONS if n in ids}
     if abl:
-        per_section_table(sc, {"asign3d (seed 0)": ["asign3d-s0"],
-                               "asign2d (seed 0)": ["asign2d-s0"], **abl}, ids, oracle(s, rows))
+        per_section_table(sc, {"asign3d (seed 0)": ["asign3d-seed0"],
+                               "asign2d (seed 0)": ["asign2d-seed0"], **abl}, ids, oracle(s, rows))
+    shrink_table(sc, {m: names[m] for m in NETWORKS}, ids)
     pred_of = {m: [predictions(sc, ids[n], s.spot_ids, s.genes)[0] for n in runs if n in ids]
                for m, runs in names.items()}
     paired_table({m: p for m, p in pred_of.items() if p}, s.labels.astype(np.float64), rows)

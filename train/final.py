@@ -31,6 +31,8 @@ def predict(cfg: Any, models: list[Any], task: Any, sample: Any,
     info: dict[str, Any] = {}
     if unshrunk is not None:
         unshrunk.append(pred.astype(np.float32))
+    if val_pred is not None:  # the in-layer loss of the networks alone (diagnosis)
+        info["val_mse_network"] = round(float(((val_pred - y[task.val]) ** 2).mean()), 5)
     if cfg.shrink and val_pred is not None:
         best = None
         for kind in shrink.candidates(cfg):
