@@ -109,3 +109,21 @@ def test_ridge_baselines_run_through_the_registry(toy_store, model):
     assert res.status == "done"
     vals = res.metrics.to_pandas()
     assert np.isfinite(vals[vals.metric == "mse"].value).all()
+
+
+def test_networks_shrink_toward_a_chosen_prior_and_ensembles_average(toy_store):
+    """A run records the chosen prior, its weights and the unshrunk metrics of the same
+    networks, and the paired comparison; --ensemble 2 trains a second member."""
+    from asign.train import TrainConfig, run
+
+    cfg = TrainConfig(store=toy_store, model="asign3d", run="t", epochs=2, hidden=16, heads=2,
+                      threads=1)
+    res = run(cfg.with_(ensemble=2))
+    sel = res.timings["selection"]["0"]
+    assert sel["shrink"]["prior"] in shrink.PRIORS[True]
+    assert 0.0 <= sel["shrink"]["min"] <= sel["shrink"]["max"] <= 1.0
+    assert set(sel["shrink"]["unshrunk"]) == {"S1_L2", "S1_L3", "S1_L4"}
+    assert set(sel["paired"]) == set(paired.COMPARED) and "member1" in sel
+    off = run(cfg.with_(shrink=False, run="off"))
+    assert "prior" not in off.timings["selection"]["0"].get("shrink", {})
+    assert not off.metrics.to_pandas().equals(res.metrics.to_pandas())
