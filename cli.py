@@ -245,10 +245,19 @@ def train(
     extra_2d: Annotated[str | None, typer.Option("--extra-2d", help="Samples trained as 2D sections and never scored (e.g. B).", rich_help_panel=_PROTO)] = None,
     episode_known_fraction: Annotated[float, typer.Option("--episode-known-fraction", help="Share of a single known layer's spots given to the CLI in a training episode (the rest are targets).", rich_help_panel=_PROTO)] = _train_default("episode_known_fraction"),
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of training spots set aside to pick the best epoch (0 = last epoch).", rich_help_panel=_PROTO)] = _train_default("val_fraction"),
-    validation: Annotated[str, typer.Option("--validation", help="Held-out known spots for epoch, gate, shrinkage and intervals: blocked | random.", rich_help_panel=_PROTO)] = _train_default("validation"),
-    shrink: Annotated[bool, typer.Option("--shrink/--no-shrink", help="Blend the network with its prior (mean or idw), weight per gene on held-out blocks.", rich_help_panel=_MODEL)] = _train_default("shrink"),
-    shrink_prior: Annotated[str, typer.Option("--shrink-prior", help="Prior of the shrinkage: auto (chosen on held-out blocks) | mean | idw | ridge | ridge+idw.", rich_help_panel=_MODEL)] = _train_default("shrink_prior"),
-    ensemble: Annotated[int, typer.Option("--ensemble", help="Networks per run (seeds seed..seed+K-1), predictions averaged.", rich_help_panel=_MODEL)] = _train_default("ensemble"),
+    validation: Annotated[str, typer.Option(
+        "--validation", help="Held-out known spots for epoch, gate, shrinkage and intervals: "
+        "blocked | random.", rich_help_panel=_PROTO)] = _train_default("validation"),
+    shrink: Annotated[bool, typer.Option(
+        "--shrink/--no-shrink", help="Blend the network with a baseline prior, weight per gene "
+        "on held-out blocks.", rich_help_panel=_MODEL)] = _train_default("shrink"),
+    shrink_prior: Annotated[str, typer.Option(
+        "--shrink-prior", help="Prior of the shrinkage: auto (chosen on held-out blocks) | "
+        "mean | idw | ridge | ridge+idw.",
+        rich_help_panel=_MODEL)] = _train_default("shrink_prior"),
+    ensemble: Annotated[int, typer.Option(
+        "--ensemble", help="Networks per run (seeds seed..seed+K-1), predictions averaged.",
+        rich_help_panel=_MODEL)] = _train_default("ensemble"),
     epochs: Annotated[int, typer.Option("--epochs", help="Training epochs (the best one on the validation spots is kept).", rich_help_panel=_OPT)] = _train_default("epochs"),
     lr: Annotated[float, typer.Option("--lr", help="Learning rate.", rich_help_panel=_OPT)] = _train_default("lr"),
     optimizer: Annotated[str, typer.Option("--optimizer", help="sgd (paper, momentum 0.9) | adamw", rich_help_panel=_OPT)] = _train_default("optimizer"),
@@ -298,7 +307,8 @@ def train(
         feature_norm=feature_norm, finetune_spot_encoder=finetune_spot_encoder,
         finetune_batch=finetune_batch, device=device, threads=threads, seed=seeds[0], coverage=coverage,
         resume=resume, minibatch_above=minibatch_above, block_spots=block_spots,
-        validation=validation, shrink=shrink, shrink_prior=shrink_prior, ensemble=ensemble,
+        validation=validation, shrink=shrink, shrink_prior=shrink_prior,
+        ensemble=ensemble,
     )
     results, dispatched = train_runs(cfg, models, seeds, workers=workers, scheduler=dask_scheduler)
     if as_json:

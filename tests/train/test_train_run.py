@@ -52,7 +52,8 @@ def test_every_model_writes_runs_metrics_predictions(toy_store):
                         "GROUP BY ALL").to_pylist()
     assert {p["section_id"] for p in preds} == {"S1_L2", "S1_L3", "S1_L4", "S1_L5"}
     assert all(p["n"] == 30 * 6 for p in preds)  # 30 spots x 6 genes per section per run
-    assert store.query("SELECT count(DISTINCT run_id) AS n FROM metrics").column("n")[0].as_py() == len(MODELS)
+    n_runs = store.query("SELECT count(DISTINCT run_id) AS n FROM metrics").column("n")[0]
+    assert n_runs.as_py() == len(MODELS)
 
 
 def _perturb_hidden_labels(root) -> None:
