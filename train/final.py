@@ -73,8 +73,7 @@ def fit_members(cfg: Any, fold: Any, samples: dict, tasks: dict, rid: str,
         cfg_k, path_k, ckpt_k, finished_k = cfg, path, ckpt, finished
         if k:
             cfg_k = cfg.with_(seed=cfg.seed + k)
-            name = f"{path.path.stem}.member{k}{path.path.suffix}"
-            path_k = type(path)(path.path.with_name(name))
+            path_k = path.member(k)
             ckpt_k = path_k.load() if cfg.resume else None
             finished_k = dict(ckpt_k["finished"]) if ckpt_k else {}
         picked: dict[int, dict] = {}
