@@ -227,15 +227,8 @@ def _one_fold(cfg: TrainConfig, fold: Any, samples: dict, tasks: dict, rid: str,
             preds[plan.sample_id], b, info = final.predict(cfg, models, task, s, raw)
             if b is not None:
                 bounds[plan.sample_id] = b
-            if info:  # and the metrics the same networks reach without shrinkage
-                info["unshrunk"] = {sec: evaluate(raw[0][r], s.labels[r]) for sec in plan.scored
-                                    for r in [s.in_sections([sec]) & s.has_label]}
-                selection.setdefault(fold.fold, {})["shrink"] = info
-            if plan.scored:
-                from asign.train.paired import against_baselines
-
-                selection.setdefault(fold.fold, {})["paired"] = against_baselines(
-                    cfg, s, plan, preds[plan.sample_id])
+            selection.setdefault(fold.fold, {}).update(
+                final.record(cfg, s, plan, preds[plan.sample_id], raw[0], info))
     else:
         for plan in fold.test:
             preds[plan.sample_id], bounds_ = _baseline(cfg, samples[plan.sample_id], plan)

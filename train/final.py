@@ -52,6 +52,25 @@ def predict(cfg: Any, models: list[Any], task: Any, sample: Any,
     return pred.astype(np.float32), bounds, info
 
 
+def record(cfg: Any, sample: Any, plan: Any, pred: np.ndarray, unshrunk: np.ndarray,
+           info: dict[str, Any]) -> dict[str, Any]:
+    """What a run records beside its metrics (``timings.selection``): the shrinkage and the
+    metrics the same networks reach without it, and the paired comparison with the
+    baselines (paired.py). Hidden labels are read here only as ground truth for scoring."""
+    from asign.train.metrics import evaluate
+    from asign.train.paired import against_baselines
+
+    out: dict[str, Any] = {}
+    if info:
+        rows = {sec: sample.in_sections([sec]) & sample.has_label for sec in plan.scored}
+        info["unshrunk"] = {sec: evaluate(unshrunk[r], sample.labels[r])
+                            for sec, r in rows.items()}
+        out["shrink"] = info
+    if plan.scored:
+        out["paired"] = against_baselines(cfg, sample, plan, pred)
+    return out
+
+
 def _validation(cfg: Any, model: Any, task: Any) -> np.ndarray:
     """The validation spots' prediction from the training spots (CLI sources)."""
     from asign.train.loop import validation_output
