@@ -126,8 +126,9 @@ def per_section_table(store: Path, names: dict[str, list[str]], ids: dict[str, s
         for sec in (*SCORED, "mean"):
             parts = []
             for metric in METRICS3:
-                if sec == "mean":
-                    v = [np.nanmean([m.get((x, metric), np.nan) for x in SCORED]) for m in ms]
+                if sec == "mean":  # NaN for a constant prediction's PCC per gene
+                    v = [float(np.mean([m.get((x, metric), np.nan) for x in SCORED]))
+                         for m in ms]
                 else:
                     v = [m.get((sec, metric), np.nan) for m in ms]
                 parts.append(fmt(v))
