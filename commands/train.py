@@ -45,7 +45,13 @@ def print_metrics(store: Path, result: Any) -> None:
     if not isinstance(result, RunResult):
         return
     table, width = run_table(open_store(store), result)
-    Console(width=width).print(table, highlight=False)
+    console = Console(width=width)
+    console.print(table, highlight=False)
+    from asign.train.paired import in_words
+
+    for fold in (result.timings or {}).get("selection", {}).values():
+        for other, r in (fold.get("paired") or {}).items():
+            console.print(in_words(result.model, other, r), highlight=False)
 
 
 __all__ = ["print_metrics", "summaries", "train_runs"]

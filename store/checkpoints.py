@@ -23,6 +23,18 @@ class Checkpoint:
         with atomic_path(self.path) as tmp:
             torch.save(payload, tmp)
 
+    def member(self, k: int) -> Checkpoint:
+        """The checkpoint of ensemble member ``k`` ≥ 1 of the same run, beside this one
+        (``<name>.member<k>.pt``); refused when it is a symlink, like every store write."""
+        import os
+
+        path = self.path.with_name(f"{self.path.stem}.member{k}{self.path.suffix}")
+        folder = os.path.realpath(self.path.parent)
+        if path.is_symlink() or os.path.dirname(os.path.realpath(path)) != folder:
+            raise StoreError("refusing to write through a symlink that leads out of the store",
+                             path=path, fix="remove the symlink (checkpoints must be plain files)")
+        return Checkpoint(path)
+
     def load(self) -> dict[str, Any] | None:
         """The payload, or None when no checkpoint was written (``weights_only=True``)."""
         import pickle

@@ -10,6 +10,8 @@ information CLI gets at test time) and predicts every query spot:
 - ``similarity``: the k = 20 known spots with the highest cosine similarity of spot
   embeddings; weights softmax(cos / τ) with τ = 0.1, so near-ties share weight and a
   clearly closer match dominates. The paper's "Similarity" baseline.
+- ``ridge`` and ``ridge+idw``: ridge regression from the per-section z-scored spot
+  embeddings, and its blend with idw, penalty and weight by blocked CV (ridge.py).
 - ``cli``: label propagation alone over the 3D graph with unit node weights
   (``asign.train.cli_block.propagate``); spots that no propagation reaches get the
   mean profile.
@@ -119,3 +121,32 @@ def predict_cli(cfg: Any, s: Any, y: np.ndarray, known: np.ndarray) -> np.ndarra
     # Same edge weighting as the model's CLI, so the two differ only in what is learned.
     w = scale_edge_weights(torch.as_tensor(s.weight), torch.as_tensor(s.cross.astype(np.int64)))
     return cli_alone(s.src, s.dst, w.numpy(), y, known, n_iter=cfg.cli_iters)
+
+
+def predict_ridge(cfg: Any, s: Any, y: np.ndarray, known: np.ndarray) -> np.ndarray:
+    from asign.train.ridge import fit_predict
+
+    pred, _, _ = fit_predict(section_zscored(s), y, known, s.xy)
+    return pred
+
+
+def predict_ridge_idw(cfg: Any, s: Any, y: np.ndarray, known: np.ndarray) -> np.ndarray:
+    from asign.train import ridge
+
+    def nearest(xy_k: np.ndarray, y_k: np.ndarray, xy_q: np.ndarray) -> np.ndarray:
+        return idw(xy_k, y_k, xy_q, k=cfg.idw_k, power=cfg.idw_power)
+
+    pred, _, oob = ridge.fit_predict(section_zscored(s), y, known, s.xy)
+    w = ridge.choose_blend(y[known], oob, ridge.idw_out_of_block(s.xy[known], y[known], nearest))
+    return (w * pred + (1 - w) * nearest(s.xy[known], y[known], s.xy)).astype(np.float32)
+
+
+def section_zscored(s: Any) -> np.ndarray:
+    """(N, D) float32 spot embeddings z-scored per section, as the networks see them."""
+    from asign.train.data import _zscore
+
+    x = s.spot_feat.astype(np.float32)
+    for sec in np.unique(s.section):
+        rows = s.section == sec
+        x[rows] = _zscore(x[rows])
+    return x

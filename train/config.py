@@ -21,6 +21,8 @@ ASIGN_BUILDER = "asign.train.model:build_model"  # MSAGNet (+ CLI): asign3d, asi
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("cosine", "none")
 FEATURE_NORMS = ("section", "none")
+SHRINK_PRIORS = ("auto", "mean", "idw", "ridge", "ridge+idw")  # train/shrink.py
+VALIDATIONS = ("blocked", "random")  # how known spots are held out (train/blocks.py)
 # Parts of asign3d that --ablate removes (the paper's Table II/III ablations):
 # cross-attention: each spot attends to its own region/global tile only (softmax ≡ 1, as in
 # the reference code), not to the neighbouring tiles; gat: no GAT/transformer block (fused
@@ -96,6 +98,12 @@ MODELS: dict[str, ModelSpec] = _models(
               help="inverse-distance weighting of the 8 nearest known spots (aligned x, y)",
               baseline="predict_idw", images=False, reads=("idw_k", "idw_power"),
               rank=4, colour="#ff7f0e"),
+    ModelSpec(name="ridge+idw",
+              help="ridge blended with idw, weight by blocked CV on the known layer",
+              baseline="predict_ridge_idw", reads=("idw_k", "idw_power"),
+              rank=5, colour="#bcbd22"),
+    ModelSpec(name="ridge", help="ridge regression from spot embeddings, penalty by blocked CV",
+              baseline="predict_ridge", rank=6, colour="#e377c2"),
     ModelSpec(name="mean", help="known layer's mean profile for every hidden spot",
               baseline="predict_mean", images=False, rank=99, colour="#9e9e9e"),
 )
@@ -188,6 +196,16 @@ class TrainConfig:
              "(the rest are targets).", _PROTO, gt=0, lt=1)
     val_fraction: float = _net(0.2, "Share of training spots set aside to pick the best "
                                     "epoch (0 = last epoch).", _PROTO, ge=0, lt=1)
+    validation: str = _net("blocked", "Held-out known spots for epoch, gate, shrinkage and "
+                                      "intervals: whole squares of spots (blocked) or random "
+                                      "spots.", _PROTO, choices=lambda: VALIDATIONS)
+    shrink: bool = _net(True, "Blend the network with a baseline prior, weight per gene chosen "
+                              "on held-out blocks.", _MODEL, negatable=True)
+    shrink_prior: str = _net("auto", "Prior of the shrinkage: auto (chosen on held-out "
+                                     "blocks) or a baseline.", _MODEL,
+                             choices=lambda: SHRINK_PRIORS)
+    ensemble: int = _net(1, "Networks per run (seeds seed..seed+K-1), predictions averaged.",
+                         _MODEL, ge=1)
     # large graphs (batching.py): above minibatch_above spots a graph trains one step per
     # spatial block of ≤ block_spots spots (+ a halo of block_halo in-edge hops; None: one
     # hop per GAT layer, which makes MSAGNet exact on the block) and infers block by block

@@ -60,7 +60,7 @@ def one_fold(cfg: TrainConfig, fold: Any, run: FoldRun) -> tuple[list[dict] | No
     blocks, seconds); rows None when the epoch budget ran out first."""
     import numpy as np
 
-    from asign.train import intervals, loop
+    from asign.train import intervals
     from asign.train.metrics import evaluate
     from asign.train.results import PredictionBlock, metric_rows
 
@@ -71,16 +71,20 @@ def one_fold(cfg: TrainConfig, fold: Any, run: FoldRun) -> tuple[list[dict] | No
     bounds: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     t = time.perf_counter()
     if cfg.spec.neural:
-        model = _fit_fold(cfg, fold, run)
-        if model is None:
+        from asign.train import final
+
+        models = final.fit_members(cfg, fold, run)
+        if models is None:
             return None, [], 0.0
         for plan in fold.test:
             s = samples[plan.sample_id]
             task = _task(tasks, s, plan.visible, cfg, _by_layer(plan))
-            preds[plan.sample_id] = loop.predict(cfg, model, task)
-            if cfg.coverage:
-                bounds[plan.sample_id] = intervals.for_model(
-                    cfg, model, task, s.xy, preds[plan.sample_id], cfg.coverage)
+            raw: list[np.ndarray] = []
+            preds[plan.sample_id], b, info = final.predict(cfg, models, task, s, raw)
+            if b is not None:
+                bounds[plan.sample_id] = b
+            run.selection.setdefault(fold.fold, {}).update(
+                final.record(cfg, s, plan, preds[plan.sample_id], raw[0], info))
     else:
         for plan in fold.test:
             preds[plan.sample_id], bounds_ = _baseline(cfg, samples[plan.sample_id], plan)
@@ -139,7 +143,7 @@ def _require_finite(cfg: TrainConfig, fold: int, s: Any, plan: Any, pred: np.nda
                            path=cfg.store, fix="run `asign check` on the store; try a lower --lr")
 
 
-def _fit_fold(cfg: TrainConfig, fold: Any, run: FoldRun) -> Any:
+def fit_fold(cfg: TrainConfig, fold: Any, run: FoldRun) -> Any:
     """Train (or restore) the fold's model; None when the epoch budget ran out first."""
     import numpy as np
 
@@ -164,7 +168,8 @@ def _fit_fold(cfg: TrainConfig, fold: Any, run: FoldRun) -> Any:
                                             name=f"{plan.sample_id}/{plan.sections[0]}",
                                             val_fraction=cfg.val_fraction, seed=cfg.seed,
                                             feature_norm=cfg.feature_norm,
-                                            center_labels=cfg.center_labels)
+                                            center_labels=cfg.center_labels,
+                                            validation=cfg.validation)
             train_tasks.append(tasks[key])
         else:
             train_tasks.append(_task(tasks, s, plan.visible, cfg, _by_layer(plan)))
@@ -218,7 +223,8 @@ def _task(tasks: dict, s: Any, visible: tuple[str, ...], cfg: TrainConfig,
         # a test sample with ≥ 2 known layers validates on a whole held-out known layer
         tasks[key] = loop.make_task(s, visible, cfg.device, val_fraction=cfg.val_fraction,
                                     seed=cfg.seed, feature_norm=cfg.feature_norm,
-                                    center_labels=cfg.center_labels, val_by_layer=by_layer)
+                                    center_labels=cfg.center_labels, val_by_layer=by_layer,
+                                    validation=cfg.validation)
     return tasks[key]
 
 

@@ -141,11 +141,21 @@ def for_model(cfg: object, model: object, task: object, xy: np.ndarray, pred: np
     """Intervals of a trained network, calibrated on its validation spots."""
     from asign.train.loop import validation_output
 
+    val = task.val  # type: ignore[attr-defined]
+    val_pred = None
+    if val.any() and task.train.any():  # type: ignore[attr-defined]
+        out = validation_output(cfg, model, task)
+        val_pred = out.spot.float().cpu().numpy()[val] + task.offset  # type: ignore[attr-defined]
+    return for_predictions(task, xy, pred, val_pred, coverage)
+
+
+def for_predictions(task: object, xy: np.ndarray, pred: np.ndarray, val_pred: np.ndarray | None,
+                    coverage: float) -> tuple[np.ndarray, np.ndarray]:
+    """Intervals around ``pred`` from the validation spots' predictions ``val_pred`` (the
+    final ones: after ensembling and shrinkage)."""
     y = task.y.float().cpu().numpy() + task.offset  # type: ignore[attr-defined]
     val, train, known = task.val, task.train, task.visible  # type: ignore[attr-defined]
     scores = np.zeros((0, y.shape[1]))
-    if val.any() and train.any():
-        out = validation_output(cfg, model, task)
-        val_pred = out.spot.float().cpu().numpy()[val] + task.offset  # type: ignore[attr-defined]
+    if val_pred is not None and val.any() and train.any():
         scores = scores_from_validation(val_pred, y[val], xy[val], xy[train], y[train])
     return intervals(pred, scores, y, known, xy, coverage)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from asign.train import batching
+from asign.train import batching, blocks
 from asign.train.config import TrainConfig
 from asign.train.data import SampleData
 from asign.train.protocol import episode, episode_rng, tile_targets, visible_labels
@@ -64,7 +64,7 @@ class GraphTask:
 def make_task(sample: SampleData, visible_sections: tuple[str, ...], device: str,
               name: str | None = None, *, val_fraction: float = 0.0, seed: int = 0,
               feature_norm: str = "section", center_labels: bool = True,
-              val_by_layer: bool = False) -> GraphTask:
+              val_by_layer: bool = False, validation: str = "blocked") -> GraphTask:
     """Tensors for one graph. Labels pass through ``visible_labels`` here and nowhere else.
 
     ``feature_norm``: ``section`` (per-section z-score, data.standardised_features) or
@@ -88,8 +88,12 @@ def make_task(sample: SampleData, visible_sections: tuple[str, ...], device: str
     y, visible = visible_labels(sample.labels, sample.has_label, sample.section,
                                 sample.section_index(visible_sections))
     val_seed = _mix(seed, zlib.crc32(name.encode()))
-    val = (split_validation_layer(visible, sample.section, val_seed) if val_by_layer and val_fraction > 0
-           else split_validation(visible, val_fraction, val_seed))
+    if val_by_layer and val_fraction > 0:
+        val = split_validation_layer(visible, sample.section, val_seed)
+    elif validation == "blocked":  # whole squares of spots (blocks.py): random spots leak
+        val = blocks.validation_split(visible, sample.xy, sample.section, val_fraction, val_seed)
+    else:
+        val = split_validation(visible, val_fraction, val_seed)
     train = visible & ~val
     offset = np.zeros(y.shape[1], dtype=np.float32)
     if center_labels and train.any():
@@ -125,14 +129,9 @@ def make_task(sample: SampleData, visible_sections: tuple[str, ...], device: str
 
 
 def split_validation(visible: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """A seeded random ``fraction`` of the visible spots (none when fewer than 10)."""
-    idx = np.flatnonzero(visible)
-    n_val = int(round(fraction * idx.size))
-    val = np.zeros_like(visible)
-    if fraction <= 0 or idx.size < 10 or n_val < 1:
-        return val
-    val[np.random.default_rng(seed).choice(idx, size=n_val, replace=False)] = True
-    return val
+    """A seeded random ``fraction`` of the visible spots (none when fewer than 10): the
+    ``--validation random`` ablation; the default holds out blocks (blocks.py)."""
+    return blocks.random_split(visible, fraction, seed)
 
 
 def split_validation_layer(visible: np.ndarray, section: np.ndarray, seed: int) -> np.ndarray:

@@ -4,6 +4,7 @@ never reach training, runs are deterministic, and --resume continues an interrup
 from __future__ import annotations
 
 import json
+import zlib
 
 import numpy as np
 import pyarrow.compute as pc
@@ -51,7 +52,8 @@ def test_every_model_writes_runs_metrics_predictions(toy_store):
                         "GROUP BY ALL").to_pylist()
     assert {p["section_id"] for p in preds} == {"S1_L2", "S1_L3", "S1_L4", "S1_L5"}
     assert all(p["n"] == 30 * 6 for p in preds)  # 30 spots x 6 genes per section per run
-    assert store.query("SELECT count(DISTINCT run_id) AS n FROM metrics").column("n")[0].as_py() == 6
+    n_runs = store.query("SELECT count(DISTINCT run_id) AS n FROM metrics").column("n")[0]
+    assert n_runs.as_py() == len(MODELS)
 
 
 def _perturb_hidden_labels(root) -> None:
@@ -130,17 +132,22 @@ def test_bad_options_are_clear_errors(toy_store):
         run(_cfg(toy_store, "mean").with_(model="nope"))
 
 
-def test_validation_spots_never_enter_the_gradient(toy_store):
+@pytest.mark.parametrize("validation", ["random", "blocked"])
+def test_validation_spots_never_enter_the_gradient(toy_store, validation):
     """Labels of the spots set aside for model selection change the validation curve only."""
-    from asign.train import loop
+    from asign.train import blocks, loop
     from asign.train.data import load_sample
 
     s = load_sample(open_store(toy_store), "S1")
     cfg = _cfg(toy_store, "asign3d", epochs=3, val_fraction=0.3)
     histories = []
     for shift in (0.0, 5.0):
-        task = loop.make_task(s, ("S1_L1",), "cpu", val_fraction=0.3, seed=0)
-        assert task.val.sum() == 9 and not (task.val & task.train).any()
+        task = loop.make_task(s, ("S1_L1",), "cpu", val_fraction=0.3, seed=0,
+                              validation=validation)
+        # random: exactly 30 % of the 30 known spots; blocked: whole blocks of them
+        expected = 9 if validation == "random" else int(blocks.validation_split(
+            task.visible, s.xy, s.section, 0.3, loop._mix(0, zlib.crc32(b"S1"))).sum())
+        assert task.val.sum() == expected >= 9 and not (task.val & task.train).any()
         task.y[task.val] += shift  # only the set-aside labels change
         model = loop.build(cfg, 16, 6, 0)
         loop.init_output_bias(model, [task])

@@ -1,0 +1,129 @@
+"""Blocked validation, ridge baselines, shrinkage and the paired comparison."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from asign.train import blocks, paired, ridge, shrink
+
+
+def _lattice(n: int = 20, pitch: float = 200.0) -> np.ndarray:
+    g = np.arange(n) * pitch
+    return np.array([(x, y) for x in g for y in g], dtype=np.float64)
+
+
+def test_blocked_validation_holds_out_whole_squares():
+    xy = _lattice()
+    visible = np.ones(len(xy), dtype=bool)
+    section = np.zeros(len(xy), dtype=np.int64)
+    val = blocks.validation_split(visible, xy, section, 0.2, seed=3)
+    assert 0.15 <= val.mean() <= 0.3
+    from scipy.spatial import cKDTree
+
+    # a random split leaves almost every validation spot with a training spot one pitch away;
+    # whole 3 × 3 blocks leave far fewer
+    def adjacent(v: np.ndarray) -> float:
+        d, _ = cKDTree(xy[~v]).query(xy[v])
+        return float((d <= 200.0 + 1e-6).mean())
+
+    rand = blocks.random_split(visible, 0.2, seed=3)
+    assert adjacent(val) < 0.8 * adjacent(rand)
+    assert np.array_equal(val, blocks.validation_split(visible, xy, section, 0.2, seed=3))
+    assert not blocks.validation_split(visible[:5], xy[:5], section[:5], 0.2, 0).any()
+
+
+def test_cv_folds_partition_the_known_spots():
+    xy = _lattice(12)
+    folds = blocks.cv_folds(xy)
+    assert len(folds) == 16
+    assert np.array_equal(np.sum(folds, axis=0), np.ones(len(xy)))
+
+
+def test_dual_ridge_matches_the_primal_solution():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 15)), rng.normal(size=(40, 3))
+    alpha = 2.5
+    fit = ridge.DualRidge(x, y)
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    beta = np.linalg.solve(xc.T @ xc + alpha * np.eye(15), xc.T @ yc)
+    x_new = rng.normal(size=(5, 15))
+    expected = (x_new - x.mean(0)) @ beta + y.mean(0)
+    assert np.allclose(fit.predict(x_new, alpha), expected, atol=1e-8)
+
+
+def test_blocked_cv_picks_a_large_penalty_for_features_without_signal_and_blends_to_idw():
+    rng = np.random.default_rng(1)
+    xy = _lattice(14)
+    smooth = np.sin(xy[:, :1] / 900.0) + np.cos(xy[:, 1:] / 700.0)  # spatial signal only
+    y = np.hstack([smooth, -smooth]) + 0.05 * rng.normal(size=(len(xy), 2))
+    x = rng.normal(size=(len(xy), 50))  # features carry nothing
+    alpha, oob = ridge.choose_alpha(x, y, xy)
+    assert alpha >= ridge.ALPHAS[len(ridge.ALPHAS) // 2] * x.shape[1]
+
+    from asign.train.baselines import idw
+
+    w = ridge.choose_blend(y, oob, ridge.idw_out_of_block(xy, y, idw))
+    assert w <= 0.3
+
+
+def test_shrinkage_reaches_zero_for_a_useless_model_and_one_for_a_perfect_one():
+    rng = np.random.default_rng(2)
+    truth = rng.normal(size=(200, 6))
+    prior = np.zeros_like(truth)
+    assert np.allclose(shrink.weights(rng.normal(size=truth.shape), prior, truth), 0.0,
+                       atol=0.1)
+    assert np.allclose(shrink.weights(truth, prior, truth), 1.0)
+    w = shrink.weights(-truth, prior, truth)  # anti-correlated: clipped at zero
+    assert np.all(w == 0.0)
+
+
+def test_shrunk_prediction_is_never_worse_than_the_prior_on_the_fitting_spots():
+    rng = np.random.default_rng(3)
+    truth = rng.normal(size=(300, 10))
+    prior = truth + rng.normal(scale=1.0, size=truth.shape)
+    model = truth + rng.normal(scale=1.5, size=truth.shape)
+    w = shrink.weights(model, prior, truth, pool=0.0)
+    out = shrink.blend(model, prior, w)
+    assert ((out - truth) ** 2).mean() <= ((prior - truth) ** 2).mean()
+
+
+def test_paired_bootstrap_interval_and_words():
+    rng = np.random.default_rng(4)
+    truth = rng.normal(size=(400, 30))
+    better = truth + rng.normal(scale=0.8, size=truth.shape)
+    worse = truth + rng.normal(scale=1.6, size=truth.shape)
+    rows = [np.arange(400) < 200, np.arange(400) >= 200]
+    r = paired.bootstrap(paired.differences(better, worse, truth, rows), n_boot=300)
+    assert r["lo"] > 0 and r["lo"] <= r["diff"] <= r["hi"]
+    assert paired.in_words("a", "b", r).startswith("a beats b by +")
+    flip = paired.bootstrap(paired.differences(worse, better, truth, rows), n_boot=300)
+    assert "is below b" in paired.in_words("a", "b", flip)
+
+
+@pytest.mark.parametrize("model", ["ridge", "ridge+idw"])
+def test_ridge_baselines_run_through_the_registry(toy_store, model):
+    from asign.train import TrainConfig, run
+
+    res = run(TrainConfig(store=toy_store, model=model, run="t", coverage=0.0))
+    assert res.status == "done"
+    vals = res.metrics.to_pandas()
+    assert np.isfinite(vals[vals.metric == "mse"].value).all()
+
+
+def test_networks_shrink_toward_a_chosen_prior_and_ensembles_average(toy_store):
+    """A run records the chosen prior, its weights and the unshrunk metrics of the same
+    networks, and the paired comparison; --ensemble 2 trains a second member."""
+    from asign.train import TrainConfig, run
+
+    cfg = TrainConfig(store=toy_store, model="asign3d", run="t", epochs=2, hidden=16, heads=2,
+                      threads=1)
+    res = run(cfg.with_(ensemble=2))
+    sel = res.timings["selection"]["0"]
+    assert sel["shrink"]["prior"] in shrink.PRIORS[True]
+    assert 0.0 <= sel["shrink"]["min"] <= sel["shrink"]["max"] <= 1.0
+    assert set(sel["shrink"]["unshrunk"]) == {"S1_L2", "S1_L3", "S1_L4"}
+    assert set(sel["paired"]) == set(paired.COMPARED) and "member1" in sel
+    off = run(cfg.with_(shrink=False, run="off"))
+    assert "prior" not in off.timings["selection"]["0"].get("shrink", {})
+    assert not off.metrics.to_pandas().equals(res.metrics.to_pandas())

@@ -1,0 +1,106 @@
+"""The networks' final prediction of one test graph: the ensemble's mean, shrunk toward its
+prior (shrink.py), with intervals conformalised on the same held-out blocks (intervals.py).
+
+Every step reads the validation blocks the loop set aside (blocks.py) and the known
+spots' labels; hidden labels never enter.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def predict(cfg: Any, models: list[Any], task: Any, sample: Any,
+            unshrunk: list[np.ndarray] | None = None
+            ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None, dict[str, Any]]:
+    """(N, G) prediction, its (lower, upper) intervals (None with coverage 0) and what was
+    chosen (the shrinkage weights' summary). ``unshrunk``: receives the prediction before
+    shrinkage (the same networks: the shrinkage ablation at no training cost)."""
+    from asign.train import intervals, loop, shrink
+
+    xy = sample.xy
+
+    pred = np.mean([loop.predict(cfg, m, task) for m in models], axis=0)
+    # visible labels (offset added back); rows outside task.visible are never read
+    y = task.y.float().cpu().numpy() + task.offset
+    val_pred = None
+    if task.val.any() and task.train.any():
+        val_pred = np.mean([_validation(cfg, m, task) for m in models], axis=0)
+    info: dict[str, Any] = {}
+    if unshrunk is not None:
+        unshrunk.append(pred.astype(np.float32))
+    if val_pred is not None:  # the in-layer loss of the networks alone (diagnosis)
+        info["val_mse_network"] = round(float(((val_pred - y[task.val]) ** 2).mean()), 5)
+    if cfg.shrink and val_pred is not None:
+        best = None
+        for kind in shrink.candidates(cfg):
+            p_val = shrink.prior(cfg, kind, sample, y, task.train)[task.val]
+            w = shrink.weights(val_pred, p_val, y[task.val])
+            blended = shrink.blend(val_pred, p_val, w)
+            mse = float(((blended - y[task.val]) ** 2).mean())
+            info[f"val_mse_{kind}"] = round(mse, 5)
+            if best is None or mse < best[0]:
+                best = (mse, kind, w, blended)
+        _, kind, w, val_pred = best
+        pred = shrink.blend(pred, shrink.prior(cfg, kind, sample, y, task.visible), w)
+        info.update(prior=kind, **shrink.summary(w))
+    bounds = None
+    if cfg.coverage:
+        bounds = intervals.for_predictions(task, xy, pred, val_pred, cfg.coverage)
+    return pred.astype(np.float32), bounds, info
+
+
+def record(cfg: Any, sample: Any, plan: Any, pred: np.ndarray, unshrunk: np.ndarray,
+           info: dict[str, Any]) -> dict[str, Any]:
+    """What a run records beside its metrics (``timings.selection``): the shrinkage and the
+    metrics the same networks reach without it, and the paired comparison with the
+    baselines (paired.py). Hidden labels are read here only as ground truth for scoring."""
+    from asign.train.metrics import evaluate
+    from asign.train.paired import against_baselines
+
+    out: dict[str, Any] = {}
+    if info:
+        rows = {sec: sample.in_sections([sec]) & sample.has_label for sec in plan.scored}
+        info["unshrunk"] = {sec: evaluate(unshrunk[r], sample.labels[r])
+                            for sec, r in rows.items()}
+        out["shrink"] = info
+    if plan.scored:
+        out["paired"] = against_baselines(cfg, sample, plan, pred)
+    return out
+
+
+def _validation(cfg: Any, model: Any, task: Any) -> np.ndarray:
+    """The validation spots' prediction from the training spots (CLI sources)."""
+    from asign.train.loop import validation_output
+
+    out = validation_output(cfg, model, task)
+    return out.spot.float().cpu().numpy()[task.val] + task.offset
+
+
+def fit_members(cfg: Any, fold: Any, run: Any) -> list[Any] | None:
+    """The fold's ``cfg.ensemble`` networks (seeds seed, seed + 1, ...; member k > 0 keeps
+    its own checkpoint beside the run's); None when the epoch budget ran out first."""
+    from dataclasses import replace
+
+    from asign.train.folds import fit_fold
+
+    models = []
+    for k in range(cfg.ensemble):
+        cfg_k, run_k = cfg, run
+        if k:
+            cfg_k = cfg.with_(seed=cfg.seed + k)
+            path_k = run.ckpt_path.member(k)
+            ckpt_k = path_k.load() if cfg.resume else None
+            run_k = replace(run, ckpt_path=path_k, ckpt=ckpt_k, selection={},
+                            finished=dict(ckpt_k["finished"]) if ckpt_k else {})
+        model = fit_fold(cfg_k, fold, run_k)
+        run.budget = run_k.budget  # the epochs a member used count against the whole run
+        if model is None:
+            return None
+        if k:
+            for f, v in run_k.selection.items():
+                run.selection.setdefault(f, {})[f"member{k}"] = v
+        models.append(model)
+    return models
