@@ -85,7 +85,8 @@ def build(root: Path, name: str) -> Path:
                       f"{target.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t0:.0f} s",
                       flush=True)
             image = target
-        table = pd.DataFrame({"spot_id": [f"{x}x{y}" for x, y in zip(spots.x, spots.y, strict=True)],
+        ids = [f"{x}x{y}" for x, y in zip(spots.x, spots.y, strict=True)]
+        table = pd.DataFrame({"spot_id": ids,
                               "px": (spots.pixel_x + 0.5) * factor - 0.5,
                               "py": (spots.pixel_y + 0.5) * factor - 0.5})
         table.to_csv(folder / f"{sec}_spots.csv", index=False)
@@ -112,7 +113,8 @@ def ingest(manifest: Path, store: Path, threads: int) -> list[dict]:
         err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
         if status != 0:
             raise SystemExit(f"{' '.join(cmd)} failed:\n{err[-2000:]}")
-        out.append({"step": step, "wall_s": round(wall, 1), "peak_rss_gb": round(usage.ru_maxrss / 1e6, 2)})
+        out.append({"step": step, "wall_s": round(wall, 1),
+                    "peak_rss_gb": round(usage.ru_maxrss / 1e6, 2)})
         print(f"  {step:9s} {wall:7.1f} s  {usage.ru_maxrss / 1e6:5.2f} GB", flush=True)
     return out
 
@@ -135,19 +137,46 @@ def patch_agreement(root: Path, n: int = 40) -> dict[str, float]:
             "p95": round(float(np.percentile(diffs, 95)), 2), "max": round(float(np.max(diffs)), 2)}
 
 
+def metrics(root: Path, models: list[str], threads: int) -> None:
+    """Train each model on the native and the 3x store (known layer C2, hidden C3–C6) and
+    print the within-sample metrics of both and their difference."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    got: dict[str, dict[tuple[str, str], float]] = {}
+    for name in ("native", "3x"):
+        store = root / f"store-{name}"
+        for model in models:
+            t0 = time.perf_counter()
+            subprocess.run([str(ASIGN), "train", "--store", str(store), "--model", model, "--run",
+                            model, "--samples", "C", "--threads", str(threads)], env=env,
+                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            print(f"  trained {model} on {name} in {time.perf_counter() - t0:.0f} s", flush=True)
+        sql = ("select r.name, m.metric, avg(m.value) as value from metrics m join runs r "
+               "using (run_id) where m.setting = 'within_sample' group by r.name, m.metric")
+        out = subprocess.run([str(ASIGN), "query", "--store", str(store), "--format", "json", sql],
+                             env=env, check=True, text=True, stdout=subprocess.PIPE).stdout
+        got[name] = {(r["name"], r["metric"]): r["value"] for r in json.loads(out)}
+    print("\n| model | metric | native | 3x | Δ |\n|---|---|---|---|---|")
+    for key in sorted(got["native"]):
+        if key in got["3x"]:
+            a, b = got["native"][key], got["3x"][key]
+            print(f"| {key[0]} | {key[1]} | {a:.4f} | {b:.4f} | {b - a:+.4f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", type=Path, default=Path("/tmp/slides"))
     ap.add_argument("--stacks", default="native,3x,4x,4gpx")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--build-only", action="store_true")
+    ap.add_argument("--metrics", default="", help="models to train on native and 3x, e.g. idw")
+    ap.add_argument("--no-ingest", action="store_true", help="use the stores already built")
     args = ap.parse_args()
     print(json.dumps(machine_info()), flush=True)
     results = {}
     for name in args.stacks.split(","):
         print(f"[{name}] build", flush=True)
         manifest = build(args.root, name)
-        if args.build_only:
+        if args.build_only or args.no_ingest:
             continue
         store = args.root / f"store-{name}"
         subprocess.run(["rm", "-rf", str(store)], check=True)
@@ -157,6 +186,8 @@ def main() -> None:
         _table(results)
     if "3x" in args.stacks.split(",") and not args.build_only:
         print("patches 3x vs native (mean |Δ| of 255):", patch_agreement(args.root))
+    if args.metrics:
+        metrics(args.root, args.metrics.split(","), args.threads)
 
 
 def _table(results: dict[str, list[dict]]) -> None:

@@ -23,6 +23,7 @@ from asign.ingest import slides
 
 log = logging.getLogger(__name__)
 
+_FIX_PATH = "check the path in the sample folder or manifest"
 _FIX_CORRUPT = "re-export or re-download the image; asign needs a fully decodable RGB image"
 
 
@@ -63,10 +64,11 @@ def _pil(path: Path) -> Iterator[Any]:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         found = re.search(r"\((\d+) pixels\)", str(err))
         claimed = f"{int(found[1]):,} pixels" if found else "more pixels"
-        raise ImageError(f"image claims {claimed}, above asign's limit of {limit:,} for images decoded whole; "
-                         "refused before decoding", path=path,
-                         fix=f"check the file; for a genuinely larger image use a pyramidal whole-slide format "
-                             f"(e.g. tiled TIFF/SVS) or raise {MAX_PIXELS_ENV}") from None
+        raise ImageError(f"image claims {claimed}, above asign's limit of {limit:,} for images "
+                         "decoded whole; refused before decoding", path=path,
+                         fix="check the file; for a genuinely larger image use a pyramidal "
+                             f"whole-slide format (e.g. tiled TIFF/SVS) or raise {MAX_PIXELS_ENV}"
+                         ) from None
     finally:
         Image.MAX_IMAGE_PIXELS = previous
 
@@ -94,7 +96,7 @@ def image_header(path: Path) -> ImageHeader:
     read as 'no tissue'). A tiled slide's size comes from its own reader, with no limit."""
     path = Path(path)
     if not path.exists():
-        raise ImageError("image not found", path=path, fix="check the path in the sample folder or manifest")
+        raise ImageError("image not found", path=path, fix=_FIX_PATH)
     if path.stat().st_size == 0:
         raise ImageError("image file is empty (0 bytes)", path=path, fix=_FIX_CORRUPT)
     backend = slides.backend_for(path)
@@ -110,8 +112,8 @@ def image_header(path: Path) -> ImageHeader:
             raise ImageError(f"image is unreadable ({err})", path=path, fix=_FIX_CORRUPT) from err
     if head.mode in _SINGLE_CHANNEL:
         depth = "16-bit " if head.sixteen_bit else ""
-        raise ImageError(f"single-channel {depth}(grayscale, mode {head.mode}) image refused: asign needs an "
-                         "RGB H&E scan", path=path, fix=_FIX_RGB)
+        raise ImageError(f"single-channel {depth}(grayscale, mode {head.mode}) image refused: "
+                         "asign needs an RGB H&E scan", path=path, fix=_FIX_RGB)
     if head.sixteen_bit:
         log.info("%s: 16-bit RGB image, converted to 8 bits per channel when read", path)
     return head
@@ -166,7 +168,8 @@ def _verify(path: Path) -> tuple[int, int]:
                     im.draft("RGB", (max(1, head.width // 8), max(1, head.height // 8)))
                 im.load()
         except (OSError, SyntaxError, ValueError) as err:
-            raise ImageError(f"image is unreadable or truncated ({err})", path=path, fix=_FIX_CORRUPT) from err
+            raise ImageError(f"image is unreadable or truncated ({err})", path=path,
+                             fix=_FIX_CORRUPT) from err
     return head.size
 
 
@@ -176,7 +179,7 @@ def open_slide(path: Path) -> Any:
     Raises ImageError for missing/corrupt files."""
     path = Path(path)
     if not path.exists():
-        raise ImageError("image not found", path=path, fix="check the path in the sample folder or manifest")
+        raise ImageError("image not found", path=path, fix=_FIX_PATH)
     backend = slides.backend_for(path)
     if backend.tiled:
         return slides.open_with(backend, path)
@@ -185,7 +188,8 @@ def open_slide(path: Path) -> Any:
         return slides.open_with(backend, path)
 
 
-def um_per_px(path: Path, given: float | None, tolerance: float = UM_PER_PX_TOLERANCE) -> float | None:
+def um_per_px(path: Path, given: float | None,
+              tolerance: float = UM_PER_PX_TOLERANCE) -> float | None:
     """The image's µm/px: ``given`` (e.g. the manifest's), checked against the slide's own
     metadata when it states one (agreement within ``tolerance``, relative); the metadata's
     value when nothing is given; None when neither knows."""
@@ -237,7 +241,8 @@ def _thumbnail(image: Any, path: Path, out: tuple[int, int]) -> np.ndarray:
         thumb = slide.get_thumbnail(out).convert("RGB").resize(out, image.Resampling.BOX)
         return np.asarray(thumb)
     except (OSError, SyntaxError, ValueError) as err:
-        raise ImageError(f"image is unreadable or truncated ({err})", path=path, fix=_FIX_CORRUPT) from err
+        raise ImageError(f"image is unreadable or truncated ({err})", path=path,
+                         fix=_FIX_CORRUPT) from err
 
 
 BAND_PIXELS = 8_000_000
@@ -292,14 +297,17 @@ def read_region(path: Path, x: int, y: int, size: int, out_size: int) -> np.ndar
 
     slide = open_slide(Path(path))
     plain = getattr(slide, "plain_rgb", None)
-    if plain is not None and x >= 0 and y >= 0 and x + size <= plain.width and y + size <= plain.height:
+    inside = plain is not None and x >= 0 and y >= 0 and x + size <= plain.width \
+        and y + size <= plain.height
+    if inside:
         # Inside an 8-bit RGB plain image OpenSlide's RGBA tile is opaque, so pasting it on
         # white gives these very pixels; cropping them directly skips two full-size copies
         # (~60% of the cost of a large region/global tile).
         try:
             region_rgb = plain.crop((int(x), int(y), int(x) + int(size), int(y) + int(size)))
         except Exception as err:  # noqa: BLE001 - as the OpenSlide route below: any decode failure
-            raise ImageError(f"cannot read region at ({x},{y}) ({err})", path=path, fix=_FIX_CORRUPT) from err
+            raise ImageError(f"cannot read region at ({x},{y}) ({err})", path=path,
+                             fix=_FIX_CORRUPT) from err
         if region_rgb.size != (out_size, out_size):
             region_rgb = region_rgb.resize((out_size, out_size), image.Resampling.BILINEAR)
         return np.asarray(region_rgb)
@@ -312,7 +320,8 @@ def read_region(path: Path, x: int, y: int, size: int, out_size: int) -> np.ndar
     try:
         region = slide.read_region((int(x), int(y)), level, (side, side))
     except Exception as err:  # noqa: BLE001 - openslide raises bare OpenSlideError/OSError variants
-        raise ImageError(f"cannot read region at ({x},{y}) ({err})", path=path, fix=_FIX_CORRUPT) from err
+        raise ImageError(f"cannot read region at ({x},{y}) ({err})", path=path,
+                         fix=_FIX_CORRUPT) from err
     bg = _on_white(region)
     if bg.size != (out_size, out_size):
         bg = bg.resize((out_size, out_size), image.Resampling.BILINEAR)

@@ -24,10 +24,10 @@ Spot tables take the id from ``spot_id`` (else ``barcode``, else the first colum
 ``array_x, array_y`` when present. Aligned coordinates ``x_um, y_um`` (µm, for users who
 aligned elsewhere, e.g. with PASTE) must then be given for every section of that sample;
 the align step keeps them. A section with counts but neither image nor aligned coordinates
-is kept for its labels only, with a warning. A slide that states its µm/px (OpenSlide
-``mpp-x``, OME ``PhysicalSizeX``, TIFF resolution tags) is checked against ``um_per_px``. A section with an image and no spots is an
+is kept for its labels only, with a warning. A section with an image and no spots is an
 image-only section (a virtual lattice is laid later); it inherits spot diameter and pitch
-from its sample.
+from its sample. A slide that states its µm/px (OpenSlide ``mpp-x``, OME
+``PhysicalSizeX``, TIFF resolution tags) is checked against ``um_per_px``, or supplies it.
 """
 
 from __future__ import annotations

@@ -125,7 +125,8 @@ def _patch_pair(native_path: Path, slide: Path, x: float, y: float, shift: int =
     side = patches.equivalent_px(224, NATIVE_UM)
     (nx, ny), = patches.spot_patch_box(np.array([x]), np.array([y]), side)
     return (patches.crop(native_path, nx, ny, side, 224).astype(float),
-            patches.crop(slide, FACTOR * (nx + shift), FACTOR * ny, FACTOR * side, 224).astype(float))
+            patches.crop(slide, FACTOR * (nx + shift), FACTOR * ny, FACTOR * side, 224
+                         ).astype(float))
 
 
 @pytest.mark.parametrize("kind", ["tiff", "ome"])
@@ -143,7 +144,8 @@ def test_patches_from_the_pyramid_equal_the_native_ones_within_jpeg_noise(native
 def test_ome_and_tiff_backends_read_the_same_tissue_edges_white(pyramids):
     w, h = images.image_size(pyramids["tiff"])
     assert images.image_size(pyramids["ome"]) == (w, h)
-    for x, y, size in [(500, 700, 487), (-200, -100, 487), (w - 300, h - 100, 1113), (w + 10, 0, 64)]:
+    for x, y, size in [(500, 700, 487), (-200, -100, 487), (w - 300, h - 100, 1113),
+                       (w + 10, 0, 64)]:
         a = images.read_region(pyramids["tiff"], x, y, size, 224)
         b = images.read_region(pyramids["ome"], x, y, size, 224)
         assert np.abs(a.astype(float) - b).mean() < PATCH_TOLERANCE, (x, y, size)
