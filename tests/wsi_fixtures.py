@@ -63,8 +63,11 @@ def level_sizes(width: int, height: int, min_side: int = 512) -> list[tuple[int,
 
 
 def write_slide(path: Path, width: int, height: int, tile_fn: TileFn, um_per_px: float | None,
-                *, ome: bool = False, tile: int = 256, quality: int = 90) -> Path:
-    """Write a JPEG-tiled pyramidal TIFF of ``width`` × ``height`` level-0 px; return path."""
+                *, ome: bool = False, svs: bool = False, tile: int = 256, quality: int = 90
+                ) -> Path:
+    """Write a JPEG-tiled pyramidal TIFF of ``width`` × ``height`` level-0 px; return path.
+    ``svs``: with an Aperio ImageDescription (µm/px as its ``MPP``), which OpenSlide reads
+    as an Aperio SVS slide."""
     import tifffile
 
     sizes = level_sizes(width, height)
@@ -82,7 +85,12 @@ def write_slide(path: Path, width: int, height: int, tile_fn: TileFn, um_per_px:
                                          "PhysicalSizeYUnit": "µm"}
             elif not ome:
                 extra["metadata"] = None
-                if um_per_px is not None:
+                if svs and k == 0:
+                    extra["description"] = (
+                        f"Aperio Image Library asign-test\r\n{width}x{height} "
+                        f"[0,0 {width}x{height}] ({tile}x{tile}) JPEG/RGB Q={quality}|AppMag = 40"
+                        + (f"|MPP = {um_per_px}" if um_per_px is not None else ""))
+                elif um_per_px is not None:
                     per_cm = 1e4 / (um_per_px * 2**k)
                     extra["resolution"] = (per_cm, per_cm)
                     extra["resolutionunit"] = "CENTIMETER"

@@ -73,6 +73,18 @@ def test_the_registry_picks_the_reader(native, pyramids):
         assert images.open_slide(path).level_count >= 4
 
 
+def test_an_aperio_svs_reads_through_openslide_with_its_mpp(native, tmp_path):
+    import openslide
+
+    _, crop = native
+    path = write_slide(tmp_path / "c2.svs", 2400, 2400, upsampled(crop, 1.5), 0.46, svs=True)
+    assert openslide.OpenSlide.detect_format(str(path)) == "aperio"
+    assert slides.backend_for(path).name == "openslide"
+    assert images.verify_image(path) == (2400, 2400)
+    assert images.um_per_px(path, None) == pytest.approx(0.46)
+    assert images.read_thumbnail(path, 12.0).shape == (200, 200, 3)
+
+
 @pytest.mark.parametrize("kind", ["tiff", "ome"])
 def test_thumbnails_and_regions_come_from_the_level_nearest_the_target(liar, kind):
     path = liar[kind]
