@@ -122,10 +122,20 @@ def ingest(manifest: Path, store: Path, threads: int) -> list[dict]:
 
 
 def patch_agreement(root: Path, n: int = 40) -> dict[str, float]:
-    """Mean |Δ| between native spot patches and the same tissue cut from the 3× scans."""
+    """Mean |Δ| between native spot patches and the same tissue cut from the 3× scans, and
+    the noise floor: what one JPEG q90 pass (as the scans' tiles) leaves on the native patch."""
+    import io
+
+    from PIL import Image
+
     from asign.ingest import patches
 
-    diffs = []
+    def jpeg_noise(rgb: np.ndarray) -> float:
+        buf = io.BytesIO()
+        Image.fromarray(rgb.astype(np.uint8)).save(buf, "JPEG", quality=90)
+        return float(np.abs(rgb - np.asarray(Image.open(buf), dtype=float)).mean())
+
+    diffs, floor = [], []
     for sec in STACKS["3x"][1]:
         spots, um = _spots(sec)
         native = HER2ST / "ST-imgs" / "C" / sec / IMAGE_NAMES[sec]
@@ -135,8 +145,12 @@ def patch_agreement(root: Path, n: int = 40) -> dict[str, float]:
             a = patches.crop(native, nx, ny, side, 224).astype(float)
             b = patches.crop(root / "3x" / f"{sec}.tif", 3 * nx, 3 * ny, 3 * side, 224)
             diffs.append(float(np.abs(a - b).mean()))
+            floor.append(jpeg_noise(a))
+    ratio = np.divide(diffs, floor)
     return {"n": len(diffs), "mean": round(float(np.mean(diffs)), 2),
-            "p95": round(float(np.percentile(diffs, 95)), 2), "max": round(float(np.max(diffs)), 2)}
+            "p95": round(float(np.percentile(diffs, 95)), 2), "max": round(float(np.max(diffs)), 2),
+            "jpeg_q90_floor_mean": round(float(np.mean(floor)), 2),
+            "ratio_to_floor_max": round(float(ratio.max()), 2)}
 
 
 def metrics(root: Path, models: list[str], threads: int) -> None:

@@ -323,8 +323,9 @@ def read_region(path: Path, x: int, y: int, size: int, out_size: int) -> np.ndar
         raise ImageError(f"cannot read region at ({x},{y}) ({err})", path=path,
                          fix=_FIX_CORRUPT) from err
     bg = _on_white(region)
-    if bg.size != (out_size, out_size):
-        bg = bg.resize((out_size, out_size), image.Resampling.BILINEAR)
+    span = size / level_ds  # the square in level px; ``side`` rounds it up to whole pixels
+    if bg.size != (out_size, out_size) or span != side:
+        bg = bg.resize((out_size, out_size), image.Resampling.BILINEAR, box=(0, 0, span, span))
     return np.asarray(bg)
 
 

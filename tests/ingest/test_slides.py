@@ -20,11 +20,13 @@ from asign.ingest import images, patches, slides
 NATIVE_UM = 0.69  # her2st C, µm/px (fit of spot pixels on the array, rounded)
 CROP = (4700, 5300, 6300, 6900)  # 1600 px of C2 around its spots' median
 FACTOR = 3  # 0.23 µm/px, a 40x scan
+JPEG_PASSES = 2.0
+"""A spot patch cut from the 3× pyramid (JPEG q90 tiles, read at level 1) differs from the
+native patch of the same tissue by less than this many times what one JPEG q90 pass leaves
+on the native patch: measured 0.8–1.1× here (19 C2 spots), up to 1.6× on 200 spots of C2–C6
+(bench/wsi.py); one native pixel off reads ≥ 2.5×."""
 PATCH_TOLERANCE = 2.5
-"""Mean |Δ| (of 255) between a spot patch (224 px) cut from the native image and the patch of
-the same tissue cut from the 3× pyramid (JPEG q90 tiles, read at level 1): measured 1.3–1.7
-on 19 C2 spots (1.1 with lossless-quality tiles), against 1.5–2.0 for the native patch
-re-encoded once as JPEG q90 (the noise floor); one native pixel off reads 4.7–8.5."""
+"""Mean |Δ| (of 255) allowed between two readers' patches of the same square."""
 
 
 @pytest.fixture(scope="session")
@@ -145,12 +147,15 @@ def _patch_pair(native_path: Path, slide: Path, x: float, y: float, shift: int =
 def test_patches_from_the_pyramid_equal_the_native_ones_within_jpeg_noise(native, pyramids, kind):
     centres = _spot_centres()
     assert len(centres) >= 12
-    diffs = [np.abs(np.subtract(*_patch_pair(native[0], pyramids[kind], x, y))).mean()
-             for x, y in centres]
-    assert max(diffs) < PATCH_TOLERANCE, diffs
-    off = [np.abs(np.subtract(*_patch_pair(native[0], pyramids[kind], x, y, shift=1))).mean()
-           for x, y in centres]
-    assert min(off) > PATCH_TOLERANCE, off
+    ratios, off = [], []
+    for x, y in centres:
+        a, b = _patch_pair(native[0], pyramids[kind], x, y)
+        noise = _jpeg_noise(a.astype(np.uint8))
+        ratios.append(np.abs(a - b).mean() / noise)
+        a, b = _patch_pair(native[0], pyramids[kind], x, y, shift=1)
+        off.append(np.abs(a - b).mean() / noise)
+    assert max(ratios) < JPEG_PASSES, ratios
+    assert min(off) > JPEG_PASSES, off  # the check can tell one native pixel
 
 
 def test_ome_and_tiff_backends_read_the_same_tissue_edges_white(pyramids):
