@@ -23,8 +23,8 @@ FACTOR = 3  # 0.23 µm/px, a 40x scan
 JPEG_PASSES = 2.0
 """A spot patch cut from the 3× pyramid (JPEG q90 tiles, read at level 1) differs from the
 native patch of the same tissue by less than this many times what one JPEG q90 pass leaves
-on the native patch: measured 0.8–1.1× here (19 C2 spots), up to 1.6× on 200 spots of C2–C6
-(bench/wsi.py); one native pixel off reads ≥ 2.5×."""
+on the native patch: measured 0.98–1.14× here (19 C2 spots), up to 1.6× on 200 spots of C2–C6
+(bench/wsi.py); one native pixel off reads 3.7–5.5×."""
 PATCH_TOLERANCE = 2.5
 """Mean |Δ| (of 255) allowed between two readers' patches of the same square."""
 
