@@ -67,6 +67,14 @@ def _openslide() -> str:
     return f"openslide-python {openslide.__version__}, library {openslide.__library_version__}"
 
 
+def _tiffslide() -> str:
+    import tiffslide
+
+    from asign.ingest.slides import BACKENDS
+
+    return f"tiffslide {tiffslide.__version__}; slide backends, in order: {', '.join(BACKENDS)}"
+
+
 def _ants() -> str:
     import ants
 
@@ -166,6 +174,7 @@ def run_checks() -> list[Check]:
         _try("dgl", _dgl, f"{_PIP} dgl==2.1.0"),
         _try("torch-geometric", _pyg, f"{_PIP} torch-geometric", optional=True),
         _try("openslide", _openslide, f"{_PIP} openslide-python openslide-bin"),
+        _try("tiffslide", _tiffslide, f"{_PIP} tiffslide (OME-TIFF pyramids)"),
         _try("antspyx", _ants, f"{_PIP} antspyx"),
         _try("opencv", _cv2, f"{_PIP} opencv-python-headless"),
         _try("lmdb", _lmdb, f"{_PIP} lmdb"),

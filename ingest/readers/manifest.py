@@ -13,7 +13,7 @@ TOML (``manifest.toml``)::
     image = "img/L1.tif"       # optional when the spots carry x_um, y_um
     counts = "counts/L1.csv"   # optional: wide table, first column spot id, one column per gene
     spots = "spots/L1.csv"     # spot id, px, py (image pixels; px = column), optional x_um, y_um
-    um_per_px = 0.5            # of the image; required with an image
+    um_per_px = 0.5            # of the image; optional when the slide's metadata states it
     section_um = 15            # optional: spacing between consecutive z in µm (z in µm = z × it)
 
 CSV (``manifest.csv``): the same keys as columns, one row per section, empty cell = absent.
@@ -26,7 +26,8 @@ aligned elsewhere, e.g. with PASTE) must then be given for every section of that
 the align step keeps them. A section with counts but neither image nor aligned coordinates
 is kept for its labels only, with a warning. A section with an image and no spots is an
 image-only section (a virtual lattice is laid later); it inherits spot diameter and pitch
-from its sample.
+from its sample. A slide that states its µm/px (OpenSlide ``mpp-x``, OME
+``PhysicalSizeX``, TIFF resolution tags) is checked against ``um_per_px``, or supplies it.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from asign.errors import InputError, ValidationErrors
+from asign.ingest.images import um_per_px
 from asign.ingest.readers.base import Reader, check_spots_in_image, finish_sample, sample_matches
 from asign.ingest.readers.tables import (
     check_unique,
@@ -145,7 +147,11 @@ def _parse_rows(path: Path, raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if key in row:
                 out[key] = (base / str(row[key])).resolve()
         if "image" in out and "um_per_px" not in out:
-            problems.append(f"{where}: an image needs um_per_px")
+            meta = um_per_px(out["image"], None) if out["image"].is_file() else None
+            if meta is None:
+                problems.append(f"{where}: an image needs um_per_px (its file states none)")
+            else:
+                out["um_per_px"] = meta
         if "counts" in out and "spots" not in out:
             problems.append(f"{where}: counts need a spots table")
         if not {"image", "counts"} & set(out):
@@ -223,6 +229,7 @@ def _read_section(row: dict[str, Any], manifest: Path) -> SectionInput:
                 path=spots_path,
                 fix="add px, py (image pixels) columns",
             )
+        row = {**row, "um_per_px": um_per_px(image, row.get("um_per_px"))}
         check_spots_in_image(spots, image, what=f"spot centre(s) of {spots_path.name}" if spots_path else "spot centre(s)",
                              fix="check the image, the px/py columns (px = column) and um_per_px belong together")
     return SectionInput(
