@@ -184,6 +184,7 @@ def ingest(
     threads: Annotated[int | None, typer.Option("--threads", help="Torch CPU threads of the encoder in a serial run. Default: the cores idle at start (usable cores − 1-min load average, ≥ 1); beside other jobs torch's all-cores default measured 3.75× slower (bench/scale.py). The store is the same either way.")] = None,
     workers: WorkersOpt = 0,
     scheduler: SchedulerOpt = None,
+    invalidate_runs: Annotated[bool, typer.Option("--invalidate-runs", help="Allow a re-ingest that changes what existing runs were trained on; those runs are marked stale (export and report refuse them).")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Register, align, crop, embed and graph a sample into a feature store.
@@ -201,7 +202,7 @@ def ingest(
         align=AlignOptions(transform=transform, syn=syn, reference=reference, init=_parse_init(init or [])),
         encoder=encoder, weights=weights, allow_download=download, device=device, batch_size=batch_size,
         cross_weight=cross_weight, section_um=section_um, seed=seed, wait=wait,
-        threads=threads, workers=workers, scheduler=scheduler,
+        threads=threads, workers=workers, scheduler=scheduler, invalidate_runs=invalidate_runs,
     )
     summary = ingest_stage.run(cfg)  # validates every option before any work
     if as_json:
@@ -345,12 +346,20 @@ def plan(
 
 
 @_command(cls=_Command)
-def check(store: StoreOpt, as_json: JsonOpt = False) -> None:
+def check(store: StoreOpt,
+          repair: Annotated[bool, typer.Option("--repair", help="Redo in place what check flags (see docs/store.md); exits 1 if anything is left.")] = False,
+          as_json: JsonOpt = False) -> None:
     """Verify a store: manifest and input hashes, schema versions, LMDB entries against the
-    tables, edge endpoints. Exits 1 with the full list of problems."""
+    tables, edge endpoints, runs against the store state they were trained on. Exits 1 with
+    the full list of problems."""
     from asign.store import open_store
     from asign.store.check import inspect_store
 
+    if repair:
+        from asign.commands.repair import repair_store
+
+        for line in repair_store(store)["repaired"]:
+            typer.echo(f"repaired: {line}", err=True)
     report_ = inspect_store(open_store(store))
     problems = report_.problems
     if as_json:

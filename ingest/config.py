@@ -60,6 +60,11 @@ class IngestConfig:
     scheduler: str | None = None
     # seconds to wait for another ingest that is writing the same store (store/locks.py)
     wait: float = 10.0
+    # a re-ingest that changes what existing runs were trained on is refused unless this is
+    # set; then those runs are marked stale (store/binding.py)
+    invalidate_runs: bool = False
+    # internal (`asign check --repair`): re-hash every file to decide what is intact
+    verify: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return jsonable(asdict(self))

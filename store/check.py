@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import os
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,7 +29,8 @@ import pyarrow.parquet as pq
 from asign.errors import AsignError
 from asign.schemas import SCHEMA_VERSION, TABLES
 from asign.schemas.vocabulary import EDGE_KINDS
-from asign.store import Store, records
+from asign.store import Store, binding, records
+from asign.store.integrity import vectors_problem
 from asign.store.layout import OPTIONAL_STEP_TABLES, RUN_TABLES, SAMPLE_TABLES, STEP_TABLES
 from asign.store.locks import run_alive
 from asign.store.manifest import file_sha256, table_problem
@@ -37,8 +39,9 @@ from asign.store.vectors import _emb_key
 
 log = logging.getLogger(__name__)
 
-RUN_STATUSES = ("running", "done", "interrupted", "failed")
-_REINGEST = "re-run `asign ingest` (it redoes every step whose tables changed)"
+RUN_STATUSES = ("running", "done", "interrupted", "failed", "stale")
+_REINGEST = "run `asign check --repair` (it redoes every step whose outputs changed)"
+_REPAIR = "`asign check --repair`"
 
 
 @dataclass
@@ -69,8 +72,13 @@ def inspect_store(store: Store) -> CheckReport:
         problems += _check_inputs(store)
         problems += _check_samples_known(store, manifest)
 
+    problems += _check_files(store)
     vec = None
-    if store.layout.vectors.exists():
+    if not store.layout.vectors.exists():
+        problems += [f"{why}; {_REINGEST}" for sample_id, steps in manifest["steps"].items()
+                     for step in ("patches", "embed")
+                     if step in steps and (why := vectors_problem(store, manifest, sample_id, step))][:1]
+    else:
         try:
             vec = store.vectors(readonly=True)
         except AsignError as err:
@@ -98,12 +106,50 @@ def _check_table_hashes(store: Store, manifest: dict[str, Any], notes: list[str]
         return []
     problems = []
     layout = store.layout
-    names = set(recorded) | {layout.relative(p) for p in layout.ingest_table_files()}
+    present = layout.ingest_files()
+    if not any(rel.startswith("qc/") for rel in recorded):  # QC pictures unrecorded: older asign
+        present = [p for p in present if p.suffix == ".parquet"]
+    names = set(recorded) | {layout.relative(p) for p in present}
     for rel in sorted(names):
         why = table_problem(layout, rel, recorded.get(rel), full=True)
         if why is not None:
             problems.append(f"{layout.root / rel}: {why}; {_REINGEST}")
     return problems
+
+
+def _check_files(store: Store) -> list[str]:
+    """Every file below the root is a plain file of a kind the layout names (no symlink, no
+    stranger), and a checkpoint or QC picture belongs to a run or section the store has."""
+    layout = store.layout
+    problems = []
+    runs = {Path(p).stem for p in glob.glob(layout.table_glob("runs"))}
+    qc = {layout.alignment_png(s) for s in _names(store, "sections", "sample_id")}
+    qc |= {f(s) for s in _names(store, "sections", "section_id")
+           for f in (layout.thumbnail, layout.fine_thumbnail)}
+    for path in sorted(layout.root.rglob("*")):
+        if path.name.startswith(".") and path.name.endswith(".tmp"):
+            continue  # reported as a leftover temporary file
+        if path.is_symlink():
+            problems.append(f"{path}: is a symlink (to {os.path.realpath(path)}); a store holds plain "
+                            f"files only; {_REPAIR} replaces it with a copy of what it points to")
+            continue
+        if path.is_dir():
+            continue
+        kind = layout.kind_of(path)
+        if kind is None:
+            problems.append(f"{path}: not a file asign writes here; {_REPAIR} deletes it")
+        elif kind.name == "checkpoint" and path.stem.split(".fold")[0] not in runs:
+            problems.append(f"{path}: checkpoint of no run in the store; {_REPAIR} deletes it")
+        elif kind.name in ("thumbnail", "alignment-picture") and qc and path not in qc:
+            problems.append(f"{path}: QC picture of no section or sample in the store; {_REPAIR} deletes it")
+    return problems
+
+
+def _names(store: Store, table: str, column: str) -> set[str]:
+    try:
+        return set(store.read(table, columns=[column]).column(column).to_pylist()) if store.has(table) else set()
+    except AsignError:
+        return set()
 
 
 def _table_files(store: Store) -> list[tuple[str, Path]]:
@@ -236,7 +282,7 @@ def _check_sample(store: Store, sample_id: str, steps: dict, vec: Any, encoder: 
             gone = [s for s in wanted if not vec.has_patch(s)]
             if gone:
                 problems.append(f"{vec.path}: {len(gone)} of {len(wanted)} spot patches of sample {sample_id} "
-                                f"missing (e.g. patch/{gone[0]}); {_REINGEST} --steps patches,embed,graph")
+                                f"missing (e.g. patch/{gone[0]}); {_REINGEST}")
     if "embed" in steps and ok["embeddings"] and vec is not None and encoder:
         _check_embeddings(store, sample_id, vec, encoder, dim, spot_ids, tile_ids if ok["tiles"] else None, report)
     if ok["edges"]:
@@ -263,7 +309,7 @@ def _check_embeddings(store: Store, sample_id: str, vec: Any, encoder: str, dim:
     other = {r["encoder"] for r in index} - {encoder}
     if other:
         report.problems.append(f"{path}: rows of encoder(s) {sorted(other)}, but the manifest records "
-                               f"embeddings of {encoder!r}; {_REINGEST} --steps embed,graph")
+                               f"embeddings of {encoder!r}; {_REINGEST}")
     rows = [r for r in index if r["encoder"] == encoder]
     missing, wrong_size, non_finite = [], [], []
     want_bytes = 2 * int(dim) if dim else None
@@ -279,7 +325,7 @@ def _check_embeddings(store: Store, sample_id: str, vec: Any, encoder: str, dim:
     if missing:
         r = missing[0]
         report.problems.append(f"{vec.path}: {len(missing)} of {len(rows)} embeddings listed in {path} are missing "
-                               f"(e.g. emb/{encoder}/{r['level']}/{r['id']}); {_REINGEST} --steps embed,graph")
+                               f"(e.g. emb/{encoder}/{r['level']}/{r['id']}); {_REINGEST}")
     if wrong_size:
         r = wrong_size[0]
         report.problems.append(f"{vec.path}: {len(wrong_size)} embeddings of sample {sample_id} are not {dim} "
@@ -288,7 +334,7 @@ def _check_embeddings(store: Store, sample_id: str, vec: Any, encoder: str, dim:
         r = non_finite[0]
         report.problems.append(f"{vec.path}: {len(non_finite)} embeddings of sample {sample_id} hold NaN/inf "
                                f"(first in section {r['section_id']}: emb/{encoder}/{r['level']}/{r['id']}); "
-                               f"{_REINGEST} --steps embed,graph")
+                               f"{_REINGEST}")
     unknown_spots = {r["id"] for r in rows if r["level"] == "spot"} - spot_ids
     if unknown_spots:
         report.problems.append(f"{path}: {len(unknown_spots)} spot embeddings of spots not in the spots table "
@@ -316,7 +362,7 @@ def _check_edges(store: Store, sample_id: str, spot_ids: set[str], problems: lis
         dangling = ids - spot_ids
         if dangling:
             problems.append(f"{path}: {len(dangling)} edge {end} endpoints are not spots of sample {sample_id} "
-                            f"(e.g. {_first(dangling)}); {_REINGEST} --steps graph")
+                            f"(e.g. {_first(dangling)}); {_REINGEST}")
     kinds = set(edges.column("kind").to_pylist()) - set(EDGE_KINDS)
     if kinds:
         problems.append(f"{path}: unknown edge kinds {sorted(kinds)}")
@@ -345,6 +391,7 @@ def _check_results(store: Store, readable: dict[Path, bool], report: CheckReport
             problems.append(f"{path}: holds run(s) {[r['run_id'] for r in rows]}, expected the one run {key!r}")
             continue
         status = rows[0]["status"]
+        _check_binding(store, key, path, report)
         if status == "running" and not run_alive(layout.run_lock(key)):
             report.notes.append(f"{path}: run {key} is interrupted (its process died while running; no "
                                 "process holds its lock); finish it with the same `asign train` command "
@@ -373,6 +420,27 @@ def _check_results(store: Store, readable: dict[Path, bool], report: CheckReport
                 if unknown:
                     report.notes.append(f"{path}: predictions for {len(unknown)} spots not in the store "
                                         f"(e.g. {_first(unknown)}); the store was re-ingested after this run")
+
+
+def _check_binding(store: Store, key: str, path: Path, report: CheckReport) -> None:
+    """The run still matches the store state it was trained on (store/binding.py)."""
+    row = store.read("runs", key, columns=["run_id", "status", "config"]).to_pylist()[0]
+    try:
+        manifest = store.manifest()
+        sections = store.read("sections").to_pylist() if store.has("sections") else []
+    except AsignError:  # reported with the tables
+        return
+    reasons = binding.stale_reasons(store.layout, manifest, sections, row)
+    if reasons is None:
+        report.notes.append(f"{path}: run {key} records no store binding (an older asign "
+                            "trained it); whether it matches the store was not verified")
+    elif row["status"] == binding.STALE:
+        report.notes.append(f"{path}: run {key} is stale ({'; '.join(reasons[:2])}); export and "
+                            "report refuse it; re-run the same `asign train` command to replace it")
+    elif reasons and row["status"] == "done":
+        report.problems.append(f"{path}: run {key} no longer matches the store it was trained on "
+                               f"({'; '.join(reasons[:2])}); `asign check --repair` marks it stale, "
+                               "then re-run the same `asign train` command")
 
 
 def _check_result_records(store: Store, files: dict[str, dict[str, Path]], readable: dict[Path, bool],
@@ -409,7 +477,7 @@ def _non_finite_labels(store: Store, sample_id: str, path: Path) -> list[str]:
     owner = np.repeat(np.arange(tab.num_rows), lengths)
     rows = np.unique(owner[~np.isfinite(flat)])
     first = tab.column("section_id")[int(rows[0])].as_py()
-    return [f"{path}: {len(rows)} label vectors hold NaN/inf (first in section {first}); {_REINGEST} --steps register"]
+    return [f"{path}: {len(rows)} label vectors hold NaN/inf (first in section {first}); {_REINGEST}"]
 
 
 def _non_finite_predictions(store: Store, key: str, path: Path) -> list[str]:
