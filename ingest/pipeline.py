@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from asign.progress import Reporter, reporter
 from asign.store import Store, StoreLayout, open_store, prepare_root
 from asign.store.atomic import remove_stale_temps
 from asign.store.binding import guard
+from asign.store.integrity import entries_digest, forget_done
 from asign.store.locks import writer_lock
 from asign.store.manifest import fingerprint, mark_step, step_fingerprint
 
@@ -32,7 +34,10 @@ def _read(cfg: IngestConfig) -> list[SampleInput]:
     from asign.ingest.readers import read_samples
 
     samples: list[SampleInput] = []
-    for src in cfg.sources:
+    for given in cfg.sources:
+        # absolute: the sections table records input paths, which must not depend on the
+        # directory ingest happened to run from (check and repair read them later)
+        src = Path(os.path.abspath(given))
         samples += read_samples(src, cfg.format, cfg.samples)
         if cfg.extra_2d:
             samples += read_samples(src, cfg.format, ",".join(cfg.extra_2d), allow_single=True)
@@ -169,6 +174,8 @@ def _run(cfg: IngestConfig, resolved: str | None, store: Store, rep: Reporter | 
                         manifest = backfill_fine_thumbnails(store, manifest, sample_id)
                     continue
                 guard(store, manifest, sample_id, step, fp, invalidate=cfg.invalidate_runs)
+                if step in LMDB_STEPS and step_fingerprint(manifest, sample_id, step) == fp:
+                    forget_done(store, sample_id, step)  # a repair: recompute, not resume
                 try:
                     info = record.run(store, cfg, sample_id, fp, rep, runner)
                 except ClusterError as err:  # the other samples go on; this one is reported
@@ -176,6 +183,9 @@ def _run(cfg: IngestConfig, resolved: str | None, store: Store, rep: Reporter | 
                     summary.setdefault("failed", []).append(str(err))
                     continue
                 manifest = store.manifest()  # steps may record params
+                if step in LMDB_STEPS:  # what check and repair compare the entries with
+                    info = {**(info or {}),
+                            "entries_sha256": entries_digest(store, manifest, sample_id, step)}
                 mark_step(manifest, sample_id, step, fp, **(info or {}),
                           config=recorded_config(cfg))
                 _invalidate_after(manifest, sample_id, step)
@@ -223,6 +233,7 @@ def _prefetch(runner: Runner, store: Store, manifest: dict[str, Any], cfg: Inges
     runner.prefetch(graph_unit, [(str(store.root), cfg, s) for s in todo], todo, description=f"{step}")
 
 
+LMDB_STEPS = ("patches", "embed")  # steps whose outputs are LMDB entries as well as tables
 # Options that decide where and how fast, never what: left out of the recorded config.
 _RUNTIME = ("store", "wait", "threads", "workers", "scheduler", "invalidate_runs", "verify")
 
@@ -231,18 +242,25 @@ def recorded_config(cfg: IngestConfig) -> dict[str, Any]:
     """The options a step ran with, recorded beside its done marker so `asign check
     --repair` can redo exactly that step (sources as absolute paths)."""
     out = {k: v for k, v in cfg.to_json().items() if k not in _RUNTIME}
-    out["sources"] = [str(Path(p).resolve()) for p in cfg.sources]
+    out["sources"] = [os.path.abspath(p) for p in cfg.sources]
     return out
 
 
 def _remember(store: Store, manifest: dict[str, Any], sample_ids: list[str], step: str,
               cfg: IngestConfig) -> None:
     """A step skipped as finished under the same fingerprint: record the options it ran
-    with where an older asign did not (what `asign check --repair` redoes it with)."""
-    missing = [s for s in sample_ids if "config" not in manifest["steps"][s][step]]
-    for s in missing:
-        manifest["steps"][s][step]["config"] = recorded_config(cfg)
-    if missing:
+    with (what `asign check --repair` redoes it with) and the digest of its LMDB entries
+    where an older asign did not."""
+    changed = False
+    for s in sample_ids:
+        record = manifest["steps"][s][step]
+        if "config" not in record:
+            record["config"] = recorded_config(cfg)
+            changed = True
+        if step in LMDB_STEPS and "entries_sha256" not in record:
+            record["entries_sha256"] = entries_digest(store, manifest, s, step)
+            changed = True
+    if changed:
         store.save_manifest(manifest)
 
 

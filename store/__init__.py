@@ -97,7 +97,7 @@ class Store:
             rows = self.read("sections", columns=["sample_id", "section_id"]).to_pylist()
             ids = [r["section_id"] for r in rows if r["sample_id"] == sample_id]
             return integrity.qc_problem(self.layout, manifest, sample_id, ids, full=full) is None
-        return integrity.vectors_problem(self, manifest, sample_id, step) is None
+        return integrity.vectors_problem(self, manifest, sample_id, step, full=full) is None
 
     # tables ---------------------------------------------------------------
     def write(self, name: str, table: pa.Table | dict, key: str | None = None) -> pa.Table:

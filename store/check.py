@@ -30,7 +30,7 @@ from asign.errors import AsignError
 from asign.schemas import SCHEMA_VERSION, TABLES
 from asign.schemas.vocabulary import EDGE_KINDS
 from asign.store import Store, binding, records
-from asign.store.integrity import vectors_problem
+from asign.store.integrity import digest_problem, vectors_problem
 from asign.store.layout import OPTIONAL_STEP_TABLES, RUN_TABLES, SAMPLE_TABLES, STEP_TABLES
 from asign.store.locks import run_alive
 from asign.store.manifest import file_sha256, table_problem
@@ -283,6 +283,9 @@ def _check_sample(store: Store, sample_id: str, steps: dict, vec: Any, encoder: 
             if gone:
                 problems.append(f"{vec.path}: {len(gone)} of {len(wanted)} spot patches of sample {sample_id} "
                                 f"missing (e.g. patch/{gone[0]}); {_REINGEST}")
+    if vec is not None:
+        problems += [f"{why}; {_REINGEST}" for step in ("patches", "embed") if step in steps
+                     and (why := digest_problem(store, store.manifest(), sample_id, step, vec))]
     if "embed" in steps and ok["embeddings"] and vec is not None and encoder:
         _check_embeddings(store, sample_id, vec, encoder, dim, spot_ids, tile_ids if ok["tiles"] else None, report)
     if ok["edges"]:
@@ -469,13 +472,20 @@ def _check_result_records(store: Store, files: dict[str, dict[str, Path]], reada
 
 
 def _non_finite_labels(store: Store, sample_id: str, path: Path) -> list[str]:
-    tab = store.read("labels", key=sample_id, columns=["section_id", "value"])
+    """NaN is allowed only where the count is null: a gene absent from the section's
+    counts, masked at ingest (absent is not zero)."""
+    tab = store.read("labels", key=sample_id, columns=["section_id", "value", "counts"])
     flat = pc.list_flatten(tab.column("value")).to_numpy(zero_copy_only=False)
     if np.isfinite(flat).all():
         return []
+    counts = pc.list_flatten(tab.column("counts"))
+    masked = counts.is_null().to_numpy(zero_copy_only=False) if len(counts) == len(flat) else False
+    damaged = ~np.isfinite(flat) & ~(np.isnan(flat) & masked)
+    if not damaged.any():
+        return []
     lengths = pc.list_value_length(tab.column("value")).to_numpy(zero_copy_only=False)
     owner = np.repeat(np.arange(tab.num_rows), lengths)
-    rows = np.unique(owner[~np.isfinite(flat)])
+    rows = np.unique(owner[damaged])
     first = tab.column("section_id")[int(rows[0])].as_py()
     return [f"{path}: {len(rows)} label vectors hold NaN/inf (first in section {first}); {_REINGEST}"]
 

@@ -30,9 +30,11 @@ def qc_problem(layout: StoreLayout, manifest: dict[str, Any], sample_id: str,
     return None
 
 
-def vectors_problem(store: Any, manifest: dict[str, Any], sample_id: str, step: str) -> str | None:
+def vectors_problem(store: Any, manifest: dict[str, Any], sample_id: str, step: str, *,
+                    full: bool = False) -> str | None:
     """Patches (``patches``) or embeddings (``embed``) the tables list but the LMDB lacks:
-    counted per section, from the spot→tile map and the embeddings table."""
+    counted per section, from the spot→tile map and the embeddings table; ``full``: also
+    their bytes against the digest recorded at ingest."""
     if step not in ("patches", "embed"):
         return None
     path = store.layout.vectors
@@ -62,4 +64,84 @@ def vectors_problem(store: Any, manifest: dict[str, Any], sample_id: str, step: 
         return str(err)
     except Exception as err:  # noqa: BLE001 - lmdb.Error and friends: a damaged database
         return f"{path}: unreadable ({type(err).__name__}: {err})"
-    return None
+    return digest_problem(store, manifest, sample_id, step) if full else None
+
+
+def _sections_of(store: Any, sample_id: str) -> list[str]:
+    rows = store.read("sections", columns=["sample_id", "section_id"]).to_pylist()
+    return sorted(r["section_id"] for r in rows if r["sample_id"] == sample_id)
+
+
+def _prefixes(store: Any, manifest: dict[str, Any], sample_id: str, step: str) -> list[bytes]:
+    sections = _sections_of(store, sample_id)
+    if step == "patches":
+        return [f"patch/{s}/".encode() for s in sections]
+    encoder = ((manifest.get("params") or {}).get("embed") or {}).get("encoder")
+    return [f"emb/{encoder}/{level}/{s}/".encode() for level in ("global", "region", "spot")
+            for s in sections]
+
+
+def entries_digest(store: Any, manifest: dict[str, Any], sample_id: str, step: str,
+                   vec: Any = None) -> str:
+    """sha256 over the keys and values of a sample's LMDB entries of ``step`` (patches or
+    embed), recorded with the step's done marker: LMDB keeps no checksum of its own, so a
+    changed byte in a vector would otherwise pass every count."""
+    import hashlib
+
+    h = hashlib.sha256()
+    opened = store.vectors(readonly=True) if vec is None else None
+    with (opened or vec).env.begin() as txn:
+        cur = txn.cursor()
+        for prefix in _prefixes(store, manifest, sample_id, step):
+            if not cur.set_range(prefix):
+                continue
+            for key, value in cur.iternext():
+                if not bytes(key).startswith(prefix):
+                    break
+                h.update(len(key).to_bytes(4, "little") + bytes(key))
+                h.update(len(value).to_bytes(8, "little") + bytes(value))
+    if opened is not None:
+        opened.close()
+    return h.hexdigest()
+
+
+def digest_problem(store: Any, manifest: dict[str, Any], sample_id: str, step: str,
+                   vec: Any = None) -> str | None:
+    """The sample's entries of ``step`` differ from the digest its done marker recorded."""
+    recorded = ((manifest.get("steps") or {}).get(sample_id, {}).get(step) or {}).get(
+        "entries_sha256")
+    if recorded is None or not store.layout.vectors.exists():
+        return None
+    try:
+        if entries_digest(store, manifest, sample_id, step, vec) == recorded:
+            return None
+    except Exception as err:  # noqa: BLE001 - lmdb.Error and friends: a damaged database
+        return f"{store.layout.vectors}: unreadable ({type(err).__name__}: {err})"
+    return (f"{store.layout.vectors}: the {step} entries of sample {sample_id} differ from what "
+            "the step wrote (sha256 recorded at ingest)")
+
+
+# The LMDB resume markers a redone step must forget: its own and those of the steps after
+# it (a redone patches step is followed by embed, which must recompute, not resume).
+_MARKERS = {"patches": ("patches", "emb"), "embed": ("emb",)}
+
+
+def forget_done(store: Any, sample_id: str, step: str) -> int:
+    """Drop the LMDB's resume markers (``done/KIND/FP/SECTION/…``) of a sample's sections
+    for ``step`` and later, so a step redone to repair it recomputes every unit instead of
+    trusting them."""
+    sections = set(_sections_of(store, sample_id))
+    kinds = _MARKERS[step]
+    with store.vectors(readonly=False) as vec, vec.env.begin(write=True) as txn:
+        cur = txn.cursor()
+        stale = []
+        if cur.set_range(b"done/"):
+            for key in cur.iternext(values=False):
+                parts = bytes(key).decode(errors="replace").split("/")
+                if parts[0] != "done":
+                    break
+                if len(parts) > 3 and parts[1] in kinds and parts[3] in sections:
+                    stale.append(bytes(key))
+        for key in stale:
+            txn.delete(key)
+    return len(stale)
