@@ -24,7 +24,6 @@ from typing import Any
 
 from asign.errors import StoreError
 from asign.store import Store, open_store
-from asign.store.layout import RUN_TABLES
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +37,8 @@ def repair_store(root: Path) -> dict[str, Any]:
     done: list[str] = []
     with writer_lock(store.layout.writable(store.layout.ingest_lock), wait=10.0):
         done += _fix_files(store)
+        done += _rebuild_ingest_record(store)
+        done += _rerecord(store)
     configs = _step_configs(store)
     if configs is None:
         left = inspect_store(store).problems
@@ -80,23 +81,42 @@ def _fix_files(store: Store) -> list[str]:
     return done
 
 
-def _strangers(store: Store) -> list[Path]:
-    """The files check calls strangers: found by asking check (one definition)."""
-    from asign.store.check import _check_files
+def _rebuild_ingest_record(store: Store) -> list[str]:
+    """The ingest tables' write record, re-made from the manifest's table hashes when check
+    says it is corrupt or incomplete."""
+    from asign.store.check import _REBUILD, inspect_store
 
-    out = []
-    for problem in _check_files(store):
-        if problem.endswith("deletes it"):
-            out.append(Path(problem.split(": ", 1)[0]))
+    if not any(p.endswith(_REBUILD) for p in inspect_store(store).problems):
+        return []
+    record = store.layout.record_of("sections")
+    record.unlink(missing_ok=True)
+    manifest = store.manifest()
+    store.save_manifest(manifest)
+    return [f"rebuilt {record} from the manifest"]
+
+
+def _rerecord(store: Store) -> list[str]:
+    """Runs whose write record was lost: record their files as they are (check said so)."""
+    from asign.store import records
+    from asign.store.check import inspect_store
+    from asign.store.check_results import _RERECORD
+
+    runs = {Path(p.split(": ", 1)[0]).stem for p in inspect_store(store).problems
+            if p.endswith(_RERECORD)}
+    return [f"recorded {p} as it is" for run_id in sorted(runs)
+            for p in records.rerecord_run(store.layout, run_id)]
+
+
+def _strangers(store: Store) -> list[Path]:
+    """The files check says repair deletes (one definition: check's), and ingest tables no
+    finished step recorded (an interrupted write or a stranger)."""
+    from asign.store.check import inspect_store
+
+    out = [Path(p.split(": ", 1)[0]) for p in inspect_store(store).problems
+           if p.endswith("deletes it")]
     recorded = store.manifest().get("tables") or {}
-    for path in store.layout.ingest_table_files():
-        if store.layout.relative(path) not in recorded:
-            out.append(path)  # no ingest finished with it: an interrupted write or a stranger
-    runs = {p.stem for p in store.layout.results.joinpath("runs").glob("*.parquet")}
-    for name in RUN_TABLES[1:]:
-        out += [p for p in store.layout.results.joinpath(name).glob("*.parquet")
-                if p.stem not in runs]
-    return [p for p in dict.fromkeys(out) if p.is_file()]
+    out += [p for p in store.layout.ingest_table_files() if store.layout.relative(p) not in recorded]
+    return [p for p in dict.fromkeys(out) if p.is_file() and not p.is_symlink()]
 
 
 def _vectors_readable(store: Store) -> bool:

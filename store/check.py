@@ -29,19 +29,19 @@ import pyarrow.parquet as pq
 from asign.errors import AsignError
 from asign.schemas import SCHEMA_VERSION, TABLES
 from asign.schemas.vocabulary import EDGE_KINDS
-from asign.store import Store, binding, records
+from asign.store import Store, records
+from asign.store.check_results import check_results
 from asign.store.integrity import digest_problem, vectors_problem
 from asign.store.layout import OPTIONAL_STEP_TABLES, RUN_TABLES, SAMPLE_TABLES, STEP_TABLES
-from asign.store.locks import run_alive
 from asign.store.manifest import file_sha256, table_problem
 from asign.store.parquet import check_version
 from asign.store.vectors import _emb_key
 
 log = logging.getLogger(__name__)
 
-RUN_STATUSES = ("running", "done", "interrupted", "failed", "stale")
 _REINGEST = "run `asign check --repair` (it redoes every step whose outputs changed)"
 _REPAIR = "`asign check --repair`"
+_RETRAIN = "re-run the same `asign train` command (it rewrites the run's files)"
 
 
 @dataclass
@@ -56,6 +56,14 @@ def check_store(store: Store) -> list[str]:
 
 
 def inspect_store(store: Store) -> CheckReport:
+    """Every problem and note, one line each (whatever a library's message held)."""
+    report = _inspect(store)
+    report.problems[:] = [p.replace("\n", " ") for p in report.problems]
+    report.notes[:] = [n.replace("\n", " ") for n in report.notes]
+    return report
+
+
+def _inspect(store: Store) -> CheckReport:
     report = CheckReport()
     store = replace(store, strict_rows=False)  # edited tables are reported, not refused
     try:
@@ -64,6 +72,13 @@ def inspect_store(store: Store) -> CheckReport:
         report.problems.append(str(err))
         return report
     problems = report.problems
+    record = store.layout.record_of("sections")
+    try:
+        recorded = records.load(record)
+    except AsignError as err:  # every table read consults it: nothing else can be checked
+        problems.append(f"{err}; {_REBUILD}")
+        return report
+    problems += [f"{record}: {why}; {_REBUILD}" for why in _ingest_record_problems(store, manifest, recorded)][:1]
     problems += _check_table_hashes(store, manifest, report.notes)
     readable = _check_table_files(store, manifest, problems)
     leftovers = sorted(glob.glob(str(store.root / "**" / ".*.tmp"), recursive=True))
@@ -91,11 +106,24 @@ def inspect_store(store: Store) -> CheckReport:
     finally:
         if vec is not None:
             vec.close()
-    _check_results(store, readable, report)
+    check_results(store, readable, report)
     return report
 
 
 # --- files ---------------------------------------------------------------------------------
+
+_REBUILD = "`asign check --repair` rebuilds it from the manifest"
+
+
+def _ingest_record_problems(store: Store, manifest: dict[str, Any], recorded: dict[str, Any]) -> list[str]:
+    """The ingest tables' write record lists what the manifest accepts (records.sync_ingest)."""
+    out = []
+    for rel, info in (manifest.get("tables") or {}).items():
+        if rel.endswith(".parquet") and (store.layout.root / rel).exists() and not any(
+                e.get("sha256") == info.get("sha256") for e in recorded.get(rel, [])):
+            out.append(f"no entry for {rel}, which the manifest records")
+    return out
+
 
 def _check_table_hashes(store: Store, manifest: dict[str, Any], notes: list[str]) -> list[str]:
     recorded = manifest.get("tables")
@@ -140,9 +168,23 @@ def _check_files(store: Store) -> list[str]:
             problems.append(f"{path}: not a file asign writes here; {_REPAIR} deletes it")
         elif kind.name == "checkpoint" and path.stem.split(".fold")[0] not in runs:
             problems.append(f"{path}: checkpoint of no run in the store; {_REPAIR} deletes it")
+        elif kind.name == "checkpoint" and not _zip_intact(path):
+            problems.append(f"{path}: checkpoint is damaged (a resume cache: a --resume would start "
+                            f"over); {_REPAIR} deletes it")
         elif kind.name in ("thumbnail", "alignment-picture") and qc and path not in qc:
             problems.append(f"{path}: QC picture of no section or sample in the store; {_REPAIR} deletes it")
     return problems
+
+
+def _zip_intact(path: Path) -> bool:
+    """torch.save writes a zip archive: its CRCs tell a truncated or changed checkpoint."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.testzip() is None
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return False
 
 
 def _names(store: Store, table: str, column: str) -> set[str]:
@@ -169,7 +211,8 @@ def _check_table_files(store: Store, manifest: dict[str, Any], problems: list[st
         try:
             schema = pq.read_schema(path)
         except (pa.ArrowInvalid, OSError) as err:
-            problems.append(f"{path}: table is corrupt ({err}); delete it and {_REINGEST}")
+            fix = _RETRAIN if name in RUN_TABLES else _REINGEST
+            problems.append(f"{path}: table is corrupt ({err}); {fix}")
             continue
         try:
             check_version(schema, path)
@@ -376,101 +419,6 @@ def _check_edges(store: Store, sample_id: str, spot_ids: set[str], problems: lis
         problems.append(f"{path}: {int((weights < 0).sum())} edge weights are negative")
 
 
-# --- results -------------------------------------------------------------------------------
-
-def _check_results(store: Store, readable: dict[Path, bool], report: CheckReport) -> None:
-    """Each run's files agree: one runs row named like its file, metrics and predictions only
-    for runs that have a runs row, and a finished run has its metrics. Predictions for spots
-    the store no longer has (it was re-ingested after the run) are a note."""
-    problems = report.problems
-    layout = store.layout
-    files = {name: {Path(p).stem: Path(p) for p in glob.glob(layout.table_glob(name))} for name in RUN_TABLES}
-    _check_result_records(store, files, readable, report)
-    for key, path in sorted(files["runs"].items()):
-        if not readable.get(path):
-            continue
-        rows = store.read("runs", key, columns=["run_id", "status"]).to_pylist()
-        if [r["run_id"] for r in rows] != [key]:
-            problems.append(f"{path}: holds run(s) {[r['run_id'] for r in rows]}, expected the one run {key!r}")
-            continue
-        status = rows[0]["status"]
-        _check_binding(store, key, path, report)
-        if status == "running" and not run_alive(layout.run_lock(key)):
-            report.notes.append(f"{path}: run {key} is interrupted (its process died while running; no "
-                                "process holds its lock); finish it with the same `asign train` command "
-                                "and --resume, or re-run it")
-        if status not in RUN_STATUSES:
-            problems.append(f"{path}: unknown run status {status!r}")
-        if status == "done" and key not in files["metrics"]:
-            problems.append(f"{layout.table('metrics', key)}: missing although run {key} is done; "
-                            "re-run the same `asign train` command")
-    spot_ids: set[str] | None = None
-    for name in ("metrics", "predictions"):
-        for key, path in sorted(files[name].items()):
-            if key not in files["runs"]:
-                problems.append(f"{path}: {name} of run {key}, which has no runs row (delete the file, or re-run)")
-            if not readable.get(path):
-                continue
-            ids = set(store.read(name, key, columns=["run_id"]).column("run_id").unique().to_pylist())
-            if ids - {key}:
-                problems.append(f"{path}: rows of other runs {sorted(ids - {key})}")
-            if name == "predictions":
-                problems += _non_finite_predictions(store, key, path)
-                if spot_ids is None:
-                    spot_ids = _all_spot_ids(store, readable)
-                pred = set(store.read(name, key, columns=["spot_id"]).column("spot_id").unique().to_pylist())
-                unknown = pred - spot_ids
-                if unknown:
-                    report.notes.append(f"{path}: predictions for {len(unknown)} spots not in the store "
-                                        f"(e.g. {_first(unknown)}); the store was re-ingested after this run")
-
-
-def _check_binding(store: Store, key: str, path: Path, report: CheckReport) -> None:
-    """The run still matches the store state it was trained on (store/binding.py)."""
-    row = store.read("runs", key, columns=["run_id", "status", "config"]).to_pylist()[0]
-    try:
-        manifest = store.manifest()
-        sections = store.read("sections").to_pylist() if store.has("sections") else []
-    except AsignError:  # reported with the tables
-        return
-    reasons = binding.stale_reasons(store.layout, manifest, sections, row)
-    if reasons is None:
-        report.notes.append(f"{path}: run {key} records no store binding (an older asign "
-                            "trained it); whether it matches the store was not verified")
-    elif row["status"] == binding.STALE:
-        report.notes.append(f"{path}: run {key} is stale ({'; '.join(reasons[:2])}); export and "
-                            "report refuse it; re-run the same `asign train` command to replace it")
-    elif reasons and row["status"] == "done":
-        report.problems.append(f"{path}: run {key} no longer matches the store it was trained on "
-                               f"({'; '.join(reasons[:2])}); `asign check --repair` marks it stale, "
-                               "then re-run the same `asign train` command")
-
-
-def _check_result_records(store: Store, files: dict[str, dict[str, Path]], readable: dict[Path, bool],
-                          report: CheckReport) -> None:
-    """Every results file against the sha256 recorded when `asign train` wrote it."""
-    layout = store.layout
-    unrecorded = []
-    for name in RUN_TABLES:
-        for key, path in sorted(files[name].items()):
-            if records.recorded_rows(layout, name, key, path) is None:
-                unrecorded.append(path)
-                continue
-            why = records.problems(layout, name, key, path)
-            if why is not None:
-                readable[path] = False
-                report.problems.append(f"{path}: {why}; delete the run's files and re-run the same "
-                                       "`asign train` command")
-    for run_record in sorted(layout.records.joinpath("runs").glob("*.json")):
-        for rel in records.load(run_record):
-            if not (layout.root / rel).exists():
-                report.problems.append(f"{layout.root / rel}: missing, although its write is recorded in "
-                                       f"{run_record}; re-run the same `asign train` command")
-    if unrecorded:
-        report.notes.append(f"{unrecorded[0]}: {len(unrecorded)} results file(s) with no write record (written "
-                            "by an older asign, or not by asign); their contents were not verified")
-
-
 def _non_finite_labels(store: Store, sample_id: str, path: Path) -> list[str]:
     """NaN is allowed only where the count is null: a gene absent from the section's
     counts, masked at ingest (absent is not zero)."""
@@ -488,26 +436,3 @@ def _non_finite_labels(store: Store, sample_id: str, path: Path) -> list[str]:
     rows = np.unique(owner[damaged])
     first = tab.column("section_id")[int(rows[0])].as_py()
     return [f"{path}: {len(rows)} label vectors hold NaN/inf (first in section {first}); {_REINGEST}"]
-
-
-def _non_finite_predictions(store: Store, key: str, path: Path) -> list[str]:
-    """Read in row groups (a large run has tens of millions of prediction rows)."""
-    bad, first = 0, None
-    for batch in pq.ParquetFile(path).iter_batches(columns=["section_id", "value"], batch_size=1 << 20):
-        values = batch.column(1).to_numpy(zero_copy_only=False)
-        mask = ~np.isfinite(values.astype(np.float64, copy=False))
-        if mask.any():
-            bad += int(mask.sum())
-            first = first or batch.column(0)[int(np.flatnonzero(mask)[0])].as_py()
-    if not bad:
-        return []
-    return [f"{path}: {bad} predicted values of run {key} are NaN/inf (first in section {first}); "
-            "delete the run's files and re-run it"]
-
-
-def _all_spot_ids(store: Store, readable: dict[Path, bool]) -> set[str]:
-    out: set[str] = set()
-    for p in glob.glob(store.layout.table_glob("spots")):
-        if readable.get(Path(p)):
-            out |= set(store.read("spots", Path(p).stem, columns=["spot_id"]).column("spot_id").to_pylist())
-    return out
