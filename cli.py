@@ -184,7 +184,9 @@ def ingest(
     threads: Annotated[int | None, typer.Option("--threads", help="Torch CPU threads of the encoder in a serial run. Default: the cores idle at start (usable cores − 1-min load average, ≥ 1); beside other jobs torch's all-cores default measured 3.75× slower (bench/scale.py). The store is the same either way.")] = None,
     workers: WorkersOpt = 0,
     scheduler: SchedulerOpt = None,
-    invalidate_runs: Annotated[bool, typer.Option("--invalidate-runs", help="Allow a re-ingest that changes what existing runs were trained on; those runs are marked stale (export and report refuse them).")] = False,
+    invalidate_runs: Annotated[bool, typer.Option(
+        "--invalidate-runs", help="Allow a re-ingest that changes what existing runs were trained "
+        "on; those runs are marked stale (export and report refuse them).")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Register, align, crop, embed and graph a sample into a feature store.
@@ -347,7 +349,9 @@ def plan(
 
 @_command(cls=_Command)
 def check(store: StoreOpt,
-          repair: Annotated[bool, typer.Option("--repair", help="Redo in place what check flags (see docs/store.md); exits 1 if anything is left.")] = False,
+          repair: Annotated[bool, typer.Option(
+              "--repair", help="Redo in place what check flags (see docs/store.md); exits 1 if "
+              "anything is left.")] = False,
           as_json: JsonOpt = False) -> None:
     """Verify a store: manifest and input hashes, schema versions, LMDB entries against the
     tables, edge endpoints, runs against the store state they were trained on. Exits 1 with

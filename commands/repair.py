@@ -115,7 +115,8 @@ def _strangers(store: Store) -> list[Path]:
     out = [Path(p.split(": ", 1)[0]) for p in inspect_store(store).problems
            if p.endswith("deletes it")]
     recorded = store.manifest().get("tables") or {}
-    out += [p for p in store.layout.ingest_table_files() if store.layout.relative(p) not in recorded]
+    out += [p for p in store.layout.ingest_table_files()
+            if store.layout.relative(p) not in recorded]
     return [p for p in dict.fromkeys(out) if p.is_file() and not p.is_symlink()]
 
 

@@ -251,7 +251,8 @@ def labels_table(sample: SampleInput, panel: list[str], normalisation: str) -> d
     n = sum(len(i) for i in ids)
     offsets = pa.array(np.arange(n + 1, dtype=np.int64) * len(panel))
 
-    def lists(blocks: list[np.ndarray], dtype: Any, mask: list[np.ndarray] | None = None) -> pa.Array:
+    def lists(blocks: list[np.ndarray], dtype: Any,
+              mask: list[np.ndarray] | None = None) -> pa.Array:
         flat = np.concatenate([b.reshape(-1) for b in blocks]) if blocks else np.zeros(0, dtype)
         nulls = np.concatenate([m.reshape(-1) for m in mask]) if mask else None
         if nulls is not None and not nulls.any():

@@ -44,7 +44,8 @@ def binding_of(layout: StoreLayout, manifest: dict[str, Any], sections: list[dic
     samples = sorted(set(sample_ids))
     recorded = manifest.get("tables") or {}
     names = _ALWAYS + (_GRAPH if graph else ()) + (_FEATURES if features else ())
-    steps = _STEPS_ALWAYS + (("graph",) if graph else ()) + (("patches", "embed") if features else ())
+    steps = (_STEPS_ALWAYS + (("graph",) if graph else ())
+             + (("patches", "embed") if features else ()))
 
     def sha(rel: str) -> str | None:
         return (recorded.get(rel) or {}).get("sha256")

@@ -78,7 +78,8 @@ def _inspect(store: Store) -> CheckReport:
     except AsignError as err:  # every table read consults it: nothing else can be checked
         problems.append(f"{err}; {_REBUILD}")
         return report
-    problems += [f"{record}: {why}; {_REBUILD}" for why in _ingest_record_problems(store, manifest, recorded)][:1]
+    problems += [f"{record}: {why}; {_REBUILD}"
+                 for why in _ingest_record_problems(store, manifest, recorded)][:1]
     problems += _check_table_hashes(store, manifest, report.notes)
     readable = _check_table_files(store, manifest, problems)
     leftovers = sorted(glob.glob(str(store.root / "**" / ".*.tmp"), recursive=True))
@@ -92,7 +93,8 @@ def _inspect(store: Store) -> CheckReport:
     if not store.layout.vectors.exists():
         problems += [f"{why}; {_REINGEST}" for sample_id, steps in manifest["steps"].items()
                      for step in ("patches", "embed")
-                     if step in steps and (why := vectors_problem(store, manifest, sample_id, step))][:1]
+                     if step in steps
+                     and (why := vectors_problem(store, manifest, sample_id, step))][:1]
     else:
         try:
             vec = store.vectors(readonly=True)
@@ -115,7 +117,8 @@ def _inspect(store: Store) -> CheckReport:
 _REBUILD = "`asign check --repair` rebuilds it from the manifest"
 
 
-def _ingest_record_problems(store: Store, manifest: dict[str, Any], recorded: dict[str, Any]) -> list[str]:
+def _ingest_record_problems(store: Store, manifest: dict[str, Any],
+                            recorded: dict[str, Any]) -> list[str]:
     """The ingest tables' write record lists what the manifest accepts (records.sync_ingest)."""
     out = []
     for rel, info in (manifest.get("tables") or {}).items():
@@ -158,8 +161,8 @@ def _check_files(store: Store) -> list[str]:
         if path.name.startswith(".") and path.name.endswith(".tmp"):
             continue  # reported as a leftover temporary file
         if path.is_symlink():
-            problems.append(f"{path}: is a symlink (to {os.path.realpath(path)}); a store holds plain "
-                            f"files only; {_REPAIR} replaces it with a copy of what it points to")
+            problems.append(f"{path}: is a symlink (to {os.path.realpath(path)}); a store holds "
+                            f"plain files only; {_REPAIR} replaces it with a copy of its target")
             continue
         if path.is_dir():
             continue
@@ -169,10 +172,11 @@ def _check_files(store: Store) -> list[str]:
         elif kind.name == "checkpoint" and path.stem.split(".fold")[0] not in runs:
             problems.append(f"{path}: checkpoint of no run in the store; {_REPAIR} deletes it")
         elif kind.name == "checkpoint" and not _zip_intact(path):
-            problems.append(f"{path}: checkpoint is damaged (a resume cache: a --resume would start "
-                            f"over); {_REPAIR} deletes it")
+            problems.append(f"{path}: checkpoint is damaged (a resume cache: a --resume would "
+                            f"start over); {_REPAIR} deletes it")
         elif kind.name in ("thumbnail", "alignment-picture") and qc and path not in qc:
-            problems.append(f"{path}: QC picture of no section or sample in the store; {_REPAIR} deletes it")
+            problems.append(f"{path}: QC picture of no section or sample in the store; "
+                            f"{_REPAIR} deletes it")
     return problems
 
 
@@ -189,7 +193,9 @@ def _zip_intact(path: Path) -> bool:
 
 def _names(store: Store, table: str, column: str) -> set[str]:
     try:
-        return set(store.read(table, columns=[column]).column(column).to_pylist()) if store.has(table) else set()
+        if not store.has(table):
+            return set()
+        return set(store.read(table, columns=[column]).column(column).to_pylist())
     except AsignError:
         return set()
 
@@ -435,4 +441,5 @@ def _non_finite_labels(store: Store, sample_id: str, path: Path) -> list[str]:
     owner = np.repeat(np.arange(tab.num_rows), lengths)
     rows = np.unique(owner[damaged])
     first = tab.column("section_id")[int(rows[0])].as_py()
-    return [f"{path}: {len(rows)} label vectors hold NaN/inf (first in section {first}); {_REINGEST}"]
+    return [f"{path}: {len(rows)} label vectors hold NaN/inf (first in section {first}); "
+            f"{_REINGEST}"]

@@ -36,7 +36,8 @@ def test_check_repair_restores_deleted_vectors(stores):
     _, built, damaged = stores
     result = runner.invoke(app, ["check", "--store", str(damaged), "--repair"])
     assert result.exit_code == 0, result.output
-    assert "ingest redid C:patches" in result.output and "ingest redid C:register" not in result.output
+    assert "ingest redid C:patches" in result.output
+    assert "ingest redid C:register" not in result.output
     assert_same_store(built, damaged)
 
 
