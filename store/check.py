@@ -76,9 +76,9 @@ def _inspect(store: Store) -> CheckReport:
     try:
         recorded = records.load(record)
     except AsignError as err:  # every table read consults it: nothing else can be checked
-        problems.append(f"{err}; {_REBUILD}")
+        problems.append(f"{err}; {REBUILD_FIX}")
         return report
-    problems += [f"{record}: {why}; {_REBUILD}"
+    problems += [f"{record}: {why}; {REBUILD_FIX}"
                  for why in _ingest_record_problems(store, manifest, recorded)][:1]
     problems += _check_table_hashes(store, manifest, report.notes)
     readable = _check_table_files(store, manifest, problems)
@@ -88,7 +88,7 @@ def _inspect(store: Store) -> CheckReport:
         problems += _check_inputs(store)
         problems += _check_samples_known(store, manifest)
 
-    problems += _check_files(store)
+    problems += check_files(store)
     vec = None
     if not store.layout.vectors.exists():
         problems += [f"{why}; {_REINGEST}" for sample_id, steps in manifest["steps"].items()
@@ -114,7 +114,7 @@ def _inspect(store: Store) -> CheckReport:
 
 # --- files ---------------------------------------------------------------------------------
 
-_REBUILD = "`asign check --repair` rebuilds it from the manifest"
+REBUILD_FIX = "`asign check --repair` rebuilds it from the manifest"
 
 
 def _ingest_record_problems(store: Store, manifest: dict[str, Any],
@@ -148,7 +148,7 @@ def _check_table_hashes(store: Store, manifest: dict[str, Any], notes: list[str]
     return problems
 
 
-def _check_files(store: Store) -> list[str]:
+def check_files(store: Store) -> list[str]:
     """Every file below the root is a plain file of a kind the layout names (no symlink, no
     stranger), and a checkpoint or QC picture belongs to a run or section the store has."""
     layout = store.layout

@@ -144,7 +144,7 @@ def _check_result_records(
             listed = records.load(run_record)
         except AsignError:
             lost.add(run_record.stem)
-            report.problems.append(f"{run_record}: write record is corrupt; {_RERECORD}")
+            report.problems.append(f"{run_record}: write record is corrupt; {RERECORD_FIX}")
             continue
         for rel in listed:
             if not (layout.root / rel).exists():
@@ -167,7 +167,7 @@ def _check_result_records(
                 elif _bound(store, key):  # this asign records every write of a run it trains
                     report.problems.append(
                         f"{path}: no entry in {layout.record_of(name, key)}, although "
-                        f"asign recorded the writes of run {key}; {_RERECORD}"
+                        f"asign recorded the writes of run {key}; {RERECORD_FIX}"
                     )
                 else:
                     unrecorded.append(path)
@@ -186,7 +186,7 @@ def _check_result_records(
         )
 
 
-_RERECORD = (
+RERECORD_FIX = (
     "`asign check --repair` records the run's files as they are now (their content "
     "cannot be verified)"
 )

@@ -33,6 +33,11 @@ FAST = {("table:spots", "stranger"), ("table:predictions", "stranger"), ("table:
         ("thumbnail", "stranger"), ("lock", "corrupt")}
 
 
+# Kinds no view reads. (A damaged table file of any view still stops `asign query` before
+# the repair: the skip-with-a-warning of an unreadable results file belongs to query.py.)
+UNQUERIED = {"vectors", "vectors-lock", "checkpoint", "thumbnail", "alignment-picture", "lock"}
+
+
 def _cells() -> list:
     cells = []
     for i, kind in enumerate(FILE_KINDS):
@@ -119,6 +124,8 @@ def test_fault_matrix_cell(master: Path, tmp_path: Path, kind_index: int, fault:
     if kind.pattern.startswith("locks/") and not list(root.glob(kind.pattern)):
         pytest.fail(f"no {kind.pattern} in the master store")
     damaged = _apply(fault, _target(root, kind), root)
+    if kind.name in UNQUERIED:  # the views never read it: they answer as before, unrepaired
+        assert _views(root) == views
 
     try:
         report = inspect_store(open_store(root))
