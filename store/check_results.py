@@ -143,6 +143,12 @@ def _check_result_records(
         try:
             listed = records.load(run_record)
         except AsignError:
+            listed = None
+        if not listed and not any(run_record.stem in files[n] for n in RUN_TABLES):
+            report.problems.append(f"{run_record}: write record of no run in the store; "
+                                   "`asign check --repair` deletes it")
+            continue
+        if listed is None:
             lost.add(run_record.stem)
             report.problems.append(f"{run_record}: write record is corrupt; {RERECORD_FIX}")
             continue

@@ -26,6 +26,7 @@ def fix_files(store: Store) -> list[str]:
                 done.append(f"replaced symlink {path} by a copy of {target}")
             else:
                 done.append(f"deleted symlink {path}")
+    done += _drop_damaged(store)
     if not _vectors_readable(store):
         shutil.rmtree(layout.vectors)
         done.append(f"deleted unreadable {layout.vectors}")
@@ -33,6 +34,22 @@ def fix_files(store: Store) -> list[str]:
         path.unlink()
         done.append(f"deleted {path}")
     return done
+
+
+def _drop_damaged(store: Store) -> list[str]:
+    """Ingest files whose bytes are not what the manifest recorded: the step that wrote them
+    rewrites them (and a step that merges, such as register's sections table, must not
+    read them first)."""
+    from asign.store.manifest import table_problem
+
+    layout = store.layout
+    out = []
+    for rel, entry in (store.manifest().get("tables") or {}).items():
+        path = layout.root / rel
+        if path.is_file() and table_problem(layout, rel, entry, full=True) is not None:
+            path.unlink()
+            out.append(f"deleted damaged {path} (its step rewrites it)")
+    return out
 
 
 def rebuild_ingest_record(store: Store) -> list[str]:
