@@ -1,7 +1,7 @@
 """One store, one meaning: every run is bound to the store state it was trained on.
 
 A run's *binding* (``runs.config['binding']``, written when the run starts) names what the
-run read: the normalisation, the sha256 of the gene panel and of each table file of its
+run read: the normalisation, the gene panel, the sha256 of each table file of its
 samples that it read (spots and labels; edges when the model uses the graph; tiles, spot
 tiles and embeddings when it reads image features), the fingerprints of the ingest steps
 behind them and a fingerprint of its samples' rows of the sections table. The hashes come
@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from asign.errors import StoreError
@@ -37,32 +38,51 @@ _FEATURES = ("tiles", "spot_tiles", "embeddings")
 _STEPS_ALWAYS = ("register", "align")
 
 
-def binding_of(layout: StoreLayout, manifest: dict[str, Any], sections: list[dict[str, Any]],
-               sample_ids: Iterable[str], *, features: bool, graph: bool) -> dict[str, Any]:
-    """The store state a run reading ``sample_ids`` depends on (see the module docstring);
-    ``sections``: rows of the sections table."""
+@dataclass(frozen=True)
+class StoreState:
+    """What bindings are computed from: the manifest, the sections rows, the gene panel."""
+
+    layout: StoreLayout
+    manifest: dict[str, Any]
+    sections: list[dict[str, Any]]
+    panel: list[str]
+
+
+def state_of(store: Any) -> StoreState:
+    sections = store.read("sections").to_pylist() if store.has("sections") else []
+    panel: list[str] = []
+    if store.has("genes"):
+        genes = sorted(store.read("genes", columns=["gene", "rank"]).to_pylist(),
+                       key=lambda r: r["rank"])
+        panel = [g["gene"] for g in genes]
+    return StoreState(store.layout, store.manifest(), sections, panel)
+
+
+def binding_of(state: StoreState, sample_ids: Iterable[str], *, features: bool,
+               graph: bool) -> dict[str, Any]:
+    """The store state a run reading ``sample_ids`` depends on (see the module docstring)."""
+    layout, manifest = state.layout, state.manifest
     samples = sorted(set(sample_ids))
     recorded = manifest.get("tables") or {}
     names = _ALWAYS + (_GRAPH if graph else ()) + (_FEATURES if features else ())
     steps = (_STEPS_ALWAYS + (("graph",) if graph else ())
              + (("patches", "embed") if features else ()))
-
-    def sha(rel: str) -> str | None:
-        return (recorded.get(rel) or {}).get("sha256")
-
-    tables = {layout.relative(layout.table("genes")): sha(layout.relative(layout.table("genes")))}
+    tables = {}
     for s in samples:
         for name in names:
             rel = layout.relative(layout.table(name, s))
-            tables[rel] = sha(rel)
+            tables[rel] = (recorded.get(rel) or {}).get("sha256")
     done = manifest.get("steps") or {}
-    rows = sorted((r for r in sections if r.get("sample_id") in samples),
+    rows = sorted((r for r in state.sections if r.get("sample_id") in samples),
                   key=lambda r: str(r.get("section_id")))
     return {
         "version": BINDING_VERSION,
         "reads": {"features": features, "graph": graph},
         "samples": samples,
         "normalisation": ((manifest.get("params") or {}).get("labels") or {}).get("normalisation"),
+        # the panel itself, not the genes table's bytes: its mean counts change when
+        # another sample of the same panel is registered, which changes nothing a run read
+        "panel": fingerprint(state.panel),
         "tables": tables,
         "steps": {s: {k: (done.get(s, {}).get(k) or {}).get("fingerprint") for k in steps}
                   for s in samples},
@@ -70,11 +90,10 @@ def binding_of(layout: StoreLayout, manifest: dict[str, Any], sections: list[dic
     }
 
 
-def current_binding(layout: StoreLayout, manifest: dict[str, Any], sections: list[dict[str, Any]],
-                    bound: dict[str, Any]) -> dict[str, Any]:
+def current_binding(state: StoreState, bound: dict[str, Any]) -> dict[str, Any]:
     """The binding a run that read what ``bound`` names would have now."""
     reads = bound.get("reads") or {}
-    return binding_of(layout, manifest, sections, bound.get("samples") or [],
+    return binding_of(state, bound.get("samples") or [],
                       features=bool(reads.get("features")), graph=bool(reads.get("graph")))
 
 
@@ -83,6 +102,8 @@ def differences(bound: dict[str, Any], now: dict[str, Any]) -> list[str]:
     out = []
     if bound.get("normalisation") != now.get("normalisation"):
         out.append(f"normalisation {bound.get('normalisation')} → {now.get('normalisation')}")
+    if bound.get("panel") != now.get("panel"):
+        out.append("the gene panel changed")
     for rel, digest in (bound.get("tables") or {}).items():
         have = (now.get("tables") or {}).get(rel)
         if have != digest:
@@ -108,15 +129,14 @@ def run_config(row: dict[str, Any]) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def stale_reasons(layout: StoreLayout, manifest: dict[str, Any], sections: list[dict[str, Any]],
-                  row: dict[str, Any]) -> list[str] | None:
+def stale_reasons(state: StoreState, row: dict[str, Any]) -> list[str] | None:
     """Why a run no longer matches the store (empty: it does; None: it records no binding,
     written by an older asign)."""
     config = run_config(row)
     bound = config.get("binding")
     if not isinstance(bound, dict):
         return None
-    reasons = differences(bound, current_binding(layout, manifest, sections, bound))
+    reasons = differences(bound, current_binding(state, bound))
     if row.get("status") == STALE and not reasons:
         reasons = [str(config.get("stale") or "marked stale by a re-ingest")]
     return reasons
@@ -181,12 +201,11 @@ def mark_stale(store: Any, run_id: str, reason: str) -> None:
 def require_current(store: Any, runs: Iterable[Any]) -> None:
     """Refuse runs (objects with ``run_id``) that are stale or whose binding no longer holds,
     naming each: their predictions are on another scale or another set of spots."""
-    manifest = store.manifest()
-    sections = store.read("sections").to_pylist()
+    state = state_of(store)
     bad = []
     for run in runs:
         for row in store.read("runs", key=run.run_id).to_pylist():
-            reasons = stale_reasons(store.layout, manifest, sections, row)
+            reasons = stale_reasons(state, row)
             if reasons or row.get("status") == STALE:
                 bad.append(f"{row['run_id']} ({'; '.join((reasons or ['stale'])[:2])})")
     if bad:

@@ -98,11 +98,10 @@ def _check_binding(store: Store, key: str, path: Path, report: CheckReport) -> N
     """The run still matches the store state it was trained on (store/binding.py)."""
     row = store.read("runs", key, columns=["run_id", "status", "config"]).to_pylist()[0]
     try:
-        manifest = store.manifest()
-        sections = store.read("sections").to_pylist() if store.has("sections") else []
+        state = binding.state_of(store)
     except AsignError:  # reported with the tables
         return
-    reasons = binding.stale_reasons(store.layout, manifest, sections, row)
+    reasons = binding.stale_reasons(state, row)
     if reasons is None:
         report.notes.append(
             f"{path}: run {key} records no store binding (an older asign "

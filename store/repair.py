@@ -110,13 +110,12 @@ def mark_stale(store: Store) -> list[str]:
 
     if not store.layout.results.joinpath("runs").is_dir():
         return []
-    manifest = store.manifest()
-    sections = store.read("sections").to_pylist() if store.has("sections") else []
+    state = binding.state_of(store)
     out = []
     for row in store.read("runs", columns=["run_id", "status", "config"]).to_pylist():
         if row["status"] != "done":
             continue
-        reasons = binding.stale_reasons(store.layout, manifest, sections, row)
+        reasons = binding.stale_reasons(state, row)
         if reasons:
             binding.mark_stale(store, row["run_id"], "; ".join(reasons[:2]))
             out.append(f"marked run {row['run_id']} stale ({'; '.join(reasons[:2])})")

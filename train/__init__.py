@@ -137,10 +137,10 @@ def _client(cluster: Any) -> Iterator[Any]:
 def _binding(cfg: TrainConfig, store: Any, folds: list) -> dict[str, Any]:
     """The store state this run reads (store/binding.py): export and report refuse the run
     once a re-ingest changes it. Same reads as ``_load``."""
-    from asign.store.binding import binding_of
+    from asign.store.binding import binding_of, state_of
 
     needed = {p.sample_id for f in folds for p in f.samples}
-    return binding_of(store.layout, store.manifest(), store.read("sections").to_pylist(), needed,
+    return binding_of(state_of(store), needed,
                       features=cfg.spec.images or cfg.finetune_spot_encoder,
                       graph=cfg.spec.neural or cfg.spec.cross_layer)
 

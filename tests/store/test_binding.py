@@ -60,7 +60,7 @@ def test_run_records_what_it_read(store):
     bound = json.loads(row["config"])["binding"]
     assert bound["normalisation"] == "log_ratio" and bound["samples"] == ["C"]
     assert bound["reads"] == {"features": False, "graph": False}  # mean reads neither
-    assert {"tables/labels/C.parquet", "tables/genes.parquet"} <= set(bound["tables"])
+    assert "tables/labels/C.parquet" in bound["tables"] and bound["panel"]
     assert "tables/edges/C.parquet" not in bound["tables"]
 
 
