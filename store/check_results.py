@@ -65,9 +65,11 @@ def check_results(store: Store, readable: dict[Path, bool], report: CheckReport)
     for name in ("metrics", "predictions"):
         for key, path in sorted(files[name].items()):
             if key not in files["runs"]:
+                recorded = records.recorded_rows(layout, name, key, path) is not None
                 problems.append(
                     f"{path}: {name} of run {key}, which has no runs row; "
-                    "`asign check --repair` deletes it"
+                    + ("re-run the same `asign train` command (it rewrites the run's files)"
+                       if recorded else "`asign check --repair` deletes it")
                 )
             if not readable.get(path):
                 continue
@@ -163,7 +165,9 @@ def _check_result_records(
                 readable[path] = False
                 continue
             if records.recorded_rows(layout, name, key, path) is None:
-                if not readable.get(path) or key not in files["runs"]:
+                if key not in files["runs"] and readable.get(path):
+                    unrecorded.append(path)  # of no run: reported (and deleted) as such below
+                elif not readable.get(path):
                     readable[path] = False
                     report.problems.append(
                         f"{path}: not written by asign (no write record, no run); "

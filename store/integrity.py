@@ -72,36 +72,39 @@ def _sections_of(store: Any, sample_id: str) -> list[str]:
     return sorted(r["section_id"] for r in rows if r["sample_id"] == sample_id)
 
 
-def _prefixes(store: Any, manifest: dict[str, Any], sample_id: str, step: str) -> list[bytes]:
-    sections = _sections_of(store, sample_id)
+def _listed_keys(store: Any, manifest: dict[str, Any], sample_id: str, step: str) -> list[bytes]:
+    """The LMDB keys the sample's tables list for ``step``, sorted: an entry no table lists
+    (left by an earlier ingest) is read by nothing and does not count."""
     if step == "patches":
-        return [f"patch/{s}/".encode() for s in sections]
+        ids = store.read("spot_tiles", key=sample_id, columns=["spot_id"]).column("spot_id")
+        return sorted(f"patch/{s}".encode() for s in set(ids.to_pylist()))
     encoder = ((manifest.get("params") or {}).get("embed") or {}).get("encoder")
-    return [f"emb/{encoder}/{level}/{s}/".encode() for level in ("global", "region", "spot")
-            for s in sections]
+    rows = store.read("embeddings", key=sample_id, columns=["encoder", "level", "id"]).to_pylist()
+    return sorted({f"emb/{encoder}/{r['level']}/{r['id']}".encode() for r in rows
+                   if r["encoder"] == encoder})
 
 
 def entries_digest(store: Any, manifest: dict[str, Any], sample_id: str, step: str,
-                   vec: Any = None) -> str:
-    """sha256 over the keys and values of a sample's LMDB entries of ``step`` (patches or
-    embed), recorded with the step's done marker: LMDB keeps no checksum of its own, so a
-    changed byte in a vector would otherwise pass every count."""
+                   vec: Any = None) -> str | None:
+    """sha256 over the keys and values of the LMDB entries a sample's tables list for
+    ``step`` (patches or embed), recorded with the step's done marker: LMDB keeps no
+    checksum of its own, so a changed byte in a vector would otherwise pass every count.
+    None when a listed entry is missing (check reports missing entries itself)."""
     import hashlib
 
     h = hashlib.sha256()
     opened = store.vectors(readonly=True) if vec is None else None
-    with (opened or vec).env.begin() as txn:
-        cur = txn.cursor()
-        for prefix in _prefixes(store, manifest, sample_id, step):
-            if not cur.set_range(prefix):
-                continue
-            for key, value in cur.iternext():
-                if not bytes(key).startswith(prefix):
-                    break
-                h.update(len(key).to_bytes(4, "little") + bytes(key))
+    try:
+        with (opened or vec).env.begin() as txn:
+            for key in _listed_keys(store, manifest, sample_id, step):
+                value = txn.get(key)
+                if value is None:
+                    return None
+                h.update(len(key).to_bytes(4, "little") + key)
                 h.update(len(value).to_bytes(8, "little") + bytes(value))
-    if opened is not None:
-        opened.close()
+    finally:
+        if opened is not None:
+            opened.close()
     return h.hexdigest()
 
 
@@ -113,7 +116,8 @@ def digest_problem(store: Any, manifest: dict[str, Any], sample_id: str, step: s
     if recorded is None or not store.layout.vectors.exists():
         return None
     try:
-        if entries_digest(store, manifest, sample_id, step, vec) == recorded:
+        digest = entries_digest(store, manifest, sample_id, step, vec)
+        if digest is None or digest == recorded:  # missing entries are reported as such
             return None
     except Exception as err:  # noqa: BLE001 - lmdb.Error and friends: a damaged database
         return f"{store.layout.vectors}: unreadable ({type(err).__name__}: {err})"

@@ -241,6 +241,6 @@ def test_results_of_a_run_without_a_runs_row(store):
     orphan = metrics_dir / "ghost-mean-00000000.parquet"
     table = pq.read_table(run_file)
     _rewrite(orphan, table.set_column(0, "run_id", pa.array(["ghost-mean-00000000"] * table.num_rows)))
-    assert _check(store) == [f"{orphan}: metrics of run ghost-mean-00000000, which has no runs row "
-                             "(delete the file, or re-run)"]
+    assert _check(store) == [f"{orphan}: metrics of run ghost-mean-00000000, which has no runs row; "
+                             "`asign check --repair` deletes it"]
     assert _cli_check(store)[0] == 1
