@@ -85,8 +85,12 @@ def _inspect(store: Store) -> CheckReport:
     leftovers = sorted(glob.glob(str(store.root / "**" / ".*.tmp"), recursive=True))
     problems += [f"{p}: leftover temporary file from an interrupted write (safe to delete)" for p in leftovers]
     if readable.get(store.layout.table("sections")):
-        problems += _check_inputs(store)
-        problems += _check_samples_known(store, manifest)
+        try:
+            problems += _check_inputs(store)
+            problems += _check_samples_known(store, manifest)
+        except UNREADABLE as err:
+            problems.append(f"{store.layout.table('sections')}: does not decode ({err}); "
+                            f"{_REINGEST}")
 
     problems += check_files(store)
     vec = None
@@ -104,7 +108,11 @@ def _inspect(store: Store) -> CheckReport:
         embed = manifest["params"].get("embed") or {}  # read raw: a damaged record is reported, not raised
         encoder, dim = embed.get("encoder"), embed.get("dim")
         for sample_id, steps in manifest["steps"].items():
-            _check_sample(store, sample_id, steps, vec, encoder, dim, readable, report)
+            try:
+                _check_sample(store, sample_id, steps, vec, encoder, dim, readable, report)
+            except UNREADABLE as err:  # a file whose footer reads but whose pages do not
+                problems.append(f"{store.layout.tables}: a table of sample {sample_id} does not "
+                                f"decode ({err}); {_REINGEST}")
     finally:
         if vec is not None:
             vec.close()
@@ -115,6 +123,8 @@ def _inspect(store: Store) -> CheckReport:
 # --- files ---------------------------------------------------------------------------------
 
 REBUILD_FIX = "`asign check --repair` rebuilds it from the manifest"
+# what reading a damaged file raises: asign's refusal, or Arrow's own decode error
+UNREADABLE = (AsignError, pa.ArrowException, OSError)
 
 
 def _ingest_record_problems(store: Store, manifest: dict[str, Any],
@@ -196,7 +206,7 @@ def _names(store: Store, table: str, column: str) -> set[str]:
         if not store.has(table):
             return set()
         return set(store.read(table, columns=[column]).column(column).to_pylist())
-    except AsignError:
+    except UNREADABLE:
         return set()
 
 

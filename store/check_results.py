@@ -101,7 +101,7 @@ def _check_binding(store: Store, key: str, path: Path, report: CheckReport) -> N
     row = store.read("runs", key, columns=["run_id", "status", "config"]).to_pylist()[0]
     try:
         state = binding.state_of(store)
-    except AsignError:  # reported with the tables
+    except (AsignError, OSError, ValueError):  # reported with the tables (Arrow's errors too)
         return
     reasons = binding.stale_reasons(state, row)
     if reasons is None:
