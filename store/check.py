@@ -31,7 +31,7 @@ from asign.schemas import SCHEMA_VERSION, TABLES
 from asign.schemas.vocabulary import EDGE_KINDS
 from asign.store import Store, records
 from asign.store.check_results import check_results
-from asign.store.integrity import digest_problem, vectors_problem
+from asign.store.integrity import digest_problem, lmdb_damage, vectors_problem
 from asign.store.layout import OPTIONAL_STEP_TABLES, RUN_TABLES, SAMPLE_TABLES, STEP_TABLES
 from asign.store.manifest import file_sha256, table_problem
 from asign.store.parquet import check_version
@@ -99,6 +99,8 @@ def _inspect(store: Store) -> CheckReport:
                      for step in ("patches", "embed")
                      if step in steps
                      and (why := vectors_problem(store, manifest, sample_id, step))][:1]
+    elif (damage := lmdb_damage(store.layout.vectors)) is not None:
+        problems.append(f"{damage}; {_REINGEST}")
     else:
         try:
             vec = store.vectors(readonly=True)

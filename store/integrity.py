@@ -8,11 +8,36 @@ strength of its done marker; ``asign check`` reports the same findings in more d
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from asign.errors import AsignError
 from asign.store.layout import StoreLayout
 from asign.store.manifest import table_problem
+
+
+def lmdb_damage(path: Path) -> str | None:
+    """Why an LMDB cannot be read safely, checked before any page is mapped: a data file
+    shorter than the pages its meta page claims would fault the process (SIGBUS) at the
+    first read beyond its end, so it is refused here instead."""
+    import lmdb
+
+    data = path / "data.mdb"
+    if not data.is_file():
+        return f"{path}: data.mdb missing"
+    size = data.stat().st_size
+    try:
+        env = lmdb.open(str(path), readonly=True, lock=False, subdir=True, map_size=size or 1)
+        try:
+            info, stat = env.info(), env.stat()
+        finally:
+            env.close()
+    except lmdb.Error as err:
+        return f"{path}: unreadable ({err})"
+    if (info["last_pgno"] + 1) * stat["psize"] > size:
+        return (f"{path}: data.mdb is {size} bytes, its pages need "
+                f"{(info['last_pgno'] + 1) * stat['psize']} (truncated)")
+    return None
 
 
 def qc_problem(layout: StoreLayout, manifest: dict[str, Any], sample_id: str,
@@ -40,6 +65,9 @@ def vectors_problem(store: Any, manifest: dict[str, Any], sample_id: str, step: 
     path = store.layout.vectors
     if not (path / "data.mdb").is_file():
         return f"{path}: missing, although step {step} of sample {sample_id} is done"
+    damage = lmdb_damage(path)
+    if damage is not None:
+        return damage
     name = "spot_tiles" if step == "patches" else "embeddings"
     if not store.has(name, sample_id):
         return None  # the table check reports it

@@ -92,9 +92,13 @@ def _strangers(store: Store) -> list[Path]:
 
 
 def _vectors_readable(store: Store) -> bool:
+    from asign.store.integrity import lmdb_damage
+
     path = store.layout.vectors
     if not path.exists():
         return True
+    if lmdb_damage(path) is not None:
+        return False
     try:
         with store.vectors(readonly=True) as vec, vec.env.begin() as txn:
             for _ in txn.cursor().iternext(values=True):
