@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import glob
 import logging
-import os
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,6 +29,7 @@ from asign.errors import AsignError
 from asign.schemas import SCHEMA_VERSION, TABLES
 from asign.schemas.vocabulary import EDGE_KINDS
 from asign.store import Store, records
+from asign.store.check_files import UNREADABLE, check_files
 from asign.store.check_results import check_results
 from asign.store.integrity import digest_problem, lmdb_damage, vectors_problem
 from asign.store.layout import OPTIONAL_STEP_TABLES, RUN_TABLES, SAMPLE_TABLES, STEP_TABLES
@@ -40,7 +40,6 @@ from asign.store.vectors import _emb_key
 log = logging.getLogger(__name__)
 
 _REINGEST = "run `asign check --repair` (it redoes every step whose outputs changed)"
-_REPAIR = "`asign check --repair`"
 _RETRAIN = "re-run the same `asign train` command (it rewrites the run's files)"
 
 
@@ -125,8 +124,6 @@ def _inspect(store: Store) -> CheckReport:
 # --- files ---------------------------------------------------------------------------------
 
 REBUILD_FIX = "`asign check --repair` rebuilds it from the manifest"
-# what reading a damaged file raises: asign's refusal, or Arrow's own decode error
-UNREADABLE = (AsignError, pa.ArrowException, OSError)
 
 
 def _ingest_record_problems(store: Store, manifest: dict[str, Any],
@@ -158,58 +155,6 @@ def _check_table_hashes(store: Store, manifest: dict[str, Any], notes: list[str]
         if why is not None:
             problems.append(f"{layout.root / rel}: {why}; {_REINGEST}")
     return problems
-
-
-def check_files(store: Store) -> list[str]:
-    """Every file below the root is a plain file of a kind the layout names (no symlink, no
-    stranger), and a checkpoint or QC picture belongs to a run or section the store has."""
-    layout = store.layout
-    problems = []
-    runs = {Path(p).stem for p in glob.glob(layout.table_glob("runs"))}
-    qc = {layout.alignment_png(s) for s in _names(store, "sections", "sample_id")}
-    qc |= {f(s) for s in _names(store, "sections", "section_id")
-           for f in (layout.thumbnail, layout.fine_thumbnail)}
-    for path in sorted(layout.root.rglob("*")):
-        if path.name.startswith(".") and path.name.endswith(".tmp"):
-            continue  # reported as a leftover temporary file
-        if path.is_symlink():
-            problems.append(f"{path}: is a symlink (to {os.path.realpath(path)}); a store holds "
-                            f"plain files only; {_REPAIR} replaces it with a copy of its target")
-            continue
-        if path.is_dir():
-            continue
-        kind = layout.kind_of(path)
-        if kind is None:
-            problems.append(f"{path}: not a file asign writes here; {_REPAIR} deletes it")
-        elif kind.name == "checkpoint" and path.stem.split(".fold")[0] not in runs:
-            problems.append(f"{path}: checkpoint of no run in the store; {_REPAIR} deletes it")
-        elif kind.name == "checkpoint" and not _zip_intact(path):
-            problems.append(f"{path}: checkpoint is damaged (a resume cache: a --resume would "
-                            f"start over); {_REPAIR} deletes it")
-        elif kind.name in ("thumbnail", "alignment-picture") and qc and path not in qc:
-            problems.append(f"{path}: QC picture of no section or sample in the store; "
-                            f"{_REPAIR} deletes it")
-    return problems
-
-
-def _zip_intact(path: Path) -> bool:
-    """torch.save writes a zip archive: its CRCs tell a truncated or changed checkpoint."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as z:
-            return z.testzip() is None
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
-        return False
-
-
-def _names(store: Store, table: str, column: str) -> set[str]:
-    try:
-        if not store.has(table):
-            return set()
-        return set(store.read(table, columns=[column]).column(column).to_pylist())
-    except UNREADABLE:
-        return set()
 
 
 def _table_files(store: Store) -> list[tuple[str, Path]]:
