@@ -142,6 +142,20 @@ def stale_reasons(state: StoreState, row: dict[str, Any]) -> list[str] | None:
     return reasons
 
 
+def readable_runs(store: Any, columns: list[str]) -> list[dict[str, Any]]:
+    """Rows of every runs file that can be read; a damaged one is check's to report (and
+    must not stop an ingest or a repair)."""
+    import pyarrow as pa
+
+    rows = []
+    for path in sorted(store.layout.results.joinpath("runs").glob("*.parquet")):
+        try:
+            rows += store.read("runs", key=path.stem, columns=columns).to_pylist()
+        except (StoreError, pa.ArrowException, OSError):
+            continue
+    return rows
+
+
 def runs_bound_to(store: Any, manifest: dict[str, Any], sample_id: str,
                   steps: Iterable[str]) -> list[dict[str, Any]]:
     """Runs rows (not already stale) whose binding covers ``sample_id`` at any of ``steps``."""
@@ -149,7 +163,7 @@ def runs_bound_to(store: Any, manifest: dict[str, Any], sample_id: str,
         return []
     wanted = set(steps)
     out = []
-    for row in store.read("runs", columns=["run_id", "name", "status", "config"]).to_pylist():
+    for row in readable_runs(store, ["run_id", "name", "status", "config"]):
         if row["status"] == STALE:
             continue
         bound = run_config(row).get("binding")

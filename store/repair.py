@@ -116,7 +116,7 @@ def mark_stale(store: Store) -> list[str]:
         return []
     state = binding.state_of(store)
     out = []
-    for row in store.read("runs", columns=["run_id", "status", "config"]).to_pylist():
+    for row in binding.readable_runs(store, ["run_id", "status", "config"]):
         if row["status"] != "done":
             continue
         reasons = binding.stale_reasons(state, row)

@@ -144,7 +144,8 @@ def test_fault_matrix_cell(master: Path, tmp_path: Path, kind_index: int, fault:
         return
     flagged = [p for p in report.problems if str(damaged) in p or str(damaged.parent) in p
                or kind.name == "vectors" and "vectors.lmdb" in p]
-    harmless = kind.transient and fault in ("delete", "truncate", "corrupt", "stranger")
+    harmless = kind.transient and (fault in ("delete", "truncate", "corrupt") or (
+        fault == "stranger" and StoreLayout(root).kind_of(damaged) is not None))
     cache = kind.name == "checkpoint" and fault == "delete"  # a resume cache: nothing lost
     if harmless or cache:
         assert report.problems == [], report.problems
@@ -155,8 +156,13 @@ def test_fault_matrix_cell(master: Path, tmp_path: Path, kind_index: int, fault:
     result = repair_store(root)
     left = result["problems"]
     if kind.writer == "train" and kind.name.startswith(("table:", "run-record")) and left:
-        # results only the run's command recomputes: named, with that command, in one line
+        # results only the run's command recomputes: named, with that command, in one line;
+        # the store's own tables read as before (a query over the views skips a damaged
+        # results file only where query.py does so: not asserted here)
         assert all("\n" not in p and "asign train" in p for p in left), left
+        store = open_store(root)
+        assert {v: store.read(v).num_rows for v in ("spots", "sections", "genes")} == views
+        return
     elif kind.name == "checkpoint" and fault in ("truncate", "corrupt"):
         assert left == [] and not damaged.exists()
         _same_store(master, root, without=damaged)
