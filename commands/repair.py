@@ -33,7 +33,7 @@ def repair_store(root: Path) -> dict[str, Any]:
     from asign.store.locks import writer_lock
 
     store = open_store(root)
-    done: list[str] = []
+    done: list[str] = files.plain_locks(store)  # the lock itself must be a plain file
     with writer_lock(store.layout.writable(store.layout.ingest_lock), wait=10.0):
         done += files.fix_files(store)
         done += files.rebuild_ingest_record(store)

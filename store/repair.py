@@ -12,6 +12,17 @@ from pathlib import Path
 from asign.store import Store
 
 
+def plain_locks(store: Store) -> list[str]:
+    """Lock files swapped for symlinks become empty plain files (they carry no data)."""
+    out = []
+    for path in sorted(store.layout.locks.rglob("*.lock")):
+        if path.is_symlink():
+            path.unlink()
+            path.touch()
+            out.append(f"replaced symlink {path} by a plain lock file")
+    return out
+
+
 def fix_files(store: Store) -> list[str]:
     from asign.store.atomic import remove_stale_temps
 
