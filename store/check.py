@@ -131,8 +131,9 @@ def _ingest_record_problems(store: Store, manifest: dict[str, Any],
     """The ingest tables' write record lists what the manifest accepts (records.sync_ingest)."""
     out = []
     for rel, info in (manifest.get("tables") or {}).items():
-        if rel.endswith(".parquet") and (store.layout.root / rel).exists() and not any(
-                e.get("sha256") == info.get("sha256") for e in recorded.get(rel, [])):
+        # a file an interrupted ingest replaced is reported as such, not as a record problem
+        if (rel.endswith(".parquet") and table_problem(store.layout, rel, info, full=False) is None
+                and not any(e.get("sha256") == info.get("sha256") for e in recorded.get(rel, []))):
             out.append(f"no entry for {rel}, which the manifest records")
     return out
 
