@@ -225,11 +225,21 @@ def plan(
 
 
 @_command(cls=_Command)
-def check(store: StoreOpt, as_json: JsonOpt = False) -> None:
+def check(store: StoreOpt,
+          repair: Annotated[bool, typer.Option(
+              "--repair", help="Redo in place what check flags (see docs/store.md); exits 1 if "
+              "anything is left.")] = False,
+          as_json: JsonOpt = False) -> None:
     """Verify a store: manifest and input hashes, schema versions, LMDB entries against the
-    tables, edge endpoints. Exits 1 with the full list of problems."""
+    tables, edge endpoints, runs against the store state they were trained on. Exits 1 with
+    the full list of problems; --repair first redoes in place what it can."""
     from asign.commands.check import check_command, print_check
 
+    if repair:
+        from asign.commands.repair import repair_store
+
+        for line in repair_store(store)["repaired"]:
+            typer.echo(f"repaired: {line}", err=True)
     summary = check_command(store)
     if as_json:
         _emit_json(summary)

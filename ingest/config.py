@@ -138,6 +138,15 @@ class IngestConfig:
     scheduler: str | None = shared("--scheduler", None)
     # seconds to wait for another ingest that is writing the same store (store/locks.py)
     wait: float = shared("--wait", 10.0)
+    # a re-ingest that changes what existing runs were trained on is refused unless this is
+    # set; then those runs are marked stale (store/binding.py)
+    invalidate_runs: bool = opt(False, group=_RUN, identity="never",
+                                help="Allow a re-ingest that changes what existing runs were "
+                                     "trained on; those runs are marked stale (export and "
+                                     "report refuse them).")
+    # `asign check --repair` re-hashes every file to decide what is intact
+    verify: bool = opt(False, cli=False, identity="never",
+                       help="Re-hash every stored file to decide what is intact (repair).")
 
     def to_json(self) -> dict[str, Any]:
         from asign.store.manifest import jsonable

@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 from asign.errors import ClusterError
@@ -20,6 +22,8 @@ from asign.ingest.steps import PIPELINE, STEP, STEPS, previous
 from asign.progress import Reporter, reporter
 from asign.store import Store, StoreLayout, open_store, prepare_root
 from asign.store.atomic import remove_stale_temps
+from asign.store.binding import guard
+from asign.store.integrity import entries_digest, forget_done
 from asign.store.locks import writer_lock
 from asign.store.manifest import fingerprint, mark_step, step_fingerprint
 
@@ -30,7 +34,10 @@ def _read(cfg: IngestConfig) -> list[SampleInput]:
     from asign.ingest.readers import read_samples
 
     samples: list[SampleInput] = []
-    for src in cfg.sources:
+    for given in cfg.sources:
+        # absolute: the sections table records input paths, which must not depend on the
+        # directory ingest happened to run from (check and repair read them later)
+        src = Path(os.path.abspath(given))
         samples += read_samples(src, cfg.format, cfg.samples)
         if cfg.extra_2d:
             samples += read_samples(src, cfg.format, ",".join(cfg.extra_2d), allow_single=True)
@@ -116,14 +123,21 @@ def _run(cfg: IngestConfig, resolved: str | None, store: Store, rep: Reporter | 
             hashes = step_register.input_hashes(samples)
             fp_reg = step_register.register_fingerprint(cfg, samples, hashes)
             if all(step_fingerprint(manifest, s.sample_id, "register") == fp_reg
-                   and store.step_intact(manifest, s.sample_id, "register") for s in samples):
+                   and store.step_intact(manifest, s.sample_id, "register", full=cfg.verify)
+                   for s in samples):
                 summary["skipped"] += [f"{s.sample_id}:register" for s in samples]
+                _remember(store, manifest, [s.sample_id for s in samples], "register", cfg)
             else:
+                why = _label_change(manifest, cfg)
+                for s in samples:  # before anything is written (store/binding.py)
+                    guard(store, manifest, s.sample_id, "register", fp_reg,
+                          invalidate=cfg.invalidate_runs, why=why)
                 info = step_register.write_register(store, cfg, samples, hashes)
                 manifest["inputs"].update(hashes)
                 manifest["params"]["labels"] = info
                 for s in samples:
-                    mark_step(manifest, s.sample_id, "register", fp_reg)
+                    mark_step(manifest, s.sample_id, "register", fp_reg,
+                              config=recorded_config(cfg))
                     _invalidate_after(manifest, s.sample_id, "register")
                 store.save_manifest(manifest)
                 summary["ran"] += [f"{s.sample_id}:register" for s in samples]
@@ -151,13 +165,18 @@ def _run(cfg: IngestConfig, resolved: str | None, store: Store, rep: Reporter | 
                 fp = fingerprint(step, upstream, record.params(cfg))
                 # Skipped only when finished under this fingerprint and its tables are still
                 # the ones recorded (not deleted, edited, or half-replaced by a crashed run).
-                if step_fingerprint(manifest, sample_id, step) == fp and store.step_intact(manifest, sample_id, step):
+                if (step_fingerprint(manifest, sample_id, step) == fp
+                        and store.step_intact(manifest, sample_id, step, full=cfg.verify)):
                     summary["skipped"].append(f"{sample_id}:{step}")
+                    _remember(store, manifest, [sample_id], step, cfg)
                     if step == "align":  # stores aligned before fine thumbnails existed
                         from asign.ingest.step_align import backfill_fine_thumbnails
 
                         manifest = backfill_fine_thumbnails(store, manifest, sample_id)
                     continue
+                guard(store, manifest, sample_id, step, fp, invalidate=cfg.invalidate_runs)
+                if step in LMDB_STEPS and step_fingerprint(manifest, sample_id, step) == fp:
+                    forget_done(store, sample_id, step)  # a repair: recompute, not resume
                 try:
                     info = record.run(store, cfg, sample_id, fp, rep, runner)
                 except ClusterError as err:  # the other samples go on; this one is reported
@@ -165,7 +184,11 @@ def _run(cfg: IngestConfig, resolved: str | None, store: Store, rep: Reporter | 
                     summary.setdefault("failed", []).append(str(err))
                     continue
                 manifest = store.manifest()  # steps may record params
-                mark_step(manifest, sample_id, step, fp, **(info or {}))
+                if step in LMDB_STEPS:  # what check and repair compare the entries with
+                    info = {**(info or {}),
+                            "entries_sha256": entries_digest(store, manifest, sample_id, step)}
+                mark_step(manifest, sample_id, step, fp, **(info or {}),
+                          config=recorded_config(cfg))
                 _invalidate_after(manifest, sample_id, step)
                 store.save_manifest(manifest)
                 summary["ran"].append(f"{sample_id}:{step}")
@@ -201,13 +224,51 @@ def _prefetch(runner: Runner, store: Store, manifest: dict[str, Any], cfg: Inges
         if upstream is None:
             continue  # the loop reports it
         fp = fingerprint(step, upstream, STEP[step].params(cfg))
-        if not (step_fingerprint(manifest, sample_id, step) == fp and store.step_intact(manifest, sample_id, step)):
+        if not (step_fingerprint(manifest, sample_id, step) == fp
+                and store.step_intact(manifest, sample_id, step, full=cfg.verify)):
             todo.append(sample_id)
     if step == "align":
         for sample_id in todo:  # every pair of every sample at once
             runner.keep(("align", sample_id), start_align(store, cfg, sample_id, runner))
         return
     runner.prefetch(graph_unit, [(str(store.root), cfg, s) for s in todo], todo, description=f"{step}")
+
+
+LMDB_STEPS = ("patches", "embed")  # steps whose outputs are LMDB entries as well as tables
+# Options that decide where and how fast, never what: left out of the recorded config.
+_RUNTIME = ("store", "wait", "threads", "workers", "scheduler", "invalidate_runs", "verify")
+
+
+def recorded_config(cfg: IngestConfig) -> dict[str, Any]:
+    """The options a step ran with, recorded beside its done marker so `asign check
+    --repair` can redo exactly that step (sources as absolute paths)."""
+    out = {k: v for k, v in cfg.to_json().items() if k not in _RUNTIME}
+    out["sources"] = [os.path.abspath(p) for p in cfg.sources]
+    return out
+
+
+def _remember(store: Store, manifest: dict[str, Any], sample_ids: list[str], step: str,
+              cfg: IngestConfig) -> None:
+    """A step skipped as finished under the same fingerprint: record the options it ran
+    with (what `asign check --repair` redoes it with) and the digest of its LMDB entries
+    where an older asign did not."""
+    changed = False
+    for s in sample_ids:
+        record = manifest["steps"][s][step]
+        if "config" not in record:
+            record["config"] = recorded_config(cfg)
+            changed = True
+        if step in LMDB_STEPS and "entries_sha256" not in record:
+            record["entries_sha256"] = entries_digest(store, manifest, s, step)
+            changed = True
+    if changed:
+        store.save_manifest(manifest)
+
+
+def _label_change(manifest: dict[str, Any], cfg: IngestConfig) -> str:
+    """The change of normalisation a re-register makes, in words ('' when none)."""
+    old = (manifest["params"].get("labels") or {}).get("normalisation")
+    return f"normalisation {old} → {cfg.normalisation}" if old and old != cfg.normalisation else ""
 
 
 def _invalidate_after(manifest: dict[str, Any], sample_id: str, step: str) -> None:

@@ -54,7 +54,12 @@ def start_align(store: Store, cfg: IngestConfig, sample_id: str, runner: Runner)
     # Coordinates given with the input (a manifest's aligned x/y) are kept. Coordinates an
     # earlier align wrote come with its transforms table (written before the spots, and
     # removed by register), and are recomputed: align's parameters may have changed.
-    if spots.x_um[~spots.is_virtual].notna().all() and not store.has("transforms", sample_id):
+    # The sections table says which coordinates came with the input: a lost transforms
+    # table must not make an earlier align's output pass for given coordinates.
+    measured = sections[sections.n_spots > 0]
+    given = "has_coords" not in measured or measured.has_coords.fillna(True).astype(bool).all()
+    if (given and spots.x_um[~spots.is_virtual].notna().all()
+            and not store.has("transforms", sample_id)):
         u.handles += runner.start(finish_unit, [(root, cfg, sample_id, {}, [])], [f"sample {sample_id}"],
                                   description=f"align-{sample_id}")
         u.labels.append(f"sample {sample_id}")

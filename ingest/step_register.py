@@ -101,8 +101,41 @@ def choose_panel(cfg: IngestConfig, samples: Sequence[SampleInput]) -> tuple[lis
     return panel, [s.section_id for s in train], counts.mean(axis=0)
 
 
+# Median nearest-spot distance over the platform's pitch beyond these bounds: the
+# coordinates (or µm/px) are in another unit, e.g. µm given as pixels.
+PITCH_RATIO = (0.5, 2.0)
+
+
+def check_units(s: SectionInput) -> None:
+    """Refuse spot coordinates whose spacing does not match the spot pitch: pixel
+    coordinates × µm/px, and given aligned coordinates (µm), against ``spot_pitch_um``."""
+    from scipy.spatial import cKDTree
+
+    pitch = s.spot_pitch_um
+    if len(s.spots) < 3 or not (pitch and np.isfinite(pitch)):
+        return
+    checks = []
+    if s.um_per_px and {"px", "py"} <= set(s.spots) and s.spots["px"].notna().all():
+        checks.append(("px, py × um_per_px", s.spots[["px", "py"]].to_numpy(float) * s.um_per_px))
+    if s.has_aligned_coords:
+        checks.append(("x_um, y_um", s.spots[["x_um", "y_um"]].to_numpy(float)))
+    for what, xy in checks:
+        xy = xy[np.isfinite(xy).all(axis=1)]
+        if len(xy) < 3:
+            continue
+        dist, _ = cKDTree(xy).query(xy, k=2)
+        spacing = float(np.median(dist[:, 1]))
+        if not PITCH_RATIO[0] <= spacing / pitch <= PITCH_RATIO[1]:
+            raise InputError(f"section {s.section_id}: spots are {spacing:.3g} µm apart by their "
+                             f"{what}, but the spot pitch is {pitch:g} µm (coordinates in another "
+                             "unit?)", path=s.counts_path or s.image_path,
+                             fix="give px/py in full-resolution image pixels, x_um/y_um in µm, and "
+                                 "the image's µm/px")
+
+
 def _section_row(s: SectionInput, fmt: str, hashes: dict[str, Any], areas: dict[str, float],
                  section_um: float) -> dict[str, Any]:
+    check_units(s)
     width = height = None
     if s.image_path is not None:
         width, height = verify_image(s.image_path)
@@ -197,12 +230,20 @@ def labels_table(sample: SampleInput, panel: list[str], normalisation: str) -> d
     totals: list[np.ndarray] = []
     counts: list[np.ndarray] = []
     values: list[np.ndarray] = []
+    absent: list[np.ndarray] = []
     for s in sample.sections:
         if not s.has_counts:
             continue
         c = labels_mod.panel_counts(s, panel)
         t = s.total_counts if s.total_counts is not None else np.asarray(s.counts.sum(axis=1)).ravel()
-        values.append(labels_mod.normalise(c, t, normalisation).astype(np.float32))
+        v = labels_mod.normalise(c, t, normalisation).astype(np.float32)
+        # Absent is not zero: a panel gene the section's counts lack is masked (value NaN,
+        # count null), so it is neither trained on nor scored as a measured zero.
+        missing = np.isin(np.asarray(panel, dtype=object), np.asarray(s.genes, dtype=object),
+                          invert=True)
+        v[:, missing] = np.nan
+        absent.append(np.broadcast_to(missing, c.shape))
+        values.append(v)
         counts.append(np.asarray(c).astype(np.int32))
         totals.append(np.asarray(t).astype(np.int64))
         ids.append(s.spots["spot_id"].astype(str).to_numpy(dtype=object))
@@ -210,16 +251,20 @@ def labels_table(sample: SampleInput, panel: list[str], normalisation: str) -> d
     n = sum(len(i) for i in ids)
     offsets = pa.array(np.arange(n + 1, dtype=np.int64) * len(panel))
 
-    def lists(blocks: list[np.ndarray], dtype: Any) -> pa.Array:
+    def lists(blocks: list[np.ndarray], dtype: Any,
+              mask: list[np.ndarray] | None = None) -> pa.Array:
         flat = np.concatenate([b.reshape(-1) for b in blocks]) if blocks else np.zeros(0, dtype)
-        return pa.LargeListArray.from_arrays(offsets, pa.array(flat.astype(dtype)))
+        nulls = np.concatenate([m.reshape(-1) for m in mask]) if mask else None
+        if nulls is not None and not nulls.any():
+            nulls = None  # the usual case: every gene measured
+        return pa.LargeListArray.from_arrays(offsets, pa.array(flat.astype(dtype), mask=nulls))
 
     return {
         "sample_id": np.full(n, sample.sample_id, dtype=object),
         "section_id": np.concatenate(sections) if sections else np.zeros(0, object),
         "spot_id": np.concatenate(ids) if ids else np.zeros(0, object),
         "total_count": np.concatenate(totals) if totals else np.zeros(0, np.int64),
-        "counts": lists(counts, np.int32),
+        "counts": lists(counts, np.int32, absent),
         "value": lists(values, np.float32),
     }
 
@@ -238,6 +283,21 @@ def check_ids(store: Store, samples: Sequence[SampleInput], sources: Sequence[An
                 existing=[r["sample_id"] for r in kept])
     check_names("section id", [sec.section_id for s in samples for sec in s.sections], where=where,
                 existing=[r["section_id"] for r in kept])
+
+
+def _warn_absent(samples: Sequence[SampleInput], panel: list[str]) -> dict[str, list[str]]:
+    """``{section: panel genes its counts lack}``, each section warned about once."""
+    out = {}
+    for s in (sec for smp in samples for sec in smp.sections if sec.has_counts):
+        have = set(s.genes)
+        missing = [g for g in panel if g not in have]
+        if missing:
+            out[s.section_id] = missing
+            log.warning("section %s: %d of the %d panel genes are absent from %s (%s%s); they are "
+                        "masked in its labels and not scored, not taken as zeros", s.section_id,
+                        len(missing), len(panel), s.counts_path, ", ".join(missing[:5]),
+                        " …" if len(missing) > 5 else "")
+    return out
 
 
 def write_register(store: Store, cfg: IngestConfig, samples: Sequence[SampleInput],
@@ -261,6 +321,7 @@ def write_register(store: Store, cfg: IngestConfig, samples: Sequence[SampleInpu
         if old_panel != panel:
             raise ConfigError("the gene panel differs from the one of the samples already in this store",
                               path=store.root, fix="ingest all samples of a store in one call, or use a new --store")
+    absent = _warn_absent(samples, panel)
     for sample in samples:
         store.remove("transforms", sample.sample_id)  # stale: align must run again (see step_align)
         store.remove("warps", sample.sample_id)
@@ -269,4 +330,5 @@ def write_register(store: Store, cfg: IngestConfig, samples: Sequence[SampleInpu
     store.write("genes", {"gene": panel, "rank": list(range(len(panel))), "mean_count": means.tolist()})
     store.write("sections", {k: [r.get(k) for r in rows] for k in rows[-1]})
     return {"panel_sections": train_sections, "n_genes": len(panel), "normalisation": cfg.normalisation,
+            **({"absent_genes": absent} if absent else {}),
             "section_um": {k: {"um": v[0], "source": v[1]} for k, v in spacing.items()}}

@@ -29,6 +29,7 @@ import pandas as pd
 
 from asign.errors import InputError, StoreError
 from asign.store import Store
+from asign.store.binding import STALE, require_current
 from asign.store.thumbnails import Thumbnail, section_thumbnail
 from asign.train.config import BASELINE_MODELS, MEAN_MODEL, MODELS, ModelSpec
 from asign.train.metrics import accuracy_metrics
@@ -131,7 +132,8 @@ def load_runs(store: Store, name: str) -> dict[str, RunInfo]:
                          fix=f"pick one of: {', '.join(names)}" if names
                          else "run `asign train --store DIR --run NAME` first")
     mine = runs[runs["name"] == name]
-    done = mine[mine.status == "done"].sort_values("created_at")
+    # a stale run (trained before a re-ingest changed the store) competes, to be refused
+    done = mine[mine.status.isin(["done", STALE])].sort_values("created_at")
     skipped = sorted(set(mine.model) - set(done.model))
     if skipped:
         log.warning("run %s: no finished run for model(s) %s; left out", name, ", ".join(skipped))
@@ -146,6 +148,7 @@ def load_runs(store: Store, name: str) -> dict[str, RunInfo]:
         out[str(row.model)] = RunInfo(str(row.run_id), str(row.name), str(row.model),
                                       str(row.setting), str(row.status), row.created_at,
                                       _config(row.config), prov)
+    require_current(store, out.values())  # store/binding.py: by name, with the reason
     return out
 
 

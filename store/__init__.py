@@ -64,10 +64,13 @@ class Store:
         """Put ``info`` into ``manifest`` as ``params.embed``; ``save_manifest`` writes it."""
         record_embedding_info(manifest, info)
 
-    def step_intact(self, manifest: dict[str, Any], sample_id: str, step: str) -> bool:
+    def step_intact(self, manifest: dict[str, Any], sample_id: str, step: str, *,
+                    full: bool = False) -> bool:
         """Whether the tables a finished step wrote for a sample are still what the manifest
         recorded: present, and unchanged since (not deleted, edited, or replaced by a later
-        interrupted run). Stores from before table hashes were recorded: present."""
+        interrupted run). Stores from before table hashes were recorded: present. Also its
+        QC pictures (align) and LMDB entries (patches, embed): store/integrity.py. ``full``
+        re-hashes every file (``asign check --repair``) instead of trusting size and mtime."""
         names = [(t, sample_id) for t in STEP_TABLES[step]]
         if step == "register":
             names += [(t, None) for t in GLOBAL_TABLES]
@@ -82,9 +85,19 @@ class Store:
             if entry is None and not path.exists() and (step, name) in OPTIONAL_STEP_TABLES:
                 continue
             if entry is None or _manifest.table_problem(self.layout, self.layout.relative(path), entry,
-                                                        full=False) is not None:
+                                                        full=full) is not None:
                 return False
-        return True
+        return self._outputs_intact(manifest, sample_id, step, full)
+
+    def _outputs_intact(self, manifest: dict[str, Any], sample_id: str, step: str,
+                        full: bool) -> bool:
+        from asign.store import integrity
+
+        if step == "align" and self.has("sections"):
+            rows = self.read("sections", columns=["sample_id", "section_id"]).to_pylist()
+            ids = [r["section_id"] for r in rows if r["sample_id"] == sample_id]
+            return integrity.qc_problem(self.layout, manifest, sample_id, ids, full=full) is None
+        return integrity.vectors_problem(self, manifest, sample_id, step, full=full) is None
 
     # tables ---------------------------------------------------------------
     def write(self, name: str, table: pa.Table | dict, key: str | None = None) -> pa.Table:

@@ -29,16 +29,19 @@ from asign.errors import AsignError
 from asign.schemas import SCHEMA_VERSION, TABLES
 from asign.schemas.vocabulary import EDGE_KINDS
 from asign.store import Store, records
+from asign.store.check_files import UNREADABLE, check_files
+from asign.store.check_results import check_results
+from asign.store.integrity import digest_problem, lmdb_damage, vectors_problem
 from asign.store.layout import OPTIONAL_STEP_TABLES, RUN_TABLES, SAMPLE_TABLES, STEP_TABLES
-from asign.store.locks import run_alive
 from asign.store.manifest import file_sha256, table_problem
 from asign.store.parquet import check_version
 from asign.store.vectors import _emb_key
 
 log = logging.getLogger(__name__)
 
-RUN_STATUSES = ("running", "done", "interrupted", "failed")
-_REINGEST = "re-run `asign ingest` (it redoes every step whose tables changed)"
+_REINGEST = "run `asign check --repair` (it redoes every step whose outputs changed)"
+_RETRAIN = ("delete it, or re-run the same `asign train` command (it rewrites the run's "
+            "files)")
 
 
 @dataclass
@@ -53,6 +56,14 @@ def check_store(store: Store) -> list[str]:
 
 
 def inspect_store(store: Store) -> CheckReport:
+    """Every problem and note, one line each (whatever a library's message held)."""
+    report = _inspect(store)
+    report.problems[:] = [p.replace("\n", " ") for p in report.problems]
+    report.notes[:] = [n.replace("\n", " ") for n in report.notes]
+    return report
+
+
+def _inspect(store: Store) -> CheckReport:
     report = CheckReport()
     store = replace(store, strict_rows=False)  # edited tables are reported, not refused
     try:
@@ -61,16 +72,36 @@ def inspect_store(store: Store) -> CheckReport:
         report.problems.append(str(err))
         return report
     problems = report.problems
+    record = store.layout.record_of("sections")
+    try:
+        recorded = records.load(record)
+    except AsignError as err:  # every table read consults it: nothing else can be checked
+        problems.append(f"{err}; {REBUILD_FIX}")
+        return report
+    problems += [f"{record}: {why}; {REBUILD_FIX}"
+                 for why in _ingest_record_problems(store, manifest, recorded)][:1]
     problems += _check_table_hashes(store, manifest, report.notes)
     readable = _check_table_files(store, manifest, problems)
     leftovers = sorted(glob.glob(str(store.root / "**" / ".*.tmp"), recursive=True))
     problems += [f"{p}: leftover temporary file from an interrupted write (safe to delete)" for p in leftovers]
     if readable.get(store.layout.table("sections")):
-        problems += _check_inputs(store)
-        problems += _check_samples_known(store, manifest)
+        try:
+            problems += _check_inputs(store)
+            problems += _check_samples_known(store, manifest)
+        except UNREADABLE as err:
+            problems.append(f"{store.layout.table('sections')}: does not decode ({err}); "
+                            f"{_REINGEST}")
 
+    problems += check_files(store)
     vec = None
-    if store.layout.vectors.exists():
+    if not store.layout.vectors.exists():
+        problems += [f"{why}; {_REINGEST}" for sample_id, steps in manifest["steps"].items()
+                     for step in ("patches", "embed")
+                     if step in steps
+                     and (why := vectors_problem(store, manifest, sample_id, step))][:1]
+    elif (damage := lmdb_damage(store.layout.vectors)) is not None:
+        problems.append(f"{damage}; {_REINGEST}")
+    else:
         try:
             vec = store.vectors(readonly=True)
         except AsignError as err:
@@ -79,15 +110,34 @@ def inspect_store(store: Store) -> CheckReport:
         embed = manifest["params"].get("embed") or {}  # read raw: a damaged record is reported, not raised
         encoder, dim = embed.get("encoder"), embed.get("dim")
         for sample_id, steps in manifest["steps"].items():
-            _check_sample(store, sample_id, steps, vec, encoder, dim, readable, report)
+            try:
+                _check_sample(store, sample_id, steps, vec, encoder, dim, readable, report)
+            except UNREADABLE as err:  # a file whose footer reads but whose pages do not
+                problems.append(f"{store.layout.tables}: a table of sample {sample_id} does not "
+                                f"decode ({err}); {_REINGEST}")
     finally:
         if vec is not None:
             vec.close()
-    _check_results(store, readable, report)
+    check_results(store, readable, report)
     return report
 
 
 # --- files ---------------------------------------------------------------------------------
+
+REBUILD_FIX = "`asign check --repair` rebuilds it from the manifest"
+
+
+def _ingest_record_problems(store: Store, manifest: dict[str, Any],
+                            recorded: dict[str, Any]) -> list[str]:
+    """The ingest tables' write record lists what the manifest accepts (records.sync_ingest)."""
+    out = []
+    for rel, info in (manifest.get("tables") or {}).items():
+        # a file an interrupted ingest replaced is reported as such, not as a record problem
+        if (rel.endswith(".parquet") and table_problem(store.layout, rel, info, full=False) is None
+                and not any(e.get("sha256") == info.get("sha256") for e in recorded.get(rel, []))):
+            out.append(f"no entry for {rel}, which the manifest records")
+    return out
+
 
 def _check_table_hashes(store: Store, manifest: dict[str, Any], notes: list[str]) -> list[str]:
     recorded = manifest.get("tables")
@@ -98,7 +148,10 @@ def _check_table_hashes(store: Store, manifest: dict[str, Any], notes: list[str]
         return []
     problems = []
     layout = store.layout
-    names = set(recorded) | {layout.relative(p) for p in layout.ingest_table_files()}
+    present = layout.ingest_files()
+    if not any(rel.startswith("qc/") for rel in recorded):  # QC pictures unrecorded: older asign
+        present = [p for p in present if p.suffix == ".parquet"]
+    names = set(recorded) | {layout.relative(p) for p in present}
     for rel in sorted(names):
         why = table_problem(layout, rel, recorded.get(rel), full=True)
         if why is not None:
@@ -107,7 +160,6 @@ def _check_table_hashes(store: Store, manifest: dict[str, Any], notes: list[str]
 
 
 # a results file belongs to one run: queries leave it out, and this is its fix
-_RERUN = "delete it, or re-run the `asign train` command that wrote it"
 
 
 def _table_files(store: Store) -> list[tuple[str, Path]]:
@@ -127,7 +179,7 @@ def _check_table_files(store: Store, manifest: dict[str, Any], problems: list[st
         try:
             schema = pq.read_schema(path)
         except (pa.ArrowInvalid, OSError) as err:
-            fix = _RERUN if name in RUN_TABLES else f"delete it and {_REINGEST}"
+            fix = _RETRAIN if name in RUN_TABLES else _REINGEST
             problems.append(f"{path}: table is corrupt ({err}); {fix}")
             continue
         try:
@@ -241,7 +293,10 @@ def _check_sample(store: Store, sample_id: str, steps: dict, vec: Any, encoder: 
             gone = [s for s in wanted if not vec.has_patch(s)]
             if gone:
                 problems.append(f"{vec.path}: {len(gone)} of {len(wanted)} spot patches of sample {sample_id} "
-                                f"missing (e.g. patch/{gone[0]}); {_REINGEST} --steps patches,embed,graph")
+                                f"missing (e.g. patch/{gone[0]}); {_REINGEST}")
+    if vec is not None:
+        problems += [f"{why}; {_REINGEST}" for step in ("patches", "embed") if step in steps
+                     and (why := digest_problem(store, store.manifest(), sample_id, step, vec))]
     if "embed" in steps and ok["embeddings"] and vec is not None and encoder:
         _check_embeddings(store, sample_id, vec, encoder, dim, spot_ids, tile_ids if ok["tiles"] else None, report)
     if ok["edges"]:
@@ -268,7 +323,7 @@ def _check_embeddings(store: Store, sample_id: str, vec: Any, encoder: str, dim:
     other = {r["encoder"] for r in index} - {encoder}
     if other:
         report.problems.append(f"{path}: rows of encoder(s) {sorted(other)}, but the manifest records "
-                               f"embeddings of {encoder!r}; {_REINGEST} --steps embed,graph")
+                               f"embeddings of {encoder!r}; {_REINGEST}")
     rows = [r for r in index if r["encoder"] == encoder]
     missing, wrong_size, non_finite = [], [], []
     want_bytes = 2 * int(dim) if dim else None
@@ -284,7 +339,7 @@ def _check_embeddings(store: Store, sample_id: str, vec: Any, encoder: str, dim:
     if missing:
         r = missing[0]
         report.problems.append(f"{vec.path}: {len(missing)} of {len(rows)} embeddings listed in {path} are missing "
-                               f"(e.g. emb/{encoder}/{r['level']}/{r['id']}); {_REINGEST} --steps embed,graph")
+                               f"(e.g. emb/{encoder}/{r['level']}/{r['id']}); {_REINGEST}")
     if wrong_size:
         r = wrong_size[0]
         report.problems.append(f"{vec.path}: {len(wrong_size)} embeddings of sample {sample_id} are not {dim} "
@@ -293,7 +348,7 @@ def _check_embeddings(store: Store, sample_id: str, vec: Any, encoder: str, dim:
         r = non_finite[0]
         report.problems.append(f"{vec.path}: {len(non_finite)} embeddings of sample {sample_id} hold NaN/inf "
                                f"(first in section {r['section_id']}: emb/{encoder}/{r['level']}/{r['id']}); "
-                               f"{_REINGEST} --steps embed,graph")
+                               f"{_REINGEST}")
     unknown_spots = {r["id"] for r in rows if r["level"] == "spot"} - spot_ids
     if unknown_spots:
         report.problems.append(f"{path}: {len(unknown_spots)} spot embeddings of spots not in the spots table "
@@ -321,7 +376,7 @@ def _check_edges(store: Store, sample_id: str, spot_ids: set[str], problems: lis
         dangling = ids - spot_ids
         if dangling:
             problems.append(f"{path}: {len(dangling)} edge {end} endpoints are not spots of sample {sample_id} "
-                            f"(e.g. {_first(dangling)}); {_REINGEST} --steps graph")
+                            f"(e.g. {_first(dangling)}); {_REINGEST}")
     kinds = set(edges.column("kind").to_pylist()) - set(EDGE_KINDS)
     if kinds:
         problems.append(f"{path}: unknown edge kinds {sorted(kinds)}")
@@ -332,109 +387,21 @@ def _check_edges(store: Store, sample_id: str, spot_ids: set[str], problems: lis
         problems.append(f"{path}: {int((weights < 0).sum())} edge weights are negative")
 
 
-# --- results -------------------------------------------------------------------------------
-
-def _check_results(store: Store, readable: dict[Path, bool], report: CheckReport) -> None:
-    """Each run's files agree: one runs row named like its file, metrics and predictions only
-    for runs that have a runs row, and a finished run has its metrics. Predictions for spots
-    the store no longer has (it was re-ingested after the run) are a note."""
-    problems = report.problems
-    layout = store.layout
-    files = {name: {Path(p).stem: Path(p) for p in glob.glob(layout.table_glob(name))} for name in RUN_TABLES}
-    _check_result_records(store, files, readable, report)
-    for key, path in sorted(files["runs"].items()):
-        if not readable.get(path):
-            continue
-        rows = store.read("runs", key, columns=["run_id", "status"]).to_pylist()
-        if [r["run_id"] for r in rows] != [key]:
-            problems.append(f"{path}: holds run(s) {[r['run_id'] for r in rows]}, expected the one run {key!r}")
-            continue
-        status = rows[0]["status"]
-        if status == "running" and not run_alive(layout.run_lock(key)):
-            report.notes.append(f"{path}: run {key} is interrupted (its process died while running; no "
-                                "process holds its lock); finish it with the same `asign train` command "
-                                "and --resume, or re-run it")
-        if status not in RUN_STATUSES:
-            problems.append(f"{path}: unknown run status {status!r}")
-        if status == "done" and key not in files["metrics"]:
-            problems.append(f"{layout.table('metrics', key)}: missing although run {key} is done; "
-                            "re-run the same `asign train` command")
-    spot_ids: set[str] | None = None
-    for name in ("metrics", "predictions"):
-        for key, path in sorted(files[name].items()):
-            if key not in files["runs"]:
-                problems.append(f"{path}: {name} of run {key}, which has no runs row (delete the file, or re-run)")
-            if not readable.get(path):
-                continue
-            ids = set(store.read(name, key, columns=["run_id"]).column("run_id").unique().to_pylist())
-            if ids - {key}:
-                problems.append(f"{path}: rows of other runs {sorted(ids - {key})}")
-            if name == "predictions":
-                problems += _non_finite_predictions(store, key, path)
-                if spot_ids is None:
-                    spot_ids = _all_spot_ids(store, readable)
-                pred = set(store.read(name, key, columns=["spot_id"]).column("spot_id").unique().to_pylist())
-                unknown = pred - spot_ids
-                if unknown:
-                    report.notes.append(f"{path}: predictions for {len(unknown)} spots not in the store "
-                                        f"(e.g. {_first(unknown)}); the store was re-ingested after this run")
-
-
-def _check_result_records(store: Store, files: dict[str, dict[str, Path]], readable: dict[Path, bool],
-                          report: CheckReport) -> None:
-    """Every results file against the sha256 recorded when `asign train` wrote it."""
-    layout = store.layout
-    unrecorded = []
-    for name in RUN_TABLES:
-        for key, path in sorted(files[name].items()):
-            if records.recorded_rows(layout, name, key, path) is None:
-                unrecorded.append(path)
-                continue
-            why = records.problems(layout, name, key, path)
-            if why is not None:
-                readable[path] = False
-                report.problems.append(f"{path}: {why}; delete the run's files and re-run the same "
-                                       "`asign train` command")
-    for run_record in sorted(layout.records.joinpath("runs").glob("*.json")):
-        for rel in records.load(run_record):
-            if not (layout.root / rel).exists():
-                report.problems.append(f"{layout.root / rel}: missing, although its write is recorded in "
-                                       f"{run_record}; re-run the same `asign train` command")
-    if unrecorded:
-        report.notes.append(f"{unrecorded[0]}: {len(unrecorded)} results file(s) with no write record (written "
-                            "by an older asign, or not by asign); their contents were not verified")
-
-
 def _non_finite_labels(store: Store, sample_id: str, path: Path) -> list[str]:
-    tab = store.read("labels", key=sample_id, columns=["section_id", "value"])
+    """NaN is allowed only where the count is null: a gene absent from the section's
+    counts, masked at ingest (absent is not zero)."""
+    tab = store.read("labels", key=sample_id, columns=["section_id", "value", "counts"])
     flat = pc.list_flatten(tab.column("value")).to_numpy(zero_copy_only=False)
     if np.isfinite(flat).all():
         return []
+    counts = pc.list_flatten(tab.column("counts"))
+    masked = counts.is_null().to_numpy(zero_copy_only=False) if len(counts) == len(flat) else False
+    damaged = ~np.isfinite(flat) & ~(np.isnan(flat) & masked)
+    if not damaged.any():
+        return []
     lengths = pc.list_value_length(tab.column("value")).to_numpy(zero_copy_only=False)
     owner = np.repeat(np.arange(tab.num_rows), lengths)
-    rows = np.unique(owner[~np.isfinite(flat)])
+    rows = np.unique(owner[damaged])
     first = tab.column("section_id")[int(rows[0])].as_py()
-    return [f"{path}: {len(rows)} label vectors hold NaN/inf (first in section {first}); {_REINGEST} --steps register"]
-
-
-def _non_finite_predictions(store: Store, key: str, path: Path) -> list[str]:
-    """Read in row groups (a large run has tens of millions of prediction rows)."""
-    bad, first = 0, None
-    for batch in pq.ParquetFile(path).iter_batches(columns=["section_id", "value"], batch_size=1 << 20):
-        values = batch.column(1).to_numpy(zero_copy_only=False)
-        mask = ~np.isfinite(values.astype(np.float64, copy=False))
-        if mask.any():
-            bad += int(mask.sum())
-            first = first or batch.column(0)[int(np.flatnonzero(mask)[0])].as_py()
-    if not bad:
-        return []
-    return [f"{path}: {bad} predicted values of run {key} are NaN/inf (first in section {first}); "
-            "delete the run's files and re-run it"]
-
-
-def _all_spot_ids(store: Store, readable: dict[Path, bool]) -> set[str]:
-    out: set[str] = set()
-    for p in glob.glob(store.layout.table_glob("spots")):
-        if readable.get(Path(p)):
-            out |= set(store.read("spots", Path(p).stem, columns=["spot_id"]).column("spot_id").to_pylist())
-    return out
+    return [f"{path}: {len(rows)} label vectors hold NaN/inf (first in section {first}); "
+            f"{_REINGEST}"]

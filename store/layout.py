@@ -20,6 +20,36 @@ OPTIONAL_STEP_TABLES = {("align", "transforms"), ("align", "warps")}  # warps: -
 
 
 @dataclass(frozen=True)
+class FileKind:
+    """One kind of file a store holds: where (a glob below the root), which command writes
+    it, and whether it carries data (``transient``: a lock file, which the kernel's lock is
+    on and any command re-creates). ``asign check`` flags any other file; the fault-matrix
+    test enumerates this list, so a new kind is covered by adding it here."""
+
+    name: str
+    pattern: str
+    writer: str  # ingest | train
+    transient: bool = False
+
+
+FILE_KINDS: tuple[FileKind, ...] = (
+    FileKind("manifest", "manifest.json", "ingest"),
+    FileKind("table-record", "records/tables.json", "ingest"),
+    FileKind("run-record", "records/runs/*.json", "train"),
+    *(FileKind(f"table:{n}", f"tables/{n}.parquet", "ingest") for n in GLOBAL_TABLES),
+    *(FileKind(f"table:{n}", f"tables/{n}/*.parquet", "ingest") for n in SAMPLE_TABLES),
+    *(FileKind(f"table:{n}", f"results/{n}/*.parquet", "train") for n in RUN_TABLES),
+    FileKind("vectors", "vectors.lmdb/data.mdb", "ingest"),
+    FileKind("vectors-lock", "vectors.lmdb/lock.mdb", "ingest", transient=True),
+    FileKind("checkpoint", "checkpoints/*.pt", "train"),
+    FileKind("thumbnail", "qc/thumbnails/*.png", "ingest"),
+    FileKind("alignment-picture", "qc/*_alignment.png", "ingest"),
+    FileKind("lock", "locks/*.lock", "ingest", transient=True),
+    FileKind("lock", "locks/*/*.lock", "train", transient=True),
+)
+
+
+@dataclass(frozen=True)
 class StoreLayout:
     root: Path
 
@@ -73,6 +103,18 @@ class StoreLayout:
         for name in SAMPLE_TABLES:
             found += sorted((self.tables / name).glob("[!.]*.parquet"))
         return found
+
+    def ingest_files(self) -> list[Path]:
+        """``ingest_table_files`` and the QC pictures of align: everything ingest writes
+        whose sha256 the manifest records (not the LMDB, which check verifies entry-wise)."""
+        return self.ingest_table_files() + sorted(self.qc.glob("*_alignment.png")) + sorted(
+            self.qc.joinpath("thumbnails").glob("[!.]*.png"))
+
+    def kind_of(self, path: Path) -> FileKind | None:
+        """The kind of a file below the root, or None: not a file asign writes here."""
+        rel = Path(self.relative(path))
+        return next((k for k in FILE_KINDS if rel.match(k.pattern) and
+                     len(rel.parts) == len(Path(k.pattern).parts)), None)
 
     def relative(self, path: Path) -> str:
         """A store file's name in the manifest: its path below the store root."""

@@ -58,7 +58,7 @@ def table_record(layout: StoreLayout, previous: dict[str, Any] | None = None) ->
     mtime are those of ``previous`` is reused, so saving stays cheap on large stores."""
     previous = previous or {}
     out: dict[str, dict[str, Any]] = {}
-    for path in layout.ingest_table_files():
+    for path in layout.ingest_files():
         rel = layout.relative(path)
         try:
             st = path.stat()

@@ -104,6 +104,8 @@ def sync_ingest(layout: StoreLayout, accepted: dict[str, dict[str, Any]]) -> Non
         data = load(record)
         out: dict[str, list[dict[str, Any]]] = {}
         for rel, info in accepted.items():
+            if not rel.endswith(".parquet"):  # QC pictures: the manifest's hash covers them
+                continue
             known = [e for e in data.get(rel, []) if e.get("sha256") == info.get("sha256")]
             if known:
                 out[rel] = known[-1:]
@@ -163,3 +165,15 @@ def problems(layout: StoreLayout, name: str, key: str | None, path: Path) -> str
         return ("content does not match the sha256 recorded when asign wrote it (rewritten or forged "
                 "outside asign)")
     return None
+
+
+def rerecord_run(layout: StoreLayout, run_id: str) -> list[Path]:
+    """Record a run's results files as they are now (its write record was lost)."""
+    from asign.store.layout import RUN_TABLES
+
+    record = layout.writable(layout.record_of(RUN_TABLES[0], run_id))
+    with exclusive(layout.writable(layout.record_lock(record))):
+        files = [layout.table(n, run_id) for n in RUN_TABLES if layout.table(n, run_id).exists()]
+        data = {layout.relative(p): [entry(p)] for p in files}
+        write_bytes(record, json.dumps(data, indent=1, sort_keys=True).encode())
+    return files

@@ -105,7 +105,7 @@ def _run_read(cfg: TrainConfig, store: Any, reporter: Any, max_epochs: int | Non
     commit = res.git_commit()
     timings: dict[str, Any] = {}
     row = dict(store_fp=store_fp, commit=commit, created_at=created, timings=timings,
-               plan=res.plan_summary(folds), where=here())
+               plan=res.plan_summary(folds), where=here(), binding=_binding(cfg, store, folds))
     # Held while this process lives: a `running` row nobody holds this for reads as
     # `interrupted` (store/locks.py), however the process ended.
     with run_lock(store.layout.writable(store.layout.run_lock(rid))):
@@ -156,6 +156,17 @@ def _client(cluster: Any) -> Iterator[Any]:
 
     with connect(cluster) as client:
         yield client
+
+
+def _binding(cfg: TrainConfig, store: Any, folds: list) -> dict[str, Any]:
+    """The store state this run reads (store/binding.py): export and report refuse the run
+    once a re-ingest changes it. Same reads as ``load_samples``."""
+    from asign.store.binding import binding_of, state_of
+
+    needed = {p.sample_id for f in folds for p in f.samples}
+    return binding_of(state_of(store), needed,
+                      features=cfg.spec.images or cfg.finetune_spot_encoder,
+                      graph=cfg.spec.neural or cfg.spec.cross_layer)
 
 
 def load_samples(cfg: TrainConfig, store: Any, folds: list) -> tuple[dict, Any]:

@@ -221,7 +221,9 @@ def _labels(
                          fix="re-run `asign ingest --steps register` so labels follow the panel")
     flat = np.asarray(pc.list_flatten(values), dtype=np.float32).reshape(len(rows), n_genes)
     ok = rows >= 0  # labels of sections outside the graph (no image) are not used
-    bad = ok & ~np.isfinite(flat).all(axis=1)
+    # NaN marks a gene absent from a section's counts (masked at ingest, never scored);
+    # anything else non-finite is damage
+    bad = ok & np.isinf(flat).any(axis=1)
     if bad.any():
         first = sections[int(section[rows[np.flatnonzero(bad)[0]]])]
         raise StoreError(f"section {first}: {int(bad.sum())} label vectors of sample {sample_id} contain NaN/inf; "

@@ -100,8 +100,9 @@ def one_fold(cfg: TrainConfig, fold: Any, run: FoldRun) -> tuple[list[dict] | No
             # The only place hidden labels are read: as ground truth for scoring.
             values = evaluate(pred[idx], s.labels[idx])
             if plan.sample_id in bounds:  # the intervals' empirical coverage and mean width
-                lo, hi = (b[idx] for b in bounds[plan.sample_id])
-                values.update(coverage=intervals.coverage_of(lo, hi, s.labels[idx]),
+                measured = np.isfinite(s.labels[idx]).all(axis=0)  # absent genes: not scored
+                lo, hi = (b[idx][:, measured] for b in bounds[plan.sample_id])
+                values.update(coverage=intervals.coverage_of(lo, hi, s.labels[idx][:, measured]),
                               width=float(np.mean(hi - lo)))
             rows += metric_rows(run.rid, fold.fold, plan.sample_id, sec, fold.setting, values)
         out = s.in_sections(plan.predicted)

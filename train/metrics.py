@@ -108,15 +108,23 @@ def metric_names() -> tuple[str, ...]:
 def evaluate(pred: np.ndarray, truth: np.ndarray) -> dict[str, float | int]:
     """Every accuracy metric of one (spots × genes) block, with the counts behind the PCC
     means: ``n_spots``, ``n_genes``, ``n_spots_valid`` and ``n_genes_valid`` (items with a
-    defined PCC)."""
+    defined PCC), and, when the truth masks genes (NaN: absent from the section's counts,
+    not measured as zero), ``n_genes_absent``: those genes are left out of every metric."""
     p, t = _pair(pred, truth)
+    measured = np.isfinite(t).all(axis=0)
+    absent = int((~measured).sum())
+    n_genes = int(p.shape[1])
+    if absent:
+        p, t = p[:, measured], t[:, measured]
     per_spot, per_gene = _pearson_rows(p, t), _pearson_rows(p.T, t.T)
     values: dict[str, float | int] = {m.name: m.fn(p, t) for m in METRICS.values()
                                       if m.fn is not None}
+    extra = {"n_genes_absent": absent} if absent else {}
     return {
+        **extra,
         **values,
         "n_spots": int(p.shape[0]),
-        "n_genes": int(p.shape[1]),
+        "n_genes": n_genes,
         "n_spots_valid": int(np.isfinite(per_spot).sum()),
         "n_genes_valid": int(np.isfinite(per_gene).sum()),
     }

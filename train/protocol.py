@@ -245,6 +245,14 @@ def visible_labels(
     spot's section index and ``visible_idx`` the indices of the visible sections."""
     mask = has_label & np.isin(section, np.asarray(visible_idx, dtype=section.dtype))
     out = np.where(mask[:, None], labels, 0.0).astype(np.float32)
+    absent = ~np.isfinite(out).all(axis=0)
+    if absent.any():  # masked at ingest: a gene the section's counts lack is no zero to learn
+        from asign.errors import InputError
+
+        raise InputError(f"{int(absent.sum())} panel gene(s) are absent from the counts of a known "
+                         "(training) layer, so they cannot be learnt from it",
+                         fix="pick a known layer measured on every panel gene (--known), or "
+                             "re-ingest with --genes naming genes that layer has")
     return out, mask
 
 

@@ -85,7 +85,8 @@ class RunResult:
 def write_run_row(store: Store, rid: str, cfg: TrainConfig, *, status: str, seconds: float | None,
                   store_fp: str, commit: str | None, created_at: dt.datetime,
                   timings: dict[str, Any], plan: dict[str, Any] | None = None,
-                  where: dict[str, Any] | None = None) -> None:
+                  where: dict[str, Any] | None = None,
+                  binding: dict[str, Any] | None = None) -> None:
     from asign import __version__
 
     config = dict(cfg.to_json())
@@ -93,6 +94,8 @@ def write_run_row(store: Store, rid: str, cfg: TrainConfig, *, status: str, seco
     config["timings"] = timings
     config["plan"] = plan or {}
     config["where"] = where or {}  # host, pid and Dask worker address the run ran on
+    if binding is not None:  # the store state the run read (store/binding.py)
+        config["binding"] = binding
     store.write("runs", {
         "run_id": [rid], "name": [cfg.run], "model": [cfg.model], "created_at": [created_at],
         "status": [status], "setting": [cfg.setting], "seed": [cfg.seed],

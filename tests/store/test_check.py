@@ -25,7 +25,7 @@ from asign.store.vectors import _emb_key, _patch_key  # white-box: these tests d
 pytestmark = pytest.mark.skipif(not HER2ST.exists(), reason="needs ../shared/data/her2st")
 
 runner = CliRunner()
-REINGEST = "re-run `asign ingest` (it redoes every step whose tables changed)"
+REINGEST = "run `asign check --repair` (it redoes every step whose outputs changed)"
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ def test_deleted_lmdb_embedding(store):
     problems = _check(store)
     assert problems == [f"{store / 'vectors.lmdb'}: 1 of {len(emb)} embeddings listed in "
                         f"{store / 'tables' / 'embeddings' / 'C.parquet'} are missing "
-                        f"(e.g. emb/{encoder}/spot/{victim['id']}); {REINGEST} --steps embed,graph"]
+                        f"(e.g. emb/{encoder}/spot/{victim['id']}); {REINGEST}"]
     assert _cli_check(store)[0] == 1
 
 
@@ -154,7 +154,7 @@ def test_edge_to_a_spot_that_does_not_exist(store):
     extra = table.slice(0, 1).to_pylist()[0] | {"dst_spot_id": "C3/99x99"}
     _rewrite(path, pa.concat_tables([table, pa.Table.from_pylist([extra], schema=table.schema)]))
     problems = _check(store)
-    dangling = f"{path}: 1 edge destination endpoints are not spots of sample C (e.g. C3/99x99); {REINGEST} --steps graph"
+    dangling = f"{path}: 1 edge destination endpoints are not spots of sample C (e.g. C3/99x99); {REINGEST}"
     assert dangling in problems and len(problems) == 2  # and the hash no longer matches
     _rerecord(store)
     assert _check(store) == [dangling]
@@ -226,7 +226,13 @@ def test_changed_input_file(store):
                                        pa.array(hashes)))
     _rerecord(store)
     counts = sections.column("counts_path")[1].as_py()
-    assert _check(store) == [f"{counts}: counts of section C3 changed since ingest (re-run ingest)"]
+    (run_file,) = (store / "results" / "runs").glob("*.parquet")
+    # the run trained on the sections table as it was: its binding no longer holds either
+    assert _check(store) == [f"{counts}: counts of section C3 changed since ingest (re-run ingest)",
+                             f"{run_file}: run {run_file.stem} no longer matches the store it was "
+                             "trained on (the sample's rows of the sections table changed); "
+                             "`asign check --repair` marks it stale, then re-run the same "
+                             "`asign train` command"]
 
 
 def test_results_of_a_run_without_a_runs_row(store):
@@ -235,6 +241,6 @@ def test_results_of_a_run_without_a_runs_row(store):
     orphan = metrics_dir / "ghost-mean-00000000.parquet"
     table = pq.read_table(run_file)
     _rewrite(orphan, table.set_column(0, "run_id", pa.array(["ghost-mean-00000000"] * table.num_rows)))
-    assert _check(store) == [f"{orphan}: metrics of run ghost-mean-00000000, which has no runs row "
-                             "(delete the file, or re-run)"]
+    assert _check(store) == [f"{orphan}: metrics of run ghost-mean-00000000, which has no runs row; "
+                             "`asign check --repair` deletes it"]
     assert _cli_check(store)[0] == 1
