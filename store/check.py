@@ -40,8 +40,8 @@ from asign.store.vectors import _emb_key
 log = logging.getLogger(__name__)
 
 _REINGEST = "run `asign check --repair` (it redoes every step whose outputs changed)"
-_RETRAIN = ("delete it, or re-run the same `asign train` command (it rewrites the run's "
-            "files)")
+_RETRAIN = ("delete it, or re-run the `asign train` command that wrote it (it rewrites the "
+            "run's files)")
 
 
 @dataclass

@@ -63,24 +63,26 @@ def vectors_problem(store: Any, manifest: dict[str, Any], sample_id: str, step: 
     if step not in ("patches", "embed"):
         return None
     path = store.layout.vectors
+    name = "spot_tiles" if step == "patches" else "embeddings"
+    if not store.has(name, sample_id):
+        return None  # the table check reports it
+    if step == "patches":
+        ids = store.read("spot_tiles", key=sample_id, columns=["spot_id"]).column("spot_id")
+        wanted = Counter(s.split("/", 1)[0] + "/" for s in set(ids.to_pylist()))
+        encoder = None
+    else:
+        rows = store.read("embeddings", key=sample_id,
+                          columns=["section_id", "encoder", "level"]).to_pylist()
+        wanted = Counter((r["encoder"], r["level"], f"{r['section_id']}/") for r in rows)
+        encoder = True
+    if not wanted:  # a sample placed by coordinates alone lists no entries: needs no LMDB
+        return None
     if not (path / "data.mdb").is_file():
         return f"{path}: missing, although step {step} of sample {sample_id} is done"
     damage = lmdb_damage(path)
     if damage is not None:
         return damage
-    name = "spot_tiles" if step == "patches" else "embeddings"
-    if not store.has(name, sample_id):
-        return None  # the table check reports it
     try:
-        if step == "patches":
-            ids = store.read("spot_tiles", key=sample_id, columns=["spot_id"]).column("spot_id")
-            wanted = Counter(s.split("/", 1)[0] + "/" for s in set(ids.to_pylist()))
-            encoder = None
-        else:
-            rows = store.read("embeddings", key=sample_id,
-                              columns=["section_id", "encoder", "level"]).to_pylist()
-            wanted = Counter((r["encoder"], r["level"], f"{r['section_id']}/") for r in rows)
-            encoder = True
         with store.vectors(readonly=True) as vec:
             for key, n in wanted.items():
                 held = (vec.count(f"patch/{key}".encode()) if encoder is None
@@ -121,10 +123,13 @@ def entries_digest(store: Any, manifest: dict[str, Any], sample_id: str, step: s
     import hashlib
 
     h = hashlib.sha256()
+    keys = _listed_keys(store, manifest, sample_id, step)
+    if not keys:  # nothing listed (a sample placed by coordinates alone): no LMDB to open
+        return h.hexdigest()
     opened = store.vectors(readonly=True) if vec is None else None
     try:
         with (opened or vec).env.begin() as txn:
-            for key in _listed_keys(store, manifest, sample_id, step):
+            for key in keys:
                 value = txn.get(key)
                 if value is None:
                     return None
@@ -162,6 +167,8 @@ def forget_done(store: Any, sample_id: str, step: str) -> int:
     """Drop the LMDB's resume markers (``done/KIND/FP/SECTION/…``) of a sample's sections
     for ``step`` and later, so a step redone to repair it recomputes every unit instead of
     trusting them."""
+    if not (store.layout.vectors / "data.mdb").is_file():
+        return 0  # no LMDB, no markers (and a store that needs none does not get one)
     sections = set(_sections_of(store, sample_id))
     kinds = _MARKERS[step]
     with store.vectors(readonly=False) as vec, vec.env.begin(write=True) as txn:
