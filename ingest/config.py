@@ -50,6 +50,7 @@ class IngestConfig:
     top_k_cross: int = 8
     cross_weight: str = "product"  # product (paper) | sum (reference code)
     section_um: float | None = None  # spacing between consecutive z (µm); overrides the input's
+    bin_um: float | None = None  # binned platforms: bin side in µm (None = platform default)
     seed: int = 0
     # where units of work run (asign/cluster.py); never part of a fingerprint: a store is
     # the same whether it was computed serially or on a cluster
@@ -110,6 +111,8 @@ def validate(cfg: IngestConfig) -> None:
             problems.append(f"{flag} must be ≥ 1, got {value}")
     if cfg.section_um is not None and not (math.isfinite(cfg.section_um) and cfg.section_um > 0):
         problems.append(f"--section-um {cfg.section_um} must be a positive number of µm")
+    if cfg.bin_um is not None and not (math.isfinite(cfg.bin_um) and cfg.bin_um >= 0):
+        problems.append(f"--bin-um {cfg.bin_um} must be ≥ 0 µm (0: Xenium cells as spots)")
     if cfg.threads is not None and cfg.threads < 1:
         problems.append(f"--threads must be ≥ 1, got {cfg.threads}")
     if cfg.workers < 0:

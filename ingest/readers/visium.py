@@ -40,6 +40,7 @@ import scipy.sparse as sp
 
 from asign.errors import CountsError, ImageError, InputError
 from asign.ingest.readers.base import (
+    ReadOptions,
     Reader,
     check_spots_in_image,
     find_images,
@@ -385,10 +386,13 @@ def read_section(
         counts=matrix,
         counts_path=counts_path,
         total_counts=np.asarray(matrix.sum(axis=1, dtype=np.int64)).ravel(),
+        lattice="hex",
     )
 
 
-def read(path: Path, samples: str | None = None) -> list[SampleInput]:
+def read(path: Path, samples: str | None = None,
+         options: ReadOptions | None = None) -> list[SampleInput]:
+    """``options`` has nothing for this layout."""
     out = []
     for sample_id, folder in sorted(_sample_folders(Path(path)).items()):
         if not sample_matches(sample_id, samples):
