@@ -16,12 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from her2st_small import HER2ST, IMAGE_NAMES
 from PIL import Image
 from scipy.spatial import cKDTree
 
-from her2st_small import HER2ST, IMAGE_NAMES
-
-HER2ST_UM_PER_PX = 200.0 / 290.0  # her2st C: 200 µm array pitch ≈ 290 px (affine fit)
 SECTIONS = ("C2", "C3")
 
 
@@ -37,26 +35,34 @@ def _source(section: str, n_genes: int) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def _window(section: str, spots: pd.DataFrame, width_um: float, um_per_px: float
-            ) -> tuple[np.ndarray, np.ndarray]:
-    """(RGB window resampled to ``um_per_px``, its top-left corner in her2st pixels)."""
+            ) -> tuple[np.ndarray, np.ndarray, float]:
+    """(RGB of the whole section: the spot cloud plus one array pitch of margin, as a
+    square ``width_um`` wide at ``um_per_px``; its top-left corner in her2st pixels; her2st
+    pixels per fixture pixel). The physical scale is the fixture's own: a whole section
+    shrunk to ``width_um`` keeps a bin count a test can afford, and it keeps the tissue
+    outline that alignment needs."""
     Image.MAX_IMAGE_PIXELS = None
-    centre = spots[["pixel_x", "pixel_y"]].median().to_numpy()
-    half = width_um / HER2ST_UM_PER_PX / 2
+    xy = spots[["pixel_x", "pixel_y"]].to_numpy()
+    centre = (xy.min(axis=0) + xy.max(axis=0)) / 2
+    half = (xy.max(axis=0) - xy.min(axis=0)).max() / 2 + 290.0
     box = (*(centre - half).astype(int), *(centre + half).astype(int))
     n = int(round(width_um / um_per_px))
     with Image.open(HER2ST / "ST-imgs" / "C" / section / IMAGE_NAMES[section]) as im:
-        rgb = np.asarray(im.convert("RGB").crop(box).resize((n, n), Image.Resampling.BOX))
-    return rgb, np.asarray(box[:2], float)
+        im.draft("RGB", (im.width // 4, im.height // 4))
+        f = im.width / Image.open(HER2ST / "ST-imgs" / "C" / section / IMAGE_NAMES[section]).width
+        crop = im.convert("RGB").crop(tuple(int(v * f) for v in box))
+        rgb = np.asarray(crop.resize((n, n), Image.Resampling.BOX))
+    return rgb, np.asarray(box[:2], float), (box[2] - box[0]) / n
 
 
 def _thinned(counts: pd.DataFrame, spots: pd.DataFrame, her2st_px: np.ndarray, p: float,
              seed: int) -> tuple[sp.csr_matrix, np.ndarray]:
-    """Counts of the nearest her2st spot, thinned with probability ``p``; and the distance
-    to that spot in µm (far from every spot = off tissue)."""
+    """Counts of the nearest her2st spot, thinned with probability ``p``; and whether that
+    spot is within 0.75 array pitch (else off tissue: no spot there)."""
     dist, idx = cKDTree(spots[["pixel_x", "pixel_y"]].to_numpy()).query(her2st_px)
     rng = np.random.default_rng(seed)
     dense = rng.binomial(counts.to_numpy()[idx].astype(np.int64), p)
-    return sp.csr_matrix(dense.astype(np.int32)), dist * HER2ST_UM_PER_PX
+    return sp.csr_matrix(dense.astype(np.int32)), dist < 0.75 * 290.0
 
 
 def write_10x_h5(path: Path, barcodes: list[str], genes: list[str], matrix: sp.csr_matrix
@@ -83,13 +89,13 @@ def write_10x_h5(path: Path, barcodes: list[str], genes: list[str], matrix: sp.c
 # ---- Visium HD --------------------------------------------------------------------------
 
 def write_visium_hd_section(dst: Path, section: str, *, bins_um: tuple[int, ...] = (8, 16),
-                            width_um: float = 320.0, um_per_px: float = 1.0,
+                            width_um: float = 640.0, um_per_px: float = 2.0,
                             rotation_deg: float = 1.5, n_genes: int = 30, seed: int = 0) -> Path:
     """One Space Ranger HD output (``binned_outputs/square_0XXum/...``, ``spatial/``,
     ``feature_slice.h5``, ``microscope_image/``). The bin grid is turned by
     ``rotation_deg`` in the image, as a real slide sits slightly askew."""
     spots, counts = _source(section, n_genes)
-    rgb, corner = _window(section, spots, width_um, um_per_px)
+    rgb, corner, her2st_per_px = _window(section, spots, width_um, um_per_px)
     dst.mkdir(parents=True, exist_ok=True)
     (dst / "microscope_image").mkdir(exist_ok=True)
     Image.fromarray(rgb).save(dst / "microscope_image" / f"{section}_HE.tif")
@@ -112,9 +118,9 @@ def write_visium_hd_section(dst: Path, section: str, *, bins_um: tuple[int, ...]
         centre = (np.c_[col, row] + 0.5) * b_um - width_um / 2  # µm from the window centre
         px = (centre @ rot.T) / um_per_px + rgb.shape[1] / 2
         inside = (px >= 0).all(axis=1) & (px < rgb.shape[1] - 1).all(axis=1)
-        her2st_px = corner + px * um_per_px / HER2ST_UM_PER_PX
-        matrix, dist = _thinned(counts, spots, her2st_px, p=0.05 * (b_um / 8) ** 2, seed=seed)
-        in_tissue = (dist < 150.0) & inside
+        matrix, near = _thinned(counts, spots, corner + px * her2st_per_px,
+                                p=min(1.0, 0.05 * (b_um / 8) ** 2), seed=seed)
+        in_tissue = near & inside
         barcodes = [f"s_{b_um:03d}um_{r:05d}_{c:05d}-1" for r, c in zip(row, col, strict=True)]
         folder = dst / "binned_outputs" / f"square_{b_um:03d}um"
         (folder / "spatial").mkdir(parents=True, exist_ok=True)
@@ -165,14 +171,14 @@ def write_xenium_section(dst: Path, section: str, *, width_um: float = 440.0,
     import tifffile
 
     spots, counts = _source(section, n_genes)
-    rgb, corner = _window(section, spots, width_um, morph_um_per_px)
+    rgb, corner, her2st_per_px = _window(section, spots, width_um, morph_um_per_px)
     dst.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     n_cells = int(width_um ** 2 / cell_area_um2)
     xy_um = rng.uniform(0, width_um, (n_cells, 2))
-    her2st_px = corner + xy_um / HER2ST_UM_PER_PX
-    matrix, dist = _thinned(counts, spots, her2st_px, p=0.02, seed=seed)
-    keep = np.flatnonzero(dist < 150.0)
+    her2st_px = corner + xy_um / morph_um_per_px * her2st_per_px
+    matrix, near = _thinned(counts, spots, her2st_px, p=0.02, seed=seed)
+    keep = np.flatnonzero(near)
     xy_um, matrix = xy_um[keep], matrix[keep]
     ids = xenium_cell_ids(len(keep))
     write_10x_h5(dst / "cell_feature_matrix.h5", ids, list(counts.columns), matrix)
@@ -221,7 +227,6 @@ def _write_cells_zarr(path: Path, ids: list[str], xy_um: np.ndarray, area: np.nd
     import tempfile
 
     import zarr
-
     from spatialdata_io.readers.xenium import prefix_suffix_uint32_from_cell_id_str
 
     prefix, suffix = prefix_suffix_uint32_from_cell_id_str(np.asarray(ids))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from asign.errors import ConfigError, InputError
 from asign.ingest.readers import her2st, manifest, visium, visium_hd, xenium, zarr
-from asign.ingest.readers.base import ReadOptions, Reader, sample_matches
+from asign.ingest.readers.base import Reader, ReadOptions, sample_matches
 from asign.ingest.sample import SampleInput
 
 # Order is detection priority: an explicit manifest wins over a folder's layout.

@@ -32,8 +32,8 @@ import pandas as pd
 from asign.errors import CountsError, ImageError, InputError
 from asign.ingest.images import verify_image
 from asign.ingest.readers.base import (
-    ReadOptions,
     Reader,
+    ReadOptions,
     check_spots_in_image,
     find_images,
     finish_sample,

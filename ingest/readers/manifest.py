@@ -41,8 +41,8 @@ import pandas as pd
 
 from asign.errors import InputError, ValidationErrors
 from asign.ingest.readers.base import (
-    ReadOptions,
     Reader,
+    ReadOptions,
     check_spots_in_image,
     finish_sample,
     sample_matches,

@@ -40,8 +40,8 @@ import scipy.sparse as sp
 
 from asign.errors import CountsError, ImageError, InputError
 from asign.ingest.readers.base import (
-    ReadOptions,
     Reader,
+    ReadOptions,
     check_spots_in_image,
     find_images,
     finish_sample,

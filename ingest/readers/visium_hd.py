@@ -34,8 +34,8 @@ import scipy.sparse as sp
 
 from asign.errors import InputError
 from asign.ingest.readers.base import (
-    ReadOptions,
     Reader,
+    ReadOptions,
     check_spots_in_image,
     find_images,
     finish_sample,
@@ -111,7 +111,8 @@ def _hires_scale(sdata, dataset_id: str) -> float:
     """Full-resolution pixels → hires pixels, from spatialdata-io's transformation."""
     from spatialdata.transformations import get_transformation
 
-    tf = get_transformation(sdata.images[f"{dataset_id}_hires_image"], to_coordinate_system=dataset_id)
+    tf = get_transformation(sdata.images[f"{dataset_id}_hires_image"],
+                            to_coordinate_system=dataset_id)
     return 1.0 / float(np.asarray(tf.to_affine_matrix(("x",), ("x",)))[0, 0])
 
 
@@ -140,16 +141,19 @@ def read_section(sample_id: str, name: str, folder: Path, z: int, listed: Path |
     um_per_px = grid_um_per_px(grid, pix, root)
     scale = 1.0
     if image is None and any(k.endswith("_hires_image") for k in sdata.images):
-        dataset_id = next(k for k in sdata.images if k.endswith("_hires_image"))[: -len("_hires_image")]
+        hires = next(k for k in sdata.images if k.endswith("_hires_image"))
+        dataset_id = hires[: -len("_hires_image")]
         scale = _hires_scale(sdata, dataset_id)
         image = next(root.rglob("tissue_hires_image.png"))
         um_per_px /= scale
-    counts_path = root / "binned_outputs" / f"square_{bin_um:03d}um" / "filtered_feature_bc_matrix.h5"
+    level = root / "binned_outputs" / f"square_{bin_um:03d}um"
+    counts_path = level / "filtered_feature_bc_matrix.h5"
     matrix = check_sparse(sp.csr_matrix(table.X)[keep], counts_path)
     barcodes = obs.index.to_numpy(dtype=str)[keep]
     spots = pd.DataFrame({
         "spot_id": [f"{name}/{b}" for b in barcodes], "barcode": barcodes,
-        "array_x": obs["array_col"].to_numpy()[keep], "array_y": obs["array_row"].to_numpy()[keep],
+        "array_x": obs["array_col"].to_numpy()[keep],
+        "array_y": obs["array_row"].to_numpy()[keep],
         "px": pix[:, 0] * scale, "py": pix[:, 1] * scale,
     })
     if image is not None:

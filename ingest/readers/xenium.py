@@ -38,8 +38,8 @@ from scipy.spatial import cKDTree
 
 from asign.errors import InputError
 from asign.ingest.readers.base import (
-    ReadOptions,
     Reader,
+    ReadOptions,
     check_spots_in_image,
     finish_sample,
     natural_key,

@@ -35,8 +35,8 @@ from scipy.spatial import cKDTree
 
 from asign.errors import InputError
 from asign.ingest.readers.base import (
-    ReadOptions,
     Reader,
+    ReadOptions,
     finish_sample,
     natural_key,
     sample_matches,
@@ -132,7 +132,16 @@ def _counts(table: Any, rows: np.ndarray, path: Path) -> sp.csr_matrix:
     return check_sparse(matrix, path)
 
 
-def _section(sdata: Any, table: Any, region: str, rows: np.ndarray, cs: str,
+def _table_file(path: Path, table_name: str) -> Path | None:
+    """The table's zarr metadata file: the file whose hash stands for the counts (it
+    changes whenever the table is rewritten)."""
+    for name in ("zarr.json", ".zattrs"):
+        if (path / "tables" / table_name / name).is_file():
+            return path / "tables" / table_name / name
+    return None
+
+
+def _section(sdata: Any, table_name: str, table: Any, region: str, rows: np.ndarray, cs: str,
              sample_id: str, path: Path) -> tuple[float | None, SectionInput]:
     gdf = sdata.shapes[region]
     _, affine = _placement(gdf, [cs])
@@ -165,7 +174,8 @@ def _section(sdata: Any, table: Any, region: str, rows: np.ndarray, cs: str,
     section = SectionInput(
         sample_id=sample_id, section_id=name, z=z, image_path=None, um_per_px=None,
         spot_diameter_um=float(np.median(size)), spot_pitch_um=pitch, spots=spots,
-        genes=tuple(map(str, table.var_names)), counts=counts, counts_path=path,
+        genes=tuple(map(str, table.var_names)), counts=counts,
+        counts_path=_table_file(path, table_name),
         total_counts=(None if counts is None
                       else np.asarray(counts.sum(axis=1)).ravel().astype(np.int64)),
         spot_shape=shape, lattice="square",
@@ -181,7 +191,7 @@ def read(path: Path, samples: str | None = None,
     path = Path(path)
     sdata = _open(path)
     found: dict[str, list[tuple[float | None, SectionInput]]] = {}
-    for _, table, region in _annotations(sdata, path):
+    for table_name, table, region in _annotations(sdata, path):
         rows = _rows(table, region)
         if not len(rows):
             continue
@@ -190,7 +200,7 @@ def read(path: Path, samples: str | None = None,
             continue
         cs = _shared_system(sdata, table, region, path)
         found.setdefault(sample_id, []).append(
-            _section(sdata, table, region, rows, cs, sample_id, path))
+            _section(sdata, table_name, table, region, rows, cs, sample_id, path))
     out = []
     for sample_id, items in sorted(found.items()):
         out.append(finish_sample(sample_id, _ordered(items), fmt="zarr", source=path))
