@@ -20,6 +20,8 @@ from asign.schemas.vocabulary import EDGE_KINDS
 from asign.store import Store
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from asign.ingest.graph import Edges
 
 log = logging.getLogger(__name__)
@@ -96,7 +98,8 @@ def graph_unit(root: str, cfg: IngestConfig, sample_id: str) -> tuple[dict[str, 
                    "cross_weight_without_features": "iou"}
 
 
-def spot_geometry(sections: pd.DataFrame, nodes: pd.DataFrame) -> tuple[str, np.ndarray | None]:
+def spot_geometry(sections: pd.DataFrame, nodes: pd.DataFrame
+                  ) -> tuple[str, np.ndarray | None]:
     """(spot shape of the sample, per-node grid angle in the aligned frame for squares).
     Stores without the column (schema < 3) hold discs."""
     from asign.ingest.overlap import grid_angle

@@ -15,7 +15,8 @@ element is one section (its spots are the table rows whose region is that elemen
   ``x_um, y_um``, so the sections are placed without an image. Images in the zarr are not
   re-encoded (asign encodes image files; see docs/platforms.md).
 - geometry: circles → discs of the stored radius; polygons → squares of side √area; pitch
-  is the median nearest-spot distance of the section.
+  is the median nearest-spot distance of the section; asign's export records each
+  section's size, pitch and lattice in ``uns['asign']['geometry']``, which then wins.
 - counts: ``layers['counts']`` when present, else ``X`` (must be non-negative integers);
   with ``obs['has_measured']`` (asign's export) only measured rows carry counts and a
   section without any is image-free and unlabelled (its spots are kept).
@@ -171,14 +172,16 @@ def _section(sdata: Any, table_name: str, table: Any, region: str, rows: np.ndar
              if len(xyz) > 1 else float(np.median(size)))
     z = int(obs["z"].iloc[0]) if "z" in obs else 0
     spacing = table.uns.get("asign", {}).get("z_spacing_um")  # asign's export records it
+    given = dict(table.uns.get("asign", {}).get("geometry", {}).get(name, {}))
     section = SectionInput(
         sample_id=sample_id, section_id=name, z=z, image_path=None, um_per_px=None,
-        spot_diameter_um=float(np.median(size)), spot_pitch_um=pitch, spots=spots,
+        spot_diameter_um=float(given.get("spot_diameter_um", np.median(size))),
+        spot_pitch_um=float(given.get("spot_pitch_um", pitch)), spots=spots,
         genes=tuple(map(str, table.var_names)), counts=counts,
         counts_path=_table_file(path, table_name),
         total_counts=(None if counts is None
                       else np.asarray(counts.sum(axis=1)).ravel().astype(np.int64)),
-        spot_shape=shape, lattice="square",
+        spot_shape=shape, lattice=str(given.get("lattice", "square")),
         section_um=float(spacing) if spacing else None,
     )
     z_um = float(np.median(xyz[:, 2])) if np.ptp(xyz[:, 2]) < 1e-6 else None
