@@ -1,11 +1,14 @@
-"""Visium before/after: ingest (register step) the same Space Ranger fixture with the
-hand-written parser and with spatialdata-io's, then compare every table by content."""
+"""Visium before/after: ingest (register step) the same Space Ranger fixture (the reader
+tests' writer, with her2st thumbnails as hires images) with the hand-written parser of
+commit 2833293c3b and with spatialdata-io's, then compare every table by content.
+Run from the repository root: ``.venv/bin/python bench/visium_before_after.py``. It swaps
+ingest/readers/visium.py for the run and restores it."""
 import sys, shutil, subprocess
 from pathlib import Path
 import pandas as pd
 sys.path.insert(0, "tests/ingest"); sys.path.insert(0, "tests")
 from test_readers_visium import write_section
-root = Path("/tmp/platforms/vis")
+root = Path("/tmp/asign_visium_before_after")
 shutil.rmtree(root, ignore_errors=True)
 from PIL import Image
 from her2st_small import HER2ST, IMAGE_NAMES
@@ -24,7 +27,8 @@ def ingest(store):
 new = Path("ingest/readers/visium.py")
 keep = new.read_text()
 ingest(root / "after")
-new.write_text(Path("/tmp/platforms/visium_before.py").read_text())
+new.write_text(subprocess.run(["git", "show", "2833293c3b7cefabab111e913d0667fb7a698177:ingest/readers/visium.py"],
+                              check=True, capture_output=True, text=True).stdout)
 try:
     ingest(root / "before")
 finally:
