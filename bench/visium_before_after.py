@@ -1,51 +1,77 @@
 """Visium before/after: ingest (register step) the same Space Ranger fixture (the reader
 tests' writer, with her2st thumbnails as hires images) with the hand-written parser of
 commit 2833293c3b and with spatialdata-io's, then compare every table by content.
+
 Run from the repository root: ``.venv/bin/python bench/visium_before_after.py``. It swaps
 ingest/readers/visium.py for the run and restores it."""
-import sys, shutil, subprocess
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
 from pathlib import Path
+
+import numpy as np
 import pandas as pd
-sys.path.insert(0, "tests/ingest"); sys.path.insert(0, "tests")
-from test_readers_visium import write_section
-root = Path("/tmp/asign_visium_before_after")
-shutil.rmtree(root, ignore_errors=True)
 from PIL import Image
-from her2st_small import HER2ST, IMAGE_NAMES
-Image.MAX_IMAGE_PIXELS = None
-for i, (n, c) in enumerate(zip(["S1", "S2", "S3"], ["C2", "C3", "C4"])):
-    write_section(root / "BLOCK" / n, seed=i, variant="h5")
-    hires = root / "BLOCK" / n / "outs" / "spatial" / "tissue_hires_image.png"
-    size = Image.open(hires).size
-    with Image.open(HER2ST / "ST-imgs" / "C" / c / IMAGE_NAMES[c]) as im:
-        im.draft("RGB", (im.width // 8, im.height // 8))
-        im.convert("RGB").resize(size).save(hires)
-def ingest(store):
-    subprocess.run([".venv/bin/asign", "ingest", str(root / "BLOCK"), "--store", str(store),
-                    "--steps", "register", "--weights", "random"], check=True,
-                   capture_output=True)
-new = Path("ingest/readers/visium.py")
-keep = new.read_text()
-ingest(root / "after")
-new.write_text(subprocess.run(["git", "show", "2833293c3b7cefabab111e913d0667fb7a698177:ingest/readers/visium.py"],
-                              check=True, capture_output=True, text=True).stdout)
-try:
-    ingest(root / "before")
-finally:
-    new.write_text(keep)
-def tables(store):
+
+BEFORE = "2833293c3b7cefabab111e913d0667fb7a698177"
+ROOT = Path("/tmp/asign_visium_before_after")
+
+
+def _fixture() -> Path:
+    sys.path[:0] = ["tests/ingest", "tests"]
+    from her2st_small import HER2ST, IMAGE_NAMES
+    from test_readers_visium import write_section
+
+    Image.MAX_IMAGE_PIXELS = None
+    shutil.rmtree(ROOT, ignore_errors=True)
+    for i, (name, c) in enumerate(zip(["S1", "S2", "S3"], ["C2", "C3", "C4"], strict=True)):
+        write_section(ROOT / "BLOCK" / name, seed=i, variant="h5")
+        hires = ROOT / "BLOCK" / name / "outs" / "spatial" / "tissue_hires_image.png"
+        size = Image.open(hires).size
+        with Image.open(HER2ST / "ST-imgs" / "C" / c / IMAGE_NAMES[c]) as im:
+            im.draft("RGB", (im.width // 8, im.height // 8))
+            im.convert("RGB").resize(size).save(hires)
+    return ROOT / "BLOCK"
+
+
+def _ingest(src: Path, store: Path) -> None:
+    subprocess.run([".venv/bin/asign", "ingest", str(src), "--store", str(store), "--steps",
+                    "register", "--weights", "random"], check=True, capture_output=True)
+
+
+def _tables(store: Path) -> dict[str, pd.DataFrame]:
     out = {}
     for p in sorted((store / "tables").rglob("*.parquet")):
         df = pd.read_parquet(p)
-        df = df.drop(columns=[c for c in df.columns if c in ("created_at",)])
-        out[str(p.relative_to(store))] = df.sort_values(list(df.columns[:3])).reset_index(drop=True)
+        for c in df.columns:  # array cells (labels' counts) compare as lists
+            if len(df) and isinstance(df[c].iloc[0], np.ndarray):
+                df[c] = df[c].map(list)
+        out[str(p.relative_to(store))] = df.sort_values(list(df.columns[:3])).reset_index(
+            drop=True)
     return out
-a, b = tables(root / "before"), tables(root / "after")
-assert a.keys() == b.keys(), (a.keys(), b.keys())
-for k in a:
-    x, y = a[k], b[k]
-    for c in x.columns:
-        if x[c].dtype == object and len(x) and hasattr(x[c].iloc[0], "__len__") and not isinstance(x[c].iloc[0], str):
-            x[c] = x[c].map(list); y[c] = y[c].map(list)
-    pd.testing.assert_frame_equal(x, y)
-    print(f"{k}: {len(x)} rows × {len(x.columns)} columns identical")
+
+
+def main() -> None:
+    src = _fixture()
+    reader = Path("ingest/readers/visium.py")
+    current = reader.read_text()
+    _ingest(src, ROOT / "after")
+    old = subprocess.run(["git", "show", f"{BEFORE}:ingest/readers/visium.py"], check=True,
+                         capture_output=True, text=True).stdout
+    reader.write_text(old)
+    try:
+        _ingest(src, ROOT / "before")
+    finally:
+        reader.write_text(current)
+    a, b = _tables(ROOT / "before"), _tables(ROOT / "after")
+    assert a.keys() == b.keys(), (a.keys(), b.keys())
+    for name in a:
+        pd.testing.assert_frame_equal(a[name], b[name])
+        print(f"{name}: {len(a[name])} rows × {len(a[name].columns)} columns identical")
+
+
+if __name__ == "__main__":
+    main()
