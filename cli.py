@@ -182,6 +182,9 @@ def ingest(
     bin_um: Annotated[float | None, typer.Option(
         "--bin-um", help="Binned platforms: Visium HD bin level in µm (2, 8, 16; default 16); "
         "Xenium bin side in µm (default 55; 0 = cells as spots).")] = None,
+    patch_um: Annotated[float | None, typer.Option(
+        "--patch-um", help="Spot patch field of view in µm; region and global tiles keep "
+        "their ratio (default: 112 µm for spots, 2.04 × the bin side for bins).")] = None,
     seed: SeedOpt = 0,
     wait: Annotated[float, typer.Option("--wait", help="Seconds to wait while another ingest writes this store, then fail naming it (one writer at a time).")] = 10.0,
     threads: Annotated[int | None, typer.Option("--threads", help="Torch CPU threads of the encoder in a serial run. Default: the cores idle at start (usable cores − 1-min load average, ≥ 1); beside other jobs torch's all-cores default measured 3.75× slower (bench/scale.py). The store is the same either way.")] = None,
@@ -203,7 +206,8 @@ def ingest(
         panel_from=panel_from,
         align=AlignOptions(transform=transform, syn=syn, reference=reference, init=_parse_init(init or [])),
         encoder=encoder, weights=weights, allow_download=download, device=device, batch_size=batch_size,
-        cross_weight=cross_weight, section_um=section_um, bin_um=bin_um, seed=seed, wait=wait,
+        cross_weight=cross_weight, section_um=section_um, bin_um=bin_um, patch_um=patch_um,
+        seed=seed, wait=wait,
         threads=threads, workers=workers, scheduler=scheduler,
     )
     summary = ingest_stage.run(cfg)  # validates every option before any work

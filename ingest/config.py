@@ -51,6 +51,7 @@ class IngestConfig:
     cross_weight: str = "product"  # product (paper) | sum (reference code)
     section_um: float | None = None  # spacing between consecutive z (µm); overrides the input's
     bin_um: float | None = None  # binned platforms: bin side in µm (None = platform default)
+    patch_um: float | None = None  # spot patch field of view in µm (None: from the spot size)
     seed: int = 0
     # where units of work run (asign/cluster.py); never part of a fingerprint: a store is
     # the same whether it was computed serially or on a cluster
@@ -113,6 +114,8 @@ def validate(cfg: IngestConfig) -> None:
         problems.append(f"--section-um {cfg.section_um} must be a positive number of µm")
     if cfg.bin_um is not None and not (math.isfinite(cfg.bin_um) and cfg.bin_um >= 0):
         problems.append(f"--bin-um {cfg.bin_um} must be ≥ 0 µm (0: Xenium cells as spots)")
+    if cfg.patch_um is not None and not (math.isfinite(cfg.patch_um) and cfg.patch_um > 0):
+        problems.append(f"--patch-um {cfg.patch_um} must be a positive number of µm")
     if cfg.threads is not None and cfg.threads < 1:
         problems.append(f"--threads must be ≥ 1, got {cfg.threads}")
     if cfg.workers < 0:
