@@ -1,5 +1,23 @@
 """What every reader shares: the ``Reader`` record the registry holds, sample selection by
-name or glob, and the per-sample checks that do not depend on the layout."""
+name or glob, and the per-sample checks that do not depend on the layout.
+
+Geometry model (what a reader must fill in on each ``SectionInput``; docs/platforms.md):
+
+- ``px, py``: spot centre in the section image's level-0 pixels (x = column);
+  ``um_per_px``: that image's scale, best taken from the data (affine fit of the spots'
+  pixel centres on their array index × pitch, ``grid_um_per_px``), not from a header.
+- ``spot_shape``: ``"disc"`` (Visium, legacy ST, cells) or ``"square"`` (Visium HD bins,
+  Xenium bins); ``spot_diameter_um`` is the disc diameter or the square's side.
+- ``spot_pitch_um``: centre-to-centre distance of neighbouring spots on the platform's
+  ``lattice`` (``"hex"``: Visium, rows pitch·√3/2 apart; ``"square"``: bins, legacy ST).
+  Virtual spots on image-only sections are laid on this lattice with this pitch.
+- Cross-layer overlap (ingest/overlap.py): discs by the closed form; squares by the closed
+  form when both grids are turned by the same angle in the aligned frame, else by shapely's
+  polygon intersection. A square's angle is its section's grid angle after alignment
+  (from ``array_x, array_y`` against the aligned centres).
+- Spot patch: 112 µm for discs (224 px at 0.5 µm/px), 2.04 × the side for squares (at
+  least 32 µm), or ``--patch-um``; region and global tiles keep 512/224 and 1024/224 of it.
+"""
 
 from __future__ import annotations
 
