@@ -261,6 +261,10 @@ def train(
     loss: Annotated[str, typer.Option("--loss", help="Loss weights preset: paper | reference", rich_help_panel=_OPT)] = _train_default("loss"),
     minibatch_above: Annotated[int, typer.Option("--minibatch-above", help="Graphs with more spots train one step per spatial block and infer block by block (train/batching.py); 0 = always.", rich_help_panel=_OPT)] = _train_default("minibatch_above"),
     block_spots: Annotated[int, typer.Option("--block-spots", help="Spots per block in that mode (memory grows with it).", rich_help_panel=_OPT)] = _train_default("block_spots"),
+    memory_gb: Annotated[float | None, typer.Option(
+        "--memory-gb", help="Memory budget of a training step (GB): chooses whole graph or "
+        "spatial blocks and the block size (replaces --minibatch-above/--block-spots).",
+        rich_help_panel=_OPT)] = None,
     hidden: Annotated[int, typer.Option("--hidden", help="Hidden width of the fusion, GAT and transformer layers.", rich_help_panel=_MODEL)] = _train_default("hidden"),
     heads: Annotated[int, typer.Option("--heads", help="Attention heads per GAT layer.", rich_help_panel=_MODEL)] = _train_default("heads"),
     dropout: Annotated[float, typer.Option("--dropout", help="Dropout rate.", rich_help_panel=_MODEL)] = _train_default("dropout"),
@@ -301,6 +305,7 @@ def train(
         feature_norm=feature_norm, finetune_spot_encoder=finetune_spot_encoder,
         finetune_batch=finetune_batch, device=device, threads=threads, seed=seeds[0], coverage=coverage,
         resume=resume, minibatch_above=minibatch_above, block_spots=block_spots,
+        memory_gb=memory_gb,
     )
     results, dispatched = train_runs(cfg, models, seeds, workers=workers, scheduler=dask_scheduler)
     if as_json:

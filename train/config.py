@@ -124,6 +124,9 @@ class TrainConfig:
     minibatch_above: int = 20_000
     block_spots: int = 4096
     block_halo: int | None = None
+    # memory budget of a training step in GB: when given, it decides whole graph vs blocks
+    # and the block size instead of minibatch_above / block_spots (batching.BatchPlan.of)
+    memory_gb: float | None = None
     # baselines
     idw_k: int = 8
     idw_power: float = 1.0
@@ -166,13 +169,15 @@ class TrainConfig:
             out.pop("ablate", None)
         if self.coverage == 0.9:  # nor did --coverage; its default keeps those ids
             out.pop("coverage", None)
+        if self.memory_gb is None:  # nor did --memory-gb
+            out.pop("memory_gb", None)
         if not self.spec.neural:  # optimiser settings cannot change a baseline
             for key in ("epochs", "lr", "momentum", "weight_decay", "optimizer", "scheduler",
                         "lr_min_ratio", "cli_lr_scale", "grad_clip", "loss", "hidden", "heads", "dropout",
                         "gnn", "episode_known_fraction", "val_fraction", "device", "feature_norm",
                         "center_labels", "cli_per_node_gate", "cli_spatial_prior", "calibrate_gate",
                         "finetune_spot_encoder", "finetune_batch", "finetune_lr_scale",
-                        "minibatch_above", "block_spots", "block_halo"):
+                        "minibatch_above", "block_spots", "block_halo", "memory_gb"):
                 out.pop(key, None)
         return out
 
@@ -226,6 +231,8 @@ def validate(cfg: TrainConfig) -> None:
         problems.append(f"--finetune-spot-encoder trains a network; {cfg.model} has none")
     if cfg.finetune_batch < 1 or cfg.finetune_lr_scale < 0:
         problems.append("finetune_batch must be ≥ 1 and finetune_lr_scale ≥ 0")
+    if cfg.memory_gb is not None and not (cfg.memory_gb > 0 and cfg.memory_gb < float("inf")):
+        problems.append(f"--memory-gb must be a positive number of GB, got {cfg.memory_gb}")
     if cfg.minibatch_above < 0 or cfg.block_spots < 1 or (cfg.block_halo or 0) < 0:
         problems.append("minibatch_above and block_halo must be ≥ 0, block_spots ≥ 1")
     if cfg.device == "cuda" and cfg.gnn == "dgl" and cfg.spec.neural:
