@@ -6,7 +6,8 @@ cross-layer term of the graph (DESIGN §3.6). Pure: arrays in, arrays out.
   other): rotate the offset into the squares' frame, then
   A = max(0, s − |dx'|) · max(0, s − |dy'|), IoU = A / (2s² − A) — exact;
 - squares turned by different angles (two sections whose bin grids end up rotated against
-  each other after alignment): the polygon intersection by shapely, exact and vectorised.
+  each other after alignment): the polygon intersection by shapely, exact and vectorised
+  (about 9 µs of CPU per pair: ~3 minutes for the ~20 M candidate pairs of 800k bins).
 """
 
 from __future__ import annotations
