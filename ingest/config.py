@@ -128,6 +128,13 @@ class IngestConfig:
     section_um: float | None = opt(
         None, gt=0, help="Spacing between consecutive sections (z) in µm; overrides the "
                          "input's section_um (default 10, recorded in the store).")
+    bin_um: float | None = opt(
+        None, ge=0, help="Binned platforms: Visium HD bin level in µm (2, 8, 16; default 16); "
+                         "Xenium bin side in µm (default 55; 0 = cells as spots).")
+    patch_um: float | None = opt(
+        None, gt=0, group=_FEAT,
+        help="Spot patch field of view in µm; region and global tiles keep their ratio "
+             "(default: 112 µm for spots, 2.04 × the bin side for bins).")
     seed: int = shared("--seed", 0)
     # where units of work run (asign/cluster.py); never part of a fingerprint: a store is
     # the same whether it was computed serially or on a cluster

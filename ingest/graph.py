@@ -25,6 +25,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from asign.errors import ConfigError, InputError
+from asign.ingest.overlap import SHAPES, circumradius, square_iou
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +156,14 @@ def cross_layer_edges(
     search_radius_um: float | None = None,
     chunk: int = 16384,
     has_features: np.ndarray | None = None,
+    shape: str = "disc",
+    angle_rad: np.ndarray | None = None,
 ) -> Edges:
     """Each spot receives edges from its ``top_k`` best spots on *other* layers.
+
+    ``shape``: ``"disc"`` (radius ``radius_um``) or ``"square"`` (side 2·``radius_um``,
+    each spot turned by ``angle_rad`` (N,) in the aligned frame, default 0); IoU from
+    :mod:`asign.ingest.overlap`.
 
     ``has_features`` (N,) bool, optional: spots whose feature row is meaningful. An edge
     with an endpoint without features (a section placed by given coordinates, no image)
@@ -194,8 +201,12 @@ def cross_layer_edges(
             f"features must be an (N, D) array with N = {n} spots, got shape {features.shape}",
             fix="pass one feature row per spot, in spot order",
         )
+    if shape not in SHAPES:
+        raise ConfigError(f"unknown spot shape {shape!r}", fix=f"use one of {SHAPES}")
+    angle = np.zeros(n) if angle_rad is None else np.asarray(angle_rad, dtype=np.float64)
+    reach = circumradius(shape, 2 * radius_um)  # square: half the diagonal
     radius_search = (
-        default_search_radius(xy, lay, radius_um, combine)
+        default_search_radius(xy, lay, reach, combine)
         if search_radius_um is None
         else float(search_radius_um)
     )
@@ -215,8 +226,9 @@ def cross_layer_edges(
         dist = pairs["v"]
         del pairs
         keep = lay[dst] != lay[src]
-        iou = disc_iou(dist[keep], radius_um)
         dst, src, dist = dst[keep], src[keep], dist[keep]
+        iou = (disc_iou(dist, radius_um) if shape == "disc" else
+               square_iou(xy[src] - xy[dst], 2 * radius_um, angle[dst], angle[src]))
         if combine == "product":  # IoU 0 means weight 0: skip its cosine
             overlap = iou > 0
             dst, src, dist, iou = dst[overlap], src[overlap], dist[overlap], iou[overlap]
@@ -260,16 +272,18 @@ def build_graph(
     combine: Combine = "product",
     search_radius_um: float | None = None,
     has_features: np.ndarray | None = None,
+    shape: str = "disc",
+    angle_rad: np.ndarray | None = None,
 ) -> Edges:
     """The whole 3D graph: same-layer kNN edges followed by cross-layer edges
-    (``has_features``: see ``cross_layer_edges``)."""
+    (``has_features``, ``shape``, ``angle_rad``: see ``cross_layer_edges``)."""
     # No local names for the parts: concat_edges frees each input field once copied.
     return concat_edges(
         [
             same_layer_edges(xy_um, layer, k=k_same),
             cross_layer_edges(
                 xy_um, layer, features, radius_um, top_k_cross, combine, search_radius_um,
-                has_features=has_features,
+                has_features=has_features, shape=shape, angle_rad=angle_rad,
             ),
         ]
     )

@@ -32,6 +32,26 @@ LEVEL_SIZES_REF: dict[str, int] = {"spot": 224, "region": 512, "global": 1024}
 TILE_LEVELS = ("region", "global")
 N_NEIGHBOURS = 9  # containing tile + its 8 grid neighbours: the model's token set per level
 
+#: Field of view of a spot patch relative to the spot, for binned platforms: the ratio of
+#: Visium's patch (224 px at 0.5 µm/px = 112 µm) to its 55 µm spot, with a floor of a few
+#: cells so that a 2 µm bin still sees tissue.
+PATCH_PER_SPOT = 112.0 / 55.0
+MIN_PATCH_UM = 32.0
+
+
+def patch_scale(patch_um: float | None, spot_px: int, spot_um: float | None,
+                shape: str | None) -> float:
+    """Factor on all three patch sizes. ``patch_um`` (``--patch-um``) sets the spot patch's
+    field of view; otherwise square bins get ``PATCH_PER_SPOT`` × their side (at least
+    ``MIN_PATCH_UM``) and discs keep the reference 224 px at 0.5 µm/px (112 µm), as before."""
+    base_um = spot_px * REFERENCE_UM_PER_PX
+    if patch_um is not None:
+        return float(patch_um) / base_um
+    if shape == "square" and spot_um is not None and np.isfinite(spot_um) and spot_um > 0:
+        return max(MIN_PATCH_UM, PATCH_PER_SPOT * float(spot_um)) / base_um
+    return 1.0
+
+
 def equivalent_px(
     size_ref: int, um_per_px: float, reference_um_per_px: float = REFERENCE_UM_PER_PX
 ) -> int:

@@ -31,16 +31,18 @@ log = logging.getLogger(__name__)
 
 
 def _read(cfg: IngestConfig) -> list[SampleInput]:
-    from asign.ingest.readers import read_samples
+    from asign.ingest.readers import ReadOptions, read_samples
 
     samples: list[SampleInput] = []
+    opts = ReadOptions(bin_um=cfg.bin_um)
     for given in cfg.sources:
         # absolute: the sections table records input paths, which must not depend on the
         # directory ingest happened to run from (check and repair read them later)
         src = Path(os.path.abspath(given))
-        samples += read_samples(src, cfg.format, cfg.samples)
+        samples += read_samples(src, cfg.format, cfg.samples, options=opts)
         if cfg.extra_2d:
-            samples += read_samples(src, cfg.format, ",".join(cfg.extra_2d), allow_single=True)
+            samples += read_samples(src, cfg.format, ",".join(cfg.extra_2d), allow_single=True,
+                                    options=opts)
     seen: dict[str, SampleInput] = {}
     for s in samples:
         seen.setdefault(s.sample_id, s)

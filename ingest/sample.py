@@ -37,6 +37,8 @@ class SectionInput:
     counts_path: Path | None = None
     total_counts: np.ndarray | None = None  # per spot, over all genes (for log1p-CP10k)
     section_um: float | None = None  # spacing between consecutive z (µm), when the input gives it
+    spot_shape: str = "disc"  # "disc" (diameter) or "square" (side = spot_diameter_um)
+    lattice: str = "square"  # layout of the platform's spots: "hex" (Visium) or "square"
 
     @property
     def has_counts(self) -> bool:

@@ -314,7 +314,9 @@ def _virtual_spots(sections: pd.DataFrame, thumbs: dict[str, np.ndarray], ds: di
         t = by_id[row.section_id]
         mask = tissue_mask(thumbs[row.section_id])
         thumb_to_aligned = t.matrix @ np.diag([ds[row.section_id], ds[row.section_id], 1.0])
-        xy = virtual_lattice(mask, thumb_to_aligned, float(ref.spot_pitch_um))
+        layout = getattr(ref, "lattice", None)  # the platform's layout (schema ≥ 3)
+        layout = layout if layout in ("hex", "square") else "square"
+        xy = virtual_lattice(mask, thumb_to_aligned, float(ref.spot_pitch_um), layout)
         inv = np.linalg.inv(t.matrix)
         pix = (inv @ np.c_[xy, np.ones(len(xy))].T).T
         xy = np.column_stack(to_aligned(by_id, um, row.section_id, pix[:, 0], pix[:, 1])) if len(xy) else xy

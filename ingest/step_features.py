@@ -39,11 +39,17 @@ def _imaged(store: Store, sample_id: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     return sections, spots
 
 
-def _sizes(cfg: IngestConfig, um_per_px: float) -> dict[str, int]:
-    from asign.ingest.patches import equivalent_px
+def _sizes(cfg: IngestConfig, um_per_px: float, spot_um: float | None = None,
+           shape: str | None = None) -> dict[str, int]:
+    """Level-0 pixels of the spot patch and of the region and global tiles of one section;
+    the three keep the ratio of ``spot_px : region_px : global_px`` (224 : 512 : 1024)."""
+    from asign.ingest.patches import equivalent_px, patch_scale
 
-    return {"spot": equivalent_px(cfg.spot_px, um_per_px), "region": equivalent_px(cfg.region_px, um_per_px),
-            "global": equivalent_px(cfg.global_px, um_per_px)}
+    scale = patch_scale(cfg.patch_um, cfg.spot_px, spot_um, shape)
+    return {"spot": equivalent_px(cfg.spot_px, um_per_px) if scale == 1 else
+            equivalent_px(round(cfg.spot_px * scale), um_per_px),
+            "region": equivalent_px(round(cfg.region_px * scale), um_per_px),
+            "global": equivalent_px(round(cfg.global_px * scale), um_per_px)}
 
 
 def stored_patch_px(cfg: IngestConfig) -> int:
@@ -78,7 +84,8 @@ def run_patches(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: R
     with store.vectors(readonly=False) if len(sections) else contextlib.nullcontext() as vec:
         for sec in sections.itertuples():
             sp = spots[spots.section_id == sec.section_id]
-            size = _sizes(cfg, float(sec.um_per_px))
+            size = _sizes(cfg, float(sec.um_per_px), float(sec.spot_diameter_um),
+                          getattr(sec, "spot_shape", None))
             for level in ("region", "global"):
                 bbox = patches.points_bbox(sp.px.to_numpy(), sp.py.to_numpy(), size[level], sec.width, sec.height)
                 grid = patches.tile_grid(sec.width, sec.height, size[level], bbox=bbox, level=level)

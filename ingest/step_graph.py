@@ -20,6 +20,8 @@ from asign.schemas.vocabulary import EDGE_KINDS
 from asign.store import Store
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from asign.ingest.graph import Edges
 
 log = logging.getLogger(__name__)
@@ -82,9 +84,11 @@ def graph_unit(root: str, cfg: IngestConfig, sample_id: str) -> tuple[dict[str, 
     else:
         feats = np.zeros((len(nodes), 1), dtype=np.float32)
     radius = float(sections.spot_diameter_um.median()) / 2.0
+    shape, angle = spot_geometry(sections, nodes)
     edges = build_graph(nodes[["x_um", "y_um"]].to_numpy(np.float64), nodes.z.to_numpy(np.int64), feats,
                         radius_um=radius, k_same=cfg.k_same, top_k_cross=cfg.top_k_cross,
-                        combine=cfg.cross_weight, has_features=None if has_feat.all() else has_feat)
+                        combine=cfg.cross_weight, has_features=None if has_feat.all() else has_feat,
+                        shape=shape, angle_rad=angle)
     table = edge_table(edges, nodes.spot_id.to_numpy(dtype=object), sample_id)
     n_cross = int((edges.kind == 1).sum())
     iou_only = int(((edges.kind == 1) & np.isnan(edges.cosine)).sum())
@@ -92,6 +96,24 @@ def graph_unit(root: str, cfg: IngestConfig, sample_id: str) -> tuple[dict[str, 
                    # cross-layer edges with an endpoint without image features weigh IoU alone
                    "n_cross_iou_only": iou_only,
                    "cross_weight_without_features": "iou"}
+
+
+def spot_geometry(sections: pd.DataFrame, nodes: pd.DataFrame
+                  ) -> tuple[str, np.ndarray | None]:
+    """(spot shape of the sample, per-node grid angle in the aligned frame for squares).
+    Stores without the column (schema < 3) hold discs."""
+    from asign.ingest.overlap import grid_angle
+
+    shapes = set(sections["spot_shape"].dropna()) if "spot_shape" in sections else set()
+    if shapes != {"square"}:
+        return "disc", None
+    angle = np.zeros(len(nodes))
+    for _, idx in nodes.groupby("section_id").indices.items():
+        real = nodes.iloc[idx]
+        if {"array_x", "array_y"} <= set(real.columns) and real.array_x.notna().all():
+            angle[idx] = grid_angle(real[["array_x", "array_y"]].to_numpy(np.float64),
+                                    real[["x_um", "y_um"]].to_numpy(np.float64))
+    return "square", angle
 
 
 def edge_table(edges: Edges, ids: np.ndarray, sample_id: str) -> dict[str, np.ndarray]:

@@ -151,6 +151,7 @@ def _section_row(s: SectionInput, fmt: str, hashes: dict[str, Any], areas: dict[
         "counts_sha256": hashes[s.section_id]["counts_sha256"], "format": fmt,
         "has_coords": s.has_aligned_coords and len(s.spots) > 0,
         "section_um": section_um, "z_um": float(s.z) * section_um,
+        "spot_shape": s.spot_shape, "lattice": s.lattice,
     }
 
 

@@ -44,6 +44,8 @@ def _patches_params(cfg: IngestConfig) -> dict[str, Any]:
     stored = stored_patch_px(cfg)
     if stored != cfg.spot_px:  # only then: fingerprints of existing stores stay valid
         params["stored_px"] = stored
+    if cfg.patch_um is not None:  # likewise
+        params["patch_um"] = cfg.patch_um
     return params
 
 

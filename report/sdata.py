@@ -77,7 +77,7 @@ def _name(text: str) -> str:
 
 def build_spatialdata(adata: Any, stacks: dict[str, AlignedStack], data: Any) -> Any:
     import spatialdata as sd
-    from spatialdata.models import Image3DModel, ShapesModel, TableModel
+    from spatialdata.models import Image3DModel, TableModel
     from spatialdata.transformations import Affine, Scale, Sequence, Translation
 
     spacing = next(iter(stacks.values())).spacing_um if stacks else DEFAULT_SECTION_UM
@@ -109,9 +109,7 @@ def build_spatialdata(adata: Any, stacks: dict[str, AlignedStack], data: Any) ->
         name = f"spots_{_name(sec)}"
         place = Affine(np.array([[1, 0, 0], [0, 1, 0], [0, 0, z_um], [0, 0, 1.0]]),
                        input_axes=("x", "y"), output_axes=("x", "y", "z"))
-        shapes[name] = ShapesModel.parse(
-            xy, geometry=0, radius=np.full(len(rows), float(secs.loc[sec].spot_diameter_um) / 2),
-            index=np.arange(len(rows)), transformations={f"aligned_{_name(sample)}": place})
+        shapes[name] = _spot_shapes(xy, secs.loc[sec], {f"aligned_{_name(sample)}": place})
         region[rows] = name
         instance[rows] = np.arange(len(rows))
     table = adata.copy()
@@ -119,10 +117,48 @@ def build_spatialdata(adata: Any, stacks: dict[str, AlignedStack], data: Any) ->
     table.obs["region"] = pd.Categorical(region)
     table.obs["instance_id"] = instance
     table.uns["asign"] = {**table.uns["asign"], "z_spacing_um": float(spacing),
-                          "z_um": "(z - first layer of the sample) * z_spacing_um"}
+                          "z_um": "(z - first layer of the sample) * z_spacing_um",
+                          "geometry": _geometry(secs, obs.section.cat.categories)}
     table = TableModel.parse(table, region=sorted(shapes), region_key="region",
                              instance_key="instance_id")
     return sd.SpatialData(images=images, shapes=shapes, tables={"table": table})
+
+
+def _shape_of(sec: pd.Series) -> str:
+    shape = sec.get("spot_shape")
+    return shape if isinstance(shape, str) else "disc"
+
+
+def _spot_shapes(xy: np.ndarray, sec: pd.Series, transformations: dict[str, Any]) -> Any:
+    """Circles of the true radius, or squares of the true side (axis-aligned in the
+    aligned frame) for binned platforms; both in µm."""
+    import geopandas as gpd
+    import shapely
+    from spatialdata.models import ShapesModel
+
+    size = float(sec.spot_diameter_um)
+    index = np.arange(len(xy))
+    if _shape_of(sec) == "square":
+        lo, hi = xy - size / 2, xy + size / 2
+        boxes = shapely.box(lo[:, 0], lo[:, 1], hi[:, 0], hi[:, 1])
+        return ShapesModel.parse(gpd.GeoDataFrame(geometry=boxes, index=index),
+                                 transformations=transformations)
+    return ShapesModel.parse(xy, geometry=0, radius=np.full(len(xy), size / 2), index=index,
+                             transformations=transformations)
+
+
+def _geometry(secs: pd.DataFrame, sections: Any) -> dict[str, dict[str, Any]]:
+    """Per exported section: spot shape, size, pitch and lattice (read back by
+    ``asign ingest OUT.zarr``)."""
+    out = {}
+    for sec in sections:
+        row = secs.loc[sec]
+        lattice = row.get("lattice")
+        out[str(sec)] = {"spot_shape": _shape_of(row),
+                         "spot_diameter_um": float(row.spot_diameter_um),
+                         "spot_pitch_um": float(row.spot_pitch_um),
+                         "lattice": lattice if isinstance(lattice, str) else "square"}
+    return out
 
 
 def write_spatialdata(sdata: Any, out: Path) -> Path:

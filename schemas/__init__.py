@@ -6,13 +6,15 @@ Bump ``SCHEMA_VERSION`` whenever a column is added, removed or changes meaning, 
 what changed; :func:`upgrade` lets files of an older version read as the current one.
 
 - 2: ``predictions.lower`` / ``predictions.upper`` (the conformal interval, train/intervals.py);
-  files of version 1 read with those columns null (no interval was computed)."""
+  files of version 1 read with those columns null (no interval was computed).
+- 3: ``sections.spot_shape`` (disc | square) and ``sections.lattice`` (hex | square), the
+  platform's geometry (ingest/readers/base.py); older files read them null = disc, square."""
 
 from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 STORE_FORMAT = "asign-store"
 
 _str = pa.string()
@@ -47,6 +49,8 @@ SECTIONS = _schema("sections", [
     pa.field("has_coords", pa.bool_()),
     pa.field("section_um", _f64),  # spacing between consecutive z, µm (given or assumed)
     pa.field("z_um", _f64),        # z × section_um: the section's position along the stack
+    pa.field("spot_shape", _str),  # disc | square (side = spot_diameter_um); null = disc
+    pa.field("lattice", _str),     # hex | square: the platform's spot layout; null = square
 ])
 
 SPOTS = _schema("spots", [

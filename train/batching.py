@@ -61,6 +61,21 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------- plan
 
 
+#: Memory of a whole-graph training step per spot at hidden = 256, beyond the data: about
+#: 350 KB (module docstring; bench/train.py measures it). It scales with the hidden size.
+STEP_BYTES_PER_SPOT_256 = 350e3
+#: A block's subgraph holds its seeds plus a halo of in-edge hops: about this many times
+#: the seeds for 4096-spot blocks at 20 in-edges per spot (run timings: max_block_nodes).
+HALO_GROWTH = 4.0
+#: Activation checkpointing in block steps stores about this much less per node.
+CHECKPOINT_SAVING = 1.0 / 3.0
+MIN_BLOCK_SPOTS = 256
+
+
+def step_bytes_per_spot(hidden: int) -> float:
+    return STEP_BYTES_PER_SPOT_256 * hidden / 256
+
+
 @dataclass(frozen=True)
 class BatchPlan:
     """When and how a graph is cut into blocks (from ``TrainConfig``)."""
@@ -78,7 +93,14 @@ class BatchPlan:
 
     @classmethod
     def of(cls, cfg: TrainConfig) -> BatchPlan:
-        return cls(cfg.minibatch_above, cfg.block_spots, cfg.block_halo)
+        """From ``minibatch_above`` / ``block_spots``, or from the memory budget
+        ``memory_gb``: whole graph while N × ``step_bytes_per_spot`` fits it, else blocks
+        whose subgraph (seeds + halo, ≈ ``HALO_GROWTH`` × the seeds) fits it."""
+        if cfg.memory_gb is None:
+            return cls(cfg.minibatch_above, cfg.block_spots, cfg.block_halo)
+        fit = int(cfg.memory_gb * 1e9 / step_bytes_per_spot(cfg.hidden))
+        block = max(MIN_BLOCK_SPOTS, int(fit / HALO_GROWTH / CHECKPOINT_SAVING))
+        return cls(fit, block, cfg.block_halo)
 
     def active(self, n_spots: int) -> bool:
         return n_spots > self.above
@@ -257,6 +279,8 @@ class BlockStats:
     seeds: int = 0
     nodes_per_epoch: int = 0
     max_block_nodes: int = 0
+    above: int = 0  # the plan: graphs above this many spots train on blocks …
+    block_spots: int = 0  # … of at most this many seeds (from --memory-gb when given)
 
 
 def _asignnet(model: Network) -> Network:
@@ -297,7 +321,7 @@ def training_parts(plan: BatchPlan, model: Network, task: GraphTask, inputs: Gra
     net = _asignnet(model)
     graph = net.edge_graph(inputs)
     blocks = _blocks(task, plan)
-    stats = task.cache["batching"] = BlockStats()
+    stats = task.cache["batching"] = BlockStats(above=plan.above, block_spots=plan.block_spots)
     for b in rng.permutation(len(blocks)):
         if not task.train[blocks[b]].any():
             continue  # no label to learn from in this block

@@ -10,14 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from asign.errors import ConfigError, InputError
-from asign.ingest.readers import her2st, manifest, visium
-from asign.ingest.readers.base import Reader, sample_matches
+from asign.ingest.readers import her2st, manifest, visium, visium_hd, xenium, zarr
+from asign.ingest.readers.base import Reader, ReadOptions, sample_matches
 from asign.ingest.sample import SampleInput
 
 # Order is detection priority: an explicit manifest wins over a folder's layout.
-READERS: dict[str, Reader] = {r.name: r for r in (manifest.READER, her2st.READER, visium.READER)}
+READERS: dict[str, Reader] = {r.name: r for r in (
+    manifest.READER, zarr.READER, her2st.READER, visium_hd.READER, xenium.READER, visium.READER)}
 
-__all__ = ["READERS", "Reader", "detect_format", "read_samples", "list_samples"]
+__all__ = ["READERS", "ReadOptions", "Reader", "detect_format", "read_samples", "list_samples"]
 
 
 def _layouts() -> str:
@@ -68,6 +69,7 @@ def read_samples(
     samples: str | None = None,
     *,
     allow_single: bool = False,
+    options: ReadOptions | None = None,
 ) -> list[SampleInput]:
     """Read the samples of ``src`` whose id matches ``samples`` (a name, a glob, or a
     comma-separated list; None = all).
@@ -83,7 +85,7 @@ def read_samples(
             path=src,
             fix="pass --samples with one of the available sample ids or a glob",
         )
-    out = reader.read(src, samples)
+    out = reader.read(src, samples, options or ReadOptions())
     single = [s.sample_id for s in out if len(s.sections) < 2]
     if single and not allow_single:
         raise InputError(

@@ -1,5 +1,23 @@
 """What every reader shares: the ``Reader`` record the registry holds, sample selection by
-name or glob, and the per-sample checks that do not depend on the layout."""
+name or glob, and the per-sample checks that do not depend on the layout.
+
+Geometry model (what a reader must fill in on each ``SectionInput``; docs/platforms.md):
+
+- ``px, py``: spot centre in the section image's level-0 pixels (x = column);
+  ``um_per_px``: that image's scale, best taken from the data (affine fit of the spots'
+  pixel centres on their array index × pitch, ``grid_um_per_px``), not from a header.
+- ``spot_shape``: ``"disc"`` (Visium, legacy ST, cells) or ``"square"`` (Visium HD bins,
+  Xenium bins); ``spot_diameter_um`` is the disc diameter or the square's side.
+- ``spot_pitch_um``: centre-to-centre distance of neighbouring spots on the platform's
+  ``lattice`` (``"hex"``: Visium, rows pitch·√3/2 apart; ``"square"``: bins, legacy ST).
+  Virtual spots on image-only sections are laid on this lattice with this pitch.
+- Cross-layer overlap (ingest/overlap.py): discs by the closed form; squares by the closed
+  form when both grids are turned by the same angle in the aligned frame, else by shapely's
+  polygon intersection. A square's angle is its section's grid angle after alignment
+  (from ``array_x, array_y`` against the aligned centres).
+- Spot patch: 112 µm for discs (224 px at 0.5 µm/px), 2.04 × the side for squares (at
+  least 32 µm), or ``--patch-um``; region and global tiles keep 512/224 and 1024/224 of it.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from asign.errors import ImageError, InputError
 from asign.ingest.images import image_header, verify_image
 from asign.ingest.sample import SampleInput, SectionInput
@@ -21,15 +41,24 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".svs", ".ndpi", ".m
 
 
 @dataclass(frozen=True)
+class ReadOptions:
+    """Choices a user makes about how a layout is read (``asign ingest`` options).
+    ``bin_um``: bin size in µm for binned platforms (None = the platform's default;
+    0 = Xenium cells as spots)."""
+
+    bin_um: float | None = None
+
+
+@dataclass(frozen=True)
 class Reader:
     """One input layout. ``detect(path)`` is cheap (file names only); ``list_samples(path)``
-    names the samples without parsing them; ``read(path, samples)`` parses and validates
-    the samples whose id matches ``samples`` (None = all)."""
+    names the samples without parsing them; ``read(path, samples, options)`` parses and
+    validates the samples whose id matches ``samples`` (None = all)."""
 
     name: str
     description: str
     detect: Callable[[Path], bool]
-    read: Callable[[Path, str | None], list[SampleInput]]
+    read: Callable[[Path, str | None, ReadOptions], list[SampleInput]]
     list_samples: Callable[[Path], list[str]]
 
 
@@ -43,6 +72,43 @@ def sample_matches(sample_id: str, pattern: str | None) -> bool:
 def natural_key(name: str) -> tuple:
     """Sort key that orders ``S2`` before ``S10``."""
     return tuple(int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name))
+
+
+def ordered_sections(sample_dir: Path, found: dict[str, Path], order_file: Path,
+                     warnings: list[str]) -> list[tuple[str, Path, Path | None]]:
+    """(name, section folder, image named in ``order_file`` or None) in z order: the lines
+    of ``order_file`` ("NAME [IMAGE]", z = 1, 2, … in line order; unlisted sections are
+    ignored with a warning), else the natural sort of the section names."""
+    if not order_file.is_file():
+        return [(name, found[name], None) for name in sorted(found, key=natural_key)]
+    out = []
+    for raw in order_file.read_text(encoding="utf-8").splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name, *rest = line.split()
+        if name not in found:
+            raise InputError(f"lists section {name}, but {sample_dir / name} is not a section",
+                             path=order_file, fix="list only section folders (or fix the name)")
+        out.append((name, found[name], (sample_dir / rest[0]) if rest else None))
+    unlisted = sorted(set(found) - {n for n, _, _ in out}, key=natural_key)
+    if unlisted:
+        warnings.append(f"{order_file}: sections {', '.join(unlisted)} are not listed and "
+                        "are ignored")
+    return out
+
+
+def grid_um_per_px(grid_um: np.ndarray, pixels: np.ndarray, path: Path) -> float:
+    """µm per image pixel from the affine fit of pixel positions on the spots' nominal
+    positions in µm (array index × pitch): the data's own scale, rotation-free."""
+    design = np.c_[grid_um, np.ones(len(grid_um))]
+    if len(grid_um) >= 3 and np.linalg.matrix_rank(design) == 3:
+        coef, *_ = np.linalg.lstsq(design, pixels, rcond=None)
+        px_per_um = float(np.sqrt(abs(np.linalg.det(coef[:2]))))
+        if np.isfinite(px_per_um) and px_per_um > 0:
+            return 1.0 / px_per_um
+    raise InputError("cannot determine µm/px: fewer than 3 spots off one line", path=path,
+                     fix="check the spot positions of this section")
 
 
 def find_images(folder: Path) -> list[Path]:

@@ -33,6 +33,7 @@ from asign.errors import CountsError, ImageError, InputError
 from asign.ingest.images import verify_image
 from asign.ingest.readers.base import (
     Reader,
+    ReadOptions,
     check_spots_in_image,
     find_images,
     finish_sample,
@@ -242,7 +243,9 @@ def _fill_um_per_px(sections: list[SectionInput], patient: str, root: Path) -> l
     return out
 
 
-def read(path: Path, samples: str | None = None) -> list[SampleInput]:
+def read(path: Path, samples: str | None = None,
+         options: ReadOptions | None = None) -> list[SampleInput]:
+    """``options`` has nothing for this layout."""
     root = Path(path)
     by_patient: dict[str, list[str]] = {}
     for name, patient in _section_names(root).items():

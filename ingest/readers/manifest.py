@@ -42,7 +42,13 @@ import pandas as pd
 
 from asign.errors import InputError, ValidationErrors
 from asign.ingest.images import um_per_px
-from asign.ingest.readers.base import Reader, check_spots_in_image, finish_sample, sample_matches
+from asign.ingest.readers.base import (
+    Reader,
+    ReadOptions,
+    check_spots_in_image,
+    finish_sample,
+    sample_matches,
+)
 from asign.ingest.readers.tables import (
     check_unique,
     match_counts_to_spots,
@@ -275,7 +281,9 @@ def _finish_geometry(
     return sections
 
 
-def read(path: Path, samples: str | None = None) -> list[SampleInput]:
+def read(path: Path, samples: str | None = None,
+         options: ReadOptions | None = None) -> list[SampleInput]:
+    """``options`` has nothing for this layout."""
     manifest = _manifest_file(Path(path))
     if manifest is None:
         raise InputError(

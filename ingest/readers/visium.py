@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -41,10 +43,12 @@ import scipy.sparse as sp
 from asign.errors import CountsError, ImageError, InputError
 from asign.ingest.readers.base import (
     Reader,
+    ReadOptions,
     check_spots_in_image,
     find_images,
     finish_sample,
     natural_key,
+    ordered_sections,
     sample_matches,
 )
 from asign.ingest.readers.tables import check_sparse, check_unique
@@ -104,161 +108,28 @@ def list_samples(path: Path) -> list[str]:
     return sorted(_sample_folders(Path(path)))
 
 
-def _section_order(sample_dir: Path, warnings: list[str]) -> list[tuple[str, Path, Path | None]]:
-    """(name, section folder, full-res image or None) in z order."""
-    if section_root(sample_dir) is not None:
-        return [(sample_dir.name, sample_dir, None)]
-    found = {d.name: d for d in _subdirs(sample_dir) if section_root(d) is not None}
-    order_file = sample_dir / ORDER_FILE
-    if not order_file.is_file():
-        return [(name, found[name], None) for name in sorted(found, key=natural_key)]
-    out = []
-    for raw in order_file.read_text(encoding="utf-8").splitlines():
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        name, *rest = line.split()
-        if name not in found:
-            raise InputError(
-                f"lists section {name}, but there is no Space Ranger folder {sample_dir / name}",
-                path=order_file,
-                fix="list only section folders that contain outs/ (or fix the name)",
-            )
-        image = (sample_dir / rest[0]) if rest else None
-        out.append((name, found[name], image))
-    unlisted = sorted(set(found) - {n for n, _, _ in out}, key=natural_key)
-    if unlisted:
-        warnings.append(
-            f"{order_file}: sections {', '.join(unlisted)} are not listed and are ignored"
-        )
-    return out
+def _read(root: Path, name: str) -> tuple[Any, Path]:
+    """Counts, positions and scale factors of one Space Ranger ``outs/`` as spatialdata-io
+    parses them (gene-expression features only, duplicate symbols made unique the anndata
+    way: NAME, NAME-1, …; tissue positions with or without header)."""
+    import spatialdata_io
 
-
-def _decode(arr: np.ndarray) -> list[str]:
-    return [v.decode() if isinstance(v, bytes) else str(v) for v in arr]
-
-
-def _read_h5(path: Path) -> tuple[list[str], list[str], list[str], sp.csr_matrix]:
-    """barcodes, gene names, feature types, barcodes × features matrix."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            if "matrix" not in f:
-                raise CountsError(
-                    "not a Space Ranger ≥3 feature-barcode HDF5 (no 'matrix' group)",
-                    path=path,
-                    fix="use filtered_feature_bc_matrix/ (mtx) or re-run Space Ranger ≥3",
-                )
-            g = f["matrix"]
-            barcodes = _decode(g["barcodes"][:])
-            names = _decode(g["features/name"][:])
-            types = (
-                _decode(g["features/feature_type"][:])
-                if "feature_type" in g["features"]
-                else ["Gene Expression"] * len(names)
-            )
-            n_feat, n_bc = (int(v) for v in g["shape"][:])
-            # 10x stores features × barcodes as CSC, which is barcodes × features as CSR.
-            matrix = sp.csr_matrix(
-                (g["data"][:], g["indices"][:], g["indptr"][:]), shape=(n_bc, n_feat)
-            )
-    except (OSError, KeyError, ValueError) as err:
-        raise CountsError(
-            f"cannot read 10x HDF5 ({err})",
-            path=path,
-            fix="re-export filtered_feature_bc_matrix.h5",
-        ) from err
-    return barcodes, names, types, matrix
-
-
-def _read_mtx(folder: Path) -> tuple[list[str], list[str], list[str], sp.csr_matrix]:
-    import scipy.io
-
-    def pick(stem: str) -> Path:
-        for name in (f"{stem}.gz", stem):
-            if (folder / name).is_file():
-                return folder / name
-        if stem == "features.tsv" and (folder / "genes.tsv").is_file():
-            return folder / "genes.tsv"
-        raise CountsError(
-            f"missing {stem}(.gz)",
-            path=folder,
-            fix="copy the complete filtered_feature_bc_matrix/ folder",
-        )
-
-    mtx = pick("matrix.mtx")
-    try:
-        matrix = sp.csr_matrix(scipy.io.mmread(mtx).T)
-        barcodes = pd.read_csv(pick("barcodes.tsv"), sep="\t", header=None, dtype=str)[0].tolist()
-        feats = pd.read_csv(pick("features.tsv"), sep="\t", header=None, dtype=str)
-    except (OSError, ValueError, pd.errors.ParserError) as err:
-        raise CountsError(
-            f"cannot read Matrix Market counts ({err})",
-            path=mtx,
-            fix="re-export filtered_feature_bc_matrix/",
-        ) from err
-    names = feats[1].tolist() if feats.shape[1] > 1 else feats[0].tolist()
-    types = feats[2].tolist() if feats.shape[1] > 2 else ["Gene Expression"] * len(names)
-    if matrix.shape != (len(barcodes), len(names)):
-        raise CountsError(
-            f"matrix is {matrix.shape[1]}×{matrix.shape[0]} but there are {len(names)} features and {len(barcodes)} barcodes",
-            path=mtx,
-            fix="use matrix, barcodes and features files from the same Space Ranger run",
-        )
-    return barcodes, names, types, matrix
-
-
-def make_unique(names: list[str]) -> list[str]:
-    seen: dict[str, int] = {}
-    taken = set(names)
-    out = []
-    for n in names:
-        if n not in seen:
-            seen[n] = 0
-            out.append(n)
-            continue
-        k = seen[n]
-        while True:
-            k += 1
-            cand = f"{n}-{k}"
-            if cand not in taken:
-                break
-        seen[n] = k
-        taken.add(cand)
-        out.append(cand)
-    return out
-
-
-def _read_positions(spatial: Path) -> tuple[pd.DataFrame, Path]:
-    for name in _POSITIONS:
-        path = spatial / name
-        if path.is_file():
-            break
+    if (root / _H5).is_file():
+        counts_file, counts_path = _H5, root / _H5
     else:
-        raise InputError(
-            "no tissue_positions.csv or tissue_positions_list.csv",
-            path=spatial,
-            fix="copy the complete spatial/ folder of Space Ranger",
-        )
-    try:
-        with open(path, encoding="utf-8") as fh:
-            has_header = fh.readline().startswith("barcode")
-        df = pd.read_csv(path, header=0 if has_header else None, dtype={0: str})
-    except (OSError, ValueError, pd.errors.ParserError) as err:
-        raise InputError(
-            f"cannot parse spot positions ({err})", path=path, fix="re-export tissue_positions.csv"
-        ) from err
-    if df.shape[1] != 6:
-        raise InputError(
-            f"expected 6 columns, found {df.shape[1]}",
-            path=path,
-            fix=f"columns must be {', '.join(_POS_COLS)}",
-        )
-    df.columns = _POS_COLS
-    df["barcode"] = df["barcode"].astype(str)
-    check_unique(df["barcode"].tolist(), path, "barcode")
-    return df, path
+        # the matrix file stands for the counts (its hash is the input's fingerprint)
+        counts_file, counts_path = f"{_MTX}/matrix.mtx.gz", root / _MTX / "matrix.mtx.gz"
+        if not counts_path.is_file():
+            raise CountsError("missing matrix.mtx.gz", path=counts_path.parent,
+                              fix="copy the complete filtered_feature_bc_matrix/ folder")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", (UserWarning, FutureWarning))
+        try:
+            sdata = spatialdata_io.visium(root, dataset_id=name, counts_file=counts_file)
+        except (AssertionError, KeyError, OSError, ValueError, NameError) as err:
+            raise CountsError(f"spatialdata-io cannot read this Space Ranger output ({err})",
+                              path=counts_path, fix="copy the complete outs/ folder") from err
+    return sdata.tables["table"], counts_path
 
 
 def _um_per_px(pos: pd.DataFrame, scale: float, diameter_px: float | None, path: Path) -> float:
@@ -326,35 +197,31 @@ def read_section(
             path=sf_path,
             fix="re-export scalefactors_json.json",
         ) from err
-    if (root / _H5).is_file():
-        counts_path = root / _H5
-        barcodes, names, types, matrix = _read_h5(counts_path)
-    else:
-        counts_path = root / _MTX
-        barcodes, names, types, matrix = _read_mtx(counts_path)
+    table, counts_path = _read(root, name)
+    barcodes = table.obs_names.astype(str).tolist()
     check_unique(barcodes, counts_path, "barcode")
-    matrix = check_sparse(matrix, counts_path)
-    keep_feat = np.array([t == "Gene Expression" for t in types])
-    matrix = matrix[:, keep_feat]
-    genes = make_unique([n for n, k in zip(names, keep_feat, strict=True) if k])
-
-    pos, pos_path = _read_positions(spatial)
-    row = pd.Index(pos["barcode"]).get_indexer(barcodes)
-    if (row < 0).any():
-        missing = [b for b, r in zip(barcodes, row, strict=True) if r < 0]
+    matrix = check_sparse(sp.csr_matrix(table.X), counts_path)
+    genes = list(table.var_names)
+    missing = table.obs["in_tissue"].isna().to_numpy()
+    if missing.any():
+        pos_path = next(p for p in (spatial / n for n in _POSITIONS) if p.is_file())
         raise CountsError(
-            f"{len(missing)} barcode(s) in counts are absent from the spot table {pos_path} (e.g. {missing[0]})",
-            path=counts_path,
-            fix="use the spatial/ folder of the same Space Ranger run",
-        )
-    in_tissue = pos["in_tissue"].to_numpy()[row] == 1
+            f"{int(missing.sum())} barcode(s) in counts are absent from the spot table "
+            f"{pos_path} (e.g. {barcodes[int(np.flatnonzero(missing)[0])]})",
+            path=counts_path, fix="use the spatial/ folder of the same Space Ranger run")
+    in_tissue = table.obs["in_tissue"].to_numpy() == 1
     if not in_tissue.all():
         log.info(
             "%s: dropping %d counted spots outside tissue", counts_path, int((~in_tissue).sum())
         )
     keep = np.flatnonzero(in_tissue)
-    pos = pos.iloc[row[keep]].reset_index(drop=True)
+    xy = np.asarray(table.obsm["spatial"], dtype=np.float64)[keep]  # (col, row) full-res px
+    pos = pd.DataFrame({"barcode": np.asarray(barcodes)[keep],
+                        "array_col": table.obs["array_col"].to_numpy()[keep],
+                        "array_row": table.obs["array_row"].to_numpy()[keep],
+                        "pxl_col_in_fullres": xy[:, 0], "pxl_row_in_fullres": xy[:, 1]})
     matrix = matrix[keep]
+    pos_path = spatial
 
     image, scale = _pick_image(folder, root, listed, scalef)
     diameter = scalef.get("spot_diameter_fullres")
@@ -385,21 +252,28 @@ def read_section(
         counts=matrix,
         counts_path=counts_path,
         total_counts=np.asarray(matrix.sum(axis=1, dtype=np.int64)).ravel(),
+        lattice="hex",
     )
 
 
-def read(path: Path, samples: str | None = None) -> list[SampleInput]:
+def read(path: Path, samples: str | None = None,
+         options: ReadOptions | None = None) -> list[SampleInput]:
+    """``options`` has nothing for this layout."""
     out = []
     for sample_id, folder in sorted(_sample_folders(Path(path)).items()):
         if not sample_matches(sample_id, samples):
             continue
-        warnings: list[str] = []
-        order = _section_order(folder, warnings)
+        warns: list[str] = []
+        if section_root(folder) is not None:
+            order = [(folder.name, folder, None)]
+        else:
+            found = {d.name: d for d in _subdirs(folder) if section_root(d) is not None}
+            order = ordered_sections(folder, found, folder / ORDER_FILE, warns)
         sections = [
             read_section(sample_id, n, d, z, img) for z, (n, d, img) in enumerate(order, start=1)
         ]
         out.append(
-            finish_sample(sample_id, sections, fmt="visium", source=folder, warnings=warnings)
+            finish_sample(sample_id, sections, fmt="visium", source=folder, warnings=warns)
         )
     return out
 
