@@ -179,3 +179,12 @@ def test_no_private_imports_across_modules():
     planted = ast.parse("from asign.train import _one_fold\n")
     assert _private_imports("train/on_cluster.py", planted) == [
         "train/on_cluster.py: asign.train._one_fold"]
+
+
+def test_test_modules_have_unique_basenames() -> None:
+    """pytest imports test modules by basename (rootdir-relative, no packages below tests/):
+    two files of one name in different folders fail the whole collection."""
+    from collections import Counter
+
+    names = Counter(p.name for p in Path(__file__).resolve().parents[1].rglob("test_*.py"))
+    assert not [n for n, c in names.items() if c > 1]
