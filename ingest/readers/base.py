@@ -74,6 +74,36 @@ def natural_key(name: str) -> tuple:
     return tuple(int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name))
 
 
+ORDER_FILE = "sections.txt"  # z order of a sample's section folders (ordered_sections)
+
+
+def subdirs(folder: Path) -> list[Path]:
+    """Sub-folders in natural order (``S2`` before ``S10``)."""
+    return sorted((p for p in folder.iterdir() if p.is_dir()), key=lambda p: natural_key(p.name))
+
+
+def sample_folders(path: Path, is_section: Callable[[Path], bool]) -> dict[str, Path]:
+    """sample id → folder, for outputs written one folder per section (Visium, Visium HD,
+    Xenium): PATH is a section (a one-section sample), a sample (a folder of sections), or a
+    folder of samples."""
+    path = Path(path)
+    if not path.is_dir():
+        return {}
+    if is_section(path) or any(is_section(d) for d in subdirs(path)):
+        return {path.name: path}
+    return {d.name: d for d in subdirs(path) if any(is_section(c) for c in subdirs(d))}
+
+
+def section_folders(folder: Path, is_section: Callable[[Path], bool],
+                    warnings: list[str]) -> list[tuple[str, Path, Path | None]]:
+    """A sample folder's sections in z order (ordered_sections), or the folder itself when
+    it is a lone section."""
+    if is_section(folder):
+        return [(folder.name, folder, None)]
+    found = {d.name: d for d in subdirs(folder) if is_section(d)}
+    return ordered_sections(folder, found, folder / ORDER_FILE, warnings)
+
+
 def ordered_sections(sample_dir: Path, found: dict[str, Path], order_file: Path,
                      warnings: list[str]) -> list[tuple[str, Path, Path | None]]:
     """(name, section folder, image named in ``order_file`` or None) in z order: the lines

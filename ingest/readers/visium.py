@@ -42,14 +42,15 @@ import scipy.sparse as sp
 
 from asign.errors import CountsError, ImageError, InputError
 from asign.ingest.readers.base import (
+    ORDER_FILE,
     Reader,
     ReadOptions,
     check_spots_in_image,
     find_images,
     finish_sample,
-    natural_key,
-    ordered_sections,
+    sample_folders,
     sample_matches,
+    section_folders,
 )
 from asign.ingest.readers.tables import check_sparse, check_unique
 from asign.ingest.sample import SampleInput, SectionInput
@@ -71,7 +72,6 @@ _POS_COLS = [
     "pxl_row_in_fullres",
     "pxl_col_in_fullres",
 ]
-ORDER_FILE = "sections.txt"
 
 
 def section_root(folder: Path) -> Path | None:
@@ -82,22 +82,12 @@ def section_root(folder: Path) -> Path | None:
     return None
 
 
-def _subdirs(folder: Path) -> list[Path]:
-    return sorted((p for p in folder.iterdir() if p.is_dir()), key=lambda p: natural_key(p.name))
+def _is_section(folder: Path) -> bool:
+    return section_root(folder) is not None
 
 
 def _sample_folders(path: Path) -> dict[str, Path]:
-    """sample id → sample folder."""
-    path = Path(path)
-    if not path.is_dir():
-        return {}
-    if section_root(path) is not None:
-        return {path.name: path}  # a lone section: a one-section sample
-    if any(section_root(d) is not None for d in _subdirs(path)):
-        return {path.name: path}
-    return {
-        d.name: d for d in _subdirs(path) if any(section_root(c) is not None for c in _subdirs(d))
-    }
+    return sample_folders(path, _is_section)
 
 
 def detect(path: Path) -> bool:
@@ -264,11 +254,7 @@ def read(path: Path, samples: str | None = None,
         if not sample_matches(sample_id, samples):
             continue
         warns: list[str] = []
-        if section_root(folder) is not None:
-            order = [(folder.name, folder, None)]
-        else:
-            found = {d.name: d for d in _subdirs(folder) if section_root(d) is not None}
-            order = ordered_sections(folder, found, folder / ORDER_FILE, warns)
+        order = section_folders(folder, _is_section, warns)
         sections = [
             read_section(sample_id, n, d, z, img) for z, (n, d, img) in enumerate(order, start=1)
         ]

@@ -34,15 +34,16 @@ import scipy.sparse as sp
 
 from asign.errors import InputError
 from asign.ingest.readers.base import (
+    ORDER_FILE,
     Reader,
     ReadOptions,
     check_spots_in_image,
     find_images,
     finish_sample,
     grid_um_per_px,
-    natural_key,
-    ordered_sections,
+    sample_folders,
     sample_matches,
+    section_folders,
 )
 from asign.ingest.readers.tables import check_sparse
 from asign.ingest.sample import SampleInput, SectionInput
@@ -51,7 +52,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BIN_UM = 16
 BIN_SIZES_UM = (2, 8, 16)
-ORDER_FILE = "sections.txt"
 
 
 def section_root(folder: Path) -> Path | None:
@@ -62,17 +62,12 @@ def section_root(folder: Path) -> Path | None:
     return None
 
 
-def _subdirs(folder: Path) -> list[Path]:
-    return sorted((p for p in folder.iterdir() if p.is_dir()), key=lambda p: natural_key(p.name))
+def _is_section(folder: Path) -> bool:
+    return section_root(folder) is not None
 
 
 def _sample_folders(path: Path) -> dict[str, Path]:
-    path = Path(path)
-    if not path.is_dir():
-        return {}
-    if section_root(path) is not None or any(section_root(d) for d in _subdirs(path)):
-        return {path.name: path}
-    return {d.name: d for d in _subdirs(path) if any(section_root(c) for c in _subdirs(d))}
+    return sample_folders(path, _is_section)
 
 
 def detect(path: Path) -> bool:
@@ -175,11 +170,7 @@ def read(path: Path, samples: str | None = None,
         if not sample_matches(sample_id, samples):
             continue
         warns: list[str] = []
-        if section_root(folder) is not None:
-            order = [(folder.name, folder, None)]
-        else:
-            found = {d.name: d for d in _subdirs(folder) if section_root(d) is not None}
-            order = ordered_sections(folder, found, folder / ORDER_FILE, warns)
+        order = section_folders(folder, _is_section, warns)
         sections = [read_section(sample_id, n, d, z, img, options)
                     for z, (n, d, img) in enumerate(order, start=1)]
         out.append(finish_sample(sample_id, sections, fmt="visium_hd", source=folder,

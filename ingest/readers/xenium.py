@@ -42,9 +42,9 @@ from asign.ingest.readers.base import (
     ReadOptions,
     check_spots_in_image,
     finish_sample,
-    natural_key,
-    ordered_sections,
+    sample_folders,
     sample_matches,
+    section_folders,
 )
 from asign.ingest.readers.tables import check_sparse
 from asign.ingest.sample import SampleInput, SectionInput
@@ -52,7 +52,6 @@ from asign.ingest.sample import SampleInput, SectionInput
 log = logging.getLogger(__name__)
 
 DEFAULT_BIN_UM = 55.0
-ORDER_FILE = "sections.txt"
 _SPECS = "experiment.xenium"
 _HE_SUFFIX = "he_image.ome.tif"
 
@@ -61,17 +60,8 @@ def _is_section(folder: Path) -> bool:
     return (folder / _SPECS).is_file() and (folder / "cell_feature_matrix.h5").is_file()
 
 
-def _subdirs(folder: Path) -> list[Path]:
-    return sorted((p for p in folder.iterdir() if p.is_dir()), key=lambda p: natural_key(p.name))
-
-
 def _sample_folders(path: Path) -> dict[str, Path]:
-    path = Path(path)
-    if not path.is_dir():
-        return {}
-    if _is_section(path) or any(_is_section(d) for d in _subdirs(path)):
-        return {path.name: path}
-    return {d.name: d for d in _subdirs(path) if any(_is_section(c) for c in _subdirs(d))}
+    return sample_folders(path, _is_section)
 
 
 def detect(path: Path) -> bool:
@@ -187,11 +177,7 @@ def read(path: Path, samples: str | None = None,
         if not sample_matches(sample_id, samples):
             continue
         warns: list[str] = []
-        if _is_section(folder):
-            order = [(folder.name, folder, None)]
-        else:
-            found = {d.name: d for d in _subdirs(folder) if _is_section(d)}
-            order = ordered_sections(folder, found, folder / ORDER_FILE, warns)
+        order = section_folders(folder, _is_section, warns)
         sections = [read_section(sample_id, n, d, z, options)
                     for z, (n, d, _img) in enumerate(order, start=1)]
         out.append(finish_sample(sample_id, sections, fmt="xenium", source=folder,
