@@ -82,6 +82,8 @@ _GENE_FILE_SUFFIXES = {".txt", ".csv", ".tsv", ".list"}
 def register_fingerprint(cfg: IngestConfig, samples: Sequence[SampleInput], hashes: dict[str, Any]) -> str:
     spacing = [cfg.section_um, *(sec.section_um for s in samples for sec in s.sections)]
     extra = [spacing] if any(v is not None for v in spacing) else []  # old stores keep their fingerprint
+    if cfg.bin_um is not None:  # binned platforms: another bin size is another set of spots
+        extra.append({"bin_um": cfg.bin_um})
     return fingerprint("register", [s.sample_id for s in samples], hashes, cfg.n_genes,
                        requested_genes(cfg.genes), cfg.normalisation, cfg.panel_from, list(cfg.extra_2d),
                        *extra)
