@@ -46,6 +46,8 @@ FILE_KINDS: tuple[FileKind, ...] = (
     FileKind("alignment-picture", "qc/*_alignment.png", "ingest"),
     FileKind("lock", "locks/*.lock", "ingest", transient=True),
     FileKind("lock", "locks/*/*.lock", "train", transient=True),
+    # who reads the store (store/locks.reader_lock): one file per train, each locked by it
+    FileKind("reader-lock", "locks/*.lock.readers/*.json", "train", transient=True),
 )
 
 

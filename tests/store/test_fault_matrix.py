@@ -72,6 +72,10 @@ def master(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(small_her2st_store(tmp_path_factory)[1], root)
     run(TrainConfig(store=root, model="mean", run="r1"))
     run(TrainConfig(store=root, model="asign2d", run="r2", epochs=1, threads=1))
+    # what a train killed while reading leaves (store/locks.py): its reader file, unlocked
+    dead = root / "locks" / "ingest.lock.readers" / "host-1-1.json"
+    dead.parent.mkdir(exist_ok=True)
+    dead.write_text('{"pid": 1, "host": "host", "command": "asign train"}')
     return root
 
 
