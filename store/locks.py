@@ -130,7 +130,8 @@ def reader_lock(path: Path, *, wait: float, what: str = "train") -> Iterator[Non
 
 def _acquire(fd: int, path: Path, mode: int, wait: float, what: str) -> None:
     """``flock(mode)``, polling up to ``wait`` s; then one StoreError naming the holders."""
-    deadline = time.monotonic() + max(0.0, wait)
+    started = time.monotonic()
+    deadline = started + max(0.0, wait)
     told = False
     while True:
         try:
@@ -143,10 +144,17 @@ def _acquire(fd: int, path: Path, mode: int, wait: float, what: str) -> None:
             raise StoreError(blocker, path=path.parents[1],
                              fix="wait for it to finish, or pass --wait SECONDS "
                                  f"(waited {wait:g} s)") from None
-        if not told:
+        # a holder names itself just after it takes the lock: the warning waits for that
+        # (up to _NAME_S), so it says who is in the way rather than "not said which yet"
+        named = not blocker.startswith(_UNNAMED)
+        if not told and (named or time.monotonic() - started >= _NAME_S):
             log.warning("%s; this %s is waiting up to %g s", blocker, what, wait)
             told = True
         time.sleep(min(_POLL_S, max(0.0, deadline - time.monotonic())))
+
+
+_UNNAMED = "another process holds this store's lock"
+_NAME_S = 2.0  # how long a waiter gives a new holder to name itself before warning
 
 
 def _blocker(path: Path) -> str:
@@ -158,7 +166,7 @@ def _blocker(path: Path) -> str:
     if readers:
         more = f" and {len(readers) - 1} more" if len(readers) > 1 else ""
         return f"a train is reading this store: {describe(readers[0])}{more}"
-    return f"another process holds this store's lock: {describe({})}"
+    return f"{_UNNAMED}: {describe({})}"
 
 
 def _readers_dir(path: Path) -> Path:
