@@ -123,7 +123,12 @@ class Vectors:
                         yield txn
                     return
             with self.guard.alone():
+                held = self.env.info()["map_size"]
                 self.env.set_mapsize(0)  # 0: the size the writer recorded
+                if self.env.info()["map_size"] < held:
+                    # never shrink below what a writer of this process grew it to before its
+                    # commit recorded that size: the writer would find it full again, forever
+                    self.env.set_mapsize(held)
 
     def _write(self, body: Any) -> Any:
         """Run ``body(txn)`` in one write transaction; a full map is doubled and the whole
