@@ -26,6 +26,7 @@ from asign.store.codecs import decode_patch, decode_vector, encode_vector
 # it full (``_grow``); a reader maps what the file holds and follows a writer's growth.
 START_MAP = 64 << 20
 MAX_MAP = 1 << 40
+_MAX_GROWS = 2 * (MAX_MAP // START_MAP).bit_length()
 
 
 def _emb_key(encoder: str, level: str, item_id: str) -> bytes:
@@ -135,13 +136,17 @@ class Vectors:
         transaction retried (nothing of the failed attempt was committed)."""
         import lmdb
 
-        while True:
+        for _ in range(_MAX_GROWS):
             try:
                 with self._begin(write=True) as txn:
                     return body(txn)
             except lmdb.MapFullError:
                 with self.guard.alone():
                     _grow(self.env, self.path)
+        # doubling from START_MAP reaches MAX_MAP in far fewer steps: the growth was undone
+        raise StoreError(f"the embeddings map stayed full after {_MAX_GROWS} growths "
+                         f"(now {self.env.info()['map_size'] >> 20} MiB)", path=self.path,
+                         fix="make sure one process writes this store at a time, then re-run")
 
     def put_many(self, items: Iterable[tuple[bytes, bytes]]) -> None:
         """One transaction: all items land, or none do."""
@@ -275,7 +280,9 @@ class Vectors:
 def _grow(env: Any, path: Path) -> None:
     import lmdb
 
-    size = env.info()["map_size"]
+    # from what the file already holds too: a map adopted from an older meta can be smaller
+    held = (Path(path) / "data.mdb").stat().st_size if (Path(path) / "data.mdb").exists() else 0
+    size = max(env.info()["map_size"], held)
     if size >= MAX_MAP:
         raise StoreError(f"embeddings database reached its {MAX_MAP >> 30} GiB limit", path=path,
                          fix="split the samples over several stores")

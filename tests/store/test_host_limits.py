@@ -133,3 +133,16 @@ def test_map_grows_while_threads_of_the_same_process_read(tmp_path):
             t.join()
         assert errors == [] and reads[0] > 0
         assert vec.env.info()["map_size"] > START_MAP and vec.count(b"k") == 101
+
+
+def test_a_map_that_never_grows_fails_in_one_line_instead_of_spinning(tmp_path, monkeypatch):
+    """Fault injection: a growth that is undone (as by a second writer resizing the map
+    back) must end in a StoreError after a bounded number of tries, never loop forever."""
+    from asign.errors import StoreError
+    from asign.store import vectors
+
+    monkeypatch.setattr(vectors, "_grow", lambda env, path: None)
+    with vectors.open_vectors(tmp_path / "v.lmdb") as vec:
+        with pytest.raises(StoreError, match="stayed full after"):
+            vec.put_many([(b"k%d" % i, os.urandom(1 << 20)) for i in range(100)])
+        assert vec.count(b"k") == 0  # the failed transaction left nothing behind
