@@ -34,6 +34,7 @@ distance in B's frame. ("expr ours" keeps the affine chain alone; the referee ha
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -42,6 +43,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _docs_record  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "her2st"
@@ -179,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check", action="store_true", help="exit 1 when a pair misses a goal")
     ap.add_argument("--no-expression", action="store_true",
                     help="skip the expression-agreement column")
+    _docs_record.add_flag(ap)
     args = ap.parse_args(argv)
 
     sections = args.sections.split(",")
@@ -198,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     by_id = {t.section_id: t for t in transforms}
     qc = {t.section_id: t.qc for t in transforms}
 
+    print(json.dumps({"seeds": [0], "protocol": f"her2st {','.join(sections)}, thumbnails "
+                      f"{args.thumb_um:g} µm/px, {args.transform}{'+syn' if args.syn else ''}; "
+                      "errors against the authors' warps"}))
     print(f"machine: {machine()}")
     print(f"data: {args.data}  sections: {','.join(sections)}  thumbnails {args.thumb_um:g} µm/px "
           f"(read {t_read:.1f} s)  transform: {args.transform}{'+syn' if args.syn else ''}  "
@@ -224,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{'expr ours/auth':>14}  {'referee ours/auth':>17}")
     print(head)
     print("-" * len(head))
-    failed = []
+    failed, rows = [], []
     pairs = list(zip(sections, sections[1:], strict=False))
     extra = list(zip(sections, sections[2:], strict=False))
     for a, b in pairs + extra:
@@ -252,10 +260,21 @@ def main(argv: list[str] | None = None) -> int:
             etxt = f"  {ours:.3f}/{theirs:.3f}"
             etxt += (f"      {referee(expr, spots, genes, a, b, ours_xy):.3f}/"
                      f"{referee(expr, spots, genes, a, b, auth_xy):.3f}")
+        auth_dice = authors_dice(thumbs, ds, args.data, a, b)
         print(f"{a}-{b:5} {len(err):4d} {med:7.1f} {p95:6.1f} {err.max():6.1f}  {goal:4}  {qtxt} "
-              f"{authors_dice(thumbs, ds, args.data, a, b):8.3f}{etxt:>35}")
+              f"{auth_dice:8.3f}{etxt:>35}")
+        rows.append([f"{a}–{b}" + ("" if is_goal else " (two apart)"), str(len(err)),
+                     f"{med:.1f}", f"{p95:.1f}", goal if is_goal else "",
+                     f"{q.rotation_deg:+.2f}°" if q else "",
+                     f"{q.overlap_before:.3f} → {q.overlap_after:.3f} ({auth_dice:.3f})" if q
+                     else "", etxt.split()[0] if etxt else ""])
     print(f"goal: median ≤ {GOAL_MEDIAN_UM:g} µm and p95 ≤ {GOAL_P95_UM:g} µm on every adjacent "
           "pair; (x) rows are two sections apart, for information")
+    print("\n### Pairs against the authors' alignment\n\n| pair | spots | median µm | p95 µm "
+          "| goal | rotation | tissue Dice before → after (authors') "
+          "| expression agreement ours/authors |\n|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
     if args.overlay:
         import cv2
 
@@ -269,4 +288,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_docs_record.run(main, "alignment"))
