@@ -131,15 +131,18 @@ class _Tee(io.TextIOBase):
 
 def write(bench: str, text: str, argv: list[str],
           derive: Callable[[dict[str, dict[str, Any]]], dict[str, dict[str, Any]]] | None = None,
-          data_dir: Path = DATA) -> Path:
+          data_dir: Path = DATA, started: dict[str, Any] | None = None) -> Path:
     """Record the tables in ``text`` (a bench's output) as ``data_dir/<bench>.json``;
-    ``derive`` may add tables computed from them (a summary view, for instance)."""
+    ``derive`` may add tables computed from them (a summary view, for instance);
+    ``started``: the provenance taken when the run began (the commit may move meanwhile)."""
     tables = parse_tables(text)
     if not tables:
         raise SystemExit(f"{bench}: printed no markdown table under a heading; nothing recorded")
     if derive is not None:
         tables.update(derive(tables))
     record = {"bench": bench, **provenance(argv, _first_json(text)), "tables": tables}
+    if started is not None:
+        record.update(commit=started["commit"], dirty=started["dirty"], date=started["date"])
     data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / f"{bench}.json"
     path.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
@@ -163,9 +166,10 @@ def run(main: Callable[[], Any], bench: str,
     and refresh the README from them."""
     if FLAG not in sys.argv[1:]:
         return main()
+    started = provenance(sys.argv, {})
     tee = _Tee(sys.stdout)
     with contextlib.redirect_stdout(tee):
         result = main()
-    write(bench, tee.buf.getvalue(), sys.argv, derive)
+    write(bench, tee.buf.getvalue(), sys.argv, derive, started=started)
     refresh_readme()
     return result
