@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _docs_record  # noqa: E402
 
 from asign.train.config import MODELS  # noqa: E402
-from asign.train.metrics import accuracy_metrics  # noqa: E402
+from asign.train.metrics import METRICS, accuracy_metrics  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "her2st"
 # store suffix → (encoder, weights)
@@ -130,7 +130,9 @@ def table(store: Path, names: list[str], threads: int, label: str) -> None:
         print(f"  {label}: no run of it in {store.name}", file=sys.stderr)
         return
     print(f"\n### {label} (store {store.name}; mean over {', '.join(sections)})\n")
-    print("| run | MSE | MAE | PCC per spot | PCC per gene |\n|---|---|---|---|---|")
+    # the columns in the registry's order, titled by it (a hand-typed header went stale once)
+    print("| run | " + " | ".join(METRICS[m].title for m in accuracy_metrics()) + " |\n|---|"
+          + "---|" * len(accuracy_metrics()))
     for n in names:
         vals = []
         for metric in accuracy_metrics():
