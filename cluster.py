@@ -91,10 +91,12 @@ def validate(cc: ClusterConfig) -> None:
     from asign.errors import ConfigError
 
     if cc.workers < 0:
-        raise ConfigError(f"--workers must be ≥ 0, got {cc.workers}", fix="pass --workers N with N ≥ 1, or leave it out")
+        raise ConfigError(f"--workers must be ≥ 0, got {cc.workers}",
+                          fix="pass --workers N with N ≥ 1, or leave it out")
     if cc.workers and cc.scheduler:
         raise ConfigError("--workers and --scheduler both given",
-                          fix="--workers N starts a local cluster; --scheduler ADDRESS joins one: pass one of them")
+                          fix="--workers N starts a local cluster; --scheduler ADDRESS joins one: "
+                              "pass one of them")
 
 
 @contextmanager
@@ -109,8 +111,8 @@ def connect(cc: ClusterConfig) -> Iterator[Any]:
             client = Client(cc.scheduler, timeout="20s")
         except OSError as err:
             raise ConfigError(f"cannot reach the Dask scheduler at {cc.scheduler} ({err})",
-                              fix="start the cluster first and pass its address (scheduler_address), "
-                                  "e.g. tcp://host:8786") from None
+                              fix="start the cluster first and pass its address "
+                                  "(scheduler_address), e.g. tcp://host:8786") from None
         try:
             yield client
         finally:
@@ -121,11 +123,12 @@ def connect(cc: ClusterConfig) -> Iterator[Any]:
     log.info("local Dask cluster: %d worker process(es) × %d thread(s)", cc.workers, per)
     # Starting the nannies sets OMP_NUM_THREADS=1 (and friends) in *this* process's
     # environment too; this process's torch would then run on one thread. Restored after.
-    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                                             "MALLOC_TRIM_THRESHOLD_")}
+    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                                            "OPENBLAS_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_")}
     try:
         cluster = LocalCluster(n_workers=cc.workers, threads_per_worker=per, processes=True,
-                               resources=resources, host="127.0.0.1",  # a local cluster: loopback only
+                               resources=resources,
+                               host="127.0.0.1",  # a local cluster: loopback only
                                dashboard_address="127.0.0.1:0",  # any free port
                                silence_logs=logging.CRITICAL)  # failed tasks are reported by asign
     finally:
@@ -190,16 +193,18 @@ def submit(client: Any, fn: Callable[..., Any], args: Sequence[tuple], labels: S
         resources[SLOT] = 1
     else:
         log.warning("the cluster's workers declare no %r resource: tasks share workers and each "
-                    "uses one thread (start workers with --resources %s=1, see the README)", SLOT, SLOT)
+                    "uses one thread (start workers with --resources %s=1, see the README)",
+                    SLOT, SLOT)
     if gpu:
         resources[GPU] = 1
-    return [client.submit(fn, *a, key=f"{description}-{label}-{i}-{uuid.uuid4().hex[:8]}", pure=False,
-                          resources=resources or None)
+    return [client.submit(fn, *a, key=f"{description}-{label}-{i}-{uuid.uuid4().hex[:8]}",
+                          pure=False, resources=resources or None)
             for i, (a, label) in enumerate(zip(args, labels, strict=True))]
 
 
 def gather(futures: Sequence[Any], labels: Sequence[str], rep: Any, *, description: str,
-           on_result: Callable[[int, Any], None] | None = None, task: int | None = None) -> list[Any]:
+           on_result: Callable[[int, Any], None] | None = None,
+           task: int | None = None) -> list[Any]:
     """Wait for submitted tasks under one progress bar; results in submission order, a
     :class:`TaskFailure` where a task raised. ``on_result(i, r)`` runs here, in completion
     order, as each task finishes (e.g. to commit it). ``task``: advance this bar of ``rep``
@@ -209,7 +214,8 @@ def gather(futures: Sequence[Any], labels: Sequence[str], rep: Any, *, descripti
     index = {f.key: i for i, f in enumerate(futures)}
     out: list[Any] = [None] * len(futures)
     own = task is None
-    bar = rep.task(f"{description} ({len(futures)} tasks)", total=len(futures)) if task is None else task
+    bar = rep.task(f"{description} ({len(futures)} tasks)",
+                   total=len(futures)) if task is None else task
     for fut in as_completed(futures):
         i = index[fut.key]
         if fut.status == "error":

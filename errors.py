@@ -31,7 +31,8 @@ class ImageError(InputError):
 
 
 class CountsError(InputError):
-    """A counts table is malformed: NaN/negative/non-integer values, duplicate or unknown spot ids."""
+    """A counts table is malformed: NaN/negative/non-integer values, duplicate or unknown spot
+    ids."""
 
 
 class AlignmentError(AsignError):
@@ -55,7 +56,8 @@ class ConfigError(AsignError):
 
 
 class ClusterError(AsignError):
-    """Units of work failed on Dask workers (each named with its own error); the others' work is kept."""
+    """Units of work failed on Dask workers (each named with its own error); the others' work is
+    kept."""
 
 
 class NumericError(AsignError):

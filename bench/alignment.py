@@ -34,6 +34,7 @@ distance in B's frame. ("expr ours" keeps the affine chain alone; the referee ha
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -42,6 +43,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _docs_record  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "her2st"
@@ -85,8 +89,8 @@ def pair_errors(data: Path, a: str, b: str, by_id: dict, um: dict[str, float]) -
     return np.linalg.norm(ours - theirs, axis=1)
 
 
-def referee(expr: dict[str, pd.DataFrame], spots: dict[str, pd.DataFrame], genes: list[str], a: str, b: str,
-            place: dict[str, np.ndarray]) -> float:
+def referee(expr: dict[str, pd.DataFrame], spots: dict[str, pd.DataFrame], genes: list[str], a: str,
+            b: str, place: dict[str, np.ndarray]) -> float:
     """The product's expression referee on the pair, spots placed by ``place[s]`` (N, 2)."""
     from asign.ingest.referee import referee_pcc
 
@@ -106,12 +110,14 @@ def expression(data: Path, section: str, spots: pd.DataFrame) -> pd.DataFrame:
     return np.log1p(1e4 * counts.div(counts.sum(axis=1), axis=0))
 
 
-def expression_agreement(expr: dict[str, pd.DataFrame], spots: dict[str, pd.DataFrame], genes: list[str],
+def expression_agreement(expr: dict[str, pd.DataFrame], spots: dict[str, pd.DataFrame],
+                         genes: list[str],
                          a: str, b: str, a_to_b_px: np.ndarray, pitch_px: float) -> float:
     from scipy.spatial import cKDTree
 
     def xy(s: str) -> np.ndarray:
-        t = spots[s].set_index(pd.Index([f"{x}x{y}" for x, y in zip(spots[s].x, spots[s].y, strict=True)]))
+        ids = [f"{x}x{y}" for x, y in zip(spots[s].x, spots[s].y, strict=True)]
+        t = spots[s].set_index(pd.Index(ids))
         t = t.loc[expr[s].index]
         return np.c_[t.pixel_x, t.pixel_y]
 
@@ -129,7 +135,8 @@ def expression_agreement(expr: dict[str, pd.DataFrame], spots: dict[str, pd.Data
     return float(np.mean(pcc))
 
 
-def authors_dice(thumbs: dict[str, np.ndarray], ds: dict[str, float], data: Path, a: str, b: str) -> float:
+def authors_dice(thumbs: dict[str, np.ndarray], ds: dict[str, float], data: Path, a: str,
+                 b: str) -> float:
     import cv2
 
     from asign.ingest.align import dice
@@ -139,7 +146,8 @@ def authors_dice(thumbs: dict[str, np.ndarray], ds: dict[str, float], data: Path
     s_a, s_b = np.diag([ds[a], ds[a], 1.0]), np.diag([1 / ds[b], 1 / ds[b], 1.0])
     pix = s_b @ px @ s_a
     ma, mb = tissue_mask(thumbs[a]), tissue_mask(thumbs[b])
-    warped = cv2.warpAffine(ma.astype(np.uint8), pix[:2], (mb.shape[1], mb.shape[0]), flags=cv2.INTER_NEAREST)
+    warped = cv2.warpAffine(ma.astype(np.uint8), pix[:2], (mb.shape[1], mb.shape[0]),
+                            flags=cv2.INTER_NEAREST)
     return dice(warped.astype(bool), mb)
 
 
@@ -165,13 +173,17 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--sections", default="C2,C3,C4,C5,C6")
-    ap.add_argument("--thumb-um", type=float, default=11.0, help="thumbnail resolution, µm per pixel")
+    ap.add_argument("--thumb-um", type=float, default=11.0,
+                    help="thumbnail resolution, µm per pixel")
     ap.add_argument("--transform", default="rigid", choices=["rigid", "affine"])
-    ap.add_argument("--syn", action="store_true", help="refine every pair with ANTs SyN (as ingest --syn)")
+    ap.add_argument("--syn", action="store_true",
+                    help="refine every pair with ANTs SyN (as ingest --syn)")
     ap.add_argument("--reference", default=None)
     ap.add_argument("--overlay", type=Path, default=None, help="write the aligned-outline PNG here")
     ap.add_argument("--check", action="store_true", help="exit 1 when a pair misses a goal")
-    ap.add_argument("--no-expression", action="store_true", help="skip the expression-agreement column")
+    ap.add_argument("--no-expression", action="store_true",
+                    help="skip the expression-agreement column")
+    _docs_record.add_flag(ap)
     args = ap.parse_args(argv)
 
     sections = args.sections.split(",")
@@ -184,12 +196,16 @@ def main(argv: list[str] | None = None) -> int:
         thumbs[s] = read_thumbnail(image, ds[s])
     t_read = time.perf_counter() - t0
     t0 = time.perf_counter()
-    transforms = align_sample(thumbs, ds, um, reference=args.reference, transform=args.transform, syn=args.syn)
+    transforms = align_sample(thumbs, ds, um, reference=args.reference, transform=args.transform,
+                              syn=args.syn)
     t_align = time.perf_counter() - t0
     matrix = {t.section_id: t.matrix for t in transforms}
     by_id = {t.section_id: t for t in transforms}
     qc = {t.section_id: t.qc for t in transforms}
 
+    print(json.dumps({"seeds": [0], "protocol": f"her2st {','.join(sections)}, thumbnails "
+                      f"{args.thumb_um:g} µm/px, {args.transform}{'+syn' if args.syn else ''}; "
+                      "errors against the authors' warps"}))
     print(f"machine: {machine()}")
     print(f"data: {args.data}  sections: {','.join(sections)}  thumbnails {args.thumb_um:g} µm/px "
           f"(read {t_read:.1f} s)  transform: {args.transform}{'+syn' if args.syn else ''}  "
@@ -205,15 +221,18 @@ def main(argv: list[str] | None = None) -> int:
         genes = list(means.sort_values(ascending=False).index[:300])
     from asign.ingest.deform import to_aligned
 
-    ours_xy = {s: np.c_[to_aligned(by_id, um, s, spots[s].pixel_x.to_numpy(), spots[s].pixel_y.to_numpy())]
+    ours_xy = {s: np.c_[to_aligned(by_id, um, s, spots[s].pixel_x.to_numpy(),
+                                   spots[s].pixel_y.to_numpy())]
                for s in sections}
     auth_xy = {s: (authors_warp(args.data, s) @ np.c_[spots[s].pixel_x, spots[s].pixel_y,
-                                                      np.ones(len(spots[s]))].T)[:2].T for s in sections}
-    head = (f"{'pair':8} {'n':>4} {'median':>7} {'p95':>6} {'max':>6}  {'goal':4}  {'rot°':>6} {'flip':>5} "
-            f"{'inl':>4} {'Dice0':>6} {'Dice':>6} {'authDice':>8}  {'expr ours/auth':>14}  {'referee ours/auth':>17}")
+                                                      np.ones(len(spots[s]))].T)[:2].T
+               for s in sections}
+    head = (f"{'pair':8} {'n':>4} {'median':>7} {'p95':>6} {'max':>6}  {'goal':4}  {'rot°':>6} "
+            f"{'flip':>5} {'inl':>4} {'Dice0':>6} {'Dice':>6} {'authDice':>8}  "
+            f"{'expr ours/auth':>14}  {'referee ours/auth':>17}")
     print(head)
     print("-" * len(head))
-    failed = []
+    failed, rows = [], []
     pairs = list(zip(sections, sections[1:], strict=False))
     extra = list(zip(sections, sections[2:], strict=False))
     for a, b in pairs + extra:
@@ -224,23 +243,38 @@ def main(argv: list[str] | None = None) -> int:
         if is_goal and not ok:
             failed.append(f"{a}-{b}")
         # the QC of the registered pair that links these two, whichever way it was run
-        q = qc[a] if qc[a] is not None and qc[a].fixed == b else qc[b] if qc[b] is not None and qc[b].fixed == a else None
-        qtxt = (f"{q.rotation_deg:6.2f} {str(q.flipped):>5} {q.ransac_inliers:4d} {q.overlap_before:6.3f} "
-                f"{q.overlap_after:6.3f}") if q else f"{'':6} {'':5} {'':4} {'':6} {'':6}"
+        q = (qc[a] if qc[a] is not None and qc[a].fixed == b
+             else qc[b] if qc[b] is not None and qc[b].fixed == a else None)
+        qtxt = (f"{q.rotation_deg:6.2f} {str(q.flipped):>5} {q.ransac_inliers:4d} "
+                f"{q.overlap_before:6.3f} {q.overlap_after:6.3f}" if q
+                else f"{'':6} {'':5} {'':4} {'':6} {'':6}")
         goal = ("ok" if ok else "MISS") if is_goal else "(x)"
         etxt = ""
         if expr:
             pitch_px = PITCH_UM / um[b]
-            ours = expression_agreement(expr, spots, genes, a, b, np.linalg.inv(matrix[b]) @ matrix[a], pitch_px)
-            theirs = expression_agreement(expr, spots, genes, a, b, np.linalg.inv(authors_warp(args.data, b))
+            ours = expression_agreement(expr, spots, genes, a, b,
+                                        np.linalg.inv(matrix[b]) @ matrix[a], pitch_px)
+            theirs = expression_agreement(expr, spots, genes, a, b,
+                                          np.linalg.inv(authors_warp(args.data, b))
                                           @ authors_warp(args.data, a), pitch_px)
             etxt = f"  {ours:.3f}/{theirs:.3f}"
             etxt += (f"      {referee(expr, spots, genes, a, b, ours_xy):.3f}/"
                      f"{referee(expr, spots, genes, a, b, auth_xy):.3f}")
+        auth_dice = authors_dice(thumbs, ds, args.data, a, b)
         print(f"{a}-{b:5} {len(err):4d} {med:7.1f} {p95:6.1f} {err.max():6.1f}  {goal:4}  {qtxt} "
-              f"{authors_dice(thumbs, ds, args.data, a, b):8.3f}{etxt:>35}")
-    print(f"goal: median ≤ {GOAL_MEDIAN_UM:g} µm and p95 ≤ {GOAL_P95_UM:g} µm on every adjacent pair; "
-          "(x) rows are two sections apart, for information")
+              f"{auth_dice:8.3f}{etxt:>35}")
+        rows.append([f"{a}–{b}" + ("" if is_goal else " (two apart)"), str(len(err)),
+                     f"{med:.1f}", f"{p95:.1f}", goal if is_goal else "",
+                     f"{q.rotation_deg:+.2f}°" if q else "",
+                     f"{q.overlap_before:.3f} → {q.overlap_after:.3f} ({auth_dice:.3f})" if q
+                     else "", etxt.split()[0] if etxt else ""])
+    print(f"goal: median ≤ {GOAL_MEDIAN_UM:g} µm and p95 ≤ {GOAL_P95_UM:g} µm on every adjacent "
+          "pair; (x) rows are two sections apart, for information")
+    print("\n### Pairs against the authors' alignment\n\n| pair | spots | median µm | p95 µm "
+          "| goal | rotation | tissue Dice before → after (authors') "
+          "| expression agreement ours/authors |\n|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
     if args.overlay:
         import cv2
 
@@ -254,4 +288,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_docs_record.run(main, "alignment"))

@@ -116,8 +116,10 @@ def compare_ingest(sample: Path, workdir: Path, workers: int, ingest: list[str])
                              ("serial_1thread", [], one)):
         shutil.rmtree(stores[name], ignore_errors=True)
         load = os.getloadavg()[0]
-        s, summary = _cli(["ingest", str(sample), "--store", str(stores[name]), *ingest, *extra, "--json"], env)
-        rows[name] = {"s": round(s, 1), "loadavg": round(load, 2), "loadavg_end": round(os.getloadavg()[0], 2)}
+        s, summary = _cli(["ingest", str(sample), "--store", str(stores[name]), *ingest, *extra,
+                           "--json"], env)
+        rows[name] = {"s": round(s, 1), "loadavg": round(load, 2),
+                      "loadavg_end": round(os.getloadavg()[0], 2)}
         if summary and "cluster" in summary:
             rows[name]["cluster"] = summary["cluster"]
         print(f"ingest {name}: {rows[name]}", flush=True)
@@ -130,7 +132,8 @@ def compare_ingest(sample: Path, workdir: Path, workers: int, ingest: list[str])
                          and _lmdb_entries(stores["serial"]) == _lmdb_entries(stores["workers"]))
     from asign.store import open_store
 
-    rows["spots"] = open_store(stores["serial"]).query("SELECT count(*) AS n FROM spots").column("n")[0].as_py()
+    counted = open_store(stores["serial"]).query("SELECT count(*) AS n FROM spots")
+    rows["spots"] = counted.column("n")[0].as_py()
     c = rows["workers"].get("cluster")
     if c:  # per task: what a task cost beyond its compute, with the workers' time as the budget
         busy = sum(c["worker_compute_s"].values())
@@ -145,11 +148,13 @@ def compare_train(store: Path, workers: int, epochs: int, cores: int) -> dict[st
     Dask tasks on ``workers`` workers of cores // workers threads: the ratio."""
     rows: dict[str, Any] = {}
     for name, extra in (("serial", ["--threads", str(cores)]),
-                        ("workers", ["--threads", str(max(1, cores // workers)), "--workers", str(workers)])):
+                        ("workers",
+                         ["--threads", str(max(1, cores // workers)), "--workers", str(workers)])):
         load = os.getloadavg()[0]
         s, _ = _cli(["train", "--store", str(store), "--model", "asign3d", "--run", f"b{name}",
                      "--seed", "0,1,2,3", "--epochs", str(epochs), *extra])
-        rows[name] = {"s": round(s, 1), "loadavg": round(load, 2), "loadavg_end": round(os.getloadavg()[0], 2)}
+        rows[name] = {"s": round(s, 1), "loadavg": round(load, 2),
+                      "loadavg_end": round(os.getloadavg()[0], 2)}
         print(f"train {name}: {rows[name]}", flush=True)
     rows["ratio"] = round(rows["serial"]["s"] / rows["workers"]["s"], 2)
     return rows
@@ -157,8 +162,9 @@ def compare_train(store: Path, workers: int, epochs: int, cores: int) -> dict[st
 
 def workers_table(results: dict[str, dict], workers: int, scenarios: list[str]) -> str:
     """The --workers column: serial vs N workers per scenario and part."""
-    lines = [f"| scenario | part | serial s (load) | {workers} workers s (load) | ratio | identical store | "
-             "tasks | driver commit s | Σ worker compute s | efficiency |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"| scenario | part | serial s (load) | {workers} workers s (load) | ratio | "
+             "identical store | tasks | driver commit s | Σ worker compute s | efficiency |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for sc in scenarios:
         row = results.get(f"{sc}/workers{workers}")
         if not row:
@@ -168,16 +174,21 @@ def workers_table(results: dict[str, dict], workers: int, scenarios: list[str]) 
             if not r:
                 continue
             c = r["workers"].get("cluster", {})
-            name = f"ingest ({r['spots']:,} spots)" if part == "ingest" else "train (4 asign3d runs)"
+            name = (f"ingest ({r['spots']:,} spots)" if part == "ingest"
+                    else "train (4 asign3d runs)")
             busy = f"{sum(c['worker_compute_s'].values()):,.0f}" if c else "–"
             if part == "ingest" and "serial_1thread" in r:
                 one = r["serial_1thread"]
-                lines.append(f"| {sc} | {name}, serial with 1 torch thread | {one['s']:,.0f} ({one['loadavg']:.1f}) | "
-                             f"{r['workers']['s']:,.0f} | **{r['ratio_1thread']:.2f}×** | | | | | |")
-            lines.append(f"| {sc} | {name} | {r['serial']['s']:,.0f} ({r['serial']['loadavg']:.1f}) | "
-                         f"{r['workers']['s']:,.0f} ({r['workers']['loadavg']:.1f}) | **{r['ratio']:.2f}×** | "
-                         f"{r.get('identical', '–')} | {c.get('tasks', '–')} | {c.get('driver_commit_s', '–')} | "
-                         f"{busy} | {r.get('efficiency', '–')} |")
+                lines.append(f"| {sc} | {name}, serial with 1 torch thread | {one['s']:,.0f} "
+                             f"({one['loadavg']:.1f}) | "
+                             f"{r['workers']['s']:,.0f} | **{r['ratio_1thread']:.2f}×** "
+                             "| | | | | |")
+            lines.append(f"| {sc} | {name} | {r['serial']['s']:,.0f} "
+                         f"({r['serial']['loadavg']:.1f}) | "
+                         f"{r['workers']['s']:,.0f} ({r['workers']['loadavg']:.1f}) | "
+                         f"**{r['ratio']:.2f}×** | "
+                         f"{r.get('identical', '–')} | {c.get('tasks', '–')} | "
+                         f"{c.get('driver_commit_s', '–')} | {busy} | {r.get('efficiency', '–')} |")
         if row.get("overhead"):
             o = row["overhead"]
             lines.append(f"| {sc} | Dask overhead per task | | {o['noop_ms_per_task']} ms no-op, "
@@ -215,11 +226,13 @@ def main() -> None:
                              n_genes=250)
     if "ingest" in parts:
         report["ingest"] = compare_ingest(sample, args.workdir, args.workers, ingest)
-        print(f"ingest: serial / workers = {report['ingest']['ratio']} ({report['ingest']['spots']} spots); "
+        print(f"ingest: serial / workers = {report['ingest']['ratio']} "
+              f"({report['ingest']['spots']} spots); "
               f"identical stores: {report['ingest']['identical']}", flush=True)
     if "train" in parts:
         store = args.workdir / "store-serial"
-        report["train"] = compare_train(store if store.exists() else args.workdir / f"store-w{args.workers}",
+        report["train"] = compare_train(store if store.exists()
+                                        else args.workdir / f"store-w{args.workers}",
                                         args.workers, args.epochs, report["cores"])
         print(f"train (4 runs): serial / workers = {report['train']['ratio']}", flush=True)
     if args.json:

@@ -1,6 +1,7 @@
 """Encoder throughput against this machine's own matmul peak, and end-to-end spots/s.
 
-    .venv/bin/python bench/embed.py [--encoder effnet-lite0] [--batch-size 32] [--repeats 3] [--json out.json]
+    .venv/bin/python bench/embed.py [--encoder effnet-lite0] [--batch-size 32] [--repeats 3] \\
+        [--json out.json]
 
 1. Machine: CPU model, cores, torch, native bf16.
 2. Encoder (--encoder, default resnet50-l3 with random weights: same FLOPs as ImageNet
@@ -11,8 +12,8 @@
    same precision. Peak = best-of 4096² matmuls in fp32 and bf16, sampled round-robin with
    the encoder batches, so both see the same background load; best-of on both sides.
 4. End to end on her2st C3: cold start (the JPEG is decoded inside the timing), a
-   224-equivalent patch per spot cropped (resized to the encoder's input), PNG-compressed and encoded through
-   ``embed_batches``; then the section's region and global tiles as well.
+   224-equivalent patch per spot cropped (resized to the encoder's input), PNG-compressed and
+   encoded through ``embed_batches``; then the section's region and global tiles as well.
 5. Ingest end to end on patient C (--ingest): the real ``patches`` and ``embed`` steps into
    a store (register and align done once beforehand, untimed), cold (slides decoded, encoder
    loaded and traced inside the timing), by two routes: both steps in one run (the spot
@@ -240,7 +241,8 @@ def ingest_end_to_end(encoder: str, batch_size: int, work: Path, threads: int) -
     base = work / "base"
     if not (base / "manifest.json").exists():
         shutil.rmtree(base, ignore_errors=True)
-        ingest_run(IngestConfig(sources=(DATA,), store=base, samples="C", steps=("register", "align")))
+        ingest_run(IngestConfig(sources=(DATA,), store=base, samples="C",
+                                steps=("register", "align")))
 
     # Time the encoder's own calls inside the routes: their sum over the route's wall time
     # is the fraction of the route during which the encoder is busy (not the throughput
@@ -303,7 +305,8 @@ def ingest_end_to_end(encoder: str, batch_size: int, work: Path, threads: int) -
     engine_before = sustained(3000)  # about patient C's item count
     streamed_s, a, streamed_engine, streamed_load = route("streamed", [("patches", "embed")])
     separate_s, b, separate_engine, separate_load = route("separate", [("patches",), ("embed",)])
-    levels = open_store(a).read("embeddings", key="C", columns=["level"]).column("level").to_pylist()
+    levels = open_store(a).read("embeddings", key="C",
+                                columns=["level"]).column("level").to_pylist()
     n_spots = levels.count("spot")
     n_items = len(levels)
     same = entries(a) == entries(b)
@@ -366,7 +369,8 @@ def main() -> None:
     report["encoder_name"] = args.encoder
     px = enc.spec.input_px
     flops = flops_per_image(enc.module, px)
-    print(f"{args.encoder} ({weights}): {flops / 1e9:.2f} GFLOP per {px}-px image, batch {args.batch_size}")
+    print(f"{args.encoder} ({weights}): {flops / 1e9:.2f} GFLOP per {px}-px image, batch "
+          f"{args.batch_size}")
     variants, peaks = encoder_variants(enc, args.batch_size, args.repeats, args.inductor, args.only)
     report["matmul_peak_gflops"] = {k: round(v, 1) for k, v in peaks.items()}
     print(f"matmul peak 4096²: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")

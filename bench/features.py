@@ -34,7 +34,8 @@ from asign.ingest.embed import embed_arrays, embedding_config
 from asign.store import open_store
 from asign.train.data import _labels, gene_panel
 
-DEFAULT = "effnet-lite0-head,effnet-lite0,effnet-lite0-head:random,histo-classic,effnet-lite0+histo-classic"
+DEFAULT = ("effnet-lite0-head,effnet-lite0,effnet-lite0-head:random,histo-classic,"
+           "effnet-lite0+histo-classic")
 
 
 def load_c(store_path: Path) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
@@ -73,9 +74,11 @@ def probe(feats: np.ndarray, y: np.ndarray, sec: np.ndarray) -> dict[str, float]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--store", type=Path, required=True)
-    ap.add_argument("--encoders", default=DEFAULT, help="comma-separated; NAME:random for random weights")
+    ap.add_argument("--encoders", default=DEFAULT,
+                    help="comma-separated; NAME:random for random weights")
     ap.add_argument("--n-genes", type=int, default=200)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()

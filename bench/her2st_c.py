@@ -1,6 +1,7 @@
 """Regenerate the README's her2st patient C result tables from scratch, with the product's CLI.
 
-    PYTHONPATH=... python bench/her2st_c.py [--root /tmp/asign-her2st-c] [--tables main,encoders,ablations,b4]
+    PYTHONPATH=... python bench/her2st_c.py [--root /tmp/asign-her2st-c] \\
+        [--tables main,encoders,ablations,b4]
 
 Everything runs through `asign ingest`, `asign train` and `asign query`, exactly as a user
 would type them (the commands are printed), with `--threads 1` (OMP too) and seed 0.
@@ -11,7 +12,8 @@ Stores under --root:
   panel = top 250 by mean count on C2, the known layer).
 - ``SC-<variant>``: copies of ``SC`` taken before any training, re-embedded with
   ``--steps patches,embed,graph --encoder X [--weights random]`` (same sections, alignment,
-  spots and gene panel, patches re-cut only for another input size; only the image features and the graph's cosines change).
+  spots and gene panel, patches re-cut only for another input size; only the image features and the
+  graph's cosines change).
 - ``SCB``: ``asign ingest DATA --samples C --extra-2d B --store SCB``. Its gene panel is
   chosen on C2 *and B4* (both are training sections), so its numbers are comparable only
   with each other: the B4 table trains asign3d with and without ``--extra-2d B`` on SCB.
@@ -32,8 +34,11 @@ import sys
 import time
 from pathlib import Path
 
-from asign.train.config import MODELS
-from asign.train.metrics import accuracy_metrics
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _docs_record  # noqa: E402
+
+from asign.train.config import MODELS  # noqa: E402
+from asign.train.metrics import METRICS, accuracy_metrics  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "her2st"
 # store suffix → (encoder, weights)
@@ -115,20 +120,28 @@ def store_params(store: Path) -> dict:
 def table(store: Path, names: list[str], threads: int, label: str) -> None:
     quoted = ",".join(f"'{n}'" for n in names)
     rows = query(store, "select r.name, m.section_id, m.metric, m.value from metrics m "
-                 f"join runs r using (run_id) where m.setting = 'within_sample' and r.name in ({quoted})",
-                 threads)
-    by: dict[tuple[str, str, str], float] = {(r["name"], r["section_id"], r["metric"]): r["value"] for r in rows}
+                 "join runs r using (run_id) where m.setting = 'within_sample' "
+                 f"and r.name in ({quoted})", threads)
+    by: dict[tuple[str, str, str], float] = {(r["name"], r["section_id"], r["metric"]): r["value"]
+                                             for r in rows}
     sections = sorted({r["section_id"] for r in rows})
+    names = [n for n in names if any(k[0] == n for k in by)]  # a run not in the store: left out
+    if not names:
+        print(f"  {label}: no run of it in {store.name}", file=sys.stderr)
+        return
     print(f"\n### {label} (store {store.name}; mean over {', '.join(sections)})\n")
-    print("| run | MSE | MAE | PCC per spot | PCC per gene |\n|---|---|---|---|---|")
+    # the columns in the registry's order, titled by it (a hand-typed header went stale once)
+    print("| run | " + " | ".join(METRICS[m].title for m in accuracy_metrics()) + " |\n|---|"
+          + "---|" * len(accuracy_metrics()))
     for n in names:
         vals = []
         for metric in accuracy_metrics():
-            v = [by[(n, s, metric)] for s in sections if (n, s, metric) in by and by[(n, s, metric)] is not None]
+            v = [by[(n, s, metric)] for s in sections if (n, s, metric) in by
+                 and by[(n, s, metric)] is not None]
             mean = sum(v) / len(v) if v else float("nan")
             vals.append("n/a" if mean != mean else f"{mean:.3f}")  # NaN: a constant prediction
         print(f"| {n} | " + " | ".join(vals) + " |")
-    print("\nper section, MSE / PCC per spot / PCC per gene:\n")
+    print(f"\n#### {label}, per section (MSE / PCC per spot / PCC per gene)\n")
     print("| run | " + " | ".join(sections) + " |\n|---|" + "---|" * len(sections))
     for n in names:
         cells = []
@@ -139,18 +152,29 @@ def table(store: Path, names: list[str], threads: int, label: str) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", type=Path, default=Path("/tmp/asign-her2st-c"))
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--tables", default="main,encoders,ablations,b4,cli")
     ap.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"of {', '.join(VARIANTS)}")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-train", action="store_true",
+                    help="ingest and train nothing: tables from the runs already in the stores "
+                         "(a run that is not there is left out)")
+    _docs_record.add_flag(ap)
     args = ap.parse_args()
     tables = set(args.tables.split(","))
     variants = {k: VARIANTS[k] for k in args.variants.split(",")}
     t = args.threads
-    args.root.mkdir(parents=True, exist_ok=True)
     sc = args.root / "SC"
+    print(json.dumps({"seeds": [0], "protocol": "known C2, hidden C3-C6, within-sample, "
+                      "seed 0, --threads 1", "stores": {"SC": store_params(sc)}
+                      if (sc / "manifest.json").exists() else {}}))
+    if args.no_train:
+        _tables(args, tables, variants)
+        return
+    args.root.mkdir(parents=True, exist_ok=True)
     asign("ingest", str(args.data), "--samples", "C", "--store", str(sc), threads=t)
     print(json.dumps(store_params(sc)))
     if "encoders" in tables:  # copies first: they must not carry SC's runs
@@ -171,10 +195,12 @@ def main() -> None:
             print(json.dumps(store_params(dst)))
             for m in ("mean", "similarity", "asign3d"):
                 train(dst, m, m, [], t)
-            table(dst, ["mean", "similarity", "asign3d"], t, f"Image features: {encoder} ({weights})")
+            table(dst, ["mean", "similarity", "asign3d"], t,
+                  f"Image features: {encoder} ({weights})")
     if "b4" in tables:
         scb = args.root / "SCB"
-        asign("ingest", str(args.data), "--samples", "C", "--extra-2d", "B", "--store", str(scb), threads=t)
+        asign("ingest", str(args.data), "--samples", "C", "--extra-2d", "B", "--store", str(scb),
+              threads=t)
         print(json.dumps(store_params(scb)))
         train(scb, "mean", "mean", [], t)  # cheap: shows what the panel alone changes
     if "ablations" in tables:
@@ -192,5 +218,24 @@ def main() -> None:
         table(sc, ["asign3d", *CLI_VARIANTS], t, "asign3d without this project's CLI changes")
 
 
+def _tables(args: argparse.Namespace, tables: set[str], variants: dict) -> None:
+    """Every table of the stores under --root that exist, from their runs alone."""
+    t, sc = args.threads, args.root / "SC"
+    if "main" in tables and sc.exists():
+        table(sc, list(reversed(MODELS)), t, "Every model, known C2, hidden C3-C6")
+    for suffix, (encoder, weights) in variants.items():
+        dst = args.root / f"SC-{suffix}"
+        if "encoders" in tables and dst.exists():
+            table(dst, ["mean", "similarity", "asign3d"], t,
+                  f"Image features: {encoder} ({weights})")
+    if "ablations" in tables and sc.exists():
+        table(sc, ["asign3d", *ABLATIONS], t, "Ablations of asign3d")
+    if "b4" in tables and (args.root / "SCB").exists():
+        table(args.root / "SCB", ["mean", "asign3d", "asign3d-extra-B"], t,
+              "B4 as extra 2D training data")
+    if "cli" in tables and sc.exists():
+        table(sc, ["asign3d", *CLI_VARIANTS], t, "asign3d without this project's CLI changes")
+
+
 if __name__ == "__main__":
-    main()
+    _docs_record.run(main, "her2st_c")

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _docs_record  # noqa: E402
 from her2st_c import DATA, asign, train  # noqa: E402
 
 from asign.train.config import MODELS  # noqa: E402
@@ -231,6 +232,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-train", action="store_true", help="tables from existing runs only")
     ap.add_argument("--ablations", default=",".join(ABLATIONS))
+    _docs_record.add_flag(ap)
     args = ap.parse_args()
     t = args.threads
     seeds = [int(x) for x in args.seeds.split(",")]
@@ -268,5 +270,15 @@ def main() -> None:
     interval_table(sc, names, ids, s, hidden)
 
 
+def summary(tables: dict[str, dict]) -> dict[str, dict]:
+    """The README's view of the per-section table: each model's mean over C3–C6."""
+    per = tables["per-section"]
+    at = per["columns"].index("mean")
+    rows = [[r[0], r[1], *r[at].split(" / ")] for r in per["rows"]]
+    return {"summary": {"title": "Mean over C3–C6 (networks: mean ± sd over seeds)",
+                        "columns": ["model", "runs", "MSE", "PCC per spot", "PCC per gene"],
+                        "rows": rows}}
+
+
 if __name__ == "__main__":
-    main()
+    _docs_record.run(main, "her2st_science", derive=summary)

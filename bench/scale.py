@@ -5,7 +5,7 @@ peak RSS and the growth exponent of every stage.
     .venv/bin/python bench/scale.py                                  # all scenarios
     .venv/bin/python bench/scale.py --scenarios 10k 42k --epochs 2 --json out.json
     .venv/bin/python bench/scale.py --scenarios 200k --stages train infer   # resume later stages
-    .venv/bin/python bench/scale.py --scenarios 42k --stages synth --workers 2  # serial vs 2 workers
+    .venv/bin/python bench/scale.py --scenarios 42k --stages synth --workers 2  # serial/2 workers
 
 Run by hand, not in CI (the 200k scenario takes about an hour on 2 cores).
 
@@ -334,7 +334,8 @@ def compare(scenario: str, args: argparse.Namespace) -> dict[str, Any]:
         out["overhead"] = overhead(args.workers)
         print(f"  {scenario} overhead: {out['overhead']}", flush=True)
     if "ingest" in args.workers_parts:
-        ingest = ["--format", "manifest", "--n-genes", str(N_GENES), "--encoder", ENCODER, "--weights", "random"]
+        ingest = ["--format", "manifest", "--n-genes", str(N_GENES), "--encoder", ENCODER,
+                  "--weights", "random"]
         out["ingest"] = compare_ingest(sample, work, args.workers, ingest)
     if "train" in args.workers_parts:
         store = work / "store-serial"
@@ -364,9 +365,11 @@ def main() -> None:
     ap.add_argument("--force", action="store_true", help="re-run stages that have results")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--workers", type=int, default=0,
-                    help="also measure serial vs N local Dask workers (ingest, four train runs, overhead)")
+                    help="also measure serial vs N local Dask workers (ingest, four train runs, "
+                         "overhead)")
     ap.add_argument("--workers-parts", nargs="+", default=["overhead", "ingest", "train"],
-                    choices=["overhead", "ingest", "train"], help="which comparisons --workers runs")
+                    choices=["overhead", "ingest", "train"],
+                    help="which comparisons --workers runs")
     ap.add_argument("--child", choices=STAGES, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -411,12 +414,14 @@ def main() -> None:
         from cluster import workers_table
 
         print(workers_table(results, args.workers, args.scenarios))
-    big = [results[k]["peak_rss_mib"] for k in results if k.startswith("200k/") and "peak_rss_mib" in results[k]]
+    big = [results[k]["peak_rss_mib"] for k in results if k.startswith("200k/")
+           and "peak_rss_mib" in results[k]]
     if big:
         verdict = "under" if max(big) * 2**20 < 8e9 else "OVER"
         print(f"\n200k-spot peak RSS over all stages: {max(big) / 1024:.2f} GiB "
               f"({verdict} the 8 GB budget)")
-    print(f"(N log N from 10k to 200k grows as N^{math.log(2e5 * math.log(2e5) / (1e4 * math.log(1e4))) / math.log(20):.2f})")
+    growth = math.log(2e5 * math.log(2e5) / (1e4 * math.log(1e4))) / math.log(20)
+    print(f"(N log N from 10k to 200k grows as N^{growth:.2f})")
 
 
 if __name__ == "__main__":

@@ -41,12 +41,14 @@ def _cell(threads: int, side: int, layers: int, dim: int, epochs: int) -> dict[s
     from train import synthetic_sample
 
     s = synthetic_sample(n_layers=layers, side=side, dim=dim, n_genes=250)
-    cfg = TrainConfig(store=Path("."), model="asign3d", epochs=epochs + 1, hidden=128, threads=threads)
+    cfg = TrainConfig(store=Path("."), model="asign3d", epochs=epochs + 1, hidden=128,
+                      threads=threads)
     task = loop.make_task(s, (s.sections[0],), "cpu")
     net = loop.build(cfg, dim, len(s.genes), 0)
     times: list[float] = []
     loop.fit(cfg, net, [task], 0, on_epoch=lambda e, loss, sec: times.append(sec))
-    return {"threads": threads, "spots": s.n_spots, "epoch_s": round(float(np.median(times[1:])), 3),
+    return {"threads": threads, "spots": s.n_spots,
+            "epoch_s": round(float(np.median(times[1:])), 3),
             "epoch_s_all": [round(t, 3) for t in times]}
 
 

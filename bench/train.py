@@ -81,13 +81,15 @@ def synthetic_sample(n_layers: int = 6, side: int = 49, dim: int = 1024, n_genes
                 if dr or dc:
                     r, c = row + dr, col + dc
                     ok = (r >= 0) & (r < cols) & (c >= 0) & (c < cols)
-                    tok.append(np.where(ok, section.astype(np.int64) * cols * cols + r * cols + c, -1))
+                    tok.append(np.where(ok, section.astype(np.int64) * cols * cols + r * cols + c,
+                                        -1))
         tokens[level] = np.stack(tok, 1)
         feats[level] = rng.normal(size=(n_layers * cols * cols, dim)).astype(np.float16)
     sections = tuple(f"L{z + 1}" for z in range(n_layers))
     return SampleData(
         sample_id="synthetic", genes=tuple(f"G{i}" for i in range(n_genes)), sections=sections,
-        section_z=np.arange(1, n_layers + 1), spot_ids=np.array([f"s{i}" for i in range(n)], object),
+        section_z=np.arange(1, n_layers + 1),
+        spot_ids=np.array([f"s{i}" for i in range(n)], object),
         section=section, xy=xy, is_virtual=np.zeros(n, bool), has_label=np.ones(n, bool),
         labels=_labels(xy, section, n_genes, rng, structured),
         spot_feat=rng.normal(size=(n, dim)).astype(np.float16), tokens=tokens, tile_feat=feats,

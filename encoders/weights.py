@@ -201,7 +201,8 @@ def resolve_auto(weights: str | Path = "imagenet") -> tuple[str, str]:
     cache = hub_checkpoint_dir()
     for hub in ENCODERS[AUTO_PREFERRED].hub_files:
         if (cache / hub.filename).is_file():
-            return AUTO_PREFERRED, f"ImageNet weights in the torch hub cache: {cache / hub.filename}"
+            return (AUTO_PREFERRED,
+                    f"ImageNet weights in the torch hub cache: {cache / hub.filename}")
     bundled = ENCODERS[AUTO_OFFLINE].bundled
     path = bundled() if bundled else None
     if path is None:

@@ -39,9 +39,10 @@ from asign.ingest.ants_pair import AntsPair, ants_env
 from asign.ingest.geometry import Decomposition, apply_transform, decompose, rigid_matrix
 from asign.ingest.tissue import tissue_mask
 
-__all__ = ["Decomposition", "InitGuess", "PairPlan", "PairQC", "PairResult", "PreparedSection", "SectionTransform",
-           "align_sample", "apply_transform", "check_plausible", "check_tissue_areas", "compose", "decompose",
-           "dice", "plan_pairs", "prepare_section", "register_pair", "rigid_matrix"]
+__all__ = ["Decomposition", "InitGuess", "PairPlan", "PairQC", "PairResult", "PreparedSection",
+           "SectionTransform", "align_sample", "apply_transform", "check_plausible",
+           "check_tissue_areas", "compose", "decompose", "dice", "plan_pairs", "prepare_section",
+           "register_pair", "rigid_matrix"]
 
 log = logging.getLogger(__name__)
 
@@ -99,23 +100,25 @@ class SectionTransform:
 # --- checks -------------------------------------------------------------------------------
 
 def check_plausible(matrix: np.ndarray, moving: str, fixed: str,
-                    max_scale_dev: tuple[float, float] = (0.8, 1.25), max_shear: float = 0.15) -> Decomposition:
+                    max_scale_dev: tuple[float, float] = (0.8, 1.25),
+                    max_shear: float = 0.15) -> Decomposition:
     """Reject transforms no microtome produces. Raises AlignmentError naming the pair."""
     d = decompose(matrix)
     lo, hi = max_scale_dev
-    fix = (f"give an initial rotation/flip for the pair {moving}:{fixed}, or check that both images "
-           "have the same µm/px")
+    fix = (f"give an initial rotation/flip for the pair {moving}:{fixed}, or check that both "
+           "images have the same µm/px")
     if not (lo <= d.scale_x <= hi and lo <= d.scale_y <= hi):
-        raise AlignmentError(f"pair {moving}->{fixed}: implausible scale {d.scale_x:.3f}×{d.scale_y:.3f} "
-                             f"(allowed {lo}–{hi})", fix=fix)
+        raise AlignmentError(f"pair {moving}->{fixed}: implausible scale "
+                             f"{d.scale_x:.3f}×{d.scale_y:.3f} (allowed {lo}–{hi})", fix=fix)
     if abs(d.shear) > max_shear:
-        raise AlignmentError(f"pair {moving}->{fixed}: implausible shear {d.shear:.3f} (allowed ±{max_shear})",
-                             fix=fix)
+        raise AlignmentError(f"pair {moving}->{fixed}: implausible shear {d.shear:.3f} "
+                             f"(allowed ±{max_shear})", fix=fix)
     return d
 
 
 def check_tissue_areas(moving: str, area_moving_um2: float, fixed: str, area_fixed_um2: float,
-                       max_scale_dev: tuple[float, float] = (0.8, 1.25), path: str | None = None) -> float:
+                       max_scale_dev: tuple[float, float] = (0.8, 1.25),
+                       path: str | None = None) -> float:
     """The linear scale the two tissue areas imply; AlignmentError naming the pair (and
     ``path``, the images) when it is outside ``max_scale_dev``, the bounds check_plausible
     puts on a transform."""
@@ -123,10 +126,12 @@ def check_tissue_areas(moving: str, area_moving_um2: float, fixed: str, area_fix
     scale = float(np.sqrt(area_moving_um2 / area_fixed_um2)) if area_fixed_um2 > 0 else float("inf")
     if not lo <= scale <= hi:
         raise AlignmentError(
-            f"pair {moving}->{fixed}: the tissue areas ({area_moving_um2 / 1e6:.2f} vs {area_fixed_um2 / 1e6:.2f} mm²) "
-            f"imply a scale of {scale:.2f} (allowed {lo}–{hi}); no plausible transform aligns them",
-            path=path, fix="check that each image has the µm/px its spot file implies (an image exported at "
-                           "another resolution?), or leave out a section that is torn or only partly imaged")
+            f"pair {moving}->{fixed}: the tissue areas ({area_moving_um2 / 1e6:.2f} vs "
+            f"{area_fixed_um2 / 1e6:.2f} mm²) imply a scale of {scale:.2f} (allowed {lo}–{hi}); no "
+            "plausible transform aligns them",
+            path=path,
+            fix="check that each image has the µm/px its spot file implies (an image exported at "
+                "another resolution?), or leave out a section that is torn or only partly imaged")
     return scale
 
 
@@ -156,7 +161,8 @@ class PreparedSection:
         return np.array([float(x), float(y)])
 
 
-def _resized_frame(frame: np.ndarray, old_hw: tuple[int, ...], new_hw: tuple[int, ...]) -> np.ndarray:
+def _resized_frame(frame: np.ndarray, old_hw: tuple[int, ...],
+                   new_hw: tuple[int, ...]) -> np.ndarray:
     """Frame of an image resized from ``old_hw`` to ``new_hw`` (pixel centres preserved)."""
     kx, ky = old_hw[1] / new_hw[1], old_hw[0] / new_hw[0]
     return frame @ np.array([[kx, 0, 0.5 * kx - 0.5], [0, ky, 0.5 * ky - 0.5], [0, 0, 1.0]])
@@ -168,7 +174,8 @@ def _resize(img: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return cv2.resize(img, (hw[1], hw[0]), interpolation=cv2.INTER_AREA)
 
 
-def prepare_section(name: str, thumb: np.ndarray, mask: np.ndarray, downsample: float, um_per_px: float) -> PreparedSection:
+def prepare_section(name: str, thumb: np.ndarray, mask: np.ndarray, downsample: float,
+                    um_per_px: float) -> PreparedSection:
     import cv2
 
     thumb_um = downsample * um_per_px
@@ -179,7 +186,8 @@ def prepare_section(name: str, thumb: np.ndarray, mask: np.ndarray, downsample: 
         hw = (max(8, round(h * f)), max(8, round(w * f)))
     # thumbnail pixel t covers full-res [t·ds, (t+1)·ds): its centre is (t + 0.5)·ds − 0.5
     thumb_frame = np.diag([um_per_px, um_per_px, 1.0]) @ np.array(
-        [[downsample, 0, 0.5 * downsample - 0.5], [0, downsample, 0.5 * downsample - 0.5], [0, 0, 1]])
+        [[downsample, 0, 0.5 * downsample - 0.5], [0, downsample, 0.5 * downsample - 0.5],
+         [0, 0, 1]])
     frame = _resized_frame(thumb_frame, (h, w), hw)
     if hw != (h, w):
         thumb = _resize(thumb, hw)
@@ -194,24 +202,27 @@ def prepare_section(name: str, thumb: np.ndarray, mask: np.ndarray, downsample: 
     return PreparedSection(name, mask, image, grey, frame)
 
 
-def _warp_mask(src: np.ndarray, src_frame: np.ndarray, dst_shape: tuple[int, ...], dst_frame: np.ndarray,
-               m: np.ndarray) -> np.ndarray:
+def _warp_mask(src: np.ndarray, src_frame: np.ndarray, dst_shape: tuple[int, ...],
+               dst_frame: np.ndarray, m: np.ndarray) -> np.ndarray:
     """Moving mask resampled onto the fixed grid through µm transform ``m``."""
     import cv2
 
     pix = np.linalg.inv(dst_frame) @ m @ src_frame
-    out = cv2.warpAffine(src.astype(np.uint8), pix[:2], (dst_shape[1], dst_shape[0]), flags=cv2.INTER_NEAREST)
+    out = cv2.warpAffine(src.astype(np.uint8), pix[:2], (dst_shape[1], dst_shape[0]),
+                         flags=cv2.INTER_NEAREST)
     return out.astype(bool)
 
 
 # --- starts: brute-force mask search and keypoints -----------------------------------------
 
-def _search_starts(mov: PreparedSection, fix: PreparedSection, guess: InitGuess | None) -> list[tuple[float, np.ndarray, bool]]:
+def _search_starts(mov: PreparedSection, fix: PreparedSection,
+                   guess: InitGuess | None) -> list[tuple[float, np.ndarray, bool]]:
     """(Dice, start matrix, flipped) of the best rotations per mirror state."""
     def coarse(s: PreparedSection) -> tuple[np.ndarray, np.ndarray]:
         f = s.frame[0, 0] / SEARCH_UM
         hw = (max(8, round(s.mask.shape[0] * f)), max(8, round(s.mask.shape[1] * f)))
-        return _resize(s.mask.astype(np.float32), hw) > 0.5, _resized_frame(s.frame, s.mask.shape, hw)
+        return (_resize(s.mask.astype(np.float32), hw) > 0.5,
+                _resized_frame(s.frame, s.mask.shape, hw))
 
     (mm, mf), (fm, ff) = coarse(mov), coarse(fix)
     cm, cf = mov.centroid, fix.centroid
@@ -219,10 +230,12 @@ def _search_starts(mov: PreparedSection, fix: PreparedSection, guess: InitGuess 
         flips, angles = (False, True), np.arange(-SEARCH_DEG, SEARCH_DEG + 1e-9, SEARCH_STEP_DEG)
     else:
         flips = (guess.flip,)
-        angles = guess.rotation_deg + np.arange(-USER_SEARCH_DEG, USER_SEARCH_DEG + 1e-9, SEARCH_STEP_DEG)
+        angles = guess.rotation_deg + np.arange(-USER_SEARCH_DEG, USER_SEARCH_DEG + 1e-9,
+                                                SEARCH_STEP_DEG)
     starts = []
     for flip in flips:
-        scored = [(dice(_warp_mask(mm, mf, fm.shape, ff, rigid_matrix(a, flip, cm, cf)), fm), a) for a in angles]
+        scored = [(dice(_warp_mask(mm, mf, fm.shape, ff, rigid_matrix(a, flip, cm, cf)), fm), a)
+                  for a in angles]
         picked: list[tuple[float, float]] = []
         for score, a in sorted(scored, reverse=True):
             if all(abs(a - b) > 2 * SEARCH_STEP_DEG for _, b in picked):
@@ -233,7 +246,8 @@ def _search_starts(mov: PreparedSection, fix: PreparedSection, guess: InitGuess 
     return starts
 
 
-def _keypoint_start(mov: PreparedSection, fix: PreparedSection, flip: bool) -> tuple[int, np.ndarray | None]:
+def _keypoint_start(mov: PreparedSection, fix: PreparedSection,
+                    flip: bool) -> tuple[int, np.ndarray | None]:
     """SIFT + ratio test + RANSAC similarity. Returns (inliers, µm start matrix or None)."""
     import cv2
 
@@ -254,10 +268,12 @@ def _keypoint_start(mov: PreparedSection, fix: PreparedSection, flip: bool) -> t
     est, inl = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=3.0,
                                            maxIters=5000, confidence=0.999)
     n = int(inl.sum()) if inl is not None else 0
-    if est is None or n < MIN_FEATURE_INLIERS or not 0.9 <= np.sqrt(abs(np.linalg.det(est[:, :2]))) <= 1.1:
+    if est is None or n < MIN_FEATURE_INLIERS \
+            or not 0.9 <= np.sqrt(abs(np.linalg.det(est[:, :2]))) <= 1.1:
         return n, None
     pix = np.vstack([est, [0, 0, 1]])
-    mirror = np.array([[-1.0, 0, mov.mask.shape[1] - 1], [0, 1, 0], [0, 0, 1]]) if flip else np.eye(3)
+    mirror = (np.array([[-1.0, 0, mov.mask.shape[1] - 1], [0, 1, 0], [0, 0, 1]]) if flip
+              else np.eye(3))
     return n, fix.frame @ pix @ mirror @ np.linalg.inv(mov.frame)
 
 
@@ -286,13 +302,15 @@ class PairResult:
     grid: np.ndarray | None = None
 
 
-def register_pair(mov: PreparedSection, fix: PreparedSection, guess: InitGuess | None, *, transform: str = "rigid",
-                  syn: bool = False, seed: int = 0, max_scale_dev: tuple[float, float] = (0.8, 1.25),
+def register_pair(mov: PreparedSection, fix: PreparedSection, guess: InitGuess | None, *,
+                  transform: str = "rigid", syn: bool = False, seed: int = 0,
+                  max_scale_dev: tuple[float, float] = (0.8, 1.25),
                   max_shear: float = 0.15, sources: tuple[str, str] | None = None) -> PairResult:
     """Register one pair; independent of every other pair (a unit of work of its own).
     AlignmentError names the pair, and ``sources`` (the two images) when given."""
     try:
-        m, qc, method, warp, grid = _register_pair(mov, fix, guess, transform, syn, seed, max_scale_dev, max_shear)
+        m, qc, method, warp, grid = _register_pair(mov, fix, guess, transform, syn, seed,
+                                                   max_scale_dev, max_shear)
     except AlignmentError as err:
         if not sources or err.path is not None:
             raise
@@ -300,9 +318,10 @@ def register_pair(mov: PreparedSection, fix: PreparedSection, guess: InitGuess |
     return PairResult(mov.name, fix.name, m, qc, method, warp, grid)
 
 
-def _register_pair(mov: PreparedSection, fix: PreparedSection, guess: InitGuess | None, transform: str, syn: bool,
-                   seed: int, max_scale_dev: tuple[float, float],
-                   max_shear: float) -> tuple[np.ndarray, PairQC, str, np.ndarray | None, np.ndarray | None]:
+def _register_pair(mov: PreparedSection, fix: PreparedSection, guess: InitGuess | None,
+                   transform: str, syn: bool, seed: int, max_scale_dev: tuple[float, float],
+                   max_shear: float
+                   ) -> tuple[np.ndarray, PairQC, str, np.ndarray | None, np.ndarray | None]:
     check_tissue_areas(mov.name, mov.area_um2, fix.name, fix.area_um2, max_scale_dev)
     starts = _search_starts(mov, fix, guess)
     inliers: dict[bool, int] = {}
@@ -319,7 +338,8 @@ def _register_pair(mov: PreparedSection, fix: PreparedSection, guess: InitGuess 
         tried = []
         for _, start, _ in starts:
             m, _ = reg.run(start, "Rigid", shrink=(4, 2), iterations=(100, 50))
-            tried.append((dice(_warp_mask(mov.mask, mov.frame, fix.mask.shape, fix.frame, m), fix.mask), m))
+            tried.append((dice(_warp_mask(mov.mask, mov.frame, fix.mask.shape, fix.frame, m),
+                               fix.mask), m))
         best = max(tried, key=lambda t: t[0])[1]
         m, metric = reg.run(best, "Rigid", shrink=(2, 1), iterations=(100, 50))
         method = "ants-rigid"
@@ -332,20 +352,24 @@ def _register_pair(mov: PreparedSection, fix: PreparedSection, guess: InitGuess 
 
     d = check_plausible(m, mov.name, fix.name, max_scale_dev, max_shear)
     after = dice(_warp_mask(mov.mask, mov.frame, fix.mask.shape, fix.frame, m), fix.mask)
-    hint = (f"check or drop the initial rotation/flip given for the pair {mov.name}:{fix.name} (--init)"
-            if guess is not None else f"give an initial rotation/flip for the pair {mov.name}:{fix.name}")
+    hint = (f"check or drop the initial rotation/flip given for the pair {mov.name}:{fix.name} "
+            "(--init)" if guess is not None
+            else f"give an initial rotation/flip for the pair {mov.name}:{fix.name}")
     if after < MIN_OVERLAP:
-        raise AlignmentError(f"pair {mov.name}->{fix.name}: registration failed, tissue overlap {after:.2f} "
-                             f"after alignment (before {before:.2f})", fix=hint)
+        raise AlignmentError(f"pair {mov.name}->{fix.name}: registration failed, tissue overlap "
+                             f"{after:.2f} after alignment (before {before:.2f})", fix=hint)
     if after < before - MAX_OVERLAP_LOSS:
-        raise AlignmentError(f"pair {mov.name}->{fix.name}: registration failed, tissue overlap {after:.2f} after "
-                             f"alignment is below the {before:.2f} of merely superposing the tissue centres",
+        raise AlignmentError(f"pair {mov.name}->{fix.name}: registration failed, tissue overlap "
+                             f"{after:.2f} after alignment is below the {before:.2f} of "
+                             "merely superposing the tissue centres",
                              fix=hint)
     qc = PairQC(moving=mov.name, fixed=fix.name, ransac_inliers=inliers.get(d.flipped, 0),
-                overlap_before=before, overlap_after=after, rotation_deg=d.rotation_deg, scale=d.scale,
-                shear=d.shear, flipped=d.flipped, metric=metric, scale_x=d.scale_x, scale_y=d.scale_y)
-    log.info("aligned %s->%s: rotation %.2f°, flipped %s, overlap %.3f -> %.3f, %d keypoint inliers",
-             mov.name, fix.name, d.rotation_deg, d.flipped, before, after, qc.ransac_inliers)
+                overlap_before=before, overlap_after=after, rotation_deg=d.rotation_deg,
+                scale=d.scale, shear=d.shear, flipped=d.flipped, metric=metric, scale_x=d.scale_x,
+                scale_y=d.scale_y)
+    log.info("aligned %s->%s: rotation %.2f°, flipped %s, overlap %.3f -> %.3f, "
+             "%d keypoint inliers", mov.name, fix.name, d.rotation_deg, d.flipped, before, after,
+             qc.ransac_inliers)
     return m, qc, method, warp, grid
 
 
@@ -367,7 +391,8 @@ def plan_pairs(order: list[str], *, reference: str | None = None,
     section onto its neighbour toward the reference, nearest the reference first. Checks
     the options (ConfigError) before any work."""
     if transform not in ("rigid", "affine"):
-        raise ConfigError(f"unknown alignment transform {transform!r}", fix="use 'rigid' or 'affine'")
+        raise ConfigError(f"unknown alignment transform {transform!r}",
+                          fix="use 'rigid' or 'affine'")
     ref = order[len(order) // 2] if reference is None and order else reference
     if ref not in order:
         raise ConfigError(f"reference section {ref!r} is not among the imaged sections {order}",
@@ -376,9 +401,10 @@ def plan_pairs(order: list[str], *, reference: str | None = None,
     adjacent = set(zip(order, order[1:], strict=False)) | set(zip(order[1:], order, strict=False))
     unknown = [f"{a}:{b}" for a, b in init if (a, b) not in adjacent]
     if unknown:
-        raise ConfigError(f"initial guesses for non-adjacent or unknown pairs: {', '.join(unknown)}",
-                          fix="give hints only for neighbouring sections, e.g. "
-                              + ", ".join(f"{a}:{b}" for a, b in zip(order, order[1:], strict=False)))
+        raise ConfigError(
+            f"initial guesses for non-adjacent or unknown pairs: {', '.join(unknown)}",
+            fix="give hints only for neighbouring sections, e.g. "
+                + ", ".join(f"{a}:{b}" for a, b in zip(order, order[1:], strict=False)))
     r = order.index(ref)
     plans = []
     # outward from the reference: composing in this order places each fixed neighbour first
@@ -393,12 +419,15 @@ def compose(order: list[str], reference: str, um_per_px: dict[str, float],
     """Chain the pairs (in :func:`plan_pairs` order) to the reference: every section's
     full-resolution pixels → the reference's frame in µm."""
     um = um_per_px
-    out = {reference: SectionTransform(reference, reference, np.diag([um[reference], um[reference], 1.0]), None,
+    out = {reference: SectionTransform(reference, reference,
+                                       np.diag([um[reference], um[reference], 1.0]), None,
                                        "identity(reference)")}
     for p in pairs:
         um_f, um_m = um[p.fixed], um[p.moving]
-        matrix = out[p.fixed].matrix @ np.diag([1 / um_f, 1 / um_f, 1.0]) @ p.matrix @ np.diag([um_m, um_m, 1.0])
-        out[p.moving] = SectionTransform(p.moving, reference, matrix, p.qc, p.method, p.warp, p.grid, p.matrix)
+        matrix = (out[p.fixed].matrix @ np.diag([1 / um_f, 1 / um_f, 1.0]) @ p.matrix
+                  @ np.diag([um_m, um_m, 1.0]))
+        out[p.moving] = SectionTransform(p.moving, reference, matrix, p.qc, p.method, p.warp,
+                                         p.grid, p.matrix)
     return [out[sid] for sid in order]
 
 
@@ -425,10 +454,13 @@ def align_sample(
     order = list(thumbs)
     ref, plans = plan_pairs(order, reference=reference, init=init, transform=transform)
     masks = dict(masks or {})
-    secs = {sid: prepare_section(sid, thumbs[sid], masks[sid] if sid in masks else tissue_mask(thumbs[sid], f"section {sid}"),
-                                 float(thumb_downsample[sid]), float(um_per_px[sid])) for sid in order}
-    pairs = [register_pair(secs[p.moving], secs[p.fixed], p.guess, transform=transform, syn=syn, seed=seed,
-                           max_scale_dev=max_scale_dev, max_shear=max_shear,
+    secs = {sid: prepare_section(sid, thumbs[sid],
+                                 masks[sid] if sid in masks
+                                 else tissue_mask(thumbs[sid], f"section {sid}"),
+                                 float(thumb_downsample[sid]), float(um_per_px[sid]))
+            for sid in order}
+    pairs = [register_pair(secs[p.moving], secs[p.fixed], p.guess, transform=transform, syn=syn,
+                           seed=seed, max_scale_dev=max_scale_dev, max_shear=max_shear,
                            sources=(sources[p.moving], sources[p.fixed]) if sources else None)
              for p in plans]
     return compose(order, ref, um_per_px, pairs)

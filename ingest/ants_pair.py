@@ -62,8 +62,9 @@ def _write_start(m: np.ndarray, path: str) -> None:
     import ants
 
     inv = np.linalg.inv(m)  # ITK transforms map fixed points to moving points
-    tx = ants.create_ants_transform(transform_type="AffineTransform", precision="float", dimension=2,
-                                    matrix=inv[:2, :2], translation=inv[:2, 2], center=(0.0, 0.0))
+    tx = ants.create_ants_transform(transform_type="AffineTransform", precision="float",
+                                    dimension=2, matrix=inv[:2, :2], translation=inv[:2, 2],
+                                    center=(0.0, 0.0))
     ants.write_transform(tx, path)
 
 
@@ -94,7 +95,8 @@ class AntsPair:
         self.fixed = to_ants(self.fix.image, self.fix.frame)
         self.moving = to_ants(self.mov.image, self.mov.frame)
         # Metric only near the fixed tissue: 4× fewer samples, same optimum.
-        near = cv2.dilate(self.fix.mask.astype(np.uint8), np.ones((41, 41), np.uint8)).astype(np.float32)
+        near = cv2.dilate(self.fix.mask.astype(np.uint8),
+                          np.ones((41, 41), np.uint8)).astype(np.float32)
         self.metric_mask = to_ants(near, self.fix.frame)
         self.calls = 0
 
@@ -111,7 +113,8 @@ class AntsPair:
         import ants
 
         prefix = self._prefix(start)
-        out = ants.registration(self.fixed, self.moving, type_of_transform=kind, initial_transform=[prefix + "init.mat"],
+        out = ants.registration(self.fixed, self.moving, type_of_transform=kind,
+                                initial_transform=[prefix + "init.mat"],
                                 outprefix=prefix, mask=self.metric_mask, mask_all_stages=True,
                                 aff_metric="meansquares", aff_random_sampling_rate=0.25,
                                 aff_iterations=iterations, aff_shrink_factors=shrink,

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 
-def sample_field(field: np.ndarray, grid: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def sample_field(field: np.ndarray, grid: np.ndarray, x: np.ndarray,
+                 y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Displacement (dx, dy) in µm of ``field`` (H, W, 2) at µm points (x, y); ``grid``
     maps field pixels (col, row, 1) to µm."""
     from scipy.ndimage import map_coordinates
@@ -25,7 +26,8 @@ def sample_field(field: np.ndarray, grid: np.ndarray, x: np.ndarray, y: np.ndarr
     col = inv[0, 0] * x + inv[0, 1] * y + inv[0, 2]
     row = inv[1, 0] * x + inv[1, 1] * y + inv[1, 2]
     coords = np.vstack([row, col])
-    return tuple(map_coordinates(field[..., k].astype(np.float64), coords, order=1, mode="constant", cval=0.0)
+    return tuple(map_coordinates(field[..., k].astype(np.float64), coords, order=1,
+                                 mode="constant", cval=0.0)
                  for k in range(2))  # type: ignore[return-value]
 
 

@@ -95,8 +95,9 @@ def embedding_config(
     thread count: a 2-worker store (one thread each) equals the serial one byte for byte
     (tests/ingest/test_ingest_cluster.py), so a store does not depend on where it was computed."""
     parts = [
-        {"encoder": p.spec.name, **{k: v for k, v in embedding_config(p, batch_size, precision, runtime).items()
-                                    if k in ("precision", "runtime", "dim")}}
+        {"encoder": p.spec.name,
+         **{k: v for k, v in embedding_config(p, batch_size, precision, runtime).items()
+            if k in ("precision", "runtime", "dim")}}
         for p in _parts(encoder)
     ]
     precision, runtime = _spec_overrides(encoder, precision, runtime)
@@ -406,7 +407,8 @@ def embed_groups(
 
     def encode() -> None:
         feats = building.result()(np.stack([row[2] for row in pending]))
-        computed.extend((g, key, f, blob) for (g, key, _, blob), f in zip(pending, feats, strict=True))
+        computed.extend((g, key, f, blob)
+                        for (g, key, _, blob), f in zip(pending, feats, strict=True))
         pending.clear()
 
     def ready(loading: float) -> Iterator[tuple[Any, EmbeddedBatch]]:

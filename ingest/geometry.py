@@ -42,7 +42,8 @@ def apply_transform(matrix: np.ndarray, px: np.ndarray | float, py: np.ndarray |
     return (m[0, 0] * x + m[0, 1] * y + m[0, 2]) / w, (m[1, 0] * x + m[1, 1] * y + m[1, 2]) / w
 
 
-def rigid_matrix(rotation_deg: float, flip: bool, center_from: np.ndarray, center_to: np.ndarray) -> np.ndarray:
+def rigid_matrix(rotation_deg: float, flip: bool, center_from: np.ndarray,
+                 center_to: np.ndarray) -> np.ndarray:
     """Mirror (optional) and rotate about ``center_from``, then move it onto ``center_to``.
     Positive angles turn the image clockwise as displayed (y points down); ``flip``
     mirrors x before rotating."""

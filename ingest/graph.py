@@ -193,7 +193,8 @@ def cross_layer_edges(
     if has_features is not None:
         has_features = np.asarray(has_features, dtype=bool)
         if has_features.shape != (n,):
-            raise InputError(f"has_features must have one entry per spot ({n}), got {has_features.shape}")
+            raise InputError(f"has_features must have one entry per spot ({n}), got "
+                             f"{has_features.shape}")
     if not isinstance(features, np.ndarray):
         features = np.asarray(features)
     if features.ndim != 2 or features.shape[0] != n:

@@ -23,10 +23,12 @@ def render_overlay(thumbs: dict[str, np.ndarray], thumb_downsample: dict[str, fl
     contours, thumb_to_um = {}, {}
     for t in transforms:
         ds = float(thumb_downsample[t.section_id])
-        thumb_to_um[t.section_id] = t.matrix @ np.array([[ds, 0, 0.5 * ds - 0.5], [0, ds, 0.5 * ds - 0.5], [0, 0, 1]])
+        thumb_to_um[t.section_id] = t.matrix @ np.array([[ds, 0, 0.5 * ds - 0.5],
+                                                         [0, ds, 0.5 * ds - 0.5], [0, 0, 1]])
         mask = tissue_mask(thumbs[t.section_id], name=f"section {t.section_id}").astype(np.uint8)
         found, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        contours[t.section_id] = [np.c_[apply_transform(thumb_to_um[t.section_id], c[:, 0, 0], c[:, 0, 1])]
+        to_um = thumb_to_um[t.section_id]
+        contours[t.section_id] = [np.c_[apply_transform(to_um, c[:, 0, 0], c[:, 0, 1])]
                                   for c in found]
     pts = np.concatenate([c for cs in contours.values() for c in cs])
     lo, hi = pts.min(0), pts.max(0)
@@ -41,7 +43,8 @@ def render_overlay(thumbs: dict[str, np.ndarray], thumb_downsample: dict[str, fl
     grey = cv2.cvtColor(thumbs[ref.section_id], cv2.COLOR_RGB2GRAY)
     warped = cv2.warpAffine(grey, (to_canvas @ thumb_to_um[ref.section_id])[:2], (w, h),
                             flags=cv2.INTER_LINEAR, borderValue=255)
-    canvas[:h, :w] = (110 + 0.57 * warped[..., None]).astype(np.uint8)  # light, so outlines stand out
+    # light, so outlines stand out
+    canvas[:h, :w] = (110 + 0.57 * warped[..., None]).astype(np.uint8)
 
     font = cv2.FONT_HERSHEY_SIMPLEX
     for k, t in enumerate(transforms):
@@ -53,7 +56,8 @@ def render_overlay(thumbs: dict[str, np.ndarray], thumb_downsample: dict[str, fl
         cv2.line(canvas, (w + 12, y - 5), (w + 42, y - 5), colour, 3, cv2.LINE_AA)
         q = t.qc
         label = (f"{t.section_id} (reference)" if q is None else
-                 f"{t.section_id}>{q.fixed} {q.rotation_deg:+.1f}deg{' flip' if q.flipped else ''} D={q.overlap_after:.2f}")
+                 f"{t.section_id}>{q.fixed} {q.rotation_deg:+.1f}deg{' flip' if q.flipped else ''} "
+                 f"D={q.overlap_after:.2f}")
         cv2.putText(canvas, label, (w + 50, y), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
     bar = int(round(1000 * scale))
     cv2.line(canvas, (15, h - 20), (15 + bar, h - 20), (0, 0, 0), 3)

@@ -108,8 +108,8 @@ def run_pipeline(cfg: IngestConfig, rep: Reporter | None = None) -> dict[str, An
             features.forget_encoders()
 
 
-def _run(cfg: IngestConfig, resolved: str | None, store: Store, rep: Reporter | None, runner: Runner,
-         t0: float) -> dict[str, Any]:
+def _run(cfg: IngestConfig, resolved: str | None, store: Store, rep: Reporter | None,
+         runner: Runner, t0: float) -> dict[str, Any]:
     from asign.ingest import step_register
 
     remove_stale_temps(store.root)  # half-written files of a killed run
@@ -153,7 +153,8 @@ def _run(cfg: IngestConfig, resolved: str | None, store: Store, rep: Reporter | 
             step = record.name
             if step not in cfg.steps:
                 continue
-            _prefetch(runner, store, manifest, cfg, step, [s for s in sample_ids if s not in failed])
+            _prefetch(runner, store, manifest, cfg, step,
+                      [s for s in sample_ids if s not in failed])
             for sample_id in sample_ids:
                 if sample_id in failed:
                     continue
@@ -163,7 +164,8 @@ def _run(cfg: IngestConfig, resolved: str | None, store: Store, rep: Reporter | 
 
                     raise StoreError(f"step {step} of sample {sample_id} needs step "
                                      f"{previous(step)} first", path=cfg.store,
-                                     fix=f"run `asign ingest ... --steps {','.join(STEPS[:STEPS.index(step) + 1])}`")
+                                     fix="run `asign ingest ... --steps "
+                                         f"{','.join(STEPS[:STEPS.index(step) + 1])}`")
                 fp = fingerprint(step, upstream, record.params(cfg))
                 # Skipped only when finished under this fingerprint and its tables are still
                 # the ones recorded (not deleted, edited, or half-replaced by a crashed run).
@@ -198,11 +200,12 @@ def _run(cfg: IngestConfig, resolved: str | None, store: Store, rep: Reporter | 
         timing = runner.close()
         if timing:
             summary["cluster"] = timing
-            log.info("Dask: %d tasks; this process committed for %.1f s; worker compute s %s", timing["tasks"],
-                     timing["driver_commit_s"], timing["worker_compute_s"])
+            log.info("Dask: %d tasks; this process committed for %.1f s; worker compute s %s",
+                     timing["tasks"], timing["driver_commit_s"], timing["worker_compute_s"])
 
     if failed:
-        raise ClusterError(" | ".join(summary["failed"]) + " (every other unit is stored: after the fix, "
+        raise ClusterError(" | ".join(summary["failed"])
+                           + " (every other unit is stored: after the fix, "
                            "re-run the same command and only the failed work runs)")
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     log.info("ingest finished in %.1f s (ran %d, skipped %d steps)", summary["seconds"],
@@ -233,7 +236,8 @@ def _prefetch(runner: Runner, store: Store, manifest: dict[str, Any], cfg: Inges
         for sample_id in todo:  # every pair of every sample at once
             runner.keep(("align", sample_id), start_align(store, cfg, sample_id, runner))
         return
-    runner.prefetch(graph_unit, [(str(store.root), cfg, s) for s in todo], todo, description=f"{step}")
+    runner.prefetch(graph_unit, [(str(store.root), cfg, s) for s in todo], todo,
+                    description=f"{step}")
 
 
 LMDB_STEPS = ("patches", "embed")  # steps whose outputs are LMDB entries as well as tables
@@ -286,7 +290,8 @@ def _stored_samples(store: Store, cfg: IngestConfig) -> list[str]:
     if not store.has("sections"):
         from asign.errors import StoreError
 
-        raise StoreError("store has no sections yet", path=cfg.store, fix="run the register step first (--steps register,...)")
+        raise StoreError("store has no sections yet", path=cfg.store,
+                         fix="run the register step first (--steps register,...)")
     ids = sorted(set(store.read("sections", columns=["sample_id"]).column("sample_id").to_pylist()))
     wanted = [s for s in ids if sample_matches(s, cfg.samples) or s in cfg.extra_2d]
     if not wanted:

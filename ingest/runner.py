@@ -70,7 +70,8 @@ class Runner:
         return self.client is not None
 
     def start(self, fn: Callable[..., Any], args: Sequence[tuple], labels: Sequence[str], *,
-              description: str, gpu: bool = False, local: dict[str, Any] | None = None) -> list[Any]:
+              description: str, gpu: bool = False,
+              local: dict[str, Any] | None = None) -> list[Any]:
         """Start ``fn(*a)`` for each unit; returns one handle per unit, which later units
         may take as (part of) an argument. Nothing is committed until :meth:`finish`."""
         if not self.distributed:
@@ -78,7 +79,8 @@ class Runner:
         from asign.cluster import submit
 
         self._grow(len(args))
-        futures = submit(self.client, fn, list(args), list(labels), description=description, gpu=gpu)
+        futures = submit(self.client, fn, list(args), list(labels), description=description,
+                         gpu=gpu)
         self._fn_of.update({f.key: fn.__name__ for f in futures})
         return futures
 
@@ -97,7 +99,8 @@ class Runner:
             commit(i, result)
             self._commit_s += time.perf_counter() - t
 
-        out = gather(list(handles), list(labels), self.rep, description="", task=self._bar, on_result=timed)
+        out = gather(list(handles), list(labels), self.rep, description="", task=self._bar,
+                     on_result=timed)
         failed = [r for r in out if isinstance(r, TaskFailure)]
         self.failures += failed
         return failed
@@ -128,7 +131,8 @@ class Runner:
         if not self.distributed or not args:
             return
         futures = self.start(fn, args, labels, description=description)
-        self._early.update({(fn.__name__, label): f for label, f in zip(labels, futures, strict=True)})
+        self._early.update({(fn.__name__, label): f
+                            for label, f in zip(labels, futures, strict=True)})
 
     def keep(self, key: Any, value: Any) -> None:
         """Keep started work (e.g. a sample's align units) for a later :meth:`take`."""
@@ -185,7 +189,8 @@ def raise_failures(failed: Sequence[TaskFailure], step: str, sample_id: str) -> 
     lines: dict[str, str] = {}
     for f in failed:
         err = f.error
-        fix = "" if isinstance(err, AsignError) else " Fix: see the worker's log, then re-run (finished units are kept)"
+        fix = ("" if isinstance(err, AsignError)
+               else " Fix: see the worker's log, then re-run (finished units are kept)")
         where = (f"section {f.label}" if step in ("patches", "embed")
                  else f.label if step == "align" else "")
         line = f"step {step}, {where}: {err}{fix}" if where else f"step {step}: {err}{fix}"

@@ -64,7 +64,8 @@ def stream_sections(vec: Any, encoder: Any, sections: list[SpotSection], *, batc
     for i, sec in enumerate(sections):
         done = ("patches", patches_fp, sec.section_id)
         n_batches = -(-len(sec.spot_ids) // batch_size)
-        missing = {b for b in range(n_batches) if not vec.is_done("emb", embed_fp, sec.section_id, "spot", str(b))}
+        missing = {b for b in range(n_batches)
+                   if not vec.is_done("emb", embed_fp, sec.section_id, "spot", str(b))}
         if missing:
             todo[i] = missing
         elif sec.spot_ids:  # every vector is there (an earlier run died before the last patch)
@@ -88,12 +89,13 @@ def stream_sections(vec: Any, encoder: Any, sections: list[SpotSection], *, batc
             if batch_no[i] * batch_size >= len(sec.spot_ids):  # the section's last batch
                 markers.append(("patches", patches_fp, sec.section_id))
             writer.put(patches=zip(batch.keys, batch.patches or [], strict=True),
-                       embeddings=[EmbeddingRows(name, "spot", batch.keys, batch.features)] if fresh else [],
-                       done=markers)
+                       embeddings=[EmbeddingRows(name, "spot", batch.keys, batch.features)] if fresh
+                       else [], done=markers)
             advance(len(batch.keys))
 
 
 def _store_patches_only(vec: Any, sec: SpotSection, done: tuple[str, ...]) -> None:
     from asign.ingest.step_features import crop_patches
 
-    vec.put(patches=crop_patches(sec.image, sec.spot_ids, sec.boxes, sec.size_px, sec.out_px), done=[done])
+    vec.put(patches=crop_patches(sec.image, sec.spot_ids, sec.boxes, sec.size_px, sec.out_px),
+            done=[done])

@@ -20,7 +20,8 @@ from asign.store.warps import Warp, write_warps
 
 log = logging.getLogger(__name__)
 
-THUMB_UM_PER_PX = 11.0  # ~1/16 of her2st's 0.69 µm/px: where tissue shape is resolved and ANTs is fast
+# ~1/16 of her2st's 0.69 µm/px: where tissue shape is resolved and ANTs is fast
+THUMB_UM_PER_PX = 11.0
 FINE_UM_PER_PX = 4.0  # reports and exports: nuclei (~10 µm) stay a few pixels wide
 
 
@@ -60,8 +61,8 @@ def start_align(store: Store, cfg: IngestConfig, sample_id: str, runner: Runner)
     given = "has_coords" not in measured or measured.has_coords.fillna(True).astype(bool).all()
     if (given and spots.x_um[~spots.is_virtual].notna().all()
             and not store.has("transforms", sample_id)):
-        u.handles += runner.start(finish_unit, [(root, cfg, sample_id, {}, [])], [f"sample {sample_id}"],
-                                  description=f"align-{sample_id}")
+        u.handles += runner.start(finish_unit, [(root, cfg, sample_id, {}, [])],
+                                  [f"sample {sample_id}"], description=f"align-{sample_id}")
         u.labels.append(f"sample {sample_id}")
         u.kinds.append("finish")
         return u
@@ -73,8 +74,10 @@ def start_align(store: Store, cfg: IngestConfig, sample_id: str, runner: Runner)
     if len(order) > 1:
         init = {tuple(k.split(":", 1)): align.InitGuess(rotation_deg=v[0], flip=v[1])
                 for k, v in cfg.align.init.items()}
-        ref, plans = align.plan_pairs(order, reference=cfg.align.reference, init=init, transform=cfg.align.transform)
-    rows = {str(r.section_id): (str(r.image_path), float(r.um_per_px), int(r.width)) for r in imaged.itertuples()}
+        ref, plans = align.plan_pairs(order, reference=cfg.align.reference, init=init,
+                                      transform=cfg.align.transform)
+    rows = {str(r.section_id): (str(r.image_path), float(r.um_per_px), int(r.width))
+            for r in imaged.itertuples()}
 
     def add(fn: Any, args: list[tuple], labels: list[str], kind: str) -> list[Any]:
         handles = runner.start(fn, args, labels, description=f"align-{sample_id}-{kind}")
@@ -83,14 +86,16 @@ def start_align(store: Store, cfg: IngestConfig, sample_id: str, runner: Runner)
         u.kinds.extend([kind] * len(labels))
         return handles
 
-    secs = dict(zip(order, add(section_unit, [rows[s] for s in order], [f"section {s}" for s in order], "section"),
+    secs = dict(zip(order,
+                    add(section_unit, [rows[s] for s in order], [f"section {s}" for s in order],
+                        "section"),
                     strict=True))
     a = cfg.align
     pairs = add(pair_unit, [(secs[p.moving], secs[p.fixed], p, a.transform, a.syn, cfg.seed,
                              (rows[p.moving][0], rows[p.fixed][0])) for p in plans],
                 [f"pair {p.moving}->{p.fixed}" for p in plans], "pair")
-    add(finish_unit, [(root, cfg, sample_id, {s: secs[s] for s in order}, pairs, ref)], [f"sample {sample_id}"],
-        "finish")
+    add(finish_unit, [(root, cfg, sample_id, {s: secs[s] for s in order}, pairs, ref)],
+        [f"sample {sample_id}"], "finish")
     add(fine_unit, [rows[s] for s in order], [f"section {s}" for s in order], "fine")
     return u
 
@@ -127,7 +132,8 @@ def run_align(store: Store, cfg: IngestConfig, sample_id: str, rep: Reporter,
             "thumb_downsample": {s: thumbs[s][1] for s in order},
             "fine_thumb_downsample": {s: fine[s][1] for s in order},
             "qc": info["qc"], "referee": info["referee"]}
-    _write_align(store, sample_id, done, {s: thumbs[s][0] for s in order}, {s: fine[s][0] for s in order})
+    _write_align(store, sample_id, done, {s: thumbs[s][0] for s in order},
+                 {s: fine[s][0] for s in order})
     return info
 
 
@@ -170,13 +176,13 @@ def _prepared(sid: str, sec: dict[str, Any]) -> Any:
     return prepare_section(sid, sec["thumb"], sec["mask"], sec["ds"], sec["um"])
 
 
-def pair_unit(mov: dict[str, Any], fix: dict[str, Any], plan: Any, transform: str, syn: bool, seed: int,
-              sources: tuple[str, str]) -> Any:
+def pair_unit(mov: dict[str, Any], fix: dict[str, Any], plan: Any, transform: str, syn: bool,
+              seed: int, sources: tuple[str, str]) -> Any:
     """Register one adjacent pair (independent of every other pair)."""
     from asign.ingest.align import register_pair
 
-    return register_pair(_prepared(plan.moving, mov), _prepared(plan.fixed, fix), plan.guess, transform=transform,
-                         syn=syn, seed=seed, sources=sources)
+    return register_pair(_prepared(plan.moving, mov), _prepared(plan.fixed, fix), plan.guess,
+                         transform=transform, syn=syn, seed=seed, sources=sources)
 
 
 def finish_unit(root: str, cfg: IngestConfig, sample_id: str, secs: dict[str, dict[str, Any]],
@@ -196,7 +202,8 @@ def finish_unit(root: str, cfg: IngestConfig, sample_id: str, secs: dict[str, di
     spots = spots[~spots.is_virtual].reset_index(drop=True)
     if not secs:
         log.info("sample %s: keeping precomputed aligned coordinates", sample_id)
-        return {"info": {"method": "precomputed", "referee": _referee(store, sample_id, spots, sections)}}
+        return {"info": {"method": "precomputed",
+                         "referee": _referee(store, sample_id, spots, sections)}}
 
     thumbs = {s: v["thumb"] for s, v in secs.items()}
     ds = {s: v["ds"] for s, v in secs.items()}
@@ -217,7 +224,8 @@ def finish_unit(root: str, cfg: IngestConfig, sample_id: str, secs: dict[str, di
     y_um = np.full(len(spots), np.nan)
     for sid in by_id:
         m = (spots.section_id == sid).to_numpy()
-        x_um[m], y_um[m] = to_aligned(by_id, um, sid, spots.px.to_numpy()[m], spots.py.to_numpy()[m])
+        x_um[m], y_um[m] = to_aligned(by_id, um, sid, spots.px.to_numpy()[m],
+                                      spots.py.to_numpy()[m])
     spots["x_um"], spots["y_um"] = x_um, y_um
 
     virtual = _virtual_spots(sections, thumbs, ds, by_id, um)
@@ -233,13 +241,15 @@ def finish_unit(root: str, cfg: IngestConfig, sample_id: str, secs: dict[str, di
             "info": info}
 
 
-def _referee(store: Store, sample_id: str, spots: pd.DataFrame, sections: pd.DataFrame) -> dict[str, float]:
+def _referee(store: Store, sample_id: str, spots: pd.DataFrame,
+             sections: pd.DataFrame) -> dict[str, float]:
     """Expression referee (ingest/referee.py) for each pair of adjacent labelled sections."""
     from asign.ingest.referee import referee_pcc
 
     if not store.has("labels", sample_id):
         return {}
-    labels = store.read("labels", key=sample_id, columns=["spot_id", "section_id", "value"]).to_pandas()
+    labels = store.read("labels", key=sample_id,
+                        columns=["spot_id", "section_id", "value"]).to_pandas()
     xy = spots.set_index("spot_id")[["x_um", "y_um"]]
     labels = labels[labels.spot_id.isin(xy.index)]
     secs = [s for s in sections.section_id if (labels.section_id == s).sum() >= 2]
@@ -248,10 +258,12 @@ def _referee(store: Store, sample_id: str, spots: pd.DataFrame, sections: pd.Dat
         la, lb = labels[labels.section_id == a], labels[labels.section_id == b]
         if xy.loc[la.spot_id].isna().any().any() or xy.loc[lb.spot_id].isna().any().any():
             continue
-        out[f"{a}-{b}"] = round(referee_pcc(xy.loc[la.spot_id].to_numpy(), np.stack(la.value.to_numpy()),
-                                            xy.loc[lb.spot_id].to_numpy(), np.stack(lb.value.to_numpy())), 4)
-        log.info("referee %s-%s: per-gene PCC %.3f (IDW across the pair in the aligned frame)", a, b,
-                 out[f"{a}-{b}"])
+        out[f"{a}-{b}"] = round(referee_pcc(xy.loc[la.spot_id].to_numpy(),
+                                            np.stack(la.value.to_numpy()),
+                                            xy.loc[lb.spot_id].to_numpy(),
+                                            np.stack(lb.value.to_numpy())), 4)
+        log.info("referee %s-%s: per-gene PCC %.3f (IDW across the pair in the aligned frame)", a,
+                 b, out[f"{a}-{b}"])
     return out
 
 
@@ -269,8 +281,8 @@ def _fine_thumbnails(imaged: pd.DataFrame) -> tuple[dict[str, np.ndarray], dict[
     thumbs: dict[str, np.ndarray] = {}
     ds: dict[str, float] = {}
     for row in imaged.itertuples():
-        thumbs[row.section_id], ds[row.section_id] = fine_unit(str(row.image_path), float(row.um_per_px),
-                                                               int(row.width))
+        thumbs[row.section_id], ds[row.section_id] = fine_unit(str(row.image_path),
+                                                               float(row.um_per_px), int(row.width))
     return thumbs, ds
 
 
@@ -319,7 +331,8 @@ def _virtual_spots(sections: pd.DataFrame, thumbs: dict[str, np.ndarray], ds: di
         xy = virtual_lattice(mask, thumb_to_aligned, float(ref.spot_pitch_um), layout)
         inv = np.linalg.inv(t.matrix)
         pix = (inv @ np.c_[xy, np.ones(len(xy))].T).T
-        xy = np.column_stack(to_aligned(by_id, um, row.section_id, pix[:, 0], pix[:, 1])) if len(xy) else xy
+        xy = np.column_stack(to_aligned(by_id, um, row.section_id, pix[:, 0],
+                                        pix[:, 1])) if len(xy) else xy
         for i, ((x, y), (px, py, _)) in enumerate(zip(xy, pix, strict=True)):
             rows.append({"sample_id": row.sample_id, "section_id": row.section_id,
                          "spot_id": f"{row.section_id}/v{i}", "barcode": f"v{i}", "z": int(row.z),
@@ -331,16 +344,17 @@ def _virtual_spots(sections: pd.DataFrame, thumbs: dict[str, np.ndarray], ds: di
 
 def _qc_dict(t: Any) -> dict[str, Any]:
     q = t.qc
-    return {"pair": f"{q.moving}->{q.fixed}", "inliers": q.ransac_inliers, "overlap_before": round(q.overlap_before, 3),
+    return {"pair": f"{q.moving}->{q.fixed}", "inliers": q.ransac_inliers,
+            "overlap_before": round(q.overlap_before, 3),
             "overlap_after": round(q.overlap_after, 3), "rotation_deg": round(q.rotation_deg, 2),
             "scale": round(q.scale, 4), "shear": round(q.shear, 4), "flipped": q.flipped}
 
 
 def _transform_rows(sample_id: str, transforms: list[Any]) -> dict[str, list]:
-    cols: dict[str, list] = {k: [] for k in ("sample_id", "section_id", "reference_id", "method", "matrix", "pair",
-                                             "ransac_inliers", "overlap_before", "overlap_after", "rotation_deg",
-                                             "scale", "shear", "flipped", "metric", "neighbour_id",
-                                             "pair_matrix")}
+    names = ("sample_id", "section_id", "reference_id", "method", "matrix", "pair",
+             "ransac_inliers", "overlap_before", "overlap_after", "rotation_deg", "scale", "shear",
+             "flipped", "metric", "neighbour_id", "pair_matrix")
+    cols: dict[str, list] = {k: [] for k in names}
     for t in transforms:
         q = t.qc
         cols["sample_id"].append(sample_id)

@@ -74,7 +74,8 @@ def run_patches(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: R
     streamed: list[SpotSection] = []
     out_px = stored_patch_px(cfg)
     sections, spots = _imaged(store, sample_id)
-    tiles: dict[str, list] = {k: [] for k in ("sample_id", "section_id", "tile_id", "level", "x0", "y0", "size_px")}
+    tiles: dict[str, list] = {
+        k: [] for k in ("sample_id", "section_id", "tile_id", "level", "x0", "y0", "size_px")}
     links: list[pd.DataFrame] = []
     units: list[tuple] = []  # (image, spot ids, boxes, size, out_px): one chunk of a section
     unit_section: list[str] = []
@@ -87,7 +88,8 @@ def run_patches(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: R
             size = _sizes(cfg, float(sec.um_per_px), float(sec.spot_diameter_um),
                           getattr(sec, "spot_shape", None))
             for level in ("region", "global"):
-                bbox = patches.points_bbox(sp.px.to_numpy(), sp.py.to_numpy(), size[level], sec.width, sec.height)
+                bbox = patches.points_bbox(sp.px.to_numpy(), sp.py.to_numpy(), size[level],
+                                           sec.width, sec.height)
                 grid = patches.tile_grid(sec.width, sec.height, size[level], bbox=bbox, level=level)
                 s2t = patches.spot_to_tiles(sp.px.to_numpy(), sp.py.to_numpy(), grid)
                 used = patches.used_tiles(s2t)
@@ -100,16 +102,19 @@ def run_patches(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: R
                 tiles["x0"] += corners[:, 0].tolist()
                 tiles["y0"] += corners[:, 1].tolist()
                 tiles["size_px"] += [size[level]] * len(ids)
-                link = pd.DataFrame(patches.spot_tile_table(sp.spot_id.tolist(), s2t, grid, sec.section_id))
+                link = pd.DataFrame(patches.spot_tile_table(sp.spot_id.tolist(), s2t, grid,
+                                                            sec.section_id))
                 link.insert(0, "section_id", sec.section_id)
                 links.append(link)
             if vec.is_done("patches", fp, sec.section_id):
                 rep.advance(task, len(sp))
                 continue
-            boxes = patches.spot_patch_box(sp.px.to_numpy(), sp.py.to_numpy(), size["spot"]).tolist()
+            boxes = patches.spot_patch_box(sp.px.to_numpy(), sp.py.to_numpy(),
+                                           size["spot"]).tolist()
             ids = sp.spot_id.tolist()
             if stream:
-                streamed.append(SpotSection(sec.section_id, str(sec.image_path), ids, boxes, size["spot"], out_px))
+                streamed.append(SpotSection(sec.section_id, str(sec.image_path), ids, boxes,
+                                            size["spot"], out_px))
                 continue
             # Committed in chunks, so memory stays bounded on large sections (and a chunk is
             # a unit of work on a cluster); the section's marker goes in the transaction of
@@ -118,8 +123,8 @@ def run_patches(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: R
             starts = range(0, max(len(ids), 1), PATCH_CHUNK)
             chunks_of[sec.section_id] = len(starts)
             for lo in starts:
-                units.append((str(sec.image_path), ids[lo:lo + PATCH_CHUNK], boxes[lo:lo + PATCH_CHUNK],
-                              size["spot"], out_px))
+                units.append((str(sec.image_path), ids[lo:lo + PATCH_CHUNK],
+                              boxes[lo:lo + PATCH_CHUNK], size["spot"], out_px))
                 unit_section.append(sec.section_id)
 
         def commit(i: int, items: list[tuple[str, bytes]]) -> None:
@@ -131,8 +136,9 @@ def run_patches(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: R
         failed = runner.map(crop_patches, units, unit_section, commit,
                             description=f"patches {sample_id}")
         if streamed:
-            stream_sections(vec, _encoder(cfg), streamed, batch_size=cfg.batch_size, precision=cfg.precision,
-                            patches_fp=fp, embed_fp=str(embed_fp), advance=lambda n: rep.advance(task, n))
+            stream_sections(vec, _encoder(cfg), streamed, batch_size=cfg.batch_size,
+                            precision=cfg.precision, patches_fp=fp, embed_fp=str(embed_fp),
+                            advance=lambda n: rep.advance(task, n))
     raise_failures(failed, "patches", sample_id)
     link_df = pd.concat(links, ignore_index=True) if links else pd.DataFrame(
         columns=["section_id", "spot_id", "level", "tile_id", "rank"])
@@ -164,7 +170,8 @@ def _work(store: Store, sample_id: str) -> list[tuple[str, str, str, list]]:
         for level in ("region", "global"):
             t = tiles[(tiles.section_id == sec.section_id) & (tiles.level == level)]
             work.append((sec.section_id, level, str(sec.image_path),
-                         [(r.tile_id, int(r.x0), int(r.y0), int(r.size_px)) for r in t.itertuples()]))
+                         [(r.tile_id, int(r.x0), int(r.y0), int(r.size_px))
+                          for r in t.itertuples()]))
     return work
 
 
@@ -173,7 +180,8 @@ def _item_id(item: Any) -> str:
 
 
 def _standardisation(store: Store, cfg: IngestConfig, sample_id: str, work: list, runner: Runner,
-                     encoder: Any, vec: Any) -> tuple[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+                     encoder: Any, vec: Any
+                     ) -> tuple[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
     """(reference section, {level: (mean, std)}): statistics from the raw features of the
     reference section's spot patches and tiles (ingest/standardise.py says why), computed
     as one unit of work (here, or on a worker) before the units that apply them."""
@@ -189,7 +197,8 @@ def _standardisation(store: Store, cfg: IngestConfig, sample_id: str, work: list
                         description=f"standardise {sample_id}", gpu=cfg.device == "cuda",
                         local={"vec": vec, "encoder": encoder})
     raise_failures(failed, "embed", sample_id)
-    log.info("%s: %s features z-scored with statistics of section %s", sample_id, encoder.spec.name, ref)
+    log.info("%s: %s features z-scored with statistics of section %s", sample_id,
+             encoder.spec.name, ref)
     return ref, out
 
 
@@ -256,7 +265,8 @@ def run_embed(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Rep
             from asign.ingest.commits import BackgroundPuts
 
             with BackgroundPuts(vec) as writer:
-                _embed_serially(units, unit_markers, partial(commit_batch, sink=writer), cfg, vec, encoder)
+                _embed_serially(units, unit_markers, partial(commit_batch, sink=writer), cfg, vec,
+                                encoder)
             failed = []
     raise_failures(failed, "embed", sample_id)
     index["sample_id"] = [sample_id] * len(index["id"])
@@ -264,12 +274,15 @@ def run_embed(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Rep
     store.write("embeddings", index, key=sample_id)
     manifest = store.manifest()
     previous = store.embedding_info(manifest)
-    info = EmbeddingInfo.from_dict({**embedding_config(encoder, bs, cfg.precision), "dim": encoder.spec.dim,
+    info = EmbeddingInfo.from_dict({**embedding_config(encoder, bs, cfg.precision),
+                                    "dim": encoder.spec.dim,
                                     "spot_px": cfg.spot_px, "stored_px": encoder.spec.input_px,
                                     "region_px": cfg.region_px, "global_px": cfg.global_px})
     if zscore is not None:
-        done = dict(previous.standardised or {}) if previous is not None and previous.encoder == name else {}
-        done[sample_id] = {"reference_section": zscore[0], "stats_sha256": standardise.stats_hash(zscore[1])}
+        same = previous is not None and previous.encoder == name
+        done = dict(previous.standardised or {}) if same else {}
+        done[sample_id] = {"reference_section": zscore[0],
+                           "stats_sha256": standardise.stats_hash(zscore[1])}
         info = dataclasses.replace(info, standardised=done, standardisation=(
             "per feature z-score, mean/std over the reference section's items of each level "
             "(images only; ingest/standardise.py)"))
@@ -321,12 +334,14 @@ def _loaders(root: str, cfg: IngestConfig, level: str, image: str, items: list[A
             return vec.patch(spot_id)
         return load
 
-    return [(i, patch_loader(i)) if level == "spot" else (i[0], crop_loader(image, i[1], i[2], i[3], out_px))
+    return [(i, patch_loader(i)) if level == "spot"
+            else (i[0], crop_loader(image, i[1], i[2], i[3], out_px))
             for i in items]
 
 
 def standardisation_unit(root: str, cfg: IngestConfig, ref_work: list[tuple[str, str, list]],
-                         vec: Any = None, encoder: Any = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+                         vec: Any = None, encoder: Any = None
+                         ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """A unit of the embed step: per level, (mean, std) of the raw features of the reference
     section's items. ``vec``/``encoder``: this process's own, when run serially."""
     from pathlib import Path
@@ -345,7 +360,8 @@ def standardisation_unit(root: str, cfg: IngestConfig, ref_work: list[tuple[str,
                      for it in _loaders(root, cfg, lev, image, its, vec)]
             feats = [b.features for b in embed_batches(encoder, items, batch_size=cfg.batch_size,
                                                        precision=cfg.precision)]
-            stats[level] = standardise.fit(np.concatenate(feats) if feats else np.zeros((0, encoder.spec.dim)))
+            stats[level] = standardise.fit(np.concatenate(feats) if feats
+                                           else np.zeros((0, encoder.spec.dim)))
         return stats
     finally:
         if own is not None:
@@ -382,11 +398,13 @@ def embed_unit(root: str, cfg: IngestConfig, level: str, image: str, chunks: lis
 
 def _rows(batch: Any, zscore: tuple[np.ndarray, np.ndarray] | None) -> tuple[list[str], np.ndarray]:
     """(ids, float16 vectors) of an embedded batch, z-scored when the encoder asks."""
-    return batch.keys, batch.features if zscore is None else standardise.apply(batch.features, *zscore)
+    return batch.keys, (batch.features if zscore is None
+                        else standardise.apply(batch.features, *zscore))
 
 
 def _embed_serially(units: list[tuple], unit_markers: list[list[tuple[str, ...]]],
-                    commit_batch: Callable[[int, tuple[str, ...], tuple[list[str], np.ndarray]], None],
+                    commit_batch: Callable[[int, tuple[str, ...], tuple[list[str], np.ndarray]],
+                                           None],
                     cfg: IngestConfig, vec: Any, encoder: Any) -> None:
     """The embed units of a serial run through one loader pipeline (``embed_groups``): the
     next unit's crops are cut while the encoder finishes this one. Each batch is committed
@@ -396,6 +414,7 @@ def _embed_serially(units: list[tuple], unit_markers: list[list[tuple[str, ...]]
     groups = ((i, [it for chunk in chunks for it in _loaders(root, cfg, level, image, chunk, vec)])
               for i, (root, _, level, image, chunks, _) in enumerate(units))
     seen = [0] * len(units)
-    for i, batch in embed_groups(encoder, groups, batch_size=cfg.batch_size, precision=cfg.precision):
+    for i, batch in embed_groups(encoder, groups, batch_size=cfg.batch_size,
+                                 precision=cfg.precision):
         commit_batch(i, unit_markers[i][seen[i]], _rows(batch, units[i][5]))
         seen[i] += 1

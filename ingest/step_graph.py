@@ -45,7 +45,8 @@ def run_graph(store: Store, cfg: IngestConfig, sample_id: str, rep: Reporter,
     return out
 
 
-def graph_unit(root: str, cfg: IngestConfig, sample_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def graph_unit(root: str, cfg: IngestConfig,
+               sample_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Read a sample's spots and spot embeddings, build its edges; returns (edges, info)."""
     from pathlib import Path
 
@@ -56,7 +57,8 @@ def graph_unit(root: str, cfg: IngestConfig, sample_id: str) -> tuple[dict[str, 
     sections = store.read("sections").to_pandas()
     sections = sections[sections.sample_id == sample_id]
     spots = store.read("spots", key=sample_id).to_pandas()
-    emb = store.read("embeddings", key=sample_id).to_pandas() if store.has("embeddings", sample_id) else None
+    emb = (store.read("embeddings", key=sample_id).to_pandas()
+           if store.has("embeddings", sample_id) else None)
     embed_info = store.embedding_info()
     imaged = set(sections.section_id[sections.has_image])
     if emb is None or (imaged and embed_info is None):
@@ -66,11 +68,12 @@ def graph_unit(root: str, cfg: IngestConfig, sample_id: str) -> tuple[dict[str, 
     # sections placed by given coordinates (no image) always, with IoU-only cross edges.
     have = set(emb.id[emb.level == "spot"])
     featured = spots.spot_id.isin(have)
-    nodes = spots[spots.x_um.notna() & (featured | ~spots.section_id.isin(imaged))].reset_index(drop=True)
+    placed = spots.x_um.notna() & (featured | ~spots.section_id.isin(imaged))
+    nodes = spots[placed].reset_index(drop=True)
     dropped = len(spots) - len(nodes)
     if dropped:
-        log.warning("sample %s: %d spots without aligned coordinates or image features are not in the graph",
-                    sample_id, dropped)
+        log.warning("sample %s: %d spots without aligned coordinates or image features are not in "
+                    "the graph", sample_id, dropped)
     has_feat = nodes.spot_id.isin(have).to_numpy()
     if has_feat.any():
         dim = embed_info.dim
@@ -85,8 +88,8 @@ def graph_unit(root: str, cfg: IngestConfig, sample_id: str) -> tuple[dict[str, 
         feats = np.zeros((len(nodes), 1), dtype=np.float32)
     radius = float(sections.spot_diameter_um.median()) / 2.0
     shape, angle = spot_geometry(sections, nodes)
-    edges = build_graph(nodes[["x_um", "y_um"]].to_numpy(np.float64), nodes.z.to_numpy(np.int64), feats,
-                        radius_um=radius, k_same=cfg.k_same, top_k_cross=cfg.top_k_cross,
+    edges = build_graph(nodes[["x_um", "y_um"]].to_numpy(np.float64), nodes.z.to_numpy(np.int64),
+                        feats, radius_um=radius, k_same=cfg.k_same, top_k_cross=cfg.top_k_cross,
                         combine=cfg.cross_weight, has_features=None if has_feat.all() else has_feat,
                         shape=shape, angle_rad=angle)
     table = edge_table(edges, nodes.spot_id.to_numpy(dtype=object), sample_id)
@@ -122,5 +125,6 @@ def edge_table(edges: Edges, ids: np.ndarray, sample_id: str) -> dict[str, np.nd
         "sample_id": np.full(len(edges.src), sample_id, dtype=object),
         "src_spot_id": ids[edges.src], "dst_spot_id": ids[edges.dst],
         "kind": np.asarray(EDGE_KINDS, dtype=object)[edges.kind],
-        "weight": edges.weight, "distance_um": edges.distance_um, "iou": edges.iou, "cosine": edges.cosine,
+        "weight": edges.weight, "distance_um": edges.distance_um, "iou": edges.iou,
+        "cosine": edges.cosine,
     }

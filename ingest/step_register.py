@@ -40,7 +40,8 @@ def pick_layer(sections: Sequence[SectionInput], which: str) -> SectionInput:
         if str(s.z) == which or s.section_id == which:
             return s
     raise ConfigError(f"no labelled layer {which!r} in sample {sections[0].sample_id}",
-                      fix=f"use first, middle, or one of z={[s.z for s in labelled]} / {[s.section_id for s in labelled]}")
+                      fix=f"use first, middle, or one of z={[s.z for s in labelled]} / "
+                          f"{[s.section_id for s in labelled]}")
 
 
 def input_hashes(samples: Sequence[SampleInput]) -> dict[str, dict[str, str | None]]:
@@ -64,40 +65,49 @@ def requested_genes(genes: Sequence[str]) -> list[str]:
         return list(genes)
     if not path.is_file():
         raise InputError("gene list file not found", path=path,
-                         fix="give an existing file with one gene per line, or comma-separated gene names")
+                         fix="give an existing file with one gene per line, or comma-separated "
+                             "gene names")
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(f"gene list file is unreadable ({err})", path=path,
                          fix="give a plain-text file with one gene per line") from err
-    names = [g for line in text.splitlines() for g in re.split(r"[,\t ]+", line.split("#", 1)[0].strip()) if g]
+    names = [g for line in text.splitlines()
+             for g in re.split(r"[,\t ]+", line.split("#", 1)[0].strip()) if g]
     if not names:
-        raise InputError("gene list file names no gene", path=path, fix="put one gene symbol per line")
+        raise InputError("gene list file names no gene", path=path,
+                         fix="put one gene symbol per line")
     return names
 
 
 _GENE_FILE_SUFFIXES = {".txt", ".csv", ".tsv", ".list"}
 
 
-def register_fingerprint(cfg: IngestConfig, samples: Sequence[SampleInput], hashes: dict[str, Any]) -> str:
+def register_fingerprint(cfg: IngestConfig, samples: Sequence[SampleInput],
+                         hashes: dict[str, Any]) -> str:
     spacing = [cfg.section_um, *(sec.section_um for s in samples for sec in s.sections)]
-    extra = [spacing] if any(v is not None for v in spacing) else []  # old stores keep their fingerprint
+    # old stores keep their fingerprint
+    extra = [spacing] if any(v is not None for v in spacing) else []
     if cfg.bin_um is not None:  # binned platforms: another bin size is another set of spots
         extra.append({"bin_um": cfg.bin_um})
     return fingerprint("register", [s.sample_id for s in samples], hashes, cfg.n_genes,
-                       requested_genes(cfg.genes), cfg.normalisation, cfg.panel_from, list(cfg.extra_2d),
-                       *extra)
+                       requested_genes(cfg.genes), cfg.normalisation, cfg.panel_from,
+                       list(cfg.extra_2d), *extra)
 
 
-def choose_panel(cfg: IngestConfig, samples: Sequence[SampleInput]) -> tuple[list[str], list[str], np.ndarray]:
+def choose_panel(cfg: IngestConfig,
+                 samples: Sequence[SampleInput]) -> tuple[list[str], list[str], np.ndarray]:
     """Panel genes, the training sections it was computed on, and their mean counts there.
 
     Training sections are the ``panel_from`` layer of each 3D sample plus every labelled
     section of the extra 2D samples — never a layer that will be hidden and scored."""
-    train = [pick_layer(s.sections, cfg.panel_from) for s in samples if s.sample_id not in cfg.extra_2d]
-    train += [sec for s in samples if s.sample_id in cfg.extra_2d for sec in s.sections if sec.has_counts]
+    train = [pick_layer(s.sections, cfg.panel_from) for s in samples
+             if s.sample_id not in cfg.extra_2d]
+    train += [sec for s in samples if s.sample_id in cfg.extra_2d for sec in s.sections
+              if sec.has_counts]
     every = [sec for s in samples for sec in s.sections]
-    panel = labels_mod.select_panel(every, cfg.n_genes, train_sections=[s.section_id for s in train],
+    panel = labels_mod.select_panel(every, cfg.n_genes,
+                                    train_sections=[s.section_id for s in train],
                                     genes=requested_genes(cfg.genes) or None)
     counts = np.concatenate([labels_mod.panel_counts(s, panel) for s in train])
     return panel, [s.section_id for s in train], counts.mean(axis=0)
@@ -165,12 +175,15 @@ def section_spacing(cfg: IngestConfig, sample: SampleInput) -> tuple[float, str]
     if cfg.section_um is not None:
         if not np.isfinite(cfg.section_um) or cfg.section_um <= 0:
             raise ConfigError(f"--section-um {cfg.section_um} must be a positive number of µm",
-                              fix="give the spacing between consecutive sections, e.g. --section-um 15")
+                              fix="give the spacing between consecutive sections, e.g. "
+                                  "--section-um 15")
         return float(cfg.section_um), "option"
     given = {s.section_um for s in sample.sections if s.section_um is not None}
     if len(given) > 1:
-        raise InputError(f"sample {sample.sample_id} gives several section_um values {sorted(given)}",
-                         path=sample.source, fix="give one section_um per sample (e.g. in [defaults])")
+        raise InputError(f"sample {sample.sample_id} gives several section_um values "
+                         f"{sorted(given)}",
+                         path=sample.source,
+                         fix="give one section_um per sample (e.g. in [defaults])")
     if given:
         return float(given.pop()), "input"
     log.warning("sample %s: no section spacing given; z in µm assumes %.0f µm between consecutive "
@@ -206,8 +219,9 @@ def _check_tissue_areas(samples: Sequence[SampleInput], areas: dict[str, float])
 
 
 def spots_table(sample: SampleInput) -> dict[str, list]:
-    cols: dict[str, list] = {k: [] for k in ("sample_id", "section_id", "spot_id", "barcode", "z", "array_x",
-                                             "array_y", "px", "py", "x_um", "y_um", "is_virtual")}
+    names = ("sample_id", "section_id", "spot_id", "barcode", "z", "array_x", "array_y", "px",
+             "py", "x_um", "y_um", "is_virtual")
+    cols: dict[str, list] = {k: [] for k in names}
     for s in sample.sections:
         df = s.spots
         n = len(df)
@@ -217,7 +231,8 @@ def spots_table(sample: SampleInput) -> dict[str, list]:
         cols["barcode"] += df["barcode"].astype(str).tolist()
         cols["z"] += [s.z] * n
         for c in ("array_x", "array_y"):
-            cols[c] += [None if v is None or v != v else int(v) for v in df[c]] if c in df else [None] * n
+            cols[c] += [None if v is None or v != v else int(v)
+                        for v in df[c]] if c in df else [None] * n
         for c in ("px", "py", "x_um", "y_um"):
             cols[c] += [None if v != v else float(v) for v in df[c]] if c in df else [None] * n
         cols["is_virtual"] += [False] * n
@@ -238,7 +253,8 @@ def labels_table(sample: SampleInput, panel: list[str], normalisation: str) -> d
         if not s.has_counts:
             continue
         c = labels_mod.panel_counts(s, panel)
-        t = s.total_counts if s.total_counts is not None else np.asarray(s.counts.sum(axis=1)).ravel()
+        t = (s.total_counts if s.total_counts is not None
+             else np.asarray(s.counts.sum(axis=1)).ravel())
         v = labels_mod.normalise(c, t, normalisation).astype(np.float32)
         # Absent is not zero: a panel gene the section's counts lack is masked (value NaN,
         # count null), so it is neither trained on nor scored as a measured zero.
@@ -322,16 +338,19 @@ def write_register(store: Store, cfg: IngestConfig, samples: Sequence[SampleInpu
     if store.has("genes") and len(rows) > sum(len(s.sections) for s in samples):
         old_panel = store.read("genes").column("gene").to_pylist()
         if old_panel != panel:
-            raise ConfigError("the gene panel differs from the one of the samples already in this store",
-                              path=store.root, fix="ingest all samples of a store in one call, or use a new --store")
+            raise ConfigError("the gene panel differs from the one of the samples already in this "
+                              "store",
+                              path=store.root,
+                              fix="ingest all samples of a store in one call, or use a new --store")
     absent = _warn_absent(samples, panel)
     for sample in samples:
         store.remove("transforms", sample.sample_id)  # stale: align must run again (see step_align)
         store.remove("warps", sample.sample_id)
         store.write("spots", spots_table(sample), key=sample.sample_id)
         store.write("labels", labels_table(sample, panel, cfg.normalisation), key=sample.sample_id)
-    store.write("genes", {"gene": panel, "rank": list(range(len(panel))), "mean_count": means.tolist()})
+    store.write("genes",
+                {"gene": panel, "rank": list(range(len(panel))), "mean_count": means.tolist()})
     store.write("sections", {k: [r.get(k) for r in rows] for k in rows[-1]})
-    return {"panel_sections": train_sections, "n_genes": len(panel), "normalisation": cfg.normalisation,
-            **({"absent_genes": absent} if absent else {}),
+    return {"panel_sections": train_sections, "n_genes": len(panel),
+            "normalisation": cfg.normalisation, **({"absent_genes": absent} if absent else {}),
             "section_um": {k: {"um": v[0], "source": v[1]} for k, v in spacing.items()}}

@@ -68,8 +68,8 @@ def tissue_mask(rgb: np.ndarray, name: str = "image", *, fill_holes: bool = True
     dark_fg, dark_gap = _otsu(dark)
     if sat_gap < MIN_SATURATION_GAP or dark_gap < MIN_BRIGHTNESS_GAP:
         raise InputError(
-            f"no tissue found (saturation contrast {sat_gap:.0f}, brightness contrast {dark_gap:.0f}; "
-            f"need ≥ {MIN_SATURATION_GAP:.0f} each)", path=name, fix=_FIX_NO_TISSUE)
+            f"no tissue found (saturation contrast {sat_gap:.0f}, brightness contrast "
+            f"{dark_gap:.0f}; need ≥ {MIN_SATURATION_GAP:.0f} each)", path=name, fix=_FIX_NO_TISSUE)
 
     mask = (sat_fg & dark_fg).astype(np.uint8)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))

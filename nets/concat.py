@@ -1,9 +1,9 @@
 """Concatenated encoders (``--encoder a+b``): each part sees the patch normalised its own
 way, and the vectors are joined. The embedding engine runs each part in its own runtime and
-precision (``ingest/embed.py``: a CNN fused in bf16, numpy features eagerly). The parts' features live on different scales (a CNN's
-pooled activations beside stain fractions and GLCM contrast), so the spec asks ingest to
-z-score every feature (``standardise``; how and with which statistics:
-``ingest/standardise.py``)."""
+precision (``ingest/embed.py``: a CNN fused in bf16, numpy features eagerly). The parts'
+features live on different scales (a CNN's pooled activations beside stain fractions and GLCM
+contrast), so the spec asks ingest to z-score every feature (``standardise``; how and with
+which statistics: ``ingest/standardise.py``)."""
 
 from __future__ import annotations
 
@@ -47,7 +47,8 @@ def concat_spec(name: str, get_spec: Callable[[str], Any], spec_type: type) -> A
     names = name.split(SEPARATOR)
     if len(names) < 2 or any(not n for n in names) or len(set(names)) != len(names):
         raise ConfigError(f"bad encoder combination {name!r}",
-                          fix="join distinct registry names with '+', e.g. effnet-lite0+histo-classic")
+                          fix="join distinct registry names with '+', e.g. "
+                              "effnet-lite0+histo-classic")
     specs = [get_spec(n) for n in names]
     sizes = {s.input_px for s in specs}
     if len(sizes) != 1:

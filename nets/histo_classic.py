@@ -59,7 +59,8 @@ def patch_features(rgb: np.ndarray) -> np.ndarray:
     out.append(float((px > WHITE).all(axis=1).mean()))
 
     lo, hi = H_RANGE
-    levels = np.clip((hed[..., 0] - lo) / (hi - lo) * GLCM_LEVELS, 0, GLCM_LEVELS - 1).astype(np.uint8)
+    levels = np.clip((hed[..., 0] - lo) / (hi - lo) * GLCM_LEVELS, 0,
+                     GLCM_LEVELS - 1).astype(np.uint8)
     glcm = graycomatrix(levels, GLCM_DISTANCES, GLCM_ANGLES, levels=GLCM_LEVELS,
                         symmetric=True, normed=True)
     props = np.stack([graycoprops(glcm, p).mean(axis=1) for p in GLCM_PROPS], axis=1)  # (d, p)

@@ -18,8 +18,9 @@ Layout (scanpy / squidpy conventions):
   ``adata[adata.obs.has_measured]`` before using counts;
 - ``layers['measured']``: the measured expression on the model's scale where a spot has
   counts, NaN elsewhere (for scoring against ``layers['asign']``);
-- ``layers['lower']`` / ``layers['upper']``: the run's per-spot, per-gene interval on the model's scale (``layers['asign']``)
-  (``runs.config`` coverage) on hidden rows, NaN on the known layer (runs with intervals);
+- ``layers['lower']`` / ``layers['upper']``: the run's per-spot, per-gene interval on the
+  model's scale (``layers['asign']``) (``runs.config`` coverage) on hidden rows, NaN on the
+  known layer (runs with intervals);
 - ``obsm['spatial']``: (px, py) full-resolution image pixels of the spot's own section;
   ``obsm['spatial_3d']``: (x_um, y_um, z_um) in the sample's aligned frame, z_um = z × the
   section spacing recorded at ingest (``sections.z_um``);

@@ -91,7 +91,8 @@ def figure_html(layers: list[Layer], genes: list[str], title: str, div_id: str,
     for t in he:
         h, w = t.grey.shape
         fig.add_trace(go.Surface(
-            x=np.round(t.x0 + np.arange(w) * t.step, 1), y=np.round(t.y0 + np.arange(h) * t.step, 1),
+            x=np.round(t.x0 + np.arange(w) * t.step, 1),
+            y=np.round(t.y0 + np.arange(h) * t.step, 1),
             # a few µm below the spots (z grows downwards), so the discs stay on top
             z=np.full((h, w), t.z_um + 3.0), surfacecolor=t.grey, colorscale="gray",
             cmin=0, cmax=255, showscale=False, name=f"{t.section_id} · H&E", showlegend=True,
@@ -108,7 +109,8 @@ def figure_html(layers: list[Layer], genes: list[str], title: str, div_id: str,
     xy = np.vstack([lay.xy_um for lay in layers])
     span = np.ptp(xy, axis=0)
     fig.update_layout(
-        title={"text": title, "font": {"size": 14}}, height=720, margin={"l": 0, "r": 0, "t": 60, "b": 0},
+        title={"text": title, "font": {"size": 14}}, height=720,
+        margin={"l": 0, "r": 0, "t": 60, "b": 0},
         # gene menu top left, legend under it, plotly's own tool bar keeps the top right
         legend={"x": 0, "y": 0.9, "yanchor": "top", "bgcolor": "rgba(255,255,255,0.7)"},
         updatemenus=[{"buttons": buttons, "direction": "down", "x": 0.05, "xanchor": "left",

@@ -24,7 +24,9 @@ _i32 = pa.int32()
 
 
 def _schema(name: str, fields: list[pa.Field]) -> pa.Schema:
-    return pa.schema(fields, metadata={b"asign.table": name.encode(), b"asign.schema_version": str(SCHEMA_VERSION).encode()})
+    return pa.schema(fields,
+                     metadata={b"asign.table": name.encode(),
+                               b"asign.schema_version": str(SCHEMA_VERSION).encode()})
 
 
 SECTIONS = _schema("sections", [

@@ -30,7 +30,8 @@ from asign.store.parquet import read_table, write_table, write_table_parts
 from asign.store.query import connect, run_query
 from asign.store.vectors import EmbeddingRows, Vectors, open_vectors
 
-__all__ = ["EmbeddingInfo", "EmbeddingRows", "Store", "StoreLayout", "Vectors", "open_store", "prepare_root"]
+__all__ = ["EmbeddingInfo", "EmbeddingRows", "Store", "StoreLayout", "Vectors",
+           "open_store", "prepare_root"]
 
 
 @dataclass(frozen=True)
@@ -84,8 +85,8 @@ class Store:
             entry = recorded.get(self.layout.relative(path))
             if entry is None and not path.exists() and (step, name) in OPTIONAL_STEP_TABLES:
                 continue
-            if entry is None or _manifest.table_problem(self.layout, self.layout.relative(path), entry,
-                                                        full=full) is not None:
+            if entry is None or _manifest.table_problem(self.layout, self.layout.relative(path),
+                                                        entry, full=full) is not None:
                 return False
         return self._outputs_intact(manifest, sample_id, step, full)
 
@@ -128,7 +129,8 @@ class Store:
             return empty.select(columns) if columns else empty
         return pa.concat_tables([self._read_file(name, p.stem, p, columns) for p in parts])
 
-    def _read_file(self, name: str, key: str | None, path: Path, columns: list[str] | None) -> pa.Table:
+    def _read_file(self, name: str, key: str | None, path: Path,
+                   columns: list[str] | None) -> pa.Table:
         """Read one table file after checking its footer's row count against the record."""
         def check(claimed: int) -> bool:
             return _records.check_rows(self.layout, name, key, path, claimed,

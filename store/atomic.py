@@ -22,7 +22,8 @@ _FULL_BYTES = 1 << 20  # less free space than this after a failed write: the dis
 
 
 @contextlib.contextmanager
-def atomic_path(target: Path, before_replace: Callable[[Path], None] | None = None) -> Iterator[Path]:
+def atomic_path(target: Path,
+                before_replace: Callable[[Path], None] | None = None) -> Iterator[Path]:
     """Yield a temporary path in the target's directory; on success it replaces ``target``.
 
     Any failure (an OSError, or a writer that reports a full disk its own way, such as
@@ -130,8 +131,10 @@ def disk_full(folder: Path) -> bool:
 def _store_error(err: OSError, target: Path) -> StoreError:
     if err.errno == errno.ENOSPC or (err.errno is None and disk_full(target.parent)):
         return StoreError("no space left on device while writing", path=target,
-                          fix="free disk space or point --store at a larger disk, then re-run (finished work is kept)")
+                          fix="free disk space or point --store at a larger disk, then re-run "
+                              "(finished work is kept)")
     if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return StoreError("store is not writable", path=target,
                           fix="check permissions (chmod u+w) or choose another --store directory")
-    return StoreError(f"cannot write ({err.strerror or err})", path=target, fix="check the store directory and re-run")
+    return StoreError(f"cannot write ({err.strerror or err})", path=target,
+                      fix="check the store directory and re-run")

@@ -83,7 +83,8 @@ def _inspect(store: Store) -> CheckReport:
     problems += _check_table_hashes(store, manifest, report.notes)
     readable = _check_table_files(store, manifest, problems)
     leftovers = sorted(glob.glob(str(store.root / "**" / ".*.tmp"), recursive=True))
-    problems += [f"{p}: leftover temporary file from an interrupted write (safe to delete)" for p in leftovers]
+    problems += [f"{p}: leftover temporary file from an interrupted write (safe to delete)"
+                 for p in leftovers]
     if readable.get(store.layout.table("sections")):
         try:
             problems += _check_inputs(store)
@@ -107,7 +108,8 @@ def _inspect(store: Store) -> CheckReport:
         except AsignError as err:
             problems.append(str(err))
     try:
-        embed = manifest["params"].get("embed") or {}  # read raw: a damaged record is reported, not raised
+        # read raw: a damaged record is reported, not raised
+        embed = manifest["params"].get("embed") or {}
         encoder, dim = embed.get("encoder"), embed.get("dim")
         for sample_id, steps in manifest["steps"].items():
             try:
@@ -143,8 +145,8 @@ def _check_table_hashes(store: Store, manifest: dict[str, Any], notes: list[str]
     recorded = manifest.get("tables")
     if recorded is None:
         if manifest["steps"]:
-            notes.append(f"{store.layout.manifest}: records no table hashes (an older asign wrote it); "
-                         "table contents were not verified against it")
+            notes.append(f"{store.layout.manifest}: records no table hashes (an older asign wrote "
+                         "it); table contents were not verified against it")
         return []
     problems = []
     layout = store.layout
@@ -164,14 +166,16 @@ def _check_table_hashes(store: Store, manifest: dict[str, Any], notes: list[str]
 
 def _table_files(store: Store) -> list[tuple[str, Path]]:
     layout = store.layout
-    files = [(name, layout.table(name)) for name in ("sections", "genes") if layout.table(name).exists()]
+    files = [(name, layout.table(name)) for name in ("sections", "genes")
+             if layout.table(name).exists()]
     for name in TABLES:
         if name not in ("sections", "genes"):
             files += [(name, Path(p)) for p in sorted(glob.glob(layout.table_glob(name)))]
     return files
 
 
-def _check_table_files(store: Store, manifest: dict[str, Any], problems: list[str]) -> dict[Path, bool]:
+def _check_table_files(store: Store, manifest: dict[str, Any],
+                       problems: list[str]) -> dict[Path, bool]:
     """Schema version, table name and columns of every table file; which files are readable."""
     readable: dict[Path, bool] = {}
     for name, path in _table_files(store):
@@ -219,16 +223,19 @@ def _check_inputs(store: Store) -> list[str]:
             if not Path(path).exists():
                 problems.append(f"{path}: {kind} of section {row['section_id']} no longer exists")
             elif file_sha256(Path(path)) != recorded:
-                problems.append(f"{path}: {kind} of section {row['section_id']} changed since ingest (re-run ingest)")
+                problems.append(f"{path}: {kind} of section {row['section_id']} changed since "
+                                "ingest (re-run ingest)")
     return problems
 
 
 def _check_samples_known(store: Store, manifest: dict[str, Any]) -> list[str]:
     stored = set(store.read("sections", columns=["sample_id"]).column("sample_id").to_pylist())
     path = store.layout.table("sections")
-    problems = [f"{path}: no section of sample {s}, although the manifest records its steps; {_REINGEST}"
+    problems = [f"{path}: no section of sample {s}, although the manifest records its steps; "
+                f"{_REINGEST}"
                 for s in sorted(set(manifest["steps"]) - stored)]
-    problems += [f"{store.layout.manifest}: sample {s} has sections but no finished register step; {_REINGEST}"
+    problems += [f"{store.layout.manifest}: sample {s} has sections but no finished register step; "
+                 f"{_REINGEST}"
                  for s in sorted(stored - set(manifest["steps"]))]
     return problems
 
@@ -243,12 +250,12 @@ def _first(values: Any) -> str:
     return sorted(values)[0]
 
 
-def _check_sample(store: Store, sample_id: str, steps: dict, vec: Any, encoder: str | None, dim: Any,
-                  readable: dict[Path, bool], report: CheckReport) -> None:
+def _check_sample(store: Store, sample_id: str, steps: dict, vec: Any, encoder: str | None,
+                  dim: Any, readable: dict[Path, bool], report: CheckReport) -> None:
     problems = report.problems
     layout = store.layout
-    missing = [f"{layout.table(t, sample_id)}: missing although step {step} of sample {sample_id} is recorded "
-               f"as finished; {_REINGEST}"
+    missing = [f"{layout.table(t, sample_id)}: missing although step {step} of sample {sample_id} "
+               f"is recorded as finished; {_REINGEST}"
                for step, tables in STEP_TABLES.items() if step in steps for t in tables
                if (step, t) not in OPTIONAL_STEP_TABLES and not store.has(t, sample_id)]
     problems += list(dict.fromkeys(missing))
@@ -267,14 +274,16 @@ def _check_sample(store: Store, sample_id: str, steps: dict, vec: Any, encoder: 
         labels_path = layout.table("labels", sample_id)
         unknown = set(_ids(store, "labels", sample_id, "spot_id")) - spot_ids
         if unknown:
-            problems.append(f"{labels_path}: {len(unknown)} spot ids not in the spots table (e.g. {_first(unknown)})")
+            problems.append(f"{labels_path}: {len(unknown)} spot ids not in the spots table (e.g. "
+                            f"{_first(unknown)})")
         if readable.get(layout.table("genes")):
             n_genes = store.read("genes", columns=["gene"]).num_rows
             values = store.read("labels", key=sample_id, columns=["value"]).column("value")
             lengths = pc.list_value_length(values).to_numpy(zero_copy_only=False)
             wrong = int((lengths != n_genes).sum())
             if wrong:
-                problems.append(f"{labels_path}: {wrong} label vectors do not have the {n_genes} genes of the panel")
+                problems.append(f"{labels_path}: {wrong} label vectors do not have the {n_genes} "
+                                "genes of the panel")
             problems += _non_finite_labels(store, sample_id, labels_path)
     tile_ids: set[str] = set()
     if ok["tiles"]:
@@ -285,45 +294,51 @@ def _check_sample(store: Store, sample_id: str, steps: dict, vec: Any, encoder: 
         bad_spots = set(links.column("spot_id").to_pylist()) - spot_ids
         bad_tiles = set(links.column("tile_id").to_pylist()) - tile_ids
         if bad_spots:
-            problems.append(f"{path}: {len(bad_spots)} spot ids not in the spots table (e.g. {_first(bad_spots)})")
+            problems.append(f"{path}: {len(bad_spots)} spot ids not in the spots table (e.g. "
+                            f"{_first(bad_spots)})")
         if bad_tiles:
-            problems.append(f"{path}: {len(bad_tiles)} tile ids not in the tiles table (e.g. {_first(bad_tiles)})")
+            problems.append(f"{path}: {len(bad_tiles)} tile ids not in the tiles table (e.g. "
+                            f"{_first(bad_tiles)})")
         if "patches" in steps and vec is not None:
             wanted = list(dict.fromkeys(links.column("spot_id").to_pylist()))
             gone = [s for s in wanted if not vec.has_patch(s)]
             if gone:
-                problems.append(f"{vec.path}: {len(gone)} of {len(wanted)} spot patches of sample {sample_id} "
-                                f"missing (e.g. patch/{gone[0]}); {_REINGEST}")
+                problems.append(f"{vec.path}: {len(gone)} of {len(wanted)} spot patches of sample "
+                                f"{sample_id} missing (e.g. patch/{gone[0]}); {_REINGEST}")
     if vec is not None:
         problems += [f"{why}; {_REINGEST}" for step in ("patches", "embed") if step in steps
                      and (why := digest_problem(store, store.manifest(), sample_id, step, vec))]
     if "embed" in steps and ok["embeddings"] and vec is not None and encoder:
-        _check_embeddings(store, sample_id, vec, encoder, dim, spot_ids, tile_ids if ok["tiles"] else None, report)
+        _check_embeddings(store, sample_id, vec, encoder, dim, spot_ids,
+                          tile_ids if ok["tiles"] else None, report)
     if ok["edges"]:
         _check_edges(store, sample_id, spot_ids, problems)
 
 
 def _check_spot_counts(store: Store, sample_id: str, problems: list[str]) -> None:
     """Measured spots per section as the sections table counted them at register."""
-    sections = store.read("sections", columns=["sample_id", "section_id", "n_spots", "has_counts"]).to_pylist()
+    sections = store.read("sections",
+                          columns=["sample_id", "section_id", "n_spots", "has_counts"]).to_pylist()
     spots = store.read("spots", key=sample_id, columns=["section_id", "is_virtual"]).to_pylist()
     measured = Counter(r["section_id"] for r in spots if not r["is_virtual"])
     for row in sections:
         if (row["sample_id"] == sample_id and row["has_counts"]
                 and measured.get(row["section_id"], 0) != row["n_spots"]):
-            problems.append(f"{store.layout.table('spots', sample_id)}: section {row['section_id']} has "
-                            f"{measured.get(row['section_id'], 0)} measured spots, the sections table says "
-                            f"{row['n_spots']}; {_REINGEST}")
+            problems.append(f"{store.layout.table('spots', sample_id)}: section "
+                            f"{row['section_id']} has "
+                            f"{measured.get(row['section_id'], 0)} measured spots, the sections "
+                            f"table says {row['n_spots']}; {_REINGEST}")
 
 
-def _check_embeddings(store: Store, sample_id: str, vec: Any, encoder: str, dim: Any, spot_ids: set[str],
-                      tile_ids: set[str] | None, report: CheckReport) -> None:
-    index = store.read("embeddings", key=sample_id, columns=["section_id", "encoder", "level", "id"]).to_pylist()
+def _check_embeddings(store: Store, sample_id: str, vec: Any, encoder: str, dim: Any,
+                      spot_ids: set[str], tile_ids: set[str] | None, report: CheckReport) -> None:
+    index = store.read("embeddings", key=sample_id,
+                       columns=["section_id", "encoder", "level", "id"]).to_pylist()
     path = store.layout.table("embeddings", sample_id)
     other = {r["encoder"] for r in index} - {encoder}
     if other:
-        report.problems.append(f"{path}: rows of encoder(s) {sorted(other)}, but the manifest records "
-                               f"embeddings of {encoder!r}; {_REINGEST}")
+        report.problems.append(f"{path}: rows of encoder(s) {sorted(other)}, but the manifest "
+                               f"records embeddings of {encoder!r}; {_REINGEST}")
     rows = [r for r in index if r["encoder"] == encoder]
     missing, wrong_size, non_finite = [], [], []
     want_bytes = 2 * int(dim) if dim else None
@@ -338,45 +353,49 @@ def _check_embeddings(store: Store, sample_id: str, vec: Any, encoder: str, dim:
                 non_finite.append(r)
     if missing:
         r = missing[0]
-        report.problems.append(f"{vec.path}: {len(missing)} of {len(rows)} embeddings listed in {path} are missing "
+        report.problems.append(f"{vec.path}: {len(missing)} of {len(rows)} embeddings listed in "
+                               f"{path} are missing "
                                f"(e.g. emb/{encoder}/{r['level']}/{r['id']}); {_REINGEST}")
     if wrong_size:
         r = wrong_size[0]
-        report.problems.append(f"{vec.path}: {len(wrong_size)} embeddings of sample {sample_id} are not {dim} "
+        report.problems.append(f"{vec.path}: {len(wrong_size)} embeddings of sample {sample_id} "
+                               f"are not {dim} "
                                f"float16 values (e.g. emb/{encoder}/{r['level']}/{r['id']})")
     if non_finite:
         r = non_finite[0]
-        report.problems.append(f"{vec.path}: {len(non_finite)} embeddings of sample {sample_id} hold NaN/inf "
-                               f"(first in section {r['section_id']}: emb/{encoder}/{r['level']}/{r['id']}); "
-                               f"{_REINGEST}")
+        report.problems.append(f"{vec.path}: {len(non_finite)} embeddings of sample {sample_id} "
+                               f"hold NaN/inf (first in section {r['section_id']}: "
+                               f"emb/{encoder}/{r['level']}/{r['id']}); {_REINGEST}")
     unknown_spots = {r["id"] for r in rows if r["level"] == "spot"} - spot_ids
     if unknown_spots:
-        report.problems.append(f"{path}: {len(unknown_spots)} spot embeddings of spots not in the spots table "
-                               f"(e.g. {_first(unknown_spots)})")
+        report.problems.append(f"{path}: {len(unknown_spots)} spot embeddings of spots not in the "
+                               f"spots table (e.g. {_first(unknown_spots)})")
     if tile_ids is not None:
         unknown_tiles = {r["id"] for r in rows if r["level"] != "spot"} - tile_ids
         if unknown_tiles:
-            report.problems.append(f"{path}: {len(unknown_tiles)} tile embeddings of tiles not in the tiles table "
-                                   f"(e.g. {_first(unknown_tiles)})")
+            report.problems.append(f"{path}: {len(unknown_tiles)} tile embeddings of tiles not in "
+                                   f"the tiles table (e.g. {_first(unknown_tiles)})")
     # entry counts per section and level: LMDB keys are emb/ENCODER/LEVEL/SECTION/...
     listed = Counter((r["level"], r["section_id"]) for r in rows)
     for (level, section), n in sorted(listed.items()):
         held = vec.count_embeddings(encoder, level, f"{section}/")
         if held > n:
-            report.notes.append(f"{vec.path}: {held - n} {level} embeddings of section {section} are not listed in "
+            report.notes.append(f"{vec.path}: {held - n} {level} embeddings of section {section} "
+                                "are not listed in "
                                 f"{path} (stale entries of an earlier ingest; harmless)")
 
 
 def _check_edges(store: Store, sample_id: str, spot_ids: set[str], problems: list[str]) -> None:
-    edges = store.read("edges", key=sample_id, columns=["src_spot_id", "dst_spot_id", "kind", "weight"])
+    edges = store.read("edges", key=sample_id,
+                       columns=["src_spot_id", "dst_spot_id", "kind", "weight"])
     path = store.layout.table("edges", sample_id)
     src = set(edges.column("src_spot_id").to_pylist())
     dst = set(edges.column("dst_spot_id").to_pylist())
     for end, ids in (("source", src), ("destination", dst)):
         dangling = ids - spot_ids
         if dangling:
-            problems.append(f"{path}: {len(dangling)} edge {end} endpoints are not spots of sample {sample_id} "
-                            f"(e.g. {_first(dangling)}); {_REINGEST}")
+            problems.append(f"{path}: {len(dangling)} edge {end} endpoints are not spots of sample "
+                            f"{sample_id} (e.g. {_first(dangling)}); {_REINGEST}")
     kinds = set(edges.column("kind").to_pylist()) - set(EDGE_KINDS)
     if kinds:
         problems.append(f"{path}: unknown edge kinds {sorted(kinds)}")

@@ -47,5 +47,7 @@ class Checkpoint:
             return torch.load(self.path, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
             first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-            raise StoreError(f"checkpoint refused: not plain tensors and data ({first})", path=self.path,
-                             fix="delete the file and re-run without --resume (it is re-created)") from err
+            raise StoreError(f"checkpoint refused: not plain tensors and data ({first})",
+                             path=self.path,
+                             fix="delete the file and re-run without --resume (it is "
+                                 "re-created)") from err

@@ -89,7 +89,8 @@ def encode_vector(vector: np.ndarray) -> bytes:
     """One embedding as stored: ``dim`` float16 values, native byte order."""
     vector = np.asarray(vector)
     if vector.dtype != VECTOR_DTYPE or vector.ndim != 1:
-        raise ConfigError(f"an embedding must be a 1-D float16 vector, got {vector.shape} {vector.dtype}")
+        raise ConfigError(f"an embedding must be a 1-D float16 vector, got {vector.shape} "
+                          f"{vector.dtype}")
     return vector.tobytes()
 
 

@@ -28,7 +28,8 @@ class EmbeddingInfo:
     region_px: int | None = None
     global_px: int | None = None
     standardisation: str | None = None  # how features were z-scored at ingest, if they were
-    standardised: dict[str, dict[str, Any]] | None = None  # per sample: reference section, stats hash
+    # per sample: reference section, stats hash
+    standardised: dict[str, dict[str, Any]] | None = None
     parts: list[dict[str, Any]] | None = None  # a concatenated encoder's parts
     extra: dict[str, Any] = field(default_factory=dict)
     nulls: frozenset[str] = field(default=frozenset(), repr=False)  # fields recorded as null
@@ -38,8 +39,8 @@ class EmbeddingInfo:
         names = {f.name for f in dataclasses.fields(cls)} - {"extra", "nulls"}
         known = {k: v for k, v in record.items() if k in names}
         extra = {k: v for k, v in record.items() if k not in names}
-        return cls(**{**known, "encoder": str(record["encoder"]), "dim": int(record["dim"])}, extra=extra,
-                   nulls=frozenset(k for k, v in known.items() if v is None))
+        return cls(**{**known, "encoder": str(record["encoder"]), "dim": int(record["dim"])},
+                   extra=extra, nulls=frozenset(k for k, v in known.items() if v is None))
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest record: unset (None) fields are left out unless recorded as null."""

@@ -10,7 +10,8 @@ from pathlib import Path
 # (ingest) or per run (train). Partitioning is what lets samples be re-ingested and runs be
 # written concurrently without a single-writer lock.
 GLOBAL_TABLES = ("sections", "genes")
-SAMPLE_TABLES = ("spots", "labels", "transforms", "warps", "tiles", "spot_tiles", "embeddings", "edges")
+SAMPLE_TABLES = ("spots", "labels", "transforms", "warps", "tiles", "spot_tiles", "embeddings",
+                 "edges")
 RUN_TABLES = ("runs", "metrics", "predictions")
 # The per-sample tables each ingest step writes (register also writes sections and genes).
 # align writes no transforms for samples with precomputed aligned coordinates.

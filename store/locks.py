@@ -54,7 +54,8 @@ def _open(path: Path, *, create: bool) -> int | None:
         return None
     except OSError as err:
         raise StoreError(f"cannot open lock file ({err.strerror})", path=path,
-                         fix="check the store's permissions; lock files must be regular files") from err
+                         fix="check the store's permissions; lock files must be regular "
+                             "files") from err
 
 
 def holder_info() -> dict[str, Any]:

@@ -38,7 +38,8 @@ def load_manifest(path: Path) -> dict[str, Any]:
         raise StoreError(f"manifest is corrupt ({err})", path=path,
                          fix="restore it or re-create the store with `asign ingest`") from err
     if data.get("format") != STORE_FORMAT:
-        raise StoreError("not an asign store", path=path, fix="point --store at a directory made by `asign ingest`")
+        raise StoreError("not an asign store", path=path,
+                         fix="point --store at a directory made by `asign ingest`")
     version = int(data.get("schema_version", -1))
     if version > SCHEMA_VERSION:
         raise SchemaVersionError(
@@ -51,7 +52,8 @@ def save_manifest(path: Path, manifest: dict[str, Any]) -> None:
     write_bytes(path, json.dumps(manifest, indent=1, sort_keys=True, default=str).encode())
 
 
-def table_record(layout: StoreLayout, previous: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+def table_record(layout: StoreLayout,
+                 previous: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """``{relative path: {sha256, bytes, mtime_ns}}`` of every ingest table, saved in the
     manifest with each finished step. A table that does not match it was written after the
     last finished step (an interrupted ingest) or edited. The hash of a file whose size and
@@ -71,12 +73,14 @@ def table_record(layout: StoreLayout, previous: dict[str, Any] | None = None) ->
     return out
 
 
-def table_problem(layout: StoreLayout, rel: str, entry: dict[str, Any] | None, *, full: bool = True) -> str | None:
+def table_problem(layout: StoreLayout, rel: str, entry: dict[str, Any] | None, *,
+                  full: bool = True) -> str | None:
     """Why a table file does not match its manifest entry (None when it does). ``full``
     re-hashes the file; otherwise an unchanged size and mtime count as a match."""
     path = layout.root / rel
     if entry is None:
-        return "not recorded in the manifest (written by an interrupted ingest?)" if path.exists() else None
+        return ("not recorded in the manifest (written by an interrupted ingest?)"
+                if path.exists() else None)
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -84,7 +88,8 @@ def table_problem(layout: StoreLayout, rel: str, entry: dict[str, Any] | None, *
     if not full and st.st_size == entry.get("bytes") and st.st_mtime_ns == entry.get("mtime_ns"):
         return None
     if file_sha256(path) != entry.get("sha256"):
-        return "content does not match the sha256 in the manifest (edited, or written by an interrupted ingest)"
+        return ("content does not match the sha256 in the manifest (edited, or written by an "
+                "interrupted ingest)")
     return None
 
 

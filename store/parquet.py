@@ -23,7 +23,8 @@ def conform(table: pa.Table | dict, name: str) -> pa.Table:
             raise ValueError(f"table {name} misses columns {missing}")
         # a nullable column added to a schema later is null where a writer does not give it
         n = len(next(iter(table.values()))) if table else 0
-        return pa.table({f.name: pa.array(table[f.name] if f.name in table else [None] * n, type=f.type)
+        return pa.table({f.name: pa.array(table[f.name] if f.name in table else [None] * n,
+                                          type=f.type)
                          for f in schema}, schema=schema)
     return table.select(schema.names).cast(schema)
 
@@ -85,7 +86,8 @@ def read_table(path: Path, columns: list[str] | None = None,
     name = meta.get(b"asign.table", b"").decode()
     if name in TABLES and int(meta.get(b"asign.schema_version", SCHEMA_VERSION)) < SCHEMA_VERSION:
         have = set(pf.schema_arrow.names)  # an older file: read what it has, add the rest
-        return upgrade(pf.read(columns=None if columns is None else [c for c in columns if c in have]),
+        return upgrade(pf.read(columns=None if columns is None
+                               else [c for c in columns if c in have]),
                        name, columns)
     return pf.read(columns=columns)
 
@@ -100,7 +102,8 @@ def _open(path: Path) -> pq.ParquetFile:
         return pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as err:
         raise StoreError(f"table is corrupt ({err})", path=path,
-                         fix="delete the file and re-run `asign ingest` (it re-creates missing tables)") from err
+                         fix="delete the file and re-run `asign ingest` (it re-creates missing "
+                             "tables)") from err
 
 
 def _vet(pf: pq.ParquetFile, path: Path, check_rows: Callable[[int], bool | None] | None,

@@ -72,7 +72,8 @@ def connect(layout: StoreLayout, spill_dir: Path | None = None,
         con.execute(f"SET memory_limit = {_literal(memory_limit or default_memory_limit())}")
         for name in VIEWS:
             files, broken = [], []
-            for f in sorted(p for p in _glob.glob(layout.table_glob(name)) if not Path(p).name.startswith(".")):
+            for f in sorted(p for p in _glob.glob(layout.table_glob(name))
+                            if not Path(p).name.startswith(".")):
                 try:
                     if _vetted(layout, name, Path(f), cache):  # False: removed since listed
                         files.append(f)
@@ -181,8 +182,8 @@ def _footer(path: Path) -> Any:
         return None
     except (pa.ArrowInvalid, OSError) as err:
         raise StoreError(f"table is corrupt ({err})", path=path,
-                         fix="run `asign check` for the list of problems; delete the file and re-run the "
-                             "command that wrote it") from err
+                         fix="run `asign check` for the list of problems; delete the file and "
+                             "re-run the command that wrote it") from err
 
 
 def refuse_writes(sql: str, layout: StoreLayout) -> None:

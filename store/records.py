@@ -37,7 +37,8 @@ def load(path: Path) -> dict[str, list[dict[str, Any]]]:
         return {}
     except (OSError, ValueError) as err:
         raise StoreError(f"write record is corrupt ({err})", path=path,
-                         fix="run `asign check`; re-run the command that wrote the tables it lists") from err
+                         fix="run `asign check`; re-run the command that wrote the tables it "
+                             "lists") from err
     return data if isinstance(data, dict) else {}
 
 
@@ -149,7 +150,8 @@ def check_rows(layout: StoreLayout, name: str, key: str | None, path: Path, clai
     if claimed not in allowed:
         raise StoreError(f"table claims {claimed} rows, {'/'.join(map(str, sorted(allowed)))} were "
                          "recorded when asign wrote it (replaced or forged); not read", path=path,
-                         fix="run `asign check`; delete the file and re-run the command that wrote it")
+                         fix="run `asign check`; delete the file and re-run the command that wrote "
+                             "it")
     return True
 
 
@@ -162,8 +164,8 @@ def problems(layout: StoreLayout, name: str, key: str | None, path: Path) -> str
         return "missing, although its write is recorded"
     digest = file_sha256(path)
     if all(e.get("sha256") != digest for e in entries):
-        return ("content does not match the sha256 recorded when asign wrote it (rewritten or forged "
-                "outside asign)")
+        return ("content does not match the sha256 recorded when asign wrote it (rewritten or "
+                "forged outside asign)")
     return None
 
 

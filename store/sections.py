@@ -17,7 +17,8 @@ def has_coords(sections: pd.DataFrame) -> pd.Series:
     """Aligned x_um, y_um came with the input (aligned elsewhere, e.g. with PASTE)."""
     if "has_coords" not in sections:
         return pd.Series(False, index=sections.index)
-    return sections["has_coords"].map(lambda v: bool(v) if v is not None and v == v else False).astype(bool)
+    return sections["has_coords"].map(lambda v: bool(v) if v is not None and v == v
+                                      else False).astype(bool)
 
 
 def placed(sections: pd.DataFrame) -> pd.Series:

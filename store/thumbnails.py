@@ -39,11 +39,13 @@ class Thumbnail:
                              fix="re-run `asign ingest --steps align` for its sample") from err
 
 
-def section_thumbnail(layout: StoreLayout, align: dict[str, Any], section_id: str) -> Thumbnail | None:
+def section_thumbnail(layout: StoreLayout, align: dict[str, Any],
+                      section_id: str) -> Thumbnail | None:
     """The finest thumbnail a section has: align's ≤ 4 µm/px one, else the 11 µm/px
     registration thumbnail (stores aligned before fine thumbnails existed); ``align`` is the
     sample's align step record in the manifest."""
-    for path, scales in ((layout.fine_thumbnail(section_id), align.get("fine_thumb_downsample", {})),
+    for path, scales in ((layout.fine_thumbnail(section_id),
+                          align.get("fine_thumb_downsample", {})),
                          (layout.thumbnail(section_id), align.get("thumb_downsample", {}))):
         downsample = scales.get(section_id)
         if path.exists() and downsample:

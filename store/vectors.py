@@ -166,9 +166,10 @@ class Vectors:
             from asign.store.atomic import disk_full
 
             if disk_full(self.path):  # LMDB reports a full disk as an I/O error
-                raise StoreError("no space left on device while writing embeddings/patches", path=self.path,
-                                 fix="free disk space or point --store at a larger disk, then re-run "
-                                     "(committed batches are kept)") from err
+                raise StoreError("no space left on device while writing embeddings/patches",
+                                 path=self.path,
+                                 fix="free disk space or point --store at a larger disk, then "
+                                     "re-run (committed batches are kept)") from err
             raise StoreError(f"LMDB write failed ({err})", path=self.path,
                              fix="check free disk space and permissions, then re-run") from err
 
@@ -182,15 +183,15 @@ class Vectors:
             return txn.get(key) is not None
 
     # typed access ---------------------------------------------------------
-    def put(self, *, patches: Iterable[tuple[str, bytes]] = (), embeddings: Iterable[EmbeddingRows] = (),
-            done: Iterable[Sequence[str]] = ()) -> None:
+    def put(self, *, patches: Iterable[tuple[str, bytes]] = (),
+            embeddings: Iterable[EmbeddingRows] = (), done: Iterable[Sequence[str]] = ()) -> None:
         """One transaction: spot patches (``(spot_id, encoded bytes)``, ``codecs.encode_patch``),
         embeddings, and the done markers of the work they finish: all land, or none do."""
         items = [(_patch_key(spot_id), bytes(blob)) for spot_id, blob in patches]
         for rows in embeddings:
             if len(rows.ids) != len(rows.vectors):
-                raise StoreError(f"{len(rows.ids)} ids for {len(rows.vectors)} {rows.level} embeddings",
-                                 path=self.path)
+                raise StoreError(f"{len(rows.ids)} ids for {len(rows.vectors)} {rows.level} "
+                                 "embeddings", path=self.path)
             items += [(_emb_key(rows.encoder, rows.level, i), encode_vector(v))
                       for i, v in zip(rows.ids, rows.vectors, strict=True)]
         items += [(_done_key(*parts), b"1") for parts in done]
@@ -207,8 +208,10 @@ class Vectors:
             for i, item_id in enumerate(ids):
                 value = txn.get(_emb_key(encoder, level, item_id))
                 if value is None:
-                    raise StoreError(f"embedding emb/{encoder}/{level}/{item_id} missing", path=self.path,
-                                     fix="re-run `asign ingest --steps embed` to complete the store")
+                    raise StoreError(f"embedding emb/{encoder}/{level}/{item_id} missing",
+                                     path=self.path,
+                                     fix="re-run `asign ingest --steps embed` to complete the "
+                                         "store")
                 out[i] = decode_vector(value, dim)
         return out
 

@@ -104,7 +104,8 @@ def make_toy_store(
                 feats[sid] = emb[i]
                 layer_of[sid] = z
                 xy_of[sid] = xy[i]
-                vectors.append(EmbeddingRows(TOY_ENCODER, "spot", [sid], emb[i : i + 1].astype(np.float16)))
+                vectors.append(EmbeddingRows(TOY_ENCODER, "spot", [sid],
+                                             emb[i : i + 1].astype(np.float16)))
                 emb_rows.append(
                     dict(
                         sample_id=sample_id,
@@ -153,7 +154,8 @@ def make_toy_store(
                                 size_px=int(size),
                             )
                         )
-                        vectors.append(EmbeddingRows(TOY_ENCODER, level, [tid], tv[None].astype(np.float16)))
+                        vectors.append(EmbeddingRows(TOY_ENCODER, level, [tid],
+                                                     tv[None].astype(np.float16)))
                         emb_rows.append(
                             dict(
                                 sample_id=sample_id,
@@ -203,7 +205,8 @@ def make_toy_store(
 
         # graph: the real builder, as the graph step runs it (k_same 6, top 4 cross-layer)
         ids_all = np.array([r["spot_id"] for r in spot_rows], dtype=object)
-        graph = build_graph(np.array([xy_of[s] for s in ids_all]), np.array([layer_of[s] for s in ids_all]),
+        graph = build_graph(np.array([xy_of[s] for s in ids_all]),
+                            np.array([layer_of[s] for s in ids_all]),
                             np.array([feats[s] for s in ids_all]), radius_um=diameter / 2,
                             k_same=6, top_k_cross=4)
 
@@ -222,7 +225,8 @@ def make_toy_store(
     with store.vectors(readonly=False) as vec:
         vec.put(embeddings=vectors)
     manifest = store.manifest()
-    store.record_embedding_info(manifest, EmbeddingInfo(TOY_ENCODER, dim, extra={"weights": "random"}))
+    store.record_embedding_info(manifest,
+                                EmbeddingInfo(TOY_ENCODER, dim, extra={"weights": "random"}))
     manifest["params"]["labels"] = {"normalisation": "log_ratio", "n_genes": n_genes}
     manifest["steps"] = {s: {"graph": {"fingerprint": f"toy-{seed}-{s}"}} for s, _, _ in plan}
     store.save_manifest(manifest)

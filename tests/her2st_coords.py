@@ -18,7 +18,8 @@ GENES = ("ERBB2", "MDK", "FASN", "GNAS", "SCD", "CD74", "KRT19", "ACTB", "MUCL1"
 
 def aligned_spots(section: str) -> pd.DataFrame:
     """spot_id (array ``XxY``, the counts' row names), pixel_x/y and the authors' x_um, y_um."""
-    a = pd.read_csv(HER2ST / "ST-aligned" / f"{section}-cluster-annotation.tsv.gz", sep="\t", index_col=0)
+    a = pd.read_csv(HER2ST / "ST-aligned" / f"{section}-cluster-annotation.tsv.gz", sep="\t",
+                    index_col=0)
     ids = a["x"].astype(int).astype(str) + "x" + a["y"].astype(int).astype(str)
     return pd.DataFrame({"spot_id": ids.to_numpy(), "pixel_x": a["pixel_x"].to_numpy(),
                          "pixel_y": a["pixel_y"].to_numpy(),
@@ -64,7 +65,8 @@ def section_xy_labels(sec: str) -> tuple[np.ndarray, np.ndarray]:
     return spots[["x_um", "y_um"]].to_numpy(), np.log(x / x.sum(axis=1, keepdims=True))
 
 
-def inline_idw_pcc_gene(sections: tuple[str, ...] = SECTIONS, known: str = "C1", k: int = 8) -> dict[str, float]:
+def inline_idw_pcc_gene(sections: tuple[str, ...] = SECTIONS, known: str = "C1",
+                        k: int = 8) -> dict[str, float]:
     """Per hidden section, the per-gene PCC of IDW from the known section, computed here in
     plain numpy (brute-force distances): weights 1/d of the k nearest known spots, labels
     ln((c+1)/Σ_panel(c+1)) over the panel ``GENES``, genes constant on a section skipped."""

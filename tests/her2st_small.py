@@ -25,7 +25,8 @@ def make_small_her2st(dst: Path, sections: tuple[str, ...] = ("C2", "C3", "C4"),
     first = pd.read_csv(HER2ST / "ST-cnts" / f"{sections[0]}.tsv.gz", sep="\t", index_col=0)
     genes = first.sum(axis=0).sort_values(ascending=False).index[:n_genes]
     for s in names:
-        counts = first if s == sections[0] else pd.read_csv(HER2ST / "ST-cnts" / f"{s}.tsv.gz", sep="\t", index_col=0)
+        counts = first if s == sections[0] else pd.read_csv(HER2ST / "ST-cnts" / f"{s}.tsv.gz",
+                                                            sep="\t", index_col=0)
         keep = [g for g in genes if g in counts.columns]
         with gzip.open(dst / "ST-cnts" / f"{s}.tsv.gz", "wt") as fh:
             counts[keep].to_csv(fh, sep="\t")

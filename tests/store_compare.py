@@ -56,13 +56,15 @@ def assert_same_store(expected: Path, actual: Path) -> None:
             from pandas.testing import assert_frame_equal
 
             assert_frame_equal(pq.read_table(Path(expected) / rel).to_pandas(),
-                               pq.read_table(Path(actual) / rel).to_pandas(), rtol=0, atol=0, obj=rel)
+                               pq.read_table(Path(actual) / rel).to_pandas(), rtol=0, atol=0,
+                               obj=rel)
     assert not differ, f"files with other bytes: {differ}"
 
     ea, eb = lmdb_entries(expected), lmdb_entries(actual)
     assert ea, f"no LMDB entries in {expected}"
-    assert sorted(eb) == sorted(ea), (f"LMDB keys only in {actual}: {sorted(set(eb) - set(ea))[:5]}; "
-                                      f"only in {expected}: {sorted(set(ea) - set(eb))[:5]}")
+    assert sorted(eb) == sorted(ea), (
+        f"LMDB keys only in {actual}: {sorted(set(eb) - set(ea))[:5]}; "
+        f"only in {expected}: {sorted(set(ea) - set(eb))[:5]}")
     bad = [k for k in ea if ea[k] != eb[k]]
     assert not bad, f"{len(bad)} LMDB entries with other bytes, e.g. {bad[:3]}"
 

@@ -82,7 +82,8 @@ def write(path: Path) -> None:
 
 
 def differences(lock: dict[str, str], env: dict[str, str]) -> list[str]:
-    problems = [f"{n}: lock {v}, installed {env[n]}" for n, v in lock.items() if n in env and env[n] != v]
+    problems = [f"{n}: lock {v}, installed {env[n]}"
+                for n, v in lock.items() if n in env and env[n] != v]
     problems += [f"{n}=={v}: in the lock, not installed" for n, v in lock.items() if n not in env]
     problems += [f"{n}=={v}: installed, not in the lock" for n, v in env.items() if n not in lock]
     return sorted(problems)

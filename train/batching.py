@@ -302,8 +302,9 @@ def _blocks(task: GraphTask, plan: BatchPlan) -> list[np.ndarray]:
     return task.cache[key]
 
 
-def training_parts(plan: BatchPlan, model: Network, task: GraphTask, inputs: GraphInputs, known: np.ndarray,
-                   hidden: np.ndarray, rng: np.random.Generator) -> Iterator[Part]:
+def training_parts(plan: BatchPlan, model: Network, task: GraphTask, inputs: GraphInputs,
+                   known: np.ndarray, hidden: np.ndarray,
+                   rng: np.random.Generator) -> Iterator[Part]:
     """The steps of one graph in one epoch: the whole graph (``inputs`` as given) at or
     below the plan's threshold, else one :class:`Part` per block that holds training
     spots, in an order drawn from ``rng``, each built when it is needed (one block's
@@ -366,7 +367,8 @@ def subset_task(task: GraphTask, inputs: GraphInputs, sub: Subgraph) -> GraphTas
 # --------------------------------------------------------------------------- inference
 
 
-def infer(plan: BatchPlan, model: Network, task: GraphTask, inputs: GraphInputs, known: Any | None) -> ModelOutput:
+def infer(plan: BatchPlan, model: Network, task: GraphTask, inputs: GraphInputs,
+          known: Any | None) -> ModelOutput:
     """The model's whole-graph output on ``inputs`` (the task's, or live fine-tuned ones)
     without autograd: one forward at or below the plan's threshold, else MSAGNet block by
     block and the CLI on the whole graph. ``known``: (N,) bool tensor of the spots the CLI

@@ -5,8 +5,9 @@ Only placed sections enter a sample: imaged sections (aligned by ingest) and sec
 aligned coordinates came with the input. A section with neither cannot be put in the
 sample's frame (her2st C1 is such a section). Spots of sections without an image have no
 features (zero rows, ``has_feature`` False): only models that need no image use them.
-Spots are ordered by section z, then as stored. ``labels`` holds the ground truth of every labelled spot: training code never
-reads it directly but goes through :func:`asign.train.protocol.visible_labels`.
+Spots are ordered by section z, then as stored. ``labels`` holds the ground truth of every
+labelled spot: training code never reads it directly but goes through
+:func:`asign.train.protocol.visible_labels`.
 """
 
 from __future__ import annotations
@@ -113,7 +114,8 @@ def load_sample(store: Store, sample_id: str, *, encoder: str | None = None,
         raise StoreError(f"sample {sample_id} has no placed section in the store",
                          path=store.root, fix="check --samples, or re-run `asign ingest`")
     sections = tuple(sec["section_id"].astype(str))
-    imaged = set(sec["section_id"][sec["has_image"].astype(bool)].astype(str)) if features else set()
+    imaged = (set(sec["section_id"][sec["has_image"].astype(bool)].astype(str)) if features
+              else set())
     enc, dim = embedding_params(store, encoder) if imaged else ("", 1)
 
     spots = store.read("spots", key=sample_id).to_pandas()
@@ -141,7 +143,8 @@ def load_sample(store: Store, sample_id: str, *, encoder: str | None = None,
         src = dst = np.zeros(0, dtype=np.int64)
         weight, cross = np.zeros(0, dtype=np.float32), np.zeros(0, dtype=bool)
     if not np.isfinite(weight).all():
-        raise StoreError(f"{int((~np.isfinite(weight)).sum())} edge weights of sample {sample_id} are NaN/inf",
+        raise StoreError(f"{int((~np.isfinite(weight)).sum())} edge weights of sample {sample_id} "
+                         "are NaN/inf",
                          path=store.layout.table("edges", sample_id),
                          fix="re-run `asign ingest --steps graph` for this sample")
     has_feature = spots["section_id"].isin(imaged).to_numpy()
@@ -153,7 +156,8 @@ def load_sample(store: Store, sample_id: str, *, encoder: str | None = None,
     else:
         with store.vectors(readonly=True) as vec:
             featured = list(spot_ids[has_feature])
-            if has_feature.all():  # the usual case: one (N, D) array, no copy (200k × 1024 is 400 MB)
+            # the usual case: one (N, D) array, no copy (200k × 1024 is 400 MB)
+            if has_feature.all():
                 spot_feat = vec.embeddings(enc, "spot", featured, dim)
             else:
                 spot_feat = np.zeros((n, dim), dtype=np.float16)
@@ -180,7 +184,8 @@ def _rows_of(ids: Any, index: dict[str, int]) -> np.ndarray:
     return np.where(found >= 0, rows[found], -1)
 
 
-def _require_finite_features(store: Store, sample_id: str, sections: tuple[str, ...], section: np.ndarray,
+def _require_finite_features(store: Store, sample_id: str, sections: tuple[str, ...],
+                             section: np.ndarray,
                              spot_feat: np.ndarray, tokens: dict[str, np.ndarray],
                              tile_feat: dict[str, np.ndarray]) -> None:
     """A NaN/inf embedding would turn every prediction it reaches into NaN: stop, naming
@@ -195,10 +200,11 @@ def _require_finite_features(store: Store, sample_id: str, sections: tuple[str, 
     for level, bad in levels.items():
         if bad.any():
             first = sections[int(section[np.flatnonzero(bad)[0]])]
-            raise StoreError(f"section {first}: {int(bad.sum())} spots have non-finite (NaN/inf) {level} "
-                             f"embeddings in sample {sample_id}; training stopped",
+            raise StoreError(f"section {first}: {int(bad.sum())} spots have non-finite (NaN/inf) "
+                             f"{level} embeddings in sample {sample_id}; training stopped",
                              path=store.layout.vectors,
-                             fix=f"re-run `asign ingest --steps embed,graph --samples {sample_id}` (check the weights)")
+                             fix=f"re-run `asign ingest --steps embed,graph --samples {sample_id}` "
+                                 "(check the weights)")
 
 
 def _labels(
@@ -226,8 +232,9 @@ def _labels(
     bad = ok & np.isinf(flat).any(axis=1)
     if bad.any():
         first = sections[int(section[rows[np.flatnonzero(bad)[0]]])]
-        raise StoreError(f"section {first}: {int(bad.sum())} label vectors of sample {sample_id} contain NaN/inf; "
-                         "training stopped", path=store.layout.table("labels", sample_id),
+        raise StoreError(f"section {first}: {int(bad.sum())} label vectors of sample {sample_id} "
+                         "contain NaN/inf; training stopped",
+                         path=store.layout.table("labels", sample_id),
                          fix="re-run `asign ingest --steps register`")
     labels[rows[ok]] = flat[ok]
     has[rows[ok]] = True
@@ -238,9 +245,11 @@ def _edges(
     store: Store, sample_id: str, index: dict[str, int], known_ids: set[str]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     if not store.has("edges", sample_id):
-        raise StoreError(f"sample {sample_id} has no graph", path=store.layout.table("edges", sample_id),
+        raise StoreError(f"sample {sample_id} has no graph",
+                         path=store.layout.table("edges", sample_id),
                          fix="run `asign ingest --steps graph` for this sample")
-    tab = store.read("edges", key=sample_id, columns=["src_spot_id", "dst_spot_id", "kind", "weight"])
+    tab = store.read("edges", key=sample_id,
+                     columns=["src_spot_id", "dst_spot_id", "kind", "weight"])
     src = _rows_of(tab.column("src_spot_id"), index)
     dst = _rows_of(tab.column("dst_spot_id"), index)
     ok = (src >= 0) & (dst >= 0)

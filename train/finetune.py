@@ -60,11 +60,11 @@ class EncoderRecipe:
             raise ConfigError(f"--finetune-spot-encoder rebuilds the store's encoder {name!r}, "
                               f"not {encoder!r}", fix=f"drop --encoder or pass {name}")
         if not info.is_network:
-            raise ConfigError(f"--finetune-spot-encoder needs a single network encoder; the store's "
-                              f"{name!r} is weight-free or z-scored at ingest",
+            raise ConfigError("--finetune-spot-encoder needs a single network encoder; the "
+                              f"store's {name!r} is weight-free or z-scored at ingest",
                               fix="ingest with --encoder effnet-lite0 or resnet50-l3 to fine-tune")
-        return cls(name, str(info.weights_kind or ""), info.weights_path, str(info.weights_sha256 or ""),
-                   int(info.seed))
+        return cls(name, str(info.weights_kind or ""), info.weights_path,
+                   str(info.weights_sha256 or ""), int(info.seed))
 
 
 def load_spot_encoder(recipe: EncoderRecipe, device: str) -> Any:
@@ -78,7 +78,8 @@ def load_spot_encoder(recipe: EncoderRecipe, device: str) -> Any:
                                  allow_download=False)
         if source.sha256 != recipe.weights_sha256:
             raise WeightsError("the encoder weights file changed since ingest "
-                               f"(sha256 {source.sha256[:12]}…, store {recipe.weights_sha256[:12]}…)",
+                               f"(sha256 {source.sha256[:12]}…, store "
+                               f"{recipe.weights_sha256[:12]}…)",
                                path=recipe.weights_path,
                                fix="restore the file the store was embedded with, or re-run "
                                    "`asign ingest --steps embed` with the new weights")

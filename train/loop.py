@@ -11,9 +11,9 @@ graph's visible spots is set aside. Those spots never enter training — not as 
 not as CLI inputs, not in region/global targets. After each epoch the CLI propagates from
 all other visible spots and the spot loss on the set-aside spots (of the test samples'
 graphs, when they have any: their known layer is the closest thing to what is scored) is
-the validation score; the weights of the best epoch are the run's model. (With a few hundred labelled spots the
-network otherwise memorises the training spots' embeddings, and the last epoch is rarely
-the best.) At test time the set-aside spots are ordinary known spots again.
+the validation score; the weights of the best epoch are the run's model. (With a few hundred
+labelled spots the network otherwise memorises the training spots' embeddings, and the last
+epoch is rarely the best.) At test time the set-aside spots are ordinary known spots again.
 """
 
 from __future__ import annotations
@@ -215,7 +215,8 @@ def make_optimizer(cfg: TrainConfig, model: Network) -> tuple[Any, Any]:
         # cosine decay of every group to lr_min_ratio × its initial rate (the paper: 1 %)
         floor = cfg.lr_min_ratio
         sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda e: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * e / max(cfg.epochs, 1))))
+            opt,
+            lambda e: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * e / max(cfg.epochs, 1))))
     else:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     return opt, sched
@@ -335,7 +336,8 @@ def fit(
     return state
 
 
-def validation_score(cfg: TrainConfig, model: Network, tasks: list[GraphTask], weights: Any) -> float:
+def validation_score(cfg: TrainConfig, model: Network, tasks: list[GraphTask],
+                     weights: Any) -> float:
     """Spot loss (the training loss's MSE and PCC terms) on the set-aside spots, the CLI
     propagating from every other training spot; mean over graphs that have such spots."""
     scores = []

@@ -1,8 +1,8 @@
 """`asign plan`: which section(s) to send for ST, from what exists before any is measured.
 
 Uses only images (spot embeddings), the alignment (aligned x, y) and the section order —
-no label enters a score, so it can be run before any section is measured. For a candidate known set K, every spot i of the other placed sections of the
-sample scores
+no label enters a score, so it can be run before any section is measured. For a candidate known set
+K, every spot i of the other placed sections of the sample scores
 
     support_i · match_i · DECAY ** (layers_i − 1)
 

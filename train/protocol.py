@@ -137,7 +137,8 @@ def resolve_knowns(sections: list[SectionInfo], known: str | int) -> tuple[str, 
             chosen.add(key)
         elif key in all_ids:
             raise ConfigError(f"--known {key}: section {key} of sample {sample} has no counts "
-                              "or is not placed", fix=f"use labelled, placed sections: {', '.join(sorted(ids))}")
+                              "or is not placed",
+                              fix=f"use labelled, placed sections: {', '.join(sorted(ids))}")
     if not chosen:
         raise ConfigError(f"--known {known} names no labelled, placed section of sample {sample}",
                           fix=f"use first|middle|last, one of z = {zs}, or a section id: "
@@ -198,7 +199,8 @@ def plan_folds(
         missing = [s for s in samples if s not in by_sample]
         if missing:
             raise ConfigError(f"samples not in the store: {', '.join(missing)}",
-                              fix="check --samples against `asign query \"SELECT * FROM sections\"`")
+                              fix="check --samples against "
+                                  "`asign query \"SELECT * FROM sections\"`")
 
     targets: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {}
     two_d: list[SamplePlan] = []
@@ -218,7 +220,8 @@ def plan_folds(
                 two_d.append(SamplePlan(sample_id, "train_2d", (sec,), (sec,)))
     if not targets:
         raise ConfigError("no sample to evaluate: a target sample needs ≥ 2 placed sections (an "
-                          "H&E image, or aligned x_um, y_um given with the input), one of them with counts",
+                          "H&E image, or aligned x_um, y_um given with the input), one of them "
+                          "with counts",
                           fix="ingest a multi-section sample, or check --samples/--extra-2d")
 
     fold_of = fold_of or dict.fromkeys(targets, 0)
@@ -283,7 +286,8 @@ def episode_rng(seed: int, epoch: int, graph: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, graph, 0x5EED])
 
 
-def tile_targets(own_tile: np.ndarray, y: np.ndarray, visible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def tile_targets(own_tile: np.ndarray, y: np.ndarray,
+                 visible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Region/global targets: per spot, the mean visible label of the spots whose own tile
     (rank 0) is its own tile; mask False where that tile holds no visible spot. Only the
     visible labels enter, so a test sample's targets come from its known layer alone."""

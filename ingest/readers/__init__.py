@@ -91,7 +91,8 @@ def read_samples(
         raise InputError(
             f"sample {', '.join(single)} has one section; asign needs ≥2 sections of one block",
             path=src,
-            fix="add sections, select other samples with --samples, or use it as extra 2D training data with --extra-2d",
+            fix="add sections, select other samples with --samples, or use it as extra 2D training "
+                "data with --extra-2d",
         )
     if not allow_single:
         _check_placed(out, src, reader)
@@ -101,7 +102,8 @@ def read_samples(
             other = owner.setdefault(section.section_id, sample.sample_id)
             if other != sample.sample_id:
                 raise InputError(
-                    f"section id {section.section_id} is used by samples {other} and {sample.sample_id}",
+                    f"section id {section.section_id} is used by samples {other} and "
+                    f"{sample.sample_id}",
                     path=src,
                     fix="give sections store-unique names (e.g. prefix them with the sample id)",
                 )

@@ -137,7 +137,8 @@ def _image(root: Path, patient: str, name: str) -> Path | None:
         raise ImageError(
             "image folder holds no image",
             path=folder,
-            fix="put the section's H&E (JPEG/TIFF/PNG) in this folder, or remove the folder to keep only its counts",
+            fix="put the section's H&E (JPEG/TIFF/PNG) in this folder, or remove the folder to "
+                "keep only its counts",
         )
     if len(images) > 1:
         raise ImageError(
@@ -209,7 +210,8 @@ def read_section(root: Path, name: str, patient: str) -> SectionInput:
     )
     if image is not None:
         check_spots_in_image(spots, image, example="barcode",
-                             fix="check that the image and the spot file belong to the same section")
+                             fix="check that the image and the spot file belong to the same "
+                                 "section")
     return SectionInput(
         sample_id=patient,
         section_id=name,
@@ -236,7 +238,8 @@ def _fill_um_per_px(sections: list[SectionInput], patient: str, root: Path) -> l
                 raise InputError(
                     f"section {s.section_id} has no spot file and no sibling to take µm/px from",
                     path=root / "ST-spotfiles",
-                    fix=f"add {s.section_id}{_SPOTS_SUFFIX} or ingest it with a manifest that gives um_per_px",
+                    fix=f"add {s.section_id}{_SPOTS_SUFFIX} or ingest it with a manifest that "
+                        "gives um_per_px",
                 )
             s = replace(s, um_per_px=float(np.median(known)))
         out.append(s)
@@ -261,7 +264,8 @@ def read(path: Path, samples: str | None = None,
 
 READER = Reader(
     name="her2st",
-    description="legacy ST layout (ST-cnts/, ST-spotfiles/, ST-imgs/) as in the public her2st release",
+    description="legacy ST layout (ST-cnts/, ST-spotfiles/, ST-imgs/) as in the public her2st "
+                "release",
     detect=detect,
     read=read,
     list_samples=list_samples,

@@ -236,8 +236,10 @@ def _read_section(row: dict[str, Any], manifest: Path) -> SectionInput:
                 fix="add px, py (image pixels) columns",
             )
         row = {**row, "um_per_px": um_per_px(image, row.get("um_per_px"))}
-        check_spots_in_image(spots, image, what=f"spot centre(s) of {spots_path.name}" if spots_path else "spot centre(s)",
-                             fix="check the image, the px/py columns (px = column) and um_per_px belong together")
+        what = f"spot centre(s) of {spots_path.name}" if spots_path else "spot centre(s)"
+        check_spots_in_image(spots, image, what=what,
+                             fix="check the image, the px/py columns (px = column) and um_per_px "
+                                 "belong together")
     return SectionInput(
         sample_id=row["sample"],
         section_id=section,
@@ -274,7 +276,8 @@ def _finish_geometry(
     if aligned and len(aligned) != len(sections):
         rest = [s.section_id for s in sections if not s.has_aligned_coords]
         raise InputError(
-            f"sample {sample}: sections {', '.join(aligned)} carry x_um, y_um but {', '.join(rest)} do not",
+            f"sample {sample}: sections {', '.join(aligned)} carry x_um, y_um but "
+            f"{', '.join(rest)} do not",
             path=manifest,
             fix="give aligned coordinates for every section of the sample, or for none",
         )
@@ -306,7 +309,8 @@ def read(path: Path, samples: str | None = None,
 
 READER = Reader(
     name="manifest",
-    description="a manifest.toml / manifest.csv listing per section its sample, z, image, counts and spots",
+    description="a manifest.toml / manifest.csv listing per section its sample, z, image, counts "
+                "and spots",
     detect=detect,
     read=read,
     list_samples=list_samples,

@@ -175,7 +175,8 @@ def _read_delimited(path: Path) -> tuple[list[str], list[str], sp.csr_matrix]:
                     block_rows = max(1, _CHUNK_VALUES // len(genes))
                 if n_fields != len(genes) + 1:
                     raise CountsError(
-                        f"line {lineno} has {n_fields} fields but the header names {len(genes)} genes",
+                        f"line {lineno} has {n_fields} fields but the header names {len(genes)} "
+                        "genes",
                         path=path,
                         fix="every row needs a spot id and one value per gene",
                     )
@@ -246,7 +247,8 @@ def match_counts_to_spots(
     if missing:
         shown = ", ".join(missing[:3])
         raise CountsError(
-            f"{len(missing)} spot id(s) in counts are absent from the spot table {spot_path} (e.g. {shown})",
+            f"{len(missing)} spot id(s) in counts are absent from the spot table {spot_path} (e.g. "
+            f"{shown})",
             path=table.path,
             fix="use the spot table that belongs to this counts file, or remove those rows",
         )

@@ -24,8 +24,9 @@ centre to centre: one array_col step is 50 µm, one array_row step 100·√3/2 �
 affine fit of pixel position on array position, because ``spot_diameter_fullres`` is
 documented inconsistently (55 vs 65 µm); it falls back to 55 µm / spot_diameter_fullres.
 
-Only in-tissue spots are kept; ``array_x, array_y`` are Space Ranger's array_col, array_row. Duplicate gene symbols are made unique as anndata does
-(``NAME``, ``NAME-1``, …), and only "Gene Expression" features are kept.
+Only in-tissue spots are kept; ``array_x, array_y`` are Space Ranger's array_col, array_row.
+Duplicate gene symbols are made unique as anndata does (``NAME``, ``NAME-1``, …), and only
+"Gene Expression" features are kept.
 """
 
 from __future__ import annotations
@@ -266,7 +267,8 @@ def read(path: Path, samples: str | None = None,
 
 READER = Reader(
     name="visium",
-    description="10x Visium: a sample folder of section folders, each a Space Ranger outs/ (or holding one)",
+    description="10x Visium: a sample folder of section folders, each a Space Ranger outs/ (or "
+                "holding one)",
     detect=detect,
     read=read,
     list_samples=list_samples,

@@ -17,5 +17,6 @@ def test_demo_end_to_end(tmp_path):
     # the synthetic expression is spatially smooth, so spatial interpolation must beat the mean
     assert rows[("idw", "pcc_spot")] > rows[("mean", "pcc_spot")]
     store = open_store(tmp_path / "demo" / "store")
-    assert store.query("select count(*) n from runs where status = 'done'").column("n")[0].as_py() == len(demo_models())
+    done = store.query("select count(*) n from runs where status = 'done'")
+    assert done.column("n")[0].as_py() == len(demo_models())
     assert store.query("select count(*) n from predictions").column("n")[0].as_py() > 0

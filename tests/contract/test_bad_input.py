@@ -46,7 +46,8 @@ def good(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("bad_input")
     src = make_small_her2st(root / "her2st", sections=("C2", "C3"), n_genes=8)
     registered, aligned = root / "registered", root / "aligned"
-    ingest_run(IngestConfig(sources=(src,), store=registered, samples="C", weights="random", steps=("register",)))
+    ingest_run(IngestConfig(sources=(src,), store=registered, samples="C", weights="random",
+                            steps=("register",)))
     shutil.copytree(registered, aligned)
     ingest_run(IngestConfig(sources=(src,), store=aligned, samples="C", weights="random",
                             steps=("register", "align")))
@@ -65,7 +66,8 @@ def store(good, tmp_path) -> Path:
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
 
 
 def cli(*args: str) -> tuple[int, str]:
@@ -76,7 +78,8 @@ def cli(*args: str) -> tuple[int, str]:
 def ingest_fails(src: Path, store: Path, *extra: str) -> str:
     """Run a failing ingest into ``store``; the store must be unchanged. Returns the error."""
     before = snapshot(store)
-    line = one_error(*cli("ingest", src, "--store", store, *ARGS, "--steps", "register,align", *extra))
+    line = one_error(*cli("ingest", src, "--store", store, *ARGS, "--steps", "register,align",
+                          *extra))
     assert snapshot(store) == before
     return line
 
@@ -162,7 +165,8 @@ def test_registration_that_fails_is_rejected_not_written(src, store, good):
 # --- counts and genes ----------------------------------------------------------------------
 
 @pytest.mark.parametrize(("bad", "expected"), [
-    ("duplicate", "duplicate spot id"), ("nan", "NaN"), ("negative", "negative"), ("fraction", "non-integer"),
+    ("duplicate", "duplicate spot id"), ("nan", "NaN"), ("negative", "negative"),
+    ("fraction", "non-integer"),
 ])
 def test_bad_counts(src, store, bad, expected):
     path, df = _counts(src, "C3")
@@ -179,15 +183,17 @@ def test_bad_counts(src, store, bad, expected):
 def test_absent_gene_in_the_requested_panel(src, store, tmp_path):
     _, df = _counts(src, "C2")
     line = ingest_fails(src, store, "--genes", f"{df.columns[0]},NOPE1")
-    assert line == (f"error: {src / 'ST-cnts' / 'C2.tsv.gz'}: requested gene(s) NOPE1 absent from section C2 "
-                    "Fix: check the spelling (gene symbols as in the counts header) or drop those genes")
+    assert line == (f"error: {src / 'ST-cnts' / 'C2.tsv.gz'}: requested gene(s) NOPE1 absent from "
+                    "section C2 Fix: check the spelling (gene symbols as in the counts header) or "
+                    "drop those genes")
     panel = tmp_path / "panel.txt"
     panel.write_text(f"# my panel\n{df.columns[1]}\nNOPE2\n")
-    assert "requested gene(s) NOPE2 absent from section C2" in ingest_fails(src, store, "--genes", panel)
+    line = ingest_fails(src, store, "--genes", panel)
+    assert "requested gene(s) NOPE2 absent from section C2" in line
     missing = tmp_path / "no-such-panel.txt"
     assert ingest_fails(src, store, "--genes", missing) == (
-        f"error: {missing}: gene list file not found Fix: give an existing file with one gene per line, "
-        "or comma-separated gene names")
+        f"error: {missing}: gene list file not found Fix: give an existing file with one gene per "
+        "line, or comma-separated gene names")
 
 
 def test_gene_panel_from_a_file(src, store, tmp_path):
@@ -196,8 +202,8 @@ def test_gene_panel_from_a_file(src, store, tmp_path):
     panel.write_text(f"{df.columns[3]}\n{df.columns[1]}, {df.columns[1]}\n")
     code, err = cli("ingest", src, "--store", store, *ARGS, "--steps", "register", "--genes", panel)
     assert code == 0, err
-    assert pq.read_table(store / "tables" / "genes.parquet").column("gene").to_pylist() == [df.columns[3],
-                                                                                         df.columns[1]]
+    genes = pq.read_table(store / "tables" / "genes.parquet").column("gene").to_pylist()
+    assert genes == [df.columns[3], df.columns[1]]
 
 
 # --- the store -----------------------------------------------------------------------------
@@ -222,8 +228,9 @@ def test_store_of_a_newer_schema_version(src, store):
     before = snapshot(store)
     for name, args in _every_command(src, store).items():
         line = one_error(*cli(*args))
-        assert line == (f"error: {store / 'manifest.json'}: store written by schema version {SCHEMA_VERSION + 1}, "
-                        f"this asign reads up to {SCHEMA_VERSION} Fix: upgrade asign to read this store"), name
+        assert line == (f"error: {store / 'manifest.json'}: store written by schema version "
+                        f"{SCHEMA_VERSION + 1}, this asign reads up to {SCHEMA_VERSION} "
+                        "Fix: upgrade asign to read this store"), name
         assert snapshot(store) == before, name
 
 
@@ -231,8 +238,8 @@ def test_table_of_a_newer_schema_version(src, store):
     path = store / "tables" / "sections.parquet"
     _bump_version(path)
     before = snapshot(store)
-    expected = (f"{path}: written by schema version {SCHEMA_VERSION + 1}, this asign reads up to {SCHEMA_VERSION} "
-                "Fix: upgrade asign (pip install -U asign) to read this store")
+    expected = (f"{path}: written by schema version {SCHEMA_VERSION + 1}, this asign reads up to "
+                f"{SCHEMA_VERSION} Fix: upgrade asign (pip install -U asign) to read this store")
     for name, args in _every_command(src, store).items():
         code, err = cli(*args)
         if name == "check":  # lists it among its problems
@@ -250,7 +257,8 @@ def _can_mount() -> bool:
 def _mounted(args: list[str], target: Path) -> Iterator[bool]:
     """``mount ARGS TARGET``; yields False when mounting is not permitted here."""
     target.mkdir(parents=True, exist_ok=True)
-    if not _can_mount() or subprocess.run(["mount", *args, str(target)], capture_output=True).returncode:
+    if not _can_mount() or subprocess.run(["mount", *args, str(target)],
+                                          capture_output=True).returncode:
         yield False
         return
     try:
@@ -287,8 +295,9 @@ def read_only_store(store: Path, scratch: Path, how: str) -> Iterator[tuple[Path
 
 def _run(prefix: list[str], *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HOME": tempfile.gettempdir(), "PYTHONDONTWRITEBYTECODE": "1"}
-    return subprocess.run([*prefix, sys.executable, "-m", "asign.cli", *map(str, args)], capture_output=True,
-                          text=True, timeout=300, env=env, cwd=tempfile.gettempdir())
+    return subprocess.run([*prefix, sys.executable, "-m", "asign.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=300, env=env,
+                          cwd=tempfile.gettempdir())
 
 
 @pytest.mark.parametrize("how", ["bind", "user"])
@@ -298,12 +307,14 @@ def test_read_only_store(toy_store, good, tmp_path, how):
         before = snapshot(ro)
         out = _run(prefix, "ingest", good["src"], "--store", ro, *ARGS)
         assert one_error(out.returncode, out.stderr) == (
-            f"error: {ro}: store directory is not writable Fix: check permissions (chmod u+w) or choose another "
-            "--store directory")
+            f"error: {ro}: store directory is not writable Fix: check permissions (chmod u+w) or "
+            "choose another --store directory")
         out = _run(prefix, "train", "--store", ro, "--model", "mean", "--run", "r")
         line = one_error(out.returncode, out.stderr)
-        assert line.startswith(f"error: {ro / 'results' / 'runs'}/") and ": store is not writable Fix:" in line
-        out = _run(prefix, "query", "--store", ro, "--format", "json", "select count(*) as n from spots")
+        assert line.startswith(f"error: {ro / 'results' / 'runs'}/")
+        assert ": store is not writable Fix:" in line
+        out = _run(prefix, "query", "--store", ro, "--format", "json",
+                   "select count(*) as n from spots")
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout) == [{"n": 5 * 30 + 30}]
         out = _run(prefix, "check", "--store", ro)
@@ -342,8 +353,10 @@ def test_disk_full(good, tmp_path):
         # full: the first write fails, the store is unchanged
         filler = _fill(disk, leave=0)
         before = snapshot(store)
-        line = one_error(*cli("ingest", src, "--store", store, *ARGS, "--steps", "register", "--n-genes", "6"))
-        assert line.startswith(f"error: {store / 'tables'}/") and ": no space left on device while writing" in line
+        line = one_error(*cli("ingest", src, "--store", store, *ARGS, "--steps", "register",
+                              "--n-genes", "6"))
+        assert line.startswith(f"error: {store / 'tables'}/")
+        assert ": no space left on device while writing" in line
         assert "Fix: free disk space or point --store at a larger disk" in line
         assert snapshot(store) == before
 
@@ -358,8 +371,9 @@ def test_disk_full(good, tmp_path):
         manifest = open_store(store).manifest()
         assert "align" not in manifest["steps"]["C"]  # so the next run redoes align
         problems = check_store(open_store(store))
-        assert sorted(p.split(":")[0] for p in problems) == [str(store / "tables" / "spots" / "C.parquet"),
-                                                            str(store / "tables" / "transforms" / "C.parquet")]
+        assert sorted(p.split(":")[0] for p in problems) == [
+            str(store / "tables" / "spots" / "C.parquet"),
+            str(store / "tables" / "transforms" / "C.parquet")]
 
         # space again: the same command completes the store
         filler.unlink()

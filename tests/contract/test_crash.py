@@ -46,8 +46,9 @@ class Child:
     """A real `asign` command in a subprocess; a thread collects its stderr log lines."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "asign.cli", *args], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True, env=env or ENV)
+        self.proc = subprocess.Popen([sys.executable, "-m", "asign.cli", *args],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                     env=env or ENV)
         self.lines: list[str] = []
         self._eof = False
         self._new = threading.Condition()
@@ -89,7 +90,8 @@ class Child:
                     raise AssertionError(f"process ended (rc {self.proc.wait()}) before a log line "
                                          f"matching {pattern!r}:\n{self.tail()}")
                 if not self._new.wait(timeout=max(0.0, deadline - time.monotonic())):
-                    raise AssertionError(f"no log line matching {pattern!r} in {timeout} s:\n{self.tail()}")
+                    raise AssertionError(f"no log line matching {pattern!r} in {timeout} "
+                                         f"s:\n{self.tail()}")
 
     def freeze(self) -> bool:
         """SIGSTOP, and wait until every thread of the child has stopped; False when the
@@ -145,19 +147,20 @@ def _emb_batches(store: Path) -> int:
 
 
 def _state(store: Path, step: str, moment: str, delay: float) -> Kill:
-    return Kill(step, moment, round(delay, 3), _steps_done(store), _temp_files(store), _emb_batches(store)
-                if (store / "vectors.lmdb").exists() else 0)
+    return Kill(step, moment, round(delay, 3), _steps_done(store), _temp_files(store),
+                _emb_batches(store) if (store / "vectors.lmdb").exists() else 0)
 
 
-def _kill_after(cmd: tuple[str, ...], store: Path, step: str, moment: str, pattern: str, delay: float,
-                accept=lambda m: True) -> Kill:
+def _kill_after(cmd: tuple[str, ...], store: Path, step: str, moment: str, pattern: str,
+                delay: float, accept=lambda m: True) -> Kill:
     """Run ``cmd``, wait for a log line of ``step`` (``moment`` names it), sleep ``delay``
     and kill -9."""
     t0 = time.monotonic()
     with Child(*cmd) as child:
         child.wait_line(pattern, accept)
         time.sleep(delay)
-        assert child.freeze(), f"ended before the kill (rc {child.proc.returncode}):\n{child.tail()}"
+        assert child.freeze(), (f"ended before the kill (rc {child.proc.returncode}):\n"
+                                f"{child.tail()}")
         kill = _state(store, step, moment, delay)
         child.kill9()
     kill.run_s = round(time.monotonic() - t0, 2)
@@ -224,15 +227,17 @@ def killed(reference, tmp_path_factory) -> tuple[Path, list[Kill]]:
     rng = random.Random(SEED)
     kills = []
     for moment, pattern, longest in (("thumbnails", r" align C …$", 0.05),
-                                     # 3 sections read of 9 units (3 sections, 2 pairs, 1 finish, 3 fine)
+                                     # 3 sections read of 9 units
+                                     # (3 sections, 2 pairs, 1 finish, 3 fine)
                                      ("first pair", r" align C 3/9", 1.0),
                                      ("second pair", r" aligned \w+->\w+", 0.5)):
         kills.append(_kill_after(cmd, store, "align", moment, pattern, rng.uniform(0, longest)))
-    kills.append(_kill_after(cmd, store, "patches", "cropping", r" patches C …$", rng.uniform(0, 0.8)))
+    kills.append(_kill_after(cmd, store, "patches", "cropping", r" patches C …$",
+                             rng.uniform(0, 0.8)))
     for fraction in (0.15, 0.35, 0.55, 0.75):  # embedding resumes batch by batch
         pattern, accept = _progress("embed", fraction)
-        kills.append(_kill_after(cmd, store, "embed", f"after {fraction:.0%}", pattern, rng.uniform(0, 1.0),
-                                 accept))
+        kills.append(_kill_after(cmd, store, "embed", f"after {fraction:.0%}", pattern,
+                                 rng.uniform(0, 1.0), accept))
     targets = ["reading", "writing", "recording"]
     snapshot = store.parent / "snapshot"
     for _ in range(8):  # a slice that overshoots "writing" lands in "recording": try again
@@ -249,8 +254,8 @@ def killed(reference, tmp_path_factory) -> tuple[Path, list[Kill]]:
         if kill.moment in targets:
             targets.remove(kill.moment)
     shutil.rmtree(snapshot, ignore_errors=True)
-    final = subprocess.run([sys.executable, "-m", "asign.cli", *cmd, "--json"], capture_output=True, text=True,
-                           env=ENV, timeout=600)
+    final = subprocess.run([sys.executable, "-m", "asign.cli", *cmd, "--json"], capture_output=True,
+                           text=True, env=ENV, timeout=600)
     assert final.returncode == 0, final.stderr[-3000:]
     assert json.loads(final.stdout)["ran"] == ["C:graph"]  # nothing finished was redone
     return store, kills
@@ -267,7 +272,8 @@ def test_kills_landed_inside_each_step(killed, reference):
         assert sorted(k.steps_done) == sorted(order[:order.index(k.step)]), table
     assert [k.step for k in kills].count("align") == 3, table
     assert [k.step for k in kills].count("embed") == 4, table
-    assert {k.moment for k in kills if k.step == "graph"} >= {"reading", "writing", "recording"}, table
+    graph_moments = {k.moment for k in kills if k.step == "graph"}
+    assert graph_moments >= {"reading", "writing", "recording"}, table
     # the write of the edge list was cut: its temporary file was there when the kill landed
     writing = next(k for k in kills if k.moment == "writing")
     assert any(t.startswith("tables/edges/") for t in writing.temp_files)
@@ -297,8 +303,8 @@ def _run_results(root: Path, name: str) -> tuple[dict, list, dict]:
     (row,) = store.query(f"SELECT * FROM runs WHERE name = '{name}'").to_pylist()
     metrics = {(r["fold"], r["section_id"], r["metric"]): r["value"] for r in store.query(
         f"SELECT * FROM metrics WHERE run_id = '{row['run_id']}'").to_pylist()}
-    preds = store.query(f"SELECT section_id, spot_id, value FROM predictions WHERE run_id = '{row['run_id']}' "
-                        "ORDER BY section_id, spot_id").to_pylist()
+    preds = store.query("SELECT section_id, spot_id, value FROM predictions WHERE run_id = "
+                        f"'{row['run_id']}' ORDER BY section_id, spot_id").to_pylist()
     return metrics, [(p["section_id"], p["spot_id"], p["value"]) for p in preds], row
 
 
@@ -321,7 +327,8 @@ def test_kill9_train_mid_epoch_then_resume_equals_uninterrupted(toy_store):
         at_kill = torch.load(ckpt, map_location="cpu", weights_only=True)["state"]["epoch"]
         child.kill9()
     assert 4 <= at_kill < EPOCHS
-    assert _run_results(toy_store, "cut")[2]["status"] == "interrupted"  # it never got to finish: the runs view shows it died
+    # it never got to finish: the runs view shows it died
+    assert _run_results(toy_store, "cut")[2]["status"] == "interrupted"
 
     with Child(*cmd, "--resume", env=TRAIN_ENV) as child:
         child.finish()
@@ -339,8 +346,8 @@ def test_kill9_train_mid_epoch_then_resume_equals_uninterrupted(toy_store):
 def test_only_temporary_files_of_dead_writers_are_removed(tmp_path):
     from asign.store.atomic import _writer, atomic_path, remove_stale_temps
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True, check=True).stdout.strip()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
     host = _writer().rsplit("-", 1)[0]
     names = {"dead": f".t.parquet.{host}-{dead}.abc.tmp", "live": f".t.parquet.{_writer()}.abc.tmp",
              "other_host": f".t.parquet.elsewhere-{dead}.abc.tmp", "unnamed": ".t.parquet.abc.tmp"}

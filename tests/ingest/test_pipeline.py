@@ -41,35 +41,37 @@ def test_every_step_fills_the_store(store_path):
     store = open_store(store_path)
     per_section = store.query(
         "select s.section_id, count(*) n_spots,"
-        " (select count(*) from embeddings e where e.section_id = s.section_id and level = 'spot') n_spot_emb,"
-        " (select count(*) from tiles t where t.section_id = s.section_id) n_tiles,"
-        " (select count(*) from embeddings e where e.section_id = s.section_id and level <> 'spot') n_tile_emb"
-        " from spots s group by 1 order by 1").to_pylist()
+        " (select count(*) from embeddings e where e.section_id = s.section_id and level = 'spot') "
+        "n_spot_emb, (select count(*) from tiles t where t.section_id = s.section_id) n_tiles,"
+        " (select count(*) from embeddings e where e.section_id = s.section_id and level <> "
+        "'spot') n_tile_emb from spots s group by 1 order by 1").to_pylist()
     assert [r["section_id"] for r in per_section] == list(SECTIONS)
     assert [r["n_spots"] for r in per_section] == [187, 180, 184]  # README of the data
     for r in per_section:
         assert r["n_spot_emb"] == r["n_spots"] and r["n_tile_emb"] == r["n_tiles"] > 0
-    edges = store.query("select kind, count(*) n, min(weight) w from edges group by 1 order by 1").to_pylist()
+    edges = store.query(
+        "select kind, count(*) n, min(weight) w from edges group by 1 order by 1").to_pylist()
     assert [e["kind"] for e in edges] == ["cross_layer", "same_layer"]
     assert edges[1]["n"] == 12 * sum(r["n_spots"] for r in per_section)
     assert all(e["w"] > 0 for e in edges)
-    assert store.query("select count(*) n from spots where x_um is null").column("n")[0].as_py() == 0
+    unplaced = store.query("select count(*) n from spots where x_um is null")
+    assert unplaced.column("n")[0].as_py() == 0
     assert store.query("select count(*) n from genes").column("n")[0].as_py() == 30
     assert store.layout.alignment_png("C").exists()
     assert check_store(store) == []
 
 
 def test_rerun_skips_finished_work(small_her2st_copy, small_src):
-    summary = ingest_run(IngestConfig(sources=(small_src,), store=small_her2st_copy, samples="C", weights="random",
-                                      batch_size=16))
+    summary = ingest_run(IngestConfig(sources=(small_src,), store=small_her2st_copy, samples="C",
+                                      weights="random", batch_size=16))
     assert summary["ran"] == []
     assert len(summary["skipped"]) == 5
 
 
 def test_changed_parameter_reruns_only_downstream(small_her2st_copy, small_src):
-    summary = ingest_run(IngestConfig(sources=(small_src,), store=small_her2st_copy, samples="C", weights="random",
-                                      batch_size=16, top_k_cross=4, steps=("register", "align", "patches",
-                                                                           "embed", "graph")))
+    summary = ingest_run(IngestConfig(sources=(small_src,), store=small_her2st_copy, samples="C",
+                                      weights="random", batch_size=16, top_k_cross=4,
+                                      steps=("register", "align", "patches", "embed", "graph")))
     assert summary["ran"] == ["C:graph"]
 
 
@@ -81,7 +83,8 @@ def test_corrupt_jpeg_is_one_line_error_and_store_unchanged(small_src, tmp_path)
     jpg = next((src / "ST-imgs" / "C" / "C3").glob("*.jpg"))
     data = jpg.read_bytes()
     jpg.write_bytes(data[: len(data) // 2])
-    out = subprocess.run(_cli("ingest", str(src), "--store", str(tmp_path / "S"), *ARGS, "--steps", "register"),
+    out = subprocess.run(_cli("ingest", str(src), "--store", str(tmp_path / "S"), *ARGS,
+                              "--steps", "register"),
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 1
     err = out.stderr.strip().splitlines()[-1]
@@ -96,5 +99,6 @@ def test_query_cli_json(store_path):
                               "select section_id, count(*) as n from spots group by 1 order by 1"),
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) == [{"section_id": "C2", "n": 187}, {"section_id": "C3", "n": 180},
+    assert json.loads(out.stdout) == [{"section_id": "C2", "n": 187},
+                                      {"section_id": "C3", "n": 180},
                                       {"section_id": "C4", "n": 184}]

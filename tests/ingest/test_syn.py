@@ -19,13 +19,15 @@ def syn_store(tmp_path_factory):
     from asign.commands.synthetic import make_demo_sample
 
     base = tmp_path_factory.mktemp("syn")
-    src = make_demo_sample(base / "demo", n_layers=3, grid=6, image_px=320, um_per_px=4.0, n_genes=8)
+    src = make_demo_sample(base / "demo", n_layers=3, grid=6, image_px=320, um_per_px=4.0,
+                           n_genes=8)
     # the last layer becomes image-only, so a virtual lattice is laid (and warped) too
-    text = (src / "manifest.toml").read_text().replace('counts = "counts/L3.csv"\nspots = "spots/L3.csv"\n', "")
+    text = (src / "manifest.toml").read_text().replace(
+        'counts = "counts/L3.csv"\nspots = "spots/L3.csv"\n', "")
     (src / "manifest.toml").write_text(text)
     store = base / "store"
-    res = runner.invoke(app, ["ingest", str(src), "--store", str(store), "--steps", "register,align",
-                              "--syn", "--json"])
+    res = runner.invoke(app, ["ingest", str(src), "--store", str(store),
+                              "--steps", "register,align", "--syn", "--json"])
     assert res.exit_code == 0, res.output
     return store, json.loads(res.stdout)["samples"]["demo"]["align"]
 
@@ -82,7 +84,8 @@ def test_field_matches_ants_point_mapping():
     frame = np.array([[10.0, 0, 5.0], [0, 10.0, 5.0], [0, 0, 1]])
     fixed_i, moving_i = to_ants(base, frame), to_ants(moving, frame)
     with tempfile.TemporaryDirectory() as tmp:
-        out = ants.registration(fixed_i, moving_i, type_of_transform="SyNOnly", outprefix=os.path.join(tmp, "r"),
+        out = ants.registration(fixed_i, moving_i, type_of_transform="SyNOnly",
+                                outprefix=os.path.join(tmp, "r"),
                                 syn_metric="meansquares", reg_iterations=(40, 20, 0))
         warp = [p for p in out["invtransforms"] if p.endswith(".nii.gz")][0]
         field = np.transpose(ants.image_read(warp).numpy(), (1, 0, 2))
@@ -90,4 +93,5 @@ def test_field_matches_ants_point_mapping():
         theirs = ants.apply_transforms_to_points(2, pts, [warp])
     dx, dy = sample_field(field, frame, pts.x.to_numpy(), pts.y.to_numpy())
     assert np.abs(np.c_[dx, dy]).max() > 0.1
-    np.testing.assert_allclose(np.c_[pts.x + dx, pts.y + dy], theirs[["x", "y"]].to_numpy(), atol=1e-3)
+    np.testing.assert_allclose(np.c_[pts.x + dx, pts.y + dy], theirs[["x", "y"]].to_numpy(),
+                               atol=1e-3)

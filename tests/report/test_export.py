@@ -56,9 +56,11 @@ def test_h5ad_reads_back_with_the_predictions_and_labels(exported):
                                   a[known].layers["measured"])  # measured there
     for name in ("lower", "upper"):  # the interval, on hidden rows only
         wide_b = pred.pivot(index="spot_id", columns="gene", values=name)[genes]
-        np.testing.assert_array_equal(a[hidden].layers[name], wide_b.loc[hidden].to_numpy(dtype=np.float32))
+        np.testing.assert_array_equal(a[hidden].layers[name],
+                                      wide_b.loc[hidden].to_numpy(dtype=np.float32))
         assert np.isnan(a[known].layers[name]).all()
-    assert (a[hidden].layers["lower"] <= a[hidden].layers["asign"]).all() and (a[hidden].layers["asign"] <= a[hidden].layers["upper"]).all()
+    layers = a[hidden].layers
+    assert (layers["lower"] <= layers["asign"]).all() and (layers["asign"] <= layers["upper"]).all()
     virtual = a.obs.section == "S1_L5"
     assert a.obs.virtual[virtual].all() and not a.obs.has_measured[virtual].any()
     assert np.isnan(a.layers["measured"][virtual.to_numpy()]).all()
@@ -127,7 +129,8 @@ def test_x_is_log1p_cp10k_of_the_counts_proportions(exported):
     a = ad.read_h5ad(exported[1])
     assert np.isfinite(a.X).all() and (a.X >= 0).all()
     assert a.uns["asign"]["normalisation"] == "log_ratio"
-    assert a.uns["asign"]["x_scale"] == "log1p_cp10k" and "softmax" not in a.uns["asign"]["x_formula"]
+    assert a.uns["asign"]["x_scale"] == "log1p_cp10k"
+    assert "softmax" not in a.uns["asign"]["x_formula"]
     assert a.uns["asign"]["weights_random"] is True or a.uns["asign"]["weights_random"] == 1
     m = a[(a.obs.role == "known").to_numpy()]
     assert m.obs.has_measured.all()

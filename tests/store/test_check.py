@@ -33,7 +33,8 @@ def clean_store(tmp_path_factory) -> Path:
     from asign import train
     from asign.train.config import TrainConfig
 
-    store = Path(shutil.copytree(small_her2st_store(tmp_path_factory)[1], tmp_path_factory.mktemp("check") / "S"))
+    store = Path(shutil.copytree(small_her2st_store(tmp_path_factory)[1],
+                                 tmp_path_factory.mktemp("check") / "S"))
     train.run(TrainConfig(store=store, model="mean", run="r"))
     return store
 
@@ -88,8 +89,8 @@ def test_edited_table_no_longer_matches_its_hash(store):
     px = table.column("px").to_numpy().copy()
     px[0] += 1.0
     _rewrite(path, table.set_column(table.schema.get_field_index("px"), "px", pa.array(px)))
-    assert _check(store) == [f"{path}: content does not match the sha256 in the manifest (edited, or written "
-                             f"by an interrupted ingest); {REINGEST}"]
+    assert _check(store) == [f"{path}: content does not match the sha256 in the manifest (edited, "
+                             f"or written by an interrupted ingest); {REINGEST}"]
     code, problems = _cli_check(store)
     assert code == 1 and len(problems) == 1 and str(path) in problems[0]
 
@@ -100,8 +101,9 @@ def test_newer_schema_version_of_a_table(store):
     meta = {**table.schema.metadata, b"asign.schema_version": str(SCHEMA_VERSION + 1).encode()}
     _rewrite(path, table.replace_schema_metadata(meta))
     problems = _check(store)
-    assert f"{path}: written by schema version {SCHEMA_VERSION + 1}, this asign reads up to {SCHEMA_VERSION} " \
-           "Fix: upgrade asign (pip install -U asign) to read this store" in problems
+    assert (f"{path}: written by schema version {SCHEMA_VERSION + 1}, this asign reads up to "
+            f"{SCHEMA_VERSION} Fix: upgrade asign (pip install -U asign) to read this store"
+            in problems)
     assert any(p.startswith(f"{path}: content does not match") for p in problems)
     assert len(problems) == 2
     assert _cli_check(store)[0] == 1
@@ -114,9 +116,9 @@ def test_newer_schema_version_of_the_store(store):
     # the store cannot even be opened: the CLI says so in one line and exits 1
     result = runner.invoke(app, ["check", "--store", str(store)])
     assert result.exit_code == 1
-    assert result.output.strip() == (f"error: {store / 'manifest.json'}: store written by schema version "
-                                     f"{SCHEMA_VERSION + 1}, this asign reads up to {SCHEMA_VERSION} "
-                                     "Fix: upgrade asign to read this store")
+    assert result.output.strip() == (f"error: {store / 'manifest.json'}: store written by schema "
+                                     f"version {SCHEMA_VERSION + 1}, this asign reads up to "
+                                     f"{SCHEMA_VERSION} Fix: upgrade asign to read this store")
 
 
 def test_deleted_lmdb_embedding(store):
@@ -141,11 +143,11 @@ def test_deleted_lmdb_patch_and_stale_entries(store):
         txn.put(_emb_key(encoder, "spot", "C2/99x99"), np.zeros(dim, np.float16).tobytes())
     report = inspect_store(open_store(store))
     assert len(report.problems) == 1
-    assert report.problems[0].startswith(f"{store / 'vectors.lmdb'}: 1 of {len(spots)} spot patches of sample C missing "
-                                         f"(e.g. patch/{spots[5]})")
-    assert report.notes == [f"{store / 'vectors.lmdb'}: 1 spot embeddings of section C2 are not listed in "
-                            f"{store / 'tables' / 'embeddings' / 'C.parquet'} (stale entries of an earlier "
-                            "ingest; harmless)"]
+    assert report.problems[0].startswith(f"{store / 'vectors.lmdb'}: 1 of {len(spots)} spot "
+                                         f"patches of sample C missing (e.g. patch/{spots[5]})")
+    assert report.notes == [f"{store / 'vectors.lmdb'}: 1 spot embeddings of section C2 are not "
+                            f"listed in {store / 'tables' / 'embeddings' / 'C.parquet'} "
+                            "(stale entries of an earlier ingest; harmless)"]
 
 
 def test_edge_to_a_spot_that_does_not_exist(store):
@@ -154,7 +156,8 @@ def test_edge_to_a_spot_that_does_not_exist(store):
     extra = table.slice(0, 1).to_pylist()[0] | {"dst_spot_id": "C3/99x99"}
     _rewrite(path, pa.concat_tables([table, pa.Table.from_pylist([extra], schema=table.schema)]))
     problems = _check(store)
-    dangling = f"{path}: 1 edge destination endpoints are not spots of sample C (e.g. C3/99x99); {REINGEST}"
+    dangling = (f"{path}: 1 edge destination endpoints are not spots of sample C (e.g. C3/99x99); "
+                f"{REINGEST}")
     assert dangling in problems and len(problems) == 2  # and the hash no longer matches
     _rerecord(store)
     assert _check(store) == [dangling]
@@ -172,7 +175,8 @@ def test_deleted_table_is_listed_and_reingest_recreates_it(store, clean_store):
         f"{path}: missing, although the manifest records it; {REINGEST}"])
     assert _cli_check(store)[0] == 1
     # the fix the message gives works: ingest redoes the graph step only
-    src = Path(pq.read_table(store / "tables" / "sections.parquet").column("counts_path")[0].as_py()).parents[1]
+    sections = pq.read_table(store / "tables" / "sections.parquet")
+    src = Path(sections.column("counts_path")[0].as_py()).parents[1]
     summary = ingest_run(IngestConfig(sources=(src,), store=store, **SMALL_INGEST))
     assert summary["ran"] == ["C:graph"]
     assert _check(store) == []
@@ -187,10 +191,12 @@ def test_unrecorded_corrupt_and_leftover_files(store):
     leftover = store / "tables" / ".genes.parquet.abc123.tmp"
     leftover.write_bytes(b"partial")
     problems = _check(store)
-    assert f"{stray}: not recorded in the manifest (written by an interrupted ingest?); {REINGEST}" in problems
+    assert (f"{stray}: not recorded in the manifest (written by an interrupted ingest?); "
+            f"{REINGEST}") in problems
     assert any(p.startswith(f"{truncated}: table is corrupt (") for p in problems)
     assert any(p.startswith(f"{truncated}: content does not match") for p in problems)
-    assert f"{leftover}: leftover temporary file from an interrupted write (safe to delete)" in problems
+    assert (f"{leftover}: leftover temporary file from an interrupted write (safe to delete)"
+            in problems)
     assert len(problems) == 4
 
 
@@ -200,20 +206,24 @@ def test_semantic_problems_in_well_formed_tables(store):
     spots = pq.read_table(spots_path)
     ids = spots.column("spot_id").to_pylist()
     ids[1] = ids[0]
-    _rewrite(spots_path, spots.set_column(spots.schema.get_field_index("spot_id"), "spot_id", pa.array(ids)))
+    _rewrite(spots_path,
+             spots.set_column(spots.schema.get_field_index("spot_id"), "spot_id", pa.array(ids)))
     labels_path = store / "tables" / "labels" / "C.parquet"
     labels = pq.read_table(labels_path)
     values = labels.column("value").to_pylist()
     values[0] = values[0][:-1]
+    value_type = labels.schema.field("value").type
     _rewrite(labels_path, labels.set_column(labels.schema.get_field_index("value"), "value",
-                                            pa.array(values, type=labels.schema.field("value").type)))
+                                            pa.array(values, type=value_type)))
     _rerecord(store)
     problems = _check(store)
     n_genes = pq.read_table(store / "tables" / "genes.parquet").num_rows
     assert f"{spots_path}: 1 duplicate spot ids (e.g. {ids[0]})" in problems
-    assert f"{labels_path}: 1 label vectors do not have the {n_genes} genes of the panel" in problems
+    assert (f"{labels_path}: 1 label vectors do not have the {n_genes} genes of the panel"
+            in problems)
     # the overwritten id is gone from spots: labels, patches map and edges that used it are listed
-    assert f"{labels_path}: 1 spot ids not in the spots table (e.g. {spots.column('spot_id')[1].as_py()})" in problems
+    ghost = spots.column("spot_id")[1].as_py()
+    assert f"{labels_path}: 1 spot ids not in the spots table (e.g. {ghost})" in problems
     assert all(str(store) in p for p in problems)
 
 
@@ -222,8 +232,8 @@ def test_changed_input_file(store):
     sections = pq.read_table(path)
     hashes = sections.column("counts_sha256").to_pylist()
     hashes[1] = "0" * 64  # as if C3's counts file had changed since ingest
-    _rewrite(path, sections.set_column(sections.schema.get_field_index("counts_sha256"), "counts_sha256",
-                                       pa.array(hashes)))
+    column = sections.schema.get_field_index("counts_sha256")
+    _rewrite(path, sections.set_column(column, "counts_sha256", pa.array(hashes)))
     _rerecord(store)
     counts = sections.column("counts_path")[1].as_py()
     (run_file,) = (store / "results" / "runs").glob("*.parquet")
@@ -240,7 +250,8 @@ def test_results_of_a_run_without_a_runs_row(store):
     (run_file,) = metrics_dir.glob("*.parquet")
     orphan = metrics_dir / "ghost-mean-00000000.parquet"
     table = pq.read_table(run_file)
-    _rewrite(orphan, table.set_column(0, "run_id", pa.array(["ghost-mean-00000000"] * table.num_rows)))
-    assert _check(store) == [f"{orphan}: metrics of run ghost-mean-00000000, which has no runs row; "
-                             "`asign check --repair` deletes it"]
+    _rewrite(orphan,
+             table.set_column(0, "run_id", pa.array(["ghost-mean-00000000"] * table.num_rows)))
+    assert _check(store) == [f"{orphan}: metrics of run ghost-mean-00000000, which has no runs "
+                             "row; `asign check --repair` deletes it"]
     assert _cli_check(store)[0] == 1

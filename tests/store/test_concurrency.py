@@ -39,8 +39,9 @@ def test_parallel_trains_while_querying(toy_store, tmp_path):
     procs = {}
     for (name, model), (job, log) in zip(jobs, logs.items(), strict=True):
         with open(log, "w") as fh:
-            procs[job] = subprocess.Popen(_cli("train", "--store", str(toy_store), "--model", model, "--run", name,
-                                               *SMALL), stdout=subprocess.DEVNULL, stderr=fh, env=env)
+            procs[job] = subprocess.Popen(_cli("train", "--store", str(toy_store), "--model", model,
+                                               "--run", name, *SMALL),
+                                          stdout=subprocess.DEVNULL, stderr=fh, env=env)
     # Readers beside the writers: in-process queries in a tight loop (many chances to catch a
     # file between listing and reading), and the CLI now and then (what a user sees).
     store = open_store(toy_store)
@@ -53,7 +54,8 @@ def test_parallel_trains_while_querying(toy_store, tmp_path):
         seen |= {r["name"] for r in rows}
         n_queries += 1
         if n_queries % 20 == 1:
-            cli_outputs.append(subprocess.run(_cli("query", "--store", str(toy_store), "--format", "json", SQL),
+            cli_outputs.append(subprocess.run(_cli("query", "--store", str(toy_store),
+                                                   "--format", "json", SQL),
                                               capture_output=True, text=True, timeout=120))
         time.sleep(0.02)
     for job, p in procs.items():
@@ -72,7 +74,8 @@ def test_parallel_trains_while_querying(toy_store, tmp_path):
         assert row["status"] == "done" and row["n_metrics"] >= 4, row
     assert len({row["n_pred"] for row in final.values()}) == 1 and final["par-mean"]["n_pred"] > 0
     assert not list(toy_store.rglob("*.tmp"))
-    check = subprocess.run(_cli("check", "--store", str(toy_store)), capture_output=True, text=True, timeout=120)
+    check = subprocess.run(_cli("check", "--store", str(toy_store)), capture_output=True, text=True,
+                           timeout=120)
     assert check.returncode == 0 and check.stderr == "", check.stderr
 
     # the baselines' results equal those of a run with the store to itself

@@ -110,7 +110,8 @@ def test_lmdb_vectors_round_trip_and_counts(tmp_path):
     store = open_store(tmp_path / "s", create=True)
     vecs = np.arange(12, dtype=np.float16).reshape(3, 4)
     with store.vectors(readonly=False) as v:
-        v.put(embeddings=[EmbeddingRows("enc", "spot", [f"s{i}" for i in range(3)], vecs)], done=[("emb", "fp", "0")])
+        v.put(embeddings=[EmbeddingRows("enc", "spot", [f"s{i}" for i in range(3)], vecs)],
+              done=[("emb", "fp", "0")])
         v.put_meta("encoder", {"name": "enc"})
     with store.vectors(readonly=True) as v:
         got = v.embeddings("enc", "spot", ["s2", "s0"], 4)

@@ -25,7 +25,8 @@ def test_each_ablation_removes_its_part():
     known[:10] = True
     y = torch.randn(30, SMALL["n_genes"])
     no_gat = _model(n_gat_layers=0)
-    assert len(no_gat.net.gats) == 0 and no_gat(inputs, y, known).spot.shape == (30, SMALL["n_genes"])
+    assert len(no_gat.net.gats) == 0
+    assert no_gat(inputs, y, known).spot.shape == (30, SMALL["n_genes"])
     no_cli = _model(use_cli=False)
     assert no_cli.cli is None and no_cli(inputs, y, known).reached is None
     # Without cross-attention only the own tile (token 0) is read: a neighbour tile of spot
@@ -40,7 +41,8 @@ def test_each_ablation_removes_its_part():
 def test_ablate_flags_map_to_model_options_and_are_validated():
     cfg = TrainConfig(store=Path("S"), ablate=("cli", "gat", "cross-attention"))
     over = model_overrides(cfg, 8, 4)
-    assert over["use_cli"] is False and over["n_gat_layers"] == 0 and over["cross_attention"] is False
+    assert over["use_cli"] is False and over["n_gat_layers"] == 0
+    assert over["cross_attention"] is False
     assert not cfg.uses_cli and TrainConfig(store=Path("S")).uses_cli
     assert "ablate" not in TrainConfig(store=Path("S")).identity()
     with pytest.raises(ConfigError, match="--ablate"):

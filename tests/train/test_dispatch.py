@@ -18,7 +18,8 @@ pytest.importorskip("torch")
 
 
 def _metrics(result) -> dict[tuple, float]:
-    return {(r["fold"], r["section_id"], r["metric"]): r["value"] for r in result.metrics.to_pylist()}
+    return {(r["fold"], r["section_id"], r["metric"]): r["value"]
+            for r in result.metrics.to_pylist()}
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +44,13 @@ def test_four_runs_on_two_workers_equal_serial(toy_store):
         got, want = _metrics(r), by_rid[r.run_id]
         assert got.keys() == want.keys()
         # bit-identical (NaN where both are NaN, e.g. pcc_gene of the constant mean profile)
-        np.testing.assert_array_equal([got[k] for k in sorted(want)], [want[k] for k in sorted(want)])
+        np.testing.assert_array_equal([got[k] for k in sorted(want)],
+                                      [want[k] for k in sorted(want)])
     runs = open_store(toy_store).query("SELECT run_id, config FROM runs").to_pylist()
     where = {r["run_id"]: json.loads(r["config"])["where"] for r in runs}
     assert len(where) == 4
-    assert all(w["worker"] and w["worker"].startswith("tcp://") and w["host"] for w in where.values())
+    assert all(w["worker"] and w["worker"].startswith("tcp://") and w["host"]
+               for w in where.values())
 
 
 def test_seeds_expand_to_distinct_runs(toy_store):
@@ -65,7 +68,8 @@ def test_folds_as_tasks_equal_serial_folds(toy_store_factory, scheduler):
     from asign.train import run
 
     root = toy_store_factory("folds", samples=("S1", "S2", "S3", "S4"), n_layers=3)
-    cfg = TrainConfig(store=root, model="asign3d", run="f", folds=2, epochs=2, hidden=16, heads=2, threads=1)
+    cfg = TrainConfig(store=root, model="asign3d", run="f", folds=2, epochs=2, hidden=16, heads=2,
+                      threads=1)
     serial = run(cfg)
     dispatched = run(cfg, cluster=ClusterConfig(scheduler=scheduler))
     assert dispatched.run_id == serial.run_id and dispatched.status == "done"
@@ -89,16 +93,17 @@ def test_cli_lists_of_models_and_seeds_build_the_runs(tmp_path, monkeypatch):
 
     monkeypatch.setattr("asign.train.dispatch.run_many", fake)
     runner = CliRunner()
-    res = runner.invoke(app, ["train", "--store", str(tmp_path), "--model", "mean,asign3d", "--seed", "0,1",
-                              "--workers", "2", "--epochs", "3"])
+    res = runner.invoke(app, ["train", "--store", str(tmp_path), "--model", "mean,asign3d",
+                              "--seed", "0,1", "--workers", "2", "--epochs", "3"])
     assert res.exit_code == 0, res.output
     assert [(c.model, c.seed, c.epochs) for c in seen["cfgs"]] == [
         ("mean", 0, 3), ("mean", 1, 3), ("asign3d", 0, 3), ("asign3d", 1, 3)]
     assert seen["cluster"] == ClusterConfig(workers=2)
     bad = runner.invoke(app, ["train", "--store", str(tmp_path), "--seed", "0,x"])
-    assert bad.exit_code == 1 and len(bad.output.strip().splitlines()) == 1 and "--seed" in bad.output
-    both = runner.invoke(app, ["train", "--store", str(tmp_path), "--model", "mean,idw", "--workers", "2",
-                               "--scheduler", "tcp://127.0.0.1:1"])
+    assert bad.exit_code == 1
+    assert len(bad.output.strip().splitlines()) == 1 and "--seed" in bad.output
+    both = runner.invoke(app, ["train", "--store", str(tmp_path), "--model", "mean,idw",
+                               "--workers", "2", "--scheduler", "tcp://127.0.0.1:1"])
     assert both.exit_code == 1 and "--workers and --scheduler" in both.output
 
 
@@ -109,15 +114,17 @@ def test_serial_threads_default_is_recorded_in_the_run_config(toy_store):
 
     from asign import train
 
-    result = train.run(TrainConfig(store=toy_store, model="cli", run="threads", epochs=1, hidden=16, heads=2))
-    pinned = train.run(TrainConfig(store=toy_store, model="cli", run="threads", epochs=1, hidden=16, heads=2,
-                                   threads=1))
+    result = train.run(TrainConfig(store=toy_store, model="cli", run="threads", epochs=1, hidden=16,
+                                   heads=2))
+    pinned = train.run(TrainConfig(store=toy_store, model="cli", run="threads", epochs=1, hidden=16,
+                                   heads=2, threads=1))
     assert result.run_id == pinned.run_id
     row = open_store(toy_store).query(
         f"SELECT config FROM runs WHERE run_id = '{result.run_id}'").to_pylist()
     assert len(row) == 1
     assert json.loads(row[0]["config"])["threads"] == 1  # the pinned rerun overwrote the row
-    fresh = train.run(TrainConfig(store=toy_store, model="cli", run="threads2", epochs=1, hidden=16, heads=2))
+    fresh = train.run(TrainConfig(store=toy_store, model="cli", run="threads2", epochs=1, hidden=16,
+                                  heads=2))
     config = json.loads(open_store(toy_store).query(
         f"SELECT config FROM runs WHERE run_id = '{fresh.run_id}'").to_pylist()[0]["config"])
     assert isinstance(config["threads"], int) and 1 <= config["threads"] <= (os.cpu_count() or 1)

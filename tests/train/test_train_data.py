@@ -31,7 +31,8 @@ def test_load_sample_matches_the_store(toy_store):
     edges = store.read("edges", key="S1").to_pandas()
     assert len(s.src) == len(edges) and s.cross.sum() == (edges["kind"] == "cross_layer").sum()
     first = edges.iloc[0]
-    assert s.spot_ids[s.src[0]] == first["src_spot_id"] and s.spot_ids[s.dst[0]] == first["dst_spot_id"]
+    assert s.spot_ids[s.src[0]] == first["src_spot_id"]
+    assert s.spot_ids[s.dst[0]] == first["dst_spot_id"]
     # tokens: own tile first, padding -1, indices into the tile features
     assert (s.tokens["region"][:, 0] >= 0).all() and s.tokens["region"].shape[1] == 9
     assert s.tokens["region"].max() < len(s.tile_feat["region"])

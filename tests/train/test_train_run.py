@@ -20,7 +20,8 @@ SMALL = dict(epochs=3, hidden=16, heads=2, threads=1)
 
 
 def _cfg(store, model, **kw) -> TrainConfig:
-    return TrainConfig(store=store, model=model, run="t", **({**SMALL, **kw} if MODELS[model].neural else kw))
+    return TrainConfig(store=store, model=model, run="t",
+                       **({**SMALL, **kw} if MODELS[model].neural else kw))
 
 
 def _metrics(result) -> dict[tuple, float]:
