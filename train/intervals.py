@@ -177,10 +177,10 @@ def calibration_sets(section: np.ndarray, known: np.ndarray, xy: np.ndarray,
 
 def for_baseline(predict: Callable[[np.ndarray], np.ndarray], y: np.ndarray, known: np.ndarray,
                  section: np.ndarray, xy: np.ndarray, pred: np.ndarray, coverage: float,
-                 seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Intervals of a baseline: ``predict(known_mask)`` re-runs it from other known spots;
-    each calibration set is predicted from the rest. ``y`` holds known labels only (rows
-    outside ``known`` are never read)."""
+                 seed: int) -> tuple[tuple[np.ndarray, np.ndarray], dict[str, Any]]:
+    """Intervals of a baseline and what was calibrated: ``predict(known_mask)`` re-runs it
+    from other known spots; each calibration set is predicted from the rest. ``y`` holds
+    known labels only (rows outside ``known`` are never read)."""
     held = []
     for m in calibration_sets(section, known, xy, seed):
         rest = known & ~m
@@ -188,8 +188,8 @@ def for_baseline(predict: Callable[[np.ndarray], np.ndarray], y: np.ndarray, kno
         held.append(Held(Query(xy[rest], y[rest], xy[m], p[m]), y[m] - p[m]))
     cal = calibrate(held, coverage)
     if cal is None:
-        return unbounded(pred)
-    return cal.bounds(Query(xy[known], y[known], xy, pred))
+        return unbounded(pred), {}
+    return cal.bounds(Query(xy[known], y[known], xy, pred)), cal.summary()
 
 
 def for_predictions(task: Any, xy: np.ndarray, pred: np.ndarray, val_pred: np.ndarray | None,

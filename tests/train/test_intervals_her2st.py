@@ -31,15 +31,15 @@ def _hidden_cells(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         y = np.where(known[:, None], y_all, 0.0)  # the hidden cell's labels never enter
         pred = _idw(xy, y, known)
         if path == "baseline":
-            lo, hi = intervals.for_baseline(lambda m, y=y: _idw(xy, y, m), y, known, section,
-                                            xy, pred, 0.9, 0)
+            (lo, hi), info = intervals.for_baseline(lambda m, y=y: _idw(xy, y, m), y, known,
+                                                    section, xy, pred, 0.9, 0)
         else:
             val = blocks.validation_split(known, xy, section, 0.2, 0)
             task = SimpleNamespace(y=torch.as_tensor(y), offset=0.0, val=val, train=known & ~val,
                                    visible=known, section=section)
             (lo, hi), info = intervals.for_predictions(task, xy, pred,
                                                        _idw(xy, y, known & ~val)[val], 0.9)
-            assert info["method"] == intervals.METHOD
+        assert info["method"] == intervals.METHOD  # the run records how it was calibrated
         inside.append((y_all[cell] >= lo[cell]) & (y_all[cell] <= hi[cell]))
         width.append((hi - lo)[cell])
         err.append(np.abs(pred - y_all)[cell])
