@@ -45,6 +45,7 @@ DEFAULT_COVERAGE = 0.9
 N_BLOCKS = 10
 POOL_N = 100.0  # pseudo spots of the all-gene score distribution in a gene's quantile
 DISTANCE_FLOOR = 0.5  # quantile of held-out spots' distances a query's distance is floored at
+CHUNK = 8192  # query spots per step of Calibration.bounds
 POOL_POINTS = 4096  # order statistics that stand for the pooled distribution
 local_scale = error_scale.local_spread  # the neighbours' spread (bench/diagnose_shift.py)
 METHOD = "conformal, learnt error scale (error_scale.py), per-gene quantile pooled"
@@ -108,8 +109,17 @@ class Calibration:
         return self.model.sigma(x)
 
     def bounds(self, query: Query) -> tuple[np.ndarray, np.ndarray]:
-        half = self.q[None, :] * self.sigma(query)
-        return ((query.pred - half).astype(np.float32), (query.pred + half).astype(np.float32))
+        """(lower, upper), each (Q, G) float32, in chunks of ``CHUNK`` query spots (the
+        features of a whole large sample would not fit in memory)."""
+        lo = np.empty(query.pred.shape, dtype=np.float32)
+        hi = np.empty(query.pred.shape, dtype=np.float32)
+        for a in range(0, len(query.pred), CHUNK):
+            rows = slice(a, a + CHUNK)
+            part = Query(query.xy_source, query.y_source, query.xy[rows], query.pred[rows],
+                         None if query.reference is None else query.reference[rows])
+            half = self.q[None, :] * self.sigma(part)
+            lo[rows], hi[rows] = part.pred - half, part.pred + half
+        return lo, hi
 
     def summary(self) -> dict[str, Any]:
         """What a run records (``timings.selection``)."""

@@ -120,3 +120,15 @@ def test_pooled_quantile_between_gene_and_all_genes():
     pooled = intervals.conformal_quantile(scores.reshape(-1, 1), 0.9)[0]  # all genes as one
     assert pooled < mixed[2] < own[2]  # the wide gene pulled in, not flattened
     assert (mixed[:2] < own[2]).all() and (mixed[:2] > 0.8 * own[:2]).all()
+
+
+def test_bounds_in_chunks_match_one_pass(monkeypatch):
+    xy, section, y_all = _stack(2, 2)
+    known = section == 0
+    y = np.where(known[:, None], y_all, 0.0)
+    pred = _idw(xy, y)(known)
+    whole = intervals.for_baseline(_idw(xy, y), y, known, section, xy, pred, 0.9, 0)[0]
+    monkeypatch.setattr(intervals, "CHUNK", 37)  # many uneven chunks
+    parts = intervals.for_baseline(_idw(xy, y), y, known, section, xy, pred, 0.9, 0)[0]
+    np.testing.assert_allclose(parts[0], whole[0], rtol=1e-6)
+    np.testing.assert_allclose(parts[1], whole[1], rtol=1e-6)
