@@ -29,6 +29,7 @@ def predict(cfg: Any, models: list[Any], task: Any, sample: Any,
     if task.val.any() and task.train.any():
         val_pred = np.mean([_validation(cfg, m, task) for m in models], axis=0)
     info: dict[str, Any] = {}
+    prior = val_prior = None
     if unshrunk is not None:
         unshrunk.append(pred.astype(np.float32))
     if val_pred is not None:  # the in-layer loss of the networks alone (diagnosis)
@@ -42,13 +43,15 @@ def predict(cfg: Any, models: list[Any], task: Any, sample: Any,
             mse = float(((blended - y[task.val]) ** 2).mean())
             info[f"val_mse_{kind}"] = round(mse, 5)
             if best is None or mse < best[0]:
-                best = (mse, kind, w, blended)
-        _, kind, w, val_pred = best
-        pred = shrink.blend(pred, shrink.prior(cfg, kind, sample, y, task.visible), w)
+                best = (mse, kind, w, blended, p_val)
+        _, kind, w, val_pred, val_prior = best
+        prior = shrink.prior(cfg, kind, sample, y, task.visible)
+        pred = shrink.blend(pred, prior, w)
         info.update(prior=kind, **shrink.summary(w))
     bounds = None
-    if cfg.coverage:
-        bounds = intervals.for_predictions(task, xy, pred, val_pred, cfg.coverage)
+    if cfg.coverage:  # the interval's error scale reads the prior the prediction shrank to
+        bounds, info["intervals"] = intervals.for_predictions(task, xy, pred, val_pred,
+                                                              cfg.coverage, prior, val_prior)
     return pred.astype(np.float32), bounds, info
 
 
@@ -61,6 +64,8 @@ def record(cfg: Any, sample: Any, plan: Any, pred: np.ndarray, unshrunk: np.ndar
     from asign.train.paired import against_baselines
 
     out: dict[str, Any] = {}
+    if "intervals" in info:  # the interval method and its fitted error scale
+        out["intervals"] = info.pop("intervals")
     if info:
         rows = {sec: sample.in_sections([sec]) & sample.has_label for sec in plan.scored}
         info["unshrunk"] = {sec: evaluate(unshrunk[r], sample.labels[r])

@@ -87,9 +87,11 @@ def one_fold(cfg: TrainConfig, fold: Any, run: FoldRun) -> tuple[list[dict] | No
                 final.record(cfg, s, plan, preds[plan.sample_id], raw[0], info))
     else:
         for plan in fold.test:
-            preds[plan.sample_id], bounds_ = _baseline(cfg, samples[plan.sample_id], plan)
+            preds[plan.sample_id], bounds_, how = _baseline(cfg, samples[plan.sample_id], plan)
             if bounds_ is not None:
                 bounds[plan.sample_id] = bounds_
+            if how:  # the interval method and its fitted error scale, as networks record it
+                run.selection.setdefault(fold.fold, {})["intervals"] = how
     fold_s = round(time.perf_counter() - t, 3)
     for plan in fold.test:
         _require_finite(cfg, fold.fold, samples[plan.sample_id], plan, preds[plan.sample_id])
@@ -233,9 +235,11 @@ def _by_layer(plan: Any) -> bool:
     return plan.role == "test" and len(plan.knowns) >= 2
 
 
-def _baseline(cfg: TrainConfig, s: Any, plan: Any) -> tuple[np.ndarray, tuple | None]:
-    """(N, G) baseline predictions for one test sample from its known layers only, and
-    their (lower, upper) intervals (train/intervals.py; None with coverage 0)."""
+def _baseline(cfg: TrainConfig, s: Any, plan: Any
+              ) -> tuple[np.ndarray, tuple | None, dict[str, Any]]:
+    """(N, G) baseline predictions for one test sample from its known layers only, their
+    (lower, upper) intervals (train/intervals.py; None with coverage 0) and what the
+    intervals' calibration chose."""
 
     from asign.train import intervals
     from asign.train.protocol import visible_labels
@@ -243,9 +247,10 @@ def _baseline(cfg: TrainConfig, s: Any, plan: Any) -> tuple[np.ndarray, tuple | 
     y, known = visible_labels(s.labels, s.has_label, s.section, s.section_index(list(plan.knowns)))
     pred = _baseline_from(cfg, s, y, known)
     if not cfg.coverage:
-        return pred, None
-    return pred, intervals.for_baseline(lambda m: _baseline_from(cfg, s, y, m), y, known, s.section,
-                                        s.xy, pred, cfg.coverage, cfg.seed)
+        return pred, None, {}
+    bounds, how = intervals.for_baseline(lambda m: _baseline_from(cfg, s, y, m), y, known,
+                                         s.section, s.xy, pred, cfg.coverage, cfg.seed)
+    return pred, bounds, how
 
 
 def _baseline_from(cfg: TrainConfig, s: Any, y: np.ndarray, known: np.ndarray) -> np.ndarray:

@@ -1,73 +1,165 @@
-"""Per-spot, per-gene prediction intervals by split-conformal prediction on known spots.
+"""Per-spot, per-gene prediction intervals: split-conformal on held-out known spots, with a
+learnt error scale.
 
-A hidden spot's interval is ``prediction ± q_g · scale_ig``:
+A hidden spot's interval is ``prediction ± q_g · σ_ig``:
 
-- ``scale_ig`` is spot-adaptive: the spread (standard deviation) of gene g over the
-  ``SCALE_K`` known spots nearest to spot i in the aligned (x, y) frame, plus a floor of
-  ``SCALE_FLOOR`` × the gene's spread over all known spots. Where the known layer is
-  heterogeneous around a spot's position the interval widens; where it is uniform it narrows.
-  It is computed from the spots the predictor was given, so a calibration spot and a hidden
-  spot get their scale the same way.
-- ``q_g`` is the conformal quantile of ``|y - ŷ| / scale`` over calibration spots whose
-  labels the predictor did not see: the ``ceil((n + 1) · coverage) / n`` empirical quantile,
-  which gives marginal coverage ≥ ``coverage`` when calibration and hidden spots are
-  exchangeable.
+- ``σ_ig`` is the learnt error scale of error_scale.py: a log-linear model of |residual|
+  from features the predictor has at a hidden spot (local spread of the known neighbours,
+  distance to the nearest known spot, the predicted level, its disagreement with the prior,
+  the gene's spread and held-out error), fitted on held-out known blocks and cross-fitted
+  over them, so each held-out spot's score |y − ŷ| / σ is out of sample;
+- ``q_g`` is a conformal quantile of those scores for gene g — the
+  ``ceil((n + 1) · coverage)``-th of n — from the gene's own scores mixed with every gene's
+  (weights n_g : ``POOL_N``): with a few dozen held-out spots a gene's own 90th percentile
+  is too noisy for the per-gene coverage to hold, while all genes pooled would ignore what
+  σ misses about one gene. With too few scores for the rank, the interval is unbounded.
 
-Calibration spots (only known labels are ever read; hidden rows never enter):
+Held-out known spots (only known labels are ever read; hidden rows never enter):
 
 - baselines (re-run cheaply with another known set): with ≥ 2 known layers each known layer
   in turn is predicted from the other known layers (a cross-layer task, as at test time);
   with one known layer, ``N_BLOCKS`` spatial blocks of it in turn (k-means on x, y) are
   predicted from the rest — whole blocks, so a held-out spot's nearest known spots are
   not its immediate neighbours;
-- neural models (one trained model): the validation spots set aside from training
-  (loop.py; a whole known layer when there are ≥ 2), predicted with the CLI propagating
-  from the training spots — the spots the gate is calibrated on, never trained on.
+- neural models (one trained model): the validation blocks set aside from training
+  (loop.py, blocks.py; a whole known layer when there are ≥ 2), predicted from the
+  training spots — the spots the gate and shrinkage are chosen on, never trained on.
 
-With one known layer the calibration task is in-layer, which is easier than a cross-layer
-one; the README reports the coverage this reaches on the hidden layers of her2st C.
+With one known layer the held-out task is in-layer, easier than a cross-layer one; the
+distance floor of error_scale.py keeps a hidden layer's intervals from narrowing below what
+held-out blocks showed, and docs/science.md reports the coverage reached on her2st C.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from asign.train import error_scale
+from asign.train.error_scale import Query
+
 DEFAULT_COVERAGE = 0.9
-SCALE_K = 8
-SCALE_FLOOR = 0.1
 N_BLOCKS = 10
+POOL_N = 100.0  # pseudo spots of the all-gene score distribution in a gene's quantile
+DISTANCE_FLOOR = 0.5  # quantile of held-out spots' distances a query's distance is floored at
+CHUNK = 8192  # query spots per step of Calibration.bounds
+POOL_POINTS = 4096  # order statistics that stand for the pooled distribution
+local_scale = error_scale.local_spread  # the neighbours' spread (bench/diagnose_shift.py)
+METHOD = "conformal, learnt error scale (error_scale.py), per-gene quantile pooled"
 
 
-def local_scale(xy_known: np.ndarray, y_known: np.ndarray, xy_query: np.ndarray,
-                k: int = SCALE_K) -> np.ndarray:
-    """(Q, G) spot-adaptive scale (see the module docstring)."""
-    from scipy.spatial import cKDTree
+@dataclass(frozen=True)
+class Held:
+    """One held-out block: its spots predicted from the other (source) spots."""
 
-    y_known = np.asarray(y_known, dtype=np.float64)
-    k = max(1, min(k, len(y_known)))
-    _, idx = cKDTree(xy_known).query(xy_query, k=k)
-    idx = np.asarray(idx).reshape(len(xy_query), k)
-    spread = y_known[idx].std(axis=1)
-    floor = SCALE_FLOOR * y_known.std(axis=0) + 1e-6
-    return np.sqrt(spread ** 2 + floor ** 2)
+    query: Query
+    resid: np.ndarray  # (n, G) label − prediction
 
 
-def conformal_quantile(scores: np.ndarray, coverage: float) -> np.ndarray:
-    """(G,) per-gene split-conformal quantile of ``scores`` (n, G). With too few spots for
-    a per-gene quantile at this coverage (n < 1 / (1 − coverage) − 1), one quantile pooled
-    over all genes; inf when even that is too few (the interval is then unbounded, not
-    silently too narrow)."""
+def conformal_quantile(scores: np.ndarray, coverage: float,
+                       pool_n: float = POOL_N) -> np.ndarray:
+    """(G,) per-gene conformal quantile of ``scores`` (n, G): the level ``ceil((m + 1) ·
+    coverage) / m`` quantile of the mixture of gene g's n scores (weight n) and all genes'
+    (weight ``pool_n``), m = n + pool_n; ``pool_n`` 0 is the plain per-gene quantile. With
+    too few spots for a per-gene rank, the quantile of all entries pooled; inf when even
+    that is too few (the interval is then unbounded, not silently too narrow)."""
     n, g = scores.shape
-    rank = int(np.ceil((n + 1) * coverage))
-    if n and rank <= n:
-        return np.sort(scores, axis=0)[rank - 1]
     pooled = np.sort(scores, axis=None)
-    rank = int(np.ceil((pooled.size + 1) * coverage))
-    if pooled.size == 0 or rank > pooled.size:
-        return np.full(g, np.inf)
-    return np.full(g, pooled[rank - 1])
+    rank = int(np.ceil((n + 1) * coverage))
+    if n == 0 or rank > n:
+        rank = int(np.ceil((pooled.size + 1) * coverage))
+        if pooled.size == 0 or rank > pooled.size:
+            return np.full(g, np.inf)
+        return np.full(g, pooled[rank - 1])
+    # the mixture stands for n + pool_n exchangeable scores: its conformal rank
+    n_eff = n + pool_n
+    level = min(1.0, np.ceil((n_eff + 1) * coverage) / n_eff)
+    if pooled.size > POOL_POINTS:  # the pooled distribution by evenly spaced order statistics
+        pooled = pooled[np.linspace(0, pooled.size - 1, POOL_POINTS).round().astype(np.int64)]
+    own = np.sort(scores, axis=0)
+    w_own = n / (n + pool_n)
+    f_pool_at_pool = np.arange(1, pooled.size + 1) / pooled.size
+    out = np.empty(g)
+    for j in range(g):
+        # the mixture CDF at every candidate value (the gene's scores and the pooled ones)
+        cand = np.concatenate([own[:, j], pooled])
+        f_own = np.searchsorted(own[:, j], cand, side="right") / n
+        f_pool = np.concatenate([np.searchsorted(pooled, own[:, j], side="right") / pooled.size,
+                                 f_pool_at_pool])
+        ok = w_own * f_own + (1 - w_own) * f_pool >= level - 1e-12
+        out[j] = cand[ok].min()
+    return out
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What held-out blocks determine: the σ model, the per-gene quantile and the gene
+    error; applied to any query by :meth:`bounds`."""
+
+    model: error_scale.ScaleModel
+    q: np.ndarray  # (G,)
+    gene_error: np.ndarray  # (G,)
+    min_distance: float
+
+    def sigma(self, query: Query) -> np.ndarray:
+        x = error_scale.features(query, self.gene_error, self.min_distance)
+        return self.model.sigma(x)
+
+    def bounds(self, query: Query) -> tuple[np.ndarray, np.ndarray]:
+        """(lower, upper), each (Q, G) float32, in chunks of ``CHUNK`` query spots (the
+        features of a whole large sample would not fit in memory)."""
+        lo = np.empty(query.pred.shape, dtype=np.float32)
+        hi = np.empty(query.pred.shape, dtype=np.float32)
+        for a in range(0, len(query.pred), CHUNK):
+            rows = slice(a, a + CHUNK)
+            part = Query(query.xy_source, query.y_source, query.xy[rows], query.pred[rows],
+                         None if query.reference is None else query.reference[rows])
+            half = self.q[None, :] * self.sigma(part)
+            lo[rows], hi[rows] = part.pred - half, part.pred + half
+        return lo, hi
+
+    def summary(self) -> dict[str, Any]:
+        """What a run records (``timings.selection``)."""
+        return {"method": METHOD, "coef": self.model.summary(),
+                "q_median": round(float(np.median(self.q)), 4),
+                "min_distance_pitches": round(self.min_distance, 3)}
+
+
+def calibrate(held: list[Held], coverage: float) -> Calibration | None:
+    """The σ model and quantiles from held-out blocks (module docstring); None without
+    any held-out spot."""
+    held = [h for h in held if len(h.resid)]
+    if not held:
+        return None
+    dists = np.concatenate([error_scale.distance(h.query.xy_source, h.query.xy) for h in held])
+    min_d = float(np.quantile(dists, DISTANCE_FLOOR)) if DISTANCE_FLOOR > 0 else 0.0
+    base = [error_scale.spot_features(h.query, min_d) for h in held]  # computed once
+    scores = []
+    for b, h in enumerate(held):  # cross-fit: block b's σ from the other blocks
+        rest = [k for k in range(len(held)) if k != b] or [b]
+        r_rest = np.concatenate([held[k].resid for k in rest])
+        ge = error_scale.gene_error(r_rest)
+        x_rest = np.concatenate([error_scale.with_gene_error(base[k], ge) for k in rest])
+        sigma = error_scale.fit(x_rest, r_rest).sigma(error_scale.with_gene_error(base[b], ge))
+        scores.append(np.abs(h.resid) / sigma)
+    resid = np.concatenate([h.resid for h in held])
+    ge = error_scale.gene_error(resid)
+    model = error_scale.fit(np.concatenate([error_scale.with_gene_error(x, ge) for x in base]),
+                            resid)
+    return Calibration(model, conformal_quantile(np.concatenate(scores), coverage), ge, min_d)
+
+
+def coverage_of(lower: np.ndarray, upper: np.ndarray, truth: np.ndarray) -> float:
+    """Share of (spot, gene) entries whose truth lies inside the interval."""
+    return float(np.mean((truth >= lower) & (truth <= upper)))
+
+
+def unbounded(pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    inf = np.full(pred.shape, np.inf, dtype=np.float32)
+    return (pred - inf).astype(np.float32), (pred + inf).astype(np.float32)
 
 
 def calibration_sets(section: np.ndarray, known: np.ndarray, xy: np.ndarray,
@@ -93,69 +185,64 @@ def calibration_sets(section: np.ndarray, known: np.ndarray, xy: np.ndarray,
     return out
 
 
-def scores_by_refit(predict: Callable[[np.ndarray], np.ndarray], y: np.ndarray,
-                    known: np.ndarray, section: np.ndarray, xy: np.ndarray,
-                    seed: int) -> np.ndarray:
-    """(n, G) conformity scores of a predictor that can be re-run from any known mask:
-    each calibration set predicted from the other known spots. ``y`` holds known labels
-    only (rows outside ``known`` are never read)."""
-    rows = []
-    for held in calibration_sets(section, known, xy, seed):
-        rest = known & ~held
-        pred = predict(rest)
-        scale = local_scale(xy[rest], y[rest], xy[held])
-        rows.append(np.abs(y[held] - pred[held]) / scale)
-    return np.concatenate(rows) if rows else np.zeros((0, y.shape[1]))
-
-
-def scores_from_validation(pred_val: np.ndarray, y_val: np.ndarray, xy_val: np.ndarray,
-                           xy_train: np.ndarray, y_train: np.ndarray) -> np.ndarray:
-    """(n, G) conformity scores of a trained model on its validation spots."""
-    return np.abs(y_val - pred_val) / local_scale(xy_train, y_train, xy_val)
-
-
-def intervals(pred: np.ndarray, scores: np.ndarray, y: np.ndarray, known: np.ndarray,
-              xy: np.ndarray, coverage: float) -> tuple[np.ndarray, np.ndarray]:
-    """(lower, upper), each (N, G) float32, around ``pred`` from calibration ``scores``,
-    with the scale computed from all known spots."""
-    q = conformal_quantile(scores, coverage)
-    half = q[None, :] * local_scale(xy[known], y[known], xy)
-    return (pred - half).astype(np.float32), (pred + half).astype(np.float32)
-
-
-def coverage_of(lower: np.ndarray, upper: np.ndarray, truth: np.ndarray) -> float:
-    """Share of (spot, gene) entries whose truth lies inside the interval."""
-    return float(np.mean((truth >= lower) & (truth <= upper)))
-
-
 def for_baseline(predict: Callable[[np.ndarray], np.ndarray], y: np.ndarray, known: np.ndarray,
                  section: np.ndarray, xy: np.ndarray, pred: np.ndarray, coverage: float,
-                 seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Intervals of a baseline: ``predict(known_mask)`` re-runs it from other known spots."""
-    scores = scores_by_refit(predict, y, known, section, xy, seed)
-    return intervals(pred, scores, y, known, xy, coverage)
+                 seed: int) -> tuple[tuple[np.ndarray, np.ndarray], dict[str, Any]]:
+    """Intervals of a baseline and what was calibrated: ``predict(known_mask)`` re-runs it
+    from other known spots; each calibration set is predicted from the rest. ``y`` holds
+    known labels only (rows outside ``known`` are never read)."""
+    held = []
+    for m in calibration_sets(section, known, xy, seed):
+        rest = known & ~m
+        p = predict(rest)
+        held.append(Held(Query(xy[rest], y[rest], xy[m], p[m]), y[m] - p[m]))
+    cal = calibrate(held, coverage)
+    if cal is None:
+        return unbounded(pred), {}
+    return cal.bounds(Query(xy[known], y[known], xy, pred)), cal.summary()
 
 
-def for_model(cfg: object, model: object, task: object, xy: np.ndarray, pred: np.ndarray,
-              coverage: float) -> tuple[np.ndarray, np.ndarray]:
-    """Intervals of a trained network, calibrated on its validation spots."""
-    from asign.train.loop import validation_output
-
-    val = task.val  # type: ignore[attr-defined]
-    val_pred = None
-    if val.any() and task.train.any():  # type: ignore[attr-defined]
-        out = validation_output(cfg, model, task)
-        val_pred = out.spot.float().cpu().numpy()[val] + task.offset  # type: ignore[attr-defined]
-    return for_predictions(task, xy, pred, val_pred, coverage)
-
-
-def for_predictions(task: object, xy: np.ndarray, pred: np.ndarray, val_pred: np.ndarray | None,
-                    coverage: float) -> tuple[np.ndarray, np.ndarray]:
-    """Intervals around ``pred`` from the validation spots' predictions ``val_pred`` (the
-    final ones: after ensembling and shrinkage)."""
-    y = task.y.float().cpu().numpy() + task.offset  # type: ignore[attr-defined]
-    val, train, known = task.val, task.train, task.visible  # type: ignore[attr-defined]
-    scores = np.zeros((0, y.shape[1]))
+def for_predictions(task: Any, xy: np.ndarray, pred: np.ndarray, val_pred: np.ndarray | None,
+                    coverage: float, prior: np.ndarray | None = None,
+                    val_prior: np.ndarray | None = None
+                    ) -> tuple[tuple[np.ndarray, np.ndarray], dict[str, Any]]:
+    """Intervals of a trained network around ``pred`` (N, G) from its validation spots'
+    predictions ``val_pred`` (the final ones: after ensembling and shrinkage), and what
+    was calibrated. ``prior`` / ``val_prior``: the shrinkage prior of every spot (from all
+    known spots) and of the validation spots (from the training spots), if any."""
+    y = task.y.float().cpu().numpy() + task.offset
+    val, train, known = task.val, task.train, task.visible
+    held = []
     if val_pred is not None and val.any() and train.any():
-        scores = scores_from_validation(val_pred, y[val], xy[val], xy[train], y[train])
-    return intervals(pred, scores, y, known, xy, coverage)
+        block = validation_blocks(xy, task.section, known, val)
+        vp = np.full((len(val), y.shape[1]), np.nan)
+        vp[val] = val_pred
+        vr = None
+        if val_prior is not None:
+            vr = np.full_like(vp, np.nan)
+            vr[val] = val_prior
+        for b in np.unique(block[val]):
+            m = val & (block == b)
+            held.append(Held(Query(xy[train], y[train], xy[m], vp[m],
+                                   None if vr is None else vr[m]), y[m] - vp[m]))
+    cal = calibrate(held, coverage)
+    if cal is None:
+        return unbounded(pred), {}
+    return cal.bounds(Query(xy[known], y[known], xy, pred, prior)), cal.summary()
+
+
+def validation_blocks(xy: np.ndarray, section: np.ndarray, known: np.ndarray,
+                      val: np.ndarray) -> np.ndarray:
+    """(N,) block id of each validation spot: the validation split's squares (blocks.py),
+    per section (cross-fitting holds out one at a time); -1 elsewhere."""
+    from asign.train import blocks
+
+    out = np.full(len(val), -1, dtype=np.int64)
+    base = 0
+    for sec in np.unique(section[val]):
+        rows = np.flatnonzero(known & (section == sec))
+        ids = blocks.grid_blocks(xy[rows], blocks.VAL_BLOCK_PITCHES * blocks.spot_pitch(xy[rows]))
+        out[rows] = ids + base
+        base += int(ids.max()) + 1
+    out[~val] = -1
+    return out

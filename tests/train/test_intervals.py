@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from asign.train import baselines, intervals
+from asign.train import baselines, error_scale, intervals
 
 
 def _stack(n_layers: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -36,7 +36,7 @@ def test_coverage_near_nominal_on_hidden_layers(known_layers):
         known = np.isin(section, known_layers)
         y = np.where(known[:, None], y_all, np.nan)  # hidden rows are unreadable
         pred = _idw(xy, np.nan_to_num(y))(known)
-        lo, hi = intervals.for_baseline(_idw(xy, np.nan_to_num(y)), np.nan_to_num(y), known,
+        (lo, hi), _ = intervals.for_baseline(_idw(xy, np.nan_to_num(y)), np.nan_to_num(y), known,
                                         section, xy, pred, 0.9, seed)
         assert np.isfinite(lo).all() and np.isfinite(hi).all() and (hi > lo).all()
         covs.append(intervals.coverage_of(lo[~known], hi[~known], y_all[~known]))
@@ -50,7 +50,7 @@ def test_calibration_never_reads_hidden_rows():
     for fill in (0.0, 1e6):
         y = np.where(known[:, None], y_all, fill)  # hidden rows: anything at all
         pred = _idw(xy, y)(known)
-        outs.append(intervals.for_baseline(_idw(xy, y), y, known, section, xy, pred, 0.9, 0))
+        outs.append(intervals.for_baseline(_idw(xy, y), y, known, section, xy, pred, 0.9, 0)[0])
     np.testing.assert_array_equal(outs[0][0], outs[1][0])
     np.testing.assert_array_equal(outs[0][1], outs[1][1])
 
@@ -78,6 +78,8 @@ def test_run_stores_intervals_and_old_files_read(toy_store):
     assert t.lower.notna().all() and (t.lower <= t.value).all() and (t.value <= t.upper).all()
     names = {r["metric"] for r in res.metrics.to_pylist()}
     assert {"coverage", "width"} <= names
+    how = res.timings["selection"]["0"]["intervals"]  # the run records its interval method
+    assert how["method"] == intervals.METHOD and set(how["coef"]) == set(error_scale.FEATURES)
     none = run(TrainConfig(store=toy_store, model="idw", run="ci0", coverage=0.0))
     assert store.read("predictions", key=none.run_id).column("lower").null_count > 0
     # a predictions file of schema version 1 (no lower/upper) reads with null bounds
@@ -90,3 +92,43 @@ def test_run_stores_intervals_and_old_files_read(toy_store):
     assert pa.types.is_float32(back.schema.field("lower").type)
     both = store.read("predictions")  # version-1 and version-2 files concatenate
     assert both.num_rows == 2 * len(t) and both.column("lower").null_count == 2 * len(t)
+
+
+def test_learnt_scale_widens_where_errors_are_larger():
+    # noise sd grows fivefold from left to right (idw's RMS error ≈ threefold): the fitted σ
+    # must carry part of that into the hidden layer's widths, for every gene. Only part: the
+    # local spread of 8 neighbours is a noisy proxy of the noise, and a regression on a noisy
+    # feature shrinks toward the typical error (here the widths grow 1.1–1.5-fold)
+    xy, section, y_all = _stack(2, 3)
+    known = section == 0
+    y = np.where(known[:, None], y_all, 0.0)
+    pred = _idw(xy, y)(known)
+    (lo, hi), _ = intervals.for_baseline(_idw(xy, y), y, known, section, xy, pred, 0.9, 0)
+    width = (hi - lo)[~known]
+    left, right = xy[~known][:, 0] < 500, xy[~known][:, 0] > 1500
+    assert (width[right].mean(axis=0) > 1.1 * width[left].mean(axis=0)).all()
+    inside = (y_all[~known] >= lo[~known]) & (y_all[~known] <= hi[~known])
+    assert 0.88 <= inside.mean() <= 0.96
+    assert inside[left].mean() >= 0.8 and inside[right].mean() >= 0.8  # both ends covered
+
+
+def test_pooled_quantile_between_gene_and_all_genes():
+    rng = np.random.default_rng(0)
+    scores = np.abs(rng.normal(size=(40, 3))) * np.array([1.0, 1.0, 3.0])
+    own = intervals.conformal_quantile(scores, 0.9, pool_n=0.0)
+    mixed = intervals.conformal_quantile(scores, 0.9)
+    pooled = intervals.conformal_quantile(scores.reshape(-1, 1), 0.9)[0]  # all genes as one
+    assert pooled < mixed[2] < own[2]  # the wide gene pulled in, not flattened
+    assert (mixed[:2] < own[2]).all() and (mixed[:2] > 0.8 * own[:2]).all()
+
+
+def test_bounds_in_chunks_match_one_pass(monkeypatch):
+    xy, section, y_all = _stack(2, 2)
+    known = section == 0
+    y = np.where(known[:, None], y_all, 0.0)
+    pred = _idw(xy, y)(known)
+    whole = intervals.for_baseline(_idw(xy, y), y, known, section, xy, pred, 0.9, 0)[0]
+    monkeypatch.setattr(intervals, "CHUNK", 37)  # many uneven chunks
+    parts = intervals.for_baseline(_idw(xy, y), y, known, section, xy, pred, 0.9, 0)[0]
+    np.testing.assert_allclose(parts[0], whole[0], rtol=1e-6)
+    np.testing.assert_allclose(parts[1], whole[1], rtol=1e-6)
