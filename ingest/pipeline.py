@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from asign.errors import ClusterError
+from asign.hashing import fingerprint
 from asign.ingest.config import IngestConfig
 from asign.ingest.runner import Runner
 from asign.ingest.sample import SampleInput
@@ -25,7 +26,7 @@ from asign.store.atomic import remove_stale_temps
 from asign.store.binding import guard
 from asign.store.integrity import entries_digest, forget_done
 from asign.store.locks import writer_lock
-from asign.store.manifest import fingerprint, mark_step, step_fingerprint
+from asign.store.manifest import mark_step, step_fingerprint
 
 log = logging.getLogger(__name__)
 

@@ -13,12 +13,12 @@ import numpy as np
 import pyarrow as pa
 
 from asign.errors import ConfigError, InputError
+from asign.hashing import file_sha256, fingerprint
 from asign.ingest import labels as labels_mod
 from asign.ingest.config import IngestConfig
 from asign.ingest.images import verify_image
 from asign.ingest.sample import SampleInput, SectionInput
 from asign.store import Store
-from asign.store.manifest import file_sha256, fingerprint
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from asign.errors import StoreError
+from asign.hashing import fingerprint
 from asign.store.layout import StoreLayout
-from asign.store.manifest import fingerprint
 
 log = logging.getLogger(__name__)
 

@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from asign.errors import AsignError
+from asign.hashing import file_sha256
 from asign.schemas import SCHEMA_VERSION, TABLES
 from asign.schemas.vocabulary import EDGE_KINDS
 from asign.store import Store, records
@@ -33,7 +34,7 @@ from asign.store.check_files import UNREADABLE, check_files
 from asign.store.check_results import check_results
 from asign.store.integrity import digest_problem, lmdb_damage, vectors_problem
 from asign.store.layout import OPTIONAL_STEP_TABLES, RUN_TABLES, SAMPLE_TABLES, STEP_TABLES
-from asign.store.manifest import file_sha256, table_problem
+from asign.store.manifest import table_problem
 from asign.store.parquet import check_version
 from asign.store.vectors import _emb_key
 

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from asign.hashing import fingerprint
 from asign.store import Store
-from asign.store.manifest import fingerprint
 from asign.train.config import TrainConfig
 from asign.train.metrics import metric_names
 
