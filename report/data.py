@@ -233,8 +233,9 @@ def load_run_data(store: Store, name: str, model: str | None = None) -> RunData:
                                               runs[map_model])
 
     manifest = store.manifest()
-    normalisation = str(manifest.get("params", {}).get("labels", {}).get("normalisation",
-                                                                         "unknown scale"))
+    labels = store.labels_info(manifest)
+    normalisation = str(labels.normalisation if labels and labels.recorded("normalisation")
+                        else "unknown scale")
     thumbs = _thumbs(store, manifest, sections)
     transforms = pd.concat([store.read("transforms", key=s).to_pandas() for s in samples
                             if store.has("transforms", key=s)] or [pd.DataFrame()],

@@ -328,7 +328,7 @@ def _check_embeddings(store: Store, sample_id: str, vec: Any, encoder: str, dim:
     rows = [r for r in index if r["encoder"] == encoder]
     missing, wrong_size, non_finite = [], [], []
     want_bytes = 2 * int(dim) if dim else None
-    with vec.env.begin() as txn:
+    with vec._begin() as txn:
         for r in rows:
             value = txn.get(_emb_key(encoder, r["level"], r["id"]))
             if value is None:

@@ -86,15 +86,3 @@ def table_problem(layout: StoreLayout, rel: str, entry: dict[str, Any] | None, *
     if file_sha256(path) != entry.get("sha256"):
         return "content does not match the sha256 in the manifest (edited, or written by an interrupted ingest)"
     return None
-
-
-def step_fingerprint(manifest: dict[str, Any], sample_id: str, step: str) -> str | None:
-    return manifest["steps"].get(sample_id, {}).get(step, {}).get("fingerprint")
-
-
-def mark_step(manifest: dict[str, Any], sample_id: str, step: str, fp: str, **info: Any) -> None:
-    manifest["steps"].setdefault(sample_id, {})[step] = {
-        "fingerprint": fp,
-        "done_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        **info,
-    }
