@@ -233,8 +233,8 @@ def load_run_data(store: Store, name: str, model: str | None = None) -> RunData:
                                               runs[map_model])
 
     manifest = store.manifest()
-    labels = store.labels_info(manifest)
-    normalisation = str(labels.normalisation if labels and labels.recorded("normalisation")
+    recorded = store.labels_info(manifest)
+    normalisation = str(recorded.normalisation if recorded and recorded.recorded("normalisation")
                         else "unknown scale")
     thumbs = _thumbs(store, manifest, sections)
     transforms = pd.concat([store.read("transforms", key=s).to_pandas() for s in samples
