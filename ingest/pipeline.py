@@ -25,6 +25,7 @@ from asign.store import StepRecord, Store, StoreLayout, open_store, prepare_root
 from asign.store.atomic import remove_stale_temps
 from asign.store.binding import guard
 from asign.store.integrity import entries_digest, forget_done
+from asign.store.layout import VECTOR_STEPS
 from asign.store.locks import writer_lock
 
 log = logging.getLogger(__name__)
@@ -177,7 +178,7 @@ def _run(cfg: IngestConfig, resolved: str | None, store: Store, rep: Reporter | 
                         manifest = backfill_fine_thumbnails(store, manifest, sample_id)
                     continue
                 guard(store, manifest, sample_id, step, fp, invalidate=cfg.invalidate_runs)
-                if step in LMDB_STEPS and store.step_fingerprint(manifest, sample_id, step) == fp:
+                if step in VECTOR_STEPS and store.step_fingerprint(manifest, sample_id, step) == fp:
                     forget_done(store, sample_id, step)  # a repair: recompute, not resume
                 try:
                     info = record.run(store, cfg, sample_id, fp, rep, runner)
@@ -186,7 +187,7 @@ def _run(cfg: IngestConfig, resolved: str | None, store: Store, rep: Reporter | 
                     summary.setdefault("failed", []).append(str(err))
                     continue
                 manifest = store.manifest()  # steps may record params
-                if step in LMDB_STEPS:  # what check and repair compare the entries with
+                if step in VECTOR_STEPS:  # what check and repair compare the entries with
                     info = {**(info or {}),
                             "entries_sha256": entries_digest(store, manifest, sample_id, step)}
                 store.mark_step_done(manifest, sample_id, step,
@@ -236,7 +237,6 @@ def _prefetch(runner: Runner, store: Store, manifest: dict[str, Any], cfg: Inges
     runner.prefetch(graph_unit, [(str(store.root), cfg, s) for s in todo], todo, description=f"{step}")
 
 
-LMDB_STEPS = ("patches", "embed")  # steps whose outputs are LMDB entries as well as tables
 # Options that decide where and how fast, never what: left out of the recorded config.
 _RUNTIME = ("store", "wait", "threads", "workers", "scheduler", "invalidate_runs", "verify")
 
@@ -262,7 +262,7 @@ def _remember(store: Store, manifest: dict[str, Any], sample_ids: list[str], ste
         missing: dict[str, Any] = {}
         if not record.recorded("config"):
             missing["config"] = recorded_config(cfg)
-        if step in LMDB_STEPS and not record.recorded("entries_sha256"):
+        if step in VECTOR_STEPS and not record.recorded("entries_sha256"):
             missing["entries_sha256"] = entries_digest(store, manifest, s, step)
         if missing:
             store.mark_step_done(manifest, s, step, record.updated(**missing))

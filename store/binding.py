@@ -26,7 +26,7 @@ from typing import Any
 
 from asign.errors import StoreError
 from asign.hashing import fingerprint
-from asign.store.layout import StoreLayout
+from asign.store.layout import VECTOR_STEPS, StoreLayout
 from asign.store.manifest_records import labels_info, step_record
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def binding_of(state: StoreState, sample_ids: Iterable[str], *, features: bool,
     recorded = manifest.get("tables") or {}
     names = _ALWAYS + (_GRAPH if graph else ()) + (_FEATURES if features else ())
     steps = (_STEPS_ALWAYS + (("graph",) if graph else ())
-             + (("patches", "embed") if features else ()))
+             + (VECTOR_STEPS if features else ()))
     tables = {}
     for s in samples:
         for name in names:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from asign.errors import AsignError
-from asign.store.layout import StoreLayout
+from asign.store.layout import VECTOR_STEPS, StoreLayout
 from asign.store.manifest import table_problem
 from asign.store.manifest_records import step_record
 
@@ -61,7 +61,7 @@ def vectors_problem(store: Any, manifest: dict[str, Any], sample_id: str, step: 
     """Patches (``patches``) or embeddings (``embed``) the tables list but the LMDB lacks:
     counted per section, from the spot→tile map and the embeddings table; ``full``: also
     their bytes against the digest recorded at ingest."""
-    if step not in ("patches", "embed"):
+    if step not in VECTOR_STEPS:
         return None
     path = store.layout.vectors
     name = "spot_tiles" if step == "patches" else "embeddings"

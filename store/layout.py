@@ -17,6 +17,8 @@ STEP_TABLES = {"register": ("spots", "labels"), "align": ("spots", "transforms",
                "patches": ("tiles", "spot_tiles"), "embed": ("embeddings",), "graph": ("edges",)}
 # every table a step writes is partitioned by sample: a new one is named in STEP_TABLES only
 SAMPLE_TABLES = tuple(dict.fromkeys(t for tables in STEP_TABLES.values() for t in tables))
+# the steps whose outputs are LMDB entries as well as tables (store/vectors.py)
+VECTOR_STEPS = ("patches", "embed")
 OPTIONAL_STEP_TABLES = {("align", "transforms"), ("align", "warps")}  # warps: --syn only
 
 
