@@ -14,6 +14,7 @@ from typing import Any
 import pyarrow as pa
 
 from asign.errors import StoreError
+from asign.hashing import fingerprint
 from asign.store import manifest as _manifest
 from asign.store import manifest_records as _mr
 from asign.store import records as _records
@@ -30,6 +31,7 @@ from asign.store.layout import (
 from asign.store.manifest_records import LabelsInfo, StepRecord
 from asign.store.parquet import read_table, write_table, write_table_parts
 from asign.store.query import connect, run_query
+from asign.store.thumbnails import Thumbnail, section_thumbnail
 from asign.store.vectors import Done, EmbeddingRows, Vectors, open_vectors
 
 __all__ = ["Done", "EmbeddingInfo", "EmbeddingRows", "LabelsInfo", "Store", "StepRecord",
@@ -191,7 +193,33 @@ class Store:
         with _records.recording(self.layout, name, key, path):
             path.unlink(missing_ok=True)
 
-    def write_qc_png(self, path: Path, rgb: Any) -> Path:
+    def write_thumbnail(self, section_id: str, rgb: Any, *, fine: bool = False) -> Path:
+        """A section's registration thumbnail (``fine``: align's ≤ 4 µm/px one)."""
+        path = (self.layout.fine_thumbnail if fine else self.layout.thumbnail)(section_id)
+        return self._write_qc_png(path, rgb)
+
+    def write_alignment_png(self, sample_id: str, rgb: Any) -> Path:
+        """The QC overlay of a sample's aligned sections."""
+        return self._write_qc_png(self.layout.alignment_png(sample_id), rgb)
+
+    def has_fine_thumbnail(self, section_id: str) -> bool:
+        return self.layout.fine_thumbnail(section_id).exists()
+
+    def thumbnail(self, manifest: dict[str, Any], sample_id: str,
+                  section_id: str) -> Thumbnail | None:
+        """The finest thumbnail a section has, with its downsample (store/thumbnails.py)."""
+        return section_thumbnail(self.layout, self.step_record(manifest, sample_id, "align"),
+                                 section_id)
+
+    def ingest_fingerprint(self) -> str:
+        """Fingerprint of what ingest produced: parameters and every step's input fingerprint
+        (not the timestamps, so re-running a finished ingest keeps it)."""
+        m = self.manifest()
+        steps = {s: {k: r.fingerprint for k, r in d.items()}
+                 for s, d in sorted(self.step_records(m).items())}
+        return fingerprint(m.get("params", {}), steps)
+
+    def _write_qc_png(self, path: Path, rgb: Any) -> Path:
         """A QC picture (e.g. the alignment overlay), written atomically."""
         import numpy as np
         from PIL import Image

@@ -35,9 +35,13 @@ class ManifestRecord:
         return getattr(self, name) is not None or name in self.nulls
 
     def updated(self: R, **values: Any) -> R:
-        """A copy with ``values`` set (a None among them recorded as null)."""
-        return dataclasses.replace(self, **values, nulls=self.nulls | {
-            k for k, v in values.items() if v is None})
+        """A copy with ``values`` set (a None among them recorded as null; a name the record
+        does not type goes to ``extra``)."""
+        names = {f.name for f in dataclasses.fields(self)} - {"extra", "nulls"}
+        typed = {k: v for k, v in values.items() if k in names}
+        extra = {**self.extra, **{k: v for k, v in values.items() if k not in names}}
+        return dataclasses.replace(self, **typed, extra=extra, nulls=self.nulls | {
+            k for k, v in typed.items() if v is None})
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest record: unset (None) fields are left out unless recorded as null."""
