@@ -71,8 +71,8 @@ def _cli(args: list[str], env: dict[str, str] | None = None) -> tuple[float, dic
 def _lmdb_entries(store: Path) -> dict[bytes, bytes]:
     from asign.store import open_store
 
-    with open_store(store).vectors() as vec, vec.env.begin() as txn:
-        return {bytes(k): bytes(v) for k, v in txn.cursor()}
+    with open_store(store).vectors() as vec:
+        return vec.entries()
 
 
 def _files(store: Path) -> dict[str, str]:

@@ -282,8 +282,8 @@ def ingest_end_to_end(encoder: str, batch_size: int, work: Path, threads: int) -
         P._warm_paths.clear()
 
     def entries(root: Path) -> dict[bytes, bytes]:
-        with open_store(root).vectors() as vec, vec.env.begin() as txn:
-            return {bytes(k): bytes(v) for k, v in txn.cursor()}
+        with open_store(root).vectors() as vec:
+            return vec.entries()
 
     # Random weights where none are bundled: the same FLOPs, and no download needed.
     weights = "imagenet" if E.get_encoder_spec(encoder).bundled else "random"

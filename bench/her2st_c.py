@@ -104,11 +104,13 @@ def store_params(store: Path) -> dict:
     """What decided the numbers: panel, normalisation, encoder and weights, graph."""
     from asign.store import open_store
 
-    m = open_store(store).manifest()
+    s = open_store(store)
+    m = s.manifest()
     embed = m["params"].get("embed", {})
+    labels = s.labels_info(m)
     return {
         "store": store.name,
-        "labels": m["params"].get("labels"),
+        "labels": None if labels is None else labels.to_dict(),
         "encoder": embed.get("encoder"), "dim": embed.get("dim"),
         "weights": embed.get("weights"), "weights_sha256": embed.get("weights_sha256"),
         "weights_source": embed.get("weights_source"),

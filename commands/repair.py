@@ -36,8 +36,11 @@ def repair_store(root: Path) -> dict[str, Any]:
     done: list[str] = files.plain_locks(store)  # the lock itself must be a plain file
     with writer_lock(store.layout.writable(store.layout.ingest_lock), wait=10.0):
         done += files.fix_files(store)
-        done += files.rebuild_ingest_record(store)
-        done += files.rerecord(store)
+        # one inspection (every file re-hashed) decides both: neither fix touches what the
+        # other reads (the ingest tables' record; the runs' records)
+        found = inspect_store(store).problems
+        done += files.rebuild_ingest_record(store, found)
+        done += files.rerecord(store, found)
     configs = _step_configs(store)
     if configs is None:
         left = inspect_store(store).problems
@@ -65,13 +68,12 @@ def _step_configs(store: Store) -> list[Any] | None:
     from asign.ingest.config import IngestConfig
     from asign.ingest.steps import STEPS
 
-    manifest = store.manifest()
     order: dict[str, list[str]] = {}
-    for steps in manifest["steps"].values():
+    for steps in store.step_records(store.manifest()).values():
         for step in STEPS:
             if step not in steps:
                 continue
-            config = steps[step].get("config")
+            config = steps[step].config
             if config is None:
                 return None
             key = json.dumps(config, sort_keys=True)

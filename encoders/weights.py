@@ -15,7 +15,7 @@ from asign.encoders import hf_cache
 from asign.encoders.registry import AUTO, AUTO_OFFLINE, AUTO_PREFERRED, ENCODERS, get_encoder_spec
 from asign.encoders.spec import EncoderSpec, WeightsSource
 from asign.errors import WeightsError
-from asign.store.manifest import file_sha256
+from asign.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 

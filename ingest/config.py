@@ -156,7 +156,7 @@ class IngestConfig:
                        help="Re-hash every stored file to decide what is intact (repair).")
 
     def to_json(self) -> dict[str, Any]:
-        from asign.store.manifest import jsonable
+        from asign.jsonable import jsonable
 
         return jsonable(asdict(self))
 

@@ -15,17 +15,18 @@ from pathlib import Path
 from typing import Any
 
 from asign.errors import ClusterError
+from asign.hashing import fingerprint
 from asign.ingest.config import IngestConfig
 from asign.ingest.runner import Runner
 from asign.ingest.sample import SampleInput
 from asign.ingest.steps import PIPELINE, STEP, STEPS, previous
 from asign.progress import Reporter, reporter
-from asign.store import Store, StoreLayout, open_store, prepare_root
+from asign.store import StepRecord, Store, StoreLayout, open_store, prepare_root
 from asign.store.atomic import remove_stale_temps
 from asign.store.binding import guard
 from asign.store.integrity import entries_digest, forget_done
+from asign.store.layout import VECTOR_STEPS
 from asign.store.locks import writer_lock
-from asign.store.manifest import fingerprint, mark_step, step_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ def _run(cfg: IngestConfig, resolved: str | None, store: Store, rep: Reporter | 
             step_register.check_ids(store, samples, cfg.sources)  # before anything is written
             hashes = step_register.input_hashes(samples)
             fp_reg = step_register.register_fingerprint(cfg, samples, hashes)
-            if all(step_fingerprint(manifest, s.sample_id, "register") == fp_reg
+            if all(store.step_fingerprint(manifest, s.sample_id, "register") == fp_reg
                    and store.step_intact(manifest, s.sample_id, "register", full=cfg.verify)
                    for s in samples):
                 summary["skipped"] += [f"{s.sample_id}:register" for s in samples]
@@ -136,10 +137,10 @@ def _run(cfg: IngestConfig, resolved: str | None, store: Store, rep: Reporter | 
                           invalidate=cfg.invalidate_runs, why=why)
                 info = step_register.write_register(store, cfg, samples, hashes)
                 manifest["inputs"].update(hashes)
-                manifest["params"]["labels"] = info
+                store.record_labels_info(manifest, info)
                 for s in samples:
-                    mark_step(manifest, s.sample_id, "register", fp_reg,
-                              config=recorded_config(cfg))
+                    store.mark_step_done(manifest, s.sample_id, "register",
+                                         StepRecord.now(fp_reg, config=recorded_config(cfg)))
                     _invalidate_after(manifest, s.sample_id, "register")
                 store.save_manifest(manifest)
                 summary["ran"] += [f"{s.sample_id}:register" for s in samples]
@@ -158,7 +159,7 @@ def _run(cfg: IngestConfig, resolved: str | None, store: Store, rep: Reporter | 
             for sample_id in sample_ids:
                 if sample_id in failed:
                     continue
-                upstream = step_fingerprint(manifest, sample_id, previous(step))
+                upstream = store.step_fingerprint(manifest, sample_id, previous(step))
                 if upstream is None:
                     from asign.errors import StoreError
 
@@ -169,7 +170,7 @@ def _run(cfg: IngestConfig, resolved: str | None, store: Store, rep: Reporter | 
                 fp = fingerprint(step, upstream, record.params(cfg))
                 # Skipped only when finished under this fingerprint and its tables are still
                 # the ones recorded (not deleted, edited, or half-replaced by a crashed run).
-                if (step_fingerprint(manifest, sample_id, step) == fp
+                if (store.step_fingerprint(manifest, sample_id, step) == fp
                         and store.step_intact(manifest, sample_id, step, full=cfg.verify)):
                     summary["skipped"].append(f"{sample_id}:{step}")
                     _remember(store, manifest, [sample_id], step, cfg)
@@ -179,7 +180,7 @@ def _run(cfg: IngestConfig, resolved: str | None, store: Store, rep: Reporter | 
                         manifest = backfill_fine_thumbnails(store, manifest, sample_id)
                     continue
                 guard(store, manifest, sample_id, step, fp, invalidate=cfg.invalidate_runs)
-                if step in LMDB_STEPS and step_fingerprint(manifest, sample_id, step) == fp:
+                if step in VECTOR_STEPS and store.step_fingerprint(manifest, sample_id, step) == fp:
                     forget_done(store, sample_id, step)  # a repair: recompute, not resume
                 try:
                     info = record.run(store, cfg, sample_id, fp, rep, runner)
@@ -188,11 +189,11 @@ def _run(cfg: IngestConfig, resolved: str | None, store: Store, rep: Reporter | 
                     summary.setdefault("failed", []).append(str(err))
                     continue
                 manifest = store.manifest()  # steps may record params
-                if step in LMDB_STEPS:  # what check and repair compare the entries with
+                if step in VECTOR_STEPS:  # what check and repair compare the entries with
                     info = {**(info or {}),
                             "entries_sha256": entries_digest(store, manifest, sample_id, step)}
-                mark_step(manifest, sample_id, step, fp, **(info or {}),
-                          config=recorded_config(cfg))
+                store.mark_step_done(manifest, sample_id, step,
+                                     StepRecord.now(fp, info, recorded_config(cfg)))
                 _invalidate_after(manifest, sample_id, step)
                 store.save_manifest(manifest)
                 summary["ran"].append(f"{sample_id}:{step}")
@@ -225,11 +226,11 @@ def _prefetch(runner: Runner, store: Store, manifest: dict[str, Any], cfg: Inges
 
     todo = []
     for sample_id in sample_ids:
-        upstream = step_fingerprint(manifest, sample_id, previous(step))
+        upstream = store.step_fingerprint(manifest, sample_id, previous(step))
         if upstream is None:
             continue  # the loop reports it
         fp = fingerprint(step, upstream, STEP[step].params(cfg))
-        if not (step_fingerprint(manifest, sample_id, step) == fp
+        if not (store.step_fingerprint(manifest, sample_id, step) == fp
                 and store.step_intact(manifest, sample_id, step, full=cfg.verify)):
             todo.append(sample_id)
     if step == "align":
@@ -240,7 +241,6 @@ def _prefetch(runner: Runner, store: Store, manifest: dict[str, Any], cfg: Inges
                     description=f"{step}")
 
 
-LMDB_STEPS = ("patches", "embed")  # steps whose outputs are LMDB entries as well as tables
 # Options that decide where and how fast, never what: left out of the recorded config.
 _RUNTIME = ("store", "wait", "threads", "workers", "scheduler", "invalidate_runs", "verify")
 
@@ -260,12 +260,16 @@ def _remember(store: Store, manifest: dict[str, Any], sample_ids: list[str], ste
     where an older asign did not."""
     changed = False
     for s in sample_ids:
-        record = manifest["steps"][s][step]
-        if "config" not in record:
-            record["config"] = recorded_config(cfg)
-            changed = True
-        if step in LMDB_STEPS and "entries_sha256" not in record:
-            record["entries_sha256"] = entries_digest(store, manifest, s, step)
+        record = store.step_record(manifest, s, step)
+        if record is None:  # not reached: a skipped step is one the manifest records
+            continue
+        missing: dict[str, Any] = {}
+        if not record.recorded("config"):
+            missing["config"] = recorded_config(cfg)
+        if step in VECTOR_STEPS and not record.recorded("entries_sha256"):
+            missing["entries_sha256"] = entries_digest(store, manifest, s, step)
+        if missing:
+            store.mark_step_done(manifest, s, step, record.updated(**missing))
             changed = True
     if changed:
         store.save_manifest(manifest)
@@ -273,15 +277,15 @@ def _remember(store: Store, manifest: dict[str, Any], sample_ids: list[str], ste
 
 def _label_change(manifest: dict[str, Any], cfg: IngestConfig) -> str:
     """The change of normalisation a re-register makes, in words ('' when none)."""
-    old = (manifest["params"].get("labels") or {}).get("normalisation")
+    labels = Store.labels_info(manifest)
+    old = None if labels is None else labels.normalisation
     return f"normalisation {old} → {cfg.normalisation}" if old and old != cfg.normalisation else ""
 
 
 def _invalidate_after(manifest: dict[str, Any], sample_id: str, step: str) -> None:
     """A redone step invalidates the finished steps after it (their inputs were rewritten),
     even when its fingerprint is unchanged, e.g. when it re-created a deleted table."""
-    for later in STEPS[STEPS.index(step) + 1:]:
-        manifest["steps"].get(sample_id, {}).pop(later, None)
+    Store.forget_steps(manifest, sample_id, STEPS[STEPS.index(step) + 1:])
 
 
 def _stored_samples(store: Store, cfg: IngestConfig) -> list[str]:

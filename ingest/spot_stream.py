@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from asign.store import EmbeddingRows
+from asign.store import Done, EmbeddingRows
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +62,10 @@ def stream_sections(vec: Any, encoder: Any, sections: list[SpotSection], *, batc
     name = encoder.spec.name
     todo: dict[int, set[int]] = {}  # section → batches without vectors
     for i, sec in enumerate(sections):
-        done = ("patches", patches_fp, sec.section_id)
+        done = Done.patches(patches_fp, sec.section_id)
         n_batches = -(-len(sec.spot_ids) // batch_size)
         missing = {b for b in range(n_batches)
-                   if not vec.is_done("emb", embed_fp, sec.section_id, "spot", str(b))}
+                   if not vec.is_done(Done.embeddings(embed_fp, sec.section_id, "spot", b))}
         if missing:
             todo[i] = missing
         elif sec.spot_ids:  # every vector is there (an earlier run died before the last patch)
@@ -85,16 +85,16 @@ def stream_sections(vec: Any, encoder: Any, sections: list[SpotSection], *, batc
             sec, b = sections[i], batch_no[i]
             batch_no[i] += 1
             fresh = b in todo[i]  # a resumed section rewrites only the vectors it lacks
-            markers = [("emb", embed_fp, sec.section_id, "spot", str(b))] if fresh else []
+            markers = [Done.embeddings(embed_fp, sec.section_id, "spot", b)] if fresh else []
             if batch_no[i] * batch_size >= len(sec.spot_ids):  # the section's last batch
-                markers.append(("patches", patches_fp, sec.section_id))
+                markers.append(Done.patches(patches_fp, sec.section_id))
             writer.put(patches=zip(batch.keys, batch.patches or [], strict=True),
                        embeddings=[EmbeddingRows(name, "spot", batch.keys, batch.features)] if fresh
                        else [], done=markers)
             advance(len(batch.keys))
 
 
-def _store_patches_only(vec: Any, sec: SpotSection, done: tuple[str, ...]) -> None:
+def _store_patches_only(vec: Any, sec: SpotSection, done: Done) -> None:
     from asign.ingest.step_features import crop_patches
 
     vec.put(patches=crop_patches(sec.image, sec.spot_ids, sec.boxes, sec.size_px, sec.out_px),

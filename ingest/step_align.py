@@ -143,9 +143,9 @@ def _write_align(store: Store, sample_id: str, r: dict[str, Any], thumbs: dict[s
     store.write("transforms", r["transforms"], key=sample_id)
     store.write("spots", r["spots"], key=sample_id)
     for sid, thumb in thumbs.items():
-        store.write_qc_png(store.layout.thumbnail(sid), thumb)
+        store.write_thumbnail(sid, thumb)
     if r["overlay"] is not None:
-        store.write_qc_png(store.layout.alignment_png(sample_id), r["overlay"])
+        store.write_alignment_png(sample_id, r["overlay"])
     _write_fine(store, fine)
 
 
@@ -288,25 +288,29 @@ def _fine_thumbnails(imaged: pd.DataFrame) -> tuple[dict[str, np.ndarray], dict[
 
 def _write_fine(store: Store, thumbs: dict[str, np.ndarray]) -> None:
     for sid, thumb in thumbs.items():
-        store.write_qc_png(store.layout.fine_thumbnail(sid), thumb)
+        store.write_thumbnail(sid, thumb, fine=True)
 
 
 def backfill_fine_thumbnails(store: Store, manifest: dict[str, Any], sample_id: str
                              ) -> dict[str, Any]:
     """A finished align step of an older store has no fine thumbnails: write them (the
     alignment itself is untouched, so nothing after it is redone). Returns the manifest."""
-    align = manifest.get("steps", {}).get(sample_id, {}).get("align", {})
+    record = store.step_record(manifest, sample_id, "align")
+    align = {} if record is None else record.extra
     if align.get("method") == "precomputed":
         return manifest
     sections = _sections(store, sample_id)
     imaged = sections[sections.has_image]
     have = align.get("fine_thumb_downsample", {})
     if imaged.empty or (set(imaged.section_id) <= set(have) and all(
-            store.layout.fine_thumbnail(s).exists() for s in imaged.section_id)):
+            store.has_fine_thumbnail(s) for s in imaged.section_id)):
         return manifest
     log.info("sample %s: writing 4 µm/px thumbnails (missing in this store)", sample_id)
-    thumbs, align["fine_thumb_downsample"] = _fine_thumbnails(imaged)
+    thumbs, downsample = _fine_thumbnails(imaged)
     _write_fine(store, thumbs)
+    if record is not None:
+        store.mark_step_done(manifest, sample_id, "align",
+                             record.updated(fine_thumb_downsample=downsample))
     store.save_manifest(manifest)
     return manifest
 

@@ -22,7 +22,7 @@ from asign.ingest import standardise
 from asign.ingest.config import IngestConfig
 from asign.ingest.runner import Runner, raise_failures
 from asign.progress import Reporter
-from asign.store import EmbeddingInfo, EmbeddingRows, Store
+from asign.store import Done, EmbeddingInfo, EmbeddingRows, Store
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def run_patches(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: R
                                                             sec.section_id))
                 link.insert(0, "section_id", sec.section_id)
                 links.append(link)
-            if vec.is_done("patches", fp, sec.section_id):
+            if vec.is_done(Done.patches(fp, sec.section_id)):
                 rep.advance(task, len(sp))
                 continue
             boxes = patches.spot_patch_box(sp.px.to_numpy(), sp.py.to_numpy(),
@@ -130,7 +130,7 @@ def run_patches(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: R
         def commit(i: int, items: list[tuple[str, bytes]]) -> None:
             sid = unit_section[i]
             chunks_of[sid] -= 1
-            vec.put(patches=items, done=[("patches", fp, sid)] if chunks_of[sid] == 0 else [])
+            vec.put(patches=items, done=[Done.patches(fp, sid)] if chunks_of[sid] == 0 else [])
             rep.advance(task, len(items))
 
         failed = runner.map(crop_patches, units, unit_section, commit,
@@ -227,7 +227,7 @@ def run_embed(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Rep
         total = sum(len(items) for *_, items in work)
         task = rep.task(f"embed {sample_id}", total=total)
         units: list[tuple] = []
-        unit_markers: list[list[tuple[str, ...]]] = []
+        unit_markers: list[list[Done]] = []
         labels: list[str] = []
         for section_id, level, image, items in work:
             index["section_id"] += [section_id] * len(items)
@@ -237,8 +237,8 @@ def run_embed(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Rep
             # marker. Vectors do not depend on batch composition (embed pads batches), so a
             # resumed run, or one whose units ran elsewhere, gives the same bits.
             chunks = [items[i:i + bs] for i in range(0, len(items), bs)]
-            markers = [("emb", fp, section_id, level, str(b)) for b in range(len(chunks))]
-            todo = [b for b, m in enumerate(markers) if not vec.is_done(*m)]
+            markers = [Done.embeddings(fp, section_id, level, b) for b in range(len(chunks))]
+            todo = [b for b, m in enumerate(markers) if not vec.is_done(m)]
             todo_set = set(todo)
             rep.advance(task, sum(len(chunks[b]) for b in range(len(chunks)) if b not in todo_set))
             for lo in range(0, len(todo), per_unit):
@@ -248,7 +248,7 @@ def run_embed(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Rep
                 unit_markers.append([markers[b] for b in group])
                 labels.append(f"{section_id} ({level})")
 
-        def commit_batch(i: int, marker: tuple[str, ...], batch: tuple[list[str], np.ndarray],
+        def commit_batch(i: int, marker: Done, batch: tuple[list[str], np.ndarray],
                          sink: Any = vec) -> None:
             ids, vectors = batch
             sink.put(embeddings=[EmbeddingRows(name, units[i][2], ids, vectors)], done=[marker])
@@ -402,9 +402,8 @@ def _rows(batch: Any, zscore: tuple[np.ndarray, np.ndarray] | None) -> tuple[lis
                         else standardise.apply(batch.features, *zscore))
 
 
-def _embed_serially(units: list[tuple], unit_markers: list[list[tuple[str, ...]]],
-                    commit_batch: Callable[[int, tuple[str, ...], tuple[list[str], np.ndarray]],
-                                           None],
+def _embed_serially(units: list[tuple], unit_markers: list[list[Done]],
+                    commit_batch: Callable[[int, Done, tuple[list[str], np.ndarray]], None],
                     cfg: IngestConfig, vec: Any, encoder: Any) -> None:
     """The embed units of a serial run through one loader pipeline (``embed_groups``): the
     next unit's crops are cut while the encoder finishes this one. Each batch is committed

@@ -13,12 +13,12 @@ import numpy as np
 import pyarrow as pa
 
 from asign.errors import ConfigError, InputError
+from asign.hashing import file_sha256, fingerprint
 from asign.ingest import labels as labels_mod
 from asign.ingest.config import IngestConfig
 from asign.ingest.images import verify_image
 from asign.ingest.sample import SampleInput, SectionInput
-from asign.store import Store
-from asign.store.manifest import file_sha256, fingerprint
+from asign.store import LabelsInfo, Store
 
 log = logging.getLogger(__name__)
 
@@ -320,8 +320,9 @@ def _warn_absent(samples: Sequence[SampleInput], panel: list[str]) -> dict[str, 
 
 
 def write_register(store: Store, cfg: IngestConfig, samples: Sequence[SampleInput],
-                   hashes: dict[str, Any]) -> dict[str, Any]:
-    """Write sections, spots, genes and labels of ``samples`` (replacing earlier versions)."""
+                   hashes: dict[str, Any]) -> LabelsInfo:
+    """Write sections, spots, genes and labels of ``samples`` (replacing earlier versions);
+    returns what the manifest records of the labels."""
     if cfg.normalisation not in labels_mod.NORMALISATIONS:
         raise ConfigError(f"unknown normalisation {cfg.normalisation!r}",
                           fix=f"use one of {', '.join(labels_mod.NORMALISATIONS)}")
@@ -351,6 +352,6 @@ def write_register(store: Store, cfg: IngestConfig, samples: Sequence[SampleInpu
     store.write("genes",
                 {"gene": panel, "rank": list(range(len(panel))), "mean_count": means.tolist()})
     store.write("sections", {k: [r.get(k) for r in rows] for k in rows[-1]})
-    return {"panel_sections": train_sections, "n_genes": len(panel),
-            "normalisation": cfg.normalisation, **({"absent_genes": absent} if absent else {}),
-            "section_um": {k: {"um": v[0], "source": v[1]} for k, v in spacing.items()}}
+    return LabelsInfo(normalisation=cfg.normalisation, n_genes=len(panel),
+                      panel_sections=train_sections, absent_genes=absent or None,
+                      section_um={k: {"um": v[0], "source": v[1]} for k, v in spacing.items()})

@@ -70,8 +70,8 @@ def _align(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Report
 
 def _patches(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Reporter,
              runner: Runner) -> dict[str, Any]:
+    from asign.hashing import fingerprint
     from asign.ingest.step_features import run_patches
-    from asign.store.manifest import fingerprint
 
     # embed next in this run: its spot level rides along with the cut (ingest/spot_stream.py)
     embed_fp = fingerprint("embed", fp, _embed_params(cfg)) if "embed" in cfg.steps else None

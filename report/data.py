@@ -30,7 +30,7 @@ import pandas as pd
 from asign.errors import InputError, StoreError
 from asign.store import Store
 from asign.store.binding import STALE, require_current
-from asign.store.thumbnails import Thumbnail, section_thumbnail
+from asign.store.thumbnails import Thumbnail
 from asign.train.config import BASELINE_MODELS, MEAN_MODEL, MODELS, ModelSpec
 from asign.train.metrics import accuracy_metrics
 
@@ -233,8 +233,9 @@ def load_run_data(store: Store, name: str, model: str | None = None) -> RunData:
                                               runs[map_model])
 
     manifest = store.manifest()
-    normalisation = str(manifest.get("params", {}).get("labels", {}).get("normalisation",
-                                                                         "unknown scale"))
+    recorded = store.labels_info(manifest)
+    normalisation = str(recorded.normalisation if recorded and recorded.recorded("normalisation")
+                        else "unknown scale")
     thumbs = _thumbs(store, manifest, sections)
     transforms = pd.concat([store.read("transforms", key=s).to_pandas() for s in samples
                             if store.has("transforms", key=s)] or [pd.DataFrame()],
@@ -353,8 +354,7 @@ def _computed_mean(metrics: pd.DataFrame, predictions: dict[str, np.ndarray], la
 def _thumbs(store: Store, manifest: dict[str, Any], sections: pd.DataFrame) -> dict[str, Thumbnail]:
     out: dict[str, Thumbnail] = {}
     for r in sections.itertuples():
-        align = manifest.get("steps", {}).get(str(r.sample_id), {}).get("align", {})
-        thumb = section_thumbnail(store.layout, align, str(r.section_id))
+        thumb = store.thumbnail(manifest, str(r.sample_id), str(r.section_id))
         if thumb is not None:
             out[str(r.section_id)] = thumb
         elif r.has_image:

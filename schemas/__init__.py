@@ -23,10 +23,16 @@ _f32 = pa.float32()
 _i32 = pa.int32()
 
 
+# Every table, by name, in declaration order (the order of the query views): a table is
+# declared once, by its ``_schema`` call below.
+TABLES: dict[str, pa.Schema] = {}
+
+
 def _schema(name: str, fields: list[pa.Field]) -> pa.Schema:
-    return pa.schema(fields,
-                     metadata={b"asign.table": name.encode(),
-                               b"asign.schema_version": str(SCHEMA_VERSION).encode()})
+    version = str(SCHEMA_VERSION).encode()
+    TABLES[name] = pa.schema(fields, metadata={b"asign.table": name.encode(),
+                                               b"asign.schema_version": version})
+    return TABLES[name]
 
 
 SECTIONS = _schema("sections", [
@@ -191,22 +197,6 @@ PREDICTIONS = _schema("predictions", [
     pa.field("lower", _f32),  # the run's interval (runs.config coverage); null: none computed
     pa.field("upper", _f32),
 ])
-
-TABLES: dict[str, pa.Schema] = {
-    "sections": SECTIONS,
-    "spots": SPOTS,
-    "genes": GENES,
-    "labels": LABELS,
-    "transforms": TRANSFORMS,
-    "warps": WARPS,
-    "tiles": TILES,
-    "spot_tiles": SPOT_TILES,
-    "embeddings": EMBEDDINGS,
-    "edges": EDGES,
-    "runs": RUNS,
-    "metrics": METRICS,
-    "predictions": PREDICTIONS,
-}
 
 
 def upgrade(table: pa.Table, name: str, columns: list[str] | None = None) -> pa.Table:

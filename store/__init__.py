@@ -14,7 +14,9 @@ from typing import Any
 import pyarrow as pa
 
 from asign.errors import StoreError
+from asign.hashing import fingerprint
 from asign.store import manifest as _manifest
+from asign.store import manifest_records as _mr
 from asign.store import records as _records
 from asign.store.atomic import atomic_path
 from asign.store.checkpoints import Checkpoint
@@ -26,12 +28,14 @@ from asign.store.layout import (
     STEP_TABLES,
     StoreLayout,
 )
+from asign.store.manifest_records import LabelsInfo, StepRecord
 from asign.store.parquet import read_table, write_table, write_table_parts
 from asign.store.query import connect, run_query
-from asign.store.vectors import EmbeddingRows, Vectors, open_vectors
+from asign.store.thumbnails import Thumbnail, section_thumbnail
+from asign.store.vectors import Done, EmbeddingRows, Vectors, open_vectors
 
-__all__ = ["EmbeddingInfo", "EmbeddingRows", "Store", "StoreLayout", "Vectors",
-           "open_store", "prepare_root"]
+__all__ = ["Done", "EmbeddingInfo", "EmbeddingRows", "LabelsInfo", "Store", "StepRecord",
+           "StoreLayout", "Vectors", "open_store", "prepare_root"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,45 @@ class Store:
     def record_embedding_info(manifest: dict[str, Any], info: EmbeddingInfo) -> None:
         """Put ``info`` into ``manifest`` as ``params.embed``; ``save_manifest`` writes it."""
         record_embedding_info(manifest, info)
+
+    @staticmethod
+    def labels_info(manifest: dict[str, Any]) -> LabelsInfo | None:
+        """What register recorded about the labels (``params.labels``), or None."""
+        return _mr.labels_info(manifest)
+
+    @staticmethod
+    def record_labels_info(manifest: dict[str, Any], info: LabelsInfo) -> None:
+        """Put ``info`` into ``manifest`` as ``params.labels``; ``save_manifest`` writes it."""
+        _mr.record_labels_info(manifest, info)
+
+    # step done markers (the manifest's ``steps``) -------------------------
+    @staticmethod
+    def step_record(manifest: dict[str, Any], sample_id: str, step: str) -> StepRecord | None:
+        """What ``step`` recorded for the sample when it finished; None when not done."""
+        return _mr.step_record(manifest, sample_id, step)
+
+    @staticmethod
+    def step_fingerprint(manifest: dict[str, Any], sample_id: str, step: str) -> str | None:
+        """The fingerprint ``step`` of the sample finished under; None when not done."""
+        record = _mr.step_record(manifest, sample_id, step)
+        return None if record is None else record.fingerprint
+
+    @staticmethod
+    def step_records(manifest: dict[str, Any]) -> dict[str, dict[str, StepRecord]]:
+        """``{sample: {step: record}}`` of every finished step."""
+        return _mr.step_records(manifest)
+
+    @staticmethod
+    def mark_step_done(manifest: dict[str, Any], sample_id: str, step: str,
+                       record: StepRecord) -> None:
+        """Record ``step`` of the sample as finished (``StepRecord.now``, or an updated
+        record); ``save_manifest`` writes it."""
+        _mr.record_step(manifest, sample_id, step, record)
+
+    @staticmethod
+    def forget_steps(manifest: dict[str, Any], sample_id: str, steps: Iterable[str]) -> None:
+        """Drop the done markers of ``steps`` of the sample: they run again."""
+        _mr.forget_steps(manifest, sample_id, steps)
 
     def step_intact(self, manifest: dict[str, Any], sample_id: str, step: str, *,
                     full: bool = False) -> bool:
@@ -151,7 +194,33 @@ class Store:
         with _records.recording(self.layout, name, key, path):
             path.unlink(missing_ok=True)
 
-    def write_qc_png(self, path: Path, rgb: Any) -> Path:
+    def write_thumbnail(self, section_id: str, rgb: Any, *, fine: bool = False) -> Path:
+        """A section's registration thumbnail (``fine``: align's ≤ 4 µm/px one)."""
+        path = (self.layout.fine_thumbnail if fine else self.layout.thumbnail)(section_id)
+        return self._write_qc_png(path, rgb)
+
+    def write_alignment_png(self, sample_id: str, rgb: Any) -> Path:
+        """The QC overlay of a sample's aligned sections."""
+        return self._write_qc_png(self.layout.alignment_png(sample_id), rgb)
+
+    def has_fine_thumbnail(self, section_id: str) -> bool:
+        return self.layout.fine_thumbnail(section_id).exists()
+
+    def thumbnail(self, manifest: dict[str, Any], sample_id: str,
+                  section_id: str) -> Thumbnail | None:
+        """The finest thumbnail a section has, with its downsample (store/thumbnails.py)."""
+        return section_thumbnail(self.layout, self.step_record(manifest, sample_id, "align"),
+                                 section_id)
+
+    def ingest_fingerprint(self) -> str:
+        """Fingerprint of what ingest produced: parameters and every step's input fingerprint
+        (not the timestamps, so re-running a finished ingest keeps it)."""
+        m = self.manifest()
+        steps = {s: {k: r.fingerprint for k, r in d.items()}
+                 for s, d in sorted(self.step_records(m).items())}
+        return fingerprint(m.get("params", {}), steps)
+
+    def _write_qc_png(self, path: Path, rgb: Any) -> Path:
         """A QC picture (e.g. the alignment overlay), written atomically."""
         import numpy as np
         from PIL import Image

@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from asign.errors import StoreError
-from asign.store.layout import StoreLayout
-from asign.store.manifest import fingerprint
+from asign.hashing import fingerprint
+from asign.store.layout import VECTOR_STEPS, StoreLayout
+from asign.store.manifest_records import labels_info, step_record
 
 log = logging.getLogger(__name__)
 
@@ -66,28 +67,32 @@ def binding_of(state: StoreState, sample_ids: Iterable[str], *, features: bool,
     recorded = manifest.get("tables") or {}
     names = _ALWAYS + (_GRAPH if graph else ()) + (_FEATURES if features else ())
     steps = (_STEPS_ALWAYS + (("graph",) if graph else ())
-             + (("patches", "embed") if features else ()))
+             + (VECTOR_STEPS if features else ()))
     tables = {}
     for s in samples:
         for name in names:
             rel = layout.relative(layout.table(name, s))
             tables[rel] = (recorded.get(rel) or {}).get("sha256")
-    done = manifest.get("steps") or {}
     rows = sorted((r for r in state.sections if r.get("sample_id") in samples),
                   key=lambda r: str(r.get("section_id")))
+    labels = labels_info(manifest)
     return {
         "version": BINDING_VERSION,
         "reads": {"features": features, "graph": graph},
         "samples": samples,
-        "normalisation": ((manifest.get("params") or {}).get("labels") or {}).get("normalisation"),
+        "normalisation": None if labels is None else labels.normalisation,
         # the panel itself, not the genes table's bytes: its mean counts change when
         # another sample of the same panel is registered, which changes nothing a run read
         "panel": fingerprint(state.panel),
         "tables": tables,
-        "steps": {s: {k: (done.get(s, {}).get(k) or {}).get("fingerprint") for k in steps}
-                  for s in samples},
+        "steps": {s: {k: _fingerprint_of(manifest, s, k) for k in steps} for s in samples},
         "sections": fingerprint(rows),
     }
+
+
+def _fingerprint_of(manifest: dict[str, Any], sample_id: str, step: str) -> str | None:
+    record = step_record(manifest, sample_id, step)
+    return None if record is None else record.fingerprint
 
 
 def current_binding(state: StoreState, bound: dict[str, Any]) -> dict[str, Any]:
@@ -180,7 +185,7 @@ def guard(store: Any, manifest: dict[str, Any], sample_id: str, step: str, new_f
     that current runs are bound to is refused (one line), or, with ``invalidate``, those
     runs are marked stale first. Redoing a step under its recorded fingerprint (a repair,
     which restores the same content) and a first run change nothing a run read."""
-    old = (manifest.get("steps") or {}).get(sample_id, {}).get(step, {}).get("fingerprint")
+    old = _fingerprint_of(manifest, sample_id, step)
     if old is None or old == new_fp:
         return
     bound = runs_bound_to(store, manifest, sample_id, [step])

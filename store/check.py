@@ -26,14 +26,21 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from asign.errors import AsignError
+from asign.hashing import file_sha256
 from asign.schemas import SCHEMA_VERSION, TABLES
 from asign.schemas.vocabulary import EDGE_KINDS
 from asign.store import Store, records
 from asign.store.check_files import UNREADABLE, check_files
 from asign.store.check_results import check_results
 from asign.store.integrity import digest_problem, lmdb_damage, vectors_problem
-from asign.store.layout import OPTIONAL_STEP_TABLES, RUN_TABLES, SAMPLE_TABLES, STEP_TABLES
-from asign.store.manifest import file_sha256, table_problem
+from asign.store.layout import (
+    OPTIONAL_STEP_TABLES,
+    RUN_TABLES,
+    SAMPLE_TABLES,
+    STEP_TABLES,
+    VECTOR_STEPS,
+)
+from asign.store.manifest import table_problem
 from asign.store.parquet import check_version
 from asign.store.vectors import _emb_key
 
@@ -97,7 +104,7 @@ def _inspect(store: Store) -> CheckReport:
     vec = None
     if not store.layout.vectors.exists():
         problems += [f"{why}; {_REINGEST}" for sample_id, steps in manifest["steps"].items()
-                     for step in ("patches", "embed")
+                     for step in VECTOR_STEPS
                      if step in steps
                      and (why := vectors_problem(store, manifest, sample_id, step))][:1]
     elif (damage := lmdb_damage(store.layout.vectors)) is not None:
@@ -306,7 +313,7 @@ def _check_sample(store: Store, sample_id: str, steps: dict, vec: Any, encoder: 
                 problems.append(f"{vec.path}: {len(gone)} of {len(wanted)} spot patches of sample "
                                 f"{sample_id} missing (e.g. patch/{gone[0]}); {_REINGEST}")
     if vec is not None:
-        problems += [f"{why}; {_REINGEST}" for step in ("patches", "embed") if step in steps
+        problems += [f"{why}; {_REINGEST}" for step in VECTOR_STEPS if step in steps
                      and (why := digest_problem(store, store.manifest(), sample_id, step, vec))]
     if "embed" in steps and ok["embeddings"] and vec is not None and encoder:
         _check_embeddings(store, sample_id, vec, encoder, dim, spot_ids,
@@ -342,7 +349,7 @@ def _check_embeddings(store: Store, sample_id: str, vec: Any, encoder: str, dim:
     rows = [r for r in index if r["encoder"] == encoder]
     missing, wrong_size, non_finite = [], [], []
     want_bytes = 2 * int(dim) if dim else None
-    with vec.env.begin() as txn:
+    with vec._begin() as txn:
         for r in rows:
             value = txn.get(_emb_key(encoder, r["level"], r["id"]))
             if value is None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from asign.store.manifest_records import ManifestRecord
 
 
 @dataclass(frozen=True)
-class EmbeddingInfo:
+class EmbeddingInfo(ManifestRecord):
     """The encoder and everything that decided the bits of the stored vectors.
 
     ``extra`` keeps every other recorded field (provenance such as ``torch``,
@@ -31,25 +32,11 @@ class EmbeddingInfo:
     # per sample: reference section, stats hash
     standardised: dict[str, dict[str, Any]] | None = None
     parts: list[dict[str, Any]] | None = None  # a concatenated encoder's parts
-    extra: dict[str, Any] = field(default_factory=dict)
-    nulls: frozenset[str] = field(default=frozenset(), repr=False)  # fields recorded as null
 
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> EmbeddingInfo:
-        names = {f.name for f in dataclasses.fields(cls)} - {"extra", "nulls"}
-        known = {k: v for k, v in record.items() if k in names}
-        extra = {k: v for k, v in record.items() if k not in names}
-        return cls(**{**known, "encoder": str(record["encoder"]), "dim": int(record["dim"])},
-                   extra=extra, nulls=frozenset(k for k, v in known.items() if v is None))
-
-    def to_dict(self) -> dict[str, Any]:
-        """The manifest record: unset (None) fields are left out unless recorded as null."""
-        out = {**self.extra}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name not in ("extra", "nulls") and (value is not None or f.name in self.nulls):
-                out[f.name] = value
-        return out
+        return super().from_dict({**record, "encoder": str(record["encoder"]),
+                                  "dim": int(record["dim"])})
 
     @property
     def is_network(self) -> bool:

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from asign.errors import AsignError
-from asign.store.layout import StoreLayout
+from asign.store.layout import VECTOR_STEPS, StoreLayout
 from asign.store.manifest import table_problem
+from asign.store.manifest_records import step_record
 
 
 def lmdb_damage(path: Path) -> str | None:
@@ -60,7 +61,7 @@ def vectors_problem(store: Any, manifest: dict[str, Any], sample_id: str, step: 
     """Patches (``patches``) or embeddings (``embed``) the tables list but the LMDB lacks:
     counted per section, from the spot→tile map and the embeddings table; ``full``: also
     their bytes against the digest recorded at ingest."""
-    if step not in ("patches", "embed"):
+    if step not in VECTOR_STEPS:
         return None
     path = store.layout.vectors
     name = "spot_tiles" if step == "patches" else "embeddings"
@@ -85,7 +86,7 @@ def vectors_problem(store: Any, manifest: dict[str, Any], sample_id: str, step: 
     try:
         with store.vectors(readonly=True) as vec:
             for key, n in wanted.items():
-                held = (vec.count(f"patch/{key}".encode()) if encoder is None
+                held = (vec.count_patches(key) if encoder is None
                         else vec.count_embeddings(key[0], key[1], key[2]))
                 if held < n:
                     return (f"{path}: holds {held} of the {n} {step} entries of sample "
@@ -128,7 +129,7 @@ def entries_digest(store: Any, manifest: dict[str, Any], sample_id: str, step: s
         return h.hexdigest()
     opened = store.vectors(readonly=True) if vec is None else None
     try:
-        with (opened or vec).env.begin() as txn:
+        with (opened or vec)._begin() as txn:
             for key in keys:
                 value = txn.get(key)
                 if value is None:
@@ -144,8 +145,8 @@ def entries_digest(store: Any, manifest: dict[str, Any], sample_id: str, step: s
 def digest_problem(store: Any, manifest: dict[str, Any], sample_id: str, step: str,
                    vec: Any = None) -> str | None:
     """The sample's entries of ``step`` differ from the digest its done marker recorded."""
-    recorded = ((manifest.get("steps") or {}).get(sample_id, {}).get(step) or {}).get(
-        "entries_sha256")
+    record = step_record(manifest, sample_id, step)
+    recorded = None if record is None else record.entries_sha256
     if recorded is None or not store.layout.vectors.exists():
         return None
     try:
@@ -158,29 +159,11 @@ def digest_problem(store: Any, manifest: dict[str, Any], sample_id: str, step: s
             "the step wrote (sha256 recorded at ingest)")
 
 
-# The LMDB resume markers a redone step must forget: its own and those of the steps after
-# it (a redone patches step is followed by embed, which must recompute, not resume).
-_MARKERS = {"patches": ("patches", "emb"), "embed": ("emb",)}
-
-
 def forget_done(store: Any, sample_id: str, step: str) -> int:
-    """Drop the LMDB's resume markers (``done/KIND/FP/SECTION/…``) of a sample's sections
-    for ``step`` and later, so a step redone to repair it recomputes every unit instead of
-    trusting them."""
+    """Drop the LMDB's resume markers of a sample's sections for ``step`` and later (a
+    redone patches step is followed by embed, which must recompute, not resume), so a step
+    redone to repair it recomputes every unit instead of trusting them."""
     if not (store.layout.vectors / "data.mdb").is_file():
         return 0  # no LMDB, no markers (and a store that needs none does not get one)
-    sections = set(_sections_of(store, sample_id))
-    kinds = _MARKERS[step]
-    with store.vectors(readonly=False) as vec, vec.env.begin(write=True) as txn:
-        cur = txn.cursor()
-        stale = []
-        if cur.set_range(b"done/"):
-            for key in cur.iternext(values=False):
-                parts = bytes(key).decode(errors="replace").split("/")
-                if parts[0] != "done":
-                    break
-                if len(parts) > 3 and parts[1] in kinds and parts[3] in sections:
-                    stale.append(bytes(key))
-        for key in stale:
-            txn.delete(key)
-    return len(stale)
+    with store.vectors(readonly=False) as vec:
+        return vec.forget_done(_sections_of(store, sample_id), patches=step == "patches")

@@ -10,13 +10,15 @@ from pathlib import Path
 # (ingest) or per run (train). Partitioning is what lets samples be re-ingested and runs be
 # written concurrently without a single-writer lock.
 GLOBAL_TABLES = ("sections", "genes")
-SAMPLE_TABLES = ("spots", "labels", "transforms", "warps", "tiles", "spot_tiles", "embeddings",
-                 "edges")
 RUN_TABLES = ("runs", "metrics", "predictions")
 # The per-sample tables each ingest step writes (register also writes sections and genes).
 # align writes no transforms for samples with precomputed aligned coordinates.
 STEP_TABLES = {"register": ("spots", "labels"), "align": ("spots", "transforms", "warps"),
                "patches": ("tiles", "spot_tiles"), "embed": ("embeddings",), "graph": ("edges",)}
+# every table a step writes is partitioned by sample: a new one is named in STEP_TABLES only
+SAMPLE_TABLES = tuple(dict.fromkeys(t for tables in STEP_TABLES.values() for t in tables))
+# the steps whose outputs are LMDB entries as well as tables (store/vectors.py)
+VECTOR_STEPS = ("patches", "embed")
 OPTIONAL_STEP_TABLES = {("align", "transforms"), ("align", "warps")}  # warps: --syn only
 
 

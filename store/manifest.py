@@ -3,7 +3,6 @@ for which sample under which fingerprint. Written atomically after every finishe
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 
 from asign import __version__
 from asign.errors import SchemaVersionError, StoreError
+from asign.hashing import file_sha256
 from asign.schemas import SCHEMA_VERSION, STORE_FORMAT
 from asign.store.atomic import write_bytes
 from asign.store.layout import StoreLayout
@@ -91,40 +91,3 @@ def table_problem(layout: StoreLayout, rel: str, entry: dict[str, Any] | None, *
         return ("content does not match the sha256 in the manifest (edited, or written by an "
                 "interrupted ingest)")
     return None
-
-
-def jsonable(obj: Any) -> Any:
-    """Configs (dataclasses as dicts, tuples, Paths) → plain JSON types for the store."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-def fingerprint(*parts: Any) -> str:
-    """Stable hash of JSON-able parameters and upstream fingerprints."""
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def step_fingerprint(manifest: dict[str, Any], sample_id: str, step: str) -> str | None:
-    return manifest["steps"].get(sample_id, {}).get(step, {}).get("fingerprint")
-
-
-def mark_step(manifest: dict[str, Any], sample_id: str, step: str, fp: str, **info: Any) -> None:
-    manifest["steps"].setdefault(sample_id, {})[step] = {
-        "fingerprint": fp,
-        "done_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        **info,
-    }

@@ -24,10 +24,10 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from asign.errors import StoreError
+from asign.hashing import file_sha256
 from asign.store.atomic import write_bytes
 from asign.store.layout import StoreLayout
 from asign.store.locks import exclusive
-from asign.store.manifest import file_sha256
 
 
 def load(path: Path) -> dict[str, list[dict[str, Any]]]:

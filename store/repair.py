@@ -63,12 +63,12 @@ def _drop_damaged(store: Store) -> list[str]:
     return out
 
 
-def rebuild_ingest_record(store: Store) -> list[str]:
+def rebuild_ingest_record(store: Store, problems: list[str]) -> list[str]:
     """The ingest tables' write record, re-made from the manifest's table hashes when check
-    says it is corrupt or incomplete."""
-    from asign.store.check import REBUILD_FIX, inspect_store
+    says it is corrupt or incomplete (``problems``: what check found)."""
+    from asign.store.check import REBUILD_FIX
 
-    if not any(p.endswith(REBUILD_FIX) for p in inspect_store(store).problems):
+    if not any(p.endswith(REBUILD_FIX) for p in problems):
         return []
     record = store.layout.record_of("sections")
     record.unlink(missing_ok=True)
@@ -77,14 +77,13 @@ def rebuild_ingest_record(store: Store) -> list[str]:
     return [f"rebuilt {record} from the manifest"]
 
 
-def rerecord(store: Store) -> list[str]:
-    """Runs whose write record was lost: record their files as they are (check said so)."""
+def rerecord(store: Store, problems: list[str]) -> list[str]:
+    """Runs whose write record was lost: record their files as they are (``problems``: what
+    check found; the ingest record that ``rebuild_ingest_record`` rewrites is not theirs)."""
     from asign.store import records
-    from asign.store.check import inspect_store
     from asign.store.check_results import RERECORD_FIX
 
-    runs = {Path(p.split(": ", 1)[0]).stem for p in inspect_store(store).problems
-            if p.endswith(RERECORD_FIX)}
+    runs = {Path(p.split(": ", 1)[0]).stem for p in problems if p.endswith(RERECORD_FIX)}
     return [f"recorded {p} as it is" for run_id in sorted(runs)
             for p in records.rerecord_run(store.layout, run_id)]
 
@@ -111,7 +110,7 @@ def _vectors_readable(store: Store) -> bool:
     if lmdb_damage(path) is not None:
         return False
     try:
-        with store.vectors(readonly=True) as vec, vec.env.begin() as txn:
+        with store.vectors(readonly=True) as vec, vec._begin() as txn:
             for _ in txn.cursor().iternext(values=True):
                 pass
     except Exception:  # noqa: BLE001 - lmdb.Error, StoreError: damaged either way

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from asign.store.layout import StoreLayout
+from asign.store.manifest_records import StepRecord
 
 MAX_SLIDE_PIXELS = 1_000_000_000  # ingest's default limit on a slide's level 0 (images.py)
 
@@ -39,14 +39,14 @@ class Thumbnail:
                              fix="re-run `asign ingest --steps align` for its sample") from err
 
 
-def section_thumbnail(layout: StoreLayout, align: dict[str, Any],
+def section_thumbnail(layout: StoreLayout, record: StepRecord | None,
                       section_id: str) -> Thumbnail | None:
     """The finest thumbnail a section has: align's ≤ 4 µm/px one, else the 11 µm/px
-    registration thumbnail (stores aligned before fine thumbnails existed); ``align`` is the
-    sample's align step record in the manifest."""
-    for path, scales in ((layout.fine_thumbnail(section_id),
-                          align.get("fine_thumb_downsample", {})),
-                         (layout.thumbnail(section_id), align.get("thumb_downsample", {}))):
+    registration thumbnail (stores aligned before fine thumbnails existed); ``record`` is
+    the sample's align step record in the manifest (its downsamples)."""
+    align = {} if record is None else record.extra
+    fine = (layout.fine_thumbnail(section_id), align.get("fine_thumb_downsample", {}))
+    for path, scales in (fine, (layout.thumbnail(section_id), align.get("thumb_downsample", {}))):
         downsample = scales.get(section_id)
         if path.exists() and downsample:
             return Thumbnail(path, float(downsample))

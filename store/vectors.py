@@ -2,14 +2,14 @@
 and ``patch/{spot_id}`` (compressed image bytes); ``done/...`` markers record finished
 batches, written in the same transaction as the batch so a crash never half-writes one.
 
-Only this package composes keys (the helpers below are private); everyone else reads and
-writes through the typed methods of :class:`Vectors` (``put``, ``embeddings``, ``patch``,
-``is_done``) and the codecs in ``store/codecs.py``."""
+Only this package composes keys and handles raw values (the helpers and the raw methods
+below are private); everyone else reads and writes through the typed methods of
+:class:`Vectors` (``put``, ``embeddings``, ``patch``, ``is_done`` with a :class:`Done`
+marker) and the codecs in ``store/codecs.py``."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -37,12 +37,31 @@ def _patch_key(spot_id: str) -> bytes:
     return f"patch/{spot_id}".encode()
 
 
-def _done_key(*parts: str) -> bytes:
-    return ("done/" + "/".join(parts)).encode()
+def _done_key(done: Done) -> bytes:
+    return ("done/" + "/".join(done.parts)).encode()
 
 
-def _meta_key(name: str) -> bytes:
-    return f"meta/{name}".encode()
+# The kinds of resume marker, the first part of a marker's key after ``done/``.
+_PATCHES, _EMBEDDINGS = "patches", "emb"
+
+
+@dataclass(frozen=True)
+class Done:
+    """The resume marker of one finished unit of an LMDB step, committed in the transaction
+    of the unit's data (``Vectors.put``); made only by the constructors below, so its key
+    (``done/patches/FP/SECTION``, ``done/emb/FP/SECTION/LEVEL/BATCH``) is composed here."""
+
+    parts: tuple[str, ...]
+
+    @classmethod
+    def patches(cls, fingerprint: str, section_id: str) -> Done:
+        """Every spot patch of a section is cut and stored."""
+        return cls((_PATCHES, fingerprint, section_id))
+
+    @classmethod
+    def embeddings(cls, fingerprint: str, section_id: str, level: str, batch: int) -> Done:
+        """Batch ``batch`` (a fixed chunk of the section's items at ``level``) is embedded."""
+        return cls((_EMBEDDINGS, fingerprint, section_id, level, str(batch)))
 
 
 @dataclass(frozen=True)
@@ -92,11 +111,11 @@ class _ResizeGuard:
 @dataclass
 class Vectors:
     path: Path
-    env: Any
+    _env: Any
     guard: _ResizeGuard = field(default_factory=_ResizeGuard)
 
     def close(self) -> None:
-        self.env.close()
+        self._env.close()
 
     def __enter__(self) -> Vectors:
         return self
@@ -115,7 +134,7 @@ class Vectors:
         for attempt in range(2):
             with self.guard.shared():
                 try:
-                    txn = self.env.begin(write=write)
+                    txn = self._env.begin(write=write)
                 except lmdb.MapResizedError:
                     if attempt:
                         raise
@@ -124,12 +143,12 @@ class Vectors:
                         yield txn
                     return
             with self.guard.alone():
-                held = self.env.info()["map_size"]
-                self.env.set_mapsize(0)  # 0: the size the writer recorded
-                if self.env.info()["map_size"] < held:
+                held = self._env.info()["map_size"]
+                self._env.set_mapsize(0)  # 0: the size the writer recorded
+                if self._env.info()["map_size"] < held:
                     # never shrink below what a writer of this process grew it to before its
                     # commit recorded that size: the writer would find it full again, forever
-                    self.env.set_mapsize(held)
+                    self._env.set_mapsize(held)
 
     def _write(self, body: Any) -> Any:
         """Run ``body(txn)`` in one write transaction; a full map is doubled and the whole
@@ -142,13 +161,13 @@ class Vectors:
                     return body(txn)
             except lmdb.MapFullError:
                 with self.guard.alone():
-                    _grow(self.env, self.path)
+                    _grow(self._env, self.path)
         # doubling from START_MAP reaches MAX_MAP in far fewer steps: the growth was undone
         raise StoreError(f"the embeddings map stayed full after {_MAX_GROWS} growths "
-                         f"(now {self.env.info()['map_size'] >> 20} MiB)", path=self.path,
+                         f"(now {self._env.info()['map_size'] >> 20} MiB)", path=self.path,
                          fix="make sure one process writes this store at a time, then re-run")
 
-    def put_many(self, items: Iterable[tuple[bytes, bytes]]) -> None:
+    def _put_many(self, items: Iterable[tuple[bytes, bytes]]) -> None:
         """One transaction: all items land, or none do."""
         import lmdb
 
@@ -173,18 +192,18 @@ class Vectors:
             raise StoreError(f"LMDB write failed ({err})", path=self.path,
                              fix="check free disk space and permissions, then re-run") from err
 
-    def get(self, key: bytes) -> bytes | None:
+    def _get(self, key: bytes) -> bytes | None:
         with self._begin() as txn:
             value = txn.get(key)
             return None if value is None else bytes(value)
 
-    def has(self, key: bytes) -> bool:
+    def _has(self, key: bytes) -> bool:
         with self._begin() as txn:
             return txn.get(key) is not None
 
     # typed access ---------------------------------------------------------
     def put(self, *, patches: Iterable[tuple[str, bytes]] = (),
-            embeddings: Iterable[EmbeddingRows] = (), done: Iterable[Sequence[str]] = ()) -> None:
+            embeddings: Iterable[EmbeddingRows] = (), done: Iterable[Done] = ()) -> None:
         """One transaction: spot patches (``(spot_id, encoded bytes)``, ``codecs.encode_patch``),
         embeddings, and the done markers of the work they finish: all land, or none do."""
         items = [(_patch_key(spot_id), bytes(blob)) for spot_id, blob in patches]
@@ -194,12 +213,34 @@ class Vectors:
                                  "embeddings", path=self.path)
             items += [(_emb_key(rows.encoder, rows.level, i), encode_vector(v))
                       for i, v in zip(rows.ids, rows.vectors, strict=True)]
-        items += [(_done_key(*parts), b"1") for parts in done]
-        self.put_many(items)
+        items += [(_done_key(marker), b"1") for marker in done]
+        self._put_many(items)
 
-    def is_done(self, *parts: str) -> bool:
-        """Whether the done marker ``parts`` (step, fingerprint, unit...) was committed."""
-        return self.has(_done_key(*parts))
+    def is_done(self, marker: Done) -> bool:
+        """Whether the resume marker was committed (with the data of its unit)."""
+        return self._has(_done_key(marker))
+
+    def forget_done(self, section_ids: Iterable[str], *, patches: bool) -> int:
+        """Drop the embedding markers of the sections (and, with ``patches``, their patches
+        markers too), so the units they mark are recomputed, not resumed. Returns how many."""
+        kinds = (_PATCHES, _EMBEDDINGS) if patches else (_EMBEDDINGS,)
+        sections = set(section_ids)
+
+        def body(txn: Any) -> int:
+            cur = txn.cursor()
+            stale = []
+            if cur.set_range(b"done/"):
+                for key in cur.iternext(values=False):
+                    parts = bytes(key).decode(errors="replace").split("/")
+                    if parts[0] != "done":
+                        break
+                    if len(parts) > 3 and parts[1] in kinds and parts[3] in sections:
+                        stale.append(bytes(key))
+            for key in stale:
+                txn.delete(key)
+            return len(stale)
+
+        return self._write(body)
 
     def embeddings(self, encoder: str, level: str, ids: Sequence[str], dim: int) -> np.ndarray:
         """float16 (len(ids), dim); a missing vector is a store inconsistency."""
@@ -217,17 +258,33 @@ class Vectors:
 
     def patch(self, spot_id: str) -> np.ndarray:
         """One stored spot patch, decoded to (H, W, 3) uint8."""
-        raw = self.get(_patch_key(spot_id))
+        raw = self._get(_patch_key(spot_id))
         if raw is None:
             raise StoreError(f"patch {spot_id} missing", path=self.path,
                              fix="re-run `asign ingest --steps patches,embed`")
         return decode_patch(raw)
 
     def has_patch(self, spot_id: str) -> bool:
-        return self.has(_patch_key(spot_id))
+        return self._has(_patch_key(spot_id))
 
     def count_embeddings(self, encoder: str, level: str, id_prefix: str = "") -> int:
-        return self.count(_emb_key(encoder, level, id_prefix))
+        return self._count(_emb_key(encoder, level, id_prefix))
+
+    def count_patches(self, id_prefix: str = "") -> int:
+        return self._count(_patch_key(id_prefix))
+
+    def count_done(self, *, patches: bool = False) -> int:
+        """How many embedding batches (with ``patches``: sections cut) are marked done."""
+        return self._count(f"done/{_PATCHES if patches else _EMBEDDINGS}/".encode())
+
+    def delete_embeddings(self, encoder: str, level: str, id_prefix: str = "") -> int:
+        """Delete the vectors of ``encoder`` at ``level`` whose id starts with ``id_prefix``."""
+        return self._delete_prefix(_emb_key(encoder, level, id_prefix))
+
+    def entries(self) -> dict[bytes, bytes]:
+        """Every entry, key to value: to compare two stores byte for byte."""
+        with self._begin() as txn:
+            return {bytes(k): bytes(v) for k, v in txn.cursor()}
 
     def get_patches(self, spot_ids: Sequence[str]) -> np.ndarray:
         """The stored spot patches, (len(spot_ids), H, W, 3) uint8, decoded."""
@@ -248,7 +305,7 @@ class Vectors:
                 out[i] = img
         return out if out is not None else np.empty((0, 0, 0, 3), dtype=np.uint8)
 
-    def count(self, prefix: bytes) -> int:
+    def _count(self, prefix: bytes) -> int:
         n = 0
         with self._begin() as txn:
             cur = txn.cursor()
@@ -259,7 +316,7 @@ class Vectors:
                     n += 1
         return n
 
-    def delete_prefix(self, prefix: bytes) -> int:
+    def _delete_prefix(self, prefix: bytes) -> int:
         def body(txn: Any) -> int:
             n = 0
             cur = txn.cursor()
@@ -271,13 +328,6 @@ class Vectors:
             return n
 
         return self._write(body)
-
-    def put_meta(self, name: str, value: dict[str, Any]) -> None:
-        self.put_many([(_meta_key(name), json.dumps(value, sort_keys=True).encode())])
-
-    def get_meta(self, name: str) -> dict[str, Any] | None:
-        raw = self.get(_meta_key(name))
-        return None if raw is None else json.loads(raw)
 
 
 def _grow(env: Any, path: Path) -> None:
@@ -342,4 +392,4 @@ def open_vectors(path: Path, *, readonly: bool = False) -> Vectors:
             env = lmdb.open(str(path), map_size=size, subdir=True, max_dbs=0)
     except lmdb.Error as err:
         raise _map_error(err, path, size) from err
-    return Vectors(path=path, env=env)
+    return Vectors(path, env)

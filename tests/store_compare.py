@@ -28,8 +28,8 @@ def file_hashes(root: Path) -> dict[str, str]:
 def lmdb_entries(root: Path) -> dict[bytes, bytes]:
     from asign.store import open_store
 
-    with open_store(root).vectors() as vec, vec.env.begin() as txn:
-        return {bytes(k): bytes(v) for k, v in txn.cursor()}
+    with open_store(root).vectors() as vec:
+        return vec.entries()
 
 
 def manifest_without_timestamps(root: Path) -> dict[str, Any]:

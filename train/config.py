@@ -272,7 +272,7 @@ class TrainConfig:
         return "within_sample" if self.folds == 1 else "cross_sample"
 
     def to_json(self) -> dict[str, Any]:
-        from asign.store.manifest import jsonable
+        from asign.jsonable import jsonable
 
         return jsonable(asdict(self))
 
@@ -280,7 +280,7 @@ class TrainConfig:
         """The fields that decide the result, by their declared role: not how the run is
         executed, a network's settings only for a network, a model-role field only for the
         models that read it (ModelSpec.reads)."""
-        from asign.store.manifest import jsonable
+        from asign.jsonable import jsonable
 
         spec = self.spec
 

@@ -72,6 +72,9 @@ class Metric:
     # written by another step (train/intervals.py), not computed from a prediction alone
     higher_is_better: bool
     title: str  # how tables and figures name it
+    # a mean over items (spots, genes): the per-item values, computed once by ``evaluate``
+    # for the metric and for its count of usable items
+    items: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
 
     @property
     def accuracy(self) -> bool:
@@ -88,8 +91,8 @@ class Metric:
 
 # display order everywhere: per-gene PCC first (it is the one that tells methods apart)
 METRICS: dict[str, Metric] = {m.name: m for m in (
-    Metric("pcc_gene", pcc_gene, True, "PCC per gene"),
-    Metric("pcc_spot", pcc_spot, True, "PCC per spot"),
+    Metric("pcc_gene", pcc_gene, True, "PCC per gene", items=pcc_per_gene),
+    Metric("pcc_spot", pcc_spot, True, "PCC per spot", items=pcc_per_spot),
     Metric("mse", mse, False, "MSE"),
     Metric("mae", mae, False, "MAE"),
     Metric("coverage", None, True, "Interval coverage"),
@@ -116,15 +119,16 @@ def evaluate(pred: np.ndarray, truth: np.ndarray) -> dict[str, float | int]:
     n_genes = int(p.shape[1])
     if absent:
         p, t = p[:, measured], t[:, measured]
-    per_spot, per_gene = _pearson_rows(p, t), _pearson_rows(p.T, t.T)
-    values: dict[str, float | int] = {m.name: m.fn(p, t) for m in METRICS.values()
-                                      if m.fn is not None}
+    items = {m.name: m.items(p, t) for m in METRICS.values() if m.items is not None}
+    values: dict[str, float | int] = {
+        m.name: _nanmean(items[m.name]) if m.name in items else m.fn(p, t)
+        for m in METRICS.values() if m.fn is not None}
     extra = {"n_genes_absent": absent} if absent else {}
     return {
         **extra,
         **values,
         "n_spots": int(p.shape[0]),
         "n_genes": n_genes,
-        "n_spots_valid": int(np.isfinite(per_spot).sum()),
-        "n_genes_valid": int(np.isfinite(per_gene).sum()),
+        "n_spots_valid": int(np.isfinite(items["pcc_spot"]).sum()),
+        "n_genes_valid": int(np.isfinite(items["pcc_gene"]).sum()),
     }

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from asign.hashing import fingerprint
 from asign.store import Store
-from asign.store.manifest import fingerprint
 from asign.train.config import TrainConfig
 from asign.train.metrics import metric_names
 
@@ -27,10 +27,7 @@ log = logging.getLogger(__name__)
 def store_hash(store: Store) -> str:
     """Fingerprint of what ingest produced: parameters and every step's input fingerprint
     (not the timestamps, so re-running a finished ingest keeps the hash)."""
-    m = store.manifest()
-    steps = {s: {k: v.get("fingerprint") for k, v in d.items()}
-             for s, d in sorted(m.get("steps", {}).items())}
-    return fingerprint(m.get("params", {}), steps)
+    return store.ingest_fingerprint()
 
 
 def run_id(cfg: TrainConfig, store_fp: str) -> str:

@@ -94,6 +94,38 @@ def sample_folders(path: Path, is_section: Callable[[Path], bool]) -> dict[str, 
     return {d.name: d for d in subdirs(path) if any(is_section(c) for c in subdirs(d))}
 
 
+#: (sample id, section name, section folder, z, image listed in sections.txt or None,
+#: options) -> the section: what a one-folder-per-section layout reads of one folder
+ReadSection = Callable[[str, str, Path, int, Path | None, ReadOptions], SectionInput]
+
+
+def folder_reader(name: str, description: str, is_section: Callable[[Path], bool],
+                  read_section: ReadSection) -> Reader:
+    """The ``Reader`` of a layout written one folder per section (Visium, Visium HD,
+    Xenium): samples found by ``sample_folders``, sections ordered by ``section_folders``;
+    the layout gives only what tells a section folder and how one is read."""
+    def folders(path: Path) -> dict[str, Path]:
+        return sample_folders(Path(path), is_section)
+
+    def read(path: Path, samples: str | None = None,
+             options: ReadOptions | None = None) -> list[SampleInput]:
+        options = options or ReadOptions()
+        out = []
+        for sample_id, folder in sorted(folders(path).items()):
+            if not sample_matches(sample_id, samples):
+                continue
+            warns: list[str] = []
+            order = section_folders(folder, is_section, warns)
+            sections = [read_section(sample_id, n, d, z, img, options)
+                        for z, (n, d, img) in enumerate(order, start=1)]
+            out.append(finish_sample(sample_id, sections, fmt=name, source=folder,
+                                     warnings=warns))
+        return out
+
+    return Reader(name=name, description=description, detect=lambda p: bool(folders(p)),
+                  read=read, list_samples=lambda p: sorted(folders(p)))
+
+
 def section_folders(folder: Path, is_section: Callable[[Path], bool],
                     warnings: list[str]) -> list[tuple[str, Path, Path | None]]:
     """A sample folder's sections in z order (ordered_sections), or the folder itself when

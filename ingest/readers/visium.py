@@ -44,17 +44,13 @@ import scipy.sparse as sp
 from asign.errors import CountsError, ImageError, InputError
 from asign.ingest.readers.base import (
     ORDER_FILE,
-    Reader,
     ReadOptions,
     check_spots_in_image,
     find_images,
-    finish_sample,
-    sample_folders,
-    sample_matches,
-    section_folders,
+    folder_reader,
 )
 from asign.ingest.readers.tables import check_sparse, check_unique
-from asign.ingest.sample import SampleInput, SectionInput
+from asign.ingest.sample import SectionInput
 
 log = logging.getLogger(__name__)
 
@@ -85,18 +81,6 @@ def section_root(folder: Path) -> Path | None:
 
 def _is_section(folder: Path) -> bool:
     return section_root(folder) is not None
-
-
-def _sample_folders(path: Path) -> dict[str, Path]:
-    return sample_folders(path, _is_section)
-
-
-def detect(path: Path) -> bool:
-    return bool(_sample_folders(Path(path)))
-
-
-def list_samples(path: Path) -> list[str]:
-    return sorted(_sample_folders(Path(path)))
 
 
 def _read(root: Path, name: str) -> tuple[Any, Path]:
@@ -175,8 +159,10 @@ def _pick_image(
 
 
 def read_section(
-    sample_id: str, name: str, folder: Path, z: int, listed: Path | None
+    sample_id: str, name: str, folder: Path, z: int, listed: Path | None,
+    options: ReadOptions | None = None,
 ) -> SectionInput:
+    """``options`` has nothing for this layout."""
     root = section_root(folder)
     spatial = root / "spatial"
     sf_path = spatial / "scalefactors_json.json"
@@ -247,29 +233,7 @@ def read_section(
     )
 
 
-def read(path: Path, samples: str | None = None,
-         options: ReadOptions | None = None) -> list[SampleInput]:
-    """``options`` has nothing for this layout."""
-    out = []
-    for sample_id, folder in sorted(_sample_folders(Path(path)).items()):
-        if not sample_matches(sample_id, samples):
-            continue
-        warns: list[str] = []
-        order = section_folders(folder, _is_section, warns)
-        sections = [
-            read_section(sample_id, n, d, z, img) for z, (n, d, img) in enumerate(order, start=1)
-        ]
-        out.append(
-            finish_sample(sample_id, sections, fmt="visium", source=folder, warnings=warns)
-        )
-    return out
-
-
-READER = Reader(
-    name="visium",
-    description="10x Visium: a sample folder of section folders, each a Space Ranger outs/ (or "
-                "holding one)",
-    detect=detect,
-    read=read,
-    list_samples=list_samples,
-)
+READER = folder_reader(
+    "visium",
+    "10x Visium: a sample folder of section folders, each a Space Ranger outs/ (or holding one)",
+    _is_section, read_section)

@@ -35,18 +35,14 @@ import scipy.sparse as sp
 from asign.errors import InputError
 from asign.ingest.readers.base import (
     ORDER_FILE,
-    Reader,
     ReadOptions,
     check_spots_in_image,
     find_images,
-    finish_sample,
+    folder_reader,
     grid_um_per_px,
-    sample_folders,
-    sample_matches,
-    section_folders,
 )
 from asign.ingest.readers.tables import check_sparse
-from asign.ingest.sample import SampleInput, SectionInput
+from asign.ingest.sample import SectionInput
 
 log = logging.getLogger(__name__)
 
@@ -64,18 +60,6 @@ def section_root(folder: Path) -> Path | None:
 
 def _is_section(folder: Path) -> bool:
     return section_root(folder) is not None
-
-
-def _sample_folders(path: Path) -> dict[str, Path]:
-    return sample_folders(path, _is_section)
-
-
-def detect(path: Path) -> bool:
-    return bool(_sample_folders(Path(path)))
-
-
-def list_samples(path: Path) -> list[str]:
-    return sorted(_sample_folders(Path(path)))
 
 
 def _bin_um(options: ReadOptions, root: Path) -> int:
@@ -162,27 +146,8 @@ def read_section(sample_id: str, name: str, folder: Path, z: int, listed: Path |
     )
 
 
-def read(path: Path, samples: str | None = None,
-         options: ReadOptions | None = None) -> list[SampleInput]:
-    options = options or ReadOptions()
-    out = []
-    for sample_id, folder in sorted(_sample_folders(Path(path)).items()):
-        if not sample_matches(sample_id, samples):
-            continue
-        warns: list[str] = []
-        order = section_folders(folder, _is_section, warns)
-        sections = [read_section(sample_id, n, d, z, img, options)
-                    for z, (n, d, img) in enumerate(order, start=1)]
-        out.append(finish_sample(sample_id, sections, fmt="visium_hd", source=folder,
-                                 warnings=warns))
-    return out
-
-
-READER = Reader(
-    name="visium_hd",
-    description="10x Visium HD: a sample folder of section folders, each a Space Ranger HD "
-                "output with binned_outputs/",
-    detect=detect,
-    read=read,
-    list_samples=list_samples,
-)
+READER = folder_reader(
+    "visium_hd",
+    "10x Visium HD: a sample folder of section folders, each a Space Ranger HD output with "
+    "binned_outputs/",
+    _is_section, read_section)

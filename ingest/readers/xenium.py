@@ -38,16 +38,12 @@ from scipy.spatial import cKDTree
 
 from asign.errors import InputError
 from asign.ingest.readers.base import (
-    Reader,
     ReadOptions,
     check_spots_in_image,
-    finish_sample,
-    sample_folders,
-    sample_matches,
-    section_folders,
+    folder_reader,
 )
 from asign.ingest.readers.tables import check_sparse
-from asign.ingest.sample import SampleInput, SectionInput
+from asign.ingest.sample import SectionInput
 
 log = logging.getLogger(__name__)
 
@@ -58,18 +54,6 @@ _HE_SUFFIX = "he_image.ome.tif"
 
 def _is_section(folder: Path) -> bool:
     return (folder / _SPECS).is_file() and (folder / "cell_feature_matrix.h5").is_file()
-
-
-def _sample_folders(path: Path) -> dict[str, Path]:
-    return sample_folders(path, _is_section)
-
-
-def detect(path: Path) -> bool:
-    return bool(_sample_folders(Path(path)))
-
-
-def list_samples(path: Path) -> list[str]:
-    return sorted(_sample_folders(Path(path)))
 
 
 def bin_cells(xy_um: np.ndarray, counts: sp.csr_matrix, bin_um: float
@@ -101,7 +85,7 @@ def _he_image(sdata, root: Path) -> tuple[Path | None, np.ndarray | None]:
     return files[0], np.asarray(tf.to_affine_matrix(("x", "y"), ("x", "y")), dtype=np.float64)
 
 
-def read_section(sample_id: str, name: str, folder: Path, z: int,
+def read_section(sample_id: str, name: str, folder: Path, z: int, listed: Path | None,
                  options: ReadOptions) -> SectionInput:
     import spatialdata_io
 
@@ -169,27 +153,8 @@ def _pixel_size(folder: Path) -> float:
                          fix="copy experiment.xenium from the Xenium output") from err
 
 
-def read(path: Path, samples: str | None = None,
-         options: ReadOptions | None = None) -> list[SampleInput]:
-    options = options or ReadOptions()
-    out = []
-    for sample_id, folder in sorted(_sample_folders(Path(path)).items()):
-        if not sample_matches(sample_id, samples):
-            continue
-        warns: list[str] = []
-        order = section_folders(folder, _is_section, warns)
-        sections = [read_section(sample_id, n, d, z, options)
-                    for z, (n, d, _img) in enumerate(order, start=1)]
-        out.append(finish_sample(sample_id, sections, fmt="xenium", source=folder,
-                                 warnings=warns))
-    return out
-
-
-READER = Reader(
-    name="xenium",
-    description="10x Xenium: a sample folder of section folders, each a Xenium output "
-                "(experiment.xenium, cell_feature_matrix.h5, cells.parquet)",
-    detect=detect,
-    read=read,
-    list_samples=list_samples,
-)
+READER = folder_reader(
+    "xenium",
+    "10x Xenium: a sample folder of section folders, each a Xenium output "
+    "(experiment.xenium, cell_feature_matrix.h5, cells.parquet)",
+    _is_section, read_section)

@@ -143,7 +143,7 @@ def _emb_batches(store: Path) -> int:
     from asign.store import open_store
 
     with open_store(store).vectors() as vec:
-        return vec.count(b"done/emb/")
+        return vec.count_done()
 
 
 def _state(store: Path, step: str, moment: str, delay: float) -> Kill:

@@ -268,7 +268,7 @@ def test_no_write_follows_a_symlink_out_of_the_store(toy_store, tmp_path):
     from asign.errors import StoreError
 
     with pytest.raises(StoreError, match="symlink"):
-        store.write_qc_png(store.layout.thumbnail("S1_L1"), np.zeros((2, 2, 3), np.uint8))
+        store.write_thumbnail("S1_L1", np.zeros((2, 2, 3), np.uint8))
     (toy_store / "tables" / "genes.parquet").unlink()
     (toy_store / "tables" / "genes.parquet").symlink_to(outside / "genes.parquet")
     with pytest.raises(StoreError, match="symlink"):

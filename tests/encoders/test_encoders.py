@@ -10,7 +10,7 @@ import torch
 
 from asign import encoders as E
 from asign.errors import ConfigError, WeightsError
-from asign.store.manifest import file_sha256
+from asign.hashing import file_sha256
 
 
 @pytest.fixture(scope="module")

@@ -56,7 +56,7 @@ def build_report_store(base: Path) -> Path:
         if sec == NO_THUMB:
             continue
         # toy images: 1 µm/px, spots within ~[-60, 1060] x [-60, 860] px
-        store.write_qc_png(store.layout.thumbnail(sec), _fake_he(250, 300, rng))
+        store.write_thumbnail(sec, _fake_he(250, 300, rng))
         ds[sec] = DOWNSAMPLE
     manifest = store.manifest()
     manifest["steps"]["S1"]["align"] = {"fingerprint": "toy", "thumb_downsample": ds}

@@ -125,7 +125,7 @@ def test_deleted_lmdb_embedding(store):
     encoder, _ = _encoder(store)
     emb = pq.read_table(store / "tables" / "embeddings" / "C.parquet").to_pylist()
     victim = next(r for r in emb if r["level"] == "spot")
-    with open_store(store).vectors(readonly=False) as vec, vec.env.begin(write=True) as txn:
+    with open_store(store).vectors(readonly=False) as vec, vec._begin(write=True) as txn:
         assert txn.delete(_emb_key(encoder, "spot", victim["id"]))
     problems = _check(store)
     assert problems == [f"{store / 'vectors.lmdb'}: 1 of {len(emb)} embeddings listed in "
@@ -137,7 +137,7 @@ def test_deleted_lmdb_embedding(store):
 def test_deleted_lmdb_patch_and_stale_entries(store):
     encoder, dim = _encoder(store)
     spots = pq.read_table(store / "tables" / "spots" / "C.parquet").column("spot_id").to_pylist()
-    with open_store(store).vectors(readonly=False) as vec, vec.env.begin(write=True) as txn:
+    with open_store(store).vectors(readonly=False) as vec, vec._begin(write=True) as txn:
         assert txn.delete(_patch_key(spots[5]))
         # an embedding no table lists (left by an earlier ingest): a note, not a problem
         txn.put(_emb_key(encoder, "spot", "C2/99x99"), np.zeros(dim, np.float16).tobytes())

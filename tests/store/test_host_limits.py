@@ -62,25 +62,25 @@ def test_map_grows_while_a_reader_in_another_process_reads(tmp_path):
         from pathlib import Path
         from asign.store.vectors import open_vectors
         with open_vectors(Path({str(path)!r})) as v:
-            v.put_many([(b"k0", b"x")])
+            v._put_many([(b"k0", b"x")])
             print("first", flush=True)
             sys.stdin.readline()
             for i in range(1, 101):
-                v.put_many([(b"k%d" % i, os.urandom(1 << 20))])
-            print(v.env.info()["map_size"], flush=True)
+                v._put_many([(b"k%d" % i, os.urandom(1 << 20))])
+            print(v._env.info()["map_size"], flush=True)
     """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=ENV)
     try:
         assert writer.stdout.readline().strip() == "first", writer.stderr.read()
         with open_vectors(path, readonly=True) as reader:
-            assert reader.get(b"k0") == b"x"
+            assert reader._get(b"k0") == b"x"
             writer.stdin.write("go\n")
             writer.stdin.flush()
             grown = int(writer.stdout.readline())
             assert writer.wait(120) == 0, writer.stderr.read()
-            assert grown > START_MAP and reader.env.info()["map_size"] < grown
-            assert len(reader.get(b"k100")) == 1 << 20  # read after the writer grew the map
-            assert reader.count(b"k") == 101
+            assert grown > START_MAP and reader._env.info()["map_size"] < grown
+            assert len(reader._get(b"k100")) == 1 << 20  # read after the writer grew the map
+            assert reader._count(b"k") == 101
     finally:
         writer.kill()
         writer.wait()
@@ -118,13 +118,13 @@ def test_map_grows_while_threads_of_the_same_process_read(tmp_path):
     from asign.store.vectors import START_MAP, open_vectors
 
     with open_vectors(tmp_path / "v.lmdb") as vec:
-        vec.put_many([(b"k0", b"x" * 100)])
+        vec._put_many([(b"k0", b"x" * 100)])
         stop, errors, reads = threading.Event(), [], [0]
 
         def read() -> None:
             while not stop.is_set():
                 try:
-                    assert vec.get(b"k0") == b"x" * 100
+                    assert vec._get(b"k0") == b"x" * 100
                     reads[0] += 1
                 except Exception as err:  # noqa: BLE001 (collected for the assertion below)
                     errors.append(err)
@@ -134,12 +134,12 @@ def test_map_grows_while_threads_of_the_same_process_read(tmp_path):
         for t in threads:
             t.start()
         for i in range(1, 101):
-            vec.put_many([(b"k%d" % i, os.urandom(1 << 20))])
+            vec._put_many([(b"k%d" % i, os.urandom(1 << 20))])
         stop.set()
         for t in threads:
             t.join()
         assert errors == [] and reads[0] > 0
-        assert vec.env.info()["map_size"] > START_MAP and vec.count(b"k") == 101
+        assert vec._env.info()["map_size"] > START_MAP and vec._count(b"k") == 101
     faulthandler.cancel_dump_traceback_later()
 
 
@@ -152,5 +152,5 @@ def test_a_map_that_never_grows_fails_in_one_line_instead_of_spinning(tmp_path, 
     monkeypatch.setattr(vectors, "_grow", lambda env, path: None)
     with vectors.open_vectors(tmp_path / "v.lmdb") as vec:
         with pytest.raises(StoreError, match="stayed full after"):
-            vec.put_many([(b"k%d" % i, os.urandom(1 << 20)) for i in range(100)])
-        assert vec.count(b"k") == 0  # the failed transaction left nothing behind
+            vec._put_many([(b"k%d" % i, os.urandom(1 << 20)) for i in range(100)])
+        assert vec._count(b"k") == 0  # the failed transaction left nothing behind

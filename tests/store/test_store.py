@@ -12,7 +12,7 @@ import pytest
 
 from asign.errors import SchemaVersionError, StoreError
 from asign.schemas import SCHEMA_VERSION, TABLES
-from asign.store import EmbeddingRows, open_store
+from asign.store import Done, EmbeddingRows, open_store
 
 
 def _example(name: str) -> pa.Table:
@@ -111,14 +111,17 @@ def test_lmdb_vectors_round_trip_and_counts(tmp_path):
     vecs = np.arange(12, dtype=np.float16).reshape(3, 4)
     with store.vectors(readonly=False) as v:
         v.put(embeddings=[EmbeddingRows("enc", "spot", [f"s{i}" for i in range(3)], vecs)],
-              done=[("emb", "fp", "0")])
-        v.put_meta("encoder", {"name": "enc"})
+              done=[Done.embeddings("fp", "S_1", "spot", 0)])
     with store.vectors(readonly=True) as v:
         got = v.embeddings("enc", "spot", ["s2", "s0"], 4)
         assert np.array_equal(got, vecs[[2, 0]])
-        assert v.count(b"emb/enc/spot/") == 3 and v.count_embeddings("enc", "spot") == 3
-        assert v.is_done("emb", "fp", "0") and not v.is_done("emb", "fp", "1")
-        assert v.get_meta("encoder") == {"name": "enc"}
+        assert v.count_embeddings("enc", "spot") == 3
+        assert v.count_embeddings("enc", "spot", "s2") == 1
+        assert v.is_done(Done.embeddings("fp", "S_1", "spot", 0))
+        assert not v.is_done(Done.embeddings("fp", "S_1", "spot", 1))
+        assert v.count_done() == 1 and v.count_done(patches=True) == 0
+        # the marker's key is the one stores have always held
+        assert v.entries()[b"done/emb/fp/S_1/spot/0"] == b"1"
         with pytest.raises(StoreError, match="missing"):
             v.embeddings("enc", "spot", ["nope"], 4)
 

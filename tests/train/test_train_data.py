@@ -52,7 +52,7 @@ def test_missing_artefacts_are_store_errors(toy_store):
     with pytest.raises(StoreError, match="ingest --steps graph"):
         load_sample(store, "S1")
     with store.vectors(readonly=False) as vec:
-        vec.delete_prefix(b"emb/toy/spot/B_L1/")
+        vec.delete_embeddings("toy", "spot", "B_L1/")
     with pytest.raises(StoreError, match="embedding .* missing"):
         load_sample(store, "B")
 
