@@ -17,6 +17,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from asign.commands.cli_options import CHOICES, Parsed, config_command, fill_choices, shared_option
+from asign.commands.export import ExportConfig
 from asign.ingest.config import IngestConfig
 from asign.train.config import TrainConfig
 
@@ -272,40 +273,29 @@ def report(
 
 
 @_command(cls=_Command)
+@config_command(ExportConfig)
 def export(
+    parsed: Parsed,
     store: StoreOpt,
     run: RunOpt,
-    h5ad: Annotated[Path | None, typer.Option(
-        "--h5ad", help="Output .h5ad file (AnnData: X in log1p(CP10k), layers "
-                       "counts/asign/measured).")] = None,
-    spatialdata: Annotated[Path | None, typer.Option(
-        "--spatialdata", help="Output .zarr folder (SpatialData: aligned H&E stack, spot "
-                              "circles, the AnnData as table).")] = None,
-    ome_tiff: Annotated[Path | None, typer.Option(
-        "--ome-tiff", help="Output .ome.tif: the aligned H&E stack (Z×Y×X RGB, µm), one file "
-                           "per sample.")] = None,
-    z_spacing_um: Annotated[float | None, typer.Option(
-        "--z-spacing-um", help="Distance between consecutive sections in µm for the image "
-                               "stack (default: the spacing recorded at ingest, "
-                               "--section-um).")] = None,
     model: Annotated[str | None, shared_option(
         "--model", help="Run exported (default: asign3d if present).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Write the imputed volume as AnnData (.h5ad, scanpy/squidpy-ready), SpatialData
     (.zarr, with the aligned H&E stack) and/or the aligned stack as OME-TIFF."""
+    from dataclasses import asdict
+
     from asign.commands.export import export_command
 
-    summary = export_command(store, run, h5ad, model=model, spatialdata=spatialdata,
-                             ome_tiff=ome_tiff, z_spacing_um=z_spacing_um)
+    summary = export_command(store, run, model=model, **asdict(parsed.config))
     if as_json:
         _emit_json(summary)
-    else:
-        for key in ("h5ad", "spatialdata"):
-            if key in summary:
-                typer.echo(summary[key])
-        for path in summary.get("ome_tiff", []):
-            typer.echo(path)
+        return
+    for key, written in summary.items():
+        if key not in ("z_spacing_um", "stacks"):
+            for path in written if isinstance(written, list) else [written]:
+                typer.echo(path)
 
 
 @_command(cls=_Command)

@@ -3,6 +3,7 @@ summary."""
 
 from __future__ import annotations
 
+from dataclasses import make_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,26 +25,26 @@ def report_command(store: Path, run: str, out: Path, genes: str | None = None,
     return {"report": str(html), "figures": pngs, "out": str(out)}
 
 
-def export_command(store: Path, run: str, h5ad: Path | None = None, model: str | None = None,
-                   spatialdata: Path | None = None, ome_tiff: Path | None = None,
-                   z_spacing_um: float | None = None) -> dict[str, Any]:
-    from asign.errors import ConfigError
-    from asign.report.export import export_h5ad
-    from asign.report.sdata import export_stack
-    from asign.store import StoreLayout
+def _export_config() -> type:
+    """One option per format of EXPORTS (generated: a new format needs no line here)."""
+    from asign.options import opt
+    from asign.report.formats import EXPORTS
 
-    layout = StoreLayout(Path(store))
-    for target, what in ((h5ad, "the .h5ad export"), (spatialdata, "the SpatialData export"),
-                         (ome_tiff, "the OME-TIFF export")):
-        if target is not None:
-            layout.require_outside(Path(target), what)
-    if h5ad is None and spatialdata is None and ome_tiff is None:
-        raise ConfigError("nothing to export", fix="give --h5ad FILE, --spatialdata DIR.zarr "
-                                                   "and/or --ome-tiff FILE.ome.tif")
-    out: dict[str, Any] = {}
-    if h5ad is not None:
-        out["h5ad"] = str(export_h5ad(store, run, h5ad, model=model))
-    if spatialdata is not None or ome_tiff is not None:
-        out.update(export_stack(store, run, spatialdata=spatialdata, ome_tiff=ome_tiff,
-                                model=model, z_spacing_um=z_spacing_um))
-    return out
+    fields: list[tuple[str, Any, Any]] = [
+        (name, Path | None, opt(None, help=f.help, metavar=f.metavar, group="Formats"))
+        for name, f in EXPORTS.items()]
+    fields.append(("z_spacing_um", float | None, opt(
+        None, gt=0, help="Distance between consecutive sections in µm for the image stack "
+                         "(default: the spacing recorded at ingest, --section-um).")))
+    return make_dataclass("ExportConfig", fields, frozen=True)
+
+
+ExportConfig = _export_config()
+
+
+def export_command(store: Path, run: str, *, model: str | None = None,
+                   z_spacing_um: float | None = None, **targets: Path | None) -> dict[str, Any]:
+    """``targets``: format name (``EXPORTS``) → output path, or None where not asked."""
+    from asign.report.formats import export_run
+
+    return export_run(store, run, targets, model=model, z_spacing_um=z_spacing_um)

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from asign.errors import InputError
-from asign.report.data import RunData
+
+if TYPE_CHECKING:  # the data module loads pandas: not for every `asign --help`
+    from asign.report.data import RunData
 
 __all__ = ["DEFAULT_GENES", "export_h5ad", "pick_genes", "write_report"]
 

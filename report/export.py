@@ -47,7 +47,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from asign.errors import InputError
 from asign.store.sections import spot_z_um
 
 log = logging.getLogger(__name__)
@@ -156,18 +155,6 @@ def _spatial_uns(data: Any, obs: pd.DataFrame, secs: pd.DataFrame) -> dict[str, 
 
 def export_h5ad(store_path: Path, run_name: str, out_path: Path, model: str | None = None) -> Path:
     """Write run ``run_name`` (its ``model`` run; default asign3d if present) as ``.h5ad``."""
-    from asign.report.data import load_run_data
-    from asign.store import open_store
-    from asign.store.atomic import atomic_path
+    from asign.report.formats import export_run
 
-    out = Path(out_path)
-    if out.suffix != ".h5ad":
-        raise InputError("the export target must end in .h5ad", path=out,
-                         fix="e.g. --h5ad results/run.h5ad")
-    data = load_run_data(open_store(Path(store_path)), run_name, model)
-    adata = build_anndata(data)
-    with atomic_path(out) as tmp:
-        adata.write_h5ad(tmp)
-    log.info("exported %d spots × %d genes of run %s (%s) to %s", adata.n_obs, adata.n_vars,
-             run_name, data.map_model, out)
-    return out
+    return Path(export_run(store_path, run_name, {"h5ad": out_path}, model=model)["h5ad"])

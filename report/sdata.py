@@ -221,28 +221,7 @@ def export_stack(store_path: Path, run_name: str, *, spatialdata: Path | None = 
     """The SpatialData and/or OME-TIFF export of run ``run_name``; returns what was written.
     ``z_spacing_um`` None: the section spacing recorded at ingest (``--section-um``), so
     the images sit at the same z as ``obsm['spatial_3d']``."""
-    from asign.report.data import load_run_data
-    from asign.report.export import build_anndata
-    from asign.store import open_store
+    from asign.report.formats import export_run
 
-    data = load_run_data(open_store(Path(store_path)), run_name, model)
-    if z_spacing_um is None:
-        z_spacing_um = recorded_spacing_um(data.sections)
-    if not z_spacing_um > 0:
-        raise ConfigError(f"--z-spacing-um must be positive (got {z_spacing_um})",
-                          fix="give the distance between consecutive sections in µm, e.g. 50")
-    stacks = sample_stacks(data, z_spacing_um)
-    out: dict[str, Any] = {"z_spacing_um": z_spacing_um,
-                           "stacks": {s: {"shape": list(st.image.shape), "um_per_px": st.res_um}
-                                      for s, st in stacks.items()}}
-    if spatialdata is not None:
-        try:
-            import spatialdata as _  # noqa: F401
-        except ImportError as err:
-            raise ConfigError("the spatialdata package is not installed",
-                              fix="pip install 'asign[spatialdata]'") from err
-        sdata = build_spatialdata(build_anndata(data), stacks, data)
-        out["spatialdata"] = str(write_spatialdata(sdata, spatialdata))
-    if ome_tiff is not None:
-        out["ome_tiff"] = [str(p) for p in write_ome_tiff(stacks, ome_tiff)]
-    return out
+    return export_run(store_path, run_name, {"spatialdata": spatialdata, "ome_tiff": ome_tiff},
+                      model=model, z_spacing_um=z_spacing_um)

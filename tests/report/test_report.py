@@ -237,7 +237,7 @@ def test_cli_command_bodies(report_store, tmp_path):
     summary = report_command(report_store, "base", tmp_path / "r", genes="G1", model="idw")
     assert Path(summary["report"]).name == "report.html"
     assert "map_S1_G1.png" in summary["figures"]
-    assert export_command(report_store, "base", tmp_path / "b.h5ad")["h5ad"].endswith("b.h5ad")
+    assert export_command(report_store, "base", h5ad=tmp_path / "b.h5ad")["h5ad"].endswith("b.h5ad")
 
 
 def test_shared_limits_pool_measured_and_predicted():
@@ -326,3 +326,28 @@ def test_3d_view_draws_in_headless_chromium(report_dir, tmp_path):
     dist = cKDTree(viridis).query(px)[0]
     saturated = px.max(axis=1) - px.min(axis=1) > 60  # not grey/white page or axes
     assert (saturated & (dist < 20)).sum() > 2000, "no coloured spots: WebGL did not draw"
+
+
+def test_an_export_format_is_one_registry_entry(report_store, tmp_path, monkeypatch):
+    """A new format is its writer and its EXPORTS entry: the CLI option, the checks and the
+    summary follow (the option list is generated from the registry)."""
+    import dataclasses
+
+    from asign.commands.export import _export_config, export_command
+    from asign.errors import ConfigError
+    from asign.report.formats import EXPORTS, ExportFormat
+
+    def write_csv(job, out):
+        job.anndata().to_df().to_csv(out)
+        return str(out)
+
+    monkeypatch.setitem(EXPORTS, "csv", ExportFormat(
+        help="Predictions as CSV.", what="the CSV export", metavar="FILE.csv",
+        write=write_csv, suffix=".csv"))
+    assert "csv" in {f.name for f in dataclasses.fields(_export_config())}
+    out = export_command(report_store, "base", csv=tmp_path / "p.csv")
+    assert Path(out["csv"]).stat().st_size > 0 and "h5ad" not in out
+    with pytest.raises(ConfigError, match="--csv FILE.csv"):
+        export_command(report_store, "base")
+    with pytest.raises(InputError, match="must end in .csv"):
+        export_command(report_store, "base", csv=tmp_path / "p.txt")
