@@ -95,7 +95,10 @@ def variant_tables(root: Path, scored: tuple[str, ...], metrics3: tuple[str, ...
           "decided on C3 only, C4–C6 untouched)\n")
     print("| model | variant | C3 (development) | C4–C6 (untouched, mean) | C6 | C3–C6 mean |"
           "\n|---|---|---|---|---|---|")
-    runs = ("asign3d-seed0", "asign2d-seed0", "ridge+idw", "ridge", "similarity", "mean")
+    # "-rerun": the default store's seed-0 network made again by the variants' code, when a
+    # session's default runs predate it (printed where present, never trained here)
+    runs = ("asign3d-seed0", "asign3d-seed0-rerun", "asign2d-seed0", "asign2d-seed0-rerun",
+            "ridge+idw", "ridge", "similarity", "mean")
     for run in runs:
         for v, store in stores.items():
             if not (store / "manifest.json").exists():
@@ -109,7 +112,8 @@ def variant_tables(root: Path, scored: tuple[str, ...], metrics3: tuple[str, ...
                 return " / ".join(fmt([float(np.mean([m.get((x, k), np.nan) for x in secs]))])
                                   for k in metrics3)
 
-            print(f"| {model_of(run)} | {v} | {cell(DEV)} | {cell(UNTOUCHED)} | "
+            label = f"{v} (rerun)" if run.endswith("-rerun") else v
+            print(f"| {model_of(run)} | {label} | {cell(DEV)} | {cell(UNTOUCHED)} | "
                   f"{cell(('C6',))} | {cell(scored)} |")
     print("\n| store | patches s | embed s | patches + embed s |\n|---|---|---|---|")
     for v, store in stores.items():
