@@ -27,7 +27,8 @@ VARIANTS = {"macenko": ["--stain-norm", "macenko"], "tta8": ["--tta", "8"]}
 VARIANT_RUNS = {
     "macenko": ("asign3d-seed0", "asign2d-seed0", "mean", "idw", "similarity", "ridge",
                 "ridge+idw", "cli"),
-    "tta8": ("asign3d-seed0", "mean", "idw", "similarity", "ridge", "ridge+idw", "cli"),
+    "tta8": ("asign3d-seed0", "asign2d-seed0", "mean", "idw", "similarity", "ridge",
+             "ridge+idw", "cli"),
 }
 TRANSFER_MODELS = ("mean", "similarity", "ridge", "asign2d")
 DEV, UNTOUCHED = ("C3",), ("C4", "C5", "C6")
