@@ -59,7 +59,7 @@ def ingest_transfer(root: Path, data: Path, threads: int, seeds: list[int]) -> N
           "--store", str(scb), threads=threads)
     for m in TRANSFER_MODELS:
         if m == "asign2d":
-            for seed in seeds[:1]:  # one seed: a 200-epoch run on all of C
+            for seed in seeds:  # a 200-epoch run on all of C per seed
                 asign_transfer(scb, m, f"xb-{m}-seed{seed}", ["--seed", str(seed)], threads)
         else:
             asign_transfer(scb, m, f"xb-{m}", [], threads)
