@@ -13,7 +13,7 @@ import pytest
 from her2st_small import HER2ST as DATA
 
 from asign import encoders as E
-from asign.errors import ConfigErrors
+from asign.errors import ConfigError, ConfigErrors
 from asign.ingest import embed as M
 from asign.ingest import patches as P
 from asign.ingest.config import IngestConfig, validate
@@ -106,3 +106,18 @@ def test_options_enter_the_embed_fingerprint_only_when_set(tmp_path):
         validate(IngestConfig(sources=(tmp_path,), store=tmp_path / "s", tta=3))
     with pytest.raises(ConfigErrors, match="--stain-norm 'vahadane' is not one of"):
         validate(IngestConfig(sources=(tmp_path,), store=tmp_path / "s", stain_norm="vahadane"))
+
+
+@pytest.mark.parametrize("record", [{"tta": 8}, {"stain_norm": {"method": "macenko"}}])
+def test_finetuning_refuses_vectors_its_patches_cannot_give(tmp_path, record):
+    from asign.store import EmbeddingInfo
+    from asign.train.finetune import EncoderRecipe
+
+    info = EmbeddingInfo.from_dict({"encoder": "effnet-lite0", "dim": 1904,
+                                    "weights_kind": "file", **record})
+    with pytest.raises(ConfigError, match="re-encodes the stored patches as cut"):
+        EncoderRecipe.from_manifest(info, None, tmp_path / "manifest.json")
+    plain = EmbeddingInfo.from_dict({"encoder": "effnet-lite0", "dim": 1904,
+                                     "weights_kind": "file"})
+    assert EncoderRecipe.from_manifest(plain, None, tmp_path / "manifest.json").name == \
+        "effnet-lite0"
