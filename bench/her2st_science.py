@@ -20,7 +20,10 @@ Tables printed (markdown):
    gene) PCC differences averaged over seeds, two-way bootstrap 95 % interval over genes and
    sections (train/paired.py);
 4. interval calibration per model: marginal coverage of the 90 % intervals, 10th percentile
-   of per-gene coverage, Spearman correlation of width with |error| over hidden entries.
+   of per-gene coverage, Spearman correlation of width with |error| over hidden entries;
+5. the remedies (bench/her2st_remedies.py): embedding variants (stain normalisation,
+   test-time augmentation; stores ``SC-<variant>``, decided on C3 only), the cross-patient
+   check C → B4 (store ``SCB``), the noise ceiling, and each remedy's cost.
 """
 
 from __future__ import annotations
@@ -233,7 +236,11 @@ def main() -> None:
     ap.add_argument("--no-train", action="store_true", help="tables from existing runs only")
     ap.add_argument("--ablations", default=",".join(ABLATIONS))
     _docs_record.add_flag(ap)
+    ap.add_argument("--variants", default="macenko,tta8",
+                    help="embedding variants, each its own store (her2st_remedies.VARIANTS)")
+    ap.add_argument("--no-transfer", action="store_true", help="skip C → B4")
     args = ap.parse_args()
+    import her2st_remedies as remedies
     t = args.threads
     seeds = [int(x) for x in args.seeds.split(",")]
     print(json.dumps({"machine": platform.node(), "cpus": os.cpu_count(), "threads": t,
@@ -250,6 +257,10 @@ def main() -> None:
         for name in filter(None, args.ablations.split(",")):
             model, flags = ABLATIONS[name]
             train(sc, model, name, flags, t)
+        remedies.ingest_variants(args.root, args.data, t, list(filter(None,
+                                                                  args.variants.split(","))))
+        if not args.no_transfer:
+            remedies.ingest_transfer(args.root, args.data, t, seeds)
     from asign.store import open_store
     from asign.train.data import load_sample
 
@@ -268,6 +279,10 @@ def main() -> None:
                for m, runs in names.items()}
     paired_table({m: p for m, p in pred_of.items() if p}, s.labels.astype(np.float64), rows)
     interval_table(sc, names, ids, s, hidden)
+    remedies.variant_tables(args.root, SCORED, METRICS3)
+    remedies.transfer_table(args.root)
+    remedies.noise_ceiling(sc, SCORED)
+    remedies.remedy_costs(args.data, t)
 
 
 def summary(tables: dict[str, dict]) -> dict[str, dict]:

@@ -34,6 +34,12 @@ def _precisions() -> tuple[str, ...]:
     return PRECISIONS
 
 
+def _stain_norms() -> tuple[str, ...]:
+    from asign.ingest.stain import STAIN_NORMS
+
+    return STAIN_NORMS
+
+
 def _devices() -> tuple[str, ...]:
     from asign.cluster import DEVICES
 
@@ -117,6 +123,13 @@ class IngestConfig:
     precision: str = opt("auto", choices=_precisions, group=_FEAT,
                          help="Number format of the encoder's forward pass.")
     batch_size: int = opt(32, ge=1, group=_FEAT, help="Patches per forward pass of the encoder.")
+    stain_norm: str = opt("none", choices=_stain_norms, group=_FEAT,
+                          help="Stain normalisation of every patch and tile before encoding: "
+                               "none, or macenko (reference stain fitted on the panel layer's "
+                               "tissue; torchstain).")
+    tta: int = opt(1, ge=1, le=8, group=_FEAT,
+                   help="Test-time augmentation: features averaged over 1, 2, 4 or 8 dihedral "
+                        "views (flips/rotations) of each image; costs that many encoder passes.")
     spot_px: int = opt(224, ge=1, group=_FEAT, help="Side of a spot patch in pixels.")
     region_px: int = opt(512, ge=1, group=_FEAT, help="Side of a region tile in pixels.")
     global_px: int = opt(1024, ge=1, group=_FEAT, help="Side of a global tile in pixels.")
@@ -186,6 +199,10 @@ def validate(cfg: IngestConfig) -> None:
             problems.append(f"--encoder: {err}")
     if not cfg.panel_from.strip():
         problems.append("--panel-from must be first, middle, a layer number or a section id")
+    from asign.ingest.stain import TTA_VIEWS
+
+    if cfg.tta not in TTA_VIEWS:
+        problems.append(f"--tta must be one of {', '.join(map(str, TTA_VIEWS))}, got {cfg.tta}")
     if cfg.workers and cfg.scheduler:
         problems.append("give --workers (a local cluster) or --scheduler (a running one), not both")
     if problems:

@@ -243,13 +243,15 @@ class _Forward:
     graph, and each image's vector never depends on how many others share its batch
     (kernels are chosen by shape; rows are computed independently)."""
 
-    def __init__(self, encoder: LoadedEncoder, precision: str, batch_size: int, runtime: str):
+    def __init__(self, encoder: LoadedEncoder, precision: str, batch_size: int, runtime: str,
+                 tta: int = 1):
         import torch
 
         self.encoder = encoder
         self.batch_size = batch_size
+        self.tta = tta  # dihedral views averaged per image (ingest/stain.py)
         self.device = torch.device(encoder.device)
-        self.parts = [_Forward(p, precision, batch_size, runtime) for p in _parts(encoder)]
+        self.parts = [_Forward(p, precision, batch_size, runtime, tta) for p in _parts(encoder)]
         precision, runtime = _spec_overrides(encoder, precision, runtime)
         self.precision = resolve_precision(precision, encoder.device)
         self.runtime = resolve_runtime(runtime, encoder.device)
@@ -292,7 +294,13 @@ class _Forward:
         if n < self.batch_size:
             pad = np.zeros((self.batch_size - n, *batch.shape[1:]), dtype=batch.dtype)
             batch = np.concatenate([batch, pad])
-        out = self.run(self._normalise(batch))[:n].float()
+        if self.tta == 1:
+            out = self.run(self._normalise(batch))[:n].float()
+        else:  # the mean over views, in fp32; each view is one more pass of the encoder
+            from asign.ingest.stain import dihedral_views
+
+            out = sum(self.run(self._normalise(view))[:n].float()
+                      for view in dihedral_views(batch, self.tta)) / self.tta
         if not bool(torch.isfinite(out).all()) or float(out.abs().max()) > FLOAT16_MAX:
             raise ConfigError(
                 f"encoder {self.encoder.spec.name} produced values that do not fit float16",
@@ -347,6 +355,7 @@ def embed_batches(
     prefetch_batches: int = 2,
     patch_codec: str | None = None,
     runtime: str = "auto",
+    tta: int = 1,
 ) -> Iterator[EmbeddedBatch]:
     """Embed ``(key, loader)`` items, ``batch_size`` at a time, yielding each batch as soon
     as it is done. A loader returns an (H, W, 3) uint8 image, resized here to the encoder's
@@ -354,9 +363,10 @@ def embed_batches(
     (``store.codecs.encode_patch``) so the caller can store spot patches next to their vectors.
 
     One loader thread is enough on a CPU (a crop costs ~1 ms, an encode ~30 ms); more help
-    with slow storage or on a GPU."""
+    with slow storage or on a GPU. ``tta``: features averaged over that many dihedral views
+    of each image (``ingest/stain.py``)."""
     for _, batch in embed_groups(encoder, [(None, items)], batch_size, precision, workers,
-                                 prefetch_batches, patch_codec, runtime):
+                                 prefetch_batches, patch_codec, runtime, tta):
         yield batch
 
 
@@ -369,6 +379,7 @@ def embed_groups(
     prefetch_batches: int = 2,
     patch_codec: str | None = None,
     runtime: str = "auto",
+    tta: int = 1,
 ) -> Iterator[tuple[Any, EmbeddedBatch]]:
     """``embed_batches`` over ``(label, items)`` groups through one loader pipeline, yielding
     ``(label, batch)``. A yielded batch never spans two groups: a group's batches are those
@@ -390,7 +401,7 @@ def embed_groups(
     # loaders start on the first items, so the first slide's decode overlaps it rather than
     # waiting for it. Errors surface at the first batch.
     builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asign-build")
-    building = builder.submit(_Forward, encoder, precision, batch_size, runtime)
+    building = builder.submit(_Forward, encoder, precision, batch_size, runtime, tta)
     builder.shutdown(wait=False)
     work = partial(_load, input_px=encoder.spec.input_px, codec=patch_codec)
     depth = max(batch_size * (prefetch_batches + 1), workers)
@@ -443,6 +454,7 @@ def embed_arrays(
     batch_size: int = DEFAULT_BATCH_SIZE,
     precision: str = "auto",
     runtime: str = "auto",
+    tta: int = 1,
 ) -> np.ndarray:
     """(N, H, W, 3) uint8 already at the encoder's input size → (N, dim) float16."""
     images = np.asarray(images)
@@ -451,6 +463,6 @@ def embed_arrays(
         raise ConfigError(
             f"images must be (N, {px}, {px}, 3) uint8, got {images.shape} {images.dtype}"
         )
-    forward = _Forward(encoder, precision, batch_size, runtime)
+    forward = _Forward(encoder, precision, batch_size, runtime, tta)
     out = [forward(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, encoder.spec.dim), np.float16)

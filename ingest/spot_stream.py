@@ -50,7 +50,7 @@ def can_stream(spec: Any, distributed: bool) -> bool:
 
 
 def stream_sections(vec: Any, encoder: Any, sections: list[SpotSection], *, batch_size: int,
-                    precision: str, patches_fp: str, embed_fp: str,
+                    precision: str, patches_fp: str, embed_fp: str, tta: int = 1,
                     advance: Callable[[int], None]) -> None:
     """Cut, embed and store the spot patches of ``sections``, one transaction per batch,
     through one loader pipeline: it cuts (and decodes the slide of) the next section while
@@ -81,7 +81,7 @@ def stream_sections(vec: Any, encoder: Any, sections: list[SpotSection], *, batc
     batch_no = dict.fromkeys(todo, 0)
     with BackgroundPuts(vec) as writer:
         for i, batch in embed_groups(encoder, groups, batch_size=batch_size, precision=precision,
-                                     patch_codec=DEFAULT_PATCH_CODEC):
+                                     patch_codec=DEFAULT_PATCH_CODEC, tta=tta):
             sec, b = sections[i], batch_no[i]
             batch_no[i] += 1
             fresh = b in todo[i]  # a resumed section rewrites only the vectors it lacks

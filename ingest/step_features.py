@@ -70,7 +70,9 @@ def run_patches(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: R
     from asign.ingest.spot_stream import SpotSection, can_stream, stream_sections
 
     runner = runner or Runner()
-    stream = embed_fp is not None and can_stream(get_encoder_spec(cfg.encoder), runner.distributed)
+    # a stain reference is fitted on stored patches before anything is embedded: no streaming
+    stream = (embed_fp is not None and cfg.stain_norm == "none"
+              and can_stream(get_encoder_spec(cfg.encoder), runner.distributed))
     streamed: list[SpotSection] = []
     out_px = stored_patch_px(cfg)
     sections, spots = _imaged(store, sample_id)
@@ -137,8 +139,8 @@ def run_patches(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: R
                             description=f"patches {sample_id}")
         if streamed:
             stream_sections(vec, _encoder(cfg), streamed, batch_size=cfg.batch_size,
-                            precision=cfg.precision, patches_fp=fp, embed_fp=str(embed_fp),
-                            advance=lambda n: rep.advance(task, n))
+                            precision=cfg.precision, tta=cfg.tta, patches_fp=fp,
+                            embed_fp=str(embed_fp), advance=lambda n: rep.advance(task, n))
     raise_failures(failed, "patches", sample_id)
     link_df = pd.concat(links, ignore_index=True) if links else pd.DataFrame(
         columns=["section_id", "spot_id", "level", "tile_id", "rank"])
@@ -179,8 +181,22 @@ def _item_id(item: Any) -> str:
     return item if isinstance(item, str) else item[0]
 
 
+def _stain_reference(store: Store, cfg: IngestConfig, sample_id: str, work: list,
+                     vec: Any) -> Any:
+    """The sample's reference stain (ingest/stain.py), fitted on the stored spot patches of
+    its reference section (the one whose features also set the z-score statistics)."""
+    from asign.ingest.stain import fit_reference
+
+    sections = store.read("sections").to_pandas()
+    ref = standardise.reference_section(sections[sections.sample_id == sample_id], cfg.panel_from)
+    spot_ids = [i for sec, level, _, items in work if sec == ref and level == "spot" for i in items]
+    reference = fit_reference(cfg.stain_norm, ref, [vec.patch(i) for i in spot_ids])
+    log.info("%s: %s stain reference fitted on section %s", sample_id, cfg.stain_norm, ref)
+    return reference
+
+
 def _standardisation(store: Store, cfg: IngestConfig, sample_id: str, work: list, runner: Runner,
-                     encoder: Any, vec: Any
+                     encoder: Any, vec: Any, stain: Any = None
                      ) -> tuple[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
     """(reference section, {level: (mean, std)}): statistics from the raw features of the
     reference section's spot patches and tiles (ingest/standardise.py says why), computed
@@ -193,7 +209,8 @@ def _standardisation(store: Store, cfg: IngestConfig, sample_id: str, work: list
     def commit(_: int, stats: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
         out.update(stats)
 
-    failed = runner.map(standardisation_unit, [(str(store.root), cfg, ref_work)], [ref], commit,
+    failed = runner.map(standardisation_unit, [(str(store.root), cfg, ref_work, stain)], [ref],
+                        commit,
                         description=f"standardise {sample_id}", gpu=cfg.device == "cuda",
                         local={"vec": vec, "encoder": encoder})
     raise_failures(failed, "embed", sample_id)
@@ -222,7 +239,9 @@ def run_embed(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Rep
     # writer's handle; a worker opens its own, read-only.
     with store.vectors(readonly=False) as vec:
         work = _work(store, sample_id)
-        zscore = (_standardisation(store, cfg, sample_id, work, runner, encoder, vec)
+        stain = (_stain_reference(store, cfg, sample_id, work, vec)
+                 if cfg.stain_norm != "none" else None)
+        zscore = (_standardisation(store, cfg, sample_id, work, runner, encoder, vec, stain)
                   if encoder.spec.standardise else None)
         total = sum(len(items) for *_, items in work)
         task = rep.task(f"embed {sample_id}", total=total)
@@ -244,7 +263,7 @@ def run_embed(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Rep
             for lo in range(0, len(todo), per_unit):
                 group = todo[lo:lo + per_unit]
                 units.append((str(store.root), cfg, level, image, [chunks[b] for b in group],
-                              None if zscore is None else zscore[1][level]))
+                              None if zscore is None else zscore[1][level], stain))
                 unit_markers.append([markers[b] for b in group])
                 labels.append(f"{section_id} ({level})")
 
@@ -269,6 +288,8 @@ def run_embed(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Rep
                                 encoder)
             failed = []
     raise_failures(failed, "embed", sample_id)
+    if stain is not None:
+        stain.log_kept(sample_id)
     index["sample_id"] = [sample_id] * len(index["id"])
     index["encoder"] = [name] * len(index["id"])
     store.write("embeddings", index, key=sample_id)
@@ -277,7 +298,10 @@ def run_embed(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Rep
     info = EmbeddingInfo.from_dict({**embedding_config(encoder, bs, cfg.precision),
                                     "dim": encoder.spec.dim,
                                     "spot_px": cfg.spot_px, "stored_px": encoder.spec.input_px,
-                                    "region_px": cfg.region_px, "global_px": cfg.global_px})
+                                    "region_px": cfg.region_px, "global_px": cfg.global_px,
+                                    # only when set, as in the step's fingerprint (steps.py)
+                                    **({"stain_norm": stain.record()} if stain is not None else {}),
+                                    **({"tta": cfg.tta} if cfg.tta != 1 else {})})
     if zscore is not None:
         same = previous is not None and previous.encoder == name
         done = dict(previous.standardised or {}) if same else {}
@@ -323,8 +347,9 @@ def _unit_setup(root: str, cfg: IngestConfig, encoder: Any) -> Any:
 
 
 def _loaders(root: str, cfg: IngestConfig, level: str, image: str, items: list[Any],
-             vec: Any) -> list[tuple[str, Callable[[], np.ndarray]]]:
-    """(id, loader) pairs: spot patches read back from LMDB, tiles cropped from the slide."""
+             vec: Any, stain: Any = None) -> list[tuple[str, Callable[[], np.ndarray]]]:
+    """(id, loader) pairs: spot patches read back from LMDB, tiles cropped from the slide;
+    with ``stain`` (a StainReference) each image is stain-normalised in the loader thread."""
     from asign.ingest.embed import crop_loader
 
     out_px = stored_patch_px(cfg)
@@ -334,13 +359,14 @@ def _loaders(root: str, cfg: IngestConfig, level: str, image: str, items: list[A
             return vec.patch(spot_id)
         return load
 
-    return [(i, patch_loader(i)) if level == "spot"
-            else (i[0], crop_loader(image, i[1], i[2], i[3], out_px))
-            for i in items]
+    out = [(i, patch_loader(i)) if level == "spot"
+           else (i[0], crop_loader(image, i[1], i[2], i[3], out_px))
+           for i in items]
+    return out if stain is None else [(i, stain.wrap(load)) for i, load in out]
 
 
 def standardisation_unit(root: str, cfg: IngestConfig, ref_work: list[tuple[str, str, list]],
-                         vec: Any = None, encoder: Any = None
+                         stain: Any = None, vec: Any = None, encoder: Any = None
                          ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """A unit of the embed step: per level, (mean, std) of the raw features of the reference
     section's items. ``vec``/``encoder``: this process's own, when run serially."""
@@ -357,9 +383,9 @@ def standardisation_unit(root: str, cfg: IngestConfig, ref_work: list[tuple[str,
         stats = {}
         for level in LEVELS:
             items = [it for lev, image, its in ref_work if lev == level
-                     for it in _loaders(root, cfg, lev, image, its, vec)]
+                     for it in _loaders(root, cfg, lev, image, its, vec, stain)]
             feats = [b.features for b in embed_batches(encoder, items, batch_size=cfg.batch_size,
-                                                       precision=cfg.precision)]
+                                                       precision=cfg.precision, tta=cfg.tta)]
             stats[level] = standardise.fit(np.concatenate(feats) if feats
                                            else np.zeros((0, encoder.spec.dim)))
         return stats
@@ -369,8 +395,8 @@ def standardisation_unit(root: str, cfg: IngestConfig, ref_work: list[tuple[str,
 
 
 def embed_unit(root: str, cfg: IngestConfig, level: str, image: str, chunks: list[list[Any]],
-               zscore: tuple[np.ndarray, np.ndarray] | None = None, vec: Any = None,
-               encoder: Any = None) -> Iterable[tuple[list[str], np.ndarray]]:
+               zscore: tuple[np.ndarray, np.ndarray] | None = None, stain: Any = None,
+               vec: Any = None, encoder: Any = None) -> Iterable[tuple[list[str], np.ndarray]]:
     """A unit of the embed step: consecutive batches of one section and level → per batch,
     (ids, float16 vectors), z-scored with ``zscore`` (mean, std) when the encoder asks.
     ``vec``/``encoder``: this process's own, when run serially."""
@@ -385,8 +411,10 @@ def embed_unit(root: str, cfg: IngestConfig, level: str, image: str, chunks: lis
     if vec is None and level == "spot":
         own = vec = open_store(Path(root)).vectors(readonly=True)
     try:
-        items = [it for chunk in chunks for it in _loaders(root, cfg, level, image, chunk, vec)]
-        batches = embed_batches(encoder, items, batch_size=cfg.batch_size, precision=cfg.precision)
+        items = [it for chunk in chunks
+                 for it in _loaders(root, cfg, level, image, chunk, vec, stain)]
+        batches = embed_batches(encoder, items, batch_size=cfg.batch_size, precision=cfg.precision,
+                                tta=cfg.tta)
         out = (_rows(b, zscore) for b in batches)
         # Serially the batches stream into the commit, each committed as soon as it is
         # embedded (a crash loses one batch); a worker returns them all at once.
@@ -410,10 +438,11 @@ def _embed_serially(units: list[tuple], unit_markers: list[list[Done]],
     with its marker as soon as it is embedded, as ``embed_unit`` does."""
     from asign.ingest.embed import embed_groups
 
-    groups = ((i, [it for chunk in chunks for it in _loaders(root, cfg, level, image, chunk, vec)])
-              for i, (root, _, level, image, chunks, _) in enumerate(units))
+    groups = ((i, [it for chunk in chunks
+                   for it in _loaders(root, cfg, level, image, chunk, vec, stain)])
+              for i, (root, _, level, image, chunks, _, stain) in enumerate(units))
     seen = [0] * len(units)
     for i, batch in embed_groups(encoder, groups, batch_size=cfg.batch_size,
-                                 precision=cfg.precision):
+                                 precision=cfg.precision, tta=cfg.tta):
         commit_batch(i, unit_markers[i][seen[i]], _rows(batch, units[i][5]))
         seen[i] += 1

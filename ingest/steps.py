@@ -50,8 +50,14 @@ def _patches_params(cfg: IngestConfig) -> dict[str, Any]:
 
 
 def _embed_params(cfg: IngestConfig) -> dict[str, Any]:
-    return {"encoder": cfg.encoder, "weights": cfg.weights, "precision": cfg.precision,
-            "batch_size": cfg.batch_size, "seed": cfg.seed}
+    params = {"encoder": cfg.encoder, "weights": cfg.weights, "precision": cfg.precision,
+              "batch_size": cfg.batch_size, "seed": cfg.seed}
+    # only when set: fingerprints of stores embedded before these options stay valid
+    if cfg.stain_norm != "none":
+        params["stain_norm"] = cfg.stain_norm
+    if cfg.tta != 1:
+        params["tta"] = cfg.tta
+    return params
 
 
 def _graph_params(cfg: IngestConfig) -> dict[str, Any]:

@@ -20,6 +20,8 @@ SETTING_TEXT = {
                      "other layers are hidden and imputed",
     "cross_sample": "cross-sample k-fold: each test sample is imputed by a model trained on "
                     "the other samples plus the test sample's own known layer",
+    "cross_patient": "cross-patient check: each test sample is predicted from its images "
+                     "alone by a model trained on the other samples' labelled sections",
 }
 
 CSS = """

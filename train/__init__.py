@@ -74,7 +74,7 @@ def _run_read(cfg: TrainConfig, store: Any, reporter: Any, max_epochs: int | Non
     from asign.store.atomic import remove_stale_temps
     from asign.store.locks import run_lock
     from asign.train import results as res
-    from asign.train.protocol import SectionInfo, fold_assignment, plan_folds
+    from asign.train.protocol import SectionInfo, fold_assignment, plan_folds, plan_transfer
 
     remove_stale_temps(store.root)  # e.g. the checkpoint a killed run was writing
     created = dt.datetime.now(dt.UTC)
@@ -90,14 +90,17 @@ def _run_read(cfg: TrainConfig, store: Any, reporter: Any, max_epochs: int | Non
                 portable=False)
     plan_args = dict(known=cfg.known, samples=cfg.samples, extra_2d=cfg.extra_2d)
     fold_of = None
-    if cfg.folds >= 2:
+    if cfg.test_samples:
+        folds = plan_transfer(infos, test_samples=cfg.test_samples, samples=cfg.samples)
+    elif cfg.folds >= 2:
         targets = [p.sample_id for p in plan_folds(infos, folds=1, **plan_args)[0].test]
         con = store.duckdb()
         try:
             fold_of = fold_assignment(con, targets, cfg.folds, cfg.seed)
         finally:
             con.close()
-    folds = plan_folds(infos, folds=cfg.folds, fold_of=fold_of, **plan_args)
+    if not cfg.test_samples:
+        folds = plan_folds(infos, folds=cfg.folds, fold_of=fold_of, **plan_args)
     _check_images(cfg, infos, folds)
 
     store_fp = res.store_hash(store)
@@ -202,13 +205,16 @@ def _execute(cfg: TrainConfig, store: Any, rid: str, folds: list, rep: Any,
     genes = next(iter(samples.values())).genes
     timings["load_s"] = round(time.perf_counter() - t, 3)
 
+    from asign.train import transfer
     from asign.train.folds import FoldRun, blocked_graphs, fold_timings, one_fold
 
+    # the cross-patient check trains and scores its own way (train/transfer.py)
+    fold_fn = transfer.one_fold if cfg.test_samples else one_fold
     run = FoldRun.start(cfg, rid, store.checkpoint(rid), samples, recipe, rep, max_epochs)
     rows: list[dict] = []
     blocks: list[PredictionBlock] = []
     for fold in folds:
-        fold_rows, fold_blocks, fold_s = one_fold(cfg, fold, run)
+        fold_rows, fold_blocks, fold_s = fold_fn(cfg, fold, run)
         if fold_rows is None:
             return "interrupted", [], [], genes
         timings.setdefault("fold_s", []).append(fold_s)

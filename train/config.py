@@ -16,7 +16,7 @@ from asign.errors import ConfigErrors
 from asign.options import Declared, identity, opt, shared
 from asign.options import problems as declared_problems
 
-SETTINGS = ("within_sample", "cross_sample")
+SETTINGS = ("within_sample", "cross_sample", "cross_patient")
 ASIGN_BUILDER = "asign.train.model:build_model"  # MSAGNet (+ CLI): asign3d, asign2d
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("cosine", "none")
@@ -149,6 +149,12 @@ class TrainConfig:
     samples: tuple[str, ...] = shared("--samples", (), listed=True, group=_PROTO,
                                       help="Restrict to these sample ids (comma-separated).")
     extra_2d: tuple[str, ...] = shared("--extra-2d", (), group=_PROTO)
+    # the cross-patient check (train/transfer.py): no known layer in these samples
+    test_samples: tuple[str, ...] = opt(
+        (), listed=True, group=_PROTO, legacy_default=True,
+        help="Cross-patient check: predict these samples from their images alone (no known "
+             "layer), trained on every labelled section of the other samples (--samples); "
+             "models that need no known layer only (mean, similarity, ridge, asign2d).")
     # optimisation (paper: SGD, momentum 0.9, cosine decay to 1% of the initial rate)
     # her2st C: validation loss flattens after ~150 epochs (SGD, lr 0.05)
     epochs: int = _net(200, "Training epochs (the best one on the validation spots is kept).",
@@ -269,6 +275,8 @@ class TrainConfig:
 
     @property
     def setting(self) -> str:
+        if self.test_samples:
+            return "cross_patient"
         return "within_sample" if self.folds == 1 else "cross_sample"
 
     def to_json(self) -> dict[str, Any]:
@@ -323,6 +331,11 @@ def validate(cfg: TrainConfig) -> None:
         problems.append("the PyPI DGL wheel is CPU-only: use --gnn pyg with --device cuda")
     if cfg.workers and cfg.dask_scheduler:
         problems.append("give --workers (a local cluster) or --scheduler (a running one), not both")
+    if cfg.test_samples and spec is not None:
+        from asign.train.transfer import transfer_problem
+
+        if (problem := transfer_problem(cfg)) is not None:
+            problems.append(problem)
     if problems:
         raise ConfigErrors(problems, what="asign train options", fix="see `asign train --help`")
 

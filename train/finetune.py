@@ -63,6 +63,12 @@ class EncoderRecipe:
             raise ConfigError("--finetune-spot-encoder needs a single network encoder; the "
                               f"store's {name!r} is weight-free or z-scored at ingest",
                               fix="ingest with --encoder effnet-lite0 or resnet50-l3 to fine-tune")
+        changed = [k for k in ("stain_norm", "tta") if k in info.extra]
+        if changed:  # the stored patches are as cut: re-encoding them would not give these
+            flag = "--" + changed[0].replace("_", "-")
+            raise ConfigError(f"--finetune-spot-encoder re-encodes the stored patches as cut, "
+                              f"but the store's vectors were made with {flag}",
+                              fix="fine-tune on a store ingested without --stain-norm and --tta")
         return cls(name, str(info.weights_kind or ""), info.weights_path,
                    str(info.weights_sha256 or ""), int(info.seed))
 

@@ -231,6 +231,12 @@ def _task(tasks: dict, s: Any, visible: tuple[str, ...], cfg: TrainConfig,
     return tasks[key]
 
 
+def task_of(tasks: dict, s: Any, visible: tuple[str, ...], cfg: TrainConfig) -> Any:
+    """The graph task of sample ``s`` with ``visible`` labelled sections, made once per run
+    (the cross-patient check reads the tasks its networks trained on: train/transfer.py)."""
+    return _task(tasks, s, visible, cfg)
+
+
 def _by_layer(plan: Any) -> bool:
     return plan.role == "test" and len(plan.knowns) >= 2
 

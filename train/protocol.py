@@ -239,6 +239,40 @@ def plan_folds(
     return out
 
 
+def plan_transfer(
+    sections: list[SectionInfo],
+    *,
+    test_samples: tuple[str, ...],
+    samples: tuple[str, ...] = (),
+) -> list[Fold]:
+    """The cross-patient setting (``--test-samples``): one fold in which every labelled,
+    placed section of the other samples (``samples`` when given) is visible to training,
+    and each test sample is predicted from its images alone: it has no known layer, its
+    labelled sections are scored and nothing of it enters training."""
+    by_sample: dict[str, list[SectionInfo]] = {}
+    for s in sections:
+        by_sample.setdefault(s.sample_id, []).append(s)
+    missing = [t for t in test_samples if t not in by_sample]
+    if missing:
+        raise ConfigError(f"--test-samples {', '.join(missing)}: not in the store",
+                          fix="ingest the sample into this store (its image, and its counts "
+                              "to be scored), or check the name")
+    plans: list[SamplePlan] = []
+    for sample_id in sorted(by_sample):
+        secs = sorted((s for s in by_sample[sample_id] if s.placed), key=lambda s: s.z)
+        ids = tuple(s.section_id for s in secs)
+        labelled = tuple(s.section_id for s in secs if s.has_counts)
+        if sample_id in test_samples:
+            plans.append(SamplePlan(sample_id, "test", ids, (), None, labelled))
+        elif (not samples or sample_id in samples) and labelled:
+            plans.append(SamplePlan(sample_id, "train", ids, labelled))
+    if not any(p.role == "train" for p in plans):
+        raise ConfigError("--test-samples leaves no sample with labelled, placed sections to "
+                          "train on", fix="ingest a training sample into this store, or "
+                                          "check --samples")
+    return [Fold(0, "cross_patient", tuple(plans))]
+
+
 def visible_labels(
     labels: np.ndarray, has_label: np.ndarray, section: np.ndarray, visible_idx: list[int]
 ) -> tuple[np.ndarray, np.ndarray]:
