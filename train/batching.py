@@ -18,6 +18,12 @@ GAT layers are the only operations that mix nodes, each over one hop of in-edges
 ``halo`` ≥ the number of GAT layers the MSAGNet outputs of the seeds are therefore
 *exactly* their whole-graph values.
 
+Two plans use these blocks (:class:`BatchPlan`, ``kind``): ``blocks`` (``--minibatch-above``
+/ ``--block-spots``) steps on each block's halo subgraph as described here; ``sampled``
+(what ``--memory-gb`` chooses when the whole graph does not fit) steps on DGL-sampled
+message-flow graphs of the block's seeds (sampling.py): the same exact MSAGNet outputs at
+the seeds for less work (the halo only feeds the first layers), without recomputation.
+
 Training (:func:`training_parts`): one optimiser step per block, blocks in a seeded
 random order; the epoch's episode (known layer / known spots) is drawn on the whole graph
 as before and restricted to each subgraph. Loss terms are taken on seeds only (each spot
