@@ -2,8 +2,8 @@
 whole graph does not fit one training step in memory.
 
 Why: a whole-graph step keeps every activation for autograd — three GAT + transformer
-layers, the cross-attention over token sets and ten propagation steps — about 350 KB
-per spot at ``hidden=256``: 5.5 GiB for 14k spots, ~75 GB for 200k. Above
+layers, the cross-attention over token sets and ten propagation steps — about 490 KB
+per spot at ``hidden=256``: ~7 GB for 14k spots, ~100 GB for 200k. Above
 ``TrainConfig.minibatch_above`` spots a graph is therefore cut into *blocks*; below it
 nothing here is used and training is the whole-graph step, unchanged.
 
@@ -68,8 +68,9 @@ log = logging.getLogger(__name__)
 
 
 #: Memory of a whole-graph training step per spot at hidden = 256, beyond the data: about
-#: 350 KB (module docstring; bench/train.py measures it). It scales with the hidden size.
-STEP_BYTES_PER_SPOT_256 = 350e3
+#: 490 KB (bench/train.py, 8,000 synthetic spots, 256-d features: peak 4.19 GB − data
+#: 0.39 GB; docs/platforms.md "Scale"). It scales with the hidden size.
+STEP_BYTES_PER_SPOT_256 = 490e3
 MIN_BLOCK_SPOTS = 32
 
 
