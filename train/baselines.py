@@ -27,7 +27,7 @@ from asign.numeric import idw  # noqa: F401  (the idw baseline's kernel, shared 
 
 SIMILARITY_TEMPERATURE = 0.1
 SIMILARITY_CHUNK = 4096  # queries per step of similarity at most
-SIMILARITY_DIMS = 32  # principal axes the k-d tree of similarity searches in
+SIMILARITY_DIMS = 16  # principal axes the k-d tree of similarity searches in
 SIMILARITY_CANDIDATES = 4  # × k nearest there, re-ranked by the full cosine
 
 
@@ -67,14 +67,15 @@ def similarity(
     else:
         basis = np.eye(a.shape[1])
     tree = cKDTree((a - mean) @ basis)
+    a32 = a.astype(np.float32)
     m = min(len(a), SIMILARITY_CANDIDATES * k)
     out = np.empty((len(q_all), y.shape[1]), dtype=np.float32)
-    step = max(1, min(SIMILARITY_CHUNK, 2**24 // (m * a.shape[1])))  # ≤ 128 MB gathered
+    step = max(1, min(SIMILARITY_CHUNK, 2**24 // (m * a.shape[1])))  # ≤ 64 MB gathered
     for lo in range(0, len(q_all), step):
         q = q_all[lo:lo + step]
         _, cand = tree.query((q - mean) @ basis, k=m)
         cand = cand.reshape(len(q), m)
-        cos = np.einsum("qd,qmd->qm", q, a[cand])  # exact cosine of the candidates
+        cos = np.matmul(a32[cand], q.astype(np.float32)[:, :, None])[:, :, 0]  # exact cosine
         pick = np.argpartition(-cos, k - 1, axis=1)[:, :k]
         idx = np.take_along_axis(cand, pick, axis=1)
         top = np.take_along_axis(cos, pick, axis=1) / temperature
