@@ -100,17 +100,20 @@ def cli_alone(
     from asign.train.cli_block import propagate
 
     n = len(known)
-    known_t = torch.as_tensor(np.asarray(known, dtype=bool))
-    y_t = torch.as_tensor(np.where(known[:, None], y, 0.0), dtype=torch.float32)
+    known = np.asarray(known, dtype=bool)
+    known_t = torch.as_tensor(known)
+    # float32 (N, G) at most once: no float64 copy of the labels (~2 KB per spot at 250 genes)
+    y_t = torch.zeros((n, y.shape[1]), dtype=torch.float32)
+    y_t[known_t] = torch.as_tensor(np.asarray(y[known], dtype=np.float32))
     with torch.no_grad():
         y_prop, reached = propagate(
             torch.as_tensor(src, dtype=torch.int64), torch.as_tensor(dst, dtype=torch.int64),
             torch.as_tensor(edge_weight, dtype=torch.float32), torch.ones(n),
             y_t, known_t, n_iter=n_iter)
-    out = y_prop.numpy().astype(np.float32)
+    del y_t
+    out = y_prop.numpy().astype(np.float32, copy=False)
     reached_np = reached.numpy().astype(bool) | known
-    mu = np.asarray(y, dtype=np.float64)[known].mean(axis=0)
-    out[~reached_np] = mu
+    out[~reached_np] = np.asarray(y[known]).mean(axis=0, dtype=np.float64)
     return out
 
 
