@@ -10,15 +10,23 @@
        it, known layer = first labelled section (the her2st C setting);
    (b) a synthetic 14k-spot, 6-layer sample built directly as arrays: D = 1024, G = 250,
        9 region + 9 global tokens per spot, 12 same-layer + 8 cross-layer in-edges per spot.
-   For asign3d and asign2d: one warm-up epoch (it builds the DGL graph), then ``--epochs``
-   timed epochs of one training step on the whole graph (forward + backward + SGD);
-   with ``--minibatch-above 0`` one step per spatial block of ``--block-spots`` spots
-   instead (train/batching.py: the mode samples above 20k spots train in).
-4. FLOPs per step: torch's FlopCounterMode over one MSAGNet forward+backward (dense ops),
-   plus an analytic estimate for the sparse parts (GAT message passing ≈ 3·2·E·h per layer
-   forward+backward; propagation ≈ 3·(2·E·(G+1) + 6·N·G) per iteration). A rough
-   estimate, stated as such; the ratio to the matmul peak says how far from dense-matmul
-   speed the epoch runs. Peak RSS is the process peak after training (data included).
+   For asign3d and asign2d: ``--warmup`` epochs (default 1; the first builds the DGL
+   graph), then ``--epochs`` timed epochs of one training step on the whole graph
+   (forward + backward + SGD); with ``--minibatch-above 0`` one step per spatial block of
+   ``--block-spots`` spots instead, and with ``--memory-gb`` the plan the budget chooses
+   (train/batching.py: whole graph, or DGL-sampled mini-batches).
+4. FLOPs per epoch: the *useful* work of one whole-graph step, whatever the plan: torch's
+   FlopCounterMode over one MSAGNet forward+backward (dense ops) on the whole graph — or,
+   with ``--flops-per-spot``, on a small synthetic graph of the same widths, scaled by
+   N / n (every dense op is per spot or per tile) — plus an analytic estimate for the
+   sparse parts (GAT message passing ≈ 3·2·E·h per layer forward+backward; propagation
+   ≈ 3·(2·E·(G+1) + 6·N·G) per iteration). A rough estimate, stated as such; halo work and
+   recomputation count as overhead. Peak RSS is the process peak after training (data
+   included); ``train_kb_per_spot`` is (peak − RSS after the data) / N.
+5. ``--baselines``: after training, idw (known layer → the others) and the CLI alone over
+   the same graph, timed in the same process.
+6. ``--before DIR``: every scenario runs twice, first with the asign package at DIR (e.g.
+   ``git archive main``, extracted as DIR/asign) and then with this checkout.
 """
 
 from __future__ import annotations
@@ -92,7 +100,8 @@ def synthetic_sample(n_layers: int = 6, side: int = 49, dim: int = 1024, n_genes
         spot_ids=np.array([f"s{i}" for i in range(n)], object),
         section=section, xy=xy, is_virtual=np.zeros(n, bool), has_label=np.ones(n, bool),
         labels=_labels(xy, section, n_genes, rng, structured),
-        spot_feat=rng.normal(size=(n, dim)).astype(np.float16), tokens=tokens, tile_feat=feats,
+        spot_feat=rng.standard_normal((n, dim), dtype=np.float32).astype(np.float16),
+        tokens=tokens, tile_feat=feats,
         src=src_a, dst=dst_a, weight=weight, cross=cross_a)
 
 
@@ -115,9 +124,15 @@ def _rss_mib() -> float:
 
 
 def _scenario(kind: str, store: str | None, sample_id: str | None, model: str, epochs: int,
-              hidden: int, threads: int | None, batching: dict[str, int],
-              synth: dict[str, Any] | None = None, flops: bool = True) -> dict[str, Any]:
+              hidden: int, threads: int | None, batching: dict[str, Any],
+              synth: dict[str, Any] | None = None, flops: str = "whole", warmup: int = 1,
+              baselines: bool = False, code: str | None = None) -> dict[str, Any]:
     """Runs in a fresh process: build the graph task, time epochs, count FLOPs."""
+    import sys
+    import time
+
+    if code:  # before asign is first imported in this process
+        sys.path.insert(0, code)
     import torch
 
     if threads:
@@ -141,7 +156,8 @@ def _scenario(kind: str, store: str | None, sample_id: str | None, model: str, e
         s = synthetic_sample(**(synth or {}))
         visible = (s.sections[0],)
         root = Path(".")
-    cfg = TrainConfig(store=root, model=model, epochs=epochs + 1, hidden=hidden, **batching)
+    cfg = TrainConfig(store=root, model=model, epochs=epochs + warmup, hidden=hidden,
+                      **batching)
     task = loop.make_task(s, visible, "cpu")
     rss_data = _rss_mib()
     net = loop.build(cfg, s.spot_feat.shape[1], len(s.genes), 0)
@@ -154,11 +170,30 @@ def _scenario(kind: str, store: str | None, sample_id: str | None, model: str, e
     # out of the counter (it would count its sparse N×N products as dense) and estimated.
     net.train()
     dense = 0
-    if flops:  # a whole-graph step: only where the graph fits memory
+    if flops != "none":  # a whole-graph step: on this graph, or per spot on a small one
+        small_net, small = net, task
+        if flops == "per-spot":
+            small_s = synthetic_sample(**{**(synth or {}), "side": 20})
+            small = loop.make_task(small_s, (small_s.sections[0],), "cpu")
+            small_net = loop.build(cfg, small_s.spot_feat.shape[1], len(small_s.genes), 0)
         with FlopCounterMode(display=False) as counter:
-            out = net(task.inputs)
+            out = small_net(small.inputs)
             (out.spot.square().mean() + out.region.mean() + out.global_.mean()).backward()
-        dense = counter.get_total_flops()
+        dense = counter.get_total_flops() * s.n_spots / small.inputs.num_nodes
+    timed = {}
+    if baselines:
+        from asign.train.baselines import cli_alone, idw
+        from asign.train.model import scale_edge_weights
+
+        known = s.section == 0
+        t = time.perf_counter()
+        idw(s.xy[known], s.labels[known], s.xy[~known])
+        timed["idw_s"] = round(time.perf_counter() - t, 2)
+        t = time.perf_counter()
+        w = scale_edge_weights(torch.as_tensor(s.weight), torch.as_tensor(s.cross.astype(int)))
+        cli_alone(s.src, s.dst, w.numpy(), s.labels, known, n_iter=cfg.cli_iters)
+        timed["cli_s"] = round(time.perf_counter() - t, 2)
+        timed["peak_rss_with_baselines_mib"] = round(_rss_mib(), 0)
     e_used = int(len(s.src) if cfg.spec.cross_layer else (~s.cross).sum())
     g = len(s.genes)
     # GAT messages ≈ 2·E·h forward, ×3 with backward, 3 layers; CLI: one (E × G+1) SpMM and
@@ -170,13 +205,17 @@ def _scenario(kind: str, store: str | None, sample_id: str | None, model: str, e
         "scenario": kind if kind == "synthetic" else f"store:{sample_id}", "model": model,
         "spots": s.n_spots, "edges": e_used, "layers": len(s.sections),
         "dim": int(s.spot_feat.shape[1]), "genes": g, "hidden": hidden,
-        "first_epoch_s": round(times[0], 3), "epoch_s": round(float(np.median(times[1:])), 3),
+        "code": code or "this checkout",
+        "first_epoch_s": round(times[0], 3),
+        "epoch_s": round(float(np.median(times[warmup:] or times)), 3),
         "epoch_s_all": [round(t, 3) for t in times],
         "gflop_per_epoch_dense": round(dense / 1e9, 2),
         "gflop_per_epoch_sparse_est": round(sparse / 1e9, 2),
         "rss_after_import_mib": round(rss0, 0), "rss_after_data_mib": round(rss_data, 0),
         "peak_rss_mib": round(peak_train, 0),
+        "train_kb_per_spot": round((peak_train - rss_data) * 1024 / s.n_spots, 1),
         "batching": vars(task.cache["batching"]) if "batching" in task.cache else None,
+        "loadavg_end": [round(x, 2) for x in os.getloadavg()], **timed,
     }
 
 
@@ -184,7 +223,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--store", type=str, default=None, help="a store to time (scenario a)")
     ap.add_argument("--sample", type=str, default=None, help="sample of --store (default: first)")
-    ap.add_argument("--epochs", type=int, default=3, help="timed epochs after one warm-up")
+    ap.add_argument("--epochs", type=int, default=3, help="timed epochs after the warm-up")
+    ap.add_argument("--warmup", type=int, default=1,
+                    help="untimed epochs first (0: every epoch is timed, the first included)")
+    ap.add_argument("--memory-gb", type=float, default=None, help="TrainConfig.memory_gb")
+    ap.add_argument("--flops-per-spot", action="store_true",
+                    help="count a whole-graph step's FLOPs on a small graph, scaled per spot")
+    ap.add_argument("--baselines", action="store_true", help="time idw and the CLI alone too")
+    ap.add_argument("--before", type=str, default=None,
+                    help="a directory holding another asign package to time first")
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--models", default="asign3d,asign2d")
     ap.add_argument("--threads", type=int, default=None)
@@ -221,16 +268,21 @@ def main() -> None:
     if not args.no_synthetic:
         jobs += [("synthetic", None, None, m) for m in args.models.split(",")]
     batching = {k: v for k, v in (("minibatch_above", args.minibatch_above),
-                                  ("block_spots", args.block_spots)) if v is not None}
+                                  ("block_spots", args.block_spots),
+                                  ("memory_gb", args.memory_gb)) if v is not None}
+    flops = "none" if args.no_flops else "per-spot" if args.flops_per_spot else "whole"
+    codes = [args.before, None] if args.before else [None]
     ctx = mp.get_context("spawn")
     rows = []
-    for kind, store, sample, model in jobs:
+    for (kind, store, sample, model), code in ((j, c) for j in jobs for c in codes):
         with ctx.Pool(1) as pool:
             synth = {"n_layers": args.layers, "side": args.side, "dim": args.dim,
                      "structured": args.structured}
             row = pool.apply(_scenario, (kind, store, sample, model, args.epochs, args.hidden,
-                                         args.threads, batching, synth, not args.no_flops))
+                                         args.threads, batching, synth, flops, args.warmup,
+                                         args.baselines, code))
         rows.append(row)
+        print("  done:", json.dumps(row), flush=True)
     peak = max(peak, matmul_peak())
     report["matmul_peak_fp32_gflops"] = round(peak, 1)
     print(f"matmul peak 4096² fp32 ({report['machine']['torch_threads']} threads): "
@@ -244,7 +296,8 @@ def main() -> None:
               f"(first {row['first_epoch_s']:.2f} s), ~{gflop:.1f} GFLOP/epoch → "
               f"~{row['achieved_gflops_est']:.1f} GFLOP/s = {row['fraction_of_peak_est']:.1%} "
               f"of peak; peak RSS {row['peak_rss_mib']:.0f} MiB "
-              f"(data {row['rss_after_data_mib']:.0f} MiB)")
+              f"(data {row['rss_after_data_mib']:.0f} MiB, training "
+              f"{row['train_kb_per_spot']} KB/spot); {row['code']}; load {row['loadavg_end']}")
     report["runs"] = rows
     report["machine"]["loadavg_1min_end"] = os.getloadavg()[0]
     if args.json:

@@ -26,7 +26,9 @@ import numpy as np
 from asign.numeric import idw  # noqa: F401  (the idw baseline's kernel, shared with ingest)
 
 SIMILARITY_TEMPERATURE = 0.1
-SIMILARITY_CHUNK = 4096  # queries per step of similarity: bounds its memory
+SIMILARITY_CHUNK = 4096  # queries per step of similarity at most
+SIMILARITY_DIMS = 16  # principal axes the k-d tree of similarity searches in
+SIMILARITY_CANDIDATES = 4  # × k nearest there, re-ranked by the full cosine
 
 
 def mean_profile(y_known: np.ndarray, n_query: int) -> np.ndarray:
@@ -41,23 +43,45 @@ def similarity(
     emb_query: np.ndarray,
     k: int = 20,
     temperature: float = SIMILARITY_TEMPERATURE,
+    dims: int = SIMILARITY_DIMS,
 ) -> np.ndarray:
     """Softmax(cos/τ)-weighted mean of the k most similar known spots (embedding kNN).
 
-    Exhaustive: O(queries × known) time, in chunks of ``SIMILARITY_CHUNK`` queries so the
-    (chunk, known) cosine block stays small (a whole 200k × 20k block would be 32 GB)."""
+    O((N + M) log M), never N × M: the unit embeddings are projected on their first
+    ``dims`` principal axes (of the known spots), a k-d tree over the known spots gives
+    each query ``SIMILARITY_CANDIDATES`` × k candidates by distance there, and the exact
+    cosine in the full dimension ranks the candidates. On unit vectors Euclidean order is
+    cosine order, so with D ≤ ``dims`` (no projection) the top k are exact; above it, a
+    true top-k spot is missed only when its projection lands outside the candidates (her2st
+    C: docs/platforms.md "Scale" gives the difference to the exhaustive search)."""
+    from scipy.spatial import cKDTree
+
     a = _unit(emb_known)
     q_all = _unit(emb_query)
     k = min(k, len(a))
     y = np.asarray(y_known, dtype=np.float64)
+    mean = a.mean(axis=0)
+    if a.shape[1] > dims:  # principal axes of the known spots: a (D, dims) projection
+        _, _, vt = np.linalg.svd(a - mean, full_matrices=False)
+        basis = vt[:dims].T
+    else:
+        basis = np.eye(a.shape[1])
+    tree = cKDTree((a - mean) @ basis)
+    a32 = a.astype(np.float32)
+    m = min(len(a), SIMILARITY_CANDIDATES * k)
     out = np.empty((len(q_all), y.shape[1]), dtype=np.float32)
-    for lo in range(0, len(q_all), SIMILARITY_CHUNK):
-        cos = q_all[lo:lo + SIMILARITY_CHUNK] @ a.T
-        idx = np.argpartition(-cos, k - 1, axis=1)[:, :k]
-        top = np.take_along_axis(cos, idx, axis=1) / temperature
+    step = max(1, min(SIMILARITY_CHUNK, 2**24 // (m * a.shape[1])))  # ≤ 64 MB gathered
+    for lo in range(0, len(q_all), step):
+        q = q_all[lo:lo + step]
+        _, cand = tree.query((q - mean) @ basis, k=m)
+        cand = cand.reshape(len(q), m)
+        cos = np.matmul(a32[cand], q.astype(np.float32)[:, :, None])[:, :, 0]  # exact cosine
+        pick = np.argpartition(-cos, k - 1, axis=1)[:, :k]
+        idx = np.take_along_axis(cand, pick, axis=1)
+        top = np.take_along_axis(cos, pick, axis=1) / temperature
         w = np.exp(top - top.max(axis=1, keepdims=True))
         w /= w.sum(axis=1, keepdims=True)
-        out[lo:lo + SIMILARITY_CHUNK] = np.einsum("qk,qkg->qg", w, y[idx])
+        out[lo:lo + step] = np.einsum("qk,qkg->qg", w, y[idx])
     return out
 
 
@@ -76,17 +100,20 @@ def cli_alone(
     from asign.train.cli_block import propagate
 
     n = len(known)
-    known_t = torch.as_tensor(np.asarray(known, dtype=bool))
-    y_t = torch.as_tensor(np.where(known[:, None], y, 0.0), dtype=torch.float32)
+    known = np.asarray(known, dtype=bool)
+    known_t = torch.as_tensor(known)
+    # float32 (N, G) at most once: no float64 copy of the labels (~2 KB per spot at 250 genes)
+    y_t = torch.zeros((n, y.shape[1]), dtype=torch.float32)
+    y_t[known_t] = torch.as_tensor(np.asarray(y[known], dtype=np.float32))
     with torch.no_grad():
         y_prop, reached = propagate(
             torch.as_tensor(src, dtype=torch.int64), torch.as_tensor(dst, dtype=torch.int64),
             torch.as_tensor(edge_weight, dtype=torch.float32), torch.ones(n),
             y_t, known_t, n_iter=n_iter)
-    out = y_prop.numpy().astype(np.float32)
+    del y_t
+    out = y_prop.numpy().astype(np.float32, copy=False)
     reached_np = reached.numpy().astype(bool) | known
-    mu = np.asarray(y, dtype=np.float64)[known].mean(axis=0)
-    out[~reached_np] = mu
+    out[~reached_np] = np.asarray(y[known]).mean(axis=0, dtype=np.float64)
     return out
 
 

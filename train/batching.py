@@ -2,8 +2,8 @@
 whole graph does not fit one training step in memory.
 
 Why: a whole-graph step keeps every activation for autograd — three GAT + transformer
-layers, the cross-attention over token sets and ten propagation steps — about 350 KB
-per spot at ``hidden=256``: 5.5 GiB for 14k spots, ~75 GB for 200k. Above
+layers, the cross-attention over token sets and ten propagation steps — about 490 KB
+per spot at ``hidden=256``: ~7 GB for 14k spots, ~100 GB for 200k. Above
 ``TrainConfig.minibatch_above`` spots a graph is therefore cut into *blocks*; below it
 nothing here is used and training is the whole-graph step, unchanged.
 
@@ -17,6 +17,12 @@ model's whole-graph :class:`EdgeGraph` (so edge weights keep their whole-graph s
 GAT layers are the only operations that mix nodes, each over one hop of in-edges; with
 ``halo`` ≥ the number of GAT layers the MSAGNet outputs of the seeds are therefore
 *exactly* their whole-graph values.
+
+Two plans use these blocks (:class:`BatchPlan`, ``kind``): ``blocks`` (``--minibatch-above``
+/ ``--block-spots``) steps on each block's halo subgraph as described here; ``sampled``
+(what ``--memory-gb`` chooses when the whole graph does not fit) steps on DGL-sampled
+message-flow graphs of the block's seeds (sampling.py): the same exact MSAGNet outputs at
+the seeds for less work (the halo only feeds the first layers), without recomputation.
 
 Training (:func:`training_parts`): one optimiser step per block, blocks in a seeded
 random order; the epoch's episode (known layer / known spots) is drawn on the whole graph
@@ -52,7 +58,7 @@ from asign.errors import ConfigError
 if TYPE_CHECKING:
     from asign.train.config import TrainConfig
     from asign.train.loop import GraphTask
-    from asign.train.model import GraphInputs, ModelOutput
+    from asign.train.model import GraphInputs, ModelOutput, TokenSet
     from asign.train.network import Network
 
 log = logging.getLogger(__name__)
@@ -62,18 +68,23 @@ log = logging.getLogger(__name__)
 
 
 #: Memory of a whole-graph training step per spot at hidden = 256, beyond the data: about
-#: 350 KB (module docstring; bench/train.py measures it). It scales with the hidden size.
-STEP_BYTES_PER_SPOT_256 = 350e3
-#: A block's subgraph holds its seeds plus a halo of in-edge hops: about this many times
-#: the seeds for 4096-spot blocks at 20 in-edges per spot (run timings: max_block_nodes).
-HALO_GROWTH = 4.0
-#: Activation checkpointing in block steps stores about this much less per node.
-CHECKPOINT_SAVING = 1.0 / 3.0
-MIN_BLOCK_SPOTS = 256
+#: 490 KB (bench/train.py, 8,000 synthetic spots, 256-d features: peak 4.19 GB − data
+#: 0.39 GB; docs/platforms.md "Scale"). It scales with the hidden size.
+STEP_BYTES_PER_SPOT_256 = 490e3
+MIN_BLOCK_SPOTS = 32
 
 
 def step_bytes_per_spot(hidden: int) -> float:
     return STEP_BYTES_PER_SPOT_256 * hidden / 256
+
+
+#: Plans for a graph above the threshold: a training step per spatial block's halo
+#: subgraph (this module), or per sampled mini-batch of a block's seeds (sampling.py).
+PLAN_KINDS = ("blocks", "sampled")
+#: A sampled mini-batch's activations per seed, relative to a whole-graph step per spot:
+#: the seeds' outputs plus the halo's projections and first layer (measured at 50k spots,
+#: docs/platforms.md "Scale", ≈ 1.5 input nodes per seed for 3-layer halos of 2–8k seeds).
+SAMPLED_GROWTH = 2.0
 
 
 @dataclass(frozen=True)
@@ -83,6 +94,8 @@ class BatchPlan:
     above: int  # graphs with more spots than this use blocks
     block_spots: int  # at most this many seed spots per block
     halo: int | None = None  # in-edge hops around a block; None: the number of GAT layers
+    kind: str = "blocks"  # PLAN_KINDS: halo subgraphs, or DGL-sampled mini-batches
+    checkpoint: bool = True  # recompute fusions and mixers in backward (less memory)
 
     def __post_init__(self) -> None:
         if self.above < 0 or self.block_spots < 1 or (self.halo is not None and self.halo < 0):
@@ -90,17 +103,21 @@ class BatchPlan:
                 f"mini-batch plan needs minibatch_above ≥ 0, block_spots ≥ 1, halo ≥ 0 "
                 f"(got {self.above}, {self.block_spots}, {self.halo})",
                 fix="e.g. minibatch_above=20000, block_spots=4096")
+        if self.kind not in PLAN_KINDS:
+            raise ConfigError(f"unknown mini-batch plan {self.kind!r}",
+                              fix=f"use one of {', '.join(PLAN_KINDS)}")
 
     @classmethod
     def of(cls, cfg: TrainConfig) -> BatchPlan:
-        """From ``minibatch_above`` / ``block_spots``, or from the memory budget
-        ``memory_gb``: whole graph while N × ``step_bytes_per_spot`` fits it, else blocks
-        whose subgraph (seeds + halo, ≈ ``HALO_GROWTH`` × the seeds) fits it."""
+        """From ``minibatch_above`` / ``block_spots`` (halo subgraphs, checkpointed), or
+        from the memory budget ``memory_gb``: whole graph while N × ``step_bytes_per_spot``
+        fits it, else DGL-sampled mini-batches (sampling.py) of as many seeds as fit it
+        (≈ ``SAMPLED_GROWTH`` × a whole-graph step per seed), without recomputation."""
         if cfg.memory_gb is None:
             return cls(cfg.minibatch_above, cfg.block_spots, cfg.block_halo)
         fit = int(cfg.memory_gb * 1e9 / step_bytes_per_spot(cfg.hidden))
-        block = max(MIN_BLOCK_SPOTS, int(fit / HALO_GROWTH / CHECKPOINT_SAVING))
-        return cls(fit, block, cfg.block_halo)
+        block = max(MIN_BLOCK_SPOTS, int(fit / SAMPLED_GROWTH))
+        return cls(fit, block, cfg.block_halo, kind="sampled", checkpoint=False)
 
     def active(self, n_spots: int) -> bool:
         return n_spots > self.above
@@ -215,21 +232,26 @@ def subset_inputs(inputs: GraphInputs, sub: Subgraph) -> GraphInputs:
     """The model inputs of a subgraph: node rows, the tile tokens those rows use, edges."""
     import torch
 
-    from asign.train.model import GraphInputs, TokenSet
+    from asign.train.model import GraphInputs
 
     rows = torch.as_tensor(sub.nodes, device=inputs.spot.device)
     e = torch.as_tensor(sub.edges, device=inputs.spot.device)
-
-    def tokens(ts: TokenSet) -> TokenSet:
-        index = ts.index.index_select(0, rows)
-        used, inverse = torch.unique(index.clamp(min=0), return_inverse=True)
-        return TokenSet(ts.emb.index_select(0, used), torch.where(index >= 0, inverse, -1))
-
     kind = None if inputs.edge_kind is None else inputs.edge_kind[e]
     xy = None if inputs.xy is None else inputs.xy.index_select(0, rows)
-    return GraphInputs(inputs.spot.index_select(0, rows), tokens(inputs.region),
-                       tokens(inputs.global_), sub.graph.src, sub.graph.dst,
+    return GraphInputs(inputs.spot.index_select(0, rows), token_rows(inputs.region, rows),
+                       token_rows(inputs.global_, rows), sub.graph.src, sub.graph.dst,
                        sub.graph.weight, kind, xy)
+
+
+def token_rows(ts: TokenSet, rows: Any) -> TokenSet:
+    """The token sets of ``rows`` (a tensor of node ids), with only the tiles they use."""
+    import torch
+
+    from asign.train.model import TokenSet
+
+    index = ts.index.index_select(0, rows)
+    used, inverse = torch.unique(index.clamp(min=0), return_inverse=True)
+    return TokenSet(ts.emb.index_select(0, used), torch.where(index >= 0, inverse, -1))
 
 
 # --------------------------------------------------------------------------- training
@@ -281,6 +303,8 @@ class BlockStats:
     max_block_nodes: int = 0
     above: int = 0  # the plan: graphs above this many spots train on blocks …
     block_spots: int = 0  # … of at most this many seeds (from --memory-gb when given)
+    kind: str = "blocks"  # … as halo subgraphs or as DGL-sampled mini-batches
+    checkpoint: bool = True  # … recomputing activations in backward or not
 
 
 def _asignnet(model: Network) -> Network:
@@ -322,40 +346,54 @@ def training_parts(plan: BatchPlan, model: Network, task: GraphTask, inputs: Gra
     net = _asignnet(model)
     graph = net.edge_graph(inputs)
     blocks = _blocks(task, plan)
-    stats = task.cache["batching"] = BlockStats(above=plan.above, block_spots=plan.block_spots)
+    stats = task.cache["batching"] = BlockStats(above=plan.above, block_spots=plan.block_spots,
+                                                kind=plan.kind, checkpoint=plan.checkpoint)
     for b in rng.permutation(len(blocks)):
         if not task.train[blocks[b]].any():
             continue  # no label to learn from in this block
-        sub = block_subgraph(graph, blocks[b], plan.hops(net))
+        if plan.kind == "sampled":
+            from asign.train.sampling import minibatch
+
+            nodes = blocks[b]
+            if not known[nodes].any():
+                continue  # the CLI propagates among the seeds: from none here
+            part_inputs, part_graph = minibatch(graph, inputs, nodes, plan.hops(net))
+            seed_np = np.ones(nodes.size, dtype=bool)
+            n_in = part_inputs.num_nodes
+        else:
+            sub = block_subgraph(graph, blocks[b], plan.hops(net))
+            part_inputs, part_graph = subset_inputs(inputs, sub), sub.graph
+            nodes, seed_np, n_in = sub.nodes, sub.seed, int(sub.nodes.size)
         stats.blocks += 1
-        stats.seeds += int(sub.seed.sum())
-        stats.nodes_per_epoch += int(sub.nodes.size)
-        stats.max_block_nodes = max(stats.max_block_nodes, int(sub.nodes.size))
-        seed = mask(sub.seed)
-        part = subset_task(task, inputs, sub)
-        net.net.checkpoint_activations = True  # while the caller steps on this block
+        stats.seeds += int(seed_np.sum())
+        stats.nodes_per_epoch += n_in
+        stats.max_block_nodes = max(stats.max_block_nodes, n_in)
+        seed = mask(seed_np)
+        part = subset_task(task, part_inputs, nodes, seed_np)
+        net.net.checkpoint_activations = plan.checkpoint  # while the caller steps on it
         try:
-            yield Part(part, part.inputs, mask(known[sub.nodes]),
-                       mask(hidden[sub.nodes]) & seed, mask(task.train[sub.nodes]) & seed,
-                       rows=seed, graph=sub.graph)
+            yield Part(part, part.inputs, mask(known[nodes]),
+                       mask(hidden[nodes]) & seed, mask(task.train[nodes]) & seed,
+                       rows=seed, graph=part_graph)
         finally:
             net.net.checkpoint_activations = False
-        del part
+        del part, part_inputs, part_graph
         release_freed_memory()
 
 
-def subset_task(task: GraphTask, inputs: GraphInputs, sub: Subgraph) -> GraphTask:
-    """The GraphTask of a subgraph (model inputs cut from ``inputs``); region/global
-    targets count on seeds only."""
+def subset_task(task: GraphTask, inputs: GraphInputs, nodes: np.ndarray,
+                seed_np: np.ndarray) -> GraphTask:
+    """The GraphTask of the output rows ``nodes`` of a part whose model inputs are
+    ``inputs``; region/global targets count on the seeds (``seed_np``) only."""
     from dataclasses import replace
 
     import torch
 
-    rows = torch.as_tensor(sub.nodes, device=task.y.device)
-    seed = torch.as_tensor(sub.seed, device=task.y.device)
-    n = sub.nodes
+    rows = torch.as_tensor(nodes, device=task.y.device)
+    seed = torch.as_tensor(seed_np, device=task.y.device)
+    n = nodes
     return replace(
-        task, inputs=subset_inputs(inputs, sub), section=task.section[n],
+        task, inputs=inputs, section=task.section[n],
         visible=task.visible[n], train=task.train[n], val=task.val[n],
         y=task.y.index_select(0, rows),
         region_target=task.region_target.index_select(0, rows),
@@ -386,10 +424,18 @@ def infer(plan: BatchPlan, model: Network, task: GraphTask, inputs: GraphInputs,
         release_freed_memory()  # what training left in the heap, before N-sized buffers
         fields_: dict[str, Any] = {}
         for seeds in _blocks(task, plan):
-            sub = block_subgraph(graph, seeds, plan.hops(net))
-            out = net.net(subset_inputs(inputs, sub), sub.graph)
-            rows = torch.as_tensor(sub.nodes[sub.seed], device=task.y.device)
-            pick = torch.as_tensor(np.flatnonzero(sub.seed), device=task.y.device)
+            if plan.kind == "sampled":
+                from asign.train.sampling import message_flow, node_inputs
+
+                nodes, layers = message_flow(graph, seeds, plan.hops(net))
+                out = net.net(node_inputs(inputs, nodes, seeds, layers[-1]), layers)
+                seed_at = np.arange(seeds.size)
+            else:
+                sub = block_subgraph(graph, seeds, plan.hops(net))
+                out = net.net(subset_inputs(inputs, sub), sub.graph)
+                seed_at = np.flatnonzero(sub.seed)
+            rows = torch.as_tensor(seeds, device=task.y.device)
+            pick = torch.as_tensor(seed_at, device=task.y.device)
             # MSAGNet returns one tensor as spot and spot_model: then one buffer for both
             shared = out.spot_model is out.spot
             for name in ("spot", "region", "global_", "embedding", *(() if shared else

@@ -221,10 +221,11 @@ class TrainConfig:
                             ge=1)
     block_halo: int | None = _net(None, "In-edge hops of halo around a block (default: one "
                                         "per GAT layer, exact).", ge=0)
-    # when given, the budget decides whole graph vs blocks and the block size instead of
-    # minibatch_above / block_spots (batching.BatchPlan.of)
-    memory_gb: float | None = _net(None, "Memory budget of a training step (GB): chooses "
-                                         "whole graph or spatial blocks and the block size "
+    # when given, the budget decides whole graph vs DGL-sampled mini-batches and their
+    # size instead of minibatch_above / block_spots (batching.BatchPlan.of, sampling.py)
+    memory_gb: float | None = _net(None, "Memory budget of a training step (GB): the whole "
+                                         "graph where it fits, else neighbour-sampled "
+                                         "mini-batches of spatial blocks sized to it "
                                          "(replaces --minibatch-above/--block-spots).",
                                    gt=0, legacy_default=True)
     # baselines

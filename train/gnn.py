@@ -50,6 +50,9 @@ class EdgeGraph:
     dst: Tensor
     weight: Tensor
     num_nodes: int
+    #: a message-flow graph (one layer of a sampled mini-batch, train/sampling.py): only
+    #: nodes 0..num_dst-1 receive messages and a layer outputs those rows; None: all nodes
+    num_dst: int | None = None
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -192,6 +195,8 @@ class GATLayer(nn.Module):
                 out = self.conv(graph.dgl(), h, edge_weight=weight)
             else:
                 out = self.conv(h, graph.edge_index(), weight)
+            if graph.num_dst is not None:  # DGL returns these rows of a block already
+                out = out[:graph.num_dst]
             return self.activation(out.flatten(1))
 
 

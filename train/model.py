@@ -322,8 +322,11 @@ class MSAGNet(nn.Module):
         self.head_region = _mlp_head(h, cfg.n_genes, p)
         self.head_global = _mlp_head(h, cfg.n_genes, p)
 
-    def forward(self, inputs: GraphInputs, graph: EdgeGraph) -> ModelOutput:
-        """Predict all three levels for every node; ``graph`` is the (filtered) edge graph."""
+    def forward(self, inputs: GraphInputs, graph: EdgeGraph | list[EdgeGraph]) -> ModelOutput:
+        """Predict all three levels for every node; ``graph`` is the (filtered) edge graph,
+        or one message-flow graph per GAT layer (train/sampling.py): layer l then outputs
+        the first ``graph[l].num_dst`` rows, and the heads predict the last layer's rows."""
+        layers = graph if isinstance(graph, list) else [graph] * len(self.gats)
         spot = self.proj_spot(inputs.spot)
         # Ablation (cross_attention=False): attend over the spot's own tile alone (token 0),
         # so softmax ≡ 1, as in the reference code; everything else stays.
@@ -332,8 +335,10 @@ class MSAGNet(nn.Module):
         region = self._run(self.fuse_region, spot, self.proj_region(inputs.region.emb), r_index)
         glob = self._run(self.fuse_global, spot, self.proj_global(inputs.global_.emb), g_index)
         x = self.fuse(torch.cat([spot, region, glob], dim=-1))
-        for gat, mixer in zip(self.gats, self.mixers, strict=True):
-            seq = self._run(mixer, torch.stack([gat(x, graph), region, glob], dim=1))  # (N, 3, h)
+        for gat, mixer, layer in zip(self.gats, self.mixers, layers, strict=True):
+            h = gat(x, layer)
+            n = h.shape[0]  # a message-flow graph's destination rows come first
+            seq = self._run(mixer, torch.stack([h, region[:n], glob[:n]], dim=1))  # (N, 3, h)
             # split, not unbind: one cat in backward instead of three zero-filled copies
             x, region, glob = (t.squeeze(1) for t in seq.split(1, dim=1))
         y = self.head_spot(x)
@@ -384,7 +389,9 @@ class ASIGNNet(nn.Module):
         subgraph, train/batching.py); ``net_out``: MSAGNet's output, already computed
         (block by block), so only the CLI runs."""
         graph = self.edge_graph(inputs) if graph is None else graph
-        out = self.net(inputs, graph) if net_out is None else net_out
+        # a sampled mini-batch (train/sampling.py) carries MSAGNet's per-layer graphs
+        layers = getattr(graph, "layers", None)
+        out = self.net(inputs, layers or graph) if net_out is None else net_out
         if self.cli is None or known_mask is None or y_known is None:
             return out
         prior = None

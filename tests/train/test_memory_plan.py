@@ -15,7 +15,7 @@ def test_budget_decides_whole_graph_or_blocks():
     big = BatchPlan.of(TrainConfig(store=Path("s"), model="asign3d", memory_gb=16.0))
     assert small.above == int(1e9 / step_bytes_per_spot(256))
     assert big.above == pytest.approx(16 * small.above, abs=16)
-    assert not big.active(40_000) and big.active(800_000)
+    assert not big.active(30_000) and big.active(40_000) and big.active(800_000)
     assert small.block_spots < big.block_spots <= big.above
     wide = BatchPlan.of(TrainConfig(store=Path("s"), model="asign3d", memory_gb=16.0, hidden=512))
     assert wide.above == pytest.approx(big.above / 2, abs=1)
