@@ -24,7 +24,8 @@
    recomputation count as overhead. Peak RSS is the process peak after training (data
    included); ``train_kb_per_spot`` is (peak − RSS after the data) / N.
 5. ``--baselines``: after training, idw (known layer → the others) and the CLI alone over
-   the same graph, timed in the same process.
+   the same graph, timed in the same process; ``--models none`` times them without training
+   (the data and the baselines only).
 6. ``--before DIR``: every scenario runs twice, first with the asign package at DIR (e.g.
    ``git archive main``, extracted as DIR/asign) and then with this checkout.
 """
@@ -156,21 +157,24 @@ def _scenario(kind: str, store: str | None, sample_id: str | None, model: str, e
         s = synthetic_sample(**(synth or {}))
         visible = (s.sections[0],)
         root = Path(".")
-    cfg = TrainConfig(store=root, model=model, epochs=epochs + warmup, hidden=hidden,
-                      **batching)
+    train = model != "none"  # "none": the data and the --baselines only
+    cfg = TrainConfig(store=root, model=model if train else "asign3d", epochs=epochs + warmup,
+                      hidden=hidden, **batching)
     task = loop.make_task(s, visible, "cpu")
     rss_data = _rss_mib()
-    net = loop.build(cfg, s.spot_feat.shape[1], len(s.genes), 0)
     times: list[float] = []
-    loop.fit(cfg, net, [task], 0, on_epoch=lambda e, loss, sec: times.append(sec))
+    if train:
+        net = loop.build(cfg, s.spot_feat.shape[1], len(s.genes), 0)
+        times = []
+        loop.fit(cfg, net, [task], 0, on_epoch=lambda e, loss, sec: times.append(sec))
 
     peak_train = _rss_mib()  # before FLOP counting, which keeps its own references
 
     # FLOPs of one step, dense part: MSAGNet forward + backward. The propagation is left
     # out of the counter (it would count its sparse N×N products as dense) and estimated.
-    net.train()
     dense = 0
-    if flops != "none":  # a whole-graph step: on this graph, or per spot on a small one
+    if flops != "none" and train:  # a whole-graph step: on this graph, or per spot on a small one
+        net.train()
         small_net, small = net, task
         if flops == "per-spot":
             small_s = synthetic_sample(**{**(synth or {}), "side": 20})
@@ -206,8 +210,8 @@ def _scenario(kind: str, store: str | None, sample_id: str | None, model: str, e
         "spots": s.n_spots, "edges": e_used, "layers": len(s.sections),
         "dim": int(s.spot_feat.shape[1]), "genes": g, "hidden": hidden,
         "code": code or "this checkout",
-        "first_epoch_s": round(times[0], 3),
-        "epoch_s": round(float(np.median(times[warmup:] or times)), 3),
+        "first_epoch_s": round(times[0], 3) if times else None,
+        "epoch_s": round(float(np.median(times[warmup:] or times)), 3) if times else None,
         "epoch_s_all": [round(t, 3) for t in times],
         "gflop_per_epoch_dense": round(dense / 1e9, 2),
         "gflop_per_epoch_sparse_est": round(sparse / 1e9, 2),
@@ -288,6 +292,11 @@ def main() -> None:
     print(f"matmul peak 4096² fp32 ({report['machine']['torch_threads']} threads): "
           f"{peak:.0f} GFLOP/s")
     for row in rows:
+        if row["model"] == "none":
+            print(f"  {row['scenario']:>12s} {row['spots']:6d} spots: idw {row.get('idw_s')} s, "
+                  f"CLI {row.get('cli_s')} s, peak RSS {row['peak_rss_with_baselines_mib']} MiB "
+                  f"(data {row['rss_after_data_mib']:.0f} MiB); load {row['loadavg_end']}")
+            continue
         gflop = row["gflop_per_epoch_dense"] + row["gflop_per_epoch_sparse_est"]
         row["achieved_gflops_est"] = round(gflop / row["epoch_s"], 1)
         row["fraction_of_peak_est"] = round(gflop / row["epoch_s"] / peak, 3)
