@@ -45,6 +45,11 @@ ExportConfig = _export_config()
 def export_command(store: Path, run: str, *, model: str | None = None,
                    z_spacing_um: float | None = None, **targets: Path | None) -> dict[str, Any]:
     """``targets``: format name (``EXPORTS``) → output path, or None where not asked."""
+    from asign.errors import ConfigErrors
+    from asign.options import problems
     from asign.report.formats import export_run
 
+    bad = problems(_export_config()(z_spacing_um=z_spacing_um, **targets))  # declared bounds
+    if bad:
+        raise ConfigErrors(bad, what="asign export options", fix="see `asign export --help`")
     return export_run(store, run, targets, model=model, z_spacing_um=z_spacing_um)
