@@ -85,7 +85,7 @@ def main() -> None:
     y = s.labels.astype(np.float64)
     known = r & s.has_label
     alpha, oob = ridge.choose_alpha(z[known], y[known], s.xy[known])
-    fit = ridge.DualRidge(z[known], y[known])
+    fit = ridge.RidgePath(z[known], y[known])
     mu = y[known].mean(axis=0)
     ok = np.isfinite(oob).all(axis=1)
     print(f"\nridge on {s.sections[ref]} (α = {alpha:g}, blocked CV):\n")

@@ -12,8 +12,11 @@ to earn its cost.
   0.05 grid chosen by the same blocked CV: each block predicted by ridge (at the chosen α)
   and by idw from the other blocks.
 
-Solved in the dual (n known spots ≤ a few thousand, features ~2k): one eigendecomposition
-of the n × n Gram matrix per fold serves every α. Deterministic.
+One eigendecomposition per fold serves every α: of the d × d matrix XᵀX when the known
+spots outnumber the features (the primal: a Visium HD layer has 10⁴–10⁵ known bins), else
+of the n × n Gram matrix XXᵀ (the dual: her2st's few hundred spots, ~1k features). So a fit
+costs O(n · min(n, d)²) time and O(min(n, d)²) memory, never an n × n matrix at scale.
+Deterministic.
 """
 
 from __future__ import annotations
@@ -28,48 +31,54 @@ ALPHAS = tuple(float(a) for a in np.logspace(-3, 3, 13))  # × the number of fea
 BLEND_GRID = tuple(float(w) for w in np.round(np.linspace(0.0, 1.0, 21), 2))
 
 
-class DualRidge:
-    """Ridge fits of (X, Y) for many penalties from one eigendecomposition of X Xᵀ."""
+class RidgePath:
+    """Ridge fits of (X, Y) for many penalties from one eigendecomposition (primal or dual,
+    whichever matrix is smaller; see the module docstring): the same fit either way."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
         x = np.asarray(x, dtype=np.float64)
         y = np.asarray(y, dtype=np.float64)
         self.x_mean, self.y_mean = x.mean(axis=0), y.mean(axis=0)
-        self.x = x - self.x_mean
-        evals, self.u = np.linalg.eigh(self.x @ self.x.T)
+        xc, yc = x - self.x_mean, y - self.y_mean
+        self.primal = xc.shape[0] > xc.shape[1]
+        if self.primal:  # XᵀX = V Λ Vᵀ: β = V (Λ + α)⁻¹ Vᵀ Xᵀ Y
+            evals, self.v = np.linalg.eigh(xc.T @ xc)
+            self.vtxty = self.v.T @ (xc.T @ yc)
+        else:  # X Xᵀ = U Λ Uᵀ: ŷ = x_new Xᵀ U (Λ + α)⁻¹ Uᵀ Y
+            self.x = xc
+            evals, self.u = np.linalg.eigh(xc @ xc.T)
+            self.uty = self.u.T @ yc
         self.evals = np.maximum(evals, 0.0)
-        self.uty = self.u.T @ (y - self.y_mean)
 
     def predict(self, x_new: np.ndarray, alpha: float) -> np.ndarray:
-        """(Q, G) predictions at penalty ``alpha``: x_new Xᵀ (X Xᵀ + αI)⁻¹ Y + intercept."""
+        """(Q, G) predictions at penalty ``alpha``: x_new β + intercept, with β =
+        (XᵀX + αI)⁻¹ XᵀY on the centred data."""
+        centred = np.asarray(x_new, dtype=np.float64) - self.x_mean
+        if self.primal:
+            return centred @ (self.v @ (self.vtxty / (self.evals + alpha)[:, None])) + self.y_mean
         dual = self.u @ (self.uty / (self.evals + alpha)[:, None])
-        k = (np.asarray(x_new, dtype=np.float64) - self.x_mean) @ self.x.T
-        return k @ dual + self.y_mean
-
-
-def cv_predictions(x: np.ndarray, y: np.ndarray, folds: list[np.ndarray],
-                   alphas: tuple[float, ...]) -> np.ndarray:
-    """(len(alphas), n, G) out-of-block ridge predictions of every known spot."""
-    out = np.zeros((len(alphas), *y.shape))
-    for held in folds:
-        fit = DualRidge(x[~held], y[~held])
-        for i, a in enumerate(alphas):
-            out[i, held] = fit.predict(x[held], a)
-    return out
+        return (centred @ self.x.T) @ dual + self.y_mean
 
 
 def choose_alpha(x: np.ndarray, y: np.ndarray, xy: np.ndarray) -> tuple[float, np.ndarray]:
     """(α, out-of-block predictions at α) by blocked CV; the middle of the grid when the
-    known spots are too few to form folds."""
+    known spots are too few to form folds. One fit per fold serves every α, and only one
+    α's (n, G) predictions are held at a time."""
     alphas = tuple(a * x.shape[1] for a in ALPHAS)
     folds = cv_folds(xy)
     covered = np.any(folds, axis=0) if folds else np.zeros(len(y), dtype=bool)
     if not covered.any():
         return alphas[len(alphas) // 2], np.full(y.shape, np.nan)
-    preds = cv_predictions(x, y, folds, alphas)
-    mse = ((preds[:, covered] - y[covered]) ** 2).mean(axis=(1, 2))
-    best = int(np.argmin(mse))
-    return alphas[best], preds[best]
+    fits = [(held, RidgePath(x[~held], y[~held])) for held in folds]
+    best: tuple[float, float, np.ndarray] | None = None
+    for alpha in alphas:
+        oob = np.zeros(y.shape)
+        for held, fit in fits:
+            oob[held] = fit.predict(x[held], alpha)
+        mse = float(((oob[covered] - y[covered]) ** 2).mean())
+        if best is None or mse < best[0]:
+            best = (mse, alpha, oob)
+    return best[1], best[2]
 
 
 def fit_predict(x: np.ndarray, y: np.ndarray, known: np.ndarray, xy: np.ndarray
@@ -78,7 +87,7 @@ def fit_predict(x: np.ndarray, y: np.ndarray, known: np.ndarray, xy: np.ndarray
     out-of-block predictions (for the blend)."""
     xk, yk = x[known], y[known]
     alpha, oob = choose_alpha(xk, yk, xy[known])
-    return DualRidge(xk, yk).predict(x, alpha).astype(np.float32), alpha, oob
+    return RidgePath(xk, yk).predict(x, alpha).astype(np.float32), alpha, oob
 
 
 def choose_blend(y: np.ndarray, ridge_oob: np.ndarray, idw_oob: np.ndarray) -> float:

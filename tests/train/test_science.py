@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from asign.train import blocks, paired, ridge, shrink
 
@@ -40,16 +42,41 @@ def test_cv_folds_partition_the_known_spots():
     assert np.array_equal(np.sum(folds, axis=0), np.ones(len(xy)))
 
 
-def test_dual_ridge_matches_the_primal_solution():
-    rng = np.random.default_rng(0)
-    x, y = rng.normal(size=(40, 15)), rng.normal(size=(40, 3))
-    alpha = 2.5
-    fit = ridge.DualRidge(x, y)
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(2, 60), d=st.integers(1, 60), g=st.integers(1, 4),
+       alpha=st.floats(1e-3, 1e3), seed=st.integers(0, 2**16))
+def test_ridge_path_is_the_closed_form_fit_on_both_sides_of_n_equals_d(n, d, g, alpha, seed):
+    """Primal (more spots than features) or dual (fewer): the same ridge fit."""
+    rng = np.random.default_rng(seed)
+    x, y = rng.normal(size=(n, d)), rng.normal(size=(n, g))
+    fit = ridge.RidgePath(x, y)
+    assert fit.primal == (n > d)
     xc, yc = x - x.mean(0), y - y.mean(0)
-    beta = np.linalg.solve(xc.T @ xc + alpha * np.eye(15), xc.T @ yc)
-    x_new = rng.normal(size=(5, 15))
+    beta = np.linalg.solve(xc.T @ xc + alpha * np.eye(d), xc.T @ yc)
+    x_new = rng.normal(size=(5, d))
     expected = (x_new - x.mean(0)) @ beta + y.mean(0)
-    assert np.allclose(fit.predict(x_new, alpha), expected, atol=1e-8)
+    assert np.allclose(fit.predict(x_new, alpha), expected, atol=1e-7, rtol=1e-7)
+
+
+def test_ridge_at_visium_hd_scale_holds_no_spots_by_spots_matrix():
+    """20,000 known bins (a Visium HD layer has 10⁴–10⁵): blocked CV and the fit stay
+    O(n · d) in memory; the dual's n × n Gram matrix alone would be 3.2 GB."""
+    import tracemalloc
+
+    rng = np.random.default_rng(3)
+    side = 142
+    xy = _lattice(side, pitch=16.0)[: 20_000]
+    x = rng.normal(size=(len(xy), 64)).astype(np.float32)
+    y = (x[:, :3] @ rng.normal(size=(3, 8)) + 0.1 * rng.normal(size=(len(xy), 8)))
+    known = np.arange(len(xy)) < 15_000
+    tracemalloc.start()
+    pred, alpha, oob = ridge.fit_predict(x, y, known, xy)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 200 * 2**20, f"{peak / 2**20:.0f} MiB"
+    assert np.isfinite(pred).all() and np.isfinite(oob[np.isfinite(oob).all(axis=1)]).all()
+    hidden = ~known
+    assert np.corrcoef(pred[hidden, 0], y[hidden, 0])[0, 1] > 0.9  # the signal is linear
 
 
 def test_blocked_cv_picks_a_large_penalty_for_features_without_signal_and_blends_to_idw():
