@@ -23,7 +23,8 @@ Held-out known spots (only known labels are ever read; hidden rows never enter):
   not its immediate neighbours;
 - neural models (one trained model): the validation blocks set aside from training
   (loop.py, blocks.py; a whole known layer when there are ≥ 2), predicted from the
-  training spots — the spots the gate and shrinkage are chosen on, never trained on.
+  training spots — the spots the gate and shrinkage are chosen on, never trained on —
+  held out (cross-fitted) in at most ``N_BLOCKS`` groups of whole blocks.
 
 With one known layer the held-out task is in-layer, easier than a cross-layer one; the
 distance floor of error_scale.py keeps a hidden layer's intervals from narrowing below what
@@ -214,17 +215,20 @@ def for_predictions(task: Any, xy: np.ndarray, pred: np.ndarray, val_pred: np.nd
     val, train, known = task.val, task.train, task.visible
     held = []
     if val_pred is not None and val.any() and train.any():
-        block = validation_blocks(xy, task.section, known, val)
-        vp = np.full((len(val), y.shape[1]), np.nan)
-        vp[val] = val_pred
-        vr = None
-        if val_prior is not None:
-            vr = np.full_like(vp, np.nan)
-            vr[val] = val_prior
-        for b in np.unique(block[val]):
-            m = val & (block == b)
-            held.append(Held(Query(xy[train], y[train], xy[m], vp[m],
-                                   None if vr is None else vr[m]), y[m] - vp[m]))
+        # at most N_BLOCKS held-out groups of whole blocks, one source shared by all: at
+        # Visium HD scale there are thousands of blocks, and a copy of the training spots
+        # and a cross-fit per block would cost O(N²)
+        rows = np.flatnonzero(val)
+        group = np.unique(validation_blocks(xy, task.section, known, val)[rows],
+                          return_inverse=True)[1].ravel() % N_BLOCKS
+        xy_train, y_train = xy[train], y[train]
+        val_pred = np.asarray(val_pred, dtype=np.float64)
+        val_prior = None if val_prior is None else np.asarray(val_prior, dtype=np.float64)
+        for g in np.unique(group):
+            m = group == g
+            held.append(Held(Query(xy_train, y_train, xy[rows[m]], val_pred[m],
+                                   None if val_prior is None else val_prior[m]),
+                             y[rows[m]] - val_pred[m]))
     cal = calibrate(held, coverage)
     if cal is None:
         return unbounded(pred), {}

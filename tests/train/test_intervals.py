@@ -132,3 +132,38 @@ def test_bounds_in_chunks_match_one_pass(monkeypatch):
     parts = intervals.for_baseline(_idw(xy, y), y, known, section, xy, pred, 0.9, 0)[0]
     np.testing.assert_allclose(parts[0], whole[0], rtol=1e-6)
     np.testing.assert_allclose(parts[1], whole[1], rtol=1e-6)
+
+
+def test_network_calibration_holds_out_at_most_n_blocks_groups_sharing_one_source(monkeypatch):
+    """At Visium HD scale the validation split has thousands of blocks: cross-fitting one
+    block at a time, each with its own copy of the training spots, cost O(N²) time and
+    memory (a 100k-bin stack was killed for memory). Held-out groups stay ≤ N_BLOCKS and
+    share one source, whatever the number of blocks."""
+    import types
+
+    import torch
+
+    from asign.train import blocks
+
+    side = 120  # 14,400 spots on a 16 µm grid: hundreds of validation blocks
+    g = np.stack(np.meshgrid(np.arange(side), np.arange(side)), -1).reshape(-1, 2) * 16.0
+    rng = np.random.default_rng(0)
+    y = (np.sin(g[:, :1] / 300) + 0.1 * rng.normal(size=(len(g), 3))).astype(np.float32)
+    section = np.zeros(len(g), dtype=np.int64)
+    visible = np.ones(len(g), dtype=bool)
+    val = blocks.validation_split(visible, g, section, 0.2, seed=1)
+    n_blocks = len(np.unique(intervals.validation_blocks(g, section, visible, val)[val]))
+    assert n_blocks > 10 * intervals.N_BLOCKS
+    task = types.SimpleNamespace(y=torch.as_tensor(y), offset=np.zeros(3, np.float32),
+                                 val=val, train=visible & ~val, visible=visible, section=section)
+    seen = []
+    real = intervals.calibrate
+    monkeypatch.setattr(intervals, "calibrate", lambda held, cov: seen.append(held) or
+                        real(held, cov))
+    pred = y + 0.1
+    (lo, hi), info = intervals.for_predictions(task, g, pred, pred[val], 0.9)
+    (held,) = seen
+    assert len(held) == intervals.N_BLOCKS
+    assert all(h.query.xy_source is held[0].query.xy_source for h in held)
+    assert sum(len(h.resid) for h in held) == int(val.sum())
+    assert np.isfinite(lo).all() and (lo < hi).all() and info
