@@ -62,8 +62,8 @@ class RidgePath:
 
 def choose_alpha(x: np.ndarray, y: np.ndarray, xy: np.ndarray) -> tuple[float, np.ndarray]:
     """(α, out-of-block predictions at α) by blocked CV; the middle of the grid when the
-    known spots are too few to form folds. One fit per fold serves every α, and only one
-    α's (n, G) predictions are held at a time."""
+    known spots are too few to form folds. One fit per fold serves every α; only the
+    current and the best α's (n, G) predictions are held."""
     alphas = tuple(a * x.shape[1] for a in ALPHAS)
     folds = cv_folds(xy)
     covered = np.any(folds, axis=0) if folds else np.zeros(len(y), dtype=bool)
