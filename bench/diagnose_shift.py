@@ -116,13 +116,13 @@ def scale_probe(s: object, known: np.ndarray) -> None:
 
     from asign.train.baselines import idw
     from asign.train.blocks import cv_folds
-    from asign.train.intervals import local_scale
+    from asign.train.error_scale import local_spread, source
 
     xy, y = s.xy[known], s.labels[known].astype(np.float64)
     pred, scale = np.full(y.shape, np.nan), np.full(y.shape, np.nan)
     for held in cv_folds(xy):
         pred[held] = idw(xy[~held], y[~held], xy[held])
-        scale[held] = local_scale(xy[~held], y[~held], xy[held])
+        scale[held] = local_spread(source(xy[~held], y[~held]), xy[held])
     ok = np.isfinite(pred).all(axis=1)
     err = np.abs(y - pred)[ok].ravel()
     gene_sd = np.broadcast_to(y.std(axis=0), y.shape)[ok].ravel()

@@ -34,6 +34,7 @@ from _machine import machine_info, matmul_peak  # noqa: E402
 
 SECTIONS = ("C2", "C3", "C4", "C5", "C6")
 ASIGN = [sys.executable, "-m", "asign.cli"]
+DEFAULT_WIDTHS = "2500,3540"
 
 
 def _timed(cmd: list[str], log: Path) -> tuple[float, float, str]:
@@ -80,7 +81,7 @@ def _stack(work: Path, width_um: float, args: argparse.Namespace) -> list[tuple]
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/asign-platform-product"))
-    ap.add_argument("--width-um", default="2500,3540",
+    ap.add_argument("--width-um", default=DEFAULT_WIDTHS,
                     help="window of each section (µm), one stack per value: 2500 gives about "
                          "50k bins in five sections, 3540 about 100k")
     ap.add_argument("--epochs", type=int, default=3)
@@ -117,5 +118,17 @@ def main() -> None:
     print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
 
 
+def _record_name(argv: list[str]) -> str:
+    """``platform_product`` for the default widths; another width set records beside it
+    (``platform_product_w9900`` for ``--width-um 9900``), so a long run at one size does
+    not replace the record of the others."""
+    ap = argparse.ArgumentParser(add_help=False)
+    ap.add_argument("--width-um", default=DEFAULT_WIDTHS)
+    widths = ap.parse_known_args(argv)[0].width_um
+    if widths == DEFAULT_WIDTHS:
+        return "platform_product"
+    return "platform_product_w" + "_".join(f"{float(w):g}" for w in widths.split(","))
+
+
 if __name__ == "__main__":
-    _docs_record.run(main, "platform_product")
+    _docs_record.run(main, _record_name(sys.argv[1:]))

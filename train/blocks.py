@@ -17,20 +17,23 @@ Deterministic for a given seed; reads coordinates only, never labels.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 VAL_BLOCK_PITCHES = 3.0  # side of a validation block, in spot pitches (3 × 200 µm on ST)
 CV_GRID = 4  # cross-validation: a CV_GRID × CV_GRID grid over the known spots
 
 
-def spot_pitch(xy: np.ndarray) -> float:
-    """Median nearest-neighbour distance of the spots (µm): the array's pitch."""
+def spot_pitch(xy: np.ndarray, tree: Any = None) -> float:
+    """Median nearest-neighbour distance of the spots (µm): the array's pitch; ``tree``: a
+    cKDTree over ``xy`` already built."""
     from scipy.spatial import cKDTree
 
     xy = np.asarray(xy, dtype=np.float64)
     if len(xy) < 2:
         return 1.0
-    dist, _ = cKDTree(xy).query(xy, k=2)
+    dist, _ = (tree if tree is not None else cKDTree(xy)).query(xy, k=2)
     return float(max(np.median(dist[:, 1]), 1e-6))
 
 

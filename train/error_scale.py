@@ -32,6 +32,7 @@ out-of-sample as a hidden spot's — the condition split-conformal coverage rest
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -45,37 +46,54 @@ FEATURES = ("local_spread", "distance", "level", "level2", "disagreement", "gene
 
 
 @dataclass(frozen=True)
+class Source:
+    """The spots a prediction was made from, indexed once: every query against them (the
+    chunks of a large sample, the held-out groups of one network) shares the tree and the
+    per-gene statistics, so features cost O(Q log S), not a rebuild of S per query."""
+
+    xy: np.ndarray  # (S, 2) µm
+    y: np.ndarray  # (S, G) float64, the source spots' labels
+    tree: Any  # scipy.spatial.cKDTree over ``xy``
+    pitch: float  # µm (blocks.spot_pitch)
+    mean: np.ndarray  # (G,)
+    std: np.ndarray  # (G,)
+
+
+def source(xy: np.ndarray, y: np.ndarray) -> Source:
+    """Index the source spots (S, 2) and their labels (S, G)."""
+    from scipy.spatial import cKDTree
+
+    from asign.train.blocks import spot_pitch
+
+    xy = np.asarray(xy, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    tree = cKDTree(xy)
+    return Source(xy, y, tree, spot_pitch(xy, tree), y.mean(axis=0), y.std(axis=0))
+
+
+@dataclass(frozen=True)
 class Query:
     """Spots predicted from ``source`` spots: the inputs of :func:`features`."""
 
-    xy_source: np.ndarray  # (S, 2) µm
-    y_source: np.ndarray  # (S, G) the source spots' labels
+    source: Source
     xy: np.ndarray  # (Q, 2) µm
     pred: np.ndarray  # (Q, G)
     reference: np.ndarray | None = None  # (Q, G) the prior; None: the source mean profile
 
 
-def local_spread(xy_source: np.ndarray, y_source: np.ndarray, xy: np.ndarray,
-                 k: int = SCALE_K) -> np.ndarray:
+def local_spread(src: Source, xy: np.ndarray, k: int = SCALE_K) -> np.ndarray:
     """(Q, G) the gene's spread over each query's k nearest source spots, with a floor."""
-    from scipy.spatial import cKDTree
-
-    y_source = np.asarray(y_source, dtype=np.float64)
-    k = max(1, min(k, len(y_source)))
-    _, idx = cKDTree(xy_source).query(xy, k=k)
-    spread = y_source[np.asarray(idx).reshape(len(xy), k)].std(axis=1)
-    floor = SCALE_FLOOR * y_source.std(axis=0) + 1e-6
+    k = max(1, min(k, len(src.y)))
+    _, idx = src.tree.query(xy, k=k)
+    spread = src.y[np.asarray(idx).reshape(len(xy), k)].std(axis=1)
+    floor = SCALE_FLOOR * src.std + 1e-6
     return np.sqrt(spread ** 2 + floor ** 2)
 
 
-def distance(xy_source: np.ndarray, xy: np.ndarray) -> np.ndarray:
+def distance(src: Source, xy: np.ndarray) -> np.ndarray:
     """(Q,) distance to the nearest source spot, in spot pitches of the source spots."""
-    from scipy.spatial import cKDTree
-
-    from asign.train.blocks import spot_pitch
-
-    d, _ = cKDTree(xy_source).query(xy, k=1)
-    return np.asarray(d, dtype=np.float64) / spot_pitch(xy_source)
+    d, _ = src.tree.query(xy, k=1)
+    return np.asarray(d, dtype=np.float64) / src.pitch
 
 
 def features(q: Query, gene_error: np.ndarray, min_distance: float = 0.0) -> np.ndarray:
@@ -87,14 +105,14 @@ def features(q: Query, gene_error: np.ndarray, min_distance: float = 0.0) -> np.
 def spot_features(q: Query, min_distance: float = 0.0) -> np.ndarray:
     """(Q, G, F − 1): every feature but ``gene_error`` (the one that changes with the
     held-out blocks it is estimated on)."""
-    y = np.asarray(q.y_source, dtype=np.float64)
+    src = q.source
     pred = np.asarray(q.pred, dtype=np.float64)
-    mu, sd = y.mean(axis=0), y.std(axis=0) + 1e-6
+    mu, sd = src.mean, src.std + 1e-6
     ref = mu[None, :] if q.reference is None else np.asarray(q.reference, np.float64)
     level = (pred - mu) / sd
-    dist = np.log1p(np.maximum(distance(q.xy_source, q.xy), min_distance))
+    dist = np.log1p(np.maximum(distance(src, q.xy), min_distance))
     shape = pred.shape
-    cols = (np.log(local_spread(q.xy_source, y, q.xy)), np.broadcast_to(dist[:, None], shape),
+    cols = (np.log(local_spread(src, q.xy)), np.broadcast_to(dist[:, None], shape),
             level, level ** 2, np.abs(pred - ref) / sd, np.broadcast_to(np.log(sd), shape))
     return np.stack(cols, axis=-1)
 

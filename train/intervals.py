@@ -48,7 +48,6 @@ POOL_N = 100.0  # pseudo spots of the all-gene score distribution in a gene's qu
 DISTANCE_FLOOR = 0.5  # quantile of held-out spots' distances a query's distance is floored at
 CHUNK = 8192  # query spots per step of Calibration.bounds
 POOL_POINTS = 4096  # order statistics that stand for the pooled distribution
-local_scale = error_scale.local_spread  # the neighbours' spread (bench/diagnose_shift.py)
 METHOD = "conformal, learnt error scale (error_scale.py), per-gene quantile pooled"
 
 
@@ -111,12 +110,13 @@ class Calibration:
 
     def bounds(self, query: Query) -> tuple[np.ndarray, np.ndarray]:
         """(lower, upper), each (Q, G) float32, in chunks of ``CHUNK`` query spots (the
-        features of a whole large sample would not fit in memory)."""
+        features of a whole large sample would not fit in memory), all sharing the query's
+        indexed source."""
         lo = np.empty(query.pred.shape, dtype=np.float32)
         hi = np.empty(query.pred.shape, dtype=np.float32)
         for a in range(0, len(query.pred), CHUNK):
             rows = slice(a, a + CHUNK)
-            part = Query(query.xy_source, query.y_source, query.xy[rows], query.pred[rows],
+            part = Query(query.source, query.xy[rows], query.pred[rows],
                          None if query.reference is None else query.reference[rows])
             half = self.q[None, :] * self.sigma(part)
             lo[rows], hi[rows] = part.pred - half, part.pred + half
@@ -135,7 +135,7 @@ def calibrate(held: list[Held], coverage: float) -> Calibration | None:
     held = [h for h in held if len(h.resid)]
     if not held:
         return None
-    dists = np.concatenate([error_scale.distance(h.query.xy_source, h.query.xy) for h in held])
+    dists = np.concatenate([error_scale.distance(h.query.source, h.query.xy) for h in held])
     min_d = float(np.quantile(dists, DISTANCE_FLOOR)) if DISTANCE_FLOOR > 0 else 0.0
     base = [error_scale.spot_features(h.query, min_d) for h in held]  # computed once
     scores = []
@@ -196,11 +196,12 @@ def for_baseline(predict: Callable[[np.ndarray], np.ndarray], y: np.ndarray, kno
     for m in calibration_sets(section, known, xy, seed):
         rest = known & ~m
         p = predict(rest)
-        held.append(Held(Query(xy[rest], y[rest], xy[m], p[m]), y[m] - p[m]))
+        held.append(Held(Query(error_scale.source(xy[rest], y[rest]), xy[m], p[m]),
+                         y[m] - p[m]))
     cal = calibrate(held, coverage)
     if cal is None:
         return unbounded(pred), {}
-    return cal.bounds(Query(xy[known], y[known], xy, pred)), cal.summary()
+    return cal.bounds(Query(error_scale.source(xy[known], y[known]), xy, pred)), cal.summary()
 
 
 def for_predictions(task: Any, xy: np.ndarray, pred: np.ndarray, val_pred: np.ndarray | None,
@@ -215,24 +216,25 @@ def for_predictions(task: Any, xy: np.ndarray, pred: np.ndarray, val_pred: np.nd
     val, train, known = task.val, task.train, task.visible
     held = []
     if val_pred is not None and val.any() and train.any():
-        # at most N_BLOCKS held-out groups of whole blocks, one source shared by all: at
-        # Visium HD scale there are thousands of blocks, and a copy of the training spots
-        # and a cross-fit per block would cost O(N²)
+        # at most N_BLOCKS held-out groups of whole blocks, one indexed source shared by
+        # all: at Visium HD scale there are thousands of blocks, and a copy of the training
+        # spots and a cross-fit per block would cost O(N²)
         rows = np.flatnonzero(val)
         group = np.unique(validation_blocks(xy, task.section, known, val)[rows],
                           return_inverse=True)[1].ravel() % N_BLOCKS
-        xy_train, y_train = xy[train], y[train]
+        src = error_scale.source(xy[train], y[train])
         val_pred = np.asarray(val_pred, dtype=np.float64)
         val_prior = None if val_prior is None else np.asarray(val_prior, dtype=np.float64)
         for g in np.unique(group):
             m = group == g
-            held.append(Held(Query(xy_train, y_train, xy[rows[m]], val_pred[m],
+            held.append(Held(Query(src, xy[rows[m]], val_pred[m],
                                    None if val_prior is None else val_prior[m]),
                              y[rows[m]] - val_pred[m]))
     cal = calibrate(held, coverage)
     if cal is None:
         return unbounded(pred), {}
-    return cal.bounds(Query(xy[known], y[known], xy, pred, prior)), cal.summary()
+    return (cal.bounds(Query(error_scale.source(xy[known], y[known]), xy, pred, prior)),
+            cal.summary())
 
 
 def validation_blocks(xy: np.ndarray, section: np.ndarray, known: np.ndarray,

@@ -58,7 +58,7 @@ def test_calibration_never_reads_hidden_rows():
 def test_scale_is_spot_adaptive_and_quantile_is_conservative():
     xy, section, y_all = _stack(2, 1)
     known = section == 0
-    s = intervals.local_scale(xy[known], y_all[known], xy[~known])
+    s = error_scale.local_spread(error_scale.source(xy[known], y_all[known]), xy[~known])
     left, right = xy[~known][:, 0] < 500, xy[~known][:, 0] > 1500
     assert s[right, 2].mean() > 1.5 * s[left, 2].mean()  # noisier where the noise is larger
     assert np.isinf(intervals.conformal_quantile(np.ones((4, 2)), 0.9)).all()  # too few
@@ -122,16 +122,31 @@ def test_pooled_quantile_between_gene_and_all_genes():
     assert (mixed[:2] < own[2]).all() and (mixed[:2] > 0.8 * own[:2]).all()
 
 
-def test_bounds_in_chunks_match_one_pass(monkeypatch):
+def test_bounds_in_chunks_match_one_pass_and_index_the_source_once(monkeypatch):
+    """Chunks share one indexed source: re-indexing the known spots per chunk cost
+    O((N / CHUNK) · S log S), quadratic at Visium HD scale."""
+    import scipy.spatial
+
+    builds = []
+
+    class CountingTree(scipy.spatial.cKDTree):
+        def __init__(self, data, *a, **kw):
+            builds.append(len(data))
+            super().__init__(data, *a, **kw)
+
+    monkeypatch.setattr(scipy.spatial, "cKDTree", CountingTree)
     xy, section, y_all = _stack(2, 2)
     known = section == 0
     y = np.where(known[:, None], y_all, 0.0)
     pred = _idw(xy, y)(known)
+    builds.clear()
     whole = intervals.for_baseline(_idw(xy, y), y, known, section, xy, pred, 0.9, 0)[0]
+    n_whole, builds[:] = len(builds), []
     monkeypatch.setattr(intervals, "CHUNK", 37)  # many uneven chunks
     parts = intervals.for_baseline(_idw(xy, y), y, known, section, xy, pred, 0.9, 0)[0]
     np.testing.assert_allclose(parts[0], whole[0], rtol=1e-6)
     np.testing.assert_allclose(parts[1], whole[1], rtol=1e-6)
+    assert len(xy) > 10 * 37 and len(builds) == n_whole  # chunking built no extra tree
 
 
 def test_network_calibration_holds_out_at_most_n_blocks_groups_sharing_one_source(monkeypatch):
@@ -164,6 +179,6 @@ def test_network_calibration_holds_out_at_most_n_blocks_groups_sharing_one_sourc
     (lo, hi), info = intervals.for_predictions(task, g, pred, pred[val], 0.9)
     (held,) = seen
     assert len(held) == intervals.N_BLOCKS
-    assert all(h.query.xy_source is held[0].query.xy_source for h in held)
+    assert all(h.query.source is held[0].query.source for h in held)
     assert sum(len(h.resid) for h in held) == int(val.sum())
     assert np.isfinite(lo).all() and (lo < hi).all() and info
