@@ -175,25 +175,25 @@ def derive_known(imaged_labelled: list[str], predicted: set[str], scored: set[st
     return left[0] if len(left) == 1 else None
 
 
-def load_run_data(store: Store, name: str, model: str | None = None) -> RunData:
+def load_run_data(store: Store, name: str, model: str | None = None, *,
+                  compare: bool = True) -> RunData:
+    """``compare``: also the other models' predictions under the run name and the computed
+    mean profile (what the report sets side by side); an export needs the map model's
+    alone, and each is a (spots, genes) array."""
     runs = load_runs(store, name)
     map_model = choose_map_model(runs, model)
     genes_t = store.read("genes").to_pandas().sort_values("rank")
     genes = genes_t.gene.astype(str).tolist()
-    gene_index = {g: i for i, g in enumerate(genes)}
 
     metrics = _metrics(store, runs)
-    preds_long = {m: store.read("predictions", key=r.run_id).to_pandas()
-                  if store.has("predictions", key=r.run_id) else pd.DataFrame()
-                  for m, r in runs.items()}
-    if preds_long[map_model].empty:
+    where = {m: _predicted(store, r.run_id) for m, r in runs.items()}
+    if not where[map_model].sections:
         raise InputError(f"run {runs[map_model].run_id} saved no predictions, so there is "
                          "nothing to draw", path=store.root,
                          fix="re-run `asign train` without --no-save-predictions, or pick "
                              "another --model")
 
-    samples = sorted(set(metrics.sample_id)
-                     | {s for p in preds_long.values() if not p.empty for s in p.sample_id})
+    samples = sorted(set(metrics.sample_id) | {s for w in where.values() for s in w.sections})
     sections = store.read("sections").to_pandas()
     sections = sections[sections.sample_id.isin(samples)].sort_values(["sample_id", "z"])
     spots = pd.concat([store.read("spots", key=s).to_pandas() for s in samples],
@@ -211,24 +211,29 @@ def load_run_data(store: Store, name: str, model: str | None = None) -> RunData:
     labels = np.full((len(spots), len(genes)), np.nan, dtype=np.float32)
     counts = np.full((len(spots), len(genes)), np.nan, dtype=np.float32)
     for s in samples:
-        if store.has("labels", key=s):
-            lab = store.read("labels", key=s, columns=["spot_id", "counts", "value"]).to_pandas()
-            rows = spot_index.get_indexer(lab.spot_id)
+        if not store.has("labels", key=s):
+            continue
+        # in pieces: a whole Visium HD stack's label lists take several times their size
+        # to decode at once
+        for lab in store.iter_table("labels", s, ["spot_id", "counts", "value"],
+                                    dictionary=["spot_id"]):
+            rows = _codes(lab.column("spot_id"), spot_index)
             ok = rows >= 0
             if ok.any():
-                labels[rows[ok]] = np.stack(lab.value.to_numpy()[ok]).astype(np.float32)
-                counts[rows[ok]] = np.stack(lab.counts.to_numpy()[ok]).astype(np.float32)
+                labels[rows[ok]] = _lists(lab.column("value"), len(genes))[ok]
+                counts[rows[ok]] = _lists(lab.column("counts"), len(genes))[ok]
 
-    predictions = {m: _dense(p, spot_index, gene_index) for m, p in preds_long.items()
-                   if not p.empty}
-    bounds = {m: (_dense(p, spot_index, gene_index, "lower"),
-                  _dense(p, spot_index, gene_index, "upper"))
-              for m, p in preds_long.items() if "lower" in p and p["lower"].notna().any()}
-    known, hidden, scored = _layers(sections, runs[map_model], preds_long[map_model],
+    predictions, bounds = {}, {}
+    for m, r in runs.items():
+        if where[m].sections and (compare or m == map_model):
+            predictions[m], b = _dense_run(store, r.run_id, spot_index, genes)
+            if b is not None:
+                bounds[m] = b
+    known, hidden, scored = _layers(sections, runs[map_model], where[map_model],
                                     metrics[metrics.model == map_model], labels, spots)
-    spots = _annotate(spots, known, hidden, preds_long[map_model])
+    spots = _annotate(spots, known, hidden, where[map_model])
 
-    if "mean" not in runs:
+    if compare and "mean" not in runs:
         metrics, predictions = _computed_mean(metrics, predictions, labels, spots, known,
                                               runs[map_model])
 
@@ -268,17 +273,84 @@ def _metrics(store: Store, runs: dict[str, RunInfo]) -> pd.DataFrame:
     return df[df.metric.isin(accuracy_metrics())][cols].reset_index(drop=True)
 
 
-def _dense(long: pd.DataFrame, spot_index: pd.Index, gene_index: dict[str, int],
-           column: str = "value") -> np.ndarray:
-    out = np.full((len(spot_index), len(gene_index)), np.nan, dtype=np.float32)
-    rows = spot_index.get_indexer(long.spot_id)
-    cols = long.gene.map(gene_index).fillna(-1).to_numpy(dtype=np.int64)
-    ok = (rows >= 0) & (cols >= 0)
-    out[rows[ok], cols[ok]] = long[column].to_numpy(dtype=np.float32, na_value=np.nan)[ok]
-    return out
+@dataclass(frozen=True)
+class Predicted:
+    """Where a run predicted, read from its predictions without their values."""
+
+    sections: dict[str, set[str]]  # sample -> sections with predictions
+    fold: dict[str, int]  # sample -> its first fold
 
 
-def _layers(sections: pd.DataFrame, run: RunInfo, preds: pd.DataFrame, metrics: pd.DataFrame,
+def _predicted(store: Store, run_id: str) -> Predicted:
+    sections: dict[str, set[str]] = {}
+    fold: dict[str, int] = {}
+    if not store.has("predictions", key=run_id):
+        return Predicted(sections, fold)
+    for piece in store.iter_table("predictions", run_id, ["sample_id", "section_id", "fold"]):
+        groups = piece.group_by(["sample_id", "section_id"]).aggregate([("fold", "min")])
+        for sample, sec, f in zip(*(groups.column(c).to_pylist()
+                                    for c in ("sample_id", "section_id", "fold_min")),
+                                  strict=True):
+            sections.setdefault(sample, set()).add(sec)
+            fold[sample] = min(fold.get(sample, f), f)
+    return Predicted(sections, fold)
+
+
+def _dense_run(store: Store, run_id: str, spot_index: pd.Index, genes: list[str]
+               ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+    """A run's long predictions (one row per spot × gene) as a (spots, genes) array and,
+    when the run computed them, its interval bounds; NaN where nothing was predicted. Read
+    in pieces: the long table of a Visium HD stack has hundreds of millions of rows, more
+    than pandas could hold."""
+    shape = (len(spot_index), len(genes))
+    value = np.full(shape, np.nan, dtype=np.float32)
+    lower = upper = None
+    gene_index = pd.Index(genes)
+    for piece in store.iter_table("predictions", run_id,
+                                  ["spot_id", "gene", "value", "lower", "upper"],
+                                  dictionary=["spot_id", "gene"]):
+        rows = _codes(piece.column("spot_id"), spot_index)
+        cols = _codes(piece.column("gene"), gene_index)
+        ok = (rows >= 0) & (cols >= 0)
+        rows, cols = rows[ok], cols[ok]
+        value[rows, cols] = _floats(piece.column("value"))[ok]
+        if piece.column("lower").null_count < piece.num_rows:
+            if lower is None:
+                lower, upper = np.full(shape, np.nan, np.float32), np.full(shape, np.nan,
+                                                                             np.float32)
+            lower[rows, cols] = _floats(piece.column("lower"))[ok]
+            upper[rows, cols] = _floats(piece.column("upper"))[ok]
+    return value, None if lower is None else (lower, upper)
+
+
+def _codes(column: Any, index: pd.Index) -> np.ndarray:
+    """Position in ``index`` of every entry of a dictionary-encoded column (-1: absent):
+    each distinct string is looked up once."""
+    parts = [index.get_indexer(chunk.dictionary.to_pandas())[
+        np.asarray(chunk.indices.to_numpy(zero_copy_only=False), dtype=np.int64)]
+        for chunk in column.chunks]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def _floats(column: Any) -> np.ndarray:
+    import pyarrow.compute as pc
+
+    return np.asarray(pc.fill_null(column, float("nan")).to_numpy(), dtype=np.float32)
+
+
+def _lists(column: Any, width: int) -> np.ndarray:
+    """(n, width) float32 from a list column of ``width`` values per row."""
+    import pyarrow.compute as pc
+
+    flat = np.asarray(pc.list_flatten(column).to_numpy(zero_copy_only=False), np.float32)
+    if flat.size != len(column) * width:
+        raise StoreError(f"label vectors hold {flat.size} values for {len(column)} spots, the "
+                         f"gene panel has {width}",
+                         fix="re-run `asign ingest --steps register` so labels follow the panel")
+    return flat.reshape(len(column), width)
+
+
+def _layers(sections: pd.DataFrame, run: RunInfo, where: Predicted, metrics: pd.DataFrame,
             labels: np.ndarray, spots: pd.DataFrame
             ) -> tuple[dict[str, str], dict[str, list[str]], dict[str, list[str]]]:
     from asign.store.sections import has_coords, placed
@@ -290,7 +362,7 @@ def _layers(sections: pd.DataFrame, run: RunInfo, preds: pd.DataFrame, metrics: 
     scored: dict[str, list[str]] = {}
     for sample, secs in sections.groupby("sample_id", sort=True):
         secs = secs.sort_values("z")
-        predicted = set(preds.section_id[preds.sample_id == sample]) if not preds.empty else set()
+        predicted = where.sections.get(str(sample), set())
         with_metrics = set(metrics.section_id[metrics.sample_id == sample])
         candidates = [s for s in secs.section_id[placed(secs)] if s in labelled_secs]
         k = derive_known(candidates, predicted, with_metrics)
@@ -309,14 +381,13 @@ def _layers(sections: pd.DataFrame, run: RunInfo, preds: pd.DataFrame, metrics: 
 
 
 def _annotate(spots: pd.DataFrame, known: dict[str, str], hidden: dict[str, list[str]],
-              preds: pd.DataFrame) -> pd.DataFrame:
+              where: Predicted) -> pd.DataFrame:
     spots = spots.copy()
     known_secs = set(known.values())
     hidden_secs = {s for v in hidden.values() for s in v}
     spots["role"] = np.where(spots.section_id.isin(known_secs), "known",
                              np.where(spots.section_id.isin(hidden_secs), "hidden", "other"))
-    fold_of = preds.groupby("sample_id").fold.min().to_dict() if not preds.empty else {}
-    spots["fold"] = spots.sample_id.map(fold_of).fillna(-1).astype(np.int32)
+    spots["fold"] = spots.sample_id.map(where.fold).fillna(-1).astype(np.int32)
     return spots
 
 

@@ -64,19 +64,22 @@ def build_anndata(data: Any) -> Any:
                          "export", fix=f"re-ingest with --normalisation {' or '.join(FORMULAS)}")
     spots = data.spots[data.spots.role.isin(["known", "hidden"])]
     rows = spots.index.to_numpy()
-    pred = data.predictions[data.map_model][rows]
-    measured = data.labels[rows]
     known = (spots.role == "known").to_numpy()
-    model_scale = np.where(known[:, None], measured, pred).astype(np.float32)
+    # one (spots, genes) array per layer and no more: a Visium HD stack's are GBs each
+    measured = _take(data.labels, rows)
+    model_scale = data.predictions[data.map_model][rows]
+    model_scale[known] = measured[known]
     complete = np.isfinite(model_scale).all(axis=1)
     if not complete.all():
         # scanpy takes no NaN in X: a spot without a value for every gene is left out
         log.warning("%d spot(s) without a value for every gene are left out of the export",
                     int((~complete).sum()))
-        spots, rows = spots[complete], rows[complete]
+        spots, rows, known = spots[complete], rows[complete], known[complete]
         model_scale, measured = model_scale[complete], measured[complete]
-    counts = data.counts[rows] if data.counts is not None else np.full_like(measured, np.nan)
+    counts = (data.counts[rows] if data.counts is not None
+              else np.full(measured.shape, np.nan, dtype=np.float32))
     has_measured = np.isfinite(measured).all(axis=1) & np.isfinite(counts).all(axis=1)
+    counts[~has_measured] = 0
     secs = data.sections.set_index("section_id")
     obs = pd.DataFrame({
         "sample": pd.Categorical(spots.sample_id.astype(str)),
@@ -92,11 +95,13 @@ def build_anndata(data: Any) -> Any:
                        index=pd.Index(data.genes, name="gene"))
     adata = ad.AnnData(X=to_log1p_cp10k(model_scale, data.normalisation), obs=obs, var=var)
     adata.layers["asign"] = model_scale
-    adata.layers["counts"] = np.where(has_measured[:, None], counts, 0).astype(np.float32)
-    adata.layers["measured"] = measured.astype(np.float32)
+    adata.layers["counts"] = counts.astype(np.float32, copy=False)
+    adata.layers["measured"] = measured.astype(np.float32, copy=False)
     if data.map_model in data.bounds:  # the run's intervals (train/intervals.py); NaN on known rows
         for name, b in zip(("lower", "upper"), data.bounds[data.map_model], strict=True):
-            adata.layers[name] = np.where(known[:, None], np.nan, b[rows]).astype(np.float32)
+            layer = b[rows].astype(np.float32, copy=False)
+            layer[known] = np.nan
+            adata.layers[name] = layer
     adata.obsm["spatial"] = spots[["px", "py"]].to_numpy(dtype=np.float64)
     adata.obsm["spatial_3d"] = np.column_stack([spots.x_um.to_numpy(dtype=np.float64),
                                                 spots.y_um.to_numpy(dtype=np.float64),
@@ -126,6 +131,14 @@ def build_anndata(data: Any) -> Any:
         {"run_id": str, "sample_id": str, "section_id": str, "setting": str, "metric": str,
          "fold": np.int32, "value": np.float64})
     return adata
+
+
+def _take(a: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``a[rows]``, without the copy when ``rows`` is every row in order (layers that are
+    only read)."""
+    if len(rows) == len(a) and (rows == np.arange(len(a))).all():
+        return a
+    return a[rows]
 
 
 def _random_weights(embed: dict[str, Any]) -> bool:

@@ -131,7 +131,7 @@ def export_run(store_path: Path, run_name: str, targets: dict[str, Path | None],
         if fmt.suffix is not None and not target.name.endswith(fmt.suffix):
             raise InputError(f"the export target must end in {fmt.suffix}", path=target,
                              fix=f"e.g. {flag(name)} results/run{fmt.suffix}")
-    job = ExportJob(load_run_data(open_store(Path(store_path)), run_name, model), run_name,
-                    z_spacing_um)
+    data = load_run_data(open_store(Path(store_path)), run_name, model, compare=False)
+    job = ExportJob(data, run_name, z_spacing_um)
     out = {name: EXPORTS[name].write(job, target) for name, target in asked.items()}
     return out | job.stack_summary()

@@ -27,18 +27,26 @@ FORMULAS = {
 }
 
 
+CHUNK_ROWS = 1 << 15  # rows converted at a time: float64 temporaries stay small at any N
+
+
 def to_log1p_cp10k(values: np.ndarray, normalisation: str) -> np.ndarray:
     """(N, G) values on the store's scale → (N, G) float32 log1p(CP10k), finite where the
     input row is finite (rows with any NaN come back NaN)."""
-    v = np.asarray(values, dtype=np.float64)
-    if normalisation == "log1p_cp10k":
-        out = np.maximum(v, 0.0)
-    elif normalisation == "log_ratio":
-        # softmax per row, shifted by the row maximum so exp never overflows
-        shifted = v - np.max(v, axis=1, keepdims=True)
-        e = np.exp(shifted)
-        out = np.log1p(1e4 * e / e.sum(axis=1, keepdims=True))
-    else:
+    if normalisation not in FORMULAS:
         raise ValueError(f"unknown normalisation {normalisation!r}; "
                          f"known: {', '.join(FORMULAS)}")
-    return out.astype(np.float32)
+    values = np.asarray(values)
+    out = np.empty(values.shape, dtype=np.float32)
+    for a in range(0, len(values), CHUNK_ROWS):
+        out[a:a + CHUNK_ROWS] = _convert(values[a:a + CHUNK_ROWS], normalisation)
+    return out
+
+
+def _convert(values: np.ndarray, normalisation: str) -> np.ndarray:
+    v = np.asarray(values, dtype=np.float64)
+    if normalisation == "log1p_cp10k":
+        return np.maximum(v, 0.0)
+    # log_ratio: softmax per row, shifted by the row maximum so exp never overflows
+    e = np.exp(v - np.max(v, axis=1, keepdims=True))
+    return np.log1p(1e4 * e / e.sum(axis=1, keepdims=True))

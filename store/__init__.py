@@ -6,7 +6,7 @@ train reads through it."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from asign.store.layout import (
     StoreLayout,
 )
 from asign.store.manifest_records import LabelsInfo, StepRecord
-from asign.store.parquet import read_table, write_table, write_table_parts
+from asign.store.parquet import iter_table, read_table, write_table, write_table_parts
 from asign.store.query import connect, run_query
 from asign.store.thumbnails import Thumbnail, section_thumbnail
 from asign.store.vectors import Done, EmbeddingRows, Vectors, open_vectors
@@ -172,14 +172,26 @@ class Store:
             return empty.select(columns) if columns else empty
         return pa.concat_tables([self._read_file(name, p.stem, p, columns) for p in parts])
 
+    def iter_table(self, name: str, key: str, columns: list[str] | None = None, *,
+                   batch_rows: int | None = None, dictionary: Iterable[str] = ()
+                   ) -> Iterator[pa.Table]:
+        """One partition in pieces of ≤ ``batch_rows`` rows (parquet.iter_table): for tables
+        that grow with spots × genes, read at any size in bounded memory."""
+        path = self.layout.table(name, key)
+        return iter_table(path, columns, check_rows=self._row_check(name, key, path),
+                          batch_rows=batch_rows, dictionary=dictionary)
+
     def _read_file(self, name: str, key: str | None, path: Path,
                    columns: list[str] | None) -> pa.Table:
         """Read one table file after checking its footer's row count against the record."""
+        return read_table(path, columns, check_rows=self._row_check(name, key, path))
+
+    def _row_check(self, name: str, key: str | None, path: Path) -> Any:
         def check(claimed: int) -> bool:
             return _records.check_rows(self.layout, name, key, path, claimed,
                                        strict=self.strict_rows)
 
-        return read_table(path, columns, check_rows=check)
+        return check
 
     def remove(self, name: str, key: str | None = None) -> None:
         """Delete a table file. A run's results file (runs, metrics, predictions) is emptied

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from asign.errors import AsignError
 from asign.store import Store, binding, records
@@ -73,21 +72,17 @@ def check_results(store: Store, readable: dict[Path, bool], report: CheckReport)
                 )
             if not readable.get(path):
                 continue
-            ids = set(
-                store.read(name, key, columns=["run_id"]).column("run_id").unique().to_pylist()
-            )
+            if name == "metrics":
+                ids = set(store.read(name, key, columns=["run_id"]).column("run_id")
+                          .unique().to_pylist())
+            else:
+                ids, pred, bad = _scan_predictions(store, key, path)
             if ids - {key}:
                 problems.append(f"{path}: rows of other runs {sorted(ids - {key})}")
             if name == "predictions":
-                problems += _non_finite_predictions(store, key, path)
+                problems += bad
                 if spot_ids is None:
                     spot_ids = _all_spot_ids(store, readable)
-                pred = set(
-                    store.read(name, key, columns=["spot_id"])
-                    .column("spot_id")
-                    .unique()
-                    .to_pylist()
-                )
                 unknown = pred - spot_ids
                 if unknown:
                     report.notes.append(
@@ -201,23 +196,27 @@ RERECORD_FIX = (
 )
 
 
-def _non_finite_predictions(store: Store, key: str, path: Path) -> list[str]:
-    """Read in row groups (a large run has tens of millions of prediction rows)."""
+def _scan_predictions(store: Store, key: str, path: Path
+                      ) -> tuple[set[str], set[str], list[str]]:
+    """(run ids, spot ids, the problem of non-finite values if any), read in pieces: a
+    large run has hundreds of millions of prediction rows."""
+    runs: set[str] = set()
+    spots: set[str] = set()
     bad, first = 0, None
-    for batch in pq.ParquetFile(path).iter_batches(
-        columns=["section_id", "value"], batch_size=1 << 20
-    ):
-        values = batch.column(1).to_numpy(zero_copy_only=False)
+    cols = ["run_id", "section_id", "spot_id", "value"]
+    for piece in store.iter_table("predictions", key, cols, dictionary=cols[:3]):
+        for name, seen in (("run_id", runs), ("spot_id", spots)):
+            for chunk in piece.column(name).chunks:
+                seen.update(chunk.dictionary.take(chunk.indices.unique()).to_pylist())
+        values = piece.column("value").to_numpy()
         mask = ~np.isfinite(values.astype(np.float64, copy=False))
         if mask.any():
             bad += int(mask.sum())
-            first = first or batch.column(0)[int(np.flatnonzero(mask)[0])].as_py()
+            first = first or piece.column("section_id")[int(np.flatnonzero(mask)[0])].as_py()
     if not bad:
-        return []
-    return [
-        f"{path}: {bad} predicted values of run {key} are NaN/inf (first in section {first}); "
-        "delete the run's files and re-run it"
-    ]
+        return runs, spots, []
+    return runs, spots, [f"{path}: {bad} predicted values of run {key} are NaN/inf (first in "
+                         f"section {first}); delete the run's files and re-run it"]
 
 
 def _all_spot_ids(store: Store, readable: dict[Path, bool]) -> set[str]:

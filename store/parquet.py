@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -33,8 +33,19 @@ def write_table(path: Path, table: pa.Table | dict, name: str,
                 before_replace: Callable[[Path], None] | None = None) -> pa.Table:
     table = conform(table, name)
     with atomic_path(path, before_replace) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table, tmp, compression="zstd", row_group_size=group_rows(table))
     return table
+
+
+ROW_GROUP_BYTES = 64 << 20  # decoded bytes per row group
+
+
+def group_rows(table: pa.Table) -> int:
+    """Rows per row group so that one group decodes to about ``ROW_GROUP_BYTES``: a reader
+    streams a table group by group (iter_table), so a group bounds its memory — the labels
+    of a Visium HD stack (800k spots × two gene lists) are GBs in one group."""
+    per_row = table.nbytes / max(table.num_rows, 1)
+    return max(1024, min(1 << 20, int(ROW_GROUP_BYTES / max(per_row, 1.0))))
 
 
 def write_table_parts(path: Path, parts: Iterable[pa.Table | dict], name: str,
@@ -52,7 +63,7 @@ def _write_parts(tmp: Path, parts: Iterable[pa.Table | dict], name: str) -> None
     with pq.ParquetWriter(tmp, TABLES[name], compression="zstd") as out:
         for part in parts:
             table = conform(part, name)
-            out.write_table(table)
+            out.write_table(table, row_group_size=group_rows(table))
 
 
 def check_version(schema: pa.Schema, path: Path) -> None:
@@ -70,36 +81,74 @@ def check_version(schema: pa.Schema, path: Path) -> None:
 def read_table(path: Path, columns: list[str] | None = None,
                check_rows: Callable[[int], bool | None] | None = None) -> pa.Table:
     """Read a table file; ``check_rows(claimed)`` vets the footer's row count first."""
-    path = Path(path)
-    for attempt in range(VET_ATTEMPTS):
-        pf = _open(path)
-        try:
-            _vet(pf, path, check_rows, columns)
-            break
-        except StoreError:
-            # A writer may have replaced the file between our footer and its record:
-            # look again before calling the file forged.
-            if attempt + 1 == VET_ATTEMPTS:
-                raise
-            time.sleep(0.05 * (attempt + 1))
+    pf = _vetted(Path(path), columns, check_rows, whole=True)
     meta = pf.schema_arrow.metadata or {}
     name = meta.get(b"asign.table", b"").decode()
-    if name in TABLES and int(meta.get(b"asign.schema_version", SCHEMA_VERSION)) < SCHEMA_VERSION:
-        have = set(pf.schema_arrow.names)  # an older file: read what it has, add the rest
+    if _older(pf):  # an older file: read what it has, add the rest
+        have = set(pf.schema_arrow.names)
         return upgrade(pf.read(columns=None if columns is None
                                else [c for c in columns if c in have]),
                        name, columns)
     return pf.read(columns=columns)
 
 
+def iter_table(path: Path, columns: list[str] | None = None,
+               check_rows: Callable[[int], bool | None] | None = None,
+               batch_rows: int | None = None, dictionary: Iterable[str] = ()
+               ) -> Iterator[pa.Table]:
+    """A table file in pieces of at most ``batch_rows`` rows (None: about
+    ``ROW_GROUP_BYTES`` decoded per piece), vetted like :func:`read_table` but with no
+    whole-file decode budget: memory is bounded by a piece (and a row group, see
+    :func:`group_rows`), so a run's predictions (spots × genes rows) or a Visium HD stack's
+    labels are read at any size. ``dictionary``: string columns decoded as dictionaries
+    (each distinct string once per piece)."""
+    path = Path(path)
+    pf = _vetted(path, columns, check_rows, whole=False, dictionary=list(dictionary))
+    if batch_rows is None:
+        per_row = decoded_bytes(pf.metadata, columns) / max(pf.metadata.num_rows, 1)
+        batch_rows = max(1024, min(1 << 20, int(ROW_GROUP_BYTES / max(per_row, 1.0))))
+    meta = pf.schema_arrow.metadata or {}
+    name = meta.get(b"asign.table", b"").decode()
+    older = _older(pf)
+    have = set(pf.schema_arrow.names)
+    read = columns if columns is None or not older else [c for c in columns if c in have]
+    for batch in pf.iter_batches(batch_size=batch_rows, columns=read):
+        piece = pa.Table.from_batches([batch])
+        yield upgrade(piece, name, columns) if older else piece
+
+
+def _older(pf: pq.ParquetFile) -> bool:
+    meta = pf.schema_arrow.metadata or {}
+    name = meta.get(b"asign.table", b"").decode()
+    return (name in TABLES
+            and int(meta.get(b"asign.schema_version", SCHEMA_VERSION)) < SCHEMA_VERSION)
+
+
+def _vetted(path: Path, columns: list[str] | None,
+            check_rows: Callable[[int], bool | None] | None, *, whole: bool,
+            dictionary: list[str] | None = None) -> pq.ParquetFile:
+    for attempt in range(VET_ATTEMPTS):
+        pf = _open(path, dictionary)
+        try:
+            _vet(pf, path, check_rows, columns, whole=whole)
+            return pf
+        except StoreError:
+            # A writer may have replaced the file between our footer and its record:
+            # look again before calling the file forged.
+            if attempt + 1 == VET_ATTEMPTS:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 VET_ATTEMPTS = 3
 
 
-def _open(path: Path) -> pq.ParquetFile:
+def _open(path: Path, dictionary: list[str] | None = None) -> pq.ParquetFile:
     if not path.exists():
         raise StoreError("table missing", path=path, fix="run `asign ingest` for this store first")
     try:
-        return pq.ParquetFile(path)
+        return pq.ParquetFile(path, read_dictionary=dictionary or None)
     except (pa.ArrowInvalid, OSError) as err:
         raise StoreError(f"table is corrupt ({err})", path=path,
                          fix="delete the file and re-run `asign ingest` (it re-creates missing "
@@ -107,9 +156,10 @@ def _open(path: Path) -> pq.ParquetFile:
 
 
 def _vet(pf: pq.ParquetFile, path: Path, check_rows: Callable[[int], bool | None] | None,
-         columns: list[str] | None = None) -> None:
+         columns: list[str] | None = None, *, whole: bool = True) -> None:
     """Version, and the footer's claims (consistent, as recorded, or plausible for the file's
-    size when not recorded, and decodable in memory) before decoding anything."""
+    size when not recorded, and, for a ``whole`` read, decodable in memory) before decoding
+    anything."""
     check_version(pf.schema_arrow, path)
     meta = pf.metadata
     claimed = meta.num_rows
@@ -120,7 +170,7 @@ def _vet(pf: pq.ParquetFile, path: Path, check_rows: Callable[[int], bool | None
     if not recorded:
         check_claims(meta, path)
     need, budget = decoded_bytes(meta, columns), decode_budget()
-    if need > budget:
+    if whole and need > budget:
         raise StoreError(f"table would take {need >> 20} MiB to decode, more than the "
                          f"{budget >> 20} MiB this host allows a read; not read", path=path,
                          fix="query it with `asign query` (streamed), or read fewer columns")

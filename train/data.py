@@ -216,28 +216,33 @@ def _labels(
     has = np.zeros(n, dtype=bool)
     if not store.has("labels", sample_id):
         return labels, has
-    tab = store.read("labels", key=sample_id, columns=["spot_id", "value"])
-    rows = _rows_of(tab.column("spot_id"), index)
-    values = tab.column("value")
-    lengths = np.asarray(pc.list_value_length(values))
-    if len(lengths) and (lengths != n_genes).any():
-        raise StoreError(f"labels of sample {sample_id} have {int(lengths.max())} values per "
-                         f"spot, the gene panel has {n_genes}",
-                         path=store.layout.table("labels", sample_id),
-                         fix="re-run `asign ingest --steps register` so labels follow the panel")
-    flat = np.asarray(pc.list_flatten(values), dtype=np.float32).reshape(len(rows), n_genes)
-    ok = rows >= 0  # labels of sections outside the graph (no image) are not used
-    # NaN marks a gene absent from a section's counts (masked at ingest, never scored);
-    # anything else non-finite is damage
-    bad = ok & np.isinf(flat).any(axis=1)
-    if bad.any():
-        first = sections[int(section[rows[np.flatnonzero(bad)[0]]])]
-        raise StoreError(f"section {first}: {int(bad.sum())} label vectors of sample {sample_id} "
+    # in pieces: a Visium HD stack's label lists take several times their size to decode
+    n_bad, first_bad = 0, None
+    for tab in store.iter_table("labels", sample_id, ["spot_id", "value"]):
+        rows = _rows_of(tab.column("spot_id"), index)
+        values = tab.column("value")
+        lengths = np.asarray(pc.list_value_length(values))
+        if len(lengths) and (lengths != n_genes).any():
+            raise StoreError(f"labels of sample {sample_id} have {int(lengths.max())} values "
+                             f"per spot, the gene panel has {n_genes}",
+                             path=store.layout.table("labels", sample_id),
+                             fix="re-run `asign ingest --steps register` so labels follow the "
+                                 "panel")
+        flat = np.asarray(pc.list_flatten(values), dtype=np.float32).reshape(len(rows), n_genes)
+        ok = rows >= 0  # labels of sections outside the graph (no image) are not used
+        # NaN marks a gene absent from a section's counts (masked at ingest, never scored);
+        # anything else non-finite is damage
+        bad = ok & np.isinf(flat).any(axis=1)
+        if bad.any() and first_bad is None:
+            first_bad = sections[int(section[rows[np.flatnonzero(bad)[0]]])]
+        n_bad += int(bad.sum())
+        labels[rows[ok]] = flat[ok]
+        has[rows[ok]] = True
+    if n_bad:
+        raise StoreError(f"section {first_bad}: {n_bad} label vectors of sample {sample_id} "
                          "contain NaN/inf; training stopped",
                          path=store.layout.table("labels", sample_id),
                          fix="re-run `asign ingest --steps register`")
-    labels[rows[ok]] = flat[ok]
-    has[rows[ok]] = True
     return labels, has
 
 

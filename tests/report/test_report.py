@@ -351,3 +351,34 @@ def test_an_export_format_is_one_registry_entry(report_store, tmp_path, monkeypa
         export_command(report_store, "base")
     with pytest.raises(InputError, match="must end in .csv"):
         export_command(report_store, "base", csv=tmp_path / "p.txt")
+
+
+def test_a_run_larger_than_one_read_allows_is_still_loaded(report_store, monkeypatch):
+    """A run's predictions (spots × genes rows) are read in pieces: with a decode budget
+    below the predictions table (a Visium HD stack's is hundreds of millions of rows) the
+    whole-file read refuses it, and the report and export load the same arrays as before."""
+    import glob
+
+    import pyarrow.parquet as pq
+
+    from asign.errors import StoreError
+    from asign.store import parquet as store_parquet
+
+    store = open_store(report_store)
+    before = load_run_data(store, "base")
+    budget = min(store_parquet.decoded_bytes(pq.read_metadata(p)) for p in
+                 glob.glob(str(report_store / "results" / "predictions" / "*.parquet"))) - 1
+    monkeypatch.setattr(store_parquet, "decode_budget", lambda: budget)
+    run_id = before.runs["cli"].run_id
+    with pytest.raises(StoreError, match="to decode"):
+        store.read("predictions", key=run_id)
+    after = load_run_data(store, "base")
+    for model in before.predictions:
+        np.testing.assert_array_equal(after.predictions[model], before.predictions[model])
+    np.testing.assert_array_equal(after.labels, before.labels)
+    np.testing.assert_array_equal(after.counts, before.counts)
+    assert after.known == before.known and after.hidden == before.hidden
+    assert (after.spots.fold == before.spots.fold).all()
+    only = load_run_data(store, "base", compare=False)  # what an export loads
+    assert set(only.predictions) == {"cli"}
+    np.testing.assert_array_equal(only.predictions["cli"], before.predictions["cli"])
