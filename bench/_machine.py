@@ -7,7 +7,8 @@ Shared by ``bench/embed.py``, ``bench/train.py``, ``bench/graph.py`` and ``bench
   versions, native bf16, load average (timings on a shared machine mean little without it).
 - :func:`matmul_peak`: best-of GFLOP/s of an n×n×n matmul — the compute yardstick.
 - :func:`copy_bandwidth`: large-array copy GB/s (read + write) — the memory yardstick.
-- :func:`peak_rss_mib`: this process's own peak RSS.
+- :func:`peak_rss_mib`: this process's own peak RSS;
+- :func:`timed_command`: a command's wall time and peak RSS (``/usr/bin/time``), one thread.
 """
 
 from __future__ import annotations
@@ -107,3 +108,19 @@ def peak_rss_mib() -> float:
 def loadavg() -> float:
     """The 1-minute load average."""
     return round(os.getloadavg()[0], 2)
+
+
+def timed_command(cmd: list[str], log: Path) -> tuple[float, float, str]:
+    """(seconds, peak RSS GB, standard output) of one command run with one thread; its
+    standard error (progress bars, logs) kept in ``log``."""
+    import subprocess
+
+    t0 = time.perf_counter()
+    with open(log, "w") as err:
+        done = subprocess.run(["/usr/bin/time", "-f", "MAXRSS %M", *cmd], stdout=subprocess.PIPE,
+                              stderr=err, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    seconds = time.perf_counter() - t0
+    if done.returncode:
+        raise SystemExit(f"{' '.join(cmd[3:5])} failed ({done.returncode}); see {log}")
+    kb = int(log.read_text().rsplit("MAXRSS", 1)[1].split()[0])
+    return seconds, kb / 2**20, done.stdout

@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -30,25 +28,11 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 import _docs_record  # noqa: E402
-from _machine import machine_info, matmul_peak  # noqa: E402
+from _machine import machine_info, matmul_peak, timed_command  # noqa: E402
 
 SECTIONS = ("C2", "C3", "C4", "C5", "C6")
 ASIGN = [sys.executable, "-m", "asign.cli"]
 DEFAULT_WIDTHS = "2500,3540"
-
-
-def _timed(cmd: list[str], log: Path) -> tuple[float, float, str]:
-    """(seconds, peak RSS GB, standard output) of one command; its standard error (the
-    progress bars) kept in ``log``."""
-    t0 = time.perf_counter()
-    with open(log, "w") as err:
-        done = subprocess.run(["/usr/bin/time", "-f", "MAXRSS %M", *cmd], stdout=subprocess.PIPE,
-                              stderr=err, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    seconds = time.perf_counter() - t0
-    if done.returncode:
-        raise SystemExit(f"{' '.join(cmd[3:5])} failed ({done.returncode}); see {log}")
-    kb = int(log.read_text().rsplit("MAXRSS", 1)[1].split()[0])
-    return seconds, kb / 2**20, done.stdout
 
 
 def _stack(work: Path, width_um: float, args: argparse.Namespace) -> list[tuple]:
@@ -63,7 +47,7 @@ def _stack(work: Path, width_um: float, args: argparse.Namespace) -> list[tuple]
                               n_genes=args.genes)
     ingest = [*ASIGN, "ingest", str(src), "--store", str(store), "--encoder", "resnet18-l3-64",
               "--weights", "random", "--threads", "1", "--n-genes", str(args.genes)]
-    sec, gb, _ = _timed(ingest, work / "ingest.log")
+    sec, gb, _ = timed_command(ingest, work / "ingest.log")
     n = int(open_store(store).query("select count(*) as n from spots where not is_virtual")
             .to_pandas().n.iloc[0])
     rows = [(n, "asign ingest", sec, gb, None)]
@@ -71,7 +55,7 @@ def _stack(work: Path, width_um: float, args: argparse.Namespace) -> list[tuple]
                                       str(args.memory_gb)]), ("idw", []), ("cli", [])):
         cmd = [*ASIGN, "train", "--store", str(store), "--model", model, "--run", model,
                "--threads", "1", "--json", *extra]
-        sec, gb, out = _timed(cmd, work / f"train-{model}.log")
+        sec, gb, out = timed_command(cmd, work / f"train-{model}.log")
         rows.append((n, f"asign train --model {model} {' '.join(extra)}".strip(), sec, gb,
                      json.loads(out)["timings"]))
         print(f"  {n} bins, {model}: {sec:.0f} s, {gb:.2f} GB", flush=True)

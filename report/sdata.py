@@ -112,8 +112,14 @@ def build_spatialdata(adata: Any, stacks: dict[str, AlignedStack], data: Any) ->
         shapes[name] = _spot_shapes(xy, secs.loc[sec], {f"aligned_{_name(sample)}": place})
         region[rows] = name
         instance[rows] = np.arange(len(rows))
-    table = adata.copy()
-    table.uns.pop("spatial", None)  # the H&E lives in the images, in the aligned frame
+    import anndata as ad
+
+    # the same matrices, not a copy (each layer of a Visium HD stack is GBs); own obs and
+    # uns, which change here. The H&E lives in the images, in the aligned frame: no
+    # uns['spatial']
+    table = ad.AnnData(X=adata.X, obs=adata.obs.copy(), var=adata.var, obsm=dict(adata.obsm),
+                       layers=dict(adata.layers),
+                       uns={k: v for k, v in adata.uns.items() if k != "spatial"})
     table.obs["region"] = pd.Categorical(region)
     table.obs["instance_id"] = instance
     table.uns["asign"] = {**table.uns["asign"], "z_spacing_um": float(spacing),

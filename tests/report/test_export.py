@@ -284,3 +284,24 @@ def test_reingest_backfills_fine_thumbnails_of_an_older_store(tmp_path_factory, 
     assert all(p.exists() for p in fine)
     um = store.read("sections").to_pandas().set_index("section_id").um_per_px
     assert all(before[s] * um[s] <= 4.05 for s in before)  # ≤ 4 µm per thumbnail pixel
+
+
+def test_one_export_call_writes_both_formats_from_shared_arrays(exported, tmp_path):
+    """h5ad and SpatialData asked at once share one loaded run and one AnnData's arrays
+    (no copy per format): neither format may change what the other writes."""
+    import anndata as ad
+    import spatialdata as sd
+
+    from asign.report.formats import export_run
+
+    root, alone = exported
+    out = export_run(root, "base", {"h5ad": tmp_path / "both.h5ad",
+                                    "spatialdata": tmp_path / "both.zarr"})
+    a, b = ad.read_h5ad(alone), ad.read_h5ad(out["h5ad"])
+    table = sd.read_zarr(out["spatialdata"]).tables["table"]
+    assert "spatial" in b.uns and "spatial" not in table.uns
+    assert "region" not in b.obs and "region" in table.obs
+    for got in (b, table):
+        np.testing.assert_array_equal(got.X, a.X)
+        for name in a.layers:
+            np.testing.assert_array_equal(got.layers[name], a.layers[name])
