@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from asign.errors import InputError, StoreError
+from asign.report.dense import Predicted, codes, dense_run, lists, predicted
 from asign.store import Store
 from asign.store.binding import STALE, require_current
 from asign.store.thumbnails import Thumbnail
@@ -186,7 +187,7 @@ def load_run_data(store: Store, name: str, model: str | None = None, *,
     genes = genes_t.gene.astype(str).tolist()
 
     metrics = _metrics(store, runs)
-    where = {m: _predicted(store, r.run_id) for m, r in runs.items()}
+    where = {m: predicted(store, r.run_id) for m, r in runs.items()}
     if not where[map_model].sections:
         raise InputError(f"run {runs[map_model].run_id} saved no predictions, so there is "
                          "nothing to draw", path=store.root,
@@ -217,16 +218,16 @@ def load_run_data(store: Store, name: str, model: str | None = None, *,
         # to decode at once
         for lab in store.iter_table("labels", s, ["spot_id", "counts", "value"],
                                     dictionary=["spot_id"]):
-            rows = _codes(lab.column("spot_id"), spot_index)
+            rows = codes(lab.column("spot_id"), spot_index)
             ok = rows >= 0
             if ok.any():
-                labels[rows[ok]] = _lists(lab.column("value"), len(genes))[ok]
-                counts[rows[ok]] = _lists(lab.column("counts"), len(genes))[ok]
+                labels[rows[ok]] = lists(lab.column("value"), len(genes))[ok]
+                counts[rows[ok]] = lists(lab.column("counts"), len(genes))[ok]
 
     predictions, bounds = {}, {}
     for m, r in runs.items():
         if where[m].sections and (compare or m == map_model):
-            predictions[m], b = _dense_run(store, r.run_id, spot_index, genes)
+            predictions[m], b = dense_run(store, r.run_id, spot_index, genes)
             if b is not None:
                 bounds[m] = b
     known, hidden, scored = _layers(sections, runs[map_model], where[map_model],
@@ -271,83 +272,6 @@ def _metrics(store: Store, runs: dict[str, RunInfo]) -> pd.DataFrame:
     df = pd.concat(parts, ignore_index=True)
     # train also records counts (n_spots, n_genes_valid, ...) as metric rows
     return df[df.metric.isin(accuracy_metrics())][cols].reset_index(drop=True)
-
-
-@dataclass(frozen=True)
-class Predicted:
-    """Where a run predicted, read from its predictions without their values."""
-
-    sections: dict[str, set[str]]  # sample -> sections with predictions
-    fold: dict[str, int]  # sample -> its first fold
-
-
-def _predicted(store: Store, run_id: str) -> Predicted:
-    sections: dict[str, set[str]] = {}
-    fold: dict[str, int] = {}
-    if not store.has("predictions", key=run_id):
-        return Predicted(sections, fold)
-    for piece in store.iter_table("predictions", run_id, ["sample_id", "section_id", "fold"]):
-        groups = piece.group_by(["sample_id", "section_id"]).aggregate([("fold", "min")])
-        for sample, sec, f in zip(*(groups.column(c).to_pylist()
-                                    for c in ("sample_id", "section_id", "fold_min")),
-                                  strict=True):
-            sections.setdefault(sample, set()).add(sec)
-            fold[sample] = min(fold.get(sample, f), f)
-    return Predicted(sections, fold)
-
-
-def _dense_run(store: Store, run_id: str, spot_index: pd.Index, genes: list[str]
-               ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
-    """A run's long predictions (one row per spot × gene) as a (spots, genes) array and,
-    when the run computed them, its interval bounds; NaN where nothing was predicted. Read
-    in pieces: the long table of a Visium HD stack has hundreds of millions of rows, more
-    than pandas could hold."""
-    shape = (len(spot_index), len(genes))
-    value = np.full(shape, np.nan, dtype=np.float32)
-    lower = upper = None
-    gene_index = pd.Index(genes)
-    for piece in store.iter_table("predictions", run_id,
-                                  ["spot_id", "gene", "value", "lower", "upper"],
-                                  dictionary=["spot_id", "gene"]):
-        rows = _codes(piece.column("spot_id"), spot_index)
-        cols = _codes(piece.column("gene"), gene_index)
-        ok = (rows >= 0) & (cols >= 0)
-        rows, cols = rows[ok], cols[ok]
-        value[rows, cols] = _floats(piece.column("value"))[ok]
-        if piece.column("lower").null_count < piece.num_rows:
-            if lower is None:
-                lower, upper = np.full(shape, np.nan, np.float32), np.full(shape, np.nan,
-                                                                             np.float32)
-            lower[rows, cols] = _floats(piece.column("lower"))[ok]
-            upper[rows, cols] = _floats(piece.column("upper"))[ok]
-    return value, None if lower is None else (lower, upper)
-
-
-def _codes(column: Any, index: pd.Index) -> np.ndarray:
-    """Position in ``index`` of every entry of a dictionary-encoded column (-1: absent):
-    each distinct string is looked up once."""
-    parts = [index.get_indexer(chunk.dictionary.to_pandas())[
-        np.asarray(chunk.indices.to_numpy(zero_copy_only=False), dtype=np.int64)]
-        for chunk in column.chunks]
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-
-
-def _floats(column: Any) -> np.ndarray:
-    import pyarrow.compute as pc
-
-    return np.asarray(pc.fill_null(column, float("nan")).to_numpy(), dtype=np.float32)
-
-
-def _lists(column: Any, width: int) -> np.ndarray:
-    """(n, width) float32 from a list column of ``width`` values per row."""
-    import pyarrow.compute as pc
-
-    flat = np.asarray(pc.list_flatten(column).to_numpy(zero_copy_only=False), np.float32)
-    if flat.size != len(column) * width:
-        raise StoreError(f"label vectors hold {flat.size} values for {len(column)} spots, the "
-                         f"gene panel has {width}",
-                         fix="re-run `asign ingest --steps register` so labels follow the panel")
-    return flat.reshape(len(column), width)
 
 
 def _layers(sections: pd.DataFrame, run: RunInfo, where: Predicted, metrics: pd.DataFrame,
