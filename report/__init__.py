@@ -167,6 +167,7 @@ def section_maps(data: RunData, sample: str, gene: str) -> list:
     import pandas as pd
 
     from asign.report.plots import SectionMap
+    from asign.store.sections import spot_shape
     from asign.train.metrics import pcc_per_gene
 
     g = data.genes.index(gene)
@@ -207,7 +208,8 @@ def section_maps(data: RunData, sample: str, gene: str) -> list:
             thumb=thumb, thumb_um_per_px=scale, frame=frame, known=is_known,
             predicted_scale=None if is_known else _display_scale(data, pred_all[rows], g),
             measured_scale=_display_scale(data, data.labels[rows], g) if has_truth else None,
-            width=None if is_known or bounds is None else bounds[1][rows, g] - bounds[0][rows, g]))
+            width=None if is_known or bounds is None else bounds[1][rows, g] - bounds[0][rows, g],
+            shape=spot_shape(info)))
     return out
 
 
@@ -254,7 +256,7 @@ def view_3d(data: RunData, sample: str, chosen: list[str], first: bool) -> str |
     its spots have no aligned coordinates."""
     from asign.report.scale import FORMULAS, to_log1p_cp10k
     from asign.report.sdata import recorded_spacing_um
-    from asign.report.view3d import Layer, figure_html, menu_genes
+    from asign.report.view3d import Layer, figure_html, menu_genes, thin
     from asign.store.sections import z_um as section_z_um
 
     genes = menu_genes(chosen, data.genes)
@@ -268,7 +270,9 @@ def view_3d(data: RunData, sample: str, chosen: list[str], first: bool) -> str |
     xy_ok = spots[["x_um", "y_um"]].notna().all(axis=1).to_numpy()
     layers = []
     for sec, z in zip(secs.section_id, z_of, strict=True):
-        rows = (spots.section_id == sec).to_numpy() & xy_ok
+        whole = (spots.section_id == sec).to_numpy() & xy_ok
+        rows = thin(whole)
+        of = int(whole.sum()) if rows.sum() < whole.sum() else 0
         z_um = float(z) - z_first  # the section spacing recorded at ingest (--section-um)
         sources = []
         if sec == data.known[sample]:
@@ -283,7 +287,7 @@ def view_3d(data: RunData, sample: str, chosen: list[str], first: bool) -> str |
                  if data.normalisation in FORMULAS else values[ok])
             layers.append(Layer(str(sec), z_um, kind,
                                 spots.loc[ok, ["x_um", "y_um"]].to_numpy(dtype=float),
-                                v[:, cols]))
+                                v[:, cols], of))
     if not layers:
         return None
     title = (f"Sample {sample}: known layer measured, hidden layers predicted by "

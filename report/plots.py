@@ -39,6 +39,7 @@ class SectionMap:
     predicted_scale: np.ndarray | None = None
     measured_scale: np.ndarray | None = None
     width: np.ndarray | None = None  # (N,) interval width (upper − lower) where the run has one
+    shape: str = "disc"  # "disc" (Visium, ST) or "square" (binned platforms)
 
 
 @dataclass(frozen=True)
@@ -113,20 +114,27 @@ def _save(fig: Any, out: Path, palette: bool = False) -> Path:
     return out
 
 
-def _discs(ax: Any, xy: np.ndarray, diameter: float, values: np.ndarray | None,
-           norm: Any = None, cmap: str = CMAP, alpha: float = 0.45) -> Any:
-    """Spot discs of the true diameter in data units (µm); outlines only when no values."""
-    from matplotlib.collections import EllipseCollection
+def _spots(ax: Any, m: SectionMap, values: np.ndarray | None, norm: Any = None,
+           cmap: str = CMAP, alpha: float = 0.45) -> Any:
+    """Spots of the true size in data units (µm): discs, or squares for binned platforms
+    (axis-aligned in the drawn frame, no outlines: tens of thousands of adjacent bins
+    would be drawn as a black mesh). Without values: disc outlines, or a faint fill."""
+    from matplotlib.collections import EllipseCollection, PolyCollection
 
-    d = np.full(len(xy), diameter)
-    if values is None:
-        coll = EllipseCollection(d, d, np.zeros(len(xy)), units="xy", offsets=xy,
-                                 offset_transform=ax.transData, facecolors="none",
-                                 edgecolors=(0, 0, 0, alpha), linewidths=0.5)
+    if m.shape == "square":
+        corners = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * m.diameter_um / 2
+        coll = PolyCollection(m.xy_um[:, None, :] + corners, edgecolors="none",
+                              facecolors=(0, 0, 0, alpha / 3) if values is None else None,
+                              cmap=cmap, norm=norm)
     else:
-        coll = EllipseCollection(d, d, np.zeros(len(xy)), units="xy", offsets=xy,
-                                 offset_transform=ax.transData, cmap=cmap, norm=norm,
-                                 edgecolors="black", linewidths=0.3)
+        d = np.full(len(m.xy_um), m.diameter_um)
+        coll = EllipseCollection(d, d, np.zeros(len(d)), units="xy", offsets=m.xy_um,
+                                 offset_transform=ax.transData,
+                                 facecolors="none" if values is None else None,
+                                 edgecolors=(0, 0, 0, alpha) if values is None else "black",
+                                 linewidths=0.5 if values is None else 0.3,
+                                 cmap=cmap, norm=norm)
+    if values is not None:
         coll.set_array(np.asarray(values, dtype=np.float64))
     ax.add_collection(coll)
     return coll
@@ -233,30 +241,31 @@ def spatial_maps(maps: list[SectionMap], gene: str, model: str, unit: str, title
             he_title = f"H&E ({m.thumb_um_per_px:.1f} µm/px)"
         ax_he.set_title(f"{m.section_id} ({role}) · {he_title}", fontsize=8)
         _frame(ax_he, m)
-        _discs(ax_he, m.xy_um, m.diameter_um, None, alpha=0.25)
+        if m.shape != "square":  # bins would hide the H&E they tile
+            _spots(ax_he, m, None, alpha=0.25)
         _frame(ax_me, m, fade=0.55)
         if m.measured is None:
             ax_me.set_title(f"{m.section_id} · measured: none (virtual spots)", fontsize=8)
-            _discs(ax_me, m.xy_um, m.diameter_um, None)
+            _spots(ax_me, m, None)
         else:
             ax_me.set_title(f"{m.section_id} · measured {gene} ({_range(m.measured_scale)})",
                             fontsize=8)
-            coll = _discs(ax_me, m.xy_um, m.diameter_um, percentiles(m.measured), norm)
+            coll = _spots(ax_me, m, percentiles(m.measured), norm)
         _frame(ax_pr, m, fade=0.55)
         if m.predicted is None:
             ax_pr.set_title(f"{m.section_id} · known layer: measured, not predicted",
                             fontsize=8)
-            _discs(ax_pr, m.xy_um, m.diameter_um, None)
+            _spots(ax_pr, m, None)
         else:
             pcc = "" if m.pcc is None or not np.isfinite(m.pcc) else f" · PCC {m.pcc:.2f}"
             ax_pr.set_title(f"{m.section_id} · predicted ({model}; "
                             f"{_range(m.predicted_scale)}){pcc}", fontsize=8)
-            coll = _discs(ax_pr, m.xy_um, m.diameter_um, percentiles(m.predicted), norm)
+            coll = _spots(ax_pr, m, percentiles(m.predicted), norm)
         if m.width is not None:
             ax_w = fig.add_subplot(grid[i, 5])
             _frame(ax_w, m, fade=0.55)
             ax_w.set_title(f"{m.section_id} · interval width {gene}", fontsize=8)
-            wcoll = _discs(ax_w, m.xy_um, m.diameter_um, m.width, wnorm)
+            wcoll = _spots(ax_w, m, m.width, wnorm)
             ax_w.tick_params(labelleft=False)
         ax_he.set_ylabel("y (mm)", fontsize=8)
         for ax in (ax_me, ax_pr):

@@ -29,7 +29,7 @@ import pandas as pd
 
 from asign.errors import ConfigError, InputError
 from asign.report.stack import AlignedStack, SectionImage, aligned_stack
-from asign.store.sections import DEFAULT_SECTION_UM
+from asign.store.sections import DEFAULT_SECTION_UM, spot_shape
 
 log = logging.getLogger(__name__)
 
@@ -130,11 +130,6 @@ def build_spatialdata(adata: Any, stacks: dict[str, AlignedStack], data: Any) ->
     return sd.SpatialData(images=images, shapes=shapes, tables={"table": table})
 
 
-def _shape_of(sec: pd.Series) -> str:
-    shape = sec.get("spot_shape")
-    return shape if isinstance(shape, str) else "disc"
-
-
 def _spot_shapes(xy: np.ndarray, sec: pd.Series, transformations: dict[str, Any]) -> Any:
     """Circles of the true radius, or squares of the true side (axis-aligned in the
     aligned frame) for binned platforms; both in µm."""
@@ -144,7 +139,7 @@ def _spot_shapes(xy: np.ndarray, sec: pd.Series, transformations: dict[str, Any]
 
     size = float(sec.spot_diameter_um)
     index = np.arange(len(xy))
-    if _shape_of(sec) == "square":
+    if spot_shape(sec) == "square":
         lo, hi = xy - size / 2, xy + size / 2
         boxes = shapely.box(lo[:, 0], lo[:, 1], hi[:, 0], hi[:, 1])
         return ShapesModel.parse(gpd.GeoDataFrame(geometry=boxes, index=index),
@@ -160,7 +155,7 @@ def _geometry(secs: pd.DataFrame, sections: Any) -> dict[str, dict[str, Any]]:
     for sec in sections:
         row = secs.loc[sec]
         lattice = row.get("lattice")
-        out[str(sec)] = {"spot_shape": _shape_of(row),
+        out[str(sec)] = {"spot_shape": spot_shape(row),
                          "spot_diameter_um": float(row.spot_diameter_um),
                          "spot_pitch_um": float(row.spot_pitch_um),
                          "lattice": lattice if isinstance(lattice, str) else "square"}

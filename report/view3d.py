@@ -10,6 +10,10 @@ from dataclasses import dataclass
 import numpy as np
 
 MAX_GENES = 24  # genes in the menu: the mapped ones first, then by panel rank
+# spots drawn per section: a browser's WebGL scatter and the page's size (every value of
+# every menu gene is embedded) stay usable. A Visium capture area (4,992 spots) is drawn
+# whole; a Visium HD section at 16 µm (~165,000 bins) is thinned
+MAX_VIEW_SPOTS = 5_000
 Z_STRETCH = 0.8  # height of the z axis relative to x; true scale would flatten the stack
 
 
@@ -20,6 +24,20 @@ class Layer:
     kind: str  # "known" | "predicted" | "measured"
     xy_um: np.ndarray  # (N, 2) aligned frame
     values: np.ndarray  # (N, G) log1p(CP10k), G = len(genes)
+    of: int = 0  # spots of the section this layer's N were drawn from (0: all shown)
+
+
+def thin(rows: np.ndarray, limit: int | None = None, seed: int = 0) -> np.ndarray:
+    """``rows`` (a boolean mask) cut to at most ``limit`` (default :data:`MAX_VIEW_SPOTS`)
+    spots, chosen uniformly at random with a fixed seed (the same spots on every run, and
+    for a section's predicted and measured layers alike)."""
+    limit = MAX_VIEW_SPOTS if limit is None else limit
+    idx = np.flatnonzero(rows)
+    if len(idx) <= limit:
+        return rows
+    keep = np.zeros_like(rows)
+    keep[np.random.default_rng(seed).choice(idx, limit, replace=False)] = True
+    return keep
 
 
 @dataclass(frozen=True)
@@ -81,7 +99,8 @@ def figure_html(layers: list[Layer], genes: list[str], title: str, div_id: str,
         fig.add_trace(go.Scatter3d(
             x=np.round(lay.xy_um[:, 0], 1), y=np.round(lay.xy_um[:, 1], 1),
             z=np.full(len(lay.xy_um), round(lay.z_um, 1)), mode="markers",
-            name=f"{lay.section_id} · {names[lay.kind]} (z {lay.z_um:g} µm)",
+            name=f"{lay.section_id} · {names[lay.kind]} (z {lay.z_um:g} µm"
+                 + (f"; {len(lay.xy_um):,} of {lay.of:,} spots)" if lay.of else ")"),
             visible=True if lay.kind != "measured" else "legendonly",
             marker={"size": 4, "color": np.round(lay.values[:, 0], 3), "colorscale": "Viridis",
                     "cmin": limits[0][0], "cmax": limits[0][1], "showscale": k == 0,

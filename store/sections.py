@@ -38,3 +38,10 @@ def spot_z_um(sections: pd.DataFrame, section_ids: pd.Series | np.ndarray) -> np
     """z in µm for each spot, given its section id."""
     by_id = dict(zip(sections["section_id"].astype(str), z_um(sections), strict=True))
     return np.asarray([by_id[str(s)] for s in section_ids], dtype=np.float64)
+
+
+def spot_shape(section: pd.Series) -> str:
+    """A section row's spot shape, ``disc`` or ``square``; ``disc`` for stores written
+    before the column existed."""
+    shape = section.get("spot_shape")
+    return shape if isinstance(shape, str) else "disc"

@@ -382,3 +382,53 @@ def test_a_run_larger_than_one_read_allows_is_still_loaded(report_store, monkeyp
     only = load_run_data(store, "base", compare=False)  # what an export loads
     assert set(only.predictions) == {"cli"}
     np.testing.assert_array_equal(only.predictions["cli"], before.predictions["cli"])
+
+
+def test_3d_view_draws_at_most_max_view_spots_per_section(report_store, monkeypatch):
+    """The 3D view embeds every drawn spot's value for every menu gene: a Visium HD section
+    (~165,000 bins) would make a page of hundreds of MB. Each section is thinned to
+    MAX_VIEW_SPOTS spots, the same ones for its predicted and measured layers, and the
+    legend says how many of how many are shown."""
+    from asign.report import view3d, view_3d
+
+    data = load_run_data(open_store(report_store), "base")
+    full = view_3d(data, "S1", [data.genes[0]], first=False)
+    assert not re.findall(r"(\d+) of (\d+) spots\)", full)  # small sections: all drawn
+    monkeypatch.setattr(view3d, "MAX_VIEW_SPOTS", 7)
+    page = view_3d(data, "S1", [data.genes[0]], first=False)
+    shown = re.findall(r"(\d+) of (\d+) spots\)", page)
+    per_section = data.spots.groupby("section_id").size()
+    assert len(shown) >= 1 + 2 * 3  # known; predicted and measured of the scored layers
+    assert all(int(a) <= 7 < int(b) and int(b) in set(per_section) for a, b in shown)
+    assert page == view_3d(data, "S1", [data.genes[0]], first=False)  # same spots each time
+    assert len(page) < len(full)
+    mask = np.zeros(100, dtype=bool)
+    mask[::3] = True
+    kept = view3d.thin(mask, 5)
+    assert kept.sum() == 5 and not (kept & ~mask).any()
+
+
+def test_binned_spots_are_drawn_as_squares_of_their_size_without_outlines():
+    """A Visium HD map drew each 16 µm bin as a disc with a black outline: a mesh of
+    outlines hid the values. Bins are squares of the bin's side, edge to edge."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import EllipseCollection, PolyCollection
+
+    from asign.report.plots import SectionMap, _spots
+
+    xy = np.stack(np.meshgrid(np.arange(5.0), np.arange(4.0)), -1).reshape(-1, 2) * 16
+    values = np.arange(len(xy), dtype=float)
+    fig, ax = plt.subplots()
+    for shape, kind in (("square", PolyCollection), ("disc", EllipseCollection)):
+        m = SectionMap("L1", xy, 16.0, values, None, None, None, None, shape=shape)
+        coll = _spots(ax, m, values)
+        assert isinstance(coll, kind)
+        np.testing.assert_array_equal(coll.get_array(), values)
+    square = ax.collections[0]
+    assert len(square.get_edgecolor()) == 0 or (square.get_edgecolor()[:, 3] == 0).all()
+    corners = square.get_paths()[0].vertices[:4]
+    np.testing.assert_allclose(np.ptp(corners, axis=0), [16.0, 16.0])
+    plt.close(fig)
