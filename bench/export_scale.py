@@ -1,6 +1,6 @@
 """What a user runs after training, on a trained store at its size: `asign export` to
-AnnData and to SpatialData, `asign check`, and an `asign query` over the predictions, each
-timed with its peak RSS.
+AnnData and to SpatialData, `asign report`, `asign check`, and an `asign query` over the
+predictions, each timed with its peak RSS.
 
     .venv/bin/python bench/export_scale.py --store STORE [--run asign3d] [--write-docs]
 
@@ -61,6 +61,8 @@ def main() -> None:
     steps = [
         ("asign export --h5ad", [*base, "--h5ad", str(h5ad)], h5ad),
         ("asign export --spatialdata", [*base, "--spatialdata", str(zarr)], zarr),
+        ("asign report", [*ASIGN, "report", "--store", str(args.store), "--run", args.run,
+                          "--out", str(args.workdir / "report")], args.workdir / "report"),
         ("asign check", [*ASIGN, "check", "--store", str(args.store), "--json"], None),
         ("asign query (predictions per section)",
          [*ASIGN, "query", "--store", str(args.store), "--format", "csv",
@@ -74,7 +76,7 @@ def main() -> None:
         rows.append((name, sec, gb, size))
         print(f"  {name}: {sec:.0f} s, {gb:.2f} GB", flush=True)
 
-    print(f"\n### Export and checks of a trained store ({bins:,} bins, {preds:,} prediction "
+    print(f"\n### After training ({bins:,} bins, {preds:,} prediction "
           f"rows, one thread, copy bandwidth {bandwidth:.1f} GB/s)\n")
     print("| command | wall s | peak RSS GB | output GB | output GB/s (share of copy bandwidth) |")
     print("|---|---|---|---|---|")
