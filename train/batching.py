@@ -410,7 +410,9 @@ def infer(plan: BatchPlan, model: Network, task: GraphTask, inputs: GraphInputs,
     """The model's whole-graph output on ``inputs`` (the task's, or live fine-tuned ones)
     without autograd: one forward at or below the plan's threshold, else MSAGNet block by
     block and the CLI on the whole graph. ``known``: (N,) bool tensor of the spots the CLI
-    propagates from (None: MSAGNet's output)."""
+    propagates from (None: MSAGNet's output). Block by block, the region and global heads'
+    outputs are left empty (0 rows): only the training loss reads them, and two N × G
+    buffers are GBs at Visium HD scale."""
     import torch
 
     with torch.no_grad():
@@ -441,9 +443,11 @@ def infer(plan: BatchPlan, model: Network, task: GraphTask, inputs: GraphInputs,
             for name in ("spot", "region", "global_", "embedding", *(() if shared else
                                                                      ("spot_model",))):
                 value = getattr(out, name)
+                rows_kept = 0 if name in ("region", "global_") else n
                 if name not in fields_:
-                    fields_[name] = value.new_zeros((n, *value.shape[1:]))
-                fields_[name][rows] = value.index_select(0, pick)
+                    fields_[name] = value.new_zeros((rows_kept, *value.shape[1:]))
+                if rows_kept:
+                    fields_[name][rows] = value.index_select(0, pick)
             del out
             release_freed_memory()
         net_out = ModelOutput(**{"spot_model": fields_["spot"], **fields_})

@@ -225,8 +225,10 @@ class ModelOutput:
     """Per-node outputs, each (N, G) unless noted."""
 
     spot: Tensor                  # final spot prediction (after CLI when enabled)
-    region: Tensor                # region-level prediction of the spot's own region tile
-    global_: Tensor               # global-level prediction of the spot's own global tile
+    # region / global-level prediction of the spot's own region / global tile; 0 rows
+    # from block-by-block inference (batching.infer: only the training loss reads them)
+    region: Tensor
+    global_: Tensor
     spot_model: Tensor            # spot prediction of MSAGNet alone (before CLI)
     embedding: Tensor             # (N, h) final node embedding
     reached: Tensor | None = None  # (N,) bool, CLI only: known or reached by propagation

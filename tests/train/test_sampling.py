@@ -103,3 +103,20 @@ def test_a_run_with_a_tight_budget_records_the_sampled_plan(toy_store):
     recorded = res.timings["batching"]["S1"]
     assert recorded["kind"] == "sampled" and recorded["blocks"] >= 2
     assert recorded["checkpoint"] is False and recorded["above"] == 20
+
+
+def test_sampled_validation_output_keeps_no_tile_head_buffers():
+    """Validation and prediction read the spot output only; block by block the region and
+    global heads' (N, G) buffers are not kept (two of them are GBs at 800k spots), and the
+    spot output, the CLI's inputs and its result equal the whole graph's."""
+    sample, cfg, task, net = _setup()
+    net.eval()
+    whole = loop.validation_output(cfg.with_(**WHOLE), net, task)
+    budget = cfg.with_(memory_gb=_budget(sample.n_spots // 4))
+    assert BatchPlan.of(budget).active(sample.n_spots)
+    part = loop.validation_output(budget, net, task)
+    assert part.region.shape[0] == 0 and part.global_.shape[0] == 0
+    assert whole.region.shape[0] == sample.n_spots
+    for name in ("spot", "spot_model", "embedding"):
+        np.testing.assert_allclose(getattr(part, name).numpy(), getattr(whole, name).numpy(),
+                                   rtol=1e-5, atol=1e-5)
