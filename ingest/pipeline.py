@@ -180,8 +180,18 @@ def _run(cfg: IngestConfig, resolved: str | None, store: Store, rep: Reporter | 
                         manifest = backfill_fine_thumbnails(store, manifest, sample_id)
                     continue
                 guard(store, manifest, sample_id, step, fp, invalidate=cfg.invalidate_runs)
-                if step in VECTOR_STEPS and store.step_fingerprint(manifest, sample_id, step) == fp:
-                    forget_done(store, sample_id, step)  # a repair: recompute, not resume
+                recorded = store.step_fingerprint(manifest, sample_id, step)
+                if recorded is not None and recorded != fp:
+                    # a redo under other parameters rewrites the step's output in place
+                    # (LMDB entries keep their keys): unrecord it, and what follows, before
+                    # writing, so an interruption leaves it undone rather than vouched for
+                    Store.forget_steps(manifest, sample_id, STEPS[STEPS.index(step):])
+                    store.save_manifest(manifest)
+                if step in VECTOR_STEPS:
+                    # a repair recomputes every unit; any other run trusts only its own
+                    # fingerprint's resume markers: another's vouch for entries that a run
+                    # under it may have overwritten since
+                    forget_done(store, sample_id, step, keep=None if recorded == fp else fp)
                 try:
                     info = record.run(store, cfg, sample_id, fp, rep, runner)
                 except ClusterError as err:  # the other samples go on; this one is reported

@@ -159,11 +159,13 @@ def digest_problem(store: Any, manifest: dict[str, Any], sample_id: str, step: s
             "the step wrote (sha256 recorded at ingest)")
 
 
-def forget_done(store: Any, sample_id: str, step: str) -> int:
+def forget_done(store: Any, sample_id: str, step: str, keep: str | None = None) -> int:
     """Drop the LMDB's resume markers of a sample's sections for ``step`` and later (a
     redone patches step is followed by embed, which must recompute, not resume), so a step
-    redone to repair it recomputes every unit instead of trusting them."""
+    redone to repair it recomputes every unit instead of trusting them; ``keep``: except
+    the markers of this fingerprint (a run resuming its own interrupted work)."""
     if not (store.layout.vectors / "data.mdb").is_file():
         return 0  # no LMDB, no markers (and a store that needs none does not get one)
     with store.vectors(readonly=False) as vec:
-        return vec.forget_done(_sections_of(store, sample_id), patches=step == "patches")
+        return vec.forget_done(_sections_of(store, sample_id), patches=step == "patches",
+                               keep=keep)

@@ -220,9 +220,11 @@ class Vectors:
         """Whether the resume marker was committed (with the data of its unit)."""
         return self._has(_done_key(marker))
 
-    def forget_done(self, section_ids: Iterable[str], *, patches: bool) -> int:
+    def forget_done(self, section_ids: Iterable[str], *, patches: bool,
+                    keep: str | None = None) -> int:
         """Drop the embedding markers of the sections (and, with ``patches``, their patches
-        markers too), so the units they mark are recomputed, not resumed. Returns how many."""
+        markers too), so the units they mark are recomputed, not resumed; ``keep``: except
+        those of this fingerprint. Returns how many."""
         kinds = (_PATCHES, _EMBEDDINGS) if patches else (_EMBEDDINGS,)
         sections = set(section_ids)
 
@@ -234,7 +236,8 @@ class Vectors:
                     parts = bytes(key).decode(errors="replace").split("/")
                     if parts[0] != "done":
                         break
-                    if len(parts) > 3 and parts[1] in kinds and parts[3] in sections:
+                    if (len(parts) > 3 and parts[1] in kinds and parts[3] in sections
+                            and parts[2] != keep):
                         stale.append(bytes(key))
             for key in stale:
                 txn.delete(key)

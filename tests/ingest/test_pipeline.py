@@ -75,6 +75,48 @@ def test_changed_parameter_reruns_only_downstream(small_her2st_copy, small_src):
     assert summary["ran"] == ["C:graph"]
 
 
+@pytest.mark.parametrize("redo", [
+    dict(precision="fp32"),
+    pytest.param(dict(tta=2), marks=[pytest.mark.slow, pytest.mark.safety]),
+])
+def test_an_interrupted_redo_under_other_parameters_is_not_taken_for_the_old_state(
+        small_her2st_copy, small_src, monkeypatch, redo):
+    """A redo of embed under other parameters overwrites LMDB vectors in place (same keys).
+    Interrupted, it left the manifest vouching for the old step and the old fingerprint's
+    resume markers vouching for overwritten batches: the original command then skipped
+    embed over a mix of both. The redo unrecords the step and drops other fingerprints'
+    markers before it writes, so the original command recomputes: same entries as before."""
+    from asign.ingest import step_features
+    from asign.store.check import check_store
+
+    store = open_store(small_her2st_copy)
+    with store.vectors(readonly=True) as vec:
+        before = vec.entries()
+    real, seen = step_features._rows, []
+
+    def interrupted(batch, zscore):
+        seen.append(1)
+        if len(seen) == 4:  # three batches of the redo committed
+            raise KeyboardInterrupt
+        return real(batch, zscore)
+
+    monkeypatch.setattr(step_features, "_rows", interrupted)
+    cfg = dict(sources=(small_src,), store=small_her2st_copy, samples="C", weights="random",
+               batch_size=16)
+    with pytest.raises(KeyboardInterrupt):
+        ingest_run(IngestConfig(**cfg, **redo))
+    monkeypatch.setattr(step_features, "_rows", real)
+    with store.vectors(readonly=True) as vec:
+        assert vec.entries() != before  # the redo did overwrite vectors
+    summary = ingest_run(IngestConfig(**cfg))
+    assert summary["ran"] == ["C:embed", "C:graph"]
+    with store.vectors(readonly=True) as vec:
+        after = vec.entries()
+    assert after.keys() == before.keys()
+    assert [k for k in before if after[k] != before[k]] == []
+    assert check_store(store) == []
+
+
 def test_corrupt_jpeg_is_one_line_error_and_store_unchanged(small_src, tmp_path):
     import shutil
 
