@@ -181,10 +181,11 @@ def _run(cfg: IngestConfig, resolved: str | None, store: Store, rep: Reporter | 
                     continue
                 guard(store, manifest, sample_id, step, fp, invalidate=cfg.invalidate_runs)
                 recorded = store.step_fingerprint(manifest, sample_id, step)
-                if recorded is not None and recorded != fp:
-                    # a redo under other parameters rewrites the step's output in place
-                    # (LMDB entries keep their keys): unrecord it, and what follows, before
-                    # writing, so an interruption leaves it undone rather than vouched for
+                if step in VECTOR_STEPS and recorded is not None and recorded != fp:
+                    # a redo under other parameters rewrites LMDB entries in place (they
+                    # keep their keys): unrecord the step, and what follows, before writing,
+                    # so an interruption leaves it undone rather than vouched for. Table
+                    # steps need not: their files are replaced whole and recorded by hash
                     Store.forget_steps(manifest, sample_id, STEPS[STEPS.index(step):])
                     store.save_manifest(manifest)
                 if step in VECTOR_STEPS:
