@@ -44,8 +44,11 @@ def group_rows(table: pa.Table) -> int:
     """Rows per row group so that one group decodes to about ``ROW_GROUP_BYTES``: a reader
     streams a table group by group (iter_table), so a group bounds its memory — the labels
     of a Visium HD stack (800k spots × two gene lists) are GBs in one group."""
-    per_row = table.nbytes / max(table.num_rows, 1)
-    return max(1024, min(1 << 20, int(ROW_GROUP_BYTES / max(per_row, 1.0))))
+    return _rows_per_group(table.nbytes / max(table.num_rows, 1))
+
+
+def _rows_per_group(bytes_per_row: float) -> int:
+    return max(1024, min(1 << 20, int(ROW_GROUP_BYTES / max(bytes_per_row, 1.0))))
 
 
 def write_table_parts(path: Path, parts: Iterable[pa.Table | dict], name: str,
@@ -105,8 +108,8 @@ def iter_table(path: Path, columns: list[str] | None = None,
     path = Path(path)
     pf = _vetted(path, columns, check_rows, whole=False, dictionary=list(dictionary))
     if batch_rows is None:
-        per_row = decoded_bytes(pf.metadata, columns) / max(pf.metadata.num_rows, 1)
-        batch_rows = max(1024, min(1 << 20, int(ROW_GROUP_BYTES / max(per_row, 1.0))))
+        batch_rows = _rows_per_group(decoded_bytes(pf.metadata, columns)
+                                     / max(pf.metadata.num_rows, 1))
     meta = pf.schema_arrow.metadata or {}
     name = meta.get(b"asign.table", b"").decode()
     older = _older(pf)

@@ -51,9 +51,8 @@ class Source:
     chunks of a large sample, the held-out groups of one network) shares the tree and the
     per-gene statistics, so features cost O(Q log S), not a rebuild of S per query."""
 
-    xy: np.ndarray  # (S, 2) µm
     y: np.ndarray  # (S, G) float64, the source spots' labels
-    tree: Any  # scipy.spatial.cKDTree over ``xy``
+    tree: Any  # scipy.spatial.cKDTree over their (x, y) µm
     pitch: float  # µm (blocks.spot_pitch)
     mean: np.ndarray  # (G,)
     std: np.ndarray  # (G,)
@@ -68,7 +67,7 @@ def source(xy: np.ndarray, y: np.ndarray) -> Source:
     xy = np.asarray(xy, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     tree = cKDTree(xy)
-    return Source(xy, y, tree, spot_pitch(xy, tree), y.mean(axis=0), y.std(axis=0))
+    return Source(y, tree, spot_pitch(xy, tree), y.mean(axis=0), y.std(axis=0))
 
 
 @dataclass(frozen=True)
