@@ -57,7 +57,6 @@ def similarity(
     from scipy.spatial import cKDTree
 
     a = _unit(emb_known)
-    q_all = _unit(emb_query)
     k = min(k, len(a))
     y = np.asarray(y_known, dtype=np.float64)
     mean = a.mean(axis=0)
@@ -69,10 +68,10 @@ def similarity(
     tree = cKDTree((a - mean) @ basis)
     a32 = a.astype(np.float32)
     m = min(len(a), SIMILARITY_CANDIDATES * k)
-    out = np.empty((len(q_all), y.shape[1]), dtype=np.float32)
+    out = np.empty((len(emb_query), y.shape[1]), dtype=np.float32)
     step = max(1, min(SIMILARITY_CHUNK, 2**24 // (m * a.shape[1])))  # ≤ 64 MB gathered
-    for lo in range(0, len(q_all), step):
-        q = q_all[lo:lo + step]
+    for lo in range(0, len(emb_query), step):
+        q = _unit(emb_query[lo:lo + step])  # per chunk: all queries in float64 were GBs
         _, cand = tree.query((q - mean) @ basis, k=m)
         cand = cand.reshape(len(q), m)
         cos = np.matmul(a32[cand], q.astype(np.float32)[:, :, None])[:, :, 0]  # exact cosine

@@ -51,23 +51,33 @@ class Source:
     chunks of a large sample, the held-out groups of one network) shares the tree and the
     per-gene statistics, so features cost O(Q log S), not a rebuild of S per query."""
 
-    y: np.ndarray  # (S, G) float64, the source spots' labels
+    y: np.ndarray  # (M, G) float64 labels, held by reference; the source spots are ``rows``
+    rows: np.ndarray | None  # (S,) the source spots' rows of ``y``; None: every row
     tree: Any  # scipy.spatial.cKDTree over their (x, y) µm
     pitch: float  # µm (blocks.spot_pitch)
     mean: np.ndarray  # (G,)
     std: np.ndarray  # (G,)
 
+    def labels(self, idx: np.ndarray) -> np.ndarray:
+        """The labels of source spots ``idx`` (tree indices), any shape → (..., G)."""
+        return self.y[idx] if self.rows is None else self.y[self.rows[idx]]
 
-def source(xy: np.ndarray, y: np.ndarray) -> Source:
-    """Index the source spots (S, 2) and their labels (S, G)."""
+
+def source(xy: np.ndarray, y: np.ndarray, rows: np.ndarray | None = None) -> Source:
+    """Index the source spots: ``rows`` of ``xy`` (M, 2) and ``y`` (M, G), every row when
+    None. ``y`` is kept by reference (float64 without a copy), so the held-out blocks of
+    one known set share its labels instead of each holding a copy of the rest."""
     from scipy.spatial import cKDTree
 
     from asign.train.blocks import spot_pitch
 
-    xy = np.asarray(xy, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
+    xy = np.asarray(xy, dtype=np.float64)
+    y_s = y if rows is None else y[rows]
+    if rows is not None:
+        xy = xy[rows]
     tree = cKDTree(xy)
-    return Source(y, tree, spot_pitch(xy, tree), y.mean(axis=0), y.std(axis=0))
+    return Source(y, rows, tree, spot_pitch(xy, tree), y_s.mean(axis=0), y_s.std(axis=0))
 
 
 @dataclass(frozen=True)
@@ -82,9 +92,9 @@ class Query:
 
 def local_spread(src: Source, xy: np.ndarray, k: int = SCALE_K) -> np.ndarray:
     """(Q, G) the gene's spread over each query's k nearest source spots, with a floor."""
-    k = max(1, min(k, len(src.y)))
+    k = max(1, min(k, src.tree.n))
     _, idx = src.tree.query(xy, k=k)
-    spread = src.y[np.asarray(idx).reshape(len(xy), k)].std(axis=1)
+    spread = src.labels(np.asarray(idx).reshape(len(xy), k)).std(axis=1)
     floor = SCALE_FLOOR * src.std + 1e-6
     return np.sqrt(spread ** 2 + floor ** 2)
 
@@ -116,10 +126,13 @@ def spot_features(q: Query, min_distance: float = 0.0) -> np.ndarray:
     return np.stack(cols, axis=-1)
 
 
-def with_gene_error(x: np.ndarray, gene_error: np.ndarray) -> np.ndarray:
-    """``x`` (Q, G, F − 1) with the ``gene_error`` column appended."""
-    col = np.broadcast_to(np.log(gene_error), x.shape[:2])[..., None]
-    return np.concatenate([x, col], axis=-1)
+def with_gene_error(x: np.ndarray, gene_error: np.ndarray,
+                    gene: np.ndarray | None = None) -> np.ndarray:
+    """``x`` (Q, G, F − 1) with the ``gene_error`` column appended; or ``x`` (m, F − 1),
+    pairs of genes ``gene`` (m,), with theirs."""
+    log_error = np.log(gene_error)
+    col = (np.broadcast_to(log_error, x.shape[:2]) if gene is None else log_error[gene])
+    return np.concatenate([x, col[..., None]], axis=-1)
 
 
 def gene_error(resid: np.ndarray, prior_n: float = GENE_PRIOR_N) -> np.ndarray:
@@ -153,7 +166,8 @@ class ScaleModel:
 
 
 def fit(x: np.ndarray, resid: np.ndarray, ridge: float = RIDGE) -> ScaleModel:
-    """Ridge fit of log(|resid| + ε) on features ``x`` (n, G, F)."""
+    """Ridge fit of log(|resid| + ε) on features ``x`` (n, G, F) or (m, F) with ``resid``
+    (n, G) or (m,)."""
     a = np.abs(np.asarray(resid, dtype=np.float64)).reshape(-1)
     eps = EPS_SHARE * float(a.mean()) + 1e-9
     t = np.log(a + eps)

@@ -46,7 +46,9 @@ DEFAULT_COVERAGE = 0.9
 N_BLOCKS = 10
 POOL_N = 100.0  # pseudo spots of the all-gene score distribution in a gene's quantile
 DISTANCE_FLOOR = 0.5  # quantile of held-out spots' distances a query's distance is floored at
-CHUNK = 8192  # query spots per step of Calibration.bounds
+CHUNK = 8192  # query spots per step of features (Calibration.bounds, calibrate)
+FIT_PAIRS = 1_000_000  # (spot, gene) pairs the σ model is fitted on at most: a seeded sample
+FIT_SEED = 0
 POOL_POINTS = 4096  # order statistics that stand for the pooled distribution
 METHOD = "conformal, learnt error scale (error_scale.py), per-gene quantile pooled"
 
@@ -114,10 +116,7 @@ class Calibration:
         indexed source."""
         lo = np.empty(query.pred.shape, dtype=np.float32)
         hi = np.empty(query.pred.shape, dtype=np.float32)
-        for a in range(0, len(query.pred), CHUNK):
-            rows = slice(a, a + CHUNK)
-            part = Query(query.source, query.xy[rows], query.pred[rows],
-                         None if query.reference is None else query.reference[rows])
+        for rows, part in _chunks(query):
             half = self.q[None, :] * self.sigma(part)
             lo[rows], hi[rows] = part.pred - half, part.pred + half
         return lo, hi
@@ -131,26 +130,67 @@ class Calibration:
 
 def calibrate(held: list[Held], coverage: float) -> Calibration | None:
     """The σ model and quantiles from held-out blocks (module docstring); None without
-    any held-out spot."""
+    any held-out spot. The σ model (seven coefficients) is fitted on at most
+    ``FIT_PAIRS`` held-out (spot, gene) pairs, drawn per block in proportion to its size
+    (all of them below the cap, as on her2st); every held-out pair is scored. Features are
+    computed ``CHUNK`` spots at a time: at Visium HD scale the features of every pair,
+    (spots × genes × 7) float64, were GBs."""
     held = [h for h in held if len(h.resid)]
     if not held:
         return None
     dists = np.concatenate([error_scale.distance(h.query.source, h.query.xy) for h in held])
     min_d = float(np.quantile(dists, DISTANCE_FLOOR)) if DISTANCE_FLOOR > 0 else 0.0
-    base = [error_scale.spot_features(h.query, min_d) for h in held]  # computed once
+    n_genes = held[0].resid.shape[1]
+    pairs = fit_pairs([h.resid.size for h in held])
+    x_fit = [_pair_features(h.query, min_d, p, n_genes) for h, p in zip(held, pairs, strict=True)]
+    r_fit = [h.resid.reshape(-1)[p] for h, p in zip(held, pairs, strict=True)]
+
+    def fitted(blocks: list[int], ge: np.ndarray) -> error_scale.ScaleModel:
+        x = np.concatenate([error_scale.with_gene_error(x_fit[k], ge, pairs[k] % n_genes)
+                            for k in blocks])
+        return error_scale.fit(x, np.concatenate([r_fit[k] for k in blocks]))
+
     scores = []
     for b, h in enumerate(held):  # cross-fit: block b's σ from the other blocks
         rest = [k for k in range(len(held)) if k != b] or [b]
-        r_rest = np.concatenate([held[k].resid for k in rest])
-        ge = error_scale.gene_error(r_rest)
-        x_rest = np.concatenate([error_scale.with_gene_error(base[k], ge) for k in rest])
-        sigma = error_scale.fit(x_rest, r_rest).sigma(error_scale.with_gene_error(base[b], ge))
+        ge = error_scale.gene_error(np.concatenate([held[k].resid for k in rest]))
+        cal = Calibration(fitted(rest, ge), np.ones(n_genes), ge, min_d)
+        sigma = np.concatenate([cal.sigma(part) for _, part in _chunks(h.query)])
         scores.append(np.abs(h.resid) / sigma)
-    resid = np.concatenate([h.resid for h in held])
-    ge = error_scale.gene_error(resid)
-    model = error_scale.fit(np.concatenate([error_scale.with_gene_error(x, ge) for x in base]),
-                            resid)
+    ge = error_scale.gene_error(np.concatenate([h.resid for h in held]))
+    model = fitted(list(range(len(held))), ge)
     return Calibration(model, conformal_quantile(np.concatenate(scores), coverage), ge, min_d)
+
+
+def fit_pairs(sizes: list[int], cap: int = FIT_PAIRS, seed: int = FIT_SEED) -> list[np.ndarray]:
+    """Per block of ``sizes`` (pairs), the sorted flat indices of the pairs the σ model is
+    fitted on: all of them when they total ≤ ``cap``, else a seeded sample of about
+    ``cap`` pairs, each block's share in proportion to its size."""
+    total = sum(sizes)
+    if total <= cap:
+        return [np.arange(n) for n in sizes]
+    rng = np.random.default_rng(seed)
+    return [np.sort(rng.choice(n, max(1, round(cap * n / total)), replace=False))
+            for n in sizes]
+
+
+def _chunks(query: Query):  # noqa: ANN202  (a generator of (rows, part))
+    """``CHUNK`` query spots at a time, each part sharing the query's indexed source."""
+    for a in range(0, len(query.pred), CHUNK):
+        rows = slice(a, a + CHUNK)
+        yield rows, Query(query.source, query.xy[rows], query.pred[rows],
+                          None if query.reference is None else query.reference[rows])
+
+
+def _pair_features(query: Query, min_d: float, pairs: np.ndarray, n_genes: int) -> np.ndarray:
+    """(m, F − 1) spot features of the flat (spot · G + gene) indices ``pairs`` (sorted)."""
+    out = []
+    for rows, part in _chunks(query):
+        lo, hi = np.searchsorted(pairs, [rows.start * n_genes, (rows.start + CHUNK) * n_genes])
+        if hi > lo:
+            x = error_scale.spot_features(part, min_d)
+            out.append(x.reshape(-1, x.shape[-1])[pairs[lo:hi] - rows.start * n_genes])
+    return np.concatenate(out)
 
 
 def coverage_of(lower: np.ndarray, upper: np.ndarray, truth: np.ndarray) -> float:
@@ -192,16 +232,16 @@ def for_baseline(predict: Callable[[np.ndarray], np.ndarray], y: np.ndarray, kno
     """Intervals of a baseline and what was calibrated: ``predict(known_mask)`` re-runs it
     from other known spots; each calibration set is predicted from the rest. ``y`` holds
     known labels only (rows outside ``known`` are never read)."""
+    y_known = np.asarray(y[known], dtype=np.float64)  # shared by every held-out source
     held = []
     for m in calibration_sets(section, known, xy, seed):
-        rest = known & ~m
-        p = predict(rest)
-        held.append(Held(Query(error_scale.source(xy[rest], y[rest]), xy[m], p[m]),
-                         y[m] - p[m]))
+        p = predict(known & ~m)
+        src = error_scale.source(xy[known], y_known, np.flatnonzero(~m[known]))
+        held.append(Held(Query(src, xy[m], p[m]), y[m] - p[m]))
     cal = calibrate(held, coverage)
     if cal is None:
         return unbounded(pred), {}
-    return cal.bounds(Query(error_scale.source(xy[known], y[known]), xy, pred)), cal.summary()
+    return cal.bounds(Query(error_scale.source(xy[known], y_known), xy, pred)), cal.summary()
 
 
 def for_predictions(task: Any, xy: np.ndarray, pred: np.ndarray, val_pred: np.ndarray | None,
@@ -212,8 +252,14 @@ def for_predictions(task: Any, xy: np.ndarray, pred: np.ndarray, val_pred: np.nd
     predictions ``val_pred`` (the final ones: after ensembling and shrinkage), and what
     was calibrated. ``prior`` / ``val_prior``: the shrinkage prior of every spot (from all
     known spots) and of the validation spots (from the training spots), if any."""
-    y = task.y.float().cpu().numpy() + task.offset
+    import torch
+
     val, train, known = task.val, task.train, task.visible
+    # the known rows' labels (offset added back) in float64 once, shared by both sources;
+    # rows outside task.visible are never read
+    y = np.asarray(task.y[torch.as_tensor(known, device=task.y.device)].float().cpu().numpy()
+                   + task.offset, dtype=np.float64)
+    at = np.cumsum(known) - 1  # a known spot's row of y
     held = []
     if val_pred is not None and val.any() and train.any():
         # at most N_BLOCKS held-out groups of whole blocks, one indexed source shared by
@@ -222,18 +268,18 @@ def for_predictions(task: Any, xy: np.ndarray, pred: np.ndarray, val_pred: np.nd
         rows = np.flatnonzero(val)
         group = np.unique(validation_blocks(xy, task.section, known, val)[rows],
                           return_inverse=True)[1].ravel() % N_BLOCKS
-        src = error_scale.source(xy[train], y[train])
+        src = error_scale.source(xy[known], y, at[train])
         val_pred = np.asarray(val_pred, dtype=np.float64)
         val_prior = None if val_prior is None else np.asarray(val_prior, dtype=np.float64)
         for g in np.unique(group):
             m = group == g
             held.append(Held(Query(src, xy[rows[m]], val_pred[m],
                                    None if val_prior is None else val_prior[m]),
-                             y[rows[m]] - val_pred[m]))
+                             y[at[rows[m]]] - val_pred[m]))
     cal = calibrate(held, coverage)
     if cal is None:
         return unbounded(pred), {}
-    return (cal.bounds(Query(error_scale.source(xy[known], y[known]), xy, pred, prior)),
+    return (cal.bounds(Query(error_scale.source(xy[known], y), xy, pred, prior)),
             cal.summary())
 
 

@@ -36,6 +36,7 @@ from asign.train.protocol import episode, episode_rng, tile_targets, visible_lab
 if TYPE_CHECKING:
     from torch import Tensor
 
+    from asign.train.loss import TileTarget
     from asign.train.model import GraphInputs, ModelOutput
     from asign.train.network import Network
 
@@ -54,9 +55,9 @@ class GraphTask:
     val: np.ndarray  # (N,) bool: set aside for model selection
     y: Tensor  # (N, G): visible labels minus ``offset``, zeros elsewhere
     offset: np.ndarray  # (G,) subtracted from the labels (centring), added back by predict
-    region_target: Tensor
+    region_target: TileTarget
     region_mask: Tensor
-    global_target: Tensor
+    global_target: TileTarget
     global_mask: Tensor
     cache: dict[str, Any] = field(default_factory=dict)
 
@@ -77,6 +78,7 @@ def make_task(sample: SampleData, visible_sections: tuple[str, ...], device: str
     import torch
 
     from asign.train.data import standardised_features
+    from asign.train.loss import TileTarget
     from asign.train.model import EDGE_KINDS, GraphInputs, TokenSet
 
     if feature_norm == "section":
@@ -111,9 +113,13 @@ def make_task(sample: SampleData, visible_sections: tuple[str, ...], device: str
         src=torch.as_tensor(sample.src), dst=torch.as_tensor(sample.dst),
         edge_weight=torch.as_tensor(sample.weight), edge_kind=torch.as_tensor(kind),
         xy=torch.as_tensor(sample.xy, dtype=torch.float32))
-    rt, rm = tile_targets(sample.tokens["region"][:, 0], y, train)
-    gt, gm = tile_targets(sample.tokens["global"][:, 0], y, train)
     t = torch.as_tensor
+
+    def target(level: str) -> tuple[TileTarget, Tensor]:
+        table, tile, mask = tile_targets(sample.tokens[level][:, 0], y, train)
+        return TileTarget(t(table), t(tile)).to(device), t(mask).to(device)
+
+    (rt, rm), (gt, gm) = target("region"), target("global")
     cache: dict[str, Any] = {}
     if sample.patches is not None:
         from asign.train.finetune import SpotPatches
@@ -123,9 +129,7 @@ def make_task(sample: SampleData, visible_sections: tuple[str, ...], device: str
     return GraphTask(
         name=name, inputs=inputs.to(device), section=sample.section, visible=visible,
         train=train, val=val, y=t(y).to(device), offset=offset,
-        region_target=t(rt).to(device),
-        region_mask=t(rm).to(device), global_target=t(gt).to(device),
-        global_mask=t(gm).to(device), cache=cache)
+        region_target=rt, region_mask=rm, global_target=gt, global_mask=gm, cache=cache)
 
 
 def split_validation(visible: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -381,8 +385,8 @@ def compute_loss(out: ModelOutput, task: GraphTask, spot_mask: Tensor, weights: 
     when given: a block's seeds, batching.py)."""
     from asign.train.loss import LossTargets, hybrid_loss
 
-    targets = LossTargets(spot=task.y, spot_mask=spot_mask, region=task.region_target,
-                          region_mask=task.region_mask, global_=task.global_target,
+    targets = LossTargets(spot=task.y, spot_mask=spot_mask, region=task.region_target.dense(),
+                          region_mask=task.region_mask, global_=task.global_target.dense(),
                           global_mask=task.global_mask)
     total, _ = hybrid_loss(out, targets, weights, consistency_mask=rows)
     return total

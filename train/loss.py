@@ -67,6 +67,26 @@ LOSS_PRESETS: dict[str, LossWeights] = {
 }
 
 
+@dataclass(frozen=True)
+class TileTarget:
+    """Region or global targets of N spots, held once per tile: spot i's target is
+    ``table[tile[i]]`` (protocol.tile_targets). A block of spots shares the table."""
+
+    table: Tensor  # (T, G)
+    tile: Tensor  # (N,) int64
+
+    def index_select(self, dim: int, rows: Tensor) -> TileTarget:
+        """The targets of spots ``rows`` (``dim`` 0, as Tensor.index_select)."""
+        return TileTarget(self.table, self.tile.index_select(dim, rows))
+
+    def dense(self) -> Tensor:
+        """(N, G), one row per spot."""
+        return self.table.index_select(0, self.tile)
+
+    def to(self, device: str | torch.device) -> TileTarget:
+        return TileTarget(self.table.to(device), self.tile.to(device))
+
+
 @dataclass
 class LossTargets:
     """Labels and the rows each term may use; all per node of the sample graph.

@@ -321,16 +321,19 @@ def episode_rng(seed: int, epoch: int, graph: int) -> np.random.Generator:
 
 
 def tile_targets(own_tile: np.ndarray, y: np.ndarray,
-                 visible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                 visible: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Region/global targets: per spot, the mean visible label of the spots whose own tile
     (rank 0) is its own tile; mask False where that tile holds no visible spot. Only the
-    visible labels enter, so a test sample's targets come from its known layer alone."""
+    visible labels enter, so a test sample's targets come from its known layer alone.
+    Returned once per tile, ``(table (T, G) float32, tile (N,) int64, mask (N,))``: spot
+    i's target is ``table[tile[i]]`` (an (N, G) copy per spot was GBs at Visium HD scale;
+    loss.TileTarget reads it)."""
     own_tile = np.asarray(own_tile, dtype=np.int64)
     n_tiles = int(own_tile.max()) + 1 if own_tile.size else 0
     sums = np.zeros((n_tiles, y.shape[1]), dtype=np.float64)
     counts = np.zeros(n_tiles, dtype=np.int64)
     np.add.at(sums, own_tile[visible], y[visible])
     np.add.at(counts, own_tile[visible], 1)
-    c = counts[own_tile]
-    target = sums[own_tile] / np.maximum(c, 1)[:, None]
-    return target.astype(np.float32), c > 0
+    table = (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
+    tile = np.where(own_tile < 0, own_tile + n_tiles, own_tile)  # as numpy indexes −1
+    return table, tile, counts[own_tile] > 0

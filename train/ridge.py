@@ -27,6 +27,7 @@ import numpy as np
 
 from asign.train.blocks import cv_folds
 
+PREDICT_ROWS = 65_536  # rows per step of RidgePath.predict (her2st's spots: one step)
 ALPHAS = tuple(float(a) for a in np.logspace(-3, 3, 13))  # × the number of features
 BLEND_GRID = tuple(float(w) for w in np.round(np.linspace(0.0, 1.0, 21), 2))
 
@@ -50,14 +51,21 @@ class RidgePath:
             self.uty = self.u.T @ yc
         self.evals = np.maximum(evals, 0.0)
 
-    def predict(self, x_new: np.ndarray, alpha: float) -> np.ndarray:
+    def predict(self, x_new: np.ndarray, alpha: float,
+                dtype: type[np.floating] = np.float64) -> np.ndarray:
         """(Q, G) predictions at penalty ``alpha``: x_new β + intercept, with β =
-        (XᵀX + αI)⁻¹ XᵀY on the centred data."""
-        centred = np.asarray(x_new, dtype=np.float64) - self.x_mean
+        (XᵀX + αI)⁻¹ XᵀY on the centred data; ``PREDICT_ROWS`` rows at a time, each
+        stored as ``dtype`` (a Visium HD stack's (Q, D) and (Q, G) in float64 were GBs)."""
         if self.primal:
-            return centred @ (self.v @ (self.vtxty / (self.evals + alpha)[:, None])) + self.y_mean
-        dual = self.u @ (self.uty / (self.evals + alpha)[:, None])
-        return (centred @ self.x.T) @ dual + self.y_mean
+            beta = self.v @ (self.vtxty / (self.evals + alpha)[:, None])
+        else:
+            dual = self.u @ (self.uty / (self.evals + alpha)[:, None])
+        out = np.empty((len(x_new), len(self.y_mean)), dtype=dtype)
+        for lo in range(0, len(x_new), PREDICT_ROWS):
+            centred = np.asarray(x_new[lo:lo + PREDICT_ROWS], dtype=np.float64) - self.x_mean
+            fit = centred @ beta if self.primal else (centred @ self.x.T) @ dual
+            out[lo:lo + PREDICT_ROWS] = fit + self.y_mean
+        return out
 
 
 def choose_alpha(x: np.ndarray, y: np.ndarray, xy: np.ndarray) -> tuple[float, np.ndarray]:
@@ -87,7 +95,7 @@ def fit_predict(x: np.ndarray, y: np.ndarray, known: np.ndarray, xy: np.ndarray
     out-of-block predictions (for the blend)."""
     xk, yk = x[known], y[known]
     alpha, oob = choose_alpha(xk, yk, xy[known])
-    return RidgePath(xk, yk).predict(x, alpha).astype(np.float32), alpha, oob
+    return RidgePath(xk, yk).predict(x, alpha, np.float32), alpha, oob
 
 
 def choose_blend(y: np.ndarray, ridge_oob: np.ndarray, idw_oob: np.ndarray) -> float:

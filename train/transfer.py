@@ -61,7 +61,7 @@ def _ridge(cfg: TrainConfig, pool: Pool, s: Any) -> np.ndarray:
     from asign.train.ridge import RidgePath, choose_alpha
 
     alpha, _ = choose_alpha(pool.feat_z, pool.y, pool.xy)  # blocked CV on the training spots
-    return RidgePath(pool.feat_z, pool.y).predict(section_zscored(s), alpha).astype(np.float32)
+    return RidgePath(pool.feat_z, pool.y).predict(section_zscored(s), alpha, np.float32)
 
 
 #: the baselines that predict a sample with no known layer: (cfg, pool, test sample) → (N, G)

@@ -75,7 +75,7 @@ def test_task_sees_only_visible_labels(toy_store):
     own = s.tokens["region"][:, 0]
     i = int(np.flatnonzero(known)[0])
     same = known & (own == own[i])
-    np.testing.assert_allclose(task.region_target.numpy()[i] + task.offset,
+    np.testing.assert_allclose(task.region_target.dense().numpy()[i] + task.offset,
                                s.labels[same].mean(0), rtol=1e-5)
 
 
