@@ -162,15 +162,17 @@ def calibrate(held: list[Held], coverage: float) -> Calibration | None:
     return Calibration(model, conformal_quantile(np.concatenate(scores), coverage), ge, min_d)
 
 
-def fit_pairs(sizes: list[int], cap: int = FIT_PAIRS, seed: int = FIT_SEED) -> list[np.ndarray]:
+def fit_pairs(sizes: list[int], cap: int | None = None, seed: int = FIT_SEED
+              ) -> list[np.ndarray]:
     """Per block of ``sizes`` (pairs), the sorted flat indices of the pairs the σ model is
-    fitted on: all of them when they total ≤ ``cap``, else a seeded sample of about
-    ``cap`` pairs, each block's share in proportion to its size."""
+    fitted on: all of them when they total ≤ ``cap`` (default ``FIT_PAIRS``), else a
+    seeded sample of about ``cap`` pairs, each block's share in proportion to its size."""
+    cap = FIT_PAIRS if cap is None else cap
     total = sum(sizes)
     if total <= cap:
         return [np.arange(n) for n in sizes]
     rng = np.random.default_rng(seed)
-    return [np.sort(rng.choice(n, max(1, round(cap * n / total)), replace=False))
+    return [np.sort(rng.choice(n, min(n, max(1, round(cap * n / total))), replace=False))
             for n in sizes]
 
 

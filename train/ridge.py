@@ -62,8 +62,10 @@ class RidgePath:
             dual = self.u @ (self.uty / (self.evals + alpha)[:, None])
         out = np.empty((len(x_new), len(self.y_mean)), dtype=dtype)
         for lo in range(0, len(x_new), PREDICT_ROWS):
-            centred = np.asarray(x_new[lo:lo + PREDICT_ROWS], dtype=np.float64) - self.x_mean
+            centred = np.array(x_new[lo:lo + PREDICT_ROWS], dtype=np.float64)  # a copy
+            centred -= self.x_mean
             fit = centred @ beta if self.primal else (centred @ self.x.T) @ dual
+            del centred
             out[lo:lo + PREDICT_ROWS] = fit + self.y_mean
         return out
 

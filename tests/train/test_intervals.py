@@ -7,6 +7,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from asign.train import baselines, error_scale, intervals
 
@@ -182,3 +184,61 @@ def test_network_calibration_holds_out_at_most_n_blocks_groups_sharing_one_sourc
     assert all(h.query.source is held[0].query.source for h in held)
     assert sum(len(h.resid) for h in held) == int(val.sum())
     assert np.isfinite(lo).all() and (lo < hi).all() and info
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.integers(0, 5000), min_size=1, max_size=12),
+       cap=st.integers(1, 20000), seed=st.integers(0, 3))
+def test_fit_pairs_are_all_pairs_under_the_cap_else_a_proportional_sample(sizes, cap, seed):
+    """The σ model's fitting pairs: every pair below the cap (her2st: the fit unchanged),
+    else about ``cap`` pairs, each block's share in proportion to its size, seeded."""
+    picks = intervals.fit_pairs(sizes, cap, seed)
+    assert len(picks) == len(sizes)
+    for p, n in zip(picks, sizes, strict=True):
+        assert p.size == np.unique(p).size and (np.diff(p) > 0).all()  # sorted, distinct
+        assert p.size == 0 or (p[0] >= 0 and p[-1] < n)
+    total = sum(sizes)
+    if total <= cap:
+        assert all((p == np.arange(n)).all() for p, n in zip(picks, sizes, strict=True))
+    else:
+        assert abs(sum(p.size for p in picks) - cap) <= len(sizes)
+        for p, n in zip(picks, sizes, strict=True):
+            assert abs(p.size - cap * n / total) <= 1
+    again = intervals.fit_pairs(sizes, cap, seed)
+    assert all((a == b).all() for a, b in zip(picks, again, strict=True))
+
+
+def test_calibration_fits_on_at_most_fit_pairs_and_agrees_with_the_full_fit(monkeypatch):
+    """At Visium HD scale the σ model's features of every held-out pair were GBs (an
+    800k-bin idw run peaked at 20 GB there): the fit reads a seeded sample of
+    ``FIT_PAIRS`` pairs, features are computed in chunks, and the intervals stay close."""
+    xy, section, y_all = _stack(3, 4)
+    known = section < 2
+    y = np.where(known[:, None], y_all, 0.0)
+    pred = _idw(xy, y)(known)
+    full, info = intervals.for_baseline(_idw(xy, y), y, known, section, xy, pred, 0.9, 0)
+    fitted = []
+    real_fit = error_scale.fit
+    monkeypatch.setattr(error_scale, "fit", lambda x, r: fitted.append(x.shape) or
+                        real_fit(x, r))
+    monkeypatch.setattr(intervals, "FIT_PAIRS", 600)
+    monkeypatch.setattr(intervals, "CHUNK", 53)
+    part, info_part = intervals.for_baseline(_idw(xy, y), y, known, section, xy, pred, 0.9, 0)
+    assert fitted and all(n <= 600 + 2 for n, _ in fitted)  # ≤ cap (+ one per block)
+    hidden = ~known
+    assert intervals.coverage_of(part[0][hidden], part[1][hidden], y_all[hidden]) >= 0.8
+    width_full, width_part = (np.mean(b[1][hidden] - b[0][hidden]) for b in (full, part))
+    assert abs(width_part / width_full - 1) < 0.15, (width_full, width_part)
+
+
+def test_source_of_rows_equals_a_source_of_their_copy():
+    """Held-out sources share one label array by reference (``rows``): the features must be
+    those of a source built from a copy of those rows."""
+    rng = np.random.default_rng(0)
+    xy, y = rng.uniform(0, 1000, (300, 2)), rng.normal(size=(300, 4))
+    rows = np.flatnonzero(rng.random(300) < 0.6)
+    q = error_scale.Query(error_scale.source(xy, y, rows), xy[:50], y[:50] + 0.1)
+    c = error_scale.Query(error_scale.source(xy[rows], y[rows]), xy[:50], y[:50] + 0.1)
+    assert q.source.y is y  # no copy
+    np.testing.assert_array_equal(error_scale.spot_features(q, 0.2),
+                                  error_scale.spot_features(c, 0.2))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from asign.errors import ConfigError
 from asign.store import open_store
@@ -101,3 +103,31 @@ def test_episodes_hide_whole_layers_or_a_fraction():
     # reproducible from (seed, epoch, graph)
     again = protocol.episode(one, section, protocol.episode_rng(0, 0, 0), 0.2)
     assert (again.known == ep1.known).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 80), n_tiles=st.integers(1, 9), g=st.integers(1, 4),
+       seed=st.integers(0, 2**16))
+def test_tile_targets_held_per_tile_are_each_spots_visible_tile_mean(n, n_tiles, g, seed):
+    """Region/global targets are held once per tile (an (N, G) copy per spot was GBs at
+    Visium HD scale): spot i's target is the mean visible label of its own tile, a block
+    of spots reads the same rows, and the mask marks tiles with a visible spot."""
+    import torch
+
+    from asign.train.loss import TileTarget
+
+    rng = np.random.default_rng(seed)
+    own = rng.integers(0, n_tiles, n)
+    y = rng.normal(size=(n, g))
+    visible = rng.random(n) < 0.5
+    table, tile, mask = protocol.tile_targets(own, y, visible)
+    target = TileTarget(torch.as_tensor(table), torch.as_tensor(tile))
+    dense = target.dense().numpy()
+    for i in range(n):
+        same = visible & (own == own[i])
+        assert mask[i] == same.any()
+        if same.any():
+            np.testing.assert_allclose(dense[i], y[same].mean(axis=0), rtol=1e-5, atol=1e-6)
+    rows = torch.as_tensor(rng.permutation(n)[: max(1, n // 2)])
+    np.testing.assert_array_equal(target.index_select(0, rows).dense().numpy(),
+                                  dense[rows.numpy()])
