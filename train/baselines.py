@@ -164,7 +164,12 @@ def predict_ridge_idw(cfg: Any, s: Any, y: np.ndarray, known: np.ndarray) -> np.
 
     pred, _, oob = ridge.fit_predict(section_zscored(s), y, known, s.xy)
     w = ridge.choose_blend(y[known], oob, ridge.idw_out_of_block(s.xy[known], y[known], nearest))
-    return (w * pred + (1 - w) * nearest(s.xy[known], y[known], s.xy)).astype(np.float32)
+    # in place, the same float32 arithmetic: (N, G) temporaries are GBs at Visium HD scale
+    out = nearest(s.xy[known], y[known], s.xy)
+    out *= np.float32(1 - w)
+    pred *= np.float32(w)
+    out += pred
+    return out
 
 
 def section_zscored(s: Any) -> np.ndarray:

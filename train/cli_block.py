@@ -138,6 +138,8 @@ def _iterate(s: Tensor, s_t: Tensor, w: Tensor, y: Tensor, known: Tensor,
     y_known = torch.where(known_col, y, torch.zeros((), dtype=y.dtype))
     one = torch.ones((), dtype=y.dtype)
     cur, reached = y_known, known
+    in_place = not (torch.is_grad_enabled() and (w.requires_grad or y.requires_grad))
+    rows = torch.nonzero(known).squeeze(1) if in_place else None
     for _ in range(n_iter):
         ww = w * reached.to(y.dtype)[:, None]            # unreached neighbours carry no mass
         num = _SpMM.apply(s, s_t, ww * cur)
@@ -145,7 +147,11 @@ def _iterate(s: Tensor, s_t: Tensor, w: Tensor, y: Tensor, known: Tensor,
         got = den > 0
         # num is 0 wherever den is; den is replaced there so that no 0/0 enters the graph
         # (it would poison the gradients even where masked out)
-        cur = torch.where(known_col, y_known, num / torch.where(got, den, one))
+        if in_place:  # no autograd (inference): the same values, two (N, G) buffers fewer
+            cur = num.div_(torch.where(got, den, one))
+            cur.index_copy_(0, rows, y_known.index_select(0, rows))
+        else:
+            cur = torch.where(known_col, y_known, num / torch.where(got, den, one))
         reached = known | got[:, 0]
     return cur, reached
 
@@ -227,10 +233,32 @@ class CLIBlock(nn.Module):
         return CLIOutput(spot, y_prop, reached, gate, w)
 
 
+BLEND_ROWS = 65_536  # rows per step of blend without autograd
+
+
 def blend(logit: Tensor, y_prop: Tensor, prior: Tensor | None, y_model: Tensor,
           reached: Tensor, known_mask: Tensor) -> tuple[Tensor, Tensor]:
     """The gated output of the module docstring and the gate: ``logit`` (S, G) or (S, N, G)
-    holds the logits of propagation [and prior] against the model's fixed 0."""
+    holds the logits of propagation [and prior] against the model's fixed 0. Without
+    autograd, ``BLEND_ROWS`` rows at a time (the same values; a whole Visium HD stack's
+    (N, G) temporaries were GBs)."""
+    n = y_model.shape[0]
+    if n <= BLEND_ROWS or (torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (logit, y_prop, prior, y_model))):
+        return _blend(logit, y_prop, prior, y_model, reached, known_mask)
+    per_node = logit.dim() == 3
+    out, gates = torch.empty_like(y_model), []
+    for lo in range(0, n, BLEND_ROWS):
+        r = slice(lo, lo + BLEND_ROWS)
+        out[r], gate = _blend(logit[:, r] if per_node else logit, y_prop[r],
+                              None if prior is None else prior[r], y_model[r], reached[r],
+                              known_mask[r])
+        gates.append(gate)
+    return out, (torch.cat(gates, dim=-2) if per_node else gates[0])
+
+
+def _blend(logit: Tensor, y_prop: Tensor, prior: Tensor | None, y_model: Tensor,
+           reached: Tensor, known_mask: Tensor) -> tuple[Tensor, Tensor]:
     known = known_mask.to(torch.bool)[:, None]
     use_prop = reached[:, None] & ~known
     if prior is None:

@@ -237,3 +237,35 @@ def test_three_source_blend(per_node_gate):
     (out.spot[~known] - y_true[~known]).square().mean().backward()
     for name, p in block.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("per_node_gate", [False, True])
+@pytest.mark.parametrize("with_prior", [False, True])
+def test_inference_without_autograd_equals_the_autograd_forward(monkeypatch, per_node_gate,
+                                                                with_prior):
+    """Without autograd, propagation updates in place and the blend runs a block of rows at
+    a time (a Visium HD stack's (N, G) temporaries were GBs): the same output, exactly with
+    one gate per gene; per-node gates' softmax may differ in the last bit between block
+    sizes (vectorised tails), never more."""
+    from asign.train import cli_block
+
+    torch.manual_seed(2)
+    src, dst, a = _chain(40)
+    n, g, f = 40, 5, 8
+    feats, y_model, y_true = torch.randn(n, f), torch.randn(n, g), torch.randn(n, g)
+    prior = torch.randn(n, g) if with_prior else None
+    known = torch.zeros(n, dtype=torch.bool)
+    known[[0, 17, 18]] = True
+    block = CLIBlock(f, g, hidden=16, per_node_gate=per_node_gate, spatial_prior=with_prior)
+    with torch.no_grad():  # trained-looking gates, not the even start
+        block.gate_logit.normal_()
+    graph = EdgeGraph(src, dst, a, n)
+    ref = block(feats, y_model, y_true, known, graph, prior)  # autograd: the whole graph
+    assert ref.spot.requires_grad
+    monkeypatch.setattr(cli_block, "BLEND_ROWS", 7)
+    with torch.no_grad():
+        out = block(feats, y_model, y_true, known, graph, prior)
+    tol = 1e-6 if per_node_gate else 0.0
+    for name in ("spot", "y_prop", "reached", "gate"):
+        torch.testing.assert_close(getattr(out, name), getattr(ref, name).detach(),
+                                   rtol=tol, atol=tol, msg=lambda m, name=name: f"{name}: {m}")
