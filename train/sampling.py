@@ -60,17 +60,42 @@ def message_flow(graph: EdgeGraph, seeds: np.ndarray, hops: int) -> tuple[np.nda
     dgl = import_dgl()
     g = graph.dgl()
     seeds_t = torch.as_tensor(np.asarray(seeds, dtype=np.int64), device=graph.src.device)
-    input_nodes, output_nodes, blocks = sampler(hops).sample_blocks(g, seeds_t)
+    _, output_nodes, blocks = sampler(hops).sample_blocks(g, seeds_t)
     if not torch.equal(output_nodes, seeds_t):  # the rows of the outputs must be the seeds
         raise RuntimeError("DGL's sampler reordered the seeds")
+    # DGL numbers a layer's new source nodes, and orders its edges, differently on every
+    # call (a concurrent hash map): the sums of a GAT layer then change in the last bits and
+    # training is not reproducible. Canonical order: the outputs first, then the layer's
+    # new nodes by id; edges by (destination, source, edge id).
+    order = np.asarray(seeds, dtype=np.int64)
     layers = []
-    for block in blocks:
-        src, dst = block.edges()
-        layer = EdgeGraph(src, dst, graph.weight[block.edata[dgl.EID]],
-                          int(block.num_src_nodes()), num_dst=int(block.num_dst_nodes()))
-        layer._cache["dgl"] = block  # GATConv takes the block itself
+    for block in reversed(blocks):
+        src_ids = block.srcdata[dgl.NID].cpu().numpy()
+        dst_ids = block.dstdata[dgl.NID].cpu().numpy()
+        new = np.setdiff1d(src_ids, order)  # sorted by id
+        inputs_ = np.concatenate([order, new])
+        u, v = (x.cpu().numpy() for x in block.edges())
+        eid = block.edata[dgl.EID].cpu().numpy()
+        s_pos, d_pos = _positions(inputs_, src_ids[u]), _positions(order, dst_ids[v])
+        keep = np.lexsort((eid, s_pos, d_pos))
+        s_pos, d_pos, eid = s_pos[keep], d_pos[keep], eid[keep]
+        dev = graph.src.device
+        src_t, dst_t = torch.as_tensor(s_pos, device=dev), torch.as_tensor(d_pos, device=dev)
+        layer = EdgeGraph(src_t, dst_t, graph.weight[torch.as_tensor(eid, device=dev)],
+                          len(inputs_), num_dst=len(order))
+        # GATConv takes the block itself
+        layer._cache["dgl"] = dgl.create_block((src_t, dst_t), num_src_nodes=len(inputs_),
+                                               num_dst_nodes=len(order), idtype=torch.int64,
+                                               device=dev)
         layers.append(layer)
-    return input_nodes.cpu().numpy(), layers
+        order = inputs_
+    return order, layers[::-1]
+
+
+def _positions(order: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """The position of each of ``ids`` in ``order`` (every id is in it)."""
+    sorter = np.argsort(order, kind="stable")
+    return sorter[np.searchsorted(order, ids, sorter=sorter)]
 
 
 def node_inputs(inputs: GraphInputs, nodes: np.ndarray, xy_rows: np.ndarray,
