@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -70,15 +71,23 @@ def idle_cores() -> int:
 
 @contextmanager
 def torch_threads(n: int) -> Iterator[None]:
-    """torch's intra-op threads set to ``n`` for the block, restored after."""
+    """torch's intra-op threads set to ``n`` for the block, restored after; DGL's OpenMP
+    threads too (compat.dgl sets them from torch's when it imports DGL inside the block)."""
     import torch
 
     before = torch.get_num_threads()
+    dgl = sys.modules.get("dgl")
+    dgl_before = dgl.utils.get_num_threads() if dgl is not None else None
     torch.set_num_threads(n)
+    if dgl is not None:
+        dgl.utils.set_num_threads(n)
     try:
         yield
     finally:
         torch.set_num_threads(before)
+        dgl = sys.modules.get("dgl")
+        if dgl is not None:
+            dgl.utils.set_num_threads(dgl_before if dgl_before is not None else before)
 
 
 def threads_per_worker(workers: int, cores: int | None = None) -> int:

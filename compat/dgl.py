@@ -56,6 +56,10 @@ def import_dgl() -> types.ModuleType:
         log.debug("no graphbolt library at %s; registering an empty dgl.graphbolt", lib)
         sys.modules["dgl.graphbolt"] = types.ModuleType("dgl.graphbolt")
     try:
-        return importlib.import_module("dgl")
+        dgl = importlib.import_module("dgl")
     except ImportError as err:
         raise AsignError(f"DGL failed to import: {err}", fix=_FIX) from err
+    # DGL's kernels run on the system OpenMP, which torch.set_num_threads does not reach:
+    # they follow torch's intra-op thread count (``--threads``), not every core
+    dgl.utils.set_num_threads(torch.get_num_threads())
+    return dgl

@@ -62,12 +62,34 @@ def test_import_dgl_real_package():
     assert stub == str(lib_exists == "False")
 
 
+def test_dgl_threads_follow_asign_threads():
+    """DGL's kernels run on the system OpenMP, which torch.set_num_threads does not reach:
+    a `--threads 1` run used every core in DGL (and a one-thread bench was not one)."""
+    out = _run(
+        """
+        import torch
+        from asign.cluster import torch_threads
+        from asign.compat.dgl import import_dgl
+        torch.set_num_threads(2)
+        with torch_threads(1):
+            dgl = import_dgl()
+            inside = dgl.utils.get_num_threads()
+        after = dgl.utils.get_num_threads()
+        with torch_threads(1):
+            again = dgl.utils.get_num_threads()
+        print(inside, after, again, dgl.utils.get_num_threads())
+        """
+    )
+    assert out == "1 2 1 2"
+
+
 def _fake_dgl(root: Path, with_library: bool) -> None:
     import torch
 
     pkg = root / "dgl"
     (pkg / "graphbolt").mkdir(parents=True)
-    (pkg / "__init__.py").write_text("import sys\nSTUBBED = 'dgl.graphbolt' in sys.modules\n")
+    (pkg / "__init__.py").write_text("import sys, types\nSTUBBED = 'dgl.graphbolt' in sys.modules\n"
+                                     "utils = types.SimpleNamespace(set_num_threads=abs)\n")
     (pkg / "graphbolt" / "__init__.py").write_text("")
     if with_library:
         lib = dgl_compat.graphbolt_library_path(pkg, torch.__version__, sys.platform)
