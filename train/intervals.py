@@ -33,7 +33,7 @@ held-out blocks showed, and docs/science.md reports the coverage reached on her2
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -176,7 +176,7 @@ def fit_pairs(sizes: list[int], cap: int | None = None, seed: int = FIT_SEED
             for n in sizes]
 
 
-def _chunks(query: Query):  # noqa: ANN202  (a generator of (rows, part))
+def _chunks(query: Query) -> Iterator[tuple[slice, Query]]:
     """``CHUNK`` query spots at a time, each part sharing the query's indexed source."""
     for a in range(0, len(query.pred), CHUNK):
         rows = slice(a, a + CHUNK)
