@@ -130,16 +130,24 @@ def _run_locked(cfg: TrainConfig, store: Any, rid: str, folds: list, row: dict[s
     try:
         ctx = make_reporter() if reporter is None else contextlib.nullcontext(reporter)
         with ctx as rep, deterministic(cfg), _client(cluster) as client:
-            status, metric_rows, blocks, genes = _execute(
+            outcome, metric_rows, blocks, genes = _execute(
                 cfg, store, rid, folds, rep, timings, max_epochs, client)
-        if status == "done":
+        if outcome == "done":
             table = res.write_metrics(store, rid, metric_rows)
             if cfg.save_predictions:
                 res.write_predictions(store, rid, genes, blocks)
         else:
             table = res.write_metrics(store, rid, [])  # interrupted: no scores yet
-    except KeyboardInterrupt:
-        status = "interrupted"
+        status = outcome  # only once every result is written
+    except BaseException as err:
+        if isinstance(err, KeyboardInterrupt):
+            status = "interrupted"
+        # A run that did not finish keeps none of its results: metrics written before its
+        # predictions failed (a full disk at 800k bins) read as a finished run's. The
+        # error raised is what the user needs, not a second one from the clean-up.
+        with contextlib.suppress(Exception):
+            for name in ("metrics", "predictions"):
+                store.remove(name, rid)
         raise
     finally:
         seconds = time.perf_counter() - t0

@@ -208,3 +208,31 @@ def test_a_new_baseline_needs_only_a_registry_entry_and_its_function(toy_store, 
         "SELECT p.value FROM predictions p JOIN runs r USING (run_id) WHERE r.model = 'known-max'"
     ).column("value").to_numpy()
     assert len(pred) and np.isfinite(pred).all()
+
+
+@pytest.mark.parametrize("step", ["write_metrics", "write_predictions"])
+@pytest.mark.parametrize("fault", [OSError(28, "No space left on device"), KeyboardInterrupt])
+def test_a_run_whose_results_fail_to_write_is_not_done_and_keeps_none(toy_store_factory,
+                                                                     monkeypatch, step, fault):
+    """An 800k-bin asign3d run wrote its metrics, then hit a full disk writing its
+    predictions, and its row said `done`: a finished run without predictions. Whatever
+    write fails, the run is failed (or interrupted) and keeps none of its results."""
+    from asign.train import results as res
+
+    root = toy_store_factory("fault")
+    real = getattr(res, step)
+
+    def broken(store, rid, *a, **kw):
+        real(store, rid, *a, **kw)  # a part of it may have landed
+        raise fault
+
+    monkeypatch.setattr(res, step, broken)
+    with pytest.raises(type(fault) if isinstance(fault, OSError) else fault):
+        run(_cfg(root, "idw"))
+    store = open_store(root)
+    (status,) = store.query("SELECT status FROM runs").column("status").to_pylist()
+    assert status == ("interrupted" if fault is KeyboardInterrupt else "failed")
+    for table in ("metrics", "predictions"):
+        assert store.query(f"SELECT count(*) AS n FROM {table}").column("n")[0].as_py() == 0
+    monkeypatch.setattr(res, step, real)
+    assert run(_cfg(root, "idw")).status == "done"  # a re-run completes
