@@ -68,6 +68,7 @@ def message_flow(graph: EdgeGraph, seeds: np.ndarray, hops: int) -> tuple[np.nda
     # training is not reproducible. Canonical order: the outputs first, then the layer's
     # new nodes by id; edges by (destination, source, edge id).
     order = np.asarray(seeds, dtype=np.int64)
+    dev = graph.src.device
     layers = []
     for block in reversed(blocks):
         src_ids = block.srcdata[dgl.NID].cpu().numpy()
@@ -79,7 +80,6 @@ def message_flow(graph: EdgeGraph, seeds: np.ndarray, hops: int) -> tuple[np.nda
         s_pos, d_pos = _positions(inputs_, src_ids[u]), _positions(order, dst_ids[v])
         keep = np.lexsort((eid, s_pos, d_pos))
         s_pos, d_pos, eid = s_pos[keep], d_pos[keep], eid[keep]
-        dev = graph.src.device
         src_t, dst_t = torch.as_tensor(s_pos, device=dev), torch.as_tensor(d_pos, device=dev)
         layer = EdgeGraph(src_t, dst_t, graph.weight[torch.as_tensor(eid, device=dev)],
                           len(inputs_), num_dst=len(order))
