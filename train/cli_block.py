@@ -132,14 +132,17 @@ def propagate(src: Tensor, dst: Tensor, a: Tensor, w: Tensor, y: Tensor, known_m
                         y.to(dtype), known_mask.to(torch.bool), n_iter)
 
 
+PROPAGATE_GENES = 32  # genes per pass of propagation without autograd
+
+
 def _iterate(s: Tensor, s_t: Tensor, w: Tensor, y: Tensor, known: Tensor,
              n_iter: int) -> tuple[Tensor, Tensor]:
+    if not (torch.is_grad_enabled() and (w.requires_grad or y.requires_grad)):
+        return _iterate_no_grad(s, w, y, known, n_iter)
     known_col = known[:, None]
     y_known = torch.where(known_col, y, torch.zeros((), dtype=y.dtype))
     one = torch.ones((), dtype=y.dtype)
     cur, reached = y_known, known
-    in_place = not (torch.is_grad_enabled() and (w.requires_grad or y.requires_grad))
-    rows = torch.nonzero(known).squeeze(1) if in_place else None
     for _ in range(n_iter):
         ww = w * reached.to(y.dtype)[:, None]            # unreached neighbours carry no mass
         num = _SpMM.apply(s, s_t, ww * cur)
@@ -147,13 +150,37 @@ def _iterate(s: Tensor, s_t: Tensor, w: Tensor, y: Tensor, known: Tensor,
         got = den > 0
         # num is 0 wherever den is; den is replaced there so that no 0/0 enters the graph
         # (it would poison the gradients even where masked out)
-        if in_place:  # no autograd (inference): the same values, two (N, G) buffers fewer
-            cur = num.div_(torch.where(got, den, one))
-            cur.index_copy_(0, rows, y_known.index_select(0, rows))
-        else:
-            cur = torch.where(known_col, y_known, num / torch.where(got, den, one))
+        cur = torch.where(known_col, y_known, num / torch.where(got, den, one))
         reached = known | got[:, 0]
     return cur, reached
+
+
+def _iterate_no_grad(s: Tensor, w: Tensor, y: Tensor, known: Tensor,
+                     n_iter: int) -> tuple[Tensor, Tensor]:
+    """The steps of :func:`_iterate` without autograd, ``PROPAGATE_GENES`` genes at a time:
+    each gene propagates on its own, and which spots are reached (with the denominators)
+    does not depend on the genes, so it is computed once. Memory beyond the (N, G) output
+    is O(N · PROPAGATE_GENES): the whole-graph (N, G) temporaries of a Visium HD stack
+    were GBs at every validation pass."""
+    one = torch.ones((), dtype=y.dtype)
+    steps, reached = [], known
+    for _ in range(n_iter):
+        ww = w * reached.to(y.dtype)[:, None]
+        den = s @ ww
+        got = den > 0
+        steps.append((ww, torch.where(got, den, one)))
+        reached = known | got[:, 0]
+    rows = torch.nonzero(known).squeeze(1)
+    out = torch.empty_like(y)
+    for lo in range(0, y.shape[1], PROPAGATE_GENES):
+        cols = slice(lo, lo + PROPAGATE_GENES)
+        y_known = torch.where(known[:, None], y[:, cols], torch.zeros((), dtype=y.dtype))
+        cur = y_known
+        for ww, den in steps:
+            cur = (s @ (ww * cur)).div_(den)
+            cur.index_copy_(0, rows, y_known.index_select(0, rows))
+        out[:, cols] = cur
+    return out, reached
 
 
 def spatial_prior(xy: Tensor, y: Tensor, known_mask: Tensor, k: int = 8,

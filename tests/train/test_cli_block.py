@@ -243,8 +243,8 @@ def test_three_source_blend(per_node_gate):
 @pytest.mark.parametrize("with_prior", [False, True])
 def test_inference_without_autograd_equals_the_autograd_forward(monkeypatch, per_node_gate,
                                                                 with_prior):
-    """Without autograd, propagation updates in place and the blend runs a block of rows at
-    a time (a Visium HD stack's (N, G) temporaries were GBs): the same output, exactly with
+    """Without autograd, propagation runs a few genes at a time and the blend a block of
+    rows at a time (a Visium HD stack's (N, G) temporaries were GBs): the same output, exactly with
     one gate per gene; per-node gates' softmax may differ in the last bit between block
     sizes (vectorised tails), never more."""
     from asign.train import cli_block
@@ -263,6 +263,7 @@ def test_inference_without_autograd_equals_the_autograd_forward(monkeypatch, per
     ref = block(feats, y_model, y_true, known, graph, prior)  # autograd: the whole graph
     assert ref.spot.requires_grad
     monkeypatch.setattr(cli_block, "BLEND_ROWS", 7)
+    monkeypatch.setattr(cli_block, "PROPAGATE_GENES", 2)  # 5 genes: passes of 2, 2 and 1
     with torch.no_grad():
         out = block(feats, y_model, y_true, known, graph, prior)
     tol = 1e-6 if per_node_gate else 0.0
