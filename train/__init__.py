@@ -214,7 +214,7 @@ def _execute(cfg: TrainConfig, store: Any, rid: str, folds: list, rep: Any,
     timings["load_s"] = round(time.perf_counter() - t, 3)
 
     from asign.train import transfer
-    from asign.train.folds import FoldRun, blocked_graphs, fold_timings, one_fold
+    from asign.train.folds import FoldRun, fold_timings, one_fold
 
     # the cross-patient check trains and scores its own way (train/transfer.py)
     fold_fn = transfer.one_fold if cfg.test_samples else one_fold
@@ -228,7 +228,8 @@ def _execute(cfg: TrainConfig, store: Any, rid: str, folds: list, rep: Any,
         timings.setdefault("fold_s", []).append(fold_s)
         rows += fold_rows
         blocks += fold_blocks
-    fold_timings(timings, run.selection, blocked_graphs(run.tasks), run.epoch_s)
+    run.release_tasks()
+    fold_timings(timings, run.selection, run.blocked, run.epoch_s)
     return "done", rows, blocks, genes
 
 

@@ -60,16 +60,14 @@ def similarity(
     k = min(k, len(a))
     y = np.asarray(y_known, dtype=np.float64)
     mean = a.mean(axis=0)
-    if a.shape[1] > dims:  # principal axes of the known spots: a (D, dims) projection
-        _, _, vt = np.linalg.svd(a - mean, full_matrices=False)
-        basis = vt[:dims].T
-    else:
-        basis = np.eye(a.shape[1])
-    tree = cKDTree((a - mean) @ basis)
+    basis = _principal_axes(a, mean, dims)
+    tree = cKDTree(np.concatenate([(a[lo:lo + SIMILARITY_CHUNK] - mean) @ basis
+                                   for lo in range(0, len(a), SIMILARITY_CHUNK)]))
     a32 = a.astype(np.float32)
-    m = min(len(a), SIMILARITY_CANDIDATES * k)
+    del a
+    m = min(len(a32), SIMILARITY_CANDIDATES * k)
     out = np.empty((len(emb_query), y.shape[1]), dtype=np.float32)
-    step = max(1, min(SIMILARITY_CHUNK, 2**24 // (m * a.shape[1])))  # ≤ 64 MB gathered
+    step = max(1, min(SIMILARITY_CHUNK, 2**24 // (m * a32.shape[1])))  # ≤ 64 MB gathered
     for lo in range(0, len(emb_query), step):
         q = _unit(emb_query[lo:lo + step])  # per chunk: all queries in float64 were GBs
         _, cand = tree.query((q - mean) @ basis, k=m)
@@ -114,6 +112,21 @@ def cli_alone(
     reached_np = reached.numpy().astype(bool) | known
     out[~reached_np] = np.asarray(y[known]).mean(axis=0, dtype=np.float64)
     return out
+
+
+def _principal_axes(a: np.ndarray, mean: np.ndarray, dims: int) -> np.ndarray:
+    """(D, min(D, dims)): the first ``dims`` principal axes of the rows of ``a`` (centred
+    on ``mean``), as eigenvectors of their D × D scatter matrix, summed over row chunks: a
+    Visium HD layer's centred copy and its SVD were GBs. The identity when D ≤ dims."""
+    d = a.shape[1]
+    if d <= dims:
+        return np.eye(d)
+    scatter = np.zeros((d, d))
+    for lo in range(0, len(a), SIMILARITY_CHUNK):
+        c = a[lo:lo + SIMILARITY_CHUNK] - mean
+        scatter += c.T @ c
+    _, vecs = np.linalg.eigh(scatter)  # ascending eigenvalues
+    return vecs[:, ::-1][:, :dims]
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -7,6 +7,7 @@ spots' labels; hidden labels never enter.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,7 @@ def predict(cfg: Any, models: list[Any], task: Any, sample: Any,
 
     xy = sample.xy
 
-    pred = np.mean([loop.predict(cfg, m, task) for m in models], axis=0)
+    pred = member_mean(loop.predict(cfg, m, task) for m in models)
     # visible labels (offset added back); rows outside task.visible are never read
     y = task.y.float().cpu().numpy() + task.offset
     val_pred = None
@@ -52,28 +53,49 @@ def predict(cfg: Any, models: list[Any], task: Any, sample: Any,
     if cfg.coverage:  # the interval's error scale reads the prior the prediction shrank to
         bounds, info["intervals"] = intervals.for_predictions(task, xy, pred, val_pred,
                                                               cfg.coverage, prior, val_prior)
-    return pred.astype(np.float32), bounds, info
+    return pred.astype(np.float32, copy=False), bounds, info
 
 
-def record(cfg: Any, sample: Any, plan: Any, pred: np.ndarray, unshrunk: np.ndarray,
-           info: dict[str, Any]) -> dict[str, Any]:
-    """What a run records beside its metrics (``timings.selection``): the shrinkage and the
-    metrics the same networks reach without it, and the paired comparison with the
-    baselines (paired.py). Hidden labels are read here only as ground truth for scoring."""
+def scores(sample: Any, plan: Any, pred: np.ndarray) -> dict[str, dict[str, float]]:
+    """The metrics of ``pred`` on each scored section (hidden labels read as ground truth
+    only): what the run records of its networks before shrinkage."""
     from asign.train.metrics import evaluate
+
+    rows = {sec: sample.in_sections([sec]) & sample.has_label for sec in plan.scored}
+    return {sec: evaluate(pred[r], sample.labels[r]) for sec, r in rows.items()}
+
+
+def record(cfg: Any, sample: Any, plan: Any, pred: np.ndarray, info: dict[str, Any],
+           unshrunk: dict[str, dict[str, float]] | None) -> dict[str, Any]:
+    """What a run records beside its metrics (``timings.selection``): the shrinkage and
+    ``unshrunk``, the metrics the same networks reach without it (:func:`scores`), and the
+    paired comparison with the baselines (paired.py). Hidden labels are read here only as
+    ground truth for scoring."""
     from asign.train.paired import against_baselines
 
     out: dict[str, Any] = {}
     if "intervals" in info:  # the interval method and its fitted error scale
         out["intervals"] = info.pop("intervals")
     if info:
-        rows = {sec: sample.in_sections([sec]) & sample.has_label for sec in plan.scored}
-        info["unshrunk"] = {sec: evaluate(unshrunk[r], sample.labels[r])
-                            for sec, r in rows.items()}
+        info["unshrunk"] = unshrunk
         out["shrink"] = info
     if plan.scored:
         out["paired"] = against_baselines(cfg, sample, plan, pred)
     return out
+
+
+def member_mean(preds: Iterable[np.ndarray]) -> np.ndarray:
+    """The ensemble members' mean, summed into the first member's array as they come: the
+    same float32 sums as ``np.mean`` of their stack, without the (K, N, G) stack (GBs at
+    Visium HD scale). The arrays must be the caller's to overwrite."""
+    total, k = None, 0
+    for p in preds:
+        total = p if total is None else np.add(total, p, out=total)
+        k += 1
+    if total is None:
+        raise ValueError("member_mean: no predictions")
+    total /= k
+    return total
 
 
 def _validation(cfg: Any, model: Any, task: Any) -> np.ndarray:

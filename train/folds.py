@@ -35,6 +35,7 @@ class FoldRun:
     tasks: dict[tuple, Any] = field(default_factory=dict)
     epoch_s: list[float] = field(default_factory=list)
     selection: dict[int, dict] = field(default_factory=dict)
+    blocked: dict[str, Any] = field(default_factory=dict)  # blocked_graphs of released tasks
 
     @classmethod
     def start(cls, cfg: TrainConfig, rid: str, path: Checkpoint, samples: dict[str, Any],
@@ -48,6 +49,20 @@ class FoldRun:
             log.info("no checkpoint for run %s: starting from epoch 0", rid)
         finished = dict(ckpt["finished"]) if ckpt else {}
         return cls(rid, samples, recipe, path, ckpt, finished, rep, budget)
+
+    def release_tasks(self) -> None:
+        """Drop the graph tasks, keeping what their batching recorded; a later fold re-makes
+        the ones it needs (deterministically). A Visium HD stack's tasks and their graph
+        caches are GBs that nothing after a fold's predictions reads, and each fold's would
+        otherwise stay to the end of the run."""
+        import gc
+
+        from asign.train.batching import release_freed_memory
+
+        self.blocked.update(blocked_graphs(self.tasks))
+        self.tasks.clear()
+        gc.collect()  # graph objects in reference cycles hold their tensors until collected
+        release_freed_memory()
 
 
 def blocked_graphs(tasks: dict) -> dict[str, Any]:
@@ -76,6 +91,7 @@ def one_fold(cfg: TrainConfig, fold: Any, run: FoldRun) -> tuple[list[dict] | No
         models = final.fit_members(cfg, fold, run)
         if models is None:
             return None, [], 0.0
+        chosen = []
         for plan in fold.test:
             s = samples[plan.sample_id]
             task = _task(tasks, s, plan.visible, cfg, _by_layer(plan))
@@ -83,8 +99,14 @@ def one_fold(cfg: TrainConfig, fold: Any, run: FoldRun) -> tuple[list[dict] | No
             preds[plan.sample_id], b, info = final.predict(cfg, models, task, s, raw)
             if b is not None:
                 bounds[plan.sample_id] = b
+            chosen.append((plan, info, final.scores(s, plan, raw.pop()) if info else None))
+            del task
+        del models
+        run.release_tasks()  # before the paired baselines: their peak came on top of these
+        for plan, info, unshrunk in chosen:
             run.selection.setdefault(fold.fold, {}).update(
-                final.record(cfg, s, plan, preds[plan.sample_id], raw[0], info))
+                final.record(cfg, samples[plan.sample_id], plan, preds[plan.sample_id], info,
+                             unshrunk))
     else:
         for plan in fold.test:
             preds[plan.sample_id], bounds_, how = _baseline(cfg, samples[plan.sample_id], plan)

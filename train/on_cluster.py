@@ -52,7 +52,7 @@ def fold_task(cfg: TrainConfig, root: str, rid: str, fold: Any) -> dict[str, Any
     from asign.progress import silent
     from asign.store import open_store
     from asign.train import deterministic, load_samples
-    from asign.train.folds import FoldRun, blocked_graphs, one_fold
+    from asign.train.folds import FoldRun, one_fold
 
     if cfg.threads is None:
         cfg = cfg.with_(threads=worker_threads())
@@ -64,6 +64,7 @@ def fold_task(cfg: TrainConfig, root: str, rid: str, fold: Any) -> dict[str, Any
     run = FoldRun.start(cfg, rid, path, samples, recipe, silent())
     with deterministic(cfg):
         rows, blocks, fold_s = one_fold(cfg, fold, run)
+    run.release_tasks()
     return {"rows": rows, "blocks": blocks, "fold_s": fold_s, "epoch_s": run.epoch_s,
-            "selection": run.selection, "batching": blocked_graphs(run.tasks),
+            "selection": run.selection, "batching": run.blocked,
             "genes": next(iter(samples.values())).genes, "load_s": load_s, "where": here()}

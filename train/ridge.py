@@ -37,19 +37,33 @@ class RidgePath:
     whichever matrix is smaller; see the module docstring): the same fit either way."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
-        x = np.asarray(x, dtype=np.float64)
-        y = np.asarray(y, dtype=np.float64)
-        self.x_mean, self.y_mean = x.mean(axis=0), y.mean(axis=0)
-        xc, yc = x - self.x_mean, y - self.y_mean
-        self.primal = xc.shape[0] > xc.shape[1]
+        self.x_mean = np.mean(x, axis=0, dtype=np.float64)
+        self.y_mean = np.mean(y, axis=0, dtype=np.float64)
+        self.primal = x.shape[0] > x.shape[1]
         if self.primal:  # XᵀX = V Λ Vᵀ: β = V (Λ + α)⁻¹ Vᵀ Xᵀ Y
-            evals, self.v = np.linalg.eigh(xc.T @ xc)
-            self.vtxty = self.v.T @ (xc.T @ yc)
+            xtx, xty = self._moments(x, y)
+            evals, self.v = np.linalg.eigh(xtx)
+            self.vtxty = self.v.T @ xty
         else:  # X Xᵀ = U Λ Uᵀ: ŷ = x_new Xᵀ U (Λ + α)⁻¹ Uᵀ Y
+            xc = np.asarray(x, dtype=np.float64) - self.x_mean
+            yc = np.asarray(y, dtype=np.float64) - self.y_mean
             self.x = xc
             evals, self.u = np.linalg.eigh(xc @ xc.T)
             self.uty = self.u.T @ yc
         self.evals = np.maximum(evals, 0.0)
+
+    def _moments(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The centred XᵀX and XᵀY, summed over ``PREDICT_ROWS`` rows at a time: centred
+        float64 copies of a Visium HD layer's X and Y were GBs per fold."""
+        xtx = np.zeros((x.shape[1], x.shape[1]))
+        xty = np.zeros((x.shape[1], y.shape[1]))
+        for lo in range(0, len(x), PREDICT_ROWS):
+            # float32 rows minus a float64 mean: float64, without a float64 copy first
+            xc = np.subtract(x[lo:lo + PREDICT_ROWS], self.x_mean, dtype=np.float64)
+            xtx += xc.T @ xc
+            xty += xc.T @ np.subtract(y[lo:lo + PREDICT_ROWS], self.y_mean, dtype=np.float64)
+            del xc  # before the next chunk's
+        return xtx, xty
 
     def predict(self, x_new: np.ndarray, alpha: float,
                 dtype: type[np.floating] = np.float64) -> np.ndarray:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from asign.train import baselines
 
@@ -66,3 +68,33 @@ def test_cli_alone_propagates_and_falls_back_to_the_mean():
     assert out[2, 0] == pytest.approx((1 * 2.0 + 3 * 6.0) / 4)
     assert out[3, 0] == pytest.approx(4.0)  # unreached -> known mean (2 + 6) / 2
     np.testing.assert_allclose(out[known], y[known])
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(20, 200), d=st.integers(5, 24), dims=st.integers(1, 4),
+       seed=st.integers(0, 2**16))
+def test_similarity_axes_are_the_principal_axes(n, d, dims, seed):
+    """The k-d tree's axes (eigenvectors of the scatter, summed in row chunks) span the same
+    subspace as the SVD's first right singular vectors (spread-out variances: no ties)."""
+    from asign.train import baselines as bl
+
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(n, d)) * (2.0 ** -np.arange(d))  # variances 4^-i: clear gaps
+    mean = a.mean(axis=0)
+    basis = bl._principal_axes(a, mean, dims)
+    _, _, vt = np.linalg.svd(a - mean, full_matrices=False)
+    expected = vt[:dims].T
+    assert basis.shape == (d, dims)
+    np.testing.assert_allclose(basis @ basis.T, expected @ expected.T, atol=1e-6)
+
+
+def test_similarity_axes_in_row_chunks_are_the_same(monkeypatch):
+    from asign.train import baselines as bl
+
+    rng = np.random.default_rng(1)
+    emb_k, emb_q = rng.normal(size=(60, 24)), rng.normal(size=(30, 24))
+    y = rng.normal(size=(60, 3))
+    whole = bl.similarity(emb_k, y, emb_q, k=5, dims=4)
+    monkeypatch.setattr(bl, "SIMILARITY_CHUNK", 7)
+    np.testing.assert_allclose(bl.similarity(emb_k, y, emb_q, k=5, dims=4), whole,
+                               rtol=1e-6, atol=1e-6)

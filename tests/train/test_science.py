@@ -185,3 +185,66 @@ def test_networks_shrink_toward_a_chosen_prior_and_ensembles_average(toy_store):
     off = run(cfg.with_(shrink=False, run="off"))
     assert "prior" not in off.timings["selection"]["0"].get("shrink", {})
     assert not off.metrics.to_pandas().equals(res.metrics.to_pandas())
+
+
+def test_ridge_fit_sums_its_moments_in_row_chunks(monkeypatch):
+    """The primal fit's XᵀX and XᵀY are summed a chunk of rows at a time: the same fit."""
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(50, 6)).astype(np.float32), rng.normal(size=(50, 3))
+    x_new = rng.normal(size=(9, 6))
+    whole = ridge.RidgePath(x, y).predict(x_new, 0.7)
+    monkeypatch.setattr(ridge, "PREDICT_ROWS", 7)
+    np.testing.assert_allclose(ridge.RidgePath(x, y).predict(x_new, 0.7), whole,
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_ridge_fit_of_many_spots_holds_one_chunk_in_float64():
+    """A Visium HD layer's centred float64 copies of X and Y were GBs in each of the 16
+    fold fits at 800k bins: the fit holds one chunk of rows in float64."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300_000, 64)).astype(np.float32)
+    y = rng.normal(size=(300_000, 8)).astype(np.float32)
+    tracemalloc.start()
+    fit = ridge.RidgePath(x, y)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert fit.primal
+    # one chunk's centred rows (34 + 4 MB); the whole float64 X alone was 154 MB
+    assert peak < 60 * 2**20, f"{peak / 2**20:.0f} MiB"
+
+
+@settings(max_examples=40, deadline=None)
+@given(k=st.integers(1, 5), n=st.integers(1, 30), g=st.integers(1, 6),
+       seed=st.integers(0, 2**16))
+def test_member_mean_is_the_mean_of_the_stack(k, n, g, seed):
+    """The ensemble's mean summed member by member: exactly ``np.mean`` of their stack."""
+    from asign.train.final import member_mean
+
+    rng = np.random.default_rng(seed)
+    preds = [(rng.normal(size=(n, g)) * 10).astype(np.float32) for _ in range(k)]
+    expected = np.mean(preds, axis=0)
+    got = member_mean(p.copy() for p in preds)
+    assert got.dtype == expected.dtype
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_shrinkage_blend_in_row_chunks_is_the_whole_blend(monkeypatch):
+    rng = np.random.default_rng(4)
+    model, prior = rng.normal(size=(20, 5)).astype(np.float32), rng.normal(size=(20, 5))
+    w = rng.uniform(size=5)
+    monkeypatch.setattr(shrink, "BLEND_ROWS", 3)
+    out = shrink.blend(model, prior, w)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, (w * model + (1 - w) * prior).astype(np.float32))
+
+
+def test_gene_pcc_in_gene_chunks_is_the_whole_computation(monkeypatch):
+    rng = np.random.default_rng(5)
+    pred, truth = rng.normal(size=(40, 11)).astype(np.float32), rng.normal(size=(40, 11))
+    truth[:, 4] = 2.0  # constant: NaN
+    whole = paired.gene_pcc(pred, truth)
+    monkeypatch.setattr(paired, "PCC_GENES", 3)
+    np.testing.assert_array_equal(paired.gene_pcc(pred, truth), whole)
+    assert np.isnan(whole[4]) and np.isfinite(np.delete(whole, 4)).all()
