@@ -28,9 +28,10 @@ import numpy as np
 import pandas as pd
 
 from asign.errors import InputError, StoreError
-from asign.report.dense import Predicted, codes, dense_run, lists, predicted
+from asign.report.dense import Predicted, codes, dense_run, predicted
 from asign.store import Store
 from asign.store.binding import STALE, require_current
+from asign.store.labels import dense_rows
 from asign.store.thumbnails import Thumbnail
 from asign.train.config import BASELINE_MODELS, MEAN_MODEL, MODELS, ModelSpec
 from asign.train.metrics import accuracy_metrics
@@ -221,8 +222,9 @@ def load_run_data(store: Store, name: str, model: str | None = None, *,
             rows = codes(lab.column("spot_id"), spot_index)
             ok = rows >= 0
             if ok.any():
-                labels[rows[ok]] = lists(lab.column("value"), len(genes))[ok]
-                counts[rows[ok]] = lists(lab.column("counts"), len(genes))[ok]
+                path = store.layout.table("labels", s)
+                labels[rows[ok]] = dense_rows(lab.column("value"), len(genes), path)[ok]
+                counts[rows[ok]] = dense_rows(lab.column("counts"), len(genes), path)[ok]
 
     predictions, bounds = {}, {}
     for m, r in runs.items():

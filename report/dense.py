@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from asign.errors import StoreError
 from asign.store import Store
 
 
@@ -77,15 +76,3 @@ def _floats(column: Any) -> np.ndarray:
     import pyarrow.compute as pc
 
     return np.asarray(pc.fill_null(column, float("nan")).to_numpy(), dtype=np.float32)
-
-
-def lists(column: Any, width: int) -> np.ndarray:
-    """(n, width) float32 from a list column of ``width`` values per row."""
-    import pyarrow.compute as pc
-
-    flat = np.asarray(pc.list_flatten(column).to_numpy(zero_copy_only=False), np.float32)
-    if flat.size != len(column) * width:
-        raise StoreError(f"label vectors hold {flat.size} values for {len(column)} spots, the "
-                         f"gene panel has {width}",
-                         fix="re-run `asign ingest --steps register` so labels follow the panel")
-    return flat.reshape(len(column), width)

@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 from asign.errors import StoreError
 from asign.schemas.vocabulary import TILE_LEVELS
 from asign.store import Store
+from asign.store.labels import dense_rows
 
 log = logging.getLogger(__name__)
 
@@ -220,15 +221,7 @@ def _labels(
     n_bad, first_bad = 0, None
     for tab in store.iter_table("labels", sample_id, ["spot_id", "value"]):
         rows = _rows_of(tab.column("spot_id"), index)
-        values = tab.column("value")
-        lengths = np.asarray(pc.list_value_length(values))
-        if len(lengths) and (lengths != n_genes).any():
-            raise StoreError(f"labels of sample {sample_id} have {int(lengths.max())} values "
-                             f"per spot, the gene panel has {n_genes}",
-                             path=store.layout.table("labels", sample_id),
-                             fix="re-run `asign ingest --steps register` so labels follow the "
-                                 "panel")
-        flat = np.asarray(pc.list_flatten(values), dtype=np.float32).reshape(len(rows), n_genes)
+        flat = dense_rows(tab.column("value"), n_genes, store.layout.table("labels", sample_id))
         ok = rows >= 0  # labels of sections outside the graph (no image) are not used
         # NaN marks a gene absent from a section's counts (masked at ingest, never scored);
         # anything else non-finite is damage
