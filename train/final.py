@@ -32,7 +32,7 @@ def predict(cfg: Any, models: list[Any], task: Any, sample: Any,
     info: dict[str, Any] = {}
     prior = val_prior = None
     if unshrunk is not None:
-        unshrunk.append(pred.astype(np.float32))
+        unshrunk.append(pred.astype(np.float32, copy=False))  # blend makes a new array
     if val_pred is not None:  # the in-layer loss of the networks alone (diagnosis)
         info["val_mse_network"] = round(float(((val_pred - y[task.val]) ** 2).mean()), 5)
     if cfg.shrink and val_pred is not None:
