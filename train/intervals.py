@@ -287,16 +287,11 @@ def for_predictions(task: Any, xy: np.ndarray, pred: np.ndarray, val_pred: np.nd
 
 def validation_blocks(xy: np.ndarray, section: np.ndarray, known: np.ndarray,
                       val: np.ndarray) -> np.ndarray:
-    """(N,) block id of each validation spot: the validation split's squares (blocks.py),
-    per section (cross-fitting holds out one at a time); -1 elsewhere."""
+    """(N,) block id of each validation spot: the validation split's blocks
+    (blocks.section_blocks over the known spots), which cross-fitting holds out in groups;
+    -1 elsewhere."""
     from asign.train import blocks
 
-    out = np.full(len(val), -1, dtype=np.int64)
-    base = 0
-    for sec in np.unique(section[val]):
-        rows = np.flatnonzero(known & (section == sec))
-        ids = blocks.grid_blocks(xy[rows], blocks.VAL_BLOCK_PITCHES * blocks.spot_pitch(xy[rows]))
-        out[rows] = ids + base
-        base += int(ids.max()) + 1
+    out, _ = blocks.section_blocks(xy, section, known)
     out[~val] = -1
     return out

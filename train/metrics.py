@@ -21,9 +21,14 @@ from asign.numeric import nanmean as _nanmean
 from asign.numeric import pearson_rows as _pearson_rows
 
 
-def _pair(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    p = np.asarray(pred, dtype=np.float64)
-    t = np.asarray(truth, dtype=np.float64)
+PCC_GENES = 32  # genes per step of pcc_per_gene
+
+
+def _pair(pred: np.ndarray, truth: np.ndarray,
+          dtype: type | None = np.float64) -> tuple[np.ndarray, np.ndarray]:
+    """Both as arrays (float64 unless ``dtype`` is None) of the same (spots, genes) shape."""
+    p = np.asarray(pred, dtype=dtype)
+    t = np.asarray(truth, dtype=dtype)
     if p.shape != t.shape or p.ndim != 2:
         raise AsignError(f"metrics: prediction {p.shape} and truth {t.shape} must both be "
                          "(spots, genes)", fix="align predictions to the measured spots first")
@@ -37,9 +42,16 @@ def pcc_per_spot(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 
 def pcc_per_gene(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """(G,) Pearson r of each gene across spots; NaN for genes constant in either array."""
-    p, t = _pair(pred, truth)
-    return _pearson_rows(p.T, t.T)
+    """(G,) Pearson r of each gene across spots; NaN for genes constant in either array.
+    ``PCC_GENES`` genes at a time: float64 copies of a whole Visium HD section were GBs."""
+    pred, truth = _pair(pred, truth, dtype=None)
+    out = np.empty(pred.shape[1])
+    for lo in range(0, len(out), PCC_GENES):
+        g = slice(lo, lo + PCC_GENES)
+        # each gene a contiguous row: its sums do not depend on the chunk around it
+        out[g] = _pearson_rows(*(np.ascontiguousarray(a[:, g].T, np.float64)
+                                 for a in (pred, truth)))
+    return out
 
 
 def mse(pred: np.ndarray, truth: np.ndarray) -> float:

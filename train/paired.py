@@ -20,27 +20,14 @@ import numpy as np
 
 N_BOOT = 2000
 COMPARED = ("idw", "similarity", "ridge+idw")
-PCC_GENES = 32  # genes per step of gene_pcc
-
-
-def gene_pcc(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """(G,) PCC per gene across spots; NaN where either side is constant. ``PCC_GENES``
-    genes at a time: float64 copies of a Visium HD section were GBs."""
-    out = np.empty(pred.shape[1])
-    for lo in range(0, pred.shape[1], PCC_GENES):
-        g = slice(lo, lo + PCC_GENES)
-        p = np.asarray(pred[:, g], np.float64) - np.mean(pred[:, g], axis=0)
-        t = np.asarray(truth[:, g], np.float64) - np.mean(truth[:, g], axis=0)
-        den = np.sqrt((p * p).sum(axis=0) * (t * t).sum(axis=0))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out[g] = np.where(den > 1e-12, (p * t).sum(axis=0) / den, np.nan)
-    return out
 
 
 def differences(pred_a: np.ndarray, pred_b: np.ndarray, truth: np.ndarray,
                 rows: Sequence[np.ndarray]) -> np.ndarray:
     """(S, G) per-section, per-gene PCC differences a − b; ``rows`` masks one section each."""
-    return np.stack([gene_pcc(pred_a[r], truth[r]) - gene_pcc(pred_b[r], truth[r])
+    from asign.train.metrics import pcc_per_gene
+
+    return np.stack([pcc_per_gene(pred_a[r], truth[r]) - pcc_per_gene(pred_b[r], truth[r])
                      for r in rows])
 
 

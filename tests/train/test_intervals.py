@@ -162,10 +162,10 @@ def test_network_calibration_holds_out_at_most_n_blocks_groups_sharing_one_sourc
 
     from asign.train import blocks
 
-    side = 120  # 14,400 spots on a 16 µm grid: hundreds of validation blocks
-    g = np.stack(np.meshgrid(np.arange(side), np.arange(side)), -1).reshape(-1, 2) * 16.0
+    side = 120  # 14,400 spots over 12 mm (100 µm pitch): hundreds of validation blocks
+    g = np.stack(np.meshgrid(np.arange(side), np.arange(side)), -1).reshape(-1, 2) * 100.0
     rng = np.random.default_rng(0)
-    y = (np.sin(g[:, :1] / 300) + 0.1 * rng.normal(size=(len(g), 3))).astype(np.float32)
+    y = (np.sin(g[:, :1] / 2000) + 0.1 * rng.normal(size=(len(g), 3))).astype(np.float32)
     section = np.zeros(len(g), dtype=np.int64)
     visible = np.ones(len(g), dtype=bool)
     val = blocks.validation_split(visible, g, section, 0.2, seed=1)

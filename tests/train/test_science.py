@@ -35,6 +35,45 @@ def test_blocked_validation_holds_out_whole_squares():
     assert not blocks.validation_split(visible[:5], xy[:5], section[:5], 0.2, 0).any()
 
 
+@settings(max_examples=25, deadline=None)
+@given(pitch=st.floats(6.0, 250.0), jitter=st.floats(0.0, 0.2),
+       fraction=st.floats(0.1, 0.3), seed=st.integers(0, 2**16))
+def test_validation_blocks_are_as_wide_in_tissue_on_any_array(pitch, jitter, fraction, seed):
+    """Held-out spots lie tens of µm from the training spots on a 6 µm grid as on ST's
+    200 µm one: blocks of three pitches only would leave a Visium HD bin's neighbours, a
+    pitch away, in training (the leak blocks exist to remove)."""
+    from scipy.spatial import cKDTree
+
+    k = int(max(1500.0, 12 * pitch) / pitch)  # ≥ 25 blocks a side of 1.5 mm
+    xy = _lattice(k, pitch)
+    xy += np.random.default_rng(seed).normal(scale=jitter * pitch, size=xy.shape)
+    visible = np.ones(len(xy), dtype=bool)
+    val = blocks.validation_split(visible, xy, np.zeros(len(xy), np.int64), fraction, seed)
+    assert blocks.block_side(xy) >= max(blocks.VAL_BLOCK_MIN_UM, 2 * pitch)
+    assert 0 < val.sum() < len(xy)
+    d, _ = cKDTree(xy[~val]).query(xy[val])
+    assert np.median(d) >= 35.0  # µm, a few cell diameters, whatever the pitch
+
+
+def test_validation_split_takes_whole_blocks_until_the_share():
+    """The split is every spot of the first blocks, in a seeded order, that reach the share."""
+    rng = np.random.default_rng(5)
+    xy = rng.uniform(0, 4000, size=(3000, 2))
+    section = rng.integers(0, 3, size=len(xy))
+    visible = rng.random(len(xy)) < 0.9
+    val = blocks.validation_split(visible, xy, section, 0.2, seed=7)
+    block, n = blocks.section_blocks(xy, section, visible)
+    assert not val[~visible].any() and (block[~visible] == -1).all()
+    taken = np.unique(block[val])
+    assert np.array_equal(val[visible], np.isin(block[visible], taken))  # whole blocks
+    order = np.random.default_rng(7).permutation(n)
+    k = len(taken)
+    assert set(order[:k]) == set(taken)  # the first k of the seeded order ...
+    size = np.bincount(block[visible], minlength=n)
+    target = round(0.2 * visible.sum())
+    assert size[order[:k]].sum() >= target > size[order[:k - 1]].sum()  # ... and no more
+
+
 def test_cv_folds_partition_the_known_spots():
     xy = _lattice(12)
     folds = blocks.cv_folds(xy)
@@ -240,11 +279,27 @@ def test_shrinkage_blend_in_row_chunks_is_the_whole_blend(monkeypatch):
     np.testing.assert_array_equal(out, (w * model + (1 - w) * prior).astype(np.float32))
 
 
-def test_gene_pcc_in_gene_chunks_is_the_whole_computation(monkeypatch):
-    rng = np.random.default_rng(5)
-    pred, truth = rng.normal(size=(40, 11)).astype(np.float32), rng.normal(size=(40, 11))
-    truth[:, 4] = 2.0  # constant: NaN
-    whole = paired.gene_pcc(pred, truth)
-    monkeypatch.setattr(paired, "PCC_GENES", 3)
-    np.testing.assert_array_equal(paired.gene_pcc(pred, truth), whole)
-    assert np.isnan(whole[4]) and np.isfinite(np.delete(whole, 4)).all()
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(0, 40), g=st.integers(1, 12), chunk=st.integers(1, 13),
+       constant=st.lists(st.integers(0, 11), max_size=3), seed=st.integers(0, 2**16))
+def test_pcc_per_gene_in_gene_chunks_is_the_whole_computation(n, g, chunk, constant, seed):
+    """Per-gene PCC (the metric, and the paired comparison's) in chunks of genes: exactly
+    the whole float64 computation, NaN for constant genes; float32 input copied per chunk."""
+    from asign.numeric import pearson_rows
+    from asign.train import metrics
+
+    rng = np.random.default_rng(seed)
+    pred, truth = rng.normal(size=(n, g)).astype(np.float32), rng.normal(size=(n, g))
+    for j in constant:
+        if j < g:
+            truth[:, j] = 2.0
+    whole = pearson_rows(*(np.ascontiguousarray(a.T, np.float64) for a in (pred, truth)))
+    old = metrics.PCC_GENES
+    try:
+        metrics.PCC_GENES = chunk
+        got = metrics.pcc_per_gene(pred, truth)
+    finally:
+        metrics.PCC_GENES = old
+    np.testing.assert_array_equal(got, whole)
+    if n >= 2:
+        assert all(np.isnan(got[j]) for j in constant if j < g)
