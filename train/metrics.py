@@ -20,7 +20,6 @@ from asign.errors import AsignError
 from asign.numeric import nanmean as _nanmean
 from asign.numeric import pearson_rows as _pearson_rows
 
-
 PCC_GENES = 32  # genes per step of pcc_per_gene
 
 
