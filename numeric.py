@@ -4,9 +4,36 @@ so both may import it (tests/contract/test_architecture.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 IDW_CHUNK = 16384  # queries per step of idw: bounds its memory; small samples take one step
+CHUNK_BYTES = 32 << 20  # float64 temporaries per step of a computation over rows
+
+
+def row_steps(n_rows: int, row_values: int) -> Iterator[slice]:
+    """Consecutive slices covering ``n_rows`` rows, each small enough that ``row_values``
+    float64 temporaries per row stay within ``CHUNK_BYTES`` (at least one row a step):
+    whole-sample float64 copies of a Visium HD stack were GBs; her2st takes one step."""
+    step = max(1, CHUNK_BYTES // (8 * max(row_values, 1)))
+    for lo in range(0, n_rows, step):
+        yield slice(lo, min(lo + step, n_rows))
+
+
+def centred_products(a: np.ndarray, a_mean: np.ndarray, b: np.ndarray | None = None,
+                     b_mean: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(AᶜᵀAᶜ, AᶜᵀBᶜ or None) in float64, Aᶜ = A − ``a_mean`` and Bᶜ = B − ``b_mean`` (rows
+    of any float dtype), summed over :func:`row_steps`: no float64 copy of A or B whole."""
+    ata = np.zeros((a.shape[1], a.shape[1]))
+    atb = None if b is None else np.zeros((a.shape[1], b.shape[1]))
+    width = a.shape[1] + (0 if b is None else b.shape[1])
+    for r in row_steps(len(a), width):
+        ac = np.subtract(a[r], a_mean, dtype=np.float64)
+        ata += ac.T @ ac
+        if atb is not None:
+            atb += ac.T @ np.subtract(b[r], b_mean, dtype=np.float64)
+    return ata, atb
 
 
 def idw(

@@ -23,7 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from asign.numeric import idw  # noqa: F401  (the idw baseline's kernel, shared with ingest)
+from asign.numeric import (
+    centred_products,
+    idw,  # noqa: F401  (the idw baseline's kernel, shared with ingest)
+    row_steps,
+)
 
 SIMILARITY_TEMPERATURE = 0.1
 SIMILARITY_CHUNK = 4096  # queries per step of similarity at most
@@ -61,8 +65,8 @@ def similarity(
     y = np.asarray(y_known, dtype=np.float64)
     mean = a.mean(axis=0)
     basis = _principal_axes(a, mean, dims)
-    tree = cKDTree(np.concatenate([(a[lo:lo + SIMILARITY_CHUNK] - mean) @ basis
-                                   for lo in range(0, len(a), SIMILARITY_CHUNK)]))
+    tree = cKDTree(np.concatenate([(a[r] - mean) @ basis
+                                   for r in row_steps(len(a), a.shape[1])]))
     a32 = a.astype(np.float32)
     del a
     m = min(len(a32), SIMILARITY_CANDIDATES * k)
@@ -116,15 +120,12 @@ def cli_alone(
 
 def _principal_axes(a: np.ndarray, mean: np.ndarray, dims: int) -> np.ndarray:
     """(D, min(D, dims)): the first ``dims`` principal axes of the rows of ``a`` (centred
-    on ``mean``), as eigenvectors of their D × D scatter matrix, summed over row chunks: a
+    on ``mean``), as eigenvectors of their D × D scatter matrix, summed over row steps: a
     Visium HD layer's centred copy and its SVD were GBs. The identity when D ≤ dims."""
     d = a.shape[1]
     if d <= dims:
         return np.eye(d)
-    scatter = np.zeros((d, d))
-    for lo in range(0, len(a), SIMILARITY_CHUNK):
-        c = a[lo:lo + SIMILARITY_CHUNK] - mean
-        scatter += c.T @ c
+    scatter, _ = centred_products(a, mean)
     _, vecs = np.linalg.eigh(scatter)  # ascending eigenvalues
     return vecs[:, ::-1][:, :dims]
 

@@ -25,9 +25,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+from asign.numeric import centred_products, row_steps
 from asign.train.blocks import cv_folds
 
-PREDICT_ROWS = 65_536  # rows per step of RidgePath.predict (her2st's spots: one step)
 ALPHAS = tuple(float(a) for a in np.logspace(-3, 3, 13))  # × the number of features
 BLEND_GRID = tuple(float(w) for w in np.round(np.linspace(0.0, 1.0, 21), 2))
 
@@ -41,7 +41,8 @@ class RidgePath:
         self.y_mean = np.mean(y, axis=0, dtype=np.float64)
         self.primal = x.shape[0] > x.shape[1]
         if self.primal:  # XᵀX = V Λ Vᵀ: β = V (Λ + α)⁻¹ Vᵀ Xᵀ Y
-            xtx, xty = self._moments(x, y)
+            # chunked: centred float64 copies of a Visium HD layer's X and Y were GBs per fold
+            xtx, xty = centred_products(x, self.x_mean, y, self.y_mean)
             evals, self.v = np.linalg.eigh(xtx)
             self.vtxty = self.v.T @ xty
         else:  # X Xᵀ = U Λ Uᵀ: ŷ = x_new Xᵀ U (Λ + α)⁻¹ Uᵀ Y
@@ -52,35 +53,23 @@ class RidgePath:
             self.uty = self.u.T @ yc
         self.evals = np.maximum(evals, 0.0)
 
-    def _moments(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The centred XᵀX and XᵀY, summed over ``PREDICT_ROWS`` rows at a time: centred
-        float64 copies of a Visium HD layer's X and Y were GBs per fold."""
-        xtx = np.zeros((x.shape[1], x.shape[1]))
-        xty = np.zeros((x.shape[1], y.shape[1]))
-        for lo in range(0, len(x), PREDICT_ROWS):
-            # float32 rows minus a float64 mean: float64, without a float64 copy first
-            xc = np.subtract(x[lo:lo + PREDICT_ROWS], self.x_mean, dtype=np.float64)
-            xtx += xc.T @ xc
-            xty += xc.T @ np.subtract(y[lo:lo + PREDICT_ROWS], self.y_mean, dtype=np.float64)
-            del xc  # before the next chunk's
-        return xtx, xty
-
     def predict(self, x_new: np.ndarray, alpha: float,
                 dtype: type[np.floating] = np.float64) -> np.ndarray:
         """(Q, G) predictions at penalty ``alpha``: x_new β + intercept, with β =
-        (XᵀX + αI)⁻¹ XᵀY on the centred data; ``PREDICT_ROWS`` rows at a time, each
+        (XᵀX + αI)⁻¹ XᵀY on the centred data; in row steps (numeric.row_steps), each
         stored as ``dtype`` (a Visium HD stack's (Q, D) and (Q, G) in float64 were GBs)."""
         if self.primal:
             beta = self.v @ (self.vtxty / (self.evals + alpha)[:, None])
         else:
             dual = self.u @ (self.uty / (self.evals + alpha)[:, None])
         out = np.empty((len(x_new), len(self.y_mean)), dtype=dtype)
-        for lo in range(0, len(x_new), PREDICT_ROWS):
-            centred = np.array(x_new[lo:lo + PREDICT_ROWS], dtype=np.float64)  # a copy
+        width = len(self.x_mean) + len(self.y_mean) + (0 if self.primal else len(self.x))
+        for r in row_steps(len(x_new), width):
+            centred = np.array(x_new[r], dtype=np.float64)  # a copy
             centred -= self.x_mean
             fit = centred @ beta if self.primal else (centred @ self.x.T) @ dual
             del centred
-            out[lo:lo + PREDICT_ROWS] = fit + self.y_mean
+            out[r] = fit + self.y_mean
         return out
 
 

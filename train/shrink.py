@@ -63,15 +63,13 @@ def weights(model_val: np.ndarray, prior_val: np.ndarray, true_val: np.ndarray,
     return np.clip(w, 0.0, 1.0)
 
 
-BLEND_ROWS = 65_536  # rows per step of blend
-
-
 def blend(model: np.ndarray, prior_: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """w · model + (1 − w) · prior, as float32; ``BLEND_ROWS`` rows at a time (the float64
-    temporaries of a whole Visium HD stack were GBs)."""
+    """w · model + (1 − w) · prior, as float32; in row steps (numeric.row_steps: the
+    float64 temporaries of a whole Visium HD stack were GBs)."""
+    from asign.numeric import row_steps
+
     out = np.empty(np.broadcast_shapes(np.shape(model), np.shape(prior_)), dtype=np.float32)
-    for lo in range(0, len(out), BLEND_ROWS):
-        r = slice(lo, lo + BLEND_ROWS)
+    for r in row_steps(len(out), 3 * out.shape[1]):
         out[r] = w * model[r] + (1 - w) * prior_[r]
     return out
 

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from asign import numeric
 from asign.train import baselines
 
 
@@ -96,5 +97,6 @@ def test_similarity_axes_in_row_chunks_are_the_same(monkeypatch):
     y = rng.normal(size=(60, 3))
     whole = bl.similarity(emb_k, y, emb_q, k=5, dims=4)
     monkeypatch.setattr(bl, "SIMILARITY_CHUNK", 7)
+    monkeypatch.setattr(numeric, "CHUNK_BYTES", 8 * 7 * 24)  # 7 rows a step of the axes
     np.testing.assert_allclose(bl.similarity(emb_k, y, emb_q, k=5, dims=4), whole,
                                rtol=1e-6, atol=1e-6)

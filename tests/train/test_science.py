@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from asign import numeric
 from asign.train import blocks, paired, ridge, shrink
 
 
@@ -103,7 +104,7 @@ def test_ridge_predicts_in_row_chunks_as_in_one_pass(monkeypatch, n):
     x, y = rng.normal(size=(n, 6)), rng.normal(size=(n, 2))
     fit, x_new = ridge.RidgePath(x, y), rng.normal(size=(50, 6))
     whole = fit.predict(x_new, 0.5)
-    monkeypatch.setattr(ridge, "PREDICT_ROWS", 7)
+    monkeypatch.setattr(numeric, "CHUNK_BYTES", 8 * 7 * (6 + 2 + (0 if n > 6 else n)))  # 7 rows
     np.testing.assert_allclose(fit.predict(x_new, 0.5), whole, rtol=1e-12, atol=1e-12)
     part32 = fit.predict(x_new, 0.5, np.float32)
     assert part32.dtype == np.float32
@@ -123,8 +124,8 @@ def test_ridge_prediction_of_many_spots_holds_one_chunk_in_float64():
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert out.shape == (300_000, 8)
-    # one chunk's centred float64 rows (34 MB) and the float32 output (10 MB); the whole
-    # centred copy alone was 154 MB
+    # one row step's centred float64 rows and fit (≈ 35 MB) and the float32 output (10 MB);
+    # the whole centred copy alone was 154 MB
     assert peak < 60 * 2**20, f"{peak / 2**20:.0f} MiB"
 
 
@@ -232,9 +233,37 @@ def test_ridge_fit_sums_its_moments_in_row_chunks(monkeypatch):
     x, y = rng.normal(size=(50, 6)).astype(np.float32), rng.normal(size=(50, 3))
     x_new = rng.normal(size=(9, 6))
     whole = ridge.RidgePath(x, y).predict(x_new, 0.7)
-    monkeypatch.setattr(ridge, "PREDICT_ROWS", 7)
+    monkeypatch.setattr(numeric, "CHUNK_BYTES", 8 * 7 * (6 + 3))  # 7 rows a step
     np.testing.assert_allclose(ridge.RidgePath(x, y).predict(x_new, 0.7), whole,
                                rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(0, 30), d=st.integers(1, 6), g=st.integers(0, 4),
+       step=st.integers(1, 31), seed=st.integers(0, 2**16))
+def test_centred_products_in_row_steps_are_the_whole_products(n, d, g, step, seed):
+    """The row steps cover every row once, in order, and the chunked centred AᵀA and AᵀB
+    (float32 rows, float64 sums) equal the products of the whole centred float64 arrays."""
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(n, d)).astype(np.float32)
+    b = rng.normal(size=(n, g)) if g else None
+    old = numeric.CHUNK_BYTES
+    try:
+        numeric.CHUNK_BYTES = 8 * step * (d + g)
+        steps = list(numeric.row_steps(n, d + g))
+        ma, mb = rng.normal(size=d), rng.normal(size=g)
+        ata, atb = numeric.centred_products(a, ma, b, mb if g else None)
+    finally:
+        numeric.CHUNK_BYTES = old
+    assert np.array_equal(np.concatenate([np.arange(n)[r] for r in steps] or [[]]),
+                          np.arange(n))
+    assert all(r.stop - r.start <= step for r in steps)
+    ac = a.astype(np.float64) - ma
+    np.testing.assert_allclose(ata, ac.T @ ac, rtol=1e-10, atol=1e-10)
+    if g:
+        np.testing.assert_allclose(atb, ac.T @ (b - mb), rtol=1e-10, atol=1e-10)
+    else:
+        assert atb is None
 
 
 def test_ridge_fit_of_many_spots_holds_one_chunk_in_float64():
@@ -250,7 +279,8 @@ def test_ridge_fit_of_many_spots_holds_one_chunk_in_float64():
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert fit.primal
-    # one chunk's centred rows (34 + 4 MB); the whole float64 X alone was 154 MB
+    # one row step (numeric.CHUNK_BYTES) of centred rows and its temporaries, ≈ 57 MiB; the
+    # whole float64 X alone was 154 MB
     assert peak < 60 * 2**20, f"{peak / 2**20:.0f} MiB"
 
 
@@ -273,7 +303,7 @@ def test_shrinkage_blend_in_row_chunks_is_the_whole_blend(monkeypatch):
     rng = np.random.default_rng(4)
     model, prior = rng.normal(size=(20, 5)).astype(np.float32), rng.normal(size=(20, 5))
     w = rng.uniform(size=5)
-    monkeypatch.setattr(shrink, "BLEND_ROWS", 3)
+    monkeypatch.setattr(numeric, "CHUNK_BYTES", 8 * 3 * 3 * 5)  # 3 rows a step
     out = shrink.blend(model, prior, w)
     assert out.dtype == np.float32
     np.testing.assert_array_equal(out, (w * model + (1 - w) * prior).astype(np.float32))
