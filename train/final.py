@@ -40,12 +40,14 @@ def predict(cfg: Any, models: list[Any], task: Any, sample: Any,
         for kind in shrink.candidates(cfg):
             p_val = shrink.prior(cfg, kind, sample, y, task.train)[task.val]
             w = shrink.weights(val_pred, p_val, y[task.val])
-            blended = shrink.blend(val_pred, p_val, w)
-            mse = float(((blended - y[task.val]) ** 2).mean())
+            mse = float(((shrink.blend(val_pred, p_val, w) - y[task.val]) ** 2).mean())
             info[f"val_mse_{kind}"] = round(mse, 5)
             if best is None or mse < best[0]:
-                best = (mse, kind, w, blended, p_val)
-        _, kind, w, val_pred, val_prior = best
+                best = (mse, kind, w, p_val)
+        _, kind, w, val_prior = best
+        # calibration residuals out of sample for the weights too (intervals.py)
+        val_pred = shrink.cross_fitted(val_pred, val_prior, y[task.val],
+                                       intervals.calibration_groups(task, xy))
         prior = shrink.prior(cfg, kind, sample, y, task.visible)
         pred = shrink.blend(pred, prior, w)
         info.update(prior=kind, **shrink.summary(w))

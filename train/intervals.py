@@ -24,7 +24,11 @@ Held-out known spots (only known labels are ever read; hidden rows never enter):
 - neural models (one trained model): the validation blocks set aside from training
   (loop.py, blocks.py; a whole known layer when there are ≥ 2), predicted from the
   training spots — the spots the gate and shrinkage are chosen on, never trained on —
-  held out (cross-fitted) in at most ``N_BLOCKS`` groups of whole blocks.
+  held out (cross-fitted) in at most ``N_BLOCKS`` groups of whole blocks
+  (:func:`calibration_groups`). The per-gene shrinkage weights are fitted on these spots,
+  so a held-out group's blended prediction uses the weights fitted on the other groups
+  (shrink.cross_fitted): weights fitted on the very spots scored would shrink their
+  residuals, gene by gene, and the intervals of the genes fitted best would under-cover.
 
 With one known layer the held-out task is in-layer, easier than a cross-layer one; the
 distance floor of error_scale.py keeps a hidden layer's intervals from narrowing below what
@@ -268,8 +272,7 @@ def for_predictions(task: Any, xy: np.ndarray, pred: np.ndarray, val_pred: np.nd
         # all: at Visium HD scale there are thousands of blocks, and a copy of the training
         # spots and a cross-fit per block would cost O(N²)
         rows = np.flatnonzero(val)
-        group = np.unique(validation_blocks(xy, task.section, known, val)[rows],
-                          return_inverse=True)[1].ravel() % N_BLOCKS
+        group = calibration_groups(task, xy)
         src = error_scale.source(xy[known], y, at[train])
         val_pred = np.asarray(val_pred, dtype=np.float64)
         val_prior = None if val_prior is None else np.asarray(val_prior, dtype=np.float64)
@@ -283,6 +286,14 @@ def for_predictions(task: Any, xy: np.ndarray, pred: np.ndarray, val_pred: np.nd
         return unbounded(pred), {}
     return (cal.bounds(Query(error_scale.source(xy[known], y), xy, pred, prior)),
             cal.summary())
+
+
+def calibration_groups(task: Any, xy: np.ndarray) -> np.ndarray:
+    """(V,) the held-out group (0 … ``N_BLOCKS`` − 1) of each validation spot of ``task``, in
+    row order: whole validation blocks, dealt round the groups."""
+    rows = np.flatnonzero(task.val)
+    blocks_of = validation_blocks(xy, task.section, task.visible, task.val)[rows]
+    return np.unique(blocks_of, return_inverse=True)[1].ravel() % N_BLOCKS
 
 
 def validation_blocks(xy: np.ndarray, section: np.ndarray, known: np.ndarray,

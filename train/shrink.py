@@ -63,6 +63,20 @@ def weights(model_val: np.ndarray, prior_val: np.ndarray, true_val: np.ndarray,
     return np.clip(w, 0.0, 1.0)
 
 
+def cross_fitted(model_val: np.ndarray, prior_val: np.ndarray, true_val: np.ndarray,
+                 group: np.ndarray) -> np.ndarray:
+    """(V, G) float32 blend of the validation spots, each ``group`` with the weights fitted
+    on the other groups (on all of them when there is one group): what the intervals
+    calibrate on, out of sample for the weights as a hidden spot is."""
+    out = np.empty(np.shape(model_val), dtype=np.float32)
+    for g in np.unique(group):
+        m = group == g
+        fit = ~m if (~m).any() else m
+        w = weights(model_val[fit], prior_val[fit], true_val[fit])
+        out[m] = blend(model_val[m], prior_val[m], w)
+    return out
+
+
 def blend(model: np.ndarray, prior_: np.ndarray, w: np.ndarray) -> np.ndarray:
     """w · model + (1 − w) · prior, as float32; in row steps (numeric.row_steps: the
     float64 temporaries of a whole Visium HD stack were GBs)."""

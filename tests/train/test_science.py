@@ -333,3 +333,30 @@ def test_pcc_per_gene_in_gene_chunks_is_the_whole_computation(n, g, chunk, const
     np.testing.assert_array_equal(got, whole)
     if n >= 2:
         assert all(np.isnan(got[j]) for j in constant if j < g)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(2, 40), g=st.integers(1, 5), groups=st.integers(1, 6),
+       seed=st.integers(0, 2**16))
+def test_cross_fitted_blend_of_a_group_never_reads_its_own_labels(n, g, groups, seed):
+    """The intervals calibrate on validation residuals: a group's blended prediction must
+    not depend on that group's labels (weights fitted on the spots scored would shrink
+    their residuals). With one group there is nothing else to fit on."""
+    rng = np.random.default_rng(seed)
+    model, prior = rng.normal(size=(n, g)), rng.normal(size=(n, g))
+    truth = rng.normal(size=(n, g))
+    group = rng.integers(0, groups, size=n)
+    out = shrink.cross_fitted(model, prior, truth, group)
+    assert out.dtype == np.float32 and out.shape == (n, g)
+    for k in np.unique(group):
+        m = group == k
+        if m.all():
+            w = shrink.weights(model, prior, truth)
+            np.testing.assert_array_equal(out, shrink.blend(model, prior, w))
+            continue
+        moved = truth.copy()
+        moved[m] += rng.normal(scale=5.0, size=(int(m.sum()), g))
+        np.testing.assert_array_equal(shrink.cross_fitted(model, prior, moved, group)[m],
+                                      out[m])
+        w = shrink.weights(model[~m], prior[~m], truth[~m])
+        np.testing.assert_array_equal(out[m], shrink.blend(model[m], prior[m], w))
