@@ -33,6 +33,7 @@ def centred_products(a: np.ndarray, a_mean: np.ndarray, b: np.ndarray | None = N
         ata += ac.T @ ac
         if atb is not None:
             atb += ac.T @ np.subtract(b[r], b_mean, dtype=np.float64)
+        del ac  # before the next step's, or two steps' rows are held at once
     return ata, atb
 
 

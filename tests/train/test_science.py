@@ -279,7 +279,7 @@ def test_ridge_fit_of_many_spots_holds_one_chunk_in_float64():
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert fit.primal
-    # one row step (numeric.CHUNK_BYTES) of centred rows and its temporaries, ≈ 57 MiB; the
+    # one row step (numeric.CHUNK_BYTES) of centred rows and its temporaries, ≈ 32 MiB; the
     # whole float64 X alone was 154 MB
     assert peak < 60 * 2**20, f"{peak / 2**20:.0f} MiB"
 
