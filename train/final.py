@@ -36,21 +36,16 @@ def predict(cfg: Any, models: list[Any], task: Any, sample: Any,
     if val_pred is not None:  # the in-layer loss of the networks alone (diagnosis)
         info["val_mse_network"] = round(float(((val_pred - y[task.val]) ** 2).mean()), 5)
     if cfg.shrink and val_pred is not None:
-        best = None
-        for kind in shrink.candidates(cfg):
-            p_val = shrink.prior(cfg, kind, sample, y, task.train)[task.val]
-            w = shrink.weights(val_pred, p_val, y[task.val])
-            mse = float(((shrink.blend(val_pred, p_val, w) - y[task.val]) ** 2).mean())
-            info[f"val_mse_{kind}"] = round(mse, 5)
-            if best is None or mse < best[0]:
-                best = (mse, kind, w, p_val)
-        _, kind, w, val_prior = best
-        # calibration residuals out of sample for the weights too (intervals.py)
-        val_pred = shrink.cross_fitted(val_pred, val_prior, y[task.val],
-                                       intervals.calibration_groups(task, xy))
-        prior = shrink.prior(cfg, kind, sample, y, task.visible)
-        pred = shrink.blend(pred, prior, w)
-        info.update(prior=kind, **shrink.summary(w))
+        y_val = y[task.val]
+        priors_val = {kind: shrink.prior(cfg, kind, sample, y, task.train)[task.val]
+                      for kind in shrink.candidates(cfg)}
+        choice = shrink.choose(val_pred, priors_val, y_val,
+                               intervals.calibration_groups(task, xy))
+        # the intervals calibrate on the cross-fitted blend: out of sample for the weights
+        val_pred, val_prior = choice.held_out, priors_val[choice.prior]
+        prior = shrink.prior(cfg, choice.prior, sample, y, task.visible)
+        pred = shrink.blend(pred, prior, choice.weights)
+        info.update(choice.summary())
     bounds = None
     if cfg.coverage:  # the interval's error scale reads the prior the prediction shrank to
         bounds, info["intervals"] = intervals.for_predictions(task, xy, pred, val_pred,

@@ -17,19 +17,31 @@ w_g is the least-squares weight on the held-out validation blocks (blocks.py), c
 [0, 1]: the prediction of the validation spots from the training spots, by the network
 and by the prior, against their labels. A gene whose network prediction does not beat the
 prior on held-out blocks gets w_g = 0. Its per-gene estimate (a few dozen validation spots
-per gene) is pulled half-way toward the weight shared by all genes (``POOL``):
-w_g = (1 − λ) · ŵ_g + λ · ŵ_shared. The prior whose blend has the lower validation MSE is
-kept (``--shrink-prior auto``), or the one named. At test time the prior is computed from
-every known spot, as its baseline run would be.
+per gene) may be pulled toward the weight shared by all genes:
+w_g = (1 − λ) · ŵ_g + λ · ŵ_shared.
+
+What is chosen — the prior (``--shrink-prior auto``, or the one named), λ among
+:data:`POOLS`, or the prior alone (w = 0) — is chosen by :func:`choose` on the
+validation spots' *cross-fitted* error: each held-out group of blocks
+(intervals.calibration_groups) blended with weights fitted on the other groups. Fitted
+and scored on the same spots, a least-squares blend can only lower their error, so an
+in-sample comparison would always prefer blending, and the lowest λ; out of sample, a
+network that adds nothing the prior lacks loses to the prior alone. At test time the prior
+is computed from every known spot, as its baseline run would be, and the weights are
+refitted on every validation spot.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-POOL = 0.5  # λ: per-gene weight pulled half-way to the shared weight
+POOL = 0.5  # λ of :func:`weights` when none is chosen
+# λ candidates of :func:`choose`, simplest first: a tie keeps the earlier (the prior alone,
+# tried before any of them, is simpler still)
+POOLS = (1.0, 0.5, 0.0)
 
 
 PRIORS = {True: ("idw", "ridge+idw"), False: ("mean", "ridge")}  # by: the network has a CLI
@@ -64,17 +76,58 @@ def weights(model_val: np.ndarray, prior_val: np.ndarray, true_val: np.ndarray,
 
 
 def cross_fitted(model_val: np.ndarray, prior_val: np.ndarray, true_val: np.ndarray,
-                 group: np.ndarray) -> np.ndarray:
+                 group: np.ndarray, pool: float = POOL) -> np.ndarray:
     """(V, G) float32 blend of the validation spots, each ``group`` with the weights fitted
-    on the other groups (on all of them when there is one group): what the intervals
-    calibrate on, out of sample for the weights as a hidden spot is."""
+    on the other groups (on all of them when there is one group): what the choice and the
+    intervals are scored on, out of sample for the weights as a hidden spot is."""
     out = np.empty(np.shape(model_val), dtype=np.float32)
     for g in np.unique(group):
         m = group == g
         fit = ~m if (~m).any() else m
-        w = weights(model_val[fit], prior_val[fit], true_val[fit])
+        w = weights(model_val[fit], prior_val[fit], true_val[fit], pool)
         out[m] = blend(model_val[m], prior_val[m], w)
     return out
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What :func:`choose` chose, and the validation error every candidate had."""
+
+    prior: str
+    pool: float | None  # λ; None: the prior alone (every weight 0)
+    weights: np.ndarray  # (G,) fitted on every validation spot
+    held_out: np.ndarray  # (V, G) float32: the validation spots' cross-fitted blend
+    scores: dict[str, float]  # candidate → cross-fitted validation MSE
+
+    def summary(self) -> dict[str, Any]:
+        """What a run records (``timings.selection``)."""
+        return {"prior": self.prior, "pool": self.pool, **summary(self.weights),
+                "val_mse": self.scores}
+
+
+def choose(model_val: np.ndarray, priors_val: dict[str, np.ndarray], true_val: np.ndarray,
+           group: np.ndarray) -> Choice:
+    """The prior (keys of ``priors_val``: each one's (V, G) prediction of the validation
+    spots from the training spots) and λ, or the prior alone, whose validation spots'
+    cross-fitted blend (held out in ``group``s) has the lowest MSE; ties keep the earlier
+    candidate (module docstring)."""
+    y = np.asarray(true_val, dtype=np.float64)
+    best: tuple[float, str, float | None, np.ndarray] | None = None
+    scores = {}
+    for kind, p in priors_val.items():
+        for pool in (None, *POOLS):
+            held = (np.asarray(p, dtype=np.float32) if pool is None
+                    else cross_fitted(model_val, p, y, group, pool))
+            mse = float(((held - y) ** 2).mean())
+            scores[kind if pool is None else f"{kind}, pool {pool:g}"] = round(mse, 5)
+            if best is None or mse < best[0]:
+                best = (mse, kind, pool, held)
+    if best is None:
+        raise ValueError("shrink.choose: no prior")
+    _, kind, pool, held = best
+    w = (np.zeros(y.shape[1]) if pool is None
+         else weights(model_val, priors_val[kind], y, pool))
+    return Choice(kind, pool, w, held, scores)
 
 
 def blend(model: np.ndarray, prior_: np.ndarray, w: np.ndarray) -> np.ndarray:

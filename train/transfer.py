@@ -167,7 +167,7 @@ def _network(cfg: TrainConfig, models: list[Any], train_fold: Any, run: Any, poo
              s: Any) -> tuple[np.ndarray, dict[str, Any]]:
     """The networks' prediction of test sample ``s``, shrunk toward a transfer baseline with
     per-gene weights chosen on the training samples' held-out blocks."""
-    from asign.train import loop, shrink
+    from asign.train import intervals, loop, shrink
     from asign.train.folds import task_of
 
     tasks = [task_of(run.tasks, run.samples[p.sample_id], p.visible, cfg)
@@ -177,27 +177,26 @@ def _network(cfg: TrainConfig, models: list[Any], train_fold: Any, run: Any, poo
     task = replace(task, offset=pool.y.mean(axis=0).astype(np.float32))
     pred = np.mean([loop.predict(cfg, m, task) for m in models], axis=0)
     info: dict[str, Any] = {}
-    held = [t for t in tasks if t.val.any() and t.train.any()]
+    held = [(run.samples[p.sample_id], t) for p, t in zip(train_fold.samples, tasks,
+                                                          strict=True)
+            if t.val.any() and t.train.any()]
     if not (cfg.shrink and held):
         return pred.astype(np.float32), info
     val_pred = np.concatenate([np.mean([_validation(cfg, m, t) for m in models], axis=0)
-                               for t in held])
-    y_val = np.concatenate([(t.y.float().cpu().numpy() + t.offset)[t.val] for t in held])
-    best = None
-    for kind in shrink.candidates(cfg):
-        p_val = np.concatenate([
-            shrink.prior(cfg, kind, run.samples[p.sample_id], t.y.float().cpu().numpy()
-                         + t.offset, t.train)[t.val]
-            for p, t in zip(train_fold.samples, tasks, strict=True) if t in held])
-        w = shrink.weights(val_pred, p_val, y_val)
-        mse = float(((shrink.blend(val_pred, p_val, w) - y_val) ** 2).mean())
-        info[f"val_mse_{kind}"] = round(mse, 5)
-        if best is None or mse < best[0]:
-            best = (mse, kind, w)
-    _, kind, w = best
-    prior = TRANSFER_BASELINES[kind](cfg.with_(model=kind), pool, s)
-    info["shrink"] = {"prior": kind, **shrink.summary(w)}
-    return shrink.blend(pred, prior, w), info
+                               for _, t in held])
+    ys = [t.y.float().cpu().numpy() + t.offset for _, t in held]
+    # held-out groups of blocks within each training sample, numbered apart
+    group = np.concatenate([intervals.calibration_groups(t, sp.xy) + k * intervals.N_BLOCKS
+                            for k, (sp, t) in enumerate(held)])
+    choice = shrink.choose(
+        val_pred,
+        {kind: np.concatenate([shrink.prior(cfg, kind, sp, y, t.train)[t.val]
+                               for (sp, t), y in zip(held, ys, strict=True)])
+         for kind in shrink.candidates(cfg)},
+        np.concatenate([y[t.val] for (_, t), y in zip(held, ys, strict=True)]), group)
+    prior = TRANSFER_BASELINES[choice.prior](cfg.with_(model=choice.prior), pool, s)
+    info["shrink"] = choice.summary()
+    return shrink.blend(pred, prior, choice.weights), info
 
 
 def _validation(cfg: TrainConfig, model: Any, task: Any) -> np.ndarray:

@@ -360,3 +360,49 @@ def test_cross_fitted_blend_of_a_group_never_reads_its_own_labels(n, g, groups, 
                                       out[m])
         w = shrink.weights(model[~m], prior[~m], truth[~m])
         np.testing.assert_array_equal(out[m], shrink.blend(model[m], prior[m], w))
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(2, 40), g=st.integers(1, 5), groups=st.integers(1, 6),
+       priors=st.integers(1, 2), seed=st.integers(0, 2**16))
+def test_shrinkage_choice_is_the_lowest_cross_fitted_error(n, g, groups, priors, seed):
+    """Every candidate is scored out of sample, the lowest wins, and what is returned is
+    that candidate: its held-out blend, and weights refitted on every validation spot (all
+    zero for the prior alone)."""
+    rng = np.random.default_rng(seed)
+    model, truth = rng.normal(size=(n, g)), rng.normal(size=(n, g))
+    pv = {f"p{k}": rng.normal(size=(n, g)) for k in range(priors)}
+    group = rng.integers(0, groups, size=n)
+    c = shrink.choose(model, pv, truth, group)
+    assert len(c.scores) == priors * (1 + len(shrink.POOLS))
+    assert c.scores == {k: round(v, 5) for k, v in c.scores.items()}
+    best = min(c.scores.values())
+    label = c.prior if c.pool is None else f"{c.prior}, pool {c.pool:g}"
+    assert c.scores[label] == best
+    if c.pool is None:
+        assert np.all(c.weights == 0)
+        np.testing.assert_array_equal(c.held_out, pv[c.prior].astype(np.float32))
+    else:
+        np.testing.assert_array_equal(c.weights,
+                                      shrink.weights(model, pv[c.prior], truth, c.pool))
+        np.testing.assert_array_equal(c.held_out, shrink.cross_fitted(model, pv[c.prior],
+                                                                      truth, group, c.pool))
+    # the prior alone is always a candidate: the choice never scores above it
+    assert best <= min(c.scores[k] for k in pv)
+
+
+def test_shrinkage_keeps_the_prior_alone_when_the_network_adds_nothing():
+    """Fitted on the spots it is scored on, a least-squares blend always beats the prior;
+    out of sample, a network of pure noise loses to it, and a useful one is blended in."""
+    rng = np.random.default_rng(5)
+    truth = rng.normal(size=(240, 30))
+    prior = truth + rng.normal(scale=1.0, size=truth.shape)
+    group = np.repeat(np.arange(6), 40)
+    useless = prior + rng.normal(size=truth.shape)  # the prior plus noise
+    in_sample = shrink.weights(useless, prior, truth)
+    assert (in_sample > 0).any()  # what an in-sample fit would blend in
+    noise = shrink.choose(useless, {"p": prior}, truth, group)
+    assert noise.pool is None and np.all(noise.weights == 0)
+    useful = truth + rng.normal(scale=1.0, size=truth.shape)
+    c = shrink.choose(useful, {"p": prior}, truth, group)
+    assert c.pool is not None and 0.3 < c.weights.mean() < 0.7
