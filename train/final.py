@@ -30,7 +30,7 @@ def predict(cfg: Any, models: list[Any], task: Any, sample: Any,
     if task.val.any() and task.train.any():
         val_pred = np.mean([_validation(cfg, m, task) for m in models], axis=0)
     info: dict[str, Any] = {}
-    prior = val_prior = None
+    prior = val_prior = group = None
     if unshrunk is not None:
         unshrunk.append(pred.astype(np.float32, copy=False))  # blend makes a new array
     if val_pred is not None:  # the in-layer loss of the networks alone (diagnosis)
@@ -39,8 +39,8 @@ def predict(cfg: Any, models: list[Any], task: Any, sample: Any,
         y_val = y[task.val]
         priors_val = {kind: shrink.prior(cfg, kind, sample, y, task.train)[task.val]
                       for kind in shrink.candidates(cfg)}
-        choice = shrink.choose(val_pred, priors_val, y_val,
-                               intervals.calibration_groups(task, xy))
+        group = intervals.calibration_groups(task, xy)
+        choice = shrink.choose(val_pred, priors_val, y_val, group)
         # the intervals calibrate on the cross-fitted blend: out of sample for the weights
         val_pred, val_prior = choice.held_out, priors_val[choice.prior]
         prior = shrink.prior(cfg, choice.prior, sample, y, task.visible)
@@ -48,8 +48,8 @@ def predict(cfg: Any, models: list[Any], task: Any, sample: Any,
         info.update(choice.summary())
     bounds = None
     if cfg.coverage:  # the interval's error scale reads the prior the prediction shrank to
-        bounds, info["intervals"] = intervals.for_predictions(task, xy, pred, val_pred,
-                                                              cfg.coverage, prior, val_prior)
+        bounds, info["intervals"] = intervals.for_predictions(
+            task, xy, pred, val_pred, cfg.coverage, prior, val_prior, group)
     return pred.astype(np.float32, copy=False), bounds, info
 
 

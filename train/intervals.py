@@ -252,12 +252,13 @@ def for_baseline(predict: Callable[[np.ndarray], np.ndarray], y: np.ndarray, kno
 
 def for_predictions(task: Any, xy: np.ndarray, pred: np.ndarray, val_pred: np.ndarray | None,
                     coverage: float, prior: np.ndarray | None = None,
-                    val_prior: np.ndarray | None = None
+                    val_prior: np.ndarray | None = None, group: np.ndarray | None = None
                     ) -> tuple[tuple[np.ndarray, np.ndarray], dict[str, Any]]:
     """Intervals of a trained network around ``pred`` (N, G) from its validation spots'
     predictions ``val_pred`` (the final ones: after ensembling and shrinkage), and what
     was calibrated. ``prior`` / ``val_prior``: the shrinkage prior of every spot (from all
-    known spots) and of the validation spots (from the training spots), if any."""
+    known spots) and of the validation spots (from the training spots), if any; ``group``:
+    :func:`calibration_groups` of ``task``, if the caller has them."""
     import torch
 
     val, train, known = task.val, task.train, task.visible
@@ -272,7 +273,7 @@ def for_predictions(task: Any, xy: np.ndarray, pred: np.ndarray, val_pred: np.nd
         # all: at Visium HD scale there are thousands of blocks, and a copy of the training
         # spots and a cross-fit per block would cost O(N²)
         rows = np.flatnonzero(val)
-        group = calibration_groups(task, xy)
+        group = calibration_groups(task, xy) if group is None else group
         src = error_scale.source(xy[known], y, at[train])
         val_pred = np.asarray(val_pred, dtype=np.float64)
         val_prior = None if val_prior is None else np.asarray(val_prior, dtype=np.float64)
