@@ -1,5 +1,6 @@
 """The networks' final prediction of one test graph: the ensemble's mean, shrunk toward its
-prior (shrink.py), with intervals conformalised on the same held-out blocks (intervals.py).
+prior (shrink.py), with intervals conformalised on the same held-out blocks (intervals.py);
+when the prior alone is chosen, the prediction and its intervals are the prior baseline's.
 
 Every step reads the validation blocks the loop set aside (blocks.py) and the known
 spots' labels; hidden labels never enter.
@@ -30,7 +31,7 @@ def predict(cfg: Any, models: list[Any], task: Any, sample: Any,
     if task.val.any() and task.train.any():
         val_pred = np.mean([_validation(cfg, m, task) for m in models], axis=0)
     info: dict[str, Any] = {}
-    prior = val_prior = group = None
+    prior = val_prior = group = choice = None
     if unshrunk is not None:
         unshrunk.append(pred.astype(np.float32, copy=False))  # blend makes a new array
     if val_pred is not None:  # the in-layer loss of the networks alone (diagnosis)
@@ -47,7 +48,15 @@ def predict(cfg: Any, models: list[Any], task: Any, sample: Any,
         pred = shrink.blend(pred, prior, choice.weights)
         info.update(choice.summary())
     bounds = None
-    if cfg.coverage:  # the interval's error scale reads the prior the prediction shrank to
+    if cfg.coverage and choice is not None and choice.pool is None:
+        # the prediction is the prior's, made from every known spot, so its intervals are
+        # the prior's baseline run's: calibrated on held-out blocks of every known spot,
+        # not only the validation blocks the network had to be kept from
+        kind = choice.prior
+        bounds, info["intervals"] = intervals.for_baseline(
+            lambda m: shrink.prior(cfg, kind, sample, y, m), y, task.visible, sample.section,
+            xy, pred, cfg.coverage, cfg.seed)
+    elif cfg.coverage:  # the interval's error scale reads the prior the prediction shrank to
         bounds, info["intervals"] = intervals.for_predictions(
             task, xy, pred, val_pred, cfg.coverage, prior, val_prior, group)
     return pred.astype(np.float32, copy=False), bounds, info

@@ -66,26 +66,85 @@ def prior(cfg: Any, kind: str, sample: Any, y: np.ndarray, source: np.ndarray) -
 def weights(model_val: np.ndarray, prior_val: np.ndarray, true_val: np.ndarray,
             pool: float = POOL) -> np.ndarray:
     """(G,) blend weights of the network (see the module docstring)."""
-    d = np.asarray(model_val, np.float64) - prior_val
-    r = np.asarray(true_val, np.float64) - prior_val
-    den = (d * d).sum(axis=0)
-    per_gene = np.where(den > 1e-12, (d * r).sum(axis=0) / np.maximum(den, 1e-12), 0.0)
-    shared = float((d * r).sum() / max(float(den.sum()), 1e-12))
+    m = moments(model_val, prior_val, true_val, np.zeros(len(model_val), dtype=np.int64))
+    return _weights(m.de[0], m.dd[0], pool)
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Per held-out group and gene, the sums a blend's weights and error are made of:
+    d = network − prior, e = truth − prior; the blend's squared error is
+    Σ (w·d − e)² = w²·Σd² − 2w·Σde + Σe². One pass over the validation spots gives every
+    candidate's weights and cross-fitted error, without a copy of the spots per group."""
+
+    de: np.ndarray  # (k, G) Σ d·e
+    dd: np.ndarray  # (k, G) Σ d²
+    ee: np.ndarray  # (k, G) Σ e²
+    groups: np.ndarray  # (k,) the group labels, sorted
+    n: int  # validation spots
+
+    def left_out(self, j: int, pool: float) -> np.ndarray:
+        """(G,) weights fitted without group ``j`` (on every group when it is the only
+        one)."""
+        rest = np.arange(len(self.groups)) != j
+        if not rest.any():
+            rest = ~rest
+        return _weights(self.de[rest].sum(axis=0), self.dd[rest].sum(axis=0), pool)
+
+    def cross_fitted_mse(self, pool: float | None) -> float:
+        """MSE of the cross-fitted blend with ``pool`` (None: the prior alone)."""
+        size = max(self.n * self.de.shape[1], 1)
+        if pool is None:
+            return float(self.ee.sum()) / size
+        sse = 0.0
+        for j in range(len(self.groups)):
+            w = self.left_out(j, pool)
+            sse += float((w * w * self.dd[j] - 2 * w * self.de[j] + self.ee[j]).sum())
+        return sse / size
+
+
+def moments(model_val: np.ndarray, prior_val: np.ndarray, true_val: np.ndarray,
+            group: np.ndarray) -> Moments:
+    """:class:`Moments` of the (V, G) validation predictions per ``group`` (V,), in row
+    steps of float64 (numeric.row_steps)."""
+    from asign.numeric import row_steps
+
+    groups, inv = np.unique(np.asarray(group), return_inverse=True)
+    inv = inv.ravel()
+    k, g = len(groups), np.shape(model_val)[1]
+    de, dd, ee = (np.zeros((k, g)) for _ in range(3))
+    for r in row_steps(len(inv), 5 * g):
+        p = np.asarray(prior_val[r], dtype=np.float64)
+        d = np.asarray(model_val[r], dtype=np.float64) - p
+        e = np.asarray(true_val[r], dtype=np.float64) - p
+        of = (inv[r][None, :] == np.arange(k)[:, None]).astype(np.float64)  # (k, rows)
+        de += of @ (d * e)
+        dd += of @ (d * d)
+        ee += of @ (e * e)
+    return Moments(de, dd, ee, groups, len(inv))
+
+
+def _weights(de: np.ndarray, dd: np.ndarray, pool: float) -> np.ndarray:
+    """(G,) weights from the sums Σde, Σd² over the fitting spots (module docstring)."""
+    per_gene = np.where(dd > 1e-12, de / np.maximum(dd, 1e-12), 0.0)
+    shared = float(de.sum() / max(float(dd.sum()), 1e-12))
     w = (1 - pool) * np.clip(per_gene, 0.0, 1.0) + pool * np.clip(shared, 0.0, 1.0)
     return np.clip(w, 0.0, 1.0)
 
 
 def cross_fitted(model_val: np.ndarray, prior_val: np.ndarray, true_val: np.ndarray,
-                 group: np.ndarray, pool: float = POOL) -> np.ndarray:
+                 group: np.ndarray, pool: float = POOL, m: Moments | None = None
+                 ) -> np.ndarray:
     """(V, G) float32 blend of the validation spots, each ``group`` with the weights fitted
     on the other groups (on all of them when there is one group): what the choice and the
-    intervals are scored on, out of sample for the weights as a hidden spot is."""
+    intervals are scored on, out of sample for the weights as a hidden spot is. ``m``:
+    the :func:`moments` of these arguments, if the caller has them."""
+    group = np.asarray(group)
+    m = moments(model_val, prior_val, true_val, group) if m is None else m
     out = np.empty(np.shape(model_val), dtype=np.float32)
-    for g in np.unique(group):
-        m = group == g
-        fit = ~m if (~m).any() else m
-        w = weights(model_val[fit], prior_val[fit], true_val[fit], pool)
-        out[m] = blend(model_val[m], prior_val[m], w)
+    for j, label in enumerate(m.groups):
+        rows = np.flatnonzero(group == label)
+        out[rows] = blend(model_val[rows], prior_val[rows], m.left_out(j, pool))
     return out
 
 
@@ -110,24 +169,26 @@ def choose(model_val: np.ndarray, priors_val: dict[str, np.ndarray], true_val: n
     """The prior (keys of ``priors_val``: each one's (V, G) prediction of the validation
     spots from the training spots) and λ, or the prior alone, whose validation spots'
     cross-fitted blend (held out in ``group``s) has the lowest MSE; ties keep the earlier
-    candidate (module docstring)."""
-    y = np.asarray(true_val, dtype=np.float64)
-    best: tuple[float, str, float | None, np.ndarray] | None = None
+    candidate (module docstring). One pass over the spots per prior (:class:`Moments`),
+    one more for the chosen blend."""
+    best: tuple[float, str, float | None, Moments] | None = None
     scores = {}
     for kind, p in priors_val.items():
+        m = moments(model_val, p, true_val, group)
         for pool in (None, *POOLS):
-            held = (np.asarray(p, dtype=np.float32) if pool is None
-                    else cross_fitted(model_val, p, y, group, pool))
-            mse = float(((held - y) ** 2).mean())
+            mse = m.cross_fitted_mse(pool)
             scores[kind if pool is None else f"{kind}, pool {pool:g}"] = round(mse, 5)
             if best is None or mse < best[0]:
-                best = (mse, kind, pool, held)
+                best = (mse, kind, pool, m)
     if best is None:
         raise ValueError("shrink.choose: no prior")
-    _, kind, pool, held = best
-    w = (np.zeros(y.shape[1]) if pool is None
-         else weights(model_val, priors_val[kind], y, pool))
-    return Choice(kind, pool, w, held, scores)
+    _, kind, pool, m = best
+    p = priors_val[kind]
+    if pool is None:
+        return Choice(kind, None, np.zeros(m.de.shape[1]), np.asarray(p, dtype=np.float32),
+                      scores)
+    w = _weights(m.de.sum(axis=0), m.dd.sum(axis=0), pool)
+    return Choice(kind, pool, w, cross_fitted(model_val, p, true_val, group, pool, m), scores)
 
 
 def blend(model: np.ndarray, prior_: np.ndarray, w: np.ndarray) -> np.ndarray:

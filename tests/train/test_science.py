@@ -227,6 +227,27 @@ def test_networks_shrink_toward_a_chosen_prior_and_ensembles_average(toy_store):
     assert not off.metrics.to_pandas().equals(res.metrics.to_pandas())
 
 
+def test_a_network_that_keeps_its_prior_alone_has_the_prior_runs_intervals(toy_store,
+                                                                            monkeypatch):
+    """When the prior alone is chosen, the prediction is the prior baseline's from every
+    known spot, and so are its intervals (calibrated on blocks of every known spot)."""
+    from asign.store import open_store
+    from asign.train import TrainConfig, run
+
+    monkeypatch.setattr(shrink, "POOLS", ())  # no blend to choose: the prior alone
+    cfg = TrainConfig(store=toy_store, model="asign3d", run="net", epochs=2, hidden=16,
+                      heads=2, threads=1, shrink_prior="idw")
+    net = run(cfg)
+    assert net.timings["selection"]["0"]["shrink"]["pool"] is None
+    base = run(TrainConfig(store=toy_store, model="idw", run="idw", threads=1))
+    store = open_store(toy_store)
+    a, b = (store.read("predictions", key=r.run_id).to_pandas()
+            .sort_values(["spot_id", "gene"]).reset_index(drop=True) for r in (net, base))
+    assert len(a) == len(b) and (a.spot_id == b.spot_id).all()
+    for col in ("value", "lower", "upper"):
+        np.testing.assert_allclose(a[col], b[col], rtol=1e-5, atol=1e-5)
+
+
 def test_ridge_fit_sums_its_moments_in_row_chunks(monkeypatch):
     """The primal fit's XᵀX and XᵀY are summed a chunk of rows at a time: the same fit."""
     rng = np.random.default_rng(3)
@@ -352,14 +373,16 @@ def test_cross_fitted_blend_of_a_group_never_reads_its_own_labels(n, g, groups, 
         m = group == k
         if m.all():
             w = shrink.weights(model, prior, truth)
-            np.testing.assert_array_equal(out, shrink.blend(model, prior, w))
+            np.testing.assert_allclose(out, shrink.blend(model, prior, w), rtol=1e-5,
+                                       atol=1e-6)
             continue
         moved = truth.copy()
         moved[m] += rng.normal(scale=5.0, size=(int(m.sum()), g))
         np.testing.assert_array_equal(shrink.cross_fitted(model, prior, moved, group)[m],
                                       out[m])
         w = shrink.weights(model[~m], prior[~m], truth[~m])
-        np.testing.assert_array_equal(out[m], shrink.blend(model[m], prior[m], w))
+        np.testing.assert_allclose(out[m], shrink.blend(model[m], prior[m], w), rtol=1e-5,
+                                   atol=1e-6)
 
 
 @settings(max_examples=40, deadline=None)
@@ -383,12 +406,34 @@ def test_shrinkage_choice_is_the_lowest_cross_fitted_error(n, g, groups, priors,
         assert np.all(c.weights == 0)
         np.testing.assert_array_equal(c.held_out, pv[c.prior].astype(np.float32))
     else:
-        np.testing.assert_array_equal(c.weights,
-                                      shrink.weights(model, pv[c.prior], truth, c.pool))
-        np.testing.assert_array_equal(c.held_out, shrink.cross_fitted(model, pv[c.prior],
-                                                                      truth, group, c.pool))
+        np.testing.assert_allclose(c.weights, shrink.weights(model, pv[c.prior], truth,
+                                                             c.pool), atol=1e-12)
+        held = shrink.cross_fitted(model, pv[c.prior], truth, group, c.pool)
+        np.testing.assert_array_equal(c.held_out, held)
+        # the score is the blend's MSE, from sums (shrink.Moments) or from the blend itself
+        assert c.scores[label] == pytest.approx(float(((held - truth) ** 2).mean()),
+                                                rel=1e-4, abs=1e-5)
     # the prior alone is always a candidate: the choice never scores above it
     assert best <= min(c.scores[k] for k in pv)
+
+
+def test_shrinkage_moments_are_summed_in_row_steps(monkeypatch):
+    """The per-group sums are the same in one step and in steps of a few rows (the
+    validation spots of a Visium HD stack would be GBs of float64 in one)."""
+    from asign import numeric
+
+    rng = np.random.default_rng(6)
+    model, prior, truth = (rng.normal(size=(300, 7)).astype(np.float32) for _ in range(3))
+    group = rng.integers(0, 4, size=300)
+    whole = shrink.moments(model, prior, truth, group)
+    monkeypatch.setattr(numeric, "CHUNK_BYTES", 8 * 5 * 7 * 13)  # 13 rows a step
+    steps = shrink.moments(model, prior, truth, group)
+    for a, b in ((whole.de, steps.de), (whole.dd, steps.dd), (whole.ee, steps.ee)):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+    for j, label in enumerate(whole.groups):
+        m = group == label
+        d = model[m].astype(np.float64) - prior[m]
+        np.testing.assert_allclose(whole.dd[j], (d * d).sum(axis=0), rtol=1e-12)
 
 
 def test_shrinkage_keeps_the_prior_alone_when_the_network_adds_nothing():
