@@ -165,8 +165,8 @@ def one_fold(cfg: TrainConfig, fold: Any, run: Any) -> tuple[list[dict] | None, 
 
 def _network(cfg: TrainConfig, models: list[Any], train_fold: Any, run: Any, pool: Pool,
              s: Any) -> tuple[np.ndarray, dict[str, Any]]:
-    """The networks' prediction of test sample ``s``, shrunk toward a transfer baseline with
-    per-gene weights chosen on the training samples' held-out blocks."""
+    """The networks' prediction of test sample ``s``, shrunk toward a transfer baseline:
+    prior and weights chosen by shrink.choose on the training samples' held-out blocks."""
     from asign.train import intervals, loop, shrink
     from asign.train.folds import task_of
 
