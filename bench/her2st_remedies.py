@@ -23,11 +23,11 @@ from her2st_c import asign, train  # noqa: E402  (bench/ is on sys.path)
 
 VARIANTS = {"macenko": ["--stain-norm", "macenko"], "tta8": ["--tta", "8"]}
 # runs made on each variant's store (seed 0: the same seed as the default store's row)
+# (seeds 1 and 2 of the networks: the spread over seeds, printed apart from the decision)
+_NETWORK_SEEDS = tuple(f"{m}-seed{k}" for k in (0, 1, 2) for m in ("asign3d", "asign2d"))
 VARIANT_RUNS = {
-    "macenko": ("asign3d-seed0", "asign2d-seed0", "mean", "idw", "similarity", "ridge",
-                "ridge+idw", "cli"),
-    "tta8": ("asign3d-seed0", "asign2d-seed0", "mean", "idw", "similarity", "ridge",
-             "ridge+idw", "cli"),
+    "macenko": (*_NETWORK_SEEDS, "mean", "idw", "similarity", "ridge", "ridge+idw", "cli"),
+    "tta8": (*_NETWORK_SEEDS, "mean", "idw", "similarity", "ridge", "ridge+idw", "cli"),
 }
 TRANSFER_MODELS = ("mean", "similarity", "ridge", "asign2d")
 DEV, UNTOUCHED = ("C3",), ("C4", "C5", "C6")
@@ -117,6 +117,22 @@ def variant_tables(root: Path, scored: tuple[str, ...], metrics3: tuple[str, ...
             label = f"{v} (rerun)" if run.endswith("-rerun") else v
             print(f"| {model_of(run)} | {label} | {cell(DEV)} | {cell(UNTOUCHED)} | "
                   f"{cell(('C6',))} | {cell(scored)} |")
+    print("\n### Embedding variants over seeds (networks, mean ± sd over seeds 0–2; "
+          "MSE / PCC per spot / PCC per gene)\n")
+    print("| model | variant | runs | C3 (development) | C4–C6 (untouched, mean) |"
+          "\n|---|---|---|---|---|")
+    for model in ("asign3d", "asign2d"):
+        for v, store in stores.items():
+            if not (store / "manifest.json").exists():
+                continue
+            ids = run_ids(store)
+            ms = [metrics_of(store, ids[f"{model}-seed{k}"]) for k in (0, 1, 2)
+                  if f"{model}-seed{k}" in ids]
+            if not ms:
+                continue
+            cells = [" / ".join(fmt([float(np.mean([m[(x, k)] for x in secs])) for m in ms])
+                                for k in metrics3) for secs in (DEV, UNTOUCHED)]
+            print(f"| {model} | {v} | {len(ms)} | {cells[0]} | {cells[1]} |")
     print("\n| store | patches s | embed s | patches + embed s |\n|---|---|---|---|")
     for v, store in stores.items():
         if (store / "manifest.json").exists():
