@@ -38,7 +38,6 @@ from typing import Any
 
 import numpy as np
 
-POOL = 0.5  # λ of :func:`weights` when none is chosen
 # λ candidates of :func:`choose`, simplest first: a tie keeps the earlier (the prior alone,
 # tried before any of them, is simpler still)
 POOLS = (1.0, 0.5, 0.0)
@@ -64,7 +63,7 @@ def prior(cfg: Any, kind: str, sample: Any, y: np.ndarray, source: np.ndarray) -
 
 
 def weights(model_val: np.ndarray, prior_val: np.ndarray, true_val: np.ndarray,
-            pool: float = POOL) -> np.ndarray:
+            pool: float) -> np.ndarray:
     """(G,) blend weights of the network (see the module docstring)."""
     m = moments(model_val, prior_val, true_val, np.zeros(len(model_val), dtype=np.int64))
     return _weights(m.de[0], m.dd[0], pool)
@@ -133,7 +132,7 @@ def _weights(de: np.ndarray, dd: np.ndarray, pool: float) -> np.ndarray:
 
 
 def cross_fitted(model_val: np.ndarray, prior_val: np.ndarray, true_val: np.ndarray,
-                 group: np.ndarray, pool: float = POOL, m: Moments | None = None
+                 group: np.ndarray, pool: float, m: Moments | None = None
                  ) -> np.ndarray:
     """(V, G) float32 blend of the validation spots, each ``group`` with the weights fitted
     on the other groups (on all of them when there is one group): what the choice and the

@@ -169,10 +169,10 @@ def test_shrinkage_reaches_zero_for_a_useless_model_and_one_for_a_perfect_one():
     rng = np.random.default_rng(2)
     truth = rng.normal(size=(200, 6))
     prior = np.zeros_like(truth)
-    assert np.allclose(shrink.weights(rng.normal(size=truth.shape), prior, truth), 0.0,
+    assert np.allclose(shrink.weights(rng.normal(size=truth.shape), prior, truth, 0.5), 0.0,
                        atol=0.1)
-    assert np.allclose(shrink.weights(truth, prior, truth), 1.0)
-    w = shrink.weights(-truth, prior, truth)  # anti-correlated: clipped at zero
+    assert np.allclose(shrink.weights(truth, prior, truth, 0.5), 1.0)
+    w = shrink.weights(-truth, prior, truth, 0.5)  # anti-correlated: clipped at zero
     assert np.all(w == 0.0)
 
 
@@ -367,19 +367,19 @@ def test_cross_fitted_blend_of_a_group_never_reads_its_own_labels(n, g, groups, 
     model, prior = rng.normal(size=(n, g)), rng.normal(size=(n, g))
     truth = rng.normal(size=(n, g))
     group = rng.integers(0, groups, size=n)
-    out = shrink.cross_fitted(model, prior, truth, group)
+    out = shrink.cross_fitted(model, prior, truth, group, 0.5)
     assert out.dtype == np.float32 and out.shape == (n, g)
     for k in np.unique(group):
         m = group == k
         if m.all():
-            w = shrink.weights(model, prior, truth)
+            w = shrink.weights(model, prior, truth, 0.5)
             np.testing.assert_array_equal(out, shrink.blend(model, prior, w))
             continue
         moved = truth.copy()
         moved[m] += rng.normal(scale=5.0, size=(int(m.sum()), g))
-        np.testing.assert_array_equal(shrink.cross_fitted(model, prior, moved, group)[m],
+        np.testing.assert_array_equal(shrink.cross_fitted(model, prior, moved, group, 0.5)[m],
                                       out[m])
-        w = shrink.weights(model[~m], prior[~m], truth[~m])
+        w = shrink.weights(model[~m], prior[~m], truth[~m], 0.5)
         np.testing.assert_allclose(out[m], shrink.blend(model[m], prior[m], w), rtol=1e-5,
                                    atol=1e-6)
 
@@ -443,7 +443,7 @@ def test_shrinkage_keeps_the_prior_alone_when_the_network_adds_nothing():
     prior = truth + rng.normal(scale=1.0, size=truth.shape)
     group = np.repeat(np.arange(6), 40)
     useless = prior + rng.normal(size=truth.shape)  # the prior plus noise
-    in_sample = shrink.weights(useless, prior, truth)
+    in_sample = shrink.weights(useless, prior, truth, 0.5)
     assert (in_sample > 0).any()  # what an in-sample fit would blend in
     noise = shrink.choose(useless, {"p": prior}, truth, group)
     assert noise.pool is None and np.all(noise.weights == 0)
