@@ -116,6 +116,7 @@ def store_params(store: Path) -> dict:
         "weights_source": embed.get("weights_source"),
         "precision": embed.get("precision"), "runtime": embed.get("runtime"),
         "standardised": embed.get("standardised"),
+        "stain_norm": embed.get("stain_norm"), "tta": embed.get("tta", 1),
     }
 
 

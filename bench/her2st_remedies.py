@@ -1,10 +1,11 @@
-"""The remedies' part of bench/her2st_science.py: embedding variants (stain normalisation,
-test-time augmentation) as stores of their own, the cross-patient check C → B4, the noise
-ceiling, and what each remedy costs. Imported by her2st_science.py; run that.
+"""The remedies' part of bench/her2st_science.py: embedding variants (stain normalisation
+off, test-time augmentation on) as stores of their own, the cross-patient check C → B4, the
+noise ceiling, and what each remedy costs. Imported by her2st_science.py; run that.
 
-Stores under ROOT: ``SC`` (defaults), ``SC-<variant>`` (``asign ingest`` with the variant's
-flags, same data, same panel rule), ``SCB`` (C with B as extra 2D data, C's panel given
-with ``--genes``, so B4's counts never choose a gene). Protocols:
+Stores under ROOT: ``SC`` (defaults: Macenko stain normalisation, one view), ``SC-<variant>``
+(``asign ingest`` with the variant's flags, same data, same panel rule), ``SCB`` (C with B
+as extra 2D data, C's panel given with ``--genes``, so B4's counts never choose a gene).
+Protocols:
 
 - variants: known C2, hidden C3–C6 (as every other table). Whether a variant becomes a
   default is decided on **C3 alone** (the development section); C4–C6 are printed apart,
@@ -21,12 +22,14 @@ from pathlib import Path
 import numpy as np
 from her2st_c import asign, train  # noqa: E402  (bench/ is on sys.path)
 
-VARIANTS = {"macenko": ["--stain-norm", "macenko"], "tta8": ["--tta", "8"]}
+VARIANTS = {"nostain": ["--stain-norm", "none"], "tta8": ["--tta", "8"]}
+# what each store's images went through, as the tables label it
+LABELS = {"default": "macenko (default)", "nostain": "none", "tta8": "macenko + tta 8"}
 # runs made on each variant's store (seed 0: the same seed as the default store's row)
 # (seeds 1 and 2 of the networks: the spread over seeds, printed apart from the decision)
 _NETWORK_SEEDS = tuple(f"{m}-seed{k}" for k in (0, 1, 2) for m in ("asign3d", "asign2d"))
 VARIANT_RUNS = {
-    "macenko": (*_NETWORK_SEEDS, "mean", "idw", "similarity", "ridge", "ridge+idw", "cli"),
+    "nostain": (*_NETWORK_SEEDS, "mean", "idw", "similarity", "ridge", "ridge+idw", "cli"),
     "tta8": (*_NETWORK_SEEDS, "mean", "idw", "similarity", "ridge", "ridge+idw", "cli"),
 }
 TRANSFER_MODELS = ("mean", "similarity", "ridge", "asign2d")
@@ -114,7 +117,7 @@ def variant_tables(root: Path, scored: tuple[str, ...], metrics3: tuple[str, ...
                 return " / ".join(fmt([float(np.mean([m.get((x, k), np.nan) for x in secs]))])
                                   for k in metrics3)
 
-            label = f"{v} (rerun)" if run.endswith("-rerun") else v
+            label = LABELS[v] + (" (rerun)" if run.endswith("-rerun") else "")
             print(f"| {model_of(run)} | {label} | {cell(DEV)} | {cell(UNTOUCHED)} | "
                   f"{cell(('C6',))} | {cell(scored)} |")
     print("\n### Embedding variants over seeds (networks, mean ± sd over seeds 0–2; "
@@ -132,12 +135,12 @@ def variant_tables(root: Path, scored: tuple[str, ...], metrics3: tuple[str, ...
                 continue
             cells = [" / ".join(fmt([float(np.mean([m[(x, k)] for x in secs])) for m in ms])
                                 for k in metrics3) for secs in (DEV, UNTOUCHED)]
-            print(f"| {model} | {v} | {len(ms)} | {cells[0]} | {cells[1]} |")
+            print(f"| {model} | {LABELS[v]} | {len(ms)} | {cells[0]} | {cells[1]} |")
     print("\n| store | patches s | embed s | patches + embed s |\n|---|---|---|---|")
     for v, store in stores.items():
         if (store / "manifest.json").exists():
             s = step_seconds(store)
-            print(f"| {v} | {s.get('patches', float('nan')):.0f} | "
+            print(f"| {LABELS[v]} | {s.get('patches', float('nan')):.0f} | "
                   f"{s.get('embed', float('nan')):.0f} | "
                   f"{s.get('patches', 0) + s.get('embed', 0):.0f} |")
 
@@ -216,9 +219,9 @@ def remedy_costs(data: Path, threads: int, n: int = 64) -> None:
     import torch
 
     from asign import encoders as E
+    from asign.encoders.stain import fit_reference
     from asign.ingest import embed as M
     from asign.ingest import patches as P
-    from asign.ingest.stain import fit_reference
 
     torch.set_num_threads(threads)
     image = next((data / "ST-imgs" / "C" / "C3").glob("*.jpg"))

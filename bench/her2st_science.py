@@ -3,7 +3,8 @@
     OMP_NUM_THREADS=1 python bench/her2st_science.py [--root /tmp/asign-her2st-c] [--seeds 0,1,2]
 
 Protocol (every figure): store ``SC`` = ``asign ingest DATA --samples C`` with defaults
-(effnet-lite0 ImageNet features, 250-gene panel chosen on C2, log-ratio); known layer C2
+(effnet-lite0 ImageNet features of Macenko-normalised patches, 250-gene panel chosen on
+C2, log-ratio); known layer C2
 (``--known first``), hidden C3–C6, within-sample; every setting chosen on C2 alone
 (blocked validation / blocked CV inside C2); C3–C6 labels are read only to score. Networks:
 200 epochs, one run per seed (``--seed``), run name ``<model>-seed<seed>``; baselines are
@@ -245,7 +246,7 @@ def main() -> None:
     ap.add_argument("--no-train", action="store_true", help="tables from existing runs only")
     ap.add_argument("--ablations", default=",".join(ABLATIONS))
     _docs_record.add_flag(ap)
-    ap.add_argument("--variants", default="macenko,tta8",
+    ap.add_argument("--variants", default="nostain,tta8",
                     help="embedding variants, each its own store (her2st_remedies.VARIANTS)")
     ap.add_argument("--no-transfer", action="store_true", help="skip C → B4")
     args = ap.parse_args()

@@ -35,7 +35,7 @@ def _precisions() -> tuple[str, ...]:
 
 
 def _stain_norms() -> tuple[str, ...]:
-    from asign.ingest.stain import STAIN_NORMS
+    from asign.encoders.stain import STAIN_NORMS
 
     return STAIN_NORMS
 
@@ -123,10 +123,10 @@ class IngestConfig:
     precision: str = opt("auto", choices=_precisions, group=_FEAT,
                          help="Number format of the encoder's forward pass.")
     batch_size: int = opt(32, ge=1, group=_FEAT, help="Patches per forward pass of the encoder.")
-    stain_norm: str = opt("none", choices=_stain_norms, group=_FEAT,
+    stain_norm: str = opt("macenko", choices=_stain_norms, group=_FEAT,
                           help="Stain normalisation of every patch and tile before encoding: "
-                               "none, or macenko (reference stain fitted on the panel layer's "
-                               "tissue; torchstain).")
+                               "macenko (each sample's reference stain fitted on its panel "
+                               "layer's tissue; torchstain), or none (images as scanned).")
     tta: int = opt(1, ge=1, le=8, group=_FEAT,
                    help="Test-time augmentation: features averaged over 1, 2, 4 or 8 dihedral "
                         "views (flips/rotations) of each image; costs that many encoder passes.")
@@ -199,7 +199,7 @@ def validate(cfg: IngestConfig) -> None:
             problems.append(f"--encoder: {err}")
     if not cfg.panel_from.strip():
         problems.append("--panel-from must be first, middle, a layer number or a section id")
-    from asign.ingest.stain import TTA_VIEWS
+    from asign.encoders.stain import TTA_VIEWS
 
     if cfg.tta not in TTA_VIEWS:
         problems.append(f"--tta must be one of {', '.join(map(str, TTA_VIEWS))}, got {cfg.tta}")

@@ -249,7 +249,7 @@ class _Forward:
 
         self.encoder = encoder
         self.batch_size = batch_size
-        self.tta = tta  # dihedral views averaged per image (ingest/stain.py)
+        self.tta = tta  # dihedral views averaged per image (encoders/stain.py)
         self.device = torch.device(encoder.device)
         self.parts = [_Forward(p, precision, batch_size, runtime, tta) for p in _parts(encoder)]
         precision, runtime = _spec_overrides(encoder, precision, runtime)
@@ -297,7 +297,7 @@ class _Forward:
         if self.tta == 1:
             out = self.run(self._normalise(batch))[:n].float()
         else:  # the mean over views, in fp32; each view is one more pass of the encoder
-            from asign.ingest.stain import dihedral_views
+            from asign.encoders.stain import dihedral_views
 
             out = sum(self.run(self._normalise(view))[:n].float()
                       for view in dihedral_views(batch, self.tta)) / self.tta
@@ -364,7 +364,7 @@ def embed_batches(
 
     One loader thread is enough on a CPU (a crop costs ~1 ms, an encode ~30 ms); more help
     with slow storage or on a GPU. ``tta``: features averaged over that many dihedral views
-    of each image (``ingest/stain.py``)."""
+    of each image (``encoders/stain.py``)."""
     for _, batch in embed_groups(encoder, [(None, items)], batch_size, precision, workers,
                                  prefetch_batches, patch_codec, runtime, tta):
         yield batch

@@ -183,9 +183,9 @@ def _item_id(item: Any) -> str:
 
 def _stain_reference(store: Store, cfg: IngestConfig, sample_id: str, work: list,
                      vec: Any) -> Any:
-    """The sample's reference stain (ingest/stain.py), fitted on the stored spot patches of
+    """The sample's reference stain (encoders/stain.py), fitted on the stored spot patches of
     its reference section (the one whose features also set the z-score statistics)."""
-    from asign.ingest.stain import fit_reference
+    from asign.encoders.stain import fit_reference
 
     sections = store.read("sections").to_pandas()
     ref = standardise.reference_section(sections[sections.sample_id == sample_id], cfg.panel_from)
@@ -295,12 +295,18 @@ def run_embed(store: Store, cfg: IngestConfig, sample_id: str, fp: str, rep: Rep
     store.write("embeddings", index, key=sample_id)
     manifest = store.manifest()
     previous = store.embedding_info(manifest)
+    stain_record = None
+    if stain is not None:  # each sample's fit, the other samples' kept
+        from asign.encoders.stain import with_sample
+
+        before = previous.extra.get("stain_norm") if previous and previous.encoder == name else None
+        stain_record = with_sample(before, sample_id, stain)
     info = EmbeddingInfo.from_dict({**embedding_config(encoder, bs, cfg.precision),
                                     "dim": encoder.spec.dim,
                                     "spot_px": cfg.spot_px, "stored_px": encoder.spec.input_px,
                                     "region_px": cfg.region_px, "global_px": cfg.global_px,
                                     # only when set, as in the step's fingerprint (steps.py)
-                                    **({"stain_norm": stain.record()} if stain is not None else {}),
+                                    **({"stain_norm": stain_record} if stain_record else {}),
                                     **({"tta": cfg.tta} if cfg.tta != 1 else {})})
     if zscore is not None:
         same = previous is not None and previous.encoder == name

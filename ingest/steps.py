@@ -52,7 +52,7 @@ def _patches_params(cfg: IngestConfig) -> dict[str, Any]:
 def _embed_params(cfg: IngestConfig) -> dict[str, Any]:
     params = {"encoder": cfg.encoder, "weights": cfg.weights, "precision": cfg.precision,
               "batch_size": cfg.batch_size, "seed": cfg.seed}
-    # only when set: fingerprints of stores embedded before these options stay valid
+    # only when they change the images: fingerprints of stores embedded without them stay valid
     if cfg.stain_norm != "none":
         params["stain_norm"] = cfg.stain_norm
     if cfg.tta != 1:

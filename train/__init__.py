@@ -10,6 +10,7 @@ scores every hidden section (metrics.py) and writes the ``runs``, ``metrics`` an
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -196,6 +197,9 @@ def load_samples(cfg: TrainConfig, store: Any, folds: list) -> tuple[dict, Any]:
     samples = {s: load_sample(store, s, encoder=cfg.encoder, patches=recipe is not None,
                               graph=graph, features=cfg.spec.images)
                for s in needed}
+    if recipe is not None:
+        samples = {s: dataclasses.replace(d, patches=recipe.encoder_input(s, d.patches))
+                   for s, d in samples.items()}
     return samples, recipe
 
 

@@ -46,6 +46,7 @@ class EncoderRecipe:
     weights_path: str | None
     weights_sha256: str
     seed: int
+    stain: dict[str, Any] | None = None  # the manifest's per-sample stain references
 
     @classmethod
     def from_manifest(cls, info: EmbeddingInfo | None, encoder: str | None,
@@ -63,14 +64,32 @@ class EncoderRecipe:
             raise ConfigError("--finetune-spot-encoder needs a single network encoder; the "
                               f"store's {name!r} is weight-free or z-scored at ingest",
                               fix="ingest with --encoder effnet-lite0 or resnet50-l3 to fine-tune")
-        changed = [k for k in ("stain_norm", "tta") if k in info.extra]
-        if changed:  # the stored patches are as cut: re-encoding them would not give these
-            flag = "--" + changed[0].replace("_", "-")
-            raise ConfigError(f"--finetune-spot-encoder re-encodes the stored patches as cut, "
-                              f"but the store's vectors were made with {flag}",
-                              fix="fine-tune on a store ingested without --stain-norm and --tta")
+        if "tta" in info.extra:  # an average over views: one patch's gradient is not it
+            raise ConfigError("--finetune-spot-encoder re-encodes each stored patch once, but "
+                              "the store's vectors average --tta views",
+                              fix="fine-tune on a store ingested with --tta 1")
+        stain = info.extra.get("stain_norm")
+        if stain is not None and "samples" not in stain:
+            raise ConfigError("--finetune-spot-encoder stain-normalises the stored patches with "
+                              "each sample's recorded reference, and this store predates them",
+                              fix="re-run `asign ingest --steps embed` to record them")
         return cls(name, str(info.weights_kind or ""), info.weights_path,
-                   str(info.weights_sha256 or ""), int(info.seed))
+                   str(info.weights_sha256 or ""), int(info.seed), stain)
+
+    def encoder_input(self, sample_id: str, patches: np.ndarray) -> np.ndarray:
+        """The stored spot patches as ingest's encoder saw them: stain-normalised with the
+        sample's recorded reference when the store was ingested with ``--stain-norm``."""
+        if self.stain is None:
+            return patches
+        from asign.encoders.stain import recorded_reference
+
+        reference = recorded_reference(self.stain, sample_id)
+        if reference is None:
+            raise StoreError(f"the store records no stain reference for sample {sample_id}",
+                             fix=f"re-run `asign ingest --steps embed --samples {sample_id}`")
+        out = np.stack([reference.normalise(p) for p in patches]) if len(patches) else patches
+        reference.log_kept(sample_id)
+        return out
 
 
 def load_spot_encoder(recipe: EncoderRecipe, device: str) -> Any:

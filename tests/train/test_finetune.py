@@ -4,6 +4,8 @@ the cache / gradient mechanics of train/finetune.py hold."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -67,9 +69,14 @@ def test_batch_rows_carry_gradients_and_the_rest_come_from_the_cache(store_path)
     cfg = TrainConfig(store=store_path, **CFG)
     sample = load_sample(store, "C", patches=True)
     assert sample.patches.shape[1:] == (64, 64, 3)
-    task = loop.make_task(sample, ("C2",), "cpu")
     recipe = F.EncoderRecipe.from_manifest(store.embedding_info(), None,
                                            store.layout.manifest)
+    # the default ingest stain-normalised what its encoder saw: so does fine-tuning
+    assert recipe.stain is not None and set(recipe.stain["samples"]) == {"C"}
+    as_cut = sample.patches
+    sample = dataclasses.replace(sample, patches=recipe.encoder_input("C", as_cut))
+    assert sample.patches.shape == as_cut.shape and not np.array_equal(sample.patches, as_cut)
+    task = loop.make_task(sample, ("C2",), "cpu")
     model = loop.build(cfg, sample.spot_feat.shape[1], len(sample.genes), 0, spot_encoder=recipe)
     model.train()
     assert not model.encoder.training  # BatchNorm statistics stay frozen
@@ -81,6 +88,10 @@ def test_batch_rows_carry_gradients_and_the_rest_come_from_the_cache(store_path)
     live, stored = cached.numpy().ravel(), task.inputs.spot.numpy().ravel()
     assert np.corrcoef(live, stored)[0, 1] > 0.99
     assert np.abs(live - stored).mean() < 0.05
+    # the patches as cut (unnormalised) would not give the stored embeddings
+    unnormalised = loop.make_task(dataclasses.replace(sample, patches=as_cut), ("C2",), "cpu")
+    off = F.refresh(model, unnormalised.cache["finetune"]).numpy().ravel()
+    assert np.abs(off - stored).mean() > 2 * np.abs(live - stored).mean()
 
     rng = np.random.default_rng(0)
     inputs = F.train_inputs(model, task, rng, batch=16)

@@ -89,6 +89,11 @@ def test_c_to_b4_runs_end_to_end_and_scores_b4_only(tmp_path):
     genes = tuple(pd.read_csv(src / "ST-cnts" / "C2.tsv.gz", sep="\t", index_col=0).columns)
     ingest_run(IngestConfig(sources=(src,), store=store, samples="C", extra_2d=("B",),
                             genes=genes, weights="random", batch_size=16, threads=1))
+    # each sample's images were stain-normalised to its own reference, and both are recorded
+    stain = open_store(store).embedding_info().extra["stain_norm"]
+    assert stain["method"] == "macenko" and set(stain["samples"]) == {"B", "C"}
+    assert stain["samples"]["B"]["reference_section"] == "B4"
+    assert stain["samples"]["C"]["sha256"] != stain["samples"]["B"]["sha256"]
     scores = {}
     for model in ("mean", "ridge", "asign2d"):
         cfg = TrainConfig(store=store, model=model, run=f"x-{model}", samples=("C",),

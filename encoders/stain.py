@@ -95,9 +95,10 @@ class StainReference:
         """What the manifest keeps: the method, the reference section and the fit."""
         digest = hashlib.sha256(np.concatenate([self.stain_matrix.ravel(),
                                                 self.max_concentration]).tobytes())
+        # full precision (JSON keeps a float64 exactly): fine-tuning rebuilds the fit from it
         return {"method": self.method, "reference_section": self.section,
-                "stain_matrix": np.round(self.stain_matrix, 6).tolist(),
-                "max_concentration": np.round(self.max_concentration, 6).tolist(),
+                "stain_matrix": self.stain_matrix.tolist(),
+                "max_concentration": self.max_concentration.tolist(),
                 "sha256": digest.hexdigest()}
 
     def log_kept(self, sample_id: str) -> None:
@@ -130,6 +131,26 @@ def fit_reference(method: str, section: str, images: list[np.ndarray]) -> StainR
                          fix="ingest with --stain-norm none, or pick another reference layer "
                              "with --panel-from") from None
     return StainReference(method, section, he, max_c)
+
+
+def with_sample(record: dict[str, Any] | None, sample_id: str,
+                reference: StainReference) -> dict[str, Any]:
+    """The manifest's stain record with ``sample_id``'s fit set: ``{"method", "samples":
+    {sample_id: fit}}`` (each sample has its own reference; the others' fits are kept)."""
+    same = isinstance(record, dict) and record.get("method") == reference.method
+    kept = dict(record.get("samples") or {}) if same else {}
+    return {"method": reference.method, "samples": {**kept, sample_id: reference.record()}}
+
+
+def recorded_reference(record: dict[str, Any], sample_id: str) -> StainReference | None:
+    """The reference ingest fitted for ``sample_id`` (``with_sample``'s record); None when the
+    record has none for it (a store written before references were kept per sample)."""
+    fit = (record.get("samples") or {}).get(sample_id)
+    if fit is None:
+        return None
+    return StainReference(str(record["method"]), str(fit["reference_section"]),
+                          np.asarray(fit["stain_matrix"], float),
+                          np.asarray(fit["max_concentration"], float))
 
 
 def dihedral_views(batch: np.ndarray, n: int) -> Iterator[np.ndarray]:

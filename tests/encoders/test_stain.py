@@ -5,6 +5,8 @@ embed step's fingerprint only when set."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import pickle
 
 import numpy as np
@@ -13,11 +15,17 @@ import pytest
 from her2st_small import HER2ST as DATA
 
 from asign import encoders as E
+from asign.encoders.stain import (
+    StainError,
+    dihedral_views,
+    fit_reference,
+    recorded_reference,
+    with_sample,
+)
 from asign.errors import ConfigError, ConfigErrors
 from asign.ingest import embed as M
 from asign.ingest import patches as P
 from asign.ingest.config import IngestConfig, validate
-from asign.ingest.stain import StainError, dihedral_views, fit_reference
 from asign.ingest.steps import STEP
 
 
@@ -54,6 +62,24 @@ def test_macenko_maps_another_section_toward_the_reference_stain():
     # a Dask worker gets the same fit, without the lock
     clone = pickle.loads(pickle.dumps(ref))
     assert np.array_equal(clone.normalise(other[0]), normalised[0])
+
+
+def test_each_samples_reference_is_recorded_and_rebuilt_exactly():
+    patches = _real_patches("C2")
+    fits = {"C": fit_reference("macenko", "C2", patches),
+            "D": fit_reference("macenko", "C5", _real_patches("C5"))}
+    record = None
+    for sample, fit in fits.items():
+        record = json.loads(json.dumps(with_sample(record, sample, fit)))  # via the manifest
+    assert record["method"] == "macenko" and set(record["samples"]) == {"C", "D"}
+    for sample, fit in fits.items():
+        again = recorded_reference(record, sample)
+        assert again.section == fit.section
+        assert all(np.array_equal(again.normalise(p), fit.normalise(p)) for p in patches)
+    assert recorded_reference(record, "E") is None
+    # another method starts the record afresh
+    other = dataclasses.replace(fits["C"], method="other")
+    assert set(with_sample(record, "E", other)["samples"]) == {"E"}
 
 
 def test_blank_image_is_kept_and_counted_and_a_blank_reference_is_one_line():
@@ -96,11 +122,13 @@ def test_tta_features_do_not_depend_on_orientation():
     np.testing.assert_allclose(tta.astype(float), tta_t.astype(float), atol=gap / 20)
 
 
-def test_options_enter_the_embed_fingerprint_only_when_set(tmp_path):
+def test_options_enter_the_embed_fingerprint_only_when_they_change_the_images(tmp_path):
     params = STEP["embed"].params
-    base = IngestConfig(sources=(tmp_path,), store=tmp_path / "s")
-    assert "stain_norm" not in params(base) and "tta" not in params(base)
-    stained = IngestConfig(sources=(tmp_path,), store=tmp_path / "s", stain_norm="macenko", tta=8)
+    plain = IngestConfig(sources=(tmp_path,), store=tmp_path / "s", stain_norm="none")
+    assert "stain_norm" not in params(plain) and "tta" not in params(plain)
+    default = IngestConfig(sources=(tmp_path,), store=tmp_path / "s")
+    assert params(default)["stain_norm"] == "macenko" and "tta" not in params(default)
+    stained = IngestConfig(sources=(tmp_path,), store=tmp_path / "s", tta=8)
     assert params(stained)["stain_norm"] == "macenko" and params(stained)["tta"] == 8
     with pytest.raises(ConfigErrors, match="--tta must be one of 1, 2, 4, 8"):
         validate(IngestConfig(sources=(tmp_path,), store=tmp_path / "s", tta=3))
@@ -108,14 +136,17 @@ def test_options_enter_the_embed_fingerprint_only_when_set(tmp_path):
         validate(IngestConfig(sources=(tmp_path,), store=tmp_path / "s", stain_norm="vahadane"))
 
 
-@pytest.mark.parametrize("record", [{"tta": 8}, {"stain_norm": {"method": "macenko"}}])
-def test_finetuning_refuses_vectors_its_patches_cannot_give(tmp_path, record):
+@pytest.mark.parametrize(("record", "says"), [
+    ({"tta": 8}, "average --tta views"),
+    # one reference for the whole store, as recorded before they were kept per sample
+    ({"stain_norm": {"method": "macenko", "reference_section": "C2"}}, "predates them")])
+def test_finetuning_refuses_vectors_its_patches_cannot_give(tmp_path, record, says):
     from asign.store import EmbeddingInfo
     from asign.train.finetune import EncoderRecipe
 
     info = EmbeddingInfo.from_dict({"encoder": "effnet-lite0", "dim": 1904,
                                     "weights_kind": "file", **record})
-    with pytest.raises(ConfigError, match="re-encodes the stored patches as cut"):
+    with pytest.raises(ConfigError, match=says):
         EncoderRecipe.from_manifest(info, None, tmp_path / "manifest.json")
     plain = EmbeddingInfo.from_dict({"encoder": "effnet-lite0", "dim": 1904,
                                      "weights_kind": "file"})
