@@ -179,7 +179,8 @@ def _run(cfg: IngestConfig, resolved: str | None, store: Store, rep: Reporter | 
 
                         manifest = backfill_fine_thumbnails(store, manifest, sample_id)
                     continue
-                guard(store, manifest, sample_id, step, fp, invalidate=cfg.invalidate_runs)
+                guard(store, manifest, sample_id, step, fp, invalidate=cfg.invalidate_runs,
+                      why=option_change(manifest, sample_id, step, cfg))
                 recorded = store.step_fingerprint(manifest, sample_id, step)
                 if step in VECTOR_STEPS and recorded is not None and recorded != fp:
                     # a redo under other parameters rewrites LMDB entries in place (they
@@ -284,6 +285,40 @@ def _remember(store: Store, manifest: dict[str, Any], sample_ids: list[str], ste
             changed = True
     if changed:
         store.save_manifest(manifest)
+
+
+def option_change(manifest: dict[str, Any], sample_id: str, step: str,
+                  cfg: IngestConfig) -> str:
+    """The options that decide results and differ from those the step last ran with, in
+    words (``--stain-norm none → macenko``); '' when none differ or none were recorded. A
+    changed default reads the same as a changed flag: the user sees which one moved."""
+    from asign.options import identity
+
+    record = Store.step_record(manifest, sample_id, step)
+    before = record.config if record is not None else None
+    if not isinstance(before, dict):
+        return ""
+    now = recorded_config(cfg)
+    changed = []
+    for key in identity(cfg, lambda d: True):
+        old, new = before.get(key), now.get(key)
+        if key not in before or old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):  # a group (align): its options
+            changed += [_moved(k, old.get(k), new.get(k)) for k in sorted({*old, *new})
+                        if old.get(k) != new.get(k)]
+        else:
+            changed.append(_moved(key, old, new))
+    return ", ".join(changed)
+
+
+def _moved(key: str, old: Any, new: Any) -> str:
+    def words(value: Any) -> str:
+        if isinstance(value, list | tuple):
+            return ",".join(map(str, value)) or "(none)"
+        return str(value).replace(" ", "")
+
+    return f"--{key.replace('_', '-')} {words(old)} → {words(new)}"
 
 
 def _label_change(manifest: dict[str, Any], cfg: IngestConfig) -> str:

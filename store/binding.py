@@ -197,8 +197,9 @@ def guard(store: Any, manifest: dict[str, Any], sample_id: str, step: str, new_f
     if not invalidate:
         raise StoreError(f"refusing to redo {change}: run(s) {names} were trained on the "
                          "current state", path=store.root,
-                         fix="use a new --store, or pass --invalidate-runs to mark those runs "
-                             "stale (export and report then refuse them)")
+                         fix="use a new --store, pass the options the store was made with, "
+                             "or pass --invalidate-runs to mark those runs stale (export and "
+                             "report then refuse them)")
     reason = f"re-ingest redid {change}"
     for row in bound:
         mark_stale(store, row["run_id"], reason)

@@ -77,6 +77,43 @@ def test_reingest_that_changes_a_run_is_refused_and_changes_nothing(store):
     assert runner.invoke(app, ["check", "--store", str(root)]).exit_code == 0
 
 
+@pytest.fixture(scope="module")
+def reads_vectors_and_graph(trained, tmp_path_factory) -> tuple[Path, Path, dict[str, str]]:
+    """A copy of the store with a run bound to the embeddings (ridge) and one bound to the
+    graph (cli)."""
+    from asign import train
+    from asign.train.config import TrainConfig
+
+    src, root, _ = trained
+    copy = Path(shutil.copytree(root, tmp_path_factory.mktemp("binding-vg") / "S"))
+    ids = {m: train.run(TrainConfig(store=copy, model=m, run=m, threads=1)).run_id
+           for m in ("ridge", "cli")}
+    return src, copy, ids
+
+
+# every option that decides a bound step, changed from its recorded value (the default
+# included): the refusal names that option and both values
+@pytest.mark.parametrize(("flags", "says", "bound"), [
+    (["--stain-norm", "none"], "--stain-norm macenko → none", "ridge"),
+    (["--tta", "2"], "--tta 1 → 2", "ridge"),
+    (["--batch-size", "8"], "--batch-size 16 → 8", "ridge"),
+    (["--k-same", "6"], "--k-same 12 → 6", "cli"),
+])
+def test_a_refused_reingest_names_the_option_that_changed(reads_vectors_and_graph, tmp_path,
+                                                          flags, says, bound):
+    src, root, ids = reads_vectors_and_graph
+    root = Path(shutil.copytree(root, tmp_path / "S"))
+    args = ["ingest", str(src), "--store", str(root), "--samples", SMALL_INGEST["samples"],
+            "--weights", SMALL_INGEST["weights"], "--threads", "1",
+            *(["--batch-size", str(SMALL_INGEST["batch_size"])] if "--batch-size" not in flags
+              else []), *flags]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    (line,) = _error_lines(result.output)
+    assert ids[bound] in line and f"({says})" in line, line
+    assert "pass the options the store was made with" in line
+
+
 @pytest.mark.slow
 def test_invalidate_runs_marks_them_stale_and_export_refuses_them(store, tmp_path):
     src, root, run_id = store
