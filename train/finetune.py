@@ -72,7 +72,8 @@ class EncoderRecipe:
         if stain is not None and "samples" not in stain:
             raise ConfigError("--finetune-spot-encoder stain-normalises the stored patches with "
                               "each sample's recorded reference, and this store predates them",
-                              fix="re-run `asign ingest --steps embed` to record them")
+                              fix="ingest the samples again into a new --store (its "
+                                  "embed step is done, so a re-run here would not redo it)")
         return cls(name, str(info.weights_kind or ""), info.weights_path,
                    str(info.weights_sha256 or ""), int(info.seed), stain)
 
