@@ -77,10 +77,10 @@ class EncoderRecipe:
         return cls(name, str(info.weights_kind or ""), info.weights_path,
                    str(info.weights_sha256 or ""), int(info.seed), stain)
 
-    def encoder_input(self, sample_id: str, patches: np.ndarray) -> np.ndarray:
+    def encoder_input(self, sample_id: str, patches: np.ndarray | None) -> np.ndarray | None:
         """The stored spot patches as ingest's encoder saw them: stain-normalised with the
         sample's recorded reference when the store was ingested with ``--stain-norm``."""
-        if self.stain is None:
+        if self.stain is None or patches is None or len(patches) == 0:
             return patches
         from asign.encoders.stain import recorded_reference
 
@@ -88,7 +88,7 @@ class EncoderRecipe:
         if reference is None:
             raise StoreError(f"the store records no stain reference for sample {sample_id}",
                              fix=f"re-run `asign ingest --steps embed --samples {sample_id}`")
-        out = np.stack([reference.normalise(p) for p in patches]) if len(patches) else patches
+        out = np.stack([reference.normalise(p) for p in patches])
         reference.log_kept(sample_id)
         return out
 
