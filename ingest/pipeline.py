@@ -131,10 +131,11 @@ def _run(cfg: IngestConfig, resolved: str | None, store: Store, rep: Reporter | 
                 summary["skipped"] += [f"{s.sample_id}:register" for s in samples]
                 _remember(store, manifest, [s.sample_id for s in samples], "register", cfg)
             else:
-                why = _label_change(manifest, cfg)
                 for s in samples:  # before anything is written (store/binding.py)
                     guard(store, manifest, s.sample_id, "register", fp_reg,
-                          invalidate=cfg.invalidate_runs, why=why)
+                          invalidate=cfg.invalidate_runs,
+                          why=(option_change(manifest, s.sample_id, "register", cfg)
+                               or _label_change(manifest, cfg)))
                 info = step_register.write_register(store, cfg, samples, hashes)
                 manifest["inputs"].update(hashes)
                 store.record_labels_info(manifest, info)
@@ -314,15 +315,17 @@ def option_change(manifest: dict[str, Any], sample_id: str, step: str,
 
 def _moved(key: str, old: Any, new: Any) -> str:
     def words(value: Any) -> str:
-        if isinstance(value, list | tuple):
-            return ",".join(map(str, value)) or "(none)"
+        if isinstance(value, list | tuple):  # a gene panel is named by its size, not spelt
+            return (",".join(map(str, value)) if len(value) <= 4 else f"[{len(value)} values]"
+                    ) or "(none)"
         return str(value).replace(" ", "")
 
     return f"--{key.replace('_', '-')} {words(old)} → {words(new)}"
 
 
 def _label_change(manifest: dict[str, Any], cfg: IngestConfig) -> str:
-    """The change of normalisation a re-register makes, in words ('' when none)."""
+    """The change of normalisation a re-register makes, in words ('' when none), from the
+    labels record: for a register step recorded before steps recorded their options."""
     labels = Store.labels_info(manifest)
     old = None if labels is None else labels.normalisation
     return f"normalisation {old} → {cfg.normalisation}" if old and old != cfg.normalisation else ""

@@ -49,6 +49,16 @@ def test_exactly_the_changed_deciding_options_are_named(deciding, runtime, pick)
         assert "--stain-norm macenko → none" in said
 
 
+def test_a_register_change_and_a_long_list_are_named_in_one_short_line():
+    manifest: dict = {}
+    Store.mark_step_done(manifest, "C", "register",
+                         StepRecord.now("f" * 16, config=recorded_config(BASE)))
+    panel = tuple(f"G{i}" for i in range(250))
+    said = option_change(manifest, "C", "register",
+                         dataclasses.replace(BASE, n_genes=100, genes=panel))
+    assert said == "--n-genes 250 → 100, --genes (none) → [250 values]"
+
+
 def test_nothing_is_named_without_a_recorded_config_or_another_sample():
     changed = dataclasses.replace(BASE, stain_norm="none")
     assert option_change(_manifest(None), "C", "embed", changed) == ""
