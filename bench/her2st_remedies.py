@@ -28,10 +28,8 @@ LABELS = {"default": "macenko (default)", "nostain": "none", "tta8": "macenko + 
 # runs made on each variant's store (seed 0: the same seed as the default store's row)
 # (seeds 1 and 2 of the networks: the spread over seeds, printed apart from the decision)
 _NETWORK_SEEDS = tuple(f"{m}-seed{k}" for k in (0, 1, 2) for m in ("asign3d", "asign2d"))
-VARIANT_RUNS = {
-    "nostain": (*_NETWORK_SEEDS, "mean", "idw", "similarity", "ridge", "ridge+idw", "cli"),
-    "tta8": (*_NETWORK_SEEDS, "mean", "idw", "similarity", "ridge", "ridge+idw", "cli"),
-}
+VARIANT_RUNS = dict.fromkeys(VARIANTS, (*_NETWORK_SEEDS, "mean", "idw", "similarity", "ridge",
+                                        "ridge+idw", "cli"))
 TRANSFER_MODELS = ("mean", "similarity", "ridge", "asign2d")
 DEV, UNTOUCHED = ("C3",), ("C4", "C5", "C6")
 
